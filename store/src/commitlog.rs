@@ -1,0 +1,369 @@
+//! The commit log: one append-only stream of records over fixed-size segments.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Mutex, MutexGuard};
+use tracing::{info, warn};
+
+use crate::error::{Result, StoreError};
+use crate::record::{self, BLANK_MIN_LEN, Probe, RecordView};
+use crate::segment::{Segment, SegmentedFile};
+
+pub(crate) struct CommitLog {
+    files: SegmentedFile,
+    writer: Mutex<WriterState>,
+    /// End of the last published record: everything below is readable.
+    committed: AtomicU64,
+    /// Everything below is on disk.
+    flushed: AtomicU64,
+}
+
+struct WriterState {
+    /// Absolute position of the next record.
+    pos: u64,
+}
+
+/// One record as stored, kept readable for as long as this value lives (even if retention
+/// deletes its segment meanwhile).
+#[derive(Clone)]
+pub struct StoredRecord {
+    seg: Arc<Segment>,
+    rel: u64,
+    len: usize,
+}
+
+impl StoredRecord {
+    /// The record's bytes exactly as on disk (the wire format of a pull, too).
+    pub fn bytes(&self) -> &[u8] {
+        // Construction checked that the range is published; published bytes stay so.
+        self.seg.read(self.rel, self.len).unwrap_or_default()
+    }
+    /// Parses the record. Fails only if the stored bytes are damaged.
+    pub fn view(&self) -> Result<RecordView<'_>> {
+        RecordView::parse(self.bytes())
+    }
+    pub fn commit_log_offset(&self) -> u64 {
+        self.seg.start() + self.rel
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Debug for StoredRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.view() {
+            Ok(v) => v.fmt(f),
+            Err(_) => write!(f, "StoredRecord(damaged @{})", self.commit_log_offset()),
+        }
+    }
+}
+
+/// What recovery found.
+pub(crate) struct ScanOutcome {
+    pub end: u64,
+    pub records: u64,
+    /// Why the scan stopped where it did, if not at clean zeros.
+    pub stop_reason: &'static str,
+}
+
+impl CommitLog {
+    pub fn open(dir: &Path, segment_size: u64) -> Result<Self> {
+        let files = SegmentedFile::open(dir, segment_size)?;
+        Ok(Self {
+            files,
+            writer: Mutex::new(WriterState { pos: 0 }),
+            committed: AtomicU64::new(0),
+            flushed: AtomicU64::new(0),
+        })
+    }
+
+    pub fn segment_size(&self) -> u64 {
+        self.files.segment_size()
+    }
+
+    /// Offset of the oldest byte still stored.
+    pub fn min_offset(&self) -> u64 {
+        self.files.first().map_or(self.committed(), |s| s.start())
+    }
+
+    /// Offset just past the last readable record.
+    pub fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    pub fn flushed(&self) -> u64 {
+        self.flushed.load(Ordering::Acquire)
+    }
+
+    /// Walks records from `from` (a record boundary, or the start of the log when `None`)
+    /// to the first invalid one, calling `visit` for each, then makes that point the end
+    /// of the log: the rest of its segment is zeroed and later segments are deleted.
+    ///
+    /// Runs before the log is shared.
+    pub fn recover(
+        &self,
+        from: Option<u64>,
+        mut visit: impl FnMut(&RecordView<'_>) -> Result<()>,
+    ) -> Result<ScanOutcome> {
+        let segs = self.files.all();
+        let Some(first) = segs.first() else {
+            // Nothing stored: continue after the last known offset, at a segment boundary,
+            // so offsets (and so message ids) are never reused.
+            let start = from.unwrap_or(0).div_ceil(self.segment_size()) * self.segment_size();
+            self.set_end(start);
+            return Ok(ScanOutcome {
+                end: self.committed(),
+                records: 0,
+                stop_reason: "empty log",
+            });
+        };
+        let last_end = segs.last().map_or(first.start(), |s| s.end());
+        let mut pos = from.unwrap_or(first.start()).clamp(first.start(), last_end);
+        let mut records = 0u64;
+        let stop_reason = loop {
+            let Some(seg) = self.files.find(pos) else {
+                break "end of the last segment";
+            };
+            let rel = pos - seg.start();
+            // SAFETY: recovery runs before the log is shared; nothing writes meanwhile.
+            let window = unsafe { seg.read_unpublished(rel, (seg.len() - rel) as usize) };
+            match record::probe(window, pos) {
+                Probe::Message(len) => {
+                    let view = RecordView::parse(&window[..len])?;
+                    visit(&view)?;
+                    records += 1;
+                    pos += len as u64;
+                }
+                Probe::Blank(len) => pos += len as u64,
+                Probe::Invalid(why) => break why,
+            }
+        };
+        // Zero whatever follows the end in its segment, so that no stale record there can
+        // ever validate again, and drop later segments.
+        if let Some(seg) = self.files.find(pos) {
+            zero_tail(&seg, pos - seg.start())?;
+            self.files.remove_from(seg.end())?;
+        } else {
+            self.files.remove_from(pos)?;
+        }
+        self.set_end(pos);
+        Ok(ScanOutcome {
+            end: pos,
+            records,
+            stop_reason,
+        })
+    }
+
+    /// Publishes everything below `end` and points the writer there.
+    fn set_end(&self, end: u64) {
+        for seg in self.files.all() {
+            seg.publish(end.clamp(seg.start(), seg.end()) - seg.start());
+        }
+        self.writer.lock().pos = end;
+        self.committed.store(end, Ordering::Release);
+        self.flushed.store(
+            self.files.first().map_or(end, |s| s.start()),
+            Ordering::Release,
+        );
+    }
+
+    pub fn lock_writer(&self) -> CommitLogWriter<'_> {
+        CommitLogWriter {
+            log: self,
+            state: self.writer.lock(),
+        }
+    }
+
+    /// The record at `offset` of `len` bytes, as given by a consume queue entry.
+    pub fn record_at(&self, offset: u64, len: usize) -> Option<StoredRecord> {
+        let seg = self.files.find(offset)?;
+        let rel = offset - seg.start();
+        seg.read(rel, len)?;
+        Some(StoredRecord { seg, rel, len })
+    }
+
+    /// The record starting at `offset`, from untrusted input (a message id): checks that a
+    /// whole, intact record starts exactly there.
+    pub fn record_starting_at(&self, offset: u64) -> Result<StoredRecord> {
+        let no = |detail: &str| StoreError::NoMessageAt {
+            offset,
+            detail: detail.to_owned(),
+        };
+        if offset < self.min_offset() {
+            return Err(no("below the oldest stored offset (deleted by retention?)"));
+        }
+        if offset >= self.committed() {
+            return Err(no("beyond the end of the log"));
+        }
+        let seg = self
+            .files
+            .find(offset)
+            .ok_or_else(|| no("no segment holds it"))?;
+        let rel = offset - seg.start();
+        let available = (seg.published() - rel) as usize;
+        let window = seg.read(rel, available).ok_or_else(|| no("not readable"))?;
+        match record::probe(window, offset) {
+            Probe::Message(len) => Ok(StoredRecord { seg, rel, len }),
+            Probe::Blank(_) => Err(no("segment filler, not a message")),
+            Probe::Invalid(why) => Err(no(why)),
+        }
+    }
+
+    /// Store timestamp of the record at `offset` (trusted position from a queue entry).
+    pub fn store_timestamp_at(&self, offset: u64) -> Option<i64> {
+        let seg = self.files.find(offset)?;
+        let b = seg.read(offset - seg.start(), record::pos::STORE_TS + 8)?;
+        Some(record::u64_at(b, record::pos::STORE_TS) as i64)
+    }
+
+    /// Syncs everything committed so far; returns the new durable offset.
+    pub fn flush(&self) -> Result<u64> {
+        let target = self.committed();
+        let from = self.flushed();
+        if target <= from {
+            return Ok(from);
+        }
+        for seg in self.files.all() {
+            if seg.end() <= from || seg.start() >= target {
+                continue;
+            }
+            seg.flush_to(target.min(seg.end()) - seg.start())?;
+        }
+        self.flushed.fetch_max(target, Ordering::AcqRel);
+        Ok(target)
+    }
+
+    /// Segments other than the one being written, oldest first, each with the store
+    /// timestamp of the record that follows it (when the segment stopped growing).
+    pub fn sealed_segments(&self) -> Vec<(u64, Option<i64>)> {
+        let segs = self.files.all();
+        let mut out = Vec::new();
+        for pair in segs.windows(2) {
+            let next_start = pair[1].start();
+            out.push((pair[0].start(), self.first_store_timestamp_from(next_start)));
+        }
+        out
+    }
+
+    fn first_store_timestamp_from(&self, start: u64) -> Option<i64> {
+        let seg = self.files.find(start)?;
+        let available = seg.published() as usize;
+        let window = seg.read(0, available)?;
+        match record::probe(window, start) {
+            Probe::Message(_) => Some(record::u64_at(window, record::pos::STORE_TS) as i64),
+            _ => None,
+        }
+    }
+
+    /// Deletes the oldest segment unless it is the one being written. Returns the new
+    /// minimum offset, or `None` if nothing was deleted.
+    pub fn delete_oldest_segment(&self) -> Result<Option<u64>> {
+        if self.files.count() < 2 {
+            return Ok(None);
+        }
+        let Some(seg) = self.files.remove_first()? else {
+            return Ok(None);
+        };
+        info!(segment = %seg.path().display(), "retention deleted commit log segment");
+        Ok(Some(self.min_offset()))
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.files.count()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.files.dir()
+    }
+}
+
+/// Zeroes `[rel, len)` of a segment, skipping chunks that are zero already (cheap on the
+/// reserved-but-unwritten tail). Recovery only.
+fn zero_tail(seg: &Segment, rel: u64) -> Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let mut at = rel;
+    let mut zeroed = 0u64;
+    let zeros = vec![0u8; CHUNK as usize];
+    while at < seg.len() {
+        let n = CHUNK.min(seg.len() - at);
+        // SAFETY: recovery runs before the segment is shared.
+        let cur = unsafe { seg.read_unpublished(at, n as usize) };
+        if cur.iter().any(|&b| b != 0) {
+            // SAFETY: as above; nothing is published at or beyond `rel` yet (`set_end`
+            // runs after this).
+            unsafe { seg.write(at, &zeros[..n as usize]) };
+            zeroed += n;
+        }
+        at += n;
+    }
+    if zeroed > 0 {
+        warn!(segment = %seg.path().display(), from = rel, "zeroed a damaged commit log tail");
+        seg.flush_to(seg.len())?;
+    }
+    Ok(())
+}
+
+/// Exclusive append access to the commit log.
+pub(crate) struct CommitLogWriter<'a> {
+    log: &'a CommitLog,
+    state: MutexGuard<'a, WriterState>,
+}
+
+impl CommitLogWriter<'_> {
+    /// Offset the next record will get, if it fits the current segment.
+    pub fn position(&self) -> u64 {
+        self.state.pos
+    }
+
+    /// Appends one record of `len` bytes, written in place by `fill(offset, buf)`, and
+    /// publishes it. Closes the current segment with a blank filler first when the record
+    /// (plus room for a filler after it) does not fit. Returns the record's offset.
+    pub fn append(&mut self, len: usize, fill: impl FnOnce(u64, &mut [u8])) -> Result<u64> {
+        let seg_size = self.log.segment_size();
+        let needed = len as u64 + BLANK_MIN_LEN as u64;
+        if needed > seg_size {
+            return Err(StoreError::MessageTooLarge {
+                size: len as u64,
+                segment_size: seg_size,
+            });
+        }
+        let mut seg = self.segment_for_write()?;
+        let mut rel = self.state.pos - seg.start();
+        if rel + needed > seg.len() {
+            let remaining = (seg.len() - rel) as usize;
+            // SAFETY: we hold the writer lock and `rel` is the unpublished end.
+            unsafe { seg.write_with(rel, remaining, record::encode_blank) };
+            seg.publish(seg.len());
+            self.state.pos = seg.end();
+            seg = self.segment_for_write()?;
+            rel = 0;
+        }
+        let offset = self.state.pos;
+        // SAFETY: we hold the writer lock and `rel` is the unpublished end.
+        unsafe { seg.write_with(rel, len, |buf| fill(offset, buf)) };
+        seg.publish(rel + len as u64);
+        self.state.pos = offset + len as u64;
+        self.log.committed.store(self.state.pos, Ordering::Release);
+        Ok(offset)
+    }
+
+    fn segment_for_write(&self) -> Result<Arc<Segment>> {
+        let pos = self.state.pos;
+        match self.log.files.last() {
+            Some(seg) if seg.start() <= pos && pos < seg.end() => Ok(seg),
+            Some(seg) if pos == seg.end() => self.log.files.create(pos),
+            None => self.log.files.create(pos - pos % self.log.segment_size()),
+            Some(seg) => Err(StoreError::Corrupt {
+                what: "commit log",
+                path: seg.path().to_path_buf(),
+                detail: format!("write position {pos} outside the last segment"),
+            }),
+        }
+    }
+}

@@ -1,0 +1,159 @@
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StoreError};
+use crate::record::BLANK_MIN_LEN;
+
+/// When an append counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FlushMode {
+    /// Return once the record is in the page cache; a flusher syncs every
+    /// `async_flush_interval_ms`. A crash of the process loses nothing; a crash of the
+    /// machine may lose the last interval.
+    #[default]
+    Async,
+    /// Return only once the record is on disk. Concurrent appends share one fsync
+    /// (group commit).
+    Sync,
+}
+
+/// Store settings. Every field has a default; the broker's TOML file can set any of them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Root folder of everything the store writes.
+    pub data_dir: PathBuf,
+    /// Size of one commit log segment file, bytes (default 1 GiB).
+    pub commit_log_segment_size: u64,
+    /// Entries per consume queue segment file (default 300,000 = 6 MB).
+    pub consume_queue_segment_entries: u64,
+    /// Hash slots per index file (default 4,000,000).
+    pub index_slots: u32,
+    /// Entries per index file (default 16,000,000).
+    pub index_entries: u32,
+    pub flush_mode: FlushMode,
+    /// Async mode: how often the flusher syncs the commit log, ms (default 500).
+    pub async_flush_interval_ms: u64,
+    /// Sync mode: how long an append waits for its fsync before it reports a timeout, ms
+    /// (default 5000). The record is stored either way.
+    pub sync_flush_timeout_ms: u64,
+    /// How often consume queues and the index are synced and the checkpoint written, ms
+    /// (default 1000).
+    pub checkpoint_interval_ms: u64,
+    /// Commit log segments whose newest record is older than this are deleted, hours
+    /// (default 72).
+    pub retention_hours: u64,
+    /// When the disk holding the data folder is fuller than this ratio, the oldest segments
+    /// are deleted whatever their age (default 0.75).
+    pub disk_max_used_ratio: f64,
+    /// How often retention runs, ms (default 10,000).
+    pub retention_check_interval_ms: u64,
+    /// Address written into each record as the store host; part of every message id.
+    pub store_host: SocketAddr,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("weir-data"),
+            commit_log_segment_size: 1 << 30,
+            consume_queue_segment_entries: 300_000,
+            index_slots: 4_000_000,
+            index_entries: 16_000_000,
+            flush_mode: FlushMode::Async,
+            async_flush_interval_ms: 500,
+            sync_flush_timeout_ms: 5_000,
+            checkpoint_interval_ms: 1_000,
+            retention_hours: 72,
+            disk_max_used_ratio: 0.75,
+            retention_check_interval_ms: 10_000,
+            store_host: SocketAddr::from((Ipv4Addr::LOCALHOST, 10911)),
+        }
+    }
+}
+
+/// The smallest commit log segment accepted: small enough for tests to roll often.
+pub const MIN_COMMIT_LOG_SEGMENT_SIZE: u64 = 4096;
+
+impl StoreConfig {
+    /// A configuration rooted at `data_dir`, other fields default.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            ..Self::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(StoreError::Config(m));
+        if self.commit_log_segment_size < MIN_COMMIT_LOG_SEGMENT_SIZE {
+            return bad(format!(
+                "commit_log_segment_size {} is below the minimum {MIN_COMMIT_LOG_SEGMENT_SIZE}",
+                self.commit_log_segment_size
+            ));
+        }
+        if self.commit_log_segment_size > (1 << 40) {
+            return bad(format!(
+                "commit_log_segment_size {} is above the maximum 1 TiB",
+                self.commit_log_segment_size
+            ));
+        }
+        if self.consume_queue_segment_entries < 16
+            || self.consume_queue_segment_entries > 50_000_000
+        {
+            return bad(format!(
+                "consume_queue_segment_entries {} is outside 16..=50,000,000",
+                self.consume_queue_segment_entries
+            ));
+        }
+        if self.index_slots < 16 || self.index_entries < 16 {
+            return bad("index_slots and index_entries must each be at least 16".into());
+        }
+        if u64::from(self.index_slots) * 4 + u64::from(self.index_entries) * 24 > (1 << 34) {
+            return bad(
+                "an index file (index_slots*4 + index_entries*24) must stay under 16 GiB".into(),
+            );
+        }
+        if !(self.disk_max_used_ratio > 0.0 && self.disk_max_used_ratio <= 1.0) {
+            return bad(format!(
+                "disk_max_used_ratio {} must be in (0, 1]",
+                self.disk_max_used_ratio
+            ));
+        }
+        for (name, v) in [
+            ("async_flush_interval_ms", self.async_flush_interval_ms),
+            ("sync_flush_timeout_ms", self.sync_flush_timeout_ms),
+            ("checkpoint_interval_ms", self.checkpoint_interval_ms),
+            (
+                "retention_check_interval_ms",
+                self.retention_check_interval_ms,
+            ),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be greater than 0"));
+            }
+        }
+        debug_assert!(BLANK_MIN_LEN < MIN_COMMIT_LOG_SEGMENT_SIZE as usize);
+        Ok(())
+    }
+
+    pub(crate) fn async_flush_interval(&self) -> Duration {
+        Duration::from_millis(self.async_flush_interval_ms)
+    }
+    pub(crate) fn sync_flush_timeout(&self) -> Duration {
+        Duration::from_millis(self.sync_flush_timeout_ms)
+    }
+    pub(crate) fn checkpoint_interval(&self) -> Duration {
+        Duration::from_millis(self.checkpoint_interval_ms)
+    }
+    pub(crate) fn retention_check_interval(&self) -> Duration {
+        Duration::from_millis(self.retention_check_interval_ms)
+    }
+    pub(crate) fn retention_ms(&self) -> i64 {
+        i64::try_from(self.retention_hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX)
+    }
+}

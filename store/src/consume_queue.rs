@@ -1,0 +1,314 @@
+//! Consume queues: per (topic, queue id), a dense array of fixed-size entries pointing
+//! into the commit log. Logical offset `k` is entry `k`, at byte `k * 20`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::error::Result;
+use crate::record::{u32_at, u64_at};
+use crate::segment::{Segment, SegmentedFile};
+
+pub(crate) const ENTRY_SIZE: u64 = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CqEntry {
+    pub commit_log_offset: u64,
+    pub size: u32,
+    pub tag_hash: u64,
+}
+
+impl CqEntry {
+    fn encode(&self) -> [u8; ENTRY_SIZE as usize] {
+        let mut b = [0u8; ENTRY_SIZE as usize];
+        b[0..8].copy_from_slice(&self.commit_log_offset.to_le_bytes());
+        b[8..12].copy_from_slice(&self.size.to_le_bytes());
+        b[12..20].copy_from_slice(&self.tag_hash.to_le_bytes());
+        b
+    }
+    fn decode(b: &[u8]) -> Self {
+        Self {
+            commit_log_offset: u64_at(b, 0),
+            size: u32_at(b, 8),
+            tag_hash: u64_at(b, 12),
+        }
+    }
+    /// A zero entry is a hole: never written.
+    pub fn is_hole(&self) -> bool {
+        self.size == 0
+    }
+}
+
+pub(crate) struct ConsumeQueue {
+    files: SegmentedFile,
+    /// Serialises writers (the dispatcher; recovery and retention before/around it).
+    write: Mutex<()>,
+    /// Entries `[min, max)` are readable.
+    min: AtomicU64,
+    max: AtomicU64,
+}
+
+impl ConsumeQueue {
+    /// Opens the queue in `dir`, treating entries pointing below `commit_log_min` as
+    /// deleted. Runs before the queue is shared.
+    pub fn open(dir: &Path, entries_per_segment: u64, commit_log_min: u64) -> Result<Self> {
+        let files = SegmentedFile::open(dir, entries_per_segment * ENTRY_SIZE)?;
+        let cq = Self {
+            files,
+            write: Mutex::new(()),
+            min: AtomicU64::new(0),
+            max: AtomicU64::new(0),
+        };
+        cq.load(commit_log_min)?;
+        Ok(cq)
+    }
+
+    /// Finds the valid range from the files: the first entry at or above `commit_log_min`,
+    /// and the first hole after it in the last segment (entries are written in order, so
+    /// both are found by binary search).
+    fn load(&self, commit_log_min: u64) -> Result<()> {
+        // Drop whole leading segments that retention emptied.
+        while self.files.count() > 1 {
+            let Some(first) = self.files.first() else {
+                break;
+            };
+            let last_entry = entry_unpublished(&first, self.entries_per_segment() - 1);
+            if !last_entry.is_hole() && last_entry.commit_log_offset < commit_log_min {
+                self.files.remove_first()?;
+            } else {
+                break;
+            }
+        }
+        let (Some(first), Some(last)) = (self.files.first(), self.files.last()) else {
+            return Ok(());
+        };
+        let per = self.entries_per_segment();
+        let hole = |seg: &Segment, i: u64| entry_unpublished(seg, i).is_hole();
+        // A queue rebuilt from a trimmed log starts mid-segment, after leading holes.
+        let first_written = (0..per).find(|&i| !hole(&first, i)).unwrap_or(per);
+        let first_base = first.start() / ENTRY_SIZE;
+        let (min, max) = if first_written == per && Arc::ptr_eq(&first, &last) {
+            (first_base, first_base)
+        } else {
+            let min_idx = first_written
+                + partition_point(per - first_written, |i| {
+                    let e = entry_unpublished(&first, first_written + i);
+                    !e.is_hole() && e.commit_log_offset < commit_log_min
+                });
+            let lo = if Arc::ptr_eq(&first, &last) {
+                first_written
+            } else {
+                0
+            };
+            let max_idx = lo + partition_point(per - lo, |i| !hole(&last, lo + i));
+            let min = first_base + min_idx;
+            (min, (last.start() / ENTRY_SIZE + max_idx).max(min))
+        };
+        self.publish_upto(max);
+        self.min.store(min, Ordering::Release);
+        Ok(())
+    }
+
+    fn entries_per_segment(&self) -> u64 {
+        self.files.segment_size() / ENTRY_SIZE
+    }
+
+    fn publish_upto(&self, max: u64) {
+        let byte = max * ENTRY_SIZE;
+        for seg in self.files.all() {
+            seg.publish(byte.clamp(seg.start(), seg.end()) - seg.start());
+        }
+        self.max.store(max, Ordering::Release);
+    }
+
+    pub fn min_offset(&self) -> u64 {
+        self.min.load(Ordering::Acquire)
+    }
+    /// The next logical offset to be written.
+    pub fn max_offset(&self) -> u64 {
+        self.max.load(Ordering::Acquire)
+    }
+
+    /// Appends an entry at logical offset `at` (≥ `max_offset`). A gap, which only a
+    /// damaged store produces, is left as holes that readers skip.
+    pub fn put(&self, at: u64, entry: CqEntry) -> Result<()> {
+        let _w = self.write.lock();
+        let max = self.max_offset();
+        debug_assert!(at >= max);
+        let byte = at * ENTRY_SIZE;
+        let seg = match self.files.find(byte) {
+            Some(seg) => seg,
+            None => {
+                let size = self.files.segment_size();
+                let mut next = match self.files.last() {
+                    Some(last) => last.end(),
+                    None => byte - byte % size,
+                };
+                loop {
+                    let seg = self.files.create(next)?;
+                    if seg.end() > byte {
+                        break seg;
+                    }
+                    seg.publish(seg.len());
+                    next = seg.end();
+                }
+            }
+        };
+        let rel = byte - seg.start();
+        // SAFETY: we hold this queue's write lock, and `rel` is at or beyond the published
+        // mark (entries are appended in order).
+        unsafe { seg.write(rel, &entry.encode()) };
+        seg.publish(rel + ENTRY_SIZE);
+        if self.files.count() == 1 && max == 0 && self.min_offset() == 0 {
+            // First entry of a queue that starts mid-way (rebuilt from a trimmed log).
+            self.min.store(at, Ordering::Release);
+        }
+        self.max.store(at + 1, Ordering::Release);
+        Ok(())
+    }
+
+    /// The entry at logical offset `at`, if it is in `[min, max)`.
+    pub fn get(&self, at: u64) -> Option<CqEntry> {
+        if at < self.min_offset() || at >= self.max_offset() {
+            return None;
+        }
+        let byte = at * ENTRY_SIZE;
+        let seg = self.files.find(byte)?;
+        seg.read(byte - seg.start(), ENTRY_SIZE as usize)
+            .map(CqEntry::decode)
+    }
+
+    /// Calls `f(offset, entry)` for entries from `from` while it returns true.
+    pub fn scan(&self, from: u64, mut f: impl FnMut(u64, CqEntry) -> bool) {
+        let max = self.max_offset();
+        let mut at = from.max(self.min_offset());
+        while at < max {
+            let byte = at * ENTRY_SIZE;
+            let Some(seg) = self.files.find(byte) else {
+                return;
+            };
+            let rel = byte - seg.start();
+            let n = ((seg.len() - rel) / ENTRY_SIZE).min(max - at) as usize;
+            let Some(bytes) = seg.read(rel, n * ENTRY_SIZE as usize) else {
+                return;
+            };
+            for chunk in bytes.chunks_exact(ENTRY_SIZE as usize) {
+                if !f(at, CqEntry::decode(chunk)) {
+                    return;
+                }
+                at += 1;
+            }
+        }
+    }
+
+    /// Recovery: drops every entry that points at or beyond `commit_log_offset`. Runs
+    /// before the queue is shared.
+    pub fn truncate_from(&self, commit_log_offset: u64) -> Result<()> {
+        let _w = self.write.lock();
+        let min = self.min_offset();
+        let mut max = self.max_offset();
+        while max > min {
+            match self.get(max - 1) {
+                Some(e) if e.is_hole() || e.commit_log_offset >= commit_log_offset => max -= 1,
+                _ => break,
+            }
+        }
+        if max == self.max_offset() {
+            return Ok(());
+        }
+        // Zero the dropped entries so a later load does not resurrect them.
+        let byte = max * ENTRY_SIZE;
+        self.files
+            .remove_from(byte.div_ceil(self.files.segment_size()) * self.files.segment_size())?;
+        for seg in self.files.all() {
+            if seg.end() <= byte {
+                continue;
+            }
+            let rel = byte.max(seg.start()) - seg.start();
+            seg.publish(rel);
+            let zeros = vec![0u8; (seg.len() - rel) as usize];
+            // SAFETY: recovery holds the write lock and the queue is not shared yet;
+            // `rel` is the published mark just set.
+            unsafe { seg.write(rel, &zeros) };
+            seg.flush_to(seg.len())?;
+        }
+        if max == min && self.files.count() == 0 {
+            self.min.store(0, Ordering::Release);
+        }
+        self.max.store(max, Ordering::Release);
+        Ok(())
+    }
+
+    /// Retention: forgets entries pointing below `commit_log_min` and deletes segments
+    /// made only of them. Returns whether the queue is now empty of segments.
+    pub fn trim_below(&self, commit_log_min: u64) -> Result<()> {
+        let _w = self.write.lock();
+        loop {
+            let Some(first) = self.files.first() else {
+                break;
+            };
+            if self.files.count() < 2 {
+                break;
+            }
+            let last_idx = self.entries_per_segment() - 1;
+            let last = first
+                .read(last_idx * ENTRY_SIZE, ENTRY_SIZE as usize)
+                .map(CqEntry::decode);
+            match last {
+                Some(e) if e.commit_log_offset < commit_log_min => {
+                    self.files.remove_first()?;
+                }
+                _ => break,
+            }
+        }
+        let max = self.max_offset();
+        let mut min = self.min_offset();
+        if let Some(first) = self.files.first() {
+            min = min.max(first.start() / ENTRY_SIZE);
+        }
+        // Binary search the first entry still in the log.
+        let (mut lo, mut hi) = (min, max);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.get(mid) {
+                Some(e) if e.is_hole() || e.commit_log_offset < commit_log_min => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        self.min.store(lo, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.files.flush()
+    }
+
+    pub fn destroy(&self) -> Result<()> {
+        let _w = self.write.lock();
+        self.files.destroy()?;
+        self.min.store(0, Ordering::Release);
+        self.max.store(0, Ordering::Release);
+        Ok(())
+    }
+}
+
+fn entry_unpublished(seg: &Segment, idx: u64) -> CqEntry {
+    // SAFETY: only called from `load`, before the queue is shared.
+    CqEntry::decode(unsafe { seg.read_unpublished(idx * ENTRY_SIZE, ENTRY_SIZE as usize) })
+}
+
+/// First `i` in `0..n` for which `pred(i)` is false, given `pred` is true then false.
+fn partition_point(n: u64, pred: impl Fn(u64) -> bool) -> u64 {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}

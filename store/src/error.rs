@@ -1,0 +1,67 @@
+use std::io;
+use std::path::PathBuf;
+
+/// Everything the store can fail with. I/O errors carry the path they happened on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
+        "data folder {path} is in use by another process (lock held on {path}/lock); \
+         stop that process or choose another folder"
+    )]
+    Locked { path: PathBuf },
+
+    #[error("invalid store configuration: {0}")]
+    Config(String),
+
+    #[error("invalid message: {0}")]
+    InvalidMessage(String),
+
+    #[error(
+        "message record of {size} bytes does not fit a commit log segment of {segment_size} bytes"
+    )]
+    MessageTooLarge { size: u64, segment_size: u64 },
+
+    #[error("corrupt {what} at {path}: {detail}")]
+    Corrupt {
+        what: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+
+    #[error("no message at commit log offset {offset}: {detail}")]
+    NoMessageAt { offset: u64, detail: String },
+
+    #[error("invalid message id {id:?}: {detail}")]
+    InvalidMessageId { id: String, detail: String },
+
+    #[error("flushing the commit log failed: {0}")]
+    FlushFailed(String),
+
+    #[error("the store is shut down")]
+    ShutDown,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Attaches an operation and a path to an `io::Error`.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, op: &'static str, path: &std::path::Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, op: &'static str, path: &std::path::Path) -> Result<T> {
+        self.map_err(|source| StoreError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,53 @@
+//! Small file system helpers: durable renames and space reservation.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{IoContext, Result};
+
+/// Reserves `len` bytes of real blocks for `file` (so writes through a map cannot hit a
+/// full disk later and fault), falling back to a sparse `set_len` on file systems that
+/// cannot reserve.
+pub(crate) fn preallocate(file: &File, len: u64) -> std::io::Result<()> {
+    use rustix::fs::{FallocateFlags, fallocate};
+    match fallocate(file, FallocateFlags::empty(), 0, len) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+            file.set_len(len)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Makes the entries of `dir` (creations, renames, deletions) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx("sync folder", dir)
+}
+
+/// Replaces `path` with `bytes` atomically: write a temporary file, fsync it, rename it
+/// over `path`, fsync the folder. A crash leaves either the old or the new content.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).ctx("create folder", dir)?;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = Path::new(&tmp_name);
+    {
+        let mut f = File::create(tmp).ctx("create", tmp)?;
+        f.write_all(bytes).ctx("write", tmp)?;
+        f.sync_all().ctx("sync", tmp)?;
+    }
+    fs::rename(tmp, path).ctx("rename into place", path)?;
+    sync_dir(dir)
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

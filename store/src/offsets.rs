@@ -1,0 +1,180 @@
+//! Consumer offsets: (group, topic, queue id) → next offset to consume.
+//!
+//! Kept in memory, persisted as one JSON file replaced atomically (temp file, fsync,
+//! rename, fsync of the folder), so a crash leaves the previous or the new table whole.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IoContext, Result, StoreError};
+use crate::fsutil;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OffsetKey {
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct OffsetFile {
+    version: u32,
+    offsets: Vec<OffsetRow>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct OffsetRow {
+    group: String,
+    topic: String,
+    queue_id: u32,
+    offset: u64,
+}
+
+pub struct ConsumerOffsets {
+    path: PathBuf,
+    table: RwLock<BTreeMap<OffsetKey, u64>>,
+    dirty: AtomicBool,
+    /// One persist at a time, so an older table never overwrites a newer one.
+    persist_lock: Mutex<()>,
+}
+
+impl ConsumerOffsets {
+    pub fn open(path: &Path) -> Result<Self> {
+        let table = match std::fs::read(path) {
+            Ok(bytes) => {
+                let file: OffsetFile =
+                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                        what: "consumer offsets",
+                        path: path.to_path_buf(),
+                        detail: e.to_string(),
+                    })?;
+                file.offsets
+                    .into_iter()
+                    .map(|r| {
+                        (
+                            OffsetKey {
+                                group: r.group,
+                                topic: r.topic,
+                                queue_id: r.queue_id,
+                            },
+                            r.offset,
+                        )
+                    })
+                    .collect()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e).ctx("read consumer offsets", path),
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            table: RwLock::new(table),
+            dirty: AtomicBool::new(false),
+            persist_lock: Mutex::new(()),
+        })
+    }
+
+    pub fn commit(&self, group: &str, topic: &str, queue_id: u32, offset: u64) {
+        let key = OffsetKey {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            queue_id,
+        };
+        self.table.write().insert(key, offset);
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    pub fn query(&self, group: &str, topic: &str, queue_id: u32) -> Option<u64> {
+        // BTreeMap lookups need an owned key; offsets are queried per pull, not per
+        // message, so the allocation is fine.
+        let key = OffsetKey {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            queue_id,
+        };
+        self.table.read().get(&key).copied()
+    }
+
+    /// Every committed offset of `group`.
+    pub fn of_group(&self, group: &str) -> Vec<(OffsetKey, u64)> {
+        self.table
+            .read()
+            .iter()
+            .filter(|(k, _)| k.group == group)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// Forgets `group`'s offsets on `topic` (all topics when `None`).
+    pub fn remove(&self, group: &str, topic: Option<&str>) {
+        self.table
+            .write()
+            .retain(|k, _| !(k.group == group && topic.is_none_or(|t| t == k.topic)));
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// Writes the table if it changed since the last persist.
+    pub fn persist(&self) -> Result<()> {
+        let _one = self.persist_lock.lock();
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let file = OffsetFile {
+            version: 1,
+            offsets: self
+                .table
+                .read()
+                .iter()
+                .map(|(k, v)| OffsetRow {
+                    group: k.group.clone(),
+                    topic: k.topic.clone(),
+                    queue_id: k.queue_id,
+                    offset: *v,
+                })
+                .collect(),
+        };
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| StoreError::Io {
+            op: "encode consumer offsets",
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        if let Err(e) = fsutil::write_atomic(&self.path, &bytes) {
+            self.dirty.store(true, Ordering::Release);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_reopen_and_rejects_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config/consumer_offsets.json");
+        let o = ConsumerOffsets::open(&path).unwrap();
+        o.commit("g", "T", 0, 5);
+        o.commit("g", "T", 1, 7);
+        o.commit("h", "T", 0, 1);
+        o.persist().unwrap();
+        o.commit("g", "T", 0, 6);
+        o.persist().unwrap();
+        let o = ConsumerOffsets::open(&path).unwrap();
+        assert_eq!(o.query("g", "T", 0), Some(6));
+        assert_eq!(o.query("g", "T", 1), Some(7));
+        assert_eq!(o.query("g", "T", 2), None);
+        assert_eq!(o.of_group("g").len(), 2);
+        o.remove("g", None);
+        assert_eq!(o.query("g", "T", 0), None);
+        assert_eq!(o.query("h", "T", 0), Some(1));
+
+        std::fs::write(&path, b"{not json").unwrap();
+        let err = ConsumerOffsets::open(&path).err().unwrap().to_string();
+        assert!(err.contains("consumer offsets"), "{err}");
+    }
+}

@@ -1,0 +1,351 @@
+//! Fixed-size, memory-mapped segment files, and a sequence of them named by start offset.
+//!
+//! This module holds the store's only `unsafe` code. The invariant that makes it sound:
+//! each segment has one writer at a time (its owner serialises writes behind a lock), a
+//! writer only writes at or beyond the segment's `published` mark, and readers only read
+//! below it. Bytes below the mark never change while the segment is shared, so a reader
+//! can hold a plain `&[u8]` to them. Segments are reference counted: deleting a file does
+//! not unmap it while a reader still holds it.
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::MmapRaw;
+use parking_lot::RwLock;
+
+use crate::error::{IoContext, Result, StoreError};
+use crate::fsutil;
+
+pub(crate) struct Segment {
+    /// Absolute offset of the first byte.
+    start: u64,
+    len: u64,
+    path: PathBuf,
+    map: MmapRaw,
+    /// Bytes `[0, published)` are immutable and readable.
+    published: AtomicU64,
+    /// Bytes `[0, flushed)` are known to be on disk.
+    flushed: AtomicU64,
+}
+
+impl Segment {
+    /// Creates a new zero-filled segment, with its blocks reserved so that later writes
+    /// through the map cannot fail for lack of space, and makes its name durable.
+    pub fn create(path: &Path, start: u64, len: u64) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .ctx("create segment", path)?;
+        fsutil::preallocate(&file, len).ctx("reserve space for segment", path)?;
+        file.sync_all().ctx("sync new segment", path)?;
+        if let Some(dir) = path.parent() {
+            fsutil::sync_dir(dir)?;
+        }
+        Self::map(path, file, start, len, 0)
+    }
+
+    /// Opens an existing segment. `published` starts at 0: the owner publishes what
+    /// recovery validated. `flushed` starts at 0 too: after a crash of the process the
+    /// kernel may still hold dirty pages of it, and the next flush must cover them.
+    pub fn open(path: &Path, start: u64, len: u64) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .ctx("open segment", path)?;
+        let actual = file.metadata().ctx("stat segment", path)?.len();
+        if actual != len {
+            return Err(StoreError::Corrupt {
+                what: "segment",
+                path: path.to_path_buf(),
+                detail: format!("size {actual}, expected {len}"),
+            });
+        }
+        Self::map(path, file, start, len, 0)
+    }
+
+    fn map(path: &Path, file: File, start: u64, len: u64, flushed: u64) -> Result<Self> {
+        let map = MmapRaw::map_raw(&file).ctx("map segment", path)?;
+        Ok(Self {
+            start,
+            len,
+            path: path.to_path_buf(),
+            map,
+            published: AtomicU64::new(0),
+            flushed: AtomicU64::new(flushed),
+        })
+    }
+
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+    pub fn end(&self) -> u64 {
+        self.start + self.len
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// Makes `[0, upto)` readable. Called by the single writer after writing the bytes.
+    pub fn publish(&self, upto: u64) {
+        debug_assert!(upto <= self.len);
+        self.published.store(upto, Ordering::Release);
+    }
+
+    /// Published bytes `[rel, rel + len)`, or `None` if any of them is not published.
+    pub fn read(&self, rel: u64, len: usize) -> Option<&[u8]> {
+        let end = rel.checked_add(len as u64)?;
+        if end > self.published() {
+            return None;
+        }
+        // SAFETY: `[rel, end)` lies below `published` (checked above), and `published` only
+        // grows while the segment is shared, so these bytes are initialised (a mapped file
+        // reads as zeros or data), inside the mapping (`published <= len`), and never
+        // written again while this borrow of `self` (which keeps the map alive) lasts.
+        Some(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(rel as usize), len) })
+    }
+
+    /// Any bytes of the segment, published or not, for recovery's scan.
+    ///
+    /// # Safety
+    /// No one may write to the segment while the returned slice lives: only call it before
+    /// the segment is shared with readers or writers.
+    pub unsafe fn read_unpublished(&self, rel: u64, len: usize) -> &[u8] {
+        assert!(rel + len as u64 <= self.len, "read past the segment end");
+        // SAFETY: in bounds (asserted); exclusivity is the caller's contract.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(rel as usize), len) }
+    }
+
+    /// Copies `data` to `[rel, rel + data.len())`.
+    ///
+    /// # Safety
+    /// The caller must be the segment's only writer at this moment (hold its owner's write
+    /// lock), and `rel` must be at or beyond `published` so no reader can see the bytes
+    /// while they change.
+    pub unsafe fn write(&self, rel: u64, data: &[u8]) {
+        assert!(rel >= self.published(), "write below the published mark");
+        assert!(
+            rel + data.len() as u64 <= self.len,
+            "write past the segment end"
+        );
+        // SAFETY: in bounds (asserted); no reader reads at or beyond `published`, and the
+        // caller guarantees it is the only writer, so nothing aliases the destination.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.map.as_mut_ptr().add(rel as usize),
+                data.len(),
+            )
+        }
+    }
+
+    /// Lets `fill` write `len` bytes in place at `rel` (avoids a staging copy).
+    ///
+    /// # Safety
+    /// Same contract as [`Segment::write`].
+    pub unsafe fn write_with(&self, rel: u64, len: usize, fill: impl FnOnce(&mut [u8])) {
+        assert!(rel >= self.published(), "write below the published mark");
+        assert!(rel + len as u64 <= self.len, "write past the segment end");
+        // SAFETY: as in `write`: in bounds, unpublished, single writer, so this is the only
+        // reference to these bytes while `fill` runs.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(rel as usize), len) };
+        fill(dst)
+    }
+
+    /// Makes `[flushed, upto)` durable. Concurrent calls are harmless (msync is idempotent).
+    pub fn flush_to(&self, upto: u64) -> Result<()> {
+        let from = self.flushed.load(Ordering::Acquire);
+        if upto <= from {
+            return Ok(());
+        }
+        self.map
+            .flush_range(from as usize, (upto - from) as usize)
+            .ctx("sync segment", &self.path)?;
+        self.flushed.fetch_max(upto, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Flushes everything published.
+    pub fn flush_published(&self) -> Result<()> {
+        self.flush_to(self.published())
+    }
+}
+
+/// Segment file name: the start offset, 20 digits, so names sort by offset.
+pub(crate) fn segment_name(start: u64) -> String {
+    format!("{start:020}")
+}
+
+/// A sequence of equally sized segments in one folder, each named by its start offset.
+pub(crate) struct SegmentedFile {
+    dir: PathBuf,
+    segment_size: u64,
+    segments: RwLock<Vec<Arc<Segment>>>,
+}
+
+impl SegmentedFile {
+    /// Opens every segment in `dir` (creating `dir` if needed). Files that are not
+    /// segments are an error, so nothing is silently ignored; a gap in the sequence is too.
+    pub fn open(dir: &Path, segment_size: u64) -> Result<Self> {
+        fs::create_dir_all(dir).ctx("create folder", dir)?;
+        let mut starts = Vec::new();
+        for entry in fs::read_dir(dir).ctx("list folder", dir)? {
+            let entry = entry.ctx("list folder", dir)?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".tmp") {
+                continue;
+            }
+            match name.parse::<u64>() {
+                Ok(start) if name.len() == 20 => starts.push(start),
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        what: "segment folder",
+                        path: entry.path(),
+                        detail: "unexpected file (segments are named by a 20-digit offset)".into(),
+                    });
+                }
+            }
+        }
+        starts.sort_unstable();
+        let mut segments = Vec::with_capacity(starts.len());
+        for (i, &start) in starts.iter().enumerate() {
+            let path = dir.join(segment_name(start));
+            if start % segment_size != 0 {
+                return Err(StoreError::Corrupt {
+                    what: "segment",
+                    path,
+                    detail: format!(
+                        "start {start} is not a multiple of the segment size {segment_size}; was the segment size changed?"
+                    ),
+                });
+            }
+            if i > 0 && starts[i - 1] + segment_size != start {
+                return Err(StoreError::Corrupt {
+                    what: "segment",
+                    path,
+                    detail: format!(
+                        "gap before this segment (previous starts at {})",
+                        starts[i - 1]
+                    ),
+                });
+            }
+            segments.push(Arc::new(Segment::open(&path, start, segment_size)?));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            segment_size,
+            segments: RwLock::new(segments),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn segment_size(&self) -> u64 {
+        self.segment_size
+    }
+
+    /// The segment holding `offset`, if it exists.
+    pub fn find(&self, offset: u64) -> Option<Arc<Segment>> {
+        let segs = self.segments.read();
+        let first = segs.first()?.start();
+        if offset < first {
+            return None;
+        }
+        let idx = ((offset - first) / self.segment_size) as usize;
+        segs.get(idx).cloned()
+    }
+
+    pub fn first(&self) -> Option<Arc<Segment>> {
+        self.segments.read().first().cloned()
+    }
+    pub fn last(&self) -> Option<Arc<Segment>> {
+        self.segments.read().last().cloned()
+    }
+    pub fn all(&self) -> Vec<Arc<Segment>> {
+        self.segments.read().clone()
+    }
+    pub fn count(&self) -> usize {
+        self.segments.read().len()
+    }
+
+    /// Creates the segment starting at `start`, which must follow the last one (or be
+    /// the first).
+    pub fn create(&self, start: u64) -> Result<Arc<Segment>> {
+        debug_assert_eq!(start % self.segment_size, 0);
+        let seg = Arc::new(Segment::create(
+            &self.dir.join(segment_name(start)),
+            start,
+            self.segment_size,
+        )?);
+        let mut segs = self.segments.write();
+        if let Some(last) = segs.last() {
+            debug_assert_eq!(last.end(), start);
+        }
+        segs.push(Arc::clone(&seg));
+        Ok(seg)
+    }
+
+    /// Deletes the first segment (retention). Readers holding it keep their mapping.
+    pub fn remove_first(&self) -> Result<Option<Arc<Segment>>> {
+        let seg = {
+            let mut segs = self.segments.write();
+            if segs.is_empty() {
+                return Ok(None);
+            }
+            segs.remove(0)
+        };
+        fs::remove_file(seg.path()).ctx("delete segment", seg.path())?;
+        Ok(Some(seg))
+    }
+
+    /// Deletes every segment starting at or after `offset` (recovery truncation).
+    pub fn remove_from(&self, offset: u64) -> Result<()> {
+        let removed: Vec<_> = {
+            let mut segs = self.segments.write();
+            let keep = segs.iter().take_while(|s| s.start() < offset).count();
+            segs.drain(keep..).collect()
+        };
+        for seg in &removed {
+            fs::remove_file(seg.path()).ctx("delete segment", seg.path())?;
+        }
+        if !removed.is_empty() {
+            fsutil::sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes all segments and the folder itself.
+    pub fn destroy(&self) -> Result<()> {
+        self.segments.write().clear();
+        match fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).ctx("delete folder", &self.dir),
+        }
+    }
+
+    /// Flushes the published bytes of every segment that has unflushed ones.
+    pub fn flush(&self) -> Result<()> {
+        for seg in self.segments.read().iter().rev() {
+            if seg.flushed.load(Ordering::Acquire) >= seg.published() {
+                // Segments before a fully flushed one were flushed before it was written.
+                break;
+            }
+            seg.flush_published()?;
+        }
+        Ok(())
+    }
+}
