@@ -58,12 +58,19 @@ impl Segment {
             .open(path)
             .ctx("open segment", path)?;
         let actual = file.metadata().ctx("stat segment", path)?.len();
-        if actual != len {
+        if actual > len {
             return Err(StoreError::Corrupt {
                 what: "segment",
                 path: path.to_path_buf(),
-                detail: format!("size {actual}, expected {len}"),
+                detail: format!("size {actual}, expected {len}; was the segment size changed?"),
             });
+        }
+        if actual < len {
+            // Cut short (a crash while the file was created, or a careless copy): what is
+            // missing reads as zeros, which recovery treats as the end of the data.
+            tracing::warn!(path = %path.display(), actual, expected = len, "segment file is short; extending it with zeros");
+            fsutil::preallocate(&file, len).ctx("extend short segment", path)?;
+            file.sync_all().ctx("sync segment", path)?;
         }
         Self::map(path, file, start, len, 0)
     }
