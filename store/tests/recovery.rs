@@ -56,7 +56,7 @@ fn crash_image(before: u64, checkpoint: bool, after: u64) -> Image {
     let segment_size = config.commit_log_segment_size;
     let store = MessageStore::open(config).unwrap();
     let mut records = Vec::new();
-    let mut put = |i: u64, records: &mut Vec<Rec>| {
+    let put = |i: u64, records: &mut Vec<Rec>| {
         let msg = message(i);
         let r = store.put(&msg).unwrap();
         records.push(Rec {
@@ -197,7 +197,7 @@ fn split(img: &Image, survivors: &[Rec]) -> Vec<Rec> {
 #[test]
 fn cut_at_random_positions() {
     let img = crash_image(400, false, 0);
-    let mut rng = StdRng::seed_from_u64(0x5eed_c07);
+    let mut rng = StdRng::seed_from_u64(0x05ee_dc07);
     let end = img.end();
     let mut positions: Vec<u64> = (0..40).map(|_| rng.random_range(0..end)).collect();
     // And the edges: the very start, record boundaries, a segment boundary.

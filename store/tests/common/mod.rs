@@ -37,7 +37,7 @@ pub fn message(i: u64) -> StoreMessage {
         .chain((0..(i * 37 % 400)).map(|b| (b % 251) as u8))
         .collect();
     let mut m = StoreMessage::new(topic, (i % 2) as u32, body)
-        .with_tags(["TagA", "TagB", ""][(i % 3) as usize / 1 % 3])
+        .with_tags(["TagA", "TagB", ""][(i / 3 % 3) as usize])
         .with_key(format!("key-{i}"))
         .with_property("seq", i.to_string());
     m.born_timestamp = 1_700_000_000_000 + i as i64;

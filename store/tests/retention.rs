@@ -1,0 +1,141 @@
+//! Retention: whole old segments go, with their queue and index entries; reads below the
+//! new minimum answer "offset moved" with that minimum.
+
+mod common;
+
+use common::{message, small_config};
+use weir_store::{GetStatus, MessageStore, ReadLimits, StoreConfig, StoreMessage};
+
+const HOUR_MS: i64 = 3_600_000;
+
+fn count_files(dir: &std::path::Path) -> usize {
+    walk(dir).len()
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p))
+        } else {
+            out.push(p)
+        }
+    }
+    out
+}
+
+fn fill(store: &MessageStore, n: u64) -> Vec<weir_store::PutResult> {
+    (0..n)
+        .map(|i| {
+            let m = StoreMessage::new("T", 0, vec![i as u8; 200]).with_key(format!("k{i}"));
+            store.put(&m).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn expired_segments_are_deleted_and_reads_below_answer_offset_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        retention_hours: 1,
+        ..small_config(dir.path())
+    };
+    let store = MessageStore::open(config).unwrap();
+    let puts = fill(&store, 400);
+    let segments_before = count_files(&dir.path().join("commitlog"));
+    let cq_files_before = count_files(&dir.path().join("consumequeue"));
+    assert!(segments_before > 5);
+
+    // Nothing is old yet.
+    let now = puts.last().unwrap().store_timestamp;
+    assert_eq!(store.run_retention(now).unwrap().segments_deleted, 0);
+
+    // Two hours later every sealed segment is expired; the one being written stays.
+    let report = store.run_retention(now + 2 * HOUR_MS).unwrap();
+    assert_eq!(report.segments_deleted, segments_before - 1);
+    assert_eq!(count_files(&dir.path().join("commitlog")), 1);
+    assert!(count_files(&dir.path().join("consumequeue")) < cq_files_before);
+    let min_log = store.commit_log_min_offset();
+    assert_eq!(report.commit_log_min_offset, min_log);
+
+    let first_kept = puts
+        .iter()
+        .position(|p| p.commit_log_offset >= min_log)
+        .unwrap() as u64;
+    assert_eq!(store.min_offset("T", 0), first_kept);
+    let r = store.get_messages("T", 0, 0, ReadLimits::default(), |_| true);
+    assert_eq!(
+        (r.status, r.next_offset),
+        (GetStatus::OffsetMoved, first_kept)
+    );
+    let r = store.get_messages("T", 0, first_kept, ReadLimits::default(), |_| true);
+    assert_eq!(r.status, GetStatus::Found);
+    assert_eq!(
+        r.messages[0].commit_log_offset(),
+        puts[first_kept as usize].commit_log_offset
+    );
+
+    // Deleted messages are gone by id and by key; kept ones are not.
+    assert!(store.get_by_id(&puts[0].msg_id).is_err());
+    assert!(store.query_by_key("T", "k0", 4).is_empty());
+    assert_eq!(
+        store.query_by_key("T", &format!("k{first_kept}"), 4).len(),
+        1
+    );
+    assert_eq!(store.offset_for_timestamp("T", 0, 0), first_kept);
+
+    // And it all holds after a restart.
+    store.shutdown().unwrap();
+    drop(store);
+    let store = MessageStore::open(StoreConfig {
+        retention_hours: 1,
+        ..small_config(dir.path())
+    })
+    .unwrap();
+    assert_eq!(store.min_offset("T", 0), first_kept);
+    assert_eq!(store.max_offset("T", 0), 400);
+    let r = store.get_messages("T", 0, 3, ReadLimits::default(), |_| true);
+    assert_eq!(
+        (r.status, r.next_offset),
+        (GetStatus::OffsetMoved, first_kept)
+    );
+    assert_eq!(
+        store.put(&message(1)).unwrap().queue_offset,
+        0,
+        "other queue unaffected"
+    );
+    assert_eq!(
+        store
+            .put(&StoreMessage::new("T", 0, vec![1]))
+            .unwrap()
+            .queue_offset,
+        400
+    );
+}
+
+#[test]
+fn disk_pressure_deletes_the_oldest_segment_per_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    // Any real disk is fuller than 0.01 %: constant pressure.
+    let config = StoreConfig {
+        disk_max_used_ratio: 0.0001,
+        ..small_config(dir.path())
+    };
+    let store = MessageStore::open(config).unwrap();
+    let puts = fill(&store, 200);
+    let now = puts.last().unwrap().store_timestamp;
+    let before = count_files(&dir.path().join("commitlog"));
+    let r = store.run_retention(now).unwrap();
+    assert_eq!(r.segments_deleted, 1);
+    assert_eq!(count_files(&dir.path().join("commitlog")), before - 1);
+    // Never the segment being written.
+    for _ in 0..before {
+        store.run_retention(now).unwrap();
+    }
+    assert_eq!(count_files(&dir.path().join("commitlog")), 1);
+    assert!(store.put(&StoreMessage::new("T", 0, vec![7])).is_ok());
+    let max = store.max_offset("T", 0);
+    let r = store.get_messages("T", 0, max - 1, ReadLimits::default(), |_| true);
+    assert_eq!(r.messages[0].view().unwrap().body(), &[7]);
+}
