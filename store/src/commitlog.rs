@@ -106,9 +106,15 @@ impl CommitLog {
     /// of the log: the rest of its segment is zeroed and later segments are deleted.
     ///
     /// Runs before the log is shared.
+    ///
+    /// After a clean stop nothing was ever written past the end, so the tail is known to
+    /// be zeros and everything is durable; after an unclean one the tail is zeroed and the
+    /// next flush covers every segment (the kernel may still hold dirty pages of the dead
+    /// process).
     pub fn recover(
         &self,
         from: Option<u64>,
+        clean: bool,
         mut visit: impl FnMut(&RecordView<'_>) -> Result<()>,
     ) -> Result<ScanOutcome> {
         let segs = self.files.all();
@@ -116,7 +122,7 @@ impl CommitLog {
             // Nothing stored: continue after the last known offset, at a segment boundary,
             // so offsets (and so message ids) are never reused.
             let start = from.unwrap_or(0).div_ceil(self.segment_size()) * self.segment_size();
-            self.set_end(start);
+            self.set_end(start, true);
             return Ok(ScanOutcome {
                 end: self.committed(),
                 records: 0,
@@ -147,12 +153,14 @@ impl CommitLog {
         // Zero whatever follows the end in its segment, so that no stale record there can
         // ever validate again, and drop later segments.
         if let Some(seg) = self.files.find(pos) {
-            zero_tail(&seg, pos - seg.start())?;
+            if !clean {
+                zero_tail(&seg, pos - seg.start())?;
+            }
             self.files.remove_from(seg.end())?;
         } else {
             self.files.remove_from(pos)?;
         }
-        self.set_end(pos);
+        self.set_end(pos, clean);
         Ok(ScanOutcome {
             end: pos,
             records,
@@ -161,16 +169,17 @@ impl CommitLog {
     }
 
     /// Publishes everything below `end` and points the writer there.
-    fn set_end(&self, end: u64) {
+    fn set_end(&self, end: u64, durable: bool) {
         for seg in self.files.all() {
             seg.publish(end.clamp(seg.start(), seg.end()) - seg.start());
         }
         self.writer.lock().pos = end;
         self.committed.store(end, Ordering::Release);
-        self.flushed.store(
-            self.files.first().map_or(end, |s| s.start()),
-            Ordering::Release,
-        );
+        let flushed = match durable {
+            true => end,
+            false => self.files.first().map_or(end, |s| s.start()),
+        };
+        self.flushed.store(flushed, Ordering::Release);
     }
 
     pub fn lock_writer(&self) -> CommitLogWriter<'_> {
@@ -206,7 +215,7 @@ impl CommitLog {
             .find(offset)
             .ok_or_else(|| no("no segment holds it"))?;
         let rel = offset - seg.start();
-        let available = (seg.published() - rel) as usize;
+        let available = seg.published().saturating_sub(rel) as usize;
         let window = seg.read(rel, available).ok_or_else(|| no("not readable"))?;
         match record::probe(window, offset) {
             Probe::Message(len) => Ok(StoredRecord { seg, rel, len }),
@@ -283,30 +292,45 @@ impl CommitLog {
     }
 }
 
-/// Zeroes `[rel, len)` of a segment, skipping chunks that are zero already (cheap on the
-/// reserved-but-unwritten tail). Recovery only.
+/// Zeroes `[rel, len)` of a segment after an unclean stop, so that no stale record there
+/// can validate again. Recovery only.
 fn zero_tail(seg: &Segment, rel: u64) -> Result<()> {
-    const CHUNK: u64 = 1 << 20;
-    let mut at = rel;
-    let mut zeroed = 0u64;
-    let zeros = vec![0u8; CHUNK as usize];
-    while at < seg.len() {
-        let n = CHUNK.min(seg.len() - at);
-        // SAFETY: recovery runs before the segment is shared.
-        let cur = unsafe { seg.read_unpublished(at, n as usize) };
-        if cur.iter().any(|&b| b != 0) {
-            // SAFETY: as above; nothing is published at or beyond `rel` yet (`set_end`
-            // runs after this).
-            unsafe { seg.write(at, &zeros[..n as usize]) };
-            zeroed += n;
+    let len = seg.len() - rel;
+    // Fast path: let the file system turn the range back into reserved zeros (no reads,
+    // and the page cache is updated by the kernel).
+    let zeroed = std::fs::OpenOptions::new()
+        .write(true)
+        .open(seg.path())
+        .ok()
+        .is_some_and(|f| {
+            use rustix::fs::{FallocateFlags, fallocate};
+            fallocate(
+                &f,
+                FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE,
+                rel,
+                len,
+            )
+            .is_ok()
+        });
+    if !zeroed {
+        // Fallback: overwrite non-zero chunks.
+        const CHUNK: u64 = 1 << 20;
+        let zeros = vec![0u8; CHUNK as usize];
+        let mut at = rel;
+        while at < seg.len() {
+            let n = CHUNK.min(seg.len() - at) as usize;
+            // SAFETY: recovery runs before the segment is shared.
+            let cur = unsafe { seg.read_unpublished(at, n) };
+            if cur.iter().any(|&b| b != 0) {
+                // SAFETY: as above; nothing at or beyond `rel` is published (`set_end`
+                // runs after this).
+                unsafe { seg.write(at, &zeros[..n]) };
+            }
+            at += n as u64;
         }
-        at += n;
     }
-    if zeroed > 0 {
-        warn!(segment = %seg.path().display(), from = rel, "zeroed a damaged commit log tail");
-        seg.flush_to(seg.len())?;
-    }
-    Ok(())
+    warn!(segment = %seg.path().display(), from = rel, "zeroed the commit log tail after an unclean stop");
+    seg.flush_to(seg.len())
 }
 
 /// Exclusive append access to the commit log.

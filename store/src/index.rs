@@ -14,7 +14,7 @@ use parking_lot::RwLock;
 
 use crate::error::{IoContext, Result, StoreError};
 use crate::fsutil;
-use crate::record::{fnv1a64, u32_at, u64_at};
+use crate::record::{fnv1a64_parts, u32_at, u64_at};
 use crate::segment::segment_name;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"WIX1");
@@ -34,11 +34,7 @@ mod hdr {
 
 /// Hash of an index key: FNV-1a 64 of `topic`, a zero byte, `key`.
 pub(crate) fn key_hash(topic: &str, key: &str) -> u64 {
-    let mut buf = Vec::with_capacity(topic.len() + 1 + key.len());
-    buf.extend_from_slice(topic.as_bytes());
-    buf.push(0);
-    buf.extend_from_slice(key.as_bytes());
-    fnv1a64(&buf)
+    fnv1a64_parts(&[topic.as_bytes(), &[0], key.as_bytes()])
 }
 
 struct IndexFile {

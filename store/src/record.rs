@@ -592,10 +592,17 @@ pub fn tag_hash(tag: &str) -> u64 {
 
 /// FNV-1a, 64 bit: stable across versions and platforms, which on-disk hashes must be.
 pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
+    fnv1a64_parts(&[bytes])
+}
+
+/// FNV-1a 64 of the concatenation of `parts`, without concatenating them.
+pub(crate) fn fnv1a64_parts(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    for part in parts {
+        for &b in *part {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
     }
     h
 }
