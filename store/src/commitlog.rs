@@ -68,7 +68,7 @@ impl std::fmt::Debug for StoredRecord {
 pub(crate) struct ScanOutcome {
     pub end: u64,
     pub records: u64,
-    /// Why the scan stopped where it did, if not at clean zeros.
+    /// Why the scan stopped where it did ("end of data" for zeros).
     pub stop_reason: &'static str,
 }
 
@@ -107,14 +107,16 @@ impl CommitLog {
     ///
     /// Runs before the log is shared.
     ///
-    /// After a clean stop nothing was ever written past the end, so the tail is known to
-    /// be zeros and everything is durable; after an unclean one the tail is zeroed and the
-    /// next flush covers every segment (the kernel may still hold dirty pages of the dead
-    /// process).
+    /// `clean_end` is where a clean stop left the log. Only when the scan ends exactly
+    /// there is the tail known to be zeros (nothing is ever written past the end) and
+    /// everything durable. Otherwise (an unclean stop, or damage found even after a clean
+    /// one) the tail is zeroed, so no stale record beyond the cut can validate later, and
+    /// the next flush covers every segment (the kernel may still hold dirty pages of a
+    /// dead process).
     pub fn recover(
         &self,
         from: Option<u64>,
-        clean: bool,
+        clean_end: Option<u64>,
         mut visit: impl FnMut(&RecordView<'_>) -> Result<()>,
     ) -> Result<ScanOutcome> {
         let segs = self.files.all();
@@ -152,6 +154,7 @@ impl CommitLog {
         };
         // Zero whatever follows the end in its segment, so that no stale record there can
         // ever validate again, and drop later segments.
+        let clean = clean_end == Some(pos);
         if let Some(seg) = self.files.find(pos) {
             if !clean {
                 zero_tail(&seg, pos - seg.start())?;

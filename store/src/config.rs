@@ -31,9 +31,9 @@ pub struct StoreConfig {
     pub commit_log_segment_size: u64,
     /// Entries per consume queue segment file (default 300,000 = 6 MB).
     pub consume_queue_segment_entries: u64,
-    /// Hash slots per index file (default 4,000,000).
+    /// Hash slots per index file (default 1,000,000).
     pub index_slots: u32,
-    /// Entries per index file (default 16,000,000).
+    /// Entries per index file (default 4,000,000; with the slots, a 100 MB file).
     pub index_entries: u32,
     pub flush_mode: FlushMode,
     /// Async mode: how often the flusher syncs the commit log, ms (default 500).
@@ -44,8 +44,8 @@ pub struct StoreConfig {
     /// How often consume queues and the index are synced and the checkpoint written, ms
     /// (default 1000).
     pub checkpoint_interval_ms: u64,
-    /// Commit log segments whose newest record is older than this are deleted, hours
-    /// (default 72).
+    /// A sealed commit log segment is deleted once the segment after it started more
+    /// than this long ago (its newest record is at least that old), hours (default 72).
     pub retention_hours: u64,
     /// When the disk holding the data folder is fuller than this ratio, the oldest segments
     /// are deleted whatever their age (default 0.75).
@@ -62,8 +62,8 @@ impl Default for StoreConfig {
             data_dir: PathBuf::from("weir-data"),
             commit_log_segment_size: 1 << 30,
             consume_queue_segment_entries: 300_000,
-            index_slots: 4_000_000,
-            index_entries: 16_000_000,
+            index_slots: 1_000_000,
+            index_entries: 4_000_000,
             flush_mode: FlushMode::Async,
             async_flush_interval_ms: 500,
             sync_flush_timeout_ms: 5_000,
@@ -113,9 +113,10 @@ impl StoreConfig {
         if self.index_slots < 16 || self.index_entries < 16 {
             return bad("index_slots and index_entries must each be at least 16".into());
         }
-        if u64::from(self.index_slots) * 4 + u64::from(self.index_entries) * 24 > (1 << 34) {
+        if 64 + u64::from(self.index_slots) * 4 + u64::from(self.index_entries) * 24 >= (1 << 34) {
             return bad(
-                "an index file (index_slots*4 + index_entries*24) must stay under 16 GiB".into(),
+                "an index file (64 + index_slots*4 + index_entries*24 bytes) must stay under 16 GiB"
+                    .into(),
             );
         }
         if !(self.disk_max_used_ratio > 0.0 && self.disk_max_used_ratio <= 1.0) {

@@ -66,8 +66,9 @@ impl ConsumeQueue {
     }
 
     /// Finds the valid range from the files: the first entry at or above `commit_log_min`,
-    /// and the first hole after it in the last segment (entries are written in order, so
-    /// both are found by binary search).
+    /// and the first hole after the written entries of the last segment (entries are
+    /// written in order, so both are binary searches, after a linear skip over leading
+    /// holes in a queue that starts mid-segment).
     fn load(&self, commit_log_min: u64) -> Result<()> {
         // Drop whole leading segments that retention emptied.
         while self.files.count() > 1 {
@@ -241,8 +242,8 @@ impl ConsumeQueue {
         Ok(())
     }
 
-    /// Retention: forgets entries pointing below `commit_log_min` and deletes segments
-    /// made only of them. Returns whether the queue is now empty of segments.
+    /// Retention: forgets entries pointing below `commit_log_min` and deletes leading
+    /// segments made only of them (never the last segment).
     pub fn trim_below(&self, commit_log_min: u64) -> Result<()> {
         let _w = self.write.lock();
         loop {
@@ -257,7 +258,7 @@ impl ConsumeQueue {
                 .read(last_idx * ENTRY_SIZE, ENTRY_SIZE as usize)
                 .map(CqEntry::decode);
             match last {
-                Some(e) if e.commit_log_offset < commit_log_min => {
+                Some(e) if !e.is_hole() && e.commit_log_offset < commit_log_min => {
                     self.files.remove_first()?;
                 }
                 _ => break,

@@ -27,11 +27,31 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .ctx("sync folder", dir)
 }
 
+/// Creates `dir` and any missing parents, making each new entry durable in its parent
+/// (a folder created but not synced can vanish in a machine crash, with what it held).
+pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_durable(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e).ctx("create folder", dir),
+    }
+    match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
 /// Replaces `path` with `bytes` atomically: write a temporary file, fsync it, rename it
 /// over `path`, fsync the folder. A crash leaves either the old or the new content.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).ctx("create folder", dir)?;
+    create_dir_durable(dir)?;
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = Path::new(&tmp_name);

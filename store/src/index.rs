@@ -247,11 +247,14 @@ pub(crate) struct KeyIndex {
 
 impl KeyIndex {
     pub fn open(dir: &Path, slots: u32, capacity: u32) -> Result<Self> {
-        fs::create_dir_all(dir).ctx("create folder", dir)?;
+        fsutil::create_dir_durable(dir)?;
         let mut named = Vec::new();
         for entry in fs::read_dir(dir).ctx("list folder", dir)? {
             let entry = entry.ctx("list folder", dir)?;
             let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                continue;
+            }
             match name.parse::<u64>() {
                 Ok(start) if name.len() == 20 => named.push((start, entry.path())),
                 _ => {
@@ -288,6 +291,15 @@ impl KeyIndex {
         let mut files = self.files.write();
         for key in keys {
             if files.last().is_none_or(IndexFile::is_full) {
+                if files.last().is_some_and(|f| f.begin_offset() == offset) {
+                    // One record with more keys than a file holds: the rest stay unindexed
+                    // rather than open a second file under the same name.
+                    tracing::warn!(
+                        offset,
+                        "record has more keys than an index file holds; extra keys not indexed"
+                    );
+                    break;
+                }
                 let path = self.dir.join(segment_name(offset));
                 files.push(IndexFile::create(
                     &path,

@@ -52,6 +52,13 @@ impl ConsumerOffsets {
                         path: path.to_path_buf(),
                         detail: e.to_string(),
                     })?;
+                if file.version != 1 {
+                    return Err(StoreError::Corrupt {
+                        what: "consumer offsets",
+                        path: path.to_path_buf(),
+                        detail: format!("unknown version {} (this build reads 1)", file.version),
+                    });
+                }
                 file.offsets
                     .into_iter()
                     .map(|r| {

@@ -204,6 +204,18 @@ fn put_ip(b: &mut [u8], at: usize, addr: &SocketAddr) {
     b[at..at + 16].copy_from_slice(&v6.octets());
 }
 
+/// The address as records store it and message ids show it: an IPv4-mapped IPv6 address
+/// becomes plain IPv4 (scope ids and flow labels are not kept).
+pub fn canonical_addr(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
+            None => SocketAddr::new(IpAddr::V6(v6), addr.port()),
+        },
+        IpAddr::V4(_) => addr,
+    }
+}
+
 /// Writes `msg` into `dst`, which must be exactly `msg.encoded_len()` bytes.
 pub(crate) fn encode_into(msg: &StoreMessage, a: &Assigned, dst: &mut [u8]) {
     let total = dst.len();

@@ -205,7 +205,7 @@ impl SegmentedFile {
     /// Opens every segment in `dir` (creating `dir` if needed). Files that are not
     /// segments are an error, so nothing is silently ignored; a gap in the sequence is too.
     pub fn open(dir: &Path, segment_size: u64) -> Result<Self> {
-        fs::create_dir_all(dir).ctx("create folder", dir)?;
+        fsutil::create_dir_durable(dir)?;
         let mut starts = Vec::new();
         for entry in fs::read_dir(dir).ctx("list folder", dir)? {
             let entry = entry.ctx("list folder", dir)?;

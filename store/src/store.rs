@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -111,7 +111,8 @@ pub struct RetentionReport {
 #[derive(Debug, Clone)]
 pub struct RecoveryReport {
     pub clean_shutdown: bool,
-    /// Records validated and re-dispatched from the checkpoint on.
+    /// Records validated from the checkpoint on (half and rollback records included,
+    /// though only plain and committed ones enter a queue).
     pub records_replayed: u64,
     pub commit_log_end: u64,
     /// Why the scan stopped where it did.
@@ -130,6 +131,9 @@ struct Inner {
     group_commit: GroupCommit,
     shutdown: Shutdown,
     arrival: RwLock<Option<ArrivalListener>>,
+    /// End of the last record whose queue entry and keys are written. Trails the commit
+    /// log's published end by at most the record being dispatched; the checkpoint uses it.
+    dispatched: AtomicU64,
     closed: AtomicBool,
     recovery: RecoveryReport,
     /// Held for the store's lifetime: the single-owner lock.
@@ -157,6 +161,8 @@ impl MessageStore {
         fsutil::sync_dir(&root)?;
 
         let (checkpoint_file, checkpoint) = CheckpointFile::open(&root.join(CHECKPOINT_FILE))?;
+        fsutil::create_dir_durable(&root.join(CONSUME_QUEUE_DIR))?;
+        fsutil::sync_dir(&root)?;
         let commit_log =
             CommitLog::open(&root.join(COMMIT_LOG_DIR), config.commit_log_segment_size)?;
         let log_min = commit_log.min_offset();
@@ -177,6 +183,7 @@ impl MessageStore {
             group_commit: GroupCommit::default(),
             shutdown: Shutdown::default(),
             arrival: RwLock::new(None),
+            dispatched: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             recovery: RecoveryReport {
                 clean_shutdown,
@@ -602,7 +609,7 @@ impl Inner {
             .iter()
             .map(StoreMessage::encoded_len)
             .collect::<Result<Vec<_>>>()?;
-        let store_host = self.config.store_host;
+        let store_host = record::canonical_addr(self.config.store_host);
         let mut results = Vec::with_capacity(msgs.len());
         let mut arrivals = Vec::new();
         let end = {
@@ -635,6 +642,8 @@ impl Inner {
                     self.dispatch(cq, queue_offset, entry, &msg.topic, keys, now)?;
                     arrivals.push((queue_offset + 1, &msg.topic, msg.queue_id));
                 }
+                self.dispatched
+                    .store(offset + len as u64, Ordering::Release);
                 results.push(PutResult {
                     commit_log_offset: offset,
                     size: len as u32,
@@ -677,26 +686,29 @@ impl Inner {
         self.index.truncate_from(cut)?;
 
         let mut anomalies = 0u64;
-        let scan = self.commit_log.recover(from, clean, |v: &RecordView<'_>| {
-            if !sys_flag::is_dispatched(v.sys_flag()) {
-                return Ok(());
-            }
-            let cq = self.queue_or_create(v.topic(), v.queue_id())?;
-            let (qo, max) = (v.queue_offset(), cq.max_offset());
-            if qo < max {
-                anomalies += 1;
-                return Ok(());
-            }
-            if qo > max && max > cq.min_offset() {
-                anomalies += 1;
-            }
-            let entry = CqEntry {
-                commit_log_offset: v.commit_log_offset(),
-                size: v.total_len() as u32,
-                tag_hash: tag_hash(v.tags()),
-            };
-            self.dispatch(&cq, qo, entry, v.topic(), v.keys(), v.store_timestamp())
-        })?;
+        let clean_end = checkpoint.filter(|_| clean).map(|c| c.commit_log_flushed);
+        let scan = self
+            .commit_log
+            .recover(from, clean_end, |v: &RecordView<'_>| {
+                if !sys_flag::is_dispatched(v.sys_flag()) {
+                    return Ok(());
+                }
+                let cq = self.queue_or_create(v.topic(), v.queue_id())?;
+                let (qo, max) = (v.queue_offset(), cq.max_offset());
+                if qo < max {
+                    anomalies += 1;
+                    return Ok(());
+                }
+                if qo > max && max > cq.min_offset() {
+                    anomalies += 1;
+                }
+                let entry = CqEntry {
+                    commit_log_offset: v.commit_log_offset(),
+                    size: v.total_len() as u32,
+                    tag_hash: tag_hash(v.tags()),
+                };
+                self.dispatch(&cq, qo, entry, v.topic(), v.keys(), v.store_timestamp())
+            })?;
         if anomalies > 0 {
             warn!(
                 anomalies,
@@ -713,8 +725,7 @@ impl Inner {
                 "commit log damaged below its durable point: records after the damage are dropped"
             );
         }
-        // Queue entries can only point below the end now, but a queue whose records all
-        // lay past the cut (and none replayed) may still hold nothing valid: fine.
+        self.dispatched.store(scan.end, Ordering::Release);
         let report = RecoveryReport {
             clean_shutdown: clean,
             records_replayed: scan.records,
@@ -722,9 +733,9 @@ impl Inner {
             stop_reason: scan.stop_reason,
         };
         self.checkpoint_now()?;
-        let level_unclean = !clean;
-        if level_unclean {
+        if !clean {
             warn!(
+                checkpoint_written_at_ms = checkpoint.map_or(0, |c| c.written_at),
                 replayed = scan.records,
                 end = scan.end,
                 stop = scan.stop_reason,
@@ -739,8 +750,8 @@ impl Inner {
 
     /// Syncs queues and index, then records what is durable.
     fn checkpoint_now(&self) -> Result<()> {
-        // Everything dispatched before this point is in the queues we are about to sync.
-        let dispatched = self.commit_log.committed();
+        // Every record below this has its queue entry and keys in the files synced next.
+        let dispatched = self.dispatched.load(Ordering::Acquire);
         let queues: Vec<Arc<ConsumeQueue>> = self
             .queues
             .read()
