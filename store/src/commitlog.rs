@@ -18,6 +18,9 @@ pub(crate) struct CommitLog {
     committed: AtomicU64,
     /// Everything below is on disk.
     flushed: AtomicU64,
+    /// Flushes that had something to sync: with group commit, appends per sync shows how
+    /// well concurrent appends share them.
+    syncs: AtomicU64,
 }
 
 struct WriterState {
@@ -80,6 +83,7 @@ impl CommitLog {
             writer: Mutex::new(WriterState { pos: 0 }),
             committed: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
         })
     }
 
@@ -248,7 +252,12 @@ impl CommitLog {
             seg.flush_to(target.min(seg.end()) - seg.start())?;
         }
         self.flushed.fetch_max(target, Ordering::AcqRel);
+        self.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(target)
+    }
+
+    pub fn sync_count(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 
     /// Segments other than the one being written, oldest first, each with the store

@@ -412,6 +412,11 @@ impl MessageStore {
     pub fn commit_log_max_offset(&self) -> u64 {
         self.inner.commit_log.committed()
     }
+    /// How many times the commit log was synced since open (each sync may cover many
+    /// appends: group commit).
+    pub fn commit_log_sync_count(&self) -> u64 {
+        self.inner.commit_log.sync_count()
+    }
     /// Commit log bytes known to be on disk.
     pub fn commit_log_flushed_offset(&self) -> u64 {
         self.inner.commit_log.flushed()
