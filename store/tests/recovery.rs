@@ -194,6 +194,21 @@ fn split(img: &Image, survivors: &[Rec]) -> Vec<Rec> {
     img.records[survivors.len()..].to_vec()
 }
 
+/// Cuts the commit log of the image at `dir` at byte `pos`: its segment ends there and
+/// later segments are gone.
+fn cut_log(img: &Image, dir: &Path, pos: u64) {
+    let seg = pos - pos % img.segment_size;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(Image::segment_path(dir, seg))
+        .unwrap();
+    file.set_len(pos - seg).unwrap();
+    let mut later = seg + img.segment_size;
+    while fs::remove_file(Image::segment_path(dir, later)).is_ok() {
+        later += img.segment_size;
+    }
+}
+
 #[test]
 fn cut_at_random_positions() {
     let img = crash_image(400, false, 0);
@@ -209,16 +224,7 @@ fn cut_at_random_positions() {
     ]);
     for pos in positions {
         let dir = img.fork();
-        let seg = pos - pos % img.segment_size;
-        let file = OpenOptions::new()
-            .write(true)
-            .open(Image::segment_path(dir.path(), seg))
-            .unwrap();
-        file.set_len(pos - seg).unwrap();
-        let mut later = seg + img.segment_size;
-        while fs::remove_file(Image::segment_path(dir.path(), later)).is_ok() {
-            later += img.segment_size;
-        }
+        cut_log(&img, dir.path(), pos);
         let (survivors, log_end) = expected_after_damage(&img, pos, true);
         let lost = split(&img, &survivors);
         check(
@@ -270,16 +276,7 @@ fn torn_tail_after_a_checkpoint() {
     for _ in 0..15 {
         let pos = rng.random_range(img.checkpointed..img.end());
         let dir = img.fork();
-        let seg = pos - pos % img.segment_size;
-        let file = OpenOptions::new()
-            .write(true)
-            .open(Image::segment_path(dir.path(), seg))
-            .unwrap();
-        file.set_len(pos - seg).unwrap();
-        let mut later = seg + img.segment_size;
-        while fs::remove_file(Image::segment_path(dir.path(), later)).is_ok() {
-            later += img.segment_size;
-        }
+        cut_log(&img, dir.path(), pos);
         let (survivors, log_end) = expected_after_damage(&img, pos, true);
         let lost = split(&img, &survivors);
         check(
