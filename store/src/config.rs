@@ -52,6 +52,9 @@ pub struct StoreConfig {
     pub disk_max_used_ratio: f64,
     /// How often retention runs, ms (default 10,000).
     pub retention_check_interval_ms: u64,
+    /// Create the next commit log segment in a background thread before the writer needs
+    /// it (default true), so a roll-over does not stall appends.
+    pub prepare_ahead: bool,
     /// Address written into each record as the store host; part of every message id.
     pub store_host: SocketAddr,
 }
@@ -71,6 +74,7 @@ impl Default for StoreConfig {
             retention_hours: 72,
             disk_max_used_ratio: 0.75,
             retention_check_interval_ms: 10_000,
+            prepare_ahead: true,
             store_host: SocketAddr::from((Ipv4Addr::LOCALHOST, 10911)),
         }
     }

@@ -291,18 +291,40 @@ impl SegmentedFile {
     /// Creates the segment starting at `start`, which must follow the last one (or be
     /// the first).
     pub fn create(&self, start: u64) -> Result<Arc<Segment>> {
+        let seg = self.create_detached(start)?;
+        self.adopt(Arc::clone(&seg))?;
+        Ok(seg)
+    }
+
+    /// Creates the file of a segment without making it part of the sequence yet (a spare,
+    /// prepared ahead of need). If the process stops before adopting it, the next open
+    /// finds it after the end of the data, where recovery deletes it.
+    pub fn create_detached(&self, start: u64) -> Result<Arc<Segment>> {
         debug_assert_eq!(start % self.segment_size, 0);
-        let seg = Arc::new(Segment::create(
+        Ok(Arc::new(Segment::create(
             &self.dir.join(segment_name(start)),
             start,
             self.segment_size,
-        )?);
+        )?))
+    }
+
+    /// Appends a segment made by `create_detached`; it must follow the last one.
+    pub fn adopt(&self, seg: Arc<Segment>) -> Result<()> {
         let mut segs = self.segments.write();
-        if let Some(last) = segs.last() {
-            debug_assert_eq!(last.end(), start);
+        match segs.last() {
+            Some(last) if last.end() != seg.start() => Err(StoreError::Corrupt {
+                what: "segment",
+                path: seg.path().to_path_buf(),
+                detail: format!(
+                    "does not follow the last segment (which ends at {})",
+                    last.end()
+                ),
+            }),
+            _ => {
+                segs.push(seg);
+                Ok(())
+            }
         }
-        segs.push(Arc::clone(&seg));
-        Ok(seg)
     }
 
     /// Deletes the first segment (retention). Readers holding it keep their mapping.

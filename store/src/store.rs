@@ -540,6 +540,19 @@ impl MessageStore {
                 }
             }),
         )?);
+        if self.inner.config.prepare_ahead {
+            let inner = Arc::clone(&self.inner);
+            threads.push(spawn(
+                "weir-alloc",
+                Box::new(move || {
+                    while !inner.shutdown.sleep(std::time::Duration::from_millis(20)) {
+                        if let Err(e) = inner.commit_log.prepare_ahead() {
+                            error!(error = %e, "preparing the next commit log segment failed");
+                        }
+                    }
+                }),
+            )?);
+        }
         let inner = Arc::clone(&self.inner);
         threads.push(spawn(
             "weir-retention",

@@ -333,3 +333,37 @@ fn arrival_listener_hears_each_append() {
         vec![("T".into(), 2, 1), ("T".into(), 2, 2)]
     );
 }
+
+#[test]
+fn spare_segment_is_adopted_on_roll_and_dropped_on_reopen() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let segments = |d: &std::path::Path| std::fs::read_dir(d.join("commitlog")).unwrap().count();
+    let seg_size = small_config(dir.path()).commit_log_segment_size;
+    {
+        let store = MessageStore::open(small_config(dir.path())).unwrap();
+        store.put(&StoreMessage::new("T", 0, vec![1; 100])).unwrap();
+        // The allocator thread prepares the next segment ahead of need.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while segments(dir.path()) < 2 {
+            assert!(Instant::now() < deadline, "no spare segment was prepared");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Fill past the first segment: the writer adopts the spare.
+        let mut last = None;
+        for i in 0..100u8 {
+            last = Some(store.put(&StoreMessage::new("T", 0, vec![i; 200])).unwrap());
+        }
+        assert!(last.unwrap().commit_log_offset >= seg_size);
+        store.shutdown().unwrap();
+    }
+    // Whatever spare was left is beyond the end of the data and goes at the next open.
+    let store = MessageStore::open(StoreConfig {
+        prepare_ahead: false,
+        ..small_config(dir.path())
+    })
+    .unwrap();
+    let end = store.commit_log_max_offset();
+    assert_eq!(segments(dir.path()) as u64, end.div_ceil(seg_size));
+    assert_eq!(read_all(&store, "T", 0).len(), 101);
+}

@@ -39,6 +39,7 @@ fn expired_segments_are_deleted_and_reads_below_answer_offset_moved() {
     let dir = tempfile::tempdir().unwrap();
     let config = StoreConfig {
         retention_hours: 1,
+        prepare_ahead: false,
         ..small_config(dir.path())
     };
     let store = MessageStore::open(config).unwrap();
@@ -90,6 +91,7 @@ fn expired_segments_are_deleted_and_reads_below_answer_offset_moved() {
     drop(store);
     let store = MessageStore::open(StoreConfig {
         retention_hours: 1,
+        prepare_ahead: false,
         ..small_config(dir.path())
     })
     .unwrap();
@@ -120,6 +122,7 @@ fn disk_pressure_deletes_the_oldest_segment_per_pass() {
     // Any real disk is fuller than 0.01 %: constant pressure.
     let config = StoreConfig {
         disk_max_used_ratio: 0.0001,
+        prepare_ahead: false,
         ..small_config(dir.path())
     };
     let store = MessageStore::open(config).unwrap();
