@@ -17,7 +17,7 @@ use crate::commitlog::{CommitLog, StoredRecord};
 use crate::config::{FlushMode, StoreConfig};
 use crate::consume_queue::{ConsumeQueue, CqEntry};
 use crate::error::{IoContext, Result, StoreError};
-use crate::flush::{Durable, GroupCommit, Shutdown, Ticket, TicketFuture};
+use crate::flush::{Durable, GroupCommit, Shutdown, TicketFuture};
 use crate::fsutil::{self, now_ms};
 use crate::index::KeyIndex;
 use crate::offsets::ConsumerOffsets;
@@ -222,9 +222,10 @@ impl MessageStore {
     /// Appends messages in order under one lock and waits once for their durability. An
     /// invalid message rejects the whole batch before anything is written.
     pub fn put_batch(&self, msgs: &[StoreMessage]) -> Result<Vec<PutResult>> {
-        let (mut results, ticket) = self.inner.append(msgs)?;
-        if let Some(t) = ticket {
-            let status = match t.wait(self.inner.config.sync_flush_timeout()) {
+        let (mut results, wait_for) = self.inner.append(msgs)?;
+        if let Some(end) = wait_for {
+            let timeout = self.inner.config.sync_flush_timeout();
+            let status = match self.inner.group_commit.wait_durable(end, timeout) {
                 Some(Durable::Yes) => FlushStatus::Durable,
                 Some(Durable::Failed(e)) => return Err(StoreError::FlushFailed(e)),
                 None => FlushStatus::TimedOut,
@@ -237,9 +238,9 @@ impl MessageStore {
     /// `put_batch` for async callers: the append itself is a short memory copy; only the
     /// durability wait is awaited. (The caller bounds the wait, e.g. with a timeout.)
     pub async fn put_batch_async(&self, msgs: &[StoreMessage]) -> Result<Vec<PutResult>> {
-        let (mut results, ticket) = self.inner.append(msgs)?;
-        if let Some(t) = ticket {
-            match TicketFuture(t).await {
+        let (mut results, wait_for) = self.inner.append(msgs)?;
+        if let Some(end) = wait_for {
+            match TicketFuture(self.inner.group_commit.request(end)).await {
                 Durable::Yes => results
                     .iter_mut()
                     .for_each(|r| r.flush = FlushStatus::Durable),
@@ -619,7 +620,9 @@ impl Inner {
             .put(topic, keys, entry.commit_log_offset, store_ts)
     }
 
-    fn append(&self, msgs: &[StoreMessage]) -> Result<(Vec<PutResult>, Option<Arc<Ticket>>)> {
+    /// Appends and dispatches `msgs`; returns their results and, in sync mode, the offset
+    /// the caller must wait to be durable.
+    fn append(&self, msgs: &[StoreMessage]) -> Result<(Vec<PutResult>, Option<u64>)> {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::ShutDown);
         }
@@ -678,11 +681,11 @@ impl Inner {
                 listener(topic, queue_id, max);
             }
         }
-        let ticket = match self.config.flush_mode {
-            FlushMode::Sync if !results.is_empty() => Some(self.group_commit.request(end)),
+        let wait_for = match self.config.flush_mode {
+            FlushMode::Sync if !results.is_empty() => Some(end),
             _ => None,
         };
-        Ok((results, ticket))
+        Ok((results, wait_for))
     }
 
     /// Brings consume queues and the index in line with the commit log: drop what they

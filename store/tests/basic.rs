@@ -367,3 +367,31 @@ fn spare_segment_is_adopted_on_roll_and_dropped_on_reopen() {
     assert_eq!(segments(dir.path()) as u64, end.div_ceil(seg_size));
     assert_eq!(read_all(&store, "T", 0).len(), 101);
 }
+
+#[test]
+fn async_put_in_sync_mode_completes_durable() {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark()
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(sync_config(dir.path())).unwrap();
+    let batch: Vec<_> = (0..5).map(message).collect();
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(store.put_batch_async(&batch));
+    let results = loop {
+        if let Poll::Ready(r) = fut.as_mut().poll(&mut cx) {
+            break r.unwrap();
+        }
+        std::thread::park();
+    };
+    assert_eq!(results.len(), 5);
+    assert!(results.iter().all(|r| r.flush == FlushStatus::Durable));
+    assert!(store.commit_log_flushed_offset() >= results[4].commit_log_offset);
+}
