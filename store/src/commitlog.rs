@@ -291,6 +291,18 @@ impl CommitLog {
         }
     }
 
+    /// Unmaps flushed pages more than `keep` bytes behind the durable end: the recent
+    /// tail, which consumers read, stays mapped; older data lives in the page cache only.
+    pub fn release_cold_pages(&self, keep: u64) {
+        let upto = self.flushed().saturating_sub(keep);
+        for seg in self.files.all() {
+            if seg.start() >= upto {
+                break;
+            }
+            seg.release_pages(0, upto.min(seg.end()) - seg.start());
+        }
+    }
+
     pub fn sync_count(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
     }

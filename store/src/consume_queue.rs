@@ -286,6 +286,10 @@ impl ConsumeQueue {
         self.files.flush()
     }
 
+    pub fn release_sealed_pages(&self) {
+        self.files.release_sealed()
+    }
+
     pub fn destroy(&self) -> Result<()> {
         let _w = self.write.lock();
         self.files.destroy()?;

@@ -361,9 +361,26 @@ impl KeyIndex {
         Ok(())
     }
 
+    /// Syncs every file, then unmaps the pages of the full ones (they only take lookups,
+    /// which map again what they touch).
     pub fn flush(&self) -> Result<()> {
-        for f in self.files.write().iter_mut() {
+        let mut files = self.files.write();
+        for f in files.iter_mut() {
             f.flush()?;
+        }
+        if let Some((_, full)) = files.split_last() {
+            for f in full {
+                // SAFETY: a shared mapping of a regular file, synced just above, and we
+                // hold the write lock so no slice of it is borrowed. MADV_DONTNEED only
+                // drops page table entries: the next access maps the same file bytes.
+                let r = unsafe {
+                    f.map
+                        .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, f.map.len())
+                };
+                if let Err(e) = r {
+                    tracing::debug!(file = %f.path.display(), error = %e, "madvise(DONTNEED) failed");
+                }
+            }
         }
         Ok(())
     }

@@ -103,6 +103,34 @@ impl Segment {
         self.published.load(Ordering::Acquire)
     }
 
+    /// Drops this process's mapping of the pages in `[from, to)` (rounded inwards to
+    /// pages) that are already on disk: the page cache keeps the data, resident memory
+    /// stops growing with the backlog, and a later read maps the pages again.
+    pub fn release_pages(&self, from: u64, to: u64) {
+        let page = rustix::param::page_size() as u64;
+        let to = to.min(self.flushed.load(Ordering::Acquire)) / page * page;
+        let from = from.div_ceil(page) * page;
+        if from >= to {
+            return;
+        }
+        // SAFETY: this is a shared mapping of a regular file. MADV_DONTNEED on it only
+        // removes page table entries; the next access faults the same bytes back in from
+        // the page cache or the file (madvise(2): "subsequent accesses of pages in the
+        // range will result in repopulating the memory contents from the up-to-date
+        // contents of the underlying mapped file"). The range is flushed, so no dirty
+        // state is involved, and no byte a reader can see ever changes.
+        let result = unsafe {
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                from as usize,
+                (to - from) as usize,
+            )
+        };
+        if let Err(e) = result {
+            tracing::debug!(segment = %self.path.display(), error = %e, "madvise(DONTNEED) failed");
+        }
+    }
+
     /// Makes `[0, upto)` readable. Called by the single writer after writing the bytes.
     pub fn publish(&self, upto: u64) {
         debug_assert!(upto <= self.len);
@@ -366,6 +394,17 @@ impl SegmentedFile {
         }
     }
 
+    /// Releases the mapped pages of every segment but the last (see
+    /// [`Segment::release_pages`]).
+    pub fn release_sealed(&self) {
+        let segs = self.segments.read();
+        if let Some((_, sealed)) = segs.split_last() {
+            for seg in sealed {
+                seg.release_pages(0, seg.len());
+            }
+        }
+    }
+
     /// Flushes the published bytes of every segment that has unflushed ones.
     pub fn flush(&self) -> Result<()> {
         for seg in self.segments.read().iter().rev() {
@@ -376,5 +415,28 @@ impl SegmentedFile {
             seg.flush_published()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn released_pages_read_back_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SegmentedFile::open(dir.path(), 1 << 20).unwrap();
+        let seg = files.create(0).unwrap();
+        let data: Vec<u8> = (0..(256 * 1024u32)).map(|i| (i * 7 % 251) as u8).collect();
+        // SAFETY: single writer, nothing published yet.
+        unsafe { seg.write(0, &data) };
+        seg.publish(data.len() as u64);
+        let held = seg.read(0, data.len()).unwrap();
+        // Nothing is released beyond what is flushed.
+        seg.release_pages(0, data.len() as u64);
+        seg.flush_published().unwrap();
+        seg.release_pages(0, data.len() as u64);
+        assert_eq!(held, &data[..], "a slice held across the release sees the same bytes");
+        assert_eq!(seg.read(0, data.len()).unwrap(), &data[..]);
     }
 }

@@ -31,6 +31,9 @@ const COMMIT_LOG_DIR: &str = "commitlog";
 const CONSUME_QUEUE_DIR: &str = "consumequeue";
 const INDEX_DIR: &str = "index";
 const OFFSETS_FILE: &str = "config/consumer_offsets.json";
+/// The newest commit log bytes kept mapped (what consumers usually read); older pages are
+/// unmapped at each checkpoint so resident memory does not grow with the backlog.
+const HOT_TAIL: u64 = 64 << 20;
 
 /// Whether an append is known durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -781,11 +784,13 @@ impl Inner {
             .collect();
         for q in queues {
             q.flush()?;
+            q.release_sealed_pages();
         }
         self.index.flush()?;
         // A no-op in sync mode under load (group commit keeps up), but it also covers an
         // idle store, whose checkpoint must not stay behind.
         let flushed = self.commit_log.flush()?;
+        self.commit_log.release_cold_pages(HOT_TAIL);
         let cp = Checkpoint {
             commit_log_flushed: flushed,
             logic_flushed: dispatched.min(flushed),
