@@ -436,7 +436,11 @@ mod tests {
         seg.release_pages(0, data.len() as u64);
         seg.flush_published().unwrap();
         seg.release_pages(0, data.len() as u64);
-        assert_eq!(held, &data[..], "a slice held across the release sees the same bytes");
+        assert_eq!(
+            held,
+            &data[..],
+            "a slice held across the release sees the same bytes"
+        );
         assert_eq!(seg.read(0, data.len()).unwrap(), &data[..]);
     }
 }

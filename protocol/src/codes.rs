@@ -1,0 +1,80 @@
+//! Request codes and response statuses. Numbers follow RocketMQ's where the concept is the
+//! same, so traces read alike; the meanings are ours.
+
+use std::fmt;
+
+macro_rules! codes {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $value:expr, $text:expr;)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u16)]
+        pub enum $name { $($(#[$vm])* $variant = $value,)* }
+
+        impl $name {
+            pub fn from_u16(v: u16) -> Option<Self> {
+                match v { $($value => Some(Self::$variant),)* _ => None }
+            }
+            /// A short human name.
+            pub fn as_str(&self) -> &'static str {
+                match self { $(Self::$variant => $text,)* }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+codes! {
+    /// What a request asks for.
+    RequestCode {
+        SendMessage = 10, "send message";
+        PullMessage = 11, "pull message";
+        QueryMessage = 12, "query message by key";
+        QueryConsumerOffset = 14, "query consumer offset";
+        UpdateConsumerOffset = 15, "update consumer offset";
+        CreateTopic = 17, "create or update topic";
+        SearchOffsetByTimestamp = 29, "search offset by timestamp";
+        GetMaxOffset = 30, "get max offset";
+        GetMinOffset = 31, "get min offset";
+        ViewMessageById = 33, "view message by id";
+        Heartbeat = 34, "heartbeat";
+        UnregisterClient = 35, "unregister client";
+        GetConsumerList = 38, "get consumer list";
+        RegisterBroker = 103, "register broker";
+        UnregisterBroker = 104, "unregister broker";
+        GetRoute = 105, "get topic route";
+        GetClusterInfo = 106, "get cluster info";
+        GetAllTopics = 206, "get all topics";
+        DeleteTopic = 215, "delete topic";
+        SendBatch = 320, "send batch";
+    }
+}
+
+codes! {
+    /// Why a request failed (a response's status; 0 is success and has no variant).
+    ErrorCode {
+        SystemError = 1, "system error";
+        SystemBusy = 2, "system busy";
+        RequestCodeNotSupported = 3, "request code not supported";
+        FlushDiskTimeout = 10, "flush disk timeout";
+        MessageIllegal = 13, "message illegal";
+        ServiceNotAvailable = 14, "service not available";
+        NoPermission = 16, "no permission";
+        TopicNotExist = 17, "topic does not exist";
+        TopicExistAlready = 18, "topic exists already";
+        PullNotFound = 19, "pull: nothing found";
+        PullRetryImmediately = 20, "pull: retry immediately";
+        PullOffsetMoved = 21, "pull: offset moved";
+        QueryNotFound = 22, "query: not found";
+        SubscriptionParseFailed = 23, "subscription parse failed";
+        InvalidParameter = 29, "invalid parameter";
+        BadRequest = 100, "bad request";
+    }
+}
+
+/// Response status of success.
+pub const SUCCESS: u16 = 0;

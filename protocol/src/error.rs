@@ -1,0 +1,50 @@
+use crate::codes::ErrorCode;
+
+/// A frame or header that cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("unsupported protocol version {0}")]
+    BadVersion(u8),
+    #[error("unknown frame kind {0}")]
+    BadKind(u8),
+    #[error("truncated frame: {0}")]
+    Truncated(&'static str),
+    #[error("cannot decode {what}: {detail}")]
+    Decode { what: &'static str, detail: String },
+    #[error("cannot encode {what}: {detail}")]
+    Encode { what: &'static str, detail: String },
+    #[error("connection I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Why a call over a connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The peer answered with an error status.
+    #[error("{code}: {message}")]
+    Remote { code: ErrorCode, message: String },
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("connection to {peer} closed")]
+    Closed { peer: String },
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+impl CallError {
+    /// The remote status, if the peer answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            CallError::Remote { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}

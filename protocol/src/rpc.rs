@@ -1,0 +1,52 @@
+//! Typed requests: each request header type names its code and its response type.
+
+use bincode::{Decode, Encode};
+use bytes::Bytes;
+
+use crate::codes::RequestCode;
+use crate::error::ProtocolError;
+
+/// A request header type. Its bincode encoding is the frame header; a body, if any,
+/// travels raw beside it.
+pub trait Rpc: Encode + Decode<()> + Send + Sync + 'static {
+    const CODE: RequestCode;
+    type Response: Encode + Decode<()> + Send + 'static;
+}
+
+/// The header of an error response.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ErrorHeader {
+    pub message: String,
+}
+
+/// Largest header accepted (headers are small; bodies carry the bulk).
+const MAX_HEADER: usize = 1 << 20;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_HEADER>()
+}
+
+pub fn encode_header<T: Encode>(value: &T, what: &'static str) -> Result<Bytes, ProtocolError> {
+    bincode::encode_to_vec(value, config())
+        .map(Bytes::from)
+        .map_err(|e| ProtocolError::Encode {
+            what,
+            detail: e.to_string(),
+        })
+}
+
+/// Decodes a header, requiring every byte to be used.
+pub fn decode_header<T: Decode<()>>(bytes: &[u8], what: &'static str) -> Result<T, ProtocolError> {
+    let (value, used) =
+        bincode::decode_from_slice(bytes, config()).map_err(|e| ProtocolError::Decode {
+            what,
+            detail: e.to_string(),
+        })?;
+    if used != bytes.len() {
+        return Err(ProtocolError::Decode {
+            what,
+            detail: format!("{} trailing bytes", bytes.len() - used),
+        });
+    }
+    Ok(value)
+}
