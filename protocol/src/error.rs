@@ -29,12 +29,9 @@ pub enum CallError {
     Timeout(std::time::Duration),
     #[error("connection to {peer} closed")]
     Closed { peer: String },
-    #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// (The cause is part of the message, not a chained source, so it prints once.)
+    #[error("cannot connect to {addr}: {error}")]
+    Connect { addr: String, error: std::io::Error },
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
 }

@@ -144,9 +144,9 @@ impl Connection {
         config: ConnConfig,
         timeout: Duration,
     ) -> Result<Connection, CallError> {
-        let connect_err = |source| CallError::Connect {
+        let connect_err = |error| CallError::Connect {
             addr: addr.to_owned(),
-            source,
+            error,
         };
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(r) => r.map_err(connect_err)?,

@@ -4,12 +4,12 @@ use std::path::PathBuf;
 /// Everything the store can fail with. I/O errors carry the path they happened on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{op} {path}: {source}")]
+    /// (The cause is part of the message, not a chained source, so it prints once.)
+    #[error("{op} {path}: {error}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 
     #[error(
@@ -58,10 +58,10 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for io::Result<T> {
     fn ctx(self, op: &'static str, path: &std::path::Path) -> Result<T> {
-        self.map_err(|source| StoreError::Io {
+        self.map_err(|error| StoreError::Io {
             op,
             path: path.to_path_buf(),
-            source,
+            error,
         })
     }
 }

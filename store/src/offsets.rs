@@ -146,7 +146,7 @@ impl ConsumerOffsets {
         let bytes = serde_json::to_vec_pretty(&file).map_err(|e| StoreError::Io {
             op: "encode consumer offsets",
             path: self.path.clone(),
-            source: std::io::Error::other(e),
+            error: std::io::Error::other(e),
         })?;
         if let Err(e) = fsutil::write_atomic(&self.path, &bytes) {
             self.dirty.store(true, Ordering::Release);

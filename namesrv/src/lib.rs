@@ -1,0 +1,325 @@
+//! The name server: a route table that brokers keep fresh and clients read.
+//!
+//! Brokers register (cluster, name, id, address, topics with queue counts and permissions)
+//! every 30 s over a connection they keep open; a broker silent for longer than the expiry
+//! (120 s), or whose connection closes, is dropped. Name servers share nothing: a broker
+//! registers with each of them.
+
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::info;
+use weir_protocol::net::BoxFuture;
+use weir_protocol::route::{
+    BrokerData, ClusterInfo, GetAllTopics, GetClusterInfo, GetRoute, MASTER_ID, QueueData,
+    RegisterBroker, RegisterBrokerResponse, TopicList, TopicRoute, UnregisterBroker,
+};
+use weir_protocol::{
+    ConnConfig, Connection, ErrorCode, Handler, Reply, Request, RequestCode, Server,
+};
+
+/// Name server settings (TOML keys as named here).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamesrvConfig {
+    /// Address to listen on (default 127.0.0.1:9876).
+    pub listen: String,
+    /// A broker not heard from for this long is dropped, ms (default 120,000).
+    pub broker_expiry_ms: u64,
+    /// How often silent brokers are looked for, ms (default 5,000).
+    pub scan_interval_ms: u64,
+}
+
+impl Default for NamesrvConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9876".into(),
+            broker_expiry_ms: 120_000,
+            scan_interval_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NamesrvError {
+    /// (The cause is part of the message, not a chained source, so it prints once.)
+    #[error("cannot listen on {addr}: {error}")]
+    Listen { addr: String, error: std::io::Error },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// A broker group: one name, a master (id 0) and its slaves.
+#[derive(Debug, Clone)]
+struct Group {
+    cluster: String,
+    addrs: BTreeMap<u64, String>,
+}
+
+#[derive(Debug, Clone)]
+struct Live {
+    broker_name: String,
+    broker_id: u64,
+    last_seen: Instant,
+    conn_id: u64,
+}
+
+#[derive(Default)]
+struct Table {
+    groups: BTreeMap<String, Group>,
+    /// topic → broker name → queues.
+    topics: BTreeMap<String, BTreeMap<String, QueueData>>,
+    /// broker address → liveness.
+    live: HashMap<String, Live>,
+}
+
+impl Table {
+    fn register(&mut self, r: RegisterBroker, conn_id: u64) -> RegisterBrokerResponse {
+        let group = self
+            .groups
+            .entry(r.broker_name.clone())
+            .or_insert_with(|| Group {
+                cluster: r.cluster.clone(),
+                addrs: BTreeMap::new(),
+            });
+        group.cluster = r.cluster.clone();
+        if let Some(old) = group.addrs.insert(r.broker_id, r.addr.clone())
+            && old != r.addr
+        {
+            self.live.remove(&old);
+        }
+        let master_addr = group.addrs.get(&MASTER_ID).cloned();
+        if r.broker_id == MASTER_ID {
+            // The master's topic list is the group's: replace what it served before.
+            for queues in self.topics.values_mut() {
+                queues.remove(&r.broker_name);
+            }
+            for t in r.topics {
+                self.topics.entry(t.name).or_default().insert(
+                    r.broker_name.clone(),
+                    QueueData {
+                        broker_name: r.broker_name.clone(),
+                        read_queues: t.read_queues,
+                        write_queues: t.write_queues,
+                        perm: t.perm,
+                    },
+                );
+            }
+            self.topics.retain(|_, q| !q.is_empty());
+        }
+        self.live.insert(
+            r.addr,
+            Live {
+                broker_name: r.broker_name,
+                broker_id: r.broker_id,
+                last_seen: Instant::now(),
+                conn_id,
+            },
+        );
+        RegisterBrokerResponse { master_addr }
+    }
+
+    /// Drops the broker at `addr`; its group goes with its last member.
+    fn remove(&mut self, addr: &str, why: &str) {
+        let Some(live) = self.live.remove(addr) else {
+            return;
+        };
+        info!(addr, broker = %live.broker_name, id = live.broker_id, why, "broker dropped");
+        let emptied = match self.groups.get_mut(&live.broker_name) {
+            Some(g) => {
+                if g.addrs.get(&live.broker_id).is_some_and(|a| a == addr) {
+                    g.addrs.remove(&live.broker_id);
+                }
+                g.addrs.is_empty()
+            }
+            None => false,
+        };
+        if emptied {
+            self.groups.remove(&live.broker_name);
+            for queues in self.topics.values_mut() {
+                queues.remove(&live.broker_name);
+            }
+            self.topics.retain(|_, q| !q.is_empty());
+        }
+    }
+
+    fn broker_data(&self, name: &str) -> Option<BrokerData> {
+        self.groups.get(name).map(|g| BrokerData {
+            cluster: g.cluster.clone(),
+            broker_name: name.to_owned(),
+            addrs: g.addrs.iter().map(|(id, a)| (*id, a.clone())).collect(),
+        })
+    }
+
+    fn route(&self, topic: &str) -> Option<TopicRoute> {
+        let queues = self.topics.get(topic)?;
+        Some(TopicRoute {
+            queues: queues.values().cloned().collect(),
+            brokers: queues.keys().filter_map(|n| self.broker_data(n)).collect(),
+        })
+    }
+
+    fn cluster_info(&self) -> ClusterInfo {
+        let mut brokers: Vec<BrokerData> = self
+            .groups
+            .keys()
+            .filter_map(|n| self.broker_data(n))
+            .collect();
+        brokers.sort_by(|a, b| (&a.cluster, &a.broker_name).cmp(&(&b.cluster, &b.broker_name)));
+        ClusterInfo { brokers }
+    }
+}
+
+/// The request handler and its state.
+pub struct NameServer {
+    table: Mutex<Table>,
+}
+
+impl NameServer {
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn expire(&self, older_than: Duration) {
+        let mut t = self.table();
+        let now = Instant::now();
+        let silent: Vec<String> = t
+            .live
+            .iter()
+            .filter(|(_, l)| now.duration_since(l.last_seen) > older_than)
+            .map(|(a, _)| a.clone())
+            .collect();
+        for addr in silent {
+            t.remove(&addr, "silent past the expiry");
+        }
+    }
+}
+
+fn bad(e: impl std::fmt::Display) -> Reply {
+    Reply::error(ErrorCode::BadRequest, e.to_string())
+}
+
+impl Handler for NameServer {
+    fn handle<'a>(&'a self, conn: &'a Connection, req: Request) -> BoxFuture<'a, Reply> {
+        Box::pin(async move {
+            match RequestCode::from_u16(req.code) {
+                Some(RequestCode::RegisterBroker) => match req.decode::<RegisterBroker>() {
+                    Ok(r)
+                        if r.broker_name.is_empty()
+                            || r.addr.is_empty()
+                            || r.cluster.is_empty() =>
+                    {
+                        bad("cluster, broker name and address must not be empty")
+                    }
+                    Ok(r) => Reply::ok(&self.table().register(r, conn.id())),
+                    Err(e) => bad(e),
+                },
+                Some(RequestCode::UnregisterBroker) => match req.decode::<UnregisterBroker>() {
+                    Ok(r) => {
+                        self.table().remove(&r.addr, "unregistered");
+                        Reply::ok(&())
+                    }
+                    Err(e) => bad(e),
+                },
+                Some(RequestCode::GetRoute) => match req.decode::<GetRoute>() {
+                    Ok(r) => match self.table().route(&r.topic) {
+                        Some(route) => Reply::ok(&route),
+                        None => Reply::error(
+                            ErrorCode::TopicNotExist,
+                            format!("no broker serves topic {:?}", r.topic),
+                        ),
+                    },
+                    Err(e) => bad(e),
+                },
+                Some(RequestCode::GetClusterInfo) => match req.decode::<GetClusterInfo>() {
+                    Ok(_) => Reply::ok(&self.table().cluster_info()),
+                    Err(e) => bad(e),
+                },
+                Some(RequestCode::GetAllTopics) => match req.decode::<GetAllTopics>() {
+                    Ok(_) => Reply::ok(&TopicList {
+                        topics: self.table().topics.keys().cloned().collect(),
+                    }),
+                    Err(e) => bad(e),
+                },
+                _ => Reply::error(
+                    ErrorCode::RequestCodeNotSupported,
+                    format!("the name server does not serve request code {}", req.code),
+                ),
+            }
+        })
+    }
+
+    fn on_close(&self, conn: &Connection) {
+        let mut t = self.table();
+        let gone: Vec<String> = t
+            .live
+            .iter()
+            .filter(|(_, l)| l.conn_id == conn.id())
+            .map(|(a, _)| a.clone())
+            .collect();
+        for addr in gone {
+            t.remove(&addr, "connection closed");
+        }
+    }
+}
+
+/// A running name server.
+pub struct RunningNameServer {
+    server: Server,
+    stop: watch::Sender<bool>,
+}
+
+impl RunningNameServer {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    pub async fn shutdown(&self) {
+        self.stop.send_replace(true);
+        self.server.shutdown().await;
+    }
+}
+
+/// Starts a name server (on the current tokio runtime).
+pub async fn start(config: NamesrvConfig) -> Result<RunningNameServer, NamesrvError> {
+    if config.broker_expiry_ms == 0 || config.scan_interval_ms == 0 {
+        return Err(NamesrvError::Config(
+            "broker_expiry_ms and scan_interval_ms must be greater than 0".into(),
+        ));
+    }
+    let listener =
+        TcpListener::bind(&config.listen)
+            .await
+            .map_err(|error| NamesrvError::Listen {
+                addr: config.listen.clone(),
+                error,
+            })?;
+    let ns = Arc::new(NameServer {
+        table: Mutex::new(Table::default()),
+    });
+    let server = Server::start(listener, ns.clone(), ConnConfig::default()).map_err(|error| {
+        NamesrvError::Listen {
+            addr: config.listen.clone(),
+            error,
+        }
+    })?;
+    let (stop, mut stop_rx) = watch::channel(false);
+    let expiry = Duration::from_millis(config.broker_expiry_ms);
+    let scan = Duration::from_millis(config.scan_interval_ms);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(scan) => ns.expire(expiry),
+                _ = stop_rx.wait_for(|s| *s) => break,
+            }
+        }
+    });
+    Ok(RunningNameServer { server, stop })
+}
