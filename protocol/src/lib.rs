@@ -1,17 +1,31 @@
-//! weir's wire protocol: length-prefixed frames with a bincode-2 header and a raw body
+//! weir's message model and wire protocol: the record format every message is stored and
+//! pulled in ([`record`]); length-prefixed frames with a bincode-2 header and a raw body
 //! ([`frame`]), request codes and statuses ([`codes`]), typed requests ([`rpc`], [`route`]),
 //! and a connection that multiplexes requests both ways ([`net`]).
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod record;
+
+#[cfg(feature = "net")]
 pub mod codes;
+#[cfg(feature = "net")]
 pub mod error;
+#[cfg(feature = "net")]
 pub mod frame;
+#[cfg(feature = "net")]
 pub mod net;
+#[cfg(feature = "net")]
 pub mod route;
+#[cfg(feature = "net")]
 pub mod rpc;
 
+#[cfg(feature = "net")]
 pub use codes::{ErrorCode, RequestCode};
+#[cfg(feature = "net")]
 pub use error::{CallError, ProtocolError};
+#[cfg(feature = "net")]
 pub use net::{ConnConfig, Connection, Handler, NoHandler, Reply, Request, Server};
+pub use record::{Message, MessageId, RecordError, RecordView};
+#[cfg(feature = "net")]
 pub use rpc::Rpc;

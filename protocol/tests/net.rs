@@ -1,3 +1,4 @@
+#![cfg(feature = "net")]
 //! The connection layer over real sockets on 127.0.0.1.
 
 use std::sync::Arc;

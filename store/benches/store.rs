@@ -30,7 +30,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tempfile::TempDir;
 use weir_store::{
-    FlushMode, FlushStatus, GetStatus, MessageStore, ReadLimits, StoreConfig, StoreMessage,
+    FlushMode, FlushStatus, GetStatus, Message, MessageStore, ReadLimits, StoreConfig,
 };
 
 /// Distinct messages the writers cycle through (each with its own key and unique id).
@@ -59,17 +59,11 @@ fn temp_dir(tag: &str) -> TempDir {
 
 /// A broker-like message: tag, one key, a unique id and a trace flag as properties, a
 /// random body.
-fn message(
-    rng: &mut SmallRng,
-    topic: &str,
-    queue_id: u32,
-    seq: usize,
-    body_len: usize,
-) -> StoreMessage {
+fn message(rng: &mut SmallRng, topic: &str, queue_id: u32, seq: usize, body_len: usize) -> Message {
     let mut body = vec![0u8; body_len];
     rng.fill(&mut body[..]);
     let uniq: u128 = rng.random();
-    let mut m = StoreMessage::new(topic, queue_id, body)
+    let mut m = Message::new(topic, queue_id, body)
         .with_tags("TagA")
         .with_key(format!("order-{seq:010}"))
         .with_property("UNIQ_KEY", format!("{uniq:032X}"))
@@ -79,7 +73,7 @@ fn message(
     m
 }
 
-fn message_pool(topic: &str, queues: u32, body_len: usize) -> Vec<StoreMessage> {
+fn message_pool(topic: &str, queues: u32, body_len: usize) -> Vec<Message> {
     let mut rng = SmallRng::seed_from_u64(0x5745_4952);
     (0..POOL)
         .map(|i| message(&mut rng, topic, i as u32 % queues, i, body_len))
@@ -87,7 +81,7 @@ fn message_pool(topic: &str, queues: u32, body_len: usize) -> Vec<StoreMessage> 
 }
 
 /// Size of a stored record (every message of a pool has the same).
-fn record_len(pool: &[StoreMessage]) -> usize {
+fn record_len(pool: &[Message]) -> usize {
     pool[0].encoded_len().expect("valid message")
 }
 
@@ -118,7 +112,7 @@ struct AppendFixture {
     // Fields drop in order: the store stops before its folder is removed.
     store: MessageStore,
     dir: TempDir,
-    pool: Vec<StoreMessage>,
+    pool: Vec<Message>,
     next: usize,
     totals: Totals,
     peak_disk: u64,
@@ -229,7 +223,7 @@ fn device_flushes(dir: &Path) -> Option<u64> {
 struct SyncFixture {
     store: Arc<MessageStore>,
     dir: TempDir,
-    pool: Vec<StoreMessage>,
+    pool: Vec<Message>,
     appenders: usize,
     round: usize,
     totals: Totals,

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use weir_store::{MessageStore, StoreConfig, StoreMessage};
+use weir_store::{Message, MessageStore, StoreConfig};
 
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -39,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("messages,commit_log_mib,rss_anon_mib,rss_file_mib,elapsed_s");
     let step = (total / 10).max(1);
     for i in 0..total {
-        let m = StoreMessage::new("backlog", (i % u64::from(queues)) as u32, body.clone())
+        let m = Message::new("backlog", (i % u64::from(queues)) as u32, body.clone())
             .with_tags("TagA")
             .with_key(format!("k{i}"));
         store.put(&m)?;

@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
-use crate::record::{u32_at, u64_at};
+use weir_protocol::record::{u32_at, u64_at};
 
 const SLOT: usize = 64;
 const MAGIC: u32 = u32::from_le_bytes(*b"WCP1");

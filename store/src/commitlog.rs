@@ -8,8 +8,8 @@ use parking_lot::{Mutex, MutexGuard};
 use tracing::{info, warn};
 
 use crate::error::{Result, StoreError};
-use crate::record::{self, BLANK_MIN_LEN, Probe, RecordView};
 use crate::segment::{Segment, SegmentedFile};
+use weir_protocol::record::{self, BLANK_MIN_LEN, Probe, RecordView};
 
 pub(crate) struct CommitLog {
     files: SegmentedFile,
@@ -48,7 +48,7 @@ impl StoredRecord {
     }
     /// Parses the record. Fails only if the stored bytes are damaged.
     pub fn view(&self) -> Result<RecordView<'_>> {
-        RecordView::parse(self.bytes())
+        Ok(RecordView::parse(self.bytes())?)
     }
     pub fn commit_log_offset(&self) -> u64 {
         self.seg.start() + self.rel

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
-use crate::record::BLANK_MIN_LEN;
+use weir_protocol::record::BLANK_MIN_LEN;
 
 /// When an append counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

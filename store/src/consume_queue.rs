@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use crate::error::Result;
-use crate::record::{u32_at, u64_at};
 use crate::segment::{Segment, SegmentedFile};
+use weir_protocol::record::{u32_at, u64_at};
 
 pub(crate) const ENTRY_SIZE: u64 = 20;
 

@@ -49,6 +49,17 @@ pub enum StoreError {
     ShutDown,
 }
 
+impl From<weir_protocol::RecordError> for StoreError {
+    fn from(e: weir_protocol::RecordError) -> Self {
+        use weir_protocol::RecordError as R;
+        match e {
+            R::InvalidMessage(m) => StoreError::InvalidMessage(m),
+            R::Malformed(m) => StoreError::InvalidMessage(format!("malformed record: {m}")),
+            R::InvalidMessageId { id, detail } => StoreError::InvalidMessageId { id, detail },
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Attaches an operation and a path to an `io::Error`.

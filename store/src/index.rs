@@ -14,8 +14,8 @@ use parking_lot::RwLock;
 
 use crate::error::{IoContext, Result, StoreError};
 use crate::fsutil;
-use crate::record::{fnv1a64_parts, u32_at, u64_at};
 use crate::segment::segment_name;
+use weir_protocol::record::{fnv1a64_parts, u32_at, u64_at};
 
 const MAGIC: u32 = u32::from_le_bytes(*b"WIX1");
 const HEADER: usize = 64;

@@ -16,7 +16,6 @@ mod flush;
 mod fsutil;
 mod index;
 mod offsets;
-pub mod record;
 mod segment;
 mod store;
 
@@ -24,8 +23,10 @@ pub use commitlog::StoredRecord;
 pub use config::{FlushMode, MIN_COMMIT_LOG_SEGMENT_SIZE, StoreConfig};
 pub use error::{Result, StoreError};
 pub use offsets::{ConsumerOffsets, OffsetKey};
-pub use record::{MessageId, RecordView, StoreMessage, tag_hash};
 pub use store::{
     FlushStatus, GetResult, GetStatus, MessageStore, PutResult, ReadLimits, RecoveryReport,
     RetentionReport,
 };
+/// The record format lives with the message model in `weir-protocol`.
+pub use weir_protocol::record;
+pub use weir_protocol::record::{Message, MessageId, RecordError, RecordView, tag_hash};

@@ -21,7 +21,7 @@ use crate::flush::{Durable, GroupCommit, Shutdown, TicketFuture};
 use crate::fsutil::{self, now_ms};
 use crate::index::KeyIndex;
 use crate::offsets::ConsumerOffsets;
-use crate::record::{self, Assigned, MessageId, RecordView, StoreMessage, sys_flag, tag_hash};
+use weir_protocol::record::{self, Assigned, Message, MessageId, RecordView, sys_flag, tag_hash};
 
 const LOCK_FILE: &str = "lock";
 /// Exists while a store is open; found at open, it means the last stop was not clean.
@@ -217,14 +217,14 @@ impl MessageStore {
 
     /// Appends one message. In sync mode, returns once it is on disk (or the sync timed
     /// out: see [`FlushStatus`]). Blocking: call from a thread that may block.
-    pub fn put(&self, msg: &StoreMessage) -> Result<PutResult> {
+    pub fn put(&self, msg: &Message) -> Result<PutResult> {
         let mut r = self.put_batch(std::slice::from_ref(msg))?;
         r.pop().ok_or(StoreError::ShutDown)
     }
 
     /// Appends messages in order under one lock and waits once for their durability. An
     /// invalid message rejects the whole batch before anything is written.
-    pub fn put_batch(&self, msgs: &[StoreMessage]) -> Result<Vec<PutResult>> {
+    pub fn put_batch(&self, msgs: &[Message]) -> Result<Vec<PutResult>> {
         let (mut results, wait_for) = self.inner.append(msgs)?;
         if let Some(end) = wait_for {
             let timeout = self.inner.config.sync_flush_timeout();
@@ -240,7 +240,7 @@ impl MessageStore {
 
     /// `put_batch` for async callers: the append itself is a short memory copy; only the
     /// durability wait is awaited. (The caller bounds the wait, e.g. with a timeout.)
-    pub async fn put_batch_async(&self, msgs: &[StoreMessage]) -> Result<Vec<PutResult>> {
+    pub async fn put_batch_async(&self, msgs: &[Message]) -> Result<Vec<PutResult>> {
         let (mut results, wait_for) = self.inner.append(msgs)?;
         if let Some(end) = wait_for {
             match TicketFuture(self.inner.group_commit.request(end)).await {
@@ -625,13 +625,13 @@ impl Inner {
 
     /// Appends and dispatches `msgs`; returns their results and, in sync mode, the offset
     /// the caller must wait to be durable.
-    fn append(&self, msgs: &[StoreMessage]) -> Result<(Vec<PutResult>, Option<u64>)> {
+    fn append(&self, msgs: &[Message]) -> Result<(Vec<PutResult>, Option<u64>)> {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::ShutDown);
         }
         let lens = msgs
             .iter()
-            .map(StoreMessage::encoded_len)
+            .map(|m| m.encoded_len().map_err(StoreError::from))
             .collect::<Result<Vec<_>>>()?;
         let store_host = record::canonical_addr(self.config.store_host);
         let mut results = Vec::with_capacity(msgs.len());

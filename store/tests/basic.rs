@@ -4,8 +4,7 @@ mod common;
 
 use common::{message, read_all, small_config, sync_config};
 use weir_store::{
-    FlushStatus, GetStatus, MessageStore, ReadLimits, StoreConfig, StoreError, StoreMessage,
-    tag_hash,
+    FlushStatus, GetStatus, Message, MessageStore, ReadLimits, StoreConfig, StoreError, tag_hash,
 };
 
 #[test]
@@ -63,7 +62,7 @@ fn tag_filter_skips_without_reading_and_bounds_the_scan() {
     for i in 0..100u64 {
         let tag = if i % 10 == 9 { "Rare" } else { "Common" };
         store
-            .put(&StoreMessage::new("T", 0, vec![i as u8]).with_tags(tag))
+            .put(&Message::new("T", 0, vec![i as u8]).with_tags(tag))
             .unwrap();
     }
     let rare = tag_hash("Rare");
@@ -122,7 +121,7 @@ fn offsets_at_the_edges() {
     let r = store.get_messages("Nope", 0, 7, ReadLimits::default(), |_| true);
     assert_eq!((r.status, r.next_offset), (GetStatus::OffsetMoved, 0));
     for i in 0..5u8 {
-        store.put(&StoreMessage::new("T", 3, vec![i])).unwrap();
+        store.put(&Message::new("T", 3, vec![i])).unwrap();
     }
     assert_eq!((store.min_offset("T", 3), store.max_offset("T", 3)), (0, 5));
     let r = store.get_messages("T", 3, 5, ReadLimits::default(), |_| true);
@@ -140,7 +139,7 @@ fn offset_for_timestamp_finds_the_first_later_message() {
     for i in 0..50u8 {
         stamps.push(
             store
-                .put(&StoreMessage::new("T", 0, vec![i]))
+                .put(&Message::new("T", 0, vec![i]))
                 .unwrap()
                 .store_timestamp,
         );
@@ -162,7 +161,7 @@ fn query_by_key_confirms_candidates() {
         store.put(&message(i)).unwrap();
     }
     store
-        .put(&StoreMessage::new("orders", 0, b"dup".to_vec()).with_key("key-0"))
+        .put(&Message::new("orders", 0, b"dup".to_vec()).with_key("key-0"))
         .unwrap();
     let found = store.query_by_key("orders", "key-0", 10);
     let bodies: Vec<Vec<u8>> = found
@@ -232,14 +231,14 @@ fn bad_input_is_refused_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let store = MessageStore::open(small_config(dir.path())).unwrap();
     let before = store.commit_log_max_offset();
-    let too_big = StoreMessage::new("T", 0, vec![0u8; 9000]);
+    let too_big = Message::new("T", 0, vec![0u8; 9000]);
     assert!(matches!(
         store.put(&too_big),
         Err(StoreError::MessageTooLarge { .. })
     ));
     let batch = vec![
-        StoreMessage::new("T", 0, vec![1]),
-        StoreMessage::new("../etc", 0, vec![2]),
+        Message::new("T", 0, vec![1]),
+        Message::new("../etc", 0, vec![2]),
     ];
     assert!(matches!(
         store.put_batch(&batch),
@@ -251,7 +250,7 @@ fn bad_input_is_refused_and_nothing_is_written() {
     for off in [0, 1, 5, 1 << 40] {
         assert!(store.get_by_offset(off).is_err());
     }
-    store.put(&StoreMessage::new("T", 0, vec![1; 100])).unwrap();
+    store.put(&Message::new("T", 0, vec![1; 100])).unwrap();
     for off in 1..120 {
         assert!(
             store.get_by_offset(off).is_err(),
@@ -298,7 +297,7 @@ fn half_messages_are_stored_but_not_dispatched() {
     use weir_store::record::sys_flag;
     let dir = tempfile::tempdir().unwrap();
     let store = MessageStore::open(small_config(dir.path())).unwrap();
-    let mut half = StoreMessage::new("T", 0, b"half".to_vec());
+    let mut half = Message::new("T", 0, b"half".to_vec());
     half.sys_flag = sys_flag::TX_PREPARED;
     let h = store.put(&half).unwrap();
     assert_eq!(store.max_offset("T", 0), 0);
@@ -311,7 +310,7 @@ fn half_messages_are_stored_but_not_dispatched() {
             .body(),
         b"half"
     );
-    let mut commit = StoreMessage::new("T", 0, b"half".to_vec());
+    let mut commit = Message::new("T", 0, b"half".to_vec());
     commit.sys_flag = sys_flag::TX_COMMIT;
     commit.prepared_tx_offset = h.commit_log_offset;
     store.put(&commit).unwrap();
@@ -326,8 +325,8 @@ fn arrival_listener_hears_each_append() {
     let heard = Arc::new(Mutex::new(Vec::new()));
     let h = Arc::clone(&heard);
     store.set_arrival_listener(move |t, q, max| h.lock().unwrap().push((t.to_owned(), q, max)));
-    store.put(&StoreMessage::new("T", 2, vec![1])).unwrap();
-    store.put(&StoreMessage::new("T", 2, vec![2])).unwrap();
+    store.put(&Message::new("T", 2, vec![1])).unwrap();
+    store.put(&Message::new("T", 2, vec![2])).unwrap();
     assert_eq!(
         *heard.lock().unwrap(),
         vec![("T".into(), 2, 1), ("T".into(), 2, 2)]
@@ -342,7 +341,7 @@ fn spare_segment_is_adopted_on_roll_and_dropped_on_reopen() {
     let seg_size = small_config(dir.path()).commit_log_segment_size;
     {
         let store = MessageStore::open(small_config(dir.path())).unwrap();
-        store.put(&StoreMessage::new("T", 0, vec![1; 100])).unwrap();
+        store.put(&Message::new("T", 0, vec![1; 100])).unwrap();
         // The allocator thread prepares the next segment ahead of need.
         let deadline = Instant::now() + Duration::from_secs(10);
         while segments(dir.path()) < 2 {
@@ -352,7 +351,7 @@ fn spare_segment_is_adopted_on_roll_and_dropped_on_reopen() {
         // Fill past the first segment: the writer adopts the spare.
         let mut last = None;
         for i in 0..100u8 {
-            last = Some(store.put(&StoreMessage::new("T", 0, vec![i; 200])).unwrap());
+            last = Some(store.put(&Message::new("T", 0, vec![i; 200])).unwrap());
         }
         assert!(last.unwrap().commit_log_offset >= seg_size);
         store.shutdown().unwrap();

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{read_all, sync_config};
-use weir_store::{FlushStatus, MessageStore, StoreConfig, StoreMessage};
+use weir_store::{FlushStatus, Message, MessageStore, StoreConfig};
 
 const DIR_ENV: &str = "WEIR_KILL_TEST_DIR";
 const THREADS: u64 = 4;
@@ -25,10 +25,10 @@ fn config(dir: &std::path::Path) -> StoreConfig {
 }
 
 /// Message `seq` of writer `thread`: the body encodes both and varies in length.
-fn kill_message(thread: u64, seq: u64) -> StoreMessage {
+fn kill_message(thread: u64, seq: u64) -> Message {
     let len = 10 + (seq * 131 + thread * 17) % 1500;
     let body: Vec<u8> = (0..len).map(|i| (i ^ seq ^ (thread << 4)) as u8).collect();
-    StoreMessage::new("killed", thread as u32, body)
+    Message::new("killed", thread as u32, body)
         .with_tags(format!("T{}", seq % 5))
         .with_key(format!("t{thread}-s{seq}"))
 }

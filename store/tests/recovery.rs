@@ -14,7 +14,7 @@ use std::path::Path;
 use common::{message, read_all, small_config};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use weir_store::{MessageStore, StoreMessage};
+use weir_store::{Message, MessageStore};
 
 const TOPICS: [&str; 3] = ["orders", "payments", "%RETRY%group-a"];
 
@@ -23,7 +23,7 @@ struct Rec {
     offset: u64,
     size: u64,
     queue_offset: u64,
-    msg: StoreMessage,
+    msg: Message,
 }
 
 struct Image {
@@ -177,7 +177,7 @@ fn check(dir: &Path, survivors: &[Rec], lost: &[Rec], end: u64, what: &str) {
         );
     }
     // The store keeps working: the next append lands right after the survivors.
-    let fresh = StoreMessage::new("orders", 0, b"after recovery".to_vec()).with_key("fresh");
+    let fresh = Message::new("orders", 0, b"after recovery".to_vec()).with_key("fresh");
     let put = store.put(&fresh).unwrap();
     let orders0 = survivors
         .iter()
@@ -366,7 +366,7 @@ fn records_dropped_by_recovery_never_come_back() {
     let puts: Vec<_> = {
         let store = MessageStore::open(small_config(dir.path())).unwrap();
         let p = (0..3u8)
-            .map(|i| store.put(&StoreMessage::new("T", 0, vec![i; 50])).unwrap())
+            .map(|i| store.put(&Message::new("T", 0, vec![i; 50])).unwrap())
             .collect();
         store.shutdown().unwrap();
         p
@@ -387,7 +387,7 @@ fn records_dropped_by_recovery_never_come_back() {
         assert_eq!(bodies, vec![0]);
         // Same size as the dropped record: it lands exactly where r1 was, so r2's stale
         // bytes would line up with the next record position if they were still there.
-        store.put(&StoreMessage::new("T", 0, vec![9; 50])).unwrap();
+        store.put(&Message::new("T", 0, vec![9; 50])).unwrap();
         store.shutdown().unwrap();
     }
     let store = MessageStore::open(small_config(dir.path())).unwrap();

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{message, small_config};
-use weir_store::{GetStatus, MessageStore, ReadLimits, StoreConfig, StoreMessage};
+use weir_store::{GetStatus, Message, MessageStore, ReadLimits, StoreConfig};
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -28,7 +28,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn fill(store: &MessageStore, n: u64) -> Vec<weir_store::PutResult> {
     (0..n)
         .map(|i| {
-            let m = StoreMessage::new("T", 0, vec![i as u8; 200]).with_key(format!("k{i}"));
+            let m = Message::new("T", 0, vec![i as u8; 200]).with_key(format!("k{i}"));
             store.put(&m).unwrap()
         })
         .collect()
@@ -109,7 +109,7 @@ fn expired_segments_are_deleted_and_reads_below_answer_offset_moved() {
     );
     assert_eq!(
         store
-            .put(&StoreMessage::new("T", 0, vec![1]))
+            .put(&Message::new("T", 0, vec![1]))
             .unwrap()
             .queue_offset,
         400
@@ -137,7 +137,7 @@ fn disk_pressure_deletes_the_oldest_segment_per_pass() {
         store.run_retention(now).unwrap();
     }
     assert_eq!(count_files(&dir.path().join("commitlog")), 1);
-    assert!(store.put(&StoreMessage::new("T", 0, vec![7])).is_ok());
+    assert!(store.put(&Message::new("T", 0, vec![7])).is_ok());
     let max = store.max_offset("T", 0);
     let r = store.get_messages("T", 0, max - 1, ReadLimits::default(), |_| true);
     assert_eq!(r.messages[0].view().unwrap().body(), &[7]);

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use weir_store::{FlushMode, GetStatus, MessageStore, ReadLimits, StoreConfig, StoreMessage};
+use weir_store::{FlushMode, GetStatus, Message, MessageStore, ReadLimits, StoreConfig};
 
 /// A configuration with tiny files, so tests roll segments often and copy data folders
 /// cheaply. Background timers are long: tests drive checkpoints and retention themselves.
@@ -29,14 +29,14 @@ pub fn sync_config(dir: &Path) -> StoreConfig {
 
 /// Deterministic message `i`: spread over topics, queues and tags, with a unique key and
 /// a body whose length varies so records land at every alignment.
-pub fn message(i: u64) -> StoreMessage {
+pub fn message(i: u64) -> Message {
     let topic = ["orders", "payments", "%RETRY%group-a"][(i % 3) as usize];
     let body: Vec<u8> = format!("body-{i}-")
         .into_bytes()
         .into_iter()
         .chain((0..(i * 37 % 400)).map(|b| (b % 251) as u8))
         .collect();
-    let mut m = StoreMessage::new(topic, (i % 2) as u32, body)
+    let mut m = Message::new(topic, (i % 2) as u32, body)
         .with_tags(["TagA", "TagB", ""][(i / 3 % 3) as usize])
         .with_key(format!("key-{i}"))
         .with_property("seq", i.to_string());
@@ -47,7 +47,7 @@ pub fn message(i: u64) -> StoreMessage {
 
 /// Every record of (topic, queue) from its min offset, in order, as owned messages with
 /// their queue offsets.
-pub fn read_all(store: &MessageStore, topic: &str, queue_id: u32) -> Vec<(u64, StoreMessage)> {
+pub fn read_all(store: &MessageStore, topic: &str, queue_id: u32) -> Vec<(u64, Message)> {
     let mut out = Vec::new();
     let mut offset = store.min_offset(topic, queue_id);
     loop {

@@ -9,7 +9,18 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
-use crate::error::{Result, StoreError};
+/// A message or record that breaks the format's rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("invalid message: {0}")]
+    InvalidMessage(String),
+    #[error("malformed record: {0}")]
+    Malformed(String),
+    #[error("invalid message id {id:?}: {detail}")]
+    InvalidMessageId { id: String, detail: String },
+}
+
+type Result<T, E = RecordError> = std::result::Result<T, E>;
 
 /// Magic of a message record, "WMR1" in a hex dump.
 pub const MESSAGE_MAGIC: u32 = u32::from_le_bytes(*b"WMR1");
@@ -19,7 +30,7 @@ pub const BLANK_MAGIC: u32 = u32::from_le_bytes(*b"WBLK");
 pub const BLANK_MIN_LEN: usize = 8;
 
 /// Byte positions of the fixed header.
-pub(crate) mod pos {
+pub mod pos {
     pub const TOTAL_LEN: usize = 0;
     pub const MAGIC: usize = 4;
     pub const CRC: usize = 8;
@@ -65,9 +76,10 @@ pub mod sys_flag {
     }
 }
 
-/// A message as handed to the store.
+/// A message: what a producer sends and the store keeps, before the store assigns its
+/// offsets and timestamps.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreMessage {
+pub struct Message {
     pub topic: String,
     pub queue_id: u32,
     /// User flag, opaque to the store.
@@ -89,7 +101,7 @@ pub struct StoreMessage {
     pub prepared_tx_offset: u64,
 }
 
-impl StoreMessage {
+impl Message {
     /// A plain message with the given topic, queue and body; everything else empty.
     pub fn new(topic: impl Into<String>, queue_id: u32, body: impl Into<Vec<u8>>) -> Self {
         Self {
@@ -127,7 +139,7 @@ impl StoreMessage {
     /// prefix and the topic is safe to use as a folder name.
     pub fn encoded_len(&self) -> Result<usize> {
         validate_topic(&self.topic)?;
-        let bad = |m: String| Err(StoreError::InvalidMessage(m));
+        let bad = |m: String| Err(RecordError::InvalidMessage(m));
         if self.tags.len() > u16::MAX as usize {
             return bad(format!("tags of {} bytes exceed 65535", self.tags.len()));
         }
@@ -163,7 +175,7 @@ impl StoreMessage {
 
 /// A topic is a folder name in the store, so it must be one.
 pub fn validate_topic(topic: &str) -> Result<()> {
-    let bad = |m: String| Err(StoreError::InvalidMessage(m));
+    let bad = |m: String| Err(RecordError::InvalidMessage(m));
     if topic.is_empty() {
         return bad("topic is empty".into());
     }
@@ -180,7 +192,7 @@ pub fn validate_topic(topic: &str) -> Result<()> {
 
 /// What the commit log assigns to a record when it is appended.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Assigned {
+pub struct Assigned {
     pub queue_offset: u64,
     pub commit_log_offset: u64,
     pub store_timestamp: i64,
@@ -217,7 +229,7 @@ pub fn canonical_addr(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Writes `msg` into `dst`, which must be exactly `msg.encoded_len()` bytes.
-pub(crate) fn encode_into(msg: &StoreMessage, a: &Assigned, dst: &mut [u8]) {
+pub fn encode_into(msg: &Message, a: &Assigned, dst: &mut [u8]) {
     let total = dst.len();
     put_u32(dst, pos::TOTAL_LEN, total as u32);
     put_u32(dst, pos::MAGIC, MESSAGE_MAGIC);
@@ -278,23 +290,23 @@ pub(crate) fn encode_into(msg: &StoreMessage, a: &Assigned, dst: &mut [u8]) {
 }
 
 /// Writes a blank filler covering all of `dst` (at least [`BLANK_MIN_LEN`] bytes).
-pub(crate) fn encode_blank(dst: &mut [u8]) {
+pub fn encode_blank(dst: &mut [u8]) {
     let len = dst.len() as u32;
     put_u32(dst, pos::TOTAL_LEN, len);
     put_u32(dst, pos::MAGIC, BLANK_MAGIC);
 }
 
-pub(crate) fn u16_at(b: &[u8], at: usize) -> u16 {
+pub fn u16_at(b: &[u8], at: usize) -> u16 {
     let mut x = [0u8; 2];
     x.copy_from_slice(&b[at..at + 2]);
     u16::from_le_bytes(x)
 }
-pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
+pub fn u32_at(b: &[u8], at: usize) -> u32 {
     let mut x = [0u8; 4];
     x.copy_from_slice(&b[at..at + 4]);
     u32::from_le_bytes(x)
 }
-pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
+pub fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut x = [0u8; 8];
     x.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(x)
@@ -312,7 +324,7 @@ fn addr_at(b: &[u8], ip_at: usize, port_at: usize) -> SocketAddr {
 
 /// What sits at a position of a commit log segment.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Probe {
+pub enum Probe {
     /// A valid record of this many bytes.
     Message(usize),
     /// A blank filler running to the end of the segment.
@@ -323,7 +335,7 @@ pub(crate) enum Probe {
 
 /// Checks the bytes at the start of `window` (which runs to the end of the segment) for
 /// a complete, intact record written at `offset`. Never panics on any input.
-pub(crate) fn probe(window: &[u8], offset: u64) -> Probe {
+pub fn probe(window: &[u8], offset: u64) -> Probe {
     if window.len() < BLANK_MIN_LEN {
         return Probe::Invalid("segment tail shorter than a header");
     }
@@ -384,7 +396,7 @@ impl<'a> RecordView<'a> {
     /// Parses one whole record (`bytes.len()` must equal its total length). Does not check
     /// the CRC: use [`RecordView::verify_crc`] where bytes come from an untrusted place.
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
-        let bad = |m: &str| Err(StoreError::InvalidMessage(format!("malformed record: {m}")));
+        let bad = |m: &str| Err(RecordError::Malformed(m.to_owned()));
         if bytes.len() < RECORD_OVERHEAD {
             return bad("shorter than the fixed header");
         }
@@ -436,7 +448,7 @@ impl<'a> RecordView<'a> {
     pub fn parse_verified(bytes: &'a [u8]) -> Result<Self> {
         let v = Self::parse(bytes)?;
         if !v.verify_crc() {
-            return Err(StoreError::InvalidMessage("record CRC mismatch".into()));
+            return Err(RecordError::Malformed("CRC mismatch".into()));
         }
         Ok(v)
     }
@@ -512,8 +524,8 @@ impl<'a> RecordView<'a> {
     }
 
     /// An owned copy of the message as it was handed to the store.
-    pub fn to_message(&self) -> StoreMessage {
-        StoreMessage {
+    pub fn to_message(&self) -> Message {
+        Message {
             topic: self.topic.to_owned(),
             queue_id: self.queue_id(),
             flag: self.flag(),
@@ -603,12 +615,12 @@ pub fn tag_hash(tag: &str) -> u64 {
 }
 
 /// FNV-1a, 64 bit: stable across versions and platforms, which on-disk hashes must be.
-pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     fnv1a64_parts(&[bytes])
 }
 
 /// FNV-1a 64 of the concatenation of `parts`, without concatenating them.
-pub(crate) fn fnv1a64_parts(parts: &[&[u8]]) -> u64 {
+pub fn fnv1a64_parts(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for &b in *part {
@@ -652,9 +664,9 @@ impl fmt::Display for MessageId {
 }
 
 impl FromStr for MessageId {
-    type Err = StoreError;
+    type Err = RecordError;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = |detail: &str| StoreError::InvalidMessageId {
+        let bad = |detail: &str| RecordError::InvalidMessageId {
             id: s.to_owned(),
             detail: detail.to_owned(),
         };
@@ -698,8 +710,8 @@ impl FromStr for MessageId {
 mod tests {
     use super::*;
 
-    fn sample() -> StoreMessage {
-        let mut m = StoreMessage::new("TopicA", 3, b"hello body".to_vec())
+    fn sample() -> Message {
+        let mut m = Message::new("TopicA", 3, b"hello body".to_vec())
             .with_tags("TagA")
             .with_key("k1")
             .with_key("order-42")
@@ -712,7 +724,7 @@ mod tests {
         m
     }
 
-    fn encode(m: &StoreMessage, offset: u64) -> Vec<u8> {
+    fn encode(m: &Message, offset: u64) -> Vec<u8> {
         let mut buf = vec![0u8; m.encoded_len().unwrap()];
         let a = Assigned {
             queue_offset: 9,
@@ -771,20 +783,17 @@ mod tests {
     #[test]
     fn rejects_bad_messages() {
         for t in ["", ".", "..", "a/b", "a\0b"] {
-            assert!(
-                StoreMessage::new(t, 0, vec![]).encoded_len().is_err(),
-                "{t:?}"
-            );
+            assert!(Message::new(t, 0, vec![]).encoded_len().is_err(), "{t:?}");
         }
         assert!(
-            StoreMessage::new("t", 0, vec![])
+            Message::new("t", 0, vec![])
                 .with_key("")
                 .encoded_len()
                 .is_err()
         );
         let long_tag = "x".repeat(70_000);
         assert!(
-            StoreMessage::new("t", 0, vec![])
+            Message::new("t", 0, vec![])
                 .with_tags(long_tag)
                 .encoded_len()
                 .is_err()
