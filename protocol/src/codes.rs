@@ -38,8 +38,7 @@ codes! {
         UpdateConsumerOffset = 15, "update consumer offset";
         CreateTopic = 17, "create or update topic";
         SearchOffsetByTimestamp = 29, "search offset by timestamp";
-        GetMaxOffset = 30, "get max offset";
-        GetMinOffset = 31, "get min offset";
+        GetQueueOffsets = 30, "get queue min/max offsets";
         ViewMessageById = 33, "view message by id";
         Heartbeat = 34, "heartbeat";
         UnregisterClient = 35, "unregister client";
@@ -48,6 +47,7 @@ codes! {
         UnregisterBroker = 104, "unregister broker";
         GetRoute = 105, "get topic route";
         GetClusterInfo = 106, "get cluster info";
+        GetTopicStats = 202, "get topic stats";
         GetAllTopics = 206, "get all topics";
         DeleteTopic = 215, "delete topic";
         SendBatch = 320, "send batch";

@@ -8,6 +8,8 @@
 pub mod record;
 
 #[cfg(feature = "net")]
+pub mod broker;
+#[cfg(feature = "net")]
 pub mod codes;
 #[cfg(feature = "net")]
 pub mod error;
@@ -20,6 +22,9 @@ pub mod route;
 #[cfg(feature = "net")]
 pub mod rpc;
 
+/// The header encoding, re-exported so every crate uses the same bincode.
+#[cfg(feature = "net")]
+pub use bincode;
 #[cfg(feature = "net")]
 pub use codes::{ErrorCode, RequestCode};
 #[cfg(feature = "net")]

@@ -49,7 +49,7 @@ pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
 
 /// Replaces `path` with `bytes` atomically: write a temporary file, fsync it, rename it
 /// over `path`, fsync the folder. A crash leaves either the old or the new content.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     create_dir_durable(dir)?;
     let mut tmp_name = path.as_os_str().to_owned();

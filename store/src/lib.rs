@@ -22,6 +22,8 @@ mod store;
 pub use commitlog::StoredRecord;
 pub use config::{FlushMode, MIN_COMMIT_LOG_SEGMENT_SIZE, StoreConfig};
 pub use error::{Result, StoreError};
+/// Durable replace of a small file (temp file, fsync, rename, fsync of the folder).
+pub use fsutil::write_atomic;
 pub use offsets::{ConsumerOffsets, OffsetKey};
 pub use store::{
     FlushStatus, GetResult, GetStatus, MessageStore, PutResult, ReadLimits, RecoveryReport,

@@ -1,0 +1,78 @@
+use serde::{Deserialize, Serialize};
+use weir_store::StoreConfig;
+
+/// Broker settings. TOML keys as named here; the store's under `[store]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Address to listen on (default 127.0.0.1:10911).
+    pub listen: String,
+    /// Address clients are told to connect to (default: the address listened on).
+    pub advertised_addr: Option<String>,
+    /// Name servers, `host:port;host:port`. Empty: the broker registers nowhere (the
+    /// standalone binary then runs its own name server).
+    pub namesrv: String,
+    pub cluster: String,
+    pub broker_name: String,
+    /// 0 for a master.
+    pub broker_id: u64,
+    /// Create a topic on the first send to it (default true).
+    pub auto_create_topic: bool,
+    /// Queues of a created topic when none is said (default 8).
+    pub default_topic_queues: u32,
+    /// Largest message body accepted, bytes (default 4 MiB).
+    pub max_message_size: usize,
+    /// How often the broker registers with each name server, ms (default 30,000).
+    pub register_interval_ms: u64,
+    /// A client not heard from for this long is forgotten, ms (default 120,000).
+    pub client_expiry_ms: u64,
+    pub store: StoreConfig,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:10911".into(),
+            advertised_addr: None,
+            namesrv: String::new(),
+            cluster: "DefaultCluster".into(),
+            broker_name: "broker-a".into(),
+            broker_id: 0,
+            auto_create_topic: true,
+            default_topic_queues: 8,
+            max_message_size: 4 << 20,
+            register_interval_ms: 30_000,
+            client_expiry_ms: 120_000,
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    pub fn namesrv_addrs(&self) -> Vec<String> {
+        self.namesrv
+            .split(';')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.default_topic_queues == 0 || self.default_topic_queues > 1024 {
+            return Err("default_topic_queues must be within 1..=1024".into());
+        }
+        if self.max_message_size == 0 || self.max_message_size > 15 << 20 {
+            return Err(
+                "max_message_size must be within 1 byte..=15 MiB (frames are 16 MiB)".into(),
+            );
+        }
+        if self.register_interval_ms == 0 || self.client_expiry_ms == 0 {
+            return Err("register_interval_ms and client_expiry_ms must be greater than 0".into());
+        }
+        if self.broker_name.is_empty() || self.cluster.is_empty() {
+            return Err("cluster and broker_name must not be empty".into());
+        }
+        self.store.validate().map_err(|e| e.to_string())
+    }
+}

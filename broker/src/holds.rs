@@ -1,0 +1,62 @@
+//! Long polling: pulls that found nothing wait here for their queue to grow.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+#[derive(Default)]
+pub struct PullHolds {
+    queues: Mutex<HashMap<String, HashMap<u32, Arc<Notify>>>>,
+    held: AtomicUsize,
+}
+
+impl PullHolds {
+    /// The wake-up of (topic, queue), created on first use.
+    pub fn notify_of(&self, topic: &str, queue_id: u32) -> Arc<Notify> {
+        let mut q = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = q.get(topic).and_then(|t| t.get(&queue_id)) {
+            return Arc::clone(n);
+        }
+        Arc::clone(
+            q.entry(topic.to_owned())
+                .or_default()
+                .entry(queue_id)
+                .or_default(),
+        )
+    }
+
+    /// Wakes every pull held on (topic, queue). Called on each append.
+    pub fn wake(&self, topic: &str, queue_id: u32) {
+        let q = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = q.get(topic).and_then(|t| t.get(&queue_id)) {
+            n.notify_waiters();
+        }
+    }
+
+    pub fn forget_topic(&self, topic: &str) {
+        self.queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(topic);
+    }
+
+    /// Pulls being held right now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    pub fn enter(&self) -> HeldGuard<'_> {
+        self.held.fetch_add(1, Ordering::Relaxed);
+        HeldGuard(self)
+    }
+}
+
+pub struct HeldGuard<'a>(&'a PullHolds);
+
+impl Drop for HeldGuard<'_> {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::Relaxed);
+    }
+}

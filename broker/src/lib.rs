@@ -1,0 +1,704 @@
+//! The weir broker: stores what producers send, serves pulls (with long polling), keeps
+//! consumer offsets and topic configs, knows its clients, and registers with name servers.
+//!
+//! Request handling is plain Rust over [`weir_store::MessageStore`]; the wire protocol
+//! ([`weir_protocol`]) is the adapter in front of it.
+
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod clients;
+mod config;
+mod holds;
+pub mod subscription;
+pub mod topics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+use weir_protocol::broker::{
+    ConsumerList, ConsumerOffset, CreateTopic, DeleteTopic, GetConsumerList, GetQueueOffsets,
+    GetTopicStats, Heartbeat, OffsetAnswer, PullMessage, PullResult, PullStatus,
+    QueryConsumerOffset, QueryMessageByKey, QueueOffsets, RecordCount, SearchOffsetByTimestamp,
+    SendBatch, SendBatchResult, SendMessage, SendResult, SendStatus, TopicStats, UnregisterClient,
+    UpdateConsumerOffset, ViewMessageById,
+};
+use weir_protocol::net::BoxFuture;
+use weir_protocol::route::{
+    GetAllTopics, RegisterBroker, TopicConfig, TopicList, UnregisterBroker, perm,
+};
+use weir_protocol::{
+    ConnConfig, Connection, ErrorCode, Handler, Message, MessageId, NoHandler, Reply, Request,
+    RequestCode, Server,
+};
+use weir_store::{FlushStatus, GetStatus, MessageStore, ReadLimits, StoreError};
+
+pub use config::BrokerConfig;
+use subscription::TagFilter;
+use topics::{SYSTEM_PREFIX, TopicManager, validate_topic_name};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {error}")]
+    Listen { addr: String, error: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("topic configuration: {0}")]
+    Topics(String),
+}
+
+/// Most messages one pull returns.
+const MAX_PULL_MSGS: u32 = 1024;
+/// Longest a pull may be held.
+const MAX_SUSPEND: Duration = Duration::from_secs(60);
+const NAMESRV_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct Broker {
+    config: BrokerConfig,
+    addr: String,
+    store: Arc<MessageStore>,
+    topics: TopicManager,
+    clients: clients::ClientRegistry,
+    holds: Arc<holds::PullHolds>,
+    topics_changed: watch::Sender<u64>,
+}
+
+type Outcome<T> = Result<T, Reply>;
+
+fn err(code: ErrorCode, message: impl Into<String>) -> Reply {
+    Reply::error(code, message)
+}
+
+fn store_error(e: StoreError) -> Reply {
+    match e {
+        StoreError::InvalidMessage(m) => err(ErrorCode::MessageIllegal, m),
+        e @ StoreError::MessageTooLarge { .. } => err(ErrorCode::MessageIllegal, e.to_string()),
+        e @ StoreError::ShutDown => err(ErrorCode::ServiceNotAvailable, e.to_string()),
+        e => err(ErrorCode::SystemError, e.to_string()),
+    }
+}
+
+fn to_reply<T: weir_protocol::bincode::Encode>(r: Outcome<(T, Bytes)>) -> Reply {
+    match r {
+        Ok((v, body)) => Reply::ok_with_body(&v, body),
+        Err(e) => e,
+    }
+}
+
+fn concat(records: impl Iterator<Item = impl AsRef<[u8]>>) -> Bytes {
+    let mut out = BytesMut::new();
+    for r in records {
+        out.extend_from_slice(r.as_ref());
+    }
+    out.freeze()
+}
+
+impl Broker {
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn store(&self) -> &MessageStore {
+        &self.store
+    }
+
+    /// Pulls being held (long polling) right now.
+    pub fn held_pulls(&self) -> usize {
+        self.holds.held()
+    }
+
+    fn registration(&self) -> RegisterBroker {
+        RegisterBroker {
+            cluster: self.config.cluster.clone(),
+            broker_name: self.config.broker_name.clone(),
+            broker_id: self.config.broker_id,
+            addr: self.addr.clone(),
+            topics: self.topics.all(),
+        }
+    }
+
+    fn topics_updated(&self) {
+        self.topics_changed.send_modify(|v| *v += 1);
+    }
+
+    /// The topic for a send: created on first use when allowed.
+    fn topic_for_send(&self, name: &str) -> Outcome<TopicConfig> {
+        validate_topic_name(name).map_err(|m| err(ErrorCode::InvalidParameter, m))?;
+        if let Some(t) = self.topics.get(name) {
+            return Ok(t);
+        }
+        if !self.config.auto_create_topic {
+            return Err(err(
+                ErrorCode::TopicNotExist,
+                format!(
+                    "topic {name:?} does not exist and auto-create is off; create it first (weir topic create {name})"
+                ),
+            ));
+        }
+        if name.starts_with(SYSTEM_PREFIX) {
+            return Err(err(
+                ErrorCode::NoPermission,
+                format!("topic {name:?} is a system topic; it is not created by sending"),
+            ));
+        }
+        let t = self
+            .topics
+            .get_or_create(name, self.config.default_topic_queues)
+            .map_err(|m| err(ErrorCode::SystemError, m))?;
+        info!(topic = name, queues = t.write_queues, "topic auto-created");
+        self.topics_updated();
+        Ok(t)
+    }
+
+    fn existing_topic(&self, name: &str) -> Outcome<TopicConfig> {
+        self.topics.get(name).ok_or_else(|| {
+            err(
+                ErrorCode::TopicNotExist,
+                format!(
+                    "topic {name:?} does not exist on broker {}",
+                    self.config.broker_name
+                ),
+            )
+        })
+    }
+
+    fn check_send_queue(t: &TopicConfig, queue_id: u32) -> Outcome<()> {
+        if t.perm & perm::WRITE == 0 {
+            return Err(err(
+                ErrorCode::NoPermission,
+                format!("topic {:?} is not writable", t.name),
+            ));
+        }
+        if queue_id >= t.write_queues {
+            return Err(err(
+                ErrorCode::InvalidParameter,
+                format!(
+                    "queue {queue_id} does not exist: topic {:?} has {} write queues",
+                    t.name, t.write_queues
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_body(&self, len: usize) -> Outcome<()> {
+        if len > self.config.max_message_size {
+            return Err(err(
+                ErrorCode::MessageIllegal,
+                format!(
+                    "message body of {len} bytes exceeds the maximum of {} bytes",
+                    self.config.max_message_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn store_messages(&self, msgs: &[Message]) -> Outcome<Vec<SendResult>> {
+        let results = self
+            .store
+            .put_batch_async(msgs)
+            .await
+            .map_err(store_error)?;
+        Ok(results
+            .into_iter()
+            .map(|r| SendResult {
+                status: match r.flush {
+                    FlushStatus::TimedOut => SendStatus::FlushDiskTimeout,
+                    FlushStatus::Durable | FlushStatus::Pending => SendStatus::Ok,
+                },
+                msg_id: r.msg_id.to_string(),
+                queue_id: 0,
+                queue_offset: r.queue_offset,
+            })
+            .collect())
+    }
+
+    async fn send(&self, req: SendMessage, body: Bytes) -> Outcome<(SendResult, Bytes)> {
+        self.check_body(body.len())?;
+        let t = self.topic_for_send(&req.topic)?;
+        Self::check_send_queue(&t, req.queue_id)?;
+        let msg = Message {
+            topic: req.topic,
+            queue_id: req.queue_id,
+            flag: req.flag,
+            sys_flag: req.sys_flag,
+            born_timestamp: req.born_timestamp,
+            born_host: SocketAddr::from(([0, 0, 0, 0], 0)),
+            tags: req.tags,
+            keys: req.keys,
+            properties: req.properties,
+            body: body.to_vec(),
+            reconsume_times: req.reconsume_times,
+            prepared_tx_offset: weir_protocol::record::NO_PREPARED_TX,
+        };
+        let mut r = self.store_messages(std::slice::from_ref(&msg)).await?;
+        let mut result = r
+            .pop()
+            .ok_or_else(|| err(ErrorCode::SystemError, "store returned no result"))?;
+        result.queue_id = req.queue_id;
+        Ok((result, Bytes::new()))
+    }
+
+    async fn send_batch(&self, req: SendBatch, body: Bytes) -> Outcome<(SendBatchResult, Bytes)> {
+        let total: u64 = req.messages.iter().map(|m| u64::from(m.body_len)).sum();
+        if total != body.len() as u64 {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!(
+                    "batch declares {total} body bytes but carries {}",
+                    body.len()
+                ),
+            ));
+        }
+        if req.messages.is_empty() {
+            return Err(err(ErrorCode::BadRequest, "empty batch"));
+        }
+        let t = self.topic_for_send(&req.topic)?;
+        Self::check_send_queue(&t, req.queue_id)?;
+        let mut msgs = Vec::with_capacity(req.messages.len());
+        let mut at = 0usize;
+        for m in req.messages {
+            let len = m.body_len as usize;
+            self.check_body(len)?;
+            msgs.push(Message {
+                topic: req.topic.clone(),
+                queue_id: req.queue_id,
+                flag: m.flag,
+                sys_flag: 0,
+                born_timestamp: m.born_timestamp,
+                born_host: SocketAddr::from(([0, 0, 0, 0], 0)),
+                tags: m.tags,
+                keys: m.keys,
+                properties: m.properties,
+                body: body[at..at + len].to_vec(),
+                reconsume_times: 0,
+                prepared_tx_offset: weir_protocol::record::NO_PREPARED_TX,
+            });
+            at += len;
+        }
+        let mut results = self.store_messages(&msgs).await?;
+        results.iter_mut().for_each(|r| r.queue_id = req.queue_id);
+        Ok((SendBatchResult { results }, Bytes::new()))
+    }
+
+    async fn pull(&self, req: PullMessage) -> Outcome<(PullResult, Bytes)> {
+        let t = self.existing_topic(&req.topic)?;
+        if t.perm & perm::READ == 0 {
+            return Err(err(
+                ErrorCode::NoPermission,
+                format!("topic {:?} is not readable", t.name),
+            ));
+        }
+        if req.queue_id >= t.read_queues {
+            return Err(err(
+                ErrorCode::InvalidParameter,
+                format!(
+                    "queue {} does not exist: topic {:?} has {} read queues",
+                    req.queue_id, t.name, t.read_queues
+                ),
+            ));
+        }
+        let filter = TagFilter::parse(&req.expression)
+            .map_err(|m| err(ErrorCode::SubscriptionParseFailed, m))?;
+        if let Some(c) = req.commit_offset {
+            self.store
+                .consumer_offsets()
+                .commit(&req.group, &req.topic, req.queue_id, c);
+        }
+        let limits = ReadLimits {
+            max_count: req.max_msgs.clamp(1, MAX_PULL_MSGS) as usize,
+            max_bytes: 4 << 20,
+            ..ReadLimits::default()
+        };
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(req.suspend_ms).min(MAX_SUSPEND);
+        let notify = (req.suspend_ms > 0).then(|| self.holds.notify_of(&req.topic, req.queue_id));
+        let _held = notify.as_ref().map(|_| self.holds.enter());
+        loop {
+            // Register for the wake-up before looking, so an append in between is not missed.
+            let notified = notify.as_ref().map(|n| {
+                let mut f = Box::pin(Arc::clone(n).notified_owned());
+                f.as_mut().enable();
+                f
+            });
+            let r = self
+                .store
+                .get_messages(&req.topic, req.queue_id, req.offset, limits, |h| {
+                    filter.matches_hash(h)
+                });
+            let hold =
+                r.status == GetStatus::NoNewMessage && tokio::time::Instant::now() < deadline;
+            if let (true, Some(notified)) = (hold, notified) {
+                tokio::select! {
+                    _ = notified => continue,
+                    _ = tokio::time::sleep_until(deadline) => continue,
+                }
+            }
+            let kept: Vec<_> = r
+                .messages
+                .iter()
+                .filter(|rec| rec.view().is_ok_and(|v| filter.matches_tag(v.tags())))
+                .collect();
+            let status = match r.status {
+                GetStatus::Found if kept.is_empty() => PullStatus::NoMatch,
+                GetStatus::Found => PullStatus::Found,
+                GetStatus::NoMatch => PullStatus::NoMatch,
+                GetStatus::NoNewMessage => PullStatus::NoNewMessage,
+                GetStatus::OffsetMoved => PullStatus::OffsetMoved,
+            };
+            let body = concat(kept.iter().map(|rec| rec.bytes()));
+            return Ok((
+                PullResult {
+                    status,
+                    next_offset: r.next_offset,
+                    min_offset: r.min_offset,
+                    max_offset: r.max_offset,
+                },
+                body,
+            ));
+        }
+    }
+
+    fn create_topic(&self, req: CreateTopic) -> Outcome<((), Bytes)> {
+        if req.topic.name.starts_with(SYSTEM_PREFIX) {
+            return Err(err(
+                ErrorCode::NoPermission,
+                format!(
+                    "{:?}: names starting with {SYSTEM_PREFIX} are reserved for system topics",
+                    req.topic.name
+                ),
+            ));
+        }
+        let t = self
+            .topics
+            .upsert(req.topic)
+            .map_err(|m| err(ErrorCode::InvalidParameter, m))?;
+        info!(topic = %t.name, read = t.read_queues, write = t.write_queues, perm = perm::describe(t.perm), "topic created or updated");
+        self.topics_updated();
+        Ok(((), Bytes::new()))
+    }
+
+    fn delete_topic(&self, req: DeleteTopic) -> Outcome<((), Bytes)> {
+        if !self
+            .topics
+            .remove(&req.topic)
+            .map_err(|m| err(ErrorCode::SystemError, m))?
+        {
+            return Err(err(
+                ErrorCode::TopicNotExist,
+                format!("topic {:?} does not exist", req.topic),
+            ));
+        }
+        self.store.delete_topic(&req.topic).map_err(store_error)?;
+        self.holds.forget_topic(&req.topic);
+        info!(topic = %req.topic, "topic deleted");
+        self.topics_updated();
+        Ok(((), Bytes::new()))
+    }
+
+    fn topic_stats(&self, req: GetTopicStats) -> Outcome<(TopicStats, Bytes)> {
+        let config = self.existing_topic(&req.topic)?;
+        let queues = (0..config.read_queues)
+            .map(|q| QueueOffsets {
+                min: self.store.min_offset(&req.topic, q),
+                max: self.store.max_offset(&req.topic, q),
+            })
+            .collect();
+        Ok((TopicStats { config, queues }, Bytes::new()))
+    }
+
+    fn query_by_key(&self, req: QueryMessageByKey) -> Outcome<(RecordCount, Bytes)> {
+        let found = self
+            .store
+            .query_by_key(&req.topic, &req.key, req.max.clamp(1, 64) as usize);
+        if found.is_empty() {
+            return Err(err(
+                ErrorCode::QueryNotFound,
+                format!("no message of topic {:?} has key {:?}", req.topic, req.key),
+            ));
+        }
+        Ok((
+            RecordCount {
+                count: found.len() as u32,
+            },
+            concat(found.iter().map(|r| r.bytes())),
+        ))
+    }
+
+    fn view_by_id(&self, req: ViewMessageById) -> Outcome<(RecordCount, Bytes)> {
+        let id: MessageId = req
+            .msg_id
+            .parse()
+            .map_err(|e: weir_protocol::RecordError| {
+                err(ErrorCode::InvalidParameter, e.to_string())
+            })?;
+        let rec = self
+            .store
+            .get_by_id(&id)
+            .map_err(|e| err(ErrorCode::QueryNotFound, e.to_string()))?;
+        Ok((
+            RecordCount { count: 1 },
+            Bytes::copy_from_slice(rec.bytes()),
+        ))
+    }
+
+    async fn dispatch(&self, conn: &Connection, req: Request) -> Reply {
+        macro_rules! decode {
+            ($t:ty) => {
+                match req.decode::<$t>() {
+                    Ok(v) => v,
+                    Err(e) => return err(ErrorCode::BadRequest, e.to_string()),
+                }
+            };
+        }
+        let body = req.body.clone();
+        match RequestCode::from_u16(req.code) {
+            Some(RequestCode::SendMessage) => to_reply(self.send(decode!(SendMessage), body).await),
+            Some(RequestCode::SendBatch) => {
+                to_reply(self.send_batch(decode!(SendBatch), body).await)
+            }
+            Some(RequestCode::PullMessage) => to_reply(self.pull(decode!(PullMessage)).await),
+            Some(RequestCode::QueryConsumerOffset) => {
+                let r = decode!(QueryConsumerOffset);
+                Reply::ok(&ConsumerOffset {
+                    offset: self
+                        .store
+                        .consumer_offsets()
+                        .query(&r.group, &r.topic, r.queue_id),
+                })
+            }
+            Some(RequestCode::UpdateConsumerOffset) => {
+                let r = decode!(UpdateConsumerOffset);
+                self.store
+                    .consumer_offsets()
+                    .commit(&r.group, &r.topic, r.queue_id, r.offset);
+                Reply::ok(&())
+            }
+            Some(RequestCode::GetQueueOffsets) => {
+                let r = decode!(GetQueueOffsets);
+                Reply::ok(&QueueOffsets {
+                    min: self.store.min_offset(&r.topic, r.queue_id),
+                    max: self.store.max_offset(&r.topic, r.queue_id),
+                })
+            }
+            Some(RequestCode::SearchOffsetByTimestamp) => {
+                let r = decode!(SearchOffsetByTimestamp);
+                Reply::ok(&OffsetAnswer {
+                    offset: self
+                        .store
+                        .offset_for_timestamp(&r.topic, r.queue_id, r.timestamp),
+                })
+            }
+            Some(RequestCode::CreateTopic) => to_reply(self.create_topic(decode!(CreateTopic))),
+            Some(RequestCode::DeleteTopic) => to_reply(self.delete_topic(decode!(DeleteTopic))),
+            Some(RequestCode::GetTopicStats) => to_reply(self.topic_stats(decode!(GetTopicStats))),
+            Some(RequestCode::GetAllTopics) => {
+                decode!(GetAllTopics);
+                Reply::ok(&TopicList {
+                    topics: self.topics.all().into_iter().map(|t| t.name).collect(),
+                })
+            }
+            Some(RequestCode::QueryMessage) => {
+                to_reply(self.query_by_key(decode!(QueryMessageByKey)))
+            }
+            Some(RequestCode::ViewMessageById) => {
+                to_reply(self.view_by_id(decode!(ViewMessageById)))
+            }
+            Some(RequestCode::Heartbeat) => {
+                self.clients.heartbeat(decode!(Heartbeat), conn.id());
+                Reply::ok(&())
+            }
+            Some(RequestCode::UnregisterClient) => {
+                self.clients
+                    .unregister(&decode!(UnregisterClient).client_id);
+                Reply::ok(&())
+            }
+            Some(RequestCode::GetConsumerList) => {
+                let r = decode!(GetConsumerList);
+                Reply::ok(&ConsumerList {
+                    client_ids: self.clients.consumers_of(&r.group),
+                })
+            }
+            _ => err(
+                ErrorCode::RequestCodeNotSupported,
+                format!("the broker does not serve request code {}", req.code),
+            ),
+        }
+    }
+}
+
+struct BrokerHandler(Arc<Broker>);
+
+impl Handler for BrokerHandler {
+    fn handle<'a>(&'a self, conn: &'a Connection, req: Request) -> BoxFuture<'a, Reply> {
+        Box::pin(self.0.dispatch(conn, req))
+    }
+    fn on_close(&self, conn: &Connection) {
+        self.0.clients.connection_closed(conn.id());
+    }
+}
+
+/// A running broker.
+pub struct RunningBroker {
+    broker: Arc<Broker>,
+    server: Server,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningBroker {
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Stops accepting, unregisters from the name servers, and closes the store cleanly.
+    pub async fn shutdown(self) -> Result<(), BrokerError> {
+        self.stop.send_replace(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.server.shutdown().await;
+        let store = Arc::clone(&self.broker.store);
+        tokio::task::spawn_blocking(move || store.shutdown())
+            .await
+            .map_err(|e| BrokerError::Config(format!("store shutdown task failed: {e}")))??;
+        Ok(())
+    }
+}
+
+/// Opens the store and starts serving (on the current tokio runtime).
+pub async fn start(mut config: BrokerConfig) -> Result<RunningBroker, BrokerError> {
+    config.validate().map_err(BrokerError::Config)?;
+    let listener =
+        TcpListener::bind(&config.listen)
+            .await
+            .map_err(|error| BrokerError::Listen {
+                addr: config.listen.clone(),
+                error,
+            })?;
+    let local = listener.local_addr().map_err(|error| BrokerError::Listen {
+        addr: config.listen.clone(),
+        error,
+    })?;
+    let addr = config
+        .advertised_addr
+        .clone()
+        .unwrap_or_else(|| local.to_string());
+    config.store.store_host = addr.parse().unwrap_or(local);
+    let store_config = config.store.clone();
+    let store = tokio::task::spawn_blocking(move || MessageStore::open(store_config))
+        .await
+        .map_err(|e| BrokerError::Config(format!("store open task failed: {e}")))??;
+    let store = Arc::new(store);
+    let topics = TopicManager::open(&config.store.data_dir).map_err(BrokerError::Topics)?;
+    let holds = Arc::new(holds::PullHolds::default());
+    {
+        let holds = Arc::clone(&holds);
+        store.set_arrival_listener(move |topic, queue, _| holds.wake(topic, queue));
+    }
+    let (topics_changed, _) = watch::channel(0u64);
+    let broker = Arc::new(Broker {
+        addr,
+        store,
+        topics,
+        clients: clients::ClientRegistry::default(),
+        holds,
+        topics_changed,
+        config,
+    });
+    let server = Server::start(
+        listener,
+        Arc::new(BrokerHandler(Arc::clone(&broker))),
+        ConnConfig::default(),
+    )
+    .map_err(|error| BrokerError::Listen {
+        addr: broker.config.listen.clone(),
+        error,
+    })?;
+    let (stop, _) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for ns in broker.config.namesrv_addrs() {
+        tasks.push(tokio::spawn(register_loop(
+            Arc::clone(&broker),
+            ns,
+            stop.subscribe(),
+        )));
+    }
+    {
+        let (broker, mut stop) = (Arc::clone(&broker), stop.subscribe());
+        let expiry = Duration::from_millis(broker.config.client_expiry_ms);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(10).min(expiry)) => broker.clients.expire(expiry),
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+        }));
+    }
+    Ok(RunningBroker {
+        broker,
+        server,
+        stop,
+        tasks,
+    })
+}
+
+/// Keeps the broker registered with one name server: every interval, and at once when
+/// topics change. Unregisters on stop.
+async fn register_loop(broker: Arc<Broker>, namesrv: String, mut stop: watch::Receiver<bool>) {
+    let interval = Duration::from_millis(broker.config.register_interval_ms);
+    let mut changed = broker.topics_changed.subscribe();
+    let mut conn: Option<Connection> = None;
+    loop {
+        if conn.as_ref().is_none_or(Connection::is_closed) {
+            match Connection::connect(
+                &namesrv,
+                Arc::new(NoHandler),
+                ConnConfig::default(),
+                NAMESRV_TIMEOUT,
+            )
+            .await
+            {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    warn!(namesrv = %namesrv, error = %e, "cannot reach name server; will retry")
+                }
+            }
+        }
+        if let Some(c) = &conn
+            && let Err(e) = c
+                .call(&broker.registration(), Bytes::new(), NAMESRV_TIMEOUT)
+                .await
+        {
+            warn!(namesrv = %namesrv, error = %e, "registration failed; will retry");
+            conn = None;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = changed.changed() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    if let Some(c) = conn {
+        let unregister = UnregisterBroker {
+            cluster: broker.config.cluster.clone(),
+            broker_name: broker.config.broker_name.clone(),
+            broker_id: broker.config.broker_id,
+            addr: broker.addr.clone(),
+        };
+        let _ = c.call(&unregister, Bytes::new(), NAMESRV_TIMEOUT).await;
+        c.close();
+    }
+}

@@ -1,0 +1,166 @@
+//! `weir-broker`: runs a broker. With no name server configured it runs standalone: its
+//! own name server on 127.0.0.1:9876 beside the broker on 127.0.0.1:10911, data in
+//! `./weir-data`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use weir_broker::BrokerConfig;
+use weir_store::FlushMode;
+
+/// weir broker. No arguments: standalone (name server + broker), data in ./weir-data.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// TOML file: broker keys at the top level, store keys under [store].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:10911].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data folder [default: ./weir-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Name servers, `host:port;host:port`. Without any, an embedded name server runs on
+    /// --standalone-namesrv.
+    #[arg(long, env = "WEIR_NAMESRV")]
+    namesrv: Option<String>,
+    /// Where the embedded name server listens in standalone mode.
+    #[arg(long, default_value = "127.0.0.1:9876")]
+    standalone_namesrv: String,
+    #[arg(long)]
+    cluster: Option<String>,
+    #[arg(long)]
+    broker_name: Option<String>,
+    #[arg(long)]
+    broker_id: Option<u64>,
+    #[arg(long, value_enum)]
+    flush_mode: Option<Flush>,
+    /// Create topics on first send [default: true].
+    #[arg(long)]
+    auto_create_topic: Option<bool>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Flush {
+    Async,
+    Sync,
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir-broker: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(args: &Args) -> anyhow::Result<BrokerConfig> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str::<BrokerConfig>(&text)
+                .with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => BrokerConfig::default(),
+    };
+    if let Some(v) = &args.listen {
+        config.listen = v.clone();
+    }
+    if let Some(v) = &args.data_dir {
+        config.store.data_dir = v.clone();
+    }
+    if let Some(v) = &args.namesrv {
+        config.namesrv = v.clone();
+    }
+    if let Some(v) = &args.cluster {
+        config.cluster = v.clone();
+    }
+    if let Some(v) = &args.broker_name {
+        config.broker_name = v.clone();
+    }
+    if let Some(v) = args.broker_id {
+        config.broker_id = v;
+    }
+    if let Some(v) = args.flush_mode {
+        config.store.flush_mode = match v {
+            Flush::Async => FlushMode::Async,
+            Flush::Sync => FlushMode::Sync,
+        };
+    }
+    if let Some(v) = args.auto_create_topic {
+        config.auto_create_topic = v;
+    }
+    Ok(config)
+}
+
+fn run() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let mut config = load(&args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let embedded = if config.namesrv_addrs().is_empty() {
+            let ns = weir_namesrv::start(weir_namesrv::NamesrvConfig {
+                listen: args.standalone_namesrv.clone(),
+                ..Default::default()
+            })
+            .await
+            .context("starting the embedded name server")?;
+            config.namesrv = ns.local_addr().to_string();
+            Some(ns)
+        } else {
+            None
+        };
+        let data_dir = config.store.data_dir.clone();
+        let flush = config.store.flush_mode;
+        let broker = weir_broker::start(config.clone()).await?;
+        tracing::info!(
+            broker = %broker.local_addr(),
+            name_servers = %config.namesrv,
+            embedded_name_server = embedded.is_some(),
+            data = %data_dir.display(),
+            flush = ?flush,
+            "weir broker {}/{} (id {}) listening",
+            config.cluster,
+            config.broker_name,
+            config.broker_id,
+        );
+        wait_for_stop().await;
+        tracing::info!("stopping: no new connections, flushing the store");
+        broker.shutdown().await?;
+        if let Some(ns) = embedded {
+            ns.shutdown().await;
+        }
+        tracing::info!("stopped cleanly");
+        anyhow::Ok(())
+    })
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let ctrl_c = tokio::signal::ctrl_c();
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}

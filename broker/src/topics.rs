@@ -1,0 +1,207 @@
+//! Topic configurations: validated names, persisted atomically in the data folder.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use weir_protocol::route::{TopicConfig, perm};
+
+/// Longest topic name.
+pub const MAX_TOPIC_LEN: usize = 127;
+/// System topics start with this; clients cannot create them.
+pub const SYSTEM_PREFIX: char = '%';
+
+/// Checks a topic name against the rules users see in errors.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("topic name is empty".into());
+    }
+    if name.len() > MAX_TOPIC_LEN {
+        return Err(format!(
+            "topic name of {} characters exceeds {MAX_TOPIC_LEN}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_%|-".contains(*c)))
+    {
+        return Err(format!(
+            "topic name {name:?} contains {c:?}; allowed are letters, digits and _ % | -"
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Serialize, Deserialize)]
+struct TopicRow {
+    name: String,
+    read_queues: u32,
+    write_queues: u32,
+    perm: u8,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TopicsFile {
+    version: u32,
+    topics: Vec<TopicRow>,
+}
+
+pub struct TopicManager {
+    path: PathBuf,
+    topics: Mutex<BTreeMap<String, TopicConfig>>,
+}
+
+impl TopicManager {
+    pub fn open(data_dir: &Path) -> Result<Self, String> {
+        let path = data_dir.join("config").join("topics.json");
+        let topics = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let file: TopicsFile = serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                if file.version != 1 {
+                    return Err(format!(
+                        "{}: unknown version {}",
+                        path.display(),
+                        file.version
+                    ));
+                }
+                file.topics
+                    .into_iter()
+                    .map(|r| {
+                        let c = TopicConfig {
+                            name: r.name,
+                            read_queues: r.read_queues,
+                            write_queues: r.write_queues,
+                            perm: r.perm,
+                        };
+                        (c.name.clone(), c)
+                    })
+                    .collect()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(format!("reading {}: {e}", path.display())),
+        };
+        Ok(Self {
+            path,
+            topics: Mutex::new(topics),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, TopicConfig>> {
+        self.topics.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, name: &str) -> Option<TopicConfig> {
+        self.lock().get(name).cloned()
+    }
+
+    pub fn all(&self) -> Vec<TopicConfig> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Creates or updates; persists before returning. Returns the stored config.
+    pub fn upsert(&self, config: TopicConfig) -> Result<TopicConfig, String> {
+        validate_topic_name(&config.name)?;
+        if config.read_queues == 0
+            || config.write_queues == 0
+            || config.read_queues > 1024
+            || config.write_queues > 1024
+        {
+            return Err("queue counts must be within 1..=1024".into());
+        }
+        if config.perm & !perm::READ_WRITE != 0 {
+            return Err(format!(
+                "permission {} has unknown bits (read 4, write 2)",
+                config.perm
+            ));
+        }
+        let mut topics = self.lock();
+        topics.insert(config.name.clone(), config.clone());
+        self.persist(&topics)?;
+        Ok(config)
+    }
+
+    /// Returns the topic, creating it with `queues` queues if it does not exist.
+    pub fn get_or_create(&self, name: &str, queues: u32) -> Result<TopicConfig, String> {
+        if let Some(c) = self.get(name) {
+            return Ok(c);
+        }
+        self.upsert(TopicConfig {
+            name: name.to_owned(),
+            read_queues: queues,
+            write_queues: queues,
+            perm: perm::READ_WRITE,
+        })
+    }
+
+    pub fn remove(&self, name: &str) -> Result<bool, String> {
+        let mut topics = self.lock();
+        let existed = topics.remove(name).is_some();
+        if existed {
+            self.persist(&topics)?;
+        }
+        Ok(existed)
+    }
+
+    fn persist(&self, topics: &BTreeMap<String, TopicConfig>) -> Result<(), String> {
+        let file = TopicsFile {
+            version: 1,
+            topics: topics
+                .values()
+                .map(|c| TopicRow {
+                    name: c.name.clone(),
+                    read_queues: c.read_queues,
+                    write_queues: c.write_queues,
+                    perm: c.perm,
+                })
+                .collect(),
+        };
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
+        weir_store::write_atomic(&self.path, &bytes).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["T", "orders-2024", "a_b|c%d", &"x".repeat(127)] {
+            assert!(validate_topic_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "a/b", "é", "a.b", &"x".repeat(128)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = TopicManager::open(dir.path()).unwrap();
+        m.get_or_create("A", 4).unwrap();
+        m.upsert(TopicConfig {
+            name: "B".into(),
+            read_queues: 2,
+            write_queues: 2,
+            perm: perm::READ,
+        })
+        .unwrap();
+        assert!(
+            m.upsert(TopicConfig {
+                name: "C".into(),
+                read_queues: 0,
+                write_queues: 1,
+                perm: 6
+            })
+            .is_err()
+        );
+        let m = TopicManager::open(dir.path()).unwrap();
+        assert_eq!(m.all().len(), 2);
+        assert_eq!(m.get("B").unwrap().perm, perm::READ);
+        assert!(m.remove("A").unwrap());
+        assert_eq!(TopicManager::open(dir.path()).unwrap().all().len(), 1);
+    }
+}

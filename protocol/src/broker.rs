@@ -1,0 +1,325 @@
+//! Broker requests: send, pull, offsets, topics, lookups, client heartbeats.
+
+use bincode::{Decode, Encode};
+
+use crate::codes::RequestCode;
+use crate::route::TopicConfig;
+use crate::rpc::Rpc;
+
+/// One message; the body travels raw as the frame body.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct SendMessage {
+    pub producer_group: String,
+    pub topic: String,
+    pub queue_id: u32,
+    /// Empty for none.
+    pub tags: String,
+    pub keys: Vec<String>,
+    pub properties: Vec<(String, String)>,
+    pub flag: u32,
+    pub born_timestamp: i64,
+    pub sys_flag: u32,
+    pub reconsume_times: u32,
+}
+
+impl Rpc for SendMessage {
+    const CODE: RequestCode = RequestCode::SendMessage;
+    type Response = SendResult;
+}
+
+/// How durable a stored message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum SendStatus {
+    /// Stored (and, with sync flush, on disk).
+    Ok,
+    /// Stored, but the sync flush did not finish in time.
+    FlushDiskTimeout,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct SendResult {
+    pub status: SendStatus,
+    pub msg_id: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+}
+
+/// Several messages for one queue; bodies concatenated in the frame body, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct SendBatch {
+    pub producer_group: String,
+    pub topic: String,
+    pub queue_id: u32,
+    pub messages: Vec<BatchEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct BatchEntry {
+    pub tags: String,
+    pub keys: Vec<String>,
+    pub properties: Vec<(String, String)>,
+    pub flag: u32,
+    pub born_timestamp: i64,
+    pub body_len: u32,
+}
+
+impl Rpc for SendBatch {
+    const CODE: RequestCode = RequestCode::SendBatch;
+    type Response = SendBatchResult;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct SendBatchResult {
+    pub results: Vec<SendResult>,
+}
+
+/// Pull from one queue. An empty result is held up to `suspend_ms` (long polling).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct PullMessage {
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+    pub offset: u64,
+    pub max_msgs: u32,
+    /// `*` (or empty) for everything, or `TagA || TagB`.
+    pub expression: String,
+    /// 0 answers at once.
+    pub suspend_ms: u64,
+    /// Committed along with the pull (the consumer's progress on this queue).
+    pub commit_offset: Option<u64>,
+}
+
+impl Rpc for PullMessage {
+    const CODE: RequestCode = RequestCode::PullMessage;
+    type Response = PullResult;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum PullStatus {
+    /// Messages in the body.
+    Found,
+    /// Nothing new (after holding the pull, if asked).
+    NoNewMessage,
+    /// Entries were examined, none matched; resume at `next_offset`.
+    NoMatch,
+    /// The offset is outside the queue (e.g. removed by retention); resume at `next_offset`.
+    OffsetMoved,
+}
+
+/// The body holds the stored records verbatim, one after another (see `record`).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct PullResult {
+    pub status: PullStatus,
+    pub next_offset: u64,
+    pub min_offset: u64,
+    pub max_offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct QueryConsumerOffset {
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+}
+
+impl Rpc for QueryConsumerOffset {
+    const CODE: RequestCode = RequestCode::QueryConsumerOffset;
+    type Response = ConsumerOffset;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ConsumerOffset {
+    /// `None`: the group never committed on this queue.
+    pub offset: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct UpdateConsumerOffset {
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+    pub offset: u64,
+}
+
+impl Rpc for UpdateConsumerOffset {
+    const CODE: RequestCode = RequestCode::UpdateConsumerOffset;
+    type Response = ();
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct GetQueueOffsets {
+    pub topic: String,
+    pub queue_id: u32,
+}
+
+impl Rpc for GetQueueOffsets {
+    const CODE: RequestCode = RequestCode::GetQueueOffsets;
+    type Response = QueueOffsets;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct QueueOffsets {
+    pub min: u64,
+    /// The offset the next message will get.
+    pub max: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct SearchOffsetByTimestamp {
+    pub topic: String,
+    pub queue_id: u32,
+    /// ms since the epoch.
+    pub timestamp: i64,
+}
+
+impl Rpc for SearchOffsetByTimestamp {
+    const CODE: RequestCode = RequestCode::SearchOffsetByTimestamp;
+    type Response = OffsetAnswer;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct OffsetAnswer {
+    pub offset: u64,
+}
+
+/// Creates a topic, or updates its queue counts and permission.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct CreateTopic {
+    pub topic: TopicConfig,
+}
+
+impl Rpc for CreateTopic {
+    const CODE: RequestCode = RequestCode::CreateTopic;
+    type Response = ();
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct DeleteTopic {
+    pub topic: String,
+}
+
+impl Rpc for DeleteTopic {
+    const CODE: RequestCode = RequestCode::DeleteTopic;
+    type Response = ();
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct GetTopicStats {
+    pub topic: String,
+}
+
+impl Rpc for GetTopicStats {
+    const CODE: RequestCode = RequestCode::GetTopicStats;
+    type Response = TopicStats;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct TopicStats {
+    pub config: TopicConfig,
+    /// One per read queue, by queue id.
+    pub queues: Vec<QueueOffsets>,
+}
+
+/// Messages of a topic by key, newest first; records in the body.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct QueryMessageByKey {
+    pub topic: String,
+    pub key: String,
+    pub max: u32,
+}
+
+impl Rpc for QueryMessageByKey {
+    const CODE: RequestCode = RequestCode::QueryMessage;
+    type Response = RecordCount;
+}
+
+/// The message with this id; its record in the body.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ViewMessageById {
+    pub msg_id: String,
+}
+
+impl Rpc for ViewMessageById {
+    const CODE: RequestCode = RequestCode::ViewMessageById;
+    type Response = RecordCount;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct RecordCount {
+    pub count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum MessageModel {
+    Clustering,
+    Broadcasting,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ConsumerData {
+    pub group: String,
+    pub model: MessageModel,
+    /// (topic, expression).
+    pub subscriptions: Vec<(String, String)>,
+}
+
+/// A client says it is alive, and what it produces and consumes; every 30 s.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Heartbeat {
+    pub client_id: String,
+    pub producer_groups: Vec<String>,
+    pub consumers: Vec<ConsumerData>,
+}
+
+impl Rpc for Heartbeat {
+    const CODE: RequestCode = RequestCode::Heartbeat;
+    type Response = ();
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct UnregisterClient {
+    pub client_id: String,
+}
+
+impl Rpc for UnregisterClient {
+    const CODE: RequestCode = RequestCode::UnregisterClient;
+    type Response = ();
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct GetConsumerList {
+    pub group: String,
+}
+
+impl Rpc for GetConsumerList {
+    const CODE: RequestCode = RequestCode::GetConsumerList;
+    type Response = ConsumerList;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ConsumerList {
+    /// Sorted.
+    pub client_ids: Vec<String>,
+}
+
+/// Splits a body of concatenated records.
+pub fn split_records(mut body: &[u8]) -> Result<Vec<&[u8]>, crate::RecordError> {
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        if body.len() < 4 {
+            return Err(crate::RecordError::Malformed(
+                "trailing bytes after the last record".into(),
+            ));
+        }
+        let len = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
+        if len < 4 || len > body.len() {
+            return Err(crate::RecordError::Malformed(format!(
+                "record length {len} does not fit the {} bytes left",
+                body.len()
+            )));
+        }
+        out.push(&body[..len]);
+        body = &body[len..];
+    }
+    Ok(out)
+}
