@@ -10,7 +10,7 @@ use crate::error::ProtocolError;
 /// travels raw beside it.
 pub trait Rpc: Encode + Decode<()> + Send + Sync + 'static {
     const CODE: RequestCode;
-    type Response: Encode + Decode<()> + Send + 'static;
+    type Response: Encode + Decode<()> + Send + std::fmt::Debug + 'static;
 }
 
 /// The header of an error response.
