@@ -628,12 +628,21 @@ pub async fn start(mut config: BrokerConfig) -> Result<RunningBroker, BrokerErro
     })?;
     let (stop, _) = watch::channel(false);
     let mut tasks = Vec::new();
+    // Started means routable: wait for the first registration attempt with each name
+    // server (each bounded by its timeouts; an unreachable one is retried in the loop).
+    let mut first_rounds = Vec::new();
     for ns in broker.config.namesrv_addrs() {
+        let (done, first) = tokio::sync::oneshot::channel();
+        first_rounds.push(first);
         tasks.push(tokio::spawn(register_loop(
             Arc::clone(&broker),
             ns,
             stop.subscribe(),
+            done,
         )));
+    }
+    for first in first_rounds {
+        let _ = first.await;
     }
     {
         let (broker, mut stop) = (Arc::clone(&broker), stop.subscribe());
@@ -657,10 +666,16 @@ pub async fn start(mut config: BrokerConfig) -> Result<RunningBroker, BrokerErro
 
 /// Keeps the broker registered with one name server: every interval, and at once when
 /// topics change. Unregisters on stop.
-async fn register_loop(broker: Arc<Broker>, namesrv: String, mut stop: watch::Receiver<bool>) {
+async fn register_loop(
+    broker: Arc<Broker>,
+    namesrv: String,
+    mut stop: watch::Receiver<bool>,
+    first_done: tokio::sync::oneshot::Sender<()>,
+) {
     let interval = Duration::from_millis(broker.config.register_interval_ms);
     let mut changed = broker.topics_changed.subscribe();
     let mut conn: Option<Connection> = None;
+    let mut first_done = Some(first_done);
     loop {
         if conn.as_ref().is_none_or(Connection::is_closed) {
             match Connection::connect(
@@ -684,6 +699,9 @@ async fn register_loop(broker: Arc<Broker>, namesrv: String, mut stop: watch::Re
         {
             warn!(namesrv = %namesrv, error = %e, "registration failed; will retry");
             conn = None;
+        }
+        if let Some(done) = first_done.take() {
+            let _ = done.send(());
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

@@ -1,0 +1,166 @@
+//! Administration: topics, cluster view, message lookups.
+
+use bytes::Bytes;
+use weir_protocol::broker::{
+    CreateTopic, GetTopicStats, QueryMessageByKey, TopicStats, ViewMessageById,
+};
+use weir_protocol::route::{
+    ClusterInfo, GetAllTopics, GetClusterInfo, TopicConfig, TopicRoute, perm,
+};
+use weir_protocol::{CallError, ErrorCode, MessageId};
+
+use crate::message::decode_records;
+use crate::{ClientError, ClientInstance, ReceivedMessage, Result};
+
+pub struct Admin {
+    client: ClientInstance,
+}
+
+impl Admin {
+    pub fn new(client: ClientInstance) -> Self {
+        Self { client }
+    }
+
+    pub async fn cluster(&self) -> Result<ClusterInfo> {
+        self.client
+            .call_namesrv(&GetClusterInfo)
+            .await
+            .map_err(|e| ClientError::NoNameServer(e.to_string()))
+    }
+
+    /// Creates (or updates) the topic on every master broker. Returns the brokers done.
+    pub async fn create_topic(&self, topic: &str, queues: u32) -> Result<Vec<String>> {
+        let info = self.cluster().await?;
+        let masters: Vec<(String, String)> = info
+            .brokers
+            .iter()
+            .filter_map(|b| {
+                b.master_addr()
+                    .map(|a| (b.broker_name.clone(), a.to_owned()))
+            })
+            .collect();
+        if masters.is_empty() {
+            return Err(ClientError::NoRoute {
+                topic: topic.to_owned(),
+                detail: "no broker is registered".into(),
+            });
+        }
+        let config = TopicConfig {
+            name: topic.to_owned(),
+            read_queues: queues,
+            write_queues: queues,
+            perm: perm::READ_WRITE,
+        };
+        let mut done = Vec::new();
+        for (name, addr) in masters {
+            self.client
+                .call(
+                    &addr,
+                    &CreateTopic {
+                        topic: config.clone(),
+                    },
+                    Bytes::new(),
+                )
+                .await?;
+            done.push(name);
+        }
+        Ok(done)
+    }
+
+    pub async fn topics(&self) -> Result<Vec<String>> {
+        Ok(self
+            .client
+            .call_namesrv(&GetAllTopics)
+            .await
+            .map_err(|e| ClientError::NoNameServer(e.to_string()))?
+            .topics)
+    }
+
+    pub async fn route(&self, topic: &str) -> Result<TopicRoute> {
+        Ok((*self.client.route(topic, true).await?).clone())
+    }
+
+    /// Per broker of the route: the topic's queues and their offsets.
+    pub async fn topic_stats(&self, topic: &str) -> Result<Vec<(String, TopicStats)>> {
+        let route = self.client.route(topic, true).await?;
+        let mut out = Vec::new();
+        for b in &route.brokers {
+            if let Some(addr) = b.master_addr() {
+                let (stats, _) = self
+                    .client
+                    .call(
+                        addr,
+                        &GetTopicStats {
+                            topic: topic.to_owned(),
+                        },
+                        Bytes::new(),
+                    )
+                    .await?;
+                out.push((b.broker_name.clone(), stats));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Messages of `topic` with `key`, from every broker of its route.
+    pub async fn messages_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        max: u32,
+    ) -> Result<Vec<ReceivedMessage>> {
+        let route = self.client.route(topic, true).await?;
+        let mut out = Vec::new();
+        for b in &route.brokers {
+            let Some(addr) = b.master_addr() else {
+                continue;
+            };
+            let req = QueryMessageByKey {
+                topic: topic.to_owned(),
+                key: key.to_owned(),
+                max,
+            };
+            match self.client.call(addr, &req, Bytes::new()).await {
+                Ok((_, body)) => out.extend(decode_records(&body, &b.broker_name)?),
+                Err(ClientError::Broker {
+                    error:
+                        CallError::Remote {
+                            code: ErrorCode::QueryNotFound,
+                            ..
+                        },
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The message with this id: the id names the broker's store address.
+    pub async fn message_by_id(&self, msg_id: &str) -> Result<ReceivedMessage> {
+        let id: MessageId = msg_id.parse()?;
+        let addr = id.store_host.to_string();
+        let (_, body) = self
+            .client
+            .call(
+                &addr,
+                &ViewMessageById {
+                    msg_id: msg_id.to_owned(),
+                },
+                Bytes::new(),
+            )
+            .await?;
+        let info = self.cluster().await.ok();
+        let broker_name = info
+            .and_then(|i| {
+                i.brokers
+                    .into_iter()
+                    .find(|b| b.addrs.iter().any(|(_, a)| *a == addr))
+                    .map(|b| b.broker_name)
+            })
+            .unwrap_or_else(|| addr.clone());
+        decode_records(&body, &broker_name)?.pop().ok_or_else(|| {
+            ClientError::Invalid(format!("broker {addr} returned no record for {msg_id}"))
+        })
+    }
+}

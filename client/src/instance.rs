@@ -1,0 +1,277 @@
+//! What producers, consumers and admin share: name servers, route cache, connections.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::Mutex;
+use tracing::debug;
+use weir_protocol::route::{BrokerData, GetRoute, TopicRoute};
+use weir_protocol::{CallError, ConnConfig, Connection, ErrorCode, NoHandler, Rpc};
+
+use crate::{ClientError, MessageQueue, Result};
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Name servers, `host:port;host:port`; tried in turn when one fails.
+    pub namesrv: String,
+    /// Timeout of one request (default 3 s).
+    pub request_timeout: Duration,
+    /// Routes older than this are fetched again (default 30 s).
+    pub route_refresh: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(namesrv: impl Into<String>) -> Self {
+        Self {
+            namesrv: namesrv.into(),
+            request_timeout: Duration::from_secs(3),
+            route_refresh: Duration::from_secs(30),
+        }
+    }
+}
+
+struct CachedRoute {
+    route: Arc<TopicRoute>,
+    fetched: Instant,
+}
+
+/// Shared client state; cheap to clone.
+#[derive(Clone)]
+pub struct ClientInstance {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    namesrvs: Vec<String>,
+    /// The name server tried first (the last one that answered).
+    preferred: AtomicUsize,
+    conns: Mutex<HashMap<String, Connection>>,
+    routes: std::sync::Mutex<HashMap<String, CachedRoute>>,
+}
+
+impl ClientInstance {
+    pub fn new(config: ClientConfig) -> Result<Self> {
+        let namesrvs: Vec<String> = config
+            .namesrv
+            .split(';')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if namesrvs.is_empty() {
+            return Err(ClientError::Invalid("no name server address given".into()));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                namesrvs,
+                preferred: AtomicUsize::new(0),
+                conns: Mutex::new(HashMap::new()),
+                routes: std::sync::Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// A live connection to `addr`, reused across calls.
+    pub async fn connection(&self, addr: &str) -> Result<Connection, CallError> {
+        let mut conns = self.inner.conns.lock().await;
+        if let Some(c) = conns.get(addr)
+            && !c.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        let c = Connection::connect(
+            addr,
+            Arc::new(NoHandler),
+            ConnConfig::default(),
+            self.inner.config.request_timeout,
+        )
+        .await?;
+        conns.insert(addr.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// Calls a broker (or any server) at `addr`.
+    pub async fn call<R: Rpc>(
+        &self,
+        addr: &str,
+        req: &R,
+        body: Bytes,
+    ) -> Result<(R::Response, Bytes)> {
+        let broker = |error| ClientError::Broker {
+            broker: addr.to_owned(),
+            error,
+        };
+        let conn = self.connection(addr).await.map_err(broker)?;
+        conn.call(req, body, self.inner.config.request_timeout)
+            .await
+            .map_err(broker)
+    }
+
+    /// Like `call`, with a longer timeout (held pulls).
+    pub async fn call_with_timeout<R: Rpc>(
+        &self,
+        addr: &str,
+        req: &R,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(R::Response, Bytes)> {
+        let broker = |error| ClientError::Broker {
+            broker: addr.to_owned(),
+            error,
+        };
+        let conn = self.connection(addr).await.map_err(broker)?;
+        conn.call(req, body, timeout).await.map_err(broker)
+    }
+
+    /// Calls the name servers, starting with the one that answered last, moving on when
+    /// one cannot be reached. A name server's own error answer is returned as is.
+    pub async fn call_namesrv<R: Rpc>(&self, req: &R) -> Result<R::Response, CallError> {
+        let n = self.inner.namesrvs.len();
+        let first = self.inner.preferred.load(Ordering::Relaxed);
+        let mut last_err = None;
+        for i in 0..n {
+            let idx = (first + i) % n;
+            let addr = &self.inner.namesrvs[idx];
+            let result = match self.connection(addr).await {
+                Ok(conn) => {
+                    conn.call(req, Bytes::new(), self.inner.config.request_timeout)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok((v, _)) => {
+                    self.inner.preferred.store(idx, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(e @ CallError::Remote { .. }) => return Err(e),
+                Err(e) => {
+                    debug!(namesrv = %addr, error = %e, "name server unavailable, trying the next");
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.unwrap_or(CallError::Closed {
+            peer: "no name server".into(),
+        }))
+    }
+
+    /// The topic's route, from the cache unless stale or `refresh`.
+    pub async fn route(&self, topic: &str, refresh: bool) -> Result<Arc<TopicRoute>> {
+        if !refresh {
+            let routes = self.inner.routes.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = routes.get(topic)
+                && c.fetched.elapsed() < self.inner.config.route_refresh
+            {
+                return Ok(Arc::clone(&c.route));
+            }
+        }
+        let fetched = self
+            .call_namesrv(&GetRoute {
+                topic: topic.to_owned(),
+            })
+            .await;
+        let route = match fetched {
+            Ok(r) => Arc::new(r),
+            Err(CallError::Remote {
+                code: ErrorCode::TopicNotExist,
+                message,
+            }) => {
+                return Err(ClientError::NoRoute {
+                    topic: topic.to_owned(),
+                    detail: message,
+                });
+            }
+            Err(e) => return Err(ClientError::NoNameServer(e.to_string())),
+        };
+        self.inner
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                topic.to_owned(),
+                CachedRoute {
+                    route: Arc::clone(&route),
+                    fetched: Instant::now(),
+                },
+            );
+        Ok(route)
+    }
+
+    /// The route, or, for a topic no broker serves yet, a route to every master for its
+    /// first send (brokers create topics on first send when allowed).
+    pub(crate) async fn route_for_send(&self, topic: &str) -> Result<Arc<TopicRoute>> {
+        match self.route(topic, false).await {
+            Ok(r) => Ok(r),
+            Err(ClientError::NoRoute { .. }) => {
+                let info = self
+                    .call_namesrv(&weir_protocol::route::GetClusterInfo)
+                    .await
+                    .map_err(|e| ClientError::NoNameServer(e.to_string()))?;
+                if info.brokers.is_empty() {
+                    return Err(ClientError::NoRoute {
+                        topic: topic.to_owned(),
+                        detail: "no broker is registered".into(),
+                    });
+                }
+                Ok(Arc::new(TopicRoute {
+                    queues: info
+                        .brokers
+                        .iter()
+                        .map(|b| weir_protocol::route::QueueData {
+                            broker_name: b.broker_name.clone(),
+                            read_queues: 4,
+                            write_queues: 4,
+                            perm: weir_protocol::route::perm::READ_WRITE,
+                        })
+                        .collect(),
+                    brokers: info.brokers,
+                }))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Address of the master of `broker_name` in `route`.
+    pub fn master_addr(route: &TopicRoute, broker_name: &str) -> Option<String> {
+        route
+            .brokers
+            .iter()
+            .find(|b: &&BrokerData| b.broker_name == broker_name)
+            .and_then(|b| b.master_addr().map(str::to_owned))
+    }
+
+    /// Every queue of the topic (writable ones if `write`, else readable ones), in a
+    /// stable order.
+    pub fn queues(route: &TopicRoute, topic: &str, write: bool) -> Vec<MessageQueue> {
+        let mut out = Vec::new();
+        for q in &route.queues {
+            let (n, bit) = if write {
+                (q.write_queues, weir_protocol::route::perm::WRITE)
+            } else {
+                (q.read_queues, weir_protocol::route::perm::READ)
+            };
+            if q.perm & bit == 0 {
+                continue;
+            }
+            for queue_id in 0..n {
+                out.push(MessageQueue {
+                    topic: topic.to_owned(),
+                    broker_name: q.broker_name.clone(),
+                    queue_id,
+                });
+            }
+        }
+        out.sort();
+        out
+    }
+}

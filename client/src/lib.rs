@@ -1,0 +1,46 @@
+//! weir's Rust client: [`Producer`], [`PullConsumer`] and [`Admin`], over one shared
+//! [`ClientInstance`] per process setting (name servers, routes, broker connections).
+
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod admin;
+mod instance;
+mod message;
+mod producer;
+mod pull;
+
+pub use admin::Admin;
+pub use instance::{ClientConfig, ClientInstance};
+pub use message::{Message, MessageQueue, ReceivedMessage};
+pub use producer::{Producer, SendResult};
+pub use pull::{PullConsumer, PullOutcome};
+pub use weir_protocol::broker::{PullStatus, QueueOffsets, SendStatus};
+pub use weir_protocol::route::{ClusterInfo, TopicRoute};
+
+use weir_protocol::{CallError, ErrorCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no name server answered ({0})")]
+    NoNameServer(String),
+    #[error("topic {topic:?} has no route: {detail}")]
+    NoRoute { topic: String, detail: String },
+    #[error("broker {broker}: {error}")]
+    Broker { broker: String, error: CallError },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("message {0}")]
+    BadRecord(#[from] weir_protocol::RecordError),
+}
+
+impl ClientError {
+    /// The broker's status, when the broker answered with an error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Broker { error, .. } => error.code(),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;

@@ -1,0 +1,106 @@
+use bytes::Bytes;
+use weir_protocol::RecordView;
+
+/// A message to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub tags: String,
+    pub keys: Vec<String>,
+    pub properties: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Message {
+    pub fn new(topic: impl Into<String>, body: impl Into<Bytes>) -> Self {
+        Self {
+            topic: topic.into(),
+            tags: String::new(),
+            keys: Vec::new(),
+            properties: Vec::new(),
+            body: body.into(),
+        }
+    }
+    pub fn with_tags(mut self, tags: impl Into<String>) -> Self {
+        self.tags = tags.into();
+        self
+    }
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.keys.push(key.into());
+        self
+    }
+    pub fn with_property(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.properties.push((k.into(), v.into()));
+        self
+    }
+}
+
+/// One queue of a topic on one broker.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageQueue {
+    pub topic: String,
+    pub broker_name: String,
+    pub queue_id: u32,
+}
+
+/// A message as consumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    pub topic: String,
+    pub broker_name: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub msg_id: String,
+    pub tags: String,
+    pub keys: Vec<String>,
+    pub properties: Vec<(String, String)>,
+    pub body: Bytes,
+    pub reconsume_times: u32,
+    pub born_timestamp: i64,
+    pub store_timestamp: i64,
+    pub commit_log_offset: u64,
+}
+
+impl ReceivedMessage {
+    pub(crate) fn from_record(v: &RecordView<'_>, broker_name: &str) -> Self {
+        Self {
+            topic: v.topic().to_owned(),
+            broker_name: broker_name.to_owned(),
+            queue_id: v.queue_id(),
+            queue_offset: v.queue_offset(),
+            msg_id: v.message_id().to_string(),
+            tags: v.tags().to_owned(),
+            keys: v.keys().map(str::to_owned).collect(),
+            properties: v
+                .properties()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            body: Bytes::copy_from_slice(v.body()),
+            reconsume_times: v.reconsume_times(),
+            born_timestamp: v.born_timestamp(),
+            store_timestamp: v.store_timestamp(),
+            commit_log_offset: v.commit_log_offset(),
+        }
+    }
+
+    pub fn property(&self, name: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses a pull or lookup body (records back to back).
+pub(crate) fn decode_records(
+    body: &[u8],
+    broker_name: &str,
+) -> crate::Result<Vec<ReceivedMessage>> {
+    weir_protocol::broker::split_records(body)?
+        .into_iter()
+        .map(|r| {
+            let v = RecordView::parse_verified(r)?;
+            Ok(ReceivedMessage::from_record(&v, broker_name))
+        })
+        .collect()
+}

@@ -1,0 +1,296 @@
+//! The producer: picks a queue (round-robin, a chosen one, or by order key), sends, and on
+//! failure retries on another broker.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use weir_protocol::broker::{BatchEntry, SendBatch, SendMessage, SendStatus};
+use weir_protocol::route::TopicRoute;
+use weir_protocol::{CallError, ErrorCode};
+
+use crate::{ClientError, ClientInstance, Message, MessageQueue, Result};
+
+/// Where a message went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendResult {
+    pub status: SendStatus,
+    pub msg_id: String,
+    pub broker_name: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+}
+
+pub struct Producer {
+    group: String,
+    client: ClientInstance,
+    next_queue: AtomicUsize,
+    retry_times_when_send_failed: u32,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether another broker might accept what this one refused.
+fn retryable(e: &ClientError) -> bool {
+    match e {
+        ClientError::Broker {
+            error: CallError::Remote { code, .. },
+            ..
+        } => matches!(
+            code,
+            ErrorCode::SystemBusy
+                | ErrorCode::SystemError
+                | ErrorCode::ServiceNotAvailable
+                | ErrorCode::FlushDiskTimeout
+        ),
+        ClientError::Broker { .. } => true,
+        _ => false,
+    }
+}
+
+/// A stable hash for order keys: the same key always maps to the same queue.
+fn order_hash(key: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+impl Producer {
+    pub fn new(group: impl Into<String>, client: ClientInstance) -> Self {
+        Self {
+            group: group.into(),
+            client,
+            next_queue: AtomicUsize::new(0),
+            retry_times_when_send_failed: 2,
+        }
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Extra attempts on other brokers after a failed send (default 2).
+    pub fn set_retry_times_when_send_failed(&mut self, n: u32) {
+        self.retry_times_when_send_failed = n;
+    }
+
+    fn check(msg: &Message) -> Result<()> {
+        if msg.topic.is_empty() {
+            return Err(ClientError::Invalid("message has no topic".into()));
+        }
+        Ok(())
+    }
+
+    /// Picks the next queue round-robin, avoiding `avoid` (the broker that just failed)
+    /// when another one exists.
+    fn pick(&self, queues: &[MessageQueue], avoid: Option<&str>) -> Option<MessageQueue> {
+        let start = self.next_queue.fetch_add(1, Ordering::Relaxed);
+        let n = queues.len();
+        (0..n)
+            .map(|i| &queues[(start + i) % n])
+            .find(|q| avoid != Some(q.broker_name.as_str()))
+            .or_else(|| queues.get(start % n.max(1)))
+            .cloned()
+    }
+
+    fn request(&self, msg: &Message, queue_id: u32) -> SendMessage {
+        SendMessage {
+            producer_group: self.group.clone(),
+            topic: msg.topic.clone(),
+            queue_id,
+            tags: msg.tags.clone(),
+            keys: msg.keys.clone(),
+            properties: msg.properties.clone(),
+            flag: 0,
+            born_timestamp: now_ms(),
+            sys_flag: 0,
+            reconsume_times: 0,
+        }
+    }
+
+    fn broker_addr(route: &TopicRoute, mq: &MessageQueue) -> Result<String> {
+        ClientInstance::master_addr(route, &mq.broker_name).ok_or_else(|| ClientError::NoRoute {
+            topic: mq.topic.clone(),
+            detail: format!("broker {} has no master", mq.broker_name),
+        })
+    }
+
+    async fn send_on(
+        &self,
+        msg: &Message,
+        mq: &MessageQueue,
+        route: &TopicRoute,
+    ) -> Result<SendResult> {
+        let addr = Self::broker_addr(route, mq)?;
+        let (r, _) = self
+            .client
+            .call(&addr, &self.request(msg, mq.queue_id), msg.body.clone())
+            .await?;
+        Ok(SendResult {
+            status: r.status,
+            msg_id: r.msg_id,
+            broker_name: mq.broker_name.clone(),
+            queue_id: r.queue_id,
+            queue_offset: r.queue_offset,
+        })
+    }
+
+    /// Runs `attempt` on queues picked round-robin, retrying on another broker when it
+    /// fails in a way another broker might not.
+    async fn with_retries<T>(
+        &self,
+        topic: &str,
+        attempt: impl AsyncFn(MessageQueue, &TopicRoute) -> Result<T>,
+    ) -> Result<T> {
+        let mut avoid: Option<String> = None;
+        let mut last = None;
+        for n in 0..=self.retry_times_when_send_failed {
+            let route = if n == 0 {
+                self.client.route_for_send(topic).await?
+            } else {
+                // The failure may be stale routing: fetch it again (or keep the old one).
+                match self.client.route(topic, true).await {
+                    Ok(r) => r,
+                    Err(_) => self.client.route_for_send(topic).await?,
+                }
+            };
+            let queues = ClientInstance::queues(&route, topic, true);
+            let Some(mq) = self.pick(&queues, avoid.as_deref()) else {
+                return Err(ClientError::NoRoute {
+                    topic: topic.to_owned(),
+                    detail: "no writable queue".into(),
+                });
+            };
+            let broker = mq.broker_name.clone();
+            match attempt(mq, &route).await {
+                Ok(v) => return Ok(v),
+                Err(e) if retryable(&e) => {
+                    tracing::debug!(topic, broker = %broker, error = %e, "send failed; retrying on another broker");
+                    avoid = Some(broker);
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Invalid("no send attempt was made".into())))
+    }
+
+    /// Sends to the next queue round-robin; on failure, up to
+    /// `retry_times_when_send_failed` more tries on other brokers.
+    pub async fn send(&self, msg: &Message) -> Result<SendResult> {
+        Self::check(msg)?;
+        self.with_retries(&msg.topic, async |mq, route| {
+            self.send_on(msg, &mq, route).await
+        })
+        .await
+    }
+
+    /// Sends to one chosen queue (no retry elsewhere: the queue is the point).
+    pub async fn send_to_queue(&self, msg: &Message, mq: &MessageQueue) -> Result<SendResult> {
+        Self::check(msg)?;
+        let route = self.client.route_for_send(&msg.topic).await?;
+        self.send_on(msg, mq, &route).await
+    }
+
+    /// Sends every message of an order key to the same queue (ordered messages): the
+    /// queue is `hash(order_key) mod` the topic's write queues.
+    pub async fn send_with_order_key(&self, msg: &Message, order_key: &str) -> Result<SendResult> {
+        Self::check(msg)?;
+        let route = self.client.route_for_send(&msg.topic).await?;
+        let queues = ClientInstance::queues(&route, &msg.topic, true);
+        if queues.is_empty() {
+            return Err(ClientError::NoRoute {
+                topic: msg.topic.clone(),
+                detail: "no writable queue".into(),
+            });
+        }
+        let mq = &queues[(order_hash(order_key) % queues.len() as u64) as usize];
+        self.send_on(msg, mq, &route).await
+    }
+
+    /// Sends messages of one topic to one queue in one request.
+    pub async fn send_batch(&self, msgs: &[Message]) -> Result<Vec<SendResult>> {
+        let Some(first) = msgs.first() else {
+            return Err(ClientError::Invalid("empty batch".into()));
+        };
+        Self::check(first)?;
+        if let Some(m) = msgs.iter().find(|m| m.topic != first.topic) {
+            return Err(ClientError::Invalid(format!(
+                "a batch takes one topic; got {:?} and {:?}",
+                first.topic, m.topic
+            )));
+        }
+        let mut body = BytesMut::new();
+        let entries: Vec<BatchEntry> = msgs
+            .iter()
+            .map(|m| {
+                body.extend_from_slice(&m.body);
+                BatchEntry {
+                    tags: m.tags.clone(),
+                    keys: m.keys.clone(),
+                    properties: m.properties.clone(),
+                    flag: 0,
+                    born_timestamp: now_ms(),
+                    body_len: m.body.len() as u32,
+                }
+            })
+            .collect();
+        let body: Bytes = body.freeze();
+        self.with_retries(&first.topic, async |mq, route| {
+            let addr = Self::broker_addr(route, &mq)?;
+            let req = SendBatch {
+                producer_group: self.group.clone(),
+                topic: first.topic.clone(),
+                queue_id: mq.queue_id,
+                messages: entries.clone(),
+            };
+            let (r, _) = self.client.call(&addr, &req, body.clone()).await?;
+            Ok(r.results
+                .into_iter()
+                .map(|s| SendResult {
+                    status: s.status,
+                    msg_id: s.msg_id,
+                    broker_name: mq.broker_name.clone(),
+                    queue_id: s.queue_id,
+                    queue_offset: s.queue_offset,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Sends without waiting for the broker's answer (no result, no retry).
+    pub async fn send_oneway(&self, msg: &Message) -> Result<()> {
+        Self::check(msg)?;
+        let route = self.client.route_for_send(&msg.topic).await?;
+        let queues = ClientInstance::queues(&route, &msg.topic, true);
+        let Some(mq) = self.pick(&queues, None) else {
+            return Err(ClientError::NoRoute {
+                topic: msg.topic.clone(),
+                detail: "no writable queue".into(),
+            });
+        };
+        let addr = Self::broker_addr(&route, &mq)?;
+        let conn = self
+            .client
+            .connection(&addr)
+            .await
+            .map_err(|error| ClientError::Broker {
+                broker: addr.clone(),
+                error,
+            })?;
+        conn.oneway(&self.request(msg, mq.queue_id), msg.body.clone())
+            .await
+            .map_err(|error| ClientError::Broker {
+                broker: addr,
+                error,
+            })
+    }
+}

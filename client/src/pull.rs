@@ -1,0 +1,145 @@
+//! The pull consumer: the application decides which queue, which offset, when.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use weir_protocol::broker::{
+    GetQueueOffsets, PullMessage, PullStatus, QueryConsumerOffset, QueueOffsets,
+    SearchOffsetByTimestamp, UpdateConsumerOffset,
+};
+
+use crate::message::decode_records;
+use crate::{ClientError, ClientInstance, MessageQueue, ReceivedMessage, Result};
+
+#[derive(Debug, Clone)]
+pub struct PullOutcome {
+    pub status: PullStatus,
+    pub messages: Vec<ReceivedMessage>,
+    /// Where the next pull of this queue starts.
+    pub next_offset: u64,
+    pub min_offset: u64,
+    pub max_offset: u64,
+}
+
+pub struct PullConsumer {
+    group: String,
+    client: ClientInstance,
+}
+
+impl PullConsumer {
+    pub fn new(group: impl Into<String>, client: ClientInstance) -> Self {
+        Self {
+            group: group.into(),
+            client,
+        }
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The readable queues of a topic.
+    pub async fn queues(&self, topic: &str) -> Result<Vec<MessageQueue>> {
+        let route = self.client.route(topic, true).await?;
+        Ok(ClientInstance::queues(&route, topic, false))
+    }
+
+    async fn addr(&self, mq: &MessageQueue) -> Result<String> {
+        let route = self.client.route(&mq.topic, false).await?;
+        match ClientInstance::master_addr(&route, &mq.broker_name) {
+            Some(a) => Ok(a),
+            None => {
+                let route = self.client.route(&mq.topic, true).await?;
+                ClientInstance::master_addr(&route, &mq.broker_name).ok_or_else(|| {
+                    ClientError::NoRoute {
+                        topic: mq.topic.clone(),
+                        detail: format!("broker {} is not in the route", mq.broker_name),
+                    }
+                })
+            }
+        }
+    }
+
+    /// Pulls up to `max` messages at `offset`; with `hold`, an empty pull waits that long
+    /// for a message to arrive (long polling).
+    pub async fn pull(
+        &self,
+        mq: &MessageQueue,
+        expression: &str,
+        offset: u64,
+        max: u32,
+        hold: Option<Duration>,
+        commit_offset: Option<u64>,
+    ) -> Result<PullOutcome> {
+        let addr = self.addr(mq).await?;
+        let suspend = hold.unwrap_or_default();
+        let req = PullMessage {
+            group: self.group.clone(),
+            topic: mq.topic.clone(),
+            queue_id: mq.queue_id,
+            offset,
+            max_msgs: max,
+            expression: expression.to_owned(),
+            suspend_ms: suspend.as_millis() as u64,
+            commit_offset,
+        };
+        let timeout = self.client.config().request_timeout + suspend;
+        let (r, body) = self
+            .client
+            .call_with_timeout(&addr, &req, Bytes::new(), timeout)
+            .await?;
+        let messages = decode_records(&body, &mq.broker_name)?;
+        Ok(PullOutcome {
+            status: r.status,
+            messages,
+            next_offset: r.next_offset,
+            min_offset: r.min_offset,
+            max_offset: r.max_offset,
+        })
+    }
+
+    pub async fn commit_offset(&self, mq: &MessageQueue, offset: u64) -> Result<()> {
+        let addr = self.addr(mq).await?;
+        let req = UpdateConsumerOffset {
+            group: self.group.clone(),
+            topic: mq.topic.clone(),
+            queue_id: mq.queue_id,
+            offset,
+        };
+        self.client
+            .call(&addr, &req, Bytes::new())
+            .await
+            .map(|_| ())
+    }
+
+    /// The group's committed offset on the queue, if any.
+    pub async fn committed_offset(&self, mq: &MessageQueue) -> Result<Option<u64>> {
+        let addr = self.addr(mq).await?;
+        let req = QueryConsumerOffset {
+            group: self.group.clone(),
+            topic: mq.topic.clone(),
+            queue_id: mq.queue_id,
+        };
+        Ok(self.client.call(&addr, &req, Bytes::new()).await?.0.offset)
+    }
+
+    pub async fn queue_offsets(&self, mq: &MessageQueue) -> Result<QueueOffsets> {
+        let addr = self.addr(mq).await?;
+        let req = GetQueueOffsets {
+            topic: mq.topic.clone(),
+            queue_id: mq.queue_id,
+        };
+        Ok(self.client.call(&addr, &req, Bytes::new()).await?.0)
+    }
+
+    /// The first offset whose message was stored at or after `timestamp_ms`.
+    pub async fn offset_for_timestamp(&self, mq: &MessageQueue, timestamp_ms: i64) -> Result<u64> {
+        let addr = self.addr(mq).await?;
+        let req = SearchOffsetByTimestamp {
+            topic: mq.topic.clone(),
+            queue_id: mq.queue_id,
+            timestamp: timestamp_ms,
+        };
+        Ok(self.client.call(&addr, &req, Bytes::new()).await?.0.offset)
+    }
+}

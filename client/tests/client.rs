@@ -1,0 +1,225 @@
+//! The client against real name servers and brokers.
+
+use std::time::Duration;
+
+use weir_broker::{BrokerConfig, RunningBroker};
+use weir_client::{
+    Admin, ClientConfig, ClientInstance, Message, Producer, PullConsumer, PullStatus,
+};
+use weir_namesrv::{NamesrvConfig, RunningNameServer};
+use weir_store::StoreConfig;
+
+async fn namesrv() -> RunningNameServer {
+    weir_namesrv::start(NamesrvConfig {
+        listen: "127.0.0.1:0".into(),
+        broker_expiry_ms: 120_000,
+        scan_interval_ms: 50,
+    })
+    .await
+    .unwrap()
+}
+
+async fn broker(dir: &std::path::Path, name: &str, namesrv: &str) -> RunningBroker {
+    weir_broker::start(BrokerConfig {
+        listen: "127.0.0.1:0".into(),
+        namesrv: namesrv.into(),
+        broker_name: name.into(),
+        default_topic_queues: 4,
+        store: StoreConfig {
+            commit_log_segment_size: 4 << 20,
+            consume_queue_segment_entries: 4096,
+            index_slots: 4096,
+            index_entries: 65536,
+            ..StoreConfig::new(dir.join(name))
+        },
+        ..BrokerConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn client(namesrv: &str) -> ClientInstance {
+    let mut c = ClientConfig::new(namesrv);
+    c.request_timeout = Duration::from_secs(5);
+    ClientInstance::new(c).unwrap()
+}
+
+/// Polls until the name server routes `topic` to `brokers` brokers.
+async fn wait_route(admin: &Admin, topic: &str, brokers: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if admin
+            .route(topic)
+            .await
+            .is_ok_and(|r| r.brokers.len() == brokers)
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "route of {topic} never reached {brokers} brokers"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_and_pull_with_order_keys_batches_and_offsets() {
+    let ns = namesrv().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ns_addr = ns.local_addr().to_string();
+    let _b = broker(dir.path(), "broker-a", &ns_addr).await;
+    let c = client(&ns_addr);
+    let admin = Admin::new(c.clone());
+    assert_eq!(
+        admin.create_topic("Orders", 4).await.unwrap(),
+        vec!["broker-a".to_string()]
+    );
+    wait_route(&admin, "Orders", 1).await;
+
+    let producer = Producer::new("pg", c.clone());
+    // All steps of one order go to one queue, in order.
+    let mut queue_of = std::collections::HashMap::new();
+    for step in ["create", "pay", "ship"] {
+        for order in 0..10 {
+            let msg = Message::new("Orders", format!("order-{order}:{step}"))
+                .with_tags(step)
+                .with_key(format!("order-{order}"));
+            let r = producer
+                .send_with_order_key(&msg, &format!("order-{order}"))
+                .await
+                .unwrap();
+            assert_eq!(
+                *queue_of.entry(order).or_insert(r.queue_id),
+                r.queue_id,
+                "order {order} changed queue"
+            );
+        }
+    }
+    let batch: Vec<Message> = (0..20)
+        .map(|i| Message::new("Orders", format!("batch-{i}")).with_tags("batch"))
+        .collect();
+    let results = producer.send_batch(&batch).await.unwrap();
+    assert_eq!(results.len(), 20);
+    assert!(
+        results
+            .windows(2)
+            .all(|w| w[1].queue_offset == w[0].queue_offset + 1 && w[0].queue_id == w[1].queue_id)
+    );
+    producer
+        .send_oneway(&Message::new("Orders", "oneway").with_tags("oneway"))
+        .await
+        .unwrap();
+
+    let consumer = PullConsumer::new("cg", c.clone());
+    let queues = consumer.queues("Orders").await.unwrap();
+    assert_eq!(queues.len(), 4);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut steps: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut others = 0;
+    // Pull until the one-way message has also landed.
+    while others < 21 {
+        others = 0;
+        steps.clear();
+        for mq in &queues {
+            let mut offset = 0;
+            loop {
+                let out = consumer
+                    .pull(mq, "*", offset, 32, None, None)
+                    .await
+                    .unwrap();
+                for m in &out.messages {
+                    let body = String::from_utf8(m.body.to_vec()).unwrap();
+                    match body.split_once(':') {
+                        Some((order, step)) => steps
+                            .entry(order.to_owned())
+                            .or_default()
+                            .push(step.to_owned()),
+                        None => others += 1,
+                    }
+                }
+                if out.status == PullStatus::NoNewMessage {
+                    break;
+                }
+                offset = out.next_offset;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "one-way message never arrived"
+        );
+    }
+    assert_eq!(steps.len(), 10);
+    assert!(
+        steps.values().all(|s| s == &["create", "pay", "ship"]),
+        "{steps:?}"
+    );
+
+    // Tag expression, committed offsets, lookups.
+    let mq = &queues[results[0].queue_id as usize];
+    let out = consumer.pull(mq, "batch", 0, 64, None, None).await.unwrap();
+    assert_eq!(out.messages.len(), 20);
+    assert!(out.messages.iter().all(|m| m.tags == "batch"));
+    consumer.commit_offset(mq, out.next_offset).await.unwrap();
+    assert_eq!(
+        consumer.committed_offset(mq).await.unwrap(),
+        Some(out.next_offset)
+    );
+    assert_eq!(
+        consumer
+            .committed_offset(&queues[(results[0].queue_id as usize + 1) % 4])
+            .await
+            .unwrap(),
+        None
+    );
+    let found = admin
+        .messages_by_key("Orders", "order-3", 10)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 3);
+    let by_id = admin.message_by_id(&results[5].msg_id).await.unwrap();
+    assert_eq!(by_id.body, "batch-5");
+    assert_eq!(by_id.broker_name, "broker-a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_name_server_down_and_one_broker_down_still_serve() {
+    let ns1 = namesrv().await;
+    let ns2 = namesrv().await;
+    let both = format!("{};{}", ns1.local_addr(), ns2.local_addr());
+    let dir = tempfile::tempdir().unwrap();
+    let a = broker(dir.path(), "broker-a", &both).await;
+    let _b = broker(dir.path(), "broker-b", &both).await;
+    let c = client(&both);
+    let admin = Admin::new(c.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while admin.cluster().await.unwrap().brokers.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "brokers never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(admin.create_topic("Spread", 2).await.unwrap().len(), 2);
+    wait_route(&admin, "Spread", 2).await;
+
+    // The first name server goes away: the client moves on to the second.
+    ns1.shutdown().await;
+    let fresh = client(&both);
+    let route = Admin::new(fresh.clone()).route("Spread").await.unwrap();
+    assert_eq!(route.brokers.len(), 2);
+
+    // A broker dies: sends that land on it are retried on the other one.
+    a.shutdown().await.unwrap();
+    let producer = Producer::new("pg", fresh);
+    for i in 0..20 {
+        let r = producer
+            .send(&Message::new("Spread", format!("m{i}")))
+            .await
+            .unwrap();
+        assert_eq!(r.broker_name, "broker-b");
+    }
+    let bad = Message::new("", "no topic");
+    assert!(producer.send(&bad).await.is_err());
+    assert!(ClientInstance::new(ClientConfig::new(" ; ")).is_err());
+}
