@@ -22,11 +22,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use weir_protocol::broker::{
-    ConsumerList, ConsumerOffset, CreateTopic, DeleteTopic, GetConsumerList, GetQueueOffsets,
-    GetTopicStats, Heartbeat, OffsetAnswer, PullMessage, PullResult, PullStatus,
-    QueryConsumerOffset, QueryMessageByKey, QueueOffsets, RecordCount, SearchOffsetByTimestamp,
-    SendBatch, SendBatchResult, SendMessage, SendResult, SendStatus, TopicStats, UnregisterClient,
-    UpdateConsumerOffset, ViewMessageById,
+    ConsumeStats, ConsumerList, ConsumerOffset, CreateTopic, DeleteTopic, GetConsumeStats,
+    GetConsumerList, GetQueueOffsets, GetTopicStats, Heartbeat, OffsetAnswer, PullMessage,
+    PullResult, PullStatus, QueryConsumerOffset, QueryMessageByKey, QueueOffsets, QueueProgress,
+    RecordCount, SearchOffsetByTimestamp, SendBatch, SendBatchResult, SendMessage, SendResult,
+    SendStatus, TopicStats, UnregisterClient, UpdateConsumerOffset, ViewMessageById,
 };
 use weir_protocol::net::BoxFuture;
 use weir_protocol::route::{
@@ -520,6 +520,22 @@ impl Broker {
                 self.clients
                     .unregister(&decode!(UnregisterClient).client_id);
                 Reply::ok(&())
+            }
+            Some(RequestCode::GetConsumeStats) => {
+                let r = decode!(GetConsumeStats);
+                let queues = self
+                    .store
+                    .consumer_offsets()
+                    .of_group(&r.group)
+                    .into_iter()
+                    .map(|(k, offset)| QueueProgress {
+                        broker_offset: self.store.max_offset(&k.topic, k.queue_id),
+                        topic: k.topic,
+                        queue_id: k.queue_id,
+                        consumer_offset: offset,
+                    })
+                    .collect();
+                Reply::ok(&ConsumeStats { queues })
             }
             Some(RequestCode::GetConsumerList) => {
                 let r = decode!(GetConsumerList);

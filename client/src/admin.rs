@@ -2,7 +2,8 @@
 
 use bytes::Bytes;
 use weir_protocol::broker::{
-    CreateTopic, GetTopicStats, QueryMessageByKey, TopicStats, ViewMessageById,
+    CreateTopic, GetConsumeStats, GetTopicStats, QueryMessageByKey, QueueProgress, TopicStats,
+    ViewMessageById,
 };
 use weir_protocol::route::{
     ClusterInfo, GetAllTopics, GetClusterInfo, TopicConfig, TopicRoute, perm,
@@ -98,6 +99,30 @@ impl Admin {
                     .await?;
                 out.push((b.broker_name.clone(), stats));
             }
+        }
+        Ok(out)
+    }
+
+    /// A group's committed offsets and the queues' ends, from every master broker:
+    /// (broker name, queue progress).
+    pub async fn group_progress(&self, group: &str) -> Result<Vec<(String, QueueProgress)>> {
+        let info = self.cluster().await?;
+        let mut out = Vec::new();
+        for b in &info.brokers {
+            let Some(addr) = b.master_addr() else {
+                continue;
+            };
+            let (stats, _) = self
+                .client
+                .call(
+                    addr,
+                    &GetConsumeStats {
+                        group: group.to_owned(),
+                    },
+                    Bytes::new(),
+                )
+                .await?;
+            out.extend(stats.queues.into_iter().map(|q| (b.broker_name.clone(), q)));
         }
         Ok(out)
     }

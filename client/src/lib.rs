@@ -14,7 +14,7 @@ pub use instance::{ClientConfig, ClientInstance};
 pub use message::{Message, MessageQueue, ReceivedMessage};
 pub use producer::{Producer, SendResult};
 pub use pull::{PullConsumer, PullOutcome};
-pub use weir_protocol::broker::{PullStatus, QueueOffsets, SendStatus};
+pub use weir_protocol::broker::{PullStatus, QueueOffsets, QueueProgress, SendStatus};
 pub use weir_protocol::route::{ClusterInfo, TopicRoute};
 
 use weir_protocol::{CallError, ErrorCode};

@@ -302,6 +302,33 @@ pub struct ConsumerList {
     pub client_ids: Vec<String>,
 }
 
+/// A group's progress on this broker: every queue it committed an offset on.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct GetConsumeStats {
+    pub group: String,
+}
+
+impl Rpc for GetConsumeStats {
+    const CODE: RequestCode = RequestCode::GetConsumeStats;
+    type Response = ConsumeStats;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ConsumeStats {
+    /// Sorted by (topic, queue id).
+    pub queues: Vec<QueueProgress>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct QueueProgress {
+    pub topic: String,
+    pub queue_id: u32,
+    /// The group's committed offset.
+    pub consumer_offset: u64,
+    /// The queue's max offset (the next message's).
+    pub broker_offset: u64,
+}
+
 /// Splits a body of concatenated records.
 pub fn split_records(mut body: &[u8]) -> Result<Vec<&[u8]>, crate::RecordError> {
     let mut out = Vec::new();

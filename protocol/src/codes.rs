@@ -49,6 +49,7 @@ codes! {
         GetClusterInfo = 106, "get cluster info";
         GetTopicStats = 202, "get topic stats";
         GetAllTopics = 206, "get all topics";
+        GetConsumeStats = 208, "get consume stats";
         DeleteTopic = 215, "delete topic";
         SendBatch = 320, "send batch";
     }

@@ -1,0 +1,613 @@
+//! `weir`: the command line for operators and developers. Names and output formats here are
+//! a contract (scripts depend on them); errors are one line on stderr and a non-zero exit.
+
+mod bench;
+mod output;
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio::sync::mpsc;
+use weir_client::{
+    Admin, ClientConfig, ClientInstance, Message, MessageQueue, Producer, PullConsumer, PullStatus,
+    ReceivedMessage, SendResult,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "weir",
+    version,
+    about = "weir: topics, messages, groups, cluster, benchmarks"
+)]
+struct Cli {
+    /// Name servers, `host:port;host:port`.
+    #[arg(
+        long,
+        global = true,
+        env = "WEIR_NAMESRV",
+        default_value = "127.0.0.1:9876"
+    )]
+    namesrv: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create, list and inspect topics.
+    Topic {
+        #[command(subcommand)]
+        cmd: TopicCmd,
+    },
+    /// Send messages.
+    Send(SendArgs),
+    /// Consume a topic as a group, committing offsets (a second run continues).
+    Consume(ConsumeArgs),
+    /// Consumer groups.
+    Group {
+        #[command(subcommand)]
+        cmd: GroupCmd,
+    },
+    /// Look messages up.
+    Message {
+        #[command(subcommand)]
+        cmd: MessageCmd,
+    },
+    /// The brokers the name servers know.
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+    /// Measure produce and consume throughput and latency.
+    Bench {
+        #[command(subcommand)]
+        cmd: bench::BenchCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TopicCmd {
+    /// Create (or update) a topic on every master broker.
+    Create {
+        topic: String,
+        #[arg(long, default_value_t = 8)]
+        queues: u32,
+    },
+    /// Every topic the name servers route.
+    List,
+    /// Which brokers serve a topic, with their queues.
+    Route { topic: String },
+    /// Per queue: min and max offsets.
+    Stats { topic: String },
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["body", "file", "lines"])))]
+struct SendArgs {
+    topic: String,
+    #[arg(long)]
+    tag: Option<String>,
+    /// A key to find the message by (repeatable).
+    #[arg(long = "key")]
+    keys: Vec<String>,
+    /// A property `K=V` (repeatable).
+    #[arg(long = "prop", value_parser = parse_prop)]
+    props: Vec<(String, String)>,
+    /// Send to this queue id (on the first broker of the route that has it).
+    #[arg(long, conflicts_with = "order_key")]
+    queue: Option<u32>,
+    /// Send every message with this key to the same queue.
+    #[arg(long)]
+    order_key: Option<String>,
+    /// The body, as text.
+    #[arg(long)]
+    body: Option<String>,
+    /// The body, from a file.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// One message per line of standard input.
+    #[arg(long)]
+    lines: bool,
+    /// One JSON object per message sent.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_prop(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not K=V")),
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum From {
+    First,
+    Last,
+}
+
+#[derive(Args, Debug)]
+struct ConsumeArgs {
+    topic: String,
+    #[arg(long)]
+    group: String,
+    /// `*` or `TagA || TagB`.
+    #[arg(long, default_value = "*")]
+    expr: String,
+    /// Where a group with no committed offset starts.
+    #[arg(long, value_enum, default_value = "first")]
+    from: From,
+    /// Stop after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this many seconds without a message.
+    #[arg(long)]
+    idle_exit: Option<u64>,
+    /// One JSON object per message.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum GroupCmd {
+    /// Per queue: broker offset, consumer offset, lag.
+    Progress { group: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum MessageCmd {
+    /// Messages of a topic by key.
+    Key { topic: String, key: String },
+    /// A message by id.
+    Id { msg_id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCmd {
+    /// Brokers by cluster.
+    List,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weir: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("weir: {line}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = ClientInstance::new(ClientConfig::new(&cli.namesrv))?;
+    match cli.cmd {
+        Cmd::Topic { cmd } => topic(cmd, client).await,
+        Cmd::Send(args) => send(args, client).await,
+        Cmd::Consume(args) => consume(args, client).await,
+        Cmd::Group {
+            cmd: GroupCmd::Progress { group },
+        } => progress(&group, client).await,
+        Cmd::Message { cmd } => message(cmd, client).await,
+        Cmd::Cluster {
+            cmd: ClusterCmd::List,
+        } => cluster(client).await,
+        Cmd::Bench { cmd } => bench::run(cmd, client).await,
+    }
+}
+
+async fn topic(cmd: TopicCmd, client: ClientInstance) -> anyhow::Result<()> {
+    let admin = Admin::new(client);
+    match cmd {
+        TopicCmd::Create { topic, queues } => {
+            if queues == 0 {
+                bail!("--queues must be at least 1");
+            }
+            let brokers = admin.create_topic(&topic, queues).await?;
+            println!(
+                "created {topic} with {queues} queues on {}",
+                brokers.join(", ")
+            );
+        }
+        TopicCmd::List => {
+            for t in admin.topics().await? {
+                println!("{t}");
+            }
+        }
+        TopicCmd::Route { topic } => {
+            let route = admin.route(&topic).await?;
+            let mut rows = vec![vec![
+                "BROKER".into(),
+                "READ".into(),
+                "WRITE".into(),
+                "PERM".into(),
+                "ADDRESSES".into(),
+            ]];
+            for q in &route.queues {
+                let addrs = route
+                    .brokers
+                    .iter()
+                    .find(|b| b.broker_name == q.broker_name)
+                    .map(|b| {
+                        b.addrs
+                            .iter()
+                            .map(|(id, a)| format!("{id}={a}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default();
+                rows.push(vec![
+                    q.broker_name.clone(),
+                    q.read_queues.to_string(),
+                    q.write_queues.to_string(),
+                    weir_protocol_perm(q.perm),
+                    addrs,
+                ]);
+            }
+            output::table(&rows);
+        }
+        TopicCmd::Stats { topic } => {
+            let mut rows = vec![vec![
+                "BROKER".into(),
+                "QUEUE".into(),
+                "MIN".into(),
+                "MAX".into(),
+            ]];
+            for (broker, stats) in admin.topic_stats(&topic).await? {
+                for (q, o) in stats.queues.iter().enumerate() {
+                    rows.push(vec![
+                        broker.clone(),
+                        q.to_string(),
+                        o.min.to_string(),
+                        o.max.to_string(),
+                    ]);
+                }
+            }
+            output::table(&rows);
+        }
+    }
+    Ok(())
+}
+
+fn weir_protocol_perm(p: u8) -> String {
+    let r = if p & 4 != 0 { 'r' } else { '-' };
+    let w = if p & 2 != 0 { 'w' } else { '-' };
+    format!("{r}{w}")
+}
+
+fn print_sent(r: &SendResult, json: bool) {
+    let status = match r.status {
+        weir_client::SendStatus::Ok => "SEND_OK",
+        weir_client::SendStatus::FlushDiskTimeout => "FLUSH_DISK_TIMEOUT",
+    };
+    if json {
+        let v = serde_json::json!({
+            "status": status,
+            "msg_id": r.msg_id,
+            "broker": r.broker_name,
+            "queue": r.queue_id,
+            "queue_offset": r.queue_offset,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "{status} msg_id={} broker={} queue={} queue_offset={}",
+            r.msg_id, r.broker_name, r.queue_id, r.queue_offset
+        );
+    }
+}
+
+async fn send(args: SendArgs, client: ClientInstance) -> anyhow::Result<()> {
+    let producer = Producer::new("weir-cli", client.clone());
+    let target = match args.queue {
+        Some(q) => {
+            let admin = Admin::new(client.clone());
+            let route = admin.route(&args.topic).await?;
+            let broker = route
+                .queues
+                .iter()
+                .find(|d| q < d.write_queues)
+                .map(|d| d.broker_name.clone())
+                .with_context(|| format!("no broker of topic {} has a queue {q}", args.topic))?;
+            Some(MessageQueue {
+                topic: args.topic.clone(),
+                broker_name: broker,
+                queue_id: q,
+            })
+        }
+        None => None,
+    };
+    let make = |body: Bytes| {
+        let mut m = Message::new(args.topic.clone(), body);
+        m.tags = args.tag.clone().unwrap_or_default();
+        m.keys = args.keys.clone();
+        m.properties = args.props.clone();
+        m
+    };
+    let send_one = async |m: Message| -> anyhow::Result<SendResult> {
+        let r = match (&target, &args.order_key) {
+            (Some(mq), _) => producer.send_to_queue(&m, mq).await?,
+            (None, Some(k)) => producer.send_with_order_key(&m, k).await?,
+            (None, None) => producer.send(&m).await?,
+        };
+        Ok(r)
+    };
+    if let Some(body) = &args.body {
+        print_sent(&send_one(make(Bytes::from(body.clone()))).await?, args.json);
+    } else if let Some(path) = &args.file {
+        let body = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        print_sent(&send_one(make(Bytes::from(body))).await?, args.json);
+    } else {
+        let stdin = std::io::stdin();
+        let mut lines = Vec::new();
+        for line in stdin.lock().lines() {
+            lines.push(line.context("reading standard input")?);
+        }
+        for line in lines {
+            print_sent(&send_one(make(Bytes::from(line))).await?, args.json);
+        }
+    }
+    Ok(())
+}
+
+fn message_json(m: &ReceivedMessage) -> serde_json::Value {
+    let props: serde_json::Map<String, serde_json::Value> = m
+        .properties
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    serde_json::json!({
+        "topic": m.topic,
+        "broker": m.broker_name,
+        "queue": m.queue_id,
+        "queue_offset": m.queue_offset,
+        "msg_id": m.msg_id,
+        "tags": m.tags,
+        "keys": m.keys,
+        "props": props,
+        "body": output::body_text(&m.body),
+        "reconsume_times": m.reconsume_times,
+        "born_ts": m.born_timestamp,
+        "store_ts": m.store_timestamp,
+    })
+}
+
+fn print_message(m: &ReceivedMessage, json: bool) {
+    if json {
+        println!("{}", message_json(m));
+    } else {
+        println!(
+            "[{}/{}/{}@{}] msg_id={} tags={:?} keys={:?} body={}",
+            m.topic,
+            m.broker_name,
+            m.queue_id,
+            m.queue_offset,
+            m.msg_id,
+            m.tags,
+            m.keys,
+            output::body_text(&m.body)
+        );
+    }
+}
+
+/// What a queue's puller hands the printer.
+enum Pulled {
+    Batch {
+        queue: usize,
+        messages: Vec<ReceivedMessage>,
+        next_offset: u64,
+    },
+    Failed(anyhow::Error),
+}
+
+async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow::Result<()> {
+    let consumer = std::sync::Arc::new(PullConsumer::new(args.group.clone(), client));
+    let queues = consumer.queues(&args.topic).await?;
+    if queues.is_empty() {
+        bail!("topic {} has no readable queue", args.topic);
+    }
+    let mut starts = Vec::with_capacity(queues.len());
+    for mq in &queues {
+        let start = match consumer.committed_offset(mq).await? {
+            Some(o) => o,
+            None => {
+                let o = consumer.queue_offsets(mq).await?;
+                if args.from == From::First {
+                    o.min
+                } else {
+                    o.max
+                }
+            }
+        };
+        starts.push(start);
+    }
+    let hold = Duration::from_secs(args.idle_exit.unwrap_or(15).clamp(1, 15));
+    let (tx, mut rx) = mpsc::channel::<Pulled>(queues.len() * 2);
+    let mut pullers = Vec::new();
+    for (i, mq) in queues.iter().enumerate() {
+        let (tx, consumer, mq, expr, mut offset) = (
+            tx.clone(),
+            std::sync::Arc::clone(&consumer),
+            mq.clone(),
+            args.expr.clone(),
+            starts[i],
+        );
+        pullers.push(tokio::spawn(async move {
+            loop {
+                match consumer
+                    .pull(&mq, &expr, offset, 32, Some(hold), None)
+                    .await
+                {
+                    Ok(out) => {
+                        let advanced = out.next_offset != offset || !out.messages.is_empty();
+                        offset = out.next_offset;
+                        if advanced
+                            && tx
+                                .send(Pulled::Batch {
+                                    queue: i,
+                                    messages: out.messages,
+                                    next_offset: out.next_offset,
+                                })
+                                .await
+                                .is_err()
+                        {
+                            return;
+                        }
+                        if out.status == PullStatus::OffsetMoved && !advanced {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx
+                            .send(Pulled::Failed(anyhow::Error::new(e).context(format!(
+                                "pulling {}/{}",
+                                mq.broker_name, mq.queue_id
+                            ))))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    drop(tx);
+    // Offsets to commit: just past the last message printed (or skipped by the filter).
+    let mut commit: HashMap<usize, u64> = HashMap::new();
+    let mut printed = 0u64;
+    let idle = args.idle_exit.map(Duration::from_secs);
+    let stdout = std::io::stdout();
+    let mut result = Ok(());
+    'outer: loop {
+        let next = match idle {
+            Some(d) => match tokio::time::timeout(d, rx.recv()).await {
+                Ok(n) => n,
+                Err(_) => break,
+            },
+            None => tokio::select! {
+                n = rx.recv() => n,
+                _ = tokio::signal::ctrl_c() => break,
+            },
+        };
+        match next {
+            None => break,
+            Some(Pulled::Failed(e)) => {
+                result = Err(e);
+                break;
+            }
+            Some(Pulled::Batch {
+                queue,
+                messages,
+                next_offset,
+            }) => {
+                for m in &messages {
+                    if args.count.is_some_and(|c| printed >= c) {
+                        break 'outer;
+                    }
+                    print_message(m, args.json);
+                    printed += 1;
+                    commit.insert(queue, m.queue_offset + 1);
+                }
+                commit.insert(queue, next_offset);
+                if args.count.is_some_and(|c| printed >= c) {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = stdout.lock().flush();
+    for p in &pullers {
+        p.abort();
+    }
+    for (queue, offset) in commit {
+        consumer.commit_offset(&queues[queue], offset).await?;
+    }
+    result
+}
+
+async fn progress(group: &str, client: ClientInstance) -> anyhow::Result<()> {
+    let rows = Admin::new(client).group_progress(group).await?;
+    if rows.is_empty() {
+        bail!("group {group} has no committed offset on any broker");
+    }
+    let mut table = vec![vec![
+        "BROKER".into(),
+        "TOPIC".into(),
+        "QUEUE".into(),
+        "BROKER_OFFSET".into(),
+        "CONSUMER_OFFSET".into(),
+        "LAG".into(),
+    ]];
+    let mut total = 0u64;
+    for (broker, q) in rows {
+        let lag = q.broker_offset.saturating_sub(q.consumer_offset);
+        total += lag;
+        table.push(vec![
+            broker,
+            q.topic,
+            q.queue_id.to_string(),
+            q.broker_offset.to_string(),
+            q.consumer_offset.to_string(),
+            lag.to_string(),
+        ]);
+    }
+    output::table(&table);
+    println!("total lag: {total}");
+    Ok(())
+}
+
+async fn message(cmd: MessageCmd, client: ClientInstance) -> anyhow::Result<()> {
+    let admin = Admin::new(client);
+    match cmd {
+        MessageCmd::Key { topic, key } => {
+            let found = admin.messages_by_key(&topic, &key, 32).await?;
+            if found.is_empty() {
+                bail!("no message of topic {topic} has key {key}");
+            }
+            for m in &found {
+                println!("{}", message_json(m));
+            }
+        }
+        MessageCmd::Id { msg_id } => {
+            println!("{}", message_json(&admin.message_by_id(&msg_id).await?))
+        }
+    }
+    Ok(())
+}
+
+async fn cluster(client: ClientInstance) -> anyhow::Result<()> {
+    let info = Admin::new(client).cluster().await?;
+    let mut rows = vec![vec![
+        "CLUSTER".into(),
+        "BROKER".into(),
+        "ID".into(),
+        "ADDRESS".into(),
+    ]];
+    for b in info.brokers {
+        for (id, addr) in b.addrs {
+            rows.push(vec![
+                b.cluster.clone(),
+                b.broker_name.clone(),
+                id.to_string(),
+                addr,
+            ]);
+        }
+    }
+    output::table(&rows);
+    Ok(())
+}
