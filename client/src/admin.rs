@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 use weir_protocol::broker::{
-    CreateTopic, GetConsumeStats, GetTopicStats, QueryMessageByKey, QueueProgress, TopicStats,
-    ViewMessageById,
+    CreateTopic, GetConsumeStats, GetConsumerList, GetTopicStats, QueryMessageByKey, QueueProgress,
+    TopicStats, ViewMessageById,
 };
 use weir_protocol::route::{
     ClusterInfo, GetAllTopics, GetClusterInfo, TopicConfig, TopicRoute, perm,
@@ -125,6 +125,29 @@ impl Admin {
             out.extend(stats.queues.into_iter().map(|q| (b.broker_name.clone(), q)));
         }
         Ok(out)
+    }
+
+    /// Client ids of the group's live members (known to brokers from heartbeats).
+    pub async fn group_members(&self, group: &str) -> Result<Vec<String>> {
+        let info = self.cluster().await?;
+        let mut ids = std::collections::BTreeSet::new();
+        for b in &info.brokers {
+            let Some(addr) = b.master_addr() else {
+                continue;
+            };
+            let (list, _) = self
+                .client
+                .call(
+                    addr,
+                    &GetConsumerList {
+                        group: group.to_owned(),
+                    },
+                    Bytes::new(),
+                )
+                .await?;
+            ids.extend(list.client_ids);
+        }
+        Ok(ids.into_iter().collect())
     }
 
     /// Messages of `topic` with `key`, from every broker of its route.

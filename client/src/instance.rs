@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Mutex;
 use tracing::debug;
-use weir_protocol::route::{BrokerData, GetRoute, TopicRoute};
+use weir_protocol::broker::{ConsumerData, Heartbeat, MessageModel};
+use weir_protocol::route::{BrokerData, GetClusterInfo, GetRoute, TopicRoute};
 use weir_protocol::{CallError, ConnConfig, Connection, ErrorCode, NoHandler, Rpc};
 
 use crate::{ClientError, MessageQueue, Result};
@@ -33,6 +34,28 @@ impl ClientConfig {
     }
 }
 
+/// Groups this client takes part in, announced to brokers by heartbeat.
+#[derive(Default)]
+struct Groups {
+    producers: std::collections::BTreeSet<String>,
+    consumers: std::collections::BTreeMap<String, ConsumerData>,
+}
+
+/// How often heartbeats go to every broker.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+
+fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() as u32
+}
+
 struct CachedRoute {
     route: Arc<TopicRoute>,
     fetched: Instant,
@@ -46,6 +69,10 @@ pub struct ClientInstance {
 
 struct Inner {
     config: ClientConfig,
+    /// How brokers know this client: `pid@random`.
+    client_id: String,
+    groups: std::sync::Mutex<Groups>,
+    heartbeat_started: std::sync::atomic::AtomicBool,
     namesrvs: Vec<String>,
     /// The name server tried first (the last one that answered).
     preferred: AtomicUsize,
@@ -67,6 +94,9 @@ impl ClientInstance {
         }
         Ok(Self {
             inner: Arc::new(Inner {
+                client_id: format!("{}@{:08x}", std::process::id(), random_u32()),
+                groups: std::sync::Mutex::new(Groups::default()),
+                heartbeat_started: std::sync::atomic::AtomicBool::new(false),
                 config,
                 namesrvs,
                 preferred: AtomicUsize::new(0),
@@ -78,6 +108,82 @@ impl ClientInstance {
 
     pub fn config(&self) -> &ClientConfig {
         &self.inner.config
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.inner.client_id
+    }
+
+    /// Announces a producer group (to brokers, by heartbeat).
+    pub fn register_producer(&self, group: &str) {
+        self.groups().producers.insert(group.to_owned());
+        self.heartbeat_soon();
+    }
+
+    /// Announces a consumer group and what it subscribes to.
+    pub fn register_consumer(
+        &self,
+        group: &str,
+        model: MessageModel,
+        subscriptions: Vec<(String, String)>,
+    ) {
+        let data = ConsumerData {
+            group: group.to_owned(),
+            model,
+            subscriptions,
+        };
+        self.groups().consumers.insert(group.to_owned(), data);
+        self.heartbeat_soon();
+    }
+
+    fn groups(&self) -> std::sync::MutexGuard<'_, Groups> {
+        self.inner.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends a heartbeat to every master broker now.
+    pub async fn heartbeat(&self) -> Result<()> {
+        let hb = {
+            let g = self.groups();
+            Heartbeat {
+                client_id: self.inner.client_id.clone(),
+                producer_groups: g.producers.iter().cloned().collect(),
+                consumers: g.consumers.values().cloned().collect(),
+            }
+        };
+        let info = self
+            .call_namesrv(&GetClusterInfo)
+            .await
+            .map_err(|e| ClientError::NoNameServer(e.to_string()))?;
+        for b in &info.brokers {
+            if let Some(addr) = b.master_addr() {
+                self.call(addr, &hb, Bytes::new()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the heartbeat loop on first use (it ends when the last handle is dropped),
+    /// and sends one heartbeat at once.
+    fn heartbeat_soon(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        let first = !self.inner.heartbeat_started.swap(true, Ordering::AcqRel);
+        rt.spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let client = ClientInstance { inner };
+                if let Err(e) = client.heartbeat().await {
+                    debug!(error = %e, "heartbeat failed");
+                }
+                drop(client);
+                if !first {
+                    return;
+                }
+                tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+            }
+        });
     }
 
     /// A live connection to `addr`, reused across calls.

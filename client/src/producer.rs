@@ -64,8 +64,10 @@ fn order_hash(key: &str) -> u64 {
 
 impl Producer {
     pub fn new(group: impl Into<String>, client: ClientInstance) -> Self {
+        let group = group.into();
+        client.register_producer(&group);
         Self {
-            group: group.into(),
+            group,
             client,
             next_queue: AtomicUsize::new(0),
             retry_times_when_send_failed: 2,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use weir_protocol::broker::{
-    GetQueueOffsets, PullMessage, PullStatus, QueryConsumerOffset, QueueOffsets,
+    GetQueueOffsets, MessageModel, PullMessage, PullStatus, QueryConsumerOffset, QueueOffsets,
     SearchOffsetByTimestamp, UpdateConsumerOffset,
 };
 
@@ -28,10 +28,9 @@ pub struct PullConsumer {
 
 impl PullConsumer {
     pub fn new(group: impl Into<String>, client: ClientInstance) -> Self {
-        Self {
-            group: group.into(),
-            client,
-        }
+        let group = group.into();
+        client.register_consumer(&group, MessageModel::Clustering, Vec::new());
+        Self { group, client }
     }
 
     pub fn group(&self) -> &str {

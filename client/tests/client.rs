@@ -223,3 +223,32 @@ async fn one_name_server_down_and_one_broker_down_still_serve() {
     assert!(producer.send(&bad).await.is_err());
     assert!(ClientInstance::new(ClientConfig::new(" ; ")).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_are_known_to_brokers_by_heartbeat() {
+    let ns = namesrv().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ns_addr = ns.local_addr().to_string();
+    let _b = broker(dir.path(), "broker-a", &ns_addr).await;
+    let admin = Admin::new(client(&ns_addr));
+    let member = client(&ns_addr);
+    let consumer = PullConsumer::new("members", member.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while admin.group_members("members").await.unwrap() != vec![member.client_id().to_string()] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the consumer never appeared in its group"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // When its connections close, the broker forgets it.
+    drop(consumer);
+    drop(member);
+    while !admin.group_members("members").await.unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed consumer stayed a member"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -122,10 +122,36 @@ struct Inner {
     closed: watch::Sender<bool>,
 }
 
-/// One end of a connection; cheap to clone.
+/// One end of a connection; cheap to clone. A connection opened with
+/// [`Connection::connect`] closes when its last handle is dropped.
 #[derive(Clone)]
 pub struct Connection {
     inner: Arc<Inner>,
+    /// Present on handles given to the opener; the connection's own tasks hold handles
+    /// without it, so they do not keep it open.
+    _owner: Option<Arc<Owner>>,
+}
+
+/// Closes the connection when the opener's last handle goes.
+struct Owner(Arc<Inner>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.mark_closed();
+    }
+}
+
+impl Inner {
+    /// Marks the connection closed and fails pending calls; true the first time.
+    fn mark_closed(&self) -> bool {
+        let was = self.closed.send_replace(true);
+        // Dropping the senders fails every pending call.
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        !was
+    }
 }
 
 impl std::fmt::Debug for Connection {
@@ -157,7 +183,12 @@ impl Connection {
                 )));
             }
         };
-        Self::start(stream, handler, config).map_err(connect_err)
+        let conn = Self::start(stream, handler, config).map_err(connect_err)?;
+        let owner = Arc::new(Owner(Arc::clone(&conn.inner)));
+        Ok(Connection {
+            inner: conn.inner,
+            _owner: Some(owner),
+        })
     }
 
     /// Runs a connection over an accepted or connected stream.
@@ -181,6 +212,7 @@ impl Connection {
                 next_id: AtomicU32::new(1),
                 closed,
             }),
+            _owner: None,
         };
         tokio::spawn(write_loop(wr, out_rx, conn.inner.closed.subscribe()));
         tokio::spawn(read_loop(
@@ -213,10 +245,7 @@ impl Connection {
     }
 
     fn mark_closed(&self) -> bool {
-        let was = self.inner.closed.send_replace(true);
-        // Dropping the senders fails every pending call.
-        self.pending().clear();
-        !was
+        self.inner.mark_closed()
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u32, oneshot::Sender<Frame>>> {
@@ -411,9 +440,9 @@ async fn read_loop(
             }
         }
     }
-    if conn.mark_closed() {
-        handler.on_close(&conn);
-    }
+    // Runs once per connection, however it closed.
+    conn.mark_closed();
+    handler.on_close(&conn);
 }
 
 /// A running server; dropping it does not stop it, `shutdown` does.
