@@ -1,6 +1,8 @@
 //! The producer: picks a queue (round-robin, a chosen one, or by order key), sends, and on
 //! failure retries on another broker.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
@@ -146,11 +148,11 @@ impl Producer {
 
     /// Runs `attempt` on queues picked round-robin, retrying on another broker when it
     /// fails in a way another broker might not.
-    async fn with_retries<T>(
-        &self,
-        topic: &str,
-        attempt: impl AsyncFn(MessageQueue, &TopicRoute) -> Result<T>,
-    ) -> Result<T> {
+    async fn with_retries<T, F, Fut>(&self, topic: &str, attempt: F) -> Result<T>
+    where
+        F: Fn(MessageQueue, Arc<TopicRoute>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
         let mut avoid: Option<String> = None;
         let mut last = None;
         for n in 0..=self.retry_times_when_send_failed {
@@ -171,7 +173,7 @@ impl Producer {
                 });
             };
             let broker = mq.broker_name.clone();
-            match attempt(mq, &route).await {
+            match attempt(mq, Arc::clone(&route)).await {
                 Ok(v) => return Ok(v),
                 Err(e) if retryable(&e) => {
                     tracing::debug!(topic, broker = %broker, error = %e, "send failed; retrying on another broker");
@@ -188,8 +190,8 @@ impl Producer {
     /// `retry_times_when_send_failed` more tries on other brokers.
     pub async fn send(&self, msg: &Message) -> Result<SendResult> {
         Self::check(msg)?;
-        self.with_retries(&msg.topic, async |mq, route| {
-            self.send_on(msg, &mq, route).await
+        self.with_retries(&msg.topic, |mq, route| async move {
+            self.send_on(msg, &mq, &route).await
         })
         .await
     }
@@ -245,8 +247,9 @@ impl Producer {
             })
             .collect();
         let body: Bytes = body.freeze();
-        self.with_retries(&first.topic, async |mq, route| {
-            let addr = Self::broker_addr(route, &mq)?;
+        let (entries, body) = (&entries, &body);
+        self.with_retries(&first.topic, |mq, route| async move {
+            let addr = Self::broker_addr(&route, &mq)?;
             let req = SendBatch {
                 producer_group: self.group.clone(),
                 topic: first.topic.clone(),

@@ -252,3 +252,15 @@ async fn consumers_are_known_to_brokers_by_heartbeat() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Producer futures can run on spawned tasks.
+#[allow(dead_code)]
+fn producer_futures_are_send(p: std::sync::Arc<Producer>, m: Message) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(async move {
+        let _ = p.send(&m).await;
+        let _ = p.send_batch(std::slice::from_ref(&m)).await;
+        let _ = p.send_with_order_key(&m, "k").await;
+        let _ = p.send_oneway(&m).await;
+    });
+}

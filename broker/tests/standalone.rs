@@ -1,0 +1,141 @@
+//! The README's run command, for real: the `weir-broker` binary standalone (its own name
+//! server), stopped with SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use weir_protocol::broker::{PullMessage, PullStatus, SendMessage, split_records};
+use weir_protocol::route::GetRoute;
+use weir_protocol::{ConnConfig, Connection, NoHandler, RecordView};
+
+/// Kills the child if the test fails before stopping it.
+struct Running(Child);
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(name))
+}
+
+#[test]
+fn standalone_broker_binary_serves_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_weir-broker"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--standalone-namesrv",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut broker = Running(child);
+    let mut lines = BufReader::new(broker.0.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (broker_addr, namesrv) = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the broker never said it was listening"
+        );
+        let line = lines.next().expect("broker exited").unwrap();
+        if line.contains("listening") {
+            assert!(line.contains("embedded_name_server=true"), "{line}");
+            assert!(line.contains("data="), "{line}");
+            break (
+                field(&line, "broker=").unwrap().to_owned(),
+                field(&line, "name_servers=").unwrap().to_owned(),
+            );
+        }
+    };
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let t = Duration::from_secs(10);
+        let conn = Connection::connect(&broker_addr, Arc::new(NoHandler), ConnConfig::default(), t)
+            .await
+            .unwrap();
+        let send = SendMessage {
+            producer_group: "pg".into(),
+            topic: "Hello".into(),
+            queue_id: 0,
+            tags: String::new(),
+            keys: vec![],
+            properties: vec![],
+            flag: 0,
+            born_timestamp: 0,
+            sys_flag: 0,
+            reconsume_times: 0,
+        };
+        conn.call(&send, Bytes::from_static(b"hi there"), t)
+            .await
+            .unwrap();
+        let pull = PullMessage {
+            group: "g".into(),
+            topic: "Hello".into(),
+            queue_id: 0,
+            offset: 0,
+            max_msgs: 8,
+            expression: "*".into(),
+            suspend_ms: 0,
+            commit_offset: None,
+        };
+        let (r, body) = conn.call(&pull, Bytes::new(), t).await.unwrap();
+        assert_eq!(r.status, PullStatus::Found);
+        let records = split_records(&body).unwrap();
+        assert_eq!(RecordView::parse(records[0]).unwrap().body(), b"hi there");
+        // The embedded name server routes the auto-created topic to this broker.
+        let ns = Connection::connect(&namesrv, Arc::new(NoHandler), ConnConfig::default(), t)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + t;
+        loop {
+            if let Ok((route, _)) = ns
+                .call(
+                    &GetRoute {
+                        topic: "Hello".into(),
+                    },
+                    Bytes::new(),
+                    t,
+                )
+                .await
+            {
+                assert_eq!(route.brokers[0].master_addr(), Some(broker_addr.as_str()));
+                break;
+            }
+            assert!(Instant::now() < deadline, "no route for Hello");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&broker.0),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = broker.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        rest.iter().any(|l| l.contains("stopped cleanly")),
+        "{rest:?}"
+    );
+    assert!(
+        !dir.path().join("data/running").exists(),
+        "the clean-stop marker was not cleared"
+    );
+}
