@@ -1,11 +1,926 @@
-//! `weir bench produce|consume` (being written).
+//! `weir bench produce|consume`: throughput and latency against a running cluster.
+//!
+//! Produce: `--concurrency` requests in flight at once (tasks sharing one producer and
+//! its connections), each carrying `--batch` messages of `--size` bytes, until `--count`
+//! messages are acknowledged or `--duration` has passed. Latency is per request, from the
+//! call to its answer.
+//!
+//! Consume (catch-up): one reader per queue of the topic, all in parallel, each pulling
+//! from the queue's first offset, until `--count` messages or `--idle-exit` seconds with
+//! nothing new. Latency is that of the pulls that returned messages.
+//!
+//! A progress bar goes to stderr (only when it is a terminal); the summary goes to stdout,
+//! as text or, with `--json`, as one JSON object. MB are 1,000,000 bytes (of bodies).
 
-use weir_client::ClientInstance;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use weir_client::{
+    Admin, ClientError, ClientInstance, Message, MessageQueue, Producer, PullConsumer, PullStatus,
+    SendStatus,
+};
 
 #[derive(clap::Subcommand, Debug)]
-pub enum BenchCmd {}
+pub enum BenchCmd {
+    /// Send messages as fast as the brokers take them: msgs/s, MB/s, request latency.
+    Produce(ProduceArgs),
+    /// Read a topic from its first offsets, every queue in parallel: msgs/s, MB/s, pull
+    /// latency.
+    Consume(ConsumeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ProduceArgs {
+    /// Created with --queues queues when it does not exist.
+    #[arg(default_value = "BenchTopic")]
+    topic: String,
+    /// Body size of each message, bytes.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(0..=(15 << 20)))]
+    size: u32,
+    /// Stop after this many messages [default: 1000000 when --duration is not given].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+    /// Stop after this many seconds (with --count: whichever comes first).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    duration: Option<u64>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    concurrency: u32,
+    /// Messages per request (more than 1: batch sends, all to one queue).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    batch: u32,
+    /// Queues of the topic when this creates it.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    queues: u32,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ConsumeArgs {
+    #[arg(default_value = "BenchTopic")]
+    topic: String,
+    /// Consumer group [default: a new one per run, weir-bench-PID-MILLIS].
+    #[arg(long)]
+    group: Option<String>,
+    /// Stop after this many messages.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+    /// Stop after this many seconds with no new message (0: never).
+    #[arg(long, default_value_t = 3)]
+    idle_exit: u64,
+    /// Most messages per pull (brokers cap it at 1024).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    batch: u32,
+    /// Commit, for the group, the offset where each queue's reader stopped.
+    #[arg(long)]
+    commit: bool,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
 
 pub async fn run(cmd: BenchCmd, client: ClientInstance) -> anyhow::Result<()> {
-    let _ = client;
-    match cmd {}
+    match cmd {
+        BenchCmd::Produce(args) => produce(args, client).await.context("bench produce"),
+        BenchCmd::Consume(args) => consume(args, client).await.context("bench consume"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Latency histogram
+
+/// Sub-buckets per power of two: 2^7 = 128, so a bucket is under 0.8 % of its values.
+const SUB_BITS: u32 = 7;
+const SUB: u64 = 1 << SUB_BITS;
+const BUCKETS: usize = (SUB as usize) * (64 - SUB_BITS as usize + 1);
+
+/// Durations in nanoseconds, in log-linear buckets: exact below 256 ns, then 128 buckets
+/// per power of two. Fixed memory (about 60 KB) whatever the number of samples; merges.
+#[derive(Clone)]
+struct Histogram {
+    counts: Box<[u64]>,
+    total: u64,
+    sum: u128,
+    min: u64,
+    max: u64,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Self {
+            counts: vec![0; BUCKETS].into_boxed_slice(),
+            total: 0,
+            sum: 0,
+            min: u64::MAX,
+            max: 0,
+        }
+    }
+
+    fn index(v: u64) -> usize {
+        let shift = (63 - (v | 1).leading_zeros()).saturating_sub(SUB_BITS);
+        (SUB * u64::from(shift) + (v >> shift)) as usize
+    }
+
+    /// The value a bucket stands for: the middle of its range.
+    fn value(index: usize) -> u64 {
+        let i = index as u64;
+        if i < 2 * SUB {
+            return i;
+        }
+        let shift = i / SUB - 1;
+        let low = (i - SUB * shift) << shift;
+        low + ((1u64 << shift) - 1) / 2
+    }
+
+    fn record(&mut self, d: Duration) {
+        let v = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.counts[Self::index(v)] += 1;
+        self.total += 1;
+        self.sum += u128::from(v);
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+    }
+
+    fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+        self.total += other.total;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
+
+    /// The value at quantile `q` (0..=1), nanoseconds; 0 when empty.
+    fn quantile(&self, q: f64) -> u64 {
+        if self.total == 0 {
+            return 0;
+        }
+        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let mut seen = 0;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Self::value(i).clamp(self.min, self.max);
+            }
+        }
+        self.max
+    }
+
+    fn mean(&self) -> u64 {
+        if self.total == 0 {
+            0
+        } else {
+            (self.sum / u128::from(self.total)) as u64
+        }
+    }
+
+    /// p50, p99, p99.9, max and mean, milliseconds.
+    fn summary_ms(&self) -> Latency {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        Latency {
+            p50: ms(self.quantile(0.5)),
+            p99: ms(self.quantile(0.99)),
+            p999: ms(self.quantile(0.999)),
+            max: ms(if self.total == 0 { 0 } else { self.max }),
+            mean: ms(self.mean()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Latency {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    mean: f64,
+}
+
+impl Latency {
+    fn json(&self) -> serde_json::Value {
+        let r = |v: f64| (v * 1000.0).round() / 1000.0;
+        serde_json::json!({
+            "p50": r(self.p50),
+            "p99": r(self.p99),
+            "p999": r(self.p999),
+            "max": r(self.max),
+            "mean": r(self.mean),
+        })
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "p50 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}",
+            self.p50, self.p99, self.p999, self.max, self.mean
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared helpers
+
+/// `1234567` as `1,234,567`.
+fn grouped(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn per_sec(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 { n as f64 / secs } else { 0.0 }
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal): a bar when the end is
+/// known, a counter otherwise.
+fn progress_bar(len: Option<u64>) -> ProgressBar {
+    let (bar, template) = match len {
+        Some(len) => (
+            ProgressBar::new(len),
+            "{elapsed_precise} [{bar:40}] {percent:>3}% {msg}",
+        ),
+        None => (ProgressBar::no_length(), "{elapsed_precise} {msg}"),
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// Smoothed rate for the progress bar.
+struct Rate {
+    last: Instant,
+    last_count: u64,
+    rate: f64,
+}
+
+impl Rate {
+    fn new() -> Self {
+        Self {
+            last: Instant::now(),
+            last_count: 0,
+            rate: 0.0,
+        }
+    }
+
+    fn update(&mut self, count: u64) -> f64 {
+        let now = Instant::now();
+        let dt = now.duration_since(self.last).as_secs_f64();
+        if dt > 0.0 {
+            let inst = count.saturating_sub(self.last_count) as f64 / dt;
+            self.rate = if self.last_count == 0 && self.rate == 0.0 {
+                inst
+            } else {
+                0.7 * self.rate + 0.3 * inst
+            };
+        }
+        self.last = now;
+        self.last_count = count;
+        self.rate
+    }
+}
+
+const TICK: Duration = Duration::from_millis(100);
+
+// ---------------------------------------------------------------------------------------
+// Produce
+
+/// Largest request body the protocol carries comfortably (frames are 16 MiB).
+const MAX_REQUEST_BODY: u64 = 15 << 20;
+
+struct ProduceShared {
+    /// Messages handed out to tasks (count mode).
+    claimed: AtomicU64,
+    /// Messages acknowledged.
+    acked: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl ProduceShared {
+    /// How many messages the next request carries: 0 when there is nothing left.
+    fn claim(&self, batch: u64, limit: Option<u64>, deadline: Option<Instant>) -> u64 {
+        if self.stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+            return 0;
+        }
+        match limit {
+            None => batch,
+            Some(limit) => {
+                let prev = self.claimed.fetch_add(batch, Ordering::Relaxed);
+                if prev >= limit {
+                    0
+                } else {
+                    batch.min(limit - prev)
+                }
+            }
+        }
+    }
+}
+
+struct ProduceTaskStats {
+    latency: Histogram,
+    requests: u64,
+    flush_timeouts: u64,
+}
+
+async fn ensure_topic(client: &ClientInstance, topic: &str, queues: u32) -> anyhow::Result<bool> {
+    let admin = Admin::new(client.clone());
+    match admin.route(topic).await {
+        Ok(_) => return Ok(false),
+        Err(ClientError::NoRoute { .. }) => {}
+        Err(e) => return Err(e).with_context(|| format!("looking up topic {topic}")),
+    }
+    admin
+        .create_topic(topic, queues)
+        .await
+        .with_context(|| format!("creating topic {topic}"))?;
+    // The brokers register the new topic with the name servers: wait until it routes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match admin.route(topic).await {
+            Ok(_) => return Ok(true),
+            Err(ClientError::NoRoute { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("topic {topic} was created but does not route"));
+            }
+        }
+    }
+}
+
+async fn produce_task(
+    producer: Arc<Producer>,
+    msgs: Arc<[Message]>,
+    shared: Arc<ProduceShared>,
+    limit: Option<u64>,
+    deadline: Option<Instant>,
+) -> anyhow::Result<ProduceTaskStats> {
+    let mut stats = ProduceTaskStats {
+        latency: Histogram::new(),
+        requests: 0,
+        flush_timeouts: 0,
+    };
+    let batch = msgs.len() as u64;
+    loop {
+        let n = shared.claim(batch, limit, deadline) as usize;
+        if n == 0 {
+            return Ok(stats);
+        }
+        let began = Instant::now();
+        let sent = if batch == 1 {
+            producer
+                .send(&msgs[0])
+                .await
+                .map(|r| u64::from(r.status == SendStatus::FlushDiskTimeout))
+        } else {
+            producer.send_batch(&msgs[..n]).await.map(|rs| {
+                rs.iter()
+                    .filter(|r| r.status == SendStatus::FlushDiskTimeout)
+                    .count() as u64
+            })
+        };
+        let took = began.elapsed();
+        match sent {
+            Ok(timeouts) => {
+                stats.latency.record(took);
+                stats.requests += 1;
+                stats.flush_timeouts += timeouts;
+                shared.acked.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                shared.stop.store(true, Ordering::Relaxed);
+                return Err(e).with_context(|| format!("sending to topic {}", msgs[0].topic));
+            }
+        }
+    }
+}
+
+async fn produce(args: ProduceArgs, client: ClientInstance) -> anyhow::Result<()> {
+    let batch = u64::from(args.batch);
+    let size = u64::from(args.size);
+    if batch * size > MAX_REQUEST_BODY {
+        bail!(
+            "--batch {} of --size {} is {} bytes per request, over the {} a request carries",
+            args.batch,
+            args.size,
+            batch * size,
+            MAX_REQUEST_BODY
+        );
+    }
+    let limit = match (args.count, args.duration) {
+        (None, None) => Some(1_000_000),
+        (count, _) => count,
+    };
+    let duration = args.duration.map(Duration::from_secs);
+    let created = ensure_topic(&client, &args.topic, args.queues).await?;
+
+    let body: Bytes = (0..args.size).map(|i| b'a' + (i % 26) as u8).collect();
+    let msgs: Arc<[Message]> = (0..batch)
+        .map(|_| Message::new(args.topic.clone(), body.clone()))
+        .collect();
+    let producer = Arc::new(Producer::new("weir-bench", client));
+    let shared = Arc::new(ProduceShared {
+        claimed: AtomicU64::new(0),
+        acked: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    });
+
+    let bar = match (limit, duration) {
+        (Some(n), _) => progress_bar(Some(n)),
+        (None, Some(d)) => progress_bar(Some(d.as_millis() as u64)),
+        (None, None) => progress_bar(None),
+    };
+    let started = Instant::now();
+    let deadline = duration.map(|d| started + d);
+    let mut tasks = JoinSet::new();
+    for _ in 0..args.concurrency {
+        tasks.spawn(produce_task(
+            Arc::clone(&producer),
+            Arc::clone(&msgs),
+            Arc::clone(&shared),
+            limit,
+            deadline,
+        ));
+    }
+
+    let mut latency = Histogram::new();
+    let (mut requests, mut flush_timeouts) = (0u64, 0u64);
+    let mut failure: Option<anyhow::Error> = None;
+    let mut interrupted = false;
+    let mut rate = Rate::new();
+    let mut tick = tokio::time::interval(TICK);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(Ok(Ok(s))) => {
+                    latency.merge(&s.latency);
+                    requests += s.requests;
+                    flush_timeouts += s.flush_timeouts;
+                }
+                Some(Ok(Err(e))) => {
+                    failure.get_or_insert(e);
+                }
+                Some(Err(e)) => {
+                    shared.stop.store(true, Ordering::Relaxed);
+                    failure.get_or_insert(anyhow::Error::new(e).context("a sending task failed"));
+                }
+            },
+            _ = tick.tick() => {
+                let acked = shared.acked.load(Ordering::Relaxed);
+                let r = rate.update(acked);
+                match limit {
+                    Some(_) => bar.set_position(acked),
+                    None => bar.set_position(started.elapsed().as_millis() as u64),
+                }
+                bar.set_message(format!("{} msgs  {} msgs/s", grouped(acked), grouped(r as u64)));
+            }
+            _ = &mut ctrl_c, if !interrupted => {
+                interrupted = true;
+                shared.stop.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if interrupted {
+        eprintln!("weir: interrupted; the summary covers what was sent until then");
+    }
+
+    let messages = shared.acked.load(Ordering::Relaxed);
+    let bytes = messages * size;
+    let lat = latency.summary_ms();
+    let msgs_per_sec = per_sec(messages, elapsed);
+    let mb_per_sec = per_sec(bytes, elapsed) / 1e6;
+    if args.json {
+        let v = serde_json::json!({
+            "mode": "produce",
+            "topic": args.topic,
+            "topic_created": created,
+            "size": args.size,
+            "batch": args.batch,
+            "concurrency": args.concurrency,
+            "messages": messages,
+            "requests": requests,
+            "bytes": bytes,
+            "flush_timeouts": flush_timeouts,
+            "elapsed_secs": (elapsed * 1000.0).round() / 1000.0,
+            "msgs_per_sec": round2(msgs_per_sec),
+            "mb_per_sec": round2(mb_per_sec),
+            "latency_ms": lat.json(),
+            "interrupted": interrupted,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "produced {} messages of {} B to {} in {:.2} s ({} requests: batch {}, concurrency {})",
+            grouped(messages),
+            args.size,
+            args.topic,
+            elapsed,
+            grouped(requests),
+            args.batch,
+            args.concurrency
+        );
+        println!(
+            "throughput: {} msgs/s, {:.2} MB/s",
+            grouped(msgs_per_sec.round() as u64),
+            mb_per_sec
+        );
+        println!("request latency ms: {}", lat.text());
+        if flush_timeouts > 0 {
+            println!(
+                "flush timeouts: {} (stored, not yet on disk in time)",
+                grouped(flush_timeouts)
+            );
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Consume
+
+/// How long a caught-up reader's pull waits at the broker for new messages.
+const HOLD: Duration = Duration::from_millis(500);
+
+struct ConsumeShared {
+    /// Messages counted (never more than the limit).
+    consumed: AtomicU64,
+    /// When the last counted message arrived, nanoseconds after the start.
+    last_arrival_ns: AtomicU64,
+    stop: watch::Sender<bool>,
+}
+
+impl ConsumeShared {
+    /// Of `n` messages just pulled, how many count (the rest are past the limit).
+    fn count(&self, n: u64, limit: Option<u64>) -> u64 {
+        let prev = self.consumed.fetch_add(n, Ordering::Relaxed);
+        match limit {
+            None => n,
+            Some(limit) if prev >= limit => 0,
+            Some(limit) => n.min(limit - prev),
+        }
+    }
+}
+
+struct ConsumeTaskStats {
+    latency: Histogram,
+    pulls: u64,
+    bytes: u64,
+    queue: MessageQueue,
+    next_offset: u64,
+}
+
+async fn consume_task(
+    consumer: Arc<PullConsumer>,
+    mq: MessageQueue,
+    mut offset: u64,
+    batch: u32,
+    shared: Arc<ConsumeShared>,
+    limit: Option<u64>,
+    started: Instant,
+) -> anyhow::Result<ConsumeTaskStats> {
+    let mut stats = ConsumeTaskStats {
+        latency: Histogram::new(),
+        pulls: 0,
+        bytes: 0,
+        queue: mq.clone(),
+        next_offset: offset,
+    };
+    let mut stop = shared.stop.subscribe();
+    let mut caught_up = false;
+    loop {
+        if *stop.borrow_and_update() {
+            break;
+        }
+        let hold = caught_up.then_some(HOLD);
+        let began = Instant::now();
+        let out = tokio::select! {
+            r = consumer.pull(&mq, "*", offset, batch, hold, None) => r.with_context(|| {
+                format!("pulling {} queue {}/{} at offset {offset}", mq.topic, mq.broker_name, mq.queue_id)
+            })?,
+            _ = stop.changed() => break,
+        };
+        let took = began.elapsed();
+        offset = out.next_offset;
+        stats.next_offset = offset;
+        caught_up = out.status == PullStatus::NoNewMessage;
+        if out.messages.is_empty() {
+            continue;
+        }
+        stats.latency.record(took);
+        stats.pulls += 1;
+        let counted = shared.count(out.messages.len() as u64, limit) as usize;
+        stats.bytes += out.messages[..counted]
+            .iter()
+            .map(|m| m.body.len() as u64)
+            .sum::<u64>();
+        if counted > 0 {
+            let at = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            shared.last_arrival_ns.fetch_max(at, Ordering::Relaxed);
+        }
+        if counted < out.messages.len() {
+            // The limit is reached: everyone stops.
+            shared.stop.send_replace(true);
+            break;
+        }
+        if limit.is_some_and(|l| shared.consumed.load(Ordering::Relaxed) >= l) {
+            shared.stop.send_replace(true);
+            break;
+        }
+    }
+    Ok(stats)
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow::Result<()> {
+    let group = args
+        .group
+        .clone()
+        .unwrap_or_else(|| format!("weir-bench-{}-{}", std::process::id(), now_ms()));
+    let consumer = Arc::new(PullConsumer::new(group.clone(), client));
+    let queues = match consumer.queues(&args.topic).await {
+        Ok(q) => q,
+        Err(ClientError::NoRoute { .. }) => bail!(
+            "topic {} does not exist (weir bench produce {} writes one)",
+            args.topic,
+            args.topic
+        ),
+        Err(e) => return Err(e).with_context(|| format!("looking up topic {}", args.topic)),
+    };
+    if queues.is_empty() {
+        bail!("topic {} has no readable queue", args.topic);
+    }
+    let mut starts = Vec::with_capacity(queues.len());
+    let mut backlog = 0u64;
+    for mq in &queues {
+        let o = consumer.queue_offsets(mq).await.with_context(|| {
+            format!(
+                "offsets of {} queue {}/{}",
+                mq.topic, mq.broker_name, mq.queue_id
+            )
+        })?;
+        backlog += o.max.saturating_sub(o.min);
+        starts.push(o.min);
+    }
+    let limit = args.count;
+    let idle = (args.idle_exit > 0).then(|| Duration::from_secs(args.idle_exit));
+    let (stop, _) = watch::channel(false);
+    let shared = Arc::new(ConsumeShared {
+        consumed: AtomicU64::new(0),
+        last_arrival_ns: AtomicU64::new(0),
+        stop,
+    });
+
+    let bar = progress_bar(limit.or((backlog > 0).then_some(backlog)));
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for (mq, start) in queues.iter().zip(starts) {
+        tasks.spawn(consume_task(
+            Arc::clone(&consumer),
+            mq.clone(),
+            start,
+            args.batch,
+            Arc::clone(&shared),
+            limit,
+            started,
+        ));
+    }
+
+    let mut latency = Histogram::new();
+    let (mut pulls, mut bytes) = (0u64, 0u64);
+    let mut ends = Vec::with_capacity(queues.len());
+    let mut failure: Option<anyhow::Error> = None;
+    let mut interrupted = false;
+    let mut idled = false;
+    let mut rate = Rate::new();
+    let (mut last_seen, mut last_change) = (0u64, Instant::now());
+    let mut tick = tokio::time::interval(TICK);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(Ok(Ok(s))) => {
+                    latency.merge(&s.latency);
+                    pulls += s.pulls;
+                    bytes += s.bytes;
+                    ends.push((s.queue, s.next_offset));
+                }
+                Some(Ok(Err(e))) => {
+                    shared.stop.send_replace(true);
+                    failure.get_or_insert(e);
+                }
+                Some(Err(e)) => {
+                    shared.stop.send_replace(true);
+                    failure.get_or_insert(anyhow::Error::new(e).context("a pulling task failed"));
+                }
+            },
+            _ = tick.tick() => {
+                let consumed = shared.consumed.load(Ordering::Relaxed);
+                let shown = limit.map_or(consumed, |l| consumed.min(l));
+                let r = rate.update(shown);
+                bar.set_position(shown);
+                bar.set_message(format!("{} msgs  {} msgs/s", grouped(shown), grouped(r as u64)));
+                if consumed != last_seen {
+                    (last_seen, last_change) = (consumed, Instant::now());
+                } else if idle.is_some_and(|d| last_change.elapsed() >= d) && !idled {
+                    idled = true;
+                    shared.stop.send_replace(true);
+                }
+            }
+            _ = &mut ctrl_c, if !interrupted => {
+                interrupted = true;
+                shared.stop.send_replace(true);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let consumed = shared.consumed.load(Ordering::Relaxed);
+    let messages = limit.map_or(consumed, |l| consumed.min(l));
+    if messages == 0 && !interrupted {
+        bail!(
+            "no message of topic {} arrived within {} s (weir bench produce {} writes some)",
+            args.topic,
+            args.idle_exit,
+            args.topic
+        );
+    }
+    if interrupted {
+        eprintln!("weir: interrupted; the summary covers what was read until then");
+    } else if let Some(l) = limit
+        && messages < l
+    {
+        eprintln!(
+            "weir: stopped after {} s with nothing new: {} of the {} messages asked for",
+            args.idle_exit,
+            grouped(messages),
+            grouped(l)
+        );
+    }
+    if args.commit {
+        for (mq, offset) in &ends {
+            consumer.commit_offset(mq, *offset).await.with_context(|| {
+                format!(
+                    "committing offset {offset} of {}/{}",
+                    mq.broker_name, mq.queue_id
+                )
+            })?;
+        }
+    }
+
+    // Up to the last message counted: the idle wait at the end is not reading.
+    let elapsed =
+        Duration::from_nanos(shared.last_arrival_ns.load(Ordering::Relaxed)).as_secs_f64();
+    let lat = latency.summary_ms();
+    let msgs_per_sec = per_sec(messages, elapsed);
+    let mb_per_sec = per_sec(bytes, elapsed) / 1e6;
+    if args.json {
+        let v = serde_json::json!({
+            "mode": "consume",
+            "topic": args.topic,
+            "group": group,
+            "queues": queues.len(),
+            "batch": args.batch,
+            "messages": messages,
+            "pulls": pulls,
+            "bytes": bytes,
+            "elapsed_secs": (elapsed * 1000.0).round() / 1000.0,
+            "msgs_per_sec": round2(msgs_per_sec),
+            "mb_per_sec": round2(mb_per_sec),
+            "latency_ms": lat.json(),
+            "committed": args.commit,
+            "interrupted": interrupted,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "consumed {} messages ({} bytes) of {} in {:.2} s ({} queues, {} pulls of up to {})",
+            grouped(messages),
+            grouped(bytes),
+            args.topic,
+            elapsed,
+            queues.len(),
+            grouped(pulls),
+            args.batch
+        );
+        println!(
+            "throughput: {} msgs/s, {:.2} MB/s",
+            grouped(msgs_per_sec.round() as u64),
+            mb_per_sec
+        );
+        println!("pull latency ms: {}", lat.text());
+        if args.commit {
+            println!("committed offsets for group {group}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_contiguous_and_tight() {
+        // Every value maps to a bucket whose stand-in is within 1 % of it.
+        let mut prev = 0;
+        for v in 0..100_000u64 {
+            let i = Histogram::index(v);
+            assert!(i == prev || i == prev + 1, "{v}: {prev} -> {i}");
+            prev = i;
+        }
+        for v in (0..100_000u64)
+            .chain((1..64).map(|p| (1u64 << p) - 1))
+            .chain((1..64).map(|p| 1u64 << p))
+            .chain([u64::MAX])
+        {
+            let i = Histogram::index(v);
+            assert!(i < BUCKETS, "{v} -> {i}");
+            let s = Histogram::value(i) as f64;
+            assert!((s - v as f64).abs() <= v as f64 * 0.01, "{v} stands as {s}");
+        }
+    }
+
+    #[test]
+    fn quantiles_and_merge() {
+        let mut a = Histogram::new();
+        let mut b = Histogram::new();
+        for us in 1..=100_000u64 {
+            let d = Duration::from_micros(us);
+            if us % 2 == 0 {
+                a.record(d)
+            } else {
+                b.record(d)
+            }
+        }
+        a.merge(&b);
+        assert_eq!(a.total, 100_000);
+        for (q, want) in [(0.5, 50_000.0), (0.99, 99_000.0), (0.999, 99_900.0)] {
+            let got = a.quantile(q) as f64 / 1000.0;
+            assert!((got - want).abs() <= want * 0.01, "q{q}: {got} vs {want}");
+        }
+        assert!(a.quantile(1.0).abs_diff(100_000_000) <= 1_000_000);
+        assert_eq!(a.max, 100_000_000);
+        assert_eq!(a.min, 1000);
+        let l = a.summary_ms();
+        assert!((l.mean - 50.0005).abs() < 0.001, "{l:?}");
+        assert_eq!(Histogram::new().summary_ms().p99, 0.0);
+    }
+
+    #[test]
+    fn thousands() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1000), "1,000");
+        assert_eq!(grouped(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn claims_stop_at_the_limit() {
+        let s = ProduceShared {
+            claimed: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        };
+        let got: Vec<u64> = (0..5).map(|_| s.claim(32, Some(100), None)).collect();
+        assert_eq!(got, [32, 32, 32, 4, 0]);
+        s.stop.store(true, Ordering::Relaxed);
+        assert_eq!(s.claim(32, None, None), 0);
+    }
 }

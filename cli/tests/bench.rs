@@ -1,0 +1,161 @@
+//! `weir bench produce|consume` against an in-process name server and broker.
+
+use std::process::Command;
+
+use weir_broker::BrokerConfig;
+use weir_namesrv::NamesrvConfig;
+use weir_store::StoreConfig;
+
+fn weir(namesrv: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("--namesrv")
+        .arg(namesrv)
+        .args(args)
+        .output()
+        .expect("running weir");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "weir {args:?} failed: {}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    let line = stdout.trim();
+    assert_eq!(
+        line.lines().count(),
+        1,
+        "one JSON line expected, got: {stdout}"
+    );
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: not JSON: {stdout}"))
+}
+
+fn rate(v: &serde_json::Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or_else(|| panic!("no {key} in {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_then_consume_2000() {
+    let ns = weir_namesrv::start(NamesrvConfig {
+        listen: "127.0.0.1:0".into(),
+        broker_expiry_ms: 120_000,
+        scan_interval_ms: 50,
+    })
+    .await
+    .unwrap();
+    let ns_addr = ns.local_addr().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = weir_broker::start(BrokerConfig {
+        listen: "127.0.0.1:0".into(),
+        namesrv: ns_addr.clone(),
+        broker_name: "broker-a".into(),
+        store: StoreConfig {
+            commit_log_segment_size: 16 << 20,
+            consume_queue_segment_entries: 4096,
+            index_slots: 4096,
+            index_entries: 65536,
+            ..StoreConfig::new(dir.path().join("broker-a"))
+        },
+        ..BrokerConfig::default()
+    })
+    .await
+    .unwrap();
+
+    let addr = ns_addr.clone();
+    let produced = tokio::task::spawn_blocking(move || {
+        weir(
+            &addr,
+            &[
+                "bench",
+                "produce",
+                "BenchT",
+                "--count",
+                "2000",
+                "--size",
+                "64",
+                "--concurrency",
+                "8",
+                "--queues",
+                "4",
+                "--json",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(produced["mode"], "produce", "{produced}");
+    assert_eq!(produced["messages"], 2000, "{produced}");
+    assert_eq!(produced["bytes"], 2000 * 64, "{produced}");
+    assert_eq!(produced["requests"], 2000, "{produced}");
+    assert_eq!(produced["topic_created"], true, "{produced}");
+    assert!(rate(&produced, "msgs_per_sec") > 0.0, "{produced}");
+    assert!(rate(&produced, "mb_per_sec") > 0.0, "{produced}");
+    let lat = &produced["latency_ms"];
+    assert!(lat["p50"].as_f64().unwrap() > 0.0, "{produced}");
+    assert!(lat["p50"].as_f64() <= lat["p99"].as_f64(), "{produced}");
+    assert!(lat["p99"].as_f64() <= lat["max"].as_f64(), "{produced}");
+
+    // Batched sends to the (now existing) topic: 500 more in requests of 32 (and a last 20).
+    let addr = ns_addr.clone();
+    let batched = tokio::task::spawn_blocking(move || {
+        weir(
+            &addr,
+            &[
+                "bench", "produce", "BenchT", "--count", "500", "--size", "64", "--batch", "32",
+                "--json",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(batched["messages"], 500, "{batched}");
+    assert_eq!(batched["requests"], 16, "{batched}");
+    assert_eq!(batched["topic_created"], false, "{batched}");
+
+    let addr = ns_addr.clone();
+    let consumed = tokio::task::spawn_blocking(move || {
+        weir(
+            &addr,
+            &["bench", "consume", "BenchT", "--count", "2000", "--json"],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(consumed["mode"], "consume", "{consumed}");
+    assert_eq!(consumed["messages"], 2000, "{consumed}");
+    assert_eq!(consumed["bytes"], 2000 * 64, "{consumed}");
+    assert_eq!(consumed["queues"], 4, "{consumed}");
+    assert!(rate(&consumed, "msgs_per_sec") > 0.0, "{consumed}");
+    assert!(rate(&consumed, "mb_per_sec") > 0.0, "{consumed}");
+    assert!(consumed["pulls"].as_u64().unwrap() >= 4, "{consumed}");
+
+    // Everything, then 1 s of nothing.
+    let addr = ns_addr.clone();
+    let all = tokio::task::spawn_blocking(move || {
+        weir(
+            &addr,
+            &["bench", "consume", "BenchT", "--idle-exit", "1", "--json"],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(all["messages"], 2500, "{all}");
+    assert!(
+        all["elapsed_secs"].as_f64().unwrap() < 1.0,
+        "the idle second is not counted: {all}"
+    );
+
+    // A topic with nothing: one clear error line.
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["--namesrv", &ns_addr, "bench", "consume", "NoSuchTopic"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("NoSuchTopic") && err.lines().count() == 1,
+        "{err}"
+    );
+
+    broker.shutdown().await.unwrap();
+    ns.shutdown().await;
+}
