@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use weir_broker::BrokerConfig;
+use weir_namesrv::server_main;
 use weir_store::FlushMode;
 
 /// weir broker. No arguments: standalone (name server + broker), data in ./weir-data.
@@ -49,23 +50,12 @@ enum Flush {
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("weir-broker: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    server_main::exit_code("weir-broker", run())
 }
 
 fn load(args: &Args) -> anyhow::Result<BrokerConfig> {
     let mut config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str::<BrokerConfig>(&text)
-                .with_context(|| format!("parsing {}", path.display()))?
-        }
+        Some(path) => server_main::read_toml::<BrokerConfig>(path)?,
         None => BrokerConfig::default(),
     };
     if let Some(v) = &args.listen {
@@ -99,13 +89,7 @@ fn load(args: &Args) -> anyhow::Result<BrokerConfig> {
 }
 
 fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    server_main::init_logging();
     let args = Args::parse();
     let mut config = load(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -139,7 +123,7 @@ fn run() -> anyhow::Result<()> {
             config.broker_name,
             config.broker_id,
         );
-        wait_for_stop().await;
+        server_main::wait_for_stop().await;
         tracing::info!("stopping: no new connections, flushing the store");
         broker.shutdown().await?;
         if let Some(ns) = embedded {
@@ -148,20 +132,4 @@ fn run() -> anyhow::Result<()> {
         tracing::info!("stopped cleanly");
         anyhow::Ok(())
     })
-}
-
-async fn wait_for_stop() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let ctrl_c = tokio::signal::ctrl_c();
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use weir_namesrv::NamesrvConfig;
+use weir_namesrv::{NamesrvConfig, server_main};
 
 /// weir name server: the route table brokers register with and clients read.
 #[derive(Parser, Debug)]
@@ -22,32 +22,14 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            // One line: the error and its causes.
-            eprintln!("weir-namesrv: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    server_main::exit_code("weir-namesrv", run())
 }
 
 fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    server_main::init_logging();
     let args = Args::parse();
     let mut config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str::<NamesrvConfig>(&text)
-                .with_context(|| format!("parsing {}", path.display()))?
-        }
+        Some(path) => server_main::read_toml::<NamesrvConfig>(path)?,
         None => NamesrvConfig::default(),
     };
     if let Some(l) = args.listen {
@@ -63,30 +45,9 @@ fn run() -> anyhow::Result<()> {
     rt.block_on(async move {
         let ns = weir_namesrv::start(config.clone()).await?;
         tracing::info!(listen = %ns.local_addr(), expiry_ms = config.broker_expiry_ms, "weir name server listening");
-        wait_for_stop().await;
+        server_main::wait_for_stop().await;
         tracing::info!("stopping");
         ns.shutdown().await;
         anyhow::Ok(())
     })
-}
-
-async fn wait_for_stop() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
