@@ -139,3 +139,52 @@ fn standalone_broker_binary_serves_and_stops_cleanly() {
         "the clean-stop marker was not cleared"
     );
 }
+
+#[test]
+fn broker_binary_reads_a_toml_config_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("from-toml");
+    let cfg = dir.path().join("broker.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\nbroker_name = \"from-file\"\nnamesrv = \"127.0.0.1:1\"\n\n[store]\ndata_dir = {:?}\nflush_mode = \"sync\"\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_weir-broker"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--cluster", "FromFlag"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut broker = Running(child);
+    let mut lines = BufReader::new(broker.0.stdout.take().unwrap()).lines();
+    let line = loop {
+        let line = lines.next().expect("broker exited").unwrap();
+        if line.contains("listening") {
+            break line;
+        }
+    };
+    assert!(line.contains("FromFlag/from-file"), "{line}");
+    assert!(line.contains("flush=Sync"), "{line}");
+    assert!(line.contains("embedded_name_server=false"), "{line}");
+    assert!(data.join("commitlog").exists());
+
+    // A bad key is refused with the file named.
+    std::fs::write(&cfg, "no_such_key = 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_weir-broker"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("broker.toml") && err.contains("no_such_key"),
+        "{err}"
+    );
+}

@@ -172,6 +172,21 @@ async fn produce_and_pull_with_order_keys_batches_and_offsets() {
             .unwrap(),
         None
     );
+    // Queue offsets and offset by timestamp.
+    let o = consumer.queue_offsets(mq).await.unwrap();
+    assert_eq!(o.min, 0);
+    assert!(o.max >= out.next_offset);
+    assert_eq!(consumer.offset_for_timestamp(mq, 0).await.unwrap(), 0);
+    assert_eq!(
+        consumer.offset_for_timestamp(mq, i64::MAX).await.unwrap(),
+        o.max
+    );
+    let later = out.messages[10].store_timestamp;
+    let at = consumer.offset_for_timestamp(mq, later).await.unwrap();
+    assert!(
+        at <= out.messages[10].queue_offset,
+        "offset {at} for the store time of #10"
+    );
     let found = admin
         .messages_by_key("Orders", "order-3", 10)
         .await
