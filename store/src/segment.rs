@@ -103,6 +103,18 @@ impl Segment {
         self.published.load(Ordering::Acquire)
     }
 
+    /// Faults `[rel, rel + len)` in, writable, ahead of the writer, so that the writer
+    /// does not take the faults (and the kernel's zero-filling of fresh blocks) itself,
+    /// under its lock. Does not change any byte. Advisory: failures are ignored.
+    pub fn prefault(&self, rel: u64, len: u64) {
+        let len = len.min(self.len.saturating_sub(rel));
+        if len > 0 {
+            let _ =
+                self.map
+                    .advise_range(memmap2::Advice::PopulateWrite, rel as usize, len as usize);
+        }
+    }
+
     /// Drops this process's mapping of the pages in `[from, to)` (rounded inwards to
     /// pages) that are already on disk: the page cache keeps the data, resident memory
     /// stops growing with the backlog, and a later read maps the pages again.
