@@ -221,7 +221,12 @@ impl Broker {
             .collect())
     }
 
-    async fn send(&self, req: SendMessage, body: Bytes) -> Outcome<(SendResult, Bytes)> {
+    async fn send(
+        &self,
+        req: SendMessage,
+        body: Bytes,
+        peer: SocketAddr,
+    ) -> Outcome<(SendResult, Bytes)> {
         self.check_body(body.len())?;
         let t = self.topic_for_send(&req.topic)?;
         Self::check_send_queue(&t, req.queue_id)?;
@@ -231,7 +236,7 @@ impl Broker {
             flag: req.flag,
             sys_flag: req.sys_flag,
             born_timestamp: req.born_timestamp,
-            born_host: SocketAddr::from(([0, 0, 0, 0], 0)),
+            born_host: peer,
             tags: req.tags,
             keys: req.keys,
             properties: req.properties,
@@ -247,7 +252,12 @@ impl Broker {
         Ok((result, Bytes::new()))
     }
 
-    async fn send_batch(&self, req: SendBatch, body: Bytes) -> Outcome<(SendBatchResult, Bytes)> {
+    async fn send_batch(
+        &self,
+        req: SendBatch,
+        body: Bytes,
+        peer: SocketAddr,
+    ) -> Outcome<(SendBatchResult, Bytes)> {
         let total: u64 = req.messages.iter().map(|m| u64::from(m.body_len)).sum();
         if total != body.len() as u64 {
             return Err(err(
@@ -274,7 +284,7 @@ impl Broker {
                 flag: m.flag,
                 sys_flag: 0,
                 born_timestamp: m.born_timestamp,
-                born_host: SocketAddr::from(([0, 0, 0, 0], 0)),
+                born_host: peer,
                 tags: m.tags,
                 keys: m.keys,
                 properties: m.properties,
@@ -461,9 +471,11 @@ impl Broker {
         }
         let body = req.body.clone();
         match RequestCode::from_u16(req.code) {
-            Some(RequestCode::SendMessage) => to_reply(self.send(decode!(SendMessage), body).await),
+            Some(RequestCode::SendMessage) => {
+                to_reply(self.send(decode!(SendMessage), body, conn.peer()).await)
+            }
             Some(RequestCode::SendBatch) => {
-                to_reply(self.send_batch(decode!(SendBatch), body).await)
+                to_reply(self.send_batch(decode!(SendBatch), body, conn.peer()).await)
             }
             Some(RequestCode::PullMessage) => to_reply(self.pull(decode!(PullMessage)).await),
             Some(RequestCode::QueryConsumerOffset) => {

@@ -57,6 +57,8 @@ pub struct ReceivedMessage {
     pub body: Bytes,
     pub reconsume_times: u32,
     pub born_timestamp: i64,
+    /// The producer's address as the broker saw it.
+    pub born_host: std::net::SocketAddr,
     pub store_timestamp: i64,
     pub commit_log_offset: u64,
 }
@@ -78,6 +80,7 @@ impl ReceivedMessage {
             body: Bytes::copy_from_slice(v.body()),
             reconsume_times: v.reconsume_times(),
             born_timestamp: v.born_timestamp(),
+            born_host: v.born_host(),
             store_timestamp: v.store_timestamp(),
             commit_log_offset: v.commit_log_offset(),
         }

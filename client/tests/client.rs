@@ -192,6 +192,11 @@ async fn produce_and_pull_with_order_keys_batches_and_offsets() {
         .await
         .unwrap();
     assert_eq!(found.len(), 3);
+    assert!(
+        out.messages
+            .iter()
+            .all(|m| m.born_host.ip().is_loopback() && m.born_host.port() != 0)
+    );
     let by_id = admin.message_by_id(&results[5].msg_id).await.unwrap();
     assert_eq!(by_id.body, "batch-5");
     assert_eq!(by_id.broker_name, "broker-a");
