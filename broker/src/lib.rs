@@ -352,10 +352,16 @@ impl Broker {
                     _ = tokio::time::sleep_until(deadline) => continue,
                 }
             }
+            // The store compared tag hashes; confirm the tag itself (hashes collide). A
+            // record that does not parse is passed on, never dropped: the consumer then
+            // reports the damage instead of silently skipping a message.
             let kept: Vec<_> = r
                 .messages
                 .iter()
-                .filter(|rec| rec.view().is_ok_and(|v| filter.matches_tag(v.tags())))
+                .filter(|rec| match (&filter, rec.view()) {
+                    (TagFilter::All, _) | (_, Err(_)) => true,
+                    (_, Ok(v)) => filter.matches_tag(v.tags()),
+                })
                 .collect();
             let status = match r.status {
                 GetStatus::Found if kept.is_empty() => PullStatus::NoMatch,

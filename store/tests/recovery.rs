@@ -190,6 +190,13 @@ fn check(dir: &Path, survivors: &[Rec], lost: &[Rec], end: u64, what: &str) {
     assert_eq!(store.query_by_key("orders", "fresh", 2).len(), 1, "{what}");
 }
 
+/// Applies damage already done to `dir` at `pos` and checks what the store serves.
+fn check_damage(img: &Image, dir: &Path, pos: u64, is_cut: bool, what: &str) {
+    let (survivors, log_end) = expected_after_damage(img, pos, is_cut);
+    let lost = split(img, &survivors);
+    check(dir, &survivors, &lost, log_end, what);
+}
+
 fn split(img: &Image, survivors: &[Rec]) -> Vec<Rec> {
     img.records[survivors.len()..].to_vec()
 }
@@ -225,15 +232,7 @@ fn cut_at_random_positions() {
     for pos in positions {
         let dir = img.fork();
         cut_log(&img, dir.path(), pos);
-        let (survivors, log_end) = expected_after_damage(&img, pos, true);
-        let lost = split(&img, &survivors);
-        check(
-            dir.path(),
-            &survivors,
-            &lost,
-            log_end,
-            &format!("cut at {pos}"),
-        );
+        check_damage(&img, dir.path(), pos, true, &format!("cut at {pos}"));
     }
 }
 
@@ -255,15 +254,7 @@ fn flip_random_bytes() {
         file.read_exact_at(&mut b, pos - seg).unwrap();
         b[0] ^= rng.random_range(1..=255u8);
         file.write_all_at(&b, pos - seg).unwrap();
-        let (survivors, log_end) = expected_after_damage(&img, pos, false);
-        let lost = split(&img, &survivors);
-        check(
-            dir.path(),
-            &survivors,
-            &lost,
-            log_end,
-            &format!("flip at {pos}"),
-        );
+        check_damage(&img, dir.path(), pos, false, &format!("flip at {pos}"));
     }
 }
 
@@ -277,13 +268,11 @@ fn torn_tail_after_a_checkpoint() {
         let pos = rng.random_range(img.checkpointed..img.end());
         let dir = img.fork();
         cut_log(&img, dir.path(), pos);
-        let (survivors, log_end) = expected_after_damage(&img, pos, true);
-        let lost = split(&img, &survivors);
-        check(
+        check_damage(
+            &img,
             dir.path(),
-            &survivors,
-            &lost,
-            log_end,
+            pos,
+            true,
             &format!("cut at {pos} after checkpoint"),
         );
     }
