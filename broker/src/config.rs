@@ -1,6 +1,8 @@
 use serde::{Deserialize, Serialize};
 use weir_store::StoreConfig;
 
+use crate::filter::FilterConfig;
+
 /// Broker settings. TOML keys as named here; the store's under `[store]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -27,6 +29,8 @@ pub struct BrokerConfig {
     /// A client not heard from for this long is forgotten, ms (default 120,000).
     pub client_expiry_ms: u64,
     pub store: StoreConfig,
+    /// The WebAssembly filter runtime (`[filter]`).
+    pub filter: FilterConfig,
 }
 
 impl Default for BrokerConfig {
@@ -44,6 +48,7 @@ impl Default for BrokerConfig {
             register_interval_ms: 30_000,
             client_expiry_ms: 120_000,
             store: StoreConfig::default(),
+            filter: FilterConfig::default(),
         }
     }
 }
@@ -73,6 +78,7 @@ impl BrokerConfig {
         if self.broker_name.is_empty() || self.cluster.is_empty() {
             return Err("cluster and broker_name must not be empty".into());
         }
+        self.filter.validate()?;
         self.store.validate().map_err(|e| e.to_string())
     }
 }

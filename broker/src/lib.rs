@@ -8,6 +8,7 @@
 
 mod clients;
 mod config;
+pub mod filter;
 mod holds;
 pub mod subscription;
 pub mod topics;
@@ -28,6 +29,9 @@ use weir_protocol::broker::{
     RecordCount, SearchOffsetByTimestamp, SendBatch, SendBatchResult, SendMessage, SendResult,
     SendStatus, TopicStats, UnregisterClient, UpdateConsumerOffset, ViewMessageById,
 };
+use weir_protocol::filter::{
+    FilterRemoved, FilterUploaded, ListFilters, RemoveFilter, UploadFilter,
+};
 use weir_protocol::net::BoxFuture;
 use weir_protocol::route::{
     GetAllTopics, RegisterBroker, TopicConfig, TopicList, UnregisterBroker, perm,
@@ -36,11 +40,12 @@ use weir_protocol::{
     ConnConfig, Connection, ErrorCode, Handler, Message, MessageId, NoHandler, Reply, Request,
     RequestCode, Server,
 };
-use weir_store::{FlushStatus, GetStatus, MessageStore, ReadLimits, StoreError};
+use weir_store::{FlushStatus, GetStatus, MessageStore, ReadLimits, StoreError, StoredRecord};
 
 pub use config::BrokerConfig;
+use filter::{BatchContext, FilterError, FilterRegistry, FilterRuntime, LoadedFilter};
 use subscription::TagFilter;
-use topics::{SYSTEM_PREFIX, TopicManager, validate_topic_name};
+use topics::{SYSTEM_PREFIX, TopicManager, validate_group_name, validate_topic_name};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -52,10 +57,14 @@ pub enum BrokerError {
     Store(#[from] StoreError),
     #[error("topic configuration: {0}")]
     Topics(String),
+    #[error(transparent)]
+    Filters(#[from] FilterError),
 }
 
 /// Most messages one pull returns.
 const MAX_PULL_MSGS: u32 = 1024;
+/// Most record bytes one pull returns.
+const PULL_MAX_BYTES: usize = 4 << 20;
 /// Longest a pull may be held.
 const MAX_SUSPEND: Duration = Duration::from_secs(60);
 const NAMESRV_TIMEOUT: Duration = Duration::from_secs(3);
@@ -68,6 +77,7 @@ pub struct Broker {
     clients: clients::ClientRegistry,
     holds: Arc<holds::PullHolds>,
     topics_changed: watch::Sender<u64>,
+    filters: Arc<FilterRegistry>,
 }
 
 type Outcome<T> = Result<T, Reply>;
@@ -316,22 +326,40 @@ impl Broker {
                 ),
             ));
         }
-        let filter = TagFilter::parse(&req.expression)
+        let tags = TagFilter::parse(&req.expression)
             .map_err(|m| err(ErrorCode::SubscriptionParseFailed, m))?;
+        let wasm = self.filter_for(&req.group, &req.topic)?;
         if let Some(c) = req.commit_offset {
             self.store
                 .consumer_offsets()
                 .commit(&req.group, &req.topic, req.queue_id, c);
         }
-        let limits = ReadLimits {
-            max_count: req.max_msgs.clamp(1, MAX_PULL_MSGS) as usize,
-            max_bytes: 4 << 20,
-            ..ReadLimits::default()
-        };
+        let max = req.max_msgs.clamp(1, MAX_PULL_MSGS) as usize;
+        let fc = self.filters.runtime().config();
+        // With a wasm filter, candidates go to it in batches, and a pull keeps reading
+        // until it has `max` kept messages, reaches the end, or has examined
+        // `max_scan_per_pull` entries: a selective filter answers with an advanced offset
+        // rather than nothing, or rather than walking the whole backlog in one pull.
+        let round = if wasm.is_some() { fc.batch_size } else { max };
+        let max_scan = fc.max_scan_per_pull;
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(req.suspend_ms).min(MAX_SUSPEND);
         let notify = (req.suspend_ms > 0).then(|| self.holds.notify_of(&req.topic, req.queue_id));
         let _held = notify.as_ref().map(|_| self.holds.enter());
+        let mut cursor = req.offset;
+        let mut out: Vec<StoredRecord> = Vec::new();
+        let mut out_bytes = 0usize;
+        let answer = |status, next_offset, (min_offset, max_offset), out: &[StoredRecord]| {
+            Ok((
+                PullResult {
+                    status,
+                    next_offset,
+                    min_offset,
+                    max_offset,
+                },
+                concat(out.iter().map(|rec| rec.bytes())),
+            ))
+        };
         loop {
             // Register for the wake-up before looking, so an append in between is not missed.
             let notified = notify.as_ref().map(|n| {
@@ -339,47 +367,202 @@ impl Broker {
                 f.as_mut().enable();
                 f
             });
+            let limits = ReadLimits {
+                max_count: round,
+                max_bytes: PULL_MAX_BYTES.saturating_sub(out_bytes).max(1),
+                max_scan: max_scan
+                    .saturating_sub((cursor - req.offset) as usize)
+                    .max(1),
+            };
             let r = self
                 .store
-                .get_messages(&req.topic, req.queue_id, req.offset, limits, |h| {
-                    filter.matches_hash(h)
+                .get_messages(&req.topic, req.queue_id, cursor, limits, |h| {
+                    tags.matches_hash(h)
                 });
-            let hold =
-                r.status == GetStatus::NoNewMessage && tokio::time::Instant::now() < deadline;
-            if let (true, Some(notified)) = (hold, notified) {
-                tokio::select! {
-                    _ = notified => continue,
-                    _ = tokio::time::sleep_until(deadline) => continue,
+            let bounds = (r.min_offset, r.max_offset);
+            match r.status {
+                GetStatus::NoNewMessage | GetStatus::OffsetMoved if !out.is_empty() => {
+                    return answer(PullStatus::Found, cursor, bounds, &out);
                 }
+                GetStatus::NoNewMessage => {
+                    if let Some(notified) = notified
+                        && tokio::time::Instant::now() < deadline
+                    {
+                        tokio::select! {
+                            _ = notified => {}
+                            _ = tokio::time::sleep_until(deadline) => {}
+                        }
+                        continue;
+                    }
+                    // Entries passed over (filtered out) still move the consumer on.
+                    let status = if cursor == req.offset {
+                        PullStatus::NoNewMessage
+                    } else {
+                        PullStatus::NoMatch
+                    };
+                    return answer(status, cursor, bounds, &out);
+                }
+                GetStatus::OffsetMoved if cursor == req.offset => {
+                    return answer(PullStatus::OffsetMoved, r.next_offset, bounds, &out);
+                }
+                GetStatus::OffsetMoved => return answer(PullStatus::NoMatch, cursor, bounds, &out),
+                GetStatus::Found | GetStatus::NoMatch => {}
             }
-            // The store compared tag hashes; confirm the tag itself (hashes collide). A
-            // record that does not parse is passed on, never dropped: the consumer then
-            // reports the damage instead of silently skipping a message.
-            let kept: Vec<_> = r
+            // The store compared tag hashes; confirm the tag itself (hashes collide).
+            let candidates: Vec<StoredRecord> = r
                 .messages
-                .iter()
-                .filter(|rec| match (&filter, rec.view()) {
+                .into_iter()
+                .filter(|rec| match (&tags, rec.view()) {
                     (TagFilter::All, _) | (_, Err(_)) => true,
-                    (_, Ok(v)) => filter.matches_tag(v.tags()),
+                    (_, Ok(v)) => tags.matches_tag(v.tags()),
                 })
                 .collect();
-            let status = match r.status {
-                GetStatus::Found if kept.is_empty() => PullStatus::NoMatch,
-                GetStatus::Found => PullStatus::Found,
-                GetStatus::NoMatch => PullStatus::NoMatch,
-                GetStatus::NoNewMessage => PullStatus::NoNewMessage,
-                GetStatus::OffsetMoved => PullStatus::OffsetMoved,
+            let kept = match &wasm {
+                None => candidates,
+                Some(f) => self.run_filter(f, &req, cursor, candidates).await?,
             };
-            let body = concat(kept.iter().map(|rec| rec.bytes()));
-            return Ok((
-                PullResult {
-                    status,
-                    next_offset: r.next_offset,
-                    min_offset: r.min_offset,
-                    max_offset: r.max_offset,
-                },
-                body,
-            ));
+            cursor = r.next_offset;
+            for rec in kept {
+                if out.len() == max {
+                    // The filter kept more than asked for: resume right after the last
+                    // message returned.
+                    cursor = out
+                        .last()
+                        .and_then(|l| l.view().ok())
+                        .map_or(cursor, |v| v.queue_offset() + 1);
+                    break;
+                }
+                out_bytes += rec.len();
+                out.push(rec);
+            }
+            let scanned = (cursor - req.offset) as usize;
+            if wasm.is_none()
+                || out.len() == max
+                || out_bytes >= PULL_MAX_BYTES
+                || scanned >= max_scan
+            {
+                let status = if out.is_empty() {
+                    PullStatus::NoMatch
+                } else {
+                    PullStatus::Found
+                };
+                return answer(status, cursor, bounds, &out);
+            }
+        }
+    }
+
+    /// The group's wasm filter for the topic, if one is registered and usable.
+    fn filter_for(&self, group: &str, topic: &str) -> Outcome<Option<Arc<LoadedFilter>>> {
+        if self.filters.is_empty() {
+            return Ok(None);
+        }
+        match self.filters.lookup(group, topic) {
+            None => Ok(None),
+            Some(Ok(f)) => match f.marked_failed() {
+                None => Ok(Some(f)),
+                Some(cause) => Err(err(
+                    ErrorCode::FilterFailed,
+                    format!(
+                        "the {} is marked failed ({cause}); upload a new version or remove it",
+                        f.label()
+                    ),
+                )),
+            },
+            Some(Err(cause)) => Err(err(
+                ErrorCode::FilterFailed,
+                format!("the filter of group {group:?} on topic {topic:?}: {cause}"),
+            )),
+        }
+    }
+
+    /// Runs the group's filter over a batch of candidates; returns the kept ones, in order.
+    async fn run_filter(
+        &self,
+        filter: &Arc<LoadedFilter>,
+        req: &PullMessage,
+        at: u64,
+        candidates: Vec<StoredRecord>,
+    ) -> Outcome<Vec<StoredRecord>> {
+        if candidates.is_empty() {
+            return Ok(candidates);
+        }
+        let ctx = BatchContext {
+            topic: req.topic.clone(),
+            queue_id: req.queue_id,
+            consumer_group: req.group.clone(),
+        };
+        let (records, verdicts) = self
+            .filters
+            .runtime()
+            .run(filter, ctx, candidates)
+            .await
+            .map_err(|f| {
+                err(
+                    ErrorCode::FilterFailed,
+                    format!(
+                        "the {} failed on queue {} of {:?} at offset {at}: {f}; the offset did not move",
+                        filter.label(),
+                        req.queue_id,
+                        req.topic
+                    ),
+                )
+            })?;
+        Ok(records
+            .into_iter()
+            .zip(verdicts)
+            .filter_map(|(r, keep)| keep.then_some(r))
+            .collect())
+    }
+
+    async fn upload_filter(
+        &self,
+        req: UploadFilter,
+        component: Bytes,
+    ) -> Outcome<(FilterUploaded, Bytes)> {
+        validate_group_name(&req.group).map_err(|m| err(ErrorCode::InvalidParameter, m))?;
+        validate_topic_name(&req.topic).map_err(|m| err(ErrorCode::InvalidParameter, m))?;
+        let filters = Arc::clone(&self.filters);
+        // Compiling takes tens of ms to seconds: never on the network threads.
+        let uploaded = tokio::task::spawn_blocking(move || {
+            filters.upload(&req.group, &req.topic, &component, req.params)
+        })
+        .await
+        .map_err(|e| {
+            err(
+                ErrorCode::SystemError,
+                format!("filter upload task failed: {e}"),
+            )
+        })?
+        .map_err(|e| match e {
+            e @ (FilterError::Storage(_) | FilterError::Runtime(_)) => {
+                err(ErrorCode::SystemError, e.to_string())
+            }
+            e => err(ErrorCode::FilterRejected, e.to_string()),
+        })?;
+        Ok((uploaded, Bytes::new()))
+    }
+
+    async fn remove_filter(&self, req: RemoveFilter) -> Outcome<(FilterRemoved, Bytes)> {
+        let filters = Arc::clone(&self.filters);
+        let (group, topic) = (req.group.clone(), req.topic.clone());
+        let removed = tokio::task::spawn_blocking(move || filters.remove(&group, &topic))
+            .await
+            .map_err(|e| {
+                err(
+                    ErrorCode::SystemError,
+                    format!("filter remove task failed: {e}"),
+                )
+            })?
+            .map_err(|e| err(ErrorCode::SystemError, e.to_string()))?;
+        match removed {
+            Some(version) => Ok((FilterRemoved { version }, Bytes::new())),
+            None => Err(err(
+                ErrorCode::FilterNotFound,
+                format!(
+                    "group {:?} has no filter on topic {:?}",
+                    req.group, req.topic
+                ),
+            )),
         }
     }
 
@@ -561,6 +744,16 @@ impl Broker {
                     client_ids: self.clients.consumers_of(&r.group),
                 })
             }
+            Some(RequestCode::UploadFilter) => {
+                to_reply(self.upload_filter(decode!(UploadFilter), body).await)
+            }
+            Some(RequestCode::ListFilters) => {
+                let r = decode!(ListFilters);
+                Reply::ok(&self.filters.list(r.group.as_deref()))
+            }
+            Some(RequestCode::RemoveFilter) => {
+                to_reply(self.remove_filter(decode!(RemoveFilter)).await)
+            }
             _ => err(
                 ErrorCode::RequestCodeNotSupported,
                 format!("the broker does not serve request code {}", req.code),
@@ -603,6 +796,7 @@ impl RunningBroker {
             let _ = t.await;
         }
         self.server.shutdown().await;
+        self.broker.filters.runtime().shutdown();
         let store = Arc::clone(&self.broker.store);
         tokio::task::spawn_blocking(move || store.shutdown())
             .await
@@ -636,6 +830,14 @@ pub async fn start(mut config: BrokerConfig) -> Result<RunningBroker, BrokerErro
         .map_err(|e| BrokerError::Config(format!("store open task failed: {e}")))??;
     let store = Arc::new(store);
     let topics = TopicManager::open(&config.store.data_dir).map_err(BrokerError::Topics)?;
+    let filters = {
+        let (filter_config, data_dir) = (config.filter.clone(), config.store.data_dir.clone());
+        tokio::task::spawn_blocking(move || {
+            FilterRegistry::open(FilterRuntime::new(filter_config)?, &data_dir)
+        })
+        .await
+        .map_err(|e| BrokerError::Config(format!("filter registry task failed: {e}")))??
+    };
     let holds = Arc::new(holds::PullHolds::default());
     {
         let holds = Arc::clone(&holds);
@@ -649,6 +851,7 @@ pub async fn start(mut config: BrokerConfig) -> Result<RunningBroker, BrokerErro
         clients: clients::ClientRegistry::default(),
         holds,
         topics_changed,
+        filters: Arc::new(filters),
         config,
     });
     let server = Server::start(

@@ -34,6 +34,31 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Longest consumer or producer group name.
+pub const MAX_GROUP_LEN: usize = 255;
+
+/// Checks a group name (it names files and registry entries, so it is held to rules).
+pub fn validate_group_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("group name is empty".into());
+    }
+    if name.len() > MAX_GROUP_LEN {
+        return Err(format!(
+            "group name of {} characters exceeds {MAX_GROUP_LEN}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_%|-.".contains(*c)))
+    {
+        return Err(format!(
+            "group name {name:?} contains {c:?}; allowed are letters, digits and _ % | - ."
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Serialize, Deserialize)]
 struct TopicRow {
     name: String,

@@ -9,9 +9,17 @@
 //! from the queue's first offset, until `--count` messages or `--idle-exit` seconds with
 //! nothing new. Latency is that of the pulls that returned messages.
 //!
+//! Filters: with `--local-filter FILE.wasm` every pulled batch goes through the filter in
+//! this process (the broker's runtime) and only kept messages count as delivered; with a
+//! `--group` that has a filter uploaded for the topic, the brokers filter. Either way the
+//! summary adds queue offsets read, messages pulled and messages delivered (kept), and the
+//! rates are over the time until the last read (not the last kept message), so the two
+//! can be compared on delivered msgs/s.
+//!
 //! A progress bar goes to stderr (only when it is a terminal); the summary goes to stdout,
 //! as text or, with `--json`, as one JSON object. MB are 1,000,000 bytes (of bodies).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,9 +30,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use weir_client::{
-    Admin, ClientError, ClientInstance, Message, MessageQueue, Producer, PullConsumer, PullStatus,
-    SendStatus,
+    Admin, ClientError, ClientInstance, FilterInfo, Message, MessageQueue, Producer, PullConsumer,
+    PullStatus, ReceivedMessage, SendStatus,
 };
+
+use crate::filter::LocalFilter;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCmd {
@@ -67,10 +77,20 @@ pub struct ProduceArgs {
 pub struct ConsumeArgs {
     #[arg(default_value = "BenchTopic")]
     topic: String,
-    /// Consumer group [default: a new one per run, weir-bench-PID-MILLIS].
+    /// Consumer group [default: a new one per run, weir-bench-PID-MILLIS]. When the group
+    /// has a filter for the topic (`weir filter upload`), the brokers apply it: the summary
+    /// then also reports offsets read and messages delivered (kept).
     #[arg(long)]
     group: Option<String>,
-    /// Stop after this many messages.
+    /// Run this filter component (.wasm) in this process over every pulled batch, counting
+    /// only the messages it keeps as delivered: a client-side filter, to compare with the
+    /// same filter uploaded for --group (server-side) on delivered msgs/s.
+    #[arg(long, value_name = "FILE.wasm")]
+    local_filter: Option<PathBuf>,
+    /// A parameter `K=V` for the local filter's `init` (repeatable; order kept).
+    #[arg(long = "param", value_parser = crate::parse_prop, requires = "local_filter")]
+    params: Vec<(String, String)>,
+    /// Stop after this many messages (delivered ones: with a filter, those it keeps).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
     /// Stop after this many seconds with no new message (0: never).
@@ -569,9 +589,15 @@ async fn produce(args: ProduceArgs, client: ClientInstance) -> anyhow::Result<()
 const HOLD: Duration = Duration::from_millis(500);
 
 struct ConsumeShared {
-    /// Messages counted (never more than the limit).
+    /// Messages counted (never more than the limit): delivered ones, i.e. with a filter,
+    /// the ones it kept.
     consumed: AtomicU64,
-    /// When the last counted message arrived, nanoseconds after the start.
+    /// With a filter: messages the brokers returned (before a local filter).
+    pulled: AtomicU64,
+    /// With a filter: queue offsets the reads moved past (what the brokers examined).
+    scanned: AtomicU64,
+    /// When the last counted message arrived (with a filter: when a read last moved an
+    /// offset), nanoseconds after the start.
     last_arrival_ns: AtomicU64,
     stop: watch::Sender<bool>,
 }
@@ -586,32 +612,114 @@ impl ConsumeShared {
             Some(limit) => n.min(limit - prev),
         }
     }
+
+    fn limit_reached(&self, limit: Option<u64>) -> bool {
+        limit.is_some_and(|l| self.consumed.load(Ordering::Relaxed) >= l)
+    }
+}
+
+/// What every queue's reader shares.
+struct Reader {
+    consumer: PullConsumer,
+    batch: u32,
+    shared: ConsumeShared,
+    limit: Option<u64>,
+    started: Instant,
+    /// `--local-filter`: run over every pulled batch in this process.
+    local: Option<LocalFilter>,
+    /// A filter applies (local, or the group's on the brokers): count pulled messages and
+    /// offsets read as well, and a read that moves the offset without delivering anything
+    /// is progress.
+    filtered: bool,
 }
 
 struct ConsumeTaskStats {
     latency: Histogram,
+    /// Time of the local filter's calls, one per pulled batch.
+    filter_latency: Histogram,
     pulls: u64,
     bytes: u64,
     queue: MessageQueue,
     next_offset: u64,
 }
 
+/// One pull: what the brokers returned and what of it is delivered.
+struct Pulled {
+    status: PullStatus,
+    next_offset: u64,
+    pulled: usize,
+    delivered: Vec<ReceivedMessage>,
+    took: Duration,
+}
+
+/// Pulls raw records and keeps what the local filter keeps.
+async fn pull_and_filter(
+    r: &Reader,
+    filter: &LocalFilter,
+    mq: &MessageQueue,
+    offset: u64,
+    hold: Option<Duration>,
+    stop: &mut watch::Receiver<bool>,
+    filter_latency: &mut Histogram,
+) -> anyhow::Result<Option<Pulled>> {
+    let began = Instant::now();
+    let out = tokio::select! {
+        p = r.consumer.pull_raw(mq, "*", offset, r.batch, hold, None) => p.with_context(|| {
+            format!("pulling {} queue {}/{} at offset {offset}", mq.topic, mq.broker_name, mq.queue_id)
+        })?,
+        _ = stop.changed() => return Ok(None),
+    };
+    let took = began.elapsed();
+    let pulled = out.records.len();
+    let mut delivered = Vec::new();
+    if pulled > 0 {
+        let records = out.records.iter().map(|b| b.to_vec()).collect();
+        let filter_began = Instant::now();
+        let verdicts = filter
+            .run(&mq.topic, mq.queue_id, r.consumer.group(), records)
+            .await
+            .with_context(|| {
+                format!(
+                    "the local filter failed on {} queue {}/{} at offset {offset}",
+                    mq.topic, mq.broker_name, mq.queue_id
+                )
+            })?;
+        filter_latency.record(filter_began.elapsed());
+        if verdicts.len() != pulled {
+            bail!(
+                "the local filter returned {} verdicts for {pulled} messages",
+                verdicts.len()
+            );
+        }
+        for (rec, keep) in out.records.iter().zip(verdicts) {
+            if keep {
+                delivered.push(ReceivedMessage::decode(rec, &mq.broker_name)?);
+            }
+        }
+    }
+    Ok(Some(Pulled {
+        status: out.status,
+        next_offset: out.next_offset,
+        pulled,
+        delivered,
+        took,
+    }))
+}
+
 async fn consume_task(
-    consumer: Arc<PullConsumer>,
+    r: Arc<Reader>,
     mq: MessageQueue,
     mut offset: u64,
-    batch: u32,
-    shared: Arc<ConsumeShared>,
-    limit: Option<u64>,
-    started: Instant,
 ) -> anyhow::Result<ConsumeTaskStats> {
     let mut stats = ConsumeTaskStats {
         latency: Histogram::new(),
+        filter_latency: Histogram::new(),
         pulls: 0,
         bytes: 0,
         queue: mq.clone(),
         next_offset: offset,
     };
+    let shared = &r.shared;
     let mut stop = shared.stop.subscribe();
     let mut caught_up = false;
     loop {
@@ -619,42 +727,165 @@ async fn consume_task(
             break;
         }
         let hold = caught_up.then_some(HOLD);
-        let began = Instant::now();
-        let out = tokio::select! {
-            r = consumer.pull(&mq, "*", offset, batch, hold, None) => r.with_context(|| {
-                format!("pulling {} queue {}/{} at offset {offset}", mq.topic, mq.broker_name, mq.queue_id)
-            })?,
-            _ = stop.changed() => break,
+        let out = match &r.local {
+            Some(filter) => {
+                let pulled = pull_and_filter(
+                    &r,
+                    filter,
+                    &mq,
+                    offset,
+                    hold,
+                    &mut stop,
+                    &mut stats.filter_latency,
+                )
+                .await?;
+                match pulled {
+                    Some(p) => p,
+                    None => break,
+                }
+            }
+            None => {
+                let began = Instant::now();
+                let out = tokio::select! {
+                    p = r.consumer.pull(&mq, "*", offset, r.batch, hold, None) => p.with_context(|| {
+                        format!("pulling {} queue {}/{} at offset {offset}", mq.topic, mq.broker_name, mq.queue_id)
+                    })?,
+                    _ = stop.changed() => break,
+                };
+                Pulled {
+                    status: out.status,
+                    next_offset: out.next_offset,
+                    pulled: out.messages.len(),
+                    delivered: out.messages,
+                    took: began.elapsed(),
+                }
+            }
         };
-        let took = began.elapsed();
+        let advanced = out.next_offset.saturating_sub(offset);
         offset = out.next_offset;
         stats.next_offset = offset;
         caught_up = out.status == PullStatus::NoNewMessage;
-        if out.messages.is_empty() {
+        if r.filtered {
+            if advanced == 0 && out.pulled == 0 {
+                continue;
+            }
+            shared.scanned.fetch_add(advanced, Ordering::Relaxed);
+            shared
+                .pulled
+                .fetch_add(out.pulled as u64, Ordering::Relaxed);
+        } else if out.delivered.is_empty() {
             continue;
         }
-        stats.latency.record(took);
+        stats.latency.record(out.took);
         stats.pulls += 1;
-        let counted = shared.count(out.messages.len() as u64, limit) as usize;
-        stats.bytes += out.messages[..counted]
+        let before_limit = !shared.limit_reached(r.limit);
+        let counted = shared.count(out.delivered.len() as u64, r.limit) as usize;
+        stats.bytes += out.delivered[..counted]
             .iter()
             .map(|m| m.body.len() as u64)
             .sum::<u64>();
-        if counted > 0 {
-            let at = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if counted > 0 || (r.filtered && before_limit) {
+            let at = u64::try_from(r.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
             shared.last_arrival_ns.fetch_max(at, Ordering::Relaxed);
         }
-        if counted < out.messages.len() {
+        if counted < out.delivered.len() {
             // The limit is reached: everyone stops.
             shared.stop.send_replace(true);
             break;
         }
-        if limit.is_some_and(|l| shared.consumed.load(Ordering::Relaxed) >= l) {
+        if shared.limit_reached(r.limit) {
             shared.stop.send_replace(true);
             break;
         }
     }
     Ok(stats)
+}
+
+/// The filter a run applies, for the summary.
+enum FilterSide {
+    /// `--local-filter`.
+    Client {
+        file: PathBuf,
+        params: Vec<(String, String)>,
+        needs_body: bool,
+    },
+    /// The group's filter for the topic, as the brokers run it: (broker, filter).
+    Server {
+        group: String,
+        filters: Vec<(String, FilterInfo)>,
+    },
+}
+
+impl FilterSide {
+    fn text(&self) -> String {
+        match self {
+            FilterSide::Client {
+                file, needs_body, ..
+            } => format!(
+                "client-side, {} (needs body: {})",
+                file.display(),
+                if *needs_body { "yes" } else { "no" }
+            ),
+            FilterSide::Server { group, filters } => {
+                let each: Vec<String> = filters
+                    .iter()
+                    .map(|(b, f)| {
+                        let sha: String = f.sha256.chars().take(12).collect();
+                        format!("{b} version {} (sha256 {sha})", f.version)
+                    })
+                    .collect();
+                format!("server-side, group {group}: {}", each.join(", "))
+            }
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        match self {
+            FilterSide::Client {
+                file,
+                params,
+                needs_body,
+            } => serde_json::json!({
+                "side": "client",
+                "file": file.display().to_string(),
+                "params": params.iter().map(|(k, v)| serde_json::json!([k, v])).collect::<Vec<_>>(),
+                "needs_body": needs_body,
+            }),
+            FilterSide::Server { group, filters } => serde_json::json!({
+                "side": "server",
+                "group": group,
+                "brokers": filters.iter().map(|(b, f)| serde_json::json!({
+                    "broker": b,
+                    "version": f.version,
+                    "sha256": f.sha256,
+                    "needs_body": f.needs_body,
+                    "failed": f.failed,
+                })).collect::<Vec<_>>(),
+            }),
+        }
+    }
+}
+
+/// The group's filter for `topic` on the brokers, if it has one. Best effort: a broker
+/// that cannot say is taken to have none.
+async fn server_filter(client: &ClientInstance, group: &str, topic: &str) -> Option<FilterSide> {
+    let lists = Admin::new(client.clone())
+        .list_filters(Some(group))
+        .await
+        .ok()?;
+    let filters: Vec<(String, FilterInfo)> = lists
+        .into_iter()
+        .flat_map(|(b, l)| {
+            l.filters
+                .into_iter()
+                .filter(|f| f.topic == topic && f.group == group)
+                .map(move |f| (b.clone(), f))
+        })
+        .collect();
+    (!filters.is_empty()).then(|| FilterSide::Server {
+        group: group.to_owned(),
+        filters,
+    })
 }
 
 fn now_ms() -> u128 {
@@ -669,7 +900,7 @@ async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow::Result<()
         .group
         .clone()
         .unwrap_or_else(|| format!("weir-bench-{}-{}", std::process::id(), now_ms()));
-    let consumer = Arc::new(PullConsumer::new(group.clone(), client));
+    let consumer = PullConsumer::new(group.clone(), client.clone());
     let queues = match consumer.queues(&args.topic).await {
         Ok(q) => q,
         Err(ClientError::NoRoute { .. }) => bail!(
@@ -694,31 +925,53 @@ async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow::Result<()
         backlog += o.max.saturating_sub(o.min);
         starts.push(o.min);
     }
+    let (local, side) = match &args.local_filter {
+        Some(file) => {
+            let f = crate::filter::load_local(file, args.params.clone()).await?;
+            let side = FilterSide::Client {
+                file: file.clone(),
+                params: args.params.clone(),
+                needs_body: f.needs_body(),
+            };
+            (Some(f), Some(side))
+        }
+        None => match &args.group {
+            Some(g) => (None, server_filter(&client, g, &args.topic).await),
+            None => (None, None),
+        },
+    };
+    let filtered = side.is_some();
     let limit = args.count;
     let idle = (args.idle_exit > 0).then(|| Duration::from_secs(args.idle_exit));
     let (stop, _) = watch::channel(false);
-    let shared = Arc::new(ConsumeShared {
-        consumed: AtomicU64::new(0),
-        last_arrival_ns: AtomicU64::new(0),
-        stop,
-    });
 
+    // With a filter and no --count, the bar follows the offsets read through the backlog.
+    let bar_follows_reads = filtered && limit.is_none();
     let bar = progress_bar(limit.or((backlog > 0).then_some(backlog)));
     let started = Instant::now();
+    let reader = Arc::new(Reader {
+        consumer,
+        batch: args.batch,
+        shared: ConsumeShared {
+            consumed: AtomicU64::new(0),
+            pulled: AtomicU64::new(0),
+            scanned: AtomicU64::new(0),
+            last_arrival_ns: AtomicU64::new(0),
+            stop,
+        },
+        limit,
+        started,
+        local,
+        filtered,
+    });
+    let shared = &reader.shared;
     let mut tasks = JoinSet::new();
     for (mq, start) in queues.iter().zip(starts) {
-        tasks.spawn(consume_task(
-            Arc::clone(&consumer),
-            mq.clone(),
-            start,
-            args.batch,
-            Arc::clone(&shared),
-            limit,
-            started,
-        ));
+        tasks.spawn(consume_task(Arc::clone(&reader), mq.clone(), start));
     }
 
     let mut latency = Histogram::new();
+    let mut filter_latency = Histogram::new();
     let (mut pulls, mut bytes) = (0u64, 0u64);
     let mut ends = Vec::with_capacity(queues.len());
     let mut failure: Option<anyhow::Error> = None;
@@ -735,6 +988,7 @@ async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow::Result<()
                 None => break,
                 Some(Ok(Ok(s))) => {
                     latency.merge(&s.latency);
+                    filter_latency.merge(&s.filter_latency);
                     pulls += s.pulls;
                     bytes += s.bytes;
                     ends.push((s.queue, s.next_offset));
@@ -750,12 +1004,26 @@ async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow::Result<()
             },
             _ = tick.tick() => {
                 let consumed = shared.consumed.load(Ordering::Relaxed);
+                let scanned = shared.scanned.load(Ordering::Relaxed);
                 let shown = limit.map_or(consumed, |l| consumed.min(l));
-                let r = rate.update(shown);
-                bar.set_position(shown);
-                bar.set_message(format!("{} msgs  {} msgs/s", grouped(shown), grouped(r as u64)));
-                if consumed != last_seen {
-                    (last_seen, last_change) = (consumed, Instant::now());
+                if bar_follows_reads {
+                    let r = rate.update(scanned);
+                    bar.set_position(scanned);
+                    bar.set_message(format!(
+                        "{} read  {} delivered  {} read/s",
+                        grouped(scanned),
+                        grouped(shown),
+                        grouped(r as u64)
+                    ));
+                } else {
+                    let r = rate.update(shown);
+                    bar.set_position(shown);
+                    bar.set_message(format!("{} msgs  {} msgs/s", grouped(shown), grouped(r as u64)));
+                }
+                // Progress: messages counted or, with a filter, offsets read.
+                let activity = consumed + scanned;
+                if activity != last_seen {
+                    (last_seen, last_change) = (activity, Instant::now());
                 } else if idle.is_some_and(|d| last_change.elapsed() >= d) && !idled {
                     idled = true;
                     shared.stop.send_replace(true);
@@ -773,7 +1041,14 @@ async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow::Result<()
     }
     let consumed = shared.consumed.load(Ordering::Relaxed);
     let messages = limit.map_or(consumed, |l| consumed.min(l));
-    if messages == 0 && !interrupted {
+    let pulled = shared.pulled.load(Ordering::Relaxed);
+    let scanned = shared.scanned.load(Ordering::Relaxed);
+    let nothing = if filtered {
+        scanned == 0 && pulled == 0
+    } else {
+        messages == 0
+    };
+    if nothing && !interrupted {
         bail!(
             "no message of topic {} arrived within {} s (weir bench produce {} writes some)",
             args.topic,
@@ -795,23 +1070,33 @@ async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow::Result<()
     }
     if args.commit {
         for (mq, offset) in &ends {
-            consumer.commit_offset(mq, *offset).await.with_context(|| {
-                format!(
-                    "committing offset {offset} of {}/{}",
-                    mq.broker_name, mq.queue_id
-                )
-            })?;
+            reader
+                .consumer
+                .commit_offset(mq, *offset)
+                .await
+                .with_context(|| {
+                    format!(
+                        "committing offset {offset} of {}/{}",
+                        mq.broker_name, mq.queue_id
+                    )
+                })?;
         }
     }
 
-    // Up to the last message counted: the idle wait at the end is not reading.
+    // Up to the last message counted (with a filter: the last read that moved an
+    // offset): the idle wait at the end is not reading.
     let elapsed =
         Duration::from_nanos(shared.last_arrival_ns.load(Ordering::Relaxed)).as_secs_f64();
     let lat = latency.summary_ms();
     let msgs_per_sec = per_sec(messages, elapsed);
     let mb_per_sec = per_sec(bytes, elapsed) / 1e6;
+    let kept_pct = if scanned > 0 {
+        100.0 * messages as f64 / scanned as f64
+    } else {
+        0.0
+    };
     if args.json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "mode": "consume",
             "topic": args.topic,
             "group": group,
@@ -827,6 +1112,28 @@ async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow::Result<()
             "committed": args.commit,
             "interrupted": interrupted,
         });
+        if let (Some(side), Some(obj)) = (&side, v.as_object_mut()) {
+            obj.insert("filter".into(), side.json());
+            obj.insert("read".into(), scanned.into());
+            obj.insert("pulled".into(), pulled.into());
+            obj.insert("delivered".into(), messages.into());
+            obj.insert(
+                "read_per_sec".into(),
+                round2(per_sec(scanned, elapsed)).into(),
+            );
+            obj.insert(
+                "pulled_per_sec".into(),
+                round2(per_sec(pulled, elapsed)).into(),
+            );
+            obj.insert("delivered_per_sec".into(), round2(msgs_per_sec).into());
+            obj.insert("kept_percent".into(), round2(kept_pct).into());
+            if reader.local.is_some() {
+                obj.insert(
+                    "filter_latency_ms".into(),
+                    filter_latency.summary_ms().json(),
+                );
+            }
+        }
         println!("{v}");
     } else {
         println!(
@@ -839,12 +1146,42 @@ async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow::Result<()
             grouped(pulls),
             args.batch
         );
-        println!(
-            "throughput: {} msgs/s, {:.2} MB/s",
-            grouped(msgs_per_sec.round() as u64),
-            mb_per_sec
-        );
+        if let Some(side) = &side {
+            println!("filter: {}", side.text());
+            println!(
+                "queue offsets read: {} ({} /s)",
+                grouped(scanned),
+                grouped(per_sec(scanned, elapsed).round() as u64)
+            );
+            println!(
+                "messages pulled: {} ({} msgs/s)",
+                grouped(pulled),
+                grouped(per_sec(pulled, elapsed).round() as u64)
+            );
+            println!(
+                "messages delivered (kept): {} ({:.2} % of those read)",
+                grouped(messages),
+                kept_pct
+            );
+            println!(
+                "throughput: {} delivered msgs/s, {:.2} MB/s",
+                grouped(msgs_per_sec.round() as u64),
+                mb_per_sec
+            );
+        } else {
+            println!(
+                "throughput: {} msgs/s, {:.2} MB/s",
+                grouped(msgs_per_sec.round() as u64),
+                mb_per_sec
+            );
+        }
         println!("pull latency ms: {}", lat.text());
+        if reader.local.is_some() {
+            println!(
+                "local filter latency ms per batch: {}",
+                filter_latency.summary_ms().text()
+            );
+        }
         if args.commit {
             println!("committed offsets for group {group}");
         }

@@ -2,6 +2,7 @@
 //! a contract (scripts depend on them); errors are one line on stderr and a non-zero exit.
 
 mod bench;
+mod filter;
 mod output;
 
 use std::collections::HashMap;
@@ -22,7 +23,7 @@ use weir_client::{
 #[command(
     name = "weir",
     version,
-    about = "weir: topics, messages, groups, cluster, benchmarks"
+    about = "weir: topics, messages, groups, filters, cluster, benchmarks"
 )]
 struct Cli {
     /// Name servers, `host:port;host:port`.
@@ -57,6 +58,11 @@ enum Cmd {
     Message {
         #[command(subcommand)]
         cmd: MessageCmd,
+    },
+    /// Consumer groups' WebAssembly filters: upload, list, remove, test locally.
+    Filter {
+        #[command(subcommand)]
+        cmd: filter::FilterCmd,
     },
     /// The brokers the name servers know.
     Cluster {
@@ -118,7 +124,7 @@ struct SendArgs {
     json: bool,
 }
 
-fn parse_prop(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_prop(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("{s:?} is not K=V")),
@@ -196,6 +202,13 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Runs without any broker or name server.
+    if let Cmd::Filter {
+        cmd: filter::FilterCmd::Test(args),
+    } = cli.cmd
+    {
+        return filter::test(args).await;
+    }
     let client = ClientInstance::new(ClientConfig::new(&cli.namesrv))?;
     match cli.cmd {
         Cmd::Topic { cmd } => topic(cmd, client).await,
@@ -205,6 +218,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cmd: GroupCmd::Progress { group },
         } => progress(&group, client).await,
         Cmd::Message { cmd } => message(cmd, client).await,
+        Cmd::Filter { cmd } => filter::run(cmd, client).await,
         Cmd::Cluster {
             cmd: ClusterCmd::List,
         } => cluster(client).await,

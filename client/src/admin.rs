@@ -1,4 +1,4 @@
-//! Administration: topics, cluster view, message lookups.
+//! Administration: topics, cluster view, message lookups (filters: `filter.rs`).
 
 use bytes::Bytes;
 use weir_protocol::broker::{
@@ -14,7 +14,7 @@ use crate::message::decode_records;
 use crate::{ClientError, ClientInstance, ReceivedMessage, Result};
 
 pub struct Admin {
-    client: ClientInstance,
+    pub(crate) client: ClientInstance,
 }
 
 impl Admin {

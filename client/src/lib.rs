@@ -1,23 +1,28 @@
-//! weir's Rust client: [`Producer`], [`PullConsumer`] and [`Admin`], over one shared
-//! [`ClientInstance`] per process setting (name servers, routes, broker connections).
+//! weir's Rust client: [`Producer`], [`PullConsumer`] and [`Admin`] (topics, groups,
+//! cluster, consumer groups' WebAssembly filters), over one shared [`ClientInstance`] per
+//! process setting (name servers, routes, broker connections).
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod admin;
+mod filter;
 mod instance;
 mod message;
 mod producer;
 mod pull;
 
 pub use admin::Admin;
+pub use filter::FILTER_UPLOAD_TIMEOUT;
 pub use instance::{ClientConfig, ClientInstance};
 pub use message::{Message, MessageQueue, ReceivedMessage};
 pub use producer::{Producer, SendResult};
-pub use pull::{PullConsumer, PullOutcome};
+pub use pull::{PullConsumer, PullOutcome, RawPullOutcome};
 pub use weir_protocol::broker::{PullStatus, QueueOffsets, QueueProgress, SendStatus};
+pub use weir_protocol::filter::{
+    FilterInfo, FilterList, FilterRemoved, FilterStats, FilterUploaded,
+};
 pub use weir_protocol::route::{ClusterInfo, TopicRoute};
-
-use weir_protocol::{CallError, ErrorCode};
+pub use weir_protocol::{CallError, ErrorCode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

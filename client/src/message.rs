@@ -86,6 +86,13 @@ impl ReceivedMessage {
         }
     }
 
+    /// Decodes one record as a pull returns it (see [`RawPullOutcome`](crate::RawPullOutcome)),
+    /// checking its CRC; `broker_name` is the broker it came from.
+    pub fn decode(record: &[u8], broker_name: &str) -> crate::Result<Self> {
+        let v = RecordView::parse_verified(record)?;
+        Ok(Self::from_record(&v, broker_name))
+    }
+
     pub fn property(&self, name: &str) -> Option<&str> {
         self.properties
             .iter()
@@ -104,6 +111,18 @@ pub(crate) fn decode_records(
         .map(|r| {
             let v = RecordView::parse_verified(r)?;
             Ok(ReceivedMessage::from_record(&v, broker_name))
+        })
+        .collect()
+}
+
+/// Splits a pull or lookup body into its records, checking each one's CRC; the records
+/// share the body's buffer.
+pub(crate) fn split_verified(body: &Bytes) -> crate::Result<Vec<Bytes>> {
+    weir_protocol::broker::split_records(body)?
+        .into_iter()
+        .map(|r| {
+            RecordView::parse_verified(r)?;
+            Ok(body.slice_ref(r))
         })
         .collect()
 }

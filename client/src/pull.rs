@@ -4,17 +4,31 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use weir_protocol::broker::{
-    GetQueueOffsets, MessageModel, PullMessage, PullStatus, QueryConsumerOffset, QueueOffsets,
-    SearchOffsetByTimestamp, UpdateConsumerOffset,
+    GetQueueOffsets, MessageModel, PullMessage, PullResult, PullStatus, QueryConsumerOffset,
+    QueueOffsets, SearchOffsetByTimestamp, UpdateConsumerOffset,
 };
 
-use crate::message::decode_records;
+use crate::message::{decode_records, split_verified};
 use crate::{ClientError, ClientInstance, MessageQueue, ReceivedMessage, Result};
 
 #[derive(Debug, Clone)]
 pub struct PullOutcome {
     pub status: PullStatus,
     pub messages: Vec<ReceivedMessage>,
+    /// Where the next pull of this queue starts.
+    pub next_offset: u64,
+    pub min_offset: u64,
+    pub max_offset: u64,
+}
+
+/// A pull's records as the broker sent them (each one's CRC checked), for callers that
+/// filter or forward records before (or instead of) decoding them; see
+/// [`ReceivedMessage::decode`].
+#[derive(Debug, Clone)]
+pub struct RawPullOutcome {
+    pub status: PullStatus,
+    /// Encoded records (the store's format, `weir_protocol::record`), in queue order.
+    pub records: Vec<Bytes>,
     /// Where the next pull of this queue starts.
     pub next_offset: u64,
     pub min_offset: u64,
@@ -61,6 +75,11 @@ impl PullConsumer {
 
     /// Pulls up to `max` messages at `offset`; with `hold`, an empty pull waits that long
     /// for a message to arrive (long polling).
+    ///
+    /// When the group has a WebAssembly filter for the topic, the broker returns only the
+    /// messages the filter keeps (`next_offset` moves past the others); when the filter
+    /// fails, the pull is an error with [`ErrorCode::FilterFailed`](crate::ErrorCode) and
+    /// the offset does not move.
     pub async fn pull(
         &self,
         mq: &MessageQueue,
@@ -70,6 +89,50 @@ impl PullConsumer {
         hold: Option<Duration>,
         commit_offset: Option<u64>,
     ) -> Result<PullOutcome> {
+        let (r, body) = self
+            .pull_body(mq, expression, offset, max, hold, commit_offset)
+            .await?;
+        let messages = decode_records(&body, &mq.broker_name)?;
+        Ok(PullOutcome {
+            status: r.status,
+            messages,
+            next_offset: r.next_offset,
+            min_offset: r.min_offset,
+            max_offset: r.max_offset,
+        })
+    }
+
+    /// Like [`pull`](Self::pull), returning the records undecoded.
+    pub async fn pull_raw(
+        &self,
+        mq: &MessageQueue,
+        expression: &str,
+        offset: u64,
+        max: u32,
+        hold: Option<Duration>,
+        commit_offset: Option<u64>,
+    ) -> Result<RawPullOutcome> {
+        let (r, body) = self
+            .pull_body(mq, expression, offset, max, hold, commit_offset)
+            .await?;
+        Ok(RawPullOutcome {
+            status: r.status,
+            records: split_verified(&body)?,
+            next_offset: r.next_offset,
+            min_offset: r.min_offset,
+            max_offset: r.max_offset,
+        })
+    }
+
+    async fn pull_body(
+        &self,
+        mq: &MessageQueue,
+        expression: &str,
+        offset: u64,
+        max: u32,
+        hold: Option<Duration>,
+        commit_offset: Option<u64>,
+    ) -> Result<(PullResult, Bytes)> {
         let addr = self.addr(mq).await?;
         let suspend = hold.unwrap_or_default();
         let req = PullMessage {
@@ -83,18 +146,9 @@ impl PullConsumer {
             commit_offset,
         };
         let timeout = self.client.config().request_timeout + suspend;
-        let (r, body) = self
-            .client
+        self.client
             .call_with_timeout(&addr, &req, Bytes::new(), timeout)
-            .await?;
-        let messages = decode_records(&body, &mq.broker_name)?;
-        Ok(PullOutcome {
-            status: r.status,
-            messages,
-            next_offset: r.next_offset,
-            min_offset: r.min_offset,
-            max_offset: r.max_offset,
-        })
+            .await
     }
 
     pub async fn commit_offset(&self, mq: &MessageQueue, offset: u64) -> Result<()> {

@@ -52,6 +52,9 @@ codes! {
         GetConsumeStats = 208, "get consume stats";
         DeleteTopic = 215, "delete topic";
         SendBatch = 320, "send batch";
+        UploadFilter = 400, "upload filter";
+        ListFilters = 401, "list filters";
+        RemoveFilter = 402, "remove filter";
     }
 }
 
@@ -74,6 +77,13 @@ codes! {
         SubscriptionParseFailed = 23, "subscription parse failed";
         InvalidParameter = 29, "invalid parameter";
         BadRequest = 100, "bad request";
+        /// An uploaded filter was refused (not a component of the filter world, too big,
+        /// forbidden imports, `init` failed); nothing was stored.
+        FilterRejected = 110, "filter rejected";
+        /// The group's filter failed on this pull (trap, time or memory limit, its own
+        /// error, wrong verdicts); the offset did not move.
+        FilterFailed = 111, "filter failed";
+        FilterNotFound = 112, "filter not found";
     }
 }
 

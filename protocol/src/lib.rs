@@ -14,6 +14,8 @@ pub mod codes;
 #[cfg(feature = "net")]
 pub mod error;
 #[cfg(feature = "net")]
+pub mod filter;
+#[cfg(feature = "net")]
 pub mod frame;
 #[cfg(feature = "net")]
 pub mod net;

@@ -289,6 +289,14 @@ pub fn encode_into(msg: &Message, a: &Assigned, dst: &mut [u8]) {
     put_u32(dst, pos::CRC, crc);
 }
 
+/// Encodes `msg` as a standalone record (what a pull returns), e.g. to feed a filter
+/// messages that never went through a store.
+pub fn encode_to_vec(msg: &Message, a: &Assigned) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; msg.encoded_len()?];
+    encode_into(msg, a, &mut out);
+    Ok(out)
+}
+
 /// Writes a blank filler covering all of `dst` (at least [`BLANK_MIN_LEN`] bytes).
 pub fn encode_blank(dst: &mut [u8]) {
     let len = dst.len() as u32;
@@ -365,6 +373,41 @@ pub fn probe(window: &[u8], offset: u64) -> Probe {
         return Probe::Invalid("inconsistent field lengths");
     }
     Probe::Message(len)
+}
+
+/// Where a record's attributes (tags, keys, properties as stored: see
+/// [`RecordView::attributes`]) and body are, found by lengths alone. Unlike
+/// [`RecordView::parse`] it does not check that the text is UTF-8: for the filter path,
+/// where the filter decodes and checks what it reads, and every byte of validation counts.
+pub fn attributes_and_body(bytes: &[u8]) -> Result<(&[u8], &[u8])> {
+    let bad = |m: &str| Err(RecordError::Malformed(m.to_owned()));
+    if bytes.len() < RECORD_OVERHEAD
+        || u32_at(bytes, pos::MAGIC) != MESSAGE_MAGIC
+        || u32_at(bytes, pos::TOTAL_LEN) as usize != bytes.len()
+    {
+        return bad("not a whole record");
+    }
+    let len_at = |at: usize, width: usize| -> Option<usize> {
+        let b = bytes.get(at..at.checked_add(width)?)?;
+        Some(match width {
+            2 => usize::from(u16::from_le_bytes([b[0], b[1]])),
+            _ => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize,
+        })
+    };
+    let spans = (|| {
+        let start = pos::VARIABLE + 2 + len_at(pos::VARIABLE, 2)?;
+        let mut at = start;
+        for width in [2, 4, 4] {
+            at = at.checked_add(width)?.checked_add(len_at(at, width)?)?;
+        }
+        let body_len = len_at(at, 4)?;
+        let body_at = at + 4;
+        (body_at.checked_add(body_len)? == bytes.len()).then_some((start, at, body_at))
+    })();
+    match spans {
+        Some((start, end, body_at)) => Ok((&bytes[start..end], &bytes[body_at..])),
+        None => bad("field lengths disagree with the record size"),
+    }
 }
 
 /// A decoded view over one record's bytes. Constructing it validates every length and
@@ -502,6 +545,14 @@ impl<'a> RecordView<'a> {
     }
     pub fn tags(&self) -> &'a str {
         self.tags
+    }
+    /// Tags, keys and properties exactly as stored (`u16` tag length and tag, `u32` keys
+    /// length and keys, `u32` properties length and properties): the `attributes` a
+    /// filter receives (`wit/filter.wit`), one contiguous slice, no re-encoding.
+    pub fn attributes(&self) -> &'a [u8] {
+        let start = pos::VARIABLE + 2 + self.topic.len();
+        let end = self.bytes.len() - self.body.len() - 4;
+        &self.bytes[start..end]
     }
     pub fn body(&self) -> &'a [u8] {
         self.body
@@ -734,6 +785,30 @@ mod tests {
         };
         encode_into(m, &a, &mut buf);
         buf
+    }
+
+    #[test]
+    fn attributes_and_body_agree_with_the_view() {
+        let buf = encode(&sample(), 0);
+        let v = RecordView::parse(&buf).unwrap();
+        let (attributes, body) = attributes_and_body(&buf).unwrap();
+        assert_eq!(attributes, v.attributes());
+        assert_eq!(body, b"hello body");
+        // tag "TagA", then the keys and properties sections.
+        assert_eq!(&attributes[..6], b"\x04\x00TagA");
+        assert_eq!(
+            attributes.len(),
+            6 + 4 + (2 + 2) + (2 + 8) + 4 + (2 + 1 + 4 + 1) + (2 + 5 + 4)
+        );
+        // A corrupted length never yields out-of-range slices.
+        for at in pos::VARIABLE..buf.len() {
+            let mut bad = buf.clone();
+            bad[at] ^= 0xff;
+            if let Ok((a, b)) = attributes_and_body(&bad) {
+                assert!(a.len() + b.len() < bad.len());
+            }
+        }
+        assert!(attributes_and_body(&buf[..buf.len() - 1]).is_err());
     }
 
     #[test]

@@ -1,0 +1,193 @@
+//! WebAssembly message filters: consumer groups upload components (`wit/filter.wit`)
+//! that the broker runs, sandboxed, on their pulls.
+//!
+//! - [`runtime`]: one wasmtime `Engine`, validation at upload, compiled filters pre-linked
+//!   once, worker threads that own reusable instances, limits and failure accounting.
+//! - [`registry`]: which filter applies to which (group, topic), durable on disk with the
+//!   compiled artifacts cached, so a restart neither loses nor recompiles a filter.
+//! - [`LocalFilter`]: the same runtime without a broker, for `weir filter test`.
+
+pub mod registry;
+pub mod runtime;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use registry::{FilterRegistry, Registration};
+pub use runtime::{
+    BatchContext, DirectCaller, FailureKind, FilterFailure, FilterLabel, FilterRuntime,
+    LoadedFilter, RecordBytes,
+};
+
+/// Filter runtime settings: the `[filter]` table of the broker's TOML file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Largest component accepted at upload, bytes (default 10 MiB).
+    pub max_component_bytes: usize,
+    /// Linear memory one filter instance may use, bytes (default 16 MiB).
+    pub memory_limit: usize,
+    /// Wall-clock budget of one batch call (and of `init`), ms (default 50).
+    pub batch_deadline_ms: u64,
+    /// Stack the filter's own frames may use, bytes (default 512 KiB).
+    pub max_wasm_stack: usize,
+    /// Threads that run filter calls (default: one per core).
+    pub workers: usize,
+    /// Filter instances alive at once, across all workers; bounds the instance pool
+    /// (default 128).
+    pub max_instances: u32,
+    /// Consecutive failed batches after which a filter is marked failed for its group until
+    /// a new version is uploaded (default 3).
+    pub failures_before_marked: u32,
+    /// Most messages in one filter call (default 256).
+    pub batch_size: usize,
+    /// Queue entries one pull may examine before it answers, even with nothing kept, so a
+    /// very selective filter returns an advanced offset instead of holding the pull
+    /// (default 16,000).
+    pub max_scan_per_pull: usize,
+    /// Guest log lines per second per filter; beyond it lines are dropped and counted
+    /// (default 10, bursts of up to 20).
+    pub log_lines_per_sec: u32,
+    /// Longest guest log line kept, bytes; longer lines are cut (default 1024).
+    pub log_line_max: usize,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        Self {
+            max_component_bytes: 10 << 20,
+            memory_limit: 16 << 20,
+            batch_deadline_ms: 50,
+            max_wasm_stack: 512 << 10,
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_instances: 128,
+            failures_before_marked: 3,
+            batch_size: 256,
+            max_scan_per_pull: 16_000,
+            log_lines_per_sec: 10,
+            log_line_max: 1024,
+        }
+    }
+}
+
+impl FilterConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_owned()) };
+        check(
+            self.max_component_bytes >= 8 && self.max_component_bytes <= 15 << 20,
+            "filter.max_component_bytes must be within 8 bytes..=15 MiB (frames are 16 MiB)",
+        )?;
+        check(
+            self.memory_limit >= 64 << 10 && self.memory_limit <= 4 << 30,
+            "filter.memory_limit must be within 64 KiB..=4 GiB",
+        )?;
+        check(
+            (1..=60_000).contains(&self.batch_deadline_ms),
+            "filter.batch_deadline_ms must be within 1..=60000",
+        )?;
+        check(
+            self.max_wasm_stack >= 64 << 10 && self.max_wasm_stack <= 4 << 20,
+            "filter.max_wasm_stack must be within 64 KiB..=4 MiB",
+        )?;
+        check(
+            (1..=256).contains(&self.workers),
+            "filter.workers must be within 1..=256",
+        )?;
+        check(
+            self.max_instances as usize >= self.workers && self.max_instances <= 10_000,
+            "filter.max_instances must be at least filter.workers and at most 10000",
+        )?;
+        check(
+            self.failures_before_marked >= 1,
+            "filter.failures_before_marked must be at least 1",
+        )?;
+        check(
+            (1..=4096).contains(&self.batch_size),
+            "filter.batch_size must be within 1..=4096",
+        )?;
+        check(
+            self.max_scan_per_pull >= self.batch_size,
+            "filter.max_scan_per_pull must be at least filter.batch_size",
+        )?;
+        check(
+            self.log_line_max >= 16,
+            "filter.log_line_max must be at least 16",
+        )
+    }
+}
+
+/// Why a component was refused at upload (or could not be loaded). Nothing is stored.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("component is {size} bytes; the limit is {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("{0}")]
+    NotAComponent(String),
+    #[error("component does not compile: {0}")]
+    Compile(String),
+    #[error("component imports `{import}`, which a filter may not use: {why}")]
+    ForbiddenImport { import: String, why: String },
+    #[error("not a weir filter: {0}")]
+    WrongWorld(String),
+    #[error("init rejected the parameters: {0}")]
+    BadParams(String),
+    #[error("init failed: {0}")]
+    Init(String),
+    #[error("filter runtime: {0}")]
+    Runtime(String),
+    #[error("filter storage: {0}")]
+    Storage(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A filter run outside a broker (`weir filter test`): same validation, limits and calls.
+pub struct LocalFilter {
+    runtime: FilterRuntime,
+    filter: Arc<LoadedFilter>,
+}
+
+impl LocalFilter {
+    /// Validates, compiles and initialises `component` with `params`. Blocking: it
+    /// compiles, so keep it off async worker threads.
+    pub fn load(component: &[u8], params: Vec<(String, String)>) -> Result<Self, FilterError> {
+        Self::load_with(component, params, FilterConfig::default())
+    }
+
+    /// [`LocalFilter::load`] with other limits or another number of workers.
+    pub fn load_with(
+        component: &[u8],
+        params: Vec<(String, String)>,
+        config: FilterConfig,
+    ) -> Result<Self, FilterError> {
+        let runtime = FilterRuntime::new(config)?;
+        let label = FilterLabel::new("local", "local", 1, runtime::sha256_hex(component));
+        let compiled = runtime.compile(component)?;
+        let filter = runtime.load(compiled, params, label)?;
+        Ok(Self { runtime, filter })
+    }
+
+    pub fn needs_body(&self) -> bool {
+        self.filter.needs_body()
+    }
+
+    /// Decides one batch of encoded records (all of one queue).
+    pub async fn run<R: RecordBytes>(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        group: &str,
+        records: Vec<R>,
+    ) -> Result<Vec<bool>, FilterFailure> {
+        let ctx = BatchContext {
+            topic: topic.to_owned(),
+            queue_id,
+            consumer_group: group.to_owned(),
+        };
+        self.runtime
+            .run(&self.filter, ctx, records)
+            .await
+            .map(|(_, verdicts)| verdicts)
+    }
+}

@@ -1,0 +1,383 @@
+//! Which filter applies to which (group, topic): durable, versioned, with compiled code
+//! cached on disk.
+//!
+//! Layout under `<data_dir>/filters/`:
+//! - `registry.json`: every registration (group, topic, sha256, version, params, ...),
+//!   replaced atomically on each change;
+//! - `components/<sha256>.wasm`: the uploaded bytes, content-addressed;
+//! - `compiled/<sha256>-<engine hash>.cwasm`: wasmtime's compiled code for them, keyed by
+//!   the engine's compatibility hash so another wasmtime recompiles instead of misloading.
+//!
+//! Files are written before the registry names them, and unnamed ones are removed at
+//! open, so a crash at any point leaves either the old registration or the new one.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+use weir_protocol::filter::{FilterInfo, FilterList, FilterUploaded};
+
+use super::FilterError;
+use super::runtime::{CompiledFilter, FilterLabel, FilterRuntime, LoadedFilter, sha256_hex};
+
+/// One registration as persisted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RegistryEntry {
+    pub group: String,
+    pub topic: String,
+    pub sha256: String,
+    pub version: u64,
+    pub params: Vec<(String, String)>,
+    pub size: u64,
+    pub needs_body: bool,
+    pub uploaded_at: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RegistryFile {
+    version: u32,
+    filters: Vec<RegistryEntry>,
+}
+
+/// A registration and its loaded filter, or why it could not be loaded (then the group's
+/// pulls on the topic fail: a registered filter is never skipped).
+#[derive(Clone)]
+pub struct Registration {
+    pub entry: RegistryEntry,
+    pub filter: Result<Arc<LoadedFilter>, String>,
+}
+
+type Key = (String, String);
+
+pub struct FilterRegistry {
+    runtime: FilterRuntime,
+    dir: PathBuf,
+    /// (group, topic) → registration. Read on every pull of every group.
+    registrations: RwLock<BTreeMap<Key, Registration>>,
+    /// One change at a time: versions are assigned and the file replaced under it.
+    changes: Mutex<()>,
+    compilations: AtomicU64,
+    cache_loads: AtomicU64,
+}
+
+fn storage(what: &str, path: &Path, e: impl std::fmt::Display) -> FilterError {
+    FilterError::Storage(format!("{what} {}: {e}", path.display()))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl FilterRegistry {
+    /// Loads every registration, from cached compiled code where it is there. Blocking.
+    pub fn open(runtime: FilterRuntime, data_dir: &Path) -> Result<Self, FilterError> {
+        let dir = data_dir.join("filters");
+        let registry = Self {
+            runtime,
+            dir,
+            registrations: RwLock::new(BTreeMap::new()),
+            changes: Mutex::new(()),
+            compilations: AtomicU64::new(0),
+            cache_loads: AtomicU64::new(0),
+        };
+        let entries = registry.read_file()?;
+        let mut loaded = BTreeMap::new();
+        for entry in entries {
+            let label = FilterLabel::new(
+                &entry.group,
+                &entry.topic,
+                entry.version,
+                entry.sha256.clone(),
+            );
+            let filter = registry
+                .compiled(&entry.sha256, None)
+                .map(|(compiled, _)| {
+                    registry.runtime.restore(
+                        compiled,
+                        entry.params.clone(),
+                        entry.needs_body,
+                        label.clone(),
+                    )
+                })
+                .map_err(|e| {
+                    warn!(filter = %label, error = %e, "cannot load a registered filter; the group's pulls on the topic fail until it is uploaded again");
+                    format!("the registered filter cannot be loaded: {e}")
+                });
+            loaded.insert(
+                (entry.group.clone(), entry.topic.clone()),
+                Registration { entry, filter },
+            );
+        }
+        if !loaded.is_empty() {
+            info!(
+                filters = loaded.len(),
+                compiled = registry.compilations.load(Ordering::Relaxed),
+                from_cache = registry.cache_loads.load(Ordering::Relaxed),
+                "filters loaded"
+            );
+        }
+        *registry
+            .registrations
+            .write()
+            .map_err(|_| FilterError::Runtime("registry lock poisoned".into()))? = loaded;
+        registry.remove_unreferenced_files();
+        Ok(registry)
+    }
+
+    pub fn runtime(&self) -> &FilterRuntime {
+        &self.runtime
+    }
+
+    fn file_path(&self) -> PathBuf {
+        self.dir.join("registry.json")
+    }
+    fn component_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join("components").join(format!("{sha256}.wasm"))
+    }
+    fn compiled_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join("compiled").join(format!(
+            "{sha256}-{}.cwasm",
+            self.runtime.compatibility_hash()
+        ))
+    }
+
+    fn read_file(&self) -> Result<Vec<RegistryEntry>, FilterError> {
+        let path = self.file_path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(storage("cannot read", &path, e)),
+        };
+        let file: RegistryFile =
+            serde_json::from_slice(&bytes).map_err(|e| storage("cannot parse", &path, e))?;
+        if file.version != 1 {
+            return Err(storage("unknown format version in", &path, file.version));
+        }
+        Ok(file.filters)
+    }
+
+    fn write_file(&self, regs: &BTreeMap<Key, Registration>) -> Result<(), FilterError> {
+        let file = RegistryFile {
+            version: 1,
+            filters: regs.values().map(|r| r.entry.clone()).collect(),
+        };
+        let path = self.file_path();
+        let bytes =
+            serde_json::to_vec_pretty(&file).map_err(|e| storage("cannot encode", &path, e))?;
+        weir_store::write_atomic(&path, &bytes).map_err(|e| storage("cannot write", &path, e))
+    }
+
+    /// Compiled code for a stored component: from the cache, or compiled from the
+    /// component file (`bytes` when the caller has them) and cached. Returns whether it
+    /// compiled.
+    fn compiled(
+        &self,
+        sha256: &str,
+        bytes: Option<&[u8]>,
+    ) -> Result<(CompiledFilter, bool), FilterError> {
+        let cached = self.compiled_path(sha256);
+        if cached.exists() {
+            // SAFETY: files in `compiled/` are written only by `cache_compiled` below, from
+            // `FilterRuntime::serialize`, under a name that carries this engine's
+            // compatibility hash; the data folder is the broker's own.
+            match unsafe { self.runtime.deserialize_file(&cached) } {
+                Ok(c) => {
+                    self.cache_loads.fetch_add(1, Ordering::Relaxed);
+                    return Ok((c, false));
+                }
+                Err(e) => warn!(error = %e, "cached compiled filter unusable; compiling again"),
+            }
+        }
+        let read;
+        let bytes = match bytes {
+            Some(b) => b,
+            None => {
+                let path = self.component_path(sha256);
+                read = std::fs::read(&path).map_err(|e| storage("cannot read", &path, e))?;
+                if sha256_hex(&read) != sha256 {
+                    return Err(storage("content does not match its sha256:", &path, sha256));
+                }
+                &read
+            }
+        };
+        let compiled = self.runtime.compile(bytes)?;
+        self.compilations.fetch_add(1, Ordering::Relaxed);
+        match self.runtime.serialize(&compiled) {
+            Ok(code) => {
+                if let Err(e) = weir_store::write_atomic(&cached, &code) {
+                    warn!(error = %e, "cannot cache compiled filter; it will be compiled again at the next start");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot serialize compiled filter"),
+        }
+        Ok((compiled, true))
+    }
+
+    /// The filter of (group, topic), if one is registered.
+    pub fn lookup(&self, group: &str, topic: &str) -> Option<Result<Arc<LoadedFilter>, String>> {
+        let regs = self.registrations.read().ok()?;
+        regs.get(&(group.to_owned(), topic.to_owned()))
+            .map(|r| r.filter.clone())
+    }
+
+    /// Whether any filter is registered (the pull path skips lookups when none is).
+    pub fn is_empty(&self) -> bool {
+        self.registrations.read().map_or(true, |r| r.is_empty())
+    }
+
+    /// Validates, compiles (or reuses cached code), runs `init`, persists, and makes the
+    /// new version current: pulls already running finish their batch with the old one.
+    /// Blocking. On any error nothing is registered.
+    pub fn upload(
+        &self,
+        group: &str,
+        topic: &str,
+        bytes: &[u8],
+        params: Vec<(String, String)>,
+    ) -> Result<FilterUploaded, FilterError> {
+        let lock_err = || FilterError::Runtime("registry lock poisoned".into());
+        let _change = self.changes.lock().map_err(|_| lock_err())?;
+        let key = (group.to_owned(), topic.to_owned());
+        let version = self
+            .registrations
+            .read()
+            .map_err(|_| lock_err())?
+            .get(&key)
+            .map_or(1, |r| r.entry.version + 1);
+        let sha256 = sha256_hex(bytes);
+        let label = FilterLabel::new(group, topic, version, sha256.clone());
+        // Size and kind before anything is compiled or written.
+        if bytes.len() > self.runtime.config().max_component_bytes {
+            return Err(FilterError::TooLarge {
+                size: bytes.len(),
+                limit: self.runtime.config().max_component_bytes,
+            });
+        }
+        let loaded = self
+            .compiled(&sha256, Some(bytes))
+            .and_then(|(c, did)| Ok((self.runtime.load(c, params.clone(), label.clone())?, did)));
+        let (filter, did_compile) = match loaded {
+            Ok(l) => l,
+            Err(e) => {
+                // The compiled code may have been cached already: nothing stays behind.
+                // Still under `changes`: another upload's files, written but not yet
+                // registered, must not look unreferenced.
+                self.remove_unreferenced_files();
+                return Err(e);
+            }
+        };
+        let component = self.component_path(&sha256);
+        if !component.exists() {
+            weir_store::write_atomic(&component, bytes)
+                .map_err(|e| storage("cannot write", &component, e))?;
+        }
+        let entry = RegistryEntry {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            sha256: sha256.clone(),
+            version,
+            params,
+            size: bytes.len() as u64,
+            needs_body: filter.needs_body(),
+            uploaded_at: now_ms(),
+        };
+        let mut next = self.registrations.read().map_err(|_| lock_err())?.clone();
+        next.insert(
+            key,
+            Registration {
+                entry,
+                filter: Ok(Arc::clone(&filter)),
+            },
+        );
+        self.write_file(&next)?;
+        *self.registrations.write().map_err(|_| lock_err())? = next;
+        info!(filter = %label, compiled = did_compile, needs_body = filter.needs_body(), "filter registered");
+        self.remove_unreferenced_files();
+        Ok(FilterUploaded {
+            sha256,
+            version,
+            compiled: did_compile,
+            needs_body: filter.needs_body(),
+        })
+    }
+
+    /// Unregisters (group, topic)'s filter; returns its version.
+    pub fn remove(&self, group: &str, topic: &str) -> Result<Option<u64>, FilterError> {
+        let lock_err = || FilterError::Runtime("registry lock poisoned".into());
+        let _change = self.changes.lock().map_err(|_| lock_err())?;
+        let mut next = self.registrations.read().map_err(|_| lock_err())?.clone();
+        let Some(old) = next.remove(&(group.to_owned(), topic.to_owned())) else {
+            return Ok(None);
+        };
+        self.write_file(&next)?;
+        *self.registrations.write().map_err(|_| lock_err())? = next;
+        info!(group, topic, version = old.entry.version, "filter removed");
+        self.remove_unreferenced_files();
+        Ok(Some(old.entry.version))
+    }
+
+    pub fn list(&self, group: Option<&str>) -> FilterList {
+        let filters = self
+            .registrations
+            .read()
+            .map(|regs| {
+                regs.values()
+                    .filter(|r| group.is_none_or(|g| r.entry.group == g))
+                    .map(|r| {
+                        let e = &r.entry;
+                        let (failed, stats) = match &r.filter {
+                            Ok(f) => (f.marked_failed(), f.stats()),
+                            Err(cause) => (Some(cause.clone()), Default::default()),
+                        };
+                        FilterInfo {
+                            group: e.group.clone(),
+                            topic: e.topic.clone(),
+                            sha256: e.sha256.clone(),
+                            version: e.version,
+                            params: e.params.clone(),
+                            size: e.size,
+                            needs_body: e.needs_body,
+                            uploaded_at: e.uploaded_at,
+                            failed,
+                            stats,
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        FilterList {
+            filters,
+            compilations: self.compilations.load(Ordering::Relaxed),
+            cache_loads: self.cache_loads.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Deletes component and compiled files no registration names (left by a replace, a
+    /// remove, or a crash between writing them and the registry).
+    fn remove_unreferenced_files(&self) {
+        let Ok(regs) = self.registrations.read() else {
+            return;
+        };
+        let live: HashSet<&str> = regs.values().map(|r| r.entry.sha256.as_str()).collect();
+        for sub in ["components", "compiled"] {
+            let Ok(dir) = std::fs::read_dir(self.dir.join(sub)) else {
+                continue;
+            };
+            for f in dir.flatten() {
+                let name = f.file_name();
+                let name = name.to_string_lossy();
+                let sha = name.split(['.', '-']).next().unwrap_or_default();
+                if !live.contains(sha)
+                    && let Err(e) = std::fs::remove_file(f.path())
+                {
+                    warn!(file = %f.path().display(), error = %e, "cannot remove an unused filter file");
+                }
+            }
+        }
+    }
+}
