@@ -33,6 +33,7 @@ use weir_protocol::filter::{
     FilterRemoved, FilterUploaded, ListFilters, RemoveFilter, UploadFilter,
 };
 use weir_protocol::net::BoxFuture;
+use weir_protocol::record::{self, pos};
 use weir_protocol::route::{
     GetAllTopics, RegisterBroker, TopicConfig, TopicList, UnregisterBroker, perm,
 };
@@ -65,6 +66,9 @@ pub enum BrokerError {
 const MAX_PULL_MSGS: u32 = 1024;
 /// Most record bytes one pull returns.
 const PULL_MAX_BYTES: usize = 4 << 20;
+/// Longest a pull with a filter keeps reading before it answers with what it has (so a slow
+/// filter's pulls still answer well within the clients' request timeout).
+const FILTERED_PULL_BUDGET: Duration = Duration::from_secs(1);
 /// Longest a pull may be held.
 const MAX_SUSPEND: Duration = Duration::from_secs(60);
 const NAMESRV_TIMEOUT: Duration = Duration::from_secs(3);
@@ -328,20 +332,26 @@ impl Broker {
         }
         let tags = TagFilter::parse(&req.expression)
             .map_err(|m| err(ErrorCode::SubscriptionParseFailed, m))?;
-        let wasm = self.filter_for(&req.group, &req.topic)?;
+        // The consumer's progress counts even when its filter then fails the pull.
         if let Some(c) = req.commit_offset {
             self.store
                 .consumer_offsets()
                 .commit(&req.group, &req.topic, req.queue_id, c);
         }
+        let wasm = self.filter_for(&req.group, &req.topic)?;
         let max = req.max_msgs.clamp(1, MAX_PULL_MSGS) as usize;
         let fc = self.filters.runtime().config();
         // With a wasm filter, candidates go to it in batches, and a pull keeps reading
         // until it has `max` kept messages, reaches the end, or has examined
         // `max_scan_per_pull` entries: a selective filter answers with an advanced offset
         // rather than nothing, or rather than walking the whole backlog in one pull.
-        let round = if wasm.is_some() { fc.batch_size } else { max };
         let max_scan = fc.max_scan_per_pull;
+        // Bodies go into the filter's memory: keep a batch well inside its cap.
+        let round_bytes = match &wasm {
+            Some(f) if f.needs_body() => PULL_MAX_BYTES.min(fc.memory_limit / 4),
+            _ => PULL_MAX_BYTES,
+        };
+        let budget_end = tokio::time::Instant::now() + FILTERED_PULL_BUDGET;
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(req.suspend_ms).min(MAX_SUSPEND);
         let notify = (req.suspend_ms > 0).then(|| self.holds.notify_of(&req.topic, req.queue_id));
@@ -367,9 +377,15 @@ impl Broker {
                 f.as_mut().enable();
                 f
             });
+            // Without a filter, what was asked for; with one, enough candidates for what is
+            // missing at the filter's keep rate so far (few calls, little judged twice).
+            let round = match &wasm {
+                None => max,
+                Some(f) => f.candidates_for(max - out.len()).min(fc.batch_size),
+            };
             let limits = ReadLimits {
                 max_count: round,
-                max_bytes: PULL_MAX_BYTES.saturating_sub(out_bytes).max(1),
+                max_bytes: round_bytes.saturating_sub(out_bytes).max(1),
                 max_scan: max_scan
                     .saturating_sub((cursor - req.offset) as usize)
                     .max(1),
@@ -419,27 +435,49 @@ impl Broker {
                 .collect();
             let kept = match &wasm {
                 None => candidates,
-                Some(f) => self.run_filter(f, &req, cursor, candidates).await?,
+                Some(f) => match self.run_filter(f, &req, cursor, candidates).await {
+                    Ok(kept) => kept,
+                    // Earlier rounds' progress stands; the next pull meets the failure.
+                    Err(_) if cursor != req.offset => {
+                        let status = if out.is_empty() {
+                            PullStatus::NoMatch
+                        } else {
+                            PullStatus::Found
+                        };
+                        return answer(status, cursor, bounds, &out);
+                    }
+                    Err(e) => return Err(e),
+                },
             };
-            cursor = r.next_offset;
-            for rec in kept {
-                if out.len() == max {
-                    // The filter kept more than asked for: resume right after the last
-                    // message returned.
-                    cursor = out
-                        .last()
-                        .and_then(|l| l.view().ok())
-                        .map_or(cursor, |v| v.queue_offset() + 1);
-                    break;
-                }
-                out_bytes += rec.len();
-                out.push(rec);
+            let round_end = r.next_offset;
+            cursor = round_end;
+            let room = max - out.len();
+            if kept.len() > room {
+                // The filter kept more than asked for: resume right after the last message
+                // returned, read from its header; if that is not a sane offset (damage),
+                // return them all rather than skip any.
+                let resume = kept[room - 1]
+                    .bytes()
+                    .get(..pos::QUEUE_OFFSET + 8)
+                    .map(|b| record::u64_at(b, pos::QUEUE_OFFSET) + 1)
+                    .filter(|o| (req.offset + 1..round_end).contains(o));
+                let take = if let Some(o) = resume {
+                    cursor = o;
+                    room
+                } else {
+                    kept.len()
+                };
+                out.extend(kept.into_iter().take(take));
+                return answer(PullStatus::Found, cursor, bounds, &out);
             }
+            out_bytes += kept.iter().map(StoredRecord::len).sum::<usize>();
+            out.extend(kept);
             let scanned = (cursor - req.offset) as usize;
             if wasm.is_none()
                 || out.len() == max
-                || out_bytes >= PULL_MAX_BYTES
+                || out_bytes >= round_bytes
                 || scanned >= max_scan
+                || tokio::time::Instant::now() >= budget_end
             {
                 let status = if out.is_empty() {
                     PullStatus::NoMatch

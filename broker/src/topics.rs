@@ -37,7 +37,8 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
 /// Longest consumer or producer group name.
 pub const MAX_GROUP_LEN: usize = 255;
 
-/// Checks a group name (it names files and registry entries, so it is held to rules).
+/// Checks a group name given to a filter upload (it keys the filter registry and shows in
+/// logs and errors, so it is held to the same kind of rules as topic names).
 pub fn validate_group_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("group name is empty".into());

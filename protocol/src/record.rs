@@ -375,8 +375,10 @@ pub fn probe(window: &[u8], offset: u64) -> Probe {
     Probe::Message(len)
 }
 
-/// Where a record's attributes (tags, keys, properties as stored: see
-/// [`RecordView::attributes`]) and body are, found by lengths alone. Unlike
+/// Where a record's attributes (tags, keys and properties exactly as stored: `u16` tag
+/// length and tag, `u32` keys length and keys, `u32` properties length and properties) and
+/// body are, found by lengths alone: the `attributes` a filter receives
+/// (`wit/filter.wit`), one contiguous slice, no re-encoding. Unlike
 /// [`RecordView::parse`] it does not check that the text is UTF-8: for the filter path,
 /// where the filter decodes and checks what it reads, and every byte of validation counts.
 pub fn attributes_and_body(bytes: &[u8]) -> Result<(&[u8], &[u8])> {
@@ -545,14 +547,6 @@ impl<'a> RecordView<'a> {
     }
     pub fn tags(&self) -> &'a str {
         self.tags
-    }
-    /// Tags, keys and properties exactly as stored (`u16` tag length and tag, `u32` keys
-    /// length and keys, `u32` properties length and properties): the `attributes` a
-    /// filter receives (`wit/filter.wit`), one contiguous slice, no re-encoding.
-    pub fn attributes(&self) -> &'a [u8] {
-        let start = pos::VARIABLE + 2 + self.topic.len();
-        let end = self.bytes.len() - self.body.len() - 4;
-        &self.bytes[start..end]
     }
     pub fn body(&self) -> &'a [u8] {
         self.body
@@ -792,7 +786,8 @@ mod tests {
         let buf = encode(&sample(), 0);
         let v = RecordView::parse(&buf).unwrap();
         let (attributes, body) = attributes_and_body(&buf).unwrap();
-        assert_eq!(attributes, v.attributes());
+        let start = pos::VARIABLE + 2 + v.topic().len();
+        assert_eq!(attributes, &buf[start..buf.len() - 4 - v.body().len()]);
         assert_eq!(body, b"hello body");
         // tag "TagA", then the keys and properties sections.
         assert_eq!(&attributes[..6], b"\x04\x00TagA");

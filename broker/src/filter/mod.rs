@@ -32,7 +32,7 @@ pub struct FilterConfig {
     pub batch_deadline_ms: u64,
     /// Stack the filter's own frames may use, bytes (default 512 KiB).
     pub max_wasm_stack: usize,
-    /// Threads that run filter calls (default: one per core).
+    /// Threads that run filter calls (default: one per core, at most 8).
     pub workers: usize,
     /// Filter instances alive at once, across all workers; bounds the instance pool
     /// (default 128).
@@ -60,7 +60,7 @@ impl Default for FilterConfig {
             memory_limit: 16 << 20,
             batch_deadline_ms: 50,
             max_wasm_stack: 512 << 10,
-            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get().min(8)),
             max_instances: 128,
             failures_before_marked: 3,
             batch_size: 256,
@@ -87,8 +87,9 @@ impl FilterConfig {
             "filter.batch_deadline_ms must be within 1..=60000",
         )?;
         check(
-            self.max_wasm_stack >= 64 << 10 && self.max_wasm_stack <= 4 << 20,
-            "filter.max_wasm_stack must be within 64 KiB..=4 MiB",
+            // `init` at upload runs on a blocking-pool thread of 2 MiB.
+            self.max_wasm_stack >= 64 << 10 && self.max_wasm_stack <= 1 << 20,
+            "filter.max_wasm_stack must be within 64 KiB..=1 MiB",
         )?;
         check(
             (1..=256).contains(&self.workers),

@@ -23,6 +23,13 @@ use weir_protocol::filter::{FilterInfo, FilterList, FilterUploaded};
 use super::FilterError;
 use super::runtime::{CompiledFilter, FilterLabel, FilterRuntime, LoadedFilter, sha256_hex};
 
+/// Where the SHA-256 of a cached compiled file is kept.
+fn digest_path(compiled: &Path) -> PathBuf {
+    let mut name = compiled.as_os_str().to_owned();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
+
 /// One registration as persisted.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RegistryEntry {
@@ -65,6 +72,12 @@ pub struct FilterRegistry {
 
 fn storage(what: &str, path: &Path, e: impl std::fmt::Display) -> FilterError {
     FilterError::Storage(format!("{what} {}: {e}", path.display()))
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn now_ms() -> i64 {
@@ -158,6 +171,10 @@ impl FilterRegistry {
         if file.version != 1 {
             return Err(storage("unknown format version in", &path, file.version));
         }
+        // The sha256 names files: nothing but a digest may reach a path.
+        if let Some(bad) = file.filters.iter().find(|e| !is_sha256_hex(&e.sha256)) {
+            return Err(storage("bad sha256 in", &path, &bad.sha256));
+        }
         Ok(file.filters)
     }
 
@@ -181,16 +198,24 @@ impl FilterRegistry {
         bytes: Option<&[u8]>,
     ) -> Result<(CompiledFilter, bool), FilterError> {
         let cached = self.compiled_path(sha256);
-        if cached.exists() {
-            // SAFETY: files in `compiled/` are written only by `cache_compiled` below, from
-            // `FilterRuntime::serialize`, under a name that carries this engine's
-            // compatibility hash; the data folder is the broker's own.
-            match unsafe { self.runtime.deserialize_file(&cached) } {
-                Ok(c) => {
-                    self.cache_loads.fetch_add(1, Ordering::Relaxed);
-                    return Ok((c, false));
+        let digest_path = digest_path(&cached);
+        if let (Ok(code), Ok(digest)) = (
+            std::fs::read(&cached),
+            std::fs::read_to_string(&digest_path),
+        ) {
+            if sha256_hex(&code) == digest.trim() {
+                // SAFETY: the bytes are exactly what `FilterRuntime::serialize` produced in
+                // this data folder (their digest, written beside them, matches), under a name
+                // carrying this engine's compatibility hash.
+                match unsafe { self.runtime.deserialize(&code) } {
+                    Ok(c) => {
+                        self.cache_loads.fetch_add(1, Ordering::Relaxed);
+                        return Ok((c, false));
+                    }
+                    Err(e) => warn!(error = %e, "cached compiled filter unusable; compiling again"),
                 }
-                Err(e) => warn!(error = %e, "cached compiled filter unusable; compiling again"),
+            } else {
+                warn!(file = %cached.display(), "cached compiled filter does not match its digest; compiling again");
             }
         }
         let read;
@@ -209,7 +234,11 @@ impl FilterRegistry {
         self.compilations.fetch_add(1, Ordering::Relaxed);
         match self.runtime.serialize(&compiled) {
             Ok(code) => {
-                if let Err(e) = weir_store::write_atomic(&cached, &code) {
+                // The code first, then its digest: a digest always describes whole code.
+                let written = weir_store::write_atomic(&cached, &code).and_then(|()| {
+                    weir_store::write_atomic(&digest_path, sha256_hex(&code).as_bytes())
+                });
+                if let Err(e) = written {
                     warn!(error = %e, "cannot cache compiled filter; it will be compiled again at the next start");
                 }
             }
@@ -251,13 +280,8 @@ impl FilterRegistry {
             .map_or(1, |r| r.entry.version + 1);
         let sha256 = sha256_hex(bytes);
         let label = FilterLabel::new(group, topic, version, sha256.clone());
-        // Size and kind before anything is compiled or written.
-        if bytes.len() > self.runtime.config().max_component_bytes {
-            return Err(FilterError::TooLarge {
-                size: bytes.len(),
-                limit: self.runtime.config().max_component_bytes,
-            });
-        }
+        // Size and kind before anything is compiled, loaded or written.
+        self.runtime.check_bytes(bytes)?;
         let loaded = self
             .compiled(&sha256, Some(bytes))
             .and_then(|(c, did)| Ok((self.runtime.load(c, params.clone(), label.clone())?, did)));
@@ -372,7 +396,10 @@ impl FilterRegistry {
                 let name = f.file_name();
                 let name = name.to_string_lossy();
                 let sha = name.split(['.', '-']).next().unwrap_or_default();
-                if !live.contains(sha)
+                // Compiled code of another engine (an older wasmtime) is never loaded again.
+                let other_engine =
+                    sub == "compiled" && !name.contains(self.runtime.compatibility_hash());
+                if (!live.contains(sha) || other_engine)
                     && let Err(e) = std::fs::remove_file(f.path())
                 {
                     warn!(file = %f.path().display(), error = %e, "cannot remove an unused filter file");

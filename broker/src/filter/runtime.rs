@@ -71,6 +71,11 @@ const STUBBED: &[&str] = &[
     "wasi:cli/terminal-stderr",
 ];
 
+/// Core instances (the filter's module and its adapter shims) and tables one filter
+/// component may have.
+const CORE_INSTANCES_PER_FILTER: u32 = 16;
+const TABLES_PER_FILTER: u32 = 8;
+
 /// Lower-case hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -167,11 +172,36 @@ pub struct FilterFailure {
 
 impl FilterFailure {
     fn new(kind: FailureKind, detail: impl Into<String>) -> Self {
+        // Details can come from the guest (its error text, names in a backtrace): bounded
+        // and printable before they reach replies, logs and the failure mark.
         Self {
             kind,
-            detail: detail.into(),
+            detail: sanitize(&detail.into(), MAX_DETAIL),
         }
     }
+}
+
+/// Longest failure detail kept, bytes.
+const MAX_DETAIL: usize = 1024;
+
+/// `text` cut to at most `max` bytes (on a character boundary) with control characters
+/// escaped, so guest-made text cannot flood or forge log lines.
+fn sanitize(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max) + 4);
+    for c in text.chars() {
+        let before = out.len();
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        if out.len() > max {
+            out.truncate(before);
+            out.push('…');
+            break;
+        }
+    }
+    out
 }
 
 /// A stored record's bytes, handed to a filter call and back.
@@ -252,9 +282,21 @@ impl LoadedFilter {
     pub fn needs_body(&self) -> bool {
         self.needs_body
     }
-    pub fn params(&self) -> &[(String, String)] {
-        &self.params
+    /// How many candidates to read to get about `wanted` kept messages, at the keep rate
+    /// seen so far (all of them, before any call).
+    pub fn candidates_for(&self, wanted: usize) -> usize {
+        let s = &self.shared;
+        let (seen, kept) = (
+            s.messages_in.load(Ordering::Relaxed),
+            s.messages_kept.load(Ordering::Relaxed),
+        );
+        if seen < 64 || kept == 0 {
+            return usize::MAX;
+        }
+        // A little over the estimate, so one round usually suffices.
+        ((wanted as u64 * seen).div_ceil(kept) * 5 / 4).max(wanted as u64) as usize
     }
+
     /// `Some(cause)` once the filter failed too many batches in a row.
     pub fn marked_failed(&self) -> Option<String> {
         self.shared
@@ -321,28 +363,21 @@ impl ResourceLimiter for GuestState {
     }
 
     fn instances(&self) -> usize {
-        64
+        CORE_INSTANCES_PER_FILTER as usize
     }
     fn tables(&self) -> usize {
-        64
+        TABLES_PER_FILTER as usize
     }
     fn memories(&self) -> usize {
-        8
+        1
     }
 }
 
 impl bindings::weir::filter::types::Host for GuestState {}
 
 impl bindings::weir::filter::host::Host for GuestState {
-    fn log(&mut self, level: Level, mut message: String) {
-        if message.len() > self.log_line_max {
-            let mut cut = self.log_line_max;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
-        }
+    fn log(&mut self, level: Level, message: String) {
+        let message = sanitize(&message, self.log_line_max);
         if matches!(level, Level::Error) {
             self.last_error_line = Some(message.clone());
         }
@@ -440,12 +475,13 @@ impl FilterRuntime {
         // memory; size the pool for `max_instances` of them.
         let n = config.max_instances;
         pool.total_component_instances(n)
-            .total_core_instances(n.saturating_mul(8))
-            .total_memories(n.saturating_mul(2))
-            .total_tables(n.saturating_mul(8))
-            .max_core_instances_per_component(16)
-            .max_memories_per_component(2)
-            .max_tables_per_component(8)
+            .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_FILTER))
+            .total_memories(n)
+            .total_tables(n.saturating_mul(TABLES_PER_FILTER))
+            .max_core_instances_per_component(CORE_INSTANCES_PER_FILTER)
+            // One linear memory per filter, so the memory cap is the filter's cap.
+            .max_memories_per_component(1)
+            .max_tables_per_component(TABLES_PER_FILTER)
             .max_memory_size(config.memory_limit)
             .max_unused_warm_slots(n.min(16));
         let mut wasm = Config::new();
@@ -462,10 +498,11 @@ impl FilterRuntime {
         )
         .map_err(|e| runtime_err("linking the host interface", e))?;
         let tick = Duration::from_millis((config.batch_deadline_ms / 10).clamp(1, 100));
+        // At least two ticks, so a call never gets less than one whole tick.
         let deadline_ticks = config
             .batch_deadline_ms
             .div_ceil(tick.as_millis().max(1) as u64)
-            .max(1);
+            .max(2);
         let stop = Arc::new(AtomicBool::new(false));
         {
             let (engine, stop) = (engine.clone(), Arc::clone(&stop));
@@ -482,7 +519,11 @@ impl FilterRuntime {
 
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        let per_worker = (config.max_instances as usize / config.workers).max(1);
+        // Workers keep most of the pool; the rest is for `init` at upload and for direct
+        // callers, so an upload is never refused for want of a slot.
+        let reserve = (config.max_instances as usize / 8).max(1);
+        let per_worker =
+            ((config.max_instances as usize).saturating_sub(reserve) / config.workers).max(1);
         for n in 0..config.workers {
             let rx = Arc::clone(&rx);
             let mut worker = Worker::new(per_worker);
@@ -537,6 +578,7 @@ impl FilterRuntime {
         if let Ok(mut jobs) = self.inner.jobs.lock() {
             jobs.take();
         }
+        self.inner.stop.store(true, Ordering::Relaxed);
     }
 
     /// Checks the size and kind of `bytes`, compiles them and checks imports and exports.
@@ -559,20 +601,18 @@ impl FilterRuntime {
     /// Loads compiled code this broker cached earlier.
     ///
     /// # Safety
-    /// `path` must hold bytes produced by [`FilterRuntime::serialize`] (of a wasmtime with
+    /// `code` must be bytes produced by [`FilterRuntime::serialize`] (of a wasmtime with
     /// this [`compatibility_hash`](Self::compatibility_hash)), unchanged since: wasmtime
     /// validates them only lightly and runs them as machine code.
-    pub unsafe fn deserialize_file(
-        &self,
-        path: &std::path::Path,
-    ) -> Result<CompiledFilter, FilterError> {
-        // SAFETY: the caller guarantees the file is our own serialized artifact.
-        let component = unsafe { Component::deserialize_file(&self.inner.engine, path) }
-            .map_err(|e| FilterError::Runtime(format!("cannot load {}: {e}", path.display())))?;
+    pub unsafe fn deserialize(&self, code: &[u8]) -> Result<CompiledFilter, FilterError> {
+        // SAFETY: the caller guarantees the bytes are our own serialized artifact.
+        let component = unsafe { Component::deserialize(&self.inner.engine, code) }
+            .map_err(|e| FilterError::Runtime(format!("cannot load compiled code: {e}")))?;
         self.link(component)
     }
 
-    fn check_bytes(&self, bytes: &[u8]) -> Result<(), FilterError> {
+    /// Refuses what is too big or not a component, before any work.
+    pub fn check_bytes(&self, bytes: &[u8]) -> Result<(), FilterError> {
         let limit = self.inner.config.max_component_bytes;
         if bytes.len() > limit {
             return Err(FilterError::TooLarge {
@@ -769,6 +809,10 @@ impl FilterRuntime {
         let runtime = self.clone();
         let filter = Arc::clone(filter);
         let job: Job = Box::new(move |worker| {
+            if tx.is_closed() {
+                // The pull was abandoned (client gone, broker stopping): no work, no verdict.
+                return;
+            }
             let r = worker.call(&runtime, &filter, &ctx, &records);
             let _ = tx.send(r.map(|v| (records, v)));
         });
@@ -928,7 +972,15 @@ fn classify(store: &mut Store<GuestState>, e: wasmtime::Error) -> FilterFailure 
             with_line("stack overflow (the wasm stack cap was reached)".into()),
         ),
         Some(t) => FilterFailure::new(FailureKind::Trap, with_line(t.to_string())),
-        None => FilterFailure::new(FailureKind::Trap, with_line(format!("{e:#}"))),
+        // Not the filter's doing: the instance pool is full for now.
+        None if e
+            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some() =>
+        {
+            FilterFailure::new(FailureKind::Unavailable, e.root_cause().to_string())
+        }
+        // A host function's error, e.g. a stubbed WASI import the filter called.
+        None => FilterFailure::new(FailureKind::Trap, with_line(e.root_cause().to_string())),
     }
 }
 
@@ -968,19 +1020,16 @@ impl Worker {
         // Instances of replaced or removed filter versions go at the next batch.
         self.slots.retain(|_, s| s.filter.strong_count() > 0);
         let shared = &filter.shared;
-        let started = Instant::now();
         let result = self.call_inner(runtime, filter, ctx, records);
         match &result {
-            Ok(verdicts) => {
+            Ok((verdicts, call_nanos)) => {
                 let kept = verdicts.iter().filter(|k| **k).count() as u64;
                 shared.calls.fetch_add(1, Ordering::Relaxed);
                 shared
                     .messages_in
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
                 shared.messages_kept.fetch_add(kept, Ordering::Relaxed);
-                shared
-                    .call_nanos
-                    .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                shared.call_nanos.fetch_add(*call_nanos, Ordering::Relaxed);
                 shared.consecutive_failures.store(0, Ordering::Relaxed);
             }
             Err(f) => {
@@ -1010,16 +1059,17 @@ impl Worker {
                 }
             }
         }
-        result
+        result.map(|(verdicts, _)| verdicts)
     }
 
+    /// The verdicts, and the time the guest call took (instantiation excluded).
     fn call_inner<R: RecordBytes>(
         &mut self,
         runtime: &FilterRuntime,
         filter: &Arc<LoadedFilter>,
         ctx: &BatchContext,
         records: &[R],
-    ) -> Result<Vec<bool>, FilterFailure> {
+    ) -> Result<(Vec<bool>, u64), FilterFailure> {
         let ticks = runtime.inner.deadline_ticks;
         if !self.slots.contains_key(&filter.id) {
             if self.slots.len() >= self.capacity
@@ -1033,17 +1083,28 @@ impl Worker {
             }
             let mut store = runtime.new_store(Some(Arc::clone(&filter.shared)));
             filter.shared.instantiations.fetch_add(1, Ordering::Relaxed);
-            let (filter_fn, _) = init_instance(&mut store, &filter.compiled, &filter.params, ticks)
-                .map_err(|e| match e {
-                    InitError::Params(m) => FilterFailure::new(
-                        FailureKind::GuestError,
-                        format!("init rejected the parameters it accepted at upload: {m}"),
-                    ),
-                    InitError::Failed(f) => FilterFailure {
-                        detail: format!("in init: {}", f.detail),
-                        ..f
+            let (filter_fn, needs_body) =
+                init_instance(&mut store, &filter.compiled, &filter.params, ticks).map_err(
+                    |e| match e {
+                        InitError::Params(m) => FilterFailure::new(
+                            FailureKind::GuestError,
+                            format!("init rejected the parameters it accepted at upload: {m}"),
+                        ),
+                        InitError::Failed(f) => FilterFailure {
+                            detail: format!("in init: {}", f.detail),
+                            ..f
+                        },
                     },
-                })?;
+                )?;
+            if needs_body != filter.needs_body {
+                return Err(FilterFailure::new(
+                    FailureKind::GuestError,
+                    format!(
+                        "init now says it {} bodies, unlike at upload; upload the filter again",
+                        if needs_body { "needs" } else { "does not need" }
+                    ),
+                ));
+            }
             self.slots.insert(
                 filter.id,
                 Slot {
@@ -1095,9 +1156,12 @@ impl Worker {
                 FilterFailure::new(FailureKind::Trap, format!("filter function type: {e}"))
             })?;
         store.set_epoch_deadline(ticks);
+        store.data_mut().last_error_line = None;
+        let started = Instant::now();
         let (answer,) = typed
             .call(&mut *store, (wire_ctx, &messages))
             .map_err(|e| classify(store, e))?;
+        let call_nanos = started.elapsed().as_nanos() as u64;
         let verdicts = answer.map_err(|e| match e {
             GuestError::BadParams(m) | GuestError::Failed(m) => {
                 FilterFailure::new(FailureKind::GuestError, m)
@@ -1114,19 +1178,15 @@ impl Worker {
             ));
         }
         if damaged.is_empty() {
-            return Ok(verdicts);
+            return Ok((verdicts, call_nanos));
         }
+        warn!(filter = %filter.shared.label, queue = ctx.queue_id, records = damaged.len(), "stored records that do not parse are passed to the consumer unfiltered, which reports the damage");
         let mut judged = verdicts.into_iter();
         let mut damaged = damaged.into_iter().peekable();
-        Ok((0..records.len())
-            .map(|i| {
-                if damaged.next_if_eq(&i).is_some() {
-                    true
-                } else {
-                    judged.next().unwrap_or(false)
-                }
-            })
-            .collect())
+        let verdicts = (0..records.len())
+            .map(|i| damaged.next_if_eq(&i).is_some() || judged.next().unwrap_or(false))
+            .collect();
+        Ok((verdicts, call_nanos))
     }
 }
 
