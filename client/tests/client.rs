@@ -222,6 +222,9 @@ async fn one_name_server_down_and_one_broker_down_still_serve() {
     }
     assert_eq!(admin.create_topic("Spread", 2).await.unwrap().len(), 2);
     wait_route(&admin, "Spread", 2).await;
+    // Brokers tell each name server on their own: wait until the second one knows too.
+    let ns2_only = Admin::new(client(&ns2.local_addr().to_string()));
+    wait_route(&ns2_only, "Spread", 2).await;
 
     // The first name server goes away: the client moves on to the second.
     ns1.shutdown().await;

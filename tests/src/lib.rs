@@ -111,7 +111,8 @@ impl Env {
         self.data_dir().join("filters")
     }
 
-    /// The names of the files in `<data>/filters/<sub>` (empty when it does not exist).
+    /// The component or compiled-code files under `<data>/filters/<sub>` (the digest
+    /// beside each compiled file is part of it, not counted).
     pub fn filter_files(&self, sub: &str) -> BTreeSet<String> {
         match std::fs::read_dir(self.filters_dir().join(sub)) {
             Ok(dir) => dir
@@ -121,6 +122,7 @@ impl Env {
                         .to_string_lossy()
                         .into_owned()
                 })
+                .filter(|name| !name.ends_with(".sha256"))
                 .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
             Err(e) => panic!("reading {sub}: {e}"),

@@ -524,6 +524,25 @@ async fn restart_keeps_filters_without_recompiling() {
         env.filter_files("components"),
         BTreeSet::from([format!("{}.wasm", up.sha256)])
     );
+    drop(c);
+
+    // Damaged compiled code is never run: its digest no longer matches, so the next start
+    // compiles afresh.
+    let cached = env.filter_files("compiled").into_iter().next().unwrap();
+    let path = compiled.join(cached);
+    let mut code = std::fs::read(&path).unwrap();
+    let middle = code.len() / 2;
+    code[middle] ^= 0x5a;
+    std::fs::write(&path, &code).unwrap();
+    env.restart().await;
+    let c = env.client().await;
+    let list = c.list(None).await;
+    assert_eq!((list.compilations, list.cache_loads), (1, 0), "{list:?}");
+    assert_keys(
+        &key_set(&c.drain("G1", "R", 0, 0).await.msgs),
+        &eu,
+        "after a restart with damaged compiled code",
+    );
 }
 
 // ---------------------------------------------------------------------------------------
