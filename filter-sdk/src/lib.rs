@@ -391,6 +391,7 @@ pub mod __private {
 
     pub fn filter<F: Filter>(
         ctx: wit::BatchContext,
+        attributes: Vec<u8>,
         messages: Vec<wit::Message>,
     ) -> Result<Vec<bool>, wit::FilterError> {
         INSTANCE.with(|i| {
@@ -399,13 +400,14 @@ pub mod __private {
                 .as_mut()
                 .and_then(|f| f.downcast_mut::<F>())
                 .ok_or_else(|| wit::FilterError::Failed("filter called before init".into()))?;
-            run_batch(filter, ctx, &messages)
+            run_batch(filter, ctx, &attributes, &messages)
         })
     }
 
     pub(crate) fn run_batch<F: Filter>(
         filter: &mut F,
         ctx: wit::BatchContext,
+        attributes: &[u8],
         messages: &[wit::Message],
     ) -> Result<Vec<bool>, wit::FilterError> {
         filter.begin_batch(&Context {
@@ -416,20 +418,25 @@ pub mod __private {
         messages
             .iter()
             .map(|m| {
-                let msg = Message::decode(
-                    m.queue_offset,
-                    m.born_timestamp,
-                    m.store_timestamp,
-                    m.reconsume_count,
-                    &m.attributes,
-                    m.body.as_deref(),
-                )
-                .ok_or_else(|| {
-                    wit::FilterError::Failed(format!(
-                        "message at queue offset {} has malformed attributes",
-                        m.queue_offset
-                    ))
-                })?;
+                let at = m.attributes_at as usize;
+                let msg = attributes
+                    .get(at..at.saturating_add(m.attributes_len as usize))
+                    .and_then(|attrs| {
+                        Message::decode(
+                            m.queue_offset,
+                            m.born_timestamp,
+                            m.store_timestamp,
+                            m.reconsume_count,
+                            attrs,
+                            m.body.as_deref(),
+                        )
+                    })
+                    .ok_or_else(|| {
+                        wit::FilterError::Failed(format!(
+                            "message at queue offset {} has malformed attributes",
+                            m.queue_offset
+                        ))
+                    })?;
                 Ok(filter.keep(&msg))
             })
             .collect()
@@ -456,6 +463,7 @@ macro_rules! export_filter {
                 }
                 fn filter(
                     ctx: $crate::bindings::exports::weir::filter::filter::BatchContext,
+                    attributes: ::std::vec::Vec<u8>,
                     messages: ::std::vec::Vec<
                         $crate::bindings::exports::weir::filter::filter::Message,
                     >,
@@ -463,7 +471,7 @@ macro_rules! export_filter {
                     ::std::vec::Vec<bool>,
                     $crate::bindings::exports::weir::filter::filter::FilterError,
                 > {
-                    $crate::__private::filter::<$filter>(ctx, messages)
+                    $crate::__private::filter::<$filter>(ctx, attributes, messages)
                 }
             }
             $crate::bindings::__export_message_filter!(WeirFilterExport with_types_in $crate::bindings);
@@ -513,7 +521,7 @@ pub mod testing {
             self
         }
 
-        /// The `attributes` bytes the broker would send for this message.
+        /// The attribute bytes the broker would send for this message.
         pub fn attributes(&self) -> Vec<u8> {
             let mut out = Vec::new();
             put(&mut out, self.tags.as_bytes(), 2);
@@ -551,15 +559,22 @@ pub mod testing {
                 .collect(),
         );
         let mut filter = F::init(&params).map_err(|e| e.0)?;
+        let mut attributes = Vec::new();
         let wire: Vec<wit::Message> = messages
             .iter()
-            .map(|m| wit::Message {
-                queue_offset: m.queue_offset,
-                born_timestamp: m.born_timestamp,
-                store_timestamp: m.store_timestamp,
-                reconsume_count: m.reconsume_count,
-                attributes: m.attributes(),
-                body: F::NEEDS_BODY.then(|| m.body.clone()),
+            .map(|m| {
+                let attrs = m.attributes();
+                let at = attributes.len() as u32;
+                attributes.extend_from_slice(&attrs);
+                wit::Message {
+                    queue_offset: m.queue_offset,
+                    born_timestamp: m.born_timestamp,
+                    store_timestamp: m.store_timestamp,
+                    reconsume_count: m.reconsume_count,
+                    attributes_at: at,
+                    attributes_len: attrs.len() as u32,
+                    body: F::NEEDS_BODY.then(|| m.body.clone()),
+                }
             })
             .collect();
         let ctx = wit::BatchContext {
@@ -567,7 +582,7 @@ pub mod testing {
             queue_id: 0,
             consumer_group: "test".into(),
         };
-        __private::run_batch(&mut filter, ctx, &wire).map_err(|e| match e {
+        __private::run_batch(&mut filter, ctx, &attributes, &wire).map_err(|e| match e {
             wit::FilterError::BadParams(m) | wit::FilterError::Failed(m) => m,
         })
     }

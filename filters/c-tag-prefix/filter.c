@@ -210,6 +210,7 @@ bool exports_weir_filter_filter_init(message_filter_list_tuple2_string_string_t 
 static uint16_t read_u16_le(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 
 bool exports_weir_filter_filter_filter(exports_weir_filter_filter_batch_context_t *ctx,
+                                       message_filter_list_u8_t *attributes,
                                        exports_weir_filter_filter_list_message_t *messages,
                                        message_filter_list_bool_t *ret,
                                        exports_weir_filter_filter_filter_error_t *err) {
@@ -227,10 +228,14 @@ bool exports_weir_filter_filter_filter(exports_weir_filter_filter_batch_context_
     }
 
     for (size_t i = 0; i < n && ok; i++) {
-        const message_filter_list_u8_t *a = &messages->ptr[i].attributes;
+        // This message's attributes: a slice of the batch's `attributes` bytes.
+        size_t at = messages->ptr[i].attributes_at;
+        size_t len = messages->ptr[i].attributes_len;
+        bool inside = at <= attributes->len && len <= attributes->len - at;
+        const uint8_t *a = inside ? attributes->ptr + at : NULL;
         // `u16` tag length, then the tag; keys and properties follow and are not needed.
-        size_t tag_len = a->len >= 2 ? read_u16_le(a->ptr) : 0;
-        if (a->len < 2 || a->len - 2 < tag_len) {
+        size_t tag_len = inside && len >= 2 ? read_u16_le(a) : 0;
+        if (!inside || len < 2 || len - 2 < tag_len) {
             // The broker validates the encoding; this only guards against a contract break.
             buf_cstr(&msg, "malformed attributes (tag length past the end) at queue offset ");
             char digits[20];
@@ -241,11 +246,12 @@ bool exports_weir_filter_filter_filter(exports_weir_filter_filter_batch_context_
             ok = false;
             break;
         }
-        verdicts[i] = tag_len >= g_prefix_len && memcmp(a->ptr + 2, g_prefix, g_prefix_len) == 0;
+        verdicts[i] = tag_len >= g_prefix_len && memcmp(a + 2, g_prefix, g_prefix_len) == 0;
     }
 
     // The export owns its arguments.
     exports_weir_filter_filter_batch_context_free(ctx);
+    message_filter_list_u8_free(attributes);
     exports_weir_filter_filter_list_message_free(messages);
 
     if (!ok) {

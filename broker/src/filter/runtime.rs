@@ -436,7 +436,10 @@ struct WireMessage<'a> {
     store_timestamp: i64,
     #[component(name = "reconsume-count")]
     reconsume_count: u32,
-    attributes: &'a [u8],
+    #[component(name = "attributes-at")]
+    attributes_at: u32,
+    #[component(name = "attributes-len")]
+    attributes_len: u32,
     body: Option<&'a [u8]>,
 }
 
@@ -998,6 +1001,8 @@ struct Worker {
     slots: HashMap<u64, Slot>,
     capacity: usize,
     clock: u64,
+    /// The batch's attributes buffer, kept between calls.
+    attributes: Vec<u8>,
 }
 
 impl Worker {
@@ -1006,6 +1011,7 @@ impl Worker {
             slots: HashMap::new(),
             capacity,
             clock: 0,
+            attributes: Vec::new(),
         }
     }
 
@@ -1125,19 +1131,31 @@ impl Worker {
         // A record that does not parse is not the filter's to judge: it is passed on (the
         // consumer then reports the damage), never dropped.
         let mut messages = Vec::with_capacity(records.len());
+        let mut attributes = std::mem::take(&mut self.attributes);
+        attributes.clear();
         let mut damaged = Vec::new();
         for (i, r) in records.iter().enumerate() {
             let bytes = r.record_bytes();
-            let Ok((attributes, body)) = record::attributes_and_body(bytes) else {
+            let Ok((attrs, body)) = record::attributes_and_body(bytes) else {
                 damaged.push(i);
                 continue;
             };
+            let (Ok(attributes_at), Ok(attributes_len)) =
+                (u32::try_from(attributes.len()), u32::try_from(attrs.len()))
+            else {
+                return Err(FilterFailure::new(
+                    FailureKind::Unavailable,
+                    "a batch's attributes exceed 4 GiB",
+                ));
+            };
+            attributes.extend_from_slice(attrs);
             messages.push(WireMessage {
                 queue_offset: record::u64_at(bytes, pos::QUEUE_OFFSET),
                 born_timestamp: record::u64_at(bytes, pos::BORN_TS) as i64,
                 store_timestamp: record::u64_at(bytes, pos::STORE_TS) as i64,
                 reconsume_count: record::u32_at(bytes, pos::RECONSUME_TIMES),
-                attributes,
+                attributes_at,
+                attributes_len,
                 body: filter.needs_body.then_some(body),
             });
         }
@@ -1149,7 +1167,7 @@ impl Worker {
         let store = &mut slot.store;
         let typed = slot
             .filter_fn
-            .typed::<(WireContext<'_>, &[WireMessage<'_>]), (Result<Vec<bool>, GuestError>,)>(
+            .typed::<(WireContext<'_>, &[u8], &[WireMessage<'_>]), (Result<Vec<bool>, GuestError>,)>(
                 &*store,
             )
             .map_err(|e| {
@@ -1158,10 +1176,10 @@ impl Worker {
         store.set_epoch_deadline(ticks);
         store.data_mut().last_error_line = None;
         let started = Instant::now();
-        let (answer,) = typed
-            .call(&mut *store, (wire_ctx, &messages))
-            .map_err(|e| classify(store, e))?;
+        let called = typed.call(&mut *store, (wire_ctx, &attributes, &messages));
         let call_nanos = started.elapsed().as_nanos() as u64;
+        self.attributes = attributes;
+        let (answer,) = called.map_err(|e| classify(&mut slot.store, e))?;
         let verdicts = answer.map_err(|e| match e {
             GuestError::BadParams(m) | GuestError::Failed(m) => {
                 FilterFailure::new(FailureKind::GuestError, m)
