@@ -32,14 +32,7 @@ impl Admin {
     /// Creates (or updates) the topic on every master broker. Returns the brokers done.
     pub async fn create_topic(&self, topic: &str, queues: u32) -> Result<Vec<String>> {
         let info = self.cluster().await?;
-        let masters: Vec<(String, String)> = info
-            .brokers
-            .iter()
-            .filter_map(|b| {
-                b.master_addr()
-                    .map(|a| (b.broker_name.clone(), a.to_owned()))
-            })
-            .collect();
+        let masters = masters(&info.brokers);
         if masters.is_empty() {
             return Err(ClientError::NoRoute {
                 topic: topic.to_owned(),
@@ -211,4 +204,15 @@ impl Admin {
             ClientError::Invalid(format!("broker {addr} returned no record for {msg_id}"))
         })
     }
+}
+
+/// (broker name, master address) of every broker that has a master.
+pub(crate) fn masters(brokers: &[weir_protocol::route::BrokerData]) -> Vec<(String, String)> {
+    brokers
+        .iter()
+        .filter_map(|b| {
+            b.master_addr()
+                .map(|a| (b.broker_name.clone(), a.to_owned()))
+        })
+        .collect()
 }

@@ -35,14 +35,7 @@ fn check_name(what: &str, value: &str) -> Result<()> {
 
 /// (broker name, master address) of every broker of the route that has a master.
 fn route_masters(route: &TopicRoute, topic: &str) -> Result<Vec<(String, String)>> {
-    let masters: Vec<(String, String)> = route
-        .brokers
-        .iter()
-        .filter_map(|b| {
-            b.master_addr()
-                .map(|a| (b.broker_name.clone(), a.to_owned()))
-        })
-        .collect();
+    let masters = crate::admin::masters(&route.brokers);
     if masters.is_empty() {
         return Err(ClientError::NoRoute {
             topic: topic.to_owned(),

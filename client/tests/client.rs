@@ -1,67 +1,13 @@
 //! The client against real name servers and brokers.
 
+mod common;
+use common::{broker, client, namesrv, wait_route};
+
 use std::time::Duration;
 
-use weir_broker::{BrokerConfig, RunningBroker};
 use weir_client::{
     Admin, ClientConfig, ClientInstance, Message, Producer, PullConsumer, PullStatus,
 };
-use weir_namesrv::{NamesrvConfig, RunningNameServer};
-use weir_store::StoreConfig;
-
-async fn namesrv() -> RunningNameServer {
-    weir_namesrv::start(NamesrvConfig {
-        listen: "127.0.0.1:0".into(),
-        broker_expiry_ms: 120_000,
-        scan_interval_ms: 50,
-    })
-    .await
-    .unwrap()
-}
-
-async fn broker(dir: &std::path::Path, name: &str, namesrv: &str) -> RunningBroker {
-    weir_broker::start(BrokerConfig {
-        listen: "127.0.0.1:0".into(),
-        namesrv: namesrv.into(),
-        broker_name: name.into(),
-        default_topic_queues: 4,
-        store: StoreConfig {
-            commit_log_segment_size: 4 << 20,
-            consume_queue_segment_entries: 4096,
-            index_slots: 4096,
-            index_entries: 65536,
-            ..StoreConfig::new(dir.join(name))
-        },
-        ..BrokerConfig::default()
-    })
-    .await
-    .unwrap()
-}
-
-fn client(namesrv: &str) -> ClientInstance {
-    let mut c = ClientConfig::new(namesrv);
-    c.request_timeout = Duration::from_secs(5);
-    ClientInstance::new(c).unwrap()
-}
-
-/// Polls until the name server routes `topic` to `brokers` brokers.
-async fn wait_route(admin: &Admin, topic: &str, brokers: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if admin
-            .route(topic)
-            .await
-            .is_ok_and(|r| r.brokers.len() == brokers)
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "route of {topic} never reached {brokers} brokers"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_and_pull_with_order_keys_batches_and_offsets() {
