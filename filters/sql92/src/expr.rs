@@ -144,34 +144,26 @@ impl<'v> Props<'v> for BySlot<'_, 'v> {
     }
 }
 
+/// AND (`decisive` false) or OR (`decisive` true) in three-valued logic: the decisive value
+/// wins over UNKNOWN and stops the walk; otherwise any UNKNOWN makes the whole UNKNOWN.
+fn junction<'v, P: Props<'v>>(items: &[Node], props: &P, decisive: bool) -> Option<bool> {
+    let mut all_known = true;
+    for item in items {
+        match eval(item, props) {
+            Some(v) if v == decisive => return Some(decisive),
+            Some(_) => {}
+            None => all_known = false,
+        }
+    }
+    all_known.then_some(!decisive)
+}
+
 fn eval<'v, P: Props<'v>>(node: &Node, props: &P) -> Option<bool> {
     match node {
         Node::Const(b) => Some(*b),
         Node::Not(inner) => eval(inner, props).map(|b| !b),
-        Node::And(items) => {
-            // FALSE wins over UNKNOWN; stop at the first FALSE.
-            let mut all_known = true;
-            for item in items.iter() {
-                match eval(item, props) {
-                    Some(false) => return Some(false),
-                    Some(true) => {}
-                    None => all_known = false,
-                }
-            }
-            all_known.then_some(true)
-        }
-        Node::Or(items) => {
-            // TRUE wins over UNKNOWN; stop at the first TRUE.
-            let mut all_known = true;
-            for item in items.iter() {
-                match eval(item, props) {
-                    Some(true) => return Some(true),
-                    Some(false) => {}
-                    None => all_known = false,
-                }
-            }
-            all_known.then_some(false)
-        }
+        Node::And(items) => junction(items, props, false),
+        Node::Or(items) => junction(items, props, true),
         Node::Cmp(op, left, right) => {
             let l = resolve(left, props)?;
             let r = resolve(right, props)?;
