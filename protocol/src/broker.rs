@@ -302,6 +302,114 @@ pub struct ConsumerList {
     pub client_ids: Vec<String>,
 }
 
+/// Everything the broker knows of a group's members (`weir group members`).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct GetConsumerConnections {
+    pub group: String,
+}
+
+impl Rpc for GetConsumerConnections {
+    const CODE: RequestCode = RequestCode::GetConsumerConnections;
+    type Response = ConsumerConnections;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ConsumerConnections {
+    /// Sorted by client id.
+    pub members: Vec<ConsumerMember>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ConsumerMember {
+    pub client_id: String,
+    /// The client's address as the broker sees it.
+    pub addr: String,
+    pub model: MessageModel,
+    /// (topic, expression).
+    pub subscriptions: Vec<(String, String)>,
+    /// Since the last heartbeat.
+    pub last_heartbeat_ms_ago: u64,
+}
+
+/// Broker to client, one way: the members of `group` changed; rebalance now.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct NotifyConsumerIdsChanged {
+    pub group: String,
+}
+
+impl Rpc for NotifyConsumerIdsChanged {
+    const CODE: RequestCode = RequestCode::NotifyConsumerIdsChanged;
+    type Response = ();
+}
+
+/// A message the consumer could not process, handed back: the broker stores a copy for
+/// the group's retry topic (after a delay) or, past `max_reconsume_times`, for its
+/// dead-letter topic. The original stays where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ConsumerSendMsgBack {
+    pub group: String,
+    /// The message's place in this broker's commit log (as pulled).
+    pub commit_log_offset: u64,
+    /// 0: the broker's choice, `3 + reconsume_times`; N > 0: delay level N; -1: straight
+    /// to the dead-letter topic.
+    pub delay_level: i32,
+    /// Deliveries after the first before the message goes to the dead-letter topic.
+    pub max_reconsume_times: u32,
+}
+
+impl Rpc for ConsumerSendMsgBack {
+    const CODE: RequestCode = RequestCode::ConsumerSendMsgBack;
+    type Response = SentBack;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct SentBack {
+    /// `%RETRY%<group>` or `%DLQ%<group>`.
+    pub topic: String,
+    pub msg_id: String,
+    /// The copy's reconsume count (the original's plus one).
+    pub reconsume_times: u32,
+}
+
+/// A queue of a topic on the broker asked; locks are per broker.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct QueueRef {
+    pub topic: String,
+    pub queue_id: u32,
+}
+
+/// An orderly consumer takes (or renews) exclusive leases on queues for its group.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct LockBatchMq {
+    pub group: String,
+    pub client_id: String,
+    pub queues: Vec<QueueRef>,
+}
+
+impl Rpc for LockBatchMq {
+    const CODE: RequestCode = RequestCode::LockBatchMq;
+    type Response = LockedQueues;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct LockedQueues {
+    /// The asked queues this client now holds; the others are held by another member.
+    pub queues: Vec<QueueRef>,
+}
+
+/// Gives leases back (a queue handed to another member, or shutdown).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct UnlockBatchMq {
+    pub group: String,
+    pub client_id: String,
+    pub queues: Vec<QueueRef>,
+}
+
+impl Rpc for UnlockBatchMq {
+    const CODE: RequestCode = RequestCode::UnlockBatchMq;
+    type Response = ();
+}
+
 /// A group's progress on this broker: every queue it committed an offset on.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct GetConsumeStats {

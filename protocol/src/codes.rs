@@ -42,12 +42,17 @@ codes! {
         ViewMessageById = 33, "view message by id";
         Heartbeat = 34, "heartbeat";
         UnregisterClient = 35, "unregister client";
+        ConsumerSendMsgBack = 36, "consumer send message back";
         GetConsumerList = 38, "get consumer list";
+        NotifyConsumerIdsChanged = 40, "notify consumer ids changed";
+        LockBatchMq = 41, "lock queues";
+        UnlockBatchMq = 42, "unlock queues";
         RegisterBroker = 103, "register broker";
         UnregisterBroker = 104, "unregister broker";
         GetRoute = 105, "get topic route";
         GetClusterInfo = 106, "get cluster info";
         GetTopicStats = 202, "get topic stats";
+        GetConsumerConnections = 203, "get consumer connections";
         GetAllTopics = 206, "get all topics";
         GetConsumeStats = 208, "get consume stats";
         DeleteTopic = 215, "delete topic";

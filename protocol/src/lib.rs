@@ -5,6 +5,7 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod names;
 pub mod record;
 
 #[cfg(feature = "net")]
