@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 use weir_protocol::broker::{
-    CreateTopic, GetConsumeStats, GetConsumerList, GetTopicStats, QueryMessageByKey, QueueProgress,
-    TopicStats, ViewMessageById,
+    ConsumerMember, CreateTopic, GetConsumeStats, GetConsumerConnections, GetConsumerList,
+    GetTopicStats, QueryMessageByKey, QueueProgress, TopicStats, ViewMessageById,
 };
 use weir_protocol::route::{
     ClusterInfo, GetAllTopics, GetClusterInfo, TopicConfig, TopicRoute, perm,
@@ -141,6 +141,23 @@ impl Admin {
             ids.extend(list.client_ids);
         }
         Ok(ids.into_iter().collect())
+    }
+
+    /// The group's members as each master broker knows them: (broker name, member).
+    pub async fn group_connections(&self, group: &str) -> Result<Vec<(String, ConsumerMember)>> {
+        let info = self.cluster().await?;
+        let mut out = Vec::new();
+        for b in &info.brokers {
+            let Some(addr) = b.master_addr() else {
+                continue;
+            };
+            let req = GetConsumerConnections {
+                group: group.to_owned(),
+            };
+            let (list, _) = self.client.call(addr, &req, Bytes::new()).await?;
+            out.extend(list.members.into_iter().map(|m| (b.broker_name.clone(), m)));
+        }
+        Ok(out)
     }
 
     /// Messages of `topic` with `key`, from every broker of its route.

@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Mutex;
 use tracing::debug;
-use weir_protocol::broker::{ConsumerData, Heartbeat, MessageModel};
+use weir_protocol::broker::{ConsumerData, Heartbeat, MessageModel, NotifyConsumerIdsChanged};
+use weir_protocol::net::BoxFuture;
 use weir_protocol::route::{BrokerData, GetClusterInfo, GetRoute, TopicRoute};
-use weir_protocol::{CallError, ConnConfig, Connection, ErrorCode, NoHandler, Rpc};
+use weir_protocol::{
+    CallError, ConnConfig, Connection, ErrorCode, Handler, Reply, Request, RequestCode, Rpc,
+};
 
 use crate::{ClientError, MessageQueue, Result};
 
@@ -56,6 +59,51 @@ fn random_u32() -> u32 {
     h.finish() as u32
 }
 
+/// Wake-ups of the push consumers in this process, by group: brokers tell us when a
+/// group's members change, and its consumer rebalances at once.
+#[derive(Default)]
+struct RebalanceTriggers {
+    groups: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+}
+
+impl RebalanceTriggers {
+    fn of(&self, group: &str) -> Arc<tokio::sync::Notify> {
+        let mut g = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(g.entry(group.to_owned()).or_default())
+    }
+
+    fn fire(&self, group: &str) {
+        let g = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = g.get(group) {
+            n.notify_one();
+        }
+    }
+}
+
+/// Serves what brokers ask of this client: membership changes of its groups.
+struct ClientHandler(Arc<RebalanceTriggers>);
+
+impl Handler for ClientHandler {
+    fn handle<'a>(&'a self, _conn: &'a Connection, req: Request) -> BoxFuture<'a, Reply> {
+        Box::pin(async move {
+            if req.code != RequestCode::NotifyConsumerIdsChanged as u16 {
+                return Reply::error(
+                    ErrorCode::RequestCodeNotSupported,
+                    format!("request code {} is not served by clients", req.code),
+                );
+            }
+            match req.decode::<NotifyConsumerIdsChanged>() {
+                Ok(n) => {
+                    debug!(group = %n.group, "broker says the group's members changed");
+                    self.0.fire(&n.group);
+                    Reply::ok(&())
+                }
+                Err(e) => Reply::error(ErrorCode::BadRequest, e.to_string()),
+            }
+        })
+    }
+}
+
 struct CachedRoute {
     route: Arc<TopicRoute>,
     fetched: Instant,
@@ -78,6 +126,7 @@ struct Inner {
     preferred: AtomicUsize,
     conns: Mutex<HashMap<String, Connection>>,
     routes: std::sync::Mutex<HashMap<String, CachedRoute>>,
+    rebalance: Arc<RebalanceTriggers>,
 }
 
 impl ClientInstance {
@@ -102,6 +151,7 @@ impl ClientInstance {
                 preferred: AtomicUsize::new(0),
                 conns: Mutex::new(HashMap::new()),
                 routes: std::sync::Mutex::new(HashMap::new()),
+                rebalance: Arc::default(),
             }),
         })
     }
@@ -134,6 +184,18 @@ impl ClientInstance {
         };
         self.groups().consumers.insert(group.to_owned(), data);
         self.heartbeat_soon();
+    }
+
+    /// Stops announcing a consumer group, and tells every master now (its other members
+    /// then rebalance).
+    pub async fn unregister_consumer(&self, group: &str) -> Result<()> {
+        self.groups().consumers.remove(group);
+        self.heartbeat().await
+    }
+
+    /// Fired when a broker says `group`'s members changed.
+    pub(crate) fn rebalance_trigger(&self, group: &str) -> Arc<tokio::sync::Notify> {
+        self.inner.rebalance.of(group)
     }
 
     fn groups(&self) -> std::sync::MutexGuard<'_, Groups> {
@@ -196,7 +258,7 @@ impl ClientInstance {
         }
         let c = Connection::connect(
             addr,
-            Arc::new(NoHandler),
+            Arc::new(ClientHandler(Arc::clone(&self.inner.rebalance))),
             ConnConfig::default(),
             self.inner.config.request_timeout,
         )

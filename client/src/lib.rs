@@ -10,6 +10,7 @@ mod instance;
 mod message;
 mod producer;
 mod pull;
+mod push;
 
 pub use admin::Admin;
 pub use filter::FILTER_UPLOAD_TIMEOUT;
@@ -17,7 +18,15 @@ pub use instance::{ClientConfig, ClientInstance};
 pub use message::{Message, MessageQueue, ReceivedMessage};
 pub use producer::{Producer, SendResult};
 pub use pull::{PullConsumer, PullOutcome, RawPullOutcome};
-pub use weir_protocol::broker::{PullStatus, QueueOffsets, QueueProgress, SendStatus};
+pub use push::{
+    ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus, ConsumeFrom, ConsumeOrderlyContext,
+    ConsumeOrderlyStatus, ConsumeStats, Listener, MessageExt, MessageListenerConcurrently,
+    MessageListenerOrderly, MessageModel, PushConsumer, PushConsumerConfig, StopHandle,
+    allocate_averagely,
+};
+pub use weir_protocol::broker::{
+    ConsumerMember, PullStatus, QueueOffsets, QueueProgress, SendStatus, SentBack,
+};
 pub use weir_protocol::filter::{
     FilterInfo, FilterList, FilterRemoved, FilterStats, FilterUploaded,
 };

@@ -33,6 +33,16 @@ impl Message {
         self.properties.push((k.into(), v.into()));
         self
     }
+    /// Delivered after the broker's delay level `level` (1-based: `1s 5s 10s 30s 1m …` by
+    /// default); 0 for none.
+    pub fn with_delay_level(mut self, level: u32) -> Self {
+        let name = weir_protocol::names::property::DELAY_LEVEL;
+        self.properties.retain(|(k, _)| k != name);
+        if level > 0 {
+            self.properties.push((name.to_owned(), level.to_string()));
+        }
+        self
+    }
 }
 
 /// One queue of a topic on one broker.

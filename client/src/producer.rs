@@ -206,6 +206,18 @@ impl Producer {
     /// Sends every message of an order key to the same queue (ordered messages): the
     /// queue is `hash(order_key) mod` the topic's write queues.
     pub async fn send_with_order_key(&self, msg: &Message, order_key: &str) -> Result<SendResult> {
+        let hash = order_hash(order_key);
+        self.send_with_selector(msg, |queues| (hash % queues.len() as u64) as usize)
+            .await
+    }
+
+    /// Sends to the queue `select` picks (by index) among the topic's writable queues, in
+    /// their stable order: RocketMQ's queue selector. No retry elsewhere.
+    pub async fn send_with_selector(
+        &self,
+        msg: &Message,
+        select: impl FnOnce(&[MessageQueue]) -> usize,
+    ) -> Result<SendResult> {
         Self::check(msg)?;
         let route = self.client.route_for_send(&msg.topic).await?;
         let queues = ClientInstance::queues(&route, &msg.topic, true);
@@ -215,7 +227,13 @@ impl Producer {
                 detail: "no writable queue".into(),
             });
         }
-        let mq = &queues[(order_hash(order_key) % queues.len() as u64) as usize];
+        let i = select(&queues);
+        let mq = queues.get(i).ok_or_else(|| {
+            ClientError::Invalid(format!(
+                "the queue selector picked queue index {i} of {} queues",
+                queues.len()
+            ))
+        })?;
         self.send_on(msg, mq, &route).await
     }
 

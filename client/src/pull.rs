@@ -47,6 +47,12 @@ impl PullConsumer {
         Self { group, client }
     }
 
+    /// A consumer of `group` that does not announce itself (the push consumer announces
+    /// the group with its subscriptions and pulls through this).
+    pub(crate) fn unannounced(group: String, client: ClientInstance) -> Self {
+        Self { group, client }
+    }
+
     pub fn group(&self) -> &str {
         &self.group
     }
@@ -57,7 +63,7 @@ impl PullConsumer {
         Ok(ClientInstance::queues(&route, topic, false))
     }
 
-    async fn addr(&self, mq: &MessageQueue) -> Result<String> {
+    pub(crate) async fn addr(&self, mq: &MessageQueue) -> Result<String> {
         let route = self.client.route(&mq.topic, false).await?;
         match ClientInstance::master_addr(&route, &mq.broker_name) {
             Some(a) => Ok(a),
