@@ -2,6 +2,7 @@ use serde::{Deserialize, Serialize};
 use weir_store::StoreConfig;
 
 use crate::filter::FilterConfig;
+use crate::schedule::DelayLevels;
 
 /// Broker settings. TOML keys as named here; the store's under `[store]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,6 +29,12 @@ pub struct BrokerConfig {
     pub register_interval_ms: u64,
     /// A client not heard from for this long is forgotten, ms (default 120,000).
     pub client_expiry_ms: u64,
+    /// Delay of each delay level, 1-based: whole numbers with a unit (ms, s, m, h, d),
+    /// space-separated (default RocketMQ's 18, `"1s 5s 10s 30s 1m … 2h"`). A message with
+    /// property `DELAY=N` is delivered after level N's delay; retries use levels 3 and up.
+    pub delay_levels: String,
+    /// How long an orderly consumer's queue lock lasts unless renewed, ms (default 60,000).
+    pub queue_lock_lease_ms: u64,
     pub store: StoreConfig,
     /// The WebAssembly filter runtime (`[filter]`).
     pub filter: FilterConfig,
@@ -47,6 +54,8 @@ impl Default for BrokerConfig {
             max_message_size: 4 << 20,
             register_interval_ms: 30_000,
             client_expiry_ms: 120_000,
+            delay_levels: "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h".into(),
+            queue_lock_lease_ms: 60_000,
             store: StoreConfig::default(),
             filter: FilterConfig::default(),
         }
@@ -75,6 +84,10 @@ impl BrokerConfig {
         if self.register_interval_ms == 0 || self.client_expiry_ms == 0 {
             return Err("register_interval_ms and client_expiry_ms must be greater than 0".into());
         }
+        if self.queue_lock_lease_ms == 0 {
+            return Err("queue_lock_lease_ms must be greater than 0".into());
+        }
+        DelayLevels::parse(&self.delay_levels)?;
         if self.broker_name.is_empty() || self.cluster.is_empty() {
             return Err("cluster and broker_name must not be empty".into());
         }

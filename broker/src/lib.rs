@@ -10,30 +10,35 @@ mod clients;
 mod config;
 pub mod filter;
 mod holds;
+mod locks;
+mod schedule;
 pub mod subscription;
 pub mod topics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use weir_protocol::broker::{
-    ConsumeStats, ConsumerList, ConsumerOffset, CreateTopic, DeleteTopic, GetConsumeStats,
-    GetConsumerList, GetQueueOffsets, GetTopicStats, Heartbeat, OffsetAnswer, PullMessage,
-    PullResult, PullStatus, QueryConsumerOffset, QueryMessageByKey, QueueOffsets, QueueProgress,
-    RecordCount, SearchOffsetByTimestamp, SendBatch, SendBatchResult, SendMessage, SendResult,
-    SendStatus, TopicStats, UnregisterClient, UpdateConsumerOffset, ViewMessageById,
+    ConsumeStats, ConsumerConnections, ConsumerList, ConsumerOffset, ConsumerSendMsgBack,
+    CreateTopic, DeleteTopic, GetConsumeStats, GetConsumerConnections, GetConsumerList,
+    GetQueueOffsets, GetTopicStats, Heartbeat, LockBatchMq, LockedQueues, MessageModel,
+    NotifyConsumerIdsChanged, OffsetAnswer, PullMessage, PullResult, PullStatus,
+    QueryConsumerOffset, QueryMessageByKey, QueueOffsets, QueueProgress, RecordCount,
+    SearchOffsetByTimestamp, SendBatch, SendBatchResult, SendMessage, SendResult, SendStatus,
+    SentBack, TopicStats, UnlockBatchMq, UnregisterClient, UpdateConsumerOffset, ViewMessageById,
 };
 use weir_protocol::filter::{
     FilterRemoved, FilterUploaded, ListFilters, RemoveFilter, UploadFilter,
 };
+use weir_protocol::names::{self, SCHEDULE_TOPIC, property};
 use weir_protocol::net::BoxFuture;
-use weir_protocol::record::{self, pos};
+use weir_protocol::record::{self, NO_PREPARED_TX, pos, sys_flag};
 use weir_protocol::route::{
     GetAllTopics, RegisterBroker, TopicConfig, TopicList, UnregisterBroker, perm,
 };
@@ -72,6 +77,8 @@ const FILTERED_PULL_BUDGET: Duration = Duration::from_secs(1);
 /// Longest a pull may be held.
 const MAX_SUSPEND: Duration = Duration::from_secs(60);
 const NAMESRV_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a membership notice may wait for room on a client's connection.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Broker {
     config: BrokerConfig,
@@ -82,6 +89,8 @@ pub struct Broker {
     holds: Arc<holds::PullHolds>,
     topics_changed: watch::Sender<u64>,
     filters: Arc<FilterRegistry>,
+    levels: schedule::DelayLevels,
+    locks: locks::QueueLocks,
 }
 
 type Outcome<T> = Result<T, Reply>;
@@ -244,7 +253,7 @@ impl Broker {
         self.check_body(body.len())?;
         let t = self.topic_for_send(&req.topic)?;
         Self::check_send_queue(&t, req.queue_id)?;
-        let msg = Message {
+        let mut msg = Message {
             topic: req.topic,
             queue_id: req.queue_id,
             flag: req.flag,
@@ -256,8 +265,10 @@ impl Broker {
             properties: req.properties,
             body: body.to_vec(),
             reconsume_times: req.reconsume_times,
-            prepared_tx_offset: weir_protocol::record::NO_PREPARED_TX,
+            prepared_tx_offset: NO_PREPARED_TX,
         };
+        schedule::divert_if_delayed(&mut msg, &self.levels)
+            .map_err(|m| err(ErrorCode::MessageIllegal, m))?;
         let mut r = self.store_messages(std::slice::from_ref(&msg)).await?;
         let mut result = r
             .pop()
@@ -292,7 +303,7 @@ impl Broker {
         for m in req.messages {
             let len = m.body_len as usize;
             self.check_body(len)?;
-            msgs.push(Message {
+            let mut msg = Message {
                 topic: req.topic.clone(),
                 queue_id: req.queue_id,
                 flag: m.flag,
@@ -304,13 +315,176 @@ impl Broker {
                 properties: m.properties,
                 body: body[at..at + len].to_vec(),
                 reconsume_times: 0,
-                prepared_tx_offset: weir_protocol::record::NO_PREPARED_TX,
-            });
+                prepared_tx_offset: NO_PREPARED_TX,
+            };
+            schedule::divert_if_delayed(&mut msg, &self.levels)
+                .map_err(|m| err(ErrorCode::MessageIllegal, m))?;
+            msgs.push(msg);
             at += len;
         }
         let mut results = self.store_messages(&msgs).await?;
         results.iter_mut().for_each(|r| r.queue_id = req.queue_id);
         Ok((SendBatchResult { results }, Bytes::new()))
+    }
+
+    /// A system topic of one read/write queue (retry, dead-letter), created if absent;
+    /// routed at once when created.
+    fn system_topic(&self, name: &str) -> Result<TopicConfig, String> {
+        let (t, created) = self.topics.create_if_absent(TopicConfig {
+            name: name.to_owned(),
+            read_queues: 1,
+            write_queues: 1,
+            perm: perm::READ_WRITE,
+        })?;
+        if created {
+            info!(topic = name, "system topic created");
+            self.topics_updated();
+        }
+        Ok(t)
+    }
+
+    /// Stores a copy of a message a consumer could not process on the group's retry
+    /// topic (after a delay) or, past its retries or when asked, its dead-letter topic.
+    async fn send_back(&self, req: ConsumerSendMsgBack) -> Outcome<(SentBack, Bytes)> {
+        validate_group_name(&req.group).map_err(|m| err(ErrorCode::InvalidParameter, m))?;
+        let rec = self
+            .store
+            .get_by_offset(req.commit_log_offset)
+            .map_err(|e| err(ErrorCode::QueryNotFound, format!("cannot send back: {e}")))?;
+        let view = rec
+            .view()
+            .map_err(|e| err(ErrorCode::SystemError, format!("cannot send back: {e}")))?;
+        if view.topic() == SCHEDULE_TOPIC {
+            return Err(err(
+                ErrorCode::InvalidParameter,
+                format!(
+                    "commit log offset {} holds a message waiting for its delay, not one delivered to a consumer",
+                    req.commit_log_offset
+                ),
+            ));
+        }
+        let mut msg = view.to_message();
+        let kept = |name: &str| {
+            msg.properties
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        // A retry of a retry keeps naming the topic the message was first sent to.
+        let origin_topic = if msg.topic.starts_with(SYSTEM_PREFIX) {
+            kept(property::RETRY_TOPIC).unwrap_or_else(|| msg.topic.clone())
+        } else {
+            msg.topic.clone()
+        };
+        let origin_id =
+            kept(property::ORIGIN_MESSAGE_ID).unwrap_or_else(|| view.message_id().to_string());
+        msg.properties.retain(|(k, _)| {
+            ![
+                property::DELAY_LEVEL,
+                property::REAL_TOPIC,
+                property::REAL_QUEUE_ID,
+                property::RETRY_TOPIC,
+                property::ORIGIN_MESSAGE_ID,
+            ]
+            .contains(&k.as_str())
+        });
+        msg.properties
+            .push((property::RETRY_TOPIC.into(), origin_topic));
+        msg.properties
+            .push((property::ORIGIN_MESSAGE_ID.into(), origin_id));
+        let delivered = view.reconsume_times();
+        msg.reconsume_times = delivered.saturating_add(1);
+        msg.sys_flag &= !sys_flag::TX_MASK;
+        msg.prepared_tx_offset = NO_PREPARED_TX;
+        let dead = req.delay_level < 0 || msg.reconsume_times > req.max_reconsume_times;
+        let (topic, what) = if dead {
+            (names::dlq_topic(&req.group), "dead-letter")
+        } else {
+            (names::retry_topic(&req.group), "retry")
+        };
+        validate_topic_name(&topic).map_err(|m| {
+            err(
+                ErrorCode::InvalidParameter,
+                format!("group {:?} cannot have a {what} topic: {m}", req.group),
+            )
+        })?;
+        self.system_topic(&topic)
+            .map_err(|m| err(ErrorCode::SystemError, m))?;
+        msg.topic = topic.clone();
+        msg.queue_id = 0;
+        if !dead {
+            let level = match req.delay_level {
+                0 => delivered.saturating_add(3),
+                n => n.unsigned_abs(),
+            };
+            schedule::divert(&mut msg, self.levels.clamp(level));
+        }
+        let r = self
+            .store_messages(std::slice::from_ref(&msg))
+            .await?
+            .pop()
+            .ok_or_else(|| err(ErrorCode::SystemError, "store returned no result"))?;
+        debug!(group = %req.group, topic = %topic, reconsume_times = msg.reconsume_times, "message sent back");
+        Ok((
+            SentBack {
+                topic,
+                msg_id: r.msg_id,
+                reconsume_times: msg.reconsume_times,
+            },
+            Bytes::new(),
+        ))
+    }
+
+    fn heartbeat(&self, hb: Heartbeat, conn: &Connection) {
+        // Consumers in clustering mode retry through the group's retry topic: give it a
+        // route before the first retry (as RocketMQ does). A pull consumer, which names no
+        // subscription, sends nothing back.
+        for d in &hb.consumers {
+            if d.model != MessageModel::Clustering || d.subscriptions.is_empty() {
+                continue;
+            }
+            let topic = names::retry_topic(&d.group);
+            if let Err(m) = validate_group_name(&d.group)
+                .and_then(|()| validate_topic_name(&topic))
+                .and_then(|()| self.system_topic(&topic).map(drop))
+            {
+                warn!(client = %hb.client_id, group = %d.group, error = %m, "no retry topic for this consumer group");
+            }
+        }
+        let notices = self.clients.heartbeat(hb, conn);
+        self.notify(notices);
+    }
+
+    /// Tells groups' members, one way and without waiting, that their membership changed.
+    fn notify(&self, notices: Vec<clients::Notice>) {
+        for n in notices {
+            let req = NotifyConsumerIdsChanged { group: n.group };
+            for conn in n.members {
+                let req = req.clone();
+                tokio::spawn(async move {
+                    let sent =
+                        tokio::time::timeout(NOTIFY_TIMEOUT, conn.oneway(&req, Bytes::new()));
+                    match sent.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            debug!(peer = %conn.peer(), group = %req.group, error = %e, "membership notice not sent")
+                        }
+                        Err(_) => {
+                            debug!(peer = %conn.peer(), group = %req.group, "membership notice timed out")
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// Clients are gone: their queue locks go, and their groups hear of it.
+    fn forget(&self, gone: clients::Gone, why: &str) {
+        for id in &gone.client_ids {
+            info!(client = %id, why, "client forgotten");
+            self.locks.release_client(id);
+        }
+        self.notify(gone.notices);
     }
 
     async fn pull(&self, req: PullMessage) -> Outcome<(PullResult, Bytes)> {
@@ -752,13 +926,43 @@ impl Broker {
                 to_reply(self.view_by_id(decode!(ViewMessageById)))
             }
             Some(RequestCode::Heartbeat) => {
-                self.clients.heartbeat(decode!(Heartbeat), conn.id());
+                self.heartbeat(decode!(Heartbeat), conn);
                 Reply::ok(&())
             }
             Some(RequestCode::UnregisterClient) => {
-                self.clients
+                let gone = self
+                    .clients
                     .unregister(&decode!(UnregisterClient).client_id);
+                self.forget(gone, "unregistered");
                 Reply::ok(&())
+            }
+            Some(RequestCode::ConsumerSendMsgBack) => {
+                to_reply(self.send_back(decode!(ConsumerSendMsgBack)).await)
+            }
+            Some(RequestCode::LockBatchMq) => {
+                let r = decode!(LockBatchMq);
+                if let Err(m) = validate_group_name(&r.group) {
+                    return err(ErrorCode::InvalidParameter, m);
+                }
+                if r.client_id.is_empty() {
+                    return err(ErrorCode::InvalidParameter, "client id is empty");
+                }
+                Reply::ok(&LockedQueues {
+                    queues: self
+                        .locks
+                        .lock(&r.group, &r.client_id, r.queues, Instant::now()),
+                })
+            }
+            Some(RequestCode::UnlockBatchMq) => {
+                let r = decode!(UnlockBatchMq);
+                self.locks.unlock(&r.group, &r.client_id, &r.queues);
+                Reply::ok(&())
+            }
+            Some(RequestCode::GetConsumerConnections) => {
+                let r = decode!(GetConsumerConnections);
+                Reply::ok(&ConsumerConnections {
+                    members: self.clients.members_of(&r.group),
+                })
             }
             Some(RequestCode::GetConsumeStats) => {
                 let r = decode!(GetConsumeStats);
@@ -807,7 +1011,8 @@ impl Handler for BrokerHandler {
         Box::pin(self.0.dispatch(conn, req))
     }
     fn on_close(&self, conn: &Connection) {
-        self.0.clients.connection_closed(conn.id());
+        let gone = self.0.clients.connection_closed(conn.id());
+        self.0.forget(gone, "connection closed");
     }
 }
 
@@ -882,6 +1087,8 @@ pub async fn start(mut config: BrokerConfig) -> Result<RunningBroker, BrokerErro
         store.set_arrival_listener(move |topic, queue, _| holds.wake(topic, queue));
     }
     let (topics_changed, _) = watch::channel(0u64);
+    let levels = schedule::DelayLevels::parse(&config.delay_levels).map_err(BrokerError::Config)?;
+    let locks = locks::QueueLocks::new(Duration::from_millis(config.queue_lock_lease_ms));
     let broker = Arc::new(Broker {
         addr,
         store,
@@ -890,6 +1097,8 @@ pub async fn start(mut config: BrokerConfig) -> Result<RunningBroker, BrokerErro
         holds,
         topics_changed,
         filters: Arc::new(filters),
+        levels,
+        locks,
         config,
     });
     let server = Server::start(
@@ -902,7 +1111,7 @@ pub async fn start(mut config: BrokerConfig) -> Result<RunningBroker, BrokerErro
         error,
     })?;
     let (stop, _) = watch::channel(false);
-    let mut tasks = Vec::new();
+    let mut tasks = schedule::start(&broker, &stop);
     // Started means routable: wait for the first registration attempt with each name
     // server (each bounded by its timeouts; an unreachable one is retried in the loop).
     let mut first_rounds = Vec::new();
@@ -925,7 +1134,9 @@ pub async fn start(mut config: BrokerConfig) -> Result<RunningBroker, BrokerErro
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(10).min(expiry)) => broker.clients.expire(expiry),
+                    _ = tokio::time::sleep(Duration::from_secs(10).min(expiry)) => {
+                        broker.forget(broker.clients.expire(expiry), "no heartbeat");
+                    }
                     _ = stop.wait_for(|s| *s) => break,
                 }
             }

@@ -9,6 +9,9 @@ use weir_protocol::route::{TopicConfig, perm};
 
 /// Longest topic name.
 pub const MAX_TOPIC_LEN: usize = 127;
+/// Longest system topic name (`%RETRY%<group>`, `%DLQ%<group>`): the store keeps a topic
+/// in a folder of that name, and file systems allow 255 bytes.
+pub const MAX_SYSTEM_TOPIC_LEN: usize = 255;
 /// System topics start with this; clients cannot create them.
 pub const SYSTEM_PREFIX: char = '%';
 
@@ -17,18 +20,28 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("topic name is empty".into());
     }
-    if name.len() > MAX_TOPIC_LEN {
+    let (max, what) = if name.starts_with(SYSTEM_PREFIX) {
+        (MAX_SYSTEM_TOPIC_LEN, "system topic")
+    } else {
+        (MAX_TOPIC_LEN, "topic")
+    };
+    if name.len() > max {
         return Err(format!(
-            "topic name of {} characters exceeds {MAX_TOPIC_LEN}",
+            "{what} name of {} characters exceeds {max}",
             name.len()
         ));
     }
     if let Some(c) = name
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "_%|-".contains(*c)))
+        .find(|c| !(c.is_ascii_alphanumeric() || "_%|-.".contains(*c)))
     {
         return Err(format!(
-            "topic name {name:?} contains {c:?}; allowed are letters, digits and _ % | -"
+            "topic name {name:?} contains {c:?}; allowed are letters, digits and _ % | - ."
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!(
+            "topic name {name:?} is reserved (it names a folder's self or parent)"
         ));
     }
     Ok(())
@@ -149,6 +162,23 @@ impl TopicManager {
         Ok(config)
     }
 
+    /// Creates `config` unless a topic of that name exists. Returns the topic and whether
+    /// it was created (checked and created under one lock, so exactly one caller sees
+    /// `true`).
+    pub fn create_if_absent(&self, config: TopicConfig) -> Result<(TopicConfig, bool), String> {
+        validate_topic_name(&config.name)?;
+        let mut topics = self.lock();
+        if let Some(t) = topics.get(&config.name) {
+            return Ok((t.clone(), false));
+        }
+        topics.insert(config.name.clone(), config.clone());
+        if let Err(e) = self.persist(&topics) {
+            topics.remove(&config.name);
+            return Err(e);
+        }
+        Ok((config, true))
+    }
+
     /// Returns the topic, creating it with `queues` queues if it does not exist.
     pub fn get_or_create(&self, name: &str, queues: u32) -> Result<TopicConfig, String> {
         if let Some(c) = self.get(name) {
@@ -195,11 +225,33 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in ["T", "orders-2024", "a_b|c%d", &"x".repeat(127)] {
+        let long_system = format!("%RETRY%{}", "g".repeat(248));
+        for ok in [
+            "T",
+            "orders-2024",
+            "a_b|c%d",
+            "a.b",
+            "...",
+            &"x".repeat(127),
+            &long_system,
+        ] {
             assert!(validate_topic_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a b", "a/b", "é", "a.b", &"x".repeat(128)] {
-            assert!(validate_topic_name(bad).is_err(), "{bad}");
+        for (bad, why) in [
+            ("", "empty"),
+            ("a b", "contains ' '"),
+            ("a/b", "contains '/'"),
+            ("é", "contains"),
+            (".", "reserved"),
+            ("..", "reserved"),
+            (&"x".repeat(128), "exceeds 127"),
+            (
+                &format!("{long_system}g"),
+                "system topic name of 256 characters exceeds 255",
+            ),
+        ] {
+            let e = validate_topic_name(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
         }
     }
 
@@ -224,6 +276,22 @@ mod tests {
             })
             .is_err()
         );
+        let retry = TopicConfig {
+            name: "%RETRY%g.1".into(),
+            read_queues: 1,
+            write_queues: 1,
+            perm: perm::READ_WRITE,
+        };
+        assert!(m.create_if_absent(retry.clone()).unwrap().1);
+        let (existing, created) = m
+            .create_if_absent(TopicConfig {
+                read_queues: 9,
+                ..retry.clone()
+            })
+            .unwrap();
+        assert!(!created);
+        assert_eq!(existing, retry);
+        assert!(m.remove("%RETRY%g.1").unwrap());
         let m = TopicManager::open(dir.path()).unwrap();
         assert_eq!(m.all().len(), 2);
         assert_eq!(m.get("B").unwrap().perm, perm::READ);

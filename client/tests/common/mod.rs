@@ -18,8 +18,20 @@ pub async fn namesrv() -> RunningNameServer {
     .unwrap()
 }
 
+#[allow(dead_code)]
 pub async fn broker(dir: &std::path::Path, name: &str, namesrv: &str) -> RunningBroker {
-    weir_broker::start(BrokerConfig {
+    broker_with(dir, name, namesrv, |_| {}).await
+}
+
+/// A broker whose config `tweak` adjusts (e.g. short delay levels).
+#[allow(dead_code)]
+pub async fn broker_with(
+    dir: &std::path::Path,
+    name: &str,
+    namesrv: &str,
+    tweak: impl FnOnce(&mut BrokerConfig),
+) -> RunningBroker {
+    let mut config = BrokerConfig {
         listen: "127.0.0.1:0".into(),
         namesrv: namesrv.into(),
         broker_name: name.into(),
@@ -32,9 +44,19 @@ pub async fn broker(dir: &std::path::Path, name: &str, namesrv: &str) -> Running
             ..StoreConfig::new(dir.join(name))
         },
         ..BrokerConfig::default()
-    })
-    .await
-    .unwrap()
+    };
+    tweak(&mut config);
+    weir_broker::start(config).await.unwrap()
+}
+
+/// Polls `done` every 10 ms until it holds; fails with `what` after `secs` seconds.
+#[allow(dead_code)]
+pub async fn eventually(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 pub fn client(namesrv: &str) -> ClientInstance {
