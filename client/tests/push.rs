@@ -246,14 +246,15 @@ async fn orderly_members_keep_orders_whole_and_in_order_through_joins_and_leaves
         partition(&[&m1, &m2], "Orders", 8) == Some(vec![4, 4])
     })
     .await;
-    let l = log.lock().unwrap();
-    check_orders(&l, 0..60);
-    assert_eq!(l.seen.len(), 180, "no step consumed twice");
-    assert!(
-        l.seen.iter().any(|(m, _, _)| *m == 2),
-        "the new member consumed"
-    );
-    drop(l);
+    {
+        let l = log.lock().unwrap();
+        check_orders(&l, 0..60);
+        assert_eq!(l.seen.len(), 180, "no step consumed twice");
+        assert!(
+            l.seen.iter().any(|(m, _, _)| *m == 2),
+            "the new member consumed"
+        );
+    }
     m1.shutdown().await.unwrap();
     m2.shutdown().await.unwrap();
 }
@@ -426,11 +427,13 @@ async fn broadcasting_members_each_get_everything_and_resume_from_local_offsets(
 
 // ---------------------------------------------------------------------------------------
 
+/// (body, reconsume_times, topic as seen, when)
+type Delivery = (String, u32, String, Instant);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failed_messages_return_with_delays_then_go_to_the_dead_letter_topic() {
     let c = cluster(&[("Work", 2)]).await;
-    // (body, reconsume_times, topic as seen, when)
-    let seen: Arc<Mutex<Vec<(String, u32, String, Instant)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Delivery>>> = Arc::default();
     let listener = {
         let seen = Arc::clone(&seen);
         Listener::concurrently(move |msgs: &[MessageExt], _ctx: &mut _| {
