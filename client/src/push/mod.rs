@@ -312,6 +312,33 @@ struct Core {
 
 /// A running push consumer. Call [`shutdown`](Self::shutdown) to commit progress and leave
 /// the group cleanly; dropping it stops it without committing.
+///
+/// ```no_run
+/// use weir_client::{
+///     ClientConfig, ClientInstance, ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus,
+///     ConsumeFrom, Listener, MessageExt, PushConsumer, PushConsumerConfig,
+/// };
+///
+/// # async fn run() -> weir_client::Result<()> {
+/// let mut config = PushConsumerConfig::new("orders-app");
+/// config.consume_from = ConsumeFrom::FirstOffset;
+/// let consumer = PushConsumer::start(
+///     ClientInstance::new(ClientConfig::new("127.0.0.1:9876"))?,
+///     config,
+///     vec![("Orders".into(), "TagA || TagB".into())],
+///     Listener::concurrently(|msgs: &[MessageExt], _ctx: &mut ConsumeConcurrentlyContext| {
+///         for m in msgs {
+///             println!("{} {}", m.topic, m.reconsume_times);
+///         }
+///         ConsumeConcurrentlyStatus::ConsumeSuccess
+///     }),
+/// )
+/// .await?;
+/// // …
+/// consumer.shutdown().await?;
+/// # Ok(())
+/// # }
+/// ```
 pub struct PushConsumer {
     core: Arc<Core>,
     stop: watch::Sender<bool>,
