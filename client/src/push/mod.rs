@@ -3,15 +3,17 @@
 //!
 //! - **Clustering** (default): the members of a group share its queues, allocated averagely
 //!   over the sorted member ids; rebalanced every `rebalance_interval` and at once when a
-//!   broker says the members changed. Offsets live on the brokers.
+//!   broker says the members changed. Offsets live on the brokers. A member leases each of
+//!   its queues on the broker, and a queue changes hands only after its owner committed and
+//!   let go, so the next owner continues exactly where it stopped.
 //! - **Broadcasting**: every member consumes every queue; offsets live in a local file.
 //! - **Concurrently**: messages go to a thread pool in batches; the committed offset is the
 //!   smallest still in flight, so a crash re-delivers and never skips. A failed batch
 //!   (`ReconsumeLater`, or a panic) is sent back to the broker for the group's retry topic
 //!   (after the delay level `3 + reconsume_times`), or, past `max_reconsume_times`, its
 //!   dead-letter topic. The retry topic is consumed along with the subscriptions.
-//! - **Orderly**: the member leases its queues on the broker, and consumes each queue on one
-//!   thread at a time, in order; a suspended queue is tried again after a pause.
+//! - **Orderly**: each queue is consumed on one thread at a time, in order, and only while
+//!   its lease is held; a suspended queue is tried again after a pause.
 
 mod allocate;
 mod offsets;
@@ -288,6 +290,9 @@ struct Counters {
 const PULL_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// Pause before messages whose send-back failed are consumed again here.
 const LOCAL_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// How long a release waits for a concurrent listener's calls on the queue before it hands
+/// the queue on anyway (an orderly one is always waited for).
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
 /// Rebalance again this soon after one that could not finish (no route yet, a lease held by
 /// the previous owner, a broker unreachable).
 const REBALANCE_RETRY: Duration = Duration::from_secs(1);
@@ -448,7 +453,7 @@ impl PushConsumer {
             Arc::clone(&core),
             |core| async move { core.offsets.persist_all(&core.puller).await },
         )));
-        if core.listener.is_orderly() {
+        if core.leased() {
             tasks.push(tokio::spawn(every(
                 core.config.lock_renew_interval,
                 stop.subscribe(),
@@ -512,7 +517,7 @@ impl PushConsumer {
             self.core.offsets.update(mq, pq.commit_offset());
         }
         self.core.offsets.persist_all(&self.core.puller).await;
-        if self.core.listener.is_orderly() {
+        if self.core.leased() {
             self.core
                 .unlock(queues.keys().cloned().collect::<Vec<_>>())
                 .await;
@@ -591,6 +596,14 @@ impl Core {
         self.queues.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A clustering member holds a lease on each of its queues: a queue changes hands
+    /// only after its previous owner committed and let go, so the next owner starts
+    /// exactly where it stopped (no message consumed twice by a rebalance, and none of an
+    /// order consumed by two members at once).
+    fn leased(&self) -> bool {
+        self.config.model == MessageModel::Clustering
+    }
+
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }
@@ -635,7 +648,7 @@ impl Core {
             if self.queues().contains_key(&mq) {
                 continue;
             }
-            if self.listener.is_orderly() {
+            if self.leased() {
                 match self.lock(std::slice::from_ref(&mq)).await {
                     Ok(held) if held.contains(&mq) => {}
                     Ok(_) => {
@@ -655,15 +668,20 @@ impl Core {
                 Err(e) => {
                     warn!(queue = ?mq, error = %e, "cannot find where to start on the queue");
                     retry = true;
-                    if self.listener.is_orderly() {
+                    if self.leased() {
                         self.unlock(vec![mq]).await;
                     }
                     continue;
                 }
             };
             debug!(group = %self.config.group, queue = ?mq, start, "queue assigned");
-            let pq = Arc::new(ProcessQueue::new(mq.clone(), expression, start));
-            pq.set_locked(self.listener.is_orderly());
+            let pq = Arc::new(ProcessQueue::new(
+                mq.clone(),
+                expression,
+                start,
+                self.leased(),
+            ));
+            pq.set_locked(true);
             self.queues().insert(mq, Arc::clone(&pq));
             tokio::spawn(pull_loop(Arc::clone(self), pq, start));
         }
@@ -726,25 +744,28 @@ impl Core {
         Ok(start)
     }
 
-    /// The queue goes to another member: stop, wait for an orderly listener call on it to
-    /// end, commit, give the lease back.
+    /// The queue goes to another member: stop, let the listener calls under way on it end,
+    /// commit, give the lease back.
     async fn release(&self, pq: &ProcessQueue) {
         pq.drop_now();
-        if self.listener.is_orderly() {
-            let waited = std::time::Instant::now();
-            loop {
-                if pq.consume_lock.try_lock().is_ok() {
-                    break;
-                }
-                if waited.elapsed() > Duration::from_secs(5) {
-                    debug!(queue = ?pq.mq, "still waiting for the listener to finish a batch");
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+        let waited = tokio::time::Instant::now();
+        let mut warned = false;
+        while !pq.idle() {
+            let long = waited.elapsed() >= RELEASE_WAIT;
+            if long && !warned {
+                warn!(queue = ?pq.mq, "a listener call on a queue being handed on is taking long");
+                warned = true;
             }
+            // Concurrently, its messages may be consumed again elsewhere (at least once);
+            // orderly, the next owner must not start before the call ends.
+            if long && !self.listener.is_orderly() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         self.offsets.update(&pq.mq, pq.commit_offset());
         self.offsets.persist_and_forget(&pq.mq, &self.puller).await;
-        if self.listener.is_orderly() {
+        if self.leased() {
             self.unlock(vec![pq.mq.clone()]).await;
         }
         debug!(group = %self.config.group, queue = ?pq.mq, "queue released");
@@ -771,9 +792,12 @@ impl Core {
         let Listener::Concurrently(listener) = &self.listener else {
             return;
         };
-        if pq.is_dropped() || self.stopping() {
+        if self.stopping() {
             return;
         }
+        let Some(_call) = pq.enter_call() else {
+            return;
+        };
         let mut ctx = ConsumeConcurrentlyContext {
             queue: pq.mq.clone(),
             delay_level_when_next_consume: 0,
@@ -888,11 +912,10 @@ impl Core {
                 pq.release_runner();
                 return;
             }
-            let _consuming = pq.consume_lock.lock().unwrap_or_else(|e| e.into_inner());
-            if pq.is_dropped() {
+            let Some(_call) = pq.enter_call() else {
                 pq.release_runner();
                 return;
-            }
+            };
             let batch = pq.take_waiting(self.config.consume_message_batch_max_size);
             if batch.is_empty() {
                 return;
@@ -971,8 +994,8 @@ impl Core {
         Ok(out)
     }
 
-    /// Orderly: renews the leases of every assigned queue; a queue whose lease was lost
-    /// pauses until it is regained.
+    /// Renews the leases of every assigned queue; a queue whose lease was lost pauses
+    /// until it is regained.
     async fn renew_leases(self: &Arc<Self>) {
         let current: Vec<Arc<ProcessQueue>> = self.queues().values().cloned().collect();
         let mqs: Vec<MessageQueue> = current.iter().map(|pq| pq.mq.clone()).collect();
@@ -984,7 +1007,7 @@ impl Core {
                         warn!(queue = ?pq.mq, "lease lost; the queue pauses until it is regained");
                     }
                     pq.set_locked(ok);
-                    if ok {
+                    if ok && self.listener.is_orderly() {
                         self.run_orderly_soon(pq, Duration::ZERO);
                     }
                 }
@@ -1005,6 +1028,7 @@ fn queue_ref(mq: &MessageQueue) -> QueueRef {
 async fn pull_loop(core: Arc<Core>, pq: Arc<ProcessQueue>, mut offset: u64) {
     let mut dropped = pq.dropped_signal();
     let orderly = core.listener.is_orderly();
+    let leased = core.leased();
     let cfg = &core.config;
     loop {
         if pq.is_dropped() {
@@ -1021,7 +1045,7 @@ async fn pull_loop(core: Arc<Core>, pq: Arc<ProcessQueue>, mut offset: u64) {
             }
             continue;
         }
-        if orderly && !pq.lock_valid() {
+        if leased && !pq.lock_valid() {
             tokio::select! {
                 _ = tokio::time::sleep(PULL_RETRY_DELAY) => {}
                 _ = dropped.wait_for(|d| *d) => return,

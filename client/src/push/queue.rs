@@ -1,8 +1,9 @@
 //! One assigned queue as its consumer sees it: what was pulled and is not done yet, where
-//! progress stands, whether it was taken away, and (orderly) the broker lease.
+//! progress stands, whether it was taken away, and (clustering) the broker lease.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
@@ -22,9 +23,11 @@ pub struct ProcessQueue {
     dropped: watch::Sender<bool>,
     /// Signalled when messages are done (a puller waiting for room may go on).
     pub space: Notify,
-    /// Orderly: held while the listener consumes this queue, so a release waits for it.
-    pub consume_lock: Mutex<()>,
-    /// Orderly: when the broker last confirmed our lease.
+    /// Listener calls on this queue's messages under way (a release waits for them).
+    calls: AtomicUsize,
+    /// Whether consuming it takes a broker lease (clustering).
+    leased: bool,
+    /// When the broker last confirmed the lease.
     locked_at: Mutex<Option<Instant>>,
 }
 
@@ -52,7 +55,7 @@ impl State {
 }
 
 impl ProcessQueue {
-    pub fn new(mq: MessageQueue, expression: String, start: u64) -> Self {
+    pub fn new(mq: MessageQueue, expression: String, start: u64, leased: bool) -> Self {
         Self {
             mq,
             expression,
@@ -62,7 +65,8 @@ impl ProcessQueue {
             }),
             dropped: watch::channel(false).0,
             space: Notify::new(),
-            consume_lock: Mutex::new(()),
+            calls: AtomicUsize::new(0),
+            leased,
             locked_at: Mutex::new(None),
         }
     }
@@ -182,15 +186,43 @@ impl ProcessQueue {
         self.state().running = false;
     }
 
+    /// Starts a listener call on this queue's messages, unless the queue was dropped: a
+    /// release that dropped it waits for the calls already under way (`idle`).
+    pub fn enter_call(&self) -> Option<CallGuard<'_>> {
+        // Counted before the check, so a release either sees the call or the call sees
+        // the drop.
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.is_dropped() {
+            self.calls.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(CallGuard(self))
+    }
+
+    /// No listener call on this queue's messages is under way.
+    pub fn idle(&self) -> bool {
+        self.calls.load(Ordering::SeqCst) == 0
+    }
+
     pub fn set_locked(&self, locked: bool) {
         *self.locked_at.lock().unwrap_or_else(|e| e.into_inner()) = locked.then(Instant::now);
     }
 
-    /// Orderly: whether the broker's lease is (still) ours.
+    /// Whether the broker's lease is (still) ours, or none is needed.
     pub fn lock_valid(&self) -> bool {
-        self.locked_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|t| t.elapsed() < LEASE_TRUSTED)
+        !self.leased
+            || self
+                .locked_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|t| t.elapsed() < LEASE_TRUSTED)
+    }
+}
+
+pub struct CallGuard<'a>(&'a ProcessQueue);
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        self.0.calls.fetch_sub(1, Ordering::SeqCst);
     }
 }
