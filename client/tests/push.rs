@@ -550,3 +550,56 @@ async fn failed_messages_return_with_delays_then_go_to_the_dead_letter_topic() {
     assert_eq!(stats.sent_back, 5, "{stats:?}");
     consumer.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_the_broker_cannot_take_back_is_consumed_again_here() {
+    let c = cluster(&[("Local", 1)]).await;
+    // A valid group name too long for a retry topic: the broker refuses every send-back.
+    let group = "g".repeat(250);
+    let seen: Arc<Mutex<Vec<Delivery>>> = Arc::default();
+    let listener = {
+        let seen = Arc::clone(&seen);
+        Listener::concurrently(move |msgs: &[MessageExt], _ctx: &mut _| {
+            let m = &msgs[0];
+            seen.lock().unwrap().push((
+                body(m),
+                m.reconsume_times,
+                m.topic.clone(),
+                Instant::now(),
+            ));
+            if m.reconsume_times == 0 {
+                ConsumeConcurrentlyStatus::ReconsumeLater
+            } else {
+                ConsumeConcurrentlyStatus::ConsumeSuccess
+            }
+        })
+    };
+    let consumer = start(&c.ns, config(&group), "Local", listener).await;
+    c.producer
+        .send(&Message::new("Local", "once"))
+        .await
+        .unwrap();
+    eventually(20, "consumed again locally", || {
+        seen.lock().unwrap().len() >= 2
+    })
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.iter().map(|d| d.1).collect::<Vec<_>>(), vec![0, 1]);
+    assert!(
+        seen[1].3 - seen[0].3 >= Duration::from_secs(5),
+        "retried after 5 s"
+    );
+    let stats = consumer.stats();
+    assert_eq!(
+        (stats.sent_back, stats.send_back_failed, stats.consumed),
+        (0, 1, 1)
+    );
+    consumer.shutdown().await.unwrap();
+    let progress = c.admin.group_progress(&group).await.unwrap();
+    assert!(
+        progress
+            .iter()
+            .any(|(_, q)| q.topic == "Local" && q.consumer_offset == 1),
+        "{progress:?}"
+    );
+}
