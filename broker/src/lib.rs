@@ -947,10 +947,21 @@ impl Broker {
                 if r.client_id.is_empty() {
                     return err(ErrorCode::InvalidParameter, "client id is empty");
                 }
+                // Only queues that exist are leased (the table stays as small as the
+                // topics make it).
+                let queues = r
+                    .queues
+                    .into_iter()
+                    .filter(|q| {
+                        self.topics
+                            .get(&q.topic)
+                            .is_some_and(|t| q.queue_id < t.read_queues)
+                    })
+                    .collect();
                 Reply::ok(&LockedQueues {
                     queues: self
                         .locks
-                        .lock(&r.group, &r.client_id, r.queues, Instant::now()),
+                        .lock(&r.group, &r.client_id, queues, Instant::now()),
                 })
             }
             Some(RequestCode::UnlockBatchMq) => {

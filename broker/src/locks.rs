@@ -1,5 +1,6 @@
-//! Queue locks for orderly consumers: per (group, topic, queue) one holder at a time, on a
-//! lease the holder renews by locking again.
+//! Queue leases of clustering consumers: per (group, topic, queue) one holder at a time, on
+//! a lease the holder renews by locking again. A queue changes hands only when its holder
+//! lets go (after committing) or its lease runs out.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};

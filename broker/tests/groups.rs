@@ -626,6 +626,19 @@ fn qs(ids: &[u32]) -> Vec<QueueRef> {
         .collect()
 }
 
+/// Topic "T" with 4 queues: only queues that exist are leased.
+async fn create_t(conn: &Connection) {
+    let req = weir_protocol::broker::CreateTopic {
+        topic: weir_protocol::route::TopicConfig {
+            name: "T".into(),
+            read_queues: 4,
+            write_queues: 4,
+            perm: weir_protocol::route::perm::READ_WRITE,
+        },
+    };
+    conn.call(&req, Bytes::new(), T).await.unwrap();
+}
+
 async fn lock(conn: &Connection, client: &str, ids: &[u32]) -> Vec<QueueRef> {
     let req = LockBatchMq {
         group: "og".into(),
@@ -648,6 +661,8 @@ async fn unlock(conn: &Connection, client: &str, ids: &[u32]) {
 async fn queue_locks_over_the_wire() {
     let env = env_with(|_| {}).await;
     let (a, b) = (env.client().await, env.client().await);
+    create_t(&a).await;
+    assert_eq!(lock(&a, "a", &[4, 99]).await, qs(&[]), "no such queues");
     a.call(
         &heartbeat("a", &[("og", MessageModel::Clustering)]),
         Bytes::new(),
@@ -794,6 +809,7 @@ async fn a_silent_member_expires_its_group_hears_and_its_locks_go() {
     let rec = Arc::new(Recorder::default());
     let live = connect(&env.addr(), Arc::clone(&rec) as Arc<dyn Handler>).await;
     let silent = env.client().await;
+    create_t(&silent).await;
     let g = [("og", MessageModel::Clustering)];
     live.call(&heartbeat("live", &g), Bytes::new(), T)
         .await
