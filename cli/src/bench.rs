@@ -36,6 +36,8 @@ use weir_client::{
 
 use crate::filter::LocalFilter;
 
+mod push;
+
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCmd {
     /// Send messages as fast as the brokers take them: msgs/s, MB/s, request latency.
@@ -106,6 +108,21 @@ pub struct ConsumeArgs {
     /// Commit, for the group, the offset where each queue's reader stopped.
     #[arg(long)]
     commit: bool,
+    /// Consume with this many push consumers of the group instead (each its own client, so
+    /// a distinct member sharing the queues), with a listener that does nothing, from the
+    /// first offsets (or the group's committed ones) until the backlog is drained: every
+    /// queue's committed offset reaches the end it had at the start.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256),
+          conflicts_with_all = ["local_filter", "count", "commit"])]
+    members: Option<u32>,
+    /// With --members: listener threads per member.
+    #[arg(long, default_value_t = 20, requires = "members",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    threads: u32,
+    /// With --members: messages per listener call.
+    #[arg(long, default_value_t = 1, requires = "members",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    consume_batch: u32,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -114,6 +131,9 @@ pub struct ConsumeArgs {
 pub async fn run(cmd: BenchCmd, client: ClientInstance) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Produce(args) => produce(args, client).await.context("bench produce"),
+        BenchCmd::Consume(args) if args.members.is_some() => {
+            push::consume(args, client).await.context("bench consume")
+        }
         BenchCmd::Consume(args) => consume(args, client).await.context("bench consume"),
     }
 }

@@ -2,20 +2,18 @@
 //! a contract (scripts depend on them); errors are one line on stderr and a non-zero exit.
 
 mod bench;
+mod consume;
 mod filter;
 mod output;
 
-use std::collections::HashMap;
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use tokio::sync::mpsc;
+use clap::{Args, Parser, Subcommand};
 use weir_client::{
-    Admin, ClientConfig, ClientInstance, Message, MessageQueue, Producer, PullConsumer, PullStatus,
+    Admin, ClientConfig, ClientInstance, Message, MessageModel, MessageQueue, Producer,
     ReceivedMessage, SendResult,
 };
 
@@ -48,7 +46,7 @@ enum Cmd {
     /// Send messages.
     Send(SendArgs),
     /// Consume a topic as a group, committing offsets (a second run continues).
-    Consume(ConsumeArgs),
+    Consume(consume::ConsumeArgs),
     /// Consumer groups.
     Group {
         #[command(subcommand)]
@@ -119,6 +117,10 @@ struct SendArgs {
     /// One message per line of standard input.
     #[arg(long)]
     lines: bool,
+    /// Deliver after the broker's delay level L (1-based: `1s 5s 10s 30s 1m …` by
+    /// default; 0: at once).
+    #[arg(long, value_name = "L", default_value_t = 0)]
+    delay_level: u32,
     /// One JSON object per message sent.
     #[arg(long)]
     json: bool,
@@ -131,38 +133,17 @@ pub(crate) fn parse_prop(s: &str) -> Result<(String, String), String> {
     }
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-enum From {
-    First,
-    Last,
-}
-
-#[derive(Args, Debug)]
-struct ConsumeArgs {
-    topic: String,
-    #[arg(long)]
-    group: String,
-    /// `*` or `TagA || TagB`.
-    #[arg(long, default_value = "*")]
-    expr: String,
-    /// Where a group with no committed offset starts.
-    #[arg(long, value_enum, default_value = "first")]
-    from: From,
-    /// Stop after this many messages.
-    #[arg(long)]
-    count: Option<u64>,
-    /// Stop after this many seconds without a message.
-    #[arg(long)]
-    idle_exit: Option<u64>,
-    /// One JSON object per message.
-    #[arg(long)]
-    json: bool,
-}
-
 #[derive(Subcommand, Debug)]
 enum GroupCmd {
-    /// Per queue: broker offset, consumer offset, lag.
+    /// Per queue: broker offset, consumer offset, lag (the group's retry topic too).
     Progress { group: String },
+    /// The group's live members, as each broker knows them from their heartbeats.
+    Members {
+        group: String,
+        /// One JSON object per member and broker.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -213,10 +194,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Topic { cmd } => topic(cmd, client).await,
         Cmd::Send(args) => send(args, client).await,
-        Cmd::Consume(args) => consume(args, client).await,
+        Cmd::Consume(args) => consume::run(args, client).await,
         Cmd::Group {
             cmd: GroupCmd::Progress { group },
         } => progress(&group, client).await,
+        Cmd::Group {
+            cmd: GroupCmd::Members { group, json },
+        } => members(&group, json, client).await,
         Cmd::Message { cmd } => message(cmd, client).await,
         Cmd::Filter { cmd } => filter::run(cmd, client).await,
         Cmd::Cluster {
@@ -305,7 +289,10 @@ fn weir_protocol_perm(p: u8) -> String {
     format!("{r}{w}")
 }
 
-fn print_sent(r: &SendResult, json: bool) {
+/// One line per sent message; an error when standard output is gone (a closed pipe), which
+/// stops the sending.
+fn print_sent(r: &SendResult, json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
     let status = match r.status {
         weir_client::SendStatus::Ok => "SEND_OK",
         weir_client::SendStatus::FlushDiskTimeout => "FLUSH_DISK_TIMEOUT",
@@ -318,13 +305,18 @@ fn print_sent(r: &SendResult, json: bool) {
             "queue": r.queue_id,
             "queue_offset": r.queue_offset,
         });
-        println!("{v}");
+        writeln!(std::io::stdout(), "{v}")
     } else {
-        println!(
+        writeln!(
+            std::io::stdout(),
             "{status} msg_id={} broker={} queue={} queue_offset={}",
-            r.msg_id, r.broker_name, r.queue_id, r.queue_offset
-        );
+            r.msg_id,
+            r.broker_name,
+            r.queue_id,
+            r.queue_offset
+        )
     }
+    .context("writing to standard output")
 }
 
 async fn send(args: SendArgs, client: ClientInstance) -> anyhow::Result<()> {
@@ -352,7 +344,7 @@ async fn send(args: SendArgs, client: ClientInstance) -> anyhow::Result<()> {
         m.tags = args.tag.clone().unwrap_or_default();
         m.keys = args.keys.clone();
         m.properties = args.props.clone();
-        m
+        m.with_delay_level(args.delay_level)
     };
     let send_one = async |m: Message| -> anyhow::Result<SendResult> {
         let r = match (&target, &args.order_key) {
@@ -363,10 +355,10 @@ async fn send(args: SendArgs, client: ClientInstance) -> anyhow::Result<()> {
         Ok(r)
     };
     if let Some(body) = &args.body {
-        print_sent(&send_one(make(Bytes::from(body.clone()))).await?, args.json);
+        print_sent(&send_one(make(Bytes::from(body.clone()))).await?, args.json)?;
     } else if let Some(path) = &args.file {
         let body = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        print_sent(&send_one(make(Bytes::from(body))).await?, args.json);
+        print_sent(&send_one(make(Bytes::from(body))).await?, args.json)?;
     } else {
         let stdin = std::io::stdin();
         let mut lines = Vec::new();
@@ -374,7 +366,7 @@ async fn send(args: SendArgs, client: ClientInstance) -> anyhow::Result<()> {
             lines.push(line.context("reading standard input")?);
         }
         for line in lines {
-            print_sent(&send_one(make(Bytes::from(line))).await?, args.json);
+            print_sent(&send_one(make(Bytes::from(line))).await?, args.json)?;
         }
     }
     Ok(())
@@ -400,158 +392,6 @@ fn message_json(m: &ReceivedMessage) -> serde_json::Value {
         "born_ts": m.born_timestamp,
         "store_ts": m.store_timestamp,
     })
-}
-
-fn print_message(m: &ReceivedMessage, json: bool) {
-    if json {
-        println!("{}", message_json(m));
-    } else {
-        println!(
-            "[{}/{}/{}@{}] msg_id={} tags={:?} keys={:?} body={}",
-            m.topic,
-            m.broker_name,
-            m.queue_id,
-            m.queue_offset,
-            m.msg_id,
-            m.tags,
-            m.keys,
-            output::body_text(&m.body)
-        );
-    }
-}
-
-/// What a queue's puller hands the printer.
-enum Pulled {
-    Batch {
-        queue: usize,
-        messages: Vec<ReceivedMessage>,
-        next_offset: u64,
-    },
-    Failed(anyhow::Error),
-}
-
-async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow::Result<()> {
-    let consumer = std::sync::Arc::new(PullConsumer::new(args.group.clone(), client));
-    let queues = consumer.queues(&args.topic).await?;
-    if queues.is_empty() {
-        bail!("topic {} has no readable queue", args.topic);
-    }
-    let mut starts = Vec::with_capacity(queues.len());
-    for mq in &queues {
-        let start = match consumer.committed_offset(mq).await? {
-            Some(o) => o,
-            None => {
-                let o = consumer.queue_offsets(mq).await?;
-                if args.from == From::First {
-                    o.min
-                } else {
-                    o.max
-                }
-            }
-        };
-        starts.push(start);
-    }
-    let hold = Duration::from_secs(args.idle_exit.unwrap_or(15).clamp(1, 15));
-    let (tx, mut rx) = mpsc::channel::<Pulled>(queues.len() * 2);
-    let mut pullers = Vec::new();
-    for (i, mq) in queues.iter().enumerate() {
-        let (tx, consumer, mq, expr, mut offset) = (
-            tx.clone(),
-            std::sync::Arc::clone(&consumer),
-            mq.clone(),
-            args.expr.clone(),
-            starts[i],
-        );
-        pullers.push(tokio::spawn(async move {
-            loop {
-                match consumer
-                    .pull(&mq, &expr, offset, 32, Some(hold), None)
-                    .await
-                {
-                    Ok(out) => {
-                        let advanced = out.next_offset != offset || !out.messages.is_empty();
-                        offset = out.next_offset;
-                        if advanced
-                            && tx
-                                .send(Pulled::Batch {
-                                    queue: i,
-                                    messages: out.messages,
-                                    next_offset: out.next_offset,
-                                })
-                                .await
-                                .is_err()
-                        {
-                            return;
-                        }
-                        if out.status == PullStatus::OffsetMoved && !advanced {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx
-                            .send(Pulled::Failed(anyhow::Error::new(e).context(format!(
-                                "pulling {}/{}",
-                                mq.broker_name, mq.queue_id
-                            ))))
-                            .await;
-                        return;
-                    }
-                }
-            }
-        }));
-    }
-    drop(tx);
-    // Offsets to commit: just past the last message printed (or skipped by the filter).
-    let mut commit: HashMap<usize, u64> = HashMap::new();
-    let mut printed = 0u64;
-    let idle = args.idle_exit.map(Duration::from_secs);
-    let stdout = std::io::stdout();
-    let mut result = Ok(());
-    'outer: loop {
-        let next = match idle {
-            Some(d) => match tokio::time::timeout(d, rx.recv()).await {
-                Ok(n) => n,
-                Err(_) => break,
-            },
-            None => tokio::select! {
-                n = rx.recv() => n,
-                _ = tokio::signal::ctrl_c() => break,
-            },
-        };
-        match next {
-            None => break,
-            Some(Pulled::Failed(e)) => {
-                result = Err(e);
-                break;
-            }
-            Some(Pulled::Batch {
-                queue,
-                messages,
-                next_offset,
-            }) => {
-                for m in &messages {
-                    if args.count.is_some_and(|c| printed >= c) {
-                        break 'outer;
-                    }
-                    print_message(m, args.json);
-                    printed += 1;
-                    commit.insert(queue, m.queue_offset + 1);
-                }
-                commit.insert(queue, next_offset);
-                if args.count.is_some_and(|c| printed >= c) {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = stdout.lock().flush();
-    for p in &pullers {
-        p.abort();
-    }
-    for (queue, offset) in commit {
-        consumer.commit_offset(&queues[queue], offset).await?;
-    }
-    result
 }
 
 async fn progress(group: &str, client: ClientInstance) -> anyhow::Result<()> {
@@ -582,6 +422,64 @@ async fn progress(group: &str, client: ClientInstance) -> anyhow::Result<()> {
     }
     output::table(&table);
     println!("total lag: {total}");
+    Ok(())
+}
+
+fn model_name(m: &MessageModel) -> &'static str {
+    match m {
+        MessageModel::Clustering => "clustering",
+        MessageModel::Broadcasting => "broadcasting",
+    }
+}
+
+async fn members(group: &str, json: bool, client: ClientInstance) -> anyhow::Result<()> {
+    let members = Admin::new(client).group_connections(group).await?;
+    if members.is_empty() {
+        bail!("group {group} has no member on any broker");
+    }
+    if json {
+        for (broker, m) in members {
+            let subs: Vec<serde_json::Value> = m
+                .subscriptions
+                .iter()
+                .map(|(t, e)| serde_json::json!({"topic": t, "expr": e}))
+                .collect();
+            let v = serde_json::json!({
+                "broker": broker,
+                "client_id": m.client_id,
+                "addr": m.addr,
+                "model": model_name(&m.model),
+                "subscriptions": subs,
+                "last_heartbeat_ms_ago": m.last_heartbeat_ms_ago,
+            });
+            println!("{v}");
+        }
+        return Ok(());
+    }
+    let mut rows = vec![vec![
+        "BROKER".into(),
+        "CLIENT_ID".into(),
+        "ADDRESS".into(),
+        "MODEL".into(),
+        "SUBSCRIPTIONS".into(),
+        "LAST_HEARTBEAT".into(),
+    ]];
+    for (broker, m) in members {
+        let subs: Vec<String> = m
+            .subscriptions
+            .iter()
+            .map(|(t, e)| format!("{t}({e})"))
+            .collect();
+        rows.push(vec![
+            broker,
+            m.client_id,
+            m.addr,
+            model_name(&m.model).to_uppercase(),
+            subs.join(","),
+            format!("{} ms ago", m.last_heartbeat_ms_ago),
+        ]);
+    }
+    output::table(&rows);
     Ok(())
 }
 

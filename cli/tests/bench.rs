@@ -159,3 +159,112 @@ async fn produce_then_consume_2000() {
     broker.shutdown().await.unwrap();
     ns.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_consume_with_two_members() {
+    let ns = weir_namesrv::start(NamesrvConfig {
+        listen: "127.0.0.1:0".into(),
+        broker_expiry_ms: 120_000,
+        scan_interval_ms: 50,
+    })
+    .await
+    .unwrap();
+    let ns_addr = ns.local_addr().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = weir_broker::start(BrokerConfig {
+        listen: "127.0.0.1:0".into(),
+        namesrv: ns_addr.clone(),
+        broker_name: "broker-a".into(),
+        store: StoreConfig {
+            commit_log_segment_size: 16 << 20,
+            consume_queue_segment_entries: 4096,
+            index_slots: 4096,
+            index_entries: 65536,
+            ..StoreConfig::new(dir.path().join("broker-a"))
+        },
+        ..BrokerConfig::default()
+    })
+    .await
+    .unwrap();
+
+    let addr = ns_addr.clone();
+    let produced = tokio::task::spawn_blocking(move || {
+        weir(
+            &addr,
+            &[
+                "bench", "produce", "PushT", "--count", "3000", "--size", "64", "--queues", "8",
+                "--json",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(produced["messages"], 3000, "{produced}");
+
+    let addr = ns_addr.clone();
+    let consumed = tokio::task::spawn_blocking(move || {
+        weir(
+            &addr,
+            &[
+                "bench",
+                "consume",
+                "PushT",
+                "--group",
+                "push-bench",
+                "--members",
+                "2",
+                "--json",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(consumed["mode"], "consume", "{consumed}");
+    assert_eq!(consumed["consumer"], "push", "{consumed}");
+    assert_eq!(consumed["members"], 2, "{consumed}");
+    assert_eq!(consumed["queues"], 8, "{consumed}");
+    assert_eq!(consumed["backlog"], 3000, "{consumed}");
+    assert_eq!(consumed["messages"], 3000, "{consumed}");
+    assert_eq!(consumed["drained"], true, "{consumed}");
+    assert_eq!(consumed["failed"], 0, "{consumed}");
+    let total = consumed["consumed"].as_u64().unwrap();
+    assert!(total >= 3000, "{consumed}");
+    assert_eq!(
+        consumed["redelivered"].as_u64().unwrap(),
+        total - 3000,
+        "{consumed}"
+    );
+    let per_member = consumed["per_member"].as_array().unwrap();
+    assert_eq!(per_member.len(), 2, "{consumed}");
+    assert_eq!(
+        per_member
+            .iter()
+            .map(|m| m["consumed"].as_u64().unwrap())
+            .sum::<u64>(),
+        total,
+        "{consumed}"
+    );
+    assert!(rate(&consumed, "msgs_per_sec") > 0.0, "{consumed}");
+
+    // Drained: the group has nothing left, so a second run has nothing to do.
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "--namesrv",
+            &ns_addr,
+            "bench",
+            "consume",
+            "PushT",
+            "--group",
+            "push-bench",
+            "--members",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing to consume"), "{err}");
+
+    broker.shutdown().await.unwrap();
+    ns.shutdown().await;
+}

@@ -450,6 +450,8 @@ pub struct Server {
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
     conns: Arc<AsyncMutex<HashMap<u64, Connection>>>,
+    /// The accept loop; it owns the listener.
+    acceptor: AsyncMutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Server {
@@ -463,11 +465,12 @@ impl Server {
         let (stop, mut stop_rx) = watch::channel(false);
         let conns: Arc<AsyncMutex<HashMap<u64, Connection>>> = Arc::default();
         let tracked = Arc::clone(&conns);
-        tokio::spawn(async move {
+        let acceptor = tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
-                    a = listener.accept() => a,
+                    biased;
                     _ = stop_rx.wait_for(|s| *s) => break,
+                    a = listener.accept() => a,
                 };
                 match accepted {
                     Ok((stream, _)) => {
@@ -495,6 +498,7 @@ impl Server {
             local_addr,
             stop,
             conns,
+            acceptor: AsyncMutex::new(Some(acceptor)),
         })
     }
 
@@ -502,9 +506,13 @@ impl Server {
         self.local_addr
     }
 
-    /// Stops accepting and closes every connection.
+    /// Stops accepting and closes every connection. The listener is closed first, so no
+    /// connection is accepted (and served) after this returns.
     pub async fn shutdown(&self) {
         self.stop.send_replace(true);
+        if let Some(acceptor) = self.acceptor.lock().await.take() {
+            let _ = acceptor.await;
+        }
         let conns: Vec<Connection> = self.conns.lock().await.values().cloned().collect();
         for c in conns {
             c.close();

@@ -3,8 +3,9 @@
 // Each test binary uses part of this.
 #![allow(dead_code)]
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use weir_broker::BrokerConfig;
@@ -19,6 +20,11 @@ pub struct Env {
 }
 
 pub async fn env() -> Env {
+    env_with(|_| {}).await
+}
+
+/// An environment whose broker's settings `adjust` changes first.
+pub async fn env_with(adjust: impl FnOnce(&mut BrokerConfig)) -> Env {
     let ns = weir_namesrv::start(NamesrvConfig {
         listen: "127.0.0.1:0".into(),
         broker_expiry_ms: 120_000,
@@ -27,7 +33,7 @@ pub async fn env() -> Env {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let broker = weir_broker::start(BrokerConfig {
+    let mut config = BrokerConfig {
         listen: "127.0.0.1:0".into(),
         namesrv: ns.local_addr().to_string(),
         broker_name: "broker-a".into(),
@@ -39,9 +45,9 @@ pub async fn env() -> Env {
             ..StoreConfig::new(dir.path())
         },
         ..BrokerConfig::default()
-    })
-    .await
-    .unwrap();
+    };
+    adjust(&mut config);
+    let broker = weir_broker::start(config).await.unwrap();
     Env {
         namesrv: ns.local_addr().to_string(),
         _ns: ns,
@@ -122,6 +128,133 @@ pub async fn wait_route(namesrv: &str, topic: &str) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{topic} never routed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A `weir` process left running (a consumer), its output collected line by line as it
+/// comes. Killed (SIGKILL) when dropped, so a failing test leaves nothing behind.
+pub struct Running {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn spawn(namesrv: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .arg("--namesrv")
+            .arg(namesrv)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (out, lines) = (child.stdout.take().unwrap(), Arc::clone(&stdout));
+        let mut readers = vec![std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                lines.lock().unwrap().push(line);
+            }
+        })];
+        let (err, text) = (child.stderr.take().unwrap(), Arc::clone(&stderr));
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { return };
+                let mut t = text.lock().unwrap();
+                t.push_str(&line);
+                t.push('\n');
+            }
+        }));
+        Self {
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    /// After the process ended: waits until its output is all collected.
+    fn drain(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+
+    /// The lines printed so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// The lines printed so far, as JSON.
+    pub fn json(&self) -> Vec<serde_json::Value> {
+        json_lines(&self.lines().join("\n"))
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// SIGINT, as Ctrl-C sends.
+    pub fn interrupt(&self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGKILL, and waits for the process to end.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.drain();
+    }
+
+    /// Whether the process has ended, with its status.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Waits for the process to end on its own, up to `limit`.
+    pub async fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(s) = self.try_wait() {
+                self.drain();
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "weir did not end within {limit:?}; stderr: {}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` every 20 ms until it holds; panics with `what` after `limit`.
+pub async fn until(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

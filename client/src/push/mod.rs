@@ -69,6 +69,15 @@ pub struct ConsumeConcurrentlyContext {
     /// For `ReconsumeLater`: 0 lets the broker choose (`3 + reconsume_times`); N > 0 is delay
     /// level N; -1 sends the batch straight to the dead-letter topic.
     pub delay_level_when_next_consume: i32,
+    stop: StopHandle,
+}
+
+impl ConsumeConcurrentlyContext {
+    /// Stops the consumer handing out messages (see [`StopHandle`]); a batch answered
+    /// `ReconsumeLater` from now on stays uncommitted instead of being sent back.
+    pub fn stop_consumer(&self) {
+        self.stop.stop();
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +86,14 @@ pub struct ConsumeOrderlyContext {
     /// The pause after `SuspendCurrentQueueAMoment` (default: the consumer's
     /// `suspend_current_queue_time`).
     pub suspend_current_queue_time: Duration,
+    stop: StopHandle,
+}
+
+impl ConsumeOrderlyContext {
+    /// Stops the consumer handing out messages (see [`StopHandle`]).
+    pub fn stop_consumer(&self) {
+        self.stop.stop();
+    }
 }
 
 /// Consumes batches of messages from any queue, on several threads at once.
@@ -311,7 +328,7 @@ struct Core {
     /// One rebalance at a time.
     rebalancing: tokio::sync::Mutex<()>,
     /// Set by `shutdown` or a [`StopHandle`]: nothing more is handed to the listener.
-    stopping: AtomicBool,
+    stopping: StopHandle,
     counters: Counters,
 }
 
@@ -350,16 +367,19 @@ pub struct PushConsumer {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Stops a consumer handing messages to its listener, from anywhere (a listener too): what is
-/// not consumed yet stays uncommitted, for the next run. `shutdown` still has to follow.
-#[derive(Clone)]
-pub struct StopHandle(std::sync::Weak<Core>);
+/// Stops a consumer handing messages to its listener, from anywhere (a listener too, with
+/// its context's `stop_consumer`): what is not consumed yet stays uncommitted, for the next
+/// run. `shutdown` still has to follow.
+#[derive(Debug, Clone, Default)]
+pub struct StopHandle(Arc<AtomicBool>);
 
 impl StopHandle {
     pub fn stop(&self) {
-        if let Some(core) = self.0.upgrade() {
-            core.stopping.store(true, Ordering::Release);
-        }
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(Ordering::Acquire)
     }
 }
 
@@ -435,7 +455,7 @@ impl PushConsumer {
             queues: Mutex::new(BTreeMap::new()),
             runtime: tokio::runtime::Handle::current(),
             rebalancing: tokio::sync::Mutex::new(()),
-            stopping: AtomicBool::new(false),
+            stopping: StopHandle::default(),
             counters: Counters::default(),
             config,
         });
@@ -488,7 +508,7 @@ impl PushConsumer {
     }
 
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle(Arc::downgrade(&self.core))
+        self.core.stopping.clone()
     }
 
     /// Rebalances now (normally on a timer and when the brokers say members changed).
@@ -499,7 +519,7 @@ impl PushConsumer {
     /// Stops pulling, lets running listener calls finish, commits progress, gives queue
     /// leases back, and leaves the group (its other members then rebalance).
     pub async fn shutdown(mut self) -> Result<()> {
-        self.core.stopping.store(true, Ordering::Release);
+        self.core.stopping.stop();
         self.stop.send_replace(true);
         for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
@@ -531,7 +551,7 @@ impl PushConsumer {
 
 impl Drop for PushConsumer {
     fn drop(&mut self) {
-        self.core.stopping.store(true, Ordering::Release);
+        self.core.stopping.stop();
         self.stop.send_replace(true);
         for pq in self.core.queues().values() {
             pq.drop_now();
@@ -605,7 +625,7 @@ impl Core {
     }
 
     fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
+        self.stopping.is_stopped()
     }
 
     /// Brings the assigned queues in line with the allocation. True when something could
@@ -801,6 +821,7 @@ impl Core {
         let mut ctx = ConsumeConcurrentlyContext {
             queue: pq.mq.clone(),
             delay_level_when_next_consume: 0,
+            stop: self.stopping.clone(),
         };
         let status = catch_unwind(AssertUnwindSafe(|| listener.consume(&batch, &mut ctx)))
             .unwrap_or_else(|p| {
@@ -923,6 +944,7 @@ impl Core {
             let mut ctx = ConsumeOrderlyContext {
                 queue: pq.mq.clone(),
                 suspend_current_queue_time: self.config.suspend_current_queue_time,
+                stop: self.stopping.clone(),
             };
             let status = catch_unwind(AssertUnwindSafe(|| listener.consume(&batch, &mut ctx)))
                 .unwrap_or_else(|p| {
