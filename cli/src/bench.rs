@@ -924,21 +924,30 @@ fn now_ms() -> u128 {
         .unwrap_or(0)
 }
 
-async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow::Result<()> {
-    let group = args
-        .group
+/// The group a consume benchmark reads as: the one given, or a new one per run.
+pub(crate) fn bench_group(group: &Option<String>) -> String {
+    group
         .clone()
-        .unwrap_or_else(|| format!("weir-bench-{}-{}", std::process::id(), now_ms()));
+        .unwrap_or_else(|| format!("weir-bench-{}-{}", std::process::id(), now_ms()))
+}
+
+/// A failed lookup of the benchmark's topic, saying how to write one when it is missing.
+pub(crate) fn topic_lookup_error(topic: &str, e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::NoRoute { .. } => {
+            anyhow::anyhow!("topic {topic} does not exist (weir bench produce {topic} writes one)")
+        }
+        e => anyhow::Error::new(e).context(format!("looking up topic {topic}")),
+    }
+}
+
+async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow::Result<()> {
+    let group = bench_group(&args.group);
     let consumer = PullConsumer::new(group.clone(), client.clone());
-    let queues = match consumer.queues(&args.topic).await {
-        Ok(q) => q,
-        Err(ClientError::NoRoute { .. }) => bail!(
-            "topic {} does not exist (weir bench produce {} writes one)",
-            args.topic,
-            args.topic
-        ),
-        Err(e) => return Err(e).with_context(|| format!("looking up topic {}", args.topic)),
-    };
+    let queues = consumer
+        .queues(&args.topic)
+        .await
+        .map_err(|e| topic_lookup_error(&args.topic, e))?;
     if queues.is_empty() {
         bail!("topic {} has no readable queue", args.topic);
     }

@@ -1,10 +1,8 @@
 //! `weir bench produce|consume` against an in-process name server and broker.
 
-use std::process::Command;
+mod common;
 
-use weir_broker::BrokerConfig;
-use weir_namesrv::NamesrvConfig;
-use weir_store::StoreConfig;
+use std::process::Command;
 
 fn weir(namesrv: &str, args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -35,30 +33,8 @@ fn rate(v: &serde_json::Value, key: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_then_consume_2000() {
-    let ns = weir_namesrv::start(NamesrvConfig {
-        listen: "127.0.0.1:0".into(),
-        broker_expiry_ms: 120_000,
-        scan_interval_ms: 50,
-    })
-    .await
-    .unwrap();
-    let ns_addr = ns.local_addr().to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let broker = weir_broker::start(BrokerConfig {
-        listen: "127.0.0.1:0".into(),
-        namesrv: ns_addr.clone(),
-        broker_name: "broker-a".into(),
-        store: StoreConfig {
-            commit_log_segment_size: 16 << 20,
-            consume_queue_segment_entries: 4096,
-            index_slots: 4096,
-            index_entries: 65536,
-            ..StoreConfig::new(dir.path().join("broker-a"))
-        },
-        ..BrokerConfig::default()
-    })
-    .await
-    .unwrap();
+    let env = common::env_with(|c| c.store.commit_log_segment_size = 16 << 20).await;
+    let ns_addr = env.namesrv.clone();
 
     let addr = ns_addr.clone();
     let produced = tokio::task::spawn_blocking(move || {
@@ -155,37 +131,12 @@ async fn produce_then_consume_2000() {
         err.contains("NoSuchTopic") && err.lines().count() == 1,
         "{err}"
     );
-
-    broker.shutdown().await.unwrap();
-    ns.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_consume_with_two_members() {
-    let ns = weir_namesrv::start(NamesrvConfig {
-        listen: "127.0.0.1:0".into(),
-        broker_expiry_ms: 120_000,
-        scan_interval_ms: 50,
-    })
-    .await
-    .unwrap();
-    let ns_addr = ns.local_addr().to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let broker = weir_broker::start(BrokerConfig {
-        listen: "127.0.0.1:0".into(),
-        namesrv: ns_addr.clone(),
-        broker_name: "broker-a".into(),
-        store: StoreConfig {
-            commit_log_segment_size: 16 << 20,
-            consume_queue_segment_entries: 4096,
-            index_slots: 4096,
-            index_entries: 65536,
-            ..StoreConfig::new(dir.path().join("broker-a"))
-        },
-        ..BrokerConfig::default()
-    })
-    .await
-    .unwrap();
+    let env = common::env_with(|c| c.store.commit_log_segment_size = 16 << 20).await;
+    let ns_addr = env.namesrv.clone();
 
     let addr = ns_addr.clone();
     let produced = tokio::task::spawn_blocking(move || {
@@ -264,7 +215,4 @@ async fn push_consume_with_two_members() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nothing to consume"), "{err}");
-
-    broker.shutdown().await.unwrap();
-    ns.shutdown().await;
 }

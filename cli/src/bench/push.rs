@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::task::JoinSet;
 use weir_client::{
-    Admin, ClientError, ClientInstance, ConsumeConcurrentlyStatus, ConsumeFrom, Listener,
-    MessageExt, PushConsumer, PushConsumerConfig,
+    Admin, ClientInstance, ConsumeConcurrentlyStatus, ConsumeFrom, Listener, MessageExt,
+    PushConsumer, PushConsumerConfig,
 };
 
-use super::{ConsumeArgs, Rate, TICK, grouped, now_ms, per_sec, progress_bar, round2};
+use super::{ConsumeArgs, Rate, TICK, grouped, per_sec, progress_bar, round2};
 
 /// Quiet time after the backlog is drained before the members stop.
 const SETTLE: Duration = Duration::from_secs(1);
@@ -68,20 +68,12 @@ fn done_of(starts: &Offsets, ends: &Offsets, now: &Offsets) -> u64 {
 
 pub(super) async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow::Result<()> {
     let members = args.members.unwrap_or(1) as usize;
-    let group = args
-        .group
-        .clone()
-        .unwrap_or_else(|| format!("weir-bench-{}-{}", std::process::id(), now_ms()));
+    let group = super::bench_group(&args.group);
     let admin = Admin::new(client.clone());
-    let stats = match admin.topic_stats(&args.topic).await {
-        Ok(s) => s,
-        Err(ClientError::NoRoute { .. }) => bail!(
-            "topic {} does not exist (weir bench produce {} writes one)",
-            args.topic,
-            args.topic
-        ),
-        Err(e) => return Err(e).with_context(|| format!("looking up topic {}", args.topic)),
-    };
+    let stats = admin
+        .topic_stats(&args.topic)
+        .await
+        .map_err(|e| super::topic_lookup_error(&args.topic, e))?;
     let before = committed(&admin, &group, &args.topic).await?;
     let (mut starts, mut ends) = (Offsets::new(), Offsets::new());
     for (broker, s) in &stats {
