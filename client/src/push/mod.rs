@@ -796,13 +796,14 @@ impl Core {
         match &self.listener {
             Listener::Concurrently(_) => {
                 let n = self.config.consume_message_batch_max_size;
+                let mut jobs: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
                 let mut msgs = msgs.into_iter().peekable();
                 while msgs.peek().is_some() {
                     let batch: Vec<MessageExt> = msgs.by_ref().take(n).collect();
                     let (core, pq) = (Arc::clone(self), Arc::clone(pq));
-                    self.pool
-                        .submit(move || core.consume_concurrently(&pq, batch));
+                    jobs.push(Box::new(move || core.consume_concurrently(&pq, batch)));
                 }
+                self.pool.submit_all(jobs);
             }
             Listener::Orderly(_) => self.run_orderly_soon(pq, Duration::ZERO),
         }

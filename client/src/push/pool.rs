@@ -1,67 +1,77 @@
 //! The threads listeners run on: `min` started at once, more (up to `max`) while every
 //! thread is busy and work waits.
+//!
+//! One queue under one lock: a pull's batches go in together, a thread that finishes a job
+//! takes the next without sleeping, and no more sleeping threads are woken than there are
+//! new jobs. (Waking fewer would suit fast listeners, but a long call at the head of a
+//! submission would then hold up the rest while threads sleep.)
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use tracing::warn;
 
-type Job = Box<dyn FnOnce() + Send + 'static>;
+pub type Job = Box<dyn FnOnce() + Send + 'static>;
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Threads waiting for a job.
+    sleeping: usize,
+    /// Of those, woken for a job and not yet running.
+    waking: usize,
+    /// Threads started.
+    threads: usize,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    work: Condvar,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 pub struct ConsumePool {
     name: String,
     max: usize,
-    tx: Mutex<Option<Sender<Job>>>,
-    rx: Arc<Mutex<Receiver<Job>>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-    /// Threads not running a job.
-    idle: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl ConsumePool {
     pub fn new(name: &str, min: usize, max: usize) -> Self {
-        let (tx, rx) = channel();
         let pool = Self {
             name: name.to_owned(),
             max: max.max(min).max(1),
-            tx: Mutex::new(Some(tx)),
-            rx: Arc::new(Mutex::new(rx)),
-            threads: Mutex::new(Vec::new()),
-            idle: Arc::new(AtomicUsize::new(0)),
+            shared: Arc::new(Shared {
+                queue: Mutex::new(Queue::default()),
+                work: Condvar::new(),
+            }),
+            handles: Mutex::new(Vec::new()),
         };
         for _ in 0..min.max(1) {
-            pool.add_thread();
+            pool.shared.queue().threads += 1;
+            pool.start_thread();
         }
         pool
     }
 
-    fn add_thread(&self) {
-        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        if threads.len() >= self.max {
-            return;
-        }
-        let (rx, idle) = (Arc::clone(&self.rx), Arc::clone(&self.idle));
-        idle.fetch_add(1, Ordering::AcqRel);
+    fn start_thread(&self) {
+        let shared = Arc::clone(&self.shared);
+        let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
         let spawned = std::thread::Builder::new()
-            .name(format!("{}-{}", self.name, threads.len()))
-            .spawn(move || {
-                loop {
-                    let job = {
-                        let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
-                        rx.recv()
-                    };
-                    let Ok(job) = job else { return };
-                    idle.fetch_sub(1, Ordering::AcqRel);
-                    job();
-                    idle.fetch_add(1, Ordering::AcqRel);
-                }
-            });
+            .name(format!("{}-{}", self.name, handles.len()))
+            .spawn(move || work(&shared));
         match spawned {
-            Ok(t) => threads.push(t),
+            Ok(h) => handles.push(h),
             Err(e) => {
-                self.idle.fetch_sub(1, Ordering::AcqRel);
+                self.shared.queue().threads -= 1;
                 warn!(error = %e, "cannot start a consume thread");
             }
         }
@@ -69,21 +79,107 @@ impl ConsumePool {
 
     /// Runs `job` on a pool thread. After `shutdown` jobs are dropped.
     pub fn submit(&self, job: impl FnOnce() + Send + 'static) {
-        if self.idle.load(Ordering::Acquire) == 0 {
-            self.add_thread();
+        self.submit_all(vec![Box::new(job)]);
+    }
+
+    /// Queues `jobs` together and wakes as many sleeping threads as they need.
+    pub fn submit_all(&self, jobs: Vec<Job>) {
+        let n = jobs.len();
+        let (wake, grow) = {
+            let mut q = self.shared.queue();
+            if q.closed {
+                return;
+            }
+            q.jobs.extend(jobs);
+            let idle = q.sleeping - q.waking;
+            let wake = n.min(idle);
+            q.waking += wake;
+            // Every thread busy and work waiting: one more thread, up to `max`.
+            let grow = idle == 0 && n > 0 && q.threads < self.max;
+            if grow {
+                q.threads += 1;
+            }
+            (wake, grow)
+        };
+        for _ in 0..wake {
+            self.shared.work.notify_one();
         }
-        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = tx.as_ref() {
-            let _ = tx.send(Box::new(job));
+        if grow {
+            self.start_thread();
         }
     }
 
     /// Lets queued jobs finish, then joins the threads (call off the async runtime).
     pub fn shutdown(&self) {
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        for t in threads {
-            let _ = t.join();
+        self.shared.queue().closed = true;
+        self.shared.work.notify_all();
+        let handles = std::mem::take(&mut *self.handles.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in handles {
+            let _ = h.join();
         }
+    }
+}
+
+fn work(shared: &Shared) {
+    let mut q = shared.queue();
+    loop {
+        if let Some(job) = q.jobs.pop_front() {
+            drop(q);
+            job();
+            q = shared.queue();
+            continue;
+        }
+        if q.closed {
+            return;
+        }
+        q.sleeping += 1;
+        q = shared.work.wait(q).unwrap_or_else(|e| e.into_inner());
+        q.sleeping -= 1;
+        // A spurious wake-up may take another's place; the count only guides waking.
+        q.waking = q.waking.saturating_sub(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn runs_every_job_and_grows_to_max_under_load() {
+        let pool = ConsumePool::new("t", 1, 4);
+        let done = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        // Jobs that wait for the gate: each needs a thread of its own.
+        for _ in 0..6 {
+            let (done, gate) = (Arc::clone(&done), Arc::clone(&gate));
+            pool.submit(move || {
+                let (open, cv) = &*gate;
+                let mut o = open.lock().unwrap();
+                while !*o {
+                    o = cv.wait(o).unwrap();
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        assert_eq!(pool.shared.queue().threads, 4, "grew to max, not beyond");
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        let jobs: Vec<Job> = (0..1000)
+            .map(|_| {
+                let d = Arc::clone(&done);
+                Box::new(move || {
+                    d.fetch_add(1, Ordering::SeqCst);
+                }) as Job
+            })
+            .collect();
+        pool.submit_all(jobs);
+        pool.shutdown();
+        assert_eq!(
+            done.load(Ordering::SeqCst),
+            1006,
+            "queued jobs finish before shutdown"
+        );
+        pool.submit(|| unreachable!("a job after shutdown is dropped"));
     }
 }
