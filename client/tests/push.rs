@@ -603,3 +603,34 @@ async fn a_message_the_broker_cannot_take_back_is_consumed_again_here() {
         "{progress:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_listener_holds_pulling_back_to_the_queue_threshold() {
+    let c = cluster(&[("Slow", 1)]).await;
+    let batch: Vec<Message> = (0..300)
+        .map(|i| Message::new("Slow", format!("s{i}")))
+        .collect();
+    c.producer.send_batch(&batch).await.unwrap();
+    let listener = Listener::concurrently(|_: &[MessageExt], _: &mut _| {
+        std::thread::sleep(Duration::from_millis(2));
+        ConsumeConcurrentlyStatus::ConsumeSuccess
+    });
+    let mut cfg = config("slow");
+    cfg.pull_threshold_for_queue = 20;
+    cfg.pull_batch_size = 8;
+    let consumer = start(&c.ns, cfg, "Slow", listener).await;
+    let mut most = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while consumer.stats().consumed < 300 {
+        let s = consumer.stats();
+        most = most.max(s.in_flight);
+        assert!(s.in_flight < 20 + 8, "{s:?}");
+        assert!(Instant::now() < deadline, "not all consumed: {s:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(
+        most >= 12,
+        "the queue was kept busy ({most} in flight at most)"
+    );
+    consumer.shutdown().await.unwrap();
+}

@@ -293,6 +293,9 @@ pub struct ConsumeStats {
     pub sent_back: u64,
     /// Sends back that failed (the message is then retried locally).
     pub send_back_failed: u64,
+    /// Messages pulled and not done yet, now (bounded per queue by
+    /// `pull_threshold_for_queue` plus one pull).
+    pub in_flight: u64,
 }
 
 #[derive(Default)]
@@ -504,6 +507,12 @@ impl PushConsumer {
             failed: c.failed.load(Ordering::Relaxed),
             sent_back: c.sent_back.load(Ordering::Relaxed),
             send_back_failed: c.send_back_failed.load(Ordering::Relaxed),
+            in_flight: self
+                .core
+                .queues()
+                .values()
+                .map(|pq| pq.in_flight() as u64)
+                .sum(),
         }
     }
 

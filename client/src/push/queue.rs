@@ -97,6 +97,11 @@ impl ProcessQueue {
         self.state().commit_offset()
     }
 
+    /// Messages pulled and not done.
+    pub fn in_flight(&self) -> usize {
+        self.state().in_flight.len()
+    }
+
     pub fn over_limits(&self, max_count: usize, max_bytes: usize) -> bool {
         let s = self.state();
         s.in_flight.len() >= max_count || s.bytes >= max_bytes
