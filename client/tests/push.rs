@@ -634,3 +634,57 @@ async fn a_slow_listener_holds_pulling_back_to_the_queue_threshold() {
     );
     consumer.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_group_from_the_last_offset_sees_only_what_comes_after_it_joined() {
+    let c = cluster(&[("Fresh", 2)]).await;
+    for i in 0..10 {
+        c.producer
+            .send(&Message::new("Fresh", format!("before{i}")))
+            .await
+            .unwrap();
+    }
+    let got: Consumed = Arc::default();
+    let mut cfg = config("late");
+    cfg.consume_from = ConsumeFrom::LastOffset;
+    let consumer = start(&c.ns, cfg, "Fresh", counting_listener(0, Arc::clone(&got))).await;
+    for i in 0..10 {
+        c.producer
+            .send(&Message::new("Fresh", format!("after{i}")))
+            .await
+            .unwrap();
+    }
+    eventually(10, "the 10 new ones", || got.lock().unwrap().len() >= 10).await;
+    consumer.shutdown().await.unwrap();
+    let bodies: BTreeSet<String> = got.lock().unwrap().iter().map(|(_, b)| b.clone()).collect();
+    assert_eq!(bodies, (0..10).map(|i| format!("after{i}")).collect());
+    // Where it started was committed at once: a member starting later continues there.
+    let again: Consumed = Arc::default();
+    let mut cfg = config("late");
+    cfg.consume_from = ConsumeFrom::FirstOffset;
+    c.producer
+        .send(&Message::new("Fresh", "later"))
+        .await
+        .unwrap();
+    let consumer = start(
+        &c.ns,
+        cfg,
+        "Fresh",
+        counting_listener(0, Arc::clone(&again)),
+    )
+    .await;
+    eventually(10, "the one sent while nobody consumed", || {
+        !again.lock().unwrap().is_empty()
+    })
+    .await;
+    consumer.shutdown().await.unwrap();
+    assert_eq!(
+        again
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| b.as_str())
+            .collect::<Vec<_>>(),
+        ["later"]
+    );
+}
