@@ -56,6 +56,17 @@ async fn produce_and_pull_with_order_keys_batches_and_offsets() {
         .send_oneway(&Message::new("Orders", "oneway").with_tags("oneway"))
         .await
         .unwrap();
+    // A queue selector picks among the writable queues by index.
+    let picked = producer
+        .send_with_selector(&Message::new("Orders", "selected"), |qs| qs.len() - 1)
+        .await
+        .unwrap();
+    assert_eq!(picked.queue_id, 3);
+    let err = producer
+        .send_with_selector(&Message::new("Orders", "nowhere"), |qs| qs.len())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("queue index 4 of 4"), "{err}");
 
     let consumer = PullConsumer::new("cg", c.clone());
     let queues = consumer.queues("Orders").await.unwrap();
