@@ -364,30 +364,16 @@ impl Broker {
             ));
         }
         let mut msg = view.to_message();
-        let kept = |name: &str| {
-            msg.properties
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
         // A retry of a retry keeps naming the topic the message was first sent to.
-        let origin_topic = if msg.topic.starts_with(SYSTEM_PREFIX) {
-            kept(property::RETRY_TOPIC).unwrap_or_else(|| msg.topic.clone())
-        } else {
-            msg.topic.clone()
+        let origin_topic = match msg.property(property::RETRY_TOPIC) {
+            Some(t) if msg.topic.starts_with(SYSTEM_PREFIX) => t.to_owned(),
+            _ => msg.topic.clone(),
         };
-        let origin_id =
-            kept(property::ORIGIN_MESSAGE_ID).unwrap_or_else(|| view.message_id().to_string());
-        msg.properties.retain(|(k, _)| {
-            ![
-                property::DELAY_LEVEL,
-                property::REAL_TOPIC,
-                property::REAL_QUEUE_ID,
-                property::RETRY_TOPIC,
-                property::ORIGIN_MESSAGE_ID,
-            ]
-            .contains(&k.as_str())
-        });
+        let origin_id = msg
+            .property(property::ORIGIN_MESSAGE_ID)
+            .map_or_else(|| view.message_id().to_string(), str::to_owned);
+        msg.remove_properties(&schedule::SCHEDULING_PROPERTIES);
+        msg.remove_properties(&[property::RETRY_TOPIC, property::ORIGIN_MESSAGE_ID]);
         msg.properties
             .push((property::RETRY_TOPIC.into(), origin_topic));
         msg.properties

@@ -131,9 +131,12 @@ pub fn requested_level(properties: &[(String, String)]) -> Result<Option<u32>, S
     Ok((level > 0).then_some(level))
 }
 
-fn remove_props(properties: &mut Vec<(String, String)>, names: &[&str]) {
-    properties.retain(|(k, _)| !names.contains(&k.as_str()));
-}
+/// The properties that say where a scheduled message waits and goes.
+pub const SCHEDULING_PROPERTIES: [&str; 3] = [
+    property::DELAY_LEVEL,
+    property::REAL_TOPIC,
+    property::REAL_QUEUE_ID,
+];
 
 /// Rewrites `msg` to wait on the schedule topic for `level` (clamped) when its `DELAY`
 /// property asks for one. Half messages are left alone (they are not delivered anyway).
@@ -150,14 +153,7 @@ pub fn divert_if_delayed(msg: &mut Message, levels: &DelayLevels) -> Result<(), 
 
 /// Rewrites `msg` to wait on the schedule topic queue of `level` (already clamped).
 pub fn divert(msg: &mut Message, level: u32) {
-    remove_props(
-        &mut msg.properties,
-        &[
-            property::DELAY_LEVEL,
-            property::REAL_TOPIC,
-            property::REAL_QUEUE_ID,
-        ],
-    );
+    msg.remove_properties(&SCHEDULING_PROPERTIES);
     let real_topic = std::mem::replace(&mut msg.topic, SCHEDULE_TOPIC.to_owned());
     let real_queue = std::mem::replace(&mut msg.queue_id, level - 1);
     msg.properties
@@ -171,26 +167,16 @@ pub fn divert(msg: &mut Message, level: u32) {
 /// The message a scheduled record becomes when due: its real topic and queue, the
 /// scheduling properties removed, everything else as it was.
 fn restore(mut msg: Message) -> Result<Message, String> {
-    let prop = |name: &str| {
-        msg.properties
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
-    let topic = prop(property::REAL_TOPIC)
+    let topic = msg
+        .property(property::REAL_TOPIC)
         .filter(|t| !t.is_empty())
-        .ok_or("no REAL_TOPIC property")?;
-    let queue_id: u32 = prop(property::REAL_QUEUE_ID)
+        .ok_or("no REAL_TOPIC property")?
+        .to_owned();
+    let queue_id: u32 = msg
+        .property(property::REAL_QUEUE_ID)
         .and_then(|q| q.parse().ok())
         .ok_or("no valid REAL_QID property")?;
-    remove_props(
-        &mut msg.properties,
-        &[
-            property::DELAY_LEVEL,
-            property::REAL_TOPIC,
-            property::REAL_QUEUE_ID,
-        ],
-    );
+    msg.remove_properties(&SCHEDULING_PROPERTIES);
     msg.topic = topic;
     msg.queue_id = queue_id;
     msg.prepared_tx_offset = NO_PREPARED_TX;

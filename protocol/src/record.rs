@@ -135,6 +135,20 @@ impl Message {
         self
     }
 
+    /// The value of property `name`, if set.
+    pub fn property(&self, name: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Removes every property named in `names`.
+    pub fn remove_properties(&mut self, names: &[&str]) {
+        self.properties
+            .retain(|(k, _)| !names.contains(&k.as_str()));
+    }
+
     /// The encoded size of this message, after checking every field fits its length
     /// prefix and the topic is safe to use as a folder name.
     pub fn encoded_len(&self) -> Result<usize> {
