@@ -1,5 +1,8 @@
 //! The broker end to end: real name server, real broker, real sockets and files.
 
+mod common;
+use common::{T, expect_error};
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,10 +15,8 @@ use weir_protocol::broker::{
     ViewMessageById, split_records,
 };
 use weir_protocol::route::{GetRoute, TopicConfig, perm};
-use weir_protocol::{CallError, ConnConfig, Connection, ErrorCode, NoHandler, RecordView};
+use weir_protocol::{ConnConfig, Connection, ErrorCode, NoHandler, RecordView};
 use weir_store::StoreConfig;
-
-const T: Duration = Duration::from_secs(10);
 
 struct Env {
     ns: weir_namesrv::RunningNameServer,
@@ -405,22 +406,6 @@ async fn a_restart_keeps_messages_offsets_and_topics() {
         stats.queues.iter().map(|q| q.max).collect::<Vec<_>>(),
         vec![10, 10]
     );
-}
-
-async fn expect_error<R: weir_protocol::Rpc>(
-    conn: &Connection,
-    req: &R,
-    body: Bytes,
-    code: ErrorCode,
-    text: &str,
-) {
-    match conn.call(req, body, T).await {
-        Err(CallError::Remote { code: c, message }) => {
-            assert_eq!(c, code, "{message}");
-            assert!(message.contains(text), "{message:?} lacks {text:?}");
-        }
-        other => panic!("expected {code}, got {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,9 @@
 //! Consumer groups on the broker: delay levels, send-back to retry and dead-letter topics,
 //! queue locks, membership notices. Real broker, real sockets and files.
 
+mod common;
+use common::{T, expect_error};
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,12 +20,10 @@ use weir_protocol::broker::{
 use weir_protocol::names::{SCHEDULE_TOPIC, property};
 use weir_protocol::net::BoxFuture;
 use weir_protocol::{
-    CallError, ConnConfig, Connection, ErrorCode, Handler, Message, NoHandler, RecordView, Reply,
-    Request, RequestCode,
+    ConnConfig, Connection, ErrorCode, Handler, Message, NoHandler, RecordView, Reply, Request,
+    RequestCode,
 };
 use weir_store::{ReadLimits, StoreConfig};
-
-const T: Duration = Duration::from_secs(10);
 
 fn config(dir: &std::path::Path, tweak: impl FnOnce(&mut BrokerConfig)) -> BrokerConfig {
     let mut c = BrokerConfig {
@@ -199,22 +200,6 @@ fn scheduled(broker: &RunningBroker, level: u32) -> Vec<Got> {
     );
     let bytes: Vec<u8> = r.messages.iter().flat_map(|m| m.bytes().to_vec()).collect();
     parse(&bytes)
-}
-
-async fn expect_error<R: weir_protocol::Rpc>(
-    conn: &Connection,
-    req: &R,
-    body: Bytes,
-    code: ErrorCode,
-    text: &str,
-) {
-    match conn.call(req, body, T).await {
-        Err(CallError::Remote { code: c, message }) => {
-            assert_eq!(c, code, "{message}");
-            assert!(message.contains(text), "{message:?} lacks {text:?}");
-        }
-        other => panic!("expected {code}, got {other:?}"),
-    }
 }
 
 fn assert_restored(got: &Got) {
