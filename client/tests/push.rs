@@ -688,3 +688,63 @@ async fn a_new_group_from_the_last_offset_sees_only_what_comes_after_it_joined()
         ["later"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumers_ride_out_a_broker_restart() {
+    let ns = namesrv().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ns_addr = ns.local_addr().to_string();
+    let broker = broker_with(dir.path(), "broker-a", &ns_addr, |_| {}).await;
+    let listen = broker.local_addr().to_string();
+    let admin = Admin::new(client(&ns_addr));
+    admin.create_topic("Steady", 4).await.unwrap();
+    wait_route(&admin, "Steady", 1).await;
+    let producer = Producer::new("pg", client(&ns_addr));
+    let consumed: Consumed = Arc::default();
+    let consumer = start(
+        &ns_addr,
+        config("steady"),
+        "Steady",
+        counting_listener(0, Arc::clone(&consumed)),
+    )
+    .await;
+    for i in 0..100 {
+        producer
+            .send(&Message::new("Steady", format!("a{i}")))
+            .await
+            .unwrap();
+    }
+    eventually(10, "100 before the restart", || {
+        consumed.lock().unwrap().len() >= 100
+    })
+    .await;
+
+    broker.shutdown().await.unwrap();
+    let _broker = broker_with(dir.path(), "broker-a", &ns_addr, |c| c.listen = listen).await;
+    wait_route(&admin, "Steady", 1).await;
+    for i in 0..100 {
+        producer
+            .send(&Message::new("Steady", format!("b{i}")))
+            .await
+            .unwrap();
+    }
+    eventually(30, "100 more after the restart", || {
+        consumed.lock().unwrap().len() >= 200
+    })
+    .await;
+    consumer.shutdown().await.unwrap();
+    let got = consumed.lock().unwrap().clone();
+    let distinct: BTreeSet<&str> = got.iter().map(|(_, b)| b.as_str()).collect();
+    assert_eq!((got.len(), distinct.len()), (200, 200), "each once");
+    let progress = admin.group_progress("steady").await.unwrap();
+    let steady: Vec<_> = progress
+        .iter()
+        .filter(|(_, q)| q.topic == "Steady")
+        .collect();
+    assert!(
+        steady
+            .iter()
+            .all(|(_, q)| q.consumer_offset == q.broker_offset),
+        "{steady:?}"
+    );
+}

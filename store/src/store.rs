@@ -139,8 +139,9 @@ struct Inner {
     dispatched: AtomicU64,
     closed: AtomicBool,
     recovery: RecoveryReport,
-    /// Held for the store's lifetime: the single-owner lock.
-    _lock: File,
+    /// The single-owner lock: held until the store is shut down (not until the last
+    /// handle goes), so a new store can open the folder as soon as `shutdown` returns.
+    lock: Mutex<Option<File>>,
 }
 
 /// The message store. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -194,7 +195,7 @@ impl MessageStore {
                 commit_log_end: 0,
                 stop_reason: "",
             },
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
             config,
         };
         let mut inner = inner;
@@ -502,6 +503,8 @@ impl MessageStore {
         let marker = self.inner.config.data_dir.join(RUNNING_MARKER);
         fs::remove_file(&marker).ctx("remove marker", &marker)?;
         fsutil::sync_dir(&self.inner.config.data_dir)?;
+        // Appends are refused from here on: the folder is free for another store.
+        self.inner.lock.lock().take();
         info!(data_dir = %self.inner.config.data_dir.display(), "store closed cleanly");
         Ok(())
     }

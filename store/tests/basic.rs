@@ -227,6 +227,22 @@ fn second_open_of_the_same_folder_is_refused() {
 }
 
 #[test]
+fn a_shut_down_store_frees_its_folder_while_handles_remain() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = MessageStore::open(small_config(dir.path())).unwrap();
+    old.put(&message(0)).unwrap();
+    old.shutdown().unwrap();
+    // `old` is still alive (as a server's last connections may keep it), yet refuses
+    // appends, and the folder opens again with what was stored.
+    assert!(matches!(old.put(&message(6)), Err(StoreError::ShutDown)));
+    let new = MessageStore::open(small_config(dir.path())).unwrap();
+    assert_eq!(new.max_offset("orders", 0), 1);
+    drop(old);
+    // message 6 goes to the same queue as message 0.
+    assert_eq!(new.put(&message(6)).unwrap().queue_offset, 1);
+}
+
+#[test]
 fn bad_input_is_refused_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let store = MessageStore::open(small_config(dir.path())).unwrap();

@@ -1078,6 +1078,19 @@ async fn pull_loop(core: Arc<Core>, pq: Arc<ProcessQueue>, mut offset: u64) {
             continue;
         }
         if leased && !pq.lock_valid() {
+            // The lease lapsed (the broker was away at the last renewal, say): take it
+            // again now rather than at the next renewal, unless another member holds it.
+            let regained = tokio::select! {
+                r = core.lock(std::slice::from_ref(&pq.mq)) => r.is_ok_and(|held| held.contains(&pq.mq)),
+                _ = dropped.wait_for(|d| *d) => return,
+            };
+            if regained && !pq.is_dropped() {
+                pq.set_locked(true);
+                if orderly {
+                    core.run_orderly_soon(&pq, Duration::ZERO);
+                }
+                continue;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(PULL_RETRY_DELAY) => {}
                 _ = dropped.wait_for(|d| *d) => return,
