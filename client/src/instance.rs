@@ -189,8 +189,18 @@ impl ClientInstance {
     /// Stops announcing a consumer group, and tells every master now (its other members
     /// then rebalance).
     pub async fn unregister_consumer(&self, group: &str) -> Result<()> {
-        self.groups().consumers.remove(group);
+        self.forget_consumer(group);
         self.heartbeat().await
+    }
+
+    /// Stops announcing a consumer group from the next heartbeat on.
+    pub(crate) fn forget_consumer(&self, group: &str) {
+        self.groups().consumers.remove(group);
+    }
+
+    /// Whether this client announces a consumer of `group`.
+    pub fn consumes(&self, group: &str) -> bool {
+        self.groups().consumers.contains_key(group)
     }
 
     /// Fired when a broker says `group`'s members changed.

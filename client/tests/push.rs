@@ -748,3 +748,32 @@ async fn consumers_ride_out_a_broker_restart() {
         "{steady:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_client_holds_one_consumer_of_a_group() {
+    let c = cluster(&[("Once", 1)]).await;
+    let shared = client(&c.ns);
+    let noop = || {
+        Listener::concurrently(|_: &[MessageExt], _: &mut _| {
+            ConsumeConcurrentlyStatus::ConsumeSuccess
+        })
+    };
+    let subs = || vec![("Once".to_string(), "*".to_string())];
+    let first = PushConsumer::start(shared.clone(), config("twice"), subs(), noop())
+        .await
+        .unwrap();
+    let second = PushConsumer::start(shared.clone(), config("twice"), subs(), noop()).await;
+    let err = second
+        .err()
+        .expect("a second consumer of the group on one client");
+    assert!(
+        err.to_string()
+            .contains("already has a consumer of group twice"),
+        "{err}"
+    );
+    first.shutdown().await.unwrap();
+    let again = PushConsumer::start(shared, config("twice"), subs(), noop())
+        .await
+        .unwrap();
+    again.shutdown().await.unwrap();
+}

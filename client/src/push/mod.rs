@@ -438,6 +438,14 @@ impl PushConsumer {
                 &config.group,
             )?,
         };
+        if client.consumes(&config.group) {
+            // Brokers know a member by its client id: two consumers of one group on one
+            // client would be one member to them.
+            return Err(ClientError::Invalid(format!(
+                "this client already has a consumer of group {}; give each member its own ClientInstance",
+                config.group
+            )));
+        }
         let trigger = client.rebalance_trigger(&config.group);
         client.register_consumer(&config.group, config.model.clone(), subs.clone());
         // The brokers must know this member before it asks them who the members are.
@@ -565,6 +573,7 @@ impl Drop for PushConsumer {
         for pq in self.core.queues().values() {
             pq.drop_now();
         }
+        self.core.client.forget_consumer(&self.core.config.group);
     }
 }
 
