@@ -4,7 +4,19 @@ mod common;
 
 use std::process::Command;
 
-fn weir(namesrv: &str, args: &[&str]) -> serde_json::Value {
+/// Runs `weir … --json` off the async threads (the broker runs on them) and returns its
+/// one JSON line.
+async fn weir(namesrv: &str, args: &[&str]) -> serde_json::Value {
+    let (namesrv, args): (String, Vec<String>) = (
+        namesrv.to_owned(),
+        args.iter().map(|a| a.to_string()).collect(),
+    );
+    tokio::task::spawn_blocking(move || weir_blocking(&namesrv, &args))
+        .await
+        .unwrap()
+}
+
+fn weir_blocking(namesrv: &str, args: &[String]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_weir"))
         .arg("--namesrv")
         .arg(namesrv)
@@ -36,28 +48,24 @@ async fn produce_then_consume_2000() {
     let env = common::env_with(|c| c.store.commit_log_segment_size = 16 << 20).await;
     let ns_addr = env.namesrv.clone();
 
-    let addr = ns_addr.clone();
-    let produced = tokio::task::spawn_blocking(move || {
-        weir(
-            &addr,
-            &[
-                "bench",
-                "produce",
-                "BenchT",
-                "--count",
-                "2000",
-                "--size",
-                "64",
-                "--concurrency",
-                "8",
-                "--queues",
-                "4",
-                "--json",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let produced = weir(
+        &ns_addr,
+        &[
+            "bench",
+            "produce",
+            "BenchT",
+            "--count",
+            "2000",
+            "--size",
+            "64",
+            "--concurrency",
+            "8",
+            "--queues",
+            "4",
+            "--json",
+        ],
+    )
+    .await;
     assert_eq!(produced["mode"], "produce", "{produced}");
     assert_eq!(produced["messages"], 2000, "{produced}");
     assert_eq!(produced["bytes"], 2000 * 64, "{produced}");
@@ -71,31 +79,23 @@ async fn produce_then_consume_2000() {
     assert!(lat["p99"].as_f64() <= lat["max"].as_f64(), "{produced}");
 
     // Batched sends to the (now existing) topic: 500 more in requests of 32 (and a last 20).
-    let addr = ns_addr.clone();
-    let batched = tokio::task::spawn_blocking(move || {
-        weir(
-            &addr,
-            &[
-                "bench", "produce", "BenchT", "--count", "500", "--size", "64", "--batch", "32",
-                "--json",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let batched = weir(
+        &ns_addr,
+        &[
+            "bench", "produce", "BenchT", "--count", "500", "--size", "64", "--batch", "32",
+            "--json",
+        ],
+    )
+    .await;
     assert_eq!(batched["messages"], 500, "{batched}");
     assert_eq!(batched["requests"], 16, "{batched}");
     assert_eq!(batched["topic_created"], false, "{batched}");
 
-    let addr = ns_addr.clone();
-    let consumed = tokio::task::spawn_blocking(move || {
-        weir(
-            &addr,
-            &["bench", "consume", "BenchT", "--count", "2000", "--json"],
-        )
-    })
-    .await
-    .unwrap();
+    let consumed = weir(
+        &ns_addr,
+        &["bench", "consume", "BenchT", "--count", "2000", "--json"],
+    )
+    .await;
     assert_eq!(consumed["mode"], "consume", "{consumed}");
     assert_eq!(consumed["messages"], 2000, "{consumed}");
     assert_eq!(consumed["bytes"], 2000 * 64, "{consumed}");
@@ -105,15 +105,11 @@ async fn produce_then_consume_2000() {
     assert!(consumed["pulls"].as_u64().unwrap() >= 4, "{consumed}");
 
     // Everything, then 1 s of nothing.
-    let addr = ns_addr.clone();
-    let all = tokio::task::spawn_blocking(move || {
-        weir(
-            &addr,
-            &["bench", "consume", "BenchT", "--idle-exit", "1", "--json"],
-        )
-    })
-    .await
-    .unwrap();
+    let all = weir(
+        &ns_addr,
+        &["bench", "consume", "BenchT", "--idle-exit", "1", "--json"],
+    )
+    .await;
     assert_eq!(all["messages"], 2500, "{all}");
     assert!(
         all["elapsed_secs"].as_f64().unwrap() < 1.0,
@@ -138,38 +134,30 @@ async fn push_consume_with_two_members() {
     let env = common::env_with(|c| c.store.commit_log_segment_size = 16 << 20).await;
     let ns_addr = env.namesrv.clone();
 
-    let addr = ns_addr.clone();
-    let produced = tokio::task::spawn_blocking(move || {
-        weir(
-            &addr,
-            &[
-                "bench", "produce", "PushT", "--count", "3000", "--size", "64", "--queues", "8",
-                "--json",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let produced = weir(
+        &ns_addr,
+        &[
+            "bench", "produce", "PushT", "--count", "3000", "--size", "64", "--queues", "8",
+            "--json",
+        ],
+    )
+    .await;
     assert_eq!(produced["messages"], 3000, "{produced}");
 
-    let addr = ns_addr.clone();
-    let consumed = tokio::task::spawn_blocking(move || {
-        weir(
-            &addr,
-            &[
-                "bench",
-                "consume",
-                "PushT",
-                "--group",
-                "push-bench",
-                "--members",
-                "2",
-                "--json",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let consumed = weir(
+        &ns_addr,
+        &[
+            "bench",
+            "consume",
+            "PushT",
+            "--group",
+            "push-bench",
+            "--members",
+            "2",
+            "--json",
+        ],
+    )
+    .await;
     assert_eq!(consumed["mode"], "consume", "{consumed}");
     assert_eq!(consumed["consumer"], "push", "{consumed}");
     assert_eq!(consumed["members"], 2, "{consumed}");

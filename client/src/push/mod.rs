@@ -809,7 +809,8 @@ impl Core {
         debug!(group = %self.config.group, queue = ?pq.mq, "queue released");
     }
 
-    /// Hands pulled messages to the listener.
+    /// Hands pulled messages to the listener (orderly: starts the queue's runner, which
+    /// takes them from the queue in order).
     fn dispatch(self: &Arc<Self>, pq: &Arc<ProcessQueue>, msgs: Vec<MessageExt>) {
         match &self.listener {
             Listener::Concurrently(_) => {
@@ -1118,11 +1119,13 @@ async fn pull_loop(core: Arc<Core>, pq: Arc<ProcessQueue>, mut offset: u64) {
                 let mut msgs = out.messages;
                 msgs.iter_mut().for_each(restore_topic);
                 offset = out.next_offset;
-                if !pq.add(&msgs, out.next_offset, orderly, &core.offsets) {
+                let received = msgs.len();
+                let Some(for_listener) = pq.add(msgs, out.next_offset, orderly, &core.offsets)
+                else {
                     return;
-                }
-                if !msgs.is_empty() {
-                    core.dispatch(&pq, msgs);
+                };
+                if received > 0 {
+                    core.dispatch(&pq, for_listener);
                 }
             }
             Err(e) => {

@@ -107,25 +107,23 @@ impl ProcessQueue {
         s.in_flight.len() >= max_count || s.bytes >= max_bytes
     }
 
-    /// Records a pull's messages as in flight (orderly: also waiting) and where the next
-    /// pull starts. False if the queue was dropped meanwhile.
+    /// Records a pull's messages as in flight and where the next pull starts. Orderly, the
+    /// messages wait here for the queue's runner and none are returned; otherwise they are
+    /// returned for the listener. `None` if the queue was dropped meanwhile.
     pub fn add(
         &self,
-        msgs: &[MessageExt],
+        msgs: Vec<MessageExt>,
         next_offset: u64,
         orderly: bool,
         offsets: &OffsetStore,
-    ) -> bool {
+    ) -> Option<Vec<MessageExt>> {
         let mut s = self.state();
         if self.is_dropped() {
-            return false;
+            return None;
         }
-        for m in msgs {
+        for m in &msgs {
             if s.in_flight.insert(m.queue_offset, m.body.len()).is_none() {
                 s.bytes += m.body.len();
-            }
-            if orderly {
-                s.waiting.insert(m.queue_offset, m.clone());
             }
         }
         s.pulled_through = s.pulled_through.max(next_offset);
@@ -133,7 +131,12 @@ impl ProcessQueue {
             // Entries passed over (filtered out, or gone) move progress on too.
             offsets.update(&self.mq, s.pulled_through);
         }
-        true
+        if !orderly {
+            return Some(msgs);
+        }
+        s.waiting
+            .extend(msgs.into_iter().map(|m| (m.queue_offset, m)));
+        Some(Vec::new())
     }
 
     /// Marks messages done and records the new progress (unless dropped).
