@@ -104,6 +104,10 @@ fn store_error(e: StoreError) -> Reply {
         StoreError::InvalidMessage(m) => err(ErrorCode::MessageIllegal, m),
         e @ StoreError::MessageTooLarge { .. } => err(ErrorCode::MessageIllegal, e.to_string()),
         e @ StoreError::ShutDown => err(ErrorCode::ServiceNotAvailable, e.to_string()),
+        e @ StoreError::DiskFull { .. } => err(ErrorCode::DiskFull, e.to_string()),
+        e @ (StoreError::WritesStopped { .. } | StoreError::FlushFailed(_)) => {
+            err(ErrorCode::WritesStopped, e.to_string())
+        }
         e => err(ErrorCode::SystemError, e.to_string()),
     }
 }
@@ -224,12 +228,21 @@ impl Broker {
         Ok(())
     }
 
+    /// Stores `msgs`; in sync flush mode waits for them to be on disk, at most
+    /// `sync_flush_timeout_ms`, past which they are reported `FlushDiskTimeout` (stored, and
+    /// synced later: the producer may retry and so duplicate).
     async fn store_messages(&self, msgs: &[Message]) -> Outcome<Vec<SendResult>> {
-        let results = self
-            .store
-            .put_batch_async(msgs)
-            .await
-            .map_err(store_error)?;
+        let mut appended = self.store.append(msgs).map_err(store_error)?;
+        let mut flush = FlushStatus::Pending;
+        if appended.needs_wait() {
+            let limit = Duration::from_millis(self.store.config().sync_flush_timeout_ms);
+            flush = match tokio::time::timeout(limit, appended.wait_durable()).await {
+                Ok(Ok(())) => FlushStatus::Durable,
+                Ok(Err(e)) => return Err(store_error(e)),
+                Err(_) => FlushStatus::TimedOut,
+            };
+        }
+        let results = appended.into_results(flush);
         Ok(results
             .into_iter()
             .map(|r| SendResult {

@@ -1,153 +1,19 @@
 //! The broker end to end: real name server, real broker, real sockets and files.
 
 mod common;
-use common::{T, expect_error};
+use common::{T, bodies, connect, drain, env, env_with, eventually, expect_error, pull, send};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use weir_broker::{BrokerConfig, RunningBroker};
+use weir_protocol::ErrorCode;
 use weir_protocol::broker::{
-    BatchEntry, CreateTopic, GetTopicStats, PullMessage, PullResult, PullStatus,
-    QueryConsumerOffset, QueryMessageByKey, SendBatch, SendMessage, UpdateConsumerOffset,
-    ViewMessageById, split_records,
+    BatchEntry, CreateTopic, GetTopicStats, PullStatus, QueryConsumerOffset, QueryMessageByKey,
+    SendBatch, UpdateConsumerOffset, ViewMessageById,
 };
 use weir_protocol::route::{GetRoute, TopicConfig, perm};
-use weir_protocol::{ConnConfig, Connection, ErrorCode, NoHandler, RecordView};
-use weir_store::StoreConfig;
-
-struct Env {
-    ns: weir_namesrv::RunningNameServer,
-    broker: Option<RunningBroker>,
-    dir: tempfile::TempDir,
-}
-
-fn broker_config(dir: &std::path::Path, namesrv: &str) -> BrokerConfig {
-    BrokerConfig {
-        listen: "127.0.0.1:0".into(),
-        namesrv: namesrv.into(),
-        store: StoreConfig {
-            commit_log_segment_size: 4 << 20,
-            consume_queue_segment_entries: 4096,
-            index_slots: 4096,
-            index_entries: 65536,
-            ..StoreConfig::new(dir.join("data"))
-        },
-        ..BrokerConfig::default()
-    }
-}
-
-async fn env_with(tweak: impl FnOnce(&mut BrokerConfig)) -> Env {
-    let ns = weir_namesrv::start(weir_namesrv::NamesrvConfig {
-        listen: "127.0.0.1:0".into(),
-        broker_expiry_ms: 120_000,
-        scan_interval_ms: 50,
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = broker_config(dir.path(), &ns.local_addr().to_string());
-    tweak(&mut config);
-    let broker = Some(weir_broker::start(config).await.unwrap());
-    Env { ns, broker, dir }
-}
-
-async fn env() -> Env {
-    env_with(|_| {}).await
-}
-
-impl Env {
-    fn broker(&self) -> &RunningBroker {
-        self.broker.as_ref().unwrap()
-    }
-    async fn client(&self) -> Connection {
-        connect(&self.broker().local_addr().to_string()).await
-    }
-    async fn restart(&mut self) {
-        let old = self.broker.take().unwrap();
-        old.shutdown().await.unwrap();
-        let config = broker_config(self.dir.path(), &self.ns.local_addr().to_string());
-        self.broker = Some(weir_broker::start(config).await.unwrap());
-    }
-}
-
-async fn connect(addr: &str) -> Connection {
-    Connection::connect(addr, Arc::new(NoHandler), ConnConfig::default(), T)
-        .await
-        .unwrap()
-}
-
-fn send(topic: &str, queue_id: u32, tags: &str, key: &str) -> SendMessage {
-    SendMessage {
-        producer_group: "pg".into(),
-        topic: topic.into(),
-        queue_id,
-        tags: tags.into(),
-        keys: vec![key.into()],
-        properties: vec![("k".into(), "v".into())],
-        flag: 0,
-        born_timestamp: 1,
-        sys_flag: 0,
-        reconsume_times: 0,
-    }
-}
-
-fn pull(topic: &str, queue_id: u32, offset: u64, expression: &str, suspend_ms: u64) -> PullMessage {
-    PullMessage {
-        group: "cg".into(),
-        topic: topic.into(),
-        queue_id,
-        offset,
-        max_msgs: 64,
-        expression: expression.into(),
-        suspend_ms,
-        commit_offset: None,
-    }
-}
-
-fn bodies(body: &Bytes) -> Vec<String> {
-    split_records(body)
-        .unwrap()
-        .into_iter()
-        .map(|r| {
-            let v = RecordView::parse_verified(r).unwrap();
-            String::from_utf8(v.body().to_vec()).unwrap()
-        })
-        .collect()
-}
-
-/// Pulls (topic, queue) from `offset` to its end.
-async fn drain(conn: &Connection, topic: &str, queue_id: u32, expression: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    loop {
-        let (r, body): (PullResult, Bytes) = conn
-            .call(
-                &pull(topic, queue_id, offset, expression, 0),
-                Bytes::new(),
-                T,
-            )
-            .await
-            .unwrap();
-        match r.status {
-            PullStatus::Found => out.extend(bodies(&body)),
-            PullStatus::NoMatch => {}
-            PullStatus::NoNewMessage => return out,
-            PullStatus::OffsetMoved => panic!("offset moved"),
-        }
-        offset = r.next_offset;
-    }
-}
-
-async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + T;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_with_tags_each_consumed_once() {

@@ -48,6 +48,8 @@ fn retryable(e: &ClientError) -> bool {
                 | ErrorCode::SystemError
                 | ErrorCode::ServiceNotAvailable
                 | ErrorCode::FlushDiskTimeout
+                | ErrorCode::DiskFull
+                | ErrorCode::WritesStopped
         ),
         ClientError::Broker { .. } => true,
         _ => false,

@@ -89,6 +89,12 @@ codes! {
         /// error, wrong verdicts); the offset did not move.
         FilterFailed = 111, "filter failed";
         FilterNotFound = 112, "filter not found";
+        /// The broker's disk is fuller than its limit: sends are refused until space is
+        /// freed; reads go on. Another broker may take the message.
+        DiskFull = 113, "disk full";
+        /// A sync of the broker's store failed: it accepts no more writes until it is
+        /// restarted (reads go on). Another broker may take the message.
+        WritesStopped = 114, "writes stopped";
     }
 }
 

@@ -21,6 +21,21 @@ pub enum FlushMode {
     Sync,
 }
 
+/// What retention may do when the disk is fuller than `disk_max_used_ratio`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskPressurePolicy {
+    /// Delete the oldest sealed segment only once every consumer group that reads its
+    /// queues has consumed past it (and some group reads each of them). Messages no group
+    /// has consumed are kept; if the disk keeps filling, sends are refused at
+    /// `disk_full_ratio` instead.
+    #[default]
+    KeepUnconsumed,
+    /// Delete the oldest sealed segment whatever its consumers: the operator prefers
+    /// accepting new messages to keeping old, unconsumed ones.
+    DeleteOldest,
+}
+
 /// Store settings. Every field has a default; the broker's TOML file can set any of them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -47,10 +62,26 @@ pub struct StoreConfig {
     /// A sealed commit log segment is deleted once the segment after it started more
     /// than this long ago (its newest record is at least that old), hours (default 72).
     pub retention_hours: u64,
-    /// When the disk holding the data folder is fuller than this ratio, the oldest segments
-    /// are deleted whatever their age (default 0.75).
+    /// When the disk holding the data folder is fuller than this ratio (measured as `df`
+    /// does: used / (used + available to unprivileged users)), retention deletes the oldest
+    /// sealed segment, one per disk check, whatever its age, as `disk_pressure_policy`
+    /// allows (default 0.75).
     pub disk_max_used_ratio: f64,
-    /// How often retention runs, ms (default 10,000).
+    /// Whether disk pressure may delete messages no consumer group has consumed (default
+    /// `keep-unconsumed`: it may not).
+    pub disk_pressure_policy: DiskPressurePolicy,
+    /// Above this ratio appends are refused with "disk full" (reads continue), before the
+    /// disk is really full; they resume once usage falls below it (default 0.90). A new
+    /// commit log segment is not created if it would take usage above it.
+    pub disk_full_ratio: f64,
+    /// At most this many bytes for the data folder's store files (segments, queues, index),
+    /// checked like the disk ratio against `disk_max_used_ratio` and `disk_full_ratio`:
+    /// for a broker sharing a disk, or a test (default: none).
+    pub disk_quota_bytes: Option<u64>,
+    /// How often disk usage is measured (refusing or resuming appends, and deleting under
+    /// pressure), ms (default 1,000).
+    pub disk_check_interval_ms: u64,
+    /// How often retention by age runs, ms (default 10,000).
     pub retention_check_interval_ms: u64,
     /// Create the next commit log segment in a background thread before the writer needs
     /// it (default true), so a roll-over does not stall appends.
@@ -73,6 +104,10 @@ impl Default for StoreConfig {
             checkpoint_interval_ms: 1_000,
             retention_hours: 72,
             disk_max_used_ratio: 0.75,
+            disk_pressure_policy: DiskPressurePolicy::KeepUnconsumed,
+            disk_full_ratio: 0.90,
+            disk_quota_bytes: None,
+            disk_check_interval_ms: 1_000,
             retention_check_interval_ms: 10_000,
             prepare_ahead: true,
             store_host: SocketAddr::from((Ipv4Addr::LOCALHOST, 10911)),
@@ -129,10 +164,28 @@ impl StoreConfig {
                 self.disk_max_used_ratio
             ));
         }
+        if !(self.disk_full_ratio > 0.0 && self.disk_full_ratio <= 1.0) {
+            return bad(format!(
+                "disk_full_ratio {} must be in (0, 1]",
+                self.disk_full_ratio
+            ));
+        }
+        if self.disk_max_used_ratio > self.disk_full_ratio {
+            return bad(format!(
+                "disk_max_used_ratio {} is above disk_full_ratio {}: retention must start freeing space before sends are refused",
+                self.disk_max_used_ratio, self.disk_full_ratio
+            ));
+        }
+        if self.disk_quota_bytes == Some(0) {
+            return bad(
+                "disk_quota_bytes must be greater than 0 (leave it out for no quota)".into(),
+            );
+        }
         for (name, v) in [
             ("async_flush_interval_ms", self.async_flush_interval_ms),
             ("sync_flush_timeout_ms", self.sync_flush_timeout_ms),
             ("checkpoint_interval_ms", self.checkpoint_interval_ms),
+            ("disk_check_interval_ms", self.disk_check_interval_ms),
             (
                 "retention_check_interval_ms",
                 self.retention_check_interval_ms,
@@ -154,6 +207,9 @@ impl StoreConfig {
     }
     pub(crate) fn checkpoint_interval(&self) -> Duration {
         Duration::from_millis(self.checkpoint_interval_ms)
+    }
+    pub(crate) fn disk_check_interval(&self) -> Duration {
+        Duration::from_millis(self.disk_check_interval_ms)
     }
     pub(crate) fn retention_check_interval(&self) -> Duration {
         Duration::from_millis(self.retention_check_interval_ms)

@@ -132,6 +132,54 @@ impl ConsumeQueue {
         self.max.load(Ordering::Acquire)
     }
 
+    /// Creates the segment file that will hold logical offset `at` if it does not exist
+    /// yet, so that the `put` there cannot fail for want of a file (the store calls this
+    /// before it appends the record the entry points at).
+    pub fn reserve(&self, at: u64) -> Result<()> {
+        let _w = self.write.lock();
+        self.segment_for(at.saturating_mul(ENTRY_SIZE)).map(drop)
+    }
+
+    /// The segment holding byte `byte`, created (with any missing ones before it) if
+    /// needed. Callers hold the write lock.
+    fn segment_for(&self, byte: u64) -> Result<Arc<Segment>> {
+        if let Some(seg) = self.files.find(byte) {
+            return Ok(seg);
+        }
+        let size = self.files.segment_size();
+        let mut next = match self.files.last() {
+            Some(last) => last.end(),
+            None => byte - byte % size,
+        };
+        loop {
+            let seg = self.files.create(next)?;
+            if seg.end() > byte {
+                return Ok(seg);
+            }
+            seg.publish(seg.len());
+            next = seg.end();
+        }
+    }
+
+    /// Bytes of disk the queue's files hold.
+    pub fn allocated_bytes(&self) -> u64 {
+        (self.files.count() as u64).saturating_mul(self.files.segment_size())
+    }
+
+    /// The first logical offset in `[min, max]` whose entry points at or beyond
+    /// `commit_log_offset` (`max` if none does): the entries below it are in older data.
+    pub fn first_at_or_after(&self, commit_log_offset: u64) -> u64 {
+        let (mut lo, mut hi) = (self.min_offset(), self.max_offset());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.get(mid) {
+                Some(e) if e.is_hole() || e.commit_log_offset < commit_log_offset => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        lo
+    }
+
     /// Appends an entry at logical offset `at` (≥ `max_offset`). A gap, which only a
     /// damaged store produces, is left as holes that readers skip.
     pub fn put(&self, at: u64, entry: CqEntry) -> Result<()> {
@@ -139,24 +187,7 @@ impl ConsumeQueue {
         let max = self.max_offset();
         debug_assert!(at >= max);
         let byte = at * ENTRY_SIZE;
-        let seg = match self.files.find(byte) {
-            Some(seg) => seg,
-            None => {
-                let size = self.files.segment_size();
-                let mut next = match self.files.last() {
-                    Some(last) => last.end(),
-                    None => byte - byte % size,
-                };
-                loop {
-                    let seg = self.files.create(next)?;
-                    if seg.end() > byte {
-                        break seg;
-                    }
-                    seg.publish(seg.len());
-                    next = seg.end();
-                }
-            }
-        };
+        let seg = self.segment_for(byte)?;
         let rel = byte - seg.start();
         // SAFETY: we hold this queue's write lock, and `rel` is at or beyond the published
         // mark (entries are appended in order).
@@ -264,21 +295,13 @@ impl ConsumeQueue {
                 _ => break,
             }
         }
-        let max = self.max_offset();
-        let mut min = self.min_offset();
         if let Some(first) = self.files.first() {
-            min = min.max(first.start() / ENTRY_SIZE);
+            self.min
+                .fetch_max(first.start() / ENTRY_SIZE, Ordering::AcqRel);
         }
-        // Binary search the first entry still in the log.
-        let (mut lo, mut hi) = (min, max);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match self.get(mid) {
-                Some(e) if e.is_hole() || e.commit_log_offset < commit_log_min => lo = mid + 1,
-                _ => hi = mid,
-            }
-        }
-        self.min.store(lo, Ordering::Release);
+        // The first entry still in the log.
+        let first_kept = self.first_at_or_after(commit_log_min);
+        self.min.store(first_kept, Ordering::Release);
         Ok(())
     }
 

@@ -45,6 +45,19 @@ pub enum StoreError {
     #[error("flushing the commit log failed: {0}")]
     FlushFailed(String),
 
+    /// The disk holding the data folder is fuller than `disk_full_ratio` (or the folder
+    /// reached `disk_quota_bytes`): appends are refused until space is freed; reads go on.
+    #[error("disk full: {usage}; sends are refused until space is freed (reads continue)")]
+    DiskFull { usage: String },
+
+    /// A sync of the store's files failed earlier. The page cache can no longer be trusted
+    /// to reach the disk (a failed fsync may have dropped dirty pages), so appends are
+    /// refused until the broker restarts and recovery re-reads what is really on disk.
+    #[error(
+        "the store stopped accepting writes after a failed sync ({cause}); reads continue; restart the broker to recover"
+    )]
+    WritesStopped { cause: String },
+
     #[error("the store is shut down")]
     ShutDown,
 }

@@ -316,6 +316,15 @@ impl KeyIndex {
         Ok(())
     }
 
+    /// Bytes of disk the index files hold.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.files
+            .read()
+            .iter()
+            .map(|f| f.map.len() as u64)
+            .fold(0, u64::saturating_add)
+    }
+
     /// Candidate commit log offsets for (topic, key), newest first, at most `max`.
     pub fn lookup(&self, topic: &str, key: &str, max: usize) -> Vec<u64> {
         let hash = key_hash(topic, key);

@@ -7,28 +7,37 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod append;
 mod checkpoint;
 mod commitlog;
 mod config;
 mod consume_queue;
+mod disk;
 mod error;
 mod flush;
 mod fsutil;
+mod health;
 mod index;
 mod offsets;
+mod read;
+mod recovery;
+mod retention;
 mod segment;
+mod services;
 mod store;
 
-pub use commitlog::StoredRecord;
-pub use config::{FlushMode, MIN_COMMIT_LOG_SEGMENT_SIZE, StoreConfig};
+pub use append::{Appended, FlushStatus, PutResult};
+pub use commitlog::{DamagedRange, StoredRecord};
+pub use config::{DiskPressurePolicy, FlushMode, MIN_COMMIT_LOG_SEGMENT_SIZE, StoreConfig};
+pub use disk::{DiskUsage, FsReading, UsageSource};
 pub use error::{Result, StoreError};
 /// Durable replace of a small file (temp file, fsync, rename, fsync of the folder).
 pub use fsutil::write_atomic;
 pub use offsets::{ConsumerOffsets, OffsetKey};
-pub use store::{
-    FlushStatus, GetResult, GetStatus, MessageStore, PutResult, ReadLimits, RecoveryReport,
-    RetentionReport,
-};
+pub use read::{GetResult, GetStatus, ReadLimits};
+pub use recovery::RecoveryReport;
+pub use retention::{DeletedSegment, DeletionReason, DroppedEntries, RetentionReport};
+pub use store::MessageStore;
 /// The record format lives with the message model in `weir-protocol`.
 pub use weir_protocol::record;
 pub use weir_protocol::record::{Message, MessageId, RecordError, RecordView, tag_hash};

@@ -3,7 +3,7 @@
 //! Kept in memory, persisted as one JSON file replaced atomically (temp file, fsync,
 //! rename, fsync of the folder), so a crash leaves the previous or the new table whole.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -115,6 +115,30 @@ impl ConsumerOffsets {
             .collect()
     }
 
+    /// Every committed offset.
+    pub fn all(&self) -> Vec<(OffsetKey, u64)> {
+        self.table
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// For every (topic, queue id) some group committed on: the lowest offset committed
+    /// there, and a group at it.
+    pub fn lowest_by_queue(&self) -> HashMap<(String, u32), (u64, String)> {
+        let mut out: HashMap<(String, u32), (u64, String)> = HashMap::new();
+        for (k, &offset) in self.table.read().iter() {
+            let slot = out
+                .entry((k.topic.clone(), k.queue_id))
+                .or_insert_with(|| (offset, k.group.clone()));
+            if offset < slot.0 {
+                *slot = (offset, k.group.clone());
+            }
+        }
+        out
+    }
+
     /// Forgets `group`'s offsets on `topic` (all topics when `None`).
     pub fn remove(&self, group: &str, topic: Option<&str>) {
         self.table
@@ -125,6 +149,14 @@ impl ConsumerOffsets {
 
     /// Writes the table if it changed since the last persist.
     pub fn persist(&self) -> Result<()> {
+        self.persist_after(|| Ok(()))
+    }
+
+    /// Like `persist`, but runs `before_write` between taking the table and writing it:
+    /// the store syncs its commit log there, so that an offset on disk never counts a
+    /// message whose copy (a delayed message put on its real topic, a retry) is not on
+    /// disk too. Every copy is appended before the offset that counts it is committed.
+    pub(crate) fn persist_after(&self, before_write: impl FnOnce() -> Result<()>) -> Result<()> {
         let _one = self.persist_lock.lock();
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
@@ -148,7 +180,7 @@ impl ConsumerOffsets {
             path: self.path.clone(),
             error: std::io::Error::other(e),
         })?;
-        if let Err(e) = fsutil::write_atomic(&self.path, &bytes) {
+        if let Err(e) = before_write().and_then(|()| fsutil::write_atomic(&self.path, &bytes)) {
             self.dirty.store(true, Ordering::Release);
             return Err(e);
         }

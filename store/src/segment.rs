@@ -40,10 +40,19 @@ impl Segment {
             .create_new(true)
             .open(path)
             .ctx("create segment", path)?;
-        fsutil::preallocate(&file, len).ctx("reserve space for segment", path)?;
-        file.sync_all().ctx("sync new segment", path)?;
-        if let Some(dir) = path.parent() {
-            fsutil::sync_dir(dir)?;
+        let made = fsutil::preallocate(&file, len)
+            .ctx("reserve space for segment", path)
+            .and_then(|()| file.sync_all().ctx("sync new segment", path))
+            .and_then(|()| match path.parent() {
+                Some(dir) => fsutil::sync_dir(dir),
+                None => Ok(()),
+            });
+        if let Err(e) = made {
+            // Never leave a half-made file under a segment's name: the next attempt could
+            // not create it, and a restart would take it for part of the log.
+            drop(file);
+            let _ = fs::remove_file(path);
+            return Err(e);
         }
         Self::map(path, file, start, len, 0)
     }
@@ -378,6 +387,14 @@ impl SegmentedFile {
         };
         fs::remove_file(seg.path()).ctx("delete segment", seg.path())?;
         Ok(Some(seg))
+    }
+
+    /// Takes every segment starting at or after `offset` out of the sequence without
+    /// touching its file; the caller decides what becomes of them.
+    pub fn detach_from(&self, offset: u64) -> Vec<Arc<Segment>> {
+        let mut segs = self.segments.write();
+        let keep = segs.iter().take_while(|s| s.start() < offset).count();
+        segs.drain(keep..).collect()
     }
 
     /// Deletes every segment starting at or after `offset` (recovery truncation).

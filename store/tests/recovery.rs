@@ -1,6 +1,7 @@
 //! Crash recovery: damage a crash image of the commit log at random places and check that
-//! the store serves exactly the records before the damage, with consume queues and the
-//! key index agreeing with the log.
+//! the store serves exactly the records the damage did not touch (a torn tail costs what
+//! follows the cut; damage in the middle costs only the damaged record), with consume
+//! queues and the key index agreeing with the log.
 //!
 //! A crash image is a copy of a live store's data folder: the "running" marker is in it
 //! and the checkpoint is whatever was last written, exactly what a kill leaves behind.
@@ -101,9 +102,9 @@ impl Image {
     }
 }
 
-/// What the store must serve after damage at `pos`: the surviving records and the end of
-/// the log.
-fn expected_after_damage(img: &Image, pos: u64, is_cut: bool) -> (Vec<Rec>, u64) {
+/// What the store must serve after the log is cut at `pos` (its segment ends there, later
+/// segments are gone: a torn tail): the records before the cut, and the end of the log.
+fn expected_after_cut(img: &Image, pos: u64) -> (Vec<Rec>, u64) {
     if let Some(k) = img
         .records
         .iter()
@@ -124,13 +125,48 @@ fn expected_after_damage(img: &Image, pos: u64, is_cut: bool) -> (Vec<Rec>, u64)
     if pos < blank_start + 8 {
         return (before, blank_start);
     }
-    if is_cut {
-        // The filler is intact; the segments after it are gone.
-        (before, seg_end)
-    } else {
-        // A flip in the filler's unused bytes harms nothing.
-        (img.records.clone(), img.end())
-    }
+    // The filler is intact; the segments after it are gone.
+    (before, seg_end)
+}
+
+/// What the store must serve after the bytes `[from, to)` are damaged (records elsewhere
+/// untouched): every record not overlapping them; the log ends after the last of those.
+fn expected_after_damage_between(img: &Image, from: u64, to: u64) -> (Vec<Rec>, u64) {
+    let survivors: Vec<Rec> = img
+        .records
+        .iter()
+        .filter(|r| r.offset + r.size <= from || r.offset >= to)
+        .cloned()
+        .collect();
+    let end = match (survivors.last(), img.records.last()) {
+        (_, None) => 0,
+        (Some(s), Some(l)) if s.offset == l.offset => img.end(),
+        // The damage took the last records: the log ends after the last survivor, or
+        // after the filler closing its segment if that filler is intact.
+        (s, Some(_)) => {
+            let s_end = s.map_or(0, |s| s.offset + s.size);
+            let next = img
+                .records
+                .iter()
+                .find(|r| r.offset >= s_end)
+                .map_or(img.end(), |r| r.offset);
+            let filler_intact = s_end + 8 <= from || s_end >= to;
+            if next % img.segment_size == 0 && next > s_end && filler_intact {
+                next
+            } else {
+                s_end
+            }
+        }
+    };
+    (survivors, end)
+}
+
+/// The queue's next offset once only `survivors` are in it.
+fn expected_max(survivors: &[Rec], topic: &str, q: u32) -> u64 {
+    survivors
+        .iter()
+        .rfind(|r| r.msg.topic == topic && r.msg.queue_id == q)
+        .map_or(0, |r| r.queue_offset + 1)
 }
 
 fn check(dir: &Path, survivors: &[Rec], lost: &[Rec], end: u64, what: &str) {
@@ -150,7 +186,7 @@ fn check(dir: &Path, survivors: &[Rec], lost: &[Rec], end: u64, what: &str) {
             }
             assert_eq!(
                 store.max_offset(topic, q),
-                want.len() as u64,
+                expected_max(survivors, topic, q),
                 "{what}: {topic}/{q} max"
             );
         }
@@ -179,10 +215,11 @@ fn check(dir: &Path, survivors: &[Rec], lost: &[Rec], end: u64, what: &str) {
     // The store keeps working: the next append lands right after the survivors.
     let fresh = Message::new("orders", 0, b"after recovery".to_vec()).with_key("fresh");
     let put = store.put(&fresh).unwrap();
-    let orders0 = survivors
-        .iter()
-        .filter(|r| r.msg.topic == "orders" && r.msg.queue_id == 0);
-    assert_eq!(put.queue_offset, orders0.count() as u64, "{what}");
+    assert_eq!(
+        put.queue_offset,
+        expected_max(survivors, "orders", 0),
+        "{what}"
+    );
     store.shutdown().unwrap();
     drop(store);
     let store = MessageStore::open(small_config(dir)).unwrap();
@@ -190,15 +227,21 @@ fn check(dir: &Path, survivors: &[Rec], lost: &[Rec], end: u64, what: &str) {
     assert_eq!(store.query_by_key("orders", "fresh", 2).len(), 1, "{what}");
 }
 
-/// Applies damage already done to `dir` at `pos` and checks what the store serves.
-fn check_damage(img: &Image, dir: &Path, pos: u64, is_cut: bool, what: &str) {
-    let (survivors, log_end) = expected_after_damage(img, pos, is_cut);
-    let lost = split(img, &survivors);
+/// Checks what the store serves after the log of `dir` was cut at `pos`.
+fn check_cut(img: &Image, dir: &Path, pos: u64, what: &str) {
+    let (survivors, log_end) = expected_after_cut(img, pos);
+    let lost = lost(img, &survivors);
     check(dir, &survivors, &lost, log_end, what);
 }
 
-fn split(img: &Image, survivors: &[Rec]) -> Vec<Rec> {
-    img.records[survivors.len()..].to_vec()
+/// The records of the image that are not among `survivors`.
+fn lost(img: &Image, survivors: &[Rec]) -> Vec<Rec> {
+    let kept: std::collections::HashSet<u64> = survivors.iter().map(|r| r.offset).collect();
+    img.records
+        .iter()
+        .filter(|r| !kept.contains(&r.offset))
+        .cloned()
+        .collect()
 }
 
 /// Cuts the commit log of the image at `dir` at byte `pos`: its segment ends there and
@@ -232,7 +275,7 @@ fn cut_at_random_positions() {
     for pos in positions {
         let dir = img.fork();
         cut_log(&img, dir.path(), pos);
-        check_damage(&img, dir.path(), pos, true, &format!("cut at {pos}"));
+        check_cut(&img, dir.path(), pos, &format!("cut at {pos}"));
     }
 }
 
@@ -254,7 +297,24 @@ fn flip_random_bytes() {
         file.read_exact_at(&mut b, pos - seg).unwrap();
         b[0] ^= rng.random_range(1..=255u8);
         file.write_all_at(&b, pos - seg).unwrap();
-        check_damage(&img, dir.path(), pos, false, &format!("flip at {pos}"));
+        // Only the record holding the byte is lost (none, in a filler's unused bytes);
+        // a damaged filler header costs nothing either: the next segment's records verify.
+        let (survivors, end) = match img
+            .records
+            .iter()
+            .find(|r| r.offset <= pos && pos < r.offset + r.size)
+        {
+            Some(r) => expected_after_damage_between(&img, r.offset, r.offset + r.size),
+            None => (img.records.clone(), img.end()),
+        };
+        let lost = lost(&img, &survivors);
+        check(
+            dir.path(),
+            &survivors,
+            &lost,
+            end,
+            &format!("flip at {pos}"),
+        );
     }
 }
 
@@ -268,11 +328,10 @@ fn torn_tail_after_a_checkpoint() {
         let pos = rng.random_range(img.checkpointed..img.end());
         let dir = img.fork();
         cut_log(&img, dir.path(), pos);
-        check_damage(
+        check_cut(
             &img,
             dir.path(),
             pos,
-            true,
             &format!("cut at {pos} after checkpoint"),
         );
     }
@@ -334,8 +393,11 @@ fn a_second_crash_during_recovery_is_harmless() {
         let again = tempfile::tempdir().unwrap();
         copy_dir(dir.path(), again.path());
         drop(store);
-        let (survivors, log_end) = expected_after_damage(&img, pos, true);
-        let lost = split(&img, &survivors);
+        // The segment was cut short (zeros after `pos`), later segments are intact: only
+        // the records of the cut stretch are lost.
+        let seg_end = seg + img.segment_size;
+        let (survivors, log_end) = expected_after_damage_between(&img, pos, seg_end);
+        let lost = lost(&img, &survivors);
         check(again.path(), &survivors, &lost, log_end, "second crash");
     }
 }
@@ -348,9 +410,10 @@ fn messages_from_helper_are_distinct() {
 }
 
 #[test]
-fn records_dropped_by_recovery_never_come_back() {
+fn a_damaged_record_is_skipped_reported_and_never_comes_back() {
     // Damage found after a clean stop (checkpoint lost, a middle record corrupt): the
-    // records after the damage are cut, and stay cut through later appends and restarts.
+    // record is skipped and reported, the ones after it are kept, and it stays skipped
+    // through later appends and restarts.
     let dir = tempfile::tempdir().unwrap();
     let puts: Vec<_> = {
         let store = MessageStore::open(small_config(dir.path())).unwrap();
@@ -369,13 +432,19 @@ fn records_dropped_by_recovery_never_come_back() {
         .unwrap();
     {
         let store = MessageStore::open(small_config(dir.path())).unwrap();
-        let bodies: Vec<_> = read_all(&store, "T", 0)
+        let report = store.recovery_report();
+        assert_eq!(report.damaged.len(), 1, "{report:?}");
+        assert_eq!(
+            (report.damaged[0].from, report.damaged[0].to),
+            (puts[1].commit_log_offset, puts[2].commit_log_offset)
+        );
+        let read: Vec<_> = read_all(&store, "T", 0)
             .into_iter()
-            .map(|(_, m)| m.body[0])
+            .map(|(qo, m)| (qo, m.body[0]))
             .collect();
-        assert_eq!(bodies, vec![0]);
-        // Same size as the dropped record: it lands exactly where r1 was, so r2's stale
-        // bytes would line up with the next record position if they were still there.
+        // Queue offset 1 is a hole now.
+        assert_eq!(read, vec![(0, 0), (2, 2)]);
+        assert!(store.get_by_offset(puts[1].commit_log_offset).is_err());
         store.put(&Message::new("T", 0, vec![9; 50])).unwrap();
         store.shutdown().unwrap();
     }
@@ -384,6 +453,128 @@ fn records_dropped_by_recovery_never_come_back() {
         .into_iter()
         .map(|(_, m)| m.body[0])
         .collect();
-    assert_eq!(bodies, vec![0, 9]);
-    assert!(store.get_by_offset(puts[2].commit_log_offset).is_err());
+    assert_eq!(bodies, vec![0, 2, 9]);
+    assert!(store.get_by_offset(puts[1].commit_log_offset).is_err());
+    assert_eq!(
+        store
+            .get_by_offset(puts[2].commit_log_offset)
+            .unwrap()
+            .view()
+            .unwrap()
+            .body(),
+        &[2u8; 50][..]
+    );
+}
+
+/// A crash image of exactly three commit log segments, without a checkpoint.
+fn three_segment_image() -> Image {
+    let mut n = 40;
+    loop {
+        let img = crash_image(n, false, 0);
+        let segments = img.end().div_ceil(img.segment_size);
+        if segments == 3 && img.end() % img.segment_size > img.segment_size / 2 {
+            return img;
+        }
+        assert!(segments <= 3, "stepped past three segments");
+        n += 4;
+    }
+}
+
+#[test]
+fn damage_in_the_middle_of_three_segments_costs_only_that_record() {
+    let img = three_segment_image();
+    // A record in the middle of the middle segment.
+    let mid = img.segment_size + img.segment_size / 2;
+    let victim = img
+        .records
+        .iter()
+        .find(|r| r.offset >= mid)
+        .unwrap()
+        .clone();
+    for (what, at) in [
+        ("magic", victim.offset + 4),
+        ("length", victim.offset),
+        ("body", victim.offset + victim.size - 1),
+    ] {
+        let dir = img.fork();
+        let seg = at - at % img.segment_size;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(Image::segment_path(dir.path(), seg))
+            .unwrap();
+        file.write_all_at(&[0xA5], at - seg).unwrap();
+        let survivors: Vec<Rec> = img
+            .records
+            .iter()
+            .filter(|r| r.offset != victim.offset)
+            .cloned()
+            .collect();
+        assert_eq!(survivors.len(), img.records.len() - 1);
+        check(
+            dir.path(),
+            &survivors,
+            std::slice::from_ref(&victim),
+            img.end(),
+            &format!("{what} of a middle record damaged"),
+        );
+        let store = MessageStore::open(small_config(dir.path())).unwrap();
+        // Reported once when found; the checkpoint written since covers it.
+        assert!(store.recovery_report().damaged.is_empty());
+    }
+}
+
+#[test]
+fn damage_at_the_tail_costs_only_the_tail() {
+    let img = three_segment_image();
+    let last = img.records.last().unwrap().clone();
+    let dir = img.fork();
+    let seg = last.offset - last.offset % img.segment_size;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(Image::segment_path(dir.path(), seg))
+        .unwrap();
+    // A torn write: the record's second half never reached the disk.
+    let half = last.size / 2;
+    file.write_all_at(
+        &vec![0u8; (last.size - half) as usize],
+        last.offset + half - seg,
+    )
+    .unwrap();
+    let survivors = img.records[..img.records.len() - 1].to_vec();
+    check(
+        dir.path(),
+        &survivors,
+        std::slice::from_ref(&last),
+        last.offset,
+        "torn tail",
+    );
+}
+
+#[test]
+fn segments_past_the_end_are_moved_aside_not_deleted() {
+    let img = three_segment_image();
+    let dir = img.fork();
+    // The last segment's records all damaged: the log ends in the second segment, and the
+    // third, which is not zeros, goes to the quarantine folder.
+    let third = 2 * img.segment_size;
+    let path = Image::segment_path(dir.path(), third);
+    let mut bytes = fs::read(&path).unwrap();
+    for b in bytes.iter_mut().step_by(7) {
+        *b ^= 0x5A;
+    }
+    fs::write(&path, &bytes).unwrap();
+    let store = MessageStore::open(small_config(dir.path())).unwrap();
+    let report = store.recovery_report().clone();
+    assert_eq!(report.quarantined.len(), 1, "{report:?}");
+    assert_eq!(fs::read(&report.quarantined[0]).unwrap(), bytes);
+    assert!(!path.exists());
+    assert_eq!(store.commit_log_max_offset(), third);
+    drop(store);
+    // And the store keeps working from there.
+    let store = MessageStore::open(small_config(dir.path())).unwrap();
+    store
+        .put(&Message::new("orders", 0, b"x".to_vec()))
+        .unwrap();
 }

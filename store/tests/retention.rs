@@ -4,7 +4,9 @@
 mod common;
 
 use common::{message, small_config};
-use weir_store::{GetStatus, Message, MessageStore, ReadLimits, StoreConfig};
+use weir_store::{
+    DeletionReason, DiskPressurePolicy, GetStatus, Message, MessageStore, ReadLimits, StoreConfig,
+};
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -119,22 +121,51 @@ fn expired_segments_are_deleted_and_reads_below_answer_offset_moved() {
     );
 }
 
-#[test]
-fn disk_pressure_deletes_the_oldest_segment_per_pass() {
-    let dir = tempfile::tempdir().unwrap();
-    // Any real disk is fuller than 0.01 %: constant pressure.
-    let config = StoreConfig {
-        disk_max_used_ratio: 0.0001,
+/// Constant disk pressure without the machine's disk deciding anything: a quota the store
+/// already exceeds with its first files.
+fn pressure_config(dir: &std::path::Path) -> StoreConfig {
+    StoreConfig {
+        disk_quota_bytes: Some(16 << 20),
+        disk_max_used_ratio: 0.001,
         prepare_ahead: false,
-        ..small_config(dir.path())
+        ..small_config(dir)
+    }
+}
+
+#[test]
+fn disk_pressure_with_the_explicit_policy_deletes_the_oldest_segment_per_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        disk_pressure_policy: DiskPressurePolicy::DeleteOldest,
+        ..pressure_config(dir.path())
     };
     let store = MessageStore::open(config).unwrap();
     let puts = fill(&store, 200);
+    store.consumer_offsets().commit("slow", "T", 0, 3);
     let now = puts.last().unwrap().store_timestamp;
     let before = count_files(&dir.path().join("commitlog"));
     let r = store.run_retention(now).unwrap();
     assert_eq!(r.segments_deleted, 1);
     assert_eq!(count_files(&dir.path().join("commitlog")), before - 1);
+    // The report says why and what each queue lost.
+    let d = &r.deleted[0];
+    assert!(
+        matches!(d.reason, DeletionReason::DiskPressure { used_ratio } if used_ratio > 0.001),
+        "{d:?}"
+    );
+    assert_eq!(d.dropped.len(), 1);
+    let dropped = &d.dropped[0];
+    assert_eq!(
+        (dropped.topic.as_str(), dropped.queue_id, dropped.from),
+        ("T", 0, 0)
+    );
+    assert_eq!(dropped.to, store.min_offset("T", 0));
+    // The group that had consumed only 3 is told its offset moved, not served a gap.
+    let r = store.get_messages("T", 0, 3, ReadLimits::default(), |_| true);
+    assert_eq!(
+        (r.status, r.next_offset),
+        (GetStatus::OffsetMoved, dropped.to)
+    );
     // Never the segment being written.
     for _ in 0..before {
         store.run_retention(now).unwrap();
@@ -144,4 +175,61 @@ fn disk_pressure_deletes_the_oldest_segment_per_pass() {
     let max = store.max_offset("T", 0);
     let r = store.get_messages("T", 0, max - 1, ReadLimits::default(), |_| true);
     assert_eq!(r.messages[0].view().unwrap().body(), &[7]);
+}
+
+#[test]
+fn disk_pressure_keeps_what_a_group_has_not_consumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(pressure_config(dir.path())).unwrap();
+    let puts = fill(&store, 200);
+    // A second queue, nobody reads it yet.
+    store.put(&Message::new("U", 0, vec![1; 10])).unwrap();
+    let now = puts.last().unwrap().store_timestamp;
+    let segments = count_files(&dir.path().join("commitlog"));
+
+    // No group has consumed anything: nothing goes.
+    let r = store.run_retention(now).unwrap();
+    assert_eq!(r.segments_deleted, 0);
+    let why = r.kept_unconsumed.expect("kept for a reason");
+    assert!(why.contains("T/0"), "{why}");
+    assert_eq!(count_files(&dir.path().join("commitlog")), segments);
+
+    // One group is through the first segment, another is not: still nothing.
+    let first_segment_entries = puts
+        .iter()
+        .filter(|p| p.commit_log_offset < 8 * 1024)
+        .count() as u64;
+    store.consumer_offsets().commit("fast", "T", 0, 200);
+    store
+        .consumer_offsets()
+        .commit("slow", "T", 0, first_segment_entries - 1);
+    let r = store.run_retention(now).unwrap();
+    assert_eq!(r.segments_deleted, 0);
+    assert!(r.kept_unconsumed.unwrap().contains("\"slow\""));
+
+    // Both through it: the first segment goes, and only it (one per pass).
+    store
+        .consumer_offsets()
+        .commit("slow", "T", 0, first_segment_entries);
+    let r = store.run_retention(now).unwrap();
+    assert_eq!(r.segments_deleted, 1, "{r:?}");
+    assert_eq!(store.min_offset("T", 0), first_segment_entries);
+    // The next segment holds entries "slow" has not consumed.
+    let r = store.run_retention(now).unwrap();
+    assert_eq!(r.segments_deleted, 0);
+    assert!(r.kept_unconsumed.unwrap().contains("\"slow\""));
+    // Everything after "slow"'s offset is still there, in order.
+    let mut offset = first_segment_entries;
+    let mut seen = 0;
+    while offset < 200 {
+        let got = store.get_messages("T", 0, offset, ReadLimits::default(), |_| true);
+        assert_eq!(got.status, GetStatus::Found);
+        for m in &got.messages {
+            let v = m.view().unwrap();
+            assert_eq!(v.body(), &vec![v.queue_offset() as u8; 200][..]);
+            seen += 1;
+        }
+        offset = got.next_offset;
+    }
+    assert_eq!(seen, 200 - first_segment_entries);
 }

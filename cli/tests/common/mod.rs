@@ -42,6 +42,9 @@ pub async fn env_with(adjust: impl FnOnce(&mut BrokerConfig)) -> Env {
             consume_queue_segment_entries: 4096,
             index_slots: 4096,
             index_entries: 65536,
+            // The machine's own disk must not decide these tests (a storage test sets its own).
+            disk_max_used_ratio: 1.0,
+            disk_full_ratio: 1.0,
             ..StoreConfig::new(dir.path())
         },
         ..BrokerConfig::default()

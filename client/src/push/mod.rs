@@ -1114,7 +1114,11 @@ async fn pull_loop(core: Arc<Core>, pq: Arc<ProcessQueue>, mut offset: u64) {
         match pulled {
             Ok(out) => {
                 if out.status == PullStatus::OffsetMoved {
-                    warn!(queue = ?pq.mq, from = offset, to = out.next_offset, "offset outside the queue; moving on");
+                    if out.next_offset > offset {
+                        warn!(queue = ?pq.mq, from = offset, to = out.next_offset, lost = out.next_offset - offset, "messages this group had not consumed were deleted by the broker's retention; continuing after them");
+                    } else {
+                        warn!(queue = ?pq.mq, from = offset, to = out.next_offset, "offset beyond the end of the queue; moving back to it");
+                    }
                 }
                 let mut msgs = out.messages;
                 msgs.iter_mut().for_each(restore_topic);

@@ -16,6 +16,10 @@ pub fn small_config(dir: &Path) -> StoreConfig {
         async_flush_interval_ms: 3_600_000,
         checkpoint_interval_ms: 3_600_000,
         retention_check_interval_ms: 3_600_000,
+        disk_check_interval_ms: 3_600_000,
+        // The machine's own disk must not decide a test: tests about space set these.
+        disk_max_used_ratio: 1.0,
+        disk_full_ratio: 1.0,
         ..StoreConfig::new(dir)
     }
 }

@@ -1,0 +1,117 @@
+//! Appending to the commit log, under its writer lock.
+//!
+//! A batch is placed in two steps: `reserve` creates every segment the batch will need
+//! (or fails, having written nothing), then `append` writes each record. So a batch is
+//! either refused whole for want of space, or written whole.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use parking_lot::MutexGuard;
+
+use super::{CommitLog, WriterState};
+use crate::error::{Result, StoreError};
+use crate::segment::Segment;
+use weir_protocol::record::{self, BLANK_MIN_LEN};
+
+/// Exclusive append access to the commit log.
+pub(crate) struct CommitLogWriter<'a> {
+    log: &'a CommitLog,
+    state: MutexGuard<'a, WriterState>,
+}
+
+impl<'a> CommitLogWriter<'a> {
+    pub(super) fn new(log: &'a CommitLog, state: MutexGuard<'a, WriterState>) -> Self {
+        Self { log, state }
+    }
+
+    /// Offset the next record will get, if it fits the current segment.
+    pub fn position(&self) -> u64 {
+        self.state.pos
+    }
+
+    /// Makes sure every segment that records of `lens` bytes, appended in order, will
+    /// occupy exists, creating the missing ones now as spares. `may_grow(bytes)` is asked
+    /// first whether the disk may take that many more bytes. Nothing is written.
+    pub fn reserve(&self, lens: &[usize], may_grow: impl Fn(u64) -> Result<()>) -> Result<()> {
+        let size = self.log.segment_size();
+        let pos = self.state.pos;
+        // Where the current segment ends, or where the first new one starts.
+        let (mut rel, next_start, mut needed) = match self.log.files.last() {
+            Some(seg) if seg.start() <= pos && pos < seg.end() => (pos - seg.start(), seg.end(), 0),
+            Some(seg) if pos == seg.end() => (0, pos, 1),
+            None => (pos % size, pos - pos % size, 1),
+            Some(seg) => return Err(outside(seg.as_ref(), pos)),
+        };
+        for &len in lens {
+            let record = len as u64 + BLANK_MIN_LEN as u64;
+            if record > size {
+                return Err(StoreError::MessageTooLarge {
+                    size: len as u64,
+                    segment_size: size,
+                });
+            }
+            if rel + record > size {
+                needed += 1;
+                rel = 0;
+            }
+            rel += len as u64;
+        }
+        let have = self.log.spares_from(next_start);
+        if needed > have {
+            may_grow((needed - have) as u64 * size)?;
+            self.log.add_spares(next_start, needed)?;
+        }
+        Ok(())
+    }
+
+    /// Appends one record of `len` bytes, written in place by `fill(offset, buf)`, and
+    /// publishes it. Closes the current segment with a blank filler first when the record
+    /// (plus room for a filler after it) does not fit. Returns the record's offset.
+    pub fn append(&mut self, len: usize, fill: impl FnOnce(u64, &mut [u8])) -> Result<u64> {
+        let seg_size = self.log.segment_size();
+        let needed = len as u64 + BLANK_MIN_LEN as u64;
+        if needed > seg_size {
+            return Err(StoreError::MessageTooLarge {
+                size: len as u64,
+                segment_size: seg_size,
+            });
+        }
+        let mut seg = self.segment_for_write()?;
+        let mut rel = self.state.pos - seg.start();
+        if rel + needed > seg.len() {
+            let remaining = (seg.len() - rel) as usize;
+            // SAFETY: we hold the writer lock and `rel` is the unpublished end.
+            unsafe { seg.write_with(rel, remaining, record::encode_blank) };
+            seg.publish(seg.len());
+            self.state.pos = seg.end();
+            seg = self.segment_for_write()?;
+            rel = 0;
+        }
+        let offset = self.state.pos;
+        // SAFETY: we hold the writer lock and `rel` is the unpublished end.
+        unsafe { seg.write_with(rel, len, |buf| fill(offset, buf)) };
+        seg.publish(rel + len as u64);
+        self.state.pos = offset + len as u64;
+        self.log.committed.store(self.state.pos, Ordering::Release);
+        Ok(offset)
+    }
+
+    fn segment_for_write(&self) -> Result<Arc<Segment>> {
+        let pos = self.state.pos;
+        match self.log.files.last() {
+            Some(seg) if seg.start() <= pos && pos < seg.end() => Ok(seg),
+            Some(seg) if pos == seg.end() => self.log.next_segment(pos),
+            None => self.log.next_segment(pos - pos % self.log.segment_size()),
+            Some(seg) => Err(outside(seg.as_ref(), pos)),
+        }
+    }
+}
+
+fn outside(seg: &Segment, pos: u64) -> StoreError {
+    StoreError::Corrupt {
+        what: "commit log",
+        path: seg.path().to_path_buf(),
+        detail: format!("write position {pos} outside the last segment"),
+    }
+}

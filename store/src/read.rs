@@ -1,0 +1,212 @@
+//! Reading: batches from a consume queue (with tag-hash filtering that never touches the
+//! commit log), offsets by time, lookups by key and by id.
+//!
+//! Invariant: a read only returns published records, and a record stays readable for as
+//! long as its `StoredRecord` lives, even if retention deletes its segment meanwhile.
+
+use crate::commitlog::StoredRecord;
+use crate::error::Result;
+use crate::store::MessageStore;
+use weir_protocol::record::MessageId;
+
+/// Bounds of one read.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    pub max_count: usize,
+    /// Bytes of records; the first matching record is returned even if larger.
+    pub max_bytes: usize,
+    /// Queue entries examined at most, so a very selective filter returns (empty, with
+    /// an advanced offset) instead of walking the whole queue.
+    pub max_scan: usize,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        Self {
+            max_count: 32,
+            max_bytes: 256 * 1024,
+            max_scan: 16_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetStatus {
+    /// At least one message.
+    Found,
+    /// Entries were examined but none matched the filter; resume at `next_offset`.
+    NoMatch,
+    /// `offset` is the queue's end: nothing new yet.
+    NoNewMessage,
+    /// `offset` is outside `[min, max]` (e.g. deleted by retention): resume at
+    /// `next_offset`.
+    OffsetMoved,
+}
+
+#[derive(Debug)]
+pub struct GetResult {
+    pub status: GetStatus,
+    pub messages: Vec<StoredRecord>,
+    pub next_offset: u64,
+    pub min_offset: u64,
+    pub max_offset: u64,
+}
+
+impl MessageStore {
+    /// Reads from (topic, queue) at `offset`, skipping entries whose tag hash `filter`
+    /// rejects without touching the commit log.
+    pub fn get_messages(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        limits: ReadLimits,
+        filter: impl Fn(u64) -> bool,
+    ) -> GetResult {
+        let Some(cq) = self.inner.queue(topic, queue_id) else {
+            return GetResult {
+                status: if offset == 0 {
+                    GetStatus::NoNewMessage
+                } else {
+                    GetStatus::OffsetMoved
+                },
+                messages: Vec::new(),
+                next_offset: 0,
+                min_offset: 0,
+                max_offset: 0,
+            };
+        };
+        let (min, max) = (cq.min_offset(), cq.max_offset());
+        let result = |status, messages, next_offset| GetResult {
+            status,
+            messages,
+            next_offset,
+            min_offset: min,
+            max_offset: max,
+        };
+        if offset < min {
+            return result(GetStatus::OffsetMoved, Vec::new(), min);
+        }
+        if offset == max {
+            return result(GetStatus::NoNewMessage, Vec::new(), max);
+        }
+        if offset > max {
+            return result(GetStatus::OffsetMoved, Vec::new(), max);
+        }
+        let mut messages = Vec::with_capacity(limits.max_count.min(64));
+        let mut bytes = 0usize;
+        let mut next = offset;
+        let mut scanned = 0usize;
+        let mut gone = false;
+        cq.scan(offset, |at, e| {
+            if scanned >= limits.max_scan
+                || messages.len() >= limits.max_count
+                || (!messages.is_empty() && bytes + e.size as usize > limits.max_bytes)
+            {
+                return false;
+            }
+            scanned += 1;
+            if !e.is_hole() && filter(e.tag_hash) {
+                match self
+                    .inner
+                    .commit_log
+                    .record_at(e.commit_log_offset, e.size as usize)
+                {
+                    Some(rec) => {
+                        bytes += rec.len();
+                        messages.push(rec);
+                    }
+                    None => {
+                        // Retention removed the record after the queue bound was read.
+                        gone = true;
+                        return false;
+                    }
+                }
+            }
+            next = at + 1;
+            true
+        });
+        if gone && messages.is_empty() {
+            let min = cq.min_offset();
+            return result(GetStatus::OffsetMoved, messages, min.max(next));
+        }
+        let status = if messages.is_empty() {
+            GetStatus::NoMatch
+        } else {
+            GetStatus::Found
+        };
+        result(status, messages, next)
+    }
+
+    /// Lowest readable offset of a queue (0 for an unknown queue).
+    pub fn min_offset(&self, topic: &str, queue_id: u32) -> u64 {
+        self.inner
+            .queue(topic, queue_id)
+            .map_or(0, |q| q.min_offset())
+    }
+
+    /// Offset the next message of a queue will get (0 for an unknown queue).
+    pub fn max_offset(&self, topic: &str, queue_id: u32) -> u64 {
+        self.inner
+            .queue(topic, queue_id)
+            .map_or(0, |q| q.max_offset())
+    }
+
+    /// The first offset of the queue whose message was stored at or after `timestamp_ms`
+    /// (the queue's max offset if none was).
+    pub fn offset_for_timestamp(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> u64 {
+        let Some(cq) = self.inner.queue(topic, queue_id) else {
+            return 0;
+        };
+        let (mut lo, mut hi) = (cq.min_offset(), cq.max_offset());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let ts = cq.get(mid).filter(|e| !e.is_hole()).and_then(|e| {
+                self.inner
+                    .commit_log
+                    .store_timestamp_at(e.commit_log_offset)
+            });
+            match ts {
+                Some(ts) if ts < timestamp_ms => lo = mid + 1,
+                Some(_) => hi = mid,
+                // A hole or a record retention just removed: treat as older.
+                None => lo = mid + 1,
+            }
+        }
+        lo
+    }
+
+    /// Messages of `topic` carrying `key`, newest first, at most `max`.
+    pub fn query_by_key(&self, topic: &str, key: &str, max: usize) -> Vec<StoredRecord> {
+        let mut out = Vec::new();
+        for offset in self
+            .inner
+            .index
+            .lookup(topic, key, max.saturating_mul(2).max(max))
+        {
+            if out.len() >= max {
+                break;
+            }
+            let Ok(rec) = self.inner.commit_log.record_starting_at(offset) else {
+                continue;
+            };
+            let matches = rec
+                .view()
+                .is_ok_and(|v| v.topic() == topic && v.keys().any(|k| k == key));
+            if matches {
+                out.push(rec);
+            }
+        }
+        out
+    }
+
+    /// The message with this id (store address + commit log offset).
+    pub fn get_by_id(&self, id: &MessageId) -> Result<StoredRecord> {
+        self.inner.commit_log.record_starting_at(id.offset)
+    }
+
+    /// The record at a commit log offset, checked to be a whole, intact record.
+    pub fn get_by_offset(&self, commit_log_offset: u64) -> Result<StoredRecord> {
+        self.inner.commit_log.record_starting_at(commit_log_offset)
+    }
+}

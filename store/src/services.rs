@@ -1,0 +1,179 @@
+//! The store's background services and the durability steps they run: the flusher
+//! (group commit in sync mode, a periodic sync in async mode), the checkpoint (queues,
+//! index, commit log, then the checkpoint file and the consumer offsets), the segment
+//! allocator, and retention with the disk check.
+//!
+//! Invariant: every sync goes through `Health::sync`, so a failure stops writes for good.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tracing::error;
+
+use crate::checkpoint::Checkpoint;
+use crate::config::FlushMode;
+use crate::error::{IoContext, Result};
+use crate::fsutil::now_ms;
+use crate::store::{HOT_TAIL, Inner, MessageStore};
+
+impl MessageStore {
+    pub(crate) fn start_threads(&self) -> Result<()> {
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .ctx("start thread", Path::new(name))
+        };
+        let mut threads = self.threads.lock();
+        let inner = Arc::clone(&self.inner);
+        threads.push(spawn(
+            "weir-flush",
+            Box::new(move || match inner.config.flush_mode {
+                FlushMode::Sync => inner
+                    .group_commit
+                    .run(|| inner.flush_log().map_err(|e| e.to_string())),
+                FlushMode::Async => {
+                    while !inner.shutdown.sleep(inner.config.async_flush_interval()) {
+                        // A failure is logged (once) and stops writes: see `health`.
+                        let _ = inner.flush_log();
+                    }
+                }
+            }),
+        )?);
+        let inner = Arc::clone(&self.inner);
+        threads.push(spawn(
+            "weir-checkpoint",
+            Box::new(move || {
+                while !inner.shutdown.sleep(inner.config.checkpoint_interval()) {
+                    if inner.health.failure().is_some() {
+                        continue;
+                    }
+                    if let Err(e) = inner.checkpoint_now() {
+                        error!(error = %e, "checkpoint failed");
+                    }
+                    if let Err(e) = inner.persist_offsets() {
+                        error!(error = %e, "persisting consumer offsets failed");
+                    }
+                }
+            }),
+        )?);
+        if self.inner.config.prepare_ahead {
+            let inner = Arc::clone(&self.inner);
+            threads.push(spawn(
+                "weir-alloc",
+                Box::new(move || {
+                    let mut last_error: Option<Instant> = None;
+                    while !inner.shutdown.sleep(std::time::Duration::from_millis(20)) {
+                        let grow = |bytes| inner.disk.check_growth(bytes);
+                        if let Err(e) = inner.commit_log.prepare_ahead(grow) {
+                            // Retried every 20 ms: say so once a minute.
+                            if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                                error!(error = %e, "preparing the next commit log segment failed");
+                                last_error = Some(Instant::now());
+                            }
+                        }
+                    }
+                }),
+            )?);
+        }
+        let inner = Arc::clone(&self.inner);
+        threads.push(spawn(
+            "weir-retention",
+            Box::new(move || {
+                // Disk checks (and deletions under pressure) every disk check interval;
+                // deletions by age every retention interval.
+                let mut last_by_age = Instant::now();
+                while !inner.shutdown.sleep(inner.config.disk_check_interval()) {
+                    let by_age = last_by_age.elapsed() >= inner.config.retention_check_interval();
+                    if by_age {
+                        last_by_age = Instant::now();
+                    }
+                    if let Err(e) = inner.run_retention(now_ms(), by_age) {
+                        error!(error = %e, "retention failed");
+                    }
+                }
+            }),
+        )?);
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Syncs the commit log up to what is committed; returns the durable offset. After a
+    /// failure, refused for good (see `health`).
+    pub(crate) fn flush_log(&self) -> Result<u64> {
+        self.health
+            .sync("commit log sync", || self.commit_log.flush())
+    }
+
+    /// Writes the consumer offsets if they changed, after syncing the commit log: an
+    /// offset on disk never counts a copy (a due delayed message, a retry) that is not.
+    pub(crate) fn persist_offsets(&self) -> Result<()> {
+        self.health.check_writable()?;
+        self.offsets.persist_after(|| self.flush_log().map(drop))
+    }
+
+    /// Syncs queues and index, then records what is durable.
+    pub(crate) fn checkpoint_now(&self) -> Result<()> {
+        self.health.check_writable()?;
+        // Every record below this has its queue entry and keys in the files synced next.
+        let dispatched = self.dispatched.load(Ordering::Acquire);
+        for q in self.all_queues() {
+            self.health.sync("consume queue sync", || q.flush())?;
+            q.release_sealed_pages();
+        }
+        self.health.sync("key index sync", || self.index.flush())?;
+        // A no-op in sync mode under load (group commit keeps up), but it also covers an
+        // idle store, whose checkpoint must not stay behind.
+        let flushed = self.flush_log()?;
+        self.commit_log.release_cold_pages(HOT_TAIL);
+        let cp = Checkpoint {
+            commit_log_flushed: flushed,
+            logic_flushed: dispatched.min(flushed),
+            written_at: now_ms(),
+        };
+        self.health
+            .sync("checkpoint write", || self.checkpoint.lock().write(&cp))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{FlushMode, Message, MessageStore, StoreConfig};
+
+    #[test]
+    fn offsets_reach_the_disk_only_after_the_copies_they_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MessageStore::open(StoreConfig {
+            flush_mode: FlushMode::Async,
+            async_flush_interval_ms: 3_600_000,
+            checkpoint_interval_ms: 3_600_000,
+            commit_log_segment_size: 64 * 1024,
+            consume_queue_segment_entries: 64,
+            index_slots: 64,
+            index_entries: 64,
+            disk_full_ratio: 1.0,
+            disk_max_used_ratio: 1.0,
+            ..StoreConfig::new(dir.path())
+        })
+        .unwrap();
+        // A due delayed message put on its real topic: in the page cache only.
+        let copy = store.put(&Message::new("T", 0, b"copy".to_vec())).unwrap();
+        let end = copy.commit_log_offset + u64::from(copy.size);
+        assert!(store.commit_log_flushed_offset() < end);
+        // The scheduler's progress counts it.
+        store
+            .consumer_offsets()
+            .commit("%SCHEDULE%", "%SCHEDULE%", 0, 1);
+        store.inner.persist_offsets().unwrap();
+        assert!(
+            store.commit_log_flushed_offset() >= end,
+            "the offset reached the disk before the copy it counts"
+        );
+        let written =
+            std::fs::read_to_string(dir.path().join("config/consumer_offsets.json")).unwrap();
+        assert!(written.contains("%SCHEDULE%"));
+    }
+}
