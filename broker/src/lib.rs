@@ -142,12 +142,18 @@ impl Broker {
     }
 
     fn registration(&self) -> RegisterBroker {
+        let mut topics = self.topics.all();
+        // While the store refuses writes (disk full, failed sync), producers are routed
+        // elsewhere; consumers keep reading here.
+        if self.store.write_refusal().is_some() {
+            topics.iter_mut().for_each(|t| t.perm &= !perm::WRITE);
+        }
         RegisterBroker {
             cluster: self.config.cluster.clone(),
             broker_name: self.config.broker_name.clone(),
             broker_id: self.config.broker_id,
             addr: self.addr.clone(),
-            topics: self.topics.all(),
+            topics,
         }
     }
 
@@ -1152,12 +1158,40 @@ pub async fn start(mut config: BrokerConfig) -> Result<RunningBroker, BrokerErro
             }
         }));
     }
+    tasks.push(tokio::spawn(watch_writability(
+        Arc::clone(&broker),
+        stop.subscribe(),
+    )));
     Ok(RunningBroker {
         broker,
         server,
         stop,
         tasks,
     })
+}
+
+/// Re-registers with the name servers when the store starts or stops refusing writes, so
+/// routes say at once whether this broker takes sends; and says so in the log.
+async fn watch_writability(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+    let mut refused = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = broker.store.write_refusal();
+        if now.is_some() == refused {
+            continue;
+        }
+        refused = now.is_some();
+        match now {
+            Some(why) => {
+                tracing::error!(reason = %why, "the store refuses writes: this broker's routes are now read-only; consumers keep reading")
+            }
+            None => info!("the store accepts writes again: routes writable"),
+        }
+        broker.topics_updated();
+    }
 }
 
 /// Keeps the broker registered with one name server: every interval, and at once when

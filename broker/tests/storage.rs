@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use weir_protocol::ErrorCode;
 use weir_protocol::broker::{PullResult, PullStatus, SendResult, SendStatus, UpdateConsumerOffset};
+use weir_protocol::route::{GetRoute, perm};
 use weir_protocol::{Connection, RecordView};
 use weir_store::FlushMode;
 
@@ -80,6 +81,24 @@ async fn a_full_disk_refuses_sends_serves_pulls_and_resumes_once_consumed() {
         "reads continue",
     )
     .await;
+    // Producers are routed elsewhere: the name server's route turns read-only.
+    let ns = connect(&env.ns.local_addr().to_string()).await;
+    let route_perm = async || {
+        let r = ns
+            .call(
+                &GetRoute {
+                    topic: "Full".into(),
+                },
+                Bytes::new(),
+                T,
+            )
+            .await;
+        r.ok().and_then(|(r, _)| r.queues.first().map(|q| q.perm))
+    };
+    eventually("read-only route", async || {
+        route_perm().await == Some(perm::READ)
+    })
+    .await;
     // Pulls go on: every acknowledged message, exact bytes.
     let got = pull_all(&conn, "Full").await;
     assert_eq!(got.len(), acked);
@@ -99,6 +118,10 @@ async fn a_full_disk_refuses_sends_serves_pulls_and_resumes_once_consumed() {
         conn.call(&send("Full", 0, "", "again"), body(0), T)
             .await
             .is_ok()
+    })
+    .await;
+    eventually("writable route", async || {
+        route_perm().await == Some(perm::READ_WRITE)
     })
     .await;
 }
