@@ -6,11 +6,25 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use weir_protocol::Connection;
+use std::sync::Arc;
+
 use weir_protocol::broker::{ConsumerData, ConsumerMember, Heartbeat};
+use weir_protocol::net::BoxFuture;
+
+/// How the broker reaches a client over whatever protocol it connected with: processors
+/// keep these, never a connection of one protocol.
+pub trait ClientLink: Send + Sync + 'static {
+    /// Identifies the connection (unique while the broker runs).
+    fn id(&self) -> u64;
+    fn peer(&self) -> SocketAddr;
+    /// Tells the client, one way, that `group`'s membership changed.
+    fn notify_consumer_ids_changed(&self, group: &str) -> BoxFuture<'static, Result<(), String>>;
+}
+
+pub type Link = Arc<dyn ClientLink>;
 
 struct Client {
-    conn: Connection,
+    conn: Link,
     addr: SocketAddr,
     last_seen: Instant,
     consumers: Vec<ConsumerData>,
@@ -28,7 +42,7 @@ impl Client {
 /// The members of `group` to tell that its membership changed.
 pub struct Notice {
     pub group: String,
-    pub members: Vec<Connection>,
+    pub members: Vec<Link>,
 }
 
 /// Clients forgotten at once, and who should hear of it.
@@ -40,6 +54,48 @@ pub struct Gone {
 
 type Clients = HashMap<String, Client>;
 
+/// How much one client or connection may make the registry hold.
+#[derive(Debug, Clone, Copy)]
+pub struct RegistryLimits {
+    /// Clients known at once.
+    pub max_clients: usize,
+    /// Distinct client ids one connection may register.
+    pub max_clients_per_connection: usize,
+    /// Consumer groups (and producer groups) in one heartbeat.
+    pub max_groups_per_client: usize,
+    /// Subscriptions of one consumer group in one heartbeat.
+    pub max_subscriptions_per_group: usize,
+}
+
+/// Why a heartbeat was refused; nothing of it was recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("client id is empty or longer than 255 bytes")]
+    BadClientId,
+    #[error("the broker knows {max} clients already (limits.max_clients)")]
+    TooManyClients { max: usize },
+    #[error(
+        "this connection registered {max} client ids already (limits.max_clients_per_connection)"
+    )]
+    TooManyOnConnection { max: usize },
+    #[error(
+        "a heartbeat names {count} {what} groups; at most {max} (limits.max_groups_per_client)"
+    )]
+    TooManyGroups {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error(
+        "group {group:?} has {count} subscriptions; at most {max} (limits.max_subscriptions_per_group)"
+    )]
+    TooManySubscriptions {
+        group: String,
+        count: usize,
+        max: usize,
+    },
+}
+
 #[derive(Default)]
 pub struct ClientRegistry {
     clients: Mutex<Clients>,
@@ -50,10 +106,10 @@ fn notices(clients: &Clients, groups: BTreeSet<String>, except: &[&str]) -> Vec<
     groups
         .into_iter()
         .filter_map(|group| {
-            let members: Vec<Connection> = clients
+            let members: Vec<Link> = clients
                 .iter()
                 .filter(|(id, c)| !except.contains(&id.as_str()) && c.consumes(&group))
-                .map(|(_, c)| c.conn.clone())
+                .map(|(_, c)| Arc::clone(&c.conn))
                 .collect();
             (!members.is_empty()).then_some(Notice { group, members })
         })
@@ -65,12 +121,59 @@ impl ClientRegistry {
         self.clients.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a heartbeat. Returns, for each group the client joined or left, its other
-    /// members; nothing when the client's groups are as before.
-    pub fn heartbeat(&self, hb: Heartbeat, conn: &Connection) -> Vec<Notice> {
+    /// Records a heartbeat, within `limits`. Returns, for each group the client joined or
+    /// left, its other members; nothing when the client's groups are as before.
+    pub fn heartbeat(
+        &self,
+        hb: Heartbeat,
+        conn: &Link,
+        limits: &RegistryLimits,
+    ) -> Result<Vec<Notice>, RegistryError> {
+        if hb.client_id.is_empty() || hb.client_id.len() > 255 {
+            return Err(RegistryError::BadClientId);
+        }
+        for (what, count) in [
+            ("consumer", hb.consumers.len()),
+            ("producer", hb.producer_groups.len()),
+        ] {
+            if count > limits.max_groups_per_client {
+                return Err(RegistryError::TooManyGroups {
+                    what,
+                    count,
+                    max: limits.max_groups_per_client,
+                });
+            }
+        }
+        if let Some(d) = hb
+            .consumers
+            .iter()
+            .find(|d| d.subscriptions.len() > limits.max_subscriptions_per_group)
+        {
+            return Err(RegistryError::TooManySubscriptions {
+                group: d.group.clone(),
+                count: d.subscriptions.len(),
+                max: limits.max_subscriptions_per_group,
+            });
+        }
         let mut clients = self.lock();
+        if !clients.contains_key(&hb.client_id) {
+            if clients.len() >= limits.max_clients {
+                return Err(RegistryError::TooManyClients {
+                    max: limits.max_clients,
+                });
+            }
+            let on_connection = clients
+                .values()
+                .filter(|c| c.conn.id() == conn.id())
+                .count();
+            if on_connection >= limits.max_clients_per_connection {
+                return Err(RegistryError::TooManyOnConnection {
+                    max: limits.max_clients_per_connection,
+                });
+            }
+        }
         let client = Client {
-            conn: conn.clone(),
+            conn: Arc::clone(conn),
             addr: conn.peer(),
             last_seen: Instant::now(),
             consumers: hb.consumers,
@@ -84,7 +187,12 @@ impl ClientRegistry {
             .symmetric_difference(&old_groups)
             .cloned()
             .collect();
-        notices(&clients, changed, &[&hb.client_id])
+        Ok(notices(&clients, changed, &[&hb.client_id]))
+    }
+
+    /// Clients known right now.
+    pub fn count(&self) -> usize {
+        self.lock().len()
     }
 
     fn remove(&self, clients: &mut Clients, ids: Vec<String>) -> Gone {

@@ -1,8 +1,10 @@
 use serde::{Deserialize, Serialize};
 use weir_store::StoreConfig;
 
+use crate::clients::RegistryLimits;
+use crate::error::ConfigError;
 use crate::filter::FilterConfig;
-use crate::schedule::DelayLevels;
+use crate::service::schedule::DelayLevels;
 
 /// Broker settings. TOML keys as named here; the store's under `[store]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,6 +40,90 @@ pub struct BrokerConfig {
     pub store: StoreConfig,
     /// The WebAssembly filter runtime (`[filter]`).
     pub filter: FilterConfig,
+    /// Bounds on what clients can make the broker hold (`[limits]`).
+    pub limits: LimitsConfig,
+}
+
+/// Bounds on what clients can make the broker hold: the `[limits]` table. Past each, the
+/// request is refused with a clear error (`SystemBusy`), and the broker goes on serving
+/// everyone else.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Topics, system topics (`%RETRY%`, `%DLQ%`) included (default 100,000).
+    pub max_topics: usize,
+    /// Clients known at once (default 100,000).
+    pub max_clients: usize,
+    /// Distinct client ids one connection may register (default 16).
+    pub max_clients_per_connection: usize,
+    /// Consumer groups, and producer groups, in one heartbeat (default 1,024).
+    pub max_groups_per_client: usize,
+    /// Subscriptions of one consumer group in one heartbeat (default 1,024).
+    pub max_subscriptions_per_group: usize,
+    /// Requests in flight per family, across connections (defaults: send 10,000, pull
+    /// 100,000 (held pulls included), consumer 10,000, admin 1,000, filter 64).
+    pub inflight_send: usize,
+    pub inflight_pull: usize,
+    pub inflight_consumer: usize,
+    pub inflight_admin: usize,
+    pub inflight_filter: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_topics: 100_000,
+            max_clients: 100_000,
+            max_clients_per_connection: 16,
+            max_groups_per_client: 1024,
+            max_subscriptions_per_group: 1024,
+            inflight_send: 10_000,
+            inflight_pull: 100_000,
+            inflight_consumer: 10_000,
+            inflight_admin: 1_000,
+            inflight_filter: 64,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub(crate) fn registry(&self) -> RegistryLimits {
+        RegistryLimits {
+            max_clients: self.max_clients,
+            max_clients_per_connection: self.max_clients_per_connection,
+            max_groups_per_client: self.max_groups_per_client,
+            max_subscriptions_per_group: self.max_subscriptions_per_group,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (name, v) in [
+            ("max_topics", self.max_topics),
+            ("max_clients", self.max_clients),
+            (
+                "max_clients_per_connection",
+                self.max_clients_per_connection,
+            ),
+            ("max_groups_per_client", self.max_groups_per_client),
+            (
+                "max_subscriptions_per_group",
+                self.max_subscriptions_per_group,
+            ),
+            ("inflight_send", self.inflight_send),
+            ("inflight_pull", self.inflight_pull),
+            ("inflight_consumer", self.inflight_consumer),
+            ("inflight_admin", self.inflight_admin),
+            ("inflight_filter", self.inflight_filter),
+        ] {
+            // Semaphores hold at most usize::MAX >> 3 permits.
+            if v == 0 || v > 1 << 30 {
+                return Err(ConfigError(format!(
+                    "limits.{name} must be within 1..=1073741824"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for BrokerConfig {
@@ -58,6 +144,7 @@ impl Default for BrokerConfig {
             queue_lock_lease_ms: 60_000,
             store: StoreConfig::default(),
             filter: FilterConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -72,26 +159,28 @@ impl BrokerConfig {
             .collect()
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError(m.to_owned()));
         if self.default_topic_queues == 0 || self.default_topic_queues > 1024 {
-            return Err("default_topic_queues must be within 1..=1024".into());
+            return bad("default_topic_queues must be within 1..=1024");
         }
         if self.max_message_size == 0 || self.max_message_size > 15 << 20 {
-            return Err(
-                "max_message_size must be within 1 byte..=15 MiB (frames are 16 MiB)".into(),
-            );
+            return bad("max_message_size must be within 1 byte..=15 MiB (frames are 16 MiB)");
         }
         if self.register_interval_ms == 0 || self.client_expiry_ms == 0 {
-            return Err("register_interval_ms and client_expiry_ms must be greater than 0".into());
+            return bad("register_interval_ms and client_expiry_ms must be greater than 0");
         }
         if self.queue_lock_lease_ms == 0 {
-            return Err("queue_lock_lease_ms must be greater than 0".into());
+            return bad("queue_lock_lease_ms must be greater than 0");
         }
         DelayLevels::parse(&self.delay_levels)?;
         if self.broker_name.is_empty() || self.cluster.is_empty() {
-            return Err("cluster and broker_name must not be empty".into());
+            return bad("cluster and broker_name must not be empty");
         }
-        self.filter.validate()?;
-        self.store.validate().map_err(|e| e.to_string())
+        self.filter.validate().map_err(ConfigError)?;
+        self.limits.validate()?;
+        self.store
+            .validate()
+            .map_err(|e| ConfigError(e.to_string()))
     }
 }

@@ -2,6 +2,11 @@
 
 use weir_store::tag_hash;
 
+/// A subscription expression that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SubscriptionError(String);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TagFilter {
     All,
@@ -10,7 +15,7 @@ pub enum TagFilter {
 }
 
 impl TagFilter {
-    pub fn parse(expr: &str) -> Result<Self, String> {
+    pub fn parse(expr: &str) -> Result<Self, SubscriptionError> {
         let expr = expr.trim();
         if expr.is_empty() || expr == "*" {
             return Ok(TagFilter::All);
@@ -19,15 +24,17 @@ impl TagFilter {
         for part in expr.split("||") {
             let tag = part.trim();
             if tag.is_empty() {
-                return Err(format!("empty tag in subscription expression {expr:?}"));
+                return Err(SubscriptionError(format!(
+                    "empty tag in subscription expression {expr:?}"
+                )));
             }
             if tag == "*" {
                 return Ok(TagFilter::All);
             }
             if tag.contains(['|', ' ', '\t']) {
-                return Err(format!(
+                return Err(SubscriptionError(format!(
                     "bad tag {tag:?} in subscription expression {expr:?} (use `A || B`)"
-                ));
+                )));
             }
             tags.push((tag.to_owned(), tag_hash(tag)));
         }

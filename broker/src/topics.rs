@@ -15,10 +15,53 @@ pub const MAX_SYSTEM_TOPIC_LEN: usize = 255;
 /// System topics start with this; clients cannot create them.
 pub const SYSTEM_PREFIX: char = '%';
 
+/// A topic or group name that breaks the rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("{what} name is empty")]
+    Empty { what: &'static str },
+    #[error("{what} name of {len} characters exceeds {max}")]
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{what} name {name:?} contains {c:?}; allowed are letters, digits and _ % | - .")]
+    BadCharacter {
+        what: &'static str,
+        name: String,
+        c: char,
+    },
+    #[error("topic name {0:?} is reserved (it names a folder's self or parent)")]
+    Reserved(String),
+}
+
+/// Why a topic configuration was refused or could not be kept.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("queue counts must be within 1..=1024 (read {read}, write {write})")]
+    QueueCount { read: u32, write: u32 },
+    #[error("permission {0} has unknown bits (read 4, write 2)")]
+    Permission(u8),
+    #[error("{path}: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("reading {path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("saving topics: {0}")]
+    Write(#[from] weir_store::StoreError),
+    #[error("the broker holds {max} topics already (max_topics)")]
+    TooMany { max: usize },
+}
+
 /// Checks a topic name against the rules users see in errors.
-pub fn validate_topic_name(name: &str) -> Result<(), String> {
+pub fn validate_topic_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
-        return Err("topic name is empty".into());
+        return Err(NameError::Empty { what: "topic" });
     }
     let (max, what) = if name.starts_with(SYSTEM_PREFIX) {
         (MAX_SYSTEM_TOPIC_LEN, "system topic")
@@ -26,23 +69,24 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
         (MAX_TOPIC_LEN, "topic")
     };
     if name.len() > max {
-        return Err(format!(
-            "{what} name of {} characters exceeds {max}",
-            name.len()
-        ));
+        return Err(NameError::TooLong {
+            what,
+            len: name.len(),
+            max,
+        });
     }
     if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || "_%|-.".contains(*c)))
     {
-        return Err(format!(
-            "topic name {name:?} contains {c:?}; allowed are letters, digits and _ % | - ."
-        ));
+        return Err(NameError::BadCharacter {
+            what: "topic",
+            name: name.to_owned(),
+            c,
+        });
     }
     if name == "." || name == ".." {
-        return Err(format!(
-            "topic name {name:?} is reserved (it names a folder's self or parent)"
-        ));
+        return Err(NameError::Reserved(name.to_owned()));
     }
     Ok(())
 }
@@ -52,23 +96,26 @@ pub const MAX_GROUP_LEN: usize = 255;
 
 /// Checks a group name given to a filter upload (it keys the filter registry and shows in
 /// logs and errors, so it is held to the same kind of rules as topic names).
-pub fn validate_group_name(name: &str) -> Result<(), String> {
+pub fn validate_group_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
-        return Err("group name is empty".into());
+        return Err(NameError::Empty { what: "group" });
     }
     if name.len() > MAX_GROUP_LEN {
-        return Err(format!(
-            "group name of {} characters exceeds {MAX_GROUP_LEN}",
-            name.len()
-        ));
+        return Err(NameError::TooLong {
+            what: "group",
+            len: name.len(),
+            max: MAX_GROUP_LEN,
+        });
     }
     if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || "_%|-.".contains(*c)))
     {
-        return Err(format!(
-            "group name {name:?} contains {c:?}; allowed are letters, digits and _ % | - ."
-        ));
+        return Err(NameError::BadCharacter {
+            what: "group",
+            name: name.to_owned(),
+            c,
+        });
     }
     Ok(())
 }
@@ -93,18 +140,20 @@ pub struct TopicManager {
 }
 
 impl TopicManager {
-    pub fn open(data_dir: &Path) -> Result<Self, String> {
+    pub fn open(data_dir: &Path) -> Result<Self, TopicError> {
         let path = data_dir.join("config").join("topics.json");
         let topics = match std::fs::read(&path) {
             Ok(bytes) => {
-                let file: TopicsFile = serde_json::from_slice(&bytes)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let file: TopicsFile =
+                    serde_json::from_slice(&bytes).map_err(|e| TopicError::Corrupt {
+                        path: path.clone(),
+                        detail: e.to_string(),
+                    })?;
                 if file.version != 1 {
-                    return Err(format!(
-                        "{}: unknown version {}",
-                        path.display(),
-                        file.version
-                    ));
+                    return Err(TopicError::Corrupt {
+                        path,
+                        detail: format!("unknown version {}", file.version),
+                    });
                 }
                 file.topics
                     .into_iter()
@@ -120,7 +169,7 @@ impl TopicManager {
                     .collect()
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(format!("reading {}: {e}", path.display())),
+            Err(error) => return Err(TopicError::Read { path, error }),
         };
         Ok(Self {
             path,
@@ -136,25 +185,29 @@ impl TopicManager {
         self.lock().get(name).cloned()
     }
 
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
     pub fn all(&self) -> Vec<TopicConfig> {
         self.lock().values().cloned().collect()
     }
 
     /// Creates or updates; persists before returning. Returns the stored config.
-    pub fn upsert(&self, config: TopicConfig) -> Result<TopicConfig, String> {
+    pub fn upsert(&self, config: TopicConfig) -> Result<TopicConfig, TopicError> {
         validate_topic_name(&config.name)?;
         if config.read_queues == 0
             || config.write_queues == 0
             || config.read_queues > 1024
             || config.write_queues > 1024
         {
-            return Err("queue counts must be within 1..=1024".into());
+            return Err(TopicError::QueueCount {
+                read: config.read_queues,
+                write: config.write_queues,
+            });
         }
         if config.perm & !perm::READ_WRITE != 0 {
-            return Err(format!(
-                "permission {} has unknown bits (read 4, write 2)",
-                config.perm
-            ));
+            return Err(TopicError::Permission(config.perm));
         }
         let mut topics = self.lock();
         topics.insert(config.name.clone(), config.clone());
@@ -165,7 +218,7 @@ impl TopicManager {
     /// Creates `config` unless a topic of that name exists. Returns the topic and whether
     /// it was created (checked and created under one lock, so exactly one caller sees
     /// `true`).
-    pub fn create_if_absent(&self, config: TopicConfig) -> Result<(TopicConfig, bool), String> {
+    pub fn create_if_absent(&self, config: TopicConfig) -> Result<(TopicConfig, bool), TopicError> {
         validate_topic_name(&config.name)?;
         let mut topics = self.lock();
         if let Some(t) = topics.get(&config.name) {
@@ -180,7 +233,7 @@ impl TopicManager {
     }
 
     /// Returns the topic, creating it with `queues` queues if it does not exist.
-    pub fn get_or_create(&self, name: &str, queues: u32) -> Result<TopicConfig, String> {
+    pub fn get_or_create(&self, name: &str, queues: u32) -> Result<TopicConfig, TopicError> {
         if let Some(c) = self.get(name) {
             return Ok(c);
         }
@@ -192,7 +245,7 @@ impl TopicManager {
         })
     }
 
-    pub fn remove(&self, name: &str) -> Result<bool, String> {
+    pub fn remove(&self, name: &str) -> Result<bool, TopicError> {
         let mut topics = self.lock();
         let existed = topics.remove(name).is_some();
         if existed {
@@ -201,7 +254,7 @@ impl TopicManager {
         Ok(existed)
     }
 
-    fn persist(&self, topics: &BTreeMap<String, TopicConfig>) -> Result<(), String> {
+    fn persist(&self, topics: &BTreeMap<String, TopicConfig>) -> Result<(), TopicError> {
         let file = TopicsFile {
             version: 1,
             topics: topics
@@ -214,8 +267,11 @@ impl TopicManager {
                 })
                 .collect(),
         };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
-        weir_store::write_atomic(&self.path, &bytes).map_err(|e| e.to_string())
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| TopicError::Corrupt {
+            path: self.path.clone(),
+            detail: format!("cannot encode: {e}"),
+        })?;
+        Ok(weir_store::write_atomic(&self.path, &bytes)?)
     }
 }
 
@@ -250,7 +306,7 @@ mod tests {
                 "system topic name of 256 characters exceeds 255",
             ),
         ] {
-            let e = validate_topic_name(bad).unwrap_err();
+            let e = validate_topic_name(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
     }

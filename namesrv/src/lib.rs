@@ -21,7 +21,8 @@ use tracing::info;
 use weir_protocol::net::BoxFuture;
 use weir_protocol::route::{
     BrokerData, ClusterInfo, GetAllTopics, GetClusterInfo, GetRoute, MASTER_ID, QueueData,
-    RegisterBroker, RegisterBrokerResponse, TopicList, TopicRoute, UnregisterBroker,
+    RegisterBroker, RegisterBrokerResponse, RegisteredTopics, TopicConfig, TopicList, TopicRoute,
+    UnregisterBroker,
 };
 use weir_protocol::{
     ConnConfig, Connection, ErrorCode, Handler, Reply, Request, RequestCode, Server,
@@ -83,7 +84,12 @@ struct Table {
 }
 
 impl Table {
-    fn register(&mut self, r: RegisterBroker, conn_id: u64) -> RegisterBrokerResponse {
+    fn register(
+        &mut self,
+        r: RegisterBroker,
+        topics: Vec<TopicConfig>,
+        conn_id: u64,
+    ) -> RegisterBrokerResponse {
         let group = self
             .groups
             .entry(r.broker_name.clone())
@@ -103,7 +109,7 @@ impl Table {
             for queues in self.topics.values_mut() {
                 queues.remove(&r.broker_name);
             }
-            for t in r.topics {
+            for t in topics {
                 self.topics.entry(t.name).or_default().insert(
                     r.broker_name.clone(),
                     QueueData {
@@ -220,7 +226,10 @@ impl Handler for NameServer {
                     {
                         bad("cluster, broker name and address must not be empty")
                     }
-                    Ok(r) => Reply::ok(&self.table().register(r, conn.id())),
+                    Ok(r) => match RegisteredTopics::decode(&req.body) {
+                        Ok(t) => Reply::ok(&self.table().register(r, t.topics, conn.id())),
+                        Err(e) => bad(e),
+                    },
                     Err(e) => bad(e),
                 },
                 Some(RequestCode::UnregisterBroker) => match req.decode::<UnregisterBroker>() {

@@ -6,7 +6,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use weir_namesrv::NamesrvConfig;
 use weir_protocol::route::{
-    GetAllTopics, GetClusterInfo, GetRoute, RegisterBroker, TopicConfig, UnregisterBroker, perm,
+    GetAllTopics, GetClusterInfo, GetRoute, RegisterBroker, RegisteredTopics, TopicConfig,
+    UnregisterBroker, perm,
 };
 use weir_protocol::{CallError, ConnConfig, Connection, ErrorCode, NoHandler};
 
@@ -33,22 +34,24 @@ async fn connect(ns: &weir_namesrv::RunningNameServer) -> Connection {
     .unwrap()
 }
 
-fn register(name: &str, id: u64, addr: &str, topics: &[(&str, u32)]) -> RegisterBroker {
-    RegisterBroker {
+/// A registration: the header, and the topics as the body.
+fn register(name: &str, id: u64, addr: &str, topics: &[(&str, u32)]) -> (RegisterBroker, Bytes) {
+    let header = RegisterBroker {
         cluster: "DefaultCluster".into(),
         broker_name: name.into(),
         broker_id: id,
         addr: addr.into(),
-        topics: topics
-            .iter()
-            .map(|(t, q)| TopicConfig {
-                name: (*t).into(),
-                read_queues: *q,
-                write_queues: *q,
-                perm: perm::READ_WRITE,
-            })
-            .collect(),
-    }
+    };
+    let topics = topics
+        .iter()
+        .map(|(t, q)| TopicConfig {
+            name: (*t).into(),
+            read_queues: *q,
+            write_queues: *q,
+            perm: perm::READ_WRITE,
+        })
+        .collect();
+    (header, RegisteredTopics { topics }.encode().unwrap())
 }
 
 async fn route(
@@ -90,16 +93,23 @@ async fn routes_clusters_and_topic_lists() {
                 0,
                 "10.0.0.1:10911",
                 &[("orders", 8), ("audit", 2)],
-            ),
-            Bytes::new(),
+            )
+            .0,
+            register(
+                "broker-a",
+                0,
+                "10.0.0.1:10911",
+                &[("orders", 8), ("audit", 2)],
+            )
+            .1,
             T,
         )
         .await
         .unwrap();
     assert_eq!(resp.master_addr.as_deref(), Some("10.0.0.1:10911"));
     b.call(
-        &register("broker-b", 0, "10.0.0.2:10911", &[("orders", 4)]),
-        Bytes::new(),
+        &register("broker-b", 0, "10.0.0.2:10911", &[("orders", 4)]).0,
+        register("broker-b", 0, "10.0.0.2:10911", &[("orders", 4)]).1,
         T,
     )
     .await
@@ -107,8 +117,8 @@ async fn routes_clusters_and_topic_lists() {
     // A slave of broker-a: learns its master, does not change the topic list.
     let (resp, _) = b
         .call(
-            &register("broker-a", 1, "10.0.0.3:10911", &[("ignored", 1)]),
-            Bytes::new(),
+            &register("broker-a", 1, "10.0.0.3:10911", &[("ignored", 1)]).0,
+            register("broker-a", 1, "10.0.0.3:10911", &[("ignored", 1)]).1,
             T,
         )
         .await
@@ -144,8 +154,8 @@ async fn routes_clusters_and_topic_lists() {
 
     // Re-registration replaces the master's topic list.
     a.call(
-        &register("broker-a", 0, "10.0.0.1:10911", &[("orders", 16)]),
-        Bytes::new(),
+        &register("broker-a", 0, "10.0.0.1:10911", &[("orders", 16)]).0,
+        register("broker-a", 0, "10.0.0.1:10911", &[("orders", 16)]).1,
         T,
     )
     .await
@@ -180,16 +190,16 @@ async fn a_silent_broker_expires_and_a_refreshed_one_stays() {
     let alive = connect(&ns).await;
     silent
         .call(
-            &register("quiet", 0, "10.0.0.9:1", &[("t", 1)]),
-            Bytes::new(),
+            &register("quiet", 0, "10.0.0.9:1", &[("t", 1)]).0,
+            register("quiet", 0, "10.0.0.9:1", &[("t", 1)]).1,
             T,
         )
         .await
         .unwrap();
     alive
         .call(
-            &register("chatty", 0, "10.0.0.8:1", &[("t", 1)]),
-            Bytes::new(),
+            &register("chatty", 0, "10.0.0.8:1", &[("t", 1)]).0,
+            register("chatty", 0, "10.0.0.8:1", &[("t", 1)]).1,
             T,
         )
         .await
@@ -199,8 +209,8 @@ async fn a_silent_broker_expires_and_a_refreshed_one_stays() {
     eventually("the silent broker expires", async || {
         alive
             .call(
-                &register("chatty", 0, "10.0.0.8:1", &[("t", 1)]),
-                Bytes::new(),
+                &register("chatty", 0, "10.0.0.8:1", &[("t", 1)]).0,
+                register("chatty", 0, "10.0.0.8:1", &[("t", 1)]).1,
                 T,
             )
             .await
@@ -220,8 +230,8 @@ async fn a_closed_connection_drops_its_brokers_at_once() {
     let broker = connect(&ns).await;
     broker
         .call(
-            &register("gone", 0, "10.0.0.7:1", &[("t", 2)]),
-            Bytes::new(),
+            &register("gone", 0, "10.0.0.7:1", &[("t", 2)]).0,
+            register("gone", 0, "10.0.0.7:1", &[("t", 2)]).1,
             T,
         )
         .await
@@ -239,9 +249,9 @@ async fn a_closed_connection_drops_its_brokers_at_once() {
 async fn bad_requests_get_clear_errors() {
     let ns = namesrv(120_000).await;
     let conn = connect(&ns).await;
-    let mut empty = register("", 0, "", &[]);
+    let (mut empty, body) = register("", 0, "", &[]);
     empty.cluster.clear();
-    match conn.call(&empty, Bytes::new(), T).await {
+    match conn.call(&empty, body, T).await {
         Err(CallError::Remote {
             code: ErrorCode::BadRequest,
             message,
@@ -286,4 +296,22 @@ fn the_binary_reports_a_bad_config_clearly() {
     // The first line names the file; the parser's snippet points at the bad value.
     assert!(err.lines().next().unwrap().contains("bad.toml"), "{err}");
     assert!(err.contains("expected a string"), "{err}");
+}
+
+#[tokio::test]
+async fn a_broker_with_fifty_thousand_topics_registers() {
+    let ns = namesrv(120_000).await;
+    let conn = connect(&ns).await;
+    let names: Vec<String> = (0..50_000)
+        .map(|i| format!("topic-{i:06}-{}", "x".repeat(20)))
+        .collect();
+    let topics: Vec<(&str, u32)> = names.iter().map(|n| (n.as_str(), 8)).collect();
+    let (header, body) = register("big", 0, "10.0.0.5:10911", &topics);
+    assert!(body.len() > 1 << 20, "more than a header may hold");
+    conn.call(&header, body, T).await.unwrap();
+    let client = connect(&ns).await;
+    for name in [&names[0], &names[49_999]] {
+        let r = route(&client, name).await.unwrap();
+        assert_eq!(r.queues[0].write_queues, 8);
+    }
 }

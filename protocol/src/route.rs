@@ -33,7 +33,8 @@ pub struct TopicConfig {
     pub perm: u8,
 }
 
-/// A broker announces itself and every topic it serves; repeated every 30 s.
+/// A broker announces itself and every topic it serves; repeated every 30 s. The topics
+/// travel in the body ([`RegisteredTopics`]): tens of thousands of them do not fit a header.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct RegisterBroker {
     pub cluster: String,
@@ -41,7 +42,21 @@ pub struct RegisterBroker {
     pub broker_id: u64,
     /// Address clients connect to.
     pub addr: String,
+}
+
+/// The body of a [`RegisterBroker`]: every topic the broker serves.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Default)]
+pub struct RegisteredTopics {
     pub topics: Vec<TopicConfig>,
+}
+
+impl RegisteredTopics {
+    pub fn encode(&self) -> Result<bytes::Bytes, crate::ProtocolError> {
+        crate::rpc::encode_body(self, "registered topics")
+    }
+    pub fn decode(body: &[u8]) -> Result<Self, crate::ProtocolError> {
+        crate::rpc::decode_body(body, "registered topics")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

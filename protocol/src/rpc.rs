@@ -35,6 +35,39 @@ pub fn encode_header<T: Encode>(value: &T, what: &'static str) -> Result<Bytes, 
         })
 }
 
+/// Largest body encoded with [`encode_body`]: a frame's limit.
+const MAX_BODY: usize = crate::frame::DEFAULT_MAX_FRAME;
+
+fn body_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_BODY>()
+}
+
+/// Encodes a structured body (a list too large for a header, such as a broker's topics).
+pub fn encode_body<T: Encode>(value: &T, what: &'static str) -> Result<Bytes, ProtocolError> {
+    bincode::encode_to_vec(value, body_config())
+        .map(Bytes::from)
+        .map_err(|e| ProtocolError::Encode {
+            what,
+            detail: e.to_string(),
+        })
+}
+
+/// Decodes a structured body, requiring every byte to be used.
+pub fn decode_body<T: Decode<()>>(bytes: &[u8], what: &'static str) -> Result<T, ProtocolError> {
+    let (value, used) =
+        bincode::decode_from_slice(bytes, body_config()).map_err(|e| ProtocolError::Decode {
+            what,
+            detail: e.to_string(),
+        })?;
+    if used != bytes.len() {
+        return Err(ProtocolError::Decode {
+            what,
+            detail: format!("{} trailing bytes", bytes.len() - used),
+        });
+    }
+    Ok(value)
+}
+
 /// Decodes a header, requiring every byte to be used.
 pub fn decode_header<T: Decode<()>>(bytes: &[u8], what: &'static str) -> Result<T, ProtocolError> {
     let (value, used) =

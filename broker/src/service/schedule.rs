@@ -17,7 +17,8 @@ use weir_protocol::names::{SCHEDULE_TOPIC, property};
 use weir_protocol::record::{self, NO_PREPARED_TX, pos, sys_flag};
 use weir_store::{GetStatus, ReadLimits, StoreError};
 
-use crate::Broker;
+use crate::broker::Broker;
+use crate::error::ConfigError;
 
 /// The consumer group whose offsets on [`SCHEDULE_TOPIC`] are the schedulers' progress.
 pub const SCHEDULE_GROUP: &str = "%SCHEDULE%";
@@ -37,7 +38,11 @@ pub struct DelayLevels(Vec<Duration>);
 impl DelayLevels {
     /// Parses `"1s 5s 10s 30s 1m …"`: whitespace-separated positive integers with a unit
     /// (ms, s, m, h, d).
-    pub fn parse(spec: &str) -> Result<Self, String> {
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        Self::parse_levels(spec).map_err(ConfigError)
+    }
+
+    fn parse_levels(spec: &str) -> Result<Self, String> {
         let mut levels = Vec::new();
         for (i, token) in spec.split_whitespace().enumerate() {
             let level = i + 1;
@@ -116,18 +121,26 @@ impl DelayLevels {
     }
 }
 
+/// A `DELAY` property that is not a delay level.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "property {name}={value:?} is not a delay level (a whole number: 0 for none, N for level N)",
+    name = property::DELAY_LEVEL
+)]
+pub struct BadDelayLevel {
+    pub value: String,
+}
+
 /// The delay level a message asks for with its `DELAY` property: `None` for none (absent
 /// or 0), an error for a value that is not a whole number.
-pub fn requested_level(properties: &[(String, String)]) -> Result<Option<u32>, String> {
+pub fn requested_level(properties: &[(String, String)]) -> Result<Option<u32>, BadDelayLevel> {
     let Some((_, v)) = properties.iter().find(|(k, _)| k == property::DELAY_LEVEL) else {
         return Ok(None);
     };
-    let level: u32 = v.trim().parse().map_err(|_| {
-        format!(
-            "property {}={v:?} is not a delay level (a whole number: 0 for none, N for level N)",
-            property::DELAY_LEVEL
-        )
-    })?;
+    let level: u32 = v
+        .trim()
+        .parse()
+        .map_err(|_| BadDelayLevel { value: v.clone() })?;
     Ok((level > 0).then_some(level))
 }
 
@@ -140,7 +153,7 @@ pub const SCHEDULING_PROPERTIES: [&str; 3] = [
 
 /// Rewrites `msg` to wait on the schedule topic for `level` (clamped) when its `DELAY`
 /// property asks for one. Half messages are left alone (they are not delivered anyway).
-pub fn divert_if_delayed(msg: &mut Message, levels: &DelayLevels) -> Result<(), String> {
+pub fn divert_if_delayed(msg: &mut Message, levels: &DelayLevels) -> Result<(), BadDelayLevel> {
     let Some(level) = requested_level(&msg.properties)? else {
         return Ok(());
     };
@@ -394,7 +407,7 @@ mod tests {
             ("400d", "longer than a year"),
             ("99999999999999999999s", "longer than a year"),
         ] {
-            let e = DelayLevels::parse(bad).unwrap_err();
+            let e = DelayLevels::parse(bad).unwrap_err().to_string();
             assert!(e.contains(text), "{bad:?}: {e}");
         }
         assert!(DelayLevels::parse(&"1s ".repeat(65)).is_err());
@@ -416,6 +429,7 @@ mod tests {
             assert!(
                 requested_level(&p(bad))
                     .unwrap_err()
+                    .to_string()
                     .contains("not a delay level"),
                 "{bad}"
             );

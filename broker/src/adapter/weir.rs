@@ -1,0 +1,202 @@
+//! The adapter for weir's own frames: decodes a frame's header into a typed
+//! [`BrokerRequest`], runs it through [`Broker::dispatch`], and encodes the answer; maps
+//! each [`ProcessError`] kind to its status here and nowhere else.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use weir_protocol::broker::{NotifyConsumerIdsChanged, RecordCount};
+use weir_protocol::net::BoxFuture;
+use weir_protocol::route::GetAllTopics;
+use weir_protocol::{Connection, ErrorCode, Handler, ProtocolError, Reply, Request, RequestCode};
+use weir_store::{StoreError, StoredRecord};
+
+use crate::broker::Broker;
+use crate::clients::{ClientLink, Link};
+use crate::dispatch::{BrokerRequest, BrokerResponse, RequestContext};
+use crate::error::ProcessError;
+
+/// Serves weir frames with a broker.
+pub struct WeirAdapter(pub Arc<Broker>);
+
+impl Handler for WeirAdapter {
+    fn handle<'a>(&'a self, conn: &'a Connection, req: Request) -> BoxFuture<'a, Reply> {
+        Box::pin(async move {
+            let decoded = match decode(&req) {
+                Ok(r) => r,
+                Err(e) => return error_reply(&e),
+            };
+            // Only a heartbeat keeps a way back to the client.
+            let link: Option<Link> = match decoded {
+                BrokerRequest::Heartbeat(_) => Some(Arc::new(WeirLink(conn.clone()))),
+                _ => None,
+            };
+            let ctx = RequestContext {
+                peer: conn.peer(),
+                link,
+            };
+            match self.0.dispatch(&ctx, decoded).await {
+                Ok(answer) => encode(answer),
+                Err(e) => error_reply(&e),
+            }
+        })
+    }
+
+    fn on_close(&self, conn: &Connection) {
+        self.0.connection_closed(conn.id());
+    }
+}
+
+/// A weir connection as the broker's way back to a client.
+struct WeirLink(Connection);
+
+impl ClientLink for WeirLink {
+    fn id(&self) -> u64 {
+        self.0.id()
+    }
+    fn peer(&self) -> SocketAddr {
+        self.0.peer()
+    }
+    fn notify_consumer_ids_changed(&self, group: &str) -> BoxFuture<'static, Result<(), String>> {
+        let conn = self.0.clone();
+        let req = NotifyConsumerIdsChanged {
+            group: group.to_owned(),
+        };
+        Box::pin(async move {
+            conn.oneway(&req, Bytes::new())
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+fn decode(req: &Request) -> Result<BrokerRequest, ProcessError> {
+    use BrokerRequest as R;
+    let bad = |e: ProtocolError| ProcessError::BadRequest(e.to_string());
+    let body = || req.body.clone();
+    let Some(code) = RequestCode::from_u16(req.code) else {
+        return Err(unsupported(req.code));
+    };
+    Ok(match code {
+        RequestCode::SendMessage => R::Send {
+            req: req.decode().map_err(bad)?,
+            body: body(),
+        },
+        RequestCode::SendBatch => R::SendBatch {
+            req: req.decode().map_err(bad)?,
+            body: body(),
+        },
+        RequestCode::ConsumerSendMsgBack => R::SendBack(req.decode().map_err(bad)?),
+        RequestCode::PullMessage => R::Pull(req.decode().map_err(bad)?),
+        RequestCode::Heartbeat => R::Heartbeat(req.decode().map_err(bad)?),
+        RequestCode::UnregisterClient => R::UnregisterClient(req.decode().map_err(bad)?),
+        RequestCode::QueryConsumerOffset => R::QueryConsumerOffset(req.decode().map_err(bad)?),
+        RequestCode::UpdateConsumerOffset => R::UpdateConsumerOffset(req.decode().map_err(bad)?),
+        RequestCode::LockBatchMq => R::LockQueues(req.decode().map_err(bad)?),
+        RequestCode::UnlockBatchMq => R::UnlockQueues(req.decode().map_err(bad)?),
+        RequestCode::GetConsumerConnections => R::ConsumerConnections(req.decode().map_err(bad)?),
+        RequestCode::GetConsumerList => R::ConsumerList(req.decode().map_err(bad)?),
+        RequestCode::GetConsumeStats => R::ConsumeStats(req.decode().map_err(bad)?),
+        RequestCode::CreateTopic => R::CreateTopic(req.decode().map_err(bad)?),
+        RequestCode::DeleteTopic => R::DeleteTopic(req.decode().map_err(bad)?),
+        RequestCode::GetAllTopics => {
+            req.decode::<GetAllTopics>().map_err(bad)?;
+            R::AllTopics
+        }
+        RequestCode::GetTopicStats => R::TopicStats(req.decode().map_err(bad)?),
+        RequestCode::GetQueueOffsets => R::QueueOffsets(req.decode().map_err(bad)?),
+        RequestCode::SearchOffsetByTimestamp => R::SearchOffset(req.decode().map_err(bad)?),
+        RequestCode::QueryMessage => R::QueryByKey(req.decode().map_err(bad)?),
+        RequestCode::ViewMessageById => R::ViewById(req.decode().map_err(bad)?),
+        RequestCode::UploadFilter => R::UploadFilter {
+            req: req.decode().map_err(bad)?,
+            component: body(),
+        },
+        RequestCode::ListFilters => R::ListFilters(req.decode().map_err(bad)?),
+        RequestCode::RemoveFilter => R::RemoveFilter(req.decode().map_err(bad)?),
+        RequestCode::NotifyConsumerIdsChanged
+        | RequestCode::RegisterBroker
+        | RequestCode::UnregisterBroker
+        | RequestCode::GetRoute
+        | RequestCode::GetClusterInfo => return Err(unsupported(req.code)),
+    })
+}
+
+fn unsupported(code: u16) -> ProcessError {
+    ProcessError::Unsupported(format!("the broker does not serve request code {code}"))
+}
+
+/// Stored records one after another, as weir's pull and lookup answers carry them.
+fn concat(records: &[StoredRecord]) -> Bytes {
+    let len = records.iter().map(StoredRecord::len).sum();
+    let mut out = BytesMut::with_capacity(len);
+    for r in records {
+        out.extend_from_slice(r.bytes());
+    }
+    out.freeze()
+}
+
+fn encode(answer: BrokerResponse) -> Reply {
+    use BrokerResponse as A;
+    match answer {
+        A::Sent(r) => Reply::ok(&r),
+        A::SentBatch(r) => Reply::ok(&r),
+        A::SentBack(r) => Reply::ok(&r),
+        A::Pulled(p) => Reply::ok_with_body(&p.result, concat(&p.records)),
+        A::Done => Reply::ok(&()),
+        A::ConsumerOffset(r) => Reply::ok(&r),
+        A::LockedQueues(r) => Reply::ok(&r),
+        A::ConsumerConnections(r) => Reply::ok(&r),
+        A::ConsumerList(r) => Reply::ok(&r),
+        A::ConsumeStats(r) => Reply::ok(&r),
+        A::TopicList(r) => Reply::ok(&r),
+        A::TopicStats(r) => Reply::ok(&r),
+        A::QueueOffsets(r) => Reply::ok(&r),
+        A::Offset(r) => Reply::ok(&r),
+        A::Records(recs) => Reply::ok_with_body(
+            &RecordCount {
+                count: recs.len() as u32,
+            },
+            concat(&recs),
+        ),
+        A::FilterUploaded(r) => Reply::ok(&r),
+        A::FilterList(r) => Reply::ok(&r),
+        A::FilterRemoved(r) => Reply::ok(&r),
+    }
+}
+
+fn error_reply(e: &ProcessError) -> Reply {
+    Reply::error(status_of(e), e.to_string())
+}
+
+/// The weir status of each kind of refusal: the one place they are chosen.
+pub fn status_of(e: &ProcessError) -> ErrorCode {
+    use ProcessError as P;
+    match e {
+        P::BadRequest(_) => ErrorCode::BadRequest,
+        P::InvalidParameter(_) | P::InvalidName(_) => ErrorCode::InvalidParameter,
+        P::TopicNotFound(_) => ErrorCode::TopicNotExist,
+        P::NoPermission(_) => ErrorCode::NoPermission,
+        P::MessageIllegal(_) => ErrorCode::MessageIllegal,
+        P::BadSubscription(_) => ErrorCode::SubscriptionParseFailed,
+        P::NotFound(_) => ErrorCode::QueryNotFound,
+        P::FilterRejected(_) => ErrorCode::FilterRejected,
+        P::FilterFailed(_) => ErrorCode::FilterFailed,
+        P::FilterNotFound(_) => ErrorCode::FilterNotFound,
+        P::Busy(_) => ErrorCode::SystemBusy,
+        P::Unsupported(_) => ErrorCode::RequestCodeNotSupported,
+        P::Topics(_) | P::Internal(_) => ErrorCode::SystemError,
+        P::Store(s) => match s {
+            StoreError::InvalidMessage(_) | StoreError::MessageTooLarge { .. } => {
+                ErrorCode::MessageIllegal
+            }
+            StoreError::ShutDown => ErrorCode::ServiceNotAvailable,
+            StoreError::DiskFull { .. } => ErrorCode::DiskFull,
+            StoreError::WritesStopped { .. } | StoreError::FlushFailed(_) => {
+                ErrorCode::WritesStopped
+            }
+            _ => ErrorCode::SystemError,
+        },
+    }
+}

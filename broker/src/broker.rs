@@ -1,0 +1,149 @@
+//! The broker's shared state, which every processor and service works on: the store, the
+//! topic table, known clients, held pulls, filters, delay levels, queue leases.
+//!
+//! Nothing here knows a wire protocol: requests arrive typed (see `dispatch`) and clients
+//! are reached through [`ClientLink`](crate::clients::ClientLink).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tracing::info;
+use weir_protocol::route::{RegisterBroker, RegisteredTopics, TopicConfig, perm};
+use weir_store::MessageStore;
+
+use crate::clients::ClientRegistry;
+use crate::config::BrokerConfig;
+use crate::dispatch::FamilyLimits;
+use crate::error::{ProcessError, Processed};
+use crate::filter::FilterRegistry;
+use crate::holds::PullHolds;
+use crate::locks::QueueLocks;
+use crate::service::schedule::DelayLevels;
+use crate::topics::{SYSTEM_PREFIX, TopicError, TopicManager, validate_topic_name};
+
+pub struct Broker {
+    pub(crate) config: BrokerConfig,
+    /// The address clients are told to use.
+    pub(crate) addr: String,
+    pub(crate) store: Arc<MessageStore>,
+    pub(crate) topics: TopicManager,
+    pub(crate) clients: ClientRegistry,
+    pub(crate) holds: Arc<PullHolds>,
+    /// Bumped when topics change, so registration runs at once.
+    pub(crate) topics_changed: watch::Sender<u64>,
+    pub(crate) filters: Arc<FilterRegistry>,
+    pub(crate) levels: DelayLevels,
+    pub(crate) locks: QueueLocks,
+    pub(crate) limits: FamilyLimits,
+}
+
+impl Broker {
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn store(&self) -> &MessageStore {
+        &self.store
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Pulls being held (long polling) right now.
+    pub fn held_pulls(&self) -> usize {
+        self.holds.held()
+    }
+
+    /// What the broker tells name servers about itself: the header, and its topics as the
+    /// body.
+    pub(crate) fn registration(&self) -> (RegisterBroker, Bytes) {
+        let mut topics = self.topics.all();
+        // While the store refuses writes (disk full, failed sync), producers are routed
+        // elsewhere; consumers keep reading here.
+        if self.store.write_refusal().is_some() {
+            topics.iter_mut().for_each(|t| t.perm &= !perm::WRITE);
+        }
+        let header = RegisterBroker {
+            cluster: self.config.cluster.clone(),
+            broker_name: self.config.broker_name.clone(),
+            broker_id: self.config.broker_id,
+            addr: self.addr.clone(),
+        };
+        // A topic list that cannot be encoded (over a frame's 16 MiB: max_topics keeps it
+        // well below) registers the broker with no topics rather than not at all.
+        let body = RegisteredTopics { topics }.encode().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the topic list does not fit a registration");
+            Bytes::new()
+        });
+        (header, body)
+    }
+
+    pub(crate) fn topics_updated(&self) {
+        self.topics_changed.send_modify(|v| *v += 1);
+    }
+
+    /// The topic for a send: created on first use when allowed.
+    pub(crate) fn topic_for_send(&self, name: &str) -> Processed<TopicConfig> {
+        validate_topic_name(name)?;
+        if let Some(t) = self.topics.get(name) {
+            return Ok(t);
+        }
+        if !self.config.auto_create_topic {
+            return Err(ProcessError::TopicNotFound(format!(
+                "topic {name:?} does not exist and auto-create is off; create it first (weir topic create {name})"
+            )));
+        }
+        if name.starts_with(SYSTEM_PREFIX) {
+            return Err(ProcessError::NoPermission(format!(
+                "topic {name:?} is a system topic; it is not created by sending"
+            )));
+        }
+        self.check_topic_room()?;
+        let t = self
+            .topics
+            .get_or_create(name, self.config.default_topic_queues)?;
+        info!(topic = name, queues = t.write_queues, "topic auto-created");
+        self.topics_updated();
+        Ok(t)
+    }
+
+    /// A topic that must exist.
+    pub(crate) fn existing_topic(&self, name: &str) -> Processed<TopicConfig> {
+        self.topics.get(name).ok_or_else(|| {
+            ProcessError::TopicNotFound(format!(
+                "topic {name:?} does not exist on broker {}",
+                self.config.broker_name
+            ))
+        })
+    }
+
+    /// Refuses a new topic once the broker holds `max_topics`.
+    pub(crate) fn check_topic_room(&self) -> Processed<()> {
+        let max = self.config.limits.max_topics;
+        if self.topics.count() >= max {
+            return Err(ProcessError::Busy(TopicError::TooMany { max }.to_string()));
+        }
+        Ok(())
+    }
+
+    /// A system topic of one read/write queue (retry, dead-letter), created if absent;
+    /// routed at once when created.
+    pub(crate) fn system_topic(&self, name: &str) -> Processed<TopicConfig> {
+        if self.topics.get(name).is_none() {
+            self.check_topic_room()?;
+        }
+        let (t, created) = self.topics.create_if_absent(TopicConfig {
+            name: name.to_owned(),
+            read_queues: 1,
+            write_queues: 1,
+            perm: perm::READ_WRITE,
+        })?;
+        if created {
+            info!(topic = name, "system topic created");
+            self.topics_updated();
+        }
+        Ok(t)
+    }
+}

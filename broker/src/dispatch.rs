@@ -1,0 +1,265 @@
+//! The one place a typed request meets its processor: every protocol adapter decodes into
+//! a [`BrokerRequest`], and [`Broker::dispatch`] runs it, under its family's bound on
+//! requests in flight (where metrics and access checks hook in too), and answers a
+//! [`BrokerResponse`] or a [`ProcessError`].
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, TryAcquireError};
+use weir_protocol::broker::{
+    ConsumeStats, ConsumerConnections, ConsumerList, ConsumerOffset, ConsumerSendMsgBack,
+    CreateTopic, DeleteTopic, GetConsumeStats, GetConsumerConnections, GetConsumerList,
+    GetQueueOffsets, GetTopicStats, Heartbeat, LockBatchMq, LockedQueues, OffsetAnswer,
+    PullMessage, QueryConsumerOffset, QueryMessageByKey, QueueOffsets, SearchOffsetByTimestamp,
+    SendBatch, SendBatchResult, SendMessage, SendResult, SentBack, TopicStats, UnlockBatchMq,
+    UnregisterClient, UpdateConsumerOffset, ViewMessageById,
+};
+use weir_protocol::filter::{
+    FilterList, FilterRemoved, FilterUploaded, ListFilters, RemoveFilter, UploadFilter,
+};
+use weir_protocol::route::TopicList;
+use weir_store::StoredRecord;
+
+use crate::broker::Broker;
+use crate::clients::Link;
+use crate::config::LimitsConfig;
+use crate::error::{ProcessError, Processed};
+use crate::processor::Pulled;
+
+/// A request, decoded from whatever protocol carried it.
+#[derive(Debug)]
+pub enum BrokerRequest {
+    Send { req: SendMessage, body: Bytes },
+    SendBatch { req: SendBatch, body: Bytes },
+    SendBack(ConsumerSendMsgBack),
+    Pull(PullMessage),
+    Heartbeat(Heartbeat),
+    UnregisterClient(UnregisterClient),
+    QueryConsumerOffset(QueryConsumerOffset),
+    UpdateConsumerOffset(UpdateConsumerOffset),
+    LockQueues(LockBatchMq),
+    UnlockQueues(UnlockBatchMq),
+    ConsumerConnections(GetConsumerConnections),
+    ConsumerList(GetConsumerList),
+    ConsumeStats(GetConsumeStats),
+    CreateTopic(CreateTopic),
+    DeleteTopic(DeleteTopic),
+    AllTopics,
+    TopicStats(GetTopicStats),
+    QueueOffsets(GetQueueOffsets),
+    SearchOffset(SearchOffsetByTimestamp),
+    QueryByKey(QueryMessageByKey),
+    ViewById(ViewMessageById),
+    UploadFilter { req: UploadFilter, component: Bytes },
+    ListFilters(ListFilters),
+    RemoveFilter(RemoveFilter),
+}
+
+/// What a request's processor answered.
+#[derive(Debug)]
+pub enum BrokerResponse {
+    Sent(SendResult),
+    SentBatch(SendBatchResult),
+    SentBack(SentBack),
+    Pulled(Pulled),
+    /// Done; nothing to say.
+    Done,
+    ConsumerOffset(ConsumerOffset),
+    LockedQueues(LockedQueues),
+    ConsumerConnections(ConsumerConnections),
+    ConsumerList(ConsumerList),
+    ConsumeStats(ConsumeStats),
+    TopicList(TopicList),
+    TopicStats(TopicStats),
+    QueueOffsets(QueueOffsets),
+    Offset(OffsetAnswer),
+    /// Messages found by a lookup, as stored.
+    Records(Vec<StoredRecord>),
+    FilterUploaded(FilterUploaded),
+    FilterList(FilterList),
+    FilterRemoved(FilterRemoved),
+}
+
+/// Families of requests, each with its own bound on requests in flight, so one family
+/// flooding the broker does not starve the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Send,
+    Pull,
+    Consumer,
+    Admin,
+    Filter,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Send => "send",
+            Family::Pull => "pull",
+            Family::Consumer => "consumer",
+            Family::Admin => "admin",
+            Family::Filter => "filter",
+        }
+    }
+}
+
+impl BrokerRequest {
+    pub fn family(&self) -> Family {
+        use BrokerRequest as R;
+        match self {
+            R::Send { .. } | R::SendBatch { .. } | R::SendBack(_) => Family::Send,
+            R::Pull(_) => Family::Pull,
+            R::Heartbeat(_)
+            | R::UnregisterClient(_)
+            | R::QueryConsumerOffset(_)
+            | R::UpdateConsumerOffset(_)
+            | R::LockQueues(_)
+            | R::UnlockQueues(_)
+            | R::ConsumerConnections(_)
+            | R::ConsumerList(_)
+            | R::ConsumeStats(_) => Family::Consumer,
+            R::CreateTopic(_)
+            | R::DeleteTopic(_)
+            | R::AllTopics
+            | R::TopicStats(_)
+            | R::QueueOffsets(_)
+            | R::SearchOffset(_)
+            | R::QueryByKey(_)
+            | R::ViewById(_) => Family::Admin,
+            R::UploadFilter { .. } | R::ListFilters(_) | R::RemoveFilter(_) => Family::Filter,
+        }
+    }
+}
+
+/// Who sent a request.
+#[derive(Clone)]
+pub struct RequestContext {
+    pub peer: SocketAddr,
+    /// How to reach the client again (membership notices); given with heartbeats.
+    pub link: Option<Link>,
+}
+
+/// Requests in flight per family.
+pub struct FamilyLimits {
+    send: Semaphore,
+    pull: Semaphore,
+    consumer: Semaphore,
+    admin: Semaphore,
+    filter: Semaphore,
+    caps: [usize; 5],
+}
+
+impl FamilyLimits {
+    pub fn new(c: &LimitsConfig) -> Self {
+        Self {
+            send: Semaphore::new(c.inflight_send),
+            pull: Semaphore::new(c.inflight_pull),
+            consumer: Semaphore::new(c.inflight_consumer),
+            admin: Semaphore::new(c.inflight_admin),
+            filter: Semaphore::new(c.inflight_filter),
+            caps: [
+                c.inflight_send,
+                c.inflight_pull,
+                c.inflight_consumer,
+                c.inflight_admin,
+                c.inflight_filter,
+            ],
+        }
+    }
+
+    fn of(&self, family: Family) -> (&Semaphore, usize) {
+        match family {
+            Family::Send => (&self.send, self.caps[0]),
+            Family::Pull => (&self.pull, self.caps[1]),
+            Family::Consumer => (&self.consumer, self.caps[2]),
+            Family::Admin => (&self.admin, self.caps[3]),
+            Family::Filter => (&self.filter, self.caps[4]),
+        }
+    }
+
+    /// Requests of `family` in flight now.
+    pub fn in_flight(&self, family: Family) -> usize {
+        let (sem, cap) = self.of(family);
+        cap.saturating_sub(sem.available_permits())
+    }
+}
+
+impl Broker {
+    /// Runs `req` with its processor, within its family's bound on requests in flight.
+    pub async fn dispatch(
+        &self,
+        ctx: &RequestContext,
+        req: BrokerRequest,
+    ) -> Processed<BrokerResponse> {
+        let family = req.family();
+        let (sem, cap) = self.limits.of(family);
+        let _permit = match sem.try_acquire() {
+            Ok(p) => p,
+            Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => {
+                return Err(ProcessError::Busy(format!(
+                    "{cap} {} requests are in flight already (limits.inflight_{}); retry shortly",
+                    family.name(),
+                    family.name()
+                )));
+            }
+        };
+        self.process(ctx, req).await
+    }
+
+    async fn process(&self, ctx: &RequestContext, req: BrokerRequest) -> Processed<BrokerResponse> {
+        use BrokerRequest as R;
+        use BrokerResponse as A;
+        Ok(match req {
+            R::Send { req, body } => A::Sent(self.send(req, body, ctx.peer).await?),
+            R::SendBatch { req, body } => A::SentBatch(self.send_batch(req, body, ctx.peer).await?),
+            R::SendBack(r) => A::SentBack(self.send_back(r).await?),
+            R::Pull(r) => A::Pulled(self.pull(r).await?),
+            R::Heartbeat(hb) => {
+                let link = ctx.link.as_ref().ok_or_else(|| {
+                    ProcessError::Internal(
+                        "a heartbeat came without a way back to its client".into(),
+                    )
+                })?;
+                self.heartbeat(hb, link)?;
+                A::Done
+            }
+            R::UnregisterClient(r) => {
+                self.unregister_client(r);
+                A::Done
+            }
+            R::QueryConsumerOffset(r) => A::ConsumerOffset(self.query_consumer_offset(r)),
+            R::UpdateConsumerOffset(r) => {
+                self.update_consumer_offset(r)?;
+                A::Done
+            }
+            R::LockQueues(r) => A::LockedQueues(self.lock_queues(r)?),
+            R::UnlockQueues(r) => {
+                self.unlock_queues(r);
+                A::Done
+            }
+            R::ConsumerConnections(r) => A::ConsumerConnections(self.consumer_connections(r)),
+            R::ConsumerList(r) => A::ConsumerList(self.consumer_list(r)),
+            R::ConsumeStats(r) => A::ConsumeStats(self.consume_stats(r)),
+            R::CreateTopic(r) => {
+                self.create_topic(r)?;
+                A::Done
+            }
+            R::DeleteTopic(r) => {
+                self.delete_topic(r)?;
+                A::Done
+            }
+            R::AllTopics => A::TopicList(self.all_topics()),
+            R::TopicStats(r) => A::TopicStats(self.topic_stats(r)?),
+            R::QueueOffsets(r) => A::QueueOffsets(self.queue_offsets(r)),
+            R::SearchOffset(r) => A::Offset(self.search_offset(r)),
+            R::QueryByKey(r) => A::Records(self.query_by_key(r)?),
+            R::ViewById(r) => A::Records(vec![self.view_by_id(r)?]),
+            R::UploadFilter { req, component } => {
+                A::FilterUploaded(self.upload_filter(req, component).await?)
+            }
+            R::ListFilters(r) => A::FilterList(self.list_filters(r)),
+            R::RemoveFilter(r) => A::FilterRemoved(self.remove_filter(r).await?),
+        })
+    }
+}

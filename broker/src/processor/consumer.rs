@@ -1,0 +1,185 @@
+//! Consumer management processor: heartbeats and unregistering (group membership and its
+//! change notices), committed offsets, queue leases of orderly consumers, and what the
+//! broker knows of a group (members, progress).
+
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+use weir_protocol::broker::{
+    ConsumeStats, ConsumerConnections, ConsumerList, ConsumerOffset, GetConsumeStats,
+    GetConsumerConnections, GetConsumerList, Heartbeat, LockBatchMq, LockedQueues, MessageModel,
+    QueryConsumerOffset, QueueProgress, UnlockBatchMq, UnregisterClient, UpdateConsumerOffset,
+};
+use weir_protocol::names;
+
+use crate::broker::Broker;
+use crate::clients::{Gone, Link, Notice};
+use crate::error::{ProcessError, Processed};
+use crate::topics::{validate_group_name, validate_topic_name};
+
+/// Longest a membership notice may wait for room on a client's connection.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Broker {
+    /// Records a client's heartbeat from `link`; tells the other members of groups it
+    /// joined or left.
+    pub fn heartbeat(&self, hb: Heartbeat, link: &Link) -> Processed<()> {
+        for d in &hb.consumers {
+            validate_group_name(&d.group)?;
+        }
+        for g in &hb.producer_groups {
+            validate_group_name(g)?;
+        }
+        let limits = self.config.limits.registry();
+        let consumers: Vec<_> = hb
+            .consumers
+            .iter()
+            .filter(|d| d.model == MessageModel::Clustering && !d.subscriptions.is_empty())
+            .map(|d| d.group.clone())
+            .collect();
+        let notices = self
+            .clients
+            .heartbeat(hb, link, &limits)
+            .map_err(|e| ProcessError::Busy(e.to_string()))?;
+        // Consumers in clustering mode retry through the group's retry topic: give it a
+        // route before the first retry (as RocketMQ does). A pull consumer, which names no
+        // subscription, sends nothing back.
+        for group in consumers {
+            let topic = names::retry_topic(&group);
+            let made = validate_topic_name(&topic)
+                .map_err(ProcessError::from)
+                .and_then(|()| self.system_topic(&topic).map(drop));
+            if let Err(e) = made {
+                warn!(group = %group, error = %e, "no retry topic for this consumer group");
+            }
+        }
+        self.notify(notices);
+        Ok(())
+    }
+
+    pub fn unregister_client(&self, req: UnregisterClient) {
+        let gone = self.clients.unregister(&req.client_id);
+        self.forget(gone, "unregistered");
+    }
+
+    /// A client connection closed: its clients are forgotten.
+    pub fn connection_closed(&self, link_id: u64) {
+        let gone = self.clients.connection_closed(link_id);
+        self.forget(gone, "connection closed");
+    }
+
+    /// Tells groups' members, one way and without waiting, that their membership changed.
+    fn notify(&self, notices: Vec<Notice>) {
+        for n in notices {
+            for link in n.members {
+                let group = n.group.clone();
+                tokio::spawn(async move {
+                    let sent = tokio::time::timeout(
+                        NOTIFY_TIMEOUT,
+                        link.notify_consumer_ids_changed(&group),
+                    );
+                    match sent.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            debug!(peer = %link.peer(), group = %group, error = %e, "membership notice not sent")
+                        }
+                        Err(_) => {
+                            debug!(peer = %link.peer(), group = %group, "membership notice timed out")
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// Clients are gone: their queue locks go, and their groups hear of it.
+    pub(crate) fn forget(&self, gone: Gone, why: &str) {
+        for id in &gone.client_ids {
+            info!(client = %id, why, "client forgotten");
+            self.locks.release_client(id);
+        }
+        self.notify(gone.notices);
+    }
+
+    pub fn query_consumer_offset(&self, r: QueryConsumerOffset) -> ConsumerOffset {
+        ConsumerOffset {
+            offset: self
+                .store
+                .consumer_offsets()
+                .query(&r.group, &r.topic, r.queue_id),
+        }
+    }
+
+    /// Commits a group's offset on a queue that exists.
+    pub fn update_consumer_offset(&self, r: UpdateConsumerOffset) -> Processed<()> {
+        validate_group_name(&r.group)?;
+        let t = self.existing_topic(&r.topic)?;
+        if r.queue_id >= t.read_queues {
+            return Err(ProcessError::InvalidParameter(format!(
+                "queue {} does not exist: topic {:?} has {} read queues",
+                r.queue_id, t.name, t.read_queues
+            )));
+        }
+        self.store
+            .consumer_offsets()
+            .commit(&r.group, &r.topic, r.queue_id, r.offset);
+        Ok(())
+    }
+
+    /// Leases the asked queues that exist and are free (or already the client's).
+    pub fn lock_queues(&self, r: LockBatchMq) -> Processed<LockedQueues> {
+        validate_group_name(&r.group)?;
+        if r.client_id.is_empty() {
+            return Err(ProcessError::InvalidParameter("client id is empty".into()));
+        }
+        // Only queues that exist are leased (the table stays as small as the topics make
+        // it).
+        let queues = r
+            .queues
+            .into_iter()
+            .filter(|q| {
+                self.topics
+                    .get(&q.topic)
+                    .is_some_and(|t| q.queue_id < t.read_queues)
+            })
+            .collect();
+        Ok(LockedQueues {
+            queues: self
+                .locks
+                .lock(&r.group, &r.client_id, queues, Instant::now()),
+        })
+    }
+
+    pub fn unlock_queues(&self, r: UnlockBatchMq) {
+        self.locks.unlock(&r.group, &r.client_id, &r.queues);
+    }
+
+    pub fn consumer_connections(&self, r: GetConsumerConnections) -> ConsumerConnections {
+        ConsumerConnections {
+            members: self.clients.members_of(&r.group),
+        }
+    }
+
+    pub fn consumer_list(&self, r: GetConsumerList) -> ConsumerList {
+        ConsumerList {
+            client_ids: self.clients.consumers_of(&r.group),
+        }
+    }
+
+    /// Per queue the group committed on: the broker's end and the group's offset.
+    pub fn consume_stats(&self, r: GetConsumeStats) -> ConsumeStats {
+        let queues = self
+            .store
+            .consumer_offsets()
+            .of_group(&r.group)
+            .into_iter()
+            .map(|(k, offset)| QueueProgress {
+                broker_offset: self.store.max_offset(&k.topic, k.queue_id),
+                topic: k.topic,
+                queue_id: k.queue_id,
+                consumer_offset: offset,
+            })
+            .collect();
+        ConsumeStats { queues }
+    }
+}

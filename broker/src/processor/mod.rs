@@ -1,0 +1,17 @@
+//! Request processors, one module per family, as RocketMQ's `broker/processor/`. Each adds
+//! methods to [`Broker`](crate::broker::Broker) that take a typed request and return a
+//! typed result or a [`ProcessError`](crate::error::ProcessError); none sees a frame.
+//!
+//! - [`send`]: single messages, batches, consumers' send-back;
+//! - [`pull`]: reads with tag and WebAssembly filtering and long polling;
+//! - [`consumer`]: heartbeats, membership, offsets, queue leases;
+//! - [`admin`]: topics, stats, lookups;
+//! - [`filter`]: filter uploads, listing, removal.
+
+pub mod admin;
+pub mod consumer;
+pub mod filter;
+pub mod pull;
+pub mod send;
+
+pub use pull::Pulled;

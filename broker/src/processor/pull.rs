@@ -1,0 +1,272 @@
+//! Pull processor: reads a queue for a consumer group with tag filtering (by hash in the
+//! consume queue, then the tag itself), the group's WebAssembly filter over the candidates
+//! in batches, and long polling when there is nothing new.
+//!
+//! Invariant: the next offset returned never skips a message that was neither delivered
+//! nor judged by the filter; a failing filter leaves the offset where it was.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_protocol::broker::{PullMessage, PullResult, PullStatus};
+use weir_protocol::record::{self, pos};
+use weir_protocol::route::perm;
+use weir_store::{GetStatus, ReadLimits, StoredRecord};
+
+use crate::broker::Broker;
+use crate::error::{ProcessError, Processed};
+use crate::filter::{BatchContext, LoadedFilter};
+use crate::subscription::TagFilter;
+use crate::topics::validate_group_name;
+
+/// Most messages one pull returns.
+const MAX_PULL_MSGS: u32 = 1024;
+/// Most record bytes one pull returns.
+const PULL_MAX_BYTES: usize = 4 << 20;
+/// Longest a pull with a filter keeps reading before it answers with what it has (so a slow
+/// filter's pulls still answer well within the clients' request timeout).
+const FILTERED_PULL_BUDGET: Duration = Duration::from_secs(1);
+/// Longest a pull may be held.
+const MAX_SUSPEND: Duration = Duration::from_secs(60);
+
+/// What a pull found: its status and offsets, and the records, as stored.
+#[derive(Debug)]
+pub struct Pulled {
+    pub result: PullResult,
+    pub records: Vec<StoredRecord>,
+}
+
+impl Broker {
+    /// Serves a pull: tag filtering by hash, the group's filter over the candidates, long
+    /// polling when there is nothing new. Dropping the future (its connection closed)
+    /// releases a held pull at once.
+    pub async fn pull(&self, req: PullMessage) -> Processed<Pulled> {
+        let t = self.existing_topic(&req.topic)?;
+        if t.perm & perm::READ == 0 {
+            return Err(ProcessError::NoPermission(format!(
+                "topic {:?} is not readable",
+                t.name
+            )));
+        }
+        if req.queue_id >= t.read_queues {
+            return Err(ProcessError::InvalidParameter(format!(
+                "queue {} does not exist: topic {:?} has {} read queues",
+                req.queue_id, t.name, t.read_queues
+            )));
+        }
+        let tags = TagFilter::parse(&req.expression)
+            .map_err(|e| ProcessError::BadSubscription(e.to_string()))?;
+        // The consumer's progress counts even when its filter then fails the pull.
+        if let Some(c) = req.commit_offset {
+            validate_group_name(&req.group)?;
+            self.store
+                .consumer_offsets()
+                .commit(&req.group, &req.topic, req.queue_id, c);
+        }
+        let wasm = self.filter_for(&req.group, &req.topic)?;
+        let max = req.max_msgs.clamp(1, MAX_PULL_MSGS) as usize;
+        let fc = self.filters.runtime().config();
+        // With a wasm filter, candidates go to it in batches, and a pull keeps reading
+        // until it has `max` kept messages, reaches the end, or has examined
+        // `max_scan_per_pull` entries: a selective filter answers with an advanced offset
+        // rather than nothing, or rather than walking the whole backlog in one pull.
+        let max_scan = fc.max_scan_per_pull;
+        // Bodies go into the filter's memory: keep a batch well inside its cap.
+        let round_bytes = match &wasm {
+            Some(f) if f.needs_body() => PULL_MAX_BYTES.min(fc.memory_limit / 4),
+            _ => PULL_MAX_BYTES,
+        };
+        let budget_end = tokio::time::Instant::now() + FILTERED_PULL_BUDGET;
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(req.suspend_ms).min(MAX_SUSPEND);
+        let notify = (req.suspend_ms > 0).then(|| self.holds.notify_of(&req.topic, req.queue_id));
+        let _held = notify.as_ref().map(|_| self.holds.enter());
+        let mut cursor = req.offset;
+        let mut out: Vec<StoredRecord> = Vec::new();
+        let mut out_bytes = 0usize;
+        let answer = |status, next_offset, (min_offset, max_offset), out: Vec<StoredRecord>| {
+            Ok(Pulled {
+                result: PullResult {
+                    status,
+                    next_offset,
+                    min_offset,
+                    max_offset,
+                },
+                records: out,
+            })
+        };
+        loop {
+            // Register for the wake-up before looking, so an append in between is not missed.
+            let notified = notify.as_ref().map(|n| {
+                let mut f = Box::pin(Arc::clone(n).notified_owned());
+                f.as_mut().enable();
+                f
+            });
+            // Without a filter, what was asked for; with one, enough candidates for what is
+            // missing at the filter's keep rate so far (few calls, little judged twice).
+            let round = match &wasm {
+                None => max,
+                Some(f) => f.candidates_for(max - out.len()).min(fc.batch_size),
+            };
+            let limits = ReadLimits {
+                max_count: round,
+                max_bytes: round_bytes.saturating_sub(out_bytes).max(1),
+                max_scan: max_scan
+                    .saturating_sub((cursor - req.offset) as usize)
+                    .max(1),
+            };
+            let r = self
+                .store
+                .get_messages(&req.topic, req.queue_id, cursor, limits, |h| {
+                    tags.matches_hash(h)
+                });
+            let bounds = (r.min_offset, r.max_offset);
+            match r.status {
+                GetStatus::NoNewMessage | GetStatus::OffsetMoved if !out.is_empty() => {
+                    return answer(PullStatus::Found, cursor, bounds, out);
+                }
+                GetStatus::NoNewMessage => {
+                    if let Some(notified) = notified
+                        && tokio::time::Instant::now() < deadline
+                    {
+                        tokio::select! {
+                            _ = notified => {}
+                            _ = tokio::time::sleep_until(deadline) => {}
+                        }
+                        continue;
+                    }
+                    // Entries passed over (filtered out) still move the consumer on.
+                    let status = if cursor == req.offset {
+                        PullStatus::NoNewMessage
+                    } else {
+                        PullStatus::NoMatch
+                    };
+                    return answer(status, cursor, bounds, out);
+                }
+                GetStatus::OffsetMoved if cursor == req.offset => {
+                    return answer(PullStatus::OffsetMoved, r.next_offset, bounds, out);
+                }
+                GetStatus::OffsetMoved => return answer(PullStatus::NoMatch, cursor, bounds, out),
+                GetStatus::Found | GetStatus::NoMatch => {}
+            }
+            // The store compared tag hashes; confirm the tag itself (hashes collide).
+            let candidates: Vec<StoredRecord> = r
+                .messages
+                .into_iter()
+                .filter(|rec| match (&tags, rec.view()) {
+                    (TagFilter::All, _) | (_, Err(_)) => true,
+                    (_, Ok(v)) => tags.matches_tag(v.tags()),
+                })
+                .collect();
+            let kept = match &wasm {
+                None => candidates,
+                Some(f) => match self.run_filter(f, &req, cursor, candidates).await {
+                    Ok(kept) => kept,
+                    // Earlier rounds' progress stands; the next pull meets the failure.
+                    Err(_) if cursor != req.offset => {
+                        let status = if out.is_empty() {
+                            PullStatus::NoMatch
+                        } else {
+                            PullStatus::Found
+                        };
+                        return answer(status, cursor, bounds, out);
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            let round_end = r.next_offset;
+            cursor = round_end;
+            let room = max - out.len();
+            if kept.len() > room {
+                // The filter kept more than asked for: resume right after the last message
+                // returned, read from its header; if that is not a sane offset (damage),
+                // return them all rather than skip any.
+                let resume = kept[room - 1]
+                    .bytes()
+                    .get(..pos::QUEUE_OFFSET + 8)
+                    .map(|b| record::u64_at(b, pos::QUEUE_OFFSET) + 1)
+                    .filter(|o| (req.offset + 1..round_end).contains(o));
+                let take = if let Some(o) = resume {
+                    cursor = o;
+                    room
+                } else {
+                    kept.len()
+                };
+                out.extend(kept.into_iter().take(take));
+                return answer(PullStatus::Found, cursor, bounds, out);
+            }
+            out_bytes += kept.iter().map(StoredRecord::len).sum::<usize>();
+            out.extend(kept);
+            let scanned = (cursor - req.offset) as usize;
+            if wasm.is_none()
+                || out.len() == max
+                || out_bytes >= round_bytes
+                || scanned >= max_scan
+                || tokio::time::Instant::now() >= budget_end
+            {
+                let status = if out.is_empty() {
+                    PullStatus::NoMatch
+                } else {
+                    PullStatus::Found
+                };
+                return answer(status, cursor, bounds, out);
+            }
+        }
+    }
+
+    /// The group's wasm filter for the topic, if one is registered and usable.
+    fn filter_for(&self, group: &str, topic: &str) -> Processed<Option<Arc<LoadedFilter>>> {
+        if self.filters.is_empty() {
+            return Ok(None);
+        }
+        match self.filters.lookup(group, topic) {
+            None => Ok(None),
+            Some(Ok(f)) => match f.marked_failed() {
+                None => Ok(Some(f)),
+                Some(cause) => Err(ProcessError::FilterFailed(format!(
+                    "the {} is marked failed ({cause}); upload a new version or remove it",
+                    f.label()
+                ))),
+            },
+            Some(Err(cause)) => Err(ProcessError::FilterFailed(format!(
+                "the filter of group {group:?} on topic {topic:?}: {cause}"
+            ))),
+        }
+    }
+
+    /// Runs the group's filter over a batch of candidates; returns the kept ones, in order.
+    async fn run_filter(
+        &self,
+        filter: &Arc<LoadedFilter>,
+        req: &PullMessage,
+        at: u64,
+        candidates: Vec<StoredRecord>,
+    ) -> Processed<Vec<StoredRecord>> {
+        if candidates.is_empty() {
+            return Ok(candidates);
+        }
+        let ctx = BatchContext {
+            topic: req.topic.clone(),
+            queue_id: req.queue_id,
+            consumer_group: req.group.clone(),
+        };
+        let (records, verdicts) = self
+            .filters
+            .runtime()
+            .run(filter, ctx, candidates)
+            .await
+            .map_err(|f| {
+                ProcessError::FilterFailed(format!(
+                    "the {} failed on queue {} of {:?} at offset {at}: {f}; the offset did not move",
+                    filter.label(),
+                    req.queue_id,
+                    req.topic
+                ))
+            })?;
+        Ok(records
+            .into_iter()
+            .zip(verdicts)
+            .filter_map(|(r, keep)| keep.then_some(r))
+            .collect())
+    }
+}

@@ -1,0 +1,239 @@
+//! Send processor: single messages, batches, and consumers' send-back of messages they
+//! could not process (to the group's retry topic, or its dead-letter topic).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tracing::debug;
+use weir_protocol::Message;
+use weir_protocol::broker::{
+    ConsumerSendMsgBack, SendBatch, SendBatchResult, SendMessage, SendResult, SendStatus, SentBack,
+};
+use weir_protocol::names::{self, SCHEDULE_TOPIC, property};
+use weir_protocol::record::{NO_PREPARED_TX, sys_flag};
+use weir_protocol::route::{TopicConfig, perm};
+use weir_store::FlushStatus;
+
+use crate::broker::Broker;
+use crate::error::{ProcessError, Processed};
+use crate::service::schedule;
+use crate::topics::{SYSTEM_PREFIX, validate_group_name, validate_topic_name};
+
+impl Broker {
+    fn check_send_queue(t: &TopicConfig, queue_id: u32) -> Processed<()> {
+        if t.perm & perm::WRITE == 0 {
+            return Err(ProcessError::NoPermission(format!(
+                "topic {:?} is not writable",
+                t.name
+            )));
+        }
+        if queue_id >= t.write_queues {
+            return Err(ProcessError::InvalidParameter(format!(
+                "queue {queue_id} does not exist: topic {:?} has {} write queues",
+                t.name, t.write_queues
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_body(&self, len: usize) -> Processed<()> {
+        if len > self.config.max_message_size {
+            return Err(ProcessError::MessageIllegal(format!(
+                "message body of {len} bytes exceeds the maximum of {} bytes",
+                self.config.max_message_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stores `msgs`; in sync flush mode waits for them to be on disk, at most
+    /// `sync_flush_timeout_ms`, past which they are reported `FlushDiskTimeout` (stored, and
+    /// synced later: the producer may retry and so duplicate).
+    pub(crate) async fn store_messages(&self, msgs: &[Message]) -> Processed<Vec<SendResult>> {
+        let mut appended = self.store.append(msgs)?;
+        let mut flush = FlushStatus::Pending;
+        if appended.needs_wait() {
+            let limit = Duration::from_millis(self.store.config().sync_flush_timeout_ms);
+            flush = match tokio::time::timeout(limit, appended.wait_durable()).await {
+                Ok(Ok(())) => FlushStatus::Durable,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => FlushStatus::TimedOut,
+            };
+        }
+        Ok(appended
+            .into_results(flush)
+            .into_iter()
+            .map(|r| SendResult {
+                status: match r.flush {
+                    FlushStatus::TimedOut => SendStatus::FlushDiskTimeout,
+                    FlushStatus::Durable | FlushStatus::Pending => SendStatus::Ok,
+                },
+                msg_id: r.msg_id.to_string(),
+                queue_id: 0,
+                queue_offset: r.queue_offset,
+            })
+            .collect())
+    }
+
+    /// Stores one message sent by a producer at `peer`.
+    pub async fn send(
+        &self,
+        req: SendMessage,
+        body: Bytes,
+        peer: SocketAddr,
+    ) -> Processed<SendResult> {
+        self.check_body(body.len())?;
+        let t = self.topic_for_send(&req.topic)?;
+        Self::check_send_queue(&t, req.queue_id)?;
+        let mut msg = Message {
+            topic: req.topic,
+            queue_id: req.queue_id,
+            flag: req.flag,
+            sys_flag: req.sys_flag,
+            born_timestamp: req.born_timestamp,
+            born_host: peer,
+            tags: req.tags,
+            keys: req.keys,
+            properties: req.properties,
+            body: body.to_vec(),
+            reconsume_times: req.reconsume_times,
+            prepared_tx_offset: NO_PREPARED_TX,
+        };
+        schedule::divert_if_delayed(&mut msg, &self.levels)
+            .map_err(|e| ProcessError::MessageIllegal(e.to_string()))?;
+        let mut r = self.store_messages(std::slice::from_ref(&msg)).await?;
+        let mut result = r
+            .pop()
+            .ok_or_else(|| ProcessError::Internal("the store returned no result".into()))?;
+        result.queue_id = req.queue_id;
+        Ok(result)
+    }
+
+    /// Stores a batch for one queue; the bodies are `body`, concatenated in order.
+    pub async fn send_batch(
+        &self,
+        req: SendBatch,
+        body: Bytes,
+        peer: SocketAddr,
+    ) -> Processed<SendBatchResult> {
+        let total = req
+            .messages
+            .iter()
+            .map(|m| u64::from(m.body_len))
+            .fold(0u64, u64::saturating_add);
+        if total != body.len() as u64 {
+            return Err(ProcessError::BadRequest(format!(
+                "batch declares {total} body bytes but carries {}",
+                body.len()
+            )));
+        }
+        if req.messages.is_empty() {
+            return Err(ProcessError::BadRequest("empty batch".into()));
+        }
+        let t = self.topic_for_send(&req.topic)?;
+        Self::check_send_queue(&t, req.queue_id)?;
+        let mut msgs = Vec::with_capacity(req.messages.len());
+        let mut at = 0usize;
+        for m in req.messages {
+            let len = m.body_len as usize;
+            self.check_body(len)?;
+            // `total` equals the body's length, so every slice is in bounds.
+            let bytes = body
+                .get(at..at + len)
+                .ok_or_else(|| ProcessError::BadRequest("batch bodies overrun the frame".into()))?;
+            let mut msg = Message {
+                topic: req.topic.clone(),
+                queue_id: req.queue_id,
+                flag: m.flag,
+                sys_flag: 0,
+                born_timestamp: m.born_timestamp,
+                born_host: peer,
+                tags: m.tags,
+                keys: m.keys,
+                properties: m.properties,
+                body: bytes.to_vec(),
+                reconsume_times: 0,
+                prepared_tx_offset: NO_PREPARED_TX,
+            };
+            schedule::divert_if_delayed(&mut msg, &self.levels)
+                .map_err(|e| ProcessError::MessageIllegal(e.to_string()))?;
+            msgs.push(msg);
+            at += len;
+        }
+        let mut results = self.store_messages(&msgs).await?;
+        results.iter_mut().for_each(|r| r.queue_id = req.queue_id);
+        Ok(SendBatchResult { results })
+    }
+
+    /// Stores a copy of a message a consumer could not process on the group's retry
+    /// topic (after a delay) or, past its retries or when asked, its dead-letter topic.
+    pub async fn send_back(&self, req: ConsumerSendMsgBack) -> Processed<SentBack> {
+        validate_group_name(&req.group)?;
+        let rec = self
+            .store
+            .get_by_offset(req.commit_log_offset)
+            .map_err(|e| ProcessError::NotFound(format!("cannot send back: {e}")))?;
+        let view = rec
+            .view()
+            .map_err(|e| ProcessError::Internal(format!("cannot send back: {e}")))?;
+        if view.topic() == SCHEDULE_TOPIC {
+            return Err(ProcessError::InvalidParameter(format!(
+                "commit log offset {} holds a message waiting for its delay, not one delivered to a consumer",
+                req.commit_log_offset
+            )));
+        }
+        let mut msg = view.to_message();
+        // A retry of a retry keeps naming the topic the message was first sent to.
+        let origin_topic = match msg.property(property::RETRY_TOPIC) {
+            Some(t) if msg.topic.starts_with(SYSTEM_PREFIX) => t.to_owned(),
+            _ => msg.topic.clone(),
+        };
+        let origin_id = msg
+            .property(property::ORIGIN_MESSAGE_ID)
+            .map_or_else(|| view.message_id().to_string(), str::to_owned);
+        msg.remove_properties(&schedule::SCHEDULING_PROPERTIES);
+        msg.remove_properties(&[property::RETRY_TOPIC, property::ORIGIN_MESSAGE_ID]);
+        msg.properties
+            .push((property::RETRY_TOPIC.into(), origin_topic));
+        msg.properties
+            .push((property::ORIGIN_MESSAGE_ID.into(), origin_id));
+        let delivered = view.reconsume_times();
+        msg.reconsume_times = delivered.saturating_add(1);
+        msg.sys_flag &= !sys_flag::TX_MASK;
+        msg.prepared_tx_offset = NO_PREPARED_TX;
+        let dead = req.delay_level < 0 || msg.reconsume_times > req.max_reconsume_times;
+        let (topic, what) = if dead {
+            (names::dlq_topic(&req.group), "dead-letter")
+        } else {
+            (names::retry_topic(&req.group), "retry")
+        };
+        validate_topic_name(&topic).map_err(|e| {
+            ProcessError::InvalidParameter(format!(
+                "group {:?} cannot have a {what} topic: {e}",
+                req.group
+            ))
+        })?;
+        self.system_topic(&topic)?;
+        msg.topic = topic.clone();
+        msg.queue_id = 0;
+        if !dead {
+            let level = match req.delay_level {
+                0 => delivered.saturating_add(3),
+                n => n.unsigned_abs(),
+            };
+            schedule::divert(&mut msg, self.levels.clamp(level));
+        }
+        let r = self
+            .store_messages(std::slice::from_ref(&msg))
+            .await?
+            .pop()
+            .ok_or_else(|| ProcessError::Internal("the store returned no result".into()))?;
+        debug!(group = %req.group, topic = %topic, reconsume_times = msg.reconsume_times, "message sent back");
+        Ok(SentBack {
+            topic,
+            msg_id: r.msg_id,
+            reconsume_times: msg.reconsume_times,
+        })
+    }
+}

@@ -1,0 +1,37 @@
+//! The broker's background work, one service each, all stopped by one signal:
+//!
+//! - [`schedule`]: delayed messages (delay levels), one task per level;
+//! - [`registration`]: keeping the broker registered with every name server;
+//! - [`client_expiry`]: forgetting clients that stopped heartbeating;
+//! - [`writability`]: routes turn read-only while the store refuses writes.
+//!
+//! The store's own services (flush, checkpoint and consumer offsets, retention) run
+//! inside `weir-store`.
+
+pub mod client_expiry;
+pub mod registration;
+pub mod schedule;
+pub mod writability;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::broker::Broker;
+
+/// Starts every service; returns once the broker has tried once to register with each
+/// name server (started means routable).
+pub async fn start_all(broker: &Arc<Broker>, stop: &watch::Sender<bool>) -> Vec<JoinHandle<()>> {
+    let mut tasks = schedule::start(broker, stop);
+    tasks.extend(registration::start(broker, stop).await);
+    tasks.push(tokio::spawn(client_expiry::run(
+        Arc::clone(broker),
+        stop.subscribe(),
+    )));
+    tasks.push(tokio::spawn(writability::run(
+        Arc::clone(broker),
+        stop.subscribe(),
+    )));
+    tasks
+}

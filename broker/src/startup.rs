@@ -1,0 +1,147 @@
+//! Starting and stopping a broker: the one place the parts are put together.
+//!
+//! [`open`] builds the broker's state from its configuration (store, topics, filters)
+//! without any network; [`start`] adds the listener with weir's protocol adapter and the
+//! background services.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use weir_protocol::{ConnConfig, Server};
+use weir_store::MessageStore;
+
+use crate::adapter::weir::WeirAdapter;
+use crate::broker::Broker;
+use crate::clients::ClientRegistry;
+use crate::config::BrokerConfig;
+use crate::dispatch::FamilyLimits;
+use crate::error::BrokerError;
+use crate::filter::{FilterRegistry, FilterRuntime};
+use crate::holds::PullHolds;
+use crate::locks::QueueLocks;
+use crate::service;
+use crate::service::schedule::DelayLevels;
+use crate::topics::TopicManager;
+
+/// Opens the store, topics and filters of `config` and builds the broker's state; clients
+/// are told to connect to `addr`. No listener and no background service: see [`start`].
+pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>, BrokerError> {
+    config.validate()?;
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        config.store.store_host = a;
+    }
+    let store_config = config.store.clone();
+    let store = tokio::task::spawn_blocking(move || MessageStore::open(store_config))
+        .await
+        .map_err(|error| BrokerError::Task {
+            what: "store open",
+            error,
+        })??;
+    let store = Arc::new(store);
+    let topics = TopicManager::open(&config.store.data_dir)?;
+    let filters = {
+        let (filter_config, data_dir) = (config.filter.clone(), config.store.data_dir.clone());
+        tokio::task::spawn_blocking(move || {
+            FilterRegistry::open(FilterRuntime::new(filter_config)?, &data_dir)
+        })
+        .await
+        .map_err(|error| BrokerError::Task {
+            what: "filter registry",
+            error,
+        })??
+    };
+    let holds = Arc::new(PullHolds::default());
+    {
+        let holds = Arc::clone(&holds);
+        store.set_arrival_listener(move |topic, queue, _| holds.wake(topic, queue));
+    }
+    let (topics_changed, _) = watch::channel(0u64);
+    let levels = DelayLevels::parse(&config.delay_levels)?;
+    let locks = QueueLocks::new(Duration::from_millis(config.queue_lock_lease_ms));
+    let limits = FamilyLimits::new(&config.limits);
+    Ok(Arc::new(Broker {
+        addr,
+        store,
+        topics,
+        clients: ClientRegistry::default(),
+        holds,
+        topics_changed,
+        filters: Arc::new(filters),
+        levels,
+        locks,
+        limits,
+        config,
+    }))
+}
+
+/// A running broker.
+pub struct RunningBroker {
+    broker: Arc<Broker>,
+    server: Server,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningBroker {
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Stops accepting, unregisters from the name servers, and closes the store cleanly.
+    pub async fn shutdown(self) -> Result<(), BrokerError> {
+        self.stop.send_replace(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.server.shutdown().await;
+        self.broker.filters.runtime().shutdown();
+        let store = Arc::clone(&self.broker.store);
+        tokio::task::spawn_blocking(move || store.shutdown())
+            .await
+            .map_err(|error| BrokerError::Task {
+                what: "store shutdown",
+                error,
+            })??;
+        Ok(())
+    }
+}
+
+/// Opens the store and starts serving (on the current tokio runtime).
+pub async fn start(config: BrokerConfig) -> Result<RunningBroker, BrokerError> {
+    config.validate()?;
+    let listen = |error| BrokerError::Listen {
+        addr: config.listen.clone(),
+        error,
+    };
+    let listener = TcpListener::bind(&config.listen).await.map_err(listen)?;
+    let local = listener.local_addr().map_err(listen)?;
+    let addr = config
+        .advertised_addr
+        .clone()
+        .unwrap_or_else(|| local.to_string());
+    let broker = open(config, addr).await?;
+    let server = Server::start(
+        listener,
+        Arc::new(WeirAdapter(Arc::clone(&broker))),
+        ConnConfig::default(),
+    )
+    .map_err(|error| BrokerError::Listen {
+        addr: broker.config.listen.clone(),
+        error,
+    })?;
+    let (stop, _) = watch::channel(false);
+    let tasks = service::start_all(&broker, &stop).await;
+    Ok(RunningBroker {
+        broker,
+        server,
+        stop,
+        tasks,
+    })
+}
