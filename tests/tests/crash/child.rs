@@ -22,6 +22,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct ChildSettings {
     pub commit_log_segment_size: u64,
     pub consume_queue_segment_entries: u64,
+    /// Whether the next commit log segment is created ahead, in the background, or by the
+    /// append that needs it (a different moment for a kill to land in).
+    pub prepare_ahead: bool,
 }
 
 /// Writes `<dir>/broker.toml` (data in `<dir>/data`) and returns its path.
@@ -41,6 +44,7 @@ index_slots = 256
 index_entries = 1024
 # Consumer offsets and the checkpoint are written this often: several times a round.
 checkpoint_interval_ms = 200
+prepare_ahead = {ahead}
 # Never delete for disk pressure: every message must stay readable from offset 0.
 disk_max_used_ratio = 1.0
 
@@ -50,6 +54,7 @@ workers = 1
         data = data.replace('\\', "\\\\").replace('"', "\\\""),
         seg = s.commit_log_segment_size,
         cq = s.consume_queue_segment_entries,
+        ahead = s.prepare_ahead,
     );
     let path = dir.join("broker.toml");
     std::fs::write(&path, toml).expect("write the broker's config");
@@ -109,7 +114,44 @@ impl ChildBroker {
             .expect("child start task")
     }
 
+    /// Starts the child on `config` and SIGKILLs it once it serves or `within` has passed,
+    /// whichever comes first (a kill during start-up and recovery). True if it served.
+    pub async fn start_and_kill_within(config: &Path, within: Duration) -> bool {
+        let config = config.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let (mut me, ready) = Self::spawn(&config);
+            let served = match ready.recv_timeout(within) {
+                Ok(_) => true,
+                Err(mpsc::RecvTimeoutError::Timeout) => false,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = me.child.wait();
+                    panic!("the child broker exited while starting (exit status {status:?})")
+                }
+            };
+            me.kill();
+            served
+        })
+        .await
+        .expect("child start task")
+    }
+
     fn start_blocking(config: &Path) -> ChildBroker {
+        let (mut me, ready) = Self::spawn(config);
+        let line = match ready.recv_timeout(START_TIMEOUT) {
+            Ok(line) => line,
+            Err(e) => {
+                let status = me.child.try_wait();
+                panic!("the child broker did not start ({e}; exit status {status:?})")
+            }
+        };
+        let mut addrs = line.split_whitespace().map(str::to_owned);
+        me.namesrv = addrs.next().expect("name server address");
+        me.broker = addrs.next().expect("broker address");
+        me
+    }
+
+    /// Spawns the child; the receiver gets its addresses once it serves.
+    fn spawn(config: &Path) -> (ChildBroker, mpsc::Receiver<String>) {
         let mut child = Command::new(std::env::current_exe().expect("current exe"))
             .args([
                 "child_broker",
@@ -126,7 +168,7 @@ impl ChildBroker {
             .expect("spawn the child broker");
         let stdout = child.stdout.take().expect("child stdout");
         let stdin = child.stdin.take();
-        let mut me = ChildBroker {
+        let me = ChildBroker {
             child,
             _stdin: stdin,
             namesrv: String::new(),
@@ -142,17 +184,7 @@ impl ChildBroker {
                 }
             }
         });
-        let line = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(line) => line,
-            Err(e) => {
-                let status = me.child.try_wait();
-                panic!("the child broker did not start ({e}; exit status {status:?})")
-            }
-        };
-        let mut addrs = line.split_whitespace().map(str::to_owned);
-        me.namesrv = addrs.next().expect("name server address");
-        me.broker = addrs.next().expect("broker address");
-        me
+        (me, rx)
     }
 
     /// SIGKILLs the child and reaps it.

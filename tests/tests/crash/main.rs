@@ -133,15 +133,18 @@ async fn sigkill_loses_no_acknowledged_message() {
         s.round_segments
     );
     let started = Instant::now();
+    let mut rng = Rng::new(seed);
+    let prepare_ahead = rng.below(2) == 0;
+    println!("crash test: commit log segments prepared ahead: {prepare_ahead}");
     let dir = DataDir(Some(tempfile::tempdir().expect("temp dir")));
     let config = child::write_config(
         dir.path(),
         &ChildSettings {
             commit_log_segment_size: s.segment_size,
             consume_queue_segment_entries: 64,
+            prepare_ahead,
         },
     );
-    let mut rng = Rng::new(seed);
     let ledger = Arc::new(Ledger::default());
     let deliveries = Arc::new(Deliveries::default());
     let mut next_seqs = vec![0u64; PRODUCERS as usize];
@@ -159,6 +162,8 @@ async fn sigkill_loses_no_acknowledged_message() {
     wait_route(&child.namesrv).await;
 
     let mut segments_used = 0;
+    let mut kills_in_start = 0;
+    let mut last_restart_ms = 100;
     let mut found = Default::default();
     for round in 1..=s.rounds {
         let traffic = Traffic::start(
@@ -186,10 +191,20 @@ async fn sigkill_loses_no_acknowledged_message() {
         next_seqs = traffic.join().await;
         let sending = round_start.elapsed();
 
+        // Now and then the restart is itself killed, at a random moment of its start-up
+        // (recovery included) or as soon as it serves.
+        let mut interrupted = 0;
+        while rng.below(2) == 0 {
+            let within = Duration::from_millis(rng.below(2 * last_restart_ms + 1));
+            ChildBroker::start_and_kill_within(&config, within).await;
+            interrupted += 1;
+        }
+        kills_in_start += interrupted;
         let restart = Instant::now();
         child = ChildBroker::start(&config).await;
         wait_route(&child.namesrv).await;
         let restarted_in = restart.elapsed();
+        last_restart_ms = restarted_in.as_millis() as u64;
         found =
             check::check_topic(&child.broker, seed, &ledger, s.segment_size, &mut problems).await;
         let committed =
@@ -205,7 +220,7 @@ async fn sigkill_loses_no_acknowledged_message() {
             (l.acked.len(), l.unknown.len())
         };
         println!(
-            "round {round}: killed after {sending:.1?} at commit log offset >= {kill_at}; restarted in {restarted_in:.1?}; {} messages stored, {acked} acknowledged (all present once), {unknown} unknown ({} present), {} segments used; {looked_up} looked up by key; the group resumes at {committed}",
+            "round {round}: killed after {sending:.1?} at commit log offset >= {kill_at}; {interrupted} restarts killed in turn, then restarted in {restarted_in:.1?}; {} messages stored, {acked} acknowledged (all present once), {unknown} unknown ({} present), {} segments used; {looked_up} looked up by key; the group resumes at {committed}",
             found.messages, found.unknown_present, found.segments_used
         );
         assert!(
@@ -252,7 +267,7 @@ async fn sigkill_loses_no_acknowledged_message() {
     ));
     let l = ledger.lock();
     println!(
-        "crash test summary: rounds {}, acknowledged {}, unknown {} ({} present), lost {}, duplicates {} (acknowledged {}), \
+        "crash test summary: rounds {} (and {kills_in_start} kills during a restart), acknowledged {}, unknown {} ({} present), lost {}, duplicates {} (acknowledged {}), \
          segments rolled {} (commit log files {}), group deliveries {} ({} places, {} rolled back), seed {seed}, {:.1?}",
         s.rounds,
         l.acked.len(),
