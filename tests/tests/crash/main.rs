@@ -141,7 +141,9 @@ async fn sigkill_loses_no_acknowledged_message() {
         dir.path(),
         &ChildSettings {
             commit_log_segment_size: s.segment_size,
-            consume_queue_segment_entries: 64,
+            // 64 entries a consume queue file at 256 KiB commit log segments: they roll
+            // over too, every 64 messages of a queue.
+            consume_queue_segment_entries: (s.segment_size >> 12).max(16),
             prepare_ahead,
         },
     );
