@@ -197,6 +197,10 @@ pub struct Received {
     pub keys: Vec<String>,
     pub props: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Where the record starts in the broker's commit log.
+    pub commit_log_offset: u64,
+    /// The message id the broker answered the send with.
+    pub msg_id: String,
 }
 
 impl Received {
@@ -389,6 +393,8 @@ impl Client {
                         .map(|(k, v)| (k.to_owned(), v.to_owned()))
                         .collect(),
                     body: v.body().to_vec(),
+                    commit_log_offset: v.commit_log_offset(),
+                    msg_id: v.message_id().to_string(),
                 }
             })
             .collect();
@@ -535,10 +541,18 @@ pub fn remote_error<T: std::fmt::Debug>(r: Result<T, CallError>, code: ErrorCode
 }
 
 /// Waits until `cond` holds, polling every 5 ms; panics after [`T`].
-pub async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + T;
+pub async fn eventually(what: &str, cond: impl AsyncFnMut() -> bool) {
+    eventually_for(what, T, cond).await;
+}
+
+/// Waits until `cond` holds, polling every 5 ms; panics after `timeout`.
+pub async fn eventually_for(what: &str, timeout: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
     while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
