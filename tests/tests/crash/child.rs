@@ -47,6 +47,7 @@ checkpoint_interval_ms = 200
 prepare_ahead = {ahead}
 # Never delete for disk pressure: every message must stay readable from offset 0.
 disk_max_used_ratio = 1.0
+disk_full_ratio = 1.0
 
 [filter]
 workers = 1
