@@ -97,6 +97,10 @@ fn run() -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(async move {
+        // Before anything that takes time: a stop asked for while starting is honoured
+        // once started, cleanly.
+        let mut stop = server_main::StopSignal::listen();
+        tracing::info!(data = %config.store.data_dir.display(), "weir broker starting");
         let embedded = if config.namesrv_addrs().is_empty() {
             let ns = weir_namesrv::start(weir_namesrv::NamesrvConfig {
                 listen: args.standalone_namesrv.clone(),
@@ -123,7 +127,7 @@ fn run() -> anyhow::Result<()> {
             config.broker_name,
             config.broker_id,
         );
-        server_main::wait_for_stop().await;
+        stop.recv().await;
         tracing::info!("stopping: no new connections, flushing the store");
         broker.shutdown().await?;
         if let Some(ns) = embedded {

@@ -188,3 +188,54 @@ fn broker_binary_reads_a_toml_config_and_flags_override_it() {
         "{err}"
     );
 }
+
+#[test]
+fn a_sigterm_while_starting_stops_cleanly() {
+    // Each run is stopped right after the broker says it is starting: while its store
+    // opens and its name server and listener come up.
+    for delay_us in [0u64, 500, 2_000, 10_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_weir-broker"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--standalone-namesrv",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut broker = Running(child);
+        let mut lines = BufReader::new(broker.0.stdout.take().unwrap()).lines();
+        loop {
+            let line = lines.next().expect("broker exited").unwrap();
+            if line.contains("starting") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(delay_us));
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&broker.0),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        let status = broker.0.wait().unwrap();
+        assert!(
+            status.success(),
+            "stopped {delay_us} µs into its start: {status:?}"
+        );
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        assert!(
+            rest.iter().any(|l| l.contains("stopped cleanly")),
+            "{delay_us} µs: {rest:?}"
+        );
+        assert!(
+            !dir.path().join("data/running").exists(),
+            "{delay_us} µs into its start: the store was left open"
+        );
+    }
+}

@@ -43,9 +43,10 @@ fn run() -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(async move {
+        let mut stop = server_main::StopSignal::listen();
         let ns = weir_namesrv::start(config.clone()).await?;
         tracing::info!(listen = %ns.local_addr(), expiry_ms = config.broker_expiry_ms, "weir name server listening");
-        server_main::wait_for_stop().await;
+        stop.recv().await;
         tracing::info!("stopping");
         ns.shutdown().await;
         anyhow::Ok(())

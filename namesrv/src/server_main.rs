@@ -24,19 +24,38 @@ pub fn exit_code(name: &str, result: anyhow::Result<()>) -> std::process::ExitCo
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn wait_for_stop() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let ctrl_c = tokio::signal::ctrl_c();
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
+/// Ctrl-C and SIGTERM, listened for from the moment this is made: a signal that arrives
+/// while the server is still starting (opening and recovering its store, say) is kept and
+/// seen by [`StopSignal::recv`] once it is, so the server then stops cleanly instead of
+/// dying half-open.
+pub struct StopSignal {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignal {
+    /// Registers the handlers now (inside a tokio runtime).
+    pub fn listen() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            interrupt: signal(SignalKind::interrupt()).ok(),
+            terminate: signal(SignalKind::terminate()).ok(),
+        }
+    }
+
+    /// Resolves on the first Ctrl-C or SIGTERM since [`StopSignal::listen`].
+    pub async fn recv(&mut self) {
+        async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
         }
-        Err(_) => {
-            let _ = ctrl_c.await;
+        tokio::select! {
+            _ = next(&mut self.interrupt) => {}
+            _ = next(&mut self.terminate) => {}
         }
     }
 }

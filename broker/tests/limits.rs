@@ -1,0 +1,210 @@
+//! What one client can make the broker hold is bounded, and requests for things that
+//! cannot exist are refused: client ids and groups per connection, topics (retry topics
+//! included), offsets for missing topics or invalid groups. And a broker with 50,000
+//! topics stays routable.
+
+mod common;
+use common::{T, connect, env_with, eventually, expect_error};
+
+use bytes::Bytes;
+use weir_protocol::ErrorCode;
+use weir_protocol::broker::{
+    ConsumerData, Heartbeat, MessageModel, PullMessage, UpdateConsumerOffset,
+};
+use weir_protocol::route::{GetRoute, perm};
+
+fn heartbeat(client: &str, groups: &[&str]) -> Heartbeat {
+    Heartbeat {
+        client_id: client.into(),
+        producer_groups: vec![],
+        consumers: groups
+            .iter()
+            .map(|g| ConsumerData {
+                group: (*g).into(),
+                model: MessageModel::Clustering,
+                subscriptions: vec![("T".into(), "*".into())],
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_cannot_register_clients_groups_or_retry_topics_without_bound() {
+    let env = env_with(|c| {
+        c.limits.max_clients_per_connection = 4;
+        c.limits.max_groups_per_client = 8;
+        c.limits.max_topics = 20;
+    })
+    .await;
+    let conn = env.client().await;
+    for i in 0..4 {
+        conn.call(&heartbeat(&format!("c{i}"), &["g"]), Bytes::new(), T)
+            .await
+            .unwrap();
+    }
+    expect_error(
+        &conn,
+        &heartbeat("c4", &["g"]),
+        Bytes::new(),
+        ErrorCode::SystemBusy,
+        "limits.max_clients_per_connection",
+    )
+    .await;
+    // A known client id keeps heartbeating.
+    conn.call(&heartbeat("c0", &["g"]), Bytes::new(), T)
+        .await
+        .unwrap();
+    // Another connection is not affected.
+    let other = env.client().await;
+    other
+        .call(&heartbeat("d0", &["g"]), Bytes::new(), T)
+        .await
+        .unwrap();
+
+    let groups: Vec<String> = (0..9).map(|i| format!("grp{i}")).collect();
+    let refs: Vec<&str> = groups.iter().map(String::as_str).collect();
+    expect_error(
+        &other,
+        &heartbeat("d0", &refs),
+        Bytes::new(),
+        ErrorCode::SystemBusy,
+        "limits.max_groups_per_client",
+    )
+    .await;
+
+    // Each clustering group gets a %RETRY% topic, until the broker holds max_topics.
+    for round in 0..5 {
+        let groups: Vec<String> = (0..8).map(|i| format!("r{round}-{i}")).collect();
+        let refs: Vec<&str> = groups.iter().map(String::as_str).collect();
+        other
+            .call(&heartbeat("d0", &refs), Bytes::new(), T)
+            .await
+            .unwrap();
+    }
+    let topics = env.broker().broker().store().queues().len();
+    let count = weir_protocol::route::GetAllTopics;
+    let (list, _) = conn.call(&count, Bytes::new(), T).await.unwrap();
+    assert!(list.topics.len() <= 20, "{} topics", list.topics.len());
+    assert!(topics <= 20);
+    // An auto-created topic is refused the same way once the table is full.
+    let mut n = 0;
+    let refused = loop {
+        let r = conn
+            .call(
+                &common::send(&format!("auto{n}"), 0, "", "k"),
+                Bytes::from_static(b"x"),
+                T,
+            )
+            .await;
+        if let Err(e) = r {
+            break e;
+        }
+        n += 1;
+        assert!(n < 40);
+    };
+    assert!(refused.to_string().contains("max_topics"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_for_missing_topics_or_bad_groups_are_refused() {
+    let env = env_with(|_| {}).await;
+    let conn = env.client().await;
+    conn.call(&common::send("T", 0, "", "k"), Bytes::from_static(b"x"), T)
+        .await
+        .unwrap();
+    let commit = |group: &str, topic: &str, queue_id| UpdateConsumerOffset {
+        group: group.into(),
+        topic: topic.into(),
+        queue_id,
+        offset: 1,
+    };
+    expect_error(
+        &conn,
+        &commit("g", "Nope", 0),
+        Bytes::new(),
+        ErrorCode::TopicNotExist,
+        "Nope",
+    )
+    .await;
+    expect_error(
+        &conn,
+        &commit("bad group", "T", 0),
+        Bytes::new(),
+        ErrorCode::InvalidParameter,
+        "group name",
+    )
+    .await;
+    expect_error(
+        &conn,
+        &commit("g", "T", 99),
+        Bytes::new(),
+        ErrorCode::InvalidParameter,
+        "queue 99",
+    )
+    .await;
+    let pull_commit = PullMessage {
+        commit_offset: Some(1),
+        ..common::pull("T", 0, 0, "*", 0)
+    };
+    let pull_commit = PullMessage {
+        group: "bad group".into(),
+        ..pull_commit
+    };
+    expect_error(
+        &conn,
+        &pull_commit,
+        Bytes::new(),
+        ErrorCode::InvalidParameter,
+        "group name",
+    )
+    .await;
+    conn.call(&commit("g", "T", 0), Bytes::new(), T)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_with_fifty_thousand_topics_registers_and_routes() {
+    // The topic table is written before the broker starts: 50,000 creations one by one
+    // would test the table's persistence, not registration.
+    let env = env_with(|_| {}).await;
+    let dir = env.dir.path().join("data");
+    let mut env = env;
+    let topics: Vec<serde_json::Value> = (0..50_000)
+        .map(|i| {
+            serde_json::json!({
+                "name": format!("topic-{i:06}-{}", "x".repeat(24)),
+                "read_queues": 8, "write_queues": 8, "perm": perm::READ_WRITE,
+            })
+        })
+        .collect();
+    let file = serde_json::json!({ "version": 1, "topics": topics });
+    let old = env.broker.take().unwrap();
+    old.shutdown().await.unwrap();
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    std::fs::write(
+        dir.join("config").join("topics.json"),
+        serde_json::to_vec(&file).unwrap(),
+    )
+    .unwrap();
+    let config = common::broker_config(env.dir.path(), &env.ns.local_addr().to_string());
+    env.broker = Some(weir_broker::start(config).await.unwrap());
+    let ns = connect(&env.ns.local_addr().to_string()).await;
+    for name in [
+        format!("topic-000000-{}", "x".repeat(24)),
+        format!("topic-049999-{}", "x".repeat(24)),
+    ] {
+        eventually("route of a topic among 50,000", async || {
+            ns.call(
+                &GetRoute {
+                    topic: name.clone(),
+                },
+                Bytes::new(),
+                T,
+            )
+            .await
+            .is_ok_and(|(r, _)| r.queues.first().is_some_and(|q| q.write_queues == 8))
+        })
+        .await;
+    }
+}
