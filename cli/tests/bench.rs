@@ -91,6 +91,37 @@ async fn produce_then_consume_2000() {
     assert_eq!(batched["requests"], 16, "{batched}");
     assert_eq!(batched["topic_created"], false, "{batched}");
 
+    // Spread over 3 topics, one request to each in turn: 100 messages each.
+    let spread = weir(
+        &ns_addr,
+        &[
+            "bench",
+            "produce",
+            "Spread",
+            "--topics",
+            "3",
+            "--count",
+            "300",
+            "--queues",
+            "2",
+            "--concurrency",
+            "3",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(spread["topics"], 3, "{spread}");
+    assert_eq!(spread["topics_created"], 3, "{spread}");
+    assert_eq!(spread["messages"], 300, "{spread}");
+    for t in ["Spread-0", "Spread-1", "Spread-2"] {
+        let got = weir(
+            &ns_addr,
+            &["bench", "consume", t, "--idle-exit", "1", "--json"],
+        )
+        .await;
+        assert_eq!(got["messages"], 100, "{t}: {got}");
+    }
+
     let consumed = weir(
         &ns_addr,
         &["bench", "consume", "BenchT", "--count", "2000", "--json"],
