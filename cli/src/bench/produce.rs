@@ -356,3 +356,22 @@ pub(super) async fn produce(args: ProduceArgs, client: ClientInstance) -> anyhow
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_stop_at_the_limit() {
+        let s = ProduceShared {
+            claimed: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        };
+        let got: Vec<u64> = (0..5).map(|_| s.claim(32, Some(100), None)).collect();
+        assert_eq!(got, [32, 32, 32, 4, 0]);
+        s.stop.store(true, Ordering::Relaxed);
+        assert_eq!(s.claim(32, None, None), 0);
+    }
+}

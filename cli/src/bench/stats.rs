@@ -210,3 +210,63 @@ impl Rate {
 }
 
 pub(crate) const TICK: Duration = Duration::from_millis(100);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_contiguous_and_tight() {
+        // Every value maps to a bucket whose stand-in is within 1 % of it.
+        let mut prev = 0;
+        for v in 0..100_000u64 {
+            let i = Histogram::index(v);
+            assert!(i == prev || i == prev + 1, "{v}: {prev} -> {i}");
+            prev = i;
+        }
+        for v in (0..100_000u64)
+            .chain((1..64).map(|p| (1u64 << p) - 1))
+            .chain((1..64).map(|p| 1u64 << p))
+            .chain([u64::MAX])
+        {
+            let i = Histogram::index(v);
+            assert!(i < BUCKETS, "{v} -> {i}");
+            let s = Histogram::value(i) as f64;
+            assert!((s - v as f64).abs() <= v as f64 * 0.01, "{v} stands as {s}");
+        }
+    }
+
+    #[test]
+    fn quantiles_and_merge() {
+        let mut a = Histogram::new();
+        let mut b = Histogram::new();
+        for us in 1..=100_000u64 {
+            let d = Duration::from_micros(us);
+            if us % 2 == 0 {
+                a.record(d)
+            } else {
+                b.record(d)
+            }
+        }
+        a.merge(&b);
+        assert_eq!(a.total, 100_000);
+        for (q, want) in [(0.5, 50_000.0), (0.99, 99_000.0), (0.999, 99_900.0)] {
+            let got = a.quantile(q) as f64 / 1000.0;
+            assert!((got - want).abs() <= want * 0.01, "q{q}: {got} vs {want}");
+        }
+        assert!(a.quantile(1.0).abs_diff(100_000_000) <= 1_000_000);
+        assert_eq!(a.max, 100_000_000);
+        assert_eq!(a.min, 1000);
+        let l = a.summary_ms();
+        assert!((l.mean - 50.0005).abs() < 0.001, "{l:?}");
+        assert_eq!(Histogram::new().summary_ms().p99, 0.0);
+    }
+
+    #[test]
+    fn thousands() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1000), "1,000");
+        assert_eq!(grouped(1_234_567), "1,234,567");
+    }
+}
