@@ -1,5 +1,7 @@
 //! Consumer groups on the broker: delay levels, send-back to retry and dead-letter topics,
 //! queue locks, membership notices. Real broker, real sockets and files.
+//!
+//! Over ~600 lines on purpose: one scenario per test over the shared helpers at the top.
 
 mod common;
 use common::{T, expect_error};

@@ -1,5 +1,7 @@
 //! The push consumer against a real name server and broker: rebalancing, orderly and
 //! concurrent delivery, broadcasting, retries with delay levels, the dead-letter topic.
+//!
+//! Over ~600 lines on purpose: one scenario per test over the shared helpers at the top.
 
 mod common;
 use common::{broker_with, client, eventually, namesrv, wait_route};

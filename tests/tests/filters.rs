@@ -3,6 +3,9 @@
 //!
 //! Every expected set is computed here, natively, from what the test sent: never by the
 //! filter crates themselves.
+//!
+//! Over ~600 lines on purpose: each test is one end-to-end scenario of a few dozen lines
+//! over the fixtures at the top (environment, expected sets), and they read best together.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,3 +1,6 @@
+//! The SQL92 filter's cases: parsing, evaluation and the filter end to end. Over ~600
+//! lines on purpose: a table of expressions and their expected results reads best whole.
+
 use weir_filter_sdk::testing::{TestMessage, run};
 
 use super::*;
