@@ -21,14 +21,14 @@ pub(crate) struct CqEntry {
 }
 
 impl CqEntry {
-    fn encode(&self) -> [u8; ENTRY_SIZE as usize] {
+    pub(crate) fn encode(&self) -> [u8; ENTRY_SIZE as usize] {
         let mut b = [0u8; ENTRY_SIZE as usize];
         b[0..8].copy_from_slice(&self.commit_log_offset.to_le_bytes());
         b[8..12].copy_from_slice(&self.size.to_le_bytes());
         b[12..20].copy_from_slice(&self.tag_hash.to_le_bytes());
         b
     }
-    fn decode(b: &[u8]) -> Self {
+    pub(crate) fn decode(b: &[u8]) -> Self {
         Self {
             commit_log_offset: u64_at(b, 0),
             size: u32_at(b, 8),
