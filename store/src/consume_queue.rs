@@ -7,11 +7,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::segment::{Segment, SegmentedFile};
 use weir_protocol::record::{u32_at, u64_at};
 
 pub(crate) const ENTRY_SIZE: u64 = 20;
+
+/// Most segments of holes `put` creates to reach an entry. Only a damaged store leaves a
+/// gap at all, and a short one; a longer gap means the queue offset itself is damage (a
+/// record's queue offset is not covered by anything but its CRC), and filling it would
+/// create files until the disk is full.
+const MAX_GAP_SEGMENTS: u64 = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CqEntry {
@@ -132,12 +138,38 @@ impl ConsumeQueue {
         self.max.load(Ordering::Acquire)
     }
 
+    /// Whether [`ConsumeQueue::put`] can place an entry at `at`: its segment's end is
+    /// addressable, and a gap after the last segment spans at most [`MAX_GAP_SEGMENTS`].
+    pub fn can_put(&self, at: u64) -> bool {
+        let size = self.files.segment_size();
+        let Some(byte) = at
+            .checked_mul(ENTRY_SIZE)
+            .filter(|b| b.checked_add(size).is_some())
+        else {
+            return false;
+        };
+        match self.files.last() {
+            Some(last) if byte >= last.end() => (byte - last.end()) / size <= MAX_GAP_SEGMENTS,
+            _ => true,
+        }
+    }
+
     /// Appends an entry at logical offset `at` (≥ `max_offset`). A gap, which only a
-    /// damaged store produces, is left as holes that readers skip.
+    /// damaged store produces, is left as holes that readers skip; an offset
+    /// [`ConsumeQueue::can_put`] refuses is an error.
     pub fn put(&self, at: u64, entry: CqEntry) -> Result<()> {
         let _w = self.write.lock();
         let max = self.max_offset();
         debug_assert!(at >= max);
+        if !self.can_put(at) {
+            return Err(StoreError::Corrupt {
+                what: "consume queue",
+                path: self.files.dir().to_path_buf(),
+                detail: format!(
+                    "queue offset {at} cannot be stored (next offset {max}): too large or too far ahead"
+                ),
+            });
+        }
         let byte = at * ENTRY_SIZE;
         let seg = match self.files.find(byte) {
             Some(seg) => seg,

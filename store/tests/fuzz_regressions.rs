@@ -1,0 +1,90 @@
+//! Inputs the `store_open` fuzz target (`fuzz/`) found, replayed: a data folder that once
+//! made `MessageStore::open` panic or run away.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::small_config;
+use weir_store::record::{self, Assigned};
+use weir_store::{Message, MessageStore, StoreConfig};
+
+/// A commit log whose first segment holds `records` (message, queue offset) back to back
+/// from offset 0, each CRC-valid, as if the store had written them.
+fn write_log(config: &StoreConfig, records: &[(Message, u64)]) {
+    let mut seg = vec![0u8; config.commit_log_segment_size as usize];
+    let mut pos = 0usize;
+    for (msg, queue_offset) in records {
+        let len = msg.encoded_len().unwrap();
+        let a = Assigned {
+            queue_offset: *queue_offset,
+            commit_log_offset: pos as u64,
+            store_timestamp: 0,
+            store_host: "127.0.0.1:10911".parse().unwrap(),
+        };
+        record::encode_into(msg, &a, &mut seg[pos..pos + len]);
+        pos += len;
+    }
+    let dir = config.data_dir.join("commitlog");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join(format!("{:020}", 0)), seg).unwrap();
+}
+
+fn segments(dir: &Path) -> usize {
+    fs::read_dir(dir).map_or(0, |d| d.count())
+}
+
+/// crash-80a16211ccca8b757db2e094c29d7c0fb83cbee2: one record of topic `b`, queue 0,
+/// whose queue offset (4598737091931668251) times the entry size overflows: recovery
+/// panicked in `ConsumeQueue::put` (and, without overflow checks, wrote below the
+/// published mark).
+#[test]
+fn a_queue_offset_past_the_addressable_range_does_not_stop_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(dir.path());
+    write_log(
+        &config,
+        &[(Message::new("b", 0, vec![]), 4_598_737_091_931_668_251)],
+    );
+
+    let store = MessageStore::open(config.clone()).expect("the store opens");
+    let report = store.recovery_report();
+    assert_eq!(report.records_replayed, 1);
+    // The record stays in the log; its queue does not take it.
+    assert!(store.get_by_offset(0).is_ok());
+    assert_eq!(store.max_offset("b", 0), 0);
+    // The queue works from where it is.
+    let r = store.put(&Message::new("b", 0, b"next".to_vec())).unwrap();
+    assert_eq!(r.queue_offset, 0);
+    store.shutdown().unwrap();
+    drop(store);
+    MessageStore::open(config).expect("and opens again");
+}
+
+/// A queue offset far ahead of its queue: filling the gap with hole segments would create
+/// files without end (here 1,000 segments of 64 entries).
+#[test]
+fn a_queue_offset_far_ahead_is_not_filled_with_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(dir.path());
+    let per = config.consume_queue_segment_entries;
+    write_log(
+        &config,
+        &[
+            (Message::new("t", 0, b"first".to_vec()), 0),
+            (Message::new("t", 0, b"far".to_vec()), 1_000 * per),
+            // A short gap (a lost entry) is still kept as holes.
+            (Message::new("t", 1, b"a".to_vec()), 0),
+            (Message::new("t", 1, b"b".to_vec()), 3),
+        ],
+    );
+
+    let store = MessageStore::open(config.clone()).expect("the store opens");
+    assert_eq!(store.recovery_report().records_replayed, 4);
+    assert_eq!(store.max_offset("t", 0), 1);
+    assert_eq!(store.max_offset("t", 1), 4);
+    let queue_dir = config.data_dir.join("consumequeue").join("t").join("0");
+    assert_eq!(segments(&queue_dir), 1);
+    store.shutdown().unwrap();
+}
