@@ -88,3 +88,27 @@ fn a_queue_offset_far_ahead_is_not_filled_with_segments() {
     assert_eq!(segments(&queue_dir), 1);
     store.shutdown().unwrap();
 }
+
+/// crash-c787f7e8afe1131e08dbc1a4391e9e0e9831a4dd: an empty store whose checkpoint slot
+/// (CRC-valid) holds sequence number `u64::MAX`: the checkpoint written while opening
+/// overflowed it.
+#[test]
+fn a_checkpoint_with_the_largest_sequence_number_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(dir.path());
+    let mut slot = [0u8; 64];
+    slot[0..4].copy_from_slice(b"WCP1");
+    slot[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+    slot[16..24].copy_from_slice(&63_270u64.to_le_bytes());
+    let crc = crc32fast::hash(&slot[8..60]);
+    slot[60..].copy_from_slice(&crc.to_le_bytes());
+    fs::create_dir_all(&config.data_dir).unwrap();
+    fs::write(config.data_dir.join("checkpoint"), slot).unwrap();
+
+    let store = MessageStore::open(config.clone()).expect("the store opens");
+    store.put(&Message::new("t", 0, b"x".to_vec())).unwrap();
+    store.shutdown().unwrap();
+    drop(store);
+    let store = MessageStore::open(config).expect("and opens again");
+    assert_eq!(store.max_offset("t", 0), 1);
+}
