@@ -8,7 +8,7 @@ use parking_lot::{Mutex, MutexGuard};
 use tracing::{info, warn};
 
 use crate::error::{Result, StoreError};
-use crate::segment::{Segment, SegmentedFile};
+use crate::segment::{MAX_OFFSET, Segment, SegmentedFile};
 use weir_protocol::record::{self, BLANK_MIN_LEN, Probe, RecordView};
 
 pub(crate) struct CommitLog {
@@ -137,7 +137,18 @@ impl CommitLog {
         let Some(first) = segs.first() else {
             // Nothing stored: continue after the last known offset, at a segment boundary,
             // so offsets (and so message ids) are never reused.
-            let start = from.unwrap_or(0).div_ceil(self.segment_size()) * self.segment_size();
+            let from = from.unwrap_or(0);
+            let size = self.segment_size();
+            let start = from
+                .checked_next_multiple_of(size)
+                .filter(|s| *s <= MAX_OFFSET - size)
+                .ok_or_else(|| StoreError::Corrupt {
+                    what: "commit log",
+                    path: self.files.dir().to_path_buf(),
+                    detail: format!(
+                        "the checkpoint says offsets up to {from} were used: past the largest offset {MAX_OFFSET}"
+                    ),
+                })?;
             self.set_end(start, true);
             return Ok(ScanOutcome {
                 end: self.committed(),

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::small_config;
 use weir_store::record::{self, Assigned};
-use weir_store::{Message, MessageStore, StoreConfig};
+use weir_store::{Message, MessageStore, StoreConfig, StoreError};
 
 /// A commit log whose first segment holds `records` (message, queue offset) back to back
 /// from offset 0, each CRC-valid, as if the store had written them.
@@ -89,6 +89,18 @@ fn a_queue_offset_far_ahead_is_not_filled_with_segments() {
     store.shutdown().unwrap();
 }
 
+/// A checkpoint slot as the store writes it (see `store/FORMAT.md`), CRC and all.
+fn checkpoint_slot(seq: u64, commit_log_flushed: u64, logic_flushed: u64) -> [u8; 64] {
+    let mut slot = [0u8; 64];
+    slot[0..4].copy_from_slice(b"WCP1");
+    slot[8..16].copy_from_slice(&seq.to_le_bytes());
+    slot[16..24].copy_from_slice(&commit_log_flushed.to_le_bytes());
+    slot[24..32].copy_from_slice(&logic_flushed.to_le_bytes());
+    let crc = crc32fast::hash(&slot[8..60]);
+    slot[60..].copy_from_slice(&crc.to_le_bytes());
+    slot
+}
+
 /// crash-c787f7e8afe1131e08dbc1a4391e9e0e9831a4dd: an empty store whose checkpoint slot
 /// (CRC-valid) holds sequence number `u64::MAX`: the checkpoint written while opening
 /// overflowed it.
@@ -96,14 +108,12 @@ fn a_queue_offset_far_ahead_is_not_filled_with_segments() {
 fn a_checkpoint_with_the_largest_sequence_number_opens() {
     let dir = tempfile::tempdir().unwrap();
     let config = small_config(dir.path());
-    let mut slot = [0u8; 64];
-    slot[0..4].copy_from_slice(b"WCP1");
-    slot[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
-    slot[16..24].copy_from_slice(&63_270u64.to_le_bytes());
-    let crc = crc32fast::hash(&slot[8..60]);
-    slot[60..].copy_from_slice(&crc.to_le_bytes());
     fs::create_dir_all(&config.data_dir).unwrap();
-    fs::write(config.data_dir.join("checkpoint"), slot).unwrap();
+    fs::write(
+        config.data_dir.join("checkpoint"),
+        checkpoint_slot(u64::MAX, 63_270, 0),
+    )
+    .unwrap();
 
     let store = MessageStore::open(config.clone()).expect("the store opens");
     store.put(&Message::new("t", 0, b"x".to_vec())).unwrap();
@@ -111,4 +121,63 @@ fn a_checkpoint_with_the_largest_sequence_number_opens() {
     drop(store);
     let store = MessageStore::open(config).expect("and opens again");
     assert_eq!(store.max_offset("t", 0), 1);
+}
+
+/// crash-db9b7f511bb8c9ce8bd5d8d1089dcd65a5c2766a: no commit log, an unclean stop, and a
+/// checkpoint saying offsets up to `u64::MAX` were used: rounding that up to a segment
+/// boundary overflowed (without overflow checks it wrapped to 0, reusing offsets and so
+/// message ids). Such a checkpoint is damage: the open fails, naming it.
+#[test]
+fn a_checkpoint_past_the_largest_offset_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        consume_queue_segment_entries: 16,
+        ..small_config(dir.path())
+    };
+    fs::create_dir_all(&config.data_dir).unwrap();
+    fs::write(
+        config.data_dir.join("checkpoint"),
+        checkpoint_slot(18_446_744_069_426_557_618, u64::MAX, u64::MAX),
+    )
+    .unwrap();
+    fs::write(config.data_dir.join("running"), b"").unwrap();
+    let queue = config.data_dir.join("consumequeue").join("b").join("0");
+    fs::create_dir_all(&queue).unwrap();
+    fs::write(queue.join(format!("{:020}", 3 * 16 * 20)), [43]).unwrap();
+
+    let err = MessageStore::open(config).err().expect("refused");
+    assert!(
+        matches!(
+            err,
+            StoreError::Corrupt {
+                what: "commit log",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// A segment named for a start so close to `u64::MAX` that its end does not fit.
+#[test]
+fn a_segment_past_the_largest_offset_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(dir.path());
+    let size = config.commit_log_segment_size;
+    let log = config.data_dir.join("commitlog");
+    fs::create_dir_all(&log).unwrap();
+    let start = u64::MAX / size * size;
+    fs::write(log.join(format!("{start:020}")), vec![0u8; size as usize]).unwrap();
+
+    let err = MessageStore::open(config).err().expect("refused");
+    assert!(
+        matches!(
+            err,
+            StoreError::Corrupt {
+                what: "segment",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
