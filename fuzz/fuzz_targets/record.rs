@@ -66,6 +66,17 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, window)) = data.split_first() else {
         return;
     };
+    // Bit 1: fix the CRC up first, so that damage behind an intact CRC is explored.
+    let mut fixed;
+    let window = if mode & 2 != 0 && window.len() >= record::pos::CRC_START {
+        fixed = window.to_vec();
+        let len = (record::u32_at(&fixed, 0) as usize).clamp(record::pos::CRC_START, fixed.len());
+        let crc = crc32fast::hash(&fixed[record::pos::CRC_START..len]);
+        fixed[record::pos::CRC..record::pos::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        &fixed[..]
+    } else {
+        window
+    };
     let offset = if mode & 1 == 0 && window.len() >= 32 {
         record::u64_at(window, record::pos::COMMIT_LOG_OFFSET)
     } else {

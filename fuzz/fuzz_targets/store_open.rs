@@ -23,6 +23,8 @@ const TOPICS: [&str; 2] = ["a", "b"];
 
 #[derive(Arbitrary, Debug)]
 struct Input {
+    /// Segment number of the commit log's file (its start is this times the size).
+    log_segment: Option<u64>,
     records: Vec<Rec>,
     /// Damage to the commit log after the records are written: (position, byte).
     log_damage: Vec<(u16, u8)>,
@@ -65,7 +67,8 @@ enum Cp {
 struct QueueFile {
     topic: bool,
     queue_id: u8,
-    segment: u8,
+    /// Segment number; a large one names a file near the end of the offset range.
+    segment: u64,
     bytes: Vec<u8>,
 }
 
@@ -105,6 +108,7 @@ fn lay_out(root: &Path, input: &Input) {
     // The commit log: one segment of records, then zeros.
     let mut log = vec![0u8; LOG_SEGMENT as usize];
     let mut pos = 0usize;
+    let start = input.log_segment.map_or(0, |n| (n % (1 << 52)) * LOG_SEGMENT);
     let mut next_qo = [[0u64; 2]; 2];
     for r in &input.records {
         let topic = TOPICS[usize::from(r.topic)];
@@ -127,7 +131,9 @@ fn lay_out(root: &Path, input: &Input) {
         let q = &mut next_qo[usize::from(r.topic)][usize::from(r.queue_id)];
         let a = Assigned {
             queue_offset: r.queue_offset.unwrap_or(*q),
-            commit_log_offset: r.commit_log_offset.unwrap_or(pos as u64),
+            commit_log_offset: r
+                .commit_log_offset
+                .unwrap_or(start.wrapping_add(pos as u64)),
             store_timestamp: r.store_timestamp,
             store_host: "127.0.0.1:10911".parse().expect("addr"),
         };
@@ -140,7 +146,7 @@ fn lay_out(root: &Path, input: &Input) {
         log[usize::from(at) % n] = b;
     }
     if pos > 0 || !input.log_damage.is_empty() {
-        write(&root.join("commitlog").join(name(0)), &log);
+        write(&root.join("commitlog").join(name(start)), &log);
     }
 
     match &input.checkpoint {
@@ -164,10 +170,13 @@ fn lay_out(root: &Path, input: &Input) {
             .join(TOPICS[usize::from(q.topic)])
             .join((q.queue_id % 3).to_string());
         let bytes = &q.bytes[..q.bytes.len().min(CQ_SEGMENT as usize)];
-        write(
-            &dir.join(name(u64::from(q.segment % 4) * CQ_SEGMENT)),
-            bytes,
-        );
+        // Mostly the first few segments; now and then one near the end of the range.
+        let segment = if q.segment < 1 << 60 {
+            q.segment % 4
+        } else {
+            q.segment % (u64::MAX / CQ_SEGMENT + 1)
+        };
+        write(&dir.join(name(segment * CQ_SEGMENT)), bytes);
     }
     if let Some(ix) = &input.index {
         let (slots, capacity) = (u32::from(ix.slots % 32), u32::from(ix.capacity % 32));
