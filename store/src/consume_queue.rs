@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use crate::error::{Result, StoreError};
-use crate::segment::{Segment, SegmentedFile};
+use crate::segment::{MAX_OFFSET, Segment, SegmentedFile};
 use weir_protocol::record::{u32_at, u64_at};
 
 pub(crate) const ENTRY_SIZE: u64 = 20;
@@ -138,13 +138,14 @@ impl ConsumeQueue {
         self.max.load(Ordering::Acquire)
     }
 
-    /// Whether [`ConsumeQueue::put`] can place an entry at `at`: its segment's end is
-    /// addressable, and a gap after the last segment spans at most [`MAX_GAP_SEGMENTS`].
+    /// Whether [`ConsumeQueue::put`] can place an entry at `at`: its segment ends below
+    /// [`MAX_OFFSET`], and a gap after the last segment spans at most [`MAX_GAP_SEGMENTS`].
     pub fn can_put(&self, at: u64) -> bool {
         let size = self.files.segment_size();
+        // Below MAX_OFFSET, which opening the files again requires.
         let Some(byte) = at
             .checked_mul(ENTRY_SIZE)
-            .filter(|b| b.checked_add(size).is_some())
+            .filter(|b| *b <= MAX_OFFSET - size)
         else {
             return false;
         };

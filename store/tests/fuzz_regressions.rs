@@ -62,6 +62,25 @@ fn a_queue_offset_past_the_addressable_range_does_not_stop_the_open() {
     MessageStore::open(config).expect("and opens again");
 }
 
+/// crash-e0baf509cbc9af613a64f183a599422036b57062: a queue offset (630433339647471141)
+/// whose entry lies past the largest offset segment files may start at: the queue created
+/// the segment, and the next open refused it.
+#[test]
+fn a_queue_offset_past_the_largest_offset_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(dir.path());
+    write_log(
+        &config,
+        &[(Message::new("a", 0, vec![]), 630_433_339_647_471_141)],
+    );
+
+    let store = MessageStore::open(config.clone()).expect("the store opens");
+    assert_eq!(store.max_offset("a", 0), 0);
+    store.shutdown().unwrap();
+    drop(store);
+    MessageStore::open(config).expect("and opens again");
+}
+
 /// A queue offset far ahead of its queue: filling the gap with hole segments would create
 /// files without end (here 1,000 segments of 64 entries).
 #[test]
