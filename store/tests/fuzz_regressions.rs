@@ -13,14 +13,20 @@ use weir_store::{Message, MessageStore, StoreConfig, StoreError};
 /// A commit log whose first segment holds `records` (message, queue offset) back to back
 /// from offset 0, each CRC-valid, as if the store had written them.
 fn write_log(config: &StoreConfig, records: &[(Message, u64)]) {
+    let timed: Vec<_> = records.iter().map(|(m, qo)| (m.clone(), *qo, 0)).collect();
+    write_log_timed(config, &timed);
+}
+
+/// [`write_log`] with each record's store timestamp.
+fn write_log_timed(config: &StoreConfig, records: &[(Message, u64, i64)]) {
     let mut seg = vec![0u8; config.commit_log_segment_size as usize];
     let mut pos = 0usize;
-    for (msg, queue_offset) in records {
+    for (msg, queue_offset, store_timestamp) in records {
         let len = msg.encoded_len().unwrap();
         let a = Assigned {
             queue_offset: *queue_offset,
             commit_log_offset: pos as u64,
-            store_timestamp: 0,
+            store_timestamp: *store_timestamp,
             store_host: "127.0.0.1:10911".parse().unwrap(),
         };
         record::encode_into(msg, &a, &mut seg[pos..pos + len]);
@@ -199,4 +205,25 @@ fn a_segment_past_the_largest_offset_is_refused() {
         ),
         "{err}"
     );
+}
+
+/// crash-899ae1e918ad012e799b26b5e253b4fa438d436c: two keyed records whose store
+/// timestamps (-8268608915852230612, then 1283869159732812544) are so far apart that
+/// their difference overflowed while the second was indexed.
+#[test]
+fn keyed_records_with_timestamps_far_apart_are_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(dir.path());
+    let keyed = |qo: u64| Message::new("a", 1, vec![7u8; 159]).with_key(format!("k{qo}"));
+    write_log_timed(
+        &config,
+        &[
+            (keyed(0), 0, -8_268_608_915_852_230_612),
+            (keyed(1), 1, 1_283_869_159_732_812_544),
+        ],
+    );
+
+    let store = MessageStore::open(config).expect("the store opens");
+    assert_eq!(store.max_offset("a", 1), 2);
+    assert_eq!(store.query_by_key("a", "k1", 4).len(), 1);
 }
