@@ -56,6 +56,9 @@ for t in "${targets[@]}"; do
     echo "${summary[-1]}"
 done
 
+# store_open's folders, left behind where an input crashed.
+rm -rf /dev/shm/weir-fuzz-store-* "${TMPDIR:-/tmp}"/weir-fuzz-store-*
+
 echo
 echo "== summary (${secs}s per target)"
 printf '%s\n' "${summary[@]}"

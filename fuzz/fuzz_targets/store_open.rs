@@ -108,7 +108,9 @@ fn lay_out(root: &Path, input: &Input) {
     // The commit log: one segment of records, then zeros.
     let mut log = vec![0u8; LOG_SEGMENT as usize];
     let mut pos = 0usize;
-    let start = input.log_segment.map_or(0, |n| (n % (1 << 52)) * LOG_SEGMENT);
+    let start = input
+        .log_segment
+        .map_or(0, |n| (n % (1 << 52)) * LOG_SEGMENT);
     let mut next_qo = [[0u64; 2]; 2];
     for r in &input.records {
         let topic = TOPICS[usize::from(r.topic)];
@@ -237,13 +239,17 @@ fn exercise(store: &MessageStore, appends: u8) {
 
 fuzz_target!(|input: Input| {
     // tmpfs when there is one: the store syncs a lot.
-    let base = Path::new("/dev/shm");
-    let dir = if base.is_dir() {
-        tempfile::tempdir_in(base)
+    // (Named, so that run.sh can remove what a crashed run left behind.)
+    let shm = Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
     } else {
-        tempfile::tempdir()
-    }
-    .expect("temp folder");
+        std::env::temp_dir()
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("weir-fuzz-store-")
+        .tempdir_in(base)
+        .expect("temp folder");
     let root = dir.path().join("data");
     lay_out(&root, &input);
 
