@@ -44,8 +44,12 @@ async fn a_full_disk_refuses_sends_serves_pulls_and_resumes_once_consumed() {
         c.store.commit_log_segment_size = 1 << 20;
         // The test's own "disk": 12 MiB for the store's files.
         c.store.disk_quota_bytes = Some(12 << 20);
-        c.store.disk_max_used_ratio = 0.6;
-        c.store.disk_full_ratio = 0.8;
+        // Above what the machine's own disk already uses: only the quota decides.
+        let used = weir_store::FsReading::of(std::path::Path::new("."))
+            .unwrap()
+            .used_ratio();
+        c.store.disk_full_ratio = (used + 0.05).clamp(0.8, 0.995);
+        c.store.disk_max_used_ratio = (c.store.disk_full_ratio - 0.2).max(0.6);
         c.store.disk_check_interval_ms = 20;
     })
     .await;

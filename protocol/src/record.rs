@@ -426,6 +426,35 @@ pub fn attributes_and_body(bytes: &[u8]) -> Result<(&[u8], &[u8])> {
     }
 }
 
+/// One record as a filter receives it (`wit/filter.wit`'s `message`): the fixed fields
+/// it reads, its attributes (see [`attributes_and_body`]) and its body. Pure, so the
+/// broker's conversion of untrusted stored bytes can be fuzzed without a WebAssembly
+/// runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilterMessage<'a> {
+    pub queue_offset: u64,
+    pub born_timestamp: i64,
+    pub store_timestamp: i64,
+    pub reconsume_count: u32,
+    pub attributes: &'a [u8],
+    pub body: &'a [u8],
+}
+
+/// [`FilterMessage`] of a whole record, by lengths alone (no UTF-8 or CRC check).
+pub fn filter_message(bytes: &[u8]) -> Result<FilterMessage<'_>> {
+    let (attributes, body) = attributes_and_body(bytes)?;
+    // `attributes_and_body` checked the record is at least `RECORD_OVERHEAD` long, so
+    // the fixed fields are in bounds.
+    Ok(FilterMessage {
+        queue_offset: u64_at(bytes, pos::QUEUE_OFFSET),
+        born_timestamp: u64_at(bytes, pos::BORN_TS) as i64,
+        store_timestamp: u64_at(bytes, pos::STORE_TS) as i64,
+        reconsume_count: u32_at(bytes, pos::RECONSUME_TIMES),
+        attributes,
+        body,
+    })
+}
+
 /// A decoded view over one record's bytes. Constructing it validates every length and
 /// every string, so the accessors cannot fail.
 #[derive(Clone, Copy)]

@@ -61,7 +61,10 @@ impl CheckpointFile {
 
     /// Writes `cp` durably into the slot not holding the newest one.
     pub fn write(&mut self, cp: &Checkpoint) -> Result<()> {
-        self.seq += 1;
+        // A damaged (but CRC-valid) slot can hold any sequence number, `u64::MAX` too:
+        // wrapping writes 0 into the other slot, then 1 over the damaged one, after which
+        // the sequence is ordinary again.
+        self.seq = self.seq.wrapping_add(1);
         let mut slot = [0u8; SLOT];
         slot[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         slot[8..16].copy_from_slice(&self.seq.to_le_bytes());
@@ -131,5 +134,28 @@ mod tests {
         .unwrap();
         let (_, cp) = CheckpointFile::open(&path).unwrap();
         assert_eq!(cp.unwrap().commit_log_flushed, 60);
+    }
+
+    /// Found by fuzz/store_open (crash-c787f7e8…): a slot with sequence `u64::MAX` made
+    /// the next write overflow.
+    #[test]
+    fn the_largest_sequence_number_wraps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint");
+        let (mut f, _) = CheckpointFile::open(&path).unwrap();
+        f.seq = u64::MAX - 1;
+        let cp = |n| Checkpoint {
+            commit_log_flushed: n,
+            logic_flushed: 0,
+            written_at: 0,
+        };
+        f.write(&cp(63270)).unwrap();
+        drop(f);
+        let (mut f, got) = CheckpointFile::open(&path).unwrap();
+        assert_eq!((f.seq, got), (u64::MAX, Some(cp(63270))));
+        f.write(&cp(1)).unwrap();
+        f.write(&cp(2)).unwrap();
+        let (_, got) = CheckpointFile::open(&path).unwrap();
+        assert_eq!(got, Some(cp(2)));
     }
 }

@@ -7,11 +7,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::error::Result;
-use crate::segment::{Segment, SegmentedFile};
+use crate::error::{Result, StoreError};
+use crate::segment::{MAX_OFFSET, Segment, SegmentedFile};
 use weir_protocol::record::{u32_at, u64_at};
 
 pub(crate) const ENTRY_SIZE: u64 = 20;
+
+/// Most segments of holes `put` creates to reach an entry. Only a damaged store leaves a
+/// gap at all, and a short one; a longer gap means the queue offset itself is damage (a
+/// record's queue offset is not covered by anything but its CRC), and filling it would
+/// create files until the disk is full.
+const MAX_GAP_SEGMENTS: u64 = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CqEntry {
@@ -21,14 +27,14 @@ pub(crate) struct CqEntry {
 }
 
 impl CqEntry {
-    fn encode(&self) -> [u8; ENTRY_SIZE as usize] {
+    pub(crate) fn encode(&self) -> [u8; ENTRY_SIZE as usize] {
         let mut b = [0u8; ENTRY_SIZE as usize];
         b[0..8].copy_from_slice(&self.commit_log_offset.to_le_bytes());
         b[8..12].copy_from_slice(&self.size.to_le_bytes());
         b[12..20].copy_from_slice(&self.tag_hash.to_le_bytes());
         b
     }
-    fn decode(b: &[u8]) -> Self {
+    pub(crate) fn decode(b: &[u8]) -> Self {
         Self {
             commit_log_offset: u64_at(b, 0),
             size: u32_at(b, 8),
@@ -137,7 +143,14 @@ impl ConsumeQueue {
     /// before it appends the record the entry points at).
     pub fn reserve(&self, at: u64) -> Result<()> {
         let _w = self.write.lock();
-        self.segment_for(at.saturating_mul(ENTRY_SIZE)).map(drop)
+        if !self.can_put(at) {
+            return Err(StoreError::Corrupt {
+                what: "consume queue",
+                path: self.files.dir().to_path_buf(),
+                detail: format!("queue offset {at} cannot be stored: too large"),
+            });
+        }
+        self.segment_for(at * ENTRY_SIZE).map(drop)
     }
 
     /// The segment holding byte `byte`, created (with any missing ones before it) if
@@ -180,12 +193,39 @@ impl ConsumeQueue {
         lo
     }
 
+    /// Whether [`ConsumeQueue::put`] can place an entry at `at`: its segment ends below
+    /// [`MAX_OFFSET`], and a gap after the last segment spans at most [`MAX_GAP_SEGMENTS`].
+    pub fn can_put(&self, at: u64) -> bool {
+        let size = self.files.segment_size();
+        // Below MAX_OFFSET, which opening the files again requires.
+        let Some(byte) = at
+            .checked_mul(ENTRY_SIZE)
+            .filter(|b| *b <= MAX_OFFSET - size)
+        else {
+            return false;
+        };
+        match self.files.last() {
+            Some(last) if byte >= last.end() => (byte - last.end()) / size <= MAX_GAP_SEGMENTS,
+            _ => true,
+        }
+    }
+
     /// Appends an entry at logical offset `at` (≥ `max_offset`). A gap, which only a
-    /// damaged store produces, is left as holes that readers skip.
+    /// damaged store produces, is left as holes that readers skip; an offset
+    /// [`ConsumeQueue::can_put`] refuses is an error.
     pub fn put(&self, at: u64, entry: CqEntry) -> Result<()> {
         let _w = self.write.lock();
         let max = self.max_offset();
         debug_assert!(at >= max);
+        if !self.can_put(at) {
+            return Err(StoreError::Corrupt {
+                what: "consume queue",
+                path: self.files.dir().to_path_buf(),
+                detail: format!(
+                    "queue offset {at} cannot be stored (next offset {max}): too large or too far ahead"
+                ),
+            });
+        }
         let byte = at * ENTRY_SIZE;
         let seg = self.segment_for(byte)?;
         let rel = byte - seg.start();

@@ -170,7 +170,9 @@ impl IndexFile {
         debug_assert!(n < self.capacity);
         let slot = self.slot_at(hash);
         let prev = u32_at(&self.map, slot);
-        let delta = ((ts - self.begin_ts()).max(0) / 1000).min(i64::from(u32::MAX)) as u32;
+        // Saturating: a replayed record's timestamp is whatever it holds.
+        let delta =
+            (ts.saturating_sub(self.begin_ts()).max(0) / 1000).min(i64::from(u32::MAX)) as u32;
         let at = self.entry_at(n);
         let e = &mut self.map[at..at + ENTRY];
         e[0..8].copy_from_slice(&hash.to_le_bytes());

@@ -26,6 +26,36 @@ mod segment;
 mod services;
 mod store;
 
+/// Pure decoders of the store's own files, reachable by the fuzz targets (`fuzz/`). Not
+/// part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::consume_queue::{CqEntry, ENTRY_SIZE};
+
+    /// Bytes of one consume queue entry.
+    pub const CQ_ENTRY_SIZE: usize = ENTRY_SIZE as usize;
+
+    /// A consume queue entry's fields: (commit log offset, size, tag hash).
+    pub fn decode_cq_entry(bytes: &[u8; CQ_ENTRY_SIZE]) -> (u64, u32, u64) {
+        let e = CqEntry::decode(bytes);
+        (e.commit_log_offset, e.size, e.tag_hash)
+    }
+
+    /// The entry with these fields, as the store writes it.
+    pub fn encode_cq_entry(
+        commit_log_offset: u64,
+        size: u32,
+        tag_hash: u64,
+    ) -> [u8; CQ_ENTRY_SIZE] {
+        CqEntry {
+            commit_log_offset,
+            size,
+            tag_hash,
+        }
+        .encode()
+    }
+}
+
 pub use append::{Appended, FlushStatus, PutResult};
 pub use commitlog::{DamagedRange, StoredRecord};
 pub use config::{DiskPressurePolicy, FlushMode, MIN_COMMIT_LOG_SEGMENT_SIZE, StoreConfig};

@@ -88,6 +88,20 @@ impl Inner {
                         anomalies += 1;
                         return Ok(());
                     }
+                    if !cq.can_put(qo) {
+                        // A CRC-valid record with a queue offset no queue can reach: left in the
+                        // log (readable by id), not in its queue, and the store still opens.
+                        error!(
+                            topic = v.topic(),
+                            queue = v.queue_id(),
+                            queue_offset = qo,
+                            next = max,
+                            commit_log_offset = v.commit_log_offset(),
+                            "replayed record has an impossible queue offset; not added to its queue"
+                        );
+                        anomalies += 1;
+                        return Ok(());
+                    }
                     if qo > max && max > cq.min_offset() {
                         anomalies += 1;
                     }

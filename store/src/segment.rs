@@ -239,6 +239,10 @@ impl Segment {
 }
 
 /// Segment file name: the start offset, 20 digits, so names sort by offset.
+/// No segment reaches past this offset (8 EiB, more than any store writes): a file name
+/// or checkpoint that claims one is damage, refused rather than overflowing offsets.
+pub(crate) const MAX_OFFSET: u64 = 1 << 63;
+
 pub(crate) fn segment_name(start: u64) -> String {
     format!("{start:020}")
 }
@@ -278,6 +282,13 @@ impl SegmentedFile {
         let mut segments = Vec::with_capacity(starts.len());
         for (i, &start) in starts.iter().enumerate() {
             let path = dir.join(segment_name(start));
+            if start > MAX_OFFSET - segment_size {
+                return Err(StoreError::Corrupt {
+                    what: "segment",
+                    path,
+                    detail: format!("start {start} is past the largest offset {MAX_OFFSET}"),
+                });
+            }
             if start % segment_size != 0 {
                 return Err(StoreError::Corrupt {
                     what: "segment",

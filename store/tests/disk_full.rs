@@ -12,7 +12,7 @@ use std::process::Command;
 
 use common::small_config;
 use weir_store::{
-    GetStatus, Message, MessageStore, ReadLimits, StoreConfig, StoreError, UsageSource,
+    FsReading, GetStatus, Message, MessageStore, ReadLimits, StoreConfig, StoreError, UsageSource,
 };
 
 /// A tmpfs of `size` mounted on a fresh folder, unmounted on drop.
@@ -43,13 +43,25 @@ impl Drop for Tmpfs {
 }
 
 fn config(data: &Path) -> StoreConfig {
+    config_with(data, 0.5, 0.8)
+}
+
+/// The machine's own disk decides nothing in a quota test: its limits sit above what the
+/// disk holding the test folder already uses.
+fn above_this_disk(dir: &Path) -> (f64, f64) {
+    let used = FsReading::of(dir).unwrap().used_ratio();
+    let full = (used + 0.05).clamp(0.8, 0.995);
+    ((full - 0.3).max(0.5), full)
+}
+
+fn config_with(data: &Path, max_used: f64, full: f64) -> StoreConfig {
     StoreConfig {
         commit_log_segment_size: 256 * 1024,
         consume_queue_segment_entries: 1024,
         index_slots: 1024,
         index_entries: 4096,
-        disk_max_used_ratio: 0.5,
-        disk_full_ratio: 0.8,
+        disk_max_used_ratio: max_used,
+        disk_full_ratio: full,
         prepare_ahead: true,
         ..small_config(data)
     }
@@ -82,8 +94,13 @@ fn fill_refuse_free_resume(store: &MessageStore, expect_source: UsageSource) {
     assert!(matches!(refusal, StoreError::DiskFull { .. }), "{refusal}");
     assert!(refusal.to_string().contains("disk full"), "{refusal}");
     assert!(acked.len() > 100, "only {} messages fit", acked.len());
-    let usage = store.check_disk().unwrap();
-    assert_eq!(usage.source, expect_source);
+    // The limit that refused is the one under test.
+    let said = match expect_source {
+        UsageSource::Quota => "store quota",
+        UsageSource::FileSystem => "disk ",
+    };
+    assert!(refusal.to_string().contains(said), "{refusal}");
+    store.check_disk().unwrap();
     // Refused before the disk is full: a batch too, whole.
     let batch = [Message::new("T", 0, vec![1]), Message::new("T", 0, vec![2])];
     assert!(matches!(
@@ -160,9 +177,10 @@ fn fill_refuse_free_resume(store: &MessageStore, expect_source: UsageSource) {
 #[test]
 fn a_full_quota_refuses_sends_keeps_reads_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
+    let (max_used, full) = above_this_disk(dir.path());
     let store = MessageStore::open(StoreConfig {
         disk_quota_bytes: Some(4 << 20),
-        ..config(dir.path())
+        ..config_with(dir.path(), max_used, full)
     })
     .unwrap();
     fill_refuse_free_resume(&store, UsageSource::Quota);

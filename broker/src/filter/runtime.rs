@@ -27,7 +27,7 @@ use wasmtime::{
     Store, Trap,
 };
 use weir_protocol::filter::FilterStats;
-use weir_protocol::record::{self, pos};
+use weir_protocol::record;
 use weir_store::StoredRecord;
 
 use super::{FilterConfig, FilterError};
@@ -1136,27 +1136,28 @@ impl Worker {
         let mut damaged = Vec::new();
         for (i, r) in records.iter().enumerate() {
             let bytes = r.record_bytes();
-            let Ok((attrs, body)) = record::attributes_and_body(bytes) else {
+            let Ok(m) = record::filter_message(bytes) else {
                 damaged.push(i);
                 continue;
             };
-            let (Ok(attributes_at), Ok(attributes_len)) =
-                (u32::try_from(attributes.len()), u32::try_from(attrs.len()))
-            else {
+            let (Ok(attributes_at), Ok(attributes_len)) = (
+                u32::try_from(attributes.len()),
+                u32::try_from(m.attributes.len()),
+            ) else {
                 return Err(FilterFailure::new(
                     FailureKind::Unavailable,
                     "a batch's attributes exceed 4 GiB",
                 ));
             };
-            attributes.extend_from_slice(attrs);
+            attributes.extend_from_slice(m.attributes);
             messages.push(WireMessage {
-                queue_offset: record::u64_at(bytes, pos::QUEUE_OFFSET),
-                born_timestamp: record::u64_at(bytes, pos::BORN_TS) as i64,
-                store_timestamp: record::u64_at(bytes, pos::STORE_TS) as i64,
-                reconsume_count: record::u32_at(bytes, pos::RECONSUME_TIMES),
+                queue_offset: m.queue_offset,
+                born_timestamp: m.born_timestamp,
+                store_timestamp: m.store_timestamp,
+                reconsume_count: m.reconsume_count,
                 attributes_at,
                 attributes_len,
-                body: filter.needs_body.then_some(body),
+                body: filter.needs_body.then_some(m.body),
             });
         }
         let wire_ctx = WireContext {

@@ -6,7 +6,8 @@ use std::fmt;
 use crate::expr::{CmpOp, Expr, Node, Num, Operand, Prop, TextOp, cmp_num};
 
 /// Parentheses and NOTs nested deeper than this are refused: the parser recurses, and a
-/// filter's stack is small.
+/// filter's stack is small. The canonical form (`Display`) is held to it too, so that it
+/// always parses back.
 const MAX_DEPTH: usize = 64;
 
 /// Why an expression does not parse, and where.
@@ -58,6 +59,12 @@ pub fn parse(source: &str) -> Result<Expr, ParseError> {
     }
     let node = p.parse_or()?;
     match p.peek() {
+        // `NOT a = 1 AND b = 1` nests one level in the source but two in its canonical
+        // form, `(NOT a = 1 AND b = 1)`, which must parse back.
+        Tok::End if nesting(&node) > MAX_DEPTH => Err(p.error_at(
+            0,
+            format!("the expression nests deeper than {MAX_DEPTH} levels (AND and OR lists count as parenthesised)"),
+        )),
         Tok::End => Ok(Expr {
             root: node,
             names: p.names.into(),
@@ -719,6 +726,16 @@ impl Parser<'_> {
 }
 
 /// Appends a condition to an AND (or OR) list, splicing in a nested list of the same kind.
+/// How deep the canonical form nests: a level per NOT and per AND or OR list (which it
+/// parenthesises), the levels the parser counts when it reads that form.
+fn nesting(node: &Node) -> usize {
+    match node {
+        Node::Not(inner) => 1 + nesting(inner),
+        Node::And(items) | Node::Or(items) => 1 + items.iter().map(nesting).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 fn push_flat(items: &mut Vec<Node>, node: Node, and: bool) {
     match node {
         Node::And(inner) if and => items.extend(inner),

@@ -523,6 +523,28 @@ fn error_messages() {
     );
 }
 
+/// Found by fuzz/sql92's round trip (an expression's canonical form must parse back):
+/// NOTs at the depth limit under an AND, whose canonical form parenthesises the AND list
+/// and so nested one level deeper than the limit.
+#[test]
+fn the_canonical_form_of_an_accepted_expression_parses() {
+    for (nots, tail) in [
+        (64, "a = 1 AND b = 1"),
+        (63, "(a = 1 AND b = 1 OR c = 1)"),
+        (62, "(a = 1 AND (b = 1 OR NOT c = 1))"),
+    ] {
+        let source = format!("{}{tail}", "NOT ".repeat(nots));
+        match parse(&source) {
+            Ok(e) => assert_eq!(parse(&e.to_string()).as_ref(), Ok(&e), "{source}"),
+            Err(e) => assert!(e.message.contains("nests deeper than 64"), "{source}: {e}"),
+        }
+    }
+    // Right at the limit, accepted.
+    let source = format!("{}a = 1 AND b = 1", "NOT ".repeat(63));
+    let e = parse(&source).unwrap();
+    assert_eq!(parse(&e.to_string()).unwrap(), e);
+}
+
 #[test]
 fn error_display() {
     let e = parse("a > AND b = 1").unwrap_err();

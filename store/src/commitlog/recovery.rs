@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use tracing::{error, warn};
 
 use super::CommitLog;
-use crate::error::{IoContext, Result};
+use crate::error::{IoContext, Result, StoreError};
 use crate::fsutil;
-use crate::segment::Segment;
+use crate::segment::{MAX_OFFSET, Segment};
 use weir_protocol::record::{self, Probe, RecordView};
 
 /// A stretch of the log that holds no valid record, skipped because a valid record
@@ -67,7 +67,18 @@ impl CommitLog {
         let Some(first) = segs.first() else {
             // Nothing stored: continue after the last known offset, at a segment boundary,
             // so offsets (and so message ids) are never reused.
-            let start = from.unwrap_or(0).div_ceil(self.segment_size()) * self.segment_size();
+            let from = from.unwrap_or(0);
+            let size = self.segment_size();
+            let start = from
+                .checked_next_multiple_of(size)
+                .filter(|s| *s <= MAX_OFFSET - size)
+                .ok_or_else(|| StoreError::Corrupt {
+                    what: "commit log",
+                    path: self.files.dir().to_path_buf(),
+                    detail: format!(
+                        "the checkpoint says offsets up to {from} were used: past the largest offset {MAX_OFFSET}"
+                    ),
+                })?;
             self.set_end(start, true);
             return Ok(ScanOutcome {
                 end: self.committed(),
