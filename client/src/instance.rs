@@ -107,6 +107,42 @@ impl Handler for ClientHandler {
 struct CachedRoute {
     route: Arc<TopicRoute>,
     fetched: Instant,
+    /// The writable queues with their masters, made on first use.
+    publish: std::sync::OnceLock<Arc<PublishInfo>>,
+}
+
+/// A topic's writable queues, each with its broker master's address, made once per route
+/// (RocketMQ's `TopicPublishInfo`): what every send picks from, without building anything.
+#[derive(Debug)]
+pub struct PublishInfo {
+    pub route: Arc<TopicRoute>,
+    /// Writable queues, in a stable order.
+    pub queues: Vec<MessageQueue>,
+    /// The address of each queue's master (by the queue's index), if the route has one.
+    pub addrs: Vec<Option<Arc<str>>>,
+}
+
+impl PublishInfo {
+    pub fn new(route: Arc<TopicRoute>, topic: &str) -> Self {
+        let queues = ClientInstance::queues(&route, topic, true);
+        let mut by_broker: HashMap<&str, Option<Arc<str>>> = HashMap::new();
+        let addrs = queues
+            .iter()
+            .map(|q| {
+                by_broker
+                    .entry(q.broker_name.as_str())
+                    .or_insert_with(|| {
+                        ClientInstance::master_addr(&route, &q.broker_name).map(Arc::from)
+                    })
+                    .clone()
+            })
+            .collect();
+        Self {
+            route: Arc::clone(&route),
+            queues,
+            addrs,
+        }
+    }
 }
 
 /// Shared client state; cheap to clone.
@@ -124,7 +160,10 @@ struct Inner {
     namesrvs: Vec<String>,
     /// The name server tried first (the last one that answered).
     preferred: AtomicUsize,
-    conns: Mutex<HashMap<String, Connection>>,
+    /// Open connections by address; read on every call, written when one opens.
+    conns: std::sync::RwLock<HashMap<String, Connection>>,
+    /// One connection attempt at a time.
+    connecting: Mutex<()>,
     routes: std::sync::Mutex<HashMap<String, CachedRoute>>,
     rebalance: Arc<RebalanceTriggers>,
 }
@@ -149,7 +188,8 @@ impl ClientInstance {
                 config,
                 namesrvs,
                 preferred: AtomicUsize::new(0),
-                conns: Mutex::new(HashMap::new()),
+                conns: std::sync::RwLock::new(HashMap::new()),
+                connecting: Mutex::new(()),
                 routes: std::sync::Mutex::new(HashMap::new()),
                 rebalance: Arc::default(),
             }),
@@ -260,11 +300,12 @@ impl ClientInstance {
 
     /// A live connection to `addr`, reused across calls.
     pub async fn connection(&self, addr: &str) -> Result<Connection, CallError> {
-        let mut conns = self.inner.conns.lock().await;
-        if let Some(c) = conns.get(addr)
-            && !c.is_closed()
-        {
-            return Ok(c.clone());
+        if let Some(c) = self.open_connection(addr) {
+            return Ok(c);
+        }
+        let _one = self.inner.connecting.lock().await;
+        if let Some(c) = self.open_connection(addr) {
+            return Ok(c);
         }
         let c = Connection::connect(
             addr,
@@ -273,8 +314,17 @@ impl ClientInstance {
             self.inner.config.request_timeout,
         )
         .await?;
-        conns.insert(addr.to_owned(), c.clone());
+        self.inner
+            .conns
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr.to_owned(), c.clone());
         Ok(c)
+    }
+
+    fn open_connection(&self, addr: &str) -> Option<Connection> {
+        let conns = self.inner.conns.read().unwrap_or_else(|e| e.into_inner());
+        conns.get(addr).filter(|c| !c.is_closed()).cloned()
     }
 
     /// Calls a broker (or any server) at `addr`.
@@ -380,9 +430,39 @@ impl ClientInstance {
                 CachedRoute {
                     route: Arc::clone(&route),
                     fetched: Instant::now(),
+                    publish: std::sync::OnceLock::new(),
                 },
             );
         Ok(route)
+    }
+
+    /// The writable queues of `topic` and their masters, from the cached route when it is
+    /// fresh (`refresh` fetches it again); for a topic no broker serves yet, every master's
+    /// (see `route_for_send`).
+    pub(crate) async fn publish_info(
+        &self,
+        topic: &str,
+        refresh: bool,
+    ) -> Result<Arc<PublishInfo>> {
+        if !refresh {
+            let routes = self.inner.routes.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = routes.get(topic)
+                && c.fetched.elapsed() < self.inner.config.route_refresh
+            {
+                let made = c
+                    .publish
+                    .get_or_init(|| Arc::new(PublishInfo::new(Arc::clone(&c.route), topic)));
+                return Ok(Arc::clone(made));
+            }
+        }
+        let route = match refresh {
+            true => match self.route(topic, true).await {
+                Ok(r) => r,
+                Err(_) => self.route_for_send(topic).await?,
+            },
+            false => self.route_for_send(topic).await?,
+        };
+        Ok(Arc::new(PublishInfo::new(route, topic)))
     }
 
     /// The route, or, for a topic no broker serves yet, a route to every master for its

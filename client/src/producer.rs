@@ -10,6 +10,7 @@ use weir_protocol::broker::{BatchEntry, SendBatch, SendMessage, SendStatus};
 use weir_protocol::route::TopicRoute;
 use weir_protocol::{CallError, ErrorCode};
 
+use crate::instance::PublishInfo;
 use crate::{ClientError, ClientInstance, Message, MessageQueue, Result};
 
 /// Where a message went.
@@ -94,16 +95,18 @@ impl Producer {
         Ok(())
     }
 
-    /// Picks the next queue round-robin, avoiding `avoid` (the broker that just failed)
-    /// when another one exists.
-    fn pick(&self, queues: &[MessageQueue], avoid: Option<&str>) -> Option<MessageQueue> {
-        let start = self.next_queue.fetch_add(1, Ordering::Relaxed);
+    /// Picks the next queue round-robin (its index), avoiding `avoid` (the broker that just
+    /// failed) when another one exists.
+    fn pick(&self, queues: &[MessageQueue], avoid: Option<&str>) -> Option<usize> {
         let n = queues.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next_queue.fetch_add(1, Ordering::Relaxed);
         (0..n)
-            .map(|i| &queues[(start + i) % n])
-            .find(|q| avoid != Some(q.broker_name.as_str()))
-            .or_else(|| queues.get(start % n.max(1)))
-            .cloned()
+            .map(|i| (start + i) % n)
+            .find(|&i| avoid != Some(queues[i].broker_name.as_str()))
+            .or(Some(start % n))
     }
 
     fn request(&self, msg: &Message, queue_id: u32) -> SendMessage {
@@ -135,9 +138,13 @@ impl Producer {
         route: &TopicRoute,
     ) -> Result<SendResult> {
         let addr = Self::broker_addr(route, mq)?;
+        self.send_to(msg, mq, &addr).await
+    }
+
+    async fn send_to(&self, msg: &Message, mq: &MessageQueue, addr: &str) -> Result<SendResult> {
         let (r, _) = self
             .client
-            .call(&addr, &self.request(msg, mq.queue_id), msg.body.clone())
+            .call(addr, &self.request(msg, mq.queue_id), msg.body.clone())
             .await?;
         Ok(SendResult {
             status: r.status,
@@ -152,32 +159,31 @@ impl Producer {
     /// fails in a way another broker might not.
     async fn with_retries<T, F, Fut>(&self, topic: &str, attempt: F) -> Result<T>
     where
-        F: Fn(MessageQueue, Arc<TopicRoute>) -> Fut,
+        F: Fn(Arc<PublishInfo>, usize, Arc<str>) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let mut avoid: Option<String> = None;
         let mut last = None;
         for n in 0..=self.retry_times_when_send_failed {
-            let route = if n == 0 {
-                self.client.route_for_send(topic).await?
-            } else {
-                // The failure may be stale routing: fetch it again (or keep the old one).
-                match self.client.route(topic, true).await {
-                    Ok(r) => r,
-                    Err(_) => self.client.route_for_send(topic).await?,
-                }
-            };
-            let queues = ClientInstance::queues(&route, topic, true);
-            let Some(mq) = self.pick(&queues, avoid.as_deref()) else {
+            // After a failure the routing may be stale: fetch it again (or keep the old).
+            let info = self.client.publish_info(topic, n > 0).await?;
+            let Some(i) = self.pick(&info.queues, avoid.as_deref()) else {
                 return Err(ClientError::NoRoute {
                     topic: topic.to_owned(),
                     detail: "no writable queue".into(),
                 });
             };
-            let broker = mq.broker_name.clone();
-            match attempt(mq, Arc::clone(&route)).await {
+            let mq = &info.queues[i];
+            let Some(addr) = info.addrs[i].clone() else {
+                return Err(ClientError::NoRoute {
+                    topic: topic.to_owned(),
+                    detail: format!("broker {} has no master", mq.broker_name),
+                });
+            };
+            match attempt(Arc::clone(&info), i, addr).await {
                 Ok(v) => return Ok(v),
                 Err(e) if retryable(&e) => {
+                    let broker = info.queues[i].broker_name.clone();
                     tracing::debug!(topic, broker = %broker, error = %e, "send failed; retrying on another broker");
                     avoid = Some(broker);
                     last = Some(e);
@@ -192,8 +198,8 @@ impl Producer {
     /// `retry_times_when_send_failed` more tries on other brokers.
     pub async fn send(&self, msg: &Message) -> Result<SendResult> {
         Self::check(msg)?;
-        self.with_retries(&msg.topic, |mq, route| async move {
-            self.send_on(msg, &mq, &route).await
+        self.with_retries(&msg.topic, |info, i, addr| async move {
+            self.send_to(msg, &info.queues[i], &addr).await
         })
         .await
     }
@@ -221,22 +227,25 @@ impl Producer {
         select: impl FnOnce(&[MessageQueue]) -> usize,
     ) -> Result<SendResult> {
         Self::check(msg)?;
-        let route = self.client.route_for_send(&msg.topic).await?;
-        let queues = ClientInstance::queues(&route, &msg.topic, true);
-        if queues.is_empty() {
+        let info = self.client.publish_info(&msg.topic, false).await?;
+        if info.queues.is_empty() {
             return Err(ClientError::NoRoute {
                 topic: msg.topic.clone(),
                 detail: "no writable queue".into(),
             });
         }
-        let i = select(&queues);
-        let mq = queues.get(i).ok_or_else(|| {
+        let i = select(&info.queues);
+        let mq = info.queues.get(i).ok_or_else(|| {
             ClientError::Invalid(format!(
                 "the queue selector picked queue index {i} of {} queues",
-                queues.len()
+                info.queues.len()
             ))
         })?;
-        self.send_on(msg, mq, &route).await
+        let addr = info.addrs[i].clone().ok_or_else(|| ClientError::NoRoute {
+            topic: msg.topic.clone(),
+            detail: format!("broker {} has no master", mq.broker_name),
+        })?;
+        self.send_to(msg, mq, &addr).await
     }
 
     /// Sends messages of one topic to one queue in one request.
@@ -268,8 +277,8 @@ impl Producer {
             .collect();
         let body: Bytes = body.freeze();
         let (entries, body) = (&entries, &body);
-        self.with_retries(&first.topic, |mq, route| async move {
-            let addr = Self::broker_addr(&route, &mq)?;
+        self.with_retries(&first.topic, |info, i, addr| async move {
+            let mq = &info.queues[i];
             let req = SendBatch {
                 producer_group: self.group.clone(),
                 topic: first.topic.clone(),
@@ -294,15 +303,15 @@ impl Producer {
     /// Sends without waiting for the broker's answer (no result, no retry).
     pub async fn send_oneway(&self, msg: &Message) -> Result<()> {
         Self::check(msg)?;
-        let route = self.client.route_for_send(&msg.topic).await?;
-        let queues = ClientInstance::queues(&route, &msg.topic, true);
-        let Some(mq) = self.pick(&queues, None) else {
+        let info = self.client.publish_info(&msg.topic, false).await?;
+        let Some(i) = self.pick(&info.queues, None) else {
             return Err(ClientError::NoRoute {
                 topic: msg.topic.clone(),
                 detail: "no writable queue".into(),
             });
         };
-        let addr = Self::broker_addr(&route, &mq)?;
+        let mq = &info.queues[i];
+        let addr = Self::broker_addr(&info.route, mq)?;
         let conn = self
             .client
             .connection(&addr)
