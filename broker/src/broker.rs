@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::watch;
 use tracing::info;
+use weir_protocol::names;
 use weir_protocol::route::{RegisterBroker, RegisteredTopics, TopicConfig, perm};
 use weir_store::MessageStore;
 
@@ -19,6 +20,7 @@ use crate::error::{ProcessError, Processed};
 use crate::filter::FilterRegistry;
 use crate::holds::PullHolds;
 use crate::locks::QueueLocks;
+use crate::processor::transaction::DecisionGuards;
 use crate::service::schedule::DelayLevels;
 use crate::topics::{SYSTEM_PREFIX, TopicError, TopicManager, validate_topic_name};
 
@@ -36,6 +38,8 @@ pub struct Broker {
     pub(crate) levels: DelayLevels,
     pub(crate) locks: QueueLocks,
     pub(crate) limits: FamilyLimits,
+    /// One decision per transaction at a time.
+    pub(crate) decisions: DecisionGuards,
 }
 
 impl Broker {
@@ -55,7 +59,14 @@ impl Broker {
     pub fn held_pulls(&self) -> usize {
         self.holds.held()
     }
+}
 
+/// Topics only the broker reads and writes: half messages and their decisions.
+pub(crate) fn is_internal_topic(name: &str) -> bool {
+    name == names::TRANS_HALF_TOPIC || name == names::TRANS_OP_TOPIC
+}
+
+impl Broker {
     /// What the broker tells name servers about itself: the header, and its topics as the
     /// body.
     pub(crate) fn registration(&self) -> (RegisterBroker, Bytes) {
@@ -87,6 +98,11 @@ impl Broker {
     /// The topic for a send: created on first use when allowed.
     pub(crate) fn topic_for_send(&self, name: &str) -> Processed<TopicConfig> {
         validate_topic_name(name)?;
+        if is_internal_topic(name) {
+            return Err(ProcessError::NoPermission(format!(
+                "topic {name:?} is the broker's own; clients do not send to it"
+            )));
+        }
         if let Some(t) = self.topics.get(name) {
             return Ok(t);
         }
@@ -95,7 +111,7 @@ impl Broker {
                 "topic {name:?} does not exist and auto-create is off; create it first (weir topic create {name})"
             )));
         }
-        if name.starts_with(SYSTEM_PREFIX) {
+        if name.starts_with(SYSTEM_PREFIX) || names::is_system_topic(name) {
             return Err(ProcessError::NoPermission(format!(
                 "topic {name:?} is a system topic; it is not created by sending"
             )));

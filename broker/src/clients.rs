@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use weir_protocol::broker::{ConsumerData, ConsumerMember, Heartbeat};
+use bytes::Bytes;
+use weir_protocol::broker::{CheckTransactionState, ConsumerData, ConsumerMember, Heartbeat};
 use weir_protocol::net::BoxFuture;
 
 /// How the broker reaches a client over whatever protocol it connected with: processors
@@ -19,6 +20,13 @@ pub trait ClientLink: Send + Sync + 'static {
     fn peer(&self) -> SocketAddr;
     /// Tells the client, one way, that `group`'s membership changed.
     fn notify_consumer_ids_changed(&self, group: &str) -> BoxFuture<'static, Result<(), String>>;
+    /// Asks the client, one way, what became of a transaction; `half` is the half
+    /// message's record. It answers with an end-transaction.
+    fn check_transaction_state(
+        &self,
+        check: CheckTransactionState,
+        half: Bytes,
+    ) -> BoxFuture<'static, Result<(), String>>;
 }
 
 pub type Link = Arc<dyn ClientLink>;
@@ -28,6 +36,7 @@ struct Client {
     addr: SocketAddr,
     last_seen: Instant,
     consumers: Vec<ConsumerData>,
+    producer_groups: Vec<String>,
 }
 
 impl Client {
@@ -177,6 +186,7 @@ impl ClientRegistry {
             addr: conn.peer(),
             last_seen: Instant::now(),
             consumers: hb.consumers,
+            producer_groups: hb.producer_groups,
         };
         let new_groups = client.groups();
         let old_groups = clients
@@ -237,6 +247,19 @@ impl ClientRegistry {
             .map(|(id, _)| id.clone())
             .collect();
         self.remove(&mut clients, ids)
+    }
+
+    /// The live producers of `group`, by client id, sorted (transaction check-backs go to
+    /// one of them).
+    pub fn producers_of(&self, group: &str) -> Vec<(String, Link)> {
+        let mut out: Vec<(String, Link)> = self
+            .lock()
+            .iter()
+            .filter(|(_, c)| c.producer_groups.iter().any(|g| g == group))
+            .map(|(id, c)| (id.clone(), Arc::clone(&c.conn)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// Client ids consuming as `group`, sorted.

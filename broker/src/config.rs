@@ -37,6 +37,12 @@ pub struct BrokerConfig {
     pub delay_levels: String,
     /// How long an orderly consumer's queue lock lasts unless renewed, ms (default 60,000).
     pub queue_lock_lease_ms: u64,
+    /// A half message without a decision this long is asked about, ms (default 6,000).
+    pub transaction_timeout_ms: u64,
+    /// How often undecided half messages are checked, ms (default 60,000).
+    pub transaction_check_interval_ms: u64,
+    /// Checks of one transaction before it moves to the dead-transaction topic (default 15).
+    pub transaction_check_max: u32,
     pub store: StoreConfig,
     /// The WebAssembly filter runtime (`[filter]`).
     pub filter: FilterConfig,
@@ -142,6 +148,9 @@ impl Default for BrokerConfig {
             client_expiry_ms: 120_000,
             delay_levels: "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h".into(),
             queue_lock_lease_ms: 60_000,
+            transaction_timeout_ms: 6_000,
+            transaction_check_interval_ms: 60_000,
+            transaction_check_max: 15,
             store: StoreConfig::default(),
             filter: FilterConfig::default(),
             limits: LimitsConfig::default(),
@@ -172,6 +181,14 @@ impl BrokerConfig {
         }
         if self.queue_lock_lease_ms == 0 {
             return bad("queue_lock_lease_ms must be greater than 0");
+        }
+        if self.transaction_timeout_ms == 0 || self.transaction_check_interval_ms == 0 {
+            return bad(
+                "transaction_timeout_ms and transaction_check_interval_ms must be greater than 0",
+            );
+        }
+        if self.transaction_check_max == 0 {
+            return bad("transaction_check_max must be at least 1");
         }
         DelayLevels::parse(&self.delay_levels)?;
         if self.broker_name.is_empty() || self.cluster.is_empty() {

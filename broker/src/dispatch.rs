@@ -9,10 +9,11 @@ use bytes::Bytes;
 use tokio::sync::{Semaphore, TryAcquireError};
 use weir_protocol::broker::{
     ConsumeStats, ConsumerConnections, ConsumerList, ConsumerOffset, ConsumerSendMsgBack,
-    CreateTopic, DeleteTopic, GetConsumeStats, GetConsumerConnections, GetConsumerList,
-    GetQueueOffsets, GetTopicStats, Heartbeat, LockBatchMq, LockedQueues, OffsetAnswer,
-    PullMessage, QueryConsumerOffset, QueryMessageByKey, QueueOffsets, SearchOffsetByTimestamp,
-    SendBatch, SendBatchResult, SendMessage, SendResult, SentBack, TopicStats, UnlockBatchMq,
+    CreateTopic, DeleteTopic, EndTransaction, GetConsumeStats, GetConsumerConnections,
+    GetConsumerList, GetQueueOffsets, GetTopicStats, Heartbeat, ListTransactions, LockBatchMq,
+    LockedQueues, OffsetAnswer, PullMessage, QueryConsumerOffset, QueryMessageByKey, QueueOffsets,
+    ResolveTransaction, SearchOffsetByTimestamp, SendBatch, SendBatchResult, SendMessage,
+    SendResult, SentBack, TopicStats, TransactionList, TransactionResolved, UnlockBatchMq,
     UnregisterClient, UpdateConsumerOffset, ViewMessageById,
 };
 use weir_protocol::filter::{
@@ -54,6 +55,9 @@ pub enum BrokerRequest {
     UploadFilter { req: UploadFilter, component: Bytes },
     ListFilters(ListFilters),
     RemoveFilter(RemoveFilter),
+    EndTransaction(EndTransaction),
+    ListTransactions(ListTransactions),
+    ResolveTransaction(ResolveTransaction),
 }
 
 /// What a request's processor answered.
@@ -79,6 +83,8 @@ pub enum BrokerResponse {
     FilterUploaded(FilterUploaded),
     FilterList(FilterList),
     FilterRemoved(FilterRemoved),
+    Transactions(TransactionList),
+    TransactionResolved(TransactionResolved),
 }
 
 /// Families of requests, each with its own bound on requests in flight, so one family
@@ -108,7 +114,9 @@ impl BrokerRequest {
     pub fn family(&self) -> Family {
         use BrokerRequest as R;
         match self {
-            R::Send { .. } | R::SendBatch { .. } | R::SendBack(_) => Family::Send,
+            R::Send { .. } | R::SendBatch { .. } | R::SendBack(_) | R::EndTransaction(_) => {
+                Family::Send
+            }
             R::Pull(_) => Family::Pull,
             R::Heartbeat(_)
             | R::UnregisterClient(_)
@@ -126,7 +134,9 @@ impl BrokerRequest {
             | R::QueueOffsets(_)
             | R::SearchOffset(_)
             | R::QueryByKey(_)
-            | R::ViewById(_) => Family::Admin,
+            | R::ViewById(_)
+            | R::ListTransactions(_)
+            | R::ResolveTransaction(_) => Family::Admin,
             R::UploadFilter { .. } | R::ListFilters(_) | R::RemoveFilter(_) => Family::Filter,
         }
     }
@@ -260,6 +270,12 @@ impl Broker {
             }
             R::ListFilters(r) => A::FilterList(self.list_filters(r)),
             R::RemoveFilter(r) => A::FilterRemoved(self.remove_filter(r).await?),
+            R::EndTransaction(r) => {
+                self.end_transaction(r).await?;
+                A::Done
+            }
+            R::ListTransactions(r) => A::Transactions(self.list_transactions(r)?),
+            R::ResolveTransaction(r) => A::TransactionResolved(self.resolve_transaction(r).await?),
         })
     }
 }

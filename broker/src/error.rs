@@ -82,6 +82,9 @@ pub enum ProcessError {
     /// ids, groups, in-flight requests of a family); retry later or elsewhere.
     #[error("{0}")]
     Busy(String),
+    /// An end-transaction that does not match its half message.
+    #[error("{0}")]
+    TransactionInvalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("topic configuration: {0}")]

@@ -74,6 +74,7 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
         levels,
         locks,
         limits,
+        decisions: Default::default(),
         config,
     }))
 }
@@ -127,6 +128,16 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, BrokerError> {
         .clone()
         .unwrap_or_else(|| local.to_string());
     let broker = open(config, addr).await?;
+    {
+        // Before serving: decisions a crash left half-recorded are completed.
+        let b = Arc::clone(&broker);
+        tokio::task::spawn_blocking(move || b.reconcile_transactions())
+            .await
+            .map_err(|error| BrokerError::Task {
+                what: "transaction reconciliation",
+                error,
+            })?;
+    }
     let server = Server::start(
         listener,
         Arc::new(WeirAdapter(Arc::clone(&broker))),

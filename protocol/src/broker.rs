@@ -458,3 +458,110 @@ pub fn split_records(mut body: &[u8]) -> Result<Vec<&[u8]>, crate::RecordError> 
     }
     Ok(out)
 }
+
+/// A producer's decision on a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum TransactionDecision {
+    Commit,
+    Rollback,
+    /// Not known yet: the broker asks again later.
+    Unknown,
+}
+
+/// The producer's decision on its half message (RocketMQ's END_TRANSACTION): commit makes
+/// the message visible on its topic, rollback discards it. Sent one way by a producer (a
+/// lost one is covered by the check-back), or as a call.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct EndTransaction {
+    pub producer_group: String,
+    pub transaction_id: String,
+    /// Where the half message is (from its send result or the check-back).
+    pub commit_log_offset: u64,
+    pub decision: TransactionDecision,
+    /// Whether this answers a check-back.
+    pub from_check: bool,
+}
+
+impl Rpc for EndTransaction {
+    const CODE: RequestCode = RequestCode::EndTransaction;
+    type Response = ();
+}
+
+/// Broker → a live producer of the half message's group, one way: what became of this
+/// transaction? The body is the half message's record. Answered with [`EndTransaction`]
+/// (`from_check`).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct CheckTransactionState {
+    pub producer_group: String,
+    pub transaction_id: String,
+    pub commit_log_offset: u64,
+    /// Checks so far, this one included.
+    pub check_times: u32,
+}
+
+impl Rpc for CheckTransactionState {
+    const CODE: RequestCode = RequestCode::CheckTransactionState;
+    type Response = ();
+}
+
+/// Which transactions to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum TransactionState {
+    /// Half messages waiting for a decision.
+    Pending,
+    /// Half messages given up on after too many checks (or too old); resolved by hand.
+    Dead,
+}
+
+/// Lists transactions of a state, oldest first, at most `max`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ListTransactions {
+    pub state: TransactionState,
+    pub producer_group: Option<String>,
+    pub max: u32,
+}
+
+impl Rpc for ListTransactions {
+    const CODE: RequestCode = RequestCode::ListTransactions;
+    type Response = TransactionList;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct TransactionInfo {
+    pub transaction_id: String,
+    pub producer_group: String,
+    /// Where the message goes once committed.
+    pub topic: String,
+    pub queue_id: u32,
+    /// Where the half message (or, when dead, its dead copy) is.
+    pub commit_log_offset: u64,
+    pub msg_id: String,
+    /// When the transaction's first half message was stored (ms since the epoch).
+    pub first_stored_ms: i64,
+    pub check_times: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct TransactionList {
+    pub transactions: Vec<TransactionInfo>,
+    /// More matched than `max`.
+    pub truncated: bool,
+}
+
+/// Decides a dead transaction by hand (`weir transaction resolve`).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ResolveTransaction {
+    pub transaction_id: String,
+    pub decision: TransactionDecision,
+}
+
+impl Rpc for ResolveTransaction {
+    const CODE: RequestCode = RequestCode::ResolveTransaction;
+    type Response = TransactionResolved;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct TransactionResolved {
+    /// The committed message's id, when committed.
+    pub msg_id: Option<String>,
+}

@@ -43,7 +43,9 @@ codes! {
         Heartbeat = 34, "heartbeat";
         UnregisterClient = 35, "unregister client";
         ConsumerSendMsgBack = 36, "consumer send message back";
+        EndTransaction = 37, "end transaction";
         GetConsumerList = 38, "get consumer list";
+        CheckTransactionState = 39, "check transaction state";
         NotifyConsumerIdsChanged = 40, "notify consumer ids changed";
         LockBatchMq = 41, "lock queues";
         UnlockBatchMq = 42, "unlock queues";
@@ -60,6 +62,8 @@ codes! {
         UploadFilter = 400, "upload filter";
         ListFilters = 401, "list filters";
         RemoveFilter = 402, "remove filter";
+        ListTransactions = 420, "list transactions";
+        ResolveTransaction = 421, "resolve transaction";
     }
 }
 
@@ -95,6 +99,9 @@ codes! {
         /// A sync of the broker's store failed: it accepts no more writes until it is
         /// restarted (reads go on). Another broker may take the message.
         WritesStopped = 114, "writes stopped";
+        /// An end-transaction that does not match its half message (another producer
+        /// group, another transaction, no half message there).
+        TransactionInvalid = 115, "transaction invalid";
     }
 }
 

@@ -9,6 +9,21 @@ pub const DLQ_PREFIX: &str = "%DLQ%";
 /// `level`, in arrival order (so in due order: one level, one delay).
 pub const SCHEDULE_TOPIC: &str = "%SCHEDULE%";
 
+/// Where half (prepared) transactional messages wait for their producer's decision, as
+/// RocketMQ names it: queue 0, in arrival order.
+pub const TRANS_HALF_TOPIC: &str = "RMQ_SYS_TRANS_HALF_TOPIC";
+/// The decisions on half messages (commit, rollback, dead), one record each, keyed by the
+/// transaction id: queue 0.
+pub const TRANS_OP_TOPIC: &str = "RMQ_SYS_TRANS_OP_HALF_TOPIC";
+/// Half messages checked back too often (or too old) without a decision: queue 0.
+pub const TRANS_DEAD_TOPIC: &str = "TRANS_CHECK_MAX_TIME_TOPIC";
+
+/// Whether `topic` is the broker's own, not a client's: `%`-prefixed topics and RocketMQ's
+/// system topics. Clients neither send to them nor create them.
+pub fn is_system_topic(topic: &str) -> bool {
+    topic.starts_with('%') || topic.starts_with("RMQ_SYS_") || topic == TRANS_DEAD_TOPIC
+}
+
 /// The retry topic of `group`.
 pub fn retry_topic(group: &str) -> String {
     format!("{RETRY_PREFIX}{group}")
@@ -31,4 +46,19 @@ pub mod property {
     pub const RETRY_TOPIC: &str = "RETRY_TOPIC";
     /// On a retry or dead-letter message: the id of the message as first stored.
     pub const ORIGIN_MESSAGE_ID: &str = "ORIGIN_MESSAGE_ID";
+    /// On send: `true` makes the message a half message of a transaction (only the
+    /// transactional send sets it).
+    pub const TRANSACTION_PREPARED: &str = "TRAN_MSG";
+    /// On a half message: the producer group whose producers decide it (and are asked).
+    pub const PRODUCER_GROUP: &str = "PGROUP";
+    /// The transaction's id: set by the producer, else the half message's id. Kept on the
+    /// committed message.
+    pub const TRANSACTION_ID: &str = "__transactionId__";
+    /// On a half message: how often its producer group was asked about it so far.
+    pub const TRANSACTION_CHECK_TIMES: &str = "TRANSACTION_CHECK_TIMES";
+    /// On a re-stored half message: the client id last asked about it (the next check goes
+    /// to another producer of the group when there is one).
+    pub const TRANSACTION_CHECKED_BY: &str = "TRANSACTION_CHECKED_BY";
+    /// On a re-stored half message: when the first half was stored (ms), for its age.
+    pub const TRANSACTION_FIRST_STORED: &str = "TRANSACTION_FIRST_STORED";
 }

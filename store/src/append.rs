@@ -245,8 +245,7 @@ impl Inner {
                     }
                     arrivals.push((queue_offset + 1, &msg.topic, msg.queue_id));
                 }
-                self.dispatched
-                    .store(offset + len as u64, Ordering::Release);
+
                 results.push(PutResult {
                     commit_log_offset: offset,
                     size: len as u32,
@@ -256,6 +255,9 @@ impl Inner {
                     flush: FlushStatus::Pending,
                 });
             }
+            w.commit();
+            // Checkpoints cover the batch whole or not at all (see `CommitLogWriter::commit`).
+            self.dispatched.store(w.position(), Ordering::Release);
             w.position()
         };
         if let Some(listener) = self.arrival.read().clone() {

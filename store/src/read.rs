@@ -200,6 +200,26 @@ impl MessageStore {
         out
     }
 
+    /// Calls `f` with each record from `from` (a record's offset, or a segment's start) up
+    /// to `until` or the log's end, in order, while it returns true. Fillers are skipped;
+    /// the walk stops at the first offset that holds no valid record.
+    pub fn scan_records(&self, from: u64, until: u64, mut f: impl FnMut(&StoredRecord) -> bool) {
+        let end = until.min(self.commit_log_max_offset());
+        let mut at = from.max(self.commit_log_min_offset());
+        while at < end {
+            match self.inner.commit_log.record_or_blank_at(at) {
+                Some(Ok(rec)) => {
+                    at += rec.len() as u64;
+                    if !f(&rec) {
+                        return;
+                    }
+                }
+                Some(Err(blank_len)) => at += blank_len,
+                None => return,
+            }
+        }
+    }
+
     /// The message with this id (store address + commit log offset).
     pub fn get_by_id(&self, id: &MessageId) -> Result<StoredRecord> {
         self.inner.commit_log.record_starting_at(id.offset)

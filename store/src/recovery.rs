@@ -26,6 +26,9 @@ pub struct RecoveryReport {
     /// Records validated from the checkpoint on (half and rollback records included,
     /// though only plain and committed ones enter a queue).
     pub records_replayed: u64,
+    /// Where the replay started: every record from here to `commit_log_end` was visited.
+    /// A batch is never split by it (see `CommitLogWriter::commit`).
+    pub replayed_from: u64,
     pub commit_log_end: u64,
     /// Why the scan stopped where it did.
     pub stop_reason: &'static str,
@@ -42,6 +45,7 @@ impl RecoveryReport {
         Self {
             clean_shutdown,
             records_replayed: 0,
+            replayed_from: 0,
             commit_log_end: 0,
             stop_reason: "",
             damaged: Vec::new(),
@@ -140,6 +144,7 @@ impl Inner {
         let report = RecoveryReport {
             clean_shutdown: clean,
             records_replayed: scan.records,
+            replayed_from: from.unwrap_or(log_min).min(scan.end),
             commit_log_end: scan.end,
             stop_reason: scan.stop_reason,
             damaged: scan.damaged,

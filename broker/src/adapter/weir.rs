@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use weir_protocol::broker::{NotifyConsumerIdsChanged, RecordCount};
+use weir_protocol::broker::{CheckTransactionState, NotifyConsumerIdsChanged, RecordCount};
 use weir_protocol::net::BoxFuture;
 use weir_protocol::route::GetAllTopics;
 use weir_protocol::{Connection, ErrorCode, Handler, ProtocolError, Reply, Request, RequestCode};
@@ -69,6 +69,14 @@ impl ClientLink for WeirLink {
                 .map_err(|e| e.to_string())
         })
     }
+    fn check_transaction_state(
+        &self,
+        check: CheckTransactionState,
+        half: Bytes,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let conn = self.0.clone();
+        Box::pin(async move { conn.oneway(&check, half).await.map_err(|e| e.to_string()) })
+    }
 }
 
 fn decode(req: &Request) -> Result<BrokerRequest, ProcessError> {
@@ -115,7 +123,11 @@ fn decode(req: &Request) -> Result<BrokerRequest, ProcessError> {
         },
         RequestCode::ListFilters => R::ListFilters(req.decode().map_err(bad)?),
         RequestCode::RemoveFilter => R::RemoveFilter(req.decode().map_err(bad)?),
-        RequestCode::NotifyConsumerIdsChanged
+        RequestCode::EndTransaction => R::EndTransaction(req.decode().map_err(bad)?),
+        RequestCode::ListTransactions => R::ListTransactions(req.decode().map_err(bad)?),
+        RequestCode::ResolveTransaction => R::ResolveTransaction(req.decode().map_err(bad)?),
+        RequestCode::CheckTransactionState
+        | RequestCode::NotifyConsumerIdsChanged
         | RequestCode::RegisterBroker
         | RequestCode::UnregisterBroker
         | RequestCode::GetRoute
@@ -163,6 +175,8 @@ fn encode(answer: BrokerResponse) -> Reply {
         A::FilterUploaded(r) => Reply::ok(&r),
         A::FilterList(r) => Reply::ok(&r),
         A::FilterRemoved(r) => Reply::ok(&r),
+        A::Transactions(r) => Reply::ok(&r),
+        A::TransactionResolved(r) => Reply::ok(&r),
     }
 }
 
@@ -185,6 +199,7 @@ pub fn status_of(e: &ProcessError) -> ErrorCode {
         P::FilterFailed(_) => ErrorCode::FilterFailed,
         P::FilterNotFound(_) => ErrorCode::FilterNotFound,
         P::Busy(_) => ErrorCode::SystemBusy,
+        P::TransactionInvalid(_) => ErrorCode::TransactionInvalid,
         P::Unsupported(_) => ErrorCode::RequestCodeNotSupported,
         P::Topics(_) | P::Internal(_) => ErrorCode::SystemError,
         P::Store(s) => match s {

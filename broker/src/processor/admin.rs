@@ -19,7 +19,9 @@ const MAX_BY_KEY: u32 = 64;
 
 impl Broker {
     pub fn create_topic(&self, req: CreateTopic) -> Processed<()> {
-        if req.topic.name.starts_with(SYSTEM_PREFIX) {
+        if req.topic.name.starts_with(SYSTEM_PREFIX)
+            || weir_protocol::names::is_system_topic(&req.topic.name)
+        {
             return Err(ProcessError::NoPermission(format!(
                 "{:?}: names starting with {SYSTEM_PREFIX} are reserved for system topics",
                 req.topic.name
@@ -85,6 +87,12 @@ impl Broker {
 
     /// Messages of a topic carrying a key, newest first.
     pub fn query_by_key(&self, req: QueryMessageByKey) -> Processed<Vec<StoredRecord>> {
+        if crate::broker::is_internal_topic(&req.topic) {
+            return Err(ProcessError::NoPermission(format!(
+                "topic {:?} is the broker's own; see weir transaction list",
+                req.topic
+            )));
+        }
         let found =
             self.store
                 .query_by_key(&req.topic, &req.key, req.max.clamp(1, MAX_BY_KEY) as usize);

@@ -41,6 +41,12 @@ impl Broker {
     /// polling when there is nothing new. Dropping the future (its connection closed)
     /// releases a held pull at once.
     pub async fn pull(&self, req: PullMessage) -> Processed<Pulled> {
+        if crate::broker::is_internal_topic(&req.topic) {
+            return Err(ProcessError::NoPermission(format!(
+                "topic {:?} is the broker's own: half messages are never consumed",
+                req.topic
+            )));
+        }
         let t = self.existing_topic(&req.topic)?;
         if t.perm & perm::READ == 0 {
             return Err(ProcessError::NoPermission(format!(

@@ -21,7 +21,7 @@ use crate::service::schedule;
 use crate::topics::{SYSTEM_PREFIX, validate_group_name, validate_topic_name};
 
 impl Broker {
-    fn check_send_queue(t: &TopicConfig, queue_id: u32) -> Processed<()> {
+    pub(crate) fn check_send_queue(t: &TopicConfig, queue_id: u32) -> Processed<()> {
         if t.perm & perm::WRITE == 0 {
             return Err(ProcessError::NoPermission(format!(
                 "topic {:?} is not writable",
@@ -84,6 +84,20 @@ impl Broker {
         peer: SocketAddr,
     ) -> Processed<SendResult> {
         self.check_body(body.len())?;
+        if req.sys_flag & sys_flag::TX_MASK != 0 {
+            return Err(ProcessError::MessageIllegal(format!(
+                "sys_flag {:#x} carries a transaction type: only a transactional send makes a half message (property {}=true, as send_message_in_transaction does)",
+                req.sys_flag,
+                property::TRANSACTION_PREPARED
+            )));
+        }
+        if req
+            .properties
+            .iter()
+            .any(|(k, v)| k == property::TRANSACTION_PREPARED && v == "true")
+        {
+            return self.send_half(req, body, peer).await;
+        }
         let t = self.topic_for_send(&req.topic)?;
         Self::check_send_queue(&t, req.queue_id)?;
         let mut msg = Message {
@@ -130,6 +144,15 @@ impl Broker {
         }
         if req.messages.is_empty() {
             return Err(ProcessError::BadRequest("empty batch".into()));
+        }
+        if req.messages.iter().any(|m| {
+            m.properties
+                .iter()
+                .any(|(k, v)| k == property::TRANSACTION_PREPARED && v == "true")
+        }) {
+            return Err(ProcessError::MessageIllegal(
+                "transactional messages are sent one at a time, not in a batch".into(),
+            ));
         }
         let t = self.topic_for_send(&req.topic)?;
         Self::check_send_queue(&t, req.queue_id)?;

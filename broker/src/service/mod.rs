@@ -3,7 +3,8 @@
 //! - [`schedule`]: delayed messages (delay levels), one task per level;
 //! - [`registration`]: keeping the broker registered with every name server;
 //! - [`client_expiry`]: forgetting clients that stopped heartbeating;
-//! - [`writability`]: routes turn read-only while the store refuses writes.
+//! - [`writability`]: routes turn read-only while the store refuses writes;
+//! - [`transaction_check`]: asking producers about undecided half messages.
 //!
 //! The store's own services (flush, checkpoint and consumer offsets, retention) run
 //! inside `weir-store`.
@@ -11,6 +12,7 @@
 pub mod client_expiry;
 pub mod registration;
 pub mod schedule;
+pub mod transaction_check;
 pub mod writability;
 
 use std::sync::Arc;
@@ -26,6 +28,10 @@ pub async fn start_all(broker: &Arc<Broker>, stop: &watch::Sender<bool>) -> Vec<
     let mut tasks = schedule::start(broker, stop);
     tasks.extend(registration::start(broker, stop).await);
     tasks.push(tokio::spawn(client_expiry::run(
+        Arc::clone(broker),
+        stop.subscribe(),
+    )));
+    tasks.push(tokio::spawn(transaction_check::run(
         Arc::clone(broker),
         stop.subscribe(),
     )));

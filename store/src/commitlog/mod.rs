@@ -173,6 +173,23 @@ impl CommitLog {
         }
     }
 
+    /// The record at `offset`, or the length of the filler there (`Err`); `None` if neither
+    /// a valid record nor a filler starts there.
+    pub fn record_or_blank_at(
+        &self,
+        offset: u64,
+    ) -> Option<std::result::Result<StoredRecord, u64>> {
+        let seg = self.files.find(offset)?;
+        let rel = offset - seg.start();
+        let available = seg.published().saturating_sub(rel) as usize;
+        let window = seg.read(rel, available)?;
+        match record::probe(window, offset) {
+            Probe::Message(len) => Some(Ok(StoredRecord { seg, rel, len })),
+            Probe::Blank(len) => Some(Err(len as u64)),
+            Probe::Invalid(_) => None,
+        }
+    }
+
     /// Store timestamp of the record at `offset` (trusted position from a queue entry).
     pub fn store_timestamp_at(&self, offset: u64) -> Option<i64> {
         let seg = self.files.find(offset)?;

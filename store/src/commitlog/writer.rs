@@ -1,8 +1,9 @@
 //! Appending to the commit log, under its writer lock.
 //!
-//! A batch is placed in two steps: `reserve` creates every segment the batch will need
-//! (or fails, having written nothing), then `append` writes each record. So a batch is
-//! either refused whole for want of space, or written whole.
+//! A batch is placed in three steps: `reserve` creates every segment the batch will need
+//! (or fails, having written nothing), `append` writes each record, `commit` moves the
+//! log's committed end past all of them at once. So a batch is either refused whole for
+//! want of space, or written whole, and flushes and checkpoints see it whole or not at all.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -93,8 +94,15 @@ impl<'a> CommitLogWriter<'a> {
         unsafe { seg.write_with(rel, len, |buf| fill(offset, buf)) };
         seg.publish(rel + len as u64);
         self.state.pos = offset + len as u64;
-        self.log.committed.store(self.state.pos, Ordering::Release);
         Ok(offset)
+    }
+
+    /// Makes everything appended so far the log's committed end, which flushes and
+    /// checkpoints go up to. Called once per batch: a crash then never finds a batch's
+    /// first records below the durable end and the rest missing without recovery
+    /// replaying them (decisions of transactions rely on it).
+    pub fn commit(&self) {
+        self.log.committed.store(self.state.pos, Ordering::Release);
     }
 
     fn segment_for_write(&self) -> Result<Arc<Segment>> {
