@@ -9,10 +9,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
@@ -74,17 +75,26 @@ pub(super) struct Inner {
     room: Notify,
     calls: std::sync::Mutex<HashMap<u32, oneshot::Sender<Frame>>>,
     next_id: AtomicU32,
-    pub(super) closed: watch::Sender<bool>,
+    /// Set once, on close; `closed` tells waiters, `close_waker` the driver.
+    is_closed: AtomicBool,
+    closed: watch::Sender<bool>,
+    pub(super) close_waker: AtomicWaker,
     pub(super) load: LoadCell,
 }
 
 impl Inner {
     /// Marks the connection closed and fails pending calls; true the first time.
     pub(super) fn mark_closed(&self) -> bool {
+        self.is_closed.store(true, Ordering::SeqCst);
         let was = self.closed.send_replace(true);
+        self.close_waker.wake();
         // Dropping the senders fails every pending call.
         self.calls.lock().unwrap_or_else(|e| e.into_inner()).clear();
         !was
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.is_closed.load(Ordering::SeqCst)
     }
 
     /// The driver took frames costing `cost` out of the queue.
@@ -204,7 +214,9 @@ impl Connection {
                 room: Notify::new(),
                 calls: std::sync::Mutex::new(HashMap::new()),
                 next_id: AtomicU32::new(1),
+                is_closed: AtomicBool::new(false),
                 closed,
+                close_waker: AtomicWaker::new(),
                 load: LoadCell::default(),
             }),
             _owner: None,
@@ -219,7 +231,7 @@ impl Connection {
         self.inner.peer
     }
     pub fn is_closed(&self) -> bool {
-        *self.inner.closed.borrow()
+        self.inner.is_closed()
     }
 
     /// What this connection holds for its peer (requests being handled, replies and

@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
@@ -452,12 +452,11 @@ async fn run(
     server: Option<Arc<Shared>>,
 ) {
     let events: &Events = server.as_ref().map_or(&CLIENT_EVENTS, |s| &s.events);
-    let mut closed = conn.inner.closed.subscribe();
     let (end, mut out, mut inbuf, peaks) = {
         let mut d = Driver::new(&conn, &*handler, &stream, &mut rx);
-        let mut closed = pin!(closed.wait_for(|c| *c));
         let end = poll_fn(|cx| {
-            if closed.as_mut().poll(cx).is_ready() {
+            conn.inner.close_waker.register(cx.waker());
+            if conn.inner.is_closed() {
                 return Poll::Ready(End::Closed);
             }
             d.poll(cx)
