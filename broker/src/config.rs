@@ -44,7 +44,7 @@ pub struct BrokerConfig {
     /// Bounds on what clients can make the broker hold (`[limits]`).
     pub limits: LimitsConfig,
     /// Connection limits (`[net]`): `max_connections` (10,000), per connection
-    /// `max_pending_requests` (1,024) and `max_pending_bytes` (64 MiB) past which the broker
+    /// `max_pending_requests` (1,024) and `max_pending_bytes` (32 MiB) past which the broker
     /// stops reading it until its client reads, `frame_read_timeout_ms` (10,000) and
     /// `idle_timeout_ms` (120,000). Each documented in `weir_protocol::NetConfig`.
     pub net: NetConfig,

@@ -80,13 +80,20 @@ async fn pulls_never_read_stay_within_the_bound_and_others_are_served() {
             .await
             .unwrap();
         let (r, _) = conn
-            .call(&pull("Small", 0, sent.queue_offset, "*", 0), Bytes::new(), T)
+            .call(
+                &pull("Small", 0, sent.queue_offset, "*", 0),
+                Bytes::new(),
+                T,
+            )
             .await
             .unwrap();
         assert_eq!((r.status, sent.queue_offset), (PullStatus::Found, i));
         slowest = slowest.max(started.elapsed());
     }
-    assert!(slowest < Duration::from_secs(1), "slowest send + pull {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest send + pull {slowest:?}"
+    );
     let s = stats();
     assert!(full(&s), "{s:?}");
     assert!(s.peak_pending_requests <= MAX_REQUESTS, "{s:?}");
@@ -142,7 +149,10 @@ async fn net_settings_are_read_and_checked() {
     };
     let c = read("[net]\nmax_connections = 5\nidle_timeout_ms = 60000\n").unwrap();
     assert_eq!((c.net.max_connections, c.net.idle_timeout_ms), (5, 60_000));
-    assert_eq!(c.net.max_pending_requests, 1024, "the others keep their defaults");
+    assert_eq!(
+        c.net.max_pending_requests, 1024,
+        "the others keep their defaults"
+    );
     c.validate().unwrap();
     let e = read("[net]\nmax_conections = 5\n").unwrap_err();
     assert!(format!("{e:#}").contains("max_conections"), "{e:#}");

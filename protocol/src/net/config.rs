@@ -16,8 +16,9 @@ pub struct ConnConfig {
     pub max_pending_requests: usize,
     /// Bytes of the peer's requests being handled plus everything queued for writing; at
     /// this many the connection reads nothing more (and takes no more replies) until the
-    /// peer reads, and local calls wait for room (default 64 MiB). One frame read and one
-    /// reply may go past it, each at most `max_frame`.
+    /// peer reads, and local calls wait for room (default 32 MiB). One frame read and one
+    /// reply may go past it, each at most `max_frame`: with the defaults a connection
+    /// holds at most 64 MiB.
     pub max_pending_bytes: usize,
     /// A frame begun must be whole within this (counted while the connection reads), or
     /// the connection is closed (default 10 s).
@@ -32,7 +33,7 @@ impl Default for ConnConfig {
         Self {
             max_frame: frame::DEFAULT_MAX_FRAME,
             max_pending_requests: 1024,
-            max_pending_bytes: 64 << 20,
+            max_pending_bytes: 32 << 20,
             frame_read_timeout: Duration::from_secs(10),
             idle_timeout: Some(Duration::from_secs(120)),
         }
@@ -78,7 +79,8 @@ pub struct NetConfig {
     /// the server stops reading the connection until its peer reads (default 1,024).
     pub max_pending_requests: usize,
     /// Per connection: bytes of requests being handled plus replies and other frames
-    /// not yet written, past which the server stops reading it (default 64 MiB).
+    /// not yet written, past which the server stops reading it (default 32 MiB; one
+    /// frame read and one reply may go past it).
     pub max_pending_bytes: usize,
     /// A frame must arrive whole within this from its first byte, ms (default 10,000).
     pub frame_read_timeout_ms: u64,

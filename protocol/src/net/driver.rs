@@ -29,7 +29,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
@@ -46,6 +46,8 @@ use crate::frame::{self, FIXED_LEN, Frame, Kind};
 
 /// Bytes read at a time (more when a frame needs more).
 const READ_CHUNK: usize = 32 << 10;
+/// Most the read buffer grows by at once for a frame begun.
+const GROW_STEP: usize = 1 << 20;
 /// While reading is paused, at most this much more is read ahead, so a close is seen.
 const READ_AHEAD: usize = 64 << 10;
 /// An empty read buffer bigger than this is let go (after a large frame).
@@ -312,7 +314,7 @@ impl<'a> Driver<'a> {
                     Poll::Ready(Ok(())) => {}
                 }
                 self.reserve();
-                match self.stream.try_read_buf(&mut self.inbuf) {
+                match read_some(self.stream, &mut self.inbuf) {
                     Ok(0) => self.eof = true,
                     Ok(_) => progress = true,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -347,8 +349,10 @@ impl<'a> Driver<'a> {
             _ => 0,
         };
         let spare = self.inbuf.capacity() - self.inbuf.len();
+        // A frame's memory grows with what arrives, so a length alone (up to the frame
+        // maximum) reserves at most GROW_STEP.
         if spare < 4096 || spare < needed.min(READ_CHUNK) {
-            self.inbuf.reserve(needed.max(READ_CHUNK));
+            self.inbuf.reserve(needed.clamp(READ_CHUNK, GROW_STEP));
         }
     }
 
@@ -525,6 +529,26 @@ async fn run(
     load.bytes.store(0, Ordering::Relaxed);
     if let Some(s) = server {
         s.connection_ended(conn.id(), peaks);
+    }
+}
+
+/// Reads what the socket has into `buf`'s spare room; `WouldBlock` when nothing. A read
+/// that fills less than the room leaves the socket marked not readable (as tokio's own
+/// `poll_read` does), which saves a read that would find nothing.
+fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    let offered = buf.capacity() - buf.len();
+    let mut read = 0;
+    let r = stream.try_io(Interest::READABLE, || {
+        read = stream.try_read_buf(buf)?;
+        if read > 0 && read < offered {
+            // Drained: clear the readiness, taken before this read.
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        Ok(read)
+    });
+    match r {
+        Err(e) if read > 0 && e.kind() == std::io::ErrorKind::WouldBlock => Ok(read),
+        r => r,
     }
 }
 

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::frame::{FIXED_LEN, Frame, VERSION};
@@ -70,7 +71,9 @@ impl OutQueue {
         self.len += 4 + len;
     }
 
-    /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
+    /// Writes what the socket takes now; `WouldBlock` when it takes nothing. A write that
+    /// takes less than offered leaves the socket marked not writable (as tokio's own
+    /// `poll_write` does), so the next attempt waits for room instead of failing.
     pub(super) fn try_write(&mut self, stream: &TcpStream) -> std::io::Result<usize> {
         let mut slices = [IoSlice::new(&[]); MAX_SLICES];
         let mut n = 0;
@@ -83,7 +86,22 @@ impl OutQueue {
             slices[n] = IoSlice::new(&self.staging);
             n += 1;
         }
-        let written = stream.try_write_vectored(&slices[..n])?;
+        let offered: usize = slices[..n].iter().map(|s| s.len()).sum();
+        let mut written = 0;
+        let r = stream.try_io(Interest::WRITABLE, || {
+            written = stream.try_write_vectored(&slices[..n])?;
+            if written < offered {
+                // The socket is full: clear its readiness, taken before this write.
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            Ok(written)
+        });
+        match r {
+            Err(e) if written == 0 || e.kind() != std::io::ErrorKind::WouldBlock => {
+                return Err(e);
+            }
+            _ => {}
+        }
         self.advance(written);
         Ok(written)
     }
