@@ -1,4 +1,5 @@
 use serde::{Deserialize, Serialize};
+use weir_protocol::NetConfig;
 use weir_store::StoreConfig;
 
 use crate::clients::RegistryLimits;
@@ -48,6 +49,11 @@ pub struct BrokerConfig {
     pub filter: FilterConfig,
     /// Bounds on what clients can make the broker hold (`[limits]`).
     pub limits: LimitsConfig,
+    /// Connection limits (`[net]`): `max_connections` (10,000), per connection
+    /// `max_pending_requests` (1,024) and `max_pending_bytes` (32 MiB) past which the broker
+    /// stops reading it until its client reads, `frame_read_timeout_ms` (10,000) and
+    /// `idle_timeout_ms` (120,000). Each documented in `weir_protocol::NetConfig`.
+    pub net: NetConfig,
 }
 
 /// Bounds on what clients can make the broker hold: the `[limits]` table. Past each, the
@@ -154,6 +160,7 @@ impl Default for BrokerConfig {
             store: StoreConfig::default(),
             filter: FilterConfig::default(),
             limits: LimitsConfig::default(),
+            net: NetConfig::default(),
         }
     }
 }
@@ -196,6 +203,9 @@ impl BrokerConfig {
         }
         self.filter.validate().map_err(ConfigError)?;
         self.limits.validate()?;
+        self.net
+            .validate()
+            .map_err(|e| ConfigError(e.to_string()))?;
         self.store
             .validate()
             .map_err(|e| ConfigError(e.to_string()))

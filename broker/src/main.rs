@@ -104,6 +104,7 @@ fn run() -> anyhow::Result<()> {
         let embedded = if config.namesrv_addrs().is_empty() {
             let ns = weir_namesrv::start(weir_namesrv::NamesrvConfig {
                 listen: args.standalone_namesrv.clone(),
+                net: config.net.clone(),
                 ..Default::default()
             })
             .await

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use weir_protocol::{ConnConfig, Server};
+use weir_protocol::{Server, ServerStats};
 use weir_store::MessageStore;
 
 use crate::adapter::weir::WeirAdapter;
@@ -95,6 +95,11 @@ impl RunningBroker {
         self.server.local_addr()
     }
 
+    /// What the broker's connections hold and what happened to them.
+    pub fn net_stats(&self) -> ServerStats {
+        self.server.stats()
+    }
+
     /// Stops accepting, unregisters from the name servers, and closes the store cleanly.
     pub async fn shutdown(self) -> Result<(), BrokerError> {
         self.stop.send_replace(true);
@@ -127,6 +132,13 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, BrokerError> {
         .advertised_addr
         .clone()
         .unwrap_or_else(|| local.to_string());
+    if config.net.idle_below_heartbeat() {
+        tracing::warn!(
+            idle_timeout_ms = config.net.idle_timeout_ms,
+            "net.idle_timeout_ms is at or below the clients' 30 s heartbeat interval: their connections will be closed and reopened"
+        );
+    }
+    let net = config.net.server_config();
     let broker = open(config, addr).await?;
     {
         // Before serving: decisions a crash left half-recorded are completed.
@@ -138,15 +150,12 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, BrokerError> {
                 error,
             })?;
     }
-    let server = Server::start(
-        listener,
-        Arc::new(WeirAdapter(Arc::clone(&broker))),
-        ConnConfig::default(),
-    )
-    .map_err(|error| BrokerError::Listen {
-        addr: broker.config.listen.clone(),
-        error,
-    })?;
+    let server = Server::start(listener, Arc::new(WeirAdapter(Arc::clone(&broker))), net).map_err(
+        |error| BrokerError::Listen {
+            addr: broker.config.listen.clone(),
+            error,
+        },
+    )?;
     let (stop, _) = watch::channel(false);
     let tasks = service::start_all(&broker, &stop).await;
     Ok(RunningBroker {

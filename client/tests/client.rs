@@ -244,3 +244,27 @@ fn producer_futures_are_send(p: std::sync::Arc<Producer>, m: Message) {
         let _ = p.send_oneway(&m).await;
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_as_idle_is_reopened_on_next_use() {
+    let ns = namesrv().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ns_addr = ns.local_addr().to_string();
+    let b = common::broker_with(dir.path(), "broker-a", &ns_addr, |c| {
+        c.net.idle_timeout_ms = 300;
+    })
+    .await;
+    let c = client(&ns_addr);
+    let producer = Producer::new("pg", c.clone());
+    producer
+        .send(&Message::new("Idle", "before"))
+        .await
+        .unwrap();
+    let closes = b.net_stats().idle_closes;
+    common::eventually(10, "the broker closing the idle connection", || {
+        b.net_stats().idle_closes > closes && b.net_stats().connections == 0
+    })
+    .await;
+    producer.send(&Message::new("Idle", "after")).await.unwrap();
+    assert_eq!(b.net_stats().connections, 1, "reconnected");
+}

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 use weir_protocol::net::BoxFuture;
 use weir_protocol::route::{
     BrokerData, ClusterInfo, GetAllTopics, GetClusterInfo, GetRoute, MASTER_ID, QueueData,
@@ -25,7 +25,7 @@ use weir_protocol::route::{
     UnregisterBroker,
 };
 use weir_protocol::{
-    ConnConfig, Connection, ErrorCode, Handler, Reply, Request, RequestCode, Server,
+    Connection, ErrorCode, Handler, NetConfig, Reply, Request, RequestCode, Server, ServerStats,
 };
 
 /// Name server settings (TOML keys as named here).
@@ -38,6 +38,10 @@ pub struct NamesrvConfig {
     pub broker_expiry_ms: u64,
     /// How often silent brokers are looked for, ms (default 5,000).
     pub scan_interval_ms: u64,
+    /// Connection limits (`[net]`): cap, pending work per connection, frame read and idle
+    /// timeouts. Keep `idle_timeout_ms` above the brokers' `register_interval_ms`: a
+    /// broker whose connection closes is dropped until it registers again.
+    pub net: NetConfig,
 }
 
 impl Default for NamesrvConfig {
@@ -46,6 +50,7 @@ impl Default for NamesrvConfig {
             listen: "127.0.0.1:9876".into(),
             broker_expiry_ms: 120_000,
             scan_interval_ms: 5_000,
+            net: NetConfig::default(),
         }
     }
 }
@@ -292,6 +297,11 @@ impl RunningNameServer {
         self.server.local_addr()
     }
 
+    /// What its connections hold and what happened to them.
+    pub fn net_stats(&self) -> ServerStats {
+        self.server.stats()
+    }
+
     pub async fn shutdown(&self) {
         self.stop.send_replace(true);
         self.server.shutdown().await;
@@ -305,6 +315,16 @@ pub async fn start(config: NamesrvConfig) -> Result<RunningNameServer, NamesrvEr
             "broker_expiry_ms and scan_interval_ms must be greater than 0".into(),
         ));
     }
+    config
+        .net
+        .validate()
+        .map_err(|e| NamesrvError::Config(e.to_string()))?;
+    if config.net.idle_below_heartbeat() {
+        warn!(
+            idle_timeout_ms = config.net.idle_timeout_ms,
+            "net.idle_timeout_ms is at or below the clients' 30 s heartbeat interval: their connections will be closed and reopened"
+        );
+    }
     let listener =
         TcpListener::bind(&config.listen)
             .await
@@ -315,12 +335,13 @@ pub async fn start(config: NamesrvConfig) -> Result<RunningNameServer, NamesrvEr
     let ns = Arc::new(NameServer {
         table: Mutex::new(Table::default()),
     });
-    let server = Server::start(listener, ns.clone(), ConnConfig::default()).map_err(|error| {
-        NamesrvError::Listen {
-            addr: config.listen.clone(),
-            error,
-        }
-    })?;
+    let server =
+        Server::start(listener, ns.clone(), config.net.server_config()).map_err(|error| {
+            NamesrvError::Listen {
+                addr: config.listen.clone(),
+                error,
+            }
+        })?;
     let (stop, mut stop_rx) = watch::channel(false);
     let expiry = Duration::from_millis(config.broker_expiry_ms);
     let scan = Duration::from_millis(config.scan_interval_ms);

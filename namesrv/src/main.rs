@@ -10,7 +10,9 @@ use weir_namesrv::{NamesrvConfig, server_main};
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// TOML file with any of: listen, broker_expiry_ms, scan_interval_ms.
+    /// TOML file with any of: listen, broker_expiry_ms, scan_interval_ms, and a [net]
+    /// table (max_connections, max_pending_requests, max_pending_bytes,
+    /// frame_read_timeout_ms, idle_timeout_ms).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:9876].

@@ -18,6 +18,7 @@ async fn namesrv(expiry_ms: u64) -> weir_namesrv::RunningNameServer {
         listen: "127.0.0.1:0".into(),
         broker_expiry_ms: expiry_ms,
         scan_interval_ms: 20,
+        ..Default::default()
     })
     .await
     .unwrap()

@@ -12,7 +12,7 @@
 //! ```
 //! The length is checked against the maximum before anything is allocated.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::ProtocolError;
@@ -110,6 +110,42 @@ impl Frame {
     }
 }
 
+/// Takes the first frame out of `buf` when it holds all of it (`Ok(None)` when it does not
+/// yet); the frame's header and body share `buf`'s memory. The length is checked against
+/// `max_frame` as soon as its 4 bytes are there.
+pub fn parse_frame(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, ProtocolError> {
+    let Some(len) = frame_len(buf, max_frame)? else {
+        return Ok(None);
+    };
+    if buf.len() - 4 < len {
+        return Ok(None);
+    }
+    let mut f = buf.split_to(4 + len);
+    f.advance(4);
+    Frame::decode(f.freeze()).map(Some)
+}
+
+/// The length field of the frame that `buf` starts with, checked, once its 4 bytes are
+/// there.
+pub fn frame_len(buf: &[u8], max_frame: usize) -> Result<Option<usize>, ProtocolError> {
+    let Some(&[a, b, c, d]) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([a, b, c, d]) as usize;
+    if len > max_frame {
+        return Err(ProtocolError::FrameTooLarge {
+            len,
+            max: max_frame,
+        });
+    }
+    if len < FIXED_LEN {
+        return Err(ProtocolError::Truncated(
+            "frame length below the fixed header",
+        ));
+    }
+    Ok(Some(len))
+}
+
 /// Reads one frame; `Ok(None)` on a clean end of stream between frames.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
@@ -190,6 +226,24 @@ mod tests {
                 "cut {cut}"
             );
         }
+        // The same frames parsed from a buffer filled a byte at a time.
+        let mut buf = BytesMut::new();
+        let mut parsed = Vec::new();
+        for b in out.iter() {
+            buf.put_u8(*b);
+            while let Some(f) = parse_frame(&mut buf, DEFAULT_MAX_FRAME).unwrap() {
+                parsed.push(f);
+            }
+        }
+        assert_eq!(parsed, vec![frame(), frame()]);
+        assert!(buf.is_empty());
+        assert!(matches!(
+            parse_frame(
+                &mut BytesMut::from(&[0xFFu8, 0xFF, 0xFF, 0xFF][..]),
+                DEFAULT_MAX_FRAME
+            ),
+            Err(ProtocolError::FrameTooLarge { .. })
+        ));
         let mut bad = out.clone();
         bad[4] = 9;
         assert!(matches!(

@@ -33,7 +33,10 @@ pub use codes::{ErrorCode, RequestCode};
 #[cfg(feature = "net")]
 pub use error::{CallError, ProtocolError};
 #[cfg(feature = "net")]
-pub use net::{ConnConfig, Connection, Handler, NoHandler, Reply, Request, Server};
+pub use net::{
+    ConnConfig, ConnLoad, Connection, Handler, NetConfig, NoHandler, Reply, Request, Server,
+    ServerConfig, ServerStats,
+};
 pub use record::{Message, MessageId, RecordError, RecordView};
 #[cfg(feature = "net")]
 pub use rpc::Rpc;

@@ -13,7 +13,7 @@ use weir_protocol::net::BoxFuture;
 use weir_protocol::route::{BrokerData, GetAllTopics, GetClusterInfo, GetRoute, TopicRoute};
 use weir_protocol::{
     CallError, ConnConfig, Connection, ErrorCode, Handler, NoHandler, Reply, Request, RequestCode,
-    Server,
+    Server, ServerConfig,
 };
 
 const T: Duration = Duration::from_secs(10);
@@ -118,8 +118,12 @@ async fn fixture() -> Fixture {
     let server = Server::start(
         listener,
         handler,
-        ConnConfig {
-            max_frame: 64 * 1024,
+        ServerConfig {
+            conn: ConnConfig {
+                max_frame: 64 * 1024,
+                ..ConnConfig::default()
+            },
+            ..ServerConfig::default()
         },
     )
     .unwrap();
@@ -137,7 +141,10 @@ async fn client(addr: &str) -> Connection {
     Connection::connect(
         addr,
         Arc::new(ClientHandler),
-        ConnConfig { max_frame: 1 << 20 },
+        ConnConfig {
+            max_frame: 1 << 20,
+            ..ConnConfig::default()
+        },
         T,
     )
     .await

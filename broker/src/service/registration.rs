@@ -52,7 +52,12 @@ async fn run(
             match Connection::connect(
                 &namesrv,
                 Arc::new(NoHandler),
-                ConnConfig::default(),
+                // The name server closes an idle connection if it wants; it is not idle
+                // from this side between registrations.
+                ConnConfig {
+                    idle_timeout: None,
+                    ..ConnConfig::default()
+                },
                 NAMESRV_TIMEOUT,
             )
             .await

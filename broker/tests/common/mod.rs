@@ -61,6 +61,7 @@ pub async fn env_with(tweak: impl FnOnce(&mut BrokerConfig)) -> Env {
         listen: "127.0.0.1:0".into(),
         broker_expiry_ms: 120_000,
         scan_interval_ms: 50,
+        ..Default::default()
     })
     .await
     .unwrap();

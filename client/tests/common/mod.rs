@@ -13,6 +13,7 @@ pub async fn namesrv() -> RunningNameServer {
         listen: "127.0.0.1:0".into(),
         broker_expiry_ms: 120_000,
         scan_interval_ms: 50,
+        ..Default::default()
     })
     .await
     .unwrap()

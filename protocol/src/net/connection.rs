@@ -1,0 +1,380 @@
+//! One end of a connection: the handle that calls and sends, and what it shares with the
+//! task that drives the connection (`driver`).
+//!
+//! Invariant: the bytes of frames queued by calls and one-ways for the driver (`queued`)
+//! stay within `max_pending_bytes` (a frame bigger than that alone still goes); a sender
+//! past it waits until the driver takes frames, the call's timeout, or the close.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use super::{ConnConfig, Handler, driver};
+use crate::codes::{ErrorCode, SUCCESS};
+use crate::error::{CallError, ProtocolError};
+use crate::frame::{FIXED_LEN, Frame, Kind};
+use crate::rpc::{ErrorHeader, Rpc, decode_header, encode_header};
+
+/// What a frame waiting for the driver costs beyond its bytes (the queue's own memory).
+const QUEUED_OVERHEAD: usize = 64;
+
+/// What `f` counts for while it waits for the driver.
+pub(super) fn queued_cost(f: &Frame) -> usize {
+    f.wire_len().saturating_add(QUEUED_OVERHEAD)
+}
+
+/// What a connection holds for its peer now, and the most it held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnLoad {
+    /// The peer's requests being handled plus their replies not yet written.
+    pub requests: usize,
+    /// Bytes of the peer's requests being handled plus everything queued for writing.
+    pub bytes: usize,
+    pub peak_requests: usize,
+    pub peak_bytes: usize,
+}
+
+/// [`ConnLoad`] as the driver publishes it.
+#[derive(Default)]
+pub(super) struct LoadCell {
+    pub(super) requests: AtomicUsize,
+    pub(super) bytes: AtomicUsize,
+    pub(super) peak_requests: AtomicUsize,
+    pub(super) peak_bytes: AtomicUsize,
+}
+
+impl LoadCell {
+    pub(super) fn get(&self) -> ConnLoad {
+        ConnLoad {
+            requests: self.requests.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            peak_requests: self.peak_requests.load(Ordering::Relaxed),
+            peak_bytes: self.peak_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+pub(super) struct Inner {
+    pub(super) id: u64,
+    pub(super) peer: SocketAddr,
+    pub(super) config: ConnConfig,
+    /// Frames of calls and one-ways, for the driver to write.
+    out: mpsc::UnboundedSender<Frame>,
+    /// Cost of the frames in `out` (bytes plus [`QUEUED_OVERHEAD`] each).
+    queued: AtomicUsize,
+    /// Senders waiting for room in `out`, and their wake-up.
+    room_waiters: AtomicUsize,
+    room: Notify,
+    calls: std::sync::Mutex<HashMap<u32, oneshot::Sender<Frame>>>,
+    next_id: AtomicU32,
+    /// Set once, on close; `closed` tells waiters, `close_waker` the driver.
+    is_closed: AtomicBool,
+    closed: watch::Sender<bool>,
+    pub(super) close_waker: AtomicWaker,
+    pub(super) load: LoadCell,
+}
+
+impl Inner {
+    /// Marks the connection closed and fails pending calls; true the first time.
+    pub(super) fn mark_closed(&self) -> bool {
+        self.is_closed.store(true, Ordering::SeqCst);
+        let was = self.closed.send_replace(true);
+        self.close_waker.wake();
+        // Dropping the senders fails every pending call.
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        !was
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.is_closed.load(Ordering::SeqCst)
+    }
+
+    /// The driver took frames costing `cost` out of the queue.
+    pub(super) fn took(&self, cost: usize) {
+        self.queued.fetch_sub(cost, Ordering::SeqCst);
+        if self.room_waiters.load(Ordering::SeqCst) > 0 {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Hands a response to the call waiting for it (a late one is dropped).
+    pub(super) fn complete_call(&self, f: Frame) {
+        let tx = self
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&f.request_id);
+        if let Some(tx) = tx {
+            let _ = tx.send(f);
+        }
+    }
+}
+
+/// One end of a connection; cheap to clone. A connection opened with
+/// [`Connection::connect`] closes when its last handle is dropped.
+#[derive(Clone)]
+pub struct Connection {
+    pub(super) inner: Arc<Inner>,
+    /// Present on handles given to the opener; the connection's own task holds a handle
+    /// without it, so it does not keep the connection open.
+    _owner: Option<Arc<Owner>>,
+}
+
+/// Closes the connection when the opener's last handle goes.
+struct Owner(Arc<Inner>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.mark_closed();
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Connection#{}({})", self.inner.id, self.inner.peer)
+    }
+}
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Leaves the count of waiting senders however the wait ends.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Connection {
+    /// Connects to `addr`; `handler` serves requests the other side sends us.
+    pub async fn connect(
+        addr: &str,
+        handler: Arc<dyn Handler>,
+        config: ConnConfig,
+        timeout: Duration,
+    ) -> Result<Connection, CallError> {
+        let connect_err = |error| CallError::Connect {
+            addr: addr.to_owned(),
+            error,
+        };
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(r) => r.map_err(connect_err)?,
+            Err(_) => {
+                return Err(connect_err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {timeout:?}"),
+                )));
+            }
+        };
+        let conn = Self::start(stream, handler, config).map_err(connect_err)?;
+        let owner = Arc::new(Owner(Arc::clone(&conn.inner)));
+        Ok(Connection {
+            inner: conn.inner,
+            _owner: Some(owner),
+        })
+    }
+
+    /// Runs a connection over an accepted or connected stream.
+    pub fn start(
+        stream: TcpStream,
+        handler: Arc<dyn Handler>,
+        config: ConnConfig,
+    ) -> std::io::Result<Connection> {
+        let (conn, rx) = Self::open(&stream, config)?;
+        driver::spawn(stream, conn.clone(), handler, rx, None);
+        Ok(conn)
+    }
+
+    /// A connection's handle and the queue its driver writes from.
+    pub(super) fn open(
+        stream: &TcpStream,
+        config: ConnConfig,
+    ) -> std::io::Result<(Connection, mpsc::UnboundedReceiver<Frame>)> {
+        stream.set_nodelay(true)?;
+        let peer = stream.peer_addr()?;
+        let (out, rx) = mpsc::unbounded_channel();
+        let (closed, _) = watch::channel(false);
+        let conn = Connection {
+            inner: Arc::new(Inner {
+                id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+                peer,
+                config,
+                out,
+                queued: AtomicUsize::new(0),
+                room_waiters: AtomicUsize::new(0),
+                room: Notify::new(),
+                calls: std::sync::Mutex::new(HashMap::new()),
+                next_id: AtomicU32::new(1),
+                is_closed: AtomicBool::new(false),
+                closed,
+                close_waker: AtomicWaker::new(),
+                load: LoadCell::default(),
+            }),
+            _owner: None,
+        };
+        Ok((conn, rx))
+    }
+
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+    pub fn peer(&self) -> SocketAddr {
+        self.inner.peer
+    }
+    pub fn is_closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    /// What this connection holds for its peer (requests being handled, replies and
+    /// frames not yet written), and the most it held.
+    pub fn load(&self) -> ConnLoad {
+        self.inner.load.get()
+    }
+
+    /// Resolves once the connection is closed.
+    pub async fn closed(&self) {
+        let mut rx = self.inner.closed.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    /// Closes the connection: the handlers of its requests are dropped, pending calls fail
+    /// with `Closed`.
+    pub fn close(&self) {
+        self.inner.mark_closed();
+    }
+
+    fn calls(&self) -> std::sync::MutexGuard<'_, HashMap<u32, oneshot::Sender<Frame>>> {
+        self.inner.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn closed_error(&self) -> CallError {
+        CallError::Closed {
+            peer: self.inner.peer.to_string(),
+        }
+    }
+
+    /// Queues `frame` for the driver, waiting while the queue is full.
+    async fn send(&self, frame: Frame) -> Result<(), CallError> {
+        let len = FIXED_LEN + frame.header.len() + frame.body.len();
+        let max = self.inner.config.max_frame;
+        if len > max {
+            return Err(ProtocolError::FrameTooLarge { len, max }.into());
+        }
+        let cost = queued_cost(&frame);
+        self.reserve(cost).await?;
+        if self.inner.out.send(frame).is_err() {
+            self.inner.took(cost);
+            return Err(self.closed_error());
+        }
+        Ok(())
+    }
+
+    /// Counts `cost` into the queue once it fits.
+    async fn reserve(&self, cost: usize) -> Result<(), CallError> {
+        let limit = self.inner.config.max_pending_bytes;
+        let queued = &self.inner.queued;
+        let fits = |cur: usize| cur == 0 || cur.saturating_add(cost) <= limit;
+        loop {
+            let cur = queued.load(Ordering::SeqCst);
+            if fits(cur) {
+                let next = cur.saturating_add(cost);
+                if queued
+                    .compare_exchange_weak(cur, next, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    return Ok(());
+                }
+                continue;
+            }
+            if self.is_closed() {
+                return Err(self.closed_error());
+            }
+            // Register first, then look again, so a wake-up in between is not missed.
+            let mut room = pin!(self.inner.room.notified());
+            room.as_mut().enable();
+            self.inner.room_waiters.fetch_add(1, Ordering::SeqCst);
+            let _waiting = Waiting(&self.inner.room_waiters);
+            if fits(queued.load(Ordering::SeqCst)) {
+                continue;
+            }
+            let mut closed = self.inner.closed.subscribe();
+            tokio::select! {
+                _ = room => {}
+                _ = closed.wait_for(|c| *c) => {}
+            }
+        }
+    }
+
+    /// Sends a request and waits for its response: the decoded response header and the
+    /// raw body. The timeout covers waiting for room to send too.
+    pub async fn call<R: Rpc>(
+        &self,
+        req: &R,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(R::Response, Bytes), CallError> {
+        let header = encode_header(req, R::CODE.as_str())?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.calls().insert(id, tx);
+        if self.is_closed() {
+            self.calls().remove(&id);
+            return Err(self.closed_error());
+        }
+        let frame = Frame {
+            kind: Kind::Request,
+            request_id: id,
+            code: R::CODE as u16,
+            header,
+            body,
+        };
+        let exchange = async {
+            self.send(frame).await?;
+            rx.await.map_err(|_| self.closed_error())
+        };
+        let resp = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(e)) => {
+                self.calls().remove(&id);
+                return Err(e);
+            }
+            Err(_) => {
+                self.calls().remove(&id);
+                return Err(CallError::Timeout(timeout));
+            }
+        };
+        if resp.code != SUCCESS {
+            let message = decode_header::<ErrorHeader>(&resp.header, "error header")
+                .map(|h| h.message)
+                .unwrap_or_else(|e| format!("(unreadable error message: {e})"));
+            return Err(CallError::Remote {
+                code: ErrorCode::from_u16(resp.code).unwrap_or(ErrorCode::SystemError),
+                message,
+            });
+        }
+        let value = decode_header(&resp.header, "response header")?;
+        Ok((value, resp.body))
+    }
+
+    /// Sends a request that gets no response (waiting, while the connection's queue is
+    /// full, for room or the close).
+    pub async fn oneway<R: Rpc>(&self, req: &R, body: Bytes) -> Result<(), CallError> {
+        let frame = Frame {
+            kind: Kind::Oneway,
+            request_id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            code: R::CODE as u16,
+            header: encode_header(req, R::CODE.as_str())?,
+            body,
+        };
+        self.send(frame).await
+    }
+}

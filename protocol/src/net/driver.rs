@@ -1,0 +1,587 @@
+//! The one task that drives a connection: it reads frames, runs the handler futures of the
+//! peer's requests inside itself (no task per request), and writes their replies and the
+//! frames of local calls.
+//!
+//! Invariants:
+//! - Pending work, the peer's requests being handled plus their replies not yet written,
+//!   stays within `max_pending_requests`: no frame is taken from the read buffer at that
+//!   count. Pending bytes (requests being handled plus everything queued for writing)
+//!   stop reading at `max_pending_bytes`, and replies are taken from finished handlers only
+//!   below it or when nothing is queued, so a peer that never reads leaves its handlers
+//!   unpolled rather than their replies queued. Past the bound go at most one frame read
+//!   and one reply (each at most `max_frame`). While paused, at most [`READ_AHEAD`] bytes
+//!   more are read (unparsed), so a peer's close is still seen.
+//! - A frame begun must be whole within `frame_read_timeout` of reading time; a connection
+//!   with no frame read and nothing written for `idle_timeout` is closed. Both are checked
+//!   on a tick (a quarter of the shorter one), so each fires within 1.25 times its setting.
+//! - However it ends, the handler futures of its requests are dropped at once (cancelling
+//!   held pulls and filter work), then its calls fail, then `Handler::on_close` runs, once.
+
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tracing::{debug, info, warn};
+
+use super::connection::{Connection, queued_cost};
+use super::events::{CLIENT_EVENTS, Events};
+use super::outq::OutQueue;
+use super::server::Shared;
+use super::{BoxFuture, Handler, Reply, Request};
+use crate::codes::ErrorCode;
+use crate::error::ProtocolError;
+use crate::frame::{self, FIXED_LEN, Frame, Kind};
+
+/// Bytes read at a time (more when a frame needs more).
+const READ_CHUNK: usize = 32 << 10;
+/// Most the read buffer grows by at once for a frame begun.
+const GROW_STEP: usize = 1 << 20;
+/// While reading is paused, at most this much more is read ahead, so a close is seen.
+const READ_AHEAD: usize = 64 << 10;
+/// An empty read buffer bigger than this is let go (after a large frame).
+const KEEP_READ_CAPACITY: usize = 1 << 20;
+/// Rounds of work in one poll before letting other tasks run.
+const ROUNDS: usize = 16;
+/// How long a closing connection may take to write what it had queued.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
+
+/// Starts the driver of `conn`.
+pub(super) fn spawn(
+    stream: TcpStream,
+    conn: Connection,
+    handler: Arc<dyn Handler>,
+    rx: mpsc::UnboundedReceiver<Frame>,
+    server: Option<Arc<Shared>>,
+) {
+    tokio::spawn(run(stream, conn, handler, rx, server));
+}
+
+/// Why a connection ended.
+enum End {
+    /// Closed on this side: `close`, the opener's last handle, a server shutdown.
+    Closed,
+    /// The peer closed between frames.
+    Eof,
+    /// The peer went mid-frame, reset the connection, or writing failed: ordinary.
+    Gone(std::io::Error),
+    BadFrame(ProtocolError),
+    FrameTimeout,
+    Idle,
+}
+
+/// A request being handled.
+struct Handling<'a> {
+    fut: BoxFuture<'a, Reply>,
+    request_id: u32,
+    oneway: bool,
+    bytes: usize,
+}
+
+struct Done {
+    reply: Reply,
+    request_id: u32,
+    oneway: bool,
+    bytes: usize,
+}
+
+impl Future for Handling<'_> {
+    type Output = Done;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Done> {
+        let this = &mut *self;
+        // A panicking handler fails its request, not the connection.
+        let reply = match std::panic::catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx)))
+        {
+            Ok(Poll::Ready(r)) => r,
+            Ok(Poll::Pending) => return Poll::Pending,
+            Err(_) => Reply::error(ErrorCode::SystemError, "the request's handler panicked"),
+        };
+        Poll::Ready(Done {
+            reply,
+            request_id: this.request_id,
+            oneway: this.oneway,
+            bytes: this.bytes,
+        })
+    }
+}
+
+/// The timeouts, counted in ticks.
+struct Clock {
+    ticker: Interval,
+    /// Ticks a frame may stay partial; ticks without a frame either way.
+    frame_ticks: u32,
+    idle_ticks: Option<u32>,
+    last_frames_in: u64,
+    last_written: u64,
+    partial_for: u32,
+    idle_for: u32,
+}
+
+impl Clock {
+    fn new(frame_timeout: Duration, idle_timeout: Option<Duration>) -> Clock {
+        let shortest = idle_timeout.map_or(frame_timeout, |i| i.min(frame_timeout));
+        let period = (shortest / 4).max(Duration::from_millis(1));
+        let ticks = |d: Duration| {
+            u32::try_from(d.as_nanos().div_ceil(period.as_nanos())).unwrap_or(u32::MAX)
+        };
+        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Clock {
+            ticker,
+            frame_ticks: ticks(frame_timeout),
+            idle_ticks: idle_timeout.map(ticks),
+            last_frames_in: 0,
+            last_written: 0,
+            partial_for: 0,
+            idle_for: 0,
+        }
+    }
+}
+
+struct Driver<'a> {
+    conn: &'a Connection,
+    handler: &'a dyn Handler,
+    stream: &'a TcpStream,
+    rx: &'a mut mpsc::UnboundedReceiver<Frame>,
+    max_frame: usize,
+    max_requests: usize,
+    max_bytes: usize,
+    inbuf: BytesMut,
+    eof: bool,
+    frames_in: u64,
+    inflight: FuturesUnordered<Handling<'a>>,
+    inflight_bytes: usize,
+    out: OutQueue,
+    /// Where each queued reply ends in `out`, oldest first.
+    reply_ends: VecDeque<u64>,
+    clock: Clock,
+    peak_requests: usize,
+    peak_bytes: usize,
+}
+
+impl<'a> Driver<'a> {
+    fn new(
+        conn: &'a Connection,
+        handler: &'a dyn Handler,
+        stream: &'a TcpStream,
+        rx: &'a mut mpsc::UnboundedReceiver<Frame>,
+    ) -> Self {
+        let c = conn.inner.config;
+        Driver {
+            conn,
+            handler,
+            stream,
+            rx,
+            max_frame: c.max_frame,
+            max_requests: c.max_pending_requests,
+            max_bytes: c.max_pending_bytes,
+            inbuf: BytesMut::new(),
+            eof: false,
+            frames_in: 0,
+            inflight: FuturesUnordered::new(),
+            inflight_bytes: 0,
+            out: OutQueue::default(),
+            reply_ends: VecDeque::new(),
+            clock: Clock::new(c.frame_read_timeout, c.idle_timeout),
+            peak_requests: 0,
+            peak_bytes: 0,
+        }
+    }
+
+    fn pending_requests(&self) -> usize {
+        self.inflight.len() + self.reply_ends.len()
+    }
+
+    fn pending_bytes(&self) -> usize {
+        self.inflight_bytes + self.out.len()
+    }
+
+    /// Whether another request may be taken from the read buffer.
+    fn may_read(&self) -> bool {
+        self.pending_requests() < self.max_requests && self.pending_bytes() < self.max_bytes
+    }
+
+    /// Whether another reply (or local frame) may be queued.
+    fn may_queue(&self) -> bool {
+        self.pending_bytes() < self.max_bytes || self.out.is_empty()
+    }
+
+    fn note_peaks(&mut self) {
+        self.peak_requests = self.peak_requests.max(self.pending_requests());
+        self.peak_bytes = self.peak_bytes.max(self.pending_bytes());
+    }
+
+    fn publish(&self) {
+        let load = &self.conn.inner.load;
+        load.requests
+            .store(self.pending_requests(), Ordering::Relaxed);
+        load.bytes.store(self.pending_bytes(), Ordering::Relaxed);
+        load.peak_requests
+            .store(self.peak_requests, Ordering::Relaxed);
+        load.peak_bytes.store(self.peak_bytes, Ordering::Relaxed);
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        for _ in 0..ROUNDS {
+            let mut progress = false;
+            // Replies of finished handlers (a handler runs only when polled here).
+            while self.may_queue() && !self.inflight.is_empty() {
+                match self.inflight.poll_next_unpin(cx) {
+                    Poll::Ready(Some(done)) => {
+                        self.finish(done);
+                        progress = true;
+                    }
+                    Poll::Ready(None) | Poll::Pending => break,
+                }
+            }
+            // Frames of local calls and one-ways.
+            let mut took = 0usize;
+            while self.may_queue() {
+                match self.rx.poll_recv(cx) {
+                    Poll::Ready(Some(f)) => {
+                        took = took.saturating_add(queued_cost(&f));
+                        self.out.push(&f);
+                        progress = true;
+                    }
+                    // (The connection's handles hold the sender.)
+                    Poll::Ready(None) | Poll::Pending => break,
+                }
+            }
+            if took > 0 {
+                self.conn.inner.took(took);
+                self.note_peaks();
+            }
+            // Write.
+            while !self.out.is_empty() {
+                match self.stream.poll_write_ready(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Err(e)) => return Poll::Ready(End::Gone(e)),
+                    Poll::Ready(Ok(())) => {}
+                }
+                match self.out.try_write(self.stream) {
+                    Ok(0) => return Poll::Ready(End::Gone(std::io::ErrorKind::WriteZero.into())),
+                    Ok(_) => {
+                        let written = self.out.written();
+                        while self.reply_ends.front().is_some_and(|end| *end <= written) {
+                            self.reply_ends.pop_front();
+                        }
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(End::Gone(e)),
+                }
+            }
+            // Read.
+            loop {
+                let may_read = self.may_read();
+                if may_read {
+                    match frame::parse_frame(&mut self.inbuf, self.max_frame) {
+                        Ok(Some(f)) => {
+                            self.frames_in += 1;
+                            self.dispatch(f);
+                            progress = true;
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Poll::Ready(End::BadFrame(e)),
+                    }
+                }
+                if self.eof {
+                    return Poll::Ready(if self.inbuf.is_empty() {
+                        End::Eof
+                    } else {
+                        End::Gone(std::io::ErrorKind::UnexpectedEof.into())
+                    });
+                }
+                if !may_read && self.inbuf.len() >= READ_AHEAD {
+                    break;
+                }
+                match self.stream.poll_read_ready(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Err(e)) => return Poll::Ready(End::Gone(e)),
+                    Poll::Ready(Ok(())) => {}
+                }
+                self.reserve();
+                match read_some(self.stream, &mut self.inbuf) {
+                    Ok(0) => self.eof = true,
+                    Ok(_) => progress = true,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(End::Gone(e)),
+                }
+            }
+            // Timeouts.
+            while self.clock.ticker.poll_tick(cx).is_ready() {
+                if let Some(end) = self.tick() {
+                    return Poll::Ready(end);
+                }
+            }
+            if !progress {
+                self.publish();
+                return Poll::Pending;
+            }
+        }
+        // Busy: let other tasks run, then go on.
+        self.publish();
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Room in the read buffer for what comes next: the rest of the frame begun, or a
+    /// chunk.
+    fn reserve(&mut self) {
+        if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_READ_CAPACITY {
+            self.inbuf = BytesMut::new();
+        }
+        let needed = match frame::frame_len(&self.inbuf, self.max_frame) {
+            Ok(Some(len)) => (4 + len).saturating_sub(self.inbuf.len()),
+            _ => 0,
+        };
+        let spare = self.inbuf.capacity() - self.inbuf.len();
+        // A frame's memory grows with what arrives, so a length alone (up to the frame
+        // maximum) reserves at most GROW_STEP.
+        if spare < 4096 || spare < needed.min(READ_CHUNK) {
+            self.inbuf.reserve(needed.clamp(READ_CHUNK, GROW_STEP));
+        }
+    }
+
+    fn dispatch(&mut self, f: Frame) {
+        match f.kind {
+            Kind::Response => self.conn.inner.complete_call(f),
+            Kind::Request | Kind::Oneway => {
+                let bytes = f.wire_len();
+                let oneway = f.kind == Kind::Oneway;
+                let request_id = f.request_id;
+                let req = Request {
+                    code: f.code,
+                    request_id,
+                    oneway,
+                    header: f.header,
+                    body: f.body,
+                };
+                let fut = self.handler.handle(self.conn, req);
+                self.inflight_bytes += bytes;
+                self.inflight.push(Handling {
+                    fut,
+                    request_id,
+                    oneway,
+                    bytes,
+                });
+                self.note_peaks();
+            }
+        }
+    }
+
+    fn finish(&mut self, done: Done) {
+        self.inflight_bytes -= done.bytes;
+        if done.oneway {
+            return;
+        }
+        let len = FIXED_LEN + done.reply.header.len() + done.reply.body.len();
+        let reply = if len > self.max_frame {
+            Reply::error(
+                ErrorCode::SystemError,
+                format!(
+                    "the reply of {len} bytes exceeds the frame maximum of {}",
+                    self.max_frame
+                ),
+            )
+        } else {
+            done.reply
+        };
+        self.out.push(&Frame {
+            kind: Kind::Response,
+            request_id: done.request_id,
+            code: reply.status,
+            header: reply.header,
+            body: reply.body,
+        });
+        self.reply_ends.push_back(self.out.end());
+        self.note_peaks();
+    }
+
+    /// One tick: a frame partial for too long, or nothing either way for too long.
+    fn tick(&mut self) -> Option<End> {
+        let written = self.out.written();
+        // A frame begun and not whole, while reading (a pause is not the peer's doing).
+        let partial = !self.inbuf.is_empty()
+            && self.may_read()
+            && match frame::frame_len(&self.inbuf, self.max_frame) {
+                Ok(Some(len)) => self.inbuf.len() - 4 < len,
+                Ok(None) => true,
+                // (Refused when parsed.)
+                Err(_) => false,
+            };
+        let c = &mut self.clock;
+        let active = self.frames_in != c.last_frames_in || written != c.last_written;
+        c.idle_for = if active {
+            0
+        } else {
+            c.idle_for.saturating_add(1)
+        };
+        c.partial_for = match (partial, self.frames_in == c.last_frames_in) {
+            (false, _) => 0,
+            (true, true) => c.partial_for.saturating_add(1),
+            (true, false) => 1,
+        };
+        c.last_frames_in = self.frames_in;
+        c.last_written = written;
+        if c.partial_for > c.frame_ticks {
+            return Some(End::FrameTimeout);
+        }
+        if c.idle_ticks.is_some_and(|t| c.idle_for >= t) {
+            return Some(End::Idle);
+        }
+        None
+    }
+}
+
+/// Drives `conn` until it ends, then cancels what it started and cleans up.
+async fn run(
+    stream: TcpStream,
+    conn: Connection,
+    handler: Arc<dyn Handler>,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
+    server: Option<Arc<Shared>>,
+) {
+    let events: &Events = server.as_ref().map_or(&CLIENT_EVENTS, |s| &s.events);
+    let (end, mut out, mut inbuf, peaks) = {
+        let mut d = Driver::new(&conn, &*handler, &stream, &mut rx);
+        let end = poll_fn(|cx| {
+            conn.inner.close_waker.register(cx.waker());
+            if conn.inner.is_closed() {
+                return Poll::Ready(End::Closed);
+            }
+            d.poll(cx)
+        })
+        .await;
+        // Dropping the driver drops the handler futures of its requests: cancelled.
+        (end, d.out, d.inbuf, (d.peak_requests, d.peak_bytes))
+    };
+    conn.inner.mark_closed();
+    handler.on_close(&conn);
+    let peer = conn.peer();
+    let flush = match &end {
+        End::Closed | End::Eof => true,
+        End::BadFrame(e) => {
+            events.bad_frames.record(|count| {
+                warn!(%peer, error = %e, count, "closed connections on a bad frame (protocol violation): {count} since the last report, the latest shown")
+            });
+            // Tell the sender why, under its request id when it can be read.
+            if matches!(e, ProtocolError::FrameTooLarge { .. }) {
+                read_at_least(&stream, &mut inbuf, 4 + FIXED_LEN).await;
+            }
+            let request_id = match inbuf.get(6..10) {
+                Some(&[a, b, c, d]) if matches!(e, ProtocolError::FrameTooLarge { .. }) => {
+                    u32::from_be_bytes([a, b, c, d])
+                }
+                _ => 0,
+            };
+            let reply = Reply::error(ErrorCode::BadRequest, e.to_string());
+            out.push(&Frame {
+                kind: Kind::Response,
+                request_id,
+                code: reply.status,
+                header: reply.header,
+                body: reply.body,
+            });
+            true
+        }
+        End::FrameTimeout => {
+            let timeout = conn.inner.config.frame_read_timeout;
+            events.frame_timeouts.record(|count| {
+                warn!(%peer, ?timeout, count, "closed connections whose frame did not arrive whole within the frame read timeout: {count} since the last report, the latest shown")
+            });
+            false
+        }
+        End::Idle => {
+            let timeout = conn.inner.config.idle_timeout;
+            events.idle_closes.record(|count| {
+                info!(%peer, ?timeout, count, "closed idle connections (no frame either way within the idle timeout): {count} since the last report, the latest shown")
+            });
+            false
+        }
+        End::Gone(e) => {
+            events.resets.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, error = %e, "connection lost");
+            false
+        }
+    };
+    if flush && !out.is_empty() {
+        let _ = tokio::time::timeout(FINAL_FLUSH, flush_all(&stream, &mut out)).await;
+    }
+    let mut stream = stream;
+    let _ = stream.shutdown().await;
+    drop(stream);
+    let load = &conn.inner.load;
+    load.requests.store(0, Ordering::Relaxed);
+    load.bytes.store(0, Ordering::Relaxed);
+    if let Some(s) = server {
+        s.connection_ended(conn.id(), peaks);
+    }
+}
+
+/// Reads what the socket has into `buf`'s spare room; `WouldBlock` when nothing. A read
+/// that fills less than the room leaves the socket marked not readable (as tokio's own
+/// `poll_read` does), which saves a read that would find nothing.
+fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    let offered = buf.capacity() - buf.len();
+    let mut read = 0;
+    let r = stream.try_io(Interest::READABLE, || {
+        read = stream.try_read_buf(buf)?;
+        if read > 0 && read < offered {
+            // Drained: clear the readiness, taken before this read.
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        Ok(read)
+    });
+    match r {
+        Err(e) if read > 0 && e.kind() == std::io::ErrorKind::WouldBlock => Ok(read),
+        r => r,
+    }
+}
+
+/// Reads until `buf` holds `n` bytes, the peer stops, or a second passes.
+async fn read_at_least(stream: &TcpStream, buf: &mut BytesMut, n: usize) {
+    let read = async {
+        while buf.len() < n {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            buf.reserve(n - buf.len());
+            match stream.try_read_buf(buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), read).await;
+}
+
+/// Writes everything queued.
+async fn flush_all(stream: &TcpStream, out: &mut OutQueue) {
+    while !out.is_empty() {
+        if stream.writable().await.is_err() {
+            return;
+        }
+        match out.try_write(stream) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! A connection that carries many requests at once in both directions, and a server.
+//!
+//! Either side may send requests: the client's calls, and the server's own requests to
+//! clients (transaction checks, rebalance notices). Responses are matched to calls by
+//! request id. Call timeouts are the caller's.
+//!
+//! Each connection is driven by one task ([`driver`]) that reads frames, runs the handler
+//! futures of the peer's requests inside itself, and writes. What a peer can make a
+//! connection hold is bounded ([`ConnConfig`]): requests being handled and replies not yet
+//! written, by count and by bytes; past either, the connection stops reading until the peer
+//! reads. A frame must arrive whole in time, an idle connection is closed, a server takes
+//! at most `max_connections` ([`ServerConfig`]), and a connection that closes drops the
+//! handler futures of its requests at once. What peers cause (bad frames, timeouts,
+//! refusals) is counted ([`ServerStats`]) and logged at most once per cause per 10 s.
+//!
+//! A handler that calls back its own peer holds its request's place while it waits: with
+//! every place taken that way, the connection reads nothing, and the callbacks end by their
+//! timeouts.
+
+mod config;
+mod connection;
+mod driver;
+mod events;
+mod outq;
+mod server;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+
+pub use config::{ConnConfig, NetConfig, NetConfigError, ServerConfig};
+pub use connection::{ConnLoad, Connection};
+pub use events::LOG_INTERVAL;
+pub use server::{Server, ServerStats};
+
+use crate::codes::{ErrorCode, SUCCESS};
+use crate::error::ProtocolError;
+use crate::rpc::{ErrorHeader, Rpc, decode_header, encode_header};
+
+/// An inbound request, as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub code: u16,
+    pub request_id: u32,
+    pub oneway: bool,
+    pub header: Bytes,
+    pub body: Bytes,
+}
+
+impl Request {
+    pub fn decode<R: Rpc>(&self) -> Result<R, ProtocolError> {
+        decode_header(&self.header, R::CODE.as_str())
+    }
+}
+
+/// What a handler answers.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub header: Bytes,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn ok<T: bincode::Encode>(value: &T) -> Reply {
+        Self::ok_with_body(value, Bytes::new())
+    }
+
+    pub fn ok_with_body<T: bincode::Encode>(value: &T, body: Bytes) -> Reply {
+        match encode_header(value, "response header") {
+            Ok(header) => Reply {
+                status: SUCCESS,
+                header,
+                body,
+            },
+            Err(e) => Reply::error(ErrorCode::SystemError, e.to_string()),
+        }
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
+        let header = ErrorHeader {
+            message: message.into(),
+        };
+        Reply {
+            status: code as u16,
+            header: encode_header(&header, "error header").unwrap_or_default(),
+            body: Bytes::new(),
+        }
+    }
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Serves the requests arriving on connections. A request's future runs inside its
+/// connection's task (so it must not block the thread), and is dropped unfinished when the
+/// connection closes.
+pub trait Handler: Send + Sync + 'static {
+    fn handle<'a>(&'a self, conn: &'a Connection, req: Request) -> BoxFuture<'a, Reply>;
+    /// Called once when a connection closes.
+    fn on_close(&self, _conn: &Connection) {}
+}
+
+/// Answers every request with "not supported": for clients that serve nothing.
+pub struct NoHandler;
+
+impl Handler for NoHandler {
+    fn handle<'a>(&'a self, _conn: &'a Connection, req: Request) -> BoxFuture<'a, Reply> {
+        Box::pin(async move {
+            Reply::error(
+                ErrorCode::RequestCodeNotSupported,
+                format!("request code {} is not served here", req.code),
+            )
+        })
+    }
+}
