@@ -71,6 +71,7 @@
 //! ```
 
 mod expr;
+mod lex;
 mod parse;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,178 @@
+//! The wasmtime `Engine` and what it compiles: the pooling allocator sized for
+//! `max_instances` filters, the epoch clock that bounds every call, compiling an upload
+//! (after a cheap check of its bytes), and the compiled-code cache (serialize, deserialize,
+//! the compatibility hash it is keyed by).
+//!
+//! Invariants: one engine per runtime, configured here only; the pool's per-component
+//! limits match what `GuestState` tells the resource limiter ([`CORE_INSTANCES_PER_FILTER`],
+//! [`TABLES_PER_FILTER`]); compiled code is cached under the engine's compatibility hash,
+//! and `deserialize` (unsafe) trusts its caller to load only such code.
+
+use std::hash::Hasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+use super::guest::GuestState;
+use super::{FilterConfig, FilterError, FilterRuntime};
+
+/// Core instances (the filter's module and its adapter shims) and tables one filter
+/// component may have.
+pub(super) const CORE_INSTANCES_PER_FILTER: u32 = 16;
+pub(super) const TABLES_PER_FILTER: u32 = 8;
+
+/// Lower-case hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A compiled component that passed the import check, linked and ready to instantiate.
+pub struct CompiledFilter {
+    pub(super) pre: InstancePre<GuestState>,
+    pub(super) filter_fn: ComponentExportIndex,
+}
+
+impl CompiledFilter {
+    pub fn component(&self) -> &Component {
+        self.pre.component()
+    }
+}
+
+/// The engine every filter of one runtime is compiled for and runs on.
+pub(super) fn new_engine(config: &FilterConfig) -> Result<Engine, FilterError> {
+    let mut pool = PoolingAllocationConfig::default();
+    // A component is a few core instances (the filter, and adapter shims) around one
+    // memory; size the pool for `max_instances` of them.
+    let n = config.max_instances;
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_FILTER))
+        .total_memories(n)
+        .total_tables(n.saturating_mul(TABLES_PER_FILTER))
+        .max_core_instances_per_component(CORE_INSTANCES_PER_FILTER)
+        // One linear memory per filter, so the memory cap is the filter's cap.
+        .max_memories_per_component(1)
+        .max_tables_per_component(TABLES_PER_FILTER)
+        .max_memory_size(config.memory_limit)
+        .max_unused_warm_slots(n.min(16));
+    let mut wasm = Config::new();
+    wasm.cranelift_opt_level(OptLevel::Speed)
+        .epoch_interruption(true)
+        .max_wasm_stack(config.max_wasm_stack)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&wasm).map_err(|e| FilterError::Runtime(format!("engine: {e}")))
+}
+
+/// Starts the thread that advances the engine's epoch every tick, so a call past its
+/// deadline traps. Returns the ticks a call may take, and the flag that stops the thread.
+pub(super) fn start_epoch_clock(
+    engine: &Engine,
+    config: &FilterConfig,
+) -> Result<(u64, Arc<AtomicBool>), FilterError> {
+    let tick = Duration::from_millis((config.batch_deadline_ms / 10).clamp(1, 100));
+    // At least two ticks, so a call never gets less than one whole tick.
+    let deadline_ticks = config
+        .batch_deadline_ms
+        .div_ceil(tick.as_millis().max(1) as u64)
+        .max(2);
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let (engine, stop) = (engine.clone(), Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name("weir-filter-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| FilterError::Runtime(format!("cannot start the epoch thread: {e}")))?;
+    }
+    Ok((deadline_ticks, stop))
+}
+
+/// Identifies the engine's compiled-code format, stable across processes.
+pub(super) fn compat_hash(engine: &Engine) -> String {
+    let mut h = Sha256Hasher::default();
+    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
+    hex::encode(&h.0.finalize()[..16])
+}
+
+impl FilterRuntime {
+    /// Checks the size and kind of `bytes`, compiles them and checks imports and exports.
+    /// Blocking (compiling takes tens of ms or more).
+    pub fn compile(&self, bytes: &[u8]) -> Result<CompiledFilter, FilterError> {
+        self.check_bytes(bytes)?;
+        let component = Component::new(&self.inner.engine, bytes)
+            .map_err(|e| FilterError::Compile(format!("{e:#}")))?;
+        self.link(component)
+    }
+
+    /// Serialized compiled code of a checked component, for the on-disk cache.
+    pub fn serialize(&self, compiled: &CompiledFilter) -> Result<Vec<u8>, FilterError> {
+        compiled
+            .component()
+            .serialize()
+            .map_err(|e| FilterError::Runtime(format!("cannot serialize compiled code: {e}")))
+    }
+
+    /// Loads compiled code this broker cached earlier.
+    ///
+    /// # Safety
+    /// `code` must be bytes produced by [`FilterRuntime::serialize`] (of a wasmtime with
+    /// this [`compatibility_hash`](Self::compatibility_hash)), unchanged since: wasmtime
+    /// validates them only lightly and runs them as machine code.
+    pub unsafe fn deserialize(&self, code: &[u8]) -> Result<CompiledFilter, FilterError> {
+        // SAFETY: the caller guarantees the bytes are our own serialized artifact.
+        let component = unsafe { Component::deserialize(&self.inner.engine, code) }
+            .map_err(|e| FilterError::Runtime(format!("cannot load compiled code: {e}")))?;
+        self.link(component)
+    }
+
+    /// Refuses what is too big or not a component, before any work.
+    pub fn check_bytes(&self, bytes: &[u8]) -> Result<(), FilterError> {
+        let limit = self.inner.config.max_component_bytes;
+        if bytes.len() > limit {
+            return Err(FilterError::TooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        if !bytes.starts_with(b"\0asm") {
+            return Err(FilterError::NotAComponent(
+                "not WebAssembly (no \\0asm header); upload the .wasm that `cargo build --target wasm32-wasip2` produces".into(),
+            ));
+        }
+        // After the magic: a u16 version and a u16 layer (0 for core modules, 1 for
+        // components).
+        let layer = bytes.get(6..8);
+        if layer == Some(&[0, 0]) {
+            return Err(FilterError::NotAComponent(
+                "a core WebAssembly module, not a component; build for wasm32-wasip2 (which makes components) or wrap the module with `wasm-tools component new`".into(),
+            ));
+        }
+        if layer != Some(&[1, 0]) {
+            return Err(FilterError::NotAComponent(
+                "not a WebAssembly component (unknown version or layer)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `std::hash::Hasher` over SHA-256, for a hash that is stable across processes.
+#[derive(Default)]
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn finish(&self) -> u64 {
+        let d = self.0.clone().finalize();
+        u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}

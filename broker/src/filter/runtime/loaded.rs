@@ -1,0 +1,137 @@
+//! One uploaded filter version, ready to run ([`LoadedFilter`]), and the state every
+//! instance of it shares ([`FilterShared`]): counters, the log budget, the
+//! consecutive-failure tally and the failure mark.
+//!
+//! Invariants: ids are unique in the process (workers key their instances by them); a
+//! version once marked failed stays so (a new upload replaces it).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use weir_protocol::filter::FilterStats;
+
+use super::{CompiledFilter, FilterLabel, FilterRuntime};
+
+/// State shared by every instance of one filter version: counters, the log budget, and
+/// the consecutive-failure tally.
+pub(super) struct FilterShared {
+    pub(super) label: FilterLabel,
+    pub(super) calls: AtomicU64,
+    pub(super) messages_in: AtomicU64,
+    pub(super) messages_kept: AtomicU64,
+    pub(super) call_nanos: AtomicU64,
+    pub(super) guest_errors: AtomicU64,
+    pub(super) traps: AtomicU64,
+    pub(super) deadlines: AtomicU64,
+    pub(super) memory_exhausted: AtomicU64,
+    pub(super) wrong_verdicts: AtomicU64,
+    pub(super) instantiations: AtomicU64,
+    pub(super) log_lines_dropped: AtomicU64,
+    pub(super) consecutive_failures: AtomicU32,
+    pub(super) marked_failed: Mutex<Option<String>>,
+    pub(super) log_budget: Mutex<LogBudget>,
+}
+
+/// A token bucket for guest log lines.
+pub(super) struct LogBudget {
+    pub(super) tokens: f64,
+    pub(super) last: Instant,
+}
+
+/// One uploaded filter version, ready to run.
+pub struct LoadedFilter {
+    /// Unique in this process: workers key their instances by it.
+    pub(super) id: u64,
+    pub(super) compiled: CompiledFilter,
+    pub(super) params: Vec<(String, String)>,
+    pub(super) needs_body: bool,
+    pub(super) shared: Arc<FilterShared>,
+}
+
+impl LoadedFilter {
+    pub fn label(&self) -> &FilterLabel {
+        &self.shared.label
+    }
+    pub fn needs_body(&self) -> bool {
+        self.needs_body
+    }
+    /// How many candidates to read to get about `wanted` kept messages, at the keep rate
+    /// seen so far (all of them, before any call).
+    pub fn candidates_for(&self, wanted: usize) -> usize {
+        let s = &self.shared;
+        let (seen, kept) = (
+            s.messages_in.load(Ordering::Relaxed),
+            s.messages_kept.load(Ordering::Relaxed),
+        );
+        if seen < 64 || kept == 0 {
+            return usize::MAX;
+        }
+        // A little over the estimate, so one round usually suffices.
+        ((wanted as u64 * seen).div_ceil(kept) * 5 / 4).max(wanted as u64) as usize
+    }
+
+    /// `Some(cause)` once the filter failed too many batches in a row.
+    pub fn marked_failed(&self) -> Option<String> {
+        self.shared
+            .marked_failed
+            .lock()
+            .ok()
+            .and_then(|g| g.clone())
+    }
+    pub fn stats(&self) -> FilterStats {
+        let s = &self.shared;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        FilterStats {
+            calls: get(&s.calls),
+            messages_in: get(&s.messages_in),
+            messages_kept: get(&s.messages_kept),
+            call_nanos: get(&s.call_nanos),
+            guest_errors: get(&s.guest_errors),
+            traps: get(&s.traps),
+            deadlines: get(&s.deadlines),
+            memory_exhausted: get(&s.memory_exhausted),
+            wrong_verdicts: get(&s.wrong_verdicts),
+            instantiations: get(&s.instantiations),
+            log_lines_dropped: get(&s.log_lines_dropped),
+        }
+    }
+}
+
+impl FilterRuntime {
+    pub(super) fn loaded(
+        &self,
+        compiled: CompiledFilter,
+        params: Vec<(String, String)>,
+        needs_body: bool,
+        label: FilterLabel,
+    ) -> Arc<LoadedFilter> {
+        let rate = f64::from(self.inner.config.log_lines_per_sec);
+        Arc::new(LoadedFilter {
+            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            compiled,
+            params,
+            needs_body,
+            shared: Arc::new(FilterShared {
+                label,
+                calls: AtomicU64::new(0),
+                messages_in: AtomicU64::new(0),
+                messages_kept: AtomicU64::new(0),
+                call_nanos: AtomicU64::new(0),
+                guest_errors: AtomicU64::new(0),
+                traps: AtomicU64::new(0),
+                deadlines: AtomicU64::new(0),
+                memory_exhausted: AtomicU64::new(0),
+                wrong_verdicts: AtomicU64::new(0),
+                instantiations: AtomicU64::new(0),
+                log_lines_dropped: AtomicU64::new(0),
+                consecutive_failures: AtomicU32::new(0),
+                marked_failed: Mutex::new(None),
+                log_budget: Mutex::new(LogBudget {
+                    tokens: rate * 2.0,
+                    last: Instant::now(),
+                }),
+            }),
+        })
+    }
+}

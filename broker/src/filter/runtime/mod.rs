@@ -1,0 +1,191 @@
+//! The sandbox: compiles and checks uploaded components, and runs filter batches on worker
+//! threads that keep one instance per filter, under a memory cap, a time budget and a
+//! stack cap.
+//!
+//! Costs decide the shape (see `../shared/reference/wasm.md`): compiling takes tens of ms,
+//! so it happens once per component and the artifact is cached; instantiating plus `init`
+//! takes tens of µs, so instances live across pulls; a call crossing costs ~0.1 µs plus a
+//! copy per list, so messages go in batches and each carries one attribute list borrowed
+//! straight from the stored record (no re-encoding, no per-message allocation).
+//!
+//! One job per module, this one being the public face ([`FilterRuntime`], and the
+//! re-exports callers use):
+//! - `engine`: the wasmtime `Engine` (pooling allocator, epoch clock), compiling, and the
+//!   compiled-code cache format;
+//! - `imports`: what a filter may import, what is linked or stubbed, and why the rest is
+//!   refused;
+//! - `guest`: what a store holds, the host functions a filter calls, the wire form of a
+//!   batch;
+//! - `pool`: the worker threads and their job queue, and [`DirectCaller`];
+//! - `worker`: a worker's instances, kept across batches, and how a failed call is named;
+//! - `types` and `loaded`: what callers hand in and get back.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+use super::{FilterConfig, FilterError};
+
+mod engine;
+mod guest;
+mod imports;
+mod loaded;
+mod pool;
+mod types;
+mod worker;
+
+pub use engine::{CompiledFilter, sha256_hex};
+pub use loaded::LoadedFilter;
+pub use pool::DirectCaller;
+pub use types::{BatchContext, FailureKind, FilterFailure, FilterLabel, RecordBytes};
+
+use guest::GuestState;
+use pool::Job;
+use worker::{InitError, init_instance};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "message-filter",
+        path: "../wit",
+    });
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    config: FilterConfig,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    next_id: AtomicU64,
+    deadline_ticks: u64,
+    stop: Arc<AtomicBool>,
+    compat_hash: String,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The filter sandbox of one broker: cheap to clone.
+#[derive(Clone)]
+pub struct FilterRuntime {
+    inner: Arc<Inner>,
+}
+
+impl FilterRuntime {
+    pub fn new(config: FilterConfig) -> Result<Self, FilterError> {
+        config.validate().map_err(FilterError::Invalid)?;
+        let engine = engine::new_engine(&config)?;
+        let linker = imports::host_linker(&engine)?;
+        let (deadline_ticks, stop) = engine::start_epoch_clock(&engine, &config)?;
+        let tx = pool::start_workers(&config)?;
+        let compat_hash = engine::compat_hash(&engine);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                jobs: Mutex::new(Some(tx)),
+                next_id: AtomicU64::new(1),
+                deadline_ticks,
+                stop,
+                compat_hash,
+                config,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &FilterConfig {
+        &self.inner.config
+    }
+
+    /// Identifies the engine's compiled-code format: compiled artifacts are cached under it,
+    /// so a broker with another wasmtime or other settings compiles afresh.
+    pub fn compatibility_hash(&self) -> &str {
+        &self.inner.compat_hash
+    }
+
+    /// Stops the workers once queued jobs are done.
+    pub fn shutdown(&self) {
+        if let Ok(mut jobs) = self.inner.jobs.lock() {
+            jobs.take();
+        }
+        self.inner.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Runs `init` with `params` once, to validate them and learn what the filter needs,
+    /// and makes the filter ready to run. Blocking.
+    pub fn load(
+        &self,
+        compiled: CompiledFilter,
+        params: Vec<(String, String)>,
+        label: FilterLabel,
+    ) -> Result<Arc<LoadedFilter>, FilterError> {
+        let mut store = self.new_store(None);
+        let needs_body =
+            match init_instance(&mut store, &compiled, &params, self.inner.deadline_ticks) {
+                Ok((_, needs_body)) => needs_body,
+                Err(InitError::Params(m)) => return Err(FilterError::BadParams(m)),
+                Err(InitError::Failed(f)) => return Err(FilterError::Init(f.to_string())),
+            };
+        Ok(self.loaded(compiled, params, needs_body, label))
+    }
+
+    /// Makes a filter ready without running `init` now (a restart: the parameters were
+    /// validated at upload; each instance still runs `init` before its first batch).
+    pub fn restore(
+        &self,
+        compiled: CompiledFilter,
+        params: Vec<(String, String)>,
+        needs_body: bool,
+        label: FilterLabel,
+    ) -> Arc<LoadedFilter> {
+        self.loaded(compiled, params, needs_body, label)
+    }
+
+    /// Decides one batch on a worker thread. The records come back with the verdicts, so
+    /// the caller can answer from them without copying. A record that does not parse gets
+    /// `true` without being shown to the filter: damage is the consumer's to see.
+    pub async fn run<R: RecordBytes>(
+        &self,
+        filter: &Arc<LoadedFilter>,
+        ctx: BatchContext,
+        records: Vec<R>,
+    ) -> Result<(Vec<R>, Vec<bool>), FilterFailure> {
+        if let Some(cause) = filter.marked_failed() {
+            return Err(FilterFailure::new(FailureKind::MarkedFailed, cause));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let runtime = self.clone();
+        let filter = Arc::clone(filter);
+        let job: Job = Box::new(move |worker| {
+            if tx.is_closed() {
+                // The pull was abandoned (client gone, broker stopping): no work, no verdict.
+                return;
+            }
+            let r = worker.call(&runtime, &filter, &ctx, &records);
+            let _ = tx.send(r.map(|v| (records, v)));
+        });
+        let sent = self
+            .inner
+            .jobs
+            .lock()
+            .ok()
+            .and_then(|jobs| jobs.as_ref().map(|tx| tx.send(job).is_ok()))
+            .unwrap_or(false);
+        if !sent {
+            return Err(FilterFailure::new(
+                FailureKind::Unavailable,
+                "the filter runtime is stopped",
+            ));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(FilterFailure::new(
+                FailureKind::Unavailable,
+                "the filter worker stopped during the call",
+            ))
+        })
+    }
+}

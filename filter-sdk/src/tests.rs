@@ -1,0 +1,80 @@
+//! Message decoding, parameters and native runs.
+
+use super::testing::{TestMessage, run};
+use super::*;
+
+struct TagAndKey;
+impl Filter for TagAndKey {
+    fn init(params: &Params) -> Result<Self, ParamError> {
+        params.allow_only(&[])?;
+        Ok(TagAndKey)
+    }
+    fn keep(&mut self, msg: &Message<'_>) -> bool {
+        msg.tags() == "A" && msg.keys().any(|k| k == "k2") && msg.body().is_none()
+    }
+}
+
+#[test]
+fn attributes_round_trip() {
+    let m = TestMessage::new()
+        .tags("TagA")
+        .key("k1")
+        .key("k2")
+        .property("region", "eu")
+        .property("empty", "");
+    let attrs = m.attributes();
+    let v = Message::decode(7, 1, 2, 3, &attrs, None).unwrap();
+    assert_eq!(v.tags(), "TagA");
+    assert_eq!(v.keys().collect::<Vec<_>>(), ["k1", "k2"]);
+    assert_eq!(v.property("region"), Some("eu"));
+    assert_eq!(v.property("empty"), Some(""));
+    assert_eq!(v.property("nope"), None);
+    assert_eq!(v.properties().count(), 2);
+    let mut found = [Some("stale"); 3];
+    v.properties_of(&["empty", "nope", "region"], &mut found);
+    assert_eq!(found, [Some(""), None, Some("eu")]);
+    assert_eq!(v.queue_offset(), 7);
+    // Every truncation is rejected or yields only whole fields, never misread ones.
+    for cut in 0..attrs.len() {
+        if let Some(m) = Message::decode(0, 0, 0, 0, &attrs[..cut], None) {
+            panic!("truncated attributes accepted: {:?}", m.tags());
+        }
+    }
+    // Malformed keys and properties are cut short by the accessors.
+    let mut bad = TestMessage::new().tags("T").attributes();
+    bad.truncate(bad.len() - 8);
+    bad.extend_from_slice(&[4, 0, 0, 0, 9, 0, b'x', b'y']);
+    bad.extend_from_slice(&[0, 0, 0, 0]);
+    let v = Message::decode(0, 0, 0, 0, &bad, None).unwrap();
+    assert_eq!(v.keys().count(), 0);
+}
+
+#[test]
+fn run_natively() {
+    let msgs = [
+        TestMessage::new().tags("A").key("k2"),
+        TestMessage::new().tags("A").key("k1"),
+        TestMessage::new().tags("B").key("k2"),
+    ];
+    assert_eq!(run::<TagAndKey>(&[], &msgs).unwrap(), [true, false, false]);
+    let e = run::<TagAndKey>(&[("x", "1")], &msgs).unwrap_err();
+    assert!(e.contains("unknown parameter \"x\""), "{e}");
+}
+
+#[test]
+fn params() {
+    let p = Params::new(vec![
+        ("n".into(), "10".into()),
+        ("n".into(), "12".into()),
+        ("on".into(), "Yes".into()),
+        ("bad".into(), "x1".into()),
+    ]);
+    assert_eq!(p.require_parsed::<u32>("n").unwrap(), 12);
+    assert_eq!(p.get_all("n").collect::<Vec<_>>(), ["10", "12"]);
+    assert!(p.flag("on", false).unwrap());
+    assert!(p.flag("off", false).is_ok_and(|v| !v));
+    let e = p.require_parsed::<u32>("bad").unwrap_err().0;
+    assert!(e.contains("\"bad\"") && e.contains("u32"), "{e}");
+    assert!(p.require("missing").unwrap_err().0.contains("missing"));
+    assert!(p.flag("bad", false).is_err());
+}

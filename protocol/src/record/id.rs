@@ -1,0 +1,111 @@
+//! Message ids and the hashes kept on disk.
+//!
+//! Invariant: both are stable across versions and platforms (ids are handed to clients,
+//! hashes are stored in consume queue and index files), so neither may ever change.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use super::{RecordError, Result};
+
+/// The tag hash kept in consume queue entries: FNV-1a 64 of the tag's UTF-8 bytes, 0 for
+/// no tag. Pulls compare it before reading the commit log.
+pub fn tag_hash(tag: &str) -> u64 {
+    if tag.is_empty() {
+        return 0;
+    }
+    fnv1a64(tag.as_bytes())
+}
+
+/// FNV-1a, 64 bit: stable across versions and platforms, which on-disk hashes must be.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    fnv1a64_parts(&[bytes])
+}
+
+/// FNV-1a 64 of the concatenation of `parts`, without concatenating them.
+pub fn fnv1a64_parts(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in *part {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// A message id: the store's address and the record's commit log offset, so a lookup by
+/// id is one read, no index. Written as upper-case hex: IPv4 16 bytes (32 chars), IPv6 28
+/// bytes (56 chars): address, port as u32, offset as u64, all big-endian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MessageId {
+    pub store_host: SocketAddr,
+    pub offset: u64,
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.store_host.ip() {
+            IpAddr::V4(v4) => {
+                for b in v4.octets() {
+                    write!(f, "{b:02X}")?;
+                }
+            }
+            IpAddr::V6(v6) => {
+                for b in v6.octets() {
+                    write!(f, "{b:02X}")?;
+                }
+            }
+        }
+        write!(
+            f,
+            "{:08X}{:016X}",
+            u32::from(self.store_host.port()),
+            self.offset
+        )
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = RecordError;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |detail: &str| RecordError::InvalidMessageId {
+            id: s.to_owned(),
+            detail: detail.to_owned(),
+        };
+        let ip_len = match s.len() {
+            32 => 4,
+            56 => 16,
+            _ => return Err(bad("expected 32 (IPv4) or 56 (IPv6) hex characters")),
+        };
+        if !s.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad("not hexadecimal"));
+        }
+        let mut bytes = [0u8; 28];
+        for (i, b) in bytes.iter_mut().take(s.len() / 2).enumerate() {
+            *b =
+                u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad("not hexadecimal"))?;
+        }
+        let ip = if ip_len == 4 {
+            IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+        } else {
+            let mut o = [0u8; 16];
+            o.copy_from_slice(&bytes[..16]);
+            IpAddr::from(o)
+        };
+        let port = u32::from_be_bytes([
+            bytes[ip_len],
+            bytes[ip_len + 1],
+            bytes[ip_len + 2],
+            bytes[ip_len + 3],
+        ]);
+        let port = u16::try_from(port).map_err(|_| bad("port out of range"))?;
+        let mut off = [0u8; 8];
+        off.copy_from_slice(&bytes[ip_len + 4..ip_len + 12]);
+        Ok(MessageId {
+            store_host: SocketAddr::new(ip, port),
+            offset: u64::from_be_bytes(off),
+        })
+    }
+}

@@ -1,0 +1,374 @@
+//! Reading records: [`probe`] decides what sits at a commit log position, [`RecordView`]
+//! decodes one whole record, and [`filter_message`] finds what a filter receives by
+//! lengths alone.
+//!
+//! Invariant: nothing here panics on any input, however damaged; a [`RecordView`] exists
+//! only for bytes whose every length and string checked out, so its accessors cannot fail.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use super::{
+    BLANK_MAGIC, BLANK_MIN_LEN, MESSAGE_MAGIC, Message, MessageId, RECORD_OVERHEAD, RecordError,
+    Result, pos, u16_at, u32_at, u64_at,
+};
+
+fn addr_at(b: &[u8], ip_at: usize, port_at: usize) -> SocketAddr {
+    let mut o = [0u8; 16];
+    o.copy_from_slice(&b[ip_at..ip_at + 16]);
+    let v6 = Ipv6Addr::from(o);
+    let ip = match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    };
+    SocketAddr::new(ip, u16_at(b, port_at))
+}
+
+/// What sits at a position of a commit log segment.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// A valid record of this many bytes.
+    Message(usize),
+    /// A blank filler running to the end of the segment.
+    Blank(usize),
+    /// Nothing valid: the end of the log (zeros) or damage.
+    Invalid(&'static str),
+}
+
+/// Checks the bytes at the start of `window` (which runs to the end of the segment) for
+/// a complete, intact record written at `offset`. Never panics on any input.
+pub fn probe(window: &[u8], offset: u64) -> Probe {
+    if window.len() < BLANK_MIN_LEN {
+        return Probe::Invalid("segment tail shorter than a header");
+    }
+    let len = u32_at(window, pos::TOTAL_LEN) as usize;
+    let magic = u32_at(window, pos::MAGIC);
+    if magic == BLANK_MAGIC {
+        return if len == window.len() {
+            Probe::Blank(len)
+        } else {
+            Probe::Invalid("blank filler does not end the segment")
+        };
+    }
+    if magic != MESSAGE_MAGIC {
+        return Probe::Invalid(if len == 0 { "end of data" } else { "bad magic" });
+    }
+    if len < RECORD_OVERHEAD || len > window.len() {
+        return Probe::Invalid("record length out of bounds");
+    }
+    let rec = &window[..len];
+    if u64_at(rec, pos::COMMIT_LOG_OFFSET) != offset {
+        return Probe::Invalid("record written for another position");
+    }
+    if crc32fast::hash(&rec[pos::CRC_START..]) != u32_at(rec, pos::CRC) {
+        return Probe::Invalid("CRC mismatch");
+    }
+    if RecordView::parse(rec).is_err() {
+        return Probe::Invalid("inconsistent field lengths");
+    }
+    Probe::Message(len)
+}
+
+/// Where a record's attributes (tags, keys and properties exactly as stored: `u16` tag
+/// length and tag, `u32` keys length and keys, `u32` properties length and properties) and
+/// body are, found by lengths alone: the `attributes` a filter receives
+/// (`wit/filter.wit`), one contiguous slice, no re-encoding. Unlike
+/// [`RecordView::parse`] it does not check that the text is UTF-8: for the filter path,
+/// where the filter decodes and checks what it reads, and every byte of validation counts.
+pub fn attributes_and_body(bytes: &[u8]) -> Result<(&[u8], &[u8])> {
+    let bad = |m: &str| Err(RecordError::Malformed(m.to_owned()));
+    if bytes.len() < RECORD_OVERHEAD
+        || u32_at(bytes, pos::MAGIC) != MESSAGE_MAGIC
+        || u32_at(bytes, pos::TOTAL_LEN) as usize != bytes.len()
+    {
+        return bad("not a whole record");
+    }
+    let len_at = |at: usize, width: usize| -> Option<usize> {
+        let b = bytes.get(at..at.checked_add(width)?)?;
+        Some(match width {
+            2 => usize::from(u16::from_le_bytes([b[0], b[1]])),
+            _ => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize,
+        })
+    };
+    let spans = (|| {
+        let start = pos::VARIABLE + 2 + len_at(pos::VARIABLE, 2)?;
+        let mut at = start;
+        for width in [2, 4, 4] {
+            at = at.checked_add(width)?.checked_add(len_at(at, width)?)?;
+        }
+        let body_len = len_at(at, 4)?;
+        let body_at = at + 4;
+        (body_at.checked_add(body_len)? == bytes.len()).then_some((start, at, body_at))
+    })();
+    match spans {
+        Some((start, end, body_at)) => Ok((&bytes[start..end], &bytes[body_at..])),
+        None => bad("field lengths disagree with the record size"),
+    }
+}
+
+/// One record as a filter receives it (`wit/filter.wit`'s `message`): the fixed fields
+/// it reads, its attributes (see [`attributes_and_body`]) and its body. Pure, so the
+/// broker's conversion of untrusted stored bytes can be fuzzed without a WebAssembly
+/// runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilterMessage<'a> {
+    pub queue_offset: u64,
+    pub born_timestamp: i64,
+    pub store_timestamp: i64,
+    pub reconsume_count: u32,
+    pub attributes: &'a [u8],
+    pub body: &'a [u8],
+}
+
+/// [`FilterMessage`] of a whole record, by lengths alone (no UTF-8 or CRC check).
+pub fn filter_message(bytes: &[u8]) -> Result<FilterMessage<'_>> {
+    let (attributes, body) = attributes_and_body(bytes)?;
+    // `attributes_and_body` checked the record is at least `RECORD_OVERHEAD` long, so
+    // the fixed fields are in bounds.
+    Ok(FilterMessage {
+        queue_offset: u64_at(bytes, pos::QUEUE_OFFSET),
+        born_timestamp: u64_at(bytes, pos::BORN_TS) as i64,
+        store_timestamp: u64_at(bytes, pos::STORE_TS) as i64,
+        reconsume_count: u32_at(bytes, pos::RECONSUME_TIMES),
+        attributes,
+        body,
+    })
+}
+
+/// A decoded view over one record's bytes. Constructing it validates every length and
+/// every string, so the accessors cannot fail.
+#[derive(Clone, Copy)]
+pub struct RecordView<'a> {
+    bytes: &'a [u8],
+    topic: &'a str,
+    tags: &'a str,
+    keys: &'a [u8],
+    props: &'a [u8],
+    body: &'a [u8],
+}
+
+impl fmt::Debug for RecordView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordView")
+            .field("commit_log_offset", &self.commit_log_offset())
+            .field("topic", &self.topic)
+            .field("queue_id", &self.queue_id())
+            .field("queue_offset", &self.queue_offset())
+            .field("tags", &self.tags)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+impl<'a> RecordView<'a> {
+    /// Parses one whole record (`bytes.len()` must equal its total length). Does not check
+    /// the CRC: use [`RecordView::verify_crc`] where bytes come from an untrusted place.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self> {
+        let bad = |m: &str| Err(RecordError::Malformed(m.to_owned()));
+        if bytes.len() < RECORD_OVERHEAD {
+            return bad("shorter than the fixed header");
+        }
+        if u32_at(bytes, pos::MAGIC) != MESSAGE_MAGIC {
+            return bad("bad magic");
+        }
+        if u32_at(bytes, pos::TOTAL_LEN) as usize != bytes.len() {
+            return bad("length field disagrees with the record size");
+        }
+        let mut at = pos::VARIABLE;
+        let mut take = |n: usize| -> Option<&'a [u8]> {
+            let s = bytes.get(at..at.checked_add(n)?)?;
+            at += n;
+            Some(s)
+        };
+        let parsed = (|| {
+            let tl = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
+            let topic = std::str::from_utf8(take(tl)?).ok()?;
+            let gl = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
+            let tags = std::str::from_utf8(take(gl)?).ok()?;
+            let kl = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+            let keys = take(kl)?;
+            let pl = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+            let props = take(pl)?;
+            let bl = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+            let body = take(bl)?;
+            Some((topic, tags, keys, props, body))
+        })();
+        let Some((topic, tags, keys, props, body)) = parsed else {
+            return bad("field lengths run past the end");
+        };
+        if at != bytes.len() {
+            return bad("trailing bytes after the body");
+        }
+        if !walk_keys(keys) || !walk_props(props) {
+            return bad("malformed keys or properties");
+        }
+        Ok(Self {
+            bytes,
+            topic,
+            tags,
+            keys,
+            props,
+            body,
+        })
+    }
+
+    /// Parses and checks the CRC.
+    pub fn parse_verified(bytes: &'a [u8]) -> Result<Self> {
+        let v = Self::parse(bytes)?;
+        if !v.verify_crc() {
+            return Err(RecordError::Malformed("CRC mismatch".into()));
+        }
+        Ok(v)
+    }
+
+    pub fn verify_crc(&self) -> bool {
+        crc32fast::hash(&self.bytes[pos::CRC_START..]) == u32_at(self.bytes, pos::CRC)
+    }
+
+    /// The raw record, exactly as stored.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+    pub fn total_len(&self) -> usize {
+        self.bytes.len()
+    }
+    pub fn queue_id(&self) -> u32 {
+        u32_at(self.bytes, pos::QUEUE_ID)
+    }
+    pub fn queue_offset(&self) -> u64 {
+        u64_at(self.bytes, pos::QUEUE_OFFSET)
+    }
+    pub fn commit_log_offset(&self) -> u64 {
+        u64_at(self.bytes, pos::COMMIT_LOG_OFFSET)
+    }
+    pub fn flag(&self) -> u32 {
+        u32_at(self.bytes, pos::FLAG)
+    }
+    pub fn sys_flag(&self) -> u32 {
+        u32_at(self.bytes, pos::SYS_FLAG)
+    }
+    pub fn born_timestamp(&self) -> i64 {
+        u64_at(self.bytes, pos::BORN_TS) as i64
+    }
+    pub fn store_timestamp(&self) -> i64 {
+        u64_at(self.bytes, pos::STORE_TS) as i64
+    }
+    pub fn born_host(&self) -> SocketAddr {
+        addr_at(self.bytes, pos::BORN_IP, pos::BORN_PORT)
+    }
+    pub fn store_host(&self) -> SocketAddr {
+        addr_at(self.bytes, pos::STORE_IP, pos::STORE_PORT)
+    }
+    pub fn reconsume_times(&self) -> u32 {
+        u32_at(self.bytes, pos::RECONSUME_TIMES)
+    }
+    pub fn prepared_tx_offset(&self) -> u64 {
+        u64_at(self.bytes, pos::PREPARED_TX_OFFSET)
+    }
+    pub fn topic(&self) -> &'a str {
+        self.topic
+    }
+    pub fn tags(&self) -> &'a str {
+        self.tags
+    }
+    pub fn body(&self) -> &'a [u8] {
+        self.body
+    }
+    pub fn keys(&self) -> Keys<'a> {
+        Keys { rest: self.keys }
+    }
+    pub fn properties(&self) -> Properties<'a> {
+        Properties { rest: self.props }
+    }
+    pub fn property(&self, name: &str) -> Option<&'a str> {
+        self.properties().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+    /// The id a client can look this message up by.
+    pub fn message_id(&self) -> MessageId {
+        MessageId {
+            store_host: self.store_host(),
+            offset: self.commit_log_offset(),
+        }
+    }
+
+    /// An owned copy of the message as it was handed to the store.
+    pub fn to_message(&self) -> Message {
+        Message {
+            topic: self.topic.to_owned(),
+            queue_id: self.queue_id(),
+            flag: self.flag(),
+            sys_flag: self.sys_flag(),
+            born_timestamp: self.born_timestamp(),
+            born_host: self.born_host(),
+            tags: self.tags.to_owned(),
+            keys: self.keys().map(str::to_owned).collect(),
+            properties: self
+                .properties()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            body: self.body.to_vec(),
+            reconsume_times: self.reconsume_times(),
+            prepared_tx_offset: self.prepared_tx_offset(),
+        }
+    }
+}
+
+fn split_str(rest: &[u8], len_bytes: usize) -> Option<(&str, &[u8])> {
+    let head = rest.get(..len_bytes)?;
+    let n = match len_bytes {
+        2 => u16::from_le_bytes(head.try_into().ok()?) as usize,
+        _ => u32::from_le_bytes(head.try_into().ok()?) as usize,
+    };
+    let s = rest.get(len_bytes..len_bytes.checked_add(n)?)?;
+    Some((std::str::from_utf8(s).ok()?, &rest[len_bytes + n..]))
+}
+
+fn walk_keys(mut rest: &[u8]) -> bool {
+    while !rest.is_empty() {
+        match split_str(rest, 2) {
+            Some((_, r)) => rest = r,
+            None => return false,
+        }
+    }
+    true
+}
+
+fn walk_props(mut rest: &[u8]) -> bool {
+    while !rest.is_empty() {
+        let Some((_, r)) = split_str(rest, 2) else {
+            return false;
+        };
+        let Some((_, r)) = split_str(r, 4) else {
+            return false;
+        };
+        rest = r;
+    }
+    true
+}
+
+/// The keys of a record, in the order they were given.
+pub struct Keys<'a> {
+    rest: &'a [u8],
+}
+impl<'a> Iterator for Keys<'a> {
+    type Item = &'a str;
+    fn next(&mut self) -> Option<&'a str> {
+        let (k, r) = split_str(self.rest, 2)?;
+        self.rest = r;
+        Some(k)
+    }
+}
+
+/// The properties of a record, in the order they were given.
+pub struct Properties<'a> {
+    rest: &'a [u8],
+}
+impl<'a> Iterator for Properties<'a> {
+    type Item = (&'a str, &'a str);
+    fn next(&mut self) -> Option<(&'a str, &'a str)> {
+        let (k, r) = split_str(self.rest, 2)?;
+        let (v, r) = split_str(r, 4)?;
+        self.rest = r;
+        Some((k, v))
+    }
+}
