@@ -44,26 +44,37 @@ pub struct MessageId {
     pub offset: u64,
 }
 
+impl MessageId {
+    /// The id as text, written into a stack buffer: upper-case hex of the address octets,
+    /// the port (8 digits) and the offset (16 digits). Sends format one per message, so
+    /// this avoids the formatter's per-digit work.
+    fn hex(&self) -> ([u8; 56], usize) {
+        const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+        let mut out = [0u8; 56];
+        let mut n = 0;
+        let mut put = |byte: u8| {
+            out[n] = DIGITS[usize::from(byte >> 4)];
+            out[n + 1] = DIGITS[usize::from(byte & 0xF)];
+            n += 2;
+        };
+        match self.store_host.ip() {
+            IpAddr::V4(v4) => v4.octets().into_iter().for_each(&mut put),
+            IpAddr::V6(v6) => v6.octets().into_iter().for_each(&mut put),
+        }
+        u32::from(self.store_host.port())
+            .to_be_bytes()
+            .into_iter()
+            .for_each(&mut put);
+        self.offset.to_be_bytes().into_iter().for_each(&mut put);
+        (out, n)
+    }
+}
+
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.store_host.ip() {
-            IpAddr::V4(v4) => {
-                for b in v4.octets() {
-                    write!(f, "{b:02X}")?;
-                }
-            }
-            IpAddr::V6(v6) => {
-                for b in v6.octets() {
-                    write!(f, "{b:02X}")?;
-                }
-            }
-        }
-        write!(
-            f,
-            "{:08X}{:016X}",
-            u32::from(self.store_host.port()),
-            self.offset
-        )
+        let (buf, n) = self.hex();
+        // Only ASCII hex digits were written.
+        f.write_str(std::str::from_utf8(&buf[..n]).map_err(|_| fmt::Error)?)
     }
 }
 
