@@ -96,7 +96,7 @@ impl Broker {
     }
 
     /// The topic for a send: created on first use when allowed.
-    pub(crate) fn topic_for_send(&self, name: &str) -> Processed<TopicConfig> {
+    pub(crate) fn topic_for_send(&self, name: &str) -> Processed<Arc<TopicConfig>> {
         validate_topic_name(name)?;
         if is_internal_topic(name) {
             return Err(ProcessError::NoPermission(format!(
@@ -122,11 +122,11 @@ impl Broker {
             .get_or_create(name, self.config.default_topic_queues)?;
         info!(topic = name, queues = t.write_queues, "topic auto-created");
         self.topics_updated();
-        Ok(t)
+        Ok(Arc::new(t))
     }
 
     /// A topic that must exist.
-    pub(crate) fn existing_topic(&self, name: &str) -> Processed<TopicConfig> {
+    pub(crate) fn existing_topic(&self, name: &str) -> Processed<Arc<TopicConfig>> {
         self.topics.get(name).ok_or_else(|| {
             ProcessError::TopicNotFound(format!(
                 "topic {name:?} does not exist on broker {}",

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 use weir_protocol::route::{TopicConfig, perm};
@@ -134,9 +134,11 @@ struct TopicsFile {
     topics: Vec<TopicRow>,
 }
 
+/// The table; read on every send (a shared lock and a reference count, no copy), written
+/// when topics change (under the write lock, persisted before the change is seen).
 pub struct TopicManager {
     path: PathBuf,
-    topics: Mutex<BTreeMap<String, TopicConfig>>,
+    topics: RwLock<BTreeMap<String, Arc<TopicConfig>>>,
 }
 
 impl TopicManager {
@@ -164,7 +166,7 @@ impl TopicManager {
                             write_queues: r.write_queues,
                             perm: r.perm,
                         };
-                        (c.name.clone(), c)
+                        (c.name.clone(), Arc::new(c))
                     })
                     .collect()
             }
@@ -173,24 +175,31 @@ impl TopicManager {
         };
         Ok(Self {
             path,
-            topics: Mutex::new(topics),
+            topics: RwLock::new(topics),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, TopicConfig>> {
-        self.topics.lock().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Arc<TopicConfig>>> {
+        self.topics.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn get(&self, name: &str) -> Option<TopicConfig> {
-        self.lock().get(name).cloned()
+    fn lock(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Arc<TopicConfig>>> {
+        self.topics.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<TopicConfig>> {
+        self.read().get(name).cloned()
     }
 
     pub fn count(&self) -> usize {
-        self.lock().len()
+        self.read().len()
     }
 
     pub fn all(&self) -> Vec<TopicConfig> {
-        self.lock().values().cloned().collect()
+        self.read()
+            .values()
+            .map(|t| TopicConfig::clone(t))
+            .collect()
     }
 
     /// Creates or updates; persists before returning. Returns the stored config.
@@ -210,8 +219,14 @@ impl TopicManager {
             return Err(TopicError::Permission(config.perm));
         }
         let mut topics = self.lock();
-        topics.insert(config.name.clone(), config.clone());
-        self.persist(&topics)?;
+        let old = topics.insert(config.name.clone(), Arc::new(config.clone()));
+        if let Err(e) = self.persist(&topics) {
+            match old {
+                Some(old) => topics.insert(config.name.clone(), old),
+                None => topics.remove(&config.name),
+            };
+            return Err(e);
+        }
         Ok(config)
     }
 
@@ -222,9 +237,9 @@ impl TopicManager {
         validate_topic_name(&config.name)?;
         let mut topics = self.lock();
         if let Some(t) = topics.get(&config.name) {
-            return Ok((t.clone(), false));
+            return Ok((TopicConfig::clone(t), false));
         }
-        topics.insert(config.name.clone(), config.clone());
+        topics.insert(config.name.clone(), Arc::new(config.clone()));
         if let Err(e) = self.persist(&topics) {
             topics.remove(&config.name);
             return Err(e);
@@ -235,7 +250,7 @@ impl TopicManager {
     /// Returns the topic, creating it with `queues` queues if it does not exist.
     pub fn get_or_create(&self, name: &str, queues: u32) -> Result<TopicConfig, TopicError> {
         if let Some(c) = self.get(name) {
-            return Ok(c);
+            return Ok(TopicConfig::clone(&c));
         }
         self.upsert(TopicConfig {
             name: name.to_owned(),
@@ -254,7 +269,7 @@ impl TopicManager {
         Ok(existed)
     }
 
-    fn persist(&self, topics: &BTreeMap<String, TopicConfig>) -> Result<(), TopicError> {
+    fn persist(&self, topics: &BTreeMap<String, Arc<TopicConfig>>) -> Result<(), TopicError> {
         let file = TopicsFile {
             version: 1,
             topics: topics

@@ -164,7 +164,8 @@ struct Inner {
     conns: std::sync::RwLock<HashMap<String, Connection>>,
     /// One connection attempt at a time.
     connecting: Mutex<()>,
-    routes: std::sync::Mutex<HashMap<String, CachedRoute>>,
+    /// Read on every send, written when a route is fetched.
+    routes: std::sync::RwLock<HashMap<String, CachedRoute>>,
     rebalance: Arc<RebalanceTriggers>,
 }
 
@@ -190,7 +191,7 @@ impl ClientInstance {
                 preferred: AtomicUsize::new(0),
                 conns: std::sync::RwLock::new(HashMap::new()),
                 connecting: Mutex::new(()),
-                routes: std::sync::Mutex::new(HashMap::new()),
+                routes: std::sync::RwLock::new(HashMap::new()),
                 rebalance: Arc::default(),
             }),
         })
@@ -396,7 +397,7 @@ impl ClientInstance {
     /// The topic's route, from the cache unless stale or `refresh`.
     pub async fn route(&self, topic: &str, refresh: bool) -> Result<Arc<TopicRoute>> {
         if !refresh {
-            let routes = self.inner.routes.lock().unwrap_or_else(|e| e.into_inner());
+            let routes = self.inner.routes.read().unwrap_or_else(|e| e.into_inner());
             if let Some(c) = routes.get(topic)
                 && c.fetched.elapsed() < self.inner.config.route_refresh
             {
@@ -423,7 +424,7 @@ impl ClientInstance {
         };
         self.inner
             .routes
-            .lock()
+            .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(
                 topic.to_owned(),
@@ -445,7 +446,7 @@ impl ClientInstance {
         refresh: bool,
     ) -> Result<Arc<PublishInfo>> {
         if !refresh {
-            let routes = self.inner.routes.lock().unwrap_or_else(|e| e.into_inner());
+            let routes = self.inner.routes.read().unwrap_or_else(|e| e.into_inner());
             if let Some(c) = routes.get(topic)
                 && c.fetched.elapsed() < self.inner.config.route_refresh
             {

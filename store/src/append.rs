@@ -7,7 +7,6 @@
 //! writing a queue entry) stops writes for good, since only recovery can then make the
 //! queue agree with the log again.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -280,20 +279,22 @@ impl Inner {
         lens: &[usize],
         w: &CommitLogWriter<'_>,
     ) -> Result<Vec<Option<QueueSlot>>> {
-        let mut next: HashMap<(&str, u32), u64> = HashMap::new();
-        let mut targets = Vec::with_capacity(msgs.len());
+        let mut targets: Vec<Option<QueueSlot>> = Vec::with_capacity(msgs.len());
         for msg in msgs {
             if !sys_flag::is_dispatched(msg.sys_flag) {
                 targets.push(None);
                 continue;
             }
             let cq = self.queue_or_create(&msg.topic, msg.queue_id)?;
-            let at = next
-                .entry((msg.topic.as_str(), msg.queue_id))
-                .or_insert_with(|| cq.max_offset());
-            cq.reserve(*at)?;
-            targets.push(Some((cq, *at)));
-            *at += 1;
+            // After an earlier message of the batch to the same queue, or at its end.
+            let at = targets
+                .iter()
+                .rev()
+                .flatten()
+                .find(|(q, _)| Arc::ptr_eq(q, &cq))
+                .map_or_else(|| cq.max_offset(), |(_, at)| at + 1);
+            cq.reserve(at)?;
+            targets.push(Some((cq, at)));
         }
         w.reserve(lens, |bytes| self.disk.check_growth(bytes))?;
         Ok(targets)

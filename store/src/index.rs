@@ -290,6 +290,10 @@ impl KeyIndex {
         offset: u64,
         ts: i64,
     ) -> Result<()> {
+        let mut keys = keys.peekable();
+        if keys.peek().is_none() {
+            return Ok(());
+        }
         let mut files = self.files.write();
         for key in keys {
             if files.last().is_none_or(IndexFile::is_full) {

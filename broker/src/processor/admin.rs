@@ -6,7 +6,7 @@ use weir_protocol::broker::{
     CreateTopic, DeleteTopic, GetQueueOffsets, GetTopicStats, OffsetAnswer, QueryMessageByKey,
     QueueOffsets, SearchOffsetByTimestamp, TopicStats, ViewMessageById,
 };
-use weir_protocol::route::{TopicList, perm};
+use weir_protocol::route::{TopicConfig, TopicList, perm};
 use weir_protocol::{MessageId, RecordError};
 use weir_store::StoredRecord;
 
@@ -67,7 +67,10 @@ impl Broker {
                 max: self.store.max_offset(&req.topic, q),
             })
             .collect();
-        Ok(TopicStats { config, queues })
+        Ok(TopicStats {
+            config: TopicConfig::clone(&config),
+            queues,
+        })
     }
 
     pub fn queue_offsets(&self, r: GetQueueOffsets) -> QueueOffsets {

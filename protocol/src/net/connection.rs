@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
@@ -73,7 +73,9 @@ pub(super) struct Inner {
     /// Senders waiting for room in `out`, and their wake-up.
     room_waiters: AtomicUsize,
     room: Notify,
-    calls: std::sync::Mutex<HashMap<u32, oneshot::Sender<Frame>>>,
+    calls: std::sync::Mutex<HashMap<u32, PendingCall>>,
+    /// Whether the task that times out calls runs (started by the first call).
+    sweeper: AtomicBool,
     next_id: AtomicU32,
     /// Set once, on close; `closed` tells waiters, `close_waker` the driver.
     is_closed: AtomicBool,
@@ -112,9 +114,51 @@ impl Inner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&f.request_id);
-        if let Some(tx) = tx {
-            let _ = tx.send(f);
+        if let Some(call) = tx {
+            let _ = call.tx.send(Ok(f));
         }
+    }
+
+    /// Fails the calls whose deadline passed.
+    fn time_out_calls(&self, now: Instant) {
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        if calls.values().all(|c| c.deadline > now) {
+            return;
+        }
+        let late: Vec<u32> = calls
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some(c) = calls.remove(&id) {
+                let _ = c.tx.send(Err(CallError::Timeout(c.timeout)));
+            }
+        }
+    }
+}
+
+/// A call waiting for its response, failed by the sweeper once its deadline passes (one
+/// timer per connection, not one per call: calls are the hot path of a client).
+struct PendingCall {
+    tx: oneshot::Sender<Result<Frame, CallError>>,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+/// How often a connection with calls looks for ones past their deadline: a call's timeout
+/// fires within this after it.
+const CALL_SWEEP: Duration = Duration::from_millis(50);
+
+/// Times out the calls of `inner` until it closes.
+async fn sweep_calls(inner: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(CALL_SWEEP).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.is_closed() {
+            return;
+        }
+        inner.time_out_calls(Instant::now());
     }
 }
 
@@ -213,6 +257,7 @@ impl Connection {
                 room_waiters: AtomicUsize::new(0),
                 room: Notify::new(),
                 calls: std::sync::Mutex::new(HashMap::new()),
+                sweeper: AtomicBool::new(false),
                 next_id: AtomicU32::new(1),
                 is_closed: AtomicBool::new(false),
                 closed,
@@ -252,7 +297,7 @@ impl Connection {
         self.inner.mark_closed();
     }
 
-    fn calls(&self) -> std::sync::MutexGuard<'_, HashMap<u32, oneshot::Sender<Frame>>> {
+    fn calls(&self) -> std::sync::MutexGuard<'_, HashMap<u32, PendingCall>> {
         self.inner.calls.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -324,8 +369,16 @@ impl Connection {
     ) -> Result<(R::Response, Bytes), CallError> {
         let header = encode_header(req, R::CODE.as_str())?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.calls().insert(id, tx);
+        let (tx, mut rx) = oneshot::channel();
+        if !self.inner.sweeper.swap(true, Ordering::AcqRel) {
+            tokio::spawn(sweep_calls(Arc::downgrade(&self.inner)));
+        }
+        let call = PendingCall {
+            tx,
+            deadline: Instant::now() + timeout,
+            timeout,
+        };
+        self.calls().insert(id, call);
         if self.is_closed() {
             self.calls().remove(&id);
             return Err(self.closed_error());
@@ -337,19 +390,19 @@ impl Connection {
             header,
             body,
         };
+        // The sweeper fails the call at its deadline, also while it waits for room to send.
         let exchange = async {
-            self.send(frame).await?;
-            rx.await.map_err(|_| self.closed_error())
+            tokio::select! {
+                sent = self.send(frame) => sent?,
+                answered = &mut rx => return answered.map_err(|_| self.closed_error())?,
+            }
+            (&mut rx).await.map_err(|_| self.closed_error())?
         };
-        let resp = match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(frame)) => frame,
-            Ok(Err(e)) => {
+        let resp = match exchange.await {
+            Ok(frame) => frame,
+            Err(e) => {
                 self.calls().remove(&id);
                 return Err(e);
-            }
-            Err(_) => {
-                self.calls().remove(&id);
-                return Err(CallError::Timeout(timeout));
             }
         };
         if resp.code != SUCCESS {
