@@ -41,6 +41,15 @@ impl CqEntry {
             tag_hash: u64_at(b, 12),
         }
     }
+    /// The entry of a stored record.
+    pub fn of(v: &weir_protocol::record::RecordView<'_>) -> Self {
+        Self {
+            commit_log_offset: v.commit_log_offset(),
+            size: v.total_len() as u32,
+            tag_hash: weir_protocol::record::tag_hash(v.tags()),
+        }
+    }
+
     /// A zero entry is a hole: never written.
     pub fn is_hole(&self) -> bool {
         self.size == 0

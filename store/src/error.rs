@@ -60,6 +60,10 @@ pub enum StoreError {
 
     #[error("the store is shut down")]
     ShutDown,
+
+    /// A replica's log does not line up with its master's.
+    #[error("replica does not match its master: {detail}")]
+    ReplicaMismatch { detail: String },
 }
 
 impl From<weir_protocol::RecordError> for StoreError {

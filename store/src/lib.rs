@@ -21,6 +21,7 @@ mod index;
 mod offsets;
 mod read;
 mod recovery;
+mod replica;
 mod retention;
 mod segment;
 mod services;

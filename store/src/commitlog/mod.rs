@@ -190,6 +190,58 @@ impl CommitLog {
         }
     }
 
+    /// Up to `max` bytes of whole records and fillers from `from` (a record boundary below
+    /// the committed end), never past the end of `from`'s segment; at least one record or
+    /// filler, whatever its size. `None` when `from` is the end.
+    pub fn read_raw(&self, from: u64, max: usize) -> Result<Option<Vec<u8>>> {
+        let end = self.committed();
+        if from >= end {
+            return Ok(None);
+        }
+        let no = |detail: String| StoreError::NoMessageAt {
+            offset: from,
+            detail,
+        };
+        let seg = self
+            .files
+            .find(from)
+            .ok_or_else(|| no("no segment holds it (deleted by retention?)".into()))?;
+        let rel = from - seg.start();
+        let available = (end.min(seg.end()) - from) as usize;
+        let window = seg
+            .read(rel, available)
+            .ok_or_else(|| no("not readable".into()))?;
+        let mut took = 0usize;
+        while took < window.len() {
+            match record::probe(&window[took..], from + took as u64) {
+                Probe::Message(len) | Probe::Blank(len) if took == 0 || took + len <= max => {
+                    took += len
+                }
+                Probe::Message(_) | Probe::Blank(_) => break,
+                Probe::Invalid(why) => {
+                    if took == 0 {
+                        return Err(no(why.into()));
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(Some(window[..took].to_vec()))
+    }
+
+    /// The bytes `[from, from + len)`, when they are committed and in one segment.
+    pub fn read_exact(&self, from: u64, len: usize) -> Option<Vec<u8>> {
+        let end = from.checked_add(len as u64)?;
+        if end > self.committed() {
+            return None;
+        }
+        let seg = self.files.find(from)?;
+        if end > seg.end() {
+            return None;
+        }
+        seg.read(from - seg.start(), len).map(<[u8]>::to_vec)
+    }
+
     /// Store timestamp of the record at `offset` (trusted position from a queue entry).
     pub fn store_timestamp_at(&self, offset: u64) -> Option<i64> {
         let seg = self.files.find(offset)?;

@@ -13,7 +13,7 @@ use parking_lot::MutexGuard;
 use super::{CommitLog, WriterState};
 use crate::error::{Result, StoreError};
 use crate::segment::Segment;
-use weir_protocol::record::{self, BLANK_MIN_LEN};
+use weir_protocol::record::{self, BLANK_MIN_LEN, Probe, RecordView};
 
 /// Exclusive append access to the commit log.
 pub(crate) struct CommitLogWriter<'a> {
@@ -103,6 +103,53 @@ impl<'a> CommitLogWriter<'a> {
     /// replaying them (decisions of transactions rely on it).
     pub fn commit(&self) {
         self.log.committed.store(self.state.pos, Ordering::Release);
+    }
+
+    /// A replica's append: `bytes` are records and fillers exactly as the master stored
+    /// them from `offset`, which must be this log's end. Each is verified where it lands
+    /// (magic, its own offset, CRC) before it is written; `visit` sees each record after it
+    /// is written. Stops at the first thing that does not verify, keeping what came before.
+    /// Returns how many bytes were taken.
+    pub fn append_replicated(
+        &mut self,
+        offset: u64,
+        bytes: &[u8],
+        mut visit: impl FnMut(&RecordView<'_>) -> Result<()>,
+    ) -> Result<u64> {
+        if offset != self.state.pos {
+            return Err(StoreError::ReplicaMismatch {
+                detail: format!(
+                    "the master sent bytes from offset {offset}, this log ends at {}",
+                    self.state.pos
+                ),
+            });
+        }
+        let mut taken = 0usize;
+        while taken < bytes.len() {
+            let seg = self.segment_for_write()?;
+            let pos = self.state.pos;
+            let rel = pos - seg.start();
+            let room = (seg.len() - rel) as usize;
+            let window = &bytes[taken..bytes.len().min(taken + room)];
+            let len = match record::probe(window, pos) {
+                Probe::Message(len) | Probe::Blank(len) => len,
+                Probe::Invalid(why) => {
+                    return Err(StoreError::ReplicaMismatch {
+                        detail: format!("the master's bytes at offset {pos} do not verify: {why}"),
+                    });
+                }
+            };
+            let chunk = &window[..len];
+            // SAFETY: we hold the writer lock and `rel` is the unpublished end.
+            unsafe { seg.write(rel, chunk) };
+            seg.publish(rel + len as u64);
+            self.state.pos = pos + len as u64;
+            taken += len;
+            if let Probe::Message(_) = record::probe(chunk, pos) {
+                visit(&RecordView::parse(chunk)?)?;
+            }
+        }
+        Ok(taken as u64)
     }
 
     fn segment_for_write(&self) -> Result<Arc<Segment>> {

@@ -1,0 +1,91 @@
+//! Replication, the store's part: a master reads its log as stored, a slave appends those
+//! same bytes at the same offsets and builds its own queues and index from them.
+//!
+//! Invariant: a slave's log is a prefix of its master's, byte for byte. Bytes are taken
+//! only at the slave's end, only if each record verifies where it lands, and a record is
+//! entered in its queue at the queue offset the master gave it, which must be the queue's
+//! next one; anything else is a mismatch the slave reports, never serves.
+
+use std::sync::atomic::Ordering;
+
+use crate::config::FlushMode;
+use crate::consume_queue::CqEntry;
+use crate::error::{Result, StoreError};
+use crate::flush::{Durable, TicketFuture};
+use crate::store::MessageStore;
+use weir_protocol::record::{RecordView, sys_flag};
+
+impl MessageStore {
+    /// For a master: up to `max` bytes of whole records (and fillers) from `from`, a record
+    /// boundary, never past the end of its segment; at least one record whatever its size.
+    /// `None` when `from` is the end of the log.
+    pub fn read_log(&self, from: u64, max: usize) -> Result<Option<Vec<u8>>> {
+        self.inner.commit_log.read_raw(from, max)
+    }
+
+    /// The committed bytes `[from, from + len)` within one segment, if there are such (a
+    /// master compares a slave's last bytes with its own).
+    pub fn log_bytes(&self, from: u64, len: usize) -> Option<Vec<u8>> {
+        self.inner.commit_log.read_exact(from, len)
+    }
+
+    /// For a slave: appends the master's `bytes`, stored from `offset` on the master, at
+    /// the same offset, which must be this log's end. Returns the log's new end.
+    pub fn append_replicated(&self, offset: u64, bytes: &[u8]) -> Result<u64> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(StoreError::ShutDown);
+        }
+        inner.health.check_writable()?;
+        inner.disk.check_append()?;
+        let mut arrivals: Vec<(String, u32, u64)> = Vec::new();
+        let end = {
+            let mut w = inner.commit_log.lock_writer();
+            let taken = w.append_replicated(offset, bytes, |v: &RecordView<'_>| {
+                if !sys_flag::is_dispatched(v.sys_flag()) {
+                    return Ok(());
+                }
+                let cq = inner.queue_or_create(v.topic(), v.queue_id())?;
+                let qo = v.queue_offset();
+                if qo != cq.max_offset() {
+                    return Err(StoreError::ReplicaMismatch {
+                        detail: format!(
+                            "record at {} is entry {qo} of {}/{}, but that queue's next entry here is {}",
+                            v.commit_log_offset(),
+                            v.topic(),
+                            v.queue_id(),
+                            cq.max_offset()
+                        ),
+                    });
+                }
+                cq.reserve(qo)?;
+                inner.dispatch(&cq, qo, CqEntry::of(v), v.topic(), v.keys(), v.store_timestamp())?;
+                arrivals.push((v.topic().to_owned(), v.queue_id(), qo + 1));
+                Ok(())
+            });
+            // What verified before a failure stays: it is a prefix of the master's log.
+            w.commit();
+            inner.dispatched.store(w.position(), Ordering::Release);
+            taken?;
+            w.position()
+        };
+        if let Some(listener) = inner.arrival.read().clone() {
+            for (topic, queue_id, max) in arrivals {
+                listener(&topic, queue_id, max);
+            }
+        }
+        Ok(end)
+    }
+
+    /// Resolves once the log is on disk up to `end` (sync flush: a group commit; async: at
+    /// once, the flusher takes it within its interval).
+    pub async fn durable(&self, end: u64) -> Result<()> {
+        if self.inner.config.flush_mode != FlushMode::Sync {
+            return Ok(());
+        }
+        match TicketFuture(self.inner.group_commit.request(end)).await {
+            Durable::Yes => Ok(()),
+            Durable::Failed(e) => Err(StoreError::FlushFailed(e)),
+        }
+    }
+}
