@@ -21,6 +21,7 @@ use crate::filter::FilterRegistry;
 use crate::holds::PullHolds;
 use crate::locks::QueueLocks;
 use crate::processor::transaction::DecisionGuards;
+use crate::replication::Replication;
 use crate::service::schedule::DelayLevels;
 use crate::topics::{SYSTEM_PREFIX, TopicError, TopicManager, validate_topic_name};
 
@@ -40,6 +41,10 @@ pub struct Broker {
     pub(crate) limits: FamilyLimits,
     /// One decision per transaction at a time.
     pub(crate) decisions: DecisionGuards,
+    /// Master/slave replication.
+    pub(crate) replication: Replication,
+    /// Where this master takes slaves, once its HA port listens.
+    pub(crate) ha_addr: std::sync::Mutex<Option<String>>,
 }
 
 impl Broker {
@@ -81,6 +86,7 @@ impl Broker {
             broker_name: self.config.broker_name.clone(),
             broker_id: self.config.broker_id,
             addr: self.addr.clone(),
+            ha: self.ha_status(),
         };
         // A topic list that cannot be encoded (over a frame's 16 MiB: max_topics keeps it
         // well below) registers the broker with no topics rather than not at all.
@@ -89,6 +95,38 @@ impl Broker {
             Bytes::new()
         });
         (header, body)
+    }
+
+    /// This broker's replication, as it reports it.
+    pub fn ha_status(&self) -> weir_protocol::ha::HaStatus {
+        let ha_addr = self
+            .ha_addr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let store = &self.store;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.replication
+            .status(ha_addr, store.commit_log_max_offset(), |at| {
+                store.get_by_offset(at).ok().and_then(|r| {
+                    r.view()
+                        .ok()
+                        .map(|v| now.saturating_sub(v.store_timestamp()) as u64)
+                })
+            })
+    }
+
+    /// Refuses a write on a slave.
+    pub(crate) fn check_master(&self) -> Processed<()> {
+        if !self.replication.role.is_master() {
+            return Err(ProcessError::NotMaster(format!(
+                "broker {} (id {}) is a slave: it takes no writes; send to its master",
+                self.config.broker_name, self.config.broker_id
+            )));
+        }
+        Ok(())
     }
 
     pub(crate) fn topics_updated(&self) {

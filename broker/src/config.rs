@@ -2,6 +2,8 @@ use serde::{Deserialize, Serialize};
 use weir_protocol::NetConfig;
 use weir_store::StoreConfig;
 
+use weir_protocol::ha::BrokerRole;
+
 use crate::clients::RegistryLimits;
 use crate::error::ConfigError;
 use crate::filter::FilterConfig;
@@ -20,8 +22,18 @@ pub struct BrokerConfig {
     pub namesrv: String,
     pub cluster: String,
     pub broker_name: String,
-    /// 0 for a master.
+    /// 0 for a master, 1 and up for its slaves.
     pub broker_id: u64,
+    /// `async-master` (default), `sync-master` (a send is acknowledged once a slave has
+    /// it too) or `slave` (replicates its master; readable, never writable).
+    pub role: BrokerRole,
+    /// A master: where its slaves connect (RocketMQ's HA port; default none: no slaves).
+    pub ha_listen: Option<String>,
+    /// A slave: its master's HA address (default: as the name servers report it).
+    pub master_ha_addr: Option<String>,
+    /// A sync master: how long a send waits for a slave's confirmation, ms (default 3,000);
+    /// past it the send answers `FlushSlaveTimeout`.
+    pub slave_ack_timeout_ms: u64,
     /// Create a topic on the first send to it (default true).
     pub auto_create_topic: bool,
     /// Queues of a created topic when none is said (default 8).
@@ -147,6 +159,10 @@ impl Default for BrokerConfig {
             cluster: "DefaultCluster".into(),
             broker_name: "broker-a".into(),
             broker_id: 0,
+            role: BrokerRole::AsyncMaster,
+            ha_listen: None,
+            master_ha_addr: None,
+            slave_ack_timeout_ms: 3_000,
             auto_create_topic: true,
             default_topic_queues: 8,
             max_message_size: 4 << 20,
@@ -200,6 +216,24 @@ impl BrokerConfig {
         DelayLevels::parse(&self.delay_levels)?;
         if self.broker_name.is_empty() || self.cluster.is_empty() {
             return bad("cluster and broker_name must not be empty");
+        }
+        match (self.role, self.broker_id) {
+            (BrokerRole::Slave, 0) => {
+                return bad("a slave has a broker_id of 1 or more (0 is its master's)");
+            }
+            (BrokerRole::AsyncMaster | BrokerRole::SyncMaster, id) if id != 0 => {
+                return bad("a master has broker_id 0 (or set role = \"slave\")");
+            }
+            _ => {}
+        }
+        if self.role == BrokerRole::Slave
+            && self.master_ha_addr.is_none()
+            && self.namesrv_addrs().is_empty()
+        {
+            return bad("a slave needs master_ha_addr, or name servers to learn it from");
+        }
+        if self.slave_ack_timeout_ms == 0 {
+            return bad("slave_ack_timeout_ms must be greater than 0");
         }
         self.filter.validate().map_err(ConfigError)?;
         self.limits.validate()?;

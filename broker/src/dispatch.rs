@@ -111,6 +111,23 @@ impl Family {
 }
 
 impl BrokerRequest {
+    /// Whether the request changes the log or the topics: only masters take those.
+    pub fn writes(&self) -> bool {
+        use BrokerRequest as R;
+        matches!(
+            self,
+            R::Send { .. }
+                | R::SendBatch { .. }
+                | R::SendBack(_)
+                | R::EndTransaction(_)
+                | R::ResolveTransaction(_)
+                | R::CreateTopic(_)
+                | R::DeleteTopic(_)
+                | R::UploadFilter { .. }
+                | R::RemoveFilter(_)
+        )
+    }
+
     pub fn family(&self) -> Family {
         use BrokerRequest as R;
         match self {
@@ -203,6 +220,13 @@ impl Broker {
         req: BrokerRequest,
     ) -> Processed<BrokerResponse> {
         let family = req.family();
+        if req.writes() {
+            self.check_master()?;
+        } else if let Some(why) = self.replication.diverged() {
+            return Err(ProcessError::ReplicaDiverged(format!(
+                "this slave's log differs from its master's; it serves nothing: {why}"
+            )));
+        }
         let (sem, cap) = self.limits.of(family);
         let _permit = match sem.try_acquire() {
             Ok(p) => p,

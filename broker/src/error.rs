@@ -82,6 +82,12 @@ pub enum ProcessError {
     /// ids, groups, in-flight requests of a family); retry later or elsewhere.
     #[error("{0}")]
     Busy(String),
+    /// A write sent to a slave.
+    #[error("{0}")]
+    NotMaster(String),
+    /// A slave whose log differs from its master's serves nothing.
+    #[error("{0}")]
+    ReplicaDiverged(String),
     /// An end-transaction that does not match its half message.
     #[error("{0}")]
     TransactionInvalid(String),

@@ -28,6 +28,7 @@ pub mod filter;
 mod holds;
 mod locks;
 pub mod processor;
+pub mod replication;
 pub mod service;
 pub mod startup;
 pub mod subscription;

@@ -23,6 +23,7 @@ use crate::error::BrokerError;
 use crate::filter::{FilterRegistry, FilterRuntime};
 use crate::holds::PullHolds;
 use crate::locks::QueueLocks;
+use crate::replication::Replication;
 use crate::service;
 use crate::service::schedule::DelayLevels;
 use crate::topics::TopicManager;
@@ -55,9 +56,13 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
         })??
     };
     let holds = Arc::new(PullHolds::default());
+    let log_grew = Arc::new(tokio::sync::Notify::new());
     {
-        let holds = Arc::clone(&holds);
-        store.set_arrival_listener(move |topic, queue, _| holds.wake(topic, queue));
+        let (holds, log_grew) = (Arc::clone(&holds), Arc::clone(&log_grew));
+        store.set_arrival_listener(move |topic, queue, _| {
+            holds.wake(topic, queue);
+            log_grew.notify_waiters();
+        });
     }
     let (topics_changed, _) = watch::channel(0u64);
     let levels = DelayLevels::parse(&config.delay_levels)?;
@@ -75,6 +80,8 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
         locks,
         limits,
         decisions: Default::default(),
+        replication: Replication::new(config.role, log_grew),
+        ha_addr: std::sync::Mutex::new(None),
         config,
     }))
 }
@@ -83,6 +90,8 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
 pub struct RunningBroker {
     broker: Arc<Broker>,
     server: Server,
+    /// A master's HA port, when it takes slaves.
+    ha: Option<Server>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -107,6 +116,9 @@ impl RunningBroker {
             let _ = t.await;
         }
         self.server.shutdown().await;
+        if let Some(ha) = &self.ha {
+            ha.shutdown().await;
+        }
         self.broker.filters.runtime().shutdown();
         let store = Arc::clone(&self.broker.store);
         tokio::task::spawn_blocking(move || store.shutdown())
@@ -156,11 +168,29 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, BrokerError> {
             error,
         },
     )?;
+    let ha = match (
+        &broker.config.ha_listen,
+        broker.replication.role.is_master(),
+    ) {
+        (Some(listen), true) => {
+            let ha = service::ha_master::start(&broker, listen)
+                .await
+                .map_err(|error| BrokerError::Listen {
+                    addr: listen.clone(),
+                    error,
+                })?;
+            *broker.ha_addr.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(ha.local_addr().to_string());
+            Some(ha)
+        }
+        _ => None,
+    };
     let (stop, _) = watch::channel(false);
     let tasks = service::start_all(&broker, &stop).await;
     Ok(RunningBroker {
         broker,
         server,
+        ha,
         stop,
         tasks,
     })

@@ -296,6 +296,8 @@ fn print_sent(r: &SendResult, json: bool) -> anyhow::Result<()> {
     let status = match r.status {
         weir_client::SendStatus::Ok => "SEND_OK",
         weir_client::SendStatus::FlushDiskTimeout => "FLUSH_DISK_TIMEOUT",
+        weir_client::SendStatus::FlushSlaveTimeout => "FLUSH_SLAVE_TIMEOUT",
+        weir_client::SendStatus::SlaveNotAvailable => "SLAVE_NOT_AVAILABLE",
     };
     if json {
         let v = serde_json::json!({

@@ -231,6 +231,7 @@ mod tests {
                 cluster: "c".into(),
                 broker_name: "broker-a".into(),
                 addrs: vec![(1, "127.0.0.1:1".into())],
+                status: Vec::new(),
             }],
             queues: Vec::new(),
         };

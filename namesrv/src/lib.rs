@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
+use weir_protocol::ha::HaStatus;
 use weir_protocol::net::BoxFuture;
 use weir_protocol::route::{
     BrokerData, ClusterInfo, GetAllTopics, GetClusterInfo, GetRoute, MASTER_ID, QueueData,
@@ -69,6 +70,8 @@ pub enum NamesrvError {
 struct Group {
     cluster: String,
     addrs: BTreeMap<u64, String>,
+    /// What each member last reported of its replication.
+    status: BTreeMap<u64, HaStatus>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +104,7 @@ impl Table {
             .or_insert_with(|| Group {
                 cluster: r.cluster.clone(),
                 addrs: BTreeMap::new(),
+                status: BTreeMap::new(),
             });
         group.cluster = r.cluster.clone();
         if let Some(old) = group.addrs.insert(r.broker_id, r.addr.clone())
@@ -108,7 +112,9 @@ impl Table {
         {
             self.live.remove(&old);
         }
+        group.status.insert(r.broker_id, r.ha.clone());
         let master_addr = group.addrs.get(&MASTER_ID).cloned();
+        let master_ha_addr = group.status.get(&MASTER_ID).and_then(|s| s.ha_addr.clone());
         if r.broker_id == MASTER_ID {
             // The master's topic list is the group's: replace what it served before.
             for queues in self.topics.values_mut() {
@@ -136,7 +142,10 @@ impl Table {
                 conn_id,
             },
         );
-        RegisterBrokerResponse { master_addr }
+        RegisterBrokerResponse {
+            master_addr,
+            master_ha_addr,
+        }
     }
 
     /// Drops the broker at `addr`; its group goes with its last member.
@@ -149,6 +158,7 @@ impl Table {
             Some(g) => {
                 if g.addrs.get(&live.broker_id).is_some_and(|a| a == addr) {
                     g.addrs.remove(&live.broker_id);
+                    g.status.remove(&live.broker_id);
                 }
                 g.addrs.is_empty()
             }
@@ -168,6 +178,7 @@ impl Table {
             cluster: g.cluster.clone(),
             broker_name: name.to_owned(),
             addrs: g.addrs.iter().map(|(id, a)| (*id, a.clone())).collect(),
+            status: g.status.iter().map(|(id, s)| (*id, s.clone())).collect(),
         })
     }
 

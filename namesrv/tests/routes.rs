@@ -42,6 +42,7 @@ fn register(name: &str, id: u64, addr: &str, topics: &[(&str, u32)]) -> (Registe
         broker_name: name.into(),
         broker_id: id,
         addr: addr.into(),
+        ha: Default::default(),
     };
     let topics = topics
         .iter()

@@ -34,6 +34,10 @@ pub enum SendStatus {
     Ok,
     /// Stored, but the sync flush did not finish in time.
     FlushDiskTimeout,
+    /// Stored on a sync master, but no slave confirmed it in time.
+    FlushSlaveTimeout,
+    /// Stored on a sync master, but no slave is connected to confirm it.
+    SlaveNotAvailable,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

@@ -64,6 +64,11 @@ codes! {
         RemoveFilter = 402, "remove filter";
         ListTransactions = 420, "list transactions";
         ResolveTransaction = 421, "resolve transaction";
+        HaHello = 500, "replication hello";
+        HaData = 501, "replication data";
+        HaAck = 502, "replication ack";
+        HaSync = 503, "replication metadata";
+        HaComponent = 504, "replication filter component";
     }
 }
 
@@ -102,6 +107,10 @@ codes! {
         /// An end-transaction that does not match its half message (another producer
         /// group, another transaction, no half message there).
         TransactionInvalid = 115, "transaction invalid";
+        /// A write sent to a slave: slaves are readable, never writable.
+        NotMaster = 116, "not a master";
+        /// A slave refuses to serve a log that differs from its master's.
+        ReplicaDiverged = 117, "replica diverged";
     }
 }
 

@@ -19,6 +19,8 @@ pub mod filter;
 #[cfg(feature = "net")]
 pub mod frame;
 #[cfg(feature = "net")]
+pub mod ha;
+#[cfg(feature = "net")]
 pub mod net;
 #[cfg(feature = "net")]
 pub mod route;

@@ -42,6 +42,8 @@ pub struct RegisterBroker {
     pub broker_id: u64,
     /// Address clients connect to.
     pub addr: String,
+    /// Its role, HA address and replication lag.
+    pub ha: crate::ha::HaStatus,
 }
 
 /// The body of a [`RegisterBroker`]: every topic the broker serves.
@@ -63,6 +65,8 @@ impl RegisteredTopics {
 pub struct RegisterBrokerResponse {
     /// The master of the broker's group, if one is registered.
     pub master_addr: Option<String>,
+    /// Where that master takes its slaves (its HA address), if it has one.
+    pub master_ha_addr: Option<String>,
 }
 
 impl Rpc for RegisterBroker {
@@ -116,9 +120,20 @@ pub struct BrokerData {
     pub broker_name: String,
     /// (broker id, address), sorted by id; id 0 is the master.
     pub addrs: Vec<(u64, String)>,
+    /// (broker id, its replication as it last reported), sorted by id.
+    pub status: Vec<(u64, crate::ha::HaStatus)>,
 }
 
 impl BrokerData {
+    /// A slave's address (the lowest id above the master's), for reads when the master
+    /// is away.
+    pub fn slave_addr(&self) -> Option<&str> {
+        self.addrs
+            .iter()
+            .find(|(id, _)| *id != MASTER_ID)
+            .map(|(_, a)| a.as_str())
+    }
+
     pub fn master_addr(&self) -> Option<&str> {
         self.addrs
             .iter()

@@ -53,6 +53,7 @@ impl Handler for TestHandler {
                                     cluster: topic.to_owned(),
                                     broker_name: req.body.len().to_string(),
                                     addrs: vec![],
+                                    status: vec![],
                                 }],
                             },
                             req.body.clone(),
@@ -70,6 +71,7 @@ impl Handler for TestHandler {
                                     cluster: t,
                                     broker_name: String::new(),
                                     addrs: vec![],
+                                    status: vec![],
                                 })
                                 .collect(),
                         }),

@@ -127,6 +127,11 @@ fn decode(req: &Request) -> Result<BrokerRequest, ProcessError> {
         RequestCode::ListTransactions => R::ListTransactions(req.decode().map_err(bad)?),
         RequestCode::ResolveTransaction => R::ResolveTransaction(req.decode().map_err(bad)?),
         RequestCode::CheckTransactionState
+        | RequestCode::HaHello
+        | RequestCode::HaData
+        | RequestCode::HaAck
+        | RequestCode::HaSync
+        | RequestCode::HaComponent
         | RequestCode::NotifyConsumerIdsChanged
         | RequestCode::RegisterBroker
         | RequestCode::UnregisterBroker
@@ -200,6 +205,8 @@ pub fn status_of(e: &ProcessError) -> ErrorCode {
         P::FilterNotFound(_) => ErrorCode::FilterNotFound,
         P::Busy(_) => ErrorCode::SystemBusy,
         P::TransactionInvalid(_) => ErrorCode::TransactionInvalid,
+        P::NotMaster(_) => ErrorCode::NotMaster,
+        P::ReplicaDiverged(_) => ErrorCode::ReplicaDiverged,
         P::Unsupported(_) => ErrorCode::RequestCodeNotSupported,
         P::Topics(_) | P::Internal(_) => ErrorCode::SystemError,
         P::Store(s) => match s {

@@ -269,15 +269,56 @@ impl FilterRegistry {
         bytes: &[u8],
         params: Vec<(String, String)>,
     ) -> Result<FilterUploaded, FilterError> {
+        self.register(group, topic, bytes, params, None)
+    }
+
+    /// A slave's copy of its master's registration: the same component, parameters and
+    /// version. Blocking.
+    pub fn install(
+        &self,
+        group: &str,
+        topic: &str,
+        bytes: &[u8],
+        params: Vec<(String, String)>,
+        version: u64,
+    ) -> Result<FilterUploaded, FilterError> {
+        self.register(group, topic, bytes, params, Some(version))
+    }
+
+    /// Every registration, as persisted.
+    pub fn entries(&self) -> Vec<RegistryEntry> {
+        self.registrations
+            .read()
+            .map(|r| r.values().map(|r| r.entry.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The stored component of this hash, if there is one.
+    pub fn component_bytes(&self, sha256: &str) -> Option<Vec<u8>> {
+        if !is_sha256_hex(sha256) {
+            return None;
+        }
+        std::fs::read(self.component_path(sha256)).ok()
+    }
+
+    fn register(
+        &self,
+        group: &str,
+        topic: &str,
+        bytes: &[u8],
+        params: Vec<(String, String)>,
+        version: Option<u64>,
+    ) -> Result<FilterUploaded, FilterError> {
         let lock_err = || FilterError::Runtime("registry lock poisoned".into());
         let _change = self.changes.lock().map_err(|_| lock_err())?;
         let key = (group.to_owned(), topic.to_owned());
-        let version = self
+        let next_version = self
             .registrations
             .read()
             .map_err(|_| lock_err())?
             .get(&key)
             .map_or(1, |r| r.entry.version + 1);
+        let version = version.unwrap_or(next_version);
         let sha256 = sha256_hex(bytes);
         let label = FilterLabel::new(group, topic, version, sha256.clone());
         // Size and kind before anything is compiled, loaded or written.

@@ -15,8 +15,11 @@ use weir_protocol::record::{NO_PREPARED_TX, sys_flag};
 use weir_protocol::route::{TopicConfig, perm};
 use weir_store::FlushStatus;
 
+use weir_protocol::ha::BrokerRole;
+
 use crate::broker::Broker;
 use crate::error::{ProcessError, Processed};
+use crate::replication::ReplicaWait;
 use crate::service::schedule;
 use crate::topics::{SYSTEM_PREFIX, validate_group_name, validate_topic_name};
 
@@ -52,6 +55,12 @@ impl Broker {
     /// synced later: the producer may retry and so duplicate).
     pub(crate) async fn store_messages(&self, msgs: &[Message]) -> Processed<Vec<SendResult>> {
         let mut appended = self.store.append(msgs)?;
+        let end = appended
+            .results()
+            .iter()
+            .map(|r| r.commit_log_offset + u64::from(r.size))
+            .max()
+            .unwrap_or(0);
         let mut flush = FlushStatus::Pending;
         if appended.needs_wait() {
             let limit = Duration::from_millis(self.store.config().sync_flush_timeout_ms);
@@ -61,13 +70,26 @@ impl Broker {
                 Err(_) => FlushStatus::TimedOut,
             };
         }
+        // A sync master acknowledges once a slave has the bytes too (many sends share each
+        // confirmation).
+        let replica = match self.replication.role {
+            BrokerRole::SyncMaster => {
+                let limit = Duration::from_millis(self.config.slave_ack_timeout_ms);
+                self.replication.wait_replicated(end, limit).await
+            }
+            _ => ReplicaWait::Confirmed,
+        };
         Ok(appended
             .into_results(flush)
             .into_iter()
             .map(|r| SendResult {
-                status: match r.flush {
-                    FlushStatus::TimedOut => SendStatus::FlushDiskTimeout,
-                    FlushStatus::Durable | FlushStatus::Pending => SendStatus::Ok,
+                status: match (r.flush, replica) {
+                    (FlushStatus::TimedOut, _) => SendStatus::FlushDiskTimeout,
+                    (_, ReplicaWait::TimedOut) => SendStatus::FlushSlaveTimeout,
+                    (_, ReplicaWait::NoSlave) => SendStatus::SlaveNotAvailable,
+                    (FlushStatus::Durable | FlushStatus::Pending, ReplicaWait::Confirmed) => {
+                        SendStatus::Ok
+                    }
                 },
                 msg_id: r.msg_id.to_string(),
                 queue_id: 0,

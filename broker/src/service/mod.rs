@@ -10,6 +10,8 @@
 //! inside `weir-store`.
 
 pub mod client_expiry;
+pub mod ha_master;
+pub mod ha_slave;
 pub mod registration;
 pub mod schedule;
 pub mod transaction_check;
@@ -35,6 +37,12 @@ pub async fn start_all(broker: &Arc<Broker>, stop: &watch::Sender<bool>) -> Vec<
         Arc::clone(broker),
         stop.subscribe(),
     )));
+    if !broker.replication.role.is_master() {
+        tasks.push(tokio::spawn(ha_slave::run(
+            Arc::clone(broker),
+            stop.subscribe(),
+        )));
+    }
     tasks.push(tokio::spawn(writability::run(
         Arc::clone(broker),
         stop.subscribe(),

@@ -70,9 +70,21 @@ async fn run(
         }
         if let Some(c) = &conn {
             let (header, topics) = broker.registration();
-            if let Err(e) = c.call(&header, topics, NAMESRV_TIMEOUT).await {
-                warn!(namesrv = %namesrv, error = %e, "registration failed; will retry");
-                conn = None;
+            match c.call(&header, topics, NAMESRV_TIMEOUT).await {
+                Ok((r, _)) => {
+                    // A slave learns where its master takes slaves.
+                    if r.master_ha_addr.is_some() {
+                        *broker
+                            .replication
+                            .learned_master
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner()) = r.master_ha_addr;
+                    }
+                }
+                Err(e) => {
+                    warn!(namesrv = %namesrv, error = %e, "registration failed; will retry");
+                    conn = None;
+                }
             }
         }
         if let Some(done) = first_done.take() {

@@ -1,0 +1,202 @@
+//! A broker's replication state: as a master, its slaves and how far each has the log (the
+//! gate sync-master sends wait at); as a slave, how far behind its master it is, and
+//! whether its log was found to differ (then it serves nothing).
+//!
+//! Invariants: a master's `acked` only grows while a slave stays connected; a sync-master
+//! send is acknowledged only once `acked` (the furthest connected slave's end) passes its
+//! end, or it gets a distinct status. A slave marked diverged stays so until restarted.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use weir_protocol::ha::{BrokerRole, HaStatus};
+
+/// One connected slave, as the master sees it.
+#[derive(Debug, Clone, Copy)]
+struct Slave {
+    acked: u64,
+}
+
+/// Why a sync-master send was not confirmed by a slave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaWait {
+    /// A slave has the bytes.
+    Confirmed,
+    /// No slave confirmed within `slave_ack_timeout_ms`.
+    TimedOut,
+    /// No slave is connected.
+    NoSlave,
+}
+
+pub struct Replication {
+    pub role: BrokerRole,
+    /// Master: connected slaves by connection id.
+    slaves: Mutex<HashMap<u64, Slave>>,
+    /// Master: the furthest end a connected slave has confirmed.
+    acked: AtomicU64,
+    acked_changed: Notify,
+    /// Master: signalled whenever the log grows (slaves' streams wait on it).
+    pub log_grew: Arc<Notify>,
+    /// Slave: the master's end as last heard, and when the slave was last caught up.
+    master_end: AtomicU64,
+    caught_up_ms: AtomicU64,
+    connected: AtomicU64,
+    diverged: Mutex<Option<String>>,
+    /// Slave: the master's HA address as the name servers last told it.
+    pub learned_master: Mutex<Option<String>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Replication {
+    pub fn new(role: BrokerRole, log_grew: Arc<Notify>) -> Self {
+        Self {
+            role,
+            slaves: Mutex::new(HashMap::new()),
+            acked: AtomicU64::new(0),
+            acked_changed: Notify::new(),
+            log_grew,
+            master_end: AtomicU64::new(0),
+            caught_up_ms: AtomicU64::new(now_ms()),
+            connected: AtomicU64::new(0),
+            diverged: Mutex::new(None),
+            learned_master: Mutex::new(None),
+        }
+    }
+
+    fn slaves(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slave>> {
+        self.slaves.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Master: a slave connected with its log ending at `end`.
+    pub fn slave_joined(&self, conn: u64, end: u64) {
+        self.slaves().insert(conn, Slave { acked: end });
+        self.acked.fetch_max(end, Ordering::AcqRel);
+        self.acked_changed.notify_waiters();
+    }
+
+    /// Master: a slave's log now ends at `end`.
+    pub fn slave_acked(&self, conn: u64, end: u64) {
+        if let Some(s) = self.slaves().get_mut(&conn) {
+            s.acked = s.acked.max(end);
+        }
+        self.acked.fetch_max(end, Ordering::AcqRel);
+        self.acked_changed.notify_waiters();
+    }
+
+    /// Master: a slave went away.
+    pub fn slave_left(&self, conn: u64) {
+        let mut slaves = self.slaves();
+        slaves.remove(&conn);
+        // What confirms sends is what a connected slave has.
+        let furthest = slaves.values().map(|s| s.acked).max().unwrap_or(0);
+        self.acked.store(furthest, Ordering::Release);
+    }
+
+    pub fn slave_count(&self) -> usize {
+        self.slaves().len()
+    }
+
+    /// Master: the end of the slowest connected slave.
+    pub fn slowest_slave(&self) -> Option<u64> {
+        self.slaves().values().map(|s| s.acked).min()
+    }
+
+    /// Master, sync: waits until a connected slave has the log up to `end`. Many sends
+    /// share each confirmation.
+    pub async fn wait_replicated(&self, end: u64, timeout: Duration) -> ReplicaWait {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.acked_changed.notified();
+            if self.acked.load(Ordering::Acquire) >= end {
+                return ReplicaWait::Confirmed;
+            }
+            if self.slave_count() == 0 {
+                return ReplicaWait::NoSlave;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return ReplicaWait::TimedOut;
+            }
+        }
+    }
+
+    /// Slave: heard from its master, whose log ends at `master_end`; its own ends at `end`.
+    pub fn heard(&self, master_end: u64, end: u64) {
+        self.master_end.fetch_max(master_end, Ordering::AcqRel);
+        if end >= self.master_end.load(Ordering::Acquire) {
+            self.caught_up_ms.store(now_ms(), Ordering::Release);
+        }
+    }
+
+    pub fn set_connected(&self, connected: bool) {
+        self.connected
+            .store(u64::from(connected), Ordering::Release);
+    }
+
+    /// Slave: its log differs from its master's; it stops serving.
+    pub fn diverge(&self, why: String) {
+        let mut d = self.diverged.lock().unwrap_or_else(|e| e.into_inner());
+        if d.is_none() {
+            tracing::error!(reason = %why, "this slave's log differs from its master's: it stops replicating and serving; move its data folder aside and restart it to copy the master afresh");
+            *d = Some(why);
+        }
+    }
+
+    pub fn diverged(&self) -> Option<String> {
+        self.diverged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// What this broker reports to name servers: for a master, its slowest slave's lag;
+    /// for a slave, its own. `log_end` is this broker's log end; `age_of` says how old the
+    /// record at an offset is (ms).
+    pub fn status(
+        &self,
+        ha_addr: Option<String>,
+        log_end: u64,
+        age_of: impl Fn(u64) -> Option<u64>,
+    ) -> HaStatus {
+        let (lag_bytes, lag_ms, connected) = match self.role {
+            BrokerRole::Slave => {
+                let behind = self
+                    .master_end
+                    .load(Ordering::Acquire)
+                    .saturating_sub(log_end);
+                let ms = match behind {
+                    0 => 0,
+                    _ => now_ms().saturating_sub(self.caught_up_ms.load(Ordering::Acquire)),
+                };
+                (behind, ms, self.connected.load(Ordering::Acquire) as u32)
+            }
+            _ => match self.slowest_slave() {
+                Some(at) => {
+                    let behind = log_end.saturating_sub(at);
+                    let ms = if behind == 0 {
+                        0
+                    } else {
+                        age_of(at).unwrap_or(0)
+                    };
+                    (behind, ms, self.slave_count() as u32)
+                }
+                None => (0, 0, 0),
+            },
+        };
+        HaStatus {
+            role: self.role,
+            ha_addr,
+            lag_bytes,
+            lag_ms,
+            connected,
+            diverged: self.diverged(),
+        }
+    }
+}

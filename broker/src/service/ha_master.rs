@@ -1,0 +1,219 @@
+//! The master's side of replication: its HA port takes slaves, checks that each one's log
+//! is a prefix of its own, streams the log to it from its end as stored, and counts what
+//! it confirms (sync-master sends wait for that); it also answers what slaves follow
+//! besides the log (topics, offsets, filters).
+//!
+//! Invariant: a slave is streamed only bytes that follow its own end, and only after the
+//! last bytes of its log were found equal to the master's at the same offsets; a slave that
+//! is ahead or differs is refused with a reason it logs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+use weir_protocol::ha::{
+    FilterEntry, HaAck, HaComponent, HaData, HaHello, HaSnapshot, HaWelcome, TAIL_LEN,
+};
+use weir_protocol::net::BoxFuture;
+use weir_protocol::{Connection, ErrorCode, Handler, Reply, Request, RequestCode, Server};
+
+use crate::broker::Broker;
+
+/// Most log bytes in one message to a slave.
+const CHUNK: usize = 1 << 20;
+/// Most bytes streamed ahead of what the slave confirmed.
+const AHEAD: u64 = 64 << 20;
+
+/// Starts the HA server on `listen`.
+pub async fn start(broker: &Arc<Broker>, listen: &str) -> std::io::Result<Server> {
+    let listener = TcpListener::bind(listen).await?;
+    let server = Server::start(
+        listener,
+        Arc::new(HaMaster(Arc::clone(broker))),
+        broker.config.net.server_config(),
+    )?;
+    info!(ha = %server.local_addr(), "taking slaves");
+    Ok(server)
+}
+
+struct HaMaster(Arc<Broker>);
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Handler for HaMaster {
+    fn handle<'a>(&'a self, conn: &'a Connection, req: Request) -> BoxFuture<'a, Reply> {
+        Box::pin(async move {
+            let b = &self.0;
+            match RequestCode::from_u16(req.code) {
+                Some(RequestCode::HaHello) => match req.decode::<HaHello>() {
+                    Ok(h) => match b.welcome(&h) {
+                        Ok(w) => {
+                            b.replication.slave_joined(conn.id(), h.end);
+                            info!(slave = %conn.peer(), id = h.broker_id, from = h.end, "slave connected");
+                            tokio::spawn(stream(Arc::clone(b), conn.clone(), h.end));
+                            Reply::ok(&w)
+                        }
+                        Err(why) => {
+                            warn!(slave = %conn.peer(), reason = %why, "slave refused");
+                            Reply::error(ErrorCode::ReplicaDiverged, why)
+                        }
+                    },
+                    Err(e) => Reply::error(ErrorCode::BadRequest, e.to_string()),
+                },
+                Some(RequestCode::HaAck) => {
+                    if let Ok(a) = req.decode::<HaAck>() {
+                        b.replication.slave_acked(conn.id(), a.end);
+                    }
+                    Reply::ok(&())
+                }
+                Some(RequestCode::HaSync) => match b.snapshot().encode() {
+                    Ok(body) => Reply::ok_with_body(&(), body),
+                    Err(e) => Reply::error(ErrorCode::SystemError, e.to_string()),
+                },
+                Some(RequestCode::HaComponent) => match req.decode::<HaComponent>() {
+                    Ok(c) => match b.filters.component_bytes(&c.sha256) {
+                        Some(bytes) => Reply::ok_with_body(&(), Bytes::from(bytes)),
+                        None => Reply::error(
+                            ErrorCode::FilterNotFound,
+                            format!("no component {}", c.sha256),
+                        ),
+                    },
+                    Err(e) => Reply::error(ErrorCode::BadRequest, e.to_string()),
+                },
+                _ => Reply::error(
+                    ErrorCode::RequestCodeNotSupported,
+                    format!("the HA port does not serve request code {}", req.code),
+                ),
+            }
+        })
+    }
+
+    fn on_close(&self, conn: &Connection) {
+        self.0.replication.slave_left(conn.id());
+        info!(slave = %conn.peer(), "slave disconnected");
+    }
+}
+
+impl Broker {
+    /// Whether a slave saying hello may follow this master.
+    fn welcome(&self, h: &HaHello) -> Result<HaWelcome, String> {
+        if h.broker_name != self.config.broker_name {
+            return Err(format!(
+                "this master is {:?}, not {:?}",
+                self.config.broker_name, h.broker_name
+            ));
+        }
+        if h.broker_id == 0 {
+            return Err("broker id 0 is the master's".into());
+        }
+        let end = self.store.commit_log_max_offset();
+        if h.end > end {
+            return Err(format!(
+                "the slave's log ends at {}, past the master's end {end}: it holds what the master does not",
+                h.end
+            ));
+        }
+        if h.tail.len() > TAIL_LEN || (h.tail.len() as u64) > h.end {
+            return Err("malformed tail".into());
+        }
+        if !h.tail.is_empty() {
+            let from = h.end - h.tail.len() as u64;
+            match self.store.log_bytes(from, h.tail.len()) {
+                Some(mine) if mine == h.tail => {}
+                Some(_) => {
+                    return Err(format!(
+                        "the slave's log differs from the master's before offset {}",
+                        h.end
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "the master no longer holds offset {from} (deleted by retention): copy the master afresh"
+                    ));
+                }
+            }
+        } else if h.end > 0 && h.end < self.store.commit_log_min_offset() {
+            return Err("the slave is behind what the master still holds".into());
+        }
+        Ok(HaWelcome {
+            master_end: end,
+            epoch: 0,
+        })
+    }
+
+    /// What slaves follow besides the log.
+    fn snapshot(&self) -> HaSnapshot {
+        HaSnapshot {
+            topics: self.topics.all(),
+            offsets: self
+                .store
+                .consumer_offsets()
+                .all()
+                .into_iter()
+                .map(|(k, o)| (k.group, k.topic, k.queue_id, o))
+                .collect(),
+            filters: self
+                .filters
+                .entries()
+                .into_iter()
+                .map(|e| FilterEntry {
+                    group: e.group,
+                    topic: e.topic,
+                    version: e.version,
+                    sha256: e.sha256,
+                    params: e.params,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Streams the log to one slave from `from` until its connection closes.
+async fn stream(broker: Arc<Broker>, conn: Connection, from: u64) {
+    let mut at = from;
+    let repl = &broker.replication;
+    while !conn.is_closed() {
+        let grew = repl.log_grew.notified();
+        let confirmed = repl.slowest_slave().unwrap_or(at);
+        if at.saturating_sub(confirmed) > AHEAD {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                _ = conn.closed() => return,
+            }
+            continue;
+        }
+        match broker.store.read_log(at, CHUNK) {
+            Ok(Some(bytes)) => {
+                let len = bytes.len() as u64;
+                let data = HaData {
+                    offset: at,
+                    master_end: broker.store.commit_log_max_offset(),
+                    sent_ms: now_ms(),
+                };
+                if conn.oneway(&data, Bytes::from(bytes)).await.is_err() {
+                    return;
+                }
+                at += len;
+            }
+            Ok(None) => {
+                // Caught up: wait for the log to grow (or look again now and then).
+                tokio::select! {
+                    _ = grew => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = conn.closed() => return,
+                }
+            }
+            Err(e) => {
+                warn!(slave = %conn.peer(), offset = at, error = %e, "cannot read the log for a slave; closing its connection");
+                conn.close();
+                return;
+            }
+        }
+    }
+}

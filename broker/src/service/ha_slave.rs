@@ -1,0 +1,237 @@
+//! The slave's side of replication: it connects to its master's HA port (configured, or as
+//! the name servers say), tells where its log ends, appends what the master streams at the
+//! same offsets and confirms it (after syncing it under sync flush), and every few seconds
+//! copies what else it follows: topics, consumer offsets (delay-level progress included)
+//! and filter registrations, with their components.
+//!
+//! Invariant: a slave never serves a log that differs from its master's: when the master
+//! refuses it, or the master's bytes do not line up with its own, it stops replicating and
+//! refuses reads, saying why, until an operator deals with it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+use weir_protocol::ha::{HaAck, HaComponent, HaData, HaHello, HaSnapshot, HaSync, TAIL_LEN};
+use weir_protocol::net::BoxFuture;
+use weir_protocol::{
+    CallError, ConnConfig, Connection, ErrorCode, Handler, Reply, Request, RequestCode,
+};
+use weir_store::StoreError;
+
+use crate::broker::Broker;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const RETRY: Duration = Duration::from_secs(1);
+/// How often what the slave follows besides the log is copied.
+const METADATA_EVERY: Duration = Duration::from_secs(5);
+
+pub async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow() || broker.replication.diverged().is_some() {
+            return;
+        }
+        let master = broker.config.master_ha_addr.clone().or_else(|| {
+            broker
+                .replication
+                .learned_master
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        });
+        if let Some(addr) = master {
+            if let Err(e) = follow(&broker, &addr, &mut stop).await {
+                debug!(master = %addr, error = %e, "replication interrupted; will reconnect");
+            }
+            broker.replication.set_connected(false);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Follows the master at `addr` until the connection ends.
+async fn follow(
+    broker: &Arc<Broker>,
+    addr: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), CallError> {
+    let conn = Connection::connect(
+        addr,
+        Arc::new(HaSlave(Arc::clone(broker))),
+        ConnConfig::default(),
+        CONNECT_TIMEOUT,
+    )
+    .await?;
+    let end = broker.store.commit_log_max_offset();
+    let hello = HaHello {
+        broker_name: broker.config.broker_name.clone(),
+        broker_id: broker.config.broker_id,
+        end,
+        tail: tail_of(broker, end),
+        epoch: 0,
+    };
+    match conn.call(&hello, Bytes::new(), CONNECT_TIMEOUT).await {
+        Ok((w, _)) => {
+            broker.replication.heard(w.master_end, end);
+            broker.replication.set_connected(true);
+            info!(master = %addr, from = end, master_end = w.master_end, "replicating");
+        }
+        Err(CallError::Remote {
+            code: ErrorCode::ReplicaDiverged,
+            message,
+        }) => {
+            broker
+                .replication
+                .diverge(format!("the master refused it: {message}"));
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    }
+    loop {
+        if let Err(e) = copy_metadata(broker, &conn).await {
+            warn!(master = %addr, error = %e, "copying topics, offsets and filters from the master failed; will retry");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(METADATA_EVERY) => {}
+            _ = conn.closed() => return Ok(()),
+            _ = stop.wait_for(|s| *s) => {
+                conn.close();
+                return Ok(());
+            }
+        }
+        if broker.replication.diverged().is_some() {
+            conn.close();
+            return Ok(());
+        }
+    }
+}
+
+/// The last bytes of the log before `end`, within its last segment.
+fn tail_of(broker: &Broker, end: u64) -> Vec<u8> {
+    if end == 0 {
+        return Vec::new();
+    }
+    let size = broker.store.config().commit_log_segment_size;
+    let seg_start = (end - 1) / size * size;
+    let len = (end - seg_start).min(TAIL_LEN as u64) as usize;
+    broker
+        .store
+        .log_bytes(end - len as u64, len)
+        .unwrap_or_default()
+}
+
+/// Copies topics, consumer offsets and filter registrations from the master.
+async fn copy_metadata(broker: &Arc<Broker>, conn: &Connection) -> Result<(), CallError> {
+    let (_, body) = conn.call(&HaSync, Bytes::new(), CONNECT_TIMEOUT).await?;
+    let snap = HaSnapshot::decode(&body)?;
+    let mut changed = false;
+    for t in &snap.topics {
+        if broker.topics.get(&t.name).as_deref() != Some(t) {
+            if let Err(e) = broker.topics.upsert(t.clone()) {
+                warn!(topic = %t.name, error = %e, "cannot copy a topic from the master");
+            }
+            changed = true;
+        }
+    }
+    for t in broker.topics.all() {
+        if !snap.topics.iter().any(|m| m.name == t.name) {
+            let _ = broker.topics.remove(&t.name);
+            changed = true;
+        }
+    }
+    if changed {
+        broker.topics_updated();
+    }
+    let offsets = broker.store.consumer_offsets();
+    for (group, topic, queue_id, offset) in snap.offsets {
+        if offsets.query(&group, &topic, queue_id) != Some(offset) {
+            offsets.commit(&group, &topic, queue_id, offset);
+        }
+    }
+    let have = broker.filters.entries();
+    for f in snap.filters {
+        if have
+            .iter()
+            .any(|h| h.group == f.group && h.topic == f.topic && h.version == f.version)
+        {
+            continue;
+        }
+        let bytes = match broker.filters.component_bytes(&f.sha256) {
+            Some(b) => b,
+            None => {
+                let req = HaComponent {
+                    sha256: f.sha256.clone(),
+                };
+                conn.call(&req, Bytes::new(), CONNECT_TIMEOUT)
+                    .await?
+                    .1
+                    .to_vec()
+            }
+        };
+        let filters = Arc::clone(&broker.filters);
+        let installed = tokio::task::spawn_blocking(move || {
+            filters.install(&f.group, &f.topic, &bytes, f.params, f.version)
+        })
+        .await;
+        if !matches!(installed, Ok(Ok(_))) {
+            warn!("cannot install a filter copied from the master; will retry");
+        }
+    }
+    Ok(())
+}
+
+/// Serves what the master sends on the HA connection.
+struct HaSlave(Arc<Broker>);
+
+impl Handler for HaSlave {
+    fn handle<'a>(&'a self, conn: &'a Connection, req: Request) -> BoxFuture<'a, Reply> {
+        Box::pin(async move {
+            let b = &self.0;
+            if req.code != RequestCode::HaData as u16 {
+                return Reply::error(ErrorCode::RequestCodeNotSupported, "not served here");
+            }
+            let Ok(d) = req.decode::<HaData>() else {
+                return Reply::error(ErrorCode::BadRequest, "bad replication data");
+            };
+            if b.replication.diverged().is_some() {
+                conn.close();
+                return Reply::ok(&());
+            }
+            let store = Arc::clone(&b.store);
+            let body = req.body.clone();
+            let appended =
+                tokio::task::spawn_blocking(move || store.append_replicated(d.offset, &body)).await;
+            let end = match appended {
+                Ok(Ok(end)) => end,
+                Ok(Err(StoreError::ReplicaMismatch { detail })) => {
+                    b.replication.diverge(detail);
+                    conn.close();
+                    return Reply::ok(&());
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot append what the master sent; reconnecting");
+                    conn.close();
+                    return Reply::ok(&());
+                }
+                Err(e) => {
+                    warn!(error = %e, "replication task failed; reconnecting");
+                    conn.close();
+                    return Reply::ok(&());
+                }
+            };
+            if let Err(e) = b.store.durable(end).await {
+                warn!(error = %e, "cannot sync what the master sent; reconnecting");
+                conn.close();
+                return Reply::ok(&());
+            }
+            b.replication.heard(d.master_end, end);
+            let _ = conn.oneway(&HaAck { end }, Bytes::new()).await;
+            Reply::ok(&())
+        })
+    }
+}

@@ -1,0 +1,166 @@
+//! Master/slave replication: what a slave and its master say on the master's HA port.
+//!
+//! A slave connects and says where its log ends ([`HaHello`], with the last bytes before
+//! that end, which the master compares with its own: a slave whose log differs is refused).
+//! The master then streams its log from there as it is stored ([`HaData`], one way, the
+//! bytes in the body); the slave appends the same bytes at the same offsets and reports its
+//! end ([`HaAck`], one way), after syncing them under sync flush. Every few seconds the
+//! slave also fetches what else it follows: topics, consumer offsets (delay-level progress
+//! included) and filter registrations ([`HaSync`], components by [`HaComponent`]).
+
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+
+use crate::codes::RequestCode;
+use crate::route::TopicConfig;
+use crate::rpc::Rpc;
+
+/// What a broker is in its group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BrokerRole {
+    /// Takes writes; acknowledges them without waiting for a slave.
+    #[default]
+    AsyncMaster,
+    /// Takes writes; acknowledges them once a slave has them too.
+    SyncMaster,
+    /// Replicates its master; readable, never writable.
+    Slave,
+}
+
+impl BrokerRole {
+    pub fn is_master(self) -> bool {
+        self != BrokerRole::Slave
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerRole::AsyncMaster => "async-master",
+            BrokerRole::SyncMaster => "sync-master",
+            BrokerRole::Slave => "slave",
+        }
+    }
+}
+
+/// Most log bytes before a slave's end that it sends for the master to compare.
+pub const TAIL_LEN: usize = 64;
+
+/// Slave → master, first on a connection: who it is and where its log ends.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct HaHello {
+    pub broker_name: String,
+    pub broker_id: u64,
+    /// The slave's log ends here.
+    pub end: u64,
+    /// The last bytes of the slave's log before `end` (at most [`TAIL_LEN`], within one
+    /// segment), which must equal the master's bytes there.
+    pub tail: Vec<u8>,
+    /// The term of the log the slave follows (0 today; a failover would raise it).
+    pub epoch: u64,
+}
+
+impl Rpc for HaHello {
+    const CODE: RequestCode = RequestCode::HaHello;
+    type Response = HaWelcome;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct HaWelcome {
+    /// The master's log ends here now; streaming starts at the slave's end.
+    pub master_end: u64,
+    pub epoch: u64,
+}
+
+/// Master → slave, one way: the master's log from `offset`, exactly as stored, in the body.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct HaData {
+    pub offset: u64,
+    /// Where the master's log ended when this was sent (for the slave's lag).
+    pub master_end: u64,
+    /// When the master sent this (ms since the epoch).
+    pub sent_ms: i64,
+}
+
+impl Rpc for HaData {
+    const CODE: RequestCode = RequestCode::HaData;
+    type Response = ();
+}
+
+/// Slave → master, one way: the slave's log ends at `end` (on disk up to there when the
+/// slave flushes synchronously).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct HaAck {
+    pub end: u64,
+}
+
+impl Rpc for HaAck {
+    const CODE: RequestCode = RequestCode::HaAck;
+    type Response = ();
+}
+
+/// Slave → master: the metadata a slave follows. The answer travels in the body
+/// ([`HaSnapshot`]: large).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct HaSync;
+
+impl Rpc for HaSync {
+    const CODE: RequestCode = RequestCode::HaSync;
+    type Response = ();
+}
+
+/// One consumer offset: (group, topic, queue id, offset).
+pub type OffsetRow = (String, String, u32, u64);
+
+/// A filter registration as the master has it: the slave installs the same version.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct FilterEntry {
+    pub group: String,
+    pub topic: String,
+    pub version: u64,
+    pub sha256: String,
+    pub params: Vec<(String, String)>,
+}
+
+/// What a slave follows besides the log.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Default)]
+pub struct HaSnapshot {
+    pub topics: Vec<TopicConfig>,
+    pub offsets: Vec<OffsetRow>,
+    pub filters: Vec<FilterEntry>,
+}
+
+impl HaSnapshot {
+    pub fn encode(&self) -> Result<bytes::Bytes, crate::ProtocolError> {
+        crate::rpc::encode_body(self, "replication snapshot")
+    }
+    pub fn decode(body: &[u8]) -> Result<Self, crate::ProtocolError> {
+        crate::rpc::decode_body(body, "replication snapshot")
+    }
+}
+
+/// Slave → master: a filter component by its hash; the bytes come back in the body.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct HaComponent {
+    pub sha256: String,
+}
+
+impl Rpc for HaComponent {
+    const CODE: RequestCode = RequestCode::HaComponent;
+    type Response = ();
+}
+
+/// A broker's replication as it reports it to name servers.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Default)]
+pub struct HaStatus {
+    pub role: BrokerRole,
+    /// Where slaves connect (masters).
+    pub ha_addr: Option<String>,
+    /// Master: bytes its slowest slave is behind; slave: bytes it is behind its master.
+    pub lag_bytes: u64,
+    /// How old the oldest byte not yet replicated is, ms (0 when caught up).
+    pub lag_ms: u64,
+    /// Slave: whether it is connected to its master and streaming; master: slaves
+    /// connected.
+    pub connected: u32,
+    /// A slave that found its log differing from its master's stops; why, if it did.
+    pub diverged: Option<String>,
+}
