@@ -217,6 +217,12 @@ impl Broker {
                 t.write_queues
             )));
         }
+        if view.topic() == TRANS_DEAD_TOPIC {
+            // The dead copy carries the transaction id as an extra key, to be found again.
+            if let Some(i) = msg.keys.iter().rposition(|k| k == id) {
+                msg.keys.remove(i);
+            }
+        }
         msg.remove_properties(&RESERVED);
         msg.remove_properties(&[
             property::REAL_QUEUE_ID,

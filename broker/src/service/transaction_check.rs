@@ -87,6 +87,7 @@ impl Broker {
         let mut progress = self.check_progress();
         // Read a batch, handle it, move on: halves are on disk, not in memory.
         loop {
+            let before = progress;
             let mut due: Vec<(u64, StoredRecord)> = Vec::new();
             let mut at = progress;
             let mut stop = false;
@@ -138,7 +139,9 @@ impl Broker {
                     progress,
                 );
             }
-            if stop || batch_len == 0 && at == progress || Instant::now() >= budget {
+            // Go on while the batch moved past something (decided halves included): a
+            // run of decided halves does not end the pass.
+            if stop || (batch_len == 0 && at == before) || Instant::now() >= budget {
                 break;
             }
             if self.store.max_offset(TRANS_HALF_TOPIC, 0) <= progress {
