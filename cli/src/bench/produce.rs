@@ -60,6 +60,10 @@ pub struct ProduceArgs {
     /// at all).
     #[arg(long, default_value_t = 300, requires = "transaction")]
     check_timeout: u64,
+    /// With --transaction: run the local transaction inline on its task
+    /// (`listener_may_block = false`) instead of in `block_in_place`.
+    #[arg(long, requires = "transaction")]
+    inline_listener: bool,
     /// With --transaction: check-backs waiting for a thread at most (more are dropped and
     /// asked again).
     #[arg(long, default_value_t = 2000, requires = "transaction")]
@@ -245,7 +249,9 @@ pub(super) async fn produce(args: ProduceArgs, client: ClientInstance) -> anyhow
         .collect();
     let producer = Arc::new(match args.transaction {
         None => Sender::Plain(Producer::new("weir-bench", client.clone())),
-        Some(mode) => transactional::sender(mode, args.check_queue, client.clone())?,
+        Some(mode) => {
+            transactional::sender(mode, args.check_queue, args.inline_listener, client.clone())?
+        }
     });
     let shared = Arc::new(ProduceShared {
         claimed: AtomicU64::new(0),

@@ -67,7 +67,12 @@ pub enum Sender {
     },
 }
 
-pub fn sender(mode: TxMode, check_queue: usize, client: ClientInstance) -> Result<Sender> {
+pub fn sender(
+    mode: TxMode,
+    check_queue: usize,
+    inline: bool,
+    client: ClientInstance,
+) -> Result<Sender> {
     let listener = Arc::new(BenchListener {
         execute: match mode {
             TxMode::Commit => LocalTransactionState::Commit,
@@ -78,6 +83,7 @@ pub fn sender(mode: TxMode, check_queue: usize, client: ClientInstance) -> Resul
     });
     let mut config = TransactionProducerConfig::new("weir-bench-tx");
     config.check_queue_max = check_queue;
+    config.listener_may_block = !inline;
     let producer = TransactionProducer::with_listener(
         config,
         client,

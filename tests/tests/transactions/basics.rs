@@ -277,43 +277,6 @@ async fn dead_after_the_most_checks_then_resolved() {
     );
 }
 
-/// A dead transaction committed by hand must look like any committed message. Today the
-/// broker's dead copy adds the transaction id as a key (to find it again), and the commit
-/// keeps it: the message gets a key its producer never gave it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "broker bug: a transaction resolved from the dead topic keeps the dead copy's extra key"]
-async fn resolved_dead_transaction_keeps_its_own_keys() {
-    let env = Env::start_with(|c| {
-        short_checks(c);
-        c.transaction_check_max = 1;
-    })
-    .await;
-    let ns = env.namesrv();
-    create_topic(&ns, "TxK", 1).await;
-    let mut p = TxProducer::start(&ns, "GK2", "TxK", true).await;
-    p.send("k~u", "unknown");
-    p.until("sent", T, |p| p.sent().len() == 1).await;
-    let id = p.sent_of("k~u").expect("sent").transaction_id;
-    let admin = admin(&ns);
-    weir_tests::eventually_for("dead", SETTLE, async || {
-        transactions(&admin, TransactionState::Dead, "GK2")
-            .await
-            .contains(&id)
-    })
-    .await;
-    admin
-        .resolve_transaction(&id, TransactionDecision::Commit)
-        .await
-        .expect("resolve");
-    let got = drain_expr(&env.client().await, "G0", "TxK", 1, "*").await;
-    assert_eq!(got.len(), 1);
-    assert_eq!(
-        got[0].keys,
-        vec!["k~u".to_owned()],
-        "the producer's keys only"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filtered_groups_never_see_a_half() {
     let env = Env::start_with(short_checks).await;

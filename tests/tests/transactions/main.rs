@@ -17,6 +17,7 @@
 //!   outcomes against a push consumer.
 //! - `broker_kill.rs`: the broker SIGKILLed between a half message and its decision, and
 //!   at random moments under a steady stream of transactions.
+//! - `regressions.rs`: broker bugs found on the way, each as the test that caught it.
 //!
 //! Knobs (environment): `WEIR_TX_PER_PRODUCER` (1000): transactions per producer of the
 //! concurrency test; `WEIR_TX_KILLS` (5): broker kills under the stream;
@@ -25,6 +26,7 @@
 mod basics;
 mod broker_kill;
 mod producers;
+mod regressions;
 
 use std::collections::BTreeSet;
 use std::path::Path;
