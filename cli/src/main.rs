@@ -318,12 +318,7 @@ fn weir_protocol_perm(p: u8) -> String {
 /// stops the sending.
 fn print_sent(r: &SendResult, json: bool) -> anyhow::Result<()> {
     use std::io::Write;
-    let status = match r.status {
-        weir_client::SendStatus::Ok => "SEND_OK",
-        weir_client::SendStatus::FlushDiskTimeout => "FLUSH_DISK_TIMEOUT",
-        weir_client::SendStatus::FlushSlaveTimeout => "FLUSH_SLAVE_TIMEOUT",
-        weir_client::SendStatus::SlaveNotAvailable => "SLAVE_NOT_AVAILABLE",
-    };
+    let status = r.status.as_str();
     if json {
         let v = serde_json::json!({
             "status": status,

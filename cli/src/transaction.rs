@@ -253,10 +253,7 @@ impl TransactionListener for CliListener {
 fn print_result(r: &TransactionSendResult, json: bool) -> anyhow::Result<()> {
     use std::io::Write;
     let s = &r.send_result;
-    let status = match s.status {
-        weir_client::SendStatus::Ok => "SEND_OK",
-        weir_client::SendStatus::FlushDiskTimeout => "FLUSH_DISK_TIMEOUT",
-    };
+    let status = s.status.as_str();
     if json {
         let v = serde_json::json!({
             "status": status,

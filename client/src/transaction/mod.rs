@@ -256,7 +256,10 @@ impl TransactionProducer {
         let at: MessageId = sent.msg_id.parse()?;
         let local_state = match sent.status {
             SendStatus::Ok => self.checker.execute(&half, arg),
-            SendStatus::FlushDiskTimeout => LocalTransactionState::Rollback,
+            // As RocketMQ: a half not safely stored is rolled back, not executed.
+            SendStatus::FlushDiskTimeout
+            | SendStatus::FlushSlaveTimeout
+            | SendStatus::SlaveNotAvailable => LocalTransactionState::Rollback,
         };
         let end_error = match local_state.decision() {
             None => None,
