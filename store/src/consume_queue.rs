@@ -122,6 +122,7 @@ impl ConsumeQueue {
             let min = first_base + min_idx;
             (min, (last.start() / ENTRY_SIZE + max_idx).max(min))
         };
+        last.advise_writing(true);
         self.publish_upto(max);
         self.min.store(min, Ordering::Release);
         Ok(())
@@ -173,9 +174,13 @@ impl ConsumeQueue {
             Some(last) => last.end(),
             None => byte - byte % size,
         };
+        if let Some(last) = self.files.last() {
+            last.advise_writing(false);
+        }
         loop {
             let seg = self.files.create(next)?;
             if seg.end() > byte {
+                seg.advise_writing(true);
                 return Ok(seg);
             }
             seg.publish(seg.len());

@@ -124,6 +124,23 @@ impl Segment {
         }
     }
 
+    /// Tells the kernel how the mapping will be used: `writing` while the segment is the
+    /// one a small-entry writer appends to (no read-ahead: a write fault then brings in
+    /// the one page it touches, instead of reading ahead a window of not-yet-written
+    /// zeros, which across thousands of queues churned the page cache and cost most of a
+    /// send's time), normal read-ahead once sealed (readers scan it in order).
+    /// Advisory: failures are ignored.
+    pub fn advise_writing(&self, writing: bool) {
+        let advice = if writing {
+            memmap2::Advice::Random
+        } else {
+            memmap2::Advice::Normal
+        };
+        if let Err(e) = self.map.advise(advice) {
+            tracing::debug!(segment = %self.path.display(), error = %e, "madvise failed");
+        }
+    }
+
     /// Drops this process's mapping of the pages in `[from, to)` (rounded inwards to
     /// pages) that are already on disk: the page cache keeps the data, resident memory
     /// stops growing with the backlog, and a later read maps the pages again.
