@@ -24,8 +24,10 @@ struct Args {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Name servers, `host:port;host:port`. Without any, an embedded name server runs on
-    /// --standalone-namesrv.
-    #[arg(long, env = "WEIR_NAMESRV")]
+    /// --standalone-namesrv. (Not read from `$WEIR_NAMESRV`: that is the CLI's setting, and
+    /// exporting it for `weir` must not turn a standalone broker into one that waits for
+    /// an external name server.)
+    #[arg(long)]
     namesrv: Option<String>,
     /// Where the embedded name server listens in standalone mode.
     #[arg(long, default_value = "127.0.0.1:9876")]

@@ -37,6 +37,8 @@ fn standalone_broker_binary_serves_and_stops_cleanly() {
         ])
         .arg(dir.path().join("data"))
         .env("RUST_LOG", "info")
+        // The CLI's variable, exported as the README suggests: the broker stays standalone.
+        .env("WEIR_NAMESRV", "127.0.0.1:1")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -5,9 +5,9 @@ mod bench;
 mod consume;
 mod filter;
 mod output;
+mod send_lines;
 mod transaction;
 
-use std::io::BufRead;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -120,9 +120,15 @@ struct SendArgs {
     /// The body, from a file.
     #[arg(long)]
     file: Option<PathBuf>,
-    /// One message per line of standard input.
+    /// One message per line of standard input (sent as each line is read).
     #[arg(long)]
     lines: bool,
+    /// With --lines: each line is a JSON object with the message's own `key` (or `keys`),
+    /// `tag`, `props` (string values) and `body`, e.g.
+    /// `{"key": "order-1", "tag": "paid", "props": {"region": "eu"}, "body": "…"}`.
+    /// --key and --prop add to every line's; a line's tag replaces --tag.
+    #[arg(long, requires = "lines")]
+    json_lines: bool,
     /// Deliver after the broker's delay level L (1-based: `1s 5s 10s 30s 1m …` by
     /// default; 0: at once).
     #[arg(long, value_name = "L", default_value_t = 0)]
@@ -385,14 +391,16 @@ async fn send(args: SendArgs, client: ClientInstance) -> anyhow::Result<()> {
         let body = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         print_sent(&send_one(make(Bytes::from(body))).await?, args.json)?;
     } else {
-        let stdin = std::io::stdin();
-        let mut lines = Vec::new();
-        for line in stdin.lock().lines() {
-            lines.push(line.context("reading standard input")?);
-        }
-        for line in lines {
-            print_sent(&send_one(make(Bytes::from(line))).await?, args.json)?;
-        }
+        send_lines::for_each_line(args.json_lines, async |line| {
+            let mut m = make(line.body);
+            if let Some(tag) = line.tag {
+                m.tags = tag;
+            }
+            m.keys.extend(line.keys);
+            m.properties.extend(line.props);
+            print_sent(&send_one(m).await?, args.json)
+        })
+        .await?;
     }
     Ok(())
 }

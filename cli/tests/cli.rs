@@ -161,3 +161,68 @@ async fn errors_are_one_line_and_fail() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("name server"));
 }
+
+/// `--json-lines`: each line its own key, tag, properties and body; `--key`/`--prop` add to
+/// every line's; a bad line stops the run naming it, after the lines before it were sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_json_lines_gives_each_message_its_own_fields() {
+    let env = env().await;
+    let ns = env.namesrv.as_str();
+    ok(&weir(ns, &["topic", "create", "Jl", "--queues", "1"], None).await);
+    let input = concat!(
+        r#"{"key": "order-1", "tag": "paid", "props": {"region": "eu"}, "body": "one"}"#,
+        "\n\n",
+        r#"{"keys": ["order-2", "x"], "body": "two"}"#,
+        "\n",
+    );
+    let sent = json_lines(&ok(&weir(
+        ns,
+        &[
+            "send",
+            "Jl",
+            "--lines",
+            "--json-lines",
+            "--tag",
+            "default",
+            "--prop",
+            "src=cli",
+            "--json",
+        ],
+        Some(input),
+    )
+    .await));
+    assert_eq!(sent.len(), 2);
+    let got = json_lines(&ok(&weir(
+        ns,
+        &[
+            "consume",
+            "Jl",
+            "--group",
+            "jl",
+            "--idle-exit",
+            "1",
+            "--json",
+        ],
+        None,
+    )
+    .await));
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0]["body"], "one");
+    assert_eq!(got[0]["tags"], "paid");
+    assert_eq!(got[0]["keys"], serde_json::json!(["order-1"]));
+    assert_eq!(got[0]["props"]["region"], "eu");
+    assert_eq!(got[0]["props"]["src"], "cli");
+    assert_eq!(got[1]["body"], "two");
+    assert_eq!(got[1]["tags"], "default");
+    assert_eq!(got[1]["keys"], serde_json::json!(["order-2", "x"]));
+
+    let out = weir(
+        ns,
+        &["send", "Jl", "--lines", "--json-lines", "--json"],
+        Some("{\"body\": \"three\"}\n{\"body\": 3}\n{\"body\": \"never\"}\n"),
+    )
+    .await;
+    let err = common::failed(&out);
+    assert!(err.contains("line 2"), "{err}");
+    assert_eq!(json_lines(&String::from_utf8_lossy(&out.stdout)).len(), 1);
+}

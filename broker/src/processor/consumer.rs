@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 use weir_protocol::broker::{
     ConsumeStats, ConsumerConnections, ConsumerList, ConsumerOffset, GetConsumeStats,
     GetConsumerConnections, GetConsumerList, Heartbeat, LockBatchMq, LockedQueues, MessageModel,
@@ -95,7 +95,8 @@ impl Broker {
     /// Clients are gone: their queue locks go, and their groups hear of it.
     pub(crate) fn forget(&self, gone: Gone, why: &str) {
         for id in &gone.client_ids {
-            info!(client = %id, why, "client forgotten");
+            // Debug: every short-lived client (each `weir send`) ends here.
+            debug!(client = %id, why, "client forgotten");
             self.locks.release_client(id);
         }
         self.notify(gone.notices);
