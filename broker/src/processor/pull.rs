@@ -97,6 +97,7 @@ impl Broker {
                     next_offset,
                     min_offset,
                     max_offset,
+                    suggest_slave: self.suggest_slave(&out),
                 },
                 records: out,
             })
@@ -218,6 +219,24 @@ impl Broker {
                 return answer(status, cursor, bounds, out);
             }
         }
+    }
+
+    /// Whether the reader of `out` had better read from a slave: the last record lies more
+    /// than `slave_read_behind_bytes` before the log's end (no longer likely in memory). A
+    /// master says so only while a slave is connected; a slave by the same measure, so that
+    /// its reader goes back to the master once within reach (as RocketMQ's slaves do).
+    fn suggest_slave(&self, out: &[StoredRecord]) -> bool {
+        if self.replication.role.is_master() && self.replication.slave_count() == 0 {
+            return false;
+        }
+        let Some(last) = out.last() else {
+            return false;
+        };
+        let behind = self
+            .store
+            .commit_log_max_offset()
+            .saturating_sub(last.commit_log_offset());
+        behind > self.config.slave_read_behind_bytes.unwrap_or(u64::MAX)
     }
 
     /// The group's wasm filter for the topic, if one is registered and usable.
