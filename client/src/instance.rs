@@ -15,6 +15,7 @@ use weir_protocol::{
     CallError, ConnConfig, Connection, ErrorCode, Handler, Reply, Request, RequestCode, Rpc,
 };
 
+use crate::faults::{self, Faults};
 use crate::{ClientError, MessageQueue, Result};
 
 #[derive(Debug, Clone)]
@@ -23,9 +24,19 @@ pub struct ClientConfig {
     pub namesrv: String,
     /// Timeout of one request (default 3 s).
     pub request_timeout: Duration,
-    /// Routes older than this are fetched again (default 30 s).
+    /// Routes older than this are fetched again (default 30 s); a route with a broker
+    /// whose master is missing, after at most [`DEGRADED_ROUTE_REFRESH`].
     pub route_refresh: Duration,
+    /// A broker that cannot be reached is avoided (producers send elsewhere, consumers
+    /// read from its slave) for this long after its first failure, twice as long after
+    /// each further one, up to `fault_backoff_max` (defaults 1 s and 30 s).
+    pub fault_backoff_min: Duration,
+    pub fault_backoff_max: Duration,
 }
+
+/// How long a route that lacks a master is trusted: its master's return is noticed
+/// within this.
+pub const DEGRADED_ROUTE_REFRESH: Duration = Duration::from_secs(2);
 
 impl ClientConfig {
     pub fn new(namesrv: impl Into<String>) -> Self {
@@ -33,6 +44,8 @@ impl ClientConfig {
             namesrv: namesrv.into(),
             request_timeout: Duration::from_secs(3),
             route_refresh: Duration::from_secs(30),
+            fault_backoff_min: Duration::from_secs(1),
+            fault_backoff_max: Duration::from_secs(30),
         }
     }
 }
@@ -107,6 +120,8 @@ impl Handler for ClientHandler {
 struct CachedRoute {
     route: Arc<TopicRoute>,
     fetched: Instant,
+    /// How long it is trusted: shorter while a broker in it has no master.
+    ttl: Duration,
     /// The writable queues with their masters, made on first use.
     publish: std::sync::OnceLock<Arc<PublishInfo>>,
 }
@@ -167,6 +182,7 @@ struct Inner {
     /// Read on every send, written when a route is fetched.
     routes: std::sync::RwLock<HashMap<String, CachedRoute>>,
     rebalance: Arc<RebalanceTriggers>,
+    faults: Faults,
 }
 
 impl ClientInstance {
@@ -181,6 +197,7 @@ impl ClientInstance {
         if namesrvs.is_empty() {
             return Err(ClientError::Invalid("no name server address given".into()));
         }
+        let faults = Faults::new(config.fault_backoff_min, config.fault_backoff_max);
         Ok(Self {
             inner: Arc::new(Inner {
                 client_id: format!("{}@{:08x}", std::process::id(), random_u32()),
@@ -193,6 +210,7 @@ impl ClientInstance {
                 connecting: Mutex::new(()),
                 routes: std::sync::RwLock::new(HashMap::new()),
                 rebalance: Arc::default(),
+                faults,
             }),
         })
     }
@@ -267,12 +285,16 @@ impl ClientInstance {
             .call_namesrv(&GetClusterInfo)
             .await
             .map_err(|e| ClientError::NoNameServer(e.to_string()))?;
+        // A master that is down does not keep the others from hearing from us.
+        let mut failed = None;
         for b in &info.brokers {
-            if let Some(addr) = b.master_addr() {
-                self.call(addr, &hb, Bytes::new()).await?;
+            if let Some(addr) = b.master_addr()
+                && let Err(e) = self.call(addr, &hb, Bytes::new()).await
+            {
+                failed = Some(e);
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Starts the heartbeat loop on first use (it ends when the last handle is dropped),
@@ -339,10 +361,29 @@ impl ClientInstance {
             broker: addr.to_owned(),
             error,
         };
-        let conn = self.connection(addr).await.map_err(broker)?;
-        conn.call(req, body, self.inner.config.request_timeout)
-            .await
-            .map_err(broker)
+        let result = match self.connection(addr).await {
+            Ok(conn) => {
+                conn.call(req, body, self.inner.config.request_timeout)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        self.note(addr, &result);
+        result.map_err(broker)
+    }
+
+    /// Records whether the broker at `addr` could be reached.
+    fn note<T>(&self, addr: &str, result: &Result<T, CallError>) {
+        match result {
+            Err(e) if faults::unreachable(e) => self.inner.faults.failed(addr),
+            _ => self.inner.faults.answered(addr),
+        }
+    }
+
+    /// Whether the broker at `addr` may be tried now: it was not found unreachable
+    /// lately (see `ClientConfig::fault_backoff_min`).
+    pub fn available(&self, addr: &str) -> bool {
+        self.inner.faults.available(addr)
     }
 
     /// Like `call`, with a longer timeout (held pulls).
@@ -357,8 +398,12 @@ impl ClientInstance {
             broker: addr.to_owned(),
             error,
         };
-        let conn = self.connection(addr).await.map_err(broker)?;
-        conn.call(req, body, timeout).await.map_err(broker)
+        let result = match self.connection(addr).await {
+            Ok(conn) => conn.call(req, body, timeout).await,
+            Err(e) => Err(e),
+        };
+        self.note(addr, &result);
+        result.map_err(broker)
     }
 
     /// Calls the name servers, starting with the one that answered last, moving on when
@@ -399,7 +444,7 @@ impl ClientInstance {
         if !refresh {
             let routes = self.inner.routes.read().unwrap_or_else(|e| e.into_inner());
             if let Some(c) = routes.get(topic)
-                && c.fetched.elapsed() < self.inner.config.route_refresh
+                && c.fetched.elapsed() < c.ttl
             {
                 return Ok(Arc::clone(&c.route));
             }
@@ -422,6 +467,15 @@ impl ClientInstance {
             }
             Err(e) => return Err(ClientError::NoNameServer(e.to_string())),
         };
+        let mut ttl = self.inner.config.route_refresh;
+        if route.brokers.iter().any(|b| b.master_addr().is_none())
+            || route
+                .queues
+                .iter()
+                .any(|q| !route.brokers.iter().any(|b| b.broker_name == q.broker_name))
+        {
+            ttl = ttl.min(DEGRADED_ROUTE_REFRESH);
+        }
         self.inner
             .routes
             .write()
@@ -431,6 +485,7 @@ impl ClientInstance {
                 CachedRoute {
                     route: Arc::clone(&route),
                     fetched: Instant::now(),
+                    ttl,
                     publish: std::sync::OnceLock::new(),
                 },
             );
@@ -448,7 +503,7 @@ impl ClientInstance {
         if !refresh {
             let routes = self.inner.routes.read().unwrap_or_else(|e| e.into_inner());
             if let Some(c) = routes.get(topic)
-                && c.fetched.elapsed() < self.inner.config.route_refresh
+                && c.fetched.elapsed() < c.ttl
             {
                 let made = c
                     .publish
@@ -507,6 +562,30 @@ impl ClientInstance {
             .iter()
             .find(|b: &&BrokerData| b.broker_name == broker_name)
             .and_then(|b| b.master_addr().map(str::to_owned))
+    }
+
+    /// Where to read `broker_name`'s queues: its master while it can be reached, else a
+    /// slave; a slave first when `prefer_slave` (the master suggested it) and one is
+    /// there. `None` when the route has neither.
+    pub fn read_addr(
+        &self,
+        route: &TopicRoute,
+        broker_name: &str,
+        prefer_slave: bool,
+    ) -> Option<String> {
+        let b = route
+            .brokers
+            .iter()
+            .find(|b| b.broker_name == broker_name)?;
+        let master = b.master_addr();
+        let slave = b.slave_addr();
+        let up = |a: &&str| self.available(a);
+        let pick = match prefer_slave {
+            true => slave.filter(up).or(master.filter(up)),
+            false => master.filter(up).or(slave.filter(up)),
+        };
+        // Everything unreachable lately: try the master again rather than nothing.
+        pick.or(master).or(slave).map(str::to_owned)
     }
 
     /// Every queue of the topic (writable ones if `write`, else readable ones), in a

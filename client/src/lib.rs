@@ -5,6 +5,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod admin;
+mod faults;
 mod filter;
 mod instance;
 mod message;
@@ -14,7 +15,7 @@ mod push;
 
 pub use admin::Admin;
 pub use filter::FILTER_UPLOAD_TIMEOUT;
-pub use instance::{ClientConfig, ClientInstance};
+pub use instance::{ClientConfig, ClientInstance, DEGRADED_ROUTE_REFRESH};
 pub use message::{Message, MessageQueue, ReceivedMessage};
 pub use producer::{Producer, SendResult};
 pub use pull::{PullConsumer, PullOutcome, RawPullOutcome};

@@ -68,6 +68,8 @@ impl Broker {
             self.store
                 .consumer_offsets()
                 .commit(&req.group, &req.topic, req.queue_id, c);
+            self.replication
+                .committed_locally(&req.group, &req.topic, req.queue_id, c);
         }
         let wasm = self.filter_for(&req.group, &req.topic)?;
         let max = req.max_msgs.clamp(1, MAX_PULL_MSGS) as usize;

@@ -127,7 +127,10 @@ fn tail_of(broker: &Broker, end: u64) -> Vec<u8> {
 
 /// Copies topics, consumer offsets and filter registrations from the master.
 async fn copy_metadata(broker: &Arc<Broker>, conn: &Connection) -> Result<(), CallError> {
-    let (_, body) = conn.call(&HaSync, Bytes::new(), CONNECT_TIMEOUT).await?;
+    let sync = HaSync {
+        offsets: broker.replication.pending_offsets(),
+    };
+    let (_, body) = conn.call(&sync, Bytes::new(), CONNECT_TIMEOUT).await?;
     let snap = HaSnapshot::decode(&body)?;
     let mut changed = false;
     for t in &snap.topics {
@@ -148,7 +151,10 @@ async fn copy_metadata(broker: &Arc<Broker>, conn: &Connection) -> Result<(), Ca
         broker.topics_updated();
     }
     let offsets = broker.store.consumer_offsets();
-    for (group, topic, queue_id, offset) in snap.offsets {
+    for (group, topic, queue_id, master) in snap.offsets {
+        let offset = broker
+            .replication
+            .merge_offset(&group, &topic, queue_id, master);
         if offsets.query(&group, &topic, queue_id) != Some(offset) {
             offsets.commit(&group, &topic, queue_id, offset);
         }
