@@ -24,6 +24,8 @@ use weir_store::StoreConfig;
 
 pub use weir_filter_artifacts as artifacts;
 
+pub mod child;
+
 /// Timeout of one call, and of [`eventually`].
 pub const T: Duration = Duration::from_secs(10);
 /// Timeout of an upload.

@@ -27,9 +27,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use check::{DUP_ACKED, DUP_UNKNOWN, LOST, Problems};
-use child::{ChildBroker, ChildSettings};
+use child::ChildSettings;
 use traffic::{Deliveries, Ledger, PRODUCERS, QUEUES, TOPIC, Traffic};
 use weir_client::{Admin, ClientConfig, ClientInstance};
+use weir_tests::child::ChildBroker;
 use weir_tests::{Client, Rng, eventually_for};
 
 /// Longest a round may take to reach its kill point, and the group to catch up at the end.
@@ -38,10 +39,7 @@ const ROUND_TIMEOUT: Duration = Duration::from_secs(300);
 #[test]
 #[ignore = "child process of `sigkill_loses_no_acknowledged_message`"]
 fn child_broker() {
-    let Some(config) = std::env::var_os(child::CONFIG_ENV) else {
-        return;
-    };
-    child::run(Path::new(&config));
+    weir_tests::child::child_main();
 }
 
 struct Settings {
