@@ -241,3 +241,26 @@ impl Replication {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_committed_on_a_slave_win_until_the_master_has_them() {
+        let r = Replication::new(BrokerRole::Slave, Arc::new(Notify::new()));
+        r.committed_locally("g", "T", 0, 50);
+        assert_eq!(r.pending_offsets(), vec![("g".into(), "T".into(), 0, 50)]);
+        // The master's older value does not overwrite it, and it stays pending.
+        assert_eq!(r.merge_offset("g", "T", 0, 40), 50);
+        assert_eq!(r.pending_offsets().len(), 1);
+        // Once the master has it (or more), the master's value counts and it is dropped.
+        assert_eq!(r.merge_offset("g", "T", 0, 60), 60);
+        assert!(r.pending_offsets().is_empty());
+        assert_eq!(r.merge_offset("g", "T", 1, 7), 7);
+        // A master records nothing.
+        let m = Replication::new(BrokerRole::SyncMaster, Arc::new(Notify::new()));
+        m.committed_locally("g", "T", 0, 50);
+        assert!(m.pending_offsets().is_empty());
+    }
+}

@@ -16,6 +16,8 @@ use weir_protocol::{
 };
 
 use crate::faults::{self, Faults};
+use crate::routes;
+pub use crate::routes::PublishInfo;
 use crate::{ClientError, MessageQueue, Result};
 
 #[derive(Debug, Clone)]
@@ -124,40 +126,6 @@ struct CachedRoute {
     ttl: Duration,
     /// The writable queues with their masters, made on first use.
     publish: std::sync::OnceLock<Arc<PublishInfo>>,
-}
-
-/// A topic's writable queues, each with its broker master's address, made once per route
-/// (RocketMQ's `TopicPublishInfo`): what every send picks from, without building anything.
-#[derive(Debug)]
-pub struct PublishInfo {
-    pub route: Arc<TopicRoute>,
-    /// Writable queues, in a stable order.
-    pub queues: Vec<MessageQueue>,
-    /// The address of each queue's master (by the queue's index), if the route has one.
-    pub addrs: Vec<Option<Arc<str>>>,
-}
-
-impl PublishInfo {
-    pub fn new(route: Arc<TopicRoute>, topic: &str) -> Self {
-        let queues = ClientInstance::queues(&route, topic, true);
-        let mut by_broker: HashMap<&str, Option<Arc<str>>> = HashMap::new();
-        let addrs = queues
-            .iter()
-            .map(|q| {
-                by_broker
-                    .entry(q.broker_name.as_str())
-                    .or_insert_with(|| {
-                        ClientInstance::master_addr(&route, &q.broker_name).map(Arc::from)
-                    })
-                    .clone()
-            })
-            .collect();
-        Self {
-            route: Arc::clone(&route),
-            queues,
-            addrs,
-        }
-    }
 }
 
 /// Shared client state; cheap to clone.
@@ -380,6 +348,11 @@ impl ClientInstance {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn mark_unreachable(&self, addr: &str) {
+        self.inner.faults.failed(addr);
+    }
+
     /// Whether the broker at `addr` may be tried now: it was not found unreachable
     /// lately (see `ClientConfig::fault_backoff_min`).
     pub fn available(&self, addr: &str) -> bool {
@@ -564,28 +537,15 @@ impl ClientInstance {
             .and_then(|b| b.master_addr().map(str::to_owned))
     }
 
-    /// Where to read `broker_name`'s queues: its master while it can be reached, else a
-    /// slave; a slave first when `prefer_slave` (the master suggested it) and one is
-    /// there. `None` when the route has neither.
+    /// Where to read `broker_name`'s queues (see [`routes::read_addr`]), given which
+    /// brokers were found unreachable lately.
     pub fn read_addr(
         &self,
         route: &TopicRoute,
         broker_name: &str,
         prefer_slave: bool,
     ) -> Option<String> {
-        let b = route
-            .brokers
-            .iter()
-            .find(|b| b.broker_name == broker_name)?;
-        let master = b.master_addr();
-        let slave = b.slave_addr();
-        let up = |a: &&str| self.available(a);
-        let pick = match prefer_slave {
-            true => slave.filter(up).or(master.filter(up)),
-            false => master.filter(up).or(slave.filter(up)),
-        };
-        // Everything unreachable lately: try the master again rather than nothing.
-        pick.or(master).or(slave).map(str::to_owned)
+        routes::read_addr(route, broker_name, prefer_slave, |a| self.available(a))
     }
 
     /// Every queue of the topic (writable ones if `write`, else readable ones), in a

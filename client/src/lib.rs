@@ -12,6 +12,7 @@ mod message;
 mod producer;
 mod pull;
 mod push;
+mod routes;
 
 pub use admin::Admin;
 pub use filter::FILTER_UPLOAD_TIMEOUT;

@@ -343,3 +343,61 @@ impl Producer {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> PublishInfo {
+        let mq = |b: &str, q| MessageQueue {
+            topic: "T".into(),
+            broker_name: b.into(),
+            queue_id: q,
+        };
+        PublishInfo {
+            route: Arc::new(TopicRoute::default()),
+            queues: vec![mq("a", 0), mq("a", 1), mq("b", 0), mq("b", 1), mq("c", 0)],
+            addrs: vec![
+                Some("A".into()),
+                Some("A".into()),
+                Some("B".into()),
+                Some("B".into()),
+                None,
+            ],
+        }
+    }
+
+    fn picks(p: &Producer, info: &PublishInfo, avoid: Option<&str>) -> Vec<String> {
+        (0..20)
+            .map(|_| {
+                info.queues[p.pick(info, avoid).unwrap()]
+                    .broker_name
+                    .clone()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn sends_skip_masters_that_are_down_and_brokers_without_one() {
+        let client = ClientInstance::new(crate::ClientConfig::new("127.0.0.1:1")).unwrap();
+        let p = Producer::new("g", client.clone());
+        let info = info();
+        let all = picks(&p, &info, None);
+        assert!(
+            !all.contains(&"c".to_owned()),
+            "never a broker without a master"
+        );
+        assert!(all.contains(&"a".to_owned()) && all.contains(&"b".to_owned()));
+        assert!(picks(&p, &info, Some("a")).iter().all(|b| b == "b"));
+        client.mark_unreachable("A");
+        assert!(picks(&p, &info, None).iter().all(|b| b == "b"));
+        // Every master avoided: still one with a master (it may be back).
+        client.mark_unreachable("B");
+        assert!(picks(&p, &info, Some("b")).iter().all(|b| b == "a"));
+        let none = PublishInfo {
+            addrs: vec![None; 5],
+            ..info
+        };
+        assert_eq!(p.pick(&none, None), None);
+    }
+}
