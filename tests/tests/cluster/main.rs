@@ -260,8 +260,20 @@ async fn async_slave_lag_converges_and_a_restarted_slave_resumes() {
     let batch: Vec<weir_tests::Msg> = (0..100)
         .map(|i| weir_tests::Msg::new(format!("k{i}")))
         .collect();
-    for round in 0..20 {
-        raw.send(TOPIC, round % 2, &batch).await;
+    // Many senders at once: the log reaches the slave in many small chunks (which its
+    // connection handles concurrently; they must still be appended in order).
+    let senders: Vec<_> = (0..8u32)
+        .map(|t| {
+            let (raw, batch) = (raw.clone(), batch.clone());
+            tokio::spawn(async move {
+                for round in 0..40u32 {
+                    raw.send(TOPIC, (t + round) % 2, &batch).await;
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await.unwrap();
     }
     // Lag is reported, and converges to 0.
     c.wait_in_sync("broker-c").await;
@@ -285,7 +297,7 @@ async fn async_slave_lag_converges_and_a_restarted_slave_resumes() {
             read_queue(&m, TOPIC, q).await,
             read_queue(&s, TOPIC, q).await,
         );
-        assert_eq!(on_m.len(), 1500);
+        assert_eq!(on_m.len(), 16_500);
         assert_eq!(on_m, on_s, "queue {q}");
     }
 }
