@@ -6,6 +6,7 @@ mod cluster;
 mod consume;
 mod filter;
 mod output;
+mod transaction;
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -57,6 +58,11 @@ enum Cmd {
     Message {
         #[command(subcommand)]
         cmd: MessageCmd,
+    },
+    /// Transactions: pending and dead ones, resolving dead ones by hand.
+    Transaction {
+        #[command(subcommand)]
+        cmd: transaction::TransactionCmd,
     },
     /// Consumer groups' WebAssembly filters: upload, list, remove, test locally.
     Filter {
@@ -125,6 +131,24 @@ struct SendArgs {
     /// One JSON object per message sent.
     #[arg(long)]
     json: bool,
+    /// Send each message in a transaction whose local outcome is this (unknown: the broker
+    /// asks back later, and this stays up to answer --check-answer).
+    #[arg(long, value_enum, value_name = "OUTCOME", conflicts_with_all = ["queue", "order_key"])]
+    transaction: Option<transaction::Outcome>,
+    /// With --transaction unknown: the answer to the broker's check-back.
+    #[arg(long, value_enum, value_name = "DECISION", requires = "transaction")]
+    check_answer: Option<transaction::Decision>,
+    /// With --transaction unknown: how long to wait for the check-back, seconds.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 120,
+        requires = "transaction"
+    )]
+    check_timeout: u64,
+    /// The producer group (a transaction's check-backs go to a live producer of it).
+    #[arg(long, default_value = "weir-cli")]
+    producer_group: String,
 }
 
 pub(crate) fn parse_prop(s: &str) -> Result<(String, String), String> {
@@ -208,6 +232,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cmd: GroupCmd::Members { group, json },
         } => members(&group, json, client).await,
         Cmd::Message { cmd } => message(cmd, client).await,
+        Cmd::Transaction { cmd } => transaction::run(cmd, client).await,
         Cmd::Filter { cmd } => filter::run(cmd, client).await,
         Cmd::Cluster {
             cmd: ClusterCmd::List { json },
@@ -299,12 +324,7 @@ fn weir_protocol_perm(p: u8) -> String {
 /// stops the sending.
 fn print_sent(r: &SendResult, json: bool) -> anyhow::Result<()> {
     use std::io::Write;
-    let status = match r.status {
-        weir_client::SendStatus::Ok => "SEND_OK",
-        weir_client::SendStatus::FlushDiskTimeout => "FLUSH_DISK_TIMEOUT",
-        weir_client::SendStatus::FlushSlaveTimeout => "FLUSH_SLAVE_TIMEOUT",
-        weir_client::SendStatus::SlaveNotAvailable => "SLAVE_NOT_AVAILABLE",
-    };
+    let status = r.status.as_str();
     if json {
         let v = serde_json::json!({
             "status": status,
@@ -328,7 +348,10 @@ fn print_sent(r: &SendResult, json: bool) -> anyhow::Result<()> {
 }
 
 async fn send(args: SendArgs, client: ClientInstance) -> anyhow::Result<()> {
-    let producer = Producer::new("weir-cli", client.clone());
+    if let Some(outcome) = args.transaction {
+        return transaction::send(args, outcome, client).await;
+    }
+    let producer = Producer::new(args.producer_group.clone(), client.clone());
     let target = match args.queue {
         Some(q) => {
             let admin = Admin::new(client.clone());

@@ -3,7 +3,9 @@
 use bytes::Bytes;
 use weir_protocol::broker::{
     ConsumerMember, CreateTopic, GetConsumeStats, GetConsumerConnections, GetConsumerList,
-    GetTopicStats, QueryMessageByKey, QueueProgress, TopicStats, ViewMessageById,
+    GetTopicStats, ListTransactions, QueryMessageByKey, QueueProgress, ResolveTransaction,
+    TopicStats, TransactionDecision, TransactionList, TransactionResolved, TransactionState,
+    ViewMessageById,
 };
 use weir_protocol::route::{
     ClusterInfo, GetAllTopics, GetClusterInfo, TopicConfig, TopicRoute, perm,
@@ -220,6 +222,82 @@ impl Admin {
         decode_records(&body, &broker_name)?.pop().ok_or_else(|| {
             ClientError::Invalid(format!("broker {addr} returned no record for {msg_id}"))
         })
+    }
+}
+
+impl Admin {
+    /// Pending (undecided) or dead transactions on every master broker, oldest first on
+    /// each, at most `max` per broker: (broker name, its list).
+    pub async fn list_transactions(
+        &self,
+        state: TransactionState,
+        producer_group: Option<&str>,
+        max: u32,
+    ) -> Result<Vec<(String, TransactionList)>> {
+        let info = self.cluster().await?;
+        let req = ListTransactions {
+            state,
+            producer_group: producer_group.map(str::to_owned),
+            max,
+        };
+        let mut out = Vec::new();
+        for (name, addr) in masters(&info.brokers) {
+            let (list, _) = self.client.call(&addr, &req, Bytes::new()).await?;
+            out.push((name, list));
+        }
+        Ok(out)
+    }
+
+    /// Decides a dead transaction by hand (commit or rollback) on the master broker that
+    /// holds it: (that broker's name, the committed message's id if committed).
+    pub async fn resolve_transaction(
+        &self,
+        transaction_id: &str,
+        decision: TransactionDecision,
+    ) -> Result<(String, TransactionResolved)> {
+        if decision == TransactionDecision::Unknown {
+            return Err(ClientError::Invalid(
+                "resolve a transaction with commit or rollback".into(),
+            ));
+        }
+        let info = self.cluster().await?;
+        let brokers = masters(&info.brokers);
+        if brokers.is_empty() {
+            return Err(ClientError::Invalid("no broker is registered".into()));
+        }
+        // Only the broker that holds the dead transaction knows it: find it among the
+        // masters' dead lists, else ask each in turn.
+        let mut holder = None;
+        if brokers.len() > 1 {
+            let dead = self
+                .list_transactions(TransactionState::Dead, None, 10_000)
+                .await?;
+            holder = dead
+                .into_iter()
+                .find(|(_, l)| {
+                    l.transactions
+                        .iter()
+                        .any(|t| t.transaction_id == transaction_id)
+                })
+                .map(|(name, _)| name);
+        }
+        let req = ResolveTransaction {
+            transaction_id: transaction_id.to_owned(),
+            decision,
+        };
+        let mut last = None;
+        for (name, addr) in brokers {
+            if holder.as_ref().is_some_and(|h| *h != name) {
+                continue;
+            }
+            match self.client.call(&addr, &req, Bytes::new()).await {
+                Ok((r, _)) => return Ok((name, r)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            ClientError::Invalid(format!("no broker holds transaction {transaction_id}"))
+        }))
     }
 }
 

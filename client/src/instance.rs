@@ -8,16 +8,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Mutex;
 use tracing::debug;
-use weir_protocol::broker::{ConsumerData, Heartbeat, MessageModel, NotifyConsumerIdsChanged};
-use weir_protocol::net::BoxFuture;
+use weir_protocol::broker::{ConsumerData, Heartbeat, MessageModel};
 use weir_protocol::route::{BrokerData, GetClusterInfo, GetRoute, TopicRoute};
-use weir_protocol::{
-    CallError, ConnConfig, Connection, ErrorCode, Handler, Reply, Request, RequestCode, Rpc,
-};
+use weir_protocol::{CallError, ConnConfig, Connection, ErrorCode, Rpc};
 
 use crate::faults::{self, Faults};
 use crate::routes;
 pub use crate::routes::PublishInfo;
+use crate::serve::{ClientHandler, Served};
 use crate::{ClientError, MessageQueue, Result};
 
 #[derive(Debug, Clone)]
@@ -62,7 +60,7 @@ struct Groups {
 /// How often heartbeats go to every broker.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 
-fn random_u32() -> u32 {
+pub(crate) fn random_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -72,51 +70,6 @@ fn random_u32() -> u32 {
             .unwrap_or(0),
     );
     h.finish() as u32
-}
-
-/// Wake-ups of the push consumers in this process, by group: brokers tell us when a
-/// group's members change, and its consumer rebalances at once.
-#[derive(Default)]
-struct RebalanceTriggers {
-    groups: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
-}
-
-impl RebalanceTriggers {
-    fn of(&self, group: &str) -> Arc<tokio::sync::Notify> {
-        let mut g = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(g.entry(group.to_owned()).or_default())
-    }
-
-    fn fire(&self, group: &str) {
-        let g = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = g.get(group) {
-            n.notify_one();
-        }
-    }
-}
-
-/// Serves what brokers ask of this client: membership changes of its groups.
-struct ClientHandler(Arc<RebalanceTriggers>);
-
-impl Handler for ClientHandler {
-    fn handle<'a>(&'a self, _conn: &'a Connection, req: Request) -> BoxFuture<'a, Reply> {
-        Box::pin(async move {
-            if req.code != RequestCode::NotifyConsumerIdsChanged as u16 {
-                return Reply::error(
-                    ErrorCode::RequestCodeNotSupported,
-                    format!("request code {} is not served by clients", req.code),
-                );
-            }
-            match req.decode::<NotifyConsumerIdsChanged>() {
-                Ok(n) => {
-                    debug!(group = %n.group, "broker says the group's members changed");
-                    self.0.fire(&n.group);
-                    Reply::ok(&())
-                }
-                Err(e) => Reply::error(ErrorCode::BadRequest, e.to_string()),
-            }
-        })
-    }
 }
 
 struct CachedRoute {
@@ -149,8 +102,9 @@ struct Inner {
     connecting: Mutex<()>,
     /// Read on every send, written when a route is fetched.
     routes: std::sync::RwLock<HashMap<String, CachedRoute>>,
-    rebalance: Arc<RebalanceTriggers>,
     faults: Faults,
+    /// What brokers ask of this client (rebalance notices, transaction check-backs).
+    served: Arc<Served>,
 }
 
 impl ClientInstance {
@@ -177,8 +131,8 @@ impl ClientInstance {
                 conns: std::sync::RwLock::new(HashMap::new()),
                 connecting: Mutex::new(()),
                 routes: std::sync::RwLock::new(HashMap::new()),
-                rebalance: Arc::default(),
                 faults,
+                served: Arc::default(),
             }),
         })
     }
@@ -232,23 +186,56 @@ impl ClientInstance {
 
     /// Fired when a broker says `group`'s members changed.
     pub(crate) fn rebalance_trigger(&self, group: &str) -> Arc<tokio::sync::Notify> {
-        self.inner.rebalance.of(group)
+        self.inner.served.rebalance.of(group)
+    }
+
+    /// Who answers the check-backs of this client's transactional producers.
+    pub(crate) fn served(&self) -> &Served {
+        &self.inner.served
     }
 
     fn groups(&self) -> std::sync::MutexGuard<'_, Groups> {
         self.inner.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// What a heartbeat says: this client's groups.
+    fn heartbeat_message(&self) -> Heartbeat {
+        let g = self.groups();
+        Heartbeat {
+            client_id: self.inner.client_id.clone(),
+            producer_groups: g.producers.iter().cloned().collect(),
+            consumers: g.consumers.values().cloned().collect(),
+        }
+    }
+
+    /// A new connection to a broker (a restarted one, say) tells it this client's groups
+    /// at once, not at the next heartbeat: it can reach this client's transactional
+    /// producers with check-backs from now on.
+    fn heartbeat_on_new_connection(&self, addr: &str) {
+        if self.inner.namesrvs.iter().any(|n| n == addr) {
+            return;
+        }
+        {
+            let g = self.groups();
+            if g.producers.is_empty() && g.consumers.is_empty() {
+                return;
+            }
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (me, addr) = (self.clone(), addr.to_owned());
+        rt.spawn(async move {
+            let hb = me.heartbeat_message();
+            if let Err(e) = me.call(&addr, &hb, Bytes::new()).await {
+                debug!(broker = %addr, error = %e, "heartbeat on a new connection failed");
+            }
+        });
+    }
+
     /// Sends a heartbeat to every master broker now.
     pub async fn heartbeat(&self) -> Result<()> {
-        let hb = {
-            let g = self.groups();
-            Heartbeat {
-                client_id: self.inner.client_id.clone(),
-                producer_groups: g.producers.iter().cloned().collect(),
-                consumers: g.consumers.values().cloned().collect(),
-            }
-        };
+        let hb = self.heartbeat_message();
         let info = self
             .call_namesrv(&GetClusterInfo)
             .await
@@ -300,7 +287,7 @@ impl ClientInstance {
         }
         let c = Connection::connect(
             addr,
-            Arc::new(ClientHandler(Arc::clone(&self.inner.rebalance))),
+            Arc::new(ClientHandler(Arc::clone(&self.inner.served))),
             ConnConfig::default(),
             self.inner.config.request_timeout,
         )
@@ -310,6 +297,7 @@ impl ClientInstance {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(addr.to_owned(), c.clone());
+        self.heartbeat_on_new_connection(addr);
         Ok(c)
     }
 

@@ -1,6 +1,7 @@
-//! weir's Rust client: [`Producer`], [`PullConsumer`] and [`Admin`] (topics, groups,
-//! cluster, consumer groups' WebAssembly filters), over one shared [`ClientInstance`] per
-//! process setting (name servers, routes, broker connections).
+//! weir's Rust client: [`Producer`], [`TransactionProducer`], [`PushConsumer`],
+//! [`PullConsumer`] and [`Admin`] (topics, groups, cluster, consumer groups' WebAssembly
+//! filters, transactions), over one shared [`ClientInstance`] per process setting (name
+//! servers, routes, broker connections).
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
@@ -13,6 +14,8 @@ mod producer;
 mod pull;
 mod push;
 mod routes;
+mod serve;
+mod transaction;
 
 pub use admin::Admin;
 pub use filter::FILTER_UPLOAD_TIMEOUT;
@@ -26,8 +29,13 @@ pub use push::{
     MessageListenerOrderly, MessageModel, PushConsumer, PushConsumerConfig, StopHandle,
     allocate_averagely,
 };
+pub use transaction::{
+    CheckStats, LocalTransactionState, TransactionListener, TransactionProducer,
+    TransactionProducerConfig, TransactionSendResult,
+};
 pub use weir_protocol::broker::{
     ConsumerMember, PullStatus, QueueOffsets, QueueProgress, SendStatus, SentBack,
+    TransactionDecision, TransactionInfo, TransactionList, TransactionResolved, TransactionState,
 };
 pub use weir_protocol::filter::{
     FilterInfo, FilterList, FilterRemoved, FilterStats, FilterUploaded,

@@ -33,6 +33,17 @@ impl Message {
         self.properties.push((k.into(), v.into()));
         self
     }
+    pub fn property(&self, name: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    /// The transaction this message belongs to (property `__transactionId__`): set by
+    /// [`TransactionProducer`](crate::TransactionProducer) on the message its listener sees.
+    pub fn transaction_id(&self) -> Option<&str> {
+        self.property(weir_protocol::names::property::TRANSACTION_ID)
+    }
     /// Delivered after the broker's delay level `level` (1-based: `1s 5s 10s 30s 1m …` by
     /// default); 0 for none.
     pub fn with_delay_level(mut self, level: u32) -> Self {
@@ -108,6 +119,12 @@ impl ReceivedMessage {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The transaction of a transactional message (property `__transactionId__`), as sent,
+    /// as checked back, and on the committed message.
+    pub fn transaction_id(&self) -> Option<&str> {
+        self.property(weir_protocol::names::property::TRANSACTION_ID)
     }
 }
 

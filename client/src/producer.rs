@@ -58,6 +58,28 @@ fn retryable(e: &ClientError) -> bool {
     }
 }
 
+/// Whether the broker refused a message without storing it (so another broker may take it
+/// with no risk of a copy): what a half message is retried on.
+fn refused(e: &ClientError) -> bool {
+    match e {
+        ClientError::Broker {
+            error: CallError::Remote { code, .. },
+            ..
+        } => matches!(
+            code,
+            ErrorCode::SystemBusy
+                | ErrorCode::ServiceNotAvailable
+                | ErrorCode::DiskFull
+                | ErrorCode::WritesStopped
+        ),
+        ClientError::Broker {
+            error: CallError::Connect { .. },
+            ..
+        } => true,
+        _ => false,
+    }
+}
+
 /// A stable hash for order keys: the same key always maps to the same queue.
 fn order_hash(key: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -176,6 +198,20 @@ impl Producer {
         F: Fn(Arc<PublishInfo>, usize, Arc<str>) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
+        self.with_retries_if(topic, retryable, attempt).await
+    }
+
+    /// `with_retries`, retrying only the failures `retry` accepts.
+    async fn with_retries_if<T, F, Fut>(
+        &self,
+        topic: &str,
+        retry: fn(&ClientError) -> bool,
+        attempt: F,
+    ) -> Result<T>
+    where
+        F: Fn(Arc<PublishInfo>, usize, Arc<str>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
         let mut avoid: Option<String> = None;
         let mut last = None;
         for n in 0..=self.retry_times_when_send_failed {
@@ -197,7 +233,7 @@ impl Producer {
             };
             match attempt(Arc::clone(&info), i, addr).await {
                 Ok(v) => return Ok(v),
-                Err(e) if retryable(&e) => {
+                Err(e) if retry(&e) => {
                     let broker = info.queues[i].broker_name.clone();
                     tracing::debug!(topic, broker = %broker, error = %e, "send failed; retrying on another broker");
                     avoid = Some(broker);
@@ -215,6 +251,19 @@ impl Producer {
         Self::check(msg)?;
         self.with_retries(&msg.topic, |info, i, addr| async move {
             self.send_to(msg, &info.queues[i], &addr).await
+        })
+        .await
+    }
+
+    /// Sends a half message of a transaction to the next queue round-robin, retrying on
+    /// another broker only when one refused it unstored (never after a timeout or a closed
+    /// connection: the half may be stored, and a second one elsewhere would be checked back
+    /// on its own). Returns where it went and the address of the broker that stored it.
+    pub(crate) async fn send_half(&self, msg: &Message) -> Result<(SendResult, Arc<str>)> {
+        Self::check(msg)?;
+        self.with_retries_if(&msg.topic, refused, |info, i, addr| async move {
+            let r = self.send_to(msg, &info.queues[i], &addr).await?;
+            Ok((r, addr))
         })
         .await
     }

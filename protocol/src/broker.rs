@@ -40,6 +40,18 @@ pub enum SendStatus {
     SlaveNotAvailable,
 }
 
+impl SendStatus {
+    /// RocketMQ's name for the status (`SEND_OK`, `FLUSH_DISK_TIMEOUT`, …), as tools print it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendStatus::Ok => "SEND_OK",
+            SendStatus::FlushDiskTimeout => "FLUSH_DISK_TIMEOUT",
+            SendStatus::FlushSlaveTimeout => "FLUSH_SLAVE_TIMEOUT",
+            SendStatus::SlaveNotAvailable => "SLAVE_NOT_AVAILABLE",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct SendResult {
     pub status: SendStatus,

@@ -3,6 +3,10 @@
 //! folder, and a thin client over raw protocol calls ([`weir_protocol::Connection`]) to
 //! produce, pull, and upload / list / remove filters. Raw calls on purpose: these tests
 //! check the broker, independently of the client library.
+//!
+//! Child processes (the test binary re-run on one of its ignored tests): a broker that can
+//! be SIGKILLed ([`child`]), and a transactional producer of the client library driven
+//! line by line ([`tx_producer`]).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -25,6 +29,7 @@ use weir_store::StoreConfig;
 pub use weir_filter_artifacts as artifacts;
 
 pub mod child;
+pub mod tx_producer;
 
 /// Timeout of one call, and of [`eventually`].
 pub const T: Duration = Duration::from_secs(10);
@@ -33,7 +38,7 @@ pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A name server and a broker, in this process, with their data in a temporary folder.
 pub struct Env {
-    _ns: weir_namesrv::RunningNameServer,
+    ns: weir_namesrv::RunningNameServer,
     broker: Option<RunningBroker>,
     config: BrokerConfig,
     _dir: tempfile::TempDir,
@@ -87,11 +92,16 @@ impl Env {
             .await
             .expect("broker starts");
         Env {
-            _ns: ns,
+            ns,
             broker: Some(broker),
             config,
             _dir: dir,
         }
+    }
+
+    /// The name server's address.
+    pub fn namesrv(&self) -> String {
+        self.ns.local_addr().to_string()
     }
 
     pub fn broker(&self) -> &RunningBroker {

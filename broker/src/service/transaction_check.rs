@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 use weir_protocol::broker::CheckTransactionState;
 use weir_protocol::names::{TRANS_DEAD_TOPIC, TRANS_HALF_TOPIC, TRANS_OP_TOPIC, property};
@@ -60,6 +61,10 @@ pub async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Check-backs sent and not yet handed to their connection, at most (each waits at most
+/// 3 s): what a pass over a large backlog of due halves holds.
+const CHECK_BACKS_IN_FLIGHT: usize = 1024;
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -84,6 +89,9 @@ impl Broker {
         let budget =
             Instant::now() + Duration::from_millis(self.config.transaction_check_interval_ms / 2);
         let mut pass = CheckPass::default();
+        // Check-backs on their way to producers: at most CHECK_BACKS_IN_FLIGHT at once, so
+        // a backlog of due halves costs a bounded amount of memory, not a task each.
+        let mut in_flight = JoinSet::new();
         let mut progress = self.check_progress();
         // Read a batch, handle it, move on: halves are on disk, not in memory.
         loop {
@@ -120,7 +128,7 @@ impl Broker {
                 let done = if checks >= max_checks || old {
                     self.move_to_dead(&rec, &v, old).await
                 } else {
-                    self.ask(&v, checks + 1, &mut pass).await
+                    self.ask(&v, checks + 1, &mut pass, &mut in_flight).await
                 };
                 if !done {
                     // Try this one again next pass; keep what went before.
@@ -159,11 +167,19 @@ impl Broker {
                 ops_end,
             );
         }
+        // Each is bounded by its own timeout.
+        while in_flight.join_next().await.is_some() {}
         pass
     }
 
     /// Stores the half again with one more check, and asks a live producer of its group.
-    async fn ask(&self, v: &RecordView<'_>, checks: u32, pass: &mut CheckPass) -> bool {
+    async fn ask(
+        &self,
+        v: &RecordView<'_>,
+        checks: u32,
+        pass: &mut CheckPass,
+        in_flight: &mut JoinSet<()>,
+    ) -> bool {
         let group = v
             .property(property::PRODUCER_GROUP)
             .unwrap_or_default()
@@ -227,7 +243,10 @@ impl Broker {
         let link = Arc::clone(link);
         let client = client.clone();
         // One way, and not waited for: a producer that does not answer is skipped next time.
-        tokio::spawn(async move {
+        while in_flight.len() >= CHECK_BACKS_IN_FLIGHT {
+            in_flight.join_next().await;
+        }
+        in_flight.spawn(async move {
             let sent = tokio::time::timeout(
                 Duration::from_secs(3),
                 link.check_transaction_state(check, body),

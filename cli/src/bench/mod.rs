@@ -27,6 +27,7 @@ mod filter_side;
 mod produce;
 mod push;
 mod stats;
+mod transactional;
 
 pub use consume::ConsumeArgs;
 pub use produce::ProduceArgs;

@@ -1,5 +1,8 @@
 //! `weir bench produce`: requests in flight, each carrying a batch of messages, until a
-//! count or a duration; throughput and request latency.
+//! count or a duration; throughput and request latency. With `--transaction`, each request
+//! is one `send_message_in_transaction` (half message, local transaction, one-way commit);
+//! with `--transaction unknown` the local transactions answer Unknown and the broker's
+//! check-backs commit them, and the summary adds the check-backs' rate.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,6 +13,7 @@ use bytes::Bytes;
 use tokio::task::JoinSet;
 use weir_client::{Admin, ClientError, ClientInstance, Message, Producer, SendStatus};
 
+use super::transactional::{self, Sender, TxMode};
 use super::{Histogram, Rate, TICK, grouped, per_sec, progress_bar, round2};
 
 #[derive(clap::Args, Debug)]
@@ -47,6 +51,23 @@ pub struct ProduceArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Each request a transaction of one message: `commit` (the default: the local
+    /// transaction commits at once) or `unknown` (then committed when the broker asks back;
+    /// the summary adds the check-backs' rate).
+    #[arg(long, value_enum, value_name = "OUTCOME", num_args = 0..=1, default_missing_value = "commit")]
+    transaction: Option<TxMode>,
+    /// With --transaction unknown: how long to wait for the check-backs, seconds (0: not
+    /// at all).
+    #[arg(long, default_value_t = 300, requires = "transaction")]
+    check_timeout: u64,
+    /// With --transaction: run the local transaction inline on its task
+    /// (`listener_may_block = false`) instead of in `block_in_place`.
+    #[arg(long, requires = "transaction")]
+    inline_listener: bool,
+    /// With --transaction: check-backs waiting for a thread at most (more are dropped and
+    /// asked again).
+    #[arg(long, default_value_t = 2000, requires = "transaction")]
+    check_queue: usize,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -94,7 +115,7 @@ struct ProduceTaskStats {
 }
 
 /// (flush timeouts, not confirmed by a slave) among `statuses`.
-fn unconfirmed(statuses: impl Iterator<Item = SendStatus>) -> (u64, u64) {
+pub(super) fn unconfirmed(statuses: impl Iterator<Item = SendStatus>) -> (u64, u64) {
     statuses.fold((0, 0), |(f, s), st| match st {
         SendStatus::FlushDiskTimeout => (f + 1, s),
         SendStatus::FlushSlaveTimeout | SendStatus::SlaveNotAvailable => (f, s + 1),
@@ -151,7 +172,7 @@ async fn ensure_topic(client: &ClientInstance, topic: &str, queues: u32) -> anyh
 }
 
 async fn produce_task(
-    producer: Arc<Producer>,
+    producer: Arc<Sender>,
     per_topic: Arc<[Arc<[Message]>]>,
     shared: Arc<ProduceShared>,
     limit: Option<u64>,
@@ -173,12 +194,10 @@ async fn produce_task(
         let msgs = &per_topic[(turn % per_topic.len() as u64) as usize];
         let began = Instant::now();
         let sent = if batch == 1 {
-            producer
-                .send(&msgs[0])
-                .await
-                .map(|r| unconfirmed(std::iter::once(r.status)))
+            producer.send_one(&msgs[0]).await
         } else {
             producer
+                .plain()
                 .send_batch(&msgs[..n])
                 .await
                 .map(|rs| unconfirmed(rs.iter().map(|r| r.status)))
@@ -203,6 +222,9 @@ async fn produce_task(
 pub(super) async fn produce(args: ProduceArgs, client: ClientInstance) -> anyhow::Result<()> {
     let batch = u64::from(args.batch);
     let size = u64::from(args.size);
+    if args.transaction.is_some() && batch > 1 {
+        bail!("--transaction sends one message per request: --batch does not apply");
+    }
     if batch * size > MAX_REQUEST_BODY {
         bail!(
             "--batch {} of --size {} is {} bytes per request, over the {} a request carries",
@@ -238,7 +260,12 @@ pub(super) async fn produce(args: ProduceArgs, client: ClientInstance) -> anyhow
                 .collect()
         })
         .collect();
-    let producer = Arc::new(Producer::new("weir-bench", client));
+    let producer = Arc::new(match args.transaction {
+        None => Sender::Plain(Producer::new("weir-bench", client.clone())),
+        Some(mode) => {
+            transactional::sender(mode, args.check_queue, args.inline_listener, client.clone())?
+        }
+    });
     let shared = Arc::new(ProduceShared {
         claimed: AtomicU64::new(0),
         started: AtomicU64::new(0),
@@ -315,6 +342,7 @@ pub(super) async fn produce(args: ProduceArgs, client: ClientInstance) -> anyhow
     }
 
     let messages = shared.acked.load(Ordering::Relaxed);
+    let checks = producer.finish(&client, messages, args.check_timeout).await;
     let bytes = messages * size;
     let lat = latency.summary_ms();
     let msgs_per_sec = per_sec(messages, elapsed);
@@ -339,6 +367,8 @@ pub(super) async fn produce(args: ProduceArgs, client: ClientInstance) -> anyhow
             "mb_per_sec": round2(mb_per_sec),
             "latency_ms": lat.json(),
             "interrupted": interrupted,
+            "transaction": args.transaction.map(TxMode::as_str),
+            "check_backs": checks.as_ref().map(transactional::CheckBacks::json),
         });
         println!("{v}");
     } else {
@@ -372,6 +402,9 @@ pub(super) async fn produce(args: ProduceArgs, client: ClientInstance) -> anyhow
                 "not confirmed by a slave: {} (stored on the master only)",
                 grouped(slave_unconfirmed)
             );
+        }
+        if let Some(c) = &checks {
+            println!("{}", c.text());
         }
     }
     Ok(())

@@ -20,7 +20,7 @@ mod config;
 mod consume;
 mod listener;
 mod offsets;
-mod pool;
+pub(crate) mod pool;
 mod queue;
 mod rebalance;
 

@@ -109,10 +109,16 @@ impl ConsumePool {
         }
     }
 
-    /// Lets queued jobs finish, then joins the threads (call off the async runtime).
-    pub fn shutdown(&self) {
+    /// Takes no more jobs; the threads finish the queued ones and end (not waited for:
+    /// callable anywhere, a `Drop` included).
+    pub fn close(&self) {
         self.shared.queue().closed = true;
         self.shared.work.notify_all();
+    }
+
+    /// Lets queued jobs finish, then joins the threads (call off the async runtime).
+    pub fn shutdown(&self) {
+        self.close();
         let handles = std::mem::take(&mut *self.handles.lock().unwrap_or_else(|e| e.into_inner()));
         for h in handles {
             let _ = h.join();

@@ -22,7 +22,9 @@ const LATE: &str = "cluster-late-group";
 #[test]
 #[ignore = "child process of the cluster tests"]
 fn child_broker() {
-    weir_tests::child::child_main();
+    if let Some(config) = std::env::var_os(weir_tests::child::CONFIG_ENV) {
+        weir_tests::child::run_broker(std::path::Path::new(&config));
+    }
 }
 
 /// Reads `topic`'s queue `queue_id` on `node` from 0 to its end: offset → body.

@@ -1,7 +1,7 @@
 //! The broker kill test (issue 10: the store never loses an acknowledged message).
 //!
 //! A standalone broker runs as a child process (this test binary re-run on the ignored
-//! test `child_broker`, see `child.rs`) with sync flush and small files. Producers send
+//! test `child_broker`, see `weir_tests::child`) with sync flush and small files. Producers send
 //! single messages and batches; a consumer group consumes and commits. At a random moment
 //! of each round the child is SIGKILLed and started again on the same data folder; then the
 //! topic is read back from offset 0 and checked against every send's outcome (`check.rs`),
@@ -18,7 +18,6 @@
 //! `scripts/crash-test` runs the full form.
 
 mod check;
-mod child;
 mod traffic;
 
 use std::path::Path;
@@ -27,10 +26,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use check::{DUP_ACKED, DUP_UNKNOWN, LOST, Problems};
-use child::ChildSettings;
 use traffic::{Deliveries, Ledger, PRODUCERS, QUEUES, TOPIC, Traffic};
 use weir_client::{Admin, ClientConfig, ClientInstance};
-use weir_tests::child::ChildBroker;
+use weir_tests::child::{self, ChildBroker, ChildSettings};
 use weir_tests::{Client, Rng, eventually_for};
 
 /// Longest a round may take to reach its kill point, and the group to catch up at the end.
@@ -39,7 +37,10 @@ const ROUND_TIMEOUT: Duration = Duration::from_secs(300);
 #[test]
 #[ignore = "child process of `sigkill_loses_no_acknowledged_message`"]
 fn child_broker() {
-    weir_tests::child::child_main();
+    let Some(config) = std::env::var_os(child::CONFIG_ENV) else {
+        return;
+    };
+    child::run_broker(Path::new(&config));
 }
 
 struct Settings {
@@ -143,6 +144,7 @@ async fn sigkill_loses_no_acknowledged_message() {
             // over too, every 64 messages of a queue.
             consume_queue_segment_entries: (s.segment_size >> 12).max(16),
             prepare_ahead,
+            ..ChildSettings::default()
         },
     );
     let ledger = Arc::new(Ledger::default());
