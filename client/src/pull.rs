@@ -65,7 +65,7 @@ impl PullConsumer {
         }
     }
 
-    fn from_slave(&self) -> std::sync::MutexGuard<'_, HashSet<MessageQueue>> {
+    fn slave_reads(&self) -> std::sync::MutexGuard<'_, HashSet<MessageQueue>> {
         self.from_slave.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -240,13 +240,13 @@ impl PullConsumer {
             commit_offset,
         };
         let timeout = self.client.config().request_timeout + suspend;
-        let prefer_slave = self.from_slave().contains(mq);
+        let prefer_slave = self.slave_reads().contains(mq);
         let (r, body) = self.call_read_body(mq, &req, prefer_slave, timeout).await?;
         if r.suggest_slave != prefer_slave {
             debug!(queue = ?mq, from_slave = r.suggest_slave, "the broker suggests reading elsewhere");
             match r.suggest_slave {
-                true => self.from_slave().insert(mq.clone()),
-                false => self.from_slave().remove(mq),
+                true => self.slave_reads().insert(mq.clone()),
+                false => self.slave_reads().remove(mq),
             };
         }
         Ok((r, body))

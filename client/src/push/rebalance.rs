@@ -101,11 +101,11 @@ impl Core {
             .iter()
             .find(|a| self.client.available(a))
             .or(masters.first())
+            .map(|a| (*a).to_owned())
             .ok_or_else(|| ClientError::NoRoute {
                 topic: topic.to_owned(),
                 detail: "no master broker".into(),
-            })?
-            .to_owned();
+            })?;
         let req = GetConsumerList {
             group: self.config.group.clone(),
         };
