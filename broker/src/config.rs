@@ -34,6 +34,12 @@ pub struct BrokerConfig {
     /// A sync master: how long a send waits for a slave's confirmation, ms (default 3,000);
     /// past it the send answers `FlushSlaveTimeout`.
     pub slave_ack_timeout_ms: u64,
+    /// A pull whose last message lies more than this many bytes before the end of the log
+    /// answers `suggest_slave` (a master only while a slave is connected; a slave by the
+    /// same measure, so its readers return to the master once within reach). Default: 40 %
+    /// of the machine's memory (RocketMQ's `accessMessageInMemoryMaxRatio`), read from
+    /// `/proc/meminfo` at start (4 GiB where it cannot be read).
+    pub slave_read_behind_bytes: Option<u64>,
     /// Create a topic on the first send to it (default true).
     pub auto_create_topic: bool,
     /// Queues of a created topic when none is said (default 8).
@@ -163,6 +169,7 @@ impl Default for BrokerConfig {
             ha_listen: None,
             master_ha_addr: None,
             slave_ack_timeout_ms: 3_000,
+            slave_read_behind_bytes: None,
             auto_create_topic: true,
             default_topic_queues: 8,
             max_message_size: 4 << 20,
@@ -189,6 +196,17 @@ impl BrokerConfig {
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect()
+    }
+
+    /// `slave_read_behind_bytes`, or its default: 40 % of the machine's memory.
+    pub fn slave_read_behind(&self) -> u64 {
+        self.slave_read_behind_bytes.unwrap_or_else(|| {
+            let total = std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|t| mem_total(&t))
+                .unwrap_or(10 << 30);
+            total / 10 * 4
+        })
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -235,6 +253,9 @@ impl BrokerConfig {
         if self.slave_ack_timeout_ms == 0 {
             return bad("slave_ack_timeout_ms must be greater than 0");
         }
+        if self.slave_read_behind_bytes == Some(0) {
+            return bad("slave_read_behind_bytes must be greater than 0");
+        }
         self.filter.validate().map_err(ConfigError)?;
         self.limits.validate()?;
         self.net
@@ -243,5 +264,38 @@ impl BrokerConfig {
         self.store
             .validate()
             .map_err(|e| ConfigError(e.to_string()))
+    }
+}
+
+/// `MemTotal` of `/proc/meminfo`, in bytes.
+fn mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let n: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => n.checked_mul(1024),
+        None => Some(n),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_read_from_meminfo() {
+        assert_eq!(
+            mem_total("MemTotal:       24576000 kB\nMemFree: 1 kB\n"),
+            Some(24_576_000 * 1024)
+        );
+        assert_eq!(mem_total("MemFree: 1 kB\n"), None);
+        assert_eq!(mem_total("MemTotal: x kB\n"), None);
+        let c = BrokerConfig {
+            slave_read_behind_bytes: Some(7),
+            ..BrokerConfig::default()
+        };
+        assert_eq!(c.slave_read_behind(), 7);
+        assert!(BrokerConfig::default().slave_read_behind() > 0);
     }
 }

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use weir_broker::BrokerConfig;
 use weir_namesrv::server_main;
+use weir_protocol::ha::BrokerRole;
 use weir_store::FlushMode;
 
 /// weir broker. No arguments: standalone (name server + broker), data in ./weir-data.
@@ -43,6 +44,22 @@ struct Args {
     /// Create topics on first send [default: true].
     #[arg(long)]
     auto_create_topic: Option<bool>,
+    /// Replication role [default: async-master]; a slave takes --broker-id 1 or more.
+    #[arg(long, value_enum)]
+    role: Option<Role>,
+    /// A master: where its slaves connect (its HA port) [default: none, no slaves].
+    #[arg(long)]
+    ha_listen: Option<String>,
+    /// A slave: its master's HA address [default: as the name servers report it].
+    #[arg(long)]
+    master_ha_addr: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Role {
+    AsyncMaster,
+    SyncMaster,
+    Slave,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -87,6 +104,19 @@ fn load(args: &Args) -> anyhow::Result<BrokerConfig> {
     if let Some(v) = args.auto_create_topic {
         config.auto_create_topic = v;
     }
+    if let Some(v) = args.role {
+        config.role = match v {
+            Role::AsyncMaster => BrokerRole::AsyncMaster,
+            Role::SyncMaster => BrokerRole::SyncMaster,
+            Role::Slave => BrokerRole::Slave,
+        };
+    }
+    if let Some(v) = &args.ha_listen {
+        config.ha_listen = Some(v.clone());
+    }
+    if let Some(v) = &args.master_ha_addr {
+        config.master_ha_addr = Some(v.clone());
+    }
     Ok(config)
 }
 
@@ -125,10 +155,11 @@ fn run() -> anyhow::Result<()> {
             embedded_name_server = embedded.is_some(),
             data = %data_dir.display(),
             flush = ?flush,
-            "weir broker {}/{} (id {}) listening",
+            "weir broker {}/{} (id {}, {}) listening",
             config.cluster,
             config.broker_name,
             config.broker_id,
+            config.role.as_str(),
         );
         stop.recv().await;
         tracing::info!("stopping: no new connections, flushing the store");

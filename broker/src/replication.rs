@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use weir_protocol::ha::{BrokerRole, HaStatus};
+use weir_protocol::ha::{BrokerRole, HaStatus, OffsetRow};
 
 /// One connected slave, as the master sees it.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +47,10 @@ pub struct Replication {
     diverged: Mutex<Option<String>>,
     /// Slave: the master's HA address as the name servers last told it.
     pub learned_master: Mutex<Option<String>>,
+    /// Slave: consumer offsets committed on it (while its master was away, or by a reader
+    /// the master sent here) that the master has not confirmed yet: sent with each
+    /// metadata sync, kept over the master's older values, dropped once the master has them.
+    local_offsets: Mutex<HashMap<(String, String, u32), u64>>,
 }
 
 fn now_ms() -> u64 {
@@ -68,6 +72,43 @@ impl Replication {
             connected: AtomicU64::new(0),
             diverged: Mutex::new(None),
             learned_master: Mutex::new(None),
+            local_offsets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn local_offsets(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String, u32), u64>> {
+        self.local_offsets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Slave: a consumer committed `offset` here.
+    pub fn committed_locally(&self, group: &str, topic: &str, queue_id: u32, offset: u64) {
+        if self.role.is_master() {
+            return;
+        }
+        self.local_offsets()
+            .insert((group.to_owned(), topic.to_owned(), queue_id), offset);
+    }
+
+    /// Slave: the offsets committed here that its master has not confirmed.
+    pub fn pending_offsets(&self) -> Vec<OffsetRow> {
+        self.local_offsets()
+            .iter()
+            .map(|((g, t, q), o)| (g.clone(), t.clone(), *q, *o))
+            .collect()
+    }
+
+    /// Slave: the offset to keep for a key the master's snapshot has at `master`: a local
+    /// commit ahead of it wins; one the master has caught up with is forgotten.
+    pub fn merge_offset(&self, group: &str, topic: &str, queue_id: u32, master: u64) -> u64 {
+        let mut local = self.local_offsets();
+        let key = (group.to_owned(), topic.to_owned(), queue_id);
+        match local.get(&key) {
+            Some(&mine) if mine > master => mine,
+            Some(_) => {
+                local.remove(&key);
+                master
+            }
+            None => master,
         }
     }
 
@@ -198,5 +239,28 @@ impl Replication {
             connected,
             diverged: self.diverged(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_committed_on_a_slave_win_until_the_master_has_them() {
+        let r = Replication::new(BrokerRole::Slave, Arc::new(Notify::new()));
+        r.committed_locally("g", "T", 0, 50);
+        assert_eq!(r.pending_offsets(), vec![("g".into(), "T".into(), 0, 50)]);
+        // The master's older value does not overwrite it, and it stays pending.
+        assert_eq!(r.merge_offset("g", "T", 0, 40), 50);
+        assert_eq!(r.pending_offsets().len(), 1);
+        // Once the master has it (or more), the master's value counts and it is dropped.
+        assert_eq!(r.merge_offset("g", "T", 0, 60), 60);
+        assert!(r.pending_offsets().is_empty());
+        assert_eq!(r.merge_offset("g", "T", 1, 7), 7);
+        // A master records nothing.
+        let m = Replication::new(BrokerRole::SyncMaster, Arc::new(Notify::new()));
+        m.committed_locally("g", "T", 0, 50);
+        assert!(m.pending_offsets().is_empty());
     }
 }

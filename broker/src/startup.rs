@@ -32,6 +32,8 @@ use crate::topics::TopicManager;
 /// are told to connect to `addr`. No listener and no background service: see [`start`].
 pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>, BrokerError> {
     config.validate()?;
+    // Read once: pulls compare against it.
+    config.slave_read_behind_bytes = Some(config.slave_read_behind());
     if let Ok(a) = addr.parse::<SocketAddr>() {
         config.store.store_host = a;
     }

@@ -2,6 +2,7 @@
 //! a contract (scripts depend on them); errors are one line on stderr and a non-zero exit.
 
 mod bench;
+mod cluster;
 mod consume;
 mod filter;
 mod output;
@@ -186,8 +187,13 @@ enum MessageCmd {
 
 #[derive(Subcommand, Debug)]
 enum ClusterCmd {
-    /// Brokers by cluster.
-    List,
+    /// Brokers by cluster: id, address, role, and replication lag in bytes and seconds
+    /// (a master: its slowest slave's; a slave: its own).
+    List {
+        /// One JSON object per broker.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -235,8 +241,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Transaction { cmd } => transaction::run(cmd, client).await,
         Cmd::Filter { cmd } => filter::run(cmd, client).await,
         Cmd::Cluster {
-            cmd: ClusterCmd::List,
-        } => cluster(client).await,
+            cmd: ClusterCmd::List { json },
+        } => cluster::list(client, json).await,
         Cmd::Bench { cmd } => bench::run(cmd, client).await,
     }
 }
@@ -532,27 +538,5 @@ async fn message(cmd: MessageCmd, client: ClientInstance) -> anyhow::Result<()> 
             println!("{}", message_json(&admin.message_by_id(&msg_id).await?))
         }
     }
-    Ok(())
-}
-
-async fn cluster(client: ClientInstance) -> anyhow::Result<()> {
-    let info = Admin::new(client).cluster().await?;
-    let mut rows = vec![vec![
-        "CLUSTER".into(),
-        "BROKER".into(),
-        "ID".into(),
-        "ADDRESS".into(),
-    ]];
-    for b in info.brokers {
-        for (id, addr) in b.addrs {
-            rows.push(vec![
-                b.cluster.clone(),
-                b.broker_name.clone(),
-                id.to_string(),
-                addr,
-            ]);
-        }
-    }
-    output::table(&rows);
     Ok(())
 }

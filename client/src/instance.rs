@@ -12,6 +12,9 @@ use weir_protocol::broker::{ConsumerData, Heartbeat, MessageModel};
 use weir_protocol::route::{BrokerData, GetClusterInfo, GetRoute, TopicRoute};
 use weir_protocol::{CallError, ConnConfig, Connection, ErrorCode, Rpc};
 
+use crate::faults::{self, Faults};
+use crate::routes;
+pub use crate::routes::PublishInfo;
 use crate::serve::{ClientHandler, Served};
 use crate::{ClientError, MessageQueue, Result};
 
@@ -21,9 +24,19 @@ pub struct ClientConfig {
     pub namesrv: String,
     /// Timeout of one request (default 3 s).
     pub request_timeout: Duration,
-    /// Routes older than this are fetched again (default 30 s).
+    /// Routes older than this are fetched again (default 30 s); a route with a broker
+    /// whose master is missing, after at most [`DEGRADED_ROUTE_REFRESH`].
     pub route_refresh: Duration,
+    /// A broker that cannot be reached is avoided (producers send elsewhere, consumers
+    /// read from its slave) for this long after its first failure, twice as long after
+    /// each further one, up to `fault_backoff_max` (defaults 1 s and 30 s).
+    pub fault_backoff_min: Duration,
+    pub fault_backoff_max: Duration,
 }
+
+/// How long a route that lacks a master is trusted: its master's return is noticed
+/// within this.
+pub const DEGRADED_ROUTE_REFRESH: Duration = Duration::from_secs(2);
 
 impl ClientConfig {
     pub fn new(namesrv: impl Into<String>) -> Self {
@@ -31,6 +44,8 @@ impl ClientConfig {
             namesrv: namesrv.into(),
             request_timeout: Duration::from_secs(3),
             route_refresh: Duration::from_secs(30),
+            fault_backoff_min: Duration::from_secs(1),
+            fault_backoff_max: Duration::from_secs(30),
         }
     }
 }
@@ -60,42 +75,10 @@ pub(crate) fn random_u32() -> u32 {
 struct CachedRoute {
     route: Arc<TopicRoute>,
     fetched: Instant,
+    /// How long it is trusted: shorter while a broker in it has no master.
+    ttl: Duration,
     /// The writable queues with their masters, made on first use.
     publish: std::sync::OnceLock<Arc<PublishInfo>>,
-}
-
-/// A topic's writable queues, each with its broker master's address, made once per route
-/// (RocketMQ's `TopicPublishInfo`): what every send picks from, without building anything.
-#[derive(Debug)]
-pub struct PublishInfo {
-    pub route: Arc<TopicRoute>,
-    /// Writable queues, in a stable order.
-    pub queues: Vec<MessageQueue>,
-    /// The address of each queue's master (by the queue's index), if the route has one.
-    pub addrs: Vec<Option<Arc<str>>>,
-}
-
-impl PublishInfo {
-    pub fn new(route: Arc<TopicRoute>, topic: &str) -> Self {
-        let queues = ClientInstance::queues(&route, topic, true);
-        let mut by_broker: HashMap<&str, Option<Arc<str>>> = HashMap::new();
-        let addrs = queues
-            .iter()
-            .map(|q| {
-                by_broker
-                    .entry(q.broker_name.as_str())
-                    .or_insert_with(|| {
-                        ClientInstance::master_addr(&route, &q.broker_name).map(Arc::from)
-                    })
-                    .clone()
-            })
-            .collect();
-        Self {
-            route: Arc::clone(&route),
-            queues,
-            addrs,
-        }
-    }
 }
 
 /// Shared client state; cheap to clone.
@@ -119,6 +102,7 @@ struct Inner {
     connecting: Mutex<()>,
     /// Read on every send, written when a route is fetched.
     routes: std::sync::RwLock<HashMap<String, CachedRoute>>,
+    faults: Faults,
     /// What brokers ask of this client (rebalance notices, transaction check-backs).
     served: Arc<Served>,
 }
@@ -135,6 +119,7 @@ impl ClientInstance {
         if namesrvs.is_empty() {
             return Err(ClientError::Invalid("no name server address given".into()));
         }
+        let faults = Faults::new(config.fault_backoff_min, config.fault_backoff_max);
         Ok(Self {
             inner: Arc::new(Inner {
                 client_id: format!("{}@{:08x}", std::process::id(), random_u32()),
@@ -146,6 +131,7 @@ impl ClientInstance {
                 conns: std::sync::RwLock::new(HashMap::new()),
                 connecting: Mutex::new(()),
                 routes: std::sync::RwLock::new(HashMap::new()),
+                faults,
                 served: Arc::default(),
             }),
         })
@@ -254,12 +240,16 @@ impl ClientInstance {
             .call_namesrv(&GetClusterInfo)
             .await
             .map_err(|e| ClientError::NoNameServer(e.to_string()))?;
+        // A master that is down does not keep the others from hearing from us.
+        let mut failed = None;
         for b in &info.brokers {
-            if let Some(addr) = b.master_addr() {
-                self.call(addr, &hb, Bytes::new()).await?;
+            if let Some(addr) = b.master_addr()
+                && let Err(e) = self.call(addr, &hb, Bytes::new()).await
+            {
+                failed = Some(e);
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Starts the heartbeat loop on first use (it ends when the last handle is dropped),
@@ -327,10 +317,34 @@ impl ClientInstance {
             broker: addr.to_owned(),
             error,
         };
-        let conn = self.connection(addr).await.map_err(broker)?;
-        conn.call(req, body, self.inner.config.request_timeout)
-            .await
-            .map_err(broker)
+        let result = match self.connection(addr).await {
+            Ok(conn) => {
+                conn.call(req, body, self.inner.config.request_timeout)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        self.note(addr, &result);
+        result.map_err(broker)
+    }
+
+    /// Records whether the broker at `addr` could be reached.
+    fn note<T>(&self, addr: &str, result: &Result<T, CallError>) {
+        match result {
+            Err(e) if faults::unreachable(e) => self.inner.faults.failed(addr),
+            _ => self.inner.faults.answered(addr),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn mark_unreachable(&self, addr: &str) {
+        self.inner.faults.failed(addr);
+    }
+
+    /// Whether the broker at `addr` may be tried now: it was not found unreachable
+    /// lately (see `ClientConfig::fault_backoff_min`).
+    pub fn available(&self, addr: &str) -> bool {
+        self.inner.faults.available(addr)
     }
 
     /// Like `call`, with a longer timeout (held pulls).
@@ -345,8 +359,12 @@ impl ClientInstance {
             broker: addr.to_owned(),
             error,
         };
-        let conn = self.connection(addr).await.map_err(broker)?;
-        conn.call(req, body, timeout).await.map_err(broker)
+        let result = match self.connection(addr).await {
+            Ok(conn) => conn.call(req, body, timeout).await,
+            Err(e) => Err(e),
+        };
+        self.note(addr, &result);
+        result.map_err(broker)
     }
 
     /// Calls the name servers, starting with the one that answered last, moving on when
@@ -387,7 +405,7 @@ impl ClientInstance {
         if !refresh {
             let routes = self.inner.routes.read().unwrap_or_else(|e| e.into_inner());
             if let Some(c) = routes.get(topic)
-                && c.fetched.elapsed() < self.inner.config.route_refresh
+                && c.fetched.elapsed() < c.ttl
             {
                 return Ok(Arc::clone(&c.route));
             }
@@ -410,6 +428,15 @@ impl ClientInstance {
             }
             Err(e) => return Err(ClientError::NoNameServer(e.to_string())),
         };
+        let mut ttl = self.inner.config.route_refresh;
+        if route.brokers.iter().any(|b| b.master_addr().is_none())
+            || route
+                .queues
+                .iter()
+                .any(|q| !route.brokers.iter().any(|b| b.broker_name == q.broker_name))
+        {
+            ttl = ttl.min(DEGRADED_ROUTE_REFRESH);
+        }
         self.inner
             .routes
             .write()
@@ -419,6 +446,7 @@ impl ClientInstance {
                 CachedRoute {
                     route: Arc::clone(&route),
                     fetched: Instant::now(),
+                    ttl,
                     publish: std::sync::OnceLock::new(),
                 },
             );
@@ -436,7 +464,7 @@ impl ClientInstance {
         if !refresh {
             let routes = self.inner.routes.read().unwrap_or_else(|e| e.into_inner());
             if let Some(c) = routes.get(topic)
-                && c.fetched.elapsed() < self.inner.config.route_refresh
+                && c.fetched.elapsed() < c.ttl
             {
                 let made = c
                     .publish
@@ -495,6 +523,17 @@ impl ClientInstance {
             .iter()
             .find(|b: &&BrokerData| b.broker_name == broker_name)
             .and_then(|b| b.master_addr().map(str::to_owned))
+    }
+
+    /// Where to read `broker_name`'s queues (see [`routes::read_addr`]), given which
+    /// brokers were found unreachable lately.
+    pub fn read_addr(
+        &self,
+        route: &TopicRoute,
+        broker_name: &str,
+        prefer_slave: bool,
+    ) -> Option<String> {
+        routes::read_addr(route, broker_name, prefer_slave, |a| self.available(a))
     }
 
     /// Every queue of the topic (writable ones if `write`, else readable ones), in a

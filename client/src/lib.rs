@@ -6,18 +6,20 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod admin;
+mod faults;
 mod filter;
 mod instance;
 mod message;
 mod producer;
 mod pull;
 mod push;
+mod routes;
 mod serve;
 mod transaction;
 
 pub use admin::Admin;
 pub use filter::FILTER_UPLOAD_TIMEOUT;
-pub use instance::{ClientConfig, ClientInstance};
+pub use instance::{ClientConfig, ClientInstance, DEGRADED_ROUTE_REFRESH};
 pub use message::{Message, MessageQueue, ReceivedMessage};
 pub use producer::{Producer, SendResult};
 pub use pull::{PullConsumer, PullOutcome, RawPullOutcome};

@@ -51,6 +51,7 @@ fn retryable(e: &ClientError) -> bool {
                 | ErrorCode::FlushDiskTimeout
                 | ErrorCode::DiskFull
                 | ErrorCode::WritesStopped
+                | ErrorCode::NotMaster
         ),
         ClientError::Broker { .. } => true,
         _ => false,
@@ -117,18 +118,31 @@ impl Producer {
         Ok(())
     }
 
-    /// Picks the next queue round-robin (its index), avoiding `avoid` (the broker that just
-    /// failed) when another one exists.
-    fn pick(&self, queues: &[MessageQueue], avoid: Option<&str>) -> Option<usize> {
+    /// Picks the next queue round-robin (its index) among those whose master is known
+    /// and was not found unreachable lately, avoiding `avoid` (the broker that just
+    /// failed) when another one exists; when every master is avoided, any queue with a
+    /// master (one may have come back). Never a queue without a master: sends never go
+    /// to a slave.
+    fn pick(&self, info: &PublishInfo, avoid: Option<&str>) -> Option<usize> {
+        let queues = &info.queues;
         let n = queues.len();
         if n == 0 {
             return None;
         }
         let start = self.next_queue.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| (start + i) % n)
-            .find(|&i| avoid != Some(queues[i].broker_name.as_str()))
-            .or(Some(start % n))
+        let order = || (0..n).map(move |i| (start.wrapping_add(i)) % n);
+        let has_master = |i: &usize| info.addrs[*i].is_some();
+        let up = |i: &usize| {
+            info.addrs[*i]
+                .as_deref()
+                .is_some_and(|a| self.client.available(a))
+        };
+        let not_avoided = |i: &usize| avoid != Some(queues[*i].broker_name.as_str());
+        order()
+            .find(|i| up(i) && not_avoided(i))
+            .or_else(|| order().find(up))
+            .or_else(|| order().find(|i| has_master(i) && not_avoided(i)))
+            .or_else(|| order().find(has_master))
     }
 
     fn request(&self, msg: &Message, queue_id: u32) -> SendMessage {
@@ -203,18 +217,19 @@ impl Producer {
         for n in 0..=self.retry_times_when_send_failed {
             // After a failure the routing may be stale: fetch it again (or keep the old).
             let info = self.client.publish_info(topic, n > 0).await?;
-            let Some(i) = self.pick(&info.queues, avoid.as_deref()) else {
-                return Err(ClientError::NoRoute {
+            let Some(i) = self.pick(&info, avoid.as_deref()) else {
+                let detail = match info.queues.is_empty() {
+                    true => "no writable queue".to_owned(),
+                    false => "no broker of the topic has a master now".to_owned(),
+                };
+                last = Some(ClientError::NoRoute {
                     topic: topic.to_owned(),
-                    detail: "no writable queue".into(),
+                    detail,
                 });
+                continue;
             };
-            let mq = &info.queues[i];
             let Some(addr) = info.addrs[i].clone() else {
-                return Err(ClientError::NoRoute {
-                    topic: topic.to_owned(),
-                    detail: format!("broker {} has no master", mq.broker_name),
-                });
+                continue;
             };
             match attempt(Arc::clone(&info), i, addr).await {
                 Ok(v) => return Ok(v),
@@ -353,7 +368,7 @@ impl Producer {
     pub async fn send_oneway(&self, msg: &Message) -> Result<()> {
         Self::check(msg)?;
         let info = self.client.publish_info(&msg.topic, false).await?;
-        let Some(i) = self.pick(&info.queues, None) else {
+        let Some(i) = self.pick(&info, None) else {
             return Err(ClientError::NoRoute {
                 topic: msg.topic.clone(),
                 detail: "no writable queue".into(),
@@ -375,5 +390,63 @@ impl Producer {
                 broker: addr,
                 error,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> PublishInfo {
+        let mq = |b: &str, q| MessageQueue {
+            topic: "T".into(),
+            broker_name: b.into(),
+            queue_id: q,
+        };
+        PublishInfo {
+            route: Arc::new(TopicRoute::default()),
+            queues: vec![mq("a", 0), mq("a", 1), mq("b", 0), mq("b", 1), mq("c", 0)],
+            addrs: vec![
+                Some("A".into()),
+                Some("A".into()),
+                Some("B".into()),
+                Some("B".into()),
+                None,
+            ],
+        }
+    }
+
+    fn picks(p: &Producer, info: &PublishInfo, avoid: Option<&str>) -> Vec<String> {
+        (0..20)
+            .map(|_| {
+                info.queues[p.pick(info, avoid).unwrap()]
+                    .broker_name
+                    .clone()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn sends_skip_masters_that_are_down_and_brokers_without_one() {
+        let client = ClientInstance::new(crate::ClientConfig::new("127.0.0.1:1")).unwrap();
+        let p = Producer::new("g", client.clone());
+        let info = info();
+        let all = picks(&p, &info, None);
+        assert!(
+            !all.contains(&"c".to_owned()),
+            "never a broker without a master"
+        );
+        assert!(all.contains(&"a".to_owned()) && all.contains(&"b".to_owned()));
+        assert!(picks(&p, &info, Some("a")).iter().all(|b| b == "b"));
+        client.mark_unreachable("A");
+        assert!(picks(&p, &info, None).iter().all(|b| b == "b"));
+        // Every master avoided: still one with a master (it may be back).
+        client.mark_unreachable("B");
+        assert!(picks(&p, &info, Some("b")).iter().all(|b| b == "a"));
+        let none = PublishInfo {
+            addrs: vec![None; 5],
+            ..info
+        };
+        assert_eq!(p.pick(&none, None), None);
     }
 }

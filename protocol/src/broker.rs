@@ -129,6 +129,12 @@ pub struct PullResult {
     pub next_offset: u64,
     pub min_offset: u64,
     pub max_offset: u64,
+    /// The broker suggests pulling this queue from a slave: the last message returned lies
+    /// more than the broker's `slave_read_behind_bytes` before the end of its log (no
+    /// longer likely in memory; RocketMQ's `suggestPullingFromSlave`). A master says so only
+    /// while a slave is connected to it; a slave says so by the same measure, and a client
+    /// reading from a slave goes back to the master when it no longer does.
+    pub suggest_slave: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

@@ -99,8 +99,14 @@ impl Rpc for HaAck {
 
 /// Slave → master: the metadata a slave follows. The answer travels in the body
 /// ([`HaSnapshot`]: large).
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub struct HaSync;
+///
+/// `offsets` are consumer offsets committed on the slave itself (consumers commit there
+/// while the master is away) and not yet seen in a snapshot: the master takes each one
+/// that is ahead of its own, so progress made on the slave survives the master's return.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Default)]
+pub struct HaSync {
+    pub offsets: Vec<OffsetRow>,
+}
 
 impl Rpc for HaSync {
     const CODE: RequestCode = RequestCode::HaSync;

@@ -94,6 +94,24 @@ impl ConsumerOffsets {
         self.dirty.store(true, Ordering::Release);
     }
 
+    /// Commits `offset` unless the stored one is already at or past it (a slave's
+    /// progress merged into its master's); whether it moved.
+    pub fn commit_max(&self, group: &str, topic: &str, queue_id: u32, offset: u64) -> bool {
+        let key = OffsetKey {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            queue_id,
+        };
+        let mut t = self.table.write();
+        if t.get(&key).is_some_and(|&have| have >= offset) {
+            return false;
+        }
+        t.insert(key, offset);
+        drop(t);
+        self.dirty.store(true, Ordering::Release);
+        true
+    }
+
     pub fn query(&self, group: &str, topic: &str, queue_id: u32) -> Option<u64> {
         // BTreeMap lookups need an owned key; offsets are queried per pull, not per
         // message, so the allocation is fine.

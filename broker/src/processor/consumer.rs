@@ -124,6 +124,8 @@ impl Broker {
         self.store
             .consumer_offsets()
             .commit(&r.group, &r.topic, r.queue_id, r.offset);
+        self.replication
+            .committed_locally(&r.group, &r.topic, r.queue_id, r.offset);
         Ok(())
     }
 

@@ -68,6 +68,8 @@ impl Broker {
             self.store
                 .consumer_offsets()
                 .commit(&req.group, &req.topic, req.queue_id, c);
+            self.replication
+                .committed_locally(&req.group, &req.topic, req.queue_id, c);
         }
         let wasm = self.filter_for(&req.group, &req.topic)?;
         let max = req.max_msgs.clamp(1, MAX_PULL_MSGS) as usize;
@@ -97,6 +99,7 @@ impl Broker {
                     next_offset,
                     min_offset,
                     max_offset,
+                    suggest_slave: self.suggest_slave(&out),
                 },
                 records: out,
             })
@@ -218,6 +221,24 @@ impl Broker {
                 return answer(status, cursor, bounds, out);
             }
         }
+    }
+
+    /// Whether the reader of `out` had better read from a slave: the last record lies more
+    /// than `slave_read_behind_bytes` before the log's end (no longer likely in memory). A
+    /// master says so only while a slave is connected; a slave by the same measure, so that
+    /// its reader goes back to the master once within reach (as RocketMQ's slaves do).
+    fn suggest_slave(&self, out: &[StoredRecord]) -> bool {
+        if self.replication.role.is_master() && self.replication.slave_count() == 0 {
+            return false;
+        }
+        let Some(last) = out.last() else {
+            return false;
+        };
+        let behind = self
+            .store
+            .commit_log_max_offset()
+            .saturating_sub(last.commit_log_offset());
+        behind > self.config.slave_read_behind_bytes.unwrap_or(u64::MAX)
     }
 
     /// The group's wasm filter for the topic, if one is registered and usable.

@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use weir_protocol::ha::{
-    FilterEntry, HaAck, HaComponent, HaData, HaHello, HaSnapshot, HaWelcome, TAIL_LEN,
+    FilterEntry, HaAck, HaComponent, HaData, HaHello, HaSnapshot, HaSync, HaWelcome, OffsetRow,
+    TAIL_LEN,
 };
 use weir_protocol::net::BoxFuture;
 use weir_protocol::{Connection, ErrorCode, Handler, Reply, Request, RequestCode, Server};
@@ -72,9 +73,15 @@ impl Handler for HaMaster {
                     }
                     Reply::ok(&())
                 }
-                Some(RequestCode::HaSync) => match b.snapshot().encode() {
-                    Ok(body) => Reply::ok_with_body(&(), body),
-                    Err(e) => Reply::error(ErrorCode::SystemError, e.to_string()),
+                Some(RequestCode::HaSync) => match req.decode::<HaSync>() {
+                    Ok(sync) => {
+                        b.merge_slave_offsets(&sync.offsets);
+                        match b.snapshot().encode() {
+                            Ok(body) => Reply::ok_with_body(&(), body),
+                            Err(e) => Reply::error(ErrorCode::SystemError, e.to_string()),
+                        }
+                    }
+                    Err(e) => Reply::error(ErrorCode::BadRequest, e.to_string()),
                 },
                 Some(RequestCode::HaComponent) => match req.decode::<HaComponent>() {
                     Ok(c) => match b.filters.component_bytes(&c.sha256) {
@@ -145,6 +152,20 @@ impl Broker {
             master_end: end,
             epoch: 0,
         })
+    }
+
+    /// Takes the consumer offsets a slave was given while this master was away (or by
+    /// readers it sent there), each only if ahead of this master's own.
+    fn merge_slave_offsets(&self, rows: &[OffsetRow]) {
+        let offsets = self.store.consumer_offsets();
+        for (group, topic, queue_id, offset) in rows {
+            if offsets.commit_max(group, topic, *queue_id, *offset) {
+                debug!(
+                    group,
+                    topic, queue_id, offset, "took a consumer offset committed on a slave"
+                );
+            }
+        }
     }
 
     /// What slaves follow besides the log.

@@ -8,6 +8,7 @@
 //! refuses it, or the master's bytes do not line up with its own, it stops replicating and
 //! refuses reads, saying why, until an operator deals with it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,7 +63,7 @@ async fn follow(
 ) -> Result<(), CallError> {
     let conn = Connection::connect(
         addr,
-        Arc::new(HaSlave(Arc::clone(broker))),
+        Arc::new(HaSlave::new(Arc::clone(broker))),
         ConnConfig::default(),
         CONNECT_TIMEOUT,
     )
@@ -127,7 +128,10 @@ fn tail_of(broker: &Broker, end: u64) -> Vec<u8> {
 
 /// Copies topics, consumer offsets and filter registrations from the master.
 async fn copy_metadata(broker: &Arc<Broker>, conn: &Connection) -> Result<(), CallError> {
-    let (_, body) = conn.call(&HaSync, Bytes::new(), CONNECT_TIMEOUT).await?;
+    let sync = HaSync {
+        offsets: broker.replication.pending_offsets(),
+    };
+    let (_, body) = conn.call(&sync, Bytes::new(), CONNECT_TIMEOUT).await?;
     let snap = HaSnapshot::decode(&body)?;
     let mut changed = false;
     for t in &snap.topics {
@@ -148,7 +152,10 @@ async fn copy_metadata(broker: &Arc<Broker>, conn: &Connection) -> Result<(), Ca
         broker.topics_updated();
     }
     let offsets = broker.store.consumer_offsets();
-    for (group, topic, queue_id, offset) in snap.offsets {
+    for (group, topic, queue_id, master) in snap.offsets {
+        let offset = broker
+            .replication
+            .merge_offset(&group, &topic, queue_id, master);
         if offsets.query(&group, &topic, queue_id) != Some(offset) {
             offsets.commit(&group, &topic, queue_id, offset);
         }
@@ -185,13 +192,76 @@ async fn copy_metadata(broker: &Arc<Broker>, conn: &Connection) -> Result<(), Ca
     Ok(())
 }
 
+/// Most bytes a slave holds that arrived ahead of a gap (the master keeps at most 64 MiB
+/// unconfirmed in flight; past this the connection is dropped and resumed from the end).
+const MAX_PENDING: usize = 96 << 20;
+
 /// Serves what the master sends on the HA connection.
-struct HaSlave(Arc<Broker>);
+///
+/// A connection runs its requests' handlers concurrently, so chunks of the log may be
+/// handled out of the order they were sent in: they are appended strictly in log order,
+/// one at a time (a chunk that arrives before the one it follows waits in `pending`).
+struct HaSlave {
+    broker: Arc<Broker>,
+    /// Chunks received ahead of the log's end, by offset. Locked for each append.
+    pending: tokio::sync::Mutex<BTreeMap<u64, Bytes>>,
+}
+
+impl HaSlave {
+    fn new(broker: Arc<Broker>) -> Self {
+        Self {
+            broker,
+            pending: tokio::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Appends what of `pending` continues the log; the log's end after, or `None` when
+    /// the connection must end (the slave diverged, or cannot append).
+    async fn append_in_order(&self, pending: &mut BTreeMap<u64, Bytes>) -> Option<u64> {
+        let b = &self.broker;
+        loop {
+            let end = b.store.commit_log_max_offset();
+            let Some(entry) = pending.first_entry() else {
+                return Some(end);
+            };
+            let offset = *entry.key();
+            let len = entry.get().len() as u64;
+            if offset > end {
+                // A gap: the chunk before it has not been handled yet.
+                return Some(end);
+            }
+            if offset.saturating_add(len) <= end {
+                // Already here (sent again after a reconnect).
+                entry.remove();
+                continue;
+            }
+            let body = entry.remove();
+            let store = Arc::clone(&b.store);
+            let appended =
+                tokio::task::spawn_blocking(move || store.append_replicated(offset, &body)).await;
+            match appended {
+                Ok(Ok(_)) => {}
+                Ok(Err(StoreError::ReplicaMismatch { detail })) => {
+                    b.replication.diverge(detail);
+                    return None;
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot append what the master sent; reconnecting");
+                    return None;
+                }
+                Err(e) => {
+                    warn!(error = %e, "replication task failed; reconnecting");
+                    return None;
+                }
+            }
+        }
+    }
+}
 
 impl Handler for HaSlave {
     fn handle<'a>(&'a self, conn: &'a Connection, req: Request) -> BoxFuture<'a, Reply> {
         Box::pin(async move {
-            let b = &self.0;
+            let b = &self.broker;
             if req.code != RequestCode::HaData as u16 {
                 return Reply::error(ErrorCode::RequestCodeNotSupported, "not served here");
             }
@@ -202,26 +272,27 @@ impl Handler for HaSlave {
                 conn.close();
                 return Reply::ok(&());
             }
-            let store = Arc::clone(&b.store);
-            let body = req.body.clone();
-            let appended =
-                tokio::task::spawn_blocking(move || store.append_replicated(d.offset, &body)).await;
-            let end = match appended {
-                Ok(Ok(end)) => end,
-                Ok(Err(StoreError::ReplicaMismatch { detail })) => {
-                    b.replication.diverge(detail);
+            let end = {
+                let mut pending = self.pending.lock().await;
+                pending.insert(d.offset, req.body.clone());
+                let end = self.append_in_order(&mut pending).await;
+                let held: usize = pending.values().map(Bytes::len).sum();
+                if held > MAX_PENDING {
+                    warn!(
+                        held,
+                        "too much replication data waits for a gap to fill; reconnecting"
+                    );
+                    pending.clear();
                     conn.close();
                     return Reply::ok(&());
                 }
-                Ok(Err(e)) => {
-                    warn!(error = %e, "cannot append what the master sent; reconnecting");
-                    conn.close();
-                    return Reply::ok(&());
-                }
-                Err(e) => {
-                    warn!(error = %e, "replication task failed; reconnecting");
-                    conn.close();
-                    return Reply::ok(&());
+                match end {
+                    Some(end) => end,
+                    None => {
+                        pending.clear();
+                        conn.close();
+                        return Reply::ok(&());
+                    }
                 }
             };
             if let Err(e) = b.store.durable(end).await {

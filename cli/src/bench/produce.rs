@@ -110,6 +110,17 @@ struct ProduceTaskStats {
     latency: Histogram,
     requests: u64,
     flush_timeouts: u64,
+    /// Sync master: stored, but no slave confirmed in time (or none was connected).
+    slave_unconfirmed: u64,
+}
+
+/// (flush timeouts, not confirmed by a slave) among `statuses`.
+pub(super) fn unconfirmed(statuses: impl Iterator<Item = SendStatus>) -> (u64, u64) {
+    statuses.fold((0, 0), |(f, s), st| match st {
+        SendStatus::FlushDiskTimeout => (f + 1, s),
+        SendStatus::FlushSlaveTimeout | SendStatus::SlaveNotAvailable => (f, s + 1),
+        SendStatus::Ok => (f, s),
+    })
 }
 
 /// Makes sure every topic exists and routes, creating the missing ones (a few at a time);
@@ -171,6 +182,7 @@ async fn produce_task(
         latency: Histogram::new(),
         requests: 0,
         flush_timeouts: 0,
+        slave_unconfirmed: 0,
     };
     let batch = per_topic.first().map_or(1, |m| m.len() as u64);
     loop {
@@ -184,18 +196,19 @@ async fn produce_task(
         let sent = if batch == 1 {
             producer.send_one(&msgs[0]).await
         } else {
-            producer.plain().send_batch(&msgs[..n]).await.map(|rs| {
-                rs.iter()
-                    .filter(|r| r.status == SendStatus::FlushDiskTimeout)
-                    .count() as u64
-            })
+            producer
+                .plain()
+                .send_batch(&msgs[..n])
+                .await
+                .map(|rs| unconfirmed(rs.iter().map(|r| r.status)))
         };
         let took = began.elapsed();
         match sent {
-            Ok(timeouts) => {
+            Ok((timeouts, slave)) => {
                 stats.latency.record(took);
                 stats.requests += 1;
                 stats.flush_timeouts += timeouts;
+                stats.slave_unconfirmed += slave;
                 shared.acked.fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(e) => {
@@ -279,7 +292,7 @@ pub(super) async fn produce(args: ProduceArgs, client: ClientInstance) -> anyhow
     }
 
     let mut latency = Histogram::new();
-    let (mut requests, mut flush_timeouts) = (0u64, 0u64);
+    let (mut requests, mut flush_timeouts, mut slave_unconfirmed) = (0u64, 0u64, 0u64);
     let mut failure: Option<anyhow::Error> = None;
     let mut interrupted = false;
     let mut rate = Rate::new();
@@ -294,6 +307,7 @@ pub(super) async fn produce(args: ProduceArgs, client: ClientInstance) -> anyhow
                     latency.merge(&s.latency);
                     requests += s.requests;
                     flush_timeouts += s.flush_timeouts;
+                    slave_unconfirmed += s.slave_unconfirmed;
                 }
                 Some(Ok(Err(e))) => {
                     failure.get_or_insert(e);
@@ -347,6 +361,7 @@ pub(super) async fn produce(args: ProduceArgs, client: ClientInstance) -> anyhow
             "requests": requests,
             "bytes": bytes,
             "flush_timeouts": flush_timeouts,
+            "slave_unconfirmed": slave_unconfirmed,
             "elapsed_secs": (elapsed * 1000.0).round() / 1000.0,
             "msgs_per_sec": round2(msgs_per_sec),
             "mb_per_sec": round2(mb_per_sec),
@@ -380,6 +395,12 @@ pub(super) async fn produce(args: ProduceArgs, client: ClientInstance) -> anyhow
             println!(
                 "flush timeouts: {} (stored, not yet on disk in time)",
                 grouped(flush_timeouts)
+            );
+        }
+        if slave_unconfirmed > 0 {
+            println!(
+                "not confirmed by a slave: {} (stored on the master only)",
+                grouped(slave_unconfirmed)
             );
         }
         if let Some(c) = &checks {

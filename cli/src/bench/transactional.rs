@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
+
+use super::produce::unconfirmed;
 use weir_client::{
-    ClientInstance, LocalTransactionState, Message, MessageExt, Producer, Result, SendStatus,
+    ClientInstance, LocalTransactionState, Message, MessageExt, Producer, Result,
     TransactionListener, TransactionProducer, TransactionProducerConfig,
 };
 
@@ -153,19 +155,18 @@ impl Sender {
     }
 
     /// Sends one message; the number of flush timeouts (0 or 1).
-    pub async fn send_one(&self, msg: &Message) -> Result<u64> {
+    /// Sends one message: (flush timeouts, sends not confirmed by a slave) among it.
+    pub async fn send_one(&self, msg: &Message) -> Result<(u64, u64)> {
         match self {
             Sender::Plain(p) => p
                 .send(msg)
                 .await
-                .map(|r| u64::from(r.status == SendStatus::FlushDiskTimeout)),
+                .map(|r| unconfirmed(std::iter::once(r.status))),
             Sender::Tx { producer, .. } => {
                 let r = producer.send_message_in_transaction(msg, &()).await?;
                 match r.end_error {
                     Some(e) => Err(e),
-                    None => Ok(u64::from(
-                        r.send_result.status == SendStatus::FlushDiskTimeout,
-                    )),
+                    None => Ok(unconfirmed(std::iter::once(r.send_result.status))),
                 }
             }
         }

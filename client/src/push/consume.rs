@@ -109,7 +109,7 @@ impl Core {
         m: &MessageExt,
         delay_level: i32,
     ) -> Result<SentBack> {
-        let addr = self.puller.addr(mq).await?;
+        let addr = self.puller.master_addr(mq).await?;
         let req = ConsumerSendMsgBack {
             group: self.config.group.clone(),
             commit_log_offset: m.commit_log_offset,

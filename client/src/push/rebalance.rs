@@ -91,16 +91,21 @@ impl Core {
         if all.is_empty() || self.config.model == MessageModel::Broadcasting {
             return Ok(all);
         }
-        let addr = route
+        // Any master knows the group's members: one that can be reached.
+        let masters: Vec<&str> = route
             .brokers
             .iter()
             .filter_map(|b| b.master_addr())
-            .next()
+            .collect();
+        let addr = masters
+            .iter()
+            .find(|a| self.client.available(a))
+            .or(masters.first())
+            .map(|a| (*a).to_owned())
             .ok_or_else(|| ClientError::NoRoute {
                 topic: topic.to_owned(),
                 detail: "no master broker".into(),
-            })?
-            .to_owned();
+            })?;
         let req = GetConsumerList {
             group: self.config.group.clone(),
         };
@@ -176,8 +181,16 @@ impl Core {
                 client_id: self.client.client_id().to_owned(),
                 queues: group.iter().map(queue_ref).collect(),
             };
-            let got = self.client.call(&addr, &req, Bytes::new()).await?.0.queues;
-            held.extend(group.into_iter().filter(|mq| got.contains(&queue_ref(mq))));
+            // Leases live on masters only: a queue whose master is down is not held, and
+            // (orderly) pauses until its master returns.
+            match self.client.call(&addr, &req, Bytes::new()).await {
+                Ok((got, _)) => held.extend(
+                    group
+                        .into_iter()
+                        .filter(|mq| got.queues.contains(&queue_ref(mq))),
+                ),
+                Err(e) => warn!(broker = %addr, error = %e, "cannot lease queues of this master"),
+            }
         }
         Ok(held)
     }
@@ -202,16 +215,19 @@ impl Core {
         }
     }
 
-    /// Queues by the address of their broker's master.
+    /// Queues by the address of their broker's master; queues whose broker has no master
+    /// now are left out.
     pub(super) async fn by_broker(
         &self,
         queues: &[MessageQueue],
     ) -> Result<BTreeMap<String, Vec<MessageQueue>>> {
         let mut out: BTreeMap<String, Vec<MessageQueue>> = BTreeMap::new();
         for mq in queues {
-            out.entry(self.puller.addr(mq).await?)
-                .or_default()
-                .push(mq.clone());
+            match self.puller.master_addr(mq).await {
+                Ok(addr) => out.entry(addr).or_default().push(mq.clone()),
+                Err(ClientError::NoRoute { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
     }
