@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Mutex;
 use tracing::debug;
+use weir_protocol::auth::Credentials;
 use weir_protocol::broker::{ConsumerData, Heartbeat, MessageModel};
 use weir_protocol::route::{BrokerData, GetClusterInfo, GetRoute, TopicRoute};
 use weir_protocol::{CallError, ConnConfig, Connection, ErrorCode, Rpc};
@@ -23,6 +24,9 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Routes older than this are fetched again (default 30 s).
     pub route_refresh: Duration,
+    /// Signs every request with this access key and secret (brokers with access control
+    /// on take only signed requests); default none.
+    pub credentials: Option<Arc<Credentials>>,
 }
 
 impl ClientConfig {
@@ -31,7 +35,16 @@ impl ClientConfig {
             namesrv: namesrv.into(),
             request_timeout: Duration::from_secs(3),
             route_refresh: Duration::from_secs(30),
+            credentials: None,
         }
+    }
+
+    /// Signs every request with `access_key` and `secret`.
+    pub fn with_credentials(mut self, access_key: &str, secret: &str) -> Result<Self> {
+        let creds = Credentials::new(access_key, secret)
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        self.credentials = Some(Arc::new(creds));
+        Ok(self)
     }
 }
 
@@ -302,6 +315,9 @@ impl ClientInstance {
             self.inner.config.request_timeout,
         )
         .await?;
+        if let Some(creds) = &self.inner.config.credentials {
+            c.sign_with(Arc::clone(creds));
+        }
         self.inner
             .conns
             .write()

@@ -39,6 +39,7 @@ pub use weir_protocol::filter::{
     FilterInfo, FilterList, FilterRemoved, FilterStats, FilterUploaded,
 };
 pub use weir_protocol::route::{ClusterInfo, TopicRoute};
+pub use weir_protocol::auth::Credentials;
 pub use weir_protocol::{CallError, ErrorCode};
 
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,8 @@ pub mod names;
 pub mod record;
 
 #[cfg(feature = "net")]
+pub mod auth;
+#[cfg(feature = "net")]
 pub mod broker;
 #[cfg(feature = "net")]
 pub mod codes;
