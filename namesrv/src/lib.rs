@@ -348,6 +348,7 @@ impl Handler for NameServer {
 pub struct RunningNameServer {
     server: Server,
     stop: watch::Sender<bool>,
+    ns: Arc<NameServer>,
 }
 
 impl RunningNameServer {
@@ -358,6 +359,11 @@ impl RunningNameServer {
     /// What its connections hold and what happened to them.
     pub fn net_stats(&self) -> ServerStats {
         self.server.stats()
+    }
+
+    /// Registrations and unregistrations refused for lacking the cluster secret, ever.
+    pub fn refused_registrations(&self) -> u64 {
+        self.ns.refused_registrations.total()
     }
 
     pub async fn shutdown(&self) {
@@ -421,6 +427,7 @@ pub async fn start(config: NamesrvConfig) -> Result<RunningNameServer, NamesrvEr
         })?;
     let (stop, mut stop_rx) = watch::channel(false);
     let expiry = Duration::from_millis(config.broker_expiry_ms);
+    let kept = Arc::clone(&ns);
     let scan = Duration::from_millis(config.scan_interval_ms);
     tokio::spawn(async move {
         loop {
@@ -430,5 +437,9 @@ pub async fn start(config: NamesrvConfig) -> Result<RunningNameServer, NamesrvEr
             }
         }
     });
-    Ok(RunningNameServer { server, stop })
+    Ok(RunningNameServer {
+        server,
+        stop,
+        ns: kept,
+    })
 }

@@ -12,6 +12,7 @@ pub mod needs;
 pub mod rules;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -50,7 +51,10 @@ impl Default for AclConfig {
 /// 10 s (clients can cause them).
 #[derive(Default)]
 pub struct AclStats {
-    pub allowed: std::sync::atomic::AtomicU64,
+    pub allowed: AtomicU64,
+    /// ACL file reloads put in force, and reloads refused (the file did not parse).
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
     pub unsigned: Cause,
     pub unknown_key: Cause,
     pub bad_signature: Cause,
@@ -70,6 +74,8 @@ pub struct AclStats {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AclCounts {
     pub allowed: u64,
+    pub reloads: u64,
+    pub reload_failures: u64,
     pub unsigned: u64,
     pub unknown_key: u64,
     pub bad_signature: u64,
@@ -99,7 +105,9 @@ impl AclStats {
             self.denied_cluster.total(),
         ];
         AclCounts {
-            allowed: self.allowed.load(std::sync::atomic::Ordering::Relaxed),
+            allowed: self.allowed.load(Ordering::Relaxed),
+            reloads: self.reloads.load(Ordering::Relaxed),
+            reload_failures: self.reload_failures.load(Ordering::Relaxed),
             unsigned: self.unsigned.total(),
             unknown_key: self.unknown_key.total(),
             bad_signature: self.bad_signature.total(),
@@ -237,9 +245,7 @@ impl Acl {
                 return Err(ProcessError::AccessDenied(message));
             }
         }
-        self.stats
-            .allowed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats.allowed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -41,11 +42,16 @@ pub async fn run(broker: Arc<Broker>, path: PathBuf, mut stop: watch::Receiver<b
             Ok(Ok(rules)) => {
                 info!(file = %path.display(), principals = rules.len(), "ACL file reloaded");
                 broker.acl.replace(rules);
+                broker.acl.stats.reloads.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Err(e)) => {
+                broker.acl.stats.reload_failures.fetch_add(1, Ordering::Relaxed);
                 error!(error = %e, "ACL file not reloaded: the rules in force stay as they were")
             }
-            Err(e) => error!(error = %e, "ACL reload task failed"),
+            Err(e) => {
+                broker.acl.stats.reload_failures.fetch_add(1, Ordering::Relaxed);
+                error!(error = %e, "ACL reload task failed")
+            }
         }
     }
 }
