@@ -36,9 +36,15 @@ async fn the_cli_signs_with_its_access_key() {
     wait_route(ns, "AclT").await;
 
     // From the environment.
-    let app = [("WEIR_ACCESS_KEY", "app"), ("WEIR_SECRET_KEY", "app-secret")];
+    let app = [
+        ("WEIR_ACCESS_KEY", "app"),
+        ("WEIR_SECRET_KEY", "app-secret"),
+    ];
     let sent = ok(&weir_env(ns, &["send", "AclT", "--body", "hello"], None, &app).await);
-    assert!(sent.contains("SEND_OK") || sent.contains("msg_id"), "{sent}");
+    assert!(
+        sent.contains("SEND_OK") || sent.contains("msg_id"),
+        "{sent}"
+    );
     let err = failed(&weir_env(ns, &["topic", "create", "Other"], None, &app).await);
     assert!(err.contains("lacks admin on topic \"Other\""), "{err}");
     let wrong = [("WEIR_ACCESS_KEY", "app"), ("WEIR_SECRET_KEY", "guess")];
@@ -49,8 +55,16 @@ async fn the_cli_signs_with_its_access_key() {
     let bench = ok(&weir_env(
         ns,
         &[
-            "bench", "produce", "AclBench", "--count", "300", "--size", "32", "--concurrency",
-            "8", "--json",
+            "bench",
+            "produce",
+            "AclBench",
+            "--count",
+            "300",
+            "--size",
+            "32",
+            "--concurrency",
+            "8",
+            "--json",
         ],
         None,
         &app,

@@ -31,6 +31,7 @@ pub use transaction::{
     CheckStats, LocalTransactionState, TransactionListener, TransactionProducer,
     TransactionProducerConfig, TransactionSendResult,
 };
+pub use weir_protocol::auth::Credentials;
 pub use weir_protocol::broker::{
     ConsumerMember, PullStatus, QueueOffsets, QueueProgress, SendStatus, SentBack,
     TransactionDecision, TransactionInfo, TransactionList, TransactionResolved, TransactionState,
@@ -39,7 +40,6 @@ pub use weir_protocol::filter::{
     FilterInfo, FilterList, FilterRemoved, FilterStats, FilterUploaded,
 };
 pub use weir_protocol::route::{ClusterInfo, TopicRoute};
-pub use weir_protocol::auth::Credentials;
 pub use weir_protocol::{CallError, ErrorCode};
 
 #[derive(Debug, thiserror::Error)]

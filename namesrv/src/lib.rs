@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
-use weir_protocol::ha::HaStatus;
 use weir_protocol::auth::{SharedSecret, Signed};
+use weir_protocol::ha::HaStatus;
 use weir_protocol::net::{BoxFuture, Cause};
 use weir_protocol::route::{
     BrokerData, ClusterInfo, GetAllTopics, GetClusterInfo, GetRoute, MASTER_ID, QueueData,
@@ -408,11 +408,7 @@ pub async fn start(config: NamesrvConfig) -> Result<RunningNameServer, NamesrvEr
         secret,
         refused_registrations: Cause::new(),
     });
-    if ns.secret.is_none()
-        && listener
-            .local_addr()
-            .is_ok_and(|a| !a.ip().is_loopback())
-    {
+    if ns.secret.is_none() && listener.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
         warn!(
             listen = %config.listen,
             "NO CLUSTER SECRET on a name server reachable beyond this machine: anyone who can reach it can register a broker under any name and take its routes. Set cluster_secret here and in every broker"

@@ -328,13 +328,18 @@ mod tests {
         f.encode(&mut out, DEFAULT_MAX_FRAME).unwrap();
         assert_eq!(out.len(), f.wire_len());
         assert_eq!(out[5], Kind::Request as u8 | SIGNED);
-        let got = parse_frame(&mut out.clone(), DEFAULT_MAX_FRAME).unwrap().unwrap();
+        let got = parse_frame(&mut out.clone(), DEFAULT_MAX_FRAME)
+            .unwrap()
+            .unwrap();
         assert_eq!(got, f);
         // An auth length past the frame, or zero, is refused.
         for bad_len in [0u16, 999] {
             let mut bad = out.clone();
             bad[16..18].copy_from_slice(&bad_len.to_be_bytes());
-            assert!(parse_frame(&mut bad, DEFAULT_MAX_FRAME).is_err(), "{bad_len}");
+            assert!(
+                parse_frame(&mut bad, DEFAULT_MAX_FRAME).is_err(),
+                "{bad_len}"
+            );
         }
         f.auth = Bytes::from(vec![0u8; MAX_AUTH + 1]);
         assert!(f.encode(&mut BytesMut::new(), DEFAULT_MAX_FRAME).is_err());

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use weir_broker::{BrokerConfig, RunningBroker};
+use weir_protocol::auth::Credentials;
 use weir_protocol::broker::{
     BatchEntry, CreateTopic, GetQueueOffsets, PullMessage, PullStatus, QueryConsumerOffset,
     QueueOffsets, SendBatch, SendResult, UpdateConsumerOffset, split_records,
@@ -23,7 +24,6 @@ use weir_protocol::filter::{
     FilterInfo, FilterList, FilterRemoved, FilterUploaded, ListFilters, RemoveFilter, UploadFilter,
 };
 use weir_protocol::route::{TopicConfig, perm};
-use weir_protocol::auth::Credentials;
 use weir_protocol::{CallError, ConnConfig, Connection, ErrorCode, NoHandler, RecordView};
 use weir_store::StoreConfig;
 

@@ -150,11 +150,23 @@ async fn each_permission_allowed_and_denied() {
     );
 
     // Topic sub and group sub: pulls, offsets.
-    let got = consumer.pull("billing", "orders", 0, 0, 0).await.expect("pull");
+    let got = consumer
+        .pull("billing", "orders", 0, 0, 0)
+        .await
+        .expect("pull");
     assert_eq!(got.msgs.len(), 1);
-    denied(producer.pull("billing", "orders", 0, 0, 0).await, "sub on group \"billing\"");
-    denied(consumer.pull("other", "orders", 0, 0, 0).await, "sub on group \"other\"");
-    denied(filterer.pull_raw(&pull("billing", "orders.x")).await, "sub on topic \"orders.x\"");
+    denied(
+        producer.pull("billing", "orders", 0, 0, 0).await,
+        "sub on group \"billing\"",
+    );
+    denied(
+        consumer.pull("other", "orders", 0, 0, 0).await,
+        "sub on group \"other\"",
+    );
+    denied(
+        filterer.pull_raw(&pull("billing", "orders.x")).await,
+        "sub on topic \"orders.x\"",
+    );
     let update = UpdateConsumerOffset {
         group: "billing".into(),
         topic: "orders".into(),
@@ -168,7 +180,10 @@ async fn each_permission_allowed_and_denied() {
         topic: "orders".into(),
         queue_id: 0,
     };
-    assert_eq!(call(&consumer, &query).await.expect("query").offset, Some(1));
+    assert_eq!(
+        call(&consumer, &query).await.expect("query").offset,
+        Some(1)
+    );
     let offsets = GetQueueOffsets {
         topic: "orders".into(),
         queue_id: 0,
@@ -178,7 +193,10 @@ async fn each_permission_allowed_and_denied() {
 
     // A group's retry topic belongs to the group.
     let retry = weir_protocol::names::retry_topic("billing");
-    denied(producer.pull_raw(&pull("billing", &retry)).await, "sub on group \"billing\"");
+    denied(
+        producer.pull_raw(&pull("billing", &retry)).await,
+        "sub on group \"billing\"",
+    );
     if let Err(weir_protocol::CallError::Remote { code, message }) =
         consumer.pull_raw(&pull("billing", &retry)).await
     {
@@ -195,8 +213,13 @@ async fn each_permission_allowed_and_denied() {
             subscriptions: vec![(topic.into(), "*".into())],
         }],
     };
-    call(&consumer, &hb(&[], "billing", "orders")).await.expect("heartbeat");
-    denied(call(&consumer, &hb(&[], "billing", "audit")).await, "sub on topic \"audit\"");
+    call(&consumer, &hb(&[], "billing", "orders"))
+        .await
+        .expect("heartbeat");
+    denied(
+        call(&consumer, &hb(&[], "billing", "audit")).await,
+        "sub on topic \"audit\"",
+    );
     denied(
         call(&consumer, &hb(&["order-producers"], "billing", "orders")).await,
         "pub on group \"order-producers\"",
@@ -206,19 +229,24 @@ async fn each_permission_allowed_and_denied() {
         producer_groups: vec!["order-producers".into()],
         consumers: Vec::new(),
     };
-    call(&producer, &producer_hb).await.expect("producer heartbeat");
+    call(&producer, &producer_hb)
+        .await
+        .expect("producer heartbeat");
 
     // Wildcards with a deny: the longest matching pattern wins.
     mixed.send("orders", 0, &[Msg::new("b")]).await;
     denied(
-        mixed.conn.call(
-            &weir_protocol::broker::SendBatch {
-                topic: "orders.secret".into(),
-                ..send.clone()
-            },
-            Bytes::from_static(b"x"),
-            T,
-        ).await,
+        mixed
+            .conn
+            .call(
+                &weir_protocol::broker::SendBatch {
+                    topic: "orders.secret".into(),
+                    ..send.clone()
+                },
+                Bytes::from_static(b"x"),
+                T,
+            )
+            .await,
         "pub on topic \"orders.secret\"; it has deny",
     );
 
@@ -241,7 +269,10 @@ async fn each_permission_allowed_and_denied() {
         .upload("billing", "orders", &keep_all, &[])
         .await
         .expect("the group's admin uploads its filter");
-    denied(consumer.remove("billing", "orders").await, "admin on group \"billing\"");
+    denied(
+        consumer.remove("billing", "orders").await,
+        "admin on group \"billing\"",
+    );
     filterer
         .remove("billing", "orders")
         .await
@@ -323,7 +354,15 @@ async fn forged_replayed_stale_and_unsigned_requests_are_refused() {
     assert_eq!(status, code(ErrorCode::RequestReplayed), "{message}");
     assert!(message.contains("replayed"), "{message}");
     // The next number of the session is new.
-    assert_eq!(raw_call(&addr, &signed_frame(&GetAllTopics, &root, stamp(now_ms(), 2))).await.0, 0);
+    assert_eq!(
+        raw_call(
+            &addr,
+            &signed_frame(&GetAllTopics, &root, stamp(now_ms(), 2))
+        )
+        .await
+        .0,
+        0
+    );
 
     // A request changed on the way no longer verifies.
     let offsets = |topic: &str| GetQueueOffsets {
@@ -349,14 +388,23 @@ async fn forged_replayed_stale_and_unsigned_requests_are_refused() {
     assert!(message.contains("wrong signature"), "{message}");
     let stranger = env.client_as("stranger", "x").await;
     let message = remote_error(call(&stranger, &GetAllTopics).await, ErrorCode::AuthFailed);
-    assert!(message.contains("unknown access key \"stranger\""), "{message}");
+    assert!(
+        message.contains("unknown access key \"stranger\""),
+        "{message}"
+    );
     let anonymous = env.client().await;
     let message = remote_error(call(&anonymous, &GetAllTopics).await, ErrorCode::AuthFailed);
     assert!(message.contains("not signed"), "{message}");
 
     let c = counts(&env);
     assert_eq!(
-        (c.replayed, c.bad_signature, c.expired, c.unknown_key, c.unsigned),
+        (
+            c.replayed,
+            c.bad_signature,
+            c.expired,
+            c.unknown_key,
+            c.unsigned
+        ),
         (1, 2, 2, 1, 1),
         "{c:?}"
     );
@@ -382,18 +430,30 @@ async fn the_acl_file_reloads_without_restart_and_a_bad_file_keeps_the_rules() {
         call(&late, &GetAllTopics).await.is_ok()
     })
     .await;
-    denied(consumer.pull("billing", "orders", 0, 0, 0).await, "sub on group \"billing\"; it has deny");
+    denied(
+        consumer.pull("billing", "orders", 0, 0, 0).await,
+        "sub on group \"billing\"; it has deny",
+    );
     assert_eq!(counts(&env).reloads, 1);
 
     // A file that does not parse leaves the rules in force.
     write_acl(&file, &format!("{changed}\nunknown_setting = 1\n"));
-    eventually("the bad file is seen", async || counts(&env).reload_failures == 1).await;
-    call(&late, &GetAllTopics).await.expect("the rules in force stay");
+    eventually("the bad file is seen", async || {
+        counts(&env).reload_failures == 1
+    })
+    .await;
+    call(&late, &GetAllTopics)
+        .await
+        .expect("the rules in force stay");
     assert_eq!(counts(&env).reloads, 1);
 }
 
 /// Registers `name` with the name server at `ns` over a connection signed by `creds`.
-async fn register(ns: &str, name: &str, creds: Option<Credentials>) -> Result<(), weir_protocol::CallError> {
+async fn register(
+    ns: &str,
+    name: &str,
+    creds: Option<Credentials>,
+) -> Result<(), weir_protocol::CallError> {
     let conn = Connection::connect(ns, Arc::new(NoHandler), ConnConfig::default(), T).await?;
     if let Some(c) = creds {
         conn.sign_with(Arc::new(c));
@@ -432,11 +492,19 @@ async fn a_rogue_broker_is_refused_by_the_name_server() {
     config.broker_name = "broker-a".into();
     config.broker_id = 0;
     config.cluster_secret = Some("guessed".into());
-    let rogue = weir_broker::start(config).await.expect("rogue broker starts");
-    let message = remote_error(register(&addr, "broker-b", None).await, ErrorCode::AuthFailed);
+    let rogue = weir_broker::start(config)
+        .await
+        .expect("rogue broker starts");
+    let message = remote_error(
+        register(&addr, "broker-b", None).await,
+        ErrorCode::AuthFailed,
+    );
     assert!(message.contains("not signed"), "{message}");
     let wrong = Credentials::new("broker:broker-b", "guessed").expect("creds");
-    let message = remote_error(register(&addr, "broker-b", Some(wrong)).await, ErrorCode::AuthFailed);
+    let message = remote_error(
+        register(&addr, "broker-b", Some(wrong)).await,
+        ErrorCode::AuthFailed,
+    );
     assert!(message.contains("cluster_secret"), "{message}");
     assert!(ns.refused_registrations() >= 3);
 

@@ -71,11 +71,15 @@ impl Perm {
 
 impl fmt::Display for Perm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = [(Perm::PUB, "pub"), (Perm::SUB, "sub"), (Perm::ADMIN, "admin")]
-            .into_iter()
-            .filter(|(p, _)| self.contains(*p))
-            .map(|(_, n)| n)
-            .collect();
+        let names: Vec<&str> = [
+            (Perm::PUB, "pub"),
+            (Perm::SUB, "sub"),
+            (Perm::ADMIN, "admin"),
+        ]
+        .into_iter()
+        .filter(|(p, _)| self.contains(*p))
+        .map(|(_, n)| n)
+        .collect();
         if names.is_empty() {
             f.write_str("deny")
         } else {
@@ -146,8 +150,9 @@ impl PermMap {
             }
         }
         // Most literal characters first; a stable sort keeps the file's (sorted) order.
-        m.wildcards
-            .sort_by_key(|(parts, _)| std::cmp::Reverse(parts.iter().map(String::len).sum::<usize>()));
+        m.wildcards.sort_by_key(|(parts, _)| {
+            std::cmp::Reverse(parts.iter().map(String::len).sum::<usize>())
+        });
         Ok(m)
     }
 
@@ -238,7 +243,10 @@ impl Rules {
                 groups: PermMap::new(&p.groups, p.default_group.as_deref())
                     .map_err(|e| at(format!("groups: {e}")))?,
             };
-            if principals.insert(key.clone(), Arc::new(principal)).is_some() {
+            if principals
+                .insert(key.clone(), Arc::new(principal))
+                .is_some()
+            {
                 return Err(at("listed twice".into()));
             }
         }

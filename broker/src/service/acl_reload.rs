@@ -45,11 +45,19 @@ pub async fn run(broker: Arc<Broker>, path: PathBuf, mut stop: watch::Receiver<b
                 broker.acl.stats.reloads.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Err(e)) => {
-                broker.acl.stats.reload_failures.fetch_add(1, Ordering::Relaxed);
+                broker
+                    .acl
+                    .stats
+                    .reload_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 error!(error = %e, "ACL file not reloaded: the rules in force stay as they were")
             }
             Err(e) => {
-                broker.acl.stats.reload_failures.fetch_add(1, Ordering::Relaxed);
+                broker
+                    .acl
+                    .stats
+                    .reload_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 error!(error = %e, "ACL reload task failed")
             }
         }

@@ -48,7 +48,9 @@ pub enum AuthError {
     Malformed(&'static str),
     #[error("unknown access key {0:?}")]
     UnknownKey(String),
-    #[error("wrong signature for access key {0:?} (a wrong secret, or a request changed on the way)")]
+    #[error(
+        "wrong signature for access key {0:?} (a wrong secret, or a request changed on the way)"
+    )]
     BadSignature(String),
     #[error(
         "request of access key {key:?} signed {skew_ms} ms away from this server's clock, outside the window of ±{window_ms} ms (a replayed request, or clocks apart)"
@@ -126,7 +128,10 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    pub fn new(access_key: impl Into<String>, secret: impl Into<Vec<u8>>) -> Result<Self, AuthError> {
+    pub fn new(
+        access_key: impl Into<String>,
+        secret: impl Into<Vec<u8>>,
+    ) -> Result<Self, AuthError> {
         let (access_key, secret) = (access_key.into(), secret.into());
         if access_key.is_empty() || access_key.len() > MAX_KEY_LEN {
             return Err(AuthError::InvalidCredentials(

@@ -137,7 +137,8 @@ impl ReplayGuard {
     /// Records a verified request, refusing one seen before. Call after the MAC verified.
     pub fn admit(&self, sig: &Signature<'_>, now_ms: u64) -> Result<(), AuthError> {
         self.check_time(sig, now_ms)?;
-        let (window_ms, max_sessions) = (self.window_ms(), self.max_sessions.load(Ordering::Relaxed));
+        let (window_ms, max_sessions) =
+            (self.window_ms(), self.max_sessions.load(Ordering::Relaxed));
         let key = sig.access_key;
         let (ts, session, seq) = (sig.stamp.timestamp_ms, sig.stamp.session, sig.stamp.seq);
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
@@ -162,9 +163,7 @@ impl ReplayGuard {
                 }
             });
         }
-        if k.sessions.len() >= max_sessions
-            || now_ms.saturating_sub(k.last_sweep_ms) > window_ms
-        {
+        if k.sessions.len() >= max_sessions || now_ms.saturating_sub(k.last_sweep_ms) > window_ms {
             k.sweep(now_ms, window_ms);
         }
         if k.sessions.len() >= max_sessions {
@@ -229,7 +228,10 @@ mod tests {
         // Outside the time window either way.
         assert!(matches!(
             admit(3, 1, now - 120_001),
-            Err(AuthError::Expired { skew_ms: -120_001, .. })
+            Err(AuthError::Expired {
+                skew_ms: -120_001,
+                ..
+            })
         ));
         assert!(matches!(
             admit(3, 1, now + 120_001),

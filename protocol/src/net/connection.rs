@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,9 +18,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::{ConnConfig, Handler, driver};
+use crate::auth::{Credentials, Signed, Signer};
 use crate::codes::{ErrorCode, SUCCESS};
 use crate::error::{CallError, ProtocolError};
-use crate::auth::{Credentials, Signed, Signer};
 use crate::frame::{Frame, Kind, auth_section_len};
 use crate::rpc::{ErrorHeader, Rpc, decode_header, encode_header};
 
