@@ -529,3 +529,24 @@ async fn a_rogue_broker_is_refused_by_the_name_server() {
     good.shutdown().await.expect("broker stops");
     ns.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_with_a_bad_acl_file_does_not_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("acl.toml");
+    write_acl(
+        &file,
+        "[[principal]]\naccess_key = \"a\"\nsecret_key = \"s\"\ntopics = { t = \"write\" }\n",
+    );
+    let mut config = weir_tests::broker_config(dir.path(), "");
+    config.acl.file = Some(file.clone());
+    let e = weir_broker::start(config.clone())
+        .await
+        .err()
+        .expect("refused");
+    let e = e.to_string();
+    assert!(e.contains("acl.toml") && e.contains("\"write\""), "{e}");
+    config.acl.file = Some(dir.path().join("missing.toml"));
+    let e = weir_broker::start(config).await.err().expect("refused");
+    assert!(e.to_string().contains("missing.toml"), "{e}");
+}
