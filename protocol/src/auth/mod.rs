@@ -21,8 +21,8 @@
 mod replay;
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hmac::{Hmac, Mac};
@@ -274,7 +274,10 @@ pub fn now_ms() -> u64 {
 pub struct Signer {
     creds: Arc<Credentials>,
     session: u64,
-    seq: AtomicU64,
+    /// The last sequence number given; held while a signed request is queued, so requests
+    /// are queued in the order of their numbers (a thread descheduled between the two
+    /// would let thousands overtake it, past the receiver's replay window).
+    seq: Mutex<u64>,
 }
 
 impl Signer {
@@ -282,7 +285,7 @@ impl Signer {
         Self {
             creds,
             session: random_u64(),
-            seq: AtomicU64::new(0),
+            seq: Mutex::new(0),
         }
     }
 
@@ -290,14 +293,17 @@ impl Signer {
         self.creds.auth_len()
     }
 
-    /// The auth section of the next request.
-    pub fn sign(&self, req: &Signed<'_>) -> Bytes {
+    /// Signs the next request and hands its auth section to `queue`, which queues the
+    /// request: no other request of this signer is numbered until `queue` returns.
+    pub fn sign_and<T>(&self, req: &Signed<'_>, queue: impl FnOnce(Bytes) -> T) -> T {
+        let mut seq = self.seq.lock().unwrap_or_else(|e| e.into_inner());
+        *seq = seq.wrapping_add(1);
         let stamp = Stamp {
             timestamp_ms: now_ms(),
             session: self.session,
-            seq: self.seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1),
+            seq: *seq,
         };
-        self.creds.sign(stamp, req)
+        queue(self.creds.sign(stamp, req))
     }
 }
 

@@ -2,7 +2,7 @@
 //! the sequence numbers seen (a sliding window of [`SEQ_WINDOW`] numbers, as IPsec's
 //! anti-replay window).
 //!
-//! Memory: at most `max_sessions` sessions per access key, each a fixed 150 bytes or so;
+//! Memory: at most `max_sessions` sessions per access key, each a fixed 600 bytes or so;
 //! a session is forgotten once its newest timestamp has left the time window (a request of
 //! it would then be refused by its timestamp). Only requests whose MAC verified reach
 //! [`ReplayGuard::admit`], so only known access keys hold entries.
@@ -15,7 +15,7 @@ use super::{AuthError, Signature};
 
 /// How far behind its session's newest request a request may arrive (requests signed
 /// concurrently on one connection can overtake each other a little).
-pub const SEQ_WINDOW: u64 = 1024;
+pub const SEQ_WINDOW: u64 = 4096;
 const WORDS: usize = (SEQ_WINDOW / 64) as usize;
 
 struct Session {

@@ -330,15 +330,23 @@ impl Connection {
         }
         let cost = queued_cost(&frame) + auth;
         self.reserve(cost).await?;
-        if let Some(s) = signer {
-            frame.auth = s.sign(&Signed {
-                oneway: frame.kind == Kind::Oneway,
-                code: frame.code,
-                header: &frame.header,
-                body: &frame.body,
-            });
-        }
-        if self.inner.out.send(frame).is_err() {
+        let queued = match signer {
+            Some(s) => {
+                let (header, body) = (frame.header.clone(), frame.body.clone());
+                let req = Signed {
+                    oneway: frame.kind == Kind::Oneway,
+                    code: frame.code,
+                    header: &header,
+                    body: &body,
+                };
+                s.sign_and(&req, |auth| {
+                    frame.auth = auth;
+                    self.inner.out.send(frame)
+                })
+            }
+            None => self.inner.out.send(frame),
+        };
+        if queued.is_err() {
             self.inner.took(cost);
             return Err(self.closed_error());
         }
