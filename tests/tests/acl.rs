@@ -550,3 +550,30 @@ async fn a_broker_with_a_bad_acl_file_does_not_start() {
     let e = weir_broker::start(config).await.err().expect("refused");
     assert!(e.to_string().contains("missing.toml"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_signed_requests_on_one_connection_are_all_taken() {
+    let (env, _dir) = acl_env(ACL).await;
+    let root = env.client_as("root", "root-secret").await;
+    root.create_topic("orders", 1).await;
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let c = root.clone();
+            tokio::spawn(async move {
+                for _ in 0..100 {
+                    let req = GetQueueOffsets {
+                        topic: "orders".into(),
+                        queue_id: 0,
+                    };
+                    call(&c, &req).await.expect("a signed request is taken");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let c = counts(&env);
+    assert_eq!((c.allowed, c.replayed), (6401, 0), "{c:?}");
+    assert_eq!(env.broker().broker().acl.replay_sessions(), 1);
+}
