@@ -53,7 +53,7 @@ groups = { "billing" = "sub|admin" }
 access_key = "mixed"
 secret_key = "mixed-secret"
 default_topic = "pub|sub"
-topics = { "orders.secret*" = "deny" }
+topics = { "orders.secret*" = "deny", "mine*" = "admin" }
 "#;
 
 /// Replaces the ACL file at once (a new file renamed over it: never seen half written).
@@ -127,7 +127,13 @@ async fn each_permission_allowed_and_denied() {
     );
     root.create_topic("orders", 1).await;
     root.create_topic("orders.secret", 1).await;
-    assert_eq!(counts(&env).denied_topic_admin, 1);
+    // Admin on a topic, without cluster admin.
+    mixed.create_topic("mine", 1).await;
+    denied(
+        call(&mixed, &create("yours")).await,
+        "admin on topic \"yours\"; it has pub|sub",
+    );
+    assert_eq!(counts(&env).denied_topic_admin, 2);
 
     // Topic pub.
     producer.send("orders", 0, &[Msg::new("a")]).await;
@@ -280,14 +286,14 @@ async fn each_permission_allowed_and_denied() {
 
     let c = counts(&env);
     assert!(c.allowed >= 12, "{c:?}");
-    assert_eq!(c.denied_topic_admin, 1, "{c:?}");
+    assert_eq!(c.denied_topic_admin, 2, "{c:?}");
     assert_eq!(c.denied_topic_pub, 2, "{c:?}");
     assert_eq!(c.denied_topic_sub, 3, "{c:?}");
     assert_eq!(c.denied_group_sub, 4, "{c:?}");
     assert_eq!(c.denied_group_pub, 1, "{c:?}");
     assert_eq!(c.denied_group_admin, 3, "{c:?}");
     assert_eq!(c.denied_cluster, 1, "{c:?}");
-    assert_eq!(c.denied, 15, "{c:?}");
+    assert_eq!(c.denied, 16, "{c:?}");
 }
 
 /// Writes `frame` on a new connection and reads the answer's status and message.
