@@ -223,7 +223,8 @@ impl Broker {
         req: BrokerRequest,
     ) -> Processed<BrokerResponse> {
         let family = req.family();
-        self.acl.check(ctx.signed.as_ref(), &req)?;
+        self.acl
+            .check(ctx.signed.as_ref(), &req, |id| self.clients.groups_of(id))?;
         if req.writes() {
             self.check_master()?;
         } else if let Some(why) = self.replication.diverged() {

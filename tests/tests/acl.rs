@@ -12,7 +12,7 @@ use weir_protocol::ErrorCode;
 use weir_protocol::auth::{Credentials, Signed, Stamp, now_ms};
 use weir_protocol::broker::{
     ConsumerData, GetQueueOffsets, Heartbeat, MessageModel, PullMessage, QueryConsumerOffset,
-    UpdateConsumerOffset,
+    UnregisterClient, UpdateConsumerOffset,
 };
 use weir_protocol::frame::{self, Frame, Kind};
 use weir_protocol::route::{
@@ -238,6 +238,17 @@ async fn each_permission_allowed_and_denied() {
     call(&producer, &producer_hb)
         .await
         .expect("producer heartbeat");
+    // Only a principal in all of a client's groups unregisters it.
+    let unregister = UnregisterClient {
+        client_id: "p1".into(),
+    };
+    denied(
+        call(&consumer, &unregister).await,
+        "pub on group \"order-producers\"",
+    );
+    call(&producer, &unregister)
+        .await
+        .expect("unregister its own client");
 
     // Wildcards with a deny: the longest matching pattern wins.
     mixed.send("orders", 0, &[Msg::new("b")]).await;
@@ -290,10 +301,10 @@ async fn each_permission_allowed_and_denied() {
     assert_eq!(c.denied_topic_pub, 2, "{c:?}");
     assert_eq!(c.denied_topic_sub, 3, "{c:?}");
     assert_eq!(c.denied_group_sub, 4, "{c:?}");
-    assert_eq!(c.denied_group_pub, 1, "{c:?}");
+    assert_eq!(c.denied_group_pub, 2, "{c:?}");
     assert_eq!(c.denied_group_admin, 3, "{c:?}");
     assert_eq!(c.denied_cluster, 1, "{c:?}");
-    assert_eq!(c.denied, 16, "{c:?}");
+    assert_eq!(c.denied, 17, "{c:?}");
 }
 
 /// Writes `frame` on a new connection and reads the answer's status and message.

@@ -205,16 +205,19 @@ impl Acl {
         *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(rules));
     }
 
-    /// Takes or refuses `req` (a no-op while access control is off).
+    /// Takes or refuses `req`: its principal, or None while access control is off.
+    /// `client_groups` gives a known client's producer and consumer groups: only a
+    /// principal in all of them may unregister it (which releases its queue locks).
     pub fn check(
         &self,
         signed: Option<&SignedRequest>,
         req: &BrokerRequest,
-    ) -> Result<(), ProcessError> {
+        client_groups: impl FnOnce(&str) -> Option<(Vec<String>, Vec<String>)>,
+    ) -> Result<Option<Arc<Principal>>, ProcessError> {
         let Some(rules) = self.rules() else {
-            return Ok(());
+            return Ok(None);
         };
-        let key = match self.authenticate(&rules, signed) {
+        let principal = match self.authenticate(&rules, signed) {
             Ok(principal) => principal,
             Err(e) => {
                 self.stats.auth_failed(&e).record(|count| {
@@ -223,10 +226,28 @@ impl Acl {
                 return Err(ProcessError::Auth(e));
             }
         };
-        let Some(principal) = rules.principal(&key) else {
-            return Err(ProcessError::Auth(AuthError::UnknownKey(key)));
-        };
-        for need in needs::needs(req) {
+        self.require(&principal, needs::needs(req))?;
+        if let BrokerRequest::UnregisterClient(r) = req
+            && let Some((producers, consumers)) = client_groups(&r.client_id)
+        {
+            let needs = producers
+                .iter()
+                .map(|g| Need::Group(g, Perm::PUB))
+                .chain(consumers.iter().map(|g| Need::Group(g, Perm::SUB)));
+            self.require(&principal, needs)?;
+        }
+        self.stats.allowed.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(principal))
+    }
+
+    /// Refuses unless `principal` has every one of `needs`, naming the first missing.
+    pub fn require<'a>(
+        &self,
+        principal: &Principal,
+        needs: impl IntoIterator<Item = Need<'a>>,
+    ) -> Result<(), ProcessError> {
+        let key = principal.credentials.access_key();
+        for need in needs {
             let has = match need {
                 Need::Topic(t, p) => principal.topic(t).contains(p),
                 Need::Group(g, p) => principal.group(g).contains(p),
@@ -245,17 +266,16 @@ impl Acl {
                 return Err(ProcessError::AccessDenied(message));
             }
         }
-        self.stats.allowed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// The access key of a request whose signature verifies, inside the window, not seen
+    /// The principal of a request whose signature verifies, inside the window, not seen
     /// before.
     fn authenticate(
         &self,
         rules: &Rules,
         signed: Option<&SignedRequest>,
-    ) -> Result<String, AuthError> {
+    ) -> Result<Arc<Principal>, AuthError> {
         let signed = signed.ok_or(AuthError::Unsigned)?;
         let sig = Signature::parse(&signed.auth)?;
         let guard = &self.guard;
@@ -274,7 +294,7 @@ impl Acl {
             },
         )?;
         guard.admit(&sig, now)?;
-        Ok(sig.access_key.to_owned())
+        Ok(Arc::clone(principal))
     }
 
     /// Sessions the replay guard holds now (bounded; for tests).

@@ -13,7 +13,7 @@
 //! | end transaction | `pub` on the producer group |
 //! | list transactions | `admin` on the producer group; without one, cluster admin |
 //! | all topics, view by id, resolve transaction | cluster admin |
-//! | unregister client | a valid signature |
+//! | unregister client | `pub` on each producer group and `sub` on each consumer group of that client |
 //!
 //! A group's retry and dead-letter topics (`%RETRY%<group>`, `%DLQ%<group>`) belong to the
 //! group: any permission on them is asked of the group (`sub`, or `admin` for `admin`).
@@ -135,6 +135,7 @@ pub fn needs(req: &BrokerRequest) -> Vec<Need<'_>> {
             None => vec![Need::Cluster],
         },
         R::AllTopics | R::ViewById(_) | R::ResolveTransaction(_) => vec![Need::Cluster],
+        // (The client's groups are the broker's to know: see `Broker::dispatch`.)
         R::UnregisterClient(_) => Vec::new(),
     }
 }
