@@ -45,6 +45,8 @@ pub struct Broker {
     pub(crate) replication: Replication,
     /// Where this master takes slaves, once its HA port listens.
     pub(crate) ha_addr: std::sync::Mutex<Option<String>>,
+    /// Access control (off without `[acl] file`).
+    pub acl: crate::acl::Acl,
 }
 
 impl Broker {

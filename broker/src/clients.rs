@@ -218,6 +218,14 @@ impl ClientRegistry {
         }
     }
 
+    /// The producer groups and consumer groups of a known client.
+    pub fn groups_of(&self, client_id: &str) -> Option<(Vec<String>, Vec<String>)> {
+        let clients = self.lock();
+        let c = clients.get(client_id)?;
+        let consumers = c.consumers.iter().map(|d| d.group.clone()).collect();
+        Some((c.producer_groups.clone(), consumers))
+    }
+
     pub fn unregister(&self, client_id: &str) -> Gone {
         let mut clients = self.lock();
         let ids = if clients.contains_key(client_id) {

@@ -4,6 +4,7 @@ use weir_store::StoreConfig;
 
 use weir_protocol::ha::BrokerRole;
 
+use crate::acl::AclConfig;
 use crate::clients::RegistryLimits;
 use crate::error::ConfigError;
 use crate::filter::FilterConfig;
@@ -72,6 +73,12 @@ pub struct BrokerConfig {
     /// stops reading it until its client reads, `frame_read_timeout_ms` (10,000) and
     /// `idle_timeout_ms` (120,000). Each documented in `weir_protocol::NetConfig`.
     pub net: NetConfig,
+    /// Access control (`[acl]`): `file` (the ACL file, reloaded on change; none: off) and
+    /// `reload_interval_ms` (2,000).
+    pub acl: AclConfig,
+    /// The secret this broker signs its registrations with; name servers with a
+    /// `cluster_secret` take only brokers that have it (default none).
+    pub cluster_secret: Option<String>,
 }
 
 /// Bounds on what clients can make the broker hold: the `[limits]` table. Past each, the
@@ -184,6 +191,8 @@ impl Default for BrokerConfig {
             filter: FilterConfig::default(),
             limits: LimitsConfig::default(),
             net: NetConfig::default(),
+            acl: AclConfig::default(),
+            cluster_secret: None,
         }
     }
 }
@@ -255,6 +264,12 @@ impl BrokerConfig {
         }
         if self.slave_read_behind_bytes == Some(0) {
             return bad("slave_read_behind_bytes must be greater than 0");
+        }
+        if self.acl.reload_interval_ms == 0 {
+            return bad("acl.reload_interval_ms must be greater than 0");
+        }
+        if self.cluster_secret.as_deref() == Some("") {
+            return bad("cluster_secret must not be empty (leave it out instead)");
         }
         self.filter.validate().map_err(ConfigError)?;
         self.limits.validate()?;

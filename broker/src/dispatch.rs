@@ -1,7 +1,7 @@
 //! The one place a typed request meets its processor: every protocol adapter decodes into
-//! a [`BrokerRequest`], and [`Broker::dispatch`] runs it, under its family's bound on
-//! requests in flight (where metrics and access checks hook in too), and answers a
-//! [`BrokerResponse`] or a [`ProcessError`].
+//! a [`BrokerRequest`], and [`Broker::dispatch`] checks access (`crate::acl`) and runs it,
+//! under its family's bound on requests in flight (where metrics hook in too), and answers
+//! a [`BrokerResponse`] or a [`ProcessError`].
 
 use std::net::SocketAddr;
 
@@ -22,6 +22,7 @@ use weir_protocol::filter::{
 use weir_protocol::route::TopicList;
 use weir_store::StoredRecord;
 
+use crate::acl::SignedRequest;
 use crate::broker::Broker;
 use crate::clients::Link;
 use crate::config::LimitsConfig;
@@ -165,6 +166,8 @@ pub struct RequestContext {
     pub peer: SocketAddr,
     /// How to reach the client again (membership notices); given with heartbeats.
     pub link: Option<Link>,
+    /// The request as signed, for access control (given while it is on).
+    pub signed: Option<SignedRequest>,
 }
 
 /// Requests in flight per family.
@@ -220,6 +223,8 @@ impl Broker {
         req: BrokerRequest,
     ) -> Processed<BrokerResponse> {
         let family = req.family();
+        self.acl
+            .check(ctx.signed.as_ref(), &req, |id| self.clients.groups_of(id))?;
         if req.writes() {
             self.check_master()?;
         } else if let Some(why) = self.replication.diverged() {

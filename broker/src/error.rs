@@ -95,6 +95,12 @@ pub enum ProcessError {
     Store(#[from] StoreError),
     #[error("topic configuration: {0}")]
     Topics(#[from] TopicError),
+    /// Access control: the principal lacks a permission (the text names it).
+    #[error("{0}")]
+    AccessDenied(String),
+    /// Access control: the request's signature was refused.
+    #[error(transparent)]
+    Auth(#[from] weir_protocol::auth::AuthError),
     /// The broker does not serve this request.
     #[error("{0}")]
     Unsupported(String),

@@ -7,7 +7,8 @@
 //!   [`dispatch::BrokerRequest`] and encodes the answer, mapping each
 //!   [`ProcessError`](error::ProcessError) kind to its statuses in one place. Today: weir's
 //!   own frames.
-//! - [`dispatch`]: request → processor, under per-family bounds on requests in flight.
+//! - [`dispatch`]: request → processor, under per-family bounds on requests in flight,
+//!   after the access check ([`acl`]).
 //! - [`processor`]: one module per request family (send, pull, consumer, admin, filter),
 //!   typed requests in, typed results or a domain error out; no frame in sight.
 //! - [`service`]: background work (delay levels, name-server registration, client expiry,
@@ -18,6 +19,7 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod acl;
 pub mod adapter;
 pub mod broker;
 pub mod clients;

@@ -137,6 +137,7 @@ fn run() -> anyhow::Result<()> {
             let ns = weir_namesrv::start(weir_namesrv::NamesrvConfig {
                 listen: args.standalone_namesrv.clone(),
                 net: config.net.clone(),
+                cluster_secret: config.cluster_secret.clone(),
                 ..Default::default()
             })
             .await

@@ -14,12 +14,13 @@ use tokio::task::JoinHandle;
 use weir_protocol::{Server, ServerStats};
 use weir_store::MessageStore;
 
+use crate::acl::Acl;
 use crate::adapter::weir::WeirAdapter;
 use crate::broker::Broker;
 use crate::clients::ClientRegistry;
 use crate::config::BrokerConfig;
 use crate::dispatch::FamilyLimits;
-use crate::error::BrokerError;
+use crate::error::{BrokerError, ConfigError};
 use crate::filter::{FilterRegistry, FilterRuntime};
 use crate::holds::PullHolds;
 use crate::locks::QueueLocks;
@@ -70,6 +71,14 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
     let levels = DelayLevels::parse(&config.delay_levels)?;
     let locks = QueueLocks::new(Duration::from_millis(config.queue_lock_lease_ms));
     let limits = FamilyLimits::new(&config.limits);
+    let acl = match &config.acl.file {
+        Some(path) => {
+            let rules = Acl::load(path).map_err(ConfigError)?;
+            tracing::info!(file = %path.display(), principals = rules.len(), "access control on");
+            Acl::new(Some(rules))
+        }
+        None => Acl::new(None),
+    };
     Ok(Arc::new(Broker {
         addr,
         store,
@@ -84,6 +93,7 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
         decisions: Default::default(),
         replication: Replication::new(config.role, log_grew),
         ha_addr: std::sync::Mutex::new(None),
+        acl,
         config,
     }))
 }
@@ -150,6 +160,12 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, BrokerError> {
         tracing::warn!(
             idle_timeout_ms = config.net.idle_timeout_ms,
             "net.idle_timeout_ms is at or below the clients' 30 s heartbeat interval: their connections will be closed and reopened"
+        );
+    }
+    if config.acl.file.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(
+            listen = %local,
+            "ACCESS CONTROL IS OFF on a broker reachable beyond this machine: anyone who can reach {local} can send, consume, delete topics and replace filters. Set [acl] file (see the README's \"Access control\")"
         );
     }
     let net = config.net.server_config();

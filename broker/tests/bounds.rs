@@ -53,6 +53,7 @@ async fn pulls_never_read_stay_within_the_bound_and_others_are_served() {
             kind: Kind::Request,
             request_id: id,
             code: RequestCode::PullMessage as u16,
+            auth: Bytes::new(),
             header,
             body: Bytes::new(),
         }

@@ -20,6 +20,7 @@ fn ctx() -> RequestContext {
     RequestContext {
         peer: "192.0.2.1:4000".parse::<SocketAddr>().unwrap(),
         link: None,
+        signed: None,
     }
 }
 

@@ -34,6 +34,18 @@ struct Cli {
         default_value = "127.0.0.1:9876"
     )]
     namesrv: String,
+    /// Access key to sign requests with (brokers with access control on need one).
+    #[arg(long, global = true, env = "WEIR_ACCESS_KEY", requires = "secret_key")]
+    access_key: Option<String>,
+    /// The access key's secret.
+    #[arg(
+        long,
+        global = true,
+        env = "WEIR_SECRET_KEY",
+        hide_env_values = true,
+        requires = "access_key"
+    )]
+    secret_key: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -226,7 +238,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     {
         return filter::test(args).await;
     }
-    let client = ClientInstance::new(ClientConfig::new(&cli.namesrv))?;
+    let mut config = ClientConfig::new(&cli.namesrv);
+    if let (Some(key), Some(secret)) = (&cli.access_key, &cli.secret_key) {
+        config = config.with_credentials(key, secret)?;
+    }
+    let client = ClientInstance::new(config)?;
     match cli.cmd {
         Cmd::Topic { cmd } => topic(cmd, client).await,
         Cmd::Send(args) => send(args, client).await,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Mutex;
 use tracing::debug;
+use weir_protocol::auth::Credentials;
 use weir_protocol::broker::{ConsumerData, Heartbeat, MessageModel};
 use weir_protocol::route::{BrokerData, GetClusterInfo, GetRoute, TopicRoute};
 use weir_protocol::{CallError, ConnConfig, Connection, ErrorCode, Rpc};
@@ -32,6 +33,9 @@ pub struct ClientConfig {
     /// each further one, up to `fault_backoff_max` (defaults 1 s and 30 s).
     pub fault_backoff_min: Duration,
     pub fault_backoff_max: Duration,
+    /// Signs every request with this access key and secret (brokers with access control
+    /// on take only signed requests); default none.
+    pub credentials: Option<Arc<Credentials>>,
 }
 
 /// How long a route that lacks a master is trusted: its master's return is noticed
@@ -46,7 +50,16 @@ impl ClientConfig {
             route_refresh: Duration::from_secs(30),
             fault_backoff_min: Duration::from_secs(1),
             fault_backoff_max: Duration::from_secs(30),
+            credentials: None,
         }
+    }
+
+    /// Signs every request with `access_key` and `secret`.
+    pub fn with_credentials(mut self, access_key: &str, secret: &str) -> Result<Self> {
+        let creds = Credentials::new(access_key, secret)
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        self.credentials = Some(Arc::new(creds));
+        Ok(self)
     }
 }
 
@@ -292,6 +305,9 @@ impl ClientInstance {
             self.inner.config.request_timeout,
         )
         .await?;
+        if let Some(creds) = &self.inner.config.credentials {
+            c.sign_with(Arc::clone(creds));
+        }
         self.inner
             .conns
             .write()

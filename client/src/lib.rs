@@ -33,6 +33,7 @@ pub use transaction::{
     CheckStats, LocalTransactionState, TransactionListener, TransactionProducer,
     TransactionProducerConfig, TransactionSendResult,
 };
+pub use weir_protocol::auth::Credentials;
 pub use weir_protocol::broker::{
     ConsumerMember, PullStatus, QueueOffsets, QueueProgress, SendStatus, SentBack,
     TransactionDecision, TransactionInfo, TransactionList, TransactionResolved, TransactionState,

@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
+use weir_protocol::auth::{SharedSecret, Signed};
 use weir_protocol::ha::HaStatus;
-use weir_protocol::net::BoxFuture;
+use weir_protocol::net::{BoxFuture, Cause};
 use weir_protocol::route::{
     BrokerData, ClusterInfo, GetAllTopics, GetClusterInfo, GetRoute, MASTER_ID, QueueData,
     RegisterBroker, RegisterBrokerResponse, RegisteredTopics, TopicConfig, TopicList, TopicRoute,
@@ -43,6 +44,9 @@ pub struct NamesrvConfig {
     /// timeouts. Keep `idle_timeout_ms` above the brokers' `register_interval_ms`: a
     /// broker whose connection closes is dropped until it registers again.
     pub net: NetConfig,
+    /// When set, only brokers signing with this secret (their `cluster_secret`) may
+    /// register or unregister: no one else can take a broker name (default none).
+    pub cluster_secret: Option<String>,
 }
 
 impl Default for NamesrvConfig {
@@ -52,6 +56,7 @@ impl Default for NamesrvConfig {
             broker_expiry_ms: 120_000,
             scan_interval_ms: 5_000,
             net: NetConfig::default(),
+            cluster_secret: None,
         }
     }
 }
@@ -204,6 +209,10 @@ impl Table {
 /// The request handler and its state.
 pub struct NameServer {
     table: Mutex<Table>,
+    /// The cluster secret, when set: registrations must be signed with it.
+    secret: Option<SharedSecret>,
+    /// Registrations refused for their signature.
+    pub refused_registrations: Cause,
 }
 
 impl NameServer {
@@ -226,6 +235,36 @@ impl NameServer {
     }
 }
 
+/// How long a broker's signature is taken, either way of this clock.
+const SIGNATURE_WINDOW_MS: u64 = 120_000;
+/// Connections one cluster's brokers may open within the window (each is a session).
+const MAX_BROKER_SESSIONS: usize = 100_000;
+
+impl NameServer {
+    /// Refuses a registration not signed with the cluster secret (when there is one).
+    fn authenticate(&self, conn: &Connection, req: &Request) -> Result<(), Reply> {
+        let Some(secret) = &self.secret else {
+            return Ok(());
+        };
+        let signed = Signed {
+            oneway: req.oneway,
+            code: req.code,
+            header: &req.header,
+            body: &req.body,
+        };
+        secret.check(&req.auth, &signed).map_err(|e| {
+            let peer = conn.peer();
+            self.refused_registrations.record(|count| {
+                warn!(%peer, error = %e, count, "refused broker registrations without the cluster secret: {count} since the last report, the latest shown")
+            });
+            Reply::error(
+                e.code(),
+                format!("registration refused: {e} (the broker's cluster_secret must match the name server's)"),
+            )
+        })
+    }
+}
+
 fn bad(e: impl std::fmt::Display) -> Reply {
     Reply::error(ErrorCode::BadRequest, e.to_string())
 }
@@ -233,7 +272,15 @@ fn bad(e: impl std::fmt::Display) -> Reply {
 impl Handler for NameServer {
     fn handle<'a>(&'a self, conn: &'a Connection, req: Request) -> BoxFuture<'a, Reply> {
         Box::pin(async move {
-            match RequestCode::from_u16(req.code) {
+            let code = RequestCode::from_u16(req.code);
+            if matches!(
+                code,
+                Some(RequestCode::RegisterBroker | RequestCode::UnregisterBroker)
+            ) && let Err(refused) = self.authenticate(conn, &req)
+            {
+                return refused;
+            }
+            match code {
                 Some(RequestCode::RegisterBroker) => match req.decode::<RegisterBroker>() {
                     Ok(r)
                         if r.broker_name.is_empty()
@@ -301,6 +348,7 @@ impl Handler for NameServer {
 pub struct RunningNameServer {
     server: Server,
     stop: watch::Sender<bool>,
+    ns: Arc<NameServer>,
 }
 
 impl RunningNameServer {
@@ -311,6 +359,11 @@ impl RunningNameServer {
     /// What its connections hold and what happened to them.
     pub fn net_stats(&self) -> ServerStats {
         self.server.stats()
+    }
+
+    /// Registrations and unregistrations refused for lacking the cluster secret, ever.
+    pub fn refused_registrations(&self) -> u64 {
+        self.ns.refused_registrations.total()
     }
 
     pub async fn shutdown(&self) {
@@ -343,9 +396,24 @@ pub async fn start(config: NamesrvConfig) -> Result<RunningNameServer, NamesrvEr
                 addr: config.listen.clone(),
                 error,
             })?;
+    let secret = match config.cluster_secret.as_deref() {
+        Some(s) => Some(
+            SharedSecret::new(s, SIGNATURE_WINDOW_MS, MAX_BROKER_SESSIONS)
+                .map_err(|e| NamesrvError::Config(format!("cluster_secret: {e}")))?,
+        ),
+        None => None,
+    };
     let ns = Arc::new(NameServer {
         table: Mutex::new(Table::default()),
+        secret,
+        refused_registrations: Cause::new(),
     });
+    if ns.secret.is_none() && listener.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
+        warn!(
+            listen = %config.listen,
+            "NO CLUSTER SECRET on a name server reachable beyond this machine: anyone who can reach it can register a broker under any name and take its routes. Set cluster_secret here and in every broker"
+        );
+    }
     let server =
         Server::start(listener, ns.clone(), config.net.server_config()).map_err(|error| {
             NamesrvError::Listen {
@@ -355,6 +423,7 @@ pub async fn start(config: NamesrvConfig) -> Result<RunningNameServer, NamesrvEr
         })?;
     let (stop, mut stop_rx) = watch::channel(false);
     let expiry = Duration::from_millis(config.broker_expiry_ms);
+    let kept = Arc::clone(&ns);
     let scan = Duration::from_millis(config.scan_interval_ms);
     tokio::spawn(async move {
         loop {
@@ -364,5 +433,9 @@ pub async fn start(config: NamesrvConfig) -> Result<RunningNameServer, NamesrvEr
             }
         }
     });
-    Ok(RunningNameServer { server, stop })
+    Ok(RunningNameServer {
+        server,
+        stop,
+        ns: kept,
+    })
 }

@@ -130,6 +130,7 @@ async fn main() {
             kind: Kind::Request,
             request_id: id,
             code: RequestCode::PullMessage as u16,
+            auth: Bytes::new(),
             header: encode_header(&pull(offset), "pull").expect("a header"),
             body: Bytes::new(),
         }

@@ -111,6 +111,16 @@ codes! {
         NotMaster = 116, "not a master";
         /// A slave refuses to serve a log that differs from its master's.
         ReplicaDiverged = 117, "replica diverged";
+        /// Access control: the principal lacks a permission the request needs (the
+        /// message names it).
+        AccessDenied = 118, "access denied";
+        /// Access control: the request is unsigned, of an unknown access key, or its
+        /// signature does not verify (a wrong secret).
+        AuthFailed = 119, "authentication failed";
+        /// Access control: the request's timestamp is outside the server's window.
+        RequestExpired = 120, "request expired";
+        /// Access control: the signed request was seen before.
+        RequestReplayed = 121, "request replayed";
     }
 }
 

@@ -3,14 +3,16 @@
 //! ```text
 //! u32  length      big-endian, bytes after this field (12 + header + body)
 //! u8   version     1
-//! u8   kind        0 request, 1 response, 2 one-way request
+//! u8   kind        0 request, 1 response, 2 one-way request; bit 0x80: signed
 //! u32  request id  big-endian; a response echoes its request's
 //! u16  code        request code, or response status (0 = success)
 //! u32  header len  big-endian
+//! [u16 auth len, auth]  only when signed: the request's signature (`crate::auth`)
 //! ...  header      bincode 2 (standard config) of the code's header struct
 //! ...  body        raw bytes, never re-encoded (message bodies, stored records)
 //! ```
-//! The length is checked against the maximum before anything is allocated.
+//! The length is checked against the maximum before anything is allocated. An unsigned
+//! frame carries nothing for access control (its cost when ACL is off is nil).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -22,6 +24,10 @@ pub const VERSION: u8 = 1;
 pub const FIXED_LEN: usize = 1 + 1 + 4 + 2 + 4;
 /// Default largest frame accepted (16 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
+/// The kind byte's bit saying an auth section follows the fixed header.
+pub const SIGNED: u8 = 0x80;
+/// Largest auth section.
+pub const MAX_AUTH: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -47,6 +53,8 @@ pub struct Frame {
     pub kind: Kind,
     pub request_id: u32,
     pub code: u16,
+    /// The request's signature (empty: unsigned).
+    pub auth: Bytes,
     pub header: Bytes,
     pub body: Bytes,
 }
@@ -54,25 +62,62 @@ pub struct Frame {
 impl Frame {
     /// Total bytes on the wire, length field included.
     pub fn wire_len(&self) -> usize {
-        4 + FIXED_LEN + self.header.len() + self.body.len()
+        4 + self.len()
     }
 
-    /// Appends the encoded frame to `out`.
-    pub fn encode(&self, out: &mut BytesMut, max_frame: usize) -> Result<(), ProtocolError> {
-        let len = FIXED_LEN + self.header.len() + self.body.len();
+    /// Bytes after the length field.
+    pub fn len(&self) -> usize {
+        FIXED_LEN + auth_section_len(self.auth.len()) + self.header.len() + self.body.len()
+    }
+
+    /// Never: every frame has its fixed header.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The kind byte: the kind, with [`SIGNED`] when an auth section follows.
+    pub fn kind_byte(&self) -> u8 {
+        if self.auth.is_empty() {
+            self.kind as u8
+        } else {
+            self.kind as u8 | SIGNED
+        }
+    }
+
+    /// Writes the fixed header and the auth section (what comes before the header).
+    pub fn put_prefix(&self, out: &mut BytesMut) {
+        out.put_u32(self.len() as u32);
+        out.put_u8(VERSION);
+        out.put_u8(self.kind_byte());
+        out.put_u32(self.request_id);
+        out.put_u16(self.code);
+        out.put_u32(self.header.len() as u32);
+        if !self.auth.is_empty() {
+            out.put_u16(self.auth.len() as u16);
+            out.put_slice(&self.auth);
+        }
+    }
+
+    /// Checks the frame against `max_frame` (and its auth section against [`MAX_AUTH`]).
+    pub fn check_len(&self, max_frame: usize) -> Result<(), ProtocolError> {
+        if self.auth.len() > MAX_AUTH {
+            return Err(ProtocolError::Truncated("auth section over its maximum"));
+        }
+        let len = self.len();
         if len > max_frame {
             return Err(ProtocolError::FrameTooLarge {
                 len,
                 max: max_frame,
             });
         }
-        out.reserve(4 + len);
-        out.put_u32(len as u32);
-        out.put_u8(VERSION);
-        out.put_u8(self.kind as u8);
-        out.put_u32(self.request_id);
-        out.put_u16(self.code);
-        out.put_u32(self.header.len() as u32);
+        Ok(())
+    }
+
+    /// Appends the encoded frame to `out`.
+    pub fn encode(&self, out: &mut BytesMut, max_frame: usize) -> Result<(), ProtocolError> {
+        self.check_len(max_frame)?;
+        out.reserve(self.wire_len());
+        self.put_prefix(out);
         out.put_slice(&self.header);
         out.put_slice(&self.body);
         Ok(())
@@ -89,11 +134,27 @@ impl Frame {
         if version != VERSION {
             return Err(ProtocolError::BadVersion(version));
         }
-        let kind = Kind::from_u8(buf[1])?;
+        let signed = buf[1] & SIGNED != 0;
+        let kind = Kind::from_u8(buf[1] & !SIGNED)?;
         let request_id = u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]);
         let code = u16::from_be_bytes([buf[6], buf[7]]);
         let header_len = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
         let _ = buf.split_to(FIXED_LEN);
+        let auth = if signed {
+            let Some(&[a, b]) = buf.get(..2) else {
+                return Err(ProtocolError::Truncated("auth length runs past the frame"));
+            };
+            let auth_len = u16::from_be_bytes([a, b]) as usize;
+            if auth_len == 0 || auth_len > MAX_AUTH || auth_len + 2 > buf.len() {
+                return Err(ProtocolError::Truncated(
+                    "auth section empty, over its maximum, or past the frame",
+                ));
+            }
+            let _ = buf.split_to(2);
+            buf.split_to(auth_len)
+        } else {
+            Bytes::new()
+        };
         if header_len > buf.len() {
             return Err(ProtocolError::Truncated(
                 "header length runs past the frame",
@@ -104,10 +165,16 @@ impl Frame {
             kind,
             request_id,
             code,
+            auth,
             header,
             body: buf,
         })
     }
+}
+
+/// Bytes an auth section of `auth_len` takes in a frame.
+pub fn auth_section_len(auth_len: usize) -> usize {
+    if auth_len == 0 { 0 } else { 2 + auth_len }
 }
 
 /// Takes the first frame out of `buf` when it holds all of it (`Ok(None)` when it does not
@@ -185,6 +252,7 @@ mod tests {
             kind: Kind::Request,
             request_id: 0xDEAD_BEEF,
             code: 105,
+            auth: Bytes::new(),
             header: Bytes::from_static(b"hdr"),
             body: Bytes::from_static(b"the body"),
         }
@@ -250,5 +318,30 @@ mod tests {
             read_frame(&mut &bad[..], DEFAULT_MAX_FRAME).await,
             Err(ProtocolError::BadVersion(9))
         ));
+    }
+
+    #[test]
+    fn signed_frames_round_trip_and_bad_auth_is_refused() {
+        let mut f = frame();
+        f.auth = Bytes::from_static(b"signature bytes");
+        let mut out = BytesMut::new();
+        f.encode(&mut out, DEFAULT_MAX_FRAME).unwrap();
+        assert_eq!(out.len(), f.wire_len());
+        assert_eq!(out[5], Kind::Request as u8 | SIGNED);
+        let got = parse_frame(&mut out.clone(), DEFAULT_MAX_FRAME)
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, f);
+        // An auth length past the frame, or zero, is refused.
+        for bad_len in [0u16, 999] {
+            let mut bad = out.clone();
+            bad[16..18].copy_from_slice(&bad_len.to_be_bytes());
+            assert!(
+                parse_frame(&mut bad, DEFAULT_MAX_FRAME).is_err(),
+                "{bad_len}"
+            );
+        }
+        f.auth = Bytes::from(vec![0u8; MAX_AUTH + 1]);
+        assert!(f.encode(&mut BytesMut::new(), DEFAULT_MAX_FRAME).is_err());
     }
 }

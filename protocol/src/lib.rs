@@ -1,13 +1,16 @@
 //! weir's message model and wire protocol: the record format every message is stored and
 //! pulled in ([`record`]); length-prefixed frames with a bincode-2 header and a raw body
 //! ([`frame`]), request codes and statuses ([`codes`]), typed requests ([`rpc`], [`route`]),
-//! and a connection that multiplexes requests both ways ([`net`]).
+//! a connection that multiplexes requests both ways ([`net`]), and signed requests for
+//! access control ([`auth`]).
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod names;
 pub mod record;
 
+#[cfg(feature = "net")]
+pub mod auth;
 #[cfg(feature = "net")]
 pub mod broker;
 #[cfg(feature = "net")]

@@ -104,6 +104,7 @@ fn request(id: u32, topic: &str, out: &mut BytesMut) {
         kind: Kind::Request,
         request_id: id,
         code: RequestCode::GetRoute as u16,
+        auth: Bytes::new(),
         header: encode_header(
             &GetRoute {
                 topic: topic.into(),

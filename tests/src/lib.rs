@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use weir_broker::{BrokerConfig, RunningBroker};
+use weir_protocol::auth::Credentials;
 use weir_protocol::broker::{
     BatchEntry, CreateTopic, GetQueueOffsets, PullMessage, PullStatus, QueryConsumerOffset,
     QueueOffsets, SendBatch, SendResult, UpdateConsumerOffset, split_records,
@@ -148,6 +149,14 @@ impl Env {
     /// A new connection to the broker.
     pub async fn client(&self) -> Client {
         Client::connect(&self.broker().local_addr().to_string()).await
+    }
+
+    /// A new connection to the broker signing its requests as `access_key`.
+    pub async fn client_as(&self, access_key: &str, secret: &str) -> Client {
+        let client = self.client().await;
+        let creds = Credentials::new(access_key, secret).expect("valid credentials");
+        client.conn.sign_with(Arc::new(creds));
+        client
     }
 
     /// Shuts the broker down cleanly and starts it again on the same data folder, with the

@@ -12,6 +12,7 @@ use weir_protocol::route::GetAllTopics;
 use weir_protocol::{Connection, ErrorCode, Handler, ProtocolError, Reply, Request, RequestCode};
 use weir_store::{StoreError, StoredRecord};
 
+use crate::acl::SignedRequest;
 use crate::broker::Broker;
 use crate::clients::{ClientLink, Link};
 use crate::dispatch::{BrokerRequest, BrokerResponse, RequestContext};
@@ -32,9 +33,18 @@ impl Handler for WeirAdapter {
                 BrokerRequest::Heartbeat(_) => Some(Arc::new(WeirLink(conn.clone()))),
                 _ => None,
             };
+            // The signed parts, only while access control is on (else nothing to check).
+            let signed = self.0.acl.enabled().then(|| SignedRequest {
+                code: req.code,
+                oneway: req.oneway,
+                auth: req.auth.clone(),
+                header: req.header.clone(),
+                body: req.body.clone(),
+            });
             let ctx = RequestContext {
                 peer: conn.peer(),
                 link,
+                signed,
             };
             match self.0.dispatch(&ctx, decoded).await {
                 Ok(answer) => encode(answer),
@@ -208,6 +218,8 @@ pub fn status_of(e: &ProcessError) -> ErrorCode {
         P::NotMaster(_) => ErrorCode::NotMaster,
         P::ReplicaDiverged(_) => ErrorCode::ReplicaDiverged,
         P::Unsupported(_) => ErrorCode::RequestCodeNotSupported,
+        P::AccessDenied(_) => ErrorCode::AccessDenied,
+        P::Auth(a) => a.code(),
         P::Topics(_) | P::Internal(_) => ErrorCode::SystemError,
         P::Store(s) => match s {
             StoreError::InvalidMessage(_) | StoreError::MessageTooLarge { .. } => {

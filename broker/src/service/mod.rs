@@ -4,11 +4,13 @@
 //! - [`registration`]: keeping the broker registered with every name server;
 //! - [`client_expiry`]: forgetting clients that stopped heartbeating;
 //! - [`writability`]: routes turn read-only while the store refuses writes;
-//! - [`transaction_check`]: asking producers about undecided half messages.
+//! - [`transaction_check`]: asking producers about undecided half messages;
+//! - [`acl_reload`]: putting a changed ACL file in force.
 //!
 //! The store's own services (flush, checkpoint and consumer offsets, retention) run
 //! inside `weir-store`.
 
+pub mod acl_reload;
 pub mod client_expiry;
 pub mod ha_master;
 pub mod ha_slave;
@@ -47,5 +49,12 @@ pub async fn start_all(broker: &Arc<Broker>, stop: &watch::Sender<bool>) -> Vec<
         Arc::clone(broker),
         stop.subscribe(),
     )));
+    if let Some(path) = &broker.config.acl.file {
+        tasks.push(tokio::spawn(acl_reload::run(
+            Arc::clone(broker),
+            path.clone(),
+            stop.subscribe(),
+        )));
+    }
     tasks
 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::warn;
+use weir_protocol::auth::Credentials;
 use weir_protocol::route::UnregisterBroker;
 use weir_protocol::{ConnConfig, Connection, NoHandler};
 
@@ -47,6 +48,13 @@ async fn run(
     let mut changed = broker.topics_changed.subscribe();
     let mut conn: Option<Connection> = None;
     let mut first_done = Some(first_done);
+    // Signed with the cluster secret, when there is one.
+    let creds = broker.config.cluster_secret.as_ref().and_then(|s| {
+        Credentials::new(format!("broker:{}", broker.config.broker_name), s.as_str())
+            .or_else(|_| Credentials::new("broker", s.as_str()))
+            .ok()
+            .map(Arc::new)
+    });
     loop {
         if conn.as_ref().is_none_or(Connection::is_closed) {
             match Connection::connect(
@@ -62,7 +70,12 @@ async fn run(
             )
             .await
             {
-                Ok(c) => conn = Some(c),
+                Ok(c) => {
+                    if let Some(creds) = &creds {
+                        c.sign_with(Arc::clone(creds));
+                    }
+                    conn = Some(c)
+                }
                 Err(e) => {
                     warn!(namesrv = %namesrv, error = %e, "cannot reach name server; will retry")
                 }

@@ -63,16 +63,34 @@ pub async fn env_with(adjust: impl FnOnce(&mut BrokerConfig)) -> Env {
 /// Runs `weir` off the async threads (the broker runs on them). The name server given is
 /// unused by `filter test`.
 pub async fn weir(namesrv: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    weir_env(namesrv, args, stdin, &[]).await
+}
+
+/// [`weir`] with environment variables set for it (the access key variables are removed
+/// unless given).
+pub async fn weir_env(
+    namesrv: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    vars: &[(&str, &str)],
+) -> Output {
     let (namesrv, args, stdin) = (
         namesrv.to_owned(),
         args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         stdin.map(str::to_owned),
     );
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     tokio::task::spawn_blocking(move || {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .arg("--namesrv")
             .arg(&namesrv)
             .args(&args)
+            .env_remove("WEIR_ACCESS_KEY")
+            .env_remove("WEIR_SECRET_KEY")
+            .envs(vars)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

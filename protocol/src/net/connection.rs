@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,9 +18,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::{ConnConfig, Handler, driver};
+use crate::auth::{Credentials, Signed, Signer};
 use crate::codes::{ErrorCode, SUCCESS};
 use crate::error::{CallError, ProtocolError};
-use crate::frame::{FIXED_LEN, Frame, Kind};
+use crate::frame::{Frame, Kind, auth_section_len};
 use crate::rpc::{ErrorHeader, Rpc, decode_header, encode_header};
 
 /// What a frame waiting for the driver costs beyond its bytes (the queue's own memory).
@@ -82,6 +83,8 @@ pub(super) struct Inner {
     closed: watch::Sender<bool>,
     pub(super) close_waker: AtomicWaker,
     pub(super) load: LoadCell,
+    /// Signs the requests sent, once set.
+    signer: OnceLock<Signer>,
 }
 
 impl Inner {
@@ -263,6 +266,7 @@ impl Connection {
                 closed,
                 close_waker: AtomicWaker::new(),
                 load: LoadCell::default(),
+                signer: OnceLock::new(),
             }),
             _owner: None,
         };
@@ -307,16 +311,42 @@ impl Connection {
         }
     }
 
-    /// Queues `frame` for the driver, waiting while the queue is full.
-    async fn send(&self, frame: Frame) -> Result<(), CallError> {
-        let len = FIXED_LEN + frame.header.len() + frame.body.len();
+    /// Signs every request and one-way sent from now on with `creds` (each connection is
+    /// a session of its own, numbered from 1; see [`crate::auth`]). A connection's signer
+    /// is set once: later calls change nothing.
+    pub fn sign_with(&self, creds: Arc<Credentials>) {
+        let _ = self.inner.signer.set(Signer::new(creds));
+    }
+
+    /// Queues `frame` for the driver, waiting while the queue is full; signs it last, so
+    /// requests leave in about the order of their sequence numbers.
+    async fn send(&self, mut frame: Frame) -> Result<(), CallError> {
+        let signer = self.inner.signer.get();
+        let auth = signer.map_or(0, |s| auth_section_len(s.auth_len()));
+        let len = frame.len() + auth;
         let max = self.inner.config.max_frame;
         if len > max {
             return Err(ProtocolError::FrameTooLarge { len, max }.into());
         }
-        let cost = queued_cost(&frame);
+        let cost = queued_cost(&frame) + auth;
         self.reserve(cost).await?;
-        if self.inner.out.send(frame).is_err() {
+        let queued = match signer {
+            Some(s) => {
+                let (header, body) = (frame.header.clone(), frame.body.clone());
+                let req = Signed {
+                    oneway: frame.kind == Kind::Oneway,
+                    code: frame.code,
+                    header: &header,
+                    body: &body,
+                };
+                s.sign_and(&req, |auth| {
+                    frame.auth = auth;
+                    self.inner.out.send(frame)
+                })
+            }
+            None => self.inner.out.send(frame),
+        };
+        if queued.is_err() {
             self.inner.took(cost);
             return Err(self.closed_error());
         }
@@ -387,6 +417,7 @@ impl Connection {
             kind: Kind::Request,
             request_id: id,
             code: R::CODE as u16,
+            auth: Bytes::new(),
             header,
             body,
         };
@@ -425,6 +456,7 @@ impl Connection {
             kind: Kind::Oneway,
             request_id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             code: R::CODE as u16,
+            auth: Bytes::new(),
             header: encode_header(req, R::CODE.as_str())?,
             body,
         };

@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::io::{AsyncWriteExt, Interest};
@@ -367,6 +367,7 @@ impl<'a> Driver<'a> {
                     code: f.code,
                     request_id,
                     oneway,
+                    auth: f.auth,
                     header: f.header,
                     body: f.body,
                 };
@@ -389,6 +390,7 @@ impl<'a> Driver<'a> {
             return;
         }
         let len = FIXED_LEN + done.reply.header.len() + done.reply.body.len();
+        // (Replies are never signed.)
         let reply = if len > self.max_frame {
             Reply::error(
                 ErrorCode::SystemError,
@@ -404,6 +406,7 @@ impl<'a> Driver<'a> {
             kind: Kind::Response,
             request_id: done.request_id,
             code: reply.status,
+            auth: Bytes::new(),
             header: reply.header,
             body: reply.body,
         });
@@ -493,6 +496,7 @@ async fn run(
                 kind: Kind::Response,
                 request_id,
                 code: reply.status,
+                auth: Bytes::new(),
                 header: reply.header,
                 body: reply.body,
             });

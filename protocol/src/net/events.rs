@@ -16,15 +16,22 @@ fn now_ms() -> u64 {
     u64::try_from(BASE.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(NEVER - 1)
 }
 
-/// One cause: a total, and a rate-limited log line.
-pub(crate) struct Cause {
+/// One cause: a total, and a rate-limited log line (also for what clients cause beyond
+/// the connection, such as the broker's access refusals).
+pub struct Cause {
     total: AtomicU64,
     unlogged: AtomicU64,
     last_log_ms: AtomicU64,
 }
 
+impl Default for Cause {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Cause {
-    pub(crate) const fn new() -> Self {
+    pub const fn new() -> Self {
         Self {
             total: AtomicU64::new(0),
             unlogged: AtomicU64::new(0),
@@ -32,12 +39,12 @@ impl Cause {
         }
     }
 
-    pub(crate) fn total(&self) -> u64 {
+    pub fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
     }
 
     /// Counts one; calls `log` with the count since the last line when a line is due.
-    pub(crate) fn record(&self, log: impl FnOnce(u64)) {
+    pub fn record(&self, log: impl FnOnce(u64)) {
         self.total.fetch_add(1, Ordering::Relaxed);
         self.unlogged.fetch_add(1, Ordering::Relaxed);
         let now = now_ms();
@@ -72,7 +79,7 @@ pub(crate) struct Events {
 }
 
 impl Events {
-    pub(crate) const fn new() -> Self {
+    pub const fn new() -> Self {
         Self {
             bad_frames: Cause::new(),
             frame_timeouts: Cause::new(),

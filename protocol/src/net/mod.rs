@@ -31,7 +31,7 @@ use bytes::Bytes;
 
 pub use config::{ConnConfig, NetConfig, NetConfigError, ServerConfig};
 pub use connection::{ConnLoad, Connection};
-pub use events::LOG_INTERVAL;
+pub use events::{Cause, LOG_INTERVAL};
 pub use server::{Server, ServerStats};
 
 use crate::codes::{ErrorCode, SUCCESS};
@@ -44,6 +44,8 @@ pub struct Request {
     pub code: u16,
     pub request_id: u32,
     pub oneway: bool,
+    /// The request's signature, as sent (empty: unsigned); see [`crate::auth`].
+    pub auth: Bytes,
     pub header: Bytes,
     pub body: Bytes,
 }

@@ -11,7 +11,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::frame::{FIXED_LEN, Frame, VERSION};
+use crate::frame::Frame;
 
 /// Bodies up to this are copied into the staging buffer; larger ones are queued as they are.
 const COPY_MAX: usize = 16 << 10;
@@ -50,17 +50,12 @@ impl OutQueue {
 
     /// Queues `f`, whose size the caller has checked against the frame limit.
     pub(super) fn push(&mut self, f: &Frame) {
-        let len = FIXED_LEN + f.header.len() + f.body.len();
+        let len = f.len();
         let copy_body = f.body.len() <= COPY_MAX;
         self.staging
-            .reserve(4 + FIXED_LEN + f.header.len() + if copy_body { f.body.len() } else { 0 });
+            .reserve(4 + len - if copy_body { 0 } else { f.body.len() });
         // Checked against the frame limit (at most u32::MAX) by the caller.
-        self.staging.put_u32(len as u32);
-        self.staging.put_u8(VERSION);
-        self.staging.put_u8(f.kind as u8);
-        self.staging.put_u32(f.request_id);
-        self.staging.put_u16(f.code);
-        self.staging.put_u32(f.header.len() as u32);
+        f.put_prefix(&mut self.staging);
         self.staging.put_slice(&f.header);
         if copy_body {
             self.staging.put_slice(&f.body);
@@ -154,6 +149,11 @@ mod tests {
                 kind: Kind::Response,
                 request_id: i,
                 code: 0,
+                auth: if i % 5 == 0 {
+                    Bytes::from(vec![9u8; 40])
+                } else {
+                    Bytes::new()
+                },
                 header: Bytes::from(vec![1u8; (i % 7) as usize]),
                 body: Bytes::from(vec![i as u8; if i % 3 == 0 { 40_000 } else { 100 }]),
             })
