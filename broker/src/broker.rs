@@ -47,6 +47,8 @@ pub struct Broker {
     pub(crate) ha_addr: std::sync::Mutex<Option<String>>,
     /// Access control (off without `[acl] file`).
     pub acl: crate::acl::Acl,
+    /// What is counted for the metrics endpoint.
+    pub metrics: crate::metrics::BrokerMetrics,
 }
 
 impl Broker {

@@ -1,5 +1,6 @@
 use serde::{Deserialize, Serialize};
 use weir_protocol::NetConfig;
+use weir_protocol::metrics::MetricsConfig;
 use weir_store::StoreConfig;
 
 use weir_protocol::ha::BrokerRole;
@@ -79,6 +80,9 @@ pub struct BrokerConfig {
     /// The secret this broker signs its registrations with; name servers with a
     /// `cluster_secret` take only brokers that have it (default none).
     pub cluster_secret: Option<String>,
+    /// The Prometheus endpoint (`[metrics]`): `listen`, where `GET /metrics` is served
+    /// (default none: off).
+    pub metrics: MetricsConfig,
 }
 
 /// Bounds on what clients can make the broker hold: the `[limits]` table. Past each, the
@@ -193,6 +197,7 @@ impl Default for BrokerConfig {
             net: NetConfig::default(),
             acl: AclConfig::default(),
             cluster_secret: None,
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -271,6 +276,7 @@ impl BrokerConfig {
         if self.cluster_secret.as_deref() == Some("") {
             return bad("cluster_secret must not be empty (leave it out instead)");
         }
+        self.metrics.validate().map_err(ConfigError)?;
         self.filter.validate().map_err(ConfigError)?;
         self.limits.validate()?;
         self.net

@@ -243,7 +243,14 @@ impl Broker {
                 )));
             }
         };
-        self.process(ctx, req).await
+        let started = std::time::Instant::now();
+        let answer = self.process(ctx, req).await;
+        match family {
+            Family::Send => self.metrics.observe_send(started.elapsed()),
+            Family::Pull => self.metrics.observe_pull(started.elapsed()),
+            Family::Consumer | Family::Admin | Family::Filter => {}
+        }
+        answer
     }
 
     async fn process(&self, ctx: &RequestContext, req: BrokerRequest) -> Processed<BrokerResponse> {

@@ -29,6 +29,7 @@ pub mod error;
 pub mod filter;
 mod holds;
 mod locks;
+pub mod metrics;
 pub mod processor;
 pub mod replication;
 pub mod service;

@@ -53,6 +53,10 @@ struct Args {
     /// A slave: its master's HA address [default: as the name servers report it].
     #[arg(long)]
     master_ha_addr: Option<String>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g. 127.0.0.1:9100
+    /// [default: off; `[metrics] listen` in the config file].
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -116,6 +120,9 @@ fn load(args: &Args) -> anyhow::Result<BrokerConfig> {
     }
     if let Some(v) = &args.master_ha_addr {
         config.master_ha_addr = Some(v.clone());
+    }
+    if let Some(v) = &args.metrics_listen {
+        config.metrics.listen = Some(v.clone());
     }
     Ok(config)
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use weir_protocol::metrics::MetricsServer;
 use weir_protocol::{Server, ServerStats};
 use weir_store::MessageStore;
 
@@ -24,6 +25,7 @@ use crate::error::{BrokerError, ConfigError};
 use crate::filter::{FilterRegistry, FilterRuntime};
 use crate::holds::PullHolds;
 use crate::locks::QueueLocks;
+use crate::metrics::BrokerMetrics;
 use crate::replication::Replication;
 use crate::service;
 use crate::service::schedule::DelayLevels;
@@ -67,6 +69,11 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
             log_grew.notify_waiters();
         });
     }
+    let metrics = BrokerMetrics::new(config.limits.max_topics);
+    {
+        let flush = Arc::clone(&metrics.flush_latency);
+        store.set_sync_listener(move |d| flush.observe(d));
+    }
     let (topics_changed, _) = watch::channel(0u64);
     let levels = DelayLevels::parse(&config.delay_levels)?;
     let locks = QueueLocks::new(Duration::from_millis(config.queue_lock_lease_ms));
@@ -94,6 +101,7 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
         replication: Replication::new(config.role, log_grew),
         ha_addr: std::sync::Mutex::new(None),
         acl,
+        metrics,
         config,
     }))
 }
@@ -104,6 +112,8 @@ pub struct RunningBroker {
     server: Server,
     /// A master's HA port, when it takes slaves.
     ha: Option<Server>,
+    /// The metrics endpoint, when `[metrics] listen` is set.
+    metrics: Option<MetricsServer>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -116,6 +126,11 @@ impl RunningBroker {
         self.server.local_addr()
     }
 
+    /// Where the metrics endpoint listens, when on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
+    }
+
     /// What the broker's connections hold and what happened to them.
     pub fn net_stats(&self) -> ServerStats {
         self.server.stats()
@@ -124,6 +139,9 @@ impl RunningBroker {
     /// Stops accepting, unregisters from the name servers, and closes the store cleanly.
     pub async fn shutdown(self) -> Result<(), BrokerError> {
         self.stop.send_replace(true);
+        if let Some(m) = self.metrics {
+            m.shutdown().await;
+        }
         for t in self.tasks {
             let _ = t.await;
         }
@@ -203,12 +221,24 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, BrokerError> {
         }
         _ => None,
     };
+    let metrics = match &broker.config.metrics.listen {
+        Some(listen) => Some(
+            service::metrics::start(&broker, listen, server.stats_handle())
+                .await
+                .map_err(|error| BrokerError::Listen {
+                    addr: listen.clone(),
+                    error,
+                })?,
+        ),
+        None => None,
+    };
     let (stop, _) = watch::channel(false);
     let tasks = service::start_all(&broker, &stop).await;
     Ok(RunningBroker {
         broker,
         server,
         ha,
+        metrics,
         stop,
         tasks,
     })

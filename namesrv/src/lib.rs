@@ -7,6 +7,7 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod metrics;
 pub mod server_main;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,6 +21,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use weir_protocol::auth::{SharedSecret, Signed};
 use weir_protocol::ha::HaStatus;
+use weir_protocol::metrics::{MetricsConfig, MetricsServer};
 use weir_protocol::net::{BoxFuture, Cause};
 use weir_protocol::route::{
     BrokerData, ClusterInfo, GetAllTopics, GetClusterInfo, GetRoute, MASTER_ID, QueueData,
@@ -47,6 +49,9 @@ pub struct NamesrvConfig {
     /// When set, only brokers signing with this secret (their `cluster_secret`) may
     /// register or unregister: no one else can take a broker name (default none).
     pub cluster_secret: Option<String>,
+    /// The Prometheus endpoint (`[metrics]`): `listen`, where `GET /metrics` is served
+    /// (default none: off).
+    pub metrics: MetricsConfig,
 }
 
 impl Default for NamesrvConfig {
@@ -57,6 +62,7 @@ impl Default for NamesrvConfig {
             scan_interval_ms: 5_000,
             net: NetConfig::default(),
             cluster_secret: None,
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -213,6 +219,7 @@ pub struct NameServer {
     secret: Option<SharedSecret>,
     /// Registrations refused for their signature.
     pub refused_registrations: Cause,
+    counters: metrics::Counters,
 }
 
 impl NameServer {
@@ -290,13 +297,17 @@ impl Handler for NameServer {
                         bad("cluster, broker name and address must not be empty")
                     }
                     Ok(r) => match RegisteredTopics::decode(&req.body) {
-                        Ok(t) => Reply::ok(&self.table().register(r, t.topics, conn.id())),
+                        Ok(t) => {
+                            metrics::Counters::bump(&self.counters.registrations);
+                            Reply::ok(&self.table().register(r, t.topics, conn.id()))
+                        }
                         Err(e) => bad(e),
                     },
                     Err(e) => bad(e),
                 },
                 Some(RequestCode::UnregisterBroker) => match req.decode::<UnregisterBroker>() {
                     Ok(r) => {
+                        metrics::Counters::bump(&self.counters.unregistrations);
                         self.table().remove(&r.addr, "unregistered");
                         Reply::ok(&())
                     }
@@ -304,11 +315,17 @@ impl Handler for NameServer {
                 },
                 Some(RequestCode::GetRoute) => match req.decode::<GetRoute>() {
                     Ok(r) => match self.table().route(&r.topic) {
-                        Some(route) => Reply::ok(&route),
-                        None => Reply::error(
-                            ErrorCode::TopicNotExist,
-                            format!("no broker serves topic {:?}", r.topic),
-                        ),
+                        Some(route) => {
+                            metrics::Counters::bump(&self.counters.routes_found);
+                            Reply::ok(&route)
+                        }
+                        None => {
+                            metrics::Counters::bump(&self.counters.routes_missing);
+                            Reply::error(
+                                ErrorCode::TopicNotExist,
+                                format!("no broker serves topic {:?}", r.topic),
+                            )
+                        }
                     },
                     Err(e) => bad(e),
                 },
@@ -347,6 +364,8 @@ impl Handler for NameServer {
 /// A running name server.
 pub struct RunningNameServer {
     server: Server,
+    metrics: std::sync::Mutex<Option<MetricsServer>>,
+    metrics_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     ns: Arc<NameServer>,
 }
@@ -354,6 +373,11 @@ pub struct RunningNameServer {
 impl RunningNameServer {
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// Where the metrics endpoint listens, when on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// What its connections hold and what happened to them.
@@ -368,6 +392,14 @@ impl RunningNameServer {
 
     pub async fn shutdown(&self) {
         self.stop.send_replace(true);
+        let metrics = self
+            .metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(m) = metrics {
+            m.shutdown().await;
+        }
         self.server.shutdown().await;
     }
 }
@@ -383,6 +415,7 @@ pub async fn start(config: NamesrvConfig) -> Result<RunningNameServer, NamesrvEr
         .net
         .validate()
         .map_err(|e| NamesrvError::Config(e.to_string()))?;
+    config.metrics.validate().map_err(NamesrvError::Config)?;
     if config.net.idle_below_heartbeat() {
         warn!(
             idle_timeout_ms = config.net.idle_timeout_ms,
@@ -407,6 +440,7 @@ pub async fn start(config: NamesrvConfig) -> Result<RunningNameServer, NamesrvEr
         table: Mutex::new(Table::default()),
         secret,
         refused_registrations: Cause::new(),
+        counters: Default::default(),
     });
     if ns.secret.is_none() && listener.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
         warn!(
@@ -421,6 +455,17 @@ pub async fn start(config: NamesrvConfig) -> Result<RunningNameServer, NamesrvEr
                 error,
             }
         })?;
+    let metrics = match &config.metrics.listen {
+        Some(listen) => Some(
+            metrics::start(&ns, listen, server.stats_handle())
+                .await
+                .map_err(|error| NamesrvError::Listen {
+                    addr: listen.clone(),
+                    error,
+                })?,
+        ),
+        None => None,
+    };
     let (stop, mut stop_rx) = watch::channel(false);
     let expiry = Duration::from_millis(config.broker_expiry_ms);
     let kept = Arc::clone(&ns);
@@ -434,6 +479,8 @@ pub async fn start(config: NamesrvConfig) -> Result<RunningNameServer, NamesrvEr
         }
     });
     Ok(RunningNameServer {
+        metrics_addr: metrics.as_ref().map(MetricsServer::local_addr),
+        metrics: std::sync::Mutex::new(metrics),
         server,
         stop,
         ns: kept,

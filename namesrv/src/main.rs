@@ -10,9 +10,9 @@ use weir_namesrv::{NamesrvConfig, server_main};
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// TOML file with any of: listen, broker_expiry_ms, scan_interval_ms, and a [net]
+    /// TOML file with any of: listen, broker_expiry_ms, scan_interval_ms, a [net]
     /// table (max_connections, max_pending_requests, max_pending_bytes,
-    /// frame_read_timeout_ms, idle_timeout_ms).
+    /// frame_read_timeout_ms, idle_timeout_ms) and a [metrics] table (listen).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:9876].
@@ -21,6 +21,10 @@ struct Args {
     /// Drop a broker not heard from for this many seconds [default: 120].
     #[arg(long)]
     broker_expiry_secs: Option<u64>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g. 127.0.0.1:9101
+    /// [default: off; `[metrics] listen` in the config file].
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +40,9 @@ fn run() -> anyhow::Result<()> {
     };
     if let Some(l) = args.listen {
         config.listen = l;
+    }
+    if let Some(m) = args.metrics_listen {
+        config.metrics.listen = Some(m);
     }
     if let Some(s) = args.broker_expiry_secs {
         config.broker_expiry_ms = s.saturating_mul(1000);

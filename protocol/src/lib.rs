@@ -24,6 +24,8 @@ pub mod frame;
 #[cfg(feature = "net")]
 pub mod ha;
 #[cfg(feature = "net")]
+pub mod metrics;
+#[cfg(feature = "net")]
 pub mod net;
 #[cfg(feature = "net")]
 pub mod route;
@@ -40,7 +42,7 @@ pub use error::{CallError, ProtocolError};
 #[cfg(feature = "net")]
 pub use net::{
     ConnConfig, ConnLoad, Connection, Handler, NetConfig, NoHandler, Reply, Request, Server,
-    ServerConfig, ServerStats,
+    ServerConfig, ServerStats, ServerStatsHandle,
 };
 pub use record::{Message, MessageId, RecordError, RecordView};
 #[cfg(feature = "net")]

@@ -67,7 +67,9 @@ pub use fsutil::write_atomic;
 pub use offsets::{ConsumerOffsets, OffsetKey};
 pub use read::{GetResult, GetStatus, ReadLimits};
 pub use recovery::RecoveryReport;
-pub use retention::{DeletedSegment, DeletionReason, DroppedEntries, RetentionReport};
+pub use retention::{
+    DeletedSegment, DeletionReason, DroppedEntries, RetentionReport, RetentionTotals,
+};
 pub use store::MessageStore;
 /// The record format lives with the message model in `weir-protocol`.
 pub use weir_protocol::record;

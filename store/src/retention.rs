@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tracing::warn;
@@ -59,6 +60,43 @@ pub struct RetentionReport {
     pub kept_unconsumed: Option<String>,
     /// The disk as measured by this pass.
     pub disk: Option<DiskUsage>,
+}
+
+/// What retention deleted since the store opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionTotals {
+    /// Segments deleted for their age, and for disk pressure.
+    pub segments_by_age: u64,
+    pub segments_by_pressure: u64,
+    /// Commit log bytes those segments held.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct RetentionCounters {
+    by_age: AtomicU64,
+    by_pressure: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl RetentionCounters {
+    fn count(&self, d: &DeletedSegment) {
+        let by = match d.reason {
+            DeletionReason::Age { .. } => &self.by_age,
+            DeletionReason::DiskPressure { .. } => &self.by_pressure,
+        };
+        by.fetch_add(1, Ordering::Relaxed);
+        self.bytes
+            .fetch_add(d.end.saturating_sub(d.start), Ordering::Relaxed);
+    }
+
+    pub(crate) fn totals(&self) -> RetentionTotals {
+        RetentionTotals {
+            segments_by_age: self.by_age.load(Ordering::Relaxed),
+            segments_by_pressure: self.by_pressure.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A warning repeated while the condition lasts goes out at most this often.
@@ -124,6 +162,10 @@ impl Inner {
                 }
             }
         }
+        report
+            .deleted
+            .iter()
+            .for_each(|d| self.retention_counts.count(d));
         report.segments_deleted = report.deleted.len();
         report.commit_log_min_offset = self.commit_log.min_offset();
         Ok(report)

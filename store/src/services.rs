@@ -104,8 +104,14 @@ impl Inner {
     /// Syncs the commit log up to what is committed; returns the durable offset. After a
     /// failure, refused for good (see `health`).
     pub(crate) fn flush_log(&self) -> Result<u64> {
-        self.health
-            .sync("commit log sync", || self.commit_log.flush())
+        let started = Instant::now();
+        let durable = self
+            .health
+            .sync("commit log sync", || self.commit_log.flush())?;
+        if let Some(f) = self.sync_listener.read().as_ref() {
+            f(started.elapsed());
+        }
+        Ok(durable)
     }
 
     /// Writes the consumer offsets if they changed, after syncing the commit log: an

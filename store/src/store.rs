@@ -41,6 +41,7 @@ pub(crate) const QUARANTINE_DIR: &str = "quarantine";
 pub(crate) const HOT_TAIL: u64 = 64 << 20;
 
 pub(crate) type ArrivalListener = Arc<dyn Fn(&str, u32, u64) + Send + Sync>;
+pub(crate) type SyncListener = Arc<dyn Fn(Duration) + Send + Sync>;
 
 pub(crate) struct Inner {
     pub(crate) config: StoreConfig,
@@ -59,6 +60,10 @@ pub(crate) struct Inner {
     pub(crate) recovery: RecoveryReport,
     pub(crate) disk: DiskGuard,
     pub(crate) health: Health,
+    /// Told how long each successful commit log sync took.
+    pub(crate) sync_listener: RwLock<Option<SyncListener>>,
+    /// What retention deleted since the store opened.
+    pub(crate) retention_counts: crate::retention::RetentionCounters,
     /// One retention pass at a time.
     pub(crate) retention_lock: Mutex<()>,
     /// When retention last warned that it kept unconsumed messages under pressure.
@@ -118,6 +123,8 @@ impl MessageStore {
             recovery: RecoveryReport::empty(clean_shutdown),
             disk: DiskGuard::new(&root, config.disk_quota_bytes, config.disk_full_ratio),
             health: Health::default(),
+            sync_listener: RwLock::new(None),
+            retention_counts: Default::default(),
             retention_lock: Mutex::new(()),
             kept_warned: Mutex::new(None),
             index_error_logged: Mutex::new(None),
@@ -204,6 +211,17 @@ impl MessageStore {
     /// learns that a queue has something new.
     pub fn set_arrival_listener(&self, f: impl Fn(&str, u32, u64) + Send + Sync + 'static) {
         *self.inner.arrival.write() = Some(Arc::new(f));
+    }
+
+    /// Called after each successful commit log sync (group commit, periodic flush,
+    /// checkpoint) with how long it took.
+    pub fn set_sync_listener(&self, f: impl Fn(Duration) + Send + Sync + 'static) {
+        *self.inner.sync_listener.write() = Some(Arc::new(f));
+    }
+
+    /// What retention deleted since the store opened.
+    pub fn retention_totals(&self) -> crate::retention::RetentionTotals {
+        self.inner.retention_counts.totals()
     }
 
     /// Syncs the commit log, consume queues and index and writes the checkpoint now.

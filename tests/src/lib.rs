@@ -30,6 +30,7 @@ use weir_store::StoreConfig;
 pub use weir_filter_artifacts as artifacts;
 
 pub mod child;
+pub mod metrics;
 pub mod tx_producer;
 
 /// Timeout of one call, and of [`eventually`].

@@ -26,7 +26,7 @@ impl Handler for WeirAdapter {
         Box::pin(async move {
             let decoded = match decode(&req) {
                 Ok(r) => r,
-                Err(e) => return error_reply(&e),
+                Err(e) => return self.error_reply(&e),
             };
             // Only a heartbeat keeps a way back to the client.
             let link: Option<Link> = match decoded {
@@ -48,7 +48,7 @@ impl Handler for WeirAdapter {
             };
             match self.0.dispatch(&ctx, decoded).await {
                 Ok(answer) => encode(answer),
-                Err(e) => error_reply(&e),
+                Err(e) => self.error_reply(&e),
             }
         })
     }
@@ -195,8 +195,13 @@ fn encode(answer: BrokerResponse) -> Reply {
     }
 }
 
-fn error_reply(e: &ProcessError) -> Reply {
-    Reply::error(status_of(e), e.to_string())
+impl WeirAdapter {
+    /// The answer to a refused request, counted by its status.
+    fn error_reply(&self, e: &ProcessError) -> Reply {
+        let code = status_of(e);
+        self.0.metrics.error(code);
+        Reply::error(code, e.to_string())
+    }
 }
 
 /// The weir status of each kind of refusal: the one place they are chosen.

@@ -41,6 +41,16 @@ impl Broker {
     /// polling when there is nothing new. Dropping the future (its connection closed)
     /// releases a held pull at once.
     pub async fn pull(&self, req: PullMessage) -> Processed<Pulled> {
+        let pulled = self.pull_queue(&req).await?;
+        // The topic exists (else the pull failed); the group is named only when valid.
+        if validate_group_name(&req.group).is_ok() {
+            self.metrics
+                .consumed(&req.topic, &req.group, &pulled.records);
+        }
+        Ok(pulled)
+    }
+
+    async fn pull_queue(&self, req: &PullMessage) -> Processed<Pulled> {
         if crate::broker::is_internal_topic(&req.topic) {
             return Err(ProcessError::NoPermission(format!(
                 "topic {:?} is the broker's own: half messages are never consumed",

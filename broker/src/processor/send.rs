@@ -139,6 +139,7 @@ impl Broker {
         schedule::divert_if_delayed(&mut msg, &self.levels)
             .map_err(|e| ProcessError::MessageIllegal(e.to_string()))?;
         let mut r = self.store_messages(std::slice::from_ref(&msg)).await?;
+        self.metrics.produced(&t.name, 1, body.len() as u64);
         let mut result = r
             .pop()
             .ok_or_else(|| ProcessError::Internal("the store returned no result".into()))?;
@@ -207,6 +208,8 @@ impl Broker {
             at += len;
         }
         let mut results = self.store_messages(&msgs).await?;
+        self.metrics
+            .produced(&t.name, results.len() as u64, body.len() as u64);
         results.iter_mut().for_each(|r| r.queue_id = req.queue_id);
         Ok(SendBatchResult { results })
     }

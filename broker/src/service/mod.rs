@@ -5,7 +5,8 @@
 //! - [`client_expiry`]: forgetting clients that stopped heartbeating;
 //! - [`writability`]: routes turn read-only while the store refuses writes;
 //! - [`transaction_check`]: asking producers about undecided half messages;
-//! - [`acl_reload`]: putting a changed ACL file in force.
+//! - [`acl_reload`]: putting a changed ACL file in force;
+//! - [`metrics`]: the Prometheus endpoint (started with the listener, when configured).
 //!
 //! The store's own services (flush, checkpoint and consumer offsets, retention) run
 //! inside `weir-store`.
@@ -14,6 +15,7 @@ pub mod acl_reload;
 pub mod client_expiry;
 pub mod ha_master;
 pub mod ha_slave;
+pub mod metrics;
 pub mod registration;
 pub mod schedule;
 pub mod transaction_check;

@@ -32,7 +32,7 @@ use bytes::Bytes;
 pub use config::{ConnConfig, NetConfig, NetConfigError, ServerConfig};
 pub use connection::{ConnLoad, Connection};
 pub use events::{Cause, LOG_INTERVAL};
-pub use server::{Server, ServerStats};
+pub use server::{Server, ServerStats, ServerStatsHandle};
 
 use crate::codes::{ErrorCode, SUCCESS};
 use crate::error::ProtocolError;

@@ -41,6 +41,36 @@ pub struct ServerStats {
     pub peak_pending_bytes: usize,
 }
 
+/// Reads a server's [`ServerStats`]; cheap to clone, kept apart from the server.
+#[derive(Clone)]
+pub struct ServerStatsHandle(Arc<Shared>);
+
+impl ServerStatsHandle {
+    /// What the connections hold now and what happened to them.
+    pub fn stats(&self) -> ServerStats {
+        let s = &self.0;
+        let mut stats = ServerStats {
+            refused: s.events.refused.total(),
+            bad_frames: s.events.bad_frames.total(),
+            frame_timeouts: s.events.frame_timeouts.total(),
+            idle_closes: s.events.idle_closes.total(),
+            resets: s.events.resets.load(Ordering::Relaxed),
+            peak_pending_requests: s.peak_requests.load(Ordering::Relaxed),
+            peak_pending_bytes: s.peak_bytes.load(Ordering::Relaxed),
+            ..ServerStats::default()
+        };
+        for c in s.conns().values() {
+            let load = c.load();
+            stats.connections += 1;
+            stats.pending_requests += load.requests;
+            stats.pending_bytes += load.bytes;
+            stats.peak_pending_requests = stats.peak_pending_requests.max(load.peak_requests);
+            stats.peak_pending_bytes = stats.peak_pending_bytes.max(load.peak_bytes);
+        }
+        stats
+    }
+}
+
 /// What a server shares with its connections' drivers.
 pub(super) struct Shared {
     pub(super) events: Events,
@@ -141,26 +171,12 @@ impl Server {
 
     /// What the connections hold now and what happened to them.
     pub fn stats(&self) -> ServerStats {
-        let s = &self.shared;
-        let mut stats = ServerStats {
-            refused: s.events.refused.total(),
-            bad_frames: s.events.bad_frames.total(),
-            frame_timeouts: s.events.frame_timeouts.total(),
-            idle_closes: s.events.idle_closes.total(),
-            resets: s.events.resets.load(Ordering::Relaxed),
-            peak_pending_requests: s.peak_requests.load(Ordering::Relaxed),
-            peak_pending_bytes: s.peak_bytes.load(Ordering::Relaxed),
-            ..ServerStats::default()
-        };
-        for c in s.conns().values() {
-            let load = c.load();
-            stats.connections += 1;
-            stats.pending_requests += load.requests;
-            stats.pending_bytes += load.bytes;
-            stats.peak_pending_requests = stats.peak_pending_requests.max(load.peak_requests);
-            stats.peak_pending_bytes = stats.peak_pending_bytes.max(load.peak_bytes);
-        }
-        stats
+        self.stats_handle().stats()
+    }
+
+    /// A handle that reads [`Server::stats`] without the server (for a metrics endpoint).
+    pub fn stats_handle(&self) -> ServerStatsHandle {
+        ServerStatsHandle(Arc::clone(&self.shared))
     }
 
     /// Stops accepting and closes every connection. The listener is closed first, so no
