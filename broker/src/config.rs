@@ -319,4 +319,18 @@ mod tests {
         assert_eq!(c.slave_read_behind(), 7);
         assert!(BrokerConfig::default().slave_read_behind() > 0);
     }
+
+    #[test]
+    fn metrics_are_off_unless_a_listen_address_is_given() {
+        assert_eq!(BrokerConfig::default().metrics.listen, None);
+        let c: BrokerConfig =
+            toml::from_str("[metrics]\nlisten = \"127.0.0.1:9100\"\n").expect("parses");
+        assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.1:9100"));
+        c.validate().expect("valid");
+        let e =
+            toml::from_str::<BrokerConfig>("[metrics]\nport = 9100\n").expect_err("unknown key");
+        assert!(e.to_string().contains("port"), "{e}");
+        let empty: BrokerConfig = toml::from_str("[metrics]\nlisten = \"\"\n").expect("parses");
+        assert!(empty.validate().is_err());
+    }
 }

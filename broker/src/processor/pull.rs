@@ -179,7 +179,7 @@ impl Broker {
                 .collect();
             let kept = match &wasm {
                 None => candidates,
-                Some(f) => match self.run_filter(f, &req, cursor, candidates).await {
+                Some(f) => match self.run_filter(f, req, cursor, candidates).await {
                     Ok(kept) => kept,
                     // Earlier rounds' progress stands; the next pull meets the failure.
                     Err(_) if cursor != req.offset => {
