@@ -60,6 +60,16 @@ fn expired_segments_are_deleted_and_reads_below_answer_offset_moved() {
     // Two hours later every sealed segment is expired; the one being written stays.
     let report = store.run_retention(now + 2 * HOUR_MS).unwrap();
     assert_eq!(report.segments_deleted, segments_before - 1);
+    // Counted for metrics (the store's own retention thread deletes nothing here: by its
+    // clock nothing is old, and the disk ratio rule is off).
+    let totals = store.retention_totals();
+    assert_eq!(totals.segments_by_age, report.segments_deleted as u64);
+    assert_eq!(totals.segments_by_pressure, 0);
+    assert_eq!(
+        totals.bytes,
+        report.deleted.iter().map(|d| d.end - d.start).sum::<u64>()
+    );
+    assert!(totals.bytes > 0);
     assert_eq!(count_files(&dir.path().join("commitlog")), 1);
     assert!(count_files(&dir.path().join("consumequeue")) < cq_files_before);
     let min_log = store.commit_log_min_offset();
@@ -147,6 +157,7 @@ fn disk_pressure_with_the_explicit_policy_deletes_the_oldest_segment_per_pass() 
     let r = store.run_retention(now).unwrap();
     assert_eq!(r.segments_deleted, 1);
     assert_eq!(count_files(&dir.path().join("commitlog")), before - 1);
+    assert!(store.retention_totals().segments_by_pressure >= 1);
     // The report says why and what each queue lost.
     let d = &r.deleted[0];
     assert!(

@@ -8,7 +8,7 @@ use weir_client::{
     Admin, ClientConfig, ClientInstance, Message, Producer, PullConsumer, PullStatus,
 };
 use weir_tests::metrics::{http_get, scrape};
-use weir_tests::{broker_config, eventually};
+use weir_tests::{Msg, artifacts, broker_config, eventually};
 
 const TOPIC: &str = "metered";
 const GROUP: &str = "metered-group";
@@ -238,4 +238,101 @@ async fn the_endpoint_answers_only_get_metrics() {
 async fn metrics_are_off_by_default() {
     let env = weir_tests::Env::start().await;
     assert_eq!(env.broker().metrics_addr(), None);
+}
+
+fn metered(c: &mut weir_broker::BrokerConfig) {
+    c.metrics.listen = Some("127.0.0.1:0".into());
+}
+
+/// A group's filter's counters, as `weir filter list` shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_counters_are_scraped() {
+    let env = weir_tests::Env::start_with(metered).await;
+    let c = env.client().await;
+    c.create_topic("F", 1).await;
+    let msgs: Vec<Msg> = (0..5).map(|i| Msg::new(format!("k{i}"))).collect();
+    c.send("F", 0, &msgs).await;
+    c.upload("G", "F", &artifacts::read(artifacts::KEEP_ALL), &[])
+        .await
+        .expect("uploaded");
+    assert_eq!(
+        c.pull("G", "F", 0, 0, 0).await.expect("pulled").msgs.len(),
+        5
+    );
+    let info = c.filter_info("G", "F").await.expect("listed");
+    assert_eq!(info.stats.messages_in, 5);
+
+    let m = scrape(env.broker().metrics_addr().expect("metrics on")).await;
+    let gt = [("group", "G"), ("topic", "F")];
+    assert_eq!(m.value("weir_filter_messages_in_total", &gt), 5.0);
+    assert_eq!(m.value("weir_filter_messages_kept_total", &gt), 5.0);
+    assert_eq!(
+        m.value("weir_filter_calls_total", &gt),
+        info.stats.calls as f64
+    );
+    assert_eq!(
+        m.value("weir_filter_call_seconds_total", &gt),
+        info.stats.call_nanos as f64 / 1e9
+    );
+    assert!(m.value("weir_filter_seconds_per_message", &gt) > 0.0);
+    for cause in [
+        "guest_error",
+        "trap",
+        "deadline",
+        "memory_exhausted",
+        "wrong_verdicts",
+    ] {
+        let labels = [("group", "G"), ("topic", "F"), ("cause", cause)];
+        assert_eq!(m.value("weir_filter_failures_total", &labels), 0.0);
+    }
+    assert_eq!(m.value("weir_filter_failed", &gt), 0.0);
+    assert_eq!(
+        m.value(
+            "weir_consumed_messages_total",
+            &[("topic", "F"), ("group", "G")]
+        ),
+        5.0
+    );
+}
+
+/// Access control's refusals, by cause, and the error answers they made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_refusals_are_scraped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("acl.toml");
+    std::fs::write(
+        &file,
+        "[[principal]]\naccess_key = \"p\"\nsecret_key = \"p-secret\"\ntopics = { \"orders\" = \"pub\" }\ngroups = { \"g\" = \"sub\" }\n",
+    )
+    .expect("write the ACL file");
+    let env = weir_tests::Env::start_with(|c| {
+        metered(c);
+        c.acl.file = Some(file);
+    })
+    .await;
+    let unsigned = env.client().await;
+    assert!(unsigned.pull("g", "orders", 0, 0, 0).await.is_err());
+    let p = env.client_as("p", "p-secret").await;
+    assert!(p.pull("g", "orders", 0, 0, 0).await.is_err());
+
+    let m = scrape(env.broker().metrics_addr().expect("metrics on")).await;
+    assert_eq!(m.value("weir_acl_enabled", &[]), 1.0);
+    assert_eq!(
+        m.value("weir_acl_refusals_total", &[("cause", "unsigned")]),
+        1.0
+    );
+    assert_eq!(
+        m.value("weir_acl_refusals_total", &[("cause", "denied_topic_sub")]),
+        1.0
+    );
+    let errors: f64 =
+        m.0.iter()
+            .filter(|(k, _)| k.starts_with("weir_request_errors_total{"))
+            .map(|(_, v)| v)
+            .sum();
+    assert_eq!(errors, 2.0);
+    assert_eq!(
+        m.value("weir_request_errors_total", &[("code", "access_denied")]),
+        1.0
+    );
 }
