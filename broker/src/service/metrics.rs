@@ -408,3 +408,45 @@ fn refusals(b: &Broker, e: &mut Exposition) {
         a.reload_failures,
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BrokerConfig;
+
+    async fn broker(dir: &std::path::Path, tweak: impl FnOnce(&mut BrokerConfig)) -> Arc<Broker> {
+        let mut config = BrokerConfig {
+            store: weir_store::StoreConfig {
+                disk_max_used_ratio: 1.0,
+                disk_full_ratio: 1.0,
+                ..weir_store::StoreConfig::new(dir.to_path_buf())
+            },
+            ..BrokerConfig::default()
+        };
+        tweak(&mut config);
+        crate::open(config, "127.0.0.1:10911".into()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn replication_is_shown_only_where_there_is_some() {
+        let dir = tempfile::tempdir().unwrap();
+        let slave = broker(&dir.path().join("s"), |c| {
+            c.role = BrokerRole::Slave;
+            c.broker_id = 1;
+            c.master_ha_addr = Some("127.0.0.1:1".into());
+        })
+        .await;
+        let text = render(&slave, &ServerStats::default());
+        assert!(text.contains("role=\"slave\"} 1\n"), "{text}");
+        assert!(text.contains("\nweir_replication_lag_bytes 0\n"), "{text}");
+        assert!(text.contains("\nweir_replication_connected 0\n"), "{text}");
+        assert!(text.contains("\nweir_replication_diverged 0\n"), "{text}");
+        slave.store.shutdown().unwrap();
+
+        let alone = broker(&dir.path().join("m"), |_| {}).await;
+        let text = render(&alone, &ServerStats::default());
+        assert!(text.contains("role=\"async_master\"} 1\n"), "{text}");
+        assert!(!text.contains("weir_replication_"), "{text}");
+        alone.store.shutdown().unwrap();
+    }
+}
