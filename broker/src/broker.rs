@@ -47,6 +47,8 @@ pub struct Broker {
     pub(crate) ha_addr: std::sync::Mutex<Option<String>>,
     /// Access control (off without `[acl] file`).
     pub acl: crate::acl::Acl,
+    /// Totals since start, for `weir broker stats`.
+    pub(crate) counters: crate::stats::Counters,
 }
 
 impl Broker {

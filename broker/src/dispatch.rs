@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use tokio::sync::{Semaphore, TryAcquireError};
+use weir_protocol::admin::{BrokerStats, DeleteGroup, GroupDeleted, OffsetsReset, ResetOffset};
 use weir_protocol::broker::{
     ConsumeStats, ConsumerConnections, ConsumerList, ConsumerOffset, ConsumerSendMsgBack,
     CreateTopic, DeleteTopic, EndTransaction, GetConsumeStats, GetConsumerConnections,
@@ -59,6 +60,9 @@ pub enum BrokerRequest {
     EndTransaction(EndTransaction),
     ListTransactions(ListTransactions),
     ResolveTransaction(ResolveTransaction),
+    ResetOffset(ResetOffset),
+    DeleteGroup(DeleteGroup),
+    BrokerStats,
 }
 
 /// What a request's processor answered.
@@ -86,6 +90,9 @@ pub enum BrokerResponse {
     FilterRemoved(FilterRemoved),
     Transactions(TransactionList),
     TransactionResolved(TransactionResolved),
+    OffsetsReset(OffsetsReset),
+    GroupDeleted(GroupDeleted),
+    BrokerStats(BrokerStats),
 }
 
 /// Families of requests, each with its own bound on requests in flight, so one family
@@ -126,6 +133,8 @@ impl BrokerRequest {
                 | R::DeleteTopic(_)
                 | R::UploadFilter { .. }
                 | R::RemoveFilter(_)
+                | R::ResetOffset(_)
+                | R::DeleteGroup(_)
         )
     }
 
@@ -154,7 +163,10 @@ impl BrokerRequest {
             | R::QueryByKey(_)
             | R::ViewById(_)
             | R::ListTransactions(_)
-            | R::ResolveTransaction(_) => Family::Admin,
+            | R::ResolveTransaction(_)
+            | R::ResetOffset(_)
+            | R::DeleteGroup(_)
+            | R::BrokerStats => Family::Admin,
             R::UploadFilter { .. } | R::ListFilters(_) | R::RemoveFilter(_) => Family::Filter,
         }
     }
@@ -285,7 +297,7 @@ impl Broker {
                 A::Done
             }
             R::DeleteTopic(r) => {
-                self.delete_topic(r)?;
+                self.delete_topic(r).await?;
                 A::Done
             }
             R::AllTopics => A::TopicList(self.all_topics()),
@@ -305,6 +317,9 @@ impl Broker {
             }
             R::ListTransactions(r) => A::Transactions(self.list_transactions(r)?),
             R::ResolveTransaction(r) => A::TransactionResolved(self.resolve_transaction(r).await?),
+            R::ResetOffset(r) => A::OffsetsReset(self.reset_offset(r).await?),
+            R::DeleteGroup(r) => A::GroupDeleted(self.delete_group(r).await?),
+            R::BrokerStats => A::BrokerStats(self.stats()),
         })
     }
 }

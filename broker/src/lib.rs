@@ -33,6 +33,7 @@ pub mod processor;
 pub mod replication;
 pub mod service;
 pub mod startup;
+pub mod stats;
 pub mod subscription;
 pub mod topics;
 

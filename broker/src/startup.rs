@@ -94,6 +94,7 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
         replication: Replication::new(config.role, log_grew),
         ha_addr: std::sync::Mutex::new(None),
         acl,
+        counters: Default::default(),
         config,
     }))
 }
@@ -101,7 +102,7 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
 /// A running broker.
 pub struct RunningBroker {
     broker: Arc<Broker>,
-    server: Server,
+    server: Arc<Server>,
     /// A master's HA port, when it takes slaves.
     ha: Option<Server>,
     stop: watch::Sender<bool>,
@@ -186,6 +187,8 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, BrokerError> {
             error,
         },
     )?;
+    let server = Arc::new(server);
+    broker.counters.set_server(Arc::downgrade(&server));
     let ha = match (
         &broker.config.ha_listen,
         broker.replication.role.is_master(),

@@ -55,6 +55,8 @@ impl Broker {
     /// synced later: the producer may retry and so duplicate).
     pub(crate) async fn store_messages(&self, msgs: &[Message]) -> Processed<Vec<SendResult>> {
         let mut appended = self.store.append(msgs)?;
+        self.counters
+            .stored(msgs.len(), msgs.iter().map(|m| m.body.len()).sum());
         let end = appended
             .results()
             .iter()
