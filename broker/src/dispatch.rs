@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use tokio::sync::{Semaphore, TryAcquireError};
-use weir_protocol::admin::{BrokerStats, DeleteGroup, GroupDeleted, OffsetsReset, ResetOffset};
+use weir_protocol::admin::{
+    BrokerSettings, BrokerStats, DeleteGroup, GroupDeleted, OffsetsReset, ResetOffset,
+    SetBrokerConfig,
+};
 use weir_protocol::broker::{
     ConsumeStats, ConsumerConnections, ConsumerList, ConsumerOffset, ConsumerSendMsgBack,
     CreateTopic, DeleteTopic, EndTransaction, GetConsumeStats, GetConsumerConnections,
@@ -63,6 +66,8 @@ pub enum BrokerRequest {
     ResetOffset(ResetOffset),
     DeleteGroup(DeleteGroup),
     BrokerStats,
+    BrokerConfig,
+    SetBrokerConfig(SetBrokerConfig),
 }
 
 /// What a request's processor answered.
@@ -93,6 +98,7 @@ pub enum BrokerResponse {
     OffsetsReset(OffsetsReset),
     GroupDeleted(GroupDeleted),
     BrokerStats(BrokerStats),
+    BrokerSettings(BrokerSettings),
 }
 
 /// Families of requests, each with its own bound on requests in flight, so one family
@@ -166,7 +172,9 @@ impl BrokerRequest {
             | R::ResolveTransaction(_)
             | R::ResetOffset(_)
             | R::DeleteGroup(_)
-            | R::BrokerStats => Family::Admin,
+            | R::BrokerStats
+            | R::BrokerConfig
+            | R::SetBrokerConfig(_) => Family::Admin,
             R::UploadFilter { .. } | R::ListFilters(_) | R::RemoveFilter(_) => Family::Filter,
         }
     }
@@ -320,6 +328,8 @@ impl Broker {
             R::ResetOffset(r) => A::OffsetsReset(self.reset_offset(r).await?),
             R::DeleteGroup(r) => A::GroupDeleted(self.delete_group(r).await?),
             R::BrokerStats => A::BrokerStats(self.stats()),
+            R::BrokerConfig => A::BrokerSettings(self.live_settings()),
+            R::SetBrokerConfig(r) => A::BrokerSettings(self.set_live_setting(r)?),
         })
     }
 }

@@ -28,6 +28,7 @@ pub mod dispatch;
 pub mod error;
 pub mod filter;
 mod holds;
+pub mod live;
 mod locks;
 pub mod processor;
 pub mod replication;

@@ -95,6 +95,7 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
         ha_addr: std::sync::Mutex::new(None),
         acl,
         counters: Default::default(),
+        live: crate::live::LiveSettings::new(&config),
         config,
     }))
 }

@@ -1,14 +1,15 @@
 //! The broker's running totals (atomics, bumped on the send and pull paths) and
-//! `weir broker stats`' answer.
+//! `weir broker stats`' answer; `weir broker config get|set`'s (see `live`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{OnceLock, Weak};
 use std::time::Instant;
 
 use weir_protocol::Server;
-use weir_protocol::admin::BrokerStats;
+use weir_protocol::admin::{BrokerSettings, BrokerStats, SetBrokerConfig};
 
 use crate::broker::Broker;
+use crate::error::{ProcessError, Processed};
 
 /// Totals since the broker started.
 pub struct Counters {
@@ -82,5 +83,23 @@ impl Broker {
             held_pulls: to_u64(self.holds.held()),
             uptime_ms: u64::try_from(c.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         }
+    }
+}
+
+impl Broker {
+    /// The settings that can change live, with their values now.
+    pub fn live_settings(&self) -> BrokerSettings {
+        BrokerSettings {
+            settings: self.live.all(),
+        }
+    }
+
+    /// Changes one live setting; the settings afterwards.
+    pub fn set_live_setting(&self, r: SetBrokerConfig) -> Processed<BrokerSettings> {
+        self.live
+            .set(&r.name, &r.value)
+            .map_err(|e| ProcessError::InvalidParameter(e.to_string()))?;
+        tracing::info!(setting = %r.name, value = %r.value, "live setting changed");
+        Ok(self.live_settings())
     }
 }

@@ -1,7 +1,7 @@
-//! `weir broker`: every broker's statistics.
+//! `weir broker`: every broker's statistics, and its settings that can change live.
 
 use clap::Subcommand;
-use weir_client::{Admin, ClientInstance};
+use weir_client::{Admin, BrokerSettings, ClientInstance};
 
 use crate::output;
 
@@ -14,12 +14,66 @@ pub enum BrokerCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Settings that can change while brokers run: show or change them (on every broker,
+    /// masters and slaves, or --broker's). A change lasts until the broker restarts: put
+    /// it in the configuration file too.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Each live setting and its value, per broker.
+    Get {
+        /// Only this broker (its name; all its ids).
+        #[arg(long)]
+        broker: Option<String>,
+        /// One JSON object per broker.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change one: auto_create_topic, default_topic_queues, max_message_size or
+    /// slave_ack_timeout_ms.
+    Set {
+        name: String,
+        value: String,
+        /// Only this broker (its name; all its ids).
+        #[arg(long)]
+        broker: Option<String>,
+        /// One JSON object per broker.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(cmd: BrokerCmd, client: ClientInstance) -> anyhow::Result<()> {
     let admin = Admin::new(client);
     match cmd {
         BrokerCmd::Stats { json } => stats(&admin, json).await,
+        BrokerCmd::Config {
+            cmd: ConfigCmd::Get { broker, json },
+        } => {
+            let rows = admin.broker_config(broker.as_deref()).await?;
+            print_settings(&rows, json);
+            Ok(())
+        }
+        BrokerCmd::Config {
+            cmd:
+                ConfigCmd::Set {
+                    name,
+                    value,
+                    broker,
+                    json,
+                },
+        } => {
+            let rows = admin
+                .set_broker_config(broker.as_deref(), &name, &value)
+                .await?;
+            print_settings(&rows, json);
+            Ok(())
+        }
     }
 }
 
@@ -86,4 +140,41 @@ async fn stats(admin: &Admin, json: bool) -> anyhow::Result<()> {
         output::table(&table);
     }
     Ok(())
+}
+
+fn print_settings(rows: &[((String, u64, String), BrokerSettings)], json: bool) {
+    let mut table = vec![
+        ["BROKER", "ID", "ADDRESS", "SETTING", "VALUE"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for ((name, id, addr), s) in rows {
+        if json {
+            let settings: serde_json::Map<String, serde_json::Value> = s
+                .settings
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            let v = serde_json::json!({
+                "broker": name,
+                "id": id,
+                "addr": addr,
+                "settings": settings,
+            });
+            println!("{v}");
+            continue;
+        }
+        for (k, v) in &s.settings {
+            table.push(vec![
+                name.clone(),
+                id.to_string(),
+                addr.clone(),
+                k.clone(),
+                v.clone(),
+            ]);
+        }
+    }
+    if !json {
+        output::table(&table);
+    }
 }

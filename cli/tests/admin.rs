@@ -392,3 +392,82 @@ async fn broker_stats_count_what_went_in_and_out() {
         "{table}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_config_changes_live_settings_and_refuses_others() {
+    let env = env().await;
+    let ns = env.namesrv.as_str();
+    let got = json_lines(&ok(
+        &weir(ns, &["broker", "config", "get", "--json"], None).await
+    ));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["broker"], "broker-a");
+    assert_eq!(got[0]["settings"]["max_message_size"], "4194304");
+    assert_eq!(got[0]["settings"]["auto_create_topic"], "true");
+
+    let set = json_lines(&ok(&weir(
+        ns,
+        &[
+            "broker",
+            "config",
+            "set",
+            "max_message_size",
+            "10",
+            "--json",
+        ],
+        None,
+    )
+    .await));
+    assert_eq!(set[0]["settings"]["max_message_size"], "10");
+    ok(&weir(ns, &["send", "Live", "--body", "0123456789"], None).await);
+    let err = failed(&weir(ns, &["send", "Live", "--body", "0123456789A"], None).await);
+    assert!(err.contains("exceeds the maximum of 10"), "{err}");
+
+    ok(&weir(
+        ns,
+        &[
+            "broker",
+            "config",
+            "set",
+            "auto_create_topic",
+            "false",
+            "--broker",
+            "broker-a",
+        ],
+        None,
+    )
+    .await);
+    let err = failed(&weir(ns, &["send", "Unmade", "--body", "x"], None).await);
+    assert!(err.contains("Unmade"), "{err}");
+    let table = ok(&weir(ns, &["broker", "config", "get"], None).await);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("auto_create_topic") && l.ends_with("false")),
+        "{table}"
+    );
+
+    let err = failed(
+        &weir(
+            ns,
+            &["broker", "config", "set", "listen", "0.0.0.0:1"],
+            None,
+        )
+        .await,
+    );
+    assert!(
+        err.contains("cannot change while the broker runs") && err.contains("max_message_size"),
+        "{err}"
+    );
+    let err = failed(
+        &weir(
+            ns,
+            &["broker", "config", "set", "default_topic_queues", "0"],
+            None,
+        )
+        .await,
+    );
+    assert!(err.contains("1..=1024"), "{err}");
+    let err = failed(&weir(ns, &["broker", "config", "get", "--broker", "nope"], None).await);
+    assert!(err.contains("no broker named nope"), "{err}");
+}

@@ -35,7 +35,9 @@ pub use transaction::{
     CheckStats, LocalTransactionState, TransactionListener, TransactionProducer,
     TransactionProducerConfig, TransactionSendResult,
 };
-pub use weir_protocol::admin::{BrokerStats, GroupDeleted, OffsetsReset, QueueReset, ResetTarget};
+pub use weir_protocol::admin::{
+    BrokerSettings, BrokerStats, GroupDeleted, OffsetsReset, QueueReset, ResetTarget,
+};
 pub use weir_protocol::auth::Credentials;
 pub use weir_protocol::broker::{
     ConsumerMember, PullStatus, QueueOffsets, QueueProgress, SendStatus, SentBack,

@@ -1,10 +1,11 @@
 //! Operators' changes on every master broker: deleting and updating topics, resetting and
-//! deleting consumer groups; and every broker's runtime statistics.
+//! deleting consumer groups; and every broker's runtime statistics and live settings.
 
 use bytes::Bytes;
 use weir_protocol::ErrorCode;
 use weir_protocol::admin::{
-    BrokerStats, DeleteGroup, GetBrokerStats, GroupDeleted, OffsetsReset, ResetOffset, ResetTarget,
+    BrokerSettings, BrokerStats, DeleteGroup, GetBrokerConfig, GetBrokerStats, GroupDeleted,
+    OffsetsReset, ResetOffset, ResetTarget, SetBrokerConfig,
 };
 use weir_protocol::broker::{CreateTopic, DeleteTopic, GetTopicStats};
 use weir_protocol::route::TopicConfig;
@@ -187,6 +188,66 @@ impl Admin {
                     stats,
                 });
             }
+        }
+        Ok(out)
+    }
+
+    /// Every registered broker (or the one named `broker`, all its ids): (its name, id,
+    /// address).
+    async fn brokers(&self, broker: Option<&str>) -> Result<Vec<(String, u64, String)>> {
+        let info = self.cluster().await?;
+        let out: Vec<(String, u64, String)> = info
+            .brokers
+            .iter()
+            .filter(|b| broker.is_none_or(|n| n == b.broker_name))
+            .flat_map(|b| {
+                b.addrs
+                    .iter()
+                    .map(|(id, a)| (b.broker_name.clone(), *id, a.clone()))
+            })
+            .collect();
+        if out.is_empty() {
+            return Err(ClientError::Invalid(match broker {
+                Some(n) => format!("no broker named {n} is registered"),
+                None => "no broker is registered".into(),
+            }));
+        }
+        Ok(out)
+    }
+
+    /// The settings that can change live, from every broker (or the one named):
+    /// ((name, id, address), settings).
+    pub async fn broker_config(
+        &self,
+        broker: Option<&str>,
+    ) -> Result<Vec<((String, u64, String), BrokerSettings)>> {
+        let mut out = Vec::new();
+        for b in self.brokers(broker).await? {
+            let (s, _) = self
+                .client
+                .call(&b.2, &GetBrokerConfig, Bytes::new())
+                .await?;
+            out.push((b, s));
+        }
+        Ok(out)
+    }
+
+    /// Changes a live setting on every broker (or the one named); stops at the first
+    /// refusal (a setting that cannot change live, a value out of range).
+    pub async fn set_broker_config(
+        &self,
+        broker: Option<&str>,
+        name: &str,
+        value: &str,
+    ) -> Result<Vec<((String, u64, String), BrokerSettings)>> {
+        let req = SetBrokerConfig {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        };
+        let mut out = Vec::new();
+        for b in self.brokers(broker).await? {
+            let (s, _) = self.client.call(&b.2, &req, Bytes::new()).await?;
+            out.push((b, s));
         }
         Ok(out)
     }

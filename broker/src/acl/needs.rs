@@ -14,7 +14,7 @@
 //! | list transactions | `admin` on the producer group; without one, cluster admin |
 //! | reset offsets | `admin` on the group, `sub` on the topic |
 //! | delete group | `admin` on the group |
-//! | all topics, view by id, resolve transaction, broker stats | cluster admin |
+//! | all topics, view by id, resolve transaction, broker stats, get / set broker config | cluster admin |
 //! | unregister client | `pub` on each producer group and `sub` on each consumer group of that client |
 //!
 //! A group's retry and dead-letter topics (`%RETRY%<group>`, `%DLQ%<group>`) belong to the
@@ -138,9 +138,12 @@ pub fn needs(req: &BrokerRequest) -> Vec<Need<'_>> {
         },
         R::ResetOffset(r) => vec![group(&r.group, Perm::ADMIN), topic(&r.topic, Perm::SUB)],
         R::DeleteGroup(r) => vec![group(&r.group, Perm::ADMIN)],
-        R::AllTopics | R::ViewById(_) | R::ResolveTransaction(_) | R::BrokerStats => {
-            vec![Need::Cluster]
-        }
+        R::AllTopics
+        | R::ViewById(_)
+        | R::ResolveTransaction(_)
+        | R::BrokerStats
+        | R::BrokerConfig
+        | R::SetBrokerConfig(_) => vec![Need::Cluster],
         // (The client's groups are the broker's to know: see `Broker::dispatch`.)
         R::UnregisterClient(_) => Vec::new(),
     }

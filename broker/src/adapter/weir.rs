@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use weir_protocol::admin::GetBrokerStats;
+use weir_protocol::admin::{GetBrokerConfig, GetBrokerStats};
 use weir_protocol::broker::{CheckTransactionState, NotifyConsumerIdsChanged, RecordCount};
 use weir_protocol::net::BoxFuture;
 use weir_protocol::route::GetAllTopics;
@@ -143,9 +143,12 @@ fn decode(req: &Request) -> Result<BrokerRequest, ProcessError> {
             req.decode::<GetBrokerStats>().map_err(bad)?;
             R::BrokerStats
         }
+        RequestCode::GetBrokerConfig => {
+            req.decode::<GetBrokerConfig>().map_err(bad)?;
+            R::BrokerConfig
+        }
+        RequestCode::SetBrokerConfig => R::SetBrokerConfig(req.decode().map_err(bad)?),
         RequestCode::CheckTransactionState
-        | RequestCode::GetBrokerConfig
-        | RequestCode::SetBrokerConfig
         | RequestCode::HaHello
         | RequestCode::HaData
         | RequestCode::HaAck
@@ -204,6 +207,7 @@ fn encode(answer: BrokerResponse) -> Reply {
         A::OffsetsReset(r) => Reply::ok(&r),
         A::GroupDeleted(r) => Reply::ok(&r),
         A::BrokerStats(r) => Reply::ok(&r),
+        A::BrokerSettings(r) => Reply::ok(&r),
     }
 }
 

@@ -41,10 +41,10 @@ impl Broker {
     }
 
     fn check_body(&self, len: usize) -> Processed<()> {
-        if len > self.config.max_message_size {
+        let max = self.live.max_message_size();
+        if len > max {
             return Err(ProcessError::MessageIllegal(format!(
-                "message body of {len} bytes exceeds the maximum of {} bytes",
-                self.config.max_message_size
+                "message body of {len} bytes exceeds the maximum of {max} bytes"
             )));
         }
         Ok(())
@@ -76,7 +76,7 @@ impl Broker {
         // confirmation).
         let replica = match self.replication.role {
             BrokerRole::SyncMaster => {
-                let limit = Duration::from_millis(self.config.slave_ack_timeout_ms);
+                let limit = Duration::from_millis(self.live.slave_ack_timeout_ms());
                 self.replication.wait_replicated(end, limit).await
             }
             _ => ReplicaWait::Confirmed,
