@@ -148,3 +148,35 @@ pub fn needs(req: &BrokerRequest) -> Vec<Need<'_>> {
         R::UnregisterClient(_) => Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use weir_protocol::admin::{DeleteGroup, ResetOffset, ResetTarget, SetBrokerConfig};
+
+    use super::*;
+
+    #[test]
+    fn operators_requests_need_admin() {
+        let reset = R::ResetOffset(ResetOffset {
+            group: "g".into(),
+            topic: "T".into(),
+            to: ResetTarget::Earliest,
+            force: false,
+        });
+        assert_eq!(
+            needs(&reset),
+            [Need::Group("g", Perm::ADMIN), Need::Topic("T", Perm::SUB)]
+        );
+        let del = R::DeleteGroup(DeleteGroup { group: "g".into() });
+        assert_eq!(needs(&del), [Need::Group("g", Perm::ADMIN)]);
+        let set = R::SetBrokerConfig(SetBrokerConfig {
+            name: "max_message_size".into(),
+            value: "1".into(),
+        });
+        for r in [R::BrokerStats, R::BrokerConfig, set] {
+            assert_eq!(needs(&r), [Need::Cluster], "{r:?}");
+        }
+    }
+
+    use BrokerRequest as R;
+}
