@@ -49,6 +49,10 @@ pub struct Broker {
     pub acl: crate::acl::Acl,
     /// What is counted for the metrics endpoint.
     pub metrics: crate::metrics::BrokerMetrics,
+    /// Totals since start, for `weir broker stats`.
+    pub(crate) counters: crate::stats::Counters,
+    /// Settings that can change while it runs (`weir broker config set`).
+    pub(crate) live: crate::live::LiveSettings,
 }
 
 impl Broker {
@@ -148,7 +152,7 @@ impl Broker {
         if let Some(t) = self.topics.get(name) {
             return Ok(t);
         }
-        if !self.config.auto_create_topic {
+        if !self.live.auto_create_topic() {
             return Err(ProcessError::TopicNotFound(format!(
                 "topic {name:?} does not exist and auto-create is off; create it first (weir topic create {name})"
             )));
@@ -161,7 +165,7 @@ impl Broker {
         self.check_topic_room()?;
         let t = self
             .topics
-            .get_or_create(name, self.config.default_topic_queues)?;
+            .get_or_create(name, self.live.default_topic_queues())?;
         info!(topic = name, queues = t.write_queues, "topic auto-created");
         self.topics_updated();
         Ok(Arc::new(t))

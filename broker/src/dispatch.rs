@@ -7,6 +7,10 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use tokio::sync::{Semaphore, TryAcquireError};
+use weir_protocol::admin::{
+    BrokerSettings, BrokerStats, DeleteGroup, GroupDeleted, OffsetsReset, ResetOffset,
+    SetBrokerConfig,
+};
 use weir_protocol::broker::{
     ConsumeStats, ConsumerConnections, ConsumerList, ConsumerOffset, ConsumerSendMsgBack,
     CreateTopic, DeleteTopic, EndTransaction, GetConsumeStats, GetConsumerConnections,
@@ -59,6 +63,11 @@ pub enum BrokerRequest {
     EndTransaction(EndTransaction),
     ListTransactions(ListTransactions),
     ResolveTransaction(ResolveTransaction),
+    ResetOffset(ResetOffset),
+    DeleteGroup(DeleteGroup),
+    BrokerStats,
+    BrokerConfig,
+    SetBrokerConfig(SetBrokerConfig),
 }
 
 /// What a request's processor answered.
@@ -86,6 +95,10 @@ pub enum BrokerResponse {
     FilterRemoved(FilterRemoved),
     Transactions(TransactionList),
     TransactionResolved(TransactionResolved),
+    OffsetsReset(OffsetsReset),
+    GroupDeleted(GroupDeleted),
+    BrokerStats(BrokerStats),
+    BrokerSettings(BrokerSettings),
 }
 
 /// Families of requests, each with its own bound on requests in flight, so one family
@@ -126,6 +139,8 @@ impl BrokerRequest {
                 | R::DeleteTopic(_)
                 | R::UploadFilter { .. }
                 | R::RemoveFilter(_)
+                | R::ResetOffset(_)
+                | R::DeleteGroup(_)
         )
     }
 
@@ -154,7 +169,12 @@ impl BrokerRequest {
             | R::QueryByKey(_)
             | R::ViewById(_)
             | R::ListTransactions(_)
-            | R::ResolveTransaction(_) => Family::Admin,
+            | R::ResolveTransaction(_)
+            | R::ResetOffset(_)
+            | R::DeleteGroup(_)
+            | R::BrokerStats
+            | R::BrokerConfig
+            | R::SetBrokerConfig(_) => Family::Admin,
             R::UploadFilter { .. } | R::ListFilters(_) | R::RemoveFilter(_) => Family::Filter,
         }
     }
@@ -292,7 +312,7 @@ impl Broker {
                 A::Done
             }
             R::DeleteTopic(r) => {
-                self.delete_topic(r)?;
+                self.delete_topic(r).await?;
                 A::Done
             }
             R::AllTopics => A::TopicList(self.all_topics()),
@@ -312,6 +332,11 @@ impl Broker {
             }
             R::ListTransactions(r) => A::Transactions(self.list_transactions(r)?),
             R::ResolveTransaction(r) => A::TransactionResolved(self.resolve_transaction(r).await?),
+            R::ResetOffset(r) => A::OffsetsReset(self.reset_offset(r).await?),
+            R::DeleteGroup(r) => A::GroupDeleted(self.delete_group(r).await?),
+            R::BrokerStats => A::BrokerStats(self.stats()),
+            R::BrokerConfig => A::BrokerSettings(self.live_settings()),
+            R::SetBrokerConfig(r) => A::BrokerSettings(self.set_live_setting(r)?),
         })
     }
 }

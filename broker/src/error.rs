@@ -88,6 +88,9 @@ pub enum ProcessError {
     /// A slave whose log differs from its master's serves nothing.
     #[error("{0}")]
     ReplicaDiverged(String),
+    /// The group has live members whose commits would undo the operation.
+    #[error("{0}")]
+    GroupHasMembers(String),
     /// An end-transaction that does not match its half message.
     #[error("{0}")]
     TransactionInvalid(String),

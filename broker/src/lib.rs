@@ -28,12 +28,14 @@ pub mod dispatch;
 pub mod error;
 pub mod filter;
 mod holds;
+pub mod live;
 mod locks;
 pub mod metrics;
 pub mod processor;
 pub mod replication;
 pub mod service;
 pub mod startup;
+pub mod stats;
 pub mod subscription;
 pub mod topics;
 

@@ -102,6 +102,8 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
         ha_addr: std::sync::Mutex::new(None),
         acl,
         metrics,
+        counters: Default::default(),
+        live: crate::live::LiveSettings::new(&config),
         config,
     }))
 }
@@ -109,7 +111,7 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
 /// A running broker.
 pub struct RunningBroker {
     broker: Arc<Broker>,
-    server: Server,
+    server: Arc<Server>,
     /// A master's HA port, when it takes slaves.
     ha: Option<Server>,
     /// The metrics endpoint, when `[metrics] listen` is set.
@@ -204,6 +206,8 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, BrokerError> {
             error,
         },
     )?;
+    let server = Arc::new(server);
+    broker.counters.set_server(Arc::downgrade(&server));
     let ha = match (
         &broker.config.ha_listen,
         broker.replication.role.is_master(),

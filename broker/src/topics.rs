@@ -262,11 +262,14 @@ impl TopicManager {
 
     pub fn remove(&self, name: &str) -> Result<bool, TopicError> {
         let mut topics = self.lock();
-        let existed = topics.remove(name).is_some();
-        if existed {
-            self.persist(&topics)?;
+        let Some(old) = topics.remove(name) else {
+            return Ok(false);
+        };
+        if let Err(e) = self.persist(&topics) {
+            topics.insert(name.to_owned(), old);
+            return Err(e);
         }
-        Ok(existed)
+        Ok(true)
     }
 
     fn persist(&self, topics: &BTreeMap<String, Arc<TopicConfig>>) -> Result<(), TopicError> {

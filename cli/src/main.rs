@@ -2,11 +2,14 @@
 //! a contract (scripts depend on them); errors are one line on stderr and a non-zero exit.
 
 mod bench;
+mod broker;
 mod cluster;
 mod consume;
 mod filter;
+mod group;
 mod output;
 mod send_lines;
+mod topic;
 mod transaction;
 
 use std::path::PathBuf;
@@ -15,15 +18,15 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use weir_client::{
-    Admin, ClientConfig, ClientInstance, Message, MessageModel, MessageQueue, Producer,
-    ReceivedMessage, SendResult,
+    Admin, ClientConfig, ClientInstance, Message, MessageQueue, Producer, ReceivedMessage,
+    SendResult,
 };
 
 #[derive(Parser, Debug)]
 #[command(
     name = "weir",
     version,
-    about = "weir: topics, messages, groups, filters, cluster, benchmarks"
+    about = "weir: topics, messages, groups, filters, brokers, cluster, benchmarks"
 )]
 struct Cli {
     /// Name servers, `host:port;host:port`.
@@ -52,10 +55,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Create, list and inspect topics.
+    /// Create, list, inspect, update and delete topics.
     Topic {
         #[command(subcommand)]
-        cmd: TopicCmd,
+        cmd: topic::TopicCmd,
     },
     /// Send messages.
     Send(SendArgs),
@@ -64,7 +67,7 @@ enum Cmd {
     /// Consumer groups.
     Group {
         #[command(subcommand)]
-        cmd: GroupCmd,
+        cmd: group::GroupCmd,
     },
     /// Look messages up.
     Message {
@@ -81,6 +84,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: filter::FilterCmd,
     },
+    /// Brokers' statistics and live settings.
+    Broker {
+        #[command(subcommand)]
+        cmd: broker::BrokerCmd,
+    },
     /// The brokers the name servers know.
     Cluster {
         #[command(subcommand)]
@@ -91,22 +99,6 @@ enum Cmd {
         #[command(subcommand)]
         cmd: bench::BenchCmd,
     },
-}
-
-#[derive(Subcommand, Debug)]
-enum TopicCmd {
-    /// Create (or update) a topic on every master broker.
-    Create {
-        topic: String,
-        #[arg(long, default_value_t = 8)]
-        queues: u32,
-    },
-    /// Every topic the name servers route.
-    List,
-    /// Which brokers serve a topic, with their queues.
-    Route { topic: String },
-    /// Per queue: min and max offsets.
-    Stats { topic: String },
 }
 
 #[derive(Args, Debug)]
@@ -177,19 +169,6 @@ pub(crate) fn parse_prop(s: &str) -> Result<(String, String), String> {
 }
 
 #[derive(Subcommand, Debug)]
-enum GroupCmd {
-    /// Per queue: broker offset, consumer offset, lag (the group's retry topic too).
-    Progress { group: String },
-    /// The group's live members, as each broker knows them from their heartbeats.
-    Members {
-        group: String,
-        /// One JSON object per member and broker.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Subcommand, Debug)]
 enum MessageCmd {
     /// Messages of a topic by key.
     Key { topic: String, key: String },
@@ -244,15 +223,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let client = ClientInstance::new(config)?;
     match cli.cmd {
-        Cmd::Topic { cmd } => topic(cmd, client).await,
+        Cmd::Topic { cmd } => topic::run(cmd, client).await,
         Cmd::Send(args) => send(args, client).await,
         Cmd::Consume(args) => consume::run(args, client).await,
-        Cmd::Group {
-            cmd: GroupCmd::Progress { group },
-        } => progress(&group, client).await,
-        Cmd::Group {
-            cmd: GroupCmd::Members { group, json },
-        } => members(&group, json, client).await,
+        Cmd::Group { cmd } => group::run(cmd, client).await,
+        Cmd::Broker { cmd } => broker::run(cmd, client).await,
         Cmd::Message { cmd } => message(cmd, client).await,
         Cmd::Transaction { cmd } => transaction::run(cmd, client).await,
         Cmd::Filter { cmd } => filter::run(cmd, client).await,
@@ -261,85 +236,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => cluster::list(client, json).await,
         Cmd::Bench { cmd } => bench::run(cmd, client).await,
     }
-}
-
-async fn topic(cmd: TopicCmd, client: ClientInstance) -> anyhow::Result<()> {
-    let admin = Admin::new(client);
-    match cmd {
-        TopicCmd::Create { topic, queues } => {
-            if queues == 0 {
-                bail!("--queues must be at least 1");
-            }
-            let brokers = admin.create_topic(&topic, queues).await?;
-            println!(
-                "created {topic} with {queues} queues on {}",
-                brokers.join(", ")
-            );
-        }
-        TopicCmd::List => {
-            for t in admin.topics().await? {
-                println!("{t}");
-            }
-        }
-        TopicCmd::Route { topic } => {
-            let route = admin.route(&topic).await?;
-            let mut rows = vec![vec![
-                "BROKER".into(),
-                "READ".into(),
-                "WRITE".into(),
-                "PERM".into(),
-                "ADDRESSES".into(),
-            ]];
-            for q in &route.queues {
-                let addrs = route
-                    .brokers
-                    .iter()
-                    .find(|b| b.broker_name == q.broker_name)
-                    .map(|b| {
-                        b.addrs
-                            .iter()
-                            .map(|(id, a)| format!("{id}={a}"))
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    })
-                    .unwrap_or_default();
-                rows.push(vec![
-                    q.broker_name.clone(),
-                    q.read_queues.to_string(),
-                    q.write_queues.to_string(),
-                    weir_protocol_perm(q.perm),
-                    addrs,
-                ]);
-            }
-            output::table(&rows);
-        }
-        TopicCmd::Stats { topic } => {
-            let mut rows = vec![vec![
-                "BROKER".into(),
-                "QUEUE".into(),
-                "MIN".into(),
-                "MAX".into(),
-            ]];
-            for (broker, stats) in admin.topic_stats(&topic).await? {
-                for (q, o) in stats.queues.iter().enumerate() {
-                    rows.push(vec![
-                        broker.clone(),
-                        q.to_string(),
-                        o.min.to_string(),
-                        o.max.to_string(),
-                    ]);
-                }
-            }
-            output::table(&rows);
-        }
-    }
-    Ok(())
-}
-
-fn weir_protocol_perm(p: u8) -> String {
-    let r = if p & 4 != 0 { 'r' } else { '-' };
-    let w = if p & 2 != 0 { 'w' } else { '-' };
-    format!("{r}{w}")
 }
 
 /// One line per sent message; an error when standard output is gone (a closed pipe), which
@@ -447,95 +343,6 @@ fn message_json(m: &ReceivedMessage) -> serde_json::Value {
         "born_ts": m.born_timestamp,
         "store_ts": m.store_timestamp,
     })
-}
-
-async fn progress(group: &str, client: ClientInstance) -> anyhow::Result<()> {
-    let rows = Admin::new(client).group_progress(group).await?;
-    if rows.is_empty() {
-        bail!("group {group} has no committed offset on any broker");
-    }
-    let mut table = vec![vec![
-        "BROKER".into(),
-        "TOPIC".into(),
-        "QUEUE".into(),
-        "BROKER_OFFSET".into(),
-        "CONSUMER_OFFSET".into(),
-        "LAG".into(),
-    ]];
-    let mut total = 0u64;
-    for (broker, q) in rows {
-        let lag = q.broker_offset.saturating_sub(q.consumer_offset);
-        total += lag;
-        table.push(vec![
-            broker,
-            q.topic,
-            q.queue_id.to_string(),
-            q.broker_offset.to_string(),
-            q.consumer_offset.to_string(),
-            lag.to_string(),
-        ]);
-    }
-    output::table(&table);
-    println!("total lag: {total}");
-    Ok(())
-}
-
-fn model_name(m: &MessageModel) -> &'static str {
-    match m {
-        MessageModel::Clustering => "clustering",
-        MessageModel::Broadcasting => "broadcasting",
-    }
-}
-
-async fn members(group: &str, json: bool, client: ClientInstance) -> anyhow::Result<()> {
-    let members = Admin::new(client).group_connections(group).await?;
-    if members.is_empty() {
-        bail!("group {group} has no member on any broker");
-    }
-    if json {
-        for (broker, m) in members {
-            let subs: Vec<serde_json::Value> = m
-                .subscriptions
-                .iter()
-                .map(|(t, e)| serde_json::json!({"topic": t, "expr": e}))
-                .collect();
-            let v = serde_json::json!({
-                "broker": broker,
-                "client_id": m.client_id,
-                "addr": m.addr,
-                "model": model_name(&m.model),
-                "subscriptions": subs,
-                "last_heartbeat_ms_ago": m.last_heartbeat_ms_ago,
-            });
-            println!("{v}");
-        }
-        return Ok(());
-    }
-    let mut rows = vec![vec![
-        "BROKER".into(),
-        "CLIENT_ID".into(),
-        "ADDRESS".into(),
-        "MODEL".into(),
-        "SUBSCRIPTIONS".into(),
-        "LAST_HEARTBEAT".into(),
-    ]];
-    for (broker, m) in members {
-        let subs: Vec<String> = m
-            .subscriptions
-            .iter()
-            .map(|(t, e)| format!("{t}({e})"))
-            .collect();
-        rows.push(vec![
-            broker,
-            m.client_id,
-            m.addr,
-            model_name(&m.model).to_uppercase(),
-            subs.join(","),
-            format!("{} ms ago", m.last_heartbeat_ms_ago),
-        ]);
-    }
-    output::table(&rows);
-    Ok(())
 }
 
 async fn message(cmd: MessageCmd, client: ClientInstance) -> anyhow::Result<()> {

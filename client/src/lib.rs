@@ -9,6 +9,7 @@ mod admin;
 mod faults;
 mod filter;
 mod instance;
+mod manage;
 mod message;
 mod producer;
 mod pull;
@@ -20,6 +21,7 @@ mod transaction;
 pub use admin::Admin;
 pub use filter::FILTER_UPLOAD_TIMEOUT;
 pub use instance::{ClientConfig, ClientInstance, DEGRADED_ROUTE_REFRESH};
+pub use manage::{BrokerStatsRow, TopicUpdate};
 pub use message::{Message, MessageQueue, ReceivedMessage};
 pub use producer::{Producer, SendResult};
 pub use pull::{PullConsumer, PullOutcome, RawPullOutcome};
@@ -32,6 +34,9 @@ pub use push::{
 pub use transaction::{
     CheckStats, LocalTransactionState, TransactionListener, TransactionProducer,
     TransactionProducerConfig, TransactionSendResult,
+};
+pub use weir_protocol::admin::{
+    BrokerSettings, BrokerStats, GroupDeleted, OffsetsReset, QueueReset, ResetTarget,
 };
 pub use weir_protocol::auth::Credentials;
 pub use weir_protocol::broker::{

@@ -80,6 +80,22 @@ fn refused(e: &ClientError) -> bool {
     }
 }
 
+/// A random queue index to start from, so that fresh producers (each `weir send` process,
+/// say) spread over the queues as RocketMQ's do, instead of all starting at queue 0. The
+/// randomness is std's per-process random hash keys (each `RandomState` differs).
+fn random_start() -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    // Truncation on 32-bit targets is fine: any bits are as random as the others.
+    h.finish() as usize
+}
+
 /// A stable hash for order keys: the same key always maps to the same queue.
 fn order_hash(key: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -97,7 +113,7 @@ impl Producer {
         Self {
             group,
             client,
-            next_queue: AtomicUsize::new(0),
+            next_queue: AtomicUsize::new(random_start()),
             retry_times_when_send_failed: 2,
         }
     }
@@ -118,7 +134,7 @@ impl Producer {
         Ok(())
     }
 
-    /// Picks the next queue round-robin (its index) among those whose master is known
+    /// Picks the next queue round-robin (its index, from a random start) among those whose master is known
     /// and was not found unreachable lately, avoiding `avoid` (the broker that just
     /// failed) when another one exists; when every master is avoided, any queue with a
     /// master (one may have come back). Never a queue without a master: sends never go
@@ -448,5 +464,36 @@ mod tests {
             ..info
         };
         assert_eq!(p.pick(&none, None), None);
+    }
+
+    #[tokio::test]
+    async fn fresh_producers_start_at_random_queues() {
+        let client = ClientInstance::new(crate::ClientConfig::new("127.0.0.1:1")).unwrap();
+        let mq = |q| MessageQueue {
+            topic: "T".into(),
+            broker_name: "a".into(),
+            queue_id: q,
+        };
+        let info = PublishInfo {
+            route: Arc::new(TopicRoute::default()),
+            queues: (0..8).map(mq).collect(),
+            addrs: vec![Some("A".into()); 8],
+        };
+        let firsts: std::collections::BTreeSet<usize> = (0..32)
+            .map(|_| {
+                Producer::new("g", client.clone())
+                    .pick(&info, None)
+                    .unwrap()
+            })
+            .collect();
+        // 32 fresh producers all starting at the same queue of 8: chance 8^-31.
+        assert!(
+            firsts.len() > 1,
+            "every fresh producer started at {firsts:?}"
+        );
+        // And each then goes round-robin from its start.
+        let p = Producer::new("g", client.clone());
+        let a = p.pick(&info, None).unwrap();
+        assert_eq!(p.pick(&info, None).unwrap(), (a + 1) % 8);
     }
 }

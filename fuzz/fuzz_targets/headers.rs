@@ -8,6 +8,7 @@ use std::fmt::Debug;
 
 use libfuzzer_sys::fuzz_target;
 use weir_protocol::bincode::{Decode, Encode};
+use weir_protocol::admin::*;
 use weir_protocol::broker::*;
 use weir_protocol::filter::*;
 use weir_protocol::route::*;
@@ -57,6 +58,15 @@ const TYPES: &[fn(&[u8])] = &[
     rt::<SearchOffsetByTimestamp>,
     rt::<CreateTopic>,
     rt::<DeleteTopic>,
+    rt::<ResetOffset>,
+    rt::<OffsetsReset>,
+    rt::<DeleteGroup>,
+    rt::<GroupDeleted>,
+    rt::<GetBrokerStats>,
+    rt::<BrokerStats>,
+    rt::<GetBrokerConfig>,
+    rt::<SetBrokerConfig>,
+    rt::<BrokerSettings>,
     rt::<GetTopicStats>,
     rt::<QueryMessageByKey>,
     view_by_id,

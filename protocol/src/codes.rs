@@ -36,6 +36,9 @@ codes! {
         QueryMessage = 12, "query message by key";
         QueryConsumerOffset = 14, "query consumer offset";
         UpdateConsumerOffset = 15, "update consumer offset";
+        SetBrokerConfig = 25, "set broker config";
+        GetBrokerConfig = 26, "get broker config";
+        GetBrokerStats = 28, "get broker stats";
         CreateTopic = 17, "create or update topic";
         SearchOffsetByTimestamp = 29, "search offset by timestamp";
         GetQueueOffsets = 30, "get queue min/max offsets";
@@ -56,8 +59,10 @@ codes! {
         GetTopicStats = 202, "get topic stats";
         GetConsumerConnections = 203, "get consumer connections";
         GetAllTopics = 206, "get all topics";
+        DeleteGroup = 207, "delete consumer group";
         GetConsumeStats = 208, "get consume stats";
         DeleteTopic = 215, "delete topic";
+        ResetOffset = 222, "reset consumer offsets";
         SendBatch = 320, "send batch";
         UploadFilter = 400, "upload filter";
         ListFilters = 401, "list filters";
@@ -121,6 +126,9 @@ codes! {
         RequestExpired = 120, "request expired";
         /// Access control: the signed request was seen before.
         RequestReplayed = 121, "request replayed";
+        /// The group has live members, whose commits would undo the operation (reset
+        /// offsets, delete the group): stop them first.
+        GroupHasMembers = 122, "group has live members";
     }
 }
 

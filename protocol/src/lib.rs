@@ -10,6 +10,8 @@ pub mod names;
 pub mod record;
 
 #[cfg(feature = "net")]
+pub mod admin;
+#[cfg(feature = "net")]
 pub mod auth;
 #[cfg(feature = "net")]
 pub mod broker;

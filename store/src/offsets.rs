@@ -157,12 +157,30 @@ impl ConsumerOffsets {
         out
     }
 
-    /// Forgets `group`'s offsets on `topic` (all topics when `None`).
-    pub fn remove(&self, group: &str, topic: Option<&str>) {
-        self.table
-            .write()
-            .retain(|k, _| !(k.group == group && topic.is_none_or(|t| t == k.topic)));
+    /// Forgets `group`'s offsets on `topic` (all topics when `None`). How many were
+    /// removed.
+    pub fn remove(&self, group: &str, topic: Option<&str>) -> usize {
+        let mut t = self.table.write();
+        let before = t.len();
+        t.retain(|k, _| !(k.group == group && topic.is_none_or(|t| t == k.topic)));
+        let removed = before - t.len();
+        drop(t);
         self.dirty.store(true, Ordering::Release);
+        removed
+    }
+
+    /// Forgets every group's offsets on `topic` (a deleted topic: a topic created again
+    /// under its name starts its queues at 0). How many were removed.
+    pub fn remove_topic(&self, topic: &str) -> usize {
+        let mut t = self.table.write();
+        let before = t.len();
+        t.retain(|k, _| k.topic != topic);
+        let removed = before - t.len();
+        drop(t);
+        if removed > 0 {
+            self.dirty.store(true, Ordering::Release);
+        }
+        removed
     }
 
     /// Writes the table if it changed since the last persist.
@@ -226,9 +244,16 @@ mod tests {
         assert_eq!(o.query("g", "T", 1), Some(7));
         assert_eq!(o.query("g", "T", 2), None);
         assert_eq!(o.of_group("g").len(), 2);
-        o.remove("g", None);
+        assert_eq!(o.remove("g", None), 2);
         assert_eq!(o.query("g", "T", 0), None);
         assert_eq!(o.query("h", "T", 0), Some(1));
+        o.commit("h", "U", 0, 3);
+        assert_eq!(o.remove_topic("T"), 1);
+        assert_eq!(o.query("h", "T", 0), None);
+        assert_eq!(o.query("h", "U", 0), Some(3));
+        o.persist().unwrap();
+        let o = ConsumerOffsets::open(&path).unwrap();
+        assert_eq!(o.all().len(), 1, "removals are persisted");
 
         std::fs::write(&path, b"{not json").unwrap();
         let err = ConsumerOffsets::open(&path).err().unwrap().to_string();

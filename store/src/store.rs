@@ -207,6 +207,12 @@ impl MessageStore {
         &self.inner.offsets
     }
 
+    /// Writes the consumer offsets now if they changed (after syncing the commit log, as
+    /// the periodic persist does): for changes an operator made, which a crash must not undo.
+    pub fn persist_offsets(&self) -> Result<()> {
+        self.inner.persist_offsets()
+    }
+
     /// Called after each append with (topic, queue id, new max offset): how long polling
     /// learns that a queue has something new.
     pub fn set_arrival_listener(&self, f: impl Fn(&str, u32, u64) + Send + Sync + 'static) {

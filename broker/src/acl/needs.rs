@@ -12,7 +12,9 @@
 //! | list filters | `sub` on the group; without a group, cluster admin |
 //! | end transaction | `pub` on the producer group |
 //! | list transactions | `admin` on the producer group; without one, cluster admin |
-//! | all topics, view by id, resolve transaction | cluster admin |
+//! | reset offsets | `admin` on the group, `sub` on the topic |
+//! | delete group | `admin` on the group |
+//! | all topics, view by id, resolve transaction, broker stats, get / set broker config | cluster admin |
 //! | unregister client | `pub` on each producer group and `sub` on each consumer group of that client |
 //!
 //! A group's retry and dead-letter topics (`%RETRY%<group>`, `%DLQ%<group>`) belong to the
@@ -134,8 +136,47 @@ pub fn needs(req: &BrokerRequest) -> Vec<Need<'_>> {
             Some(g) => vec![group(g, Perm::ADMIN)],
             None => vec![Need::Cluster],
         },
-        R::AllTopics | R::ViewById(_) | R::ResolveTransaction(_) => vec![Need::Cluster],
+        R::ResetOffset(r) => vec![group(&r.group, Perm::ADMIN), topic(&r.topic, Perm::SUB)],
+        R::DeleteGroup(r) => vec![group(&r.group, Perm::ADMIN)],
+        R::AllTopics
+        | R::ViewById(_)
+        | R::ResolveTransaction(_)
+        | R::BrokerStats
+        | R::BrokerConfig
+        | R::SetBrokerConfig(_) => vec![Need::Cluster],
         // (The client's groups are the broker's to know: see `Broker::dispatch`.)
         R::UnregisterClient(_) => Vec::new(),
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_protocol::admin::{DeleteGroup, ResetOffset, ResetTarget, SetBrokerConfig};
+
+    use super::*;
+
+    #[test]
+    fn operators_requests_need_admin() {
+        let reset = R::ResetOffset(ResetOffset {
+            group: "g".into(),
+            topic: "T".into(),
+            to: ResetTarget::Earliest,
+            force: false,
+        });
+        assert_eq!(
+            needs(&reset),
+            [Need::Group("g", Perm::ADMIN), Need::Topic("T", Perm::SUB)]
+        );
+        let del = R::DeleteGroup(DeleteGroup { group: "g".into() });
+        assert_eq!(needs(&del), [Need::Group("g", Perm::ADMIN)]);
+        let set = R::SetBrokerConfig(SetBrokerConfig {
+            name: "max_message_size".into(),
+            value: "1".into(),
+        });
+        for r in [R::BrokerStats, R::BrokerConfig, set] {
+            assert_eq!(needs(&r), [Need::Cluster], "{r:?}");
+        }
+    }
+
+    use BrokerRequest as R;
 }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use weir_protocol::admin::{GetBrokerConfig, GetBrokerStats};
 use weir_protocol::broker::{CheckTransactionState, NotifyConsumerIdsChanged, RecordCount};
 use weir_protocol::net::BoxFuture;
 use weir_protocol::route::GetAllTopics;
@@ -136,6 +137,17 @@ fn decode(req: &Request) -> Result<BrokerRequest, ProcessError> {
         RequestCode::EndTransaction => R::EndTransaction(req.decode().map_err(bad)?),
         RequestCode::ListTransactions => R::ListTransactions(req.decode().map_err(bad)?),
         RequestCode::ResolveTransaction => R::ResolveTransaction(req.decode().map_err(bad)?),
+        RequestCode::ResetOffset => R::ResetOffset(req.decode().map_err(bad)?),
+        RequestCode::DeleteGroup => R::DeleteGroup(req.decode().map_err(bad)?),
+        RequestCode::GetBrokerStats => {
+            req.decode::<GetBrokerStats>().map_err(bad)?;
+            R::BrokerStats
+        }
+        RequestCode::GetBrokerConfig => {
+            req.decode::<GetBrokerConfig>().map_err(bad)?;
+            R::BrokerConfig
+        }
+        RequestCode::SetBrokerConfig => R::SetBrokerConfig(req.decode().map_err(bad)?),
         RequestCode::CheckTransactionState
         | RequestCode::HaHello
         | RequestCode::HaData
@@ -192,6 +204,10 @@ fn encode(answer: BrokerResponse) -> Reply {
         A::FilterRemoved(r) => Reply::ok(&r),
         A::Transactions(r) => Reply::ok(&r),
         A::TransactionResolved(r) => Reply::ok(&r),
+        A::OffsetsReset(r) => Reply::ok(&r),
+        A::GroupDeleted(r) => Reply::ok(&r),
+        A::BrokerStats(r) => Reply::ok(&r),
+        A::BrokerSettings(r) => Reply::ok(&r),
     }
 }
 
@@ -220,6 +236,7 @@ pub fn status_of(e: &ProcessError) -> ErrorCode {
         P::FilterNotFound(_) => ErrorCode::FilterNotFound,
         P::Busy(_) => ErrorCode::SystemBusy,
         P::TransactionInvalid(_) => ErrorCode::TransactionInvalid,
+        P::GroupHasMembers(_) => ErrorCode::GroupHasMembers,
         P::NotMaster(_) => ErrorCode::NotMaster,
         P::ReplicaDiverged(_) => ErrorCode::ReplicaDiverged,
         P::Unsupported(_) => ErrorCode::RequestCodeNotSupported,

@@ -1,13 +1,15 @@
 //! Admin processor: topics (create, update, delete, list, stats), queue offsets and
 //! lookups (by time, by key, by message id).
 
-use tracing::info;
+use std::collections::BTreeMap;
+
+use tracing::{info, warn};
 use weir_protocol::broker::{
     CreateTopic, DeleteTopic, GetQueueOffsets, GetTopicStats, OffsetAnswer, QueryMessageByKey,
     QueueOffsets, SearchOffsetByTimestamp, TopicStats, ViewMessageById,
 };
 use weir_protocol::route::{TopicConfig, TopicList, perm};
-use weir_protocol::{MessageId, RecordError};
+use weir_protocol::{MessageId, RecordError, names};
 use weir_store::StoredRecord;
 
 use crate::broker::Broker;
@@ -27,10 +29,26 @@ impl Broker {
                 req.topic.name
             )));
         }
-        if self.topics.get(&req.topic.name).is_none() {
-            self.check_topic_room()?;
+        let mut config = req.topic;
+        if config.write_queues > config.read_queues {
+            return Err(ProcessError::InvalidParameter(format!(
+                "topic {:?}: {} write queues but {} read queues: messages sent to the queues past the read ones could not be consumed",
+                config.name, config.write_queues, config.read_queues
+            )));
         }
-        let t = self.topics.upsert(req.topic).map_err(|e| match e {
+        match self.topics.get(&config.name) {
+            None => self.check_topic_room()?,
+            Some(old) if config.read_queues < old.read_queues => {
+                let keep =
+                    self.readable_queues_needed(&config.name, config.read_queues, old.read_queues);
+                if keep > config.read_queues {
+                    info!(topic = %config.name, asked = config.read_queues, kept = keep, "read queues kept: the queues past the asked count still hold unconsumed messages");
+                    config.read_queues = keep;
+                }
+            }
+            Some(_) => {}
+        }
+        let t = self.topics.upsert(config).map_err(|e| match e {
             e @ crate::topics::TopicError::Write(_) => ProcessError::Topics(e),
             e => ProcessError::InvalidParameter(e.to_string()),
         })?;
@@ -39,17 +57,67 @@ impl Broker {
         Ok(())
     }
 
-    pub fn delete_topic(&self, req: DeleteTopic) -> Processed<()> {
-        if !self.topics.remove(&req.topic)? {
-            return Err(ProcessError::TopicNotFound(format!(
-                "topic {:?} does not exist",
-                req.topic
+    /// How many read queues `topic` needs so that no queue from `asked` to `have` holding
+    /// unconsumed messages becomes unreadable: one past the highest such queue, at least
+    /// `asked`. A queue is drained when it stores nothing, or when some group committed on
+    /// it and every group that did is at its end (a queue no group read is not drained:
+    /// a group may yet read it from its start).
+    fn readable_queues_needed(&self, topic: &str, asked: u32, have: u32) -> u32 {
+        let mut lowest: BTreeMap<u32, u64> = BTreeMap::new();
+        for (k, offset) in self.store.consumer_offsets().all() {
+            if k.topic == topic {
+                let slot = lowest.entry(k.queue_id).or_insert(offset);
+                *slot = (*slot).min(offset);
+            }
+        }
+        (asked..have)
+            .rev()
+            .find(|&q| {
+                let max = self.store.max_offset(topic, q);
+                let stored = max > self.store.min_offset(topic, q);
+                stored && lowest.get(&q).is_none_or(|&o| o < max)
+            })
+            .map_or(asked, |q| q.saturating_add(1).max(asked))
+    }
+
+    /// Deletes a topic here: its entry (so the next registration stops the name servers
+    /// routing it), its consume queues, and every group's offsets on it (a topic created
+    /// again under the name starts at offset 0). Its records leave the commit log with
+    /// retention. The broker's own topics are refused; a group's retry and dead-letter
+    /// topics may go.
+    pub async fn delete_topic(&self, req: DeleteTopic) -> Processed<()> {
+        let name = req.topic.as_str();
+        if weir_protocol::names::is_system_topic(name)
+            && !name.starts_with(names::RETRY_PREFIX)
+            && !name.starts_with(names::DLQ_PREFIX)
+        {
+            return Err(ProcessError::NoPermission(format!(
+                "topic {name:?} is the broker's own: it cannot be deleted"
             )));
         }
-        self.store.delete_topic(&req.topic)?;
-        self.holds.forget_topic(&req.topic);
-        info!(topic = %req.topic, "topic deleted");
+        if !self.topics.remove(name)? {
+            return Err(ProcessError::TopicNotFound(format!(
+                "topic {name:?} does not exist on broker {}",
+                self.config.broker_name
+            )));
+        }
         self.topics_updated();
+        self.holds.forget_topic(name);
+        // Persisted below with the queues' removal.
+        let offsets = self.store.consumer_offsets().remove_topic(name);
+        let store = std::sync::Arc::clone(&self.store);
+        let topic = name.to_owned();
+        tokio::task::spawn_blocking(move || {
+            store.delete_topic(&topic)?;
+            // The periodic persist retries what fails here.
+            if let Err(e) = store.persist_offsets() {
+                warn!(topic, error = %e, "consumer offsets not persisted after deleting the topic");
+            }
+            Ok::<_, weir_store::StoreError>(())
+        })
+        .await
+        .map_err(|e| ProcessError::Internal(format!("deleting topic {name:?}: {e}")))??;
+        info!(topic = name, offsets, "topic deleted");
         Ok(())
     }
 

@@ -6,12 +6,14 @@
 //! - [`pull`]: reads with tag and WebAssembly filtering and long polling;
 //! - [`consumer`]: heartbeats, membership, offsets, queue leases;
 //! - [`admin`]: topics, stats, lookups;
+//! - [`groups`]: resetting a group's offsets, deleting a group;
 //! - [`filter`]: filter uploads, listing, removal;
 //! - [`transaction`]: half messages, decisions, pending and dead transactions.
 
 pub mod admin;
 pub mod consumer;
 pub mod filter;
+pub mod groups;
 pub mod pull;
 pub mod send;
 pub mod transaction;

@@ -103,6 +103,7 @@ impl Broker {
         let mut out: Vec<StoredRecord> = Vec::new();
         let mut out_bytes = 0usize;
         let answer = |status, next_offset, (min_offset, max_offset), out: Vec<StoredRecord>| {
+            self.counters.delivered(out.len());
             Ok(Pulled {
                 result: PullResult {
                     status,

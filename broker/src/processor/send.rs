@@ -41,10 +41,10 @@ impl Broker {
     }
 
     fn check_body(&self, len: usize) -> Processed<()> {
-        if len > self.config.max_message_size {
+        let max = self.live.max_message_size();
+        if len > max {
             return Err(ProcessError::MessageIllegal(format!(
-                "message body of {len} bytes exceeds the maximum of {} bytes",
-                self.config.max_message_size
+                "message body of {len} bytes exceeds the maximum of {max} bytes"
             )));
         }
         Ok(())
@@ -55,6 +55,8 @@ impl Broker {
     /// synced later: the producer may retry and so duplicate).
     pub(crate) async fn store_messages(&self, msgs: &[Message]) -> Processed<Vec<SendResult>> {
         let mut appended = self.store.append(msgs)?;
+        self.counters
+            .stored(msgs.len(), msgs.iter().map(|m| m.body.len()).sum());
         let end = appended
             .results()
             .iter()
@@ -74,7 +76,7 @@ impl Broker {
         // confirmation).
         let replica = match self.replication.role {
             BrokerRole::SyncMaster => {
-                let limit = Duration::from_millis(self.config.slave_ack_timeout_ms);
+                let limit = Duration::from_millis(self.live.slave_ack_timeout_ms());
                 self.replication.wait_replicated(end, limit).await
             }
             _ => ReplicaWait::Confirmed,
