@@ -241,26 +241,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// One line per sent message; an error when standard output is gone (a closed pipe), which
 /// stops the sending.
 fn print_sent(r: &SendResult, json: bool) -> anyhow::Result<()> {
+    print_sent_with(r, &[], json)
+}
+
+/// A sent message's line, with `extra` fields after the common ones (a transaction's id
+/// and local state).
+pub(crate) fn print_sent_with(
+    r: &SendResult,
+    extra: &[(&str, &str)],
+    json: bool,
+) -> anyhow::Result<()> {
     use std::io::Write;
     let status = r.status.as_str();
     if json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "status": status,
             "msg_id": r.msg_id,
             "broker": r.broker_name,
             "queue": r.queue_id,
             "queue_offset": r.queue_offset,
         });
+        if let Some(obj) = v.as_object_mut() {
+            for (k, val) in extra {
+                obj.insert((*k).to_owned(), (*val).into());
+            }
+        }
         writeln!(std::io::stdout(), "{v}")
     } else {
-        writeln!(
-            std::io::stdout(),
+        let mut line = format!(
             "{status} msg_id={} broker={} queue={} queue_offset={}",
-            r.msg_id,
-            r.broker_name,
-            r.queue_id,
-            r.queue_offset
-        )
+            r.msg_id, r.broker_name, r.queue_id, r.queue_offset
+        );
+        for (k, val) in extra {
+            line.push_str(&format!(" {k}={val}"));
+        }
+        writeln!(std::io::stdout(), "{line}")
     }
     .context("writing to standard output")
 }

@@ -251,32 +251,14 @@ impl TransactionListener for CliListener {
 }
 
 fn print_result(r: &TransactionSendResult, json: bool) -> anyhow::Result<()> {
-    use std::io::Write;
-    let s = &r.send_result;
-    let status = s.status.as_str();
-    if json {
-        let v = serde_json::json!({
-            "status": status,
-            "msg_id": s.msg_id,
-            "broker": s.broker_name,
-            "queue": s.queue_id,
-            "queue_offset": s.queue_offset,
-            "transaction_id": r.transaction_id,
-            "local_state": r.local_state.as_str(),
-        });
-        writeln!(std::io::stdout(), "{v}")
-    } else {
-        writeln!(
-            std::io::stdout(),
-            "{status} msg_id={} broker={} queue={} transaction_id={} local_state={}",
-            s.msg_id,
-            s.broker_name,
-            s.queue_id,
-            r.transaction_id,
-            r.local_state.as_str()
-        )
-    }
-    .context("writing to standard output")
+    crate::print_sent_with(
+        &r.send_result,
+        &[
+            ("transaction_id", &r.transaction_id),
+            ("local_state", r.local_state.as_str()),
+        ],
+        json,
+    )
 }
 
 /// `weir send --transaction …`.
