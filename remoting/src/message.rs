@@ -587,3 +587,23 @@ mod tests {
         assert!(long.encode(&mut BytesMut::new()).is_err());
     }
 }
+
+/// Java's `String.hashCode` (over UTF-16 code units, wrapping): what RocketMQ consumers
+/// put in a subscription's `codeSet` and brokers compare tags by.
+pub fn java_string_hash(s: &str) -> i32 {
+    s.encode_utf16()
+        .fold(0i32, |h, u| h.wrapping_mul(31).wrapping_add(i32::from(u)))
+}
+
+#[cfg(test)]
+mod hash_tests {
+    #[test]
+    fn java_string_hash_matches_java() {
+        assert_eq!(super::java_string_hash("TagA"), 2_598_919);
+        assert_eq!(super::java_string_hash(""), 0);
+        // "polygenelubricants".hashCode() == Integer.MIN_VALUE
+        assert_eq!(super::java_string_hash("polygenelubricants"), i32::MIN);
+        // Outside the BMP: two UTF-16 units.
+        assert_eq!(super::java_string_hash("😀"), 0xD83D * 31 + 0xDE00);
+    }
+}
