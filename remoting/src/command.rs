@@ -272,6 +272,97 @@ impl RemotingCommand {
         Ok(out.freeze())
     }
 
+    /// The header alone, behind one byte naming its serialize type: how a connection
+    /// driver hands a remoting frame to its handler and takes the answer back, without
+    /// either side knowing the other's types.
+    pub fn header_parts(&self) -> Result<Bytes> {
+        let header = match self.serialize_type {
+            SerializeType::Json => self.encode_json_header()?,
+            SerializeType::RocketMq => self.encode_binary_header()?,
+        };
+        if header.len() > MAX_HEADER {
+            return Err(RemotingError::TooLong {
+                what: "header",
+                len: header.len(),
+                max: MAX_HEADER,
+            });
+        }
+        let mut out = BytesMut::with_capacity(1 + header.len());
+        out.put_u8(self.serialize_type as u8);
+        out.put_slice(&header);
+        Ok(out.freeze())
+    }
+
+    /// Reads back what [`RemotingCommand::header_parts`] wrote, with the frame's body.
+    pub fn from_parts(typed_header: &[u8], body: Bytes) -> Result<Self> {
+        let (&st, header) = typed_header.split_first().ok_or(RemotingError::Truncated {
+            what: "header",
+            need: 1,
+            have: 0,
+        })?;
+        let serialize_type = SerializeType::from_u8(st)?;
+        let mut cmd = match serialize_type {
+            SerializeType::Json => decode_json_header(header)?,
+            SerializeType::RocketMq => decode_binary_header(header)?,
+        };
+        cmd.serialize_type = serialize_type;
+        cmd.body = body;
+        Ok(cmd)
+    }
+
+    /// Splits a frame (the bytes after its length field) into its typed header (as
+    /// [`RemotingCommand::header_parts`] writes it) and body, and reads the three header
+    /// fields a driver needs: `(code, opaque, flag)`.
+    pub fn split_frame(frame: &Bytes) -> Result<(Bytes, Bytes, i32, i32, i32)> {
+        let mut r = Reader::new(frame, "frame");
+        let info = r.i32()?;
+        let st = ((info >> 24) & 0xff) as u8;
+        let serialize_type = SerializeType::from_u8(st)?;
+        let header_len = (info & 0x00ff_ffff) as usize;
+        let header = r.bytes(header_len)?;
+        let cmd = match serialize_type {
+            SerializeType::Json => decode_json_header(header)?,
+            SerializeType::RocketMq => decode_binary_header(header)?,
+        };
+        let mut typed = BytesMut::with_capacity(1 + header_len);
+        typed.put_u8(st);
+        typed.put_slice(header);
+        Ok((
+            typed.freeze(),
+            frame.slice(4 + header_len..),
+            cmd.code,
+            cmd.opaque,
+            cmd.flag,
+        ))
+    }
+
+    /// Writes a whole frame from a typed header and a body.
+    pub fn encode_parts(typed_header: &[u8], body: &[u8], out: &mut BytesMut) -> Result<()> {
+        let (&st, header) = typed_header.split_first().ok_or(RemotingError::Truncated {
+            what: "header",
+            need: 1,
+            have: 0,
+        })?;
+        if header.len() > MAX_HEADER {
+            return Err(RemotingError::TooLong {
+                what: "header",
+                len: header.len(),
+                max: MAX_HEADER,
+            });
+        }
+        let len = 4 + header.len() + body.len();
+        let len32 = i32::try_from(len).map_err(|_| RemotingError::FrameTooLarge {
+            len,
+            max: i32::MAX as usize,
+        })?;
+        out.reserve(4 + len);
+        out.put_i32(len32);
+        out.put_i32((i32::from(st) << 24) | header.len() as i32);
+        out.put_slice(header);
+        out.put_slice(body);
+        Ok(())
+    }
+
     fn encode_json_header(&self) -> Result<Vec<u8>> {
         let h = JsonHeaderOut {
             code: self.code,
@@ -468,6 +559,28 @@ mod tests {
             assert!(resp.is_response());
             assert_eq!(roundtrip(&resp).serialize_type, st);
         }
+    }
+
+    #[test]
+    fn parts_carry_a_frame_through_a_driver() {
+        for st in [SerializeType::Json, SerializeType::RocketMq] {
+            let mut cmd = RemotingCommand::request(11, 9)
+                .with("topic", "T")
+                .with_body(&b"xyz"[..])
+                .oneway();
+            cmd.serialize_type = st;
+            let wire = cmd.to_bytes().unwrap();
+            let (typed, body, code, opaque, flag) =
+                RemotingCommand::split_frame(&wire.slice(4..)).unwrap();
+            assert_eq!((code, opaque, flag), (11, 9, FLAG_ONEWAY));
+            assert_eq!(RemotingCommand::from_parts(&typed, body.clone()).unwrap(), cmd);
+            assert_eq!(cmd.header_parts().unwrap(), typed);
+            let mut again = BytesMut::new();
+            RemotingCommand::encode_parts(&typed, &body, &mut again).unwrap();
+            assert_eq!(again.freeze(), wire);
+        }
+        assert!(RemotingCommand::from_parts(&[], Bytes::new()).is_err());
+        assert!(RemotingCommand::from_parts(&[9, b'{', b'}'], Bytes::new()).is_err());
     }
 
     /// A header as the Java client (fastjson) writes it for `GET_ROUTEINFO_BY_TOPIC`.
