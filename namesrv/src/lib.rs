@@ -8,6 +8,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod metrics;
+mod remoting;
 pub mod server_main;
 
 use std::collections::{BTreeMap, HashMap};
@@ -223,6 +224,16 @@ pub struct NameServer {
 }
 
 impl NameServer {
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        NameServer {
+            table: Mutex::new(Table::default()),
+            secret: None,
+            refused_registrations: Cause::new(),
+            counters: Default::default(),
+        }
+    }
+
     fn table(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }

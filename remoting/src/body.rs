@@ -1,10 +1,10 @@
 //! JSON bodies of remoting requests and responses (`RemotingSerializable`, fastjson on the
 //! Java side).
 //!
-//! fastjson writes a map with numeric keys without quotes (`{0:"127.0.0.1:10911"}`), and
-//! RocketMQ's Go client reads `brokerAddrs` by splitting that text at the first colon, so
-//! [`TopicRouteData`] and [`ClusterInfo`] are written by hand in exactly that form. Bodies
-//! clients send are read leniently: every field optional, unknown fields ignored.
+//! Written as standard, compact JSON with quoted map keys (what a 4.9 name server writes
+//! for clients of version 401 and up; older clients and the Go client read it too).
+//! Bodies clients send are read leniently: every field optional, unknown fields ignored,
+//! enums by name or ordinal.
 
 use std::collections::BTreeMap;
 
@@ -12,36 +12,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::{RemotingError, Result};
 
-fn quote(s: &str) -> String {
-    // A string always serializes.
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
-}
 
 /// A broker group's addresses by broker id (0: master).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct BrokerData {
-    pub cluster: String,
-    pub broker_name: String,
+    /// Written with quoted keys (`{"0":"…"}`): fastjson reads them as numbers, and the Go
+    /// client's hand parser strips the quotes.
     pub broker_addrs: BTreeMap<u64, String>,
-}
-
-impl BrokerData {
-    fn write_json(&self, out: &mut String) {
-        out.push_str("{\"brokerAddrs\":{");
-        for (i, (id, addr)) in self.broker_addrs.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&id.to_string());
-            out.push(':');
-            out.push_str(&quote(addr));
-        }
-        out.push_str("},\"brokerName\":");
-        out.push_str(&quote(&self.broker_name));
-        out.push_str(",\"cluster\":");
-        out.push_str(&quote(&self.cluster));
-        out.push('}');
-    }
+    pub broker_name: String,
+    pub cluster: String,
 }
 
 /// How many queues a broker serves for a topic.
@@ -55,56 +35,24 @@ pub struct QueueData {
     pub write_queue_nums: u32,
 }
 
-/// `GET_ROUTEINFO_BY_TOPIC`'s answer.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// `GET_ROUTEINFO_BY_TOPIC`'s answer (fields in fastjson's alphabetical order, compact:
+/// the Go client's parser breaks on whitespace).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TopicRouteData {
-    pub queue_datas: Vec<QueueData>,
     pub broker_datas: Vec<BrokerData>,
-}
-
-impl TopicRouteData {
-    pub fn to_json(&self) -> String {
-        let mut out = String::from("{\"brokerDatas\":[");
-        for (i, b) in self.broker_datas.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            b.write_json(&mut out);
-        }
-        out.push_str("],\"filterServerTable\":{},\"queueDatas\":");
-        out.push_str(&serde_json::to_string(&self.queue_datas).unwrap_or_else(|_| "[]".into()));
-        out.push('}');
-        out
-    }
+    pub filter_server_table: BTreeMap<String, Vec<String>>,
+    pub queue_datas: Vec<QueueData>,
 }
 
 /// `GET_BROKER_CLUSTER_INFO`'s answer.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ClusterInfo {
     /// By broker name.
     pub broker_addr_table: BTreeMap<String, BrokerData>,
     /// Broker names by cluster.
     pub cluster_addr_table: BTreeMap<String, Vec<String>>,
-}
-
-impl ClusterInfo {
-    pub fn to_json(&self) -> String {
-        let mut out = String::from("{\"brokerAddrTable\":{");
-        for (i, (name, b)) in self.broker_addr_table.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&quote(name));
-            out.push(':');
-            b.write_json(&mut out);
-        }
-        out.push_str("},\"clusterAddrTable\":");
-        out.push_str(
-            &serde_json::to_string(&self.cluster_addr_table).unwrap_or_else(|_| "{}".into()),
-        );
-        out.push('}');
-        out
-    }
 }
 
 /// A queue as clients name it.
@@ -138,11 +86,11 @@ pub struct SubscriptionData {
 #[serde(rename_all = "camelCase", default)]
 pub struct ConsumerData {
     pub group_name: String,
-    /// `CONSUME_ACTIVELY` (pull) or `CONSUME_PASSIVELY` (push).
-    pub consume_type: Option<String>,
-    /// `CLUSTERING` or `BROADCASTING`.
-    pub message_model: Option<String>,
-    pub consume_from_where: Option<String>,
+    /// `CONSUME_ACTIVELY` (pull) or `CONSUME_PASSIVELY` (push), by name or ordinal.
+    pub consume_type: Option<serde_json::Value>,
+    /// `CLUSTERING` or `BROADCASTING`, by name or ordinal (0 broadcasting, 1 clustering).
+    pub message_model: Option<serde_json::Value>,
+    pub consume_from_where: Option<serde_json::Value>,
     pub subscription_data_set: Vec<SubscriptionData>,
     pub unit_mode: bool,
 }
@@ -151,6 +99,17 @@ pub struct ConsumerData {
 #[serde(rename_all = "camelCase", default)]
 pub struct ProducerData {
     pub group_name: String,
+}
+
+impl ConsumerData {
+    /// Whether the group consumes in broadcasting mode.
+    pub fn broadcasting(&self) -> bool {
+        match &self.message_model {
+            Some(serde_json::Value::String(s)) => s.eq_ignore_ascii_case("BROADCASTING"),
+            Some(serde_json::Value::Number(n)) => n.as_u64() == Some(0),
+            _ => false,
+        }
+    }
 }
 
 /// `HEART_BEAT`'s body.
@@ -220,28 +179,27 @@ mod tests {
         BrokerData {
             cluster: "DefaultCluster".into(),
             broker_name: "broker-a".into(),
-            broker_addrs: [(0, "127.0.0.1:10911".into()), (1, "127.0.0.1:10921".into())]
-                .into_iter()
-                .collect(),
+            broker_addrs: [(0, "127.0.0.1:20911".into())].into_iter().collect(),
         }
     }
 
-    /// What a RocketMQ 4.9 name server writes, key for key.
+    /// What a RocketMQ 4.9.7 name server writes (captured), key for key.
     #[test]
-    fn route_data_in_fastjson_form() {
+    fn route_data_as_rocketmq_writes_it() {
         let route = TopicRouteData {
             queue_datas: vec![QueueData {
                 broker_name: "broker-a".into(),
-                perm: 6,
-                read_queue_nums: 4,
+                perm: 7,
+                read_queue_nums: 8,
                 topic_sys_flag: 0,
-                write_queue_nums: 4,
+                write_queue_nums: 8,
             }],
             broker_datas: vec![broker()],
+            ..Default::default()
         };
         assert_eq!(
-            route.to_json(),
-            r#"{"brokerDatas":[{"brokerAddrs":{0:"127.0.0.1:10911",1:"127.0.0.1:10921"},"brokerName":"broker-a","cluster":"DefaultCluster"}],"filterServerTable":{},"queueDatas":[{"brokerName":"broker-a","perm":6,"readQueueNums":4,"topicSysFlag":0,"writeQueueNums":4}]}"#
+            String::from_utf8(to_json(&route).unwrap()).unwrap(),
+            r#"{"brokerDatas":[{"brokerAddrs":{"0":"127.0.0.1:20911"},"brokerName":"broker-a","cluster":"DefaultCluster"}],"filterServerTable":{},"queueDatas":[{"brokerName":"broker-a","perm":7,"readQueueNums":8,"topicSysFlag":0,"writeQueueNums":8}]}"#
         );
         let info = ClusterInfo {
             broker_addr_table: [("broker-a".into(), broker())].into_iter().collect(),
@@ -249,13 +207,9 @@ mod tests {
                 .into_iter()
                 .collect(),
         };
-        assert!(
-            info.to_json()
-                .starts_with(r#"{"brokerAddrTable":{"broker-a":{"brokerAddrs":{0:"#)
-        );
-        assert!(
-            info.to_json()
-                .ends_with(r#""clusterAddrTable":{"DefaultCluster":["broker-a"]}}"#)
+        assert_eq!(
+            String::from_utf8(to_json(&info).unwrap()).unwrap(),
+            r#"{"brokerAddrTable":{"broker-a":{"brokerAddrs":{"0":"127.0.0.1:20911"},"brokerName":"broker-a","cluster":"DefaultCluster"}},"clusterAddrTable":{"DefaultCluster":["broker-a"]}}"#
         );
     }
 
@@ -266,7 +220,7 @@ mod tests {
         let hb: HeartbeatData = from_json(body, "heartbeat").unwrap();
         assert_eq!(hb.client_id, "10.0.0.5@1234");
         let c = &hb.consumer_data_set[0];
-        assert_eq!(c.message_model.as_deref(), Some("CLUSTERING"));
+        assert!(!c.broadcasting());
         let s = &c.subscription_data_set[0];
         assert_eq!(
             (s.topic.as_str(), s.sub_string.as_str()),

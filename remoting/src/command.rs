@@ -30,6 +30,9 @@ pub const MAX_HEADER: usize = (1 << 24) - 1;
 pub const FLAG_RESPONSE: i32 = 1;
 /// `flag` bit: no response is wanted.
 pub const FLAG_ONEWAY: i32 = 1 << 1;
+/// The `version` weir answers with: RocketMQ 4.9.7's (`MQVersion.Version.V4_9_7`). Java
+/// clients read it from heartbeat answers and refuse SQL92 pulls below 232.
+pub const SERVER_VERSION: i32 = 407;
 
 /// How the header is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,7 +115,7 @@ impl RemotingCommand {
             code,
             // What RocketMQ's own broker says for its calls to clients.
             language: LanguageCode::Java,
-            version: 0,
+            version: SERVER_VERSION,
             opaque,
             flag: 0,
             remark: None,
@@ -127,7 +130,7 @@ impl RemotingCommand {
         Self {
             code,
             language: LanguageCode::Java,
-            version: req.version,
+            version: SERVER_VERSION,
             opaque: req.opaque,
             flag: FLAG_RESPONSE,
             remark,
@@ -187,17 +190,12 @@ impl RemotingCommand {
         }
     }
 
-    /// A boolean field that may be absent (`true` / `false`, as Java prints them).
-    pub fn opt_bool(&self, name: &str) -> Result<Option<bool>> {
+    /// A boolean field that may be absent: `true` (any case) or `1` is true, anything else
+    /// false, as Java's `Boolean.parseBoolean` reads `"true"`.
+    pub fn opt_bool(&self, name: &str) -> Option<bool> {
         match self.opt_field(name) {
-            None | Some("") | Some("null") => Ok(None),
-            Some(v) if v.eq_ignore_ascii_case("true") => Ok(Some(true)),
-            Some(v) if v.eq_ignore_ascii_case("false") => Ok(Some(false)),
-            Some(v) => Err(RemotingError::BadField {
-                name: name.to_owned(),
-                value: v.to_owned(),
-                expected: "true or false",
-            }),
+            None | Some("") | Some("null") => None,
+            Some(v) => Some(v.trim().eq_ignore_ascii_case("true") || v.trim() == "1"),
         }
     }
 
@@ -449,7 +447,7 @@ struct JsonHeaderOut<'a> {
 #[serde(rename_all = "camelCase", default)]
 struct JsonHeaderIn {
     code: i32,
-    language: Option<String>,
+    language: Option<serde_json::Value>,
     version: i32,
     opaque: i32,
     flag: i32,
@@ -479,10 +477,14 @@ fn decode_json_header(header: &[u8]) -> Result<RemotingCommand> {
     }
     Ok(RemotingCommand {
         code: h.code,
-        language: h
-            .language
-            .as_deref()
-            .map_or(LanguageCode::Other, LanguageCode::from_name),
+        language: match h.language {
+            Some(serde_json::Value::String(name)) => LanguageCode::from_name(&name),
+            Some(serde_json::Value::Number(n)) => n
+                .as_u64()
+                .and_then(|c| u8::try_from(c).ok())
+                .map_or(LanguageCode::Other, LanguageCode::from_code),
+            _ => LanguageCode::Other,
+        },
         version: h.version,
         opaque: h.opaque,
         flag: h.flag,
@@ -602,14 +604,15 @@ mod tests {
     /// Go's client sends numbers and nulls in places; all are read as their text.
     #[test]
     fn lenient_with_scalar_field_values() {
-        let header = br#"{"code":11,"language":"GO","extFields":{"queueId":2,"x":null,"b":true},"unknown":[1]}"#;
+        let header = br#"{"code":11,"language":9,"extFields":{"queueId":2,"x":null,"b":true},"unknown":[1]}
+"#;
         let mut frame = Vec::new();
         frame.extend_from_slice(&(header.len() as i32).to_be_bytes());
         frame.extend_from_slice(header);
         let cmd = RemotingCommand::decode(Bytes::from(frame)).unwrap();
         assert_eq!(cmd.language, LanguageCode::Go);
         assert_eq!(cmd.num::<i32>("queueId").unwrap(), 2);
-        assert_eq!(cmd.opt_bool("b").unwrap(), Some(true));
+        assert_eq!(cmd.opt_bool("b"), Some(true));
         assert_eq!(cmd.opt_field("x"), None);
     }
 

@@ -451,6 +451,20 @@ impl Connection {
 
     /// Sends a request that gets no response (waiting, while the connection's queue is
     /// full, for room or the close).
+    /// Sends a one-way request whose header is already encoded (another protocol's, as
+    /// its adapter wrote it; see `weir_remoting::RemotingCommand::header_parts`).
+    pub async fn oneway_raw(&self, code: u16, header: Bytes, body: Bytes) -> Result<(), CallError> {
+        let frame = Frame {
+            kind: Kind::Oneway,
+            request_id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            code,
+            auth: Bytes::new(),
+            header,
+            body,
+        };
+        self.send(frame).await
+    }
+
     pub async fn oneway<R: Rpc>(&self, req: &R, body: Bytes) -> Result<(), CallError> {
         let frame = Frame {
             kind: Kind::Oneway,
