@@ -346,7 +346,14 @@ impl Handler for NameServer {
                 },
                 Some(RequestCode::GetAllTopics) => match req.decode::<GetAllTopics>() {
                     Ok(_) => Reply::ok(&TopicList {
-                        topics: self.table().topics.keys().cloned().collect(),
+                        // RocketMQ's auto-create route is not a topic weir's tools show.
+                        topics: self
+                            .table()
+                            .topics
+                            .keys()
+                            .filter(|t| *t != weir_protocol::names::AUTO_CREATE_TOPIC_KEY)
+                            .cloned()
+                            .collect(),
                     }),
                     Err(e) => bad(e),
                 },
