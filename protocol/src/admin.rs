@@ -81,7 +81,9 @@ impl Rpc for GetBrokerStats {
 pub struct BrokerStats {
     pub broker_name: String,
     pub broker_id: u64,
-    /// Messages stored by sends since the broker started (batches count each message).
+    /// Messages stored by producers since the broker started: sends, each message of a
+    /// batch, committed transactional messages (the same totals as the metrics endpoint's
+    /// `weir_produced_messages_total`).
     pub messages_in: u64,
     /// Their bodies' bytes.
     pub bytes_in: u64,
