@@ -66,6 +66,8 @@ pub struct GroupDeleted {
     pub offsets_removed: u32,
     /// Whether the group's retry topic existed here and was deleted.
     pub retry_topic_deleted: bool,
+    /// Filter registrations of the group removed (one per topic).
+    pub filters_removed: u32,
 }
 
 /// The broker's counters and state now.
