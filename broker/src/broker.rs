@@ -53,6 +53,8 @@ pub struct Broker {
     pub(crate) counters: crate::stats::Counters,
     /// Settings that can change while it runs (`weir broker config set`).
     pub(crate) live: crate::live::LiveSettings,
+    /// Flow control: sends that waited too long for the store are refused.
+    pub send_queue: crate::flow::SendQueue,
 }
 
 impl Broker {

@@ -104,6 +104,7 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
         metrics,
         counters: Default::default(),
         live: crate::live::LiveSettings::new(&config),
+        send_queue: Default::default(),
         config,
     }))
 }

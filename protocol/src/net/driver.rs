@@ -370,6 +370,7 @@ impl<'a> Driver<'a> {
                     auth: f.auth,
                     header: f.header,
                     body: f.body,
+                    received: std::time::Instant::now(),
                 };
                 let fut = self.handler.handle(self.conn, req);
                 self.inflight_bytes += bytes;

@@ -27,6 +27,7 @@ mod wire;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -50,6 +51,9 @@ pub struct Request {
     pub auth: Bytes,
     pub header: Bytes,
     pub body: Bytes,
+    /// When the connection's driver read the frame whole, before any wait for its turn:
+    /// how long a request waited (for flow control) is measured from here.
+    pub received: Instant,
 }
 
 impl Request {
