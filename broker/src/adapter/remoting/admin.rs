@@ -3,7 +3,6 @@
 //! creation (`UPDATE_AND_CREATE_TOPIC`) and a producer's decision on a transaction
 //! (`END_TRANSACTION`).
 
-use weir_protocol::Connection;
 use weir_protocol::MessageId;
 use weir_protocol::broker::{
     CreateTopic, EndTransaction, GetQueueOffsets, QueryMessageByKey, SearchOffsetByTimestamp,
@@ -15,7 +14,7 @@ use weir_remoting::codes::{request as rq, response as rs};
 use weir_remoting::message::sys_flag;
 
 use super::pull::encode_records;
-use super::{RemotingAdapter, Served, bad, unexpected};
+use super::{Call, RemotingAdapter, Served, bad, unexpected};
 use crate::dispatch::{BrokerRequest, BrokerResponse};
 use crate::error::ProcessError;
 
@@ -28,7 +27,7 @@ fn non_negative(name: &str, v: i64) -> Result<u64, ProcessError> {
 
 pub(super) async fn serve(
     adapter: &RemotingAdapter,
-    conn: &Connection,
+    call: &Call<'_>,
     cmd: &RemotingCommand,
 ) -> Served {
     use BrokerRequest as R;
@@ -39,7 +38,7 @@ pub(super) async fn serve(
                 topic: cmd.field("topic").map_err(bad)?.to_owned(),
                 queue_id: cmd.num("queueId").map_err(bad)?,
             };
-            match adapter.dispatch(conn, R::QueueOffsets(req), false).await? {
+            match adapter.dispatch(call, R::QueueOffsets(req), false).await? {
                 BrokerResponse::QueueOffsets(o) => Ok(ok().with(
                     "offset",
                     if cmd.code == rq::GET_MAX_OFFSET {
@@ -57,7 +56,7 @@ pub(super) async fn serve(
                 queue_id: cmd.num("queueId").map_err(bad)?,
                 timestamp: cmd.num("timestamp").map_err(bad)?,
             };
-            match adapter.dispatch(conn, R::SearchOffset(req), false).await? {
+            match adapter.dispatch(call, R::SearchOffset(req), false).await? {
                 BrokerResponse::Offset(o) => Ok(ok().with("offset", o.offset)),
                 _ => Err(unexpected("search offset")),
             }
@@ -69,7 +68,7 @@ pub(super) async fn serve(
                 key: cmd.field("key").map_err(bad)?.to_owned(),
                 max: u32::try_from(max).unwrap_or(1).clamp(1, MAX_QUERY),
             };
-            match adapter.dispatch(conn, R::QueryByKey(req), false).await? {
+            match adapter.dispatch(call, R::QueryByKey(req), false).await? {
                 BrokerResponse::Records(recs) if recs.is_empty() => {
                     Ok(RemotingCommand::response_to(
                         cmd,
@@ -93,7 +92,7 @@ pub(super) async fn serve(
             let req = ViewMessageById {
                 msg_id: id.to_string(),
             };
-            match adapter.dispatch(conn, R::ViewById(req), false).await? {
+            match adapter.dispatch(call, R::ViewById(req), false).await? {
                 BrokerResponse::Records(recs) => Ok(ok().with_body(encode_records(&recs)?)),
                 _ => Err(unexpected("view message")),
             }
@@ -111,7 +110,7 @@ pub(super) async fn serve(
                     perm: (perm & 0b110) as u8,
                 },
             };
-            adapter.dispatch(conn, R::CreateTopic(req), false).await?;
+            adapter.dispatch(call, R::CreateTopic(req), false).await?;
             Ok(ok())
         }
         rq::END_TRANSACTION => {
@@ -139,7 +138,7 @@ pub(super) async fn serve(
                 decision,
                 from_check: cmd.opt_bool("fromTransactionCheck").unwrap_or(false),
             };
-            adapter.dispatch(conn, R::EndTransaction(req), false).await?;
+            adapter.dispatch(call, R::EndTransaction(req), false).await?;
             Ok(ok())
         }
         code => Err(ProcessError::Unsupported(format!(

@@ -2,7 +2,6 @@
 //! `GET_CONSUMER_LIST_BY_GROUP`, `QUERY_CONSUMER_OFFSET`, `UPDATE_CONSUMER_OFFSET`,
 //! `CONSUMER_SEND_MSG_BACK`, `LOCK_BATCH_MQ`, `UNLOCK_BATCH_MQ` and `CHECK_CLIENT_CONFIG`.
 
-use weir_protocol::Connection;
 use weir_protocol::broker::{
     ConsumerData, ConsumerSendMsgBack, GetConsumerList, Heartbeat, LockBatchMq, MessageModel,
     QueryConsumerOffset, QueueRef, UnlockBatchMq, UnregisterClient, UpdateConsumerOffset,
@@ -15,7 +14,7 @@ use weir_remoting::body::{
 use weir_remoting::codes::{request as rq, response as rs};
 
 use super::pull::SQL92;
-use super::{RemotingAdapter, Served, bad, unexpected};
+use super::{Call, RemotingAdapter, Served, bad, unexpected};
 use crate::dispatch::{BrokerRequest, BrokerResponse};
 use crate::error::ProcessError;
 use crate::subscription::TagFilter;
@@ -82,7 +81,7 @@ fn ok(cmd: &RemotingCommand) -> RemotingCommand {
 
 pub(super) async fn serve(
     adapter: &RemotingAdapter,
-    conn: &Connection,
+    call: &Call<'_>,
     cmd: &RemotingCommand,
 ) -> Served {
     use BrokerRequest as R;
@@ -91,14 +90,14 @@ pub(super) async fn serve(
             let hb: HeartbeatData =
                 body::from_json(&cmd.body, "heartbeat").map_err(|e| bad_body("heartbeat", e))?;
             adapter
-                .dispatch(conn, R::Heartbeat(heartbeat(hb)), true)
+                .dispatch(call, R::Heartbeat(heartbeat(hb)), true)
                 .await?;
             Ok(ok(cmd))
         }
         rq::UNREGISTER_CLIENT => {
             let client_id = cmd.field("clientID").map_err(bad)?.to_owned();
             adapter
-                .dispatch(conn, R::UnregisterClient(UnregisterClient { client_id }), false)
+                .dispatch(call, R::UnregisterClient(UnregisterClient { client_id }), false)
                 .await?;
             Ok(ok(cmd))
         }
@@ -107,7 +106,7 @@ pub(super) async fn serve(
             let req = R::ConsumerList(GetConsumerList {
                 group: group.clone(),
             });
-            match adapter.dispatch(conn, req, false).await? {
+            match adapter.dispatch(call, req, false).await? {
                 BrokerResponse::ConsumerList(l) if l.client_ids.is_empty() => {
                     Ok(RemotingCommand::response_to(
                         cmd,
@@ -132,7 +131,7 @@ pub(super) async fn serve(
                 queue_id: cmd.num("queueId").map_err(bad)?,
             };
             match adapter
-                .dispatch(conn, R::QueryConsumerOffset(req), false)
+                .dispatch(call, R::QueryConsumerOffset(req), false)
                 .await?
             {
                 BrokerResponse::ConsumerOffset(o) => match o.offset {
@@ -158,7 +157,7 @@ pub(super) async fn serve(
                 })?,
             };
             adapter
-                .dispatch(conn, R::UpdateConsumerOffset(req), false)
+                .dispatch(call, R::UpdateConsumerOffset(req), false)
                 .await?;
             Ok(ok(cmd))
         }
@@ -176,7 +175,7 @@ pub(super) async fn serve(
                     .and_then(|n| u32::try_from(n).ok())
                     .unwrap_or(DEFAULT_MAX_RECONSUME_TIMES),
             };
-            adapter.dispatch(conn, R::SendBack(req), false).await?;
+            adapter.dispatch(call, R::SendBack(req), false).await?;
             Ok(ok(cmd))
         }
         rq::LOCK_BATCH_MQ => {
@@ -192,7 +191,7 @@ pub(super) async fn serve(
                 .mq_set
                 .first()
                 .map_or_else(|| adapter.0.config.broker_name.clone(), |q| q.broker_name.clone());
-            match adapter.dispatch(conn, R::LockQueues(req), false).await? {
+            match adapter.dispatch(call, R::LockQueues(req), false).await? {
                 BrokerResponse::LockedQueues(l) => {
                     let answer = LockBatchResponseBody {
                         lock_ok_mq_set: l
@@ -220,7 +219,7 @@ pub(super) async fn serve(
                 client_id: b.client_id,
                 queues: queues(&b.mq_set),
             };
-            adapter.dispatch(conn, R::UnlockQueues(req), false).await?;
+            adapter.dispatch(call, R::UnlockQueues(req), false).await?;
             Ok(ok(cmd))
         }
         rq::CHECK_CLIENT_CONFIG => {

@@ -20,6 +20,7 @@ mod pull;
 mod send;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use tracing::debug;
@@ -38,8 +39,16 @@ pub use link::RemotingLink;
 /// Serves RocketMQ remoting requests with a broker.
 pub struct RemotingAdapter(pub Arc<Broker>);
 
-/// What serving one request came to: a response, or nothing (one-way requests).
+/// What serving one request came to: its response (not written for one-way requests), or
+/// why it was refused.
 pub(crate) type Served = Result<RemotingCommand, ProcessError>;
+
+/// The request being served: where it came from and when it arrived.
+pub(crate) struct Call<'a> {
+    pub conn: &'a Connection,
+    /// When the driver read it (flow control measures waits from here).
+    pub received: Instant,
+}
 
 impl Handler for RemotingAdapter {
     fn handle<'a>(&'a self, conn: &'a Connection, req: Request) -> BoxFuture<'a, Reply> {
@@ -49,7 +58,11 @@ impl Handler for RemotingAdapter {
                 // The driver read this header already: only a damaged one gets here.
                 Err(e) => return system_error_reply(req.request_id, &e),
             };
-            let response = match self.serve(conn, &cmd).await {
+            let call = Call {
+                conn,
+                received: req.received,
+            };
+            let response = match self.serve(&call, &cmd).await {
                 Ok(r) => r,
                 Err(e) => self.refusal(&cmd, &e),
             };
@@ -70,12 +83,12 @@ impl Handler for RemotingAdapter {
 }
 
 impl RemotingAdapter {
-    async fn serve(&self, conn: &Connection, cmd: &RemotingCommand) -> Served {
+    async fn serve(&self, call: &Call<'_>, cmd: &RemotingCommand) -> Served {
         match cmd.code {
             rq::SEND_MESSAGE | rq::SEND_MESSAGE_V2 | rq::SEND_BATCH_MESSAGE => {
-                send::serve(self, conn, cmd).await
+                send::serve(self, call, cmd).await
             }
-            rq::PULL_MESSAGE => pull::serve(self, conn, cmd).await,
+            rq::PULL_MESSAGE => pull::serve(self, call, cmd).await,
             rq::HEART_BEAT
             | rq::UNREGISTER_CLIENT
             | rq::GET_CONSUMER_LIST_BY_GROUP
@@ -84,14 +97,14 @@ impl RemotingAdapter {
             | rq::CONSUMER_SEND_MSG_BACK
             | rq::LOCK_BATCH_MQ
             | rq::UNLOCK_BATCH_MQ
-            | rq::CHECK_CLIENT_CONFIG => consumer::serve(self, conn, cmd).await,
+            | rq::CHECK_CLIENT_CONFIG => consumer::serve(self, call, cmd).await,
             rq::GET_MAX_OFFSET
             | rq::GET_MIN_OFFSET
             | rq::SEARCH_OFFSET_BY_TIMESTAMP
             | rq::QUERY_MESSAGE
             | rq::VIEW_MESSAGE_BY_ID
             | rq::UPDATE_AND_CREATE_TOPIC
-            | rq::END_TRANSACTION => admin::serve(self, conn, cmd).await,
+            | rq::END_TRANSACTION => admin::serve(self, call, cmd).await,
             code => {
                 debug!(
                     code,
@@ -113,13 +126,14 @@ impl RemotingAdapter {
     /// Runs a typed request through the broker's one dispatch path.
     pub(crate) async fn dispatch(
         &self,
-        conn: &Connection,
+        call: &Call<'_>,
         req: BrokerRequest,
         with_link: bool,
     ) -> Result<BrokerResponse, ProcessError> {
         let ctx = RequestContext {
-            peer: conn.peer(),
-            link: with_link.then(|| Arc::new(RemotingLink::new(conn.clone())) as _),
+            peer: call.conn.peer(),
+            received: call.received,
+            link: with_link.then(|| Arc::new(RemotingLink::new(call.conn.clone())) as _),
             // RocketMQ's ACL signatures are not read: with access control on, the dispatch
             // refuses every unsigned request, these included.
             signed: None,
@@ -162,7 +176,8 @@ pub fn response_code(e: &ProcessError) -> i32 {
         P::NoPermission(_) | P::AccessDenied(_) | P::Auth(_) => rs::NO_PERMISSION,
         P::MessageIllegal(_) => rs::MESSAGE_ILLEGAL,
         P::BadSubscription(_) => rs::SUBSCRIPTION_PARSE_FAILED,
-        P::Busy(_) => rs::SYSTEM_BUSY,
+        // RocketMQ's producers retry a busy broker's sends elsewhere.
+        P::Busy(_) | P::StoreBusy(_) => rs::SYSTEM_BUSY,
         P::NotMaster(_) | P::ReplicaDiverged(_) => rs::SERVICE_NOT_AVAILABLE,
         P::Unsupported(_) => rs::REQUEST_CODE_NOT_SUPPORTED,
         P::Store(s) => match s {

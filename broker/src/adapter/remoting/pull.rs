@@ -11,12 +11,12 @@
 use bytes::BytesMut;
 use weir_protocol::broker::{PullMessage, PullStatus};
 use weir_protocol::record::{NO_PREPARED_TX, sys_flag as wsys};
-use weir_protocol::{Connection, RecordView};
+use weir_protocol::RecordView;
 use weir_remoting::RemotingCommand;
 use weir_remoting::codes::response as rs;
 use weir_remoting::message::{MessageExt, encode_properties, property as rp, sys_flag};
 
-use super::{RemotingAdapter, Served, bad, unexpected};
+use super::{Call, RemotingAdapter, Served, bad, unexpected};
 use crate::dispatch::{BrokerRequest, BrokerResponse};
 use crate::error::ProcessError;
 
@@ -122,7 +122,7 @@ fn registered(adapter: &RemotingAdapter, group: &str, topic: &str) -> Option<(St
 
 pub(super) async fn serve(
     adapter: &RemotingAdapter,
-    conn: &Connection,
+    call: &Call<'_>,
     cmd: &RemotingCommand,
 ) -> Served {
     let group = cmd.field("consumerGroup").map_err(bad)?.to_owned();
@@ -183,7 +183,7 @@ pub(super) async fn serve(
         },
         commit_offset,
     };
-    let pulled = match adapter.dispatch(conn, BrokerRequest::Pull(req), false).await? {
+    let pulled = match adapter.dispatch(call, BrokerRequest::Pull(req), false).await? {
         BrokerResponse::Pulled(p) => p,
         _ => return Err(unexpected("pull")),
     };

@@ -8,14 +8,13 @@
 //! its `UNIQ_KEY`, which RocketMQ's producers send back as the transaction id.
 
 use bytes::{Bytes, BytesMut};
-use weir_protocol::Connection;
 use weir_protocol::broker::{BatchEntry, SendBatch, SendMessage, SendResult, SendStatus};
 use weir_protocol::names::property as wp;
 use weir_remoting::RemotingCommand;
 use weir_remoting::codes::{request as rq, response as rs};
 use weir_remoting::message::{self, decode_properties, property as rp, sys_flag};
 
-use super::{RemotingAdapter, Served, bad, unexpected};
+use super::{Call, RemotingAdapter, Served, bad, unexpected};
 use crate::dispatch::{BrokerRequest, BrokerResponse};
 use crate::error::ProcessError;
 
@@ -117,10 +116,10 @@ fn plain_body(adapter: &RemotingAdapter, sys: i32, body: Bytes) -> Result<Bytes,
         .map_err(|e| ProcessError::MessageIllegal(format!("message body: {e}")))
 }
 
-pub(super) async fn serve(adapter: &RemotingAdapter, conn: &Connection, cmd: &RemotingCommand) -> Served {
+pub(super) async fn serve(adapter: &RemotingAdapter, call: &Call<'_>, cmd: &RemotingCommand) -> Served {
     let h = SendHeader::parse(cmd)?;
     if cmd.code == rq::SEND_BATCH_MESSAGE {
-        return serve_batch(adapter, conn, cmd, h).await;
+        return serve_batch(adapter, call, cmd, h).await;
     }
     let split = split_properties(&h.properties);
     let body = plain_body(adapter, h.sys_flag, cmd.body.clone())?;
@@ -137,7 +136,7 @@ pub(super) async fn serve(adapter: &RemotingAdapter, conn: &Connection, cmd: &Re
         reconsume_times: h.reconsume_times,
     };
     match adapter
-        .dispatch(conn, BrokerRequest::Send { req, body }, false)
+        .dispatch(call, BrokerRequest::Send { req, body }, false)
         .await?
     {
         BrokerResponse::Sent(r) => Ok(sent(cmd, &r, r.msg_id.clone())),
@@ -147,7 +146,7 @@ pub(super) async fn serve(adapter: &RemotingAdapter, conn: &Connection, cmd: &Re
 
 async fn serve_batch(
     adapter: &RemotingAdapter,
-    conn: &Connection,
+    call: &Call<'_>,
     cmd: &RemotingCommand,
     h: SendHeader,
 ) -> Served {
@@ -180,7 +179,7 @@ async fn serve_batch(
     };
     let body = bodies.freeze();
     match adapter
-        .dispatch(conn, BrokerRequest::SendBatch { req, body }, false)
+        .dispatch(call, BrokerRequest::SendBatch { req, body }, false)
         .await?
     {
         BrokerResponse::SentBatch(b) => {
