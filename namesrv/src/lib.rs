@@ -466,13 +466,17 @@ pub async fn start(config: NamesrvConfig) -> Result<RunningNameServer, NamesrvEr
             "NO CLUSTER SECRET on a name server reachable beyond this machine: anyone who can reach it can register a broker under any name and take its routes. Set cluster_secret here and in every broker"
         );
     }
-    let server =
-        Server::start(listener, ns.clone(), config.net.server_config()).map_err(|error| {
-            NamesrvError::Listen {
-                addr: config.listen.clone(),
-                error,
-            }
-        })?;
+    // RocketMQ's clients ask for routes on the same port (`[net] remoting`).
+    let server = Server::start_with_remoting(
+        listener,
+        ns.clone(),
+        Some(Arc::new(remoting::RemotingNameServer(ns.clone()))),
+        config.net.server_config(),
+    )
+    .map_err(|error| NamesrvError::Listen {
+        addr: config.listen.clone(),
+        error,
+    })?;
     let metrics = match &config.metrics.listen {
         Some(listen) => Some(
             metrics::start(&ns, listen, server.stats_handle())

@@ -170,7 +170,8 @@ mod tests {
         assert_eq!(r.code, rs::REQUEST_CODE_NOT_SUPPORTED);
         assert_eq!(r.opaque, 5);
         assert!(r.is_response());
-        let missing = ns.serve(&RemotingCommand::request(rq::GET_ROUTEINFO_BY_TOPIC, 6).with("topic", "T"));
+        let missing =
+            ns.serve(&RemotingCommand::request(rq::GET_ROUTEINFO_BY_TOPIC, 6).with("topic", "T"));
         assert_eq!(missing.code, rs::TOPIC_NOT_EXIST);
     }
 }

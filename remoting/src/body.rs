@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::{RemotingError, Result};
 
-
 /// A broker group's addresses by broker id (0: master).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]

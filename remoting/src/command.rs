@@ -575,7 +575,10 @@ mod tests {
             let (typed, body, code, opaque, flag) =
                 RemotingCommand::split_frame(&wire.slice(4..)).unwrap();
             assert_eq!((code, opaque, flag), (11, 9, FLAG_ONEWAY));
-            assert_eq!(RemotingCommand::from_parts(&typed, body.clone()).unwrap(), cmd);
+            assert_eq!(
+                RemotingCommand::from_parts(&typed, body.clone()).unwrap(),
+                cmd
+            );
             assert_eq!(cmd.header_parts().unwrap(), typed);
             let mut again = BytesMut::new();
             RemotingCommand::encode_parts(&typed, &body, &mut again).unwrap();
@@ -604,7 +607,8 @@ mod tests {
     /// Go's client sends numbers and nulls in places; all are read as their text.
     #[test]
     fn lenient_with_scalar_field_values() {
-        let header = br#"{"code":11,"language":9,"extFields":{"queueId":2,"x":null,"b":true},"unknown":[1]}
+        let header =
+            br#"{"code":11,"language":9,"extFields":{"queueId":2,"x":null,"b":true},"unknown":[1]}
 "#;
         let mut frame = Vec::new();
         frame.extend_from_slice(&(header.len() as i32).to_be_bytes());

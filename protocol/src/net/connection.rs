@@ -17,6 +17,7 @@ use futures_util::task::AtomicWaker;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
+use super::wire::{Handlers, Wire};
 use super::{ConnConfig, Handler, driver};
 use crate::auth::{Credentials, Signed, Signer};
 use crate::codes::{ErrorCode, SUCCESS};
@@ -237,7 +238,14 @@ impl Connection {
         config: ConnConfig,
     ) -> std::io::Result<Connection> {
         let (conn, rx) = Self::open(&stream, config)?;
-        driver::spawn(stream, conn.clone(), handler, rx, None);
+        driver::spawn(
+            stream,
+            conn.clone(),
+            Handlers::weir(handler),
+            Some(Wire::Weir),
+            rx,
+            None,
+        );
         Ok(conn)
     }
 

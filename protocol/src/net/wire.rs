@@ -1,8 +1,8 @@
 //! Which protocol a connection speaks, and how frames of each look on the wire.
 //!
-//! A server connection starts undecided when the server also serves RocketMQ's remoting
-//! protocol: its first 5 bytes decide ([`Wire::sniff`]; weir's frame has its version, 2,
-//! where a remoting frame has its serialize type, 0 or 1). Both protocols become the same
+//! A server connection starts undecided: its first 5 bytes decide ([`Wire::sniff`]; weir's
+//! frame has its version, 2, where a remoting frame has its serialize type, 0 or 1; any
+//! other value goes to weir's reader, which answers a bad version with an error). Both protocols become the same
 //! in-memory [`Frame`] for the driver: a remoting frame's `request_id` is its `opaque`, its
 //! `header` is the header as sent behind one byte naming its encoding (what
 //! `weir_remoting::RemotingCommand::from_parts` reads), and its `kind` comes from its
@@ -13,15 +13,18 @@ use weir_remoting::RemotingCommand;
 use weir_remoting::codes::response as rs;
 use weir_remoting::command::{FLAG_ONEWAY, FLAG_RESPONSE};
 
-use super::Reply;
+use std::sync::Arc;
+
+use super::{Handler, Reply};
 use crate::codes::ErrorCode;
 use crate::error::ProtocolError;
 use crate::frame::{self, Frame, Kind};
 
 /// A connection's protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Wire {
     /// weir's own frame (`crate::frame`).
+    #[default]
     Weir,
     /// RocketMQ's 4.x remoting frame.
     Remoting,
@@ -30,23 +33,53 @@ pub enum Wire {
 /// Bytes [`Wire::sniff`] needs.
 pub(super) const SNIFF_LEN: usize = weir_remoting::sniff::SNIFF_LEN;
 
+/// The handlers of a connection's requests, by protocol.
+#[derive(Clone)]
+pub(super) struct Handlers {
+    pub(super) weir: Option<Arc<dyn Handler>>,
+    pub(super) remoting: Option<Arc<dyn Handler>>,
+}
+
+impl Handlers {
+    /// Only weir's protocol (every client connection, and servers without remoting).
+    pub(super) fn weir(h: Arc<dyn Handler>) -> Self {
+        Self {
+            weir: Some(h),
+            remoting: None,
+        }
+    }
+
+    pub(super) fn get(&self, wire: Wire) -> Option<&dyn Handler> {
+        match wire {
+            Wire::Weir => self.weir.as_deref(),
+            Wire::Remoting => self.remoting.as_deref(),
+        }
+    }
+}
+
 impl Wire {
-    /// The protocol a connection's first [`SNIFF_LEN`] bytes announce, if one this side
-    /// serves (`remoting`: whether RocketMQ's is served).
-    pub(super) fn sniff(first: &[u8], remoting: bool) -> Result<Wire, ProtocolError> {
+    /// The protocol a connection's first [`SNIFF_LEN`] bytes announce, if `handlers` serve
+    /// it.
+    pub(super) fn sniff(first: &[u8], handlers: &Handlers) -> Result<Wire, ProtocolError> {
         match first.get(4) {
-            Some(&v) if v == frame::VERSION => Ok(Wire::Weir),
-            Some(0 | 1) if remoting => Ok(Wire::Remoting),
+            Some(0 | 1) if handlers.remoting.is_some() => Ok(Wire::Remoting),
             Some(0 | 1) => Err(ProtocolError::Unserved(
                 "RocketMQ's remoting protocol is turned off here",
             )),
+            // weir's frame, or something weir's frame reader refuses with a reply saying
+            // why (another version of it, say).
+            Some(_) if handlers.weir.is_some() => Ok(Wire::Weir),
             Some(&v) => Err(ProtocolError::BadVersion(v)),
             None => Err(ProtocolError::Truncated("connection closed before a frame")),
         }
     }
 
     /// The length field of the frame `buf` starts with (bytes after it), once known.
-    pub(super) fn frame_len(self, buf: &[u8], max_frame: usize) -> Result<Option<usize>, ProtocolError> {
+    pub(super) fn frame_len(
+        self,
+        buf: &[u8],
+        max_frame: usize,
+    ) -> Result<Option<usize>, ProtocolError> {
         match self {
             Wire::Weir => frame::frame_len(buf, max_frame),
             Wire::Remoting => {
@@ -118,7 +151,10 @@ impl Wire {
                 out.put_slice(&f.header);
             }
             Wire::Remoting => {
-                let (st, header) = f.header.split_first().map_or((0, &[][..]), |(s, h)| (*s, h));
+                let (st, header) = f
+                    .header
+                    .split_first()
+                    .map_or((0, &[][..]), |(s, h)| (*s, h));
                 // Within the frame limit, checked by the caller: both fit.
                 out.put_u32((4 + header.len() + f.body.len()) as u32);
                 out.put_u32((u32::from(st) << 24) | (header.len() as u32 & 0x00ff_ffff));
@@ -153,6 +189,7 @@ fn remoting_error(e: weir_remoting::RemotingError) -> ProtocolError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::NoHandler;
 
     fn remoting_wire(cmd: &RemotingCommand) -> BytesMut {
         BytesMut::from(&cmd.to_bytes().unwrap()[..])
@@ -170,11 +207,23 @@ mod tests {
         };
         let mut w = BytesMut::new();
         weir.encode(&mut w, 1 << 20).unwrap();
-        assert_eq!(Wire::sniff(&w[..SNIFF_LEN], true).unwrap(), Wire::Weir);
+        let both = Handlers {
+            weir: Some(Arc::new(NoHandler)),
+            remoting: Some(Arc::new(NoHandler)),
+        };
+        let weir_only = Handlers::weir(Arc::new(NoHandler));
+        let remoting_only = Handlers {
+            weir: None,
+            remoting: Some(Arc::new(NoHandler)),
+        };
+        assert_eq!(Wire::sniff(&w[..SNIFF_LEN], &both).unwrap(), Wire::Weir);
+        assert!(Wire::sniff(&w[..SNIFF_LEN], &remoting_only).is_err());
         let r = remoting_wire(&RemotingCommand::request(105, 1).with("topic", "T"));
-        assert_eq!(Wire::sniff(&r[..SNIFF_LEN], true).unwrap(), Wire::Remoting);
-        assert!(Wire::sniff(&r[..SNIFF_LEN], false).is_err());
-        assert!(Wire::sniff(&[0, 0, 0, 9, 7], true).is_err());
+        assert_eq!(Wire::sniff(&r[..SNIFF_LEN], &both).unwrap(), Wire::Remoting);
+        assert!(Wire::sniff(&r[..SNIFF_LEN], &weir_only).is_err());
+        // Another version of weir's frame goes to weir's reader, which says what is wrong.
+        assert_eq!(Wire::sniff(&[0, 0, 0, 9, 7], &both).unwrap(), Wire::Weir);
+        assert!(Wire::sniff(&[0, 0, 0, 9, 7], &remoting_only).is_err());
     }
 
     #[test]
@@ -188,7 +237,10 @@ mod tests {
             }
             let mut buf = remoting_wire(&cmd);
             let whole = buf.len();
-            let f = Wire::Remoting.parse_frame(&mut buf, 1 << 20).unwrap().unwrap();
+            let f = Wire::Remoting
+                .parse_frame(&mut buf, 1 << 20)
+                .unwrap()
+                .unwrap();
             assert!(buf.is_empty());
             assert_eq!(f.request_id, 77);
             assert_eq!(f.code, 11);
@@ -202,7 +254,12 @@ mod tests {
         // Partial frames wait; oversize ones fail.
         let full = remoting_wire(&RemotingCommand::request(11, 1));
         let mut part = BytesMut::from(&full[..full.len() - 1]);
-        assert!(Wire::Remoting.parse_frame(&mut part, 1 << 20).unwrap().is_none());
+        assert!(
+            Wire::Remoting
+                .parse_frame(&mut part, 1 << 20)
+                .unwrap()
+                .is_none()
+        );
         let mut big = BytesMut::from(&(64i32 << 20).to_be_bytes()[..]);
         assert!(Wire::Remoting.parse_frame(&mut big, 1 << 20).is_err());
     }

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -116,7 +115,9 @@ fn pull(group: &str, topic: &str, queue_id: u32, offset: u64) -> RemotingCommand
 }
 
 fn props_of(m: &MessageExt) -> HashMap<String, String> {
-    message::decode_properties(&m.properties).into_iter().collect()
+    message::decode_properties(&m.properties)
+        .into_iter()
+        .collect()
 }
 
 #[tokio::test]
@@ -156,7 +157,9 @@ async fn the_name_server_answers_rocketmq_clients() {
     ok(&info);
     assert!(json(&info).contains(r#""clusterAddrTable":{"#));
     // Anything else: not supported, never a silent close.
-    let other = ns.call(RemotingCommand::request(rq::PUT_KV_CONFIG, 0)).await;
+    let other = ns
+        .call(RemotingCommand::request(rq::PUT_KV_CONFIG, 0))
+        .await;
     assert_eq!(other.code, rs::REQUEST_CODE_NOT_SUPPORTED);
 }
 
@@ -189,7 +192,9 @@ async fn a_rocketmq_producer_and_consumer_on_weir() {
     z.write_all(&big).unwrap();
     let zipped = z.finish().unwrap();
     let props2 = encode_properties([("TAGS", "TagB"), ("KEYS", "k3")]);
-    ok(&c.call(send_v2("RT", 0, &props2, &zipped, sys_flag::COMPRESSED)).await);
+    ok(&c
+        .call(send_v2("RT", 0, &props2, &zipped, sys_flag::COMPRESSED))
+        .await);
 
     // weir's own client reads both, tag, keys and properties intact.
     let got = client.drain("wg", "RT", 0, 0).await;
@@ -271,7 +276,9 @@ async fn a_rocketmq_producer_and_consumer_on_weir() {
         .await;
     assert_eq!(max.field("offset").unwrap(), "3");
     let members = c
-        .call(RemotingCommand::request(rq::GET_CONSUMER_LIST_BY_GROUP, 0).with("consumerGroup", "cg"))
+        .call(
+            RemotingCommand::request(rq::GET_CONSUMER_LIST_BY_GROUP, 0).with("consumerGroup", "cg"),
+        )
         .await;
     ok(&members);
     assert!(json(&members).contains(r#""consumerIdList":["10.0.0.1@1"]"#));
@@ -297,7 +304,9 @@ async fn a_rocketmq_producer_and_consumer_on_weir() {
     assert_eq!(b.field("queueOffset").unwrap(), "3");
 
     // A code weir does not serve: REQUEST_CODE_NOT_SUPPORTED, and the connection stays.
-    let other = c.call(RemotingCommand::request(rq::GET_ALL_TOPIC_CONFIG, 0)).await;
+    let other = c
+        .call(RemotingCommand::request(rq::GET_ALL_TOPIC_CONFIG, 0))
+        .await;
     assert_eq!(other.code, rs::REQUEST_CODE_NOT_SUPPORTED);
     ok(&c.call(heartbeat("10.0.0.1@1", "cg", "RT")).await);
 }
@@ -308,18 +317,20 @@ async fn bad_bytes_close_their_connection_only() {
     let addr = env.broker().local_addr().to_string();
     let mut good = Raw::connect(&addr).await;
     ok(&good.call(heartbeat("c@2", "g2", "T2")).await);
-    for junk in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[0, 0, 0, 8, 7, 0, 0, 0, 1, 2, 3, 4][..]] {
+    // Junk is closed (after weir's reader says why, when it looks like its frame).
+    for junk in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[0, 0, 0, 8, 7, 0, 0, 0, 1, 2, 3, 4][..],
+    ] {
         let mut bad = TcpStream::connect(&addr).await.unwrap();
         bad.write_all(junk).await.unwrap();
-        let mut buf = [0u8; 64];
-        let n = tokio::time::timeout(T, bad.read(&mut buf))
+        let mut rest = Vec::new();
+        tokio::time::timeout(T, bad.read_to_end(&mut rest))
             .await
             .expect("closed in time")
-            .unwrap_or(0);
-        assert_eq!(n, 0, "junk is not answered");
+            .ok();
     }
-    // A remoting frame with a header that is not JSON: an error answer, the connection
-    // lives on.
+    // A remoting frame with a header that is not JSON: told why, then closed.
     let mut broken = Raw::connect(&addr).await;
     let header = b"{not json";
     let mut frame = BytesMut::new();
@@ -327,10 +338,17 @@ async fn bad_bytes_close_their_connection_only() {
     frame.extend_from_slice(&(header.len() as i32).to_be_bytes());
     frame.extend_from_slice(header);
     broken.stream.write_all(&frame).await.unwrap();
-    let mut len = [0u8; 4];
-    let closed = tokio::time::timeout(Duration::from_secs(10), broken.stream.read(&mut len))
+    let why = tokio::time::timeout(T, broken.read_frame())
         .await
-        .expect("answered or closed in time");
-    assert!(matches!(closed, Ok(0) | Err(_)), "an unreadable header ends the connection");
+        .expect("answered in time")
+        .expect("an answer before the close");
+    assert_eq!(why.code, rs::SYSTEM_ERROR);
+    assert!(why.remark.unwrap_or_default().contains("JSON"));
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(T, broken.stream.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed after the answer");
     ok(&good.call(heartbeat("c@2", "g2", "T2")).await);
 }

@@ -138,7 +138,9 @@ pub(super) async fn serve(
                 decision,
                 from_check: cmd.opt_bool("fromTransactionCheck").unwrap_or(false),
             };
-            adapter.dispatch(call, R::EndTransaction(req), false).await?;
+            adapter
+                .dispatch(call, R::EndTransaction(req), false)
+                .await?;
             Ok(ok())
         }
         code => Err(ProcessError::Unsupported(format!(

@@ -97,7 +97,11 @@ pub(super) async fn serve(
         rq::UNREGISTER_CLIENT => {
             let client_id = cmd.field("clientID").map_err(bad)?.to_owned();
             adapter
-                .dispatch(call, R::UnregisterClient(UnregisterClient { client_id }), false)
+                .dispatch(
+                    call,
+                    R::UnregisterClient(UnregisterClient { client_id }),
+                    false,
+                )
                 .await?;
             Ok(ok(cmd))
         }
@@ -187,10 +191,10 @@ pub(super) async fn serve(
                 queues: queues(&b.mq_set),
             };
             // Locked queues are named as the client named them.
-            let broker_name = b
-                .mq_set
-                .first()
-                .map_or_else(|| adapter.0.config.broker_name.clone(), |q| q.broker_name.clone());
+            let broker_name = b.mq_set.first().map_or_else(
+                || adapter.0.config.broker_name.clone(),
+                |q| q.broker_name.clone(),
+            );
             match adapter.dispatch(call, R::LockQueues(req), false).await? {
                 BrokerResponse::LockedQueues(l) => {
                     let answer = LockBatchResponseBody {

@@ -143,9 +143,7 @@ impl RemotingAdapter {
 
     /// The answer to a refused request, counted like weir's own.
     fn refusal(&self, cmd: &RemotingCommand, e: &ProcessError) -> RemotingCommand {
-        self.0
-            .metrics
-            .error(crate::adapter::weir::status_of(e));
+        self.0.metrics.error(crate::adapter::weir::status_of(e));
         RemotingCommand::response_to(cmd, response_code(e), Some(e.to_string()))
     }
 }

@@ -9,9 +9,9 @@
 //! `suggestWhichBrokerId`.
 
 use bytes::BytesMut;
+use weir_protocol::RecordView;
 use weir_protocol::broker::{PullMessage, PullStatus};
 use weir_protocol::record::{NO_PREPARED_TX, sys_flag as wsys};
-use weir_protocol::RecordView;
 use weir_remoting::RemotingCommand;
 use weir_remoting::codes::response as rs;
 use weir_remoting::message::{MessageExt, encode_properties, property as rp, sys_flag};
@@ -114,10 +114,12 @@ fn registered(adapter: &RemotingAdapter, group: &str, topic: &str) -> Option<(St
         .into_iter()
         .flat_map(|m| m.subscriptions)
         .find(|(t, _)| t == topic)
-        .map(|(_, expr)| match expr.strip_prefix(super::consumer::SQL92_PREFIX) {
-            Some(sql) => (sql.to_owned(), SQL92.to_owned()),
-            None => (expr, "TAG".to_owned()),
-        })
+        .map(
+            |(_, expr)| match expr.strip_prefix(super::consumer::SQL92_PREFIX) {
+                Some(sql) => (sql.to_owned(), SQL92.to_owned()),
+                None => (expr, "TAG".to_owned()),
+            },
+        )
 }
 
 pub(super) async fn serve(
@@ -129,8 +131,9 @@ pub(super) async fn serve(
     let topic = cmd.field("topic").map_err(bad)?.to_owned();
     let queue_id: u32 = cmd.num("queueId").map_err(bad)?;
     let offset: i64 = cmd.num("queueOffset").map_err(bad)?;
-    let offset = u64::try_from(offset)
-        .map_err(|_| ProcessError::InvalidParameter(format!("queue offset {offset} is negative")))?;
+    let offset = u64::try_from(offset).map_err(|_| {
+        ProcessError::InvalidParameter(format!("queue offset {offset} is negative"))
+    })?;
     let max: i32 = cmd.opt_num("maxMsgNums").map_err(bad)?.unwrap_or(32);
     let sys: i32 = cmd.opt_num("sysFlag").map_err(bad)?.unwrap_or(0);
     let suspend: i64 = cmd
@@ -183,7 +186,10 @@ pub(super) async fn serve(
         },
         commit_offset,
     };
-    let pulled = match adapter.dispatch(call, BrokerRequest::Pull(req), false).await? {
+    let pulled = match adapter
+        .dispatch(call, BrokerRequest::Pull(req), false)
+        .await?
+    {
         BrokerResponse::Pulled(p) => p,
         _ => return Err(unexpected("pull")),
     };

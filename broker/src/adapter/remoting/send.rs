@@ -44,7 +44,10 @@ impl SendHeader {
             .map_err(bad)?
             .unwrap_or(0);
         Ok(Self {
-            producer_group: cmd.field(name("producerGroup", "a")).map_err(bad)?.to_owned(),
+            producer_group: cmd
+                .field(name("producerGroup", "a"))
+                .map_err(bad)?
+                .to_owned(),
             topic: cmd.field(name("topic", "b")).map_err(bad)?.to_owned(),
             queue_id,
             sys_flag: cmd.opt_num(name("sysFlag", "f")).map_err(bad)?.unwrap_or(0),
@@ -116,7 +119,11 @@ fn plain_body(adapter: &RemotingAdapter, sys: i32, body: Bytes) -> Result<Bytes,
         .map_err(|e| ProcessError::MessageIllegal(format!("message body: {e}")))
 }
 
-pub(super) async fn serve(adapter: &RemotingAdapter, call: &Call<'_>, cmd: &RemotingCommand) -> Served {
+pub(super) async fn serve(
+    adapter: &RemotingAdapter,
+    call: &Call<'_>,
+    cmd: &RemotingCommand,
+) -> Served {
     let h = SendHeader::parse(cmd)?;
     if cmd.code == rq::SEND_BATCH_MESSAGE {
         return serve_batch(adapter, call, cmd, h).await;
