@@ -352,3 +352,48 @@ async fn bad_bytes_close_their_connection_only() {
     assert_eq!(n, 0, "closed after the answer");
     ok(&good.call(heartbeat("c@2", "g2", "T2")).await);
 }
+
+#[tokio::test]
+async fn sql92_subscriptions_select_on_the_broker() {
+    let env = Env::start().await;
+    let client = env.client().await;
+    client.create_topic("SQ", 1).await;
+    let mut c = Raw::connect(&env.broker().local_addr().to_string()).await;
+    // Asked before a SQL92 consumer starts: a bad expression is refused up front.
+    let check = |sql: &str| {
+        let body = format!(
+            r#"{{"clientId":"c@3","group":"sg","subscriptionData":{{"expressionType":"SQL92","subString":"{sql}","topic":"SQ"}}}}"#
+        );
+        RemotingCommand::request(rq::CHECK_CLIENT_CONFIG, 0).with_body(body.into_bytes())
+    };
+    ok(&c.call(check("color = 'red' AND n > 3")).await);
+    assert_eq!(
+        c.call(check("color = ")).await.code,
+        rs::SUBSCRIPTION_PARSE_FAILED
+    );
+    let hb = br#"{"clientID":"c@3","consumerDataSet":[{"groupName":"sg","messageModel":"CLUSTERING","subscriptionDataSet":[{"expressionType":"SQL92","subString":"color = 'red' AND n > 3 AND TAGS = 'T1'","topic":"SQ"}]}]}"#;
+    ok(&c
+        .call(RemotingCommand::request(rq::HEART_BEAT, 0).with_body(&hb[..]))
+        .await);
+    let msgs: Vec<Msg> = (0..10)
+        .map(|i| {
+            Msg::new(format!("k{i}"))
+                .tag(if i % 3 == 0 { "T2" } else { "T1" })
+                .prop("color", if i % 2 == 0 { "red" } else { "blue" })
+                .prop("n", i.to_string())
+        })
+        .collect();
+    client.send("SQ", 0, &msgs).await;
+    // The push consumer's pull names no subscription: the heartbeat's SQL92 one applies
+    // (the Go client even says TAG here).
+    let pulled = c.call(pull("sg", "SQ", 0, 0)).await;
+    ok(&pulled);
+    let got: Vec<String> = MessageExt::decode_all(&pulled.body)
+        .unwrap()
+        .iter()
+        .map(|m| props_of(m)["KEYS"].clone())
+        .collect();
+    // red: even; n > 3; tag T1: not a multiple of 3.
+    assert_eq!(got, vec!["k4", "k8"]);
+    assert_eq!(pulled.num::<u64>("nextBeginOffset").unwrap(), 10);
+}

@@ -241,9 +241,9 @@ pub(super) async fn serve(
                         .as_deref()
                         .is_some_and(|t| t.eq_ignore_ascii_case(SQL92)) =>
                 {
-                    Err(ProcessError::BadSubscription(
-                        "SQL92 subscriptions are not served over RocketMQ's protocol yet".into(),
-                    ))
+                    weir_filter_sql92::parse(&s.sub_string)
+                        .map(|_| ok(cmd))
+                        .map_err(|e| ProcessError::BadSubscription(format!("SQL92 expression: {e}")))
                 }
                 Some(s) => TagFilter::parse(&s.sub_string)
                     .map(|_| ok(cmd))

@@ -1,5 +1,6 @@
 //! `PULL_MESSAGE`: a pull as RocketMQ's consumers make it, answered with messages in
-//! RocketMQ's layout.
+//! RocketMQ's layout. A tag subscription is weir's tag expression; an SQL92 one runs
+//! natively in the pull (and a filter uploaded for the group runs after either).
 //!
 //! A push consumer's pull names no subscription (`postSubscriptionWhenPull` is off by
 //! default): the broker uses the one its heartbeat registered for the group and topic, as
@@ -168,28 +169,32 @@ pub(super) async fn serve(
             }
         },
     };
-    if kind.eq_ignore_ascii_case(SQL92) {
-        return Err(ProcessError::BadSubscription(
-            "SQL92 subscriptions are not served over RocketMQ's protocol yet: subscribe by tag, or upload a filter with `weir filter upload`".into(),
-        ));
-    }
+    let sql92 = kind.eq_ignore_ascii_case(SQL92);
     let req = PullMessage {
         group,
         topic,
         queue_id,
         offset,
         max_msgs: u32::try_from(max).unwrap_or(1).max(1),
-        expression: normalize_tags(&expression),
+        expression: if sql92 {
+            "*".to_owned()
+        } else {
+            normalize_tags(&expression)
+        },
         suspend_ms: match sys & pull_flag::SUSPEND {
             0 => 0,
             _ => u64::try_from(suspend).unwrap_or(0),
         },
         commit_offset,
     };
-    let pulled = match adapter
-        .dispatch(call, BrokerRequest::Pull(req), false)
-        .await?
-    {
+    let request = match sql92 {
+        true => BrokerRequest::PullSql {
+            req,
+            sql92: expression,
+        },
+        false => BrokerRequest::Pull(req),
+    };
+    let pulled = match adapter.dispatch(call, request, false).await? {
         BrokerResponse::Pulled(p) => p,
         _ => return Err(unexpected("pull")),
     };
