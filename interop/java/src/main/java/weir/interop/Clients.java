@@ -131,7 +131,8 @@ final class Clients {
                         ids.add(mq.getQueueId());
                     }
                     Collections.sort(ids);
-                    Out.log("assigned " + topic + " queues " + ids + " of " + all.size() + ", members " + seen);
+                    Out.log("assigned " + topic + " queues " + ids + " of " + all.size() + ", members " + seen
+                            + ", " + sinceStart() + " ms after JVM start");
                     return;
                 }
             }
@@ -162,6 +163,11 @@ final class Clients {
         m.putUserProperty("color", seq % 2 == 0 ? "red" : "blue");
         m.putUserProperty("n", Integer.toString(seq));
         return m;
+    }
+
+    /** Milliseconds since this JVM started (for the timing notes on stderr). */
+    static long sinceStart() {
+        return System.currentTimeMillis() - java.lang.management.ManagementFactory.getRuntimeMXBean().getStartTime();
     }
 
     static void sleep(long ms) {

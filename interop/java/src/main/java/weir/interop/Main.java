@@ -45,6 +45,7 @@ public final class Main {
             Scenario s = SCENARIOS.get(argv[0]).apply(args);
             Watchdog.arm(args.timeoutMs() + 15_000);
             boolean ok = s.run();
+            Out.log(argv[0] + " finished " + Clients.sinceStart() + " ms after JVM start");
             rc = ok ? 0 : 1;
         } catch (Clients.Timeout e) {
             Out.log("timeout: " + e.getMessage());

@@ -40,6 +40,7 @@ public final class Out {
 
     static void ready() {
         line("READY");
+        log("READY " + Clients.sinceStart() + " ms after JVM start");
     }
 
     static void done(boolean ok, String summary) {

@@ -21,12 +21,18 @@ final class Recorder {
     }
 
     void record(MessageExt m) {
+        // Before the counts: await() must never see a count without its time.
+        last = System.currentTimeMillis();
         Out.recv(tag, m);
         synchronized (all) {
             all.add(m);
         }
         counts.merge(m.getMsgId(), 1, Integer::sum);
-        deliveries.incrementAndGet();
+        last = System.currentTimeMillis();
+        if (deliveries.incrementAndGet() == 1) {
+            Out.log("first message " + Clients.sinceStart() + " ms after JVM start, "
+                    + (System.currentTimeMillis() - m.getBornTimestamp()) + " ms after it was born");
+        }
         last = System.currentTimeMillis();
     }
 
@@ -51,7 +57,7 @@ final class Recorder {
     boolean await(BooleanSupplier enough, long graceMs, long deadline) {
         while (true) {
             long now = System.currentTimeMillis();
-            if (enough.getAsBoolean() && now - last >= graceMs) {
+            if (enough.getAsBoolean() && last != 0 && now - last >= graceMs) {
                 return true;
             }
             if (now > deadline) {

@@ -67,7 +67,9 @@ final class Tx implements Scenario {
 
             @Override
             public LocalTransactionState checkLocalTransaction(MessageExt msg) {
-                String uniq = msg.getMsgId();
+                // The check-back body is a plain MessageExt: its msgId is the offsetMsgId of
+                // the half message; the client puts UNIQ_KEY into transactionId.
+                String uniq = msg.getProperty("UNIQ_KEY") != null ? msg.getProperty("UNIQ_KEY") : msg.getTransactionId();
                 checked.add(msg.getKeys() == null ? "" : msg.getKeys());
                 Out.tx(uniq, LocalTransactionState.COMMIT_MESSAGE.name(), true);
                 Out.log("check-back for " + msg.getKeys() + " " + uniq + " transactionId=" + msg.getTransactionId());
