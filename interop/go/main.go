@@ -31,8 +31,9 @@ import (
 // ---------------------------------------------------------------- output
 
 var (
-	outMu sync.Mutex
-	out   = bufio.NewWriter(os.Stdout)
+	started = time.Now()
+	outMu   sync.Mutex
+	out     = bufio.NewWriter(os.Stdout)
 )
 
 func line(fields ...string) {
@@ -204,6 +205,10 @@ func (r *recorder) record(m *primitive.MessageExt) {
 	recv(r.tag, m)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.total == 0 {
+		logf("first message %d ms after start, %d ms after it was born",
+			time.Since(started).Milliseconds(), time.Now().UnixMilli()-m.BornTimestamp)
+	}
 	r.counts[m.MsgId]++
 	r.keys = append(r.keys, m.GetKeys())
 	r.total++
@@ -448,6 +453,7 @@ func consume(a *args, deadline time.Time, sql bool) bool {
 	}
 	defer c.Shutdown()
 	line("READY")
+	logf("READY %d ms after start", time.Since(started).Milliseconds())
 	want := expect
 	if want < 1 {
 		want = 1
@@ -478,9 +484,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: probe <produce|consume|sql92> <namesrv> [key=value ...]")
 		os.Exit(2)
 	}
-	rlog.SetLogLevel("error")
-	if os.Getenv("PROBE_LOG") == "" {
-		rlog.SetLogLevel("fatal")
+	// The client logs with logrus to stderr; PROBE_LOG=1 lets its errors through.
+	rlog.SetLogLevel("fatal")
+	if os.Getenv("PROBE_LOG") != "" {
+		rlog.SetLogLevel("error")
 	}
 	a := &args{namesrv: os.Args[2], m: map[string]string{}, used: map[string]bool{}}
 	for _, kv := range os.Args[3:] {
@@ -522,6 +529,7 @@ func main() {
 			rc = 3
 			return
 		}
+		logf("%s finished %d ms after start", os.Args[1], time.Since(started).Milliseconds())
 		if ok {
 			rc = 0
 		} else {
