@@ -15,12 +15,14 @@ import org.apache.rocketmq.common.message.MessageExt;
 import org.apache.rocketmq.common.protocol.heartbeat.MessageModel;
 
 /**
- * {@code retry topic= group= count= fail= max= level= grace= instance=}: sends {@code count}
+ * {@code retry topic= group= count= fail= max= level= grace= dlq= instance=}: sends {@code count}
  * messages (keys r0..), then consumes with setMaxReconsumeTimes(max). The listener returns
  * RECONSUME_LATER for the first {@code fail} keys, with delayLevelWhenNextConsume =
  * {@code level} (1 = 1 s on a default broker; 0 = the broker's 3 + reconsumeTimes, 10 s
  * and more). Checks: a failing key is delivered max+1 times with reconsumeTimes 0..max (then
- * the broker moves it to %DLQ%group), every other key exactly once.
+ * the broker moves it to %DLQ%group), every other key exactly once; with {@code dlq=true}
+ * (default) each failing key is then found in {@code %DLQ%<group>} by queryMessage(key),
+ * printed as a RECV line with consumer tag {@code dlq}.
  */
 final class Retry implements Scenario {
     private final Args a;
@@ -31,6 +33,7 @@ final class Retry implements Scenario {
     private final int max;
     private final int level;
     private final long grace;
+    private final boolean dlq;
     private final String instance;
 
     Retry(Args a) {
@@ -42,6 +45,7 @@ final class Retry implements Scenario {
         max = a.integer("max", 1);
         level = a.integer("level", 1);
         grace = a.lng("grace", 2000);
+        dlq = a.bool("dlq", true);
         instance = Clients.instance(a, "retry");
         a.checkAllUsed();
     }
@@ -101,9 +105,36 @@ final class Retry implements Scenario {
                     Out.log("key " + key + " reconsumeTimes " + l + ", want " + wantTimes);
                 }
             }
-            boolean pass = got && bad == 0 && wrong == 0 && rec.deliveries.get() == want;
+            int inDlq = 0;
+            if (dlq && got) {
+                // queryMessage by key on %DLQ%<group> (QUERY_MESSAGE); the index may lag.
+                String dlqTopic = "%DLQ%" + group;
+                for (int i = 0; i < fail; i++) {
+                    String key = "r" + i;
+                    MessageExt found = null;
+                    while (found == null && System.currentTimeMillis() < deadline) {
+                        try {
+                            for (MessageExt m : p.queryMessage(dlqTopic, key, 32, 0, Long.MAX_VALUE).getMessageList()) {
+                                if (key.equals(m.getKeys())) {
+                                    found = m;
+                                }
+                            }
+                        } catch (Exception e) {
+                            Out.log("DLQ query for " + key + ": " + e);
+                        }
+                        if (found == null) {
+                            Clients.sleep(200);
+                        }
+                    }
+                    if (found != null) {
+                        Out.recv("dlq", found);
+                        inDlq++;
+                    }
+                }
+            }
+            boolean pass = got && bad == 0 && wrong == 0 && rec.deliveries.get() == want && (!dlq || inDlq == fail);
             Out.done(pass, "deliveries=" + rec.deliveries.get() + "/" + want + " wrongKeys=" + wrong
-                    + " sendFailures=" + bad);
+                    + (dlq ? " inDLQ=" + inDlq + "/" + fail : "") + " sendFailures=" + bad);
             return pass;
         } finally {
             c.shutdown();
