@@ -20,6 +20,7 @@ public final class Args {
             }
             map.put(argv[i].substring(0, eq), argv[i].substring(eq + 1));
         }
+        timeoutMs(); // read by Main, after the scenario has checked its keys
     }
 
     String str(String key, String dflt) {

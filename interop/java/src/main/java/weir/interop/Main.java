@@ -2,6 +2,9 @@ package weir.interop;
 
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Comparator;
+import java.util.List;
 import java.util.Map;
 import java.util.TreeMap;
 import java.util.function.Function;
@@ -16,6 +19,7 @@ import java.util.function.Function;
  */
 public final class Main {
     private static final Map<String, Function<Args, Scenario>> SCENARIOS = new TreeMap<>();
+    private static final List<Path> TEMP_DIRS = new ArrayList<>();
 
     static {
         SCENARIOS.put("produce", Produce::new);
@@ -60,6 +64,14 @@ public final class Main {
             Out.done(false, "exception: " + Out.clean(String.valueOf(t)));
             rc = 2;
         }
+        // Temp dirs made here go; the client log stays when the scenario failed.
+        for (Path dir : TEMP_DIRS) {
+            if (rc == 0 || !dir.getFileName().toString().startsWith("weir-interop-log") || isEmpty(dir)) {
+                deleteTree(dir);
+            } else {
+                Out.log("client log kept in " + dir);
+            }
+        }
         System.out.flush();
         System.err.flush();
         // Client shutdown hooks and non-daemon threads must not keep us alive.
@@ -70,6 +82,7 @@ public final class Main {
     private static void quietClientLog() throws Exception {
         if (System.getProperty("rocketmq.client.logRoot") == null) {
             Path dir = Files.createTempDirectory("weir-interop-log");
+            TEMP_DIRS.add(dir);
             System.setProperty("rocketmq.client.logRoot", dir.toString());
         }
         if (System.getProperty("rocketmq.client.logLevel") == null) {
@@ -78,6 +91,7 @@ public final class Main {
         if (System.getProperty("rocketmq.client.localOffsetStoreDir") == null) {
             // Broadcasting consumers keep offsets in files; never reuse them across runs.
             Path dir = Files.createTempDirectory("weir-interop-offsets");
+            TEMP_DIRS.add(dir);
             System.setProperty("rocketmq.client.localOffsetStoreDir", dir.toString());
         }
         // Rebalance every second instead of every 20 s (a new member is also announced by
@@ -88,6 +102,22 @@ public final class Main {
         // Orderly consumers re-lock their queues every 20 s by default.
         if (System.getProperty("rocketmq.client.rebalance.lockInterval") == null) {
             System.setProperty("rocketmq.client.rebalance.lockInterval", "5000");
+        }
+    }
+
+    private static boolean isEmpty(Path dir) {
+        try (var walk = Files.walk(dir)) {
+            return walk.noneMatch(Files::isRegularFile);
+        } catch (Exception e) {
+            return false;
+        }
+    }
+
+    private static void deleteTree(Path dir) {
+        try (var walk = Files.walk(dir)) {
+            walk.sorted(Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
+        } catch (Exception e) {
+            Out.log("could not remove " + dir + ": " + e);
         }
     }
 
