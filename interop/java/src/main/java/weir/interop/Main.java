@@ -46,6 +46,8 @@ public final class Main {
         try {
             quietClientLog();
             Args args = new Args(argv[1], argv, 2);
+            Out.log(argv[0] + ": remoting headers "
+                    + org.apache.rocketmq.remoting.protocol.RemotingCommand.getSerializeTypeConfigInThisServer());
             Scenario s = SCENARIOS.get(argv[0]).apply(args);
             Watchdog.arm(args.timeoutMs() + 15_000);
             boolean ok = s.run();
