@@ -58,6 +58,20 @@ impl Handler for WeirAdapter {
     fn on_close(&self, conn: &Connection) {
         self.0.connection_closed(conn.id());
     }
+
+    /// Writes run to their end even when the client is gone by then.
+    fn completes_after_close(&self, req: &Request) -> bool {
+        matches!(
+            RequestCode::from_u16(req.code),
+            Some(
+                RequestCode::SendMessage
+                    | RequestCode::SendBatch
+                    | RequestCode::ConsumerSendMsgBack
+                    | RequestCode::EndTransaction
+                    | RequestCode::UpdateConsumerOffset
+            )
+        )
+    }
 }
 
 /// A weir connection as the broker's way back to a client.

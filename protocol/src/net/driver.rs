@@ -14,8 +14,12 @@
 //! - A frame begun must be whole within `frame_read_timeout` of reading time; a connection
 //!   with no frame read and nothing written for `idle_timeout` is closed. Both are checked
 //!   on a tick (a quarter of the shorter one), so each fires within 1.25 times its setting.
-//! - However it ends, the handler futures of its requests are dropped at once (cancelling
-//!   held pulls and filter work), then its calls fail, then `Handler::on_close` runs, once.
+//! - When the peer closes (or resets) between frames, its one-way requests and the ones
+//!   its handler says complete after a close (sends) keep running for up to
+//!   [`EOF_GRACE`] (a producer's last sends are stored);
+//!   otherwise, and past that, however it ends, the handler futures of its requests are
+//!   dropped at once (cancelling held pulls and filter work), then its calls fail, then
+//!   `Handler::on_close` runs, once.
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
@@ -57,6 +61,9 @@ const KEEP_READ_CAPACITY: usize = 1 << 20;
 const ROUNDS: usize = 16;
 /// How long a closing connection may take to write what it had queued.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
+/// After the peer's clean close, how long requests already read may still run (checked
+/// on the clock's tick, so up to a tick more).
+const EOF_GRACE: Duration = Duration::from_secs(1);
 
 /// Starts the driver of `conn`.
 /// `wire`: the connection's protocol when known (a client's); `None`: a server's
@@ -91,6 +98,8 @@ struct Handling<'a> {
     wire: Wire,
     request_id: u32,
     oneway: bool,
+    /// Runs on after the peer's close (see `Handler::completes_after_close`).
+    survives_close: bool,
     bytes: usize,
 }
 
@@ -171,6 +180,10 @@ struct Driver<'a> {
     max_bytes: usize,
     inbuf: BytesMut,
     eof: bool,
+    /// When the requests still running after the peer's clean close are given up.
+    eof_deadline: Option<Instant>,
+    /// The peer reset the connection (ended like a close, reported as lost).
+    reset: Option<std::io::Error>,
     frames_in: u64,
     inflight: FuturesUnordered<Handling<'a>>,
     inflight_bytes: usize,
@@ -202,6 +215,8 @@ impl<'a> Driver<'a> {
             max_bytes: c.max_pending_bytes,
             inbuf: BytesMut::new(),
             eof: false,
+            eof_deadline: None,
+            reset: None,
             frames_in: 0,
             inflight: FuturesUnordered::new(),
             inflight_bytes: 0,
@@ -321,11 +336,32 @@ impl<'a> Driver<'a> {
                     }
                 }
                 if self.eof {
-                    return Poll::Ready(if self.inbuf.is_empty() {
-                        End::Eof
-                    } else {
-                        End::Gone(std::io::ErrorKind::UnexpectedEof.into())
-                    });
+                    if !self.inbuf.is_empty() {
+                        return Poll::Ready(End::Gone(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                    // A clean close (or reset) after the last request: its one-way
+                    // requests and its writes still run (a producer's last sends are
+                    // stored), for a short while; the rest (held pulls) are dropped at once.
+                    if self.eof_deadline.is_none() {
+                        self.eof_deadline = Some(Instant::now() + EOF_GRACE);
+                        let running = std::mem::take(&mut self.inflight);
+                        for h in running {
+                            if h.survives_close {
+                                self.inflight.push(h);
+                            } else {
+                                self.inflight_bytes -= h.bytes;
+                            }
+                        }
+                    }
+                    if self.inflight.is_empty()
+                        || Instant::now() >= self.eof_deadline.unwrap_or_else(Instant::now)
+                    {
+                        return Poll::Ready(match self.reset.take() {
+                            Some(e) => End::Gone(e),
+                            None => End::Eof,
+                        });
+                    }
+                    break;
                 }
                 if !may_read && self.inbuf.len() >= READ_AHEAD {
                     break;
@@ -340,6 +376,13 @@ impl<'a> Driver<'a> {
                     Ok(0) => self.eof = true,
                     Ok(_) => progress = true,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    // A peer that closes with unread answers in its buffer resets the
+                    // connection: its one-way requests still run, as after a clean close.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                        self.eof = true;
+                        self.reset = Some(e);
+                        progress = true;
+                    }
                     Err(e) => return Poll::Ready(End::Gone(e)),
                 }
             }
@@ -398,11 +441,13 @@ impl<'a> Driver<'a> {
                     body: f.body,
                     received: std::time::Instant::now(),
                 };
+                let survives_close = oneway || handler.completes_after_close(&req);
                 let fut = handler.handle(self.conn, req);
                 self.inflight_bytes += bytes;
                 self.inflight.push(Handling {
                     fut,
                     wire,
+                    survives_close,
                     request_id,
                     oneway,
                     bytes,

@@ -107,6 +107,14 @@ pub trait Handler: Send + Sync + 'static {
     fn handle<'a>(&'a self, conn: &'a Connection, req: Request) -> BoxFuture<'a, Reply>;
     /// Called once when a connection closes.
     fn on_close(&self, _conn: &Connection) {}
+    /// Whether `req` still runs to its end (for a short while) when its peer closes or
+    /// resets the connection after sending it: writes the peer may count on, such as
+    /// sends (RocketMQ's Go producer sends its "one-way" messages as ordinary requests and
+    /// closes without reading the answers). Everything else (held pulls) is dropped at
+    /// once. One-way requests always run on. Default: no.
+    fn completes_after_close(&self, _req: &Request) -> bool {
+        false
+    }
 }
 
 /// Answers every request with "not supported": for clients that serve nothing.

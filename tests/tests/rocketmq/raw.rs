@@ -397,3 +397,33 @@ async fn sql92_subscriptions_select_on_the_broker() {
     assert_eq!(got, vec!["k4", "k8"]);
     assert_eq!(pulled.num::<u64>("nextBeginOffset").unwrap(), 10);
 }
+
+/// A producer that sends and closes at once (RocketMQ's Go client does so with its
+/// "one-way" sends, which are ordinary requests) still has its messages stored; a held
+/// pull on a closing connection is dropped.
+#[tokio::test]
+async fn sends_read_before_a_close_are_stored() {
+    let env = Env::start().await;
+    let client = env.client().await;
+    client.create_topic("CT", 1).await;
+    let addr = env.broker().local_addr().to_string();
+    for close in ["fin", "reset"] {
+        let mut c = Raw::connect(&addr).await;
+        for i in 0..5 {
+            let props = encode_properties([("KEYS", &format!("{close}{i}")[..])]);
+            c.send(send_v2("CT", 0, &props, b"x", 0)).await;
+        }
+        if close == "reset" {
+            // Unread answers in the socket make the close a reset; linger 0 forces it.
+            #[allow(deprecated)]
+            c.stream
+                .set_linger(Some(std::time::Duration::ZERO))
+                .unwrap();
+        }
+        drop(c);
+    }
+    eventually("all ten stored", async || {
+        client.queue_offsets("CT", 0).await.max == 10
+    })
+    .await;
+}

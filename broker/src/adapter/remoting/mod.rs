@@ -80,6 +80,21 @@ impl Handler for RemotingAdapter {
     fn on_close(&self, conn: &Connection) {
         self.0.connection_closed(conn.id());
     }
+
+    /// Sends, send-backs, decisions and commits are stored even when the client is gone by
+    /// the time they run (RocketMQ's Go producer sends "one-way" messages as requests and
+    /// closes without reading the answers).
+    fn completes_after_close(&self, req: &Request) -> bool {
+        matches!(
+            i32::from(req.code),
+            rq::SEND_MESSAGE
+                | rq::SEND_MESSAGE_V2
+                | rq::SEND_BATCH_MESSAGE
+                | rq::CONSUMER_SEND_MSG_BACK
+                | rq::END_TRANSACTION
+                | rq::UPDATE_CONSUMER_OFFSET
+        )
+    }
 }
 
 impl RemotingAdapter {
