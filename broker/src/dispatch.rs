@@ -41,6 +41,10 @@ pub enum BrokerRequest {
     SendBatch { req: SendBatch, body: Bytes },
     SendBack(ConsumerSendMsgBack),
     Pull(PullMessage),
+    /// A pull that also selects by an SQL92 expression over the messages' properties
+    /// (RocketMQ's `MessageSelector.bySql`), after the tag expression and before the
+    /// group's filter.
+    PullSql { req: PullMessage, sql92: String },
     Heartbeat(Heartbeat),
     UnregisterClient(UnregisterClient),
     QueryConsumerOffset(QueryConsumerOffset),
@@ -151,7 +155,7 @@ impl BrokerRequest {
             R::Send { .. } | R::SendBatch { .. } | R::SendBack(_) | R::EndTransaction(_) => {
                 Family::Send
             }
-            R::Pull(_) => Family::Pull,
+            R::Pull(_) | R::PullSql { .. } => Family::Pull,
             R::Heartbeat(_)
             | R::UnregisterClient(_)
             | R::QueryConsumerOffset(_)
@@ -285,6 +289,7 @@ impl Broker {
             R::SendBatch { req, body } => A::SentBatch(self.send_batch(req, body, ctx).await?),
             R::SendBack(r) => A::SentBack(self.send_back(r).await?),
             R::Pull(r) => A::Pulled(self.pull(r).await?),
+            R::PullSql { req, sql92 } => A::Pulled(self.pull_selected(req, Some(&sql92)).await?),
             R::Heartbeat(hb) => {
                 let link = ctx.link.as_ref().ok_or_else(|| {
                     ProcessError::Internal(

@@ -16,6 +16,7 @@ use weir_protocol::{Server, ServerStats};
 use weir_store::MessageStore;
 
 use crate::acl::Acl;
+use crate::adapter::remoting::RemotingAdapter;
 use crate::adapter::weir::WeirAdapter;
 use crate::broker::Broker;
 use crate::clients::ClientRegistry;
@@ -201,12 +202,18 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, BrokerError> {
                 error,
             })?;
     }
-    let server = Server::start(listener, Arc::new(WeirAdapter(Arc::clone(&broker))), net).map_err(
-        |error| BrokerError::Listen {
-            addr: broker.config.listen.clone(),
-            error,
-        },
-    )?;
+    // weir's frames and RocketMQ's remoting frames on the same port (`[net]` turns either
+    // off).
+    let server = Server::start_with_remoting(
+        listener,
+        Arc::new(WeirAdapter(Arc::clone(&broker))),
+        Some(Arc::new(RemotingAdapter(Arc::clone(&broker)))),
+        net,
+    )
+    .map_err(|error| BrokerError::Listen {
+        addr: broker.config.listen.clone(),
+        error,
+    })?;
     let server = Arc::new(server);
     broker.counters.set_server(Arc::downgrade(&server));
     let ha = match (

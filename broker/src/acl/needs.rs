@@ -94,7 +94,9 @@ pub fn needs(req: &BrokerRequest) -> Vec<Need<'_>> {
     match req {
         R::Send { req, .. } => vec![topic(&req.topic, Perm::PUB)],
         R::SendBatch { req, .. } => vec![topic(&req.topic, Perm::PUB)],
-        R::Pull(r) => vec![group(&r.group, Perm::SUB), topic(&r.topic, Perm::SUB)],
+        R::Pull(r) | R::PullSql { req: r, .. } => {
+            vec![group(&r.group, Perm::SUB), topic(&r.topic, Perm::SUB)]
+        }
         R::QueryConsumerOffset(r) => {
             vec![group(&r.group, Perm::SUB), topic(&r.topic, Perm::SUB)]
         }

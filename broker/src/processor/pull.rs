@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use weir_filter_sql92::Expr;
+use weir_protocol::RecordView;
 use weir_protocol::broker::{PullMessage, PullResult, PullStatus};
 use weir_protocol::record::{self, pos};
 use weir_protocol::route::perm;
@@ -36,12 +38,42 @@ pub struct Pulled {
     pub records: Vec<StoredRecord>,
 }
 
+/// Whether the SQL92 expression (if any) keeps the message: properties by name, `TAGS`
+/// the tag and `KEYS` the keys (space-separated) unless properties of those names exist.
+fn selects(sql: Option<&Expr>, v: &RecordView<'_>) -> bool {
+    let Some(expr) = sql else {
+        return true;
+    };
+    let keys = expr
+        .property_names()
+        .iter()
+        .any(|n| &**n == "KEYS")
+        .then(|| v.keys().collect::<Vec<_>>().join(" "));
+    expr.evaluate(|name| {
+        v.property(name).or(match name {
+            "TAGS" if !v.tags().is_empty() => Some(v.tags()),
+            "KEYS" => keys.as_deref().filter(|k| !k.is_empty()),
+            _ => None,
+        })
+    })
+}
+
 impl Broker {
     /// Serves a pull: tag filtering by hash, the group's filter over the candidates, long
     /// polling when there is nothing new. Dropping the future (its connection closed)
     /// releases a held pull at once.
     pub async fn pull(&self, req: PullMessage) -> Processed<Pulled> {
-        let pulled = self.pull_queue(&req).await?;
+        self.pull_selected(req, None).await
+    }
+
+    /// A pull that also keeps only the messages an SQL92 expression over their
+    /// properties selects (`TAGS` reads the tag, `KEYS` the keys space-separated).
+    pub async fn pull_selected(&self, req: PullMessage, sql92: Option<&str>) -> Processed<Pulled> {
+        let sql = sql92
+            .map(weir_filter_sql92::parse)
+            .transpose()
+            .map_err(|e| ProcessError::BadSubscription(format!("SQL92 expression: {e}")))?;
+        let pulled = self.pull_queue(&req, sql.as_ref()).await?;
         // The topic exists (else the pull failed); the group is named only when valid.
         let group = validate_group_name(&req.group)
             .is_ok()
@@ -50,7 +82,7 @@ impl Broker {
         Ok(pulled)
     }
 
-    async fn pull_queue(&self, req: &PullMessage) -> Processed<Pulled> {
+    async fn pull_queue(&self, req: &PullMessage, sql: Option<&Expr>) -> Processed<Pulled> {
         if crate::broker::is_internal_topic(&req.topic) {
             return Err(ProcessError::NoPermission(format!(
                 "topic {:?} is the broker's own: half messages are never consumed",
@@ -173,8 +205,9 @@ impl Broker {
                 .messages
                 .into_iter()
                 .filter(|rec| match (&tags, rec.view()) {
-                    (TagFilter::All, _) | (_, Err(_)) => true,
-                    (_, Ok(v)) => tags.matches_tag(v.tags()),
+                    (_, Err(_)) => true,
+                    (TagFilter::All, Ok(v)) => selects(sql, &v),
+                    (_, Ok(v)) => tags.matches_tag(v.tags()) && selects(sql, &v),
                 })
                 .collect();
             let kept = match &wasm {

@@ -39,10 +39,11 @@ use super::connection::{Connection, queued_cost};
 use super::events::{CLIENT_EVENTS, Events};
 use super::outq::OutQueue;
 use super::server::Shared;
-use super::{BoxFuture, Handler, Reply, Request};
+use super::wire::{Handlers, SNIFF_LEN, Wire};
+use super::{BoxFuture, Reply, Request};
 use crate::codes::ErrorCode;
 use crate::error::ProtocolError;
-use crate::frame::{self, FIXED_LEN, Frame, Kind};
+use crate::frame::{FIXED_LEN, Frame, Kind};
 
 /// Bytes read at a time (more when a frame needs more).
 const READ_CHUNK: usize = 32 << 10;
@@ -58,14 +59,17 @@ const ROUNDS: usize = 16;
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
 /// Starts the driver of `conn`.
+/// `wire`: the connection's protocol when known (a client's); `None`: a server's
+/// connection, whose first bytes decide among the protocols `handlers` serve.
 pub(super) fn spawn(
     stream: TcpStream,
     conn: Connection,
-    handler: Arc<dyn Handler>,
+    handlers: Handlers,
+    wire: Option<Wire>,
     rx: mpsc::UnboundedReceiver<Frame>,
     server: Option<Arc<Shared>>,
 ) {
-    tokio::spawn(run(stream, conn, handler, rx, server));
+    tokio::spawn(run(stream, conn, handlers, wire, rx, server));
 }
 
 /// Why a connection ended.
@@ -84,6 +88,7 @@ enum End {
 /// A request being handled.
 struct Handling<'a> {
     fut: BoxFuture<'a, Reply>,
+    wire: Wire,
     request_id: u32,
     oneway: bool,
     bytes: usize,
@@ -106,7 +111,11 @@ impl Future for Handling<'_> {
         {
             Ok(Poll::Ready(r)) => r,
             Ok(Poll::Pending) => return Poll::Pending,
-            Err(_) => Reply::error(ErrorCode::SystemError, "the request's handler panicked"),
+            Err(_) => this.wire.error_reply(
+                this.request_id,
+                ErrorCode::SystemError,
+                "the request's handler panicked",
+            ),
         };
         Poll::Ready(Done {
             reply,
@@ -152,7 +161,9 @@ impl Clock {
 
 struct Driver<'a> {
     conn: &'a Connection,
-    handler: &'a dyn Handler,
+    handlers: &'a Handlers,
+    /// The connection's protocol, once known.
+    wire: Option<Wire>,
     stream: &'a TcpStream,
     rx: &'a mut mpsc::UnboundedReceiver<Frame>,
     max_frame: usize,
@@ -174,14 +185,16 @@ struct Driver<'a> {
 impl<'a> Driver<'a> {
     fn new(
         conn: &'a Connection,
-        handler: &'a dyn Handler,
+        handlers: &'a Handlers,
+        wire: Option<Wire>,
         stream: &'a TcpStream,
         rx: &'a mut mpsc::UnboundedReceiver<Frame>,
     ) -> Self {
         let c = conn.inner.config;
         Driver {
             conn,
-            handler,
+            handlers,
+            wire,
             stream,
             rx,
             max_frame: c.max_frame,
@@ -192,7 +205,7 @@ impl<'a> Driver<'a> {
             frames_in: 0,
             inflight: FuturesUnordered::new(),
             inflight_bytes: 0,
-            out: OutQueue::default(),
+            out: OutQueue::new(wire.unwrap_or_default()),
             reply_ends: VecDeque::new(),
             clock: Clock::new(c.frame_read_timeout, c.idle_timeout),
             peak_requests: 0,
@@ -286,11 +299,20 @@ impl<'a> Driver<'a> {
             // Read.
             loop {
                 let may_read = self.may_read();
-                if may_read {
-                    match frame::parse_frame(&mut self.inbuf, self.max_frame) {
+                if may_read && self.wire.is_none() && self.inbuf.len() >= SNIFF_LEN {
+                    match Wire::sniff(&self.inbuf[..SNIFF_LEN], self.handlers) {
+                        Ok(w) => {
+                            self.wire = Some(w);
+                            self.out.wire = w;
+                        }
+                        Err(e) => return Poll::Ready(End::BadFrame(e)),
+                    }
+                }
+                if may_read && let Some(wire) = self.wire {
+                    match wire.parse_frame(&mut self.inbuf, self.max_frame) {
                         Ok(Some(f)) => {
                             self.frames_in += 1;
-                            self.dispatch(f);
+                            self.dispatch(wire, f);
                             progress = true;
                             continue;
                         }
@@ -344,8 +366,8 @@ impl<'a> Driver<'a> {
         if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_READ_CAPACITY {
             self.inbuf = BytesMut::new();
         }
-        let needed = match frame::frame_len(&self.inbuf, self.max_frame) {
-            Ok(Some(len)) => (4 + len).saturating_sub(self.inbuf.len()),
+        let needed = match self.wire.map(|w| w.frame_len(&self.inbuf, self.max_frame)) {
+            Some(Ok(Some(len))) => (4 + len).saturating_sub(self.inbuf.len()),
             _ => 0,
         };
         let spare = self.inbuf.capacity() - self.inbuf.len();
@@ -356,11 +378,15 @@ impl<'a> Driver<'a> {
         }
     }
 
-    fn dispatch(&mut self, f: Frame) {
+    fn dispatch(&mut self, wire: Wire, f: Frame) {
         match f.kind {
             Kind::Response => self.conn.inner.complete_call(f),
             Kind::Request | Kind::Oneway => {
-                let bytes = f.wire_len();
+                // A decided wire always has its handler (`Wire::sniff`).
+                let Some(handler) = self.handlers.get(wire) else {
+                    return;
+                };
+                let bytes = wire.wire_len(&f);
                 let oneway = f.kind == Kind::Oneway;
                 let request_id = f.request_id;
                 let req = Request {
@@ -372,10 +398,11 @@ impl<'a> Driver<'a> {
                     body: f.body,
                     received: std::time::Instant::now(),
                 };
-                let fut = self.handler.handle(self.conn, req);
+                let fut = handler.handle(self.conn, req);
                 self.inflight_bytes += bytes;
                 self.inflight.push(Handling {
                     fut,
+                    wire,
                     request_id,
                     oneway,
                     bytes,
@@ -390,12 +417,17 @@ impl<'a> Driver<'a> {
         if done.oneway {
             return;
         }
-        let len = FIXED_LEN + done.reply.header.len() + done.reply.body.len();
-        // (Replies are never signed.)
+        let wire = self.wire.unwrap_or_default();
+        let len = match wire {
+            // (Replies are never signed.)
+            Wire::Weir => FIXED_LEN + done.reply.header.len() + done.reply.body.len(),
+            Wire::Remoting => 4 + done.reply.header.len() + done.reply.body.len(),
+        };
         let reply = if len > self.max_frame {
-            Reply::error(
+            wire.error_reply(
+                done.request_id,
                 ErrorCode::SystemError,
-                format!(
+                &format!(
                     "the reply of {len} bytes exceeds the frame maximum of {}",
                     self.max_frame
                 ),
@@ -421,11 +453,12 @@ impl<'a> Driver<'a> {
         // A frame begun and not whole, while reading (a pause is not the peer's doing).
         let partial = !self.inbuf.is_empty()
             && self.may_read()
-            && match frame::frame_len(&self.inbuf, self.max_frame) {
-                Ok(Some(len)) => self.inbuf.len() - 4 < len,
-                Ok(None) => true,
+            && match self.wire.map(|w| w.frame_len(&self.inbuf, self.max_frame)) {
+                Some(Ok(Some(len))) => self.inbuf.len() - 4 < len,
+                // Not even the protocol known yet, or the length incomplete.
+                None | Some(Ok(None)) => true,
                 // (Refused when parsed.)
-                Err(_) => false,
+                Some(Err(_)) => false,
             };
         let c = &mut self.clock;
         let active = self.frames_in != c.last_frames_in || written != c.last_written;
@@ -455,13 +488,14 @@ impl<'a> Driver<'a> {
 async fn run(
     stream: TcpStream,
     conn: Connection,
-    handler: Arc<dyn Handler>,
+    handlers: Handlers,
+    wire: Option<Wire>,
     mut rx: mpsc::UnboundedReceiver<Frame>,
     server: Option<Arc<Shared>>,
 ) {
     let events: &Events = server.as_ref().map_or(&CLIENT_EVENTS, |s| &s.events);
-    let (end, mut out, mut inbuf, peaks) = {
-        let mut d = Driver::new(&conn, &*handler, &stream, &mut rx);
+    let (end, mut out, mut inbuf, peaks, wire) = {
+        let mut d = Driver::new(&conn, &handlers, wire, &stream, &mut rx);
         let end = poll_fn(|cx| {
             conn.inner.close_waker.register(cx.waker());
             if conn.inner.is_closed() {
@@ -471,10 +505,13 @@ async fn run(
         })
         .await;
         // Dropping the driver drops the handler futures of its requests: cancelled.
-        (end, d.out, d.inbuf, (d.peak_requests, d.peak_bytes))
+        (end, d.out, d.inbuf, (d.peak_requests, d.peak_bytes), d.wire)
     };
     conn.inner.mark_closed();
-    handler.on_close(&conn);
+    // (A connection closed before its protocol was known reached no handler.)
+    if let Some(h) = wire.and_then(|w| handlers.get(w)) {
+        h.on_close(&conn);
+    }
     let peer = conn.peer();
     let flush = match &end {
         End::Closed | End::Eof => true,
@@ -482,26 +519,45 @@ async fn run(
             events.bad_frames.record(|count| {
                 warn!(%peer, error = %e, count, "closed connections on a bad frame (protocol violation): {count} since the last report, the latest shown")
             });
-            // Tell the sender why, under its request id when it can be read.
-            if matches!(e, ProtocolError::FrameTooLarge { .. }) {
-                read_at_least(&stream, &mut inbuf, 4 + FIXED_LEN).await;
-            }
-            let request_id = match inbuf.get(6..10) {
-                Some(&[a, b, c, d]) if matches!(e, ProtocolError::FrameTooLarge { .. }) => {
-                    u32::from_be_bytes([a, b, c, d])
+            match wire {
+                // Tell the sender why, under its request id when it can be read.
+                Some(Wire::Weir) => {
+                    if matches!(e, ProtocolError::FrameTooLarge { .. }) {
+                        read_at_least(&stream, &mut inbuf, 4 + FIXED_LEN).await;
+                    }
+                    let request_id = match inbuf.get(6..10) {
+                        Some(&[a, b, c, d]) if matches!(e, ProtocolError::FrameTooLarge { .. }) => {
+                            u32::from_be_bytes([a, b, c, d])
+                        }
+                        _ => 0,
+                    };
+                    let reply = Reply::error(ErrorCode::BadRequest, e.to_string());
+                    out.push(&Frame {
+                        kind: Kind::Response,
+                        request_id,
+                        code: reply.status,
+                        auth: Bytes::new(),
+                        header: reply.header,
+                        body: reply.body,
+                    });
+                    true
                 }
-                _ => 0,
-            };
-            let reply = Reply::error(ErrorCode::BadRequest, e.to_string());
-            out.push(&Frame {
-                kind: Kind::Response,
-                request_id,
-                code: reply.status,
-                auth: Bytes::new(),
-                header: reply.header,
-                body: reply.body,
-            });
-            true
+                Some(Wire::Remoting) => {
+                    let reply =
+                        Wire::Remoting.error_reply(0, ErrorCode::BadRequest, &e.to_string());
+                    out.push(&Frame {
+                        kind: Kind::Response,
+                        request_id: 0,
+                        code: reply.status,
+                        auth: Bytes::new(),
+                        header: reply.header,
+                        body: reply.body,
+                    });
+                    true
+                }
+                // A protocol this side does not speak: nothing it could read.
+                None => false,
+            }
         }
         End::FrameTimeout => {
             let timeout = conn.inner.config.frame_read_timeout;

@@ -23,6 +23,7 @@ mod driver;
 mod events;
 mod outq;
 mod server;
+mod wire;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -34,6 +35,7 @@ pub use config::{ConnConfig, NetConfig, NetConfigError, ServerConfig};
 pub use connection::{ConnLoad, Connection};
 pub use events::{Cause, LOG_INTERVAL};
 pub use server::{Server, ServerStats, ServerStatsHandle};
+pub use wire::Wire;
 
 use crate::codes::{ErrorCode, SUCCESS};
 use crate::error::ProtocolError;

@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 
 use super::connection::Connection;
 use super::events::Events;
+use super::wire::Handlers;
 use super::{Handler, ServerConfig, driver};
 
 /// What a server's connections hold and what they did, for tests and metrics.
@@ -108,6 +109,22 @@ impl Server {
         handler: Arc<dyn Handler>,
         config: ServerConfig,
     ) -> std::io::Result<Server> {
+        Self::start_with_remoting(listener, handler, None, config)
+    }
+
+    /// Like [`Server::start`], and serves connections speaking RocketMQ's remoting
+    /// protocol with `remoting` (while `config.remoting`): each connection's first bytes
+    /// say which protocol it speaks (see `wire`).
+    pub fn start_with_remoting(
+        listener: TcpListener,
+        handler: Arc<dyn Handler>,
+        remoting: Option<Arc<dyn Handler>>,
+        config: ServerConfig,
+    ) -> std::io::Result<Server> {
+        let handlers = Handlers {
+            weir: config.weir.then_some(handler),
+            remoting: remoting.filter(|_| config.remoting),
+        };
         let local_addr = listener.local_addr()?;
         let (stop, mut stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -141,7 +158,8 @@ impl Server {
                                 driver::spawn(
                                     stream,
                                     conn,
-                                    Arc::clone(&handler),
+                                    handlers.clone(),
+                                    None,
                                     rx,
                                     Some(Arc::clone(&tracked)),
                                 );
