@@ -37,14 +37,23 @@ use crate::processor::Pulled;
 /// A request, decoded from whatever protocol carried it.
 #[derive(Debug)]
 pub enum BrokerRequest {
-    Send { req: SendMessage, body: Bytes },
-    SendBatch { req: SendBatch, body: Bytes },
+    Send {
+        req: SendMessage,
+        body: Bytes,
+    },
+    SendBatch {
+        req: SendBatch,
+        body: Bytes,
+    },
     SendBack(ConsumerSendMsgBack),
     Pull(PullMessage),
     /// A pull that also selects by an SQL92 expression over the messages' properties
     /// (RocketMQ's `MessageSelector.bySql`), after the tag expression and before the
     /// group's filter.
-    PullSql { req: PullMessage, sql92: String },
+    PullSql {
+        req: PullMessage,
+        sql92: String,
+    },
     Heartbeat(Heartbeat),
     UnregisterClient(UnregisterClient),
     QueryConsumerOffset(QueryConsumerOffset),
@@ -62,7 +71,10 @@ pub enum BrokerRequest {
     SearchOffset(SearchOffsetByTimestamp),
     QueryByKey(QueryMessageByKey),
     ViewById(ViewMessageById),
-    UploadFilter { req: UploadFilter, component: Bytes },
+    UploadFilter {
+        req: UploadFilter,
+        component: Bytes,
+    },
     ListFilters(ListFilters),
     RemoveFilter(RemoveFilter),
     EndTransaction(EndTransaction),

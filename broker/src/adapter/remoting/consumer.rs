@@ -243,7 +243,9 @@ pub(super) async fn serve(
                 {
                     weir_filter_sql92::parse(&s.sub_string)
                         .map(|_| ok(cmd))
-                        .map_err(|e| ProcessError::BadSubscription(format!("SQL92 expression: {e}")))
+                        .map_err(|e| {
+                            ProcessError::BadSubscription(format!("SQL92 expression: {e}"))
+                        })
                 }
                 Some(s) => TagFilter::parse(&s.sub_string)
                     .map(|_| ok(cmd))
