@@ -169,6 +169,20 @@ impl ConsumerOffsets {
         removed
     }
 
+    /// Forgets the offsets `keep` rejects (a slave following its master's deletions).
+    /// How many were removed.
+    pub fn retain(&self, keep: impl Fn(&OffsetKey) -> bool) -> usize {
+        let mut t = self.table.write();
+        let before = t.len();
+        t.retain(|k, _| keep(k));
+        let removed = before - t.len();
+        drop(t);
+        if removed > 0 {
+            self.dirty.store(true, Ordering::Release);
+        }
+        removed
+    }
+
     /// Forgets every group's offsets on `topic` (a deleted topic: a topic created again
     /// under its name starts its queues at 0). How many were removed.
     pub fn remove_topic(&self, topic: &str) -> usize {

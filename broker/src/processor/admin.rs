@@ -102,6 +102,15 @@ impl Broker {
             )));
         }
         self.topics_updated();
+        let offsets = self.drop_topic_data(name).await?;
+        info!(topic = name, offsets, "topic deleted");
+        Ok(())
+    }
+
+    /// What a deleted topic leaves (its config already removed): held pulls, every
+    /// group's offsets on it, its queues (its messages leave with retention). A master's
+    /// delete, and a slave following it. How many offsets were removed.
+    pub(crate) async fn drop_topic_data(&self, name: &str) -> Processed<usize> {
         self.holds.forget_topic(name);
         // Persisted below with the queues' removal.
         let offsets = self.store.consumer_offsets().remove_topic(name);
@@ -117,8 +126,7 @@ impl Broker {
         })
         .await
         .map_err(|e| ProcessError::Internal(format!("deleting topic {name:?}: {e}")))??;
-        info!(topic = name, offsets, "topic deleted");
-        Ok(())
+        Ok(offsets)
     }
 
     pub fn all_topics(&self) -> TopicList {

@@ -2,13 +2,14 @@
 //! the name servers say), tells where its log ends, appends what the master streams at the
 //! same offsets and confirms it (after syncing it under sync flush), and every few seconds
 //! copies what else it follows: topics, consumer offsets (delay-level progress included)
-//! and filter registrations, with their components.
+//! and filter registrations, with their components; and what the master deleted (topics
+//! with their queues and offsets, a deleted group's offsets and filters) goes here too.
 //!
 //! Invariant: a slave never serves a log that differs from its master's: when the master
 //! refuses it, or the master's bytes do not line up with its own, it stops replicating and
 //! refuses reads, saying why, until an operator deals with it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -142,9 +143,21 @@ async fn copy_metadata(broker: &Arc<Broker>, conn: &Connection) -> Result<(), Ca
             changed = true;
         }
     }
+    // Deletions: a topic the master no longer has goes here too, with its queues and
+    // offsets (as the master's delete did), so one created again under the name starts at
+    // offset 0 here as there.
     for t in broker.topics.all() {
         if !snap.topics.iter().any(|m| m.name == t.name) {
-            let _ = broker.topics.remove(&t.name);
+            if let Ok(true) = broker.topics.remove(&t.name) {
+                match broker.drop_topic_data(&t.name).await {
+                    Ok(offsets) => {
+                        info!(topic = %t.name, offsets, "topic deleted, as on the master")
+                    }
+                    Err(e) => {
+                        warn!(topic = %t.name, error = %e, "cannot drop the queues of a topic the master deleted")
+                    }
+                }
+            }
             changed = true;
         }
     }
@@ -152,6 +165,26 @@ async fn copy_metadata(broker: &Arc<Broker>, conn: &Connection) -> Result<(), Ca
         broker.topics_updated();
     }
     let offsets = broker.store.consumer_offsets();
+    // Offsets the master no longer has (a deleted group, a deleted topic) go, except those
+    // committed here that the master has not seen yet.
+    let master_keys: HashSet<(&str, &str, u32)> = snap
+        .offsets
+        .iter()
+        .map(|(g, t, q, _)| (g.as_str(), t.as_str(), *q))
+        .collect();
+    let pending: HashSet<(String, String, u32)> = broker
+        .replication
+        .pending_offsets()
+        .into_iter()
+        .map(|(g, t, q, _)| (g, t, q))
+        .collect();
+    let gone = offsets.retain(|k| {
+        master_keys.contains(&(k.group.as_str(), k.topic.as_str(), k.queue_id))
+            || pending.contains(&(k.group.clone(), k.topic.clone(), k.queue_id))
+    });
+    if gone > 0 {
+        info!(offsets = gone, "consumer offsets deleted, as on the master");
+    }
     for (group, topic, queue_id, master) in snap.offsets {
         let offset = broker
             .replication
@@ -161,6 +194,21 @@ async fn copy_metadata(broker: &Arc<Broker>, conn: &Connection) -> Result<(), Ca
         }
     }
     let have = broker.filters.entries();
+    // Filters the master no longer has (removed, or their group deleted) go too.
+    for h in &have {
+        if !snap
+            .filters
+            .iter()
+            .any(|f| f.group == h.group && f.topic == h.topic)
+        {
+            let filters = Arc::clone(&broker.filters);
+            let (group, topic) = (h.group.clone(), h.topic.clone());
+            let removed = tokio::task::spawn_blocking(move || filters.remove(&group, &topic)).await;
+            if !matches!(removed, Ok(Ok(_))) {
+                warn!(group = %h.group, topic = %h.topic, "cannot remove a filter the master removed; will retry");
+            }
+        }
+    }
     for f in snap.filters {
         if have
             .iter()

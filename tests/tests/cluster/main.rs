@@ -1,8 +1,10 @@
 //! Clusters of real broker processes (issue 13): masters and slaves replicating, a master
 //! SIGKILLed under load and restarted, a slave killed and restarted, a slave whose log
-//! differs from its master's, a master down among two. Brokers are this test binary re-run
-//! as children (`weir_tests::child`); the name server and the clients run here.
+//! differs from its master's, a master down among two, a slave following its master's
+//! deletions. Brokers are this test binary re-run as children (`weir_tests::child`); the
+//! name server and the clients run here.
 
+mod deletions;
 mod nodes;
 mod traffic;
 
