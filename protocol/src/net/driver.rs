@@ -1,3 +1,6 @@
+//! (Over 600 lines: one task's state machine, its read, dispatch, write, timeout and
+//! close paths sharing the invariants below; split, they would be stated nowhere whole.)
+//!
 //! The one task that drives a connection: it reads frames, runs the handler futures of the
 //! peer's requests inside itself (no task per request), and writes their replies and the
 //! frames of local calls.

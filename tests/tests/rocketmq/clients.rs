@@ -440,3 +440,39 @@ async fn go_producer_and_consumer() {
     .await;
     consumed.assert_ok("go consume");
 }
+
+/// A WebAssembly filter uploaded for a group (as `weir filter upload` does) runs for that
+/// group's RocketMQ consumers, after their tag subscription.
+#[tokio::test]
+async fn a_groups_wasm_filter_serves_java_consumers() {
+    let env = Env::start().await;
+    let ns = env.namesrv();
+    let client = env.client().await;
+    client.create_topic("WasmT", 4).await;
+    let component = weir_filter_artifacts::read(weir_filter_artifacts::SQL92);
+    client
+        .upload("wasm_cg", "WasmT", &component, &[("expr", "color = 'red'")])
+        .await
+        .expect("the filter is accepted");
+    let sent = run(Lang::Java, "produce", &ns, &["topic=WasmT", "count=4"]).await;
+    sent.assert_ok("produce");
+    // Red: the even sequence numbers, 6 of 12; the tag expression keeps TagA (also even).
+    let consumed = run(
+        Lang::Java,
+        "consume",
+        &ns,
+        &[
+            "topic=WasmT",
+            "group=wasm_cg",
+            "expr=TagA || TagB",
+            "expect=6",
+            "grace=1000",
+        ],
+    )
+    .await;
+    consumed.assert_ok("consume through the group's filter");
+    for line in consumed.of("RECV") {
+        assert_eq!(props(line).get("color").map(String::as_str), Some("red"));
+    }
+    assert_eq!(consumed.of("RECV").count(), 6);
+}
