@@ -78,6 +78,7 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
     let levels = DelayLevels::parse(&config.delay_levels)?;
     let locks = QueueLocks::new(Duration::from_millis(config.queue_lock_lease_ms));
     let limits = FamilyLimits::new(&config.limits);
+    let tls_client = config.tls.client()?;
     let acl = match &config.acl.file {
         Some(path) => {
             let rules = Acl::load(path).map_err(ConfigError)?;
@@ -104,6 +105,7 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
         metrics,
         counters: Default::default(),
         live: crate::live::LiveSettings::new(&config),
+        tls_client,
         config,
     }))
 }
@@ -166,6 +168,8 @@ impl RunningBroker {
 /// Opens the store and starts serving (on the current tokio runtime).
 pub async fn start(config: BrokerConfig) -> Result<RunningBroker, BrokerError> {
     config.validate()?;
+    // Read now: a missing or bad file stops the start, naming it.
+    let tls = config.tls.server()?;
     let listen = |error| BrokerError::Listen {
         addr: config.listen.clone(),
         error,
@@ -200,12 +204,22 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, BrokerError> {
                 error,
             })?;
     }
-    let server = Server::start(listener, Arc::new(WeirAdapter(Arc::clone(&broker))), net).map_err(
-        |error| BrokerError::Listen {
-            addr: broker.config.listen.clone(),
-            error,
-        },
-    )?;
+    let server = Server::start_with(
+        listener,
+        Arc::new(WeirAdapter(Arc::clone(&broker))),
+        net,
+        tls.clone(),
+    )
+    .map_err(|error| BrokerError::Listen {
+        addr: broker.config.listen.clone(),
+        error,
+    })?;
+    if let Some(t) = &tls {
+        tracing::info!(
+            mode = t.mode().as_str(),
+            "TLS on the client port and the HA port"
+        );
+    }
     let server = Arc::new(server);
     broker.counters.set_server(Arc::downgrade(&server));
     let ha = match (
@@ -213,7 +227,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, BrokerError> {
         broker.replication.role.is_master(),
     ) {
         (Some(listen), true) => {
-            let ha = service::ha_master::start(&broker, listen)
+            let ha = service::ha_master::start(&broker, listen, tls)
                 .await
                 .map_err(|error| BrokerError::Listen {
                     addr: listen.clone(),
