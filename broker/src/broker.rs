@@ -56,6 +56,8 @@ pub struct Broker {
     /// TLS of the broker's own connections (name servers, a slave's master), from
     /// `[tls] ca_file`; none: plaintext.
     pub(crate) tls_client: Option<weir_protocol::net::ClientTls>,
+    /// Flow control: sends that waited too long for the store are refused.
+    pub send_queue: crate::flow::SendQueue,
 }
 
 impl Broker {
@@ -91,6 +93,20 @@ impl Broker {
         // elsewhere; consumers keep reading here.
         if self.store.write_refusal().is_some() {
             topics.iter_mut().for_each(|t| t.perm &= !perm::WRITE);
+        }
+        // RocketMQ's producers send to a new topic along the route of TBW102: announce it
+        // while topics are created on first send (perm 7: read, write, inherit).
+        if self.live.auto_create_topic()
+            && self.config.net.remoting
+            && self.store.write_refusal().is_none()
+        {
+            let queues = self.live.default_topic_queues();
+            topics.push(weir_protocol::route::TopicConfig {
+                name: names::AUTO_CREATE_TOPIC_KEY.to_owned(),
+                read_queues: queues,
+                write_queues: queues,
+                perm: perm::READ_WRITE | 1,
+            });
         }
         let header = RegisterBroker {
             cluster: self.config.cluster.clone(),
@@ -147,7 +163,7 @@ impl Broker {
     /// The topic for a send: created on first use when allowed.
     pub(crate) fn topic_for_send(&self, name: &str) -> Processed<Arc<TopicConfig>> {
         validate_topic_name(name)?;
-        if is_internal_topic(name) {
+        if is_internal_topic(name) || name == names::AUTO_CREATE_TOPIC_KEY {
             return Err(ProcessError::NoPermission(format!(
                 "topic {name:?} is the broker's own; clients do not send to it"
             )));

@@ -49,6 +49,10 @@ pub struct BrokerConfig {
     pub default_topic_queues: u32,
     /// Largest message body accepted, bytes (default 4 MiB).
     pub max_message_size: usize,
+    /// Flow control: a send that waited longer than this between the arrival of its
+    /// request and the start of its append is refused as busy (`StoreBusy`), not stored,
+    /// ms (default 200, RocketMQ's `waitTimeMillsInSendQueue`).
+    pub send_queue_wait_ms: u64,
     /// How often the broker registers with each name server, ms (default 30,000).
     pub register_interval_ms: u64,
     /// A client not heard from for this long is forgotten, ms (default 120,000).
@@ -192,6 +196,7 @@ impl Default for BrokerConfig {
             auto_create_topic: true,
             default_topic_queues: 8,
             max_message_size: 4 << 20,
+            send_queue_wait_ms: 200,
             register_interval_ms: 30_000,
             client_expiry_ms: 120_000,
             delay_levels: "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h".into(),
@@ -272,6 +277,9 @@ impl BrokerConfig {
             && self.namesrv_addrs().is_empty()
         {
             return bad("a slave needs master_ha_addr, or name servers to learn it from");
+        }
+        if self.send_queue_wait_ms == 0 {
+            return bad("send_queue_wait_ms must be greater than 0");
         }
         if self.slave_ack_timeout_ms == 0 {
             return bad("slave_ack_timeout_ms must be greater than 0");

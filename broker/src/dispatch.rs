@@ -4,6 +4,7 @@
 //! a [`BrokerResponse`] or a [`ProcessError`].
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{Semaphore, TryAcquireError};
@@ -183,6 +184,9 @@ impl BrokerRequest {
 /// Who sent a request.
 #[derive(Clone)]
 pub struct RequestContext {
+    /// When the request arrived whole (its frame read, for weir's frames): flow control
+    /// measures a send's wait for the store from here.
+    pub received: Instant,
     pub peer: SocketAddr,
     /// How to reach the client again (membership notices); given with heartbeats.
     pub link: Option<Link>,
@@ -263,7 +267,7 @@ impl Broker {
                 )));
             }
         };
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let answer = self.process(ctx, req).await;
         match family {
             Family::Send => self.metrics.observe_send(started.elapsed()),
@@ -277,8 +281,8 @@ impl Broker {
         use BrokerRequest as R;
         use BrokerResponse as A;
         Ok(match req {
-            R::Send { req, body } => A::Sent(self.send(req, body, ctx.peer).await?),
-            R::SendBatch { req, body } => A::SentBatch(self.send_batch(req, body, ctx.peer).await?),
+            R::Send { req, body } => A::Sent(self.send(req, body, ctx).await?),
+            R::SendBatch { req, body } => A::SentBatch(self.send_batch(req, body, ctx).await?),
             R::SendBack(r) => A::SentBack(self.send_back(r).await?),
             R::Pull(r) => A::Pulled(self.pull(r).await?),
             R::Heartbeat(hb) => {

@@ -85,6 +85,10 @@ pub enum ProcessError {
     /// ids, groups, in-flight requests of a family); retry later or elsewhere.
     #[error("{0}")]
     Busy(String),
+    /// Flow control: the send waited longer than `send_queue_wait_ms` for its append to
+    /// start. Nothing was stored; retry after a pause or on another broker.
+    #[error("{0}")]
+    StoreBusy(String),
     /// A write sent to a slave.
     #[error("{0}")]
     NotMaster(String),

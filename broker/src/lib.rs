@@ -15,7 +15,7 @@
 //!   writability), stopped by one signal.
 //! - [`broker`]: the shared state they all work on; [`startup`]: putting it together.
 //! - Supporting state: [`topics`], [`clients`], [`locks`], [`holds`], [`filter`],
-//!   [`subscription`].
+//!   [`subscription`], [`flow`] (sends refused when the store falls behind).
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
@@ -27,6 +27,7 @@ mod config;
 pub mod dispatch;
 pub mod error;
 pub mod filter;
+pub mod flow;
 mod holds;
 pub mod live;
 mod locks;

@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use crate::config::BrokerConfig;
 
 /// Names of the settings that can change live, as in the configuration file.
-pub const LIVE_SETTINGS: [&str; 4] = [
+pub const LIVE_SETTINGS: [&str; 5] = [
     "auto_create_topic",
     "default_topic_queues",
     "max_message_size",
+    "send_queue_wait_ms",
     "slave_ack_timeout_ms",
 ];
 
@@ -18,6 +19,7 @@ pub struct LiveSettings {
     auto_create_topic: AtomicBool,
     default_topic_queues: AtomicU32,
     max_message_size: AtomicUsize,
+    send_queue_wait_ms: AtomicU64,
     slave_ack_timeout_ms: AtomicU64,
 }
 
@@ -43,6 +45,7 @@ impl LiveSettings {
             auto_create_topic: AtomicBool::new(c.auto_create_topic),
             default_topic_queues: AtomicU32::new(c.default_topic_queues),
             max_message_size: AtomicUsize::new(c.max_message_size),
+            send_queue_wait_ms: AtomicU64::new(c.send_queue_wait_ms),
             slave_ack_timeout_ms: AtomicU64::new(c.slave_ack_timeout_ms),
         }
     }
@@ -55,6 +58,9 @@ impl LiveSettings {
     }
     pub fn max_message_size(&self) -> usize {
         self.max_message_size.load(Ordering::Relaxed)
+    }
+    pub fn send_queue_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.send_queue_wait_ms.load(Ordering::Relaxed))
     }
     pub fn slave_ack_timeout_ms(&self) -> u64 {
         self.slave_ack_timeout_ms.load(Ordering::Relaxed)
@@ -73,6 +79,7 @@ impl LiveSettings {
             "auto_create_topic" => self.auto_create_topic().to_string(),
             "default_topic_queues" => self.default_topic_queues().to_string(),
             "max_message_size" => self.max_message_size().to_string(),
+            "send_queue_wait_ms" => self.send_queue_wait().as_millis().to_string(),
             "slave_ack_timeout_ms" => self.slave_ack_timeout_ms().to_string(),
             _ => return None,
         })
@@ -116,6 +123,14 @@ impl LiveSettings {
                     })?;
                 self.max_message_size.store(v, Ordering::Relaxed);
             }
+            "send_queue_wait_ms" => {
+                let v = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&v| v > 0)
+                    .ok_or_else(|| bad("send_queue_wait_ms", value, "milliseconds, above 0"))?;
+                self.send_queue_wait_ms.store(v, Ordering::Relaxed);
+            }
             "slave_ack_timeout_ms" => {
                 let v = value
                     .parse::<u64>()
@@ -144,6 +159,9 @@ mod tests {
         assert!(s.set("default_topic_queues", "0").is_err());
         assert!(s.set("max_message_size", "16777216").is_err());
         assert!(s.set("slave_ack_timeout_ms", "-1").is_err());
+        assert!(s.set("send_queue_wait_ms", "0").is_err());
+        s.set("send_queue_wait_ms", "5").unwrap();
+        assert_eq!(s.send_queue_wait(), std::time::Duration::from_millis(5));
         let e = s.set("listen", "0.0.0.0:1").unwrap_err().to_string();
         assert!(
             e.contains("\"listen\" cannot change") && e.contains("max_message_size"),

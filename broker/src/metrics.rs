@@ -1,7 +1,8 @@
 //! What the broker counts as it serves, for its metrics endpoint
-//! (`service::metrics` renders it with the rest of the broker's state): produced and
-//! consumed messages and bytes per topic (and group), send, pull and flush latencies, and
-//! error answers by status.
+//! (`service::metrics` renders it with the rest of the broker's state) and for
+//! `weir broker stats` (`crate::stats` reads the totals here): produced and consumed
+//! messages and bytes per topic (and group) and in all, send, pull and flush latencies,
+//! and error answers by status. The one place sends and pulls are counted.
 //!
 //! Recording is a map lookup under a read lock and relaxed atomic adds. Label values are
 //! only names the broker has already checked: a topic that exists (or was just created by
@@ -46,6 +47,10 @@ type ByTopic = HashMap<String, Arc<Flow>>;
 
 pub struct BrokerMetrics {
     max_series: usize,
+    /// Every produced message, whatever its series: `weir broker stats`' `messages_in`.
+    produced_total: Flow,
+    /// Every delivered message: `weir broker stats`' `messages_out`.
+    consumed_total: Flow,
     produced: RwLock<ByTopic>,
     /// topic → group → flow.
     consumed: RwLock<HashMap<String, ByTopic>>,
@@ -63,6 +68,8 @@ impl BrokerMetrics {
     pub fn new(max_series: usize) -> Self {
         Self {
             max_series,
+            produced_total: Flow::default(),
+            consumed_total: Flow::default(),
             produced: RwLock::default(),
             consumed: RwLock::default(),
             consumed_series: AtomicUsize::new(0),
@@ -74,8 +81,10 @@ impl BrokerMetrics {
         }
     }
 
-    /// `messages` with bodies of `bytes` stored on `topic` (an existing topic).
+    /// `messages` with bodies of `bytes` stored on `topic` (an existing topic) by a
+    /// producer: a send, a batch, a committed transaction.
     pub fn produced(&self, topic: &str, messages: u64, bytes: u64) {
+        self.produced_total.add(messages, bytes);
         if let Some(f) = read(&self.produced).get(topic) {
             return f.add(messages, bytes);
         }
@@ -89,8 +98,9 @@ impl BrokerMetrics {
             .add(messages, bytes);
     }
 
-    /// `records` of `topic` (an existing topic) delivered to `group` (a valid name).
-    pub fn consumed(&self, topic: &str, group: &str, records: &[StoredRecord]) {
+    /// `records` of `topic` (an existing topic) delivered to `group` (a valid name; none:
+    /// counted in the totals only).
+    pub fn consumed(&self, topic: &str, group: Option<&str>, records: &[StoredRecord]) {
         if records.is_empty() {
             return;
         }
@@ -99,6 +109,10 @@ impl BrokerMetrics {
             .filter_map(|r| r.view().ok().map(|v| v.body().len() as u64))
             .fold(0u64, u64::saturating_add);
         let messages = records.len() as u64;
+        self.consumed_total.add(messages, bytes);
+        let Some(group) = group else {
+            return;
+        };
         if let Some(f) = read(&self.consumed).get(topic).and_then(|g| g.get(group)) {
             return f.add(messages, bytes);
         }
@@ -137,6 +151,16 @@ impl BrokerMetrics {
                 (n > 0).then_some((code, n))
             })
             .collect()
+    }
+
+    /// (messages, bytes) produced since start, every topic.
+    pub fn produced_total(&self) -> (u64, u64) {
+        self.produced_total.get()
+    }
+
+    /// (messages, bytes) delivered by pulls since start, every topic and group.
+    pub fn consumed_total(&self) -> (u64, u64) {
+        self.consumed_total.get()
     }
 
     pub fn observe_send(&self, d: Duration) {
@@ -198,6 +222,7 @@ mod tests {
         m.produced("c", 1, 1);
         m.produced("a", 1, 5);
         assert_eq!(m.dropped_series.load(Ordering::Relaxed), 1);
+        assert_eq!(m.produced_total(), (5, 17), "totals count what series drop");
         assert_eq!(
             m.produced_by_topic(|t| t != "b"),
             vec![("a".to_owned(), (3, 15))]

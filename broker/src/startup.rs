@@ -16,6 +16,7 @@ use weir_protocol::{Server, ServerStats};
 use weir_store::MessageStore;
 
 use crate::acl::Acl;
+use crate::adapter::remoting::RemotingAdapter;
 use crate::adapter::weir::WeirAdapter;
 use crate::broker::Broker;
 use crate::clients::ClientRegistry;
@@ -106,6 +107,7 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
         counters: Default::default(),
         live: crate::live::LiveSettings::new(&config),
         tls_client,
+        send_queue: Default::default(),
         config,
     }))
 }
@@ -204,9 +206,12 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, BrokerError> {
                 error,
             })?;
     }
-    let server = Server::start_with(
+    // weir's frames and RocketMQ's remoting frames on the same port (`[net]` turns either
+    // off), plaintext or TLS as `[tls]` says.
+    let server = Server::start_full(
         listener,
         Arc::new(WeirAdapter(Arc::clone(&broker))),
+        Some(Arc::new(RemotingAdapter(Arc::clone(&broker)))),
         net,
         tls.clone(),
     )

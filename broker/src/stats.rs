@@ -1,7 +1,7 @@
-//! The broker's running totals (atomics, bumped on the send and pull paths) and
-//! `weir broker stats`' answer; `weir broker config get|set`'s (see `live`).
+//! `weir broker stats`' answer (its message totals are the metrics' own, `crate::metrics`,
+//! so the command and the Prometheus endpoint cannot disagree); `weir broker config
+//! get|set`'s (see `live`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{OnceLock, Weak};
 use std::time::Instant;
 
@@ -11,12 +11,9 @@ use weir_protocol::admin::{BrokerSettings, BrokerStats, SetBrokerConfig};
 use crate::broker::Broker;
 use crate::error::{ProcessError, Processed};
 
-/// Totals since the broker started.
+/// What `weir broker stats` knows besides the metrics.
 pub struct Counters {
     started: Instant,
-    messages_in: AtomicU64,
-    bytes_in: AtomicU64,
-    messages_out: AtomicU64,
     /// The client port's server, once it listens (for its open connections).
     server: OnceLock<Weak<Server>>,
 }
@@ -25,9 +22,6 @@ impl Default for Counters {
     fn default() -> Self {
         Self {
             started: Instant::now(),
-            messages_in: AtomicU64::new(0),
-            bytes_in: AtomicU64::new(0),
-            messages_out: AtomicU64::new(0),
             server: OnceLock::new(),
         }
     }
@@ -38,19 +32,6 @@ fn to_u64(n: usize) -> u64 {
 }
 
 impl Counters {
-    /// `messages` stored, of `bytes` of bodies in all.
-    pub(crate) fn stored(&self, messages: usize, bytes: usize) {
-        self.messages_in
-            .fetch_add(to_u64(messages), Ordering::Relaxed);
-        self.bytes_in.fetch_add(to_u64(bytes), Ordering::Relaxed);
-    }
-
-    /// `messages` handed out by a pull.
-    pub(crate) fn delivered(&self, messages: usize) {
-        self.messages_out
-            .fetch_add(to_u64(messages), Ordering::Relaxed);
-    }
-
     pub(crate) fn set_server(&self, server: Weak<Server>) {
         // Set once at start; a second start of the same broker keeps the first.
         let _ = self.server.set(server);
@@ -67,12 +48,14 @@ impl Counters {
 impl Broker {
     pub fn stats(&self) -> BrokerStats {
         let c = &self.counters;
+        let (messages_in, bytes_in) = self.metrics.produced_total();
+        let (messages_out, _) = self.metrics.consumed_total();
         BrokerStats {
             broker_name: self.config.broker_name.clone(),
             broker_id: self.config.broker_id,
-            messages_in: c.messages_in.load(Ordering::Relaxed),
-            bytes_in: c.bytes_in.load(Ordering::Relaxed),
-            messages_out: c.messages_out.load(Ordering::Relaxed),
+            messages_in,
+            bytes_in,
+            messages_out,
             connections: c.connections(),
             clients: to_u64(self.clients.count()),
             disk_used_ppm: self.store.disk_usage().map(|d| {

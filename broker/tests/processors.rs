@@ -18,6 +18,7 @@ use weir_protocol::route::{TopicConfig, perm};
 
 fn ctx() -> RequestContext {
     RequestContext {
+        received: std::time::Instant::now(),
         peer: "192.0.2.1:4000".parse::<SocketAddr>().unwrap(),
         link: None,
         signed: None,

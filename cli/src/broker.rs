@@ -34,8 +34,8 @@ pub enum ConfigCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Change one: auto_create_topic, default_topic_queues, max_message_size or
-    /// slave_ack_timeout_ms.
+    /// Change one: auto_create_topic, default_topic_queues, max_message_size,
+    /// send_queue_wait_ms or slave_ack_timeout_ms.
     Set {
         name: String,
         value: String,

@@ -118,17 +118,19 @@ pub async fn run(cmd: GroupCmd, client: ClientInstance) -> anyhow::Result<()> {
                         "group": group,
                         "offsets_removed": d.offsets_removed,
                         "retry_topic_deleted": d.retry_topic_deleted,
+                        "filters_removed": d.filters_removed,
                     });
                     println!("{v}");
                 } else {
                     println!(
-                        "deleted group {group} on {broker}: {} offset(s){}",
+                        "deleted group {group} on {broker}: {} offset(s){}, {} filter(s)",
                         d.offsets_removed,
                         if d.retry_topic_deleted {
                             ", retry topic"
                         } else {
                             ""
-                        }
+                        },
+                        d.filters_removed
                     );
                 }
             }

@@ -34,6 +34,11 @@ pub struct ClientConfig {
     /// each further one, up to `fault_backoff_max` (defaults 1 s and 30 s).
     pub fault_backoff_min: Duration,
     pub fault_backoff_max: Duration,
+    /// A broker that answers busy (`StoreBusy`: its store is behind; nothing was stored)
+    /// is avoided for this long, twice as long after each further busy answer in a row, up
+    /// to 32 times this (and `fault_backoff_max`): sends go to other brokers meanwhile, and a retry on the same
+    /// broker waits the pause out (default 50 ms).
+    pub busy_backoff: Duration,
     /// Signs every request with this access key and secret (brokers with access control
     /// on take only signed requests); default none.
     pub credentials: Option<Arc<Credentials>>,
@@ -55,6 +60,7 @@ impl ClientConfig {
             route_refresh: Duration::from_secs(30),
             fault_backoff_min: Duration::from_secs(1),
             fault_backoff_max: Duration::from_secs(30),
+            busy_backoff: Duration::from_millis(50),
             credentials: None,
             tls: None,
         }
@@ -144,7 +150,11 @@ impl ClientInstance {
         if namesrvs.is_empty() {
             return Err(ClientError::Invalid("no name server address given".into()));
         }
-        let faults = Faults::new(config.fault_backoff_min, config.fault_backoff_max);
+        let faults = Faults::new(
+            config.fault_backoff_min,
+            config.fault_backoff_max,
+            config.busy_backoff,
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 client_id: format!("{}@{:08x}", std::process::id(), random_u32()),
@@ -361,6 +371,7 @@ impl ClientInstance {
     fn note<T>(&self, addr: &str, result: &Result<T, CallError>) {
         match result {
             Err(e) if faults::unreachable(e) => self.inner.faults.failed(addr),
+            Err(e) if faults::busy(e) => self.inner.faults.busy(addr),
             _ => self.inner.faults.answered(addr),
         }
     }
@@ -374,6 +385,11 @@ impl ClientInstance {
     /// lately (see `ClientConfig::fault_backoff_min`).
     pub fn available(&self, addr: &str) -> bool {
         self.inner.faults.available(addr)
+    }
+
+    /// How long the broker at `addr` is still avoided (zero: it may be tried now).
+    pub(crate) fn pause_left(&self, addr: &str) -> Duration {
+        self.inner.faults.pause_left(addr)
     }
 
     /// Like `call`, with a longer timeout (held pulls).

@@ -1,5 +1,7 @@
 //! The producer: picks a queue (round-robin, a chosen one, or by order key), sends, and on
-//! failure retries on another broker.
+//! failure retries on another broker. A busy answer (`StoreBusy`, flow control: nothing
+//! stored) is retried like a refusal, on another broker when one can take it, else on the
+//! same one after its pause (`ClientConfig::busy_backoff`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,6 +48,7 @@ fn retryable(e: &ClientError) -> bool {
         } => matches!(
             code,
             ErrorCode::SystemBusy
+                | ErrorCode::StoreBusy
                 | ErrorCode::SystemError
                 | ErrorCode::ServiceNotAvailable
                 | ErrorCode::FlushDiskTimeout
@@ -58,6 +61,11 @@ fn retryable(e: &ClientError) -> bool {
     }
 }
 
+/// Whether the broker answered busy (flow control: nothing stored).
+fn is_busy(e: &ClientError) -> bool {
+    matches!(e, ClientError::Broker { error, .. } if crate::faults::busy(error))
+}
+
 /// Whether the broker refused a message without storing it (so another broker may take it
 /// with no risk of a copy): what a half message is retried on.
 fn refused(e: &ClientError) -> bool {
@@ -68,6 +76,7 @@ fn refused(e: &ClientError) -> bool {
         } => matches!(
             code,
             ErrorCode::SystemBusy
+                | ErrorCode::StoreBusy
                 | ErrorCode::ServiceNotAvailable
                 | ErrorCode::DiskFull
                 | ErrorCode::WritesStopped
@@ -247,6 +256,14 @@ impl Producer {
             let Some(addr) = info.addrs[i].clone() else {
                 continue;
             };
+            // Back off: a broker that answered busy, picked again (no other could take
+            // the send), is retried once its pause is over.
+            if last.as_ref().is_some_and(is_busy) {
+                let pause = self.client.pause_left(&addr);
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+            }
             match attempt(Arc::clone(&info), i, addr).await {
                 Ok(v) => return Ok(v),
                 Err(e) if retry(&e) => {

@@ -8,6 +8,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod metrics;
+mod remoting;
 pub mod server_main;
 
 use std::collections::{BTreeMap, HashMap};
@@ -232,6 +233,16 @@ pub struct NameServer {
 }
 
 impl NameServer {
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        NameServer {
+            table: Mutex::new(Table::default()),
+            secret: None,
+            refused_registrations: Cause::new(),
+            counters: Default::default(),
+        }
+    }
+
     fn table(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -344,7 +355,14 @@ impl Handler for NameServer {
                 },
                 Some(RequestCode::GetAllTopics) => match req.decode::<GetAllTopics>() {
                     Ok(_) => Reply::ok(&TopicList {
-                        topics: self.table().topics.keys().cloned().collect(),
+                        // RocketMQ's auto-create route is not a topic weir's tools show.
+                        topics: self
+                            .table()
+                            .topics
+                            .keys()
+                            .filter(|t| *t != weir_protocol::names::AUTO_CREATE_TOPIC_KEY)
+                            .cloned()
+                            .collect(),
                     }),
                     Err(e) => bad(e),
                 },
@@ -465,11 +483,18 @@ pub async fn start(config: NamesrvConfig) -> Result<RunningNameServer, NamesrvEr
             "NO CLUSTER SECRET on a name server reachable beyond this machine: anyone who can reach it can register a broker under any name and take its routes. Set cluster_secret here and in every broker"
         );
     }
-    let server = Server::start_with(listener, ns.clone(), config.net.server_config(), tls)
-        .map_err(|error| NamesrvError::Listen {
-            addr: config.listen.clone(),
-            error,
-        })?;
+    // RocketMQ's clients ask for routes on the same port (`[net] remoting`).
+    let server = Server::start_full(
+        listener,
+        ns.clone(),
+        Some(Arc::new(remoting::RemotingNameServer(ns.clone()))),
+        config.net.server_config(),
+        tls,
+    )
+    .map_err(|error| NamesrvError::Listen {
+        addr: config.listen.clone(),
+        error,
+    })?;
     let metrics = match &config.metrics.listen {
         Some(listen) => Some(
             metrics::start(&ns, listen, server.stats_handle())

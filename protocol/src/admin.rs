@@ -66,6 +66,8 @@ pub struct GroupDeleted {
     pub offsets_removed: u32,
     /// Whether the group's retry topic existed here and was deleted.
     pub retry_topic_deleted: bool,
+    /// Filter registrations of the group removed (one per topic).
+    pub filters_removed: u32,
 }
 
 /// The broker's counters and state now.
@@ -81,7 +83,9 @@ impl Rpc for GetBrokerStats {
 pub struct BrokerStats {
     pub broker_name: String,
     pub broker_id: u64,
-    /// Messages stored by sends since the broker started (batches count each message).
+    /// Messages stored by producers since the broker started: sends, each message of a
+    /// batch, committed transactional messages (the same totals as the metrics endpoint's
+    /// `weir_produced_messages_total`).
     pub messages_in: u64,
     /// Their bodies' bytes.
     pub bytes_in: u64,

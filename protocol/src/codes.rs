@@ -129,6 +129,10 @@ codes! {
         /// The group has live members, whose commits would undo the operation (reset
         /// offsets, delete the group): stop them first.
         GroupHasMembers = 122, "group has live members";
+        /// Flow control: the send waited longer than the broker's `send_queue_wait_ms`
+        /// for its append to start (the store is not keeping up). Not stored: retry after
+        /// a pause, or on another broker.
+        StoreBusy = 123, "store busy, retry";
     }
 }
 

@@ -17,6 +17,12 @@ pub enum ProtocolError {
     Encode { what: &'static str, detail: String },
     #[error("connection I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// A RocketMQ remoting frame that cannot be read.
+    #[error("bad remoting frame: {0}")]
+    Remoting(String),
+    /// A protocol this side does not serve.
+    #[error("{0}")]
+    Unserved(&'static str),
 }
 
 /// Why a call over a connection failed.

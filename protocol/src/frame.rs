@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! u32  length      big-endian, bytes after this field (12 + header + body)
-//! u8   version     1
+//! u8   version     2 (never 0 or 1: there RocketMQ's remoting frame has its serialize
+//!                  type, so one port tells the two apart by this byte; see
+//!                  `weir_remoting::sniff`)
 //! u8   kind        0 request, 1 response, 2 one-way request; bit 0x80: signed
 //! u32  request id  big-endian; a response echoes its request's
 //! u16  code        request code, or response status (0 = success)
@@ -19,7 +21,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::ProtocolError;
 
-pub const VERSION: u8 = 1;
+/// 2 since the broker also speaks RocketMQ's remoting protocol on the same port (1 was
+/// indistinguishable from a remoting frame with a binary header).
+pub const VERSION: u8 = 2;
 /// Bytes after the length field that every frame has.
 pub const FIXED_LEN: usize = 1 + 1 + 4 + 2 + 4;
 /// Default largest frame accepted (16 MiB).

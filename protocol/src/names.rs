@@ -18,10 +18,19 @@ pub const TRANS_OP_TOPIC: &str = "RMQ_SYS_TRANS_OP_HALF_TOPIC";
 /// Half messages checked back too often (or too old) without a decision: queue 0.
 pub const TRANS_DEAD_TOPIC: &str = "TRANS_CHECK_MAX_TIME_TOPIC";
 
+/// The route RocketMQ producers copy for a topic that does not exist yet
+/// (`TopicValidator.AUTO_CREATE_TOPIC_KEY_TOPIC`): brokers that create topics on first
+/// send register it (with RocketMQ's clients connected), so those producers can send to
+/// new topics. Never a topic messages are stored in.
+pub const AUTO_CREATE_TOPIC_KEY: &str = "TBW102";
+
 /// Whether `topic` is the broker's own, not a client's: `%`-prefixed topics and RocketMQ's
 /// system topics. Clients neither send to them nor create them.
 pub fn is_system_topic(topic: &str) -> bool {
-    topic.starts_with('%') || topic.starts_with("RMQ_SYS_") || topic == TRANS_DEAD_TOPIC
+    topic.starts_with('%')
+        || topic.starts_with("RMQ_SYS_")
+        || topic == TRANS_DEAD_TOPIC
+        || topic == AUTO_CREATE_TOPIC_KEY
 }
 
 /// The retry topic of `group`.

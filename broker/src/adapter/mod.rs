@@ -3,4 +3,5 @@
 //! only place that knows its wire's statuses. Adding a protocol adds an adapter here; no
 //! processor changes.
 
+pub mod remoting;
 pub mod weir;

@@ -43,6 +43,7 @@ impl Handler for WeirAdapter {
                 body: req.body.clone(),
             });
             let ctx = RequestContext {
+                received: req.received,
                 peer: conn.peer(),
                 link,
                 signed,
@@ -235,6 +236,7 @@ pub fn status_of(e: &ProcessError) -> ErrorCode {
         P::FilterFailed(_) => ErrorCode::FilterFailed,
         P::FilterNotFound(_) => ErrorCode::FilterNotFound,
         P::Busy(_) => ErrorCode::SystemBusy,
+        P::StoreBusy(_) => ErrorCode::StoreBusy,
         P::TransactionInvalid(_) => ErrorCode::TransactionInvalid,
         P::GroupHasMembers(_) => ErrorCode::GroupHasMembers,
         P::NotMaster(_) => ErrorCode::NotMaster,

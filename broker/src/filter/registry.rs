@@ -373,17 +373,42 @@ impl FilterRegistry {
 
     /// Unregisters (group, topic)'s filter; returns its version.
     pub fn remove(&self, group: &str, topic: &str) -> Result<Option<u64>, FilterError> {
+        let removed = self.remove_where(|e| e.group == group && e.topic == topic)?;
+        Ok(removed.first().map(|e| e.version))
+    }
+
+    /// Unregisters every filter of `group` (a deleted group); returns what was removed.
+    pub fn remove_group(&self, group: &str) -> Result<Vec<RegistryEntry>, FilterError> {
+        self.remove_where(|e| e.group == group)
+    }
+
+    /// Unregisters the filters `which` picks, in one write of the registry; their
+    /// components and compiled code go too unless another registration uses them.
+    fn remove_where(
+        &self,
+        which: impl Fn(&RegistryEntry) -> bool,
+    ) -> Result<Vec<RegistryEntry>, FilterError> {
         let lock_err = || FilterError::Runtime("registry lock poisoned".into());
         let _change = self.changes.lock().map_err(|_| lock_err())?;
         let mut next = self.registrations.read().map_err(|_| lock_err())?.clone();
-        let Some(old) = next.remove(&(group.to_owned(), topic.to_owned())) else {
-            return Ok(None);
-        };
+        let mut removed = Vec::new();
+        next.retain(|_, r| {
+            let go = which(&r.entry);
+            if go {
+                removed.push(r.entry.clone());
+            }
+            !go
+        });
+        if removed.is_empty() {
+            return Ok(removed);
+        }
         self.write_file(&next)?;
         *self.registrations.write().map_err(|_| lock_err())? = next;
-        info!(group, topic, version = old.entry.version, "filter removed");
+        for e in &removed {
+            info!(group = %e.group, topic = %e.topic, version = e.version, "filter removed");
+        }
         self.remove_unreferenced_files();
-        Ok(Some(old.entry.version))
+        Ok(removed)
     }
 
     pub fn list(&self, group: Option<&str>) -> FilterList {

@@ -69,8 +69,9 @@ impl Broker {
         Ok(OffsetsReset { queues })
     }
 
-    /// Removes the group's offsets (every topic) and its retry topic. Its dead-letter
-    /// topic stays: it holds messages no one consumed, for an operator to look at.
+    /// Removes the group's offsets (every topic), its retry topic and its filters. Its
+    /// dead-letter topic stays: it holds messages no one consumed, for an operator to look
+    /// at.
     pub async fn delete_group(&self, r: DeleteGroup) -> Processed<GroupDeleted> {
         validate_group_name(&r.group)?;
         self.check_no_members(&r.group, "delete it")?;
@@ -84,11 +85,20 @@ impl Broker {
             Err(ProcessError::TopicNotFound(_)) => false,
             Err(e) => return Err(e),
         };
+        // Its filters too (a group created again under the name starts unfiltered), and
+        // their stored components unless another registration uses them.
+        let filters = std::sync::Arc::clone(&self.filters);
+        let group = r.group.clone();
+        let filters_removed = tokio::task::spawn_blocking(move || filters.remove_group(&group))
+            .await
+            .map_err(|e| ProcessError::Internal(format!("filter remove task failed: {e}")))??
+            .len();
         self.persist_offsets_now().await;
-        info!(group = %r.group, offsets = removed, retry_topic_deleted, "consumer group deleted");
+        info!(group = %r.group, offsets = removed, retry_topic_deleted, filters = filters_removed, "consumer group deleted");
         Ok(GroupDeleted {
             offsets_removed: u32::try_from(removed).unwrap_or(u32::MAX),
             retry_topic_deleted,
+            filters_removed: u32::try_from(filters_removed).unwrap_or(u32::MAX),
         })
     }
 }

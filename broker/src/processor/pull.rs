@@ -43,10 +43,10 @@ impl Broker {
     pub async fn pull(&self, req: PullMessage) -> Processed<Pulled> {
         let pulled = self.pull_queue(&req).await?;
         // The topic exists (else the pull failed); the group is named only when valid.
-        if validate_group_name(&req.group).is_ok() {
-            self.metrics
-                .consumed(&req.topic, &req.group, &pulled.records);
-        }
+        let group = validate_group_name(&req.group)
+            .is_ok()
+            .then_some(req.group.as_str());
+        self.metrics.consumed(&req.topic, group, &pulled.records);
         Ok(pulled)
     }
 
@@ -103,7 +103,6 @@ impl Broker {
         let mut out: Vec<StoredRecord> = Vec::new();
         let mut out_bytes = 0usize;
         let answer = |status, next_offset, (min_offset, max_offset), out: Vec<StoredRecord>| {
-            self.counters.delivered(out.len());
             Ok(Pulled {
                 result: PullResult {
                     status,

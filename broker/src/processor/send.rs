@@ -1,8 +1,7 @@
 //! Send processor: single messages, batches, and consumers' send-back of messages they
 //! could not process (to the group's retry topic, or its dead-letter topic).
 
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::debug;
@@ -13,11 +12,12 @@ use weir_protocol::broker::{
 use weir_protocol::names::{self, SCHEDULE_TOPIC, property};
 use weir_protocol::record::{NO_PREPARED_TX, sys_flag};
 use weir_protocol::route::{TopicConfig, perm};
-use weir_store::FlushStatus;
+use weir_store::{Appended, FlushStatus};
 
 use weir_protocol::ha::BrokerRole;
 
 use crate::broker::Broker;
+use crate::dispatch::RequestContext;
 use crate::error::{ProcessError, Processed};
 use crate::replication::ReplicaWait;
 use crate::service::schedule;
@@ -54,9 +54,31 @@ impl Broker {
     /// `sync_flush_timeout_ms`, past which they are reported `FlushDiskTimeout` (stored, and
     /// synced later: the producer may retry and so duplicate).
     pub(crate) async fn store_messages(&self, msgs: &[Message]) -> Processed<Vec<SendResult>> {
-        let mut appended = self.store.append(msgs)?;
-        self.counters
-            .stored(msgs.len(), msgs.iter().map(|m| m.body.len()).sum());
+        let appended = self.store.append(msgs)?;
+        self.await_stored(appended).await
+    }
+
+    /// `store_messages` for what a producer sent, received at `received`: refused as busy,
+    /// unstored, when it waited longer than `send_queue_wait_ms` for its append to start
+    /// (see `crate::flow`).
+    pub(crate) async fn store_sent(
+        &self,
+        msgs: &[Message],
+        received: Instant,
+    ) -> Processed<Vec<SendResult>> {
+        let appended = {
+            let _turn = self
+                .send_queue
+                .turn(received, self.live.send_queue_wait())
+                .await?;
+            self.store.append(msgs)?
+        };
+        self.await_stored(appended).await
+    }
+
+    /// Waits for what was appended to be durable (sync flush) and replicated (sync
+    /// master), as far as the settings say, and reports each message.
+    async fn await_stored(&self, mut appended: Appended) -> Processed<Vec<SendResult>> {
         let end = appended
             .results()
             .iter()
@@ -100,13 +122,14 @@ impl Broker {
             .collect())
     }
 
-    /// Stores one message sent by a producer at `peer`.
+    /// Stores one message sent by a producer (`ctx`: from where, and when it arrived).
     pub async fn send(
         &self,
         req: SendMessage,
         body: Bytes,
-        peer: SocketAddr,
+        ctx: &RequestContext,
     ) -> Processed<SendResult> {
+        let peer = ctx.peer;
         self.check_body(body.len())?;
         if req.sys_flag & sys_flag::TX_MASK != 0 {
             return Err(ProcessError::MessageIllegal(format!(
@@ -120,7 +143,7 @@ impl Broker {
             .iter()
             .any(|(k, v)| k == property::TRANSACTION_PREPARED && v == "true")
         {
-            return self.send_half(req, body, peer).await;
+            return self.send_half(req, body, ctx).await;
         }
         let t = self.topic_for_send(&req.topic)?;
         Self::check_send_queue(&t, req.queue_id)?;
@@ -140,7 +163,9 @@ impl Broker {
         };
         schedule::divert_if_delayed(&mut msg, &self.levels)
             .map_err(|e| ProcessError::MessageIllegal(e.to_string()))?;
-        let mut r = self.store_messages(std::slice::from_ref(&msg)).await?;
+        let mut r = self
+            .store_sent(std::slice::from_ref(&msg), ctx.received)
+            .await?;
         self.metrics.produced(&t.name, 1, body.len() as u64);
         let mut result = r
             .pop()
@@ -149,13 +174,15 @@ impl Broker {
         Ok(result)
     }
 
-    /// Stores a batch for one queue; the bodies are `body`, concatenated in order.
+    /// Stores a batch for one queue; the bodies are `body`, concatenated in order. Refused
+    /// as busy as a whole, or stored as a whole.
     pub async fn send_batch(
         &self,
         req: SendBatch,
         body: Bytes,
-        peer: SocketAddr,
+        ctx: &RequestContext,
     ) -> Processed<SendBatchResult> {
+        let peer = ctx.peer;
         let total = req
             .messages
             .iter()
@@ -209,7 +236,7 @@ impl Broker {
             msgs.push(msg);
             at += len;
         }
-        let mut results = self.store_messages(&msgs).await?;
+        let mut results = self.store_sent(&msgs, ctx.received).await?;
         self.metrics
             .produced(&t.name, results.len() as u64, body.len() as u64);
         results.iter_mut().for_each(|r| r.queue_id = req.queue_id);

@@ -29,6 +29,7 @@ use weir_protocol::record::{NO_PREPARED_TX, RecordView, sys_flag};
 use weir_store::{GetStatus, ReadLimits, StoredRecord};
 
 use crate::broker::Broker;
+use crate::dispatch::RequestContext;
 use crate::error::{ProcessError, Processed};
 use crate::service::schedule;
 use crate::topics::validate_group_name;
@@ -137,8 +138,9 @@ impl Broker {
         &self,
         req: SendMessage,
         body: Bytes,
-        peer: SocketAddr,
+        ctx: &RequestContext,
     ) -> Processed<SendResult> {
+        let peer = ctx.peer;
         validate_group_name(&req.producer_group)?;
         let real = self.topic_for_send(&req.topic)?;
         Self::check_send_queue(&real, req.queue_id)?;
@@ -162,7 +164,9 @@ impl Broker {
             reconsume_times: 0,
             prepared_tx_offset: NO_PREPARED_TX,
         };
-        let mut r = self.store_messages(std::slice::from_ref(&half)).await?;
+        let mut r = self
+            .store_sent(std::slice::from_ref(&half), ctx.received)
+            .await?;
         let mut result = r
             .pop()
             .ok_or_else(|| ProcessError::Internal("the store returned no result".into()))?;
@@ -276,7 +280,10 @@ impl Broker {
         match decision {
             Decided::Committed => {
                 let msg = self.committed_message(&view, id)?;
+                let (topic, bytes) = (msg.topic.clone(), msg.body.len() as u64);
                 let stored = self.store_messages(&[msg, op]).await?;
+                // Produced on its topic now, as a send would have been.
+                self.metrics.produced(&topic, 1, bytes);
                 Ok(stored.into_iter().next().map(|r| r.msg_id))
             }
             Decided::RolledBack | Decided::Dead => {

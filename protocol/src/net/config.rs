@@ -47,6 +47,11 @@ pub struct ServerConfig {
     /// Connections open at once; past it a new connection is closed at once (default
     /// 10,000).
     pub max_connections: usize,
+    /// Whether connections speaking weir's own protocol are served (default true).
+    pub weir: bool,
+    /// Whether connections speaking RocketMQ's remoting protocol are served, when the
+    /// server has a handler for them (default true).
+    pub remoting: bool,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +59,8 @@ impl Default for ServerConfig {
         Self {
             conn: ConnConfig::default(),
             max_connections: 10_000,
+            weir: true,
+            remoting: true,
         }
     }
 }
@@ -88,6 +95,13 @@ pub struct NetConfig {
     /// 120,000; keep it well above the clients' 30 s heartbeat interval, and above the
     /// brokers' `register_interval_ms` on a name server).
     pub idle_timeout_ms: u64,
+    /// Serve weir's own protocol (default true). Brokers register with name servers in
+    /// it, and weir's clients, CLI and slaves speak only it.
+    pub weir: bool,
+    /// Serve RocketMQ's 4.x remoting protocol on the same port, told apart by a
+    /// connection's first bytes (default true): RocketMQ's own clients then connect
+    /// unchanged.
+    pub remoting: bool,
 }
 
 impl Default for NetConfig {
@@ -99,6 +113,8 @@ impl Default for NetConfig {
             max_pending_bytes: d.conn.max_pending_bytes,
             frame_read_timeout_ms: 10_000,
             idle_timeout_ms: 120_000,
+            weir: d.weir,
+            remoting: d.remoting,
         }
     }
 }
@@ -148,6 +164,13 @@ impl NetConfig {
                 return Err(NetConfigError { name, value, range });
             }
         }
+        if !self.weir && !self.remoting {
+            return Err(NetConfigError {
+                name: "weir",
+                value: 0,
+                range: "true, or remoting true: a server must speak one protocol",
+            });
+        }
         Ok(())
     }
 
@@ -168,6 +191,8 @@ impl NetConfig {
                 ..ConnConfig::default()
             },
             max_connections: self.max_connections,
+            weir: self.weir,
+            remoting: self.remoting,
         }
     }
 }

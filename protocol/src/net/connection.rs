@@ -19,6 +19,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_rustls::TlsStream;
 
 use super::tls::ClientTls;
+use super::wire::{Handlers, Wire};
 use super::{ConnConfig, Handler, driver};
 use crate::auth::{Credentials, Signed, Signer};
 use crate::codes::{ErrorCode, SUCCESS};
@@ -246,7 +247,14 @@ impl Connection {
                     Ok(r) => r.map_err(connect_err)?,
                     Err(_) => return Err(timed_out("TLS handshake")),
                 };
-                driver::spawn(TlsStream::from(stream), conn.clone(), handler, rx, None);
+                driver::spawn(
+                    TlsStream::from(stream),
+                    conn.clone(),
+                    Handlers::weir(handler),
+                    Some(Wire::Weir),
+                    rx,
+                    None,
+                );
                 conn
             }
         };
@@ -264,7 +272,14 @@ impl Connection {
         config: ConnConfig,
     ) -> std::io::Result<Connection> {
         let (conn, rx) = Self::open(&stream, config)?;
-        driver::spawn(stream, conn.clone(), handler, rx, None);
+        driver::spawn(
+            stream,
+            conn.clone(),
+            Handlers::weir(handler),
+            Some(Wire::Weir),
+            rx,
+            None,
+        );
         Ok(conn)
     }
 
@@ -478,6 +493,20 @@ impl Connection {
 
     /// Sends a request that gets no response (waiting, while the connection's queue is
     /// full, for room or the close).
+    /// Sends a one-way request whose header is already encoded (another protocol's, as
+    /// its adapter wrote it; see `weir_remoting::RemotingCommand::header_parts`).
+    pub async fn oneway_raw(&self, code: u16, header: Bytes, body: Bytes) -> Result<(), CallError> {
+        let frame = Frame {
+            kind: Kind::Oneway,
+            request_id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            code,
+            auth: Bytes::new(),
+            header,
+            body,
+        };
+        self.send(frame).await
+    }
+
     pub async fn oneway<R: Rpc>(&self, req: &R, body: Bytes) -> Result<(), CallError> {
         let frame = Frame {
             kind: Kind::Oneway,

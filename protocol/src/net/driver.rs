@@ -38,10 +38,11 @@ use super::events::{CLIENT_EVENTS, Events};
 use super::outq::OutQueue;
 use super::server::Shared;
 use super::transport::Transport;
-use super::{BoxFuture, Handler, Reply, Request};
+use super::wire::{Handlers, SNIFF_LEN, Wire};
+use super::{BoxFuture, Reply, Request};
 use crate::codes::ErrorCode;
 use crate::error::ProtocolError;
-use crate::frame::{self, FIXED_LEN, Frame, Kind};
+use crate::frame::{FIXED_LEN, Frame, Kind};
 
 /// Bytes read at a time (more when a frame needs more).
 const READ_CHUNK: usize = 32 << 10;
@@ -56,16 +57,21 @@ const ROUNDS: usize = 16;
 /// How long a closing connection may take to write what it had queued.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
-/// Starts the driver of `conn` (generic over the stream, so plaintext connections run
-/// exactly the code they ran before TLS).
+/// Starts the driver of `conn`.
+/// `wire`: the connection's protocol when known (a client's); `None`: a server's
+/// connection, whose first bytes decide among the protocols `handlers` serve.
+///
+/// Generic over the stream, so plaintext connections run exactly the code they ran before
+/// TLS.
 pub(super) fn spawn<S: Transport>(
     stream: S,
     conn: Connection,
-    handler: Arc<dyn Handler>,
+    handlers: Handlers,
+    wire: Option<Wire>,
     rx: mpsc::UnboundedReceiver<Frame>,
     server: Option<Arc<Shared>>,
 ) {
-    tokio::spawn(run(stream, conn, handler, rx, server));
+    tokio::spawn(run(stream, conn, handlers, wire, rx, server));
 }
 
 /// Why a connection ended.
@@ -84,6 +90,7 @@ enum End {
 /// A request being handled.
 struct Handling<'a> {
     fut: BoxFuture<'a, Reply>,
+    wire: Wire,
     request_id: u32,
     oneway: bool,
     bytes: usize,
@@ -106,7 +113,11 @@ impl Future for Handling<'_> {
         {
             Ok(Poll::Ready(r)) => r,
             Ok(Poll::Pending) => return Poll::Pending,
-            Err(_) => Reply::error(ErrorCode::SystemError, "the request's handler panicked"),
+            Err(_) => this.wire.error_reply(
+                this.request_id,
+                ErrorCode::SystemError,
+                "the request's handler panicked",
+            ),
         };
         Poll::Ready(Done {
             reply,
@@ -152,7 +163,9 @@ impl Clock {
 
 struct Driver<'a, S> {
     conn: &'a Connection,
-    handler: &'a dyn Handler,
+    handlers: &'a Handlers,
+    /// The connection's protocol, once known.
+    wire: Option<Wire>,
     stream: &'a mut S,
     rx: &'a mut mpsc::UnboundedReceiver<Frame>,
     max_frame: usize,
@@ -174,14 +187,16 @@ struct Driver<'a, S> {
 impl<'a, S: Transport> Driver<'a, S> {
     fn new(
         conn: &'a Connection,
-        handler: &'a dyn Handler,
+        handlers: &'a Handlers,
+        wire: Option<Wire>,
         stream: &'a mut S,
         rx: &'a mut mpsc::UnboundedReceiver<Frame>,
     ) -> Self {
         let c = conn.inner.config;
         Driver {
             conn,
-            handler,
+            handlers,
+            wire,
             stream,
             rx,
             max_frame: c.max_frame,
@@ -192,7 +207,7 @@ impl<'a, S: Transport> Driver<'a, S> {
             frames_in: 0,
             inflight: FuturesUnordered::new(),
             inflight_bytes: 0,
-            out: OutQueue::default(),
+            out: OutQueue::new(wire.unwrap_or_default()),
             reply_ends: VecDeque::new(),
             clock: Clock::new(c.frame_read_timeout, c.idle_timeout),
             peak_requests: 0,
@@ -289,11 +304,20 @@ impl<'a, S: Transport> Driver<'a, S> {
             // Read.
             loop {
                 let may_read = self.may_read();
-                if may_read {
-                    match frame::parse_frame(&mut self.inbuf, self.max_frame) {
+                if may_read && self.wire.is_none() && self.inbuf.len() >= SNIFF_LEN {
+                    match Wire::sniff(&self.inbuf[..SNIFF_LEN], self.handlers) {
+                        Ok(w) => {
+                            self.wire = Some(w);
+                            self.out.wire = w;
+                        }
+                        Err(e) => return Poll::Ready(End::BadFrame(e)),
+                    }
+                }
+                if may_read && let Some(wire) = self.wire {
+                    match wire.parse_frame(&mut self.inbuf, self.max_frame) {
                         Ok(Some(f)) => {
                             self.frames_in += 1;
-                            self.dispatch(f);
+                            self.dispatch(wire, f);
                             progress = true;
                             continue;
                         }
@@ -311,10 +335,10 @@ impl<'a, S: Transport> Driver<'a, S> {
                 if !may_read && self.inbuf.len() >= READ_AHEAD {
                     break;
                 }
-                let max_frame = self.max_frame;
+                let (max_frame, wire) = (self.max_frame, self.wire);
                 match self
                     .stream
-                    .poll_read_into(cx, &mut self.inbuf, |buf| reserve(buf, max_frame))
+                    .poll_read_into(cx, &mut self.inbuf, |buf| reserve(buf, max_frame, wire))
                 {
                     Poll::Pending => break,
                     Poll::Ready(Ok(0)) => self.eof = true,
@@ -339,11 +363,15 @@ impl<'a, S: Transport> Driver<'a, S> {
         Poll::Pending
     }
 
-    fn dispatch(&mut self, f: Frame) {
+    fn dispatch(&mut self, wire: Wire, f: Frame) {
         match f.kind {
             Kind::Response => self.conn.inner.complete_call(f),
             Kind::Request | Kind::Oneway => {
-                let bytes = f.wire_len();
+                // A decided wire always has its handler (`Wire::sniff`).
+                let Some(handler) = self.handlers.get(wire) else {
+                    return;
+                };
+                let bytes = wire.wire_len(&f);
                 let oneway = f.kind == Kind::Oneway;
                 let request_id = f.request_id;
                 let req = Request {
@@ -353,11 +381,13 @@ impl<'a, S: Transport> Driver<'a, S> {
                     auth: f.auth,
                     header: f.header,
                     body: f.body,
+                    received: std::time::Instant::now(),
                 };
-                let fut = self.handler.handle(self.conn, req);
+                let fut = handler.handle(self.conn, req);
                 self.inflight_bytes += bytes;
                 self.inflight.push(Handling {
                     fut,
+                    wire,
                     request_id,
                     oneway,
                     bytes,
@@ -372,12 +402,17 @@ impl<'a, S: Transport> Driver<'a, S> {
         if done.oneway {
             return;
         }
-        let len = FIXED_LEN + done.reply.header.len() + done.reply.body.len();
-        // (Replies are never signed.)
+        let wire = self.wire.unwrap_or_default();
+        let len = match wire {
+            // (Replies are never signed.)
+            Wire::Weir => FIXED_LEN + done.reply.header.len() + done.reply.body.len(),
+            Wire::Remoting => 4 + done.reply.header.len() + done.reply.body.len(),
+        };
         let reply = if len > self.max_frame {
-            Reply::error(
+            wire.error_reply(
+                done.request_id,
                 ErrorCode::SystemError,
-                format!(
+                &format!(
                     "the reply of {len} bytes exceeds the frame maximum of {}",
                     self.max_frame
                 ),
@@ -403,11 +438,12 @@ impl<'a, S: Transport> Driver<'a, S> {
         // A frame begun and not whole, while reading (a pause is not the peer's doing).
         let partial = !self.inbuf.is_empty()
             && self.may_read()
-            && match frame::frame_len(&self.inbuf, self.max_frame) {
-                Ok(Some(len)) => self.inbuf.len() - 4 < len,
-                Ok(None) => true,
+            && match self.wire.map(|w| w.frame_len(&self.inbuf, self.max_frame)) {
+                Some(Ok(Some(len))) => self.inbuf.len() - 4 < len,
+                // Not even the protocol known yet, or the length incomplete.
+                None | Some(Ok(None)) => true,
                 // (Refused when parsed.)
-                Err(_) => false,
+                Some(Err(_)) => false,
             };
         let c = &mut self.clock;
         let active = self.frames_in != c.last_frames_in || written != c.last_written;
@@ -434,12 +470,12 @@ impl<'a, S: Transport> Driver<'a, S> {
 }
 
 /// Room in the read buffer for what comes next: the rest of the frame begun, or a chunk.
-fn reserve(inbuf: &mut BytesMut, max_frame: usize) {
+fn reserve(inbuf: &mut BytesMut, max_frame: usize, wire: Option<Wire>) {
     if inbuf.is_empty() && inbuf.capacity() > KEEP_READ_CAPACITY {
         *inbuf = BytesMut::new();
     }
-    let needed = match frame::frame_len(inbuf, max_frame) {
-        Ok(Some(len)) => (4 + len).saturating_sub(inbuf.len()),
+    let needed = match wire.map(|w| w.frame_len(inbuf, max_frame)) {
+        Some(Ok(Some(len))) => (4 + len).saturating_sub(inbuf.len()),
         _ => 0,
     };
     let spare = inbuf.capacity() - inbuf.len();
@@ -454,13 +490,14 @@ fn reserve(inbuf: &mut BytesMut, max_frame: usize) {
 async fn run<S: Transport>(
     mut stream: S,
     conn: Connection,
-    handler: Arc<dyn Handler>,
+    handlers: Handlers,
+    wire: Option<Wire>,
     mut rx: mpsc::UnboundedReceiver<Frame>,
     server: Option<Arc<Shared>>,
 ) {
     let events: &Events = server.as_ref().map_or(&CLIENT_EVENTS, |s| &s.events);
-    let (end, mut out, mut inbuf, peaks) = {
-        let mut d = Driver::new(&conn, &*handler, &mut stream, &mut rx);
+    let (end, mut out, mut inbuf, peaks, wire) = {
+        let mut d = Driver::new(&conn, &handlers, wire, &mut stream, &mut rx);
         let end = poll_fn(|cx| {
             conn.inner.close_waker.register(cx.waker());
             if conn.inner.is_closed() {
@@ -470,10 +507,13 @@ async fn run<S: Transport>(
         })
         .await;
         // Dropping the driver drops the handler futures of its requests: cancelled.
-        (end, d.out, d.inbuf, (d.peak_requests, d.peak_bytes))
+        (end, d.out, d.inbuf, (d.peak_requests, d.peak_bytes), d.wire)
     };
     conn.inner.mark_closed();
-    handler.on_close(&conn);
+    // (A connection closed before its protocol was known reached no handler.)
+    if let Some(h) = wire.and_then(|w| handlers.get(w)) {
+        h.on_close(&conn);
+    }
     let peer = conn.peer();
     let flush = match &end {
         End::Closed | End::Eof => true,
@@ -481,26 +521,45 @@ async fn run<S: Transport>(
             events.bad_frames.record(|count| {
                 warn!(%peer, error = %e, count, "closed connections on a bad frame (protocol violation): {count} since the last report, the latest shown")
             });
-            // Tell the sender why, under its request id when it can be read.
-            if matches!(e, ProtocolError::FrameTooLarge { .. }) {
-                read_at_least(&mut stream, &mut inbuf, 4 + FIXED_LEN).await;
-            }
-            let request_id = match inbuf.get(6..10) {
-                Some(&[a, b, c, d]) if matches!(e, ProtocolError::FrameTooLarge { .. }) => {
-                    u32::from_be_bytes([a, b, c, d])
+            match wire {
+                // Tell the sender why, under its request id when it can be read.
+                Some(Wire::Weir) => {
+                    if matches!(e, ProtocolError::FrameTooLarge { .. }) {
+                        read_at_least(&mut stream, &mut inbuf, 4 + FIXED_LEN).await;
+                    }
+                    let request_id = match inbuf.get(6..10) {
+                        Some(&[a, b, c, d]) if matches!(e, ProtocolError::FrameTooLarge { .. }) => {
+                            u32::from_be_bytes([a, b, c, d])
+                        }
+                        _ => 0,
+                    };
+                    let reply = Reply::error(ErrorCode::BadRequest, e.to_string());
+                    out.push(&Frame {
+                        kind: Kind::Response,
+                        request_id,
+                        code: reply.status,
+                        auth: Bytes::new(),
+                        header: reply.header,
+                        body: reply.body,
+                    });
+                    true
                 }
-                _ => 0,
-            };
-            let reply = Reply::error(ErrorCode::BadRequest, e.to_string());
-            out.push(&Frame {
-                kind: Kind::Response,
-                request_id,
-                code: reply.status,
-                auth: Bytes::new(),
-                header: reply.header,
-                body: reply.body,
-            });
-            true
+                Some(Wire::Remoting) => {
+                    let reply =
+                        Wire::Remoting.error_reply(0, ErrorCode::BadRequest, &e.to_string());
+                    out.push(&Frame {
+                        kind: Kind::Response,
+                        request_id: 0,
+                        code: reply.status,
+                        auth: Bytes::new(),
+                        header: reply.header,
+                        body: reply.body,
+                    });
+                    true
+                }
+                // A protocol this side does not speak: nothing it could read.
+                None => false,
+            }
         }
         End::FrameTimeout => {
             let timeout = conn.inner.config.frame_read_timeout;

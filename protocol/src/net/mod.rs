@@ -29,9 +29,11 @@ mod outq;
 mod server;
 pub mod tls;
 mod transport;
+mod wire;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -40,6 +42,7 @@ pub use connection::{ConnLoad, Connection};
 pub use events::{Cause, LOG_INTERVAL};
 pub use server::{Server, ServerStats, ServerStatsHandle};
 pub use tls::{ClientTls, ServerTls, TlsConfig, TlsError, TlsMode};
+pub use wire::Wire;
 
 use crate::codes::{ErrorCode, SUCCESS};
 use crate::error::ProtocolError;
@@ -55,6 +58,9 @@ pub struct Request {
     pub auth: Bytes,
     pub header: Bytes,
     pub body: Bytes,
+    /// When the connection's driver read the frame whole, before any wait for its turn:
+    /// how long a request waited (for flow control) is measured from here.
+    pub received: Instant,
 }
 
 impl Request {

@@ -12,6 +12,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::wire::Wire;
 use crate::frame::Frame;
 
 /// Bodies up to this are copied into the staging buffer; larger ones are queued as they are.
@@ -27,9 +28,18 @@ pub(super) struct OutQueue {
     staging: BytesMut,
     len: usize,
     written: u64,
+    /// How frames are written: weir's frame unless the connection speaks RocketMQ's.
+    pub(super) wire: Wire,
 }
 
 impl OutQueue {
+    pub(super) fn new(wire: Wire) -> Self {
+        Self {
+            wire,
+            ..Self::default()
+        }
+    }
+
     /// Bytes queued and not yet written.
     pub(super) fn len(&self) -> usize {
         self.len
@@ -51,13 +61,12 @@ impl OutQueue {
 
     /// Queues `f`, whose size the caller has checked against the frame limit.
     pub(super) fn push(&mut self, f: &Frame) {
-        let len = f.len();
+        let len = self.wire.wire_len(f) - 4;
         let copy_body = f.body.len() <= COPY_MAX;
         self.staging
             .reserve(4 + len - if copy_body { 0 } else { f.body.len() });
         // Checked against the frame limit (at most u32::MAX) by the caller.
-        f.put_prefix(&mut self.staging);
-        self.staging.put_slice(&f.header);
+        self.wire.put_head(f, &mut self.staging);
         if copy_body {
             self.staging.put_slice(&f.body);
         } else {

@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 use super::connection::Connection;
 use super::events::Events;
 use super::tls::{ServerTls, TLS_HANDSHAKE_BYTE, TlsMode};
+use super::wire::Handlers;
 use super::{Handler, Reply, ServerConfig, driver};
 use crate::codes::ErrorCode;
 use crate::frame::{FIXED_LEN, Frame, Kind};
@@ -135,7 +136,7 @@ impl Server {
         handler: Arc<dyn Handler>,
         config: ServerConfig,
     ) -> std::io::Result<Server> {
-        Self::start_with(listener, handler, config, None)
+        Self::start_full(listener, handler, None, config, None)
     }
 
     /// [`Server::start`], taking TLS connections as `tls` says (none: plaintext only).
@@ -145,6 +146,34 @@ impl Server {
         config: ServerConfig,
         tls: Option<ServerTls>,
     ) -> std::io::Result<Server> {
+        Self::start_full(listener, handler, None, config, tls)
+    }
+
+    /// Like [`Server::start`], and serves connections speaking RocketMQ's remoting
+    /// protocol with `remoting` (while `config.remoting`): each connection's first bytes
+    /// say which protocol it speaks (see `wire`).
+    pub fn start_with_remoting(
+        listener: TcpListener,
+        handler: Arc<dyn Handler>,
+        remoting: Option<Arc<dyn Handler>>,
+        config: ServerConfig,
+    ) -> std::io::Result<Server> {
+        Self::start_full(listener, handler, remoting, config, None)
+    }
+
+    /// Both: RocketMQ's remoting beside weir's frames, and TLS as `tls` says (a TLS
+    /// connection's protocol is told apart by the first bytes inside TLS).
+    pub fn start_full(
+        listener: TcpListener,
+        handler: Arc<dyn Handler>,
+        remoting: Option<Arc<dyn Handler>>,
+        config: ServerConfig,
+        tls: Option<ServerTls>,
+    ) -> std::io::Result<Server> {
+        let handlers = Handlers {
+            weir: config.weir.then_some(handler),
+            remoting: remoting.filter(|_| config.remoting),
+        };
         let local_addr = listener.local_addr()?;
         let (stop, mut stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -181,7 +210,7 @@ impl Server {
                                 stream,
                                 tls.clone(),
                                 config,
-                                Arc::clone(&handler),
+                                handlers.clone(),
                                 Arc::clone(&tracked),
                             ));
                             continue;
@@ -192,7 +221,8 @@ impl Server {
                                 driver::spawn(
                                     stream,
                                     conn,
-                                    Arc::clone(&handler),
+                                    handlers.clone(),
+                                    None,
                                     rx,
                                     Some(Arc::clone(&tracked)),
                                 );
@@ -260,7 +290,7 @@ async fn admit_tls(
     stream: TcpStream,
     tls: ServerTls,
     config: ServerConfig,
-    handler: Arc<dyn Handler>,
+    handlers: Handlers,
     shared: Arc<Shared>,
 ) {
     let _counted = Handshaking(Arc::clone(&shared));
@@ -283,7 +313,7 @@ async fn admit_tls(
             if let Ok((conn, rx)) = Connection::open(&stream, config.conn)
                 && shared.admit(&conn)
             {
-                driver::spawn(stream, conn, handler, rx, Some(shared));
+                driver::spawn(stream, conn, handlers, None, rx, Some(shared));
             }
             return;
         }
@@ -311,7 +341,14 @@ async fn admit_tls(
     match Connection::open(stream.get_ref().0, config.conn) {
         Ok((conn, rx)) => {
             if shared.admit(&conn) {
-                driver::spawn(TlsStream::from(stream), conn, handler, rx, Some(shared));
+                driver::spawn(
+                    TlsStream::from(stream),
+                    conn,
+                    handlers,
+                    None,
+                    rx,
+                    Some(shared),
+                );
             }
         }
         Err(e) => debug!(error = %e, "could not start an accepted TLS connection"),
