@@ -53,6 +53,9 @@ pub struct Broker {
     pub(crate) counters: crate::stats::Counters,
     /// Settings that can change while it runs (`weir broker config set`).
     pub(crate) live: crate::live::LiveSettings,
+    /// TLS of the broker's own connections (name servers, a slave's master), from
+    /// `[tls] ca_file`; none: plaintext.
+    pub(crate) tls_client: Option<weir_protocol::net::ClientTls>,
     /// Flow control: sends that waited too long for the store are refused.
     pub send_queue: crate::flow::SendQueue,
 }

@@ -1,5 +1,6 @@
 use serde::{Deserialize, Serialize};
 use weir_protocol::NetConfig;
+use weir_protocol::TlsConfig;
 use weir_protocol::metrics::MetricsConfig;
 use weir_store::StoreConfig;
 
@@ -87,6 +88,13 @@ pub struct BrokerConfig {
     /// The Prometheus endpoint (`[metrics]`): `listen`, where `GET /metrics` is served
     /// (default none: off).
     pub metrics: MetricsConfig,
+    /// TLS (`[tls]`): `mode` (`"disabled"`, the default; `"permissive"`: TLS and
+    /// plaintext on the same port; `"enforcing"`: TLS only) with `cert_file` and `key_file`
+    /// (PEM) for the client port, a master's HA port and a standalone broker's embedded
+    /// name server; `ca_file` (PEM, default none) turns TLS on for the broker's own
+    /// connections (registration with name servers, a slave's replication), verifying
+    /// those servers against it. Each documented in `weir_protocol::TlsConfig`.
+    pub tls: TlsConfig,
 }
 
 /// Bounds on what clients can make the broker hold: the `[limits]` table. Past each, the
@@ -203,6 +211,7 @@ impl Default for BrokerConfig {
             acl: AclConfig::default(),
             cluster_secret: None,
             metrics: MetricsConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -285,6 +294,9 @@ impl BrokerConfig {
             return bad("cluster_secret must not be empty (leave it out instead)");
         }
         self.metrics.validate().map_err(ConfigError)?;
+        self.tls
+            .validate()
+            .map_err(|e| ConfigError(e.to_string()))?;
         self.filter.validate().map_err(ConfigError)?;
         self.limits.validate()?;
         self.net
@@ -340,5 +352,26 @@ mod tests {
         assert!(e.to_string().contains("port"), "{e}");
         let empty: BrokerConfig = toml::from_str("[metrics]\nlisten = \"\"\n").expect("parses");
         assert!(empty.validate().is_err());
+    }
+
+    #[test]
+    fn tls_is_off_by_default_and_needs_its_files() {
+        use weir_protocol::TlsMode;
+        assert_eq!(BrokerConfig::default().tls.mode, TlsMode::Disabled);
+        let c: BrokerConfig = toml::from_str(
+            "[tls]\nmode = \"enforcing\"\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nca_file = \"ca.pem\"\n",
+        )
+        .expect("parses");
+        assert_eq!(c.tls.mode, TlsMode::Enforcing);
+        c.validate().expect("valid (the files are read at start)");
+        let no_key: BrokerConfig =
+            toml::from_str("[tls]\nmode = \"permissive\"\ncert_file = \"c.pem\"\n")
+                .expect("parses");
+        let e = no_key.validate().expect_err("no key");
+        assert!(e.to_string().contains("tls.key_file"), "{e}");
+        let e = toml::from_str::<BrokerConfig>("[tls]\nmode = \"on\"\n").expect_err("bad mode");
+        assert!(e.to_string().contains("enforcing"), "{e}");
+        let e = toml::from_str::<BrokerConfig>("[tls]\ncert = \"c.pem\"\n").expect_err("unknown");
+        assert!(e.to_string().contains("cert"), "{e}");
     }
 }

@@ -17,6 +17,9 @@ pub enum BrokerError {
     Config(#[from] ConfigError),
     #[error("cannot listen on {addr}: {error}")]
     Listen { addr: String, error: std::io::Error },
+    /// A `[tls]` file that cannot be read or used (the error names it).
+    #[error(transparent)]
+    Tls(#[from] weir_protocol::TlsError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("topic configuration: {0}")]

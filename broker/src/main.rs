@@ -57,6 +57,21 @@ struct Args {
     /// [default: off; `[metrics] listen` in the config file].
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// TLS on the client port, the HA port and the embedded name server: disabled,
+    /// permissive (TLS and plaintext) or enforcing (TLS only) [default: disabled; `[tls]
+    /// mode` in the config file].
+    #[arg(long)]
+    tls_mode: Option<weir_protocol::TlsMode>,
+    /// The server's certificate chain, PEM [`[tls] cert_file`].
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The server's private key, PEM [`[tls] key_file`].
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// CA certificates, PEM, that the broker verifies name servers and its master with;
+    /// its own connections then use TLS [`[tls] ca_file`; default: plaintext].
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -124,6 +139,18 @@ fn load(args: &Args) -> anyhow::Result<BrokerConfig> {
     if let Some(v) = &args.metrics_listen {
         config.metrics.listen = Some(v.clone());
     }
+    if let Some(v) = args.tls_mode {
+        config.tls.mode = v;
+    }
+    if let Some(v) = &args.tls_cert {
+        config.tls.cert_file = Some(v.clone());
+    }
+    if let Some(v) = &args.tls_key {
+        config.tls.key_file = Some(v.clone());
+    }
+    if let Some(v) = &args.tls_ca {
+        config.tls.ca_file = Some(v.clone());
+    }
     Ok(config)
 }
 
@@ -141,10 +168,21 @@ fn run() -> anyhow::Result<()> {
         let mut stop = server_main::StopSignal::listen();
         tracing::info!(data = %config.store.data_dir.display(), "weir broker starting");
         let embedded = if config.namesrv_addrs().is_empty() {
+            if config.tls.mode == weir_protocol::TlsMode::Enforcing && config.tls.ca_file.is_none()
+            {
+                anyhow::bail!(
+                    "a standalone broker with tls.mode = \"enforcing\" registers with its embedded name server over TLS: set tls.ca_file (--tls-ca) to the CA of its certificate"
+                );
+            }
             let ns = weir_namesrv::start(weir_namesrv::NamesrvConfig {
                 listen: args.standalone_namesrv.clone(),
                 net: config.net.clone(),
                 cluster_secret: config.cluster_secret.clone(),
+                // The same certificate as the broker's port.
+                tls: weir_protocol::TlsConfig {
+                    ca_file: None,
+                    ..config.tls.clone()
+                },
                 ..Default::default()
             })
             .await

@@ -79,6 +79,7 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
     let levels = DelayLevels::parse(&config.delay_levels)?;
     let locks = QueueLocks::new(Duration::from_millis(config.queue_lock_lease_ms));
     let limits = FamilyLimits::new(&config.limits);
+    let tls_client = config.tls.client()?;
     let acl = match &config.acl.file {
         Some(path) => {
             let rules = Acl::load(path).map_err(ConfigError)?;
@@ -105,6 +106,7 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
         metrics,
         counters: Default::default(),
         live: crate::live::LiveSettings::new(&config),
+        tls_client,
         send_queue: Default::default(),
         config,
     }))
@@ -168,6 +170,8 @@ impl RunningBroker {
 /// Opens the store and starts serving (on the current tokio runtime).
 pub async fn start(config: BrokerConfig) -> Result<RunningBroker, BrokerError> {
     config.validate()?;
+    // Read now: a missing or bad file stops the start, naming it.
+    let tls = config.tls.server()?;
     let listen = |error| BrokerError::Listen {
         addr: config.listen.clone(),
         error,
@@ -203,17 +207,24 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, BrokerError> {
             })?;
     }
     // weir's frames and RocketMQ's remoting frames on the same port (`[net]` turns either
-    // off).
-    let server = Server::start_with_remoting(
+    // off), plaintext or TLS as `[tls]` says.
+    let server = Server::start_full(
         listener,
         Arc::new(WeirAdapter(Arc::clone(&broker))),
         Some(Arc::new(RemotingAdapter(Arc::clone(&broker)))),
         net,
+        tls.clone(),
     )
     .map_err(|error| BrokerError::Listen {
         addr: broker.config.listen.clone(),
         error,
     })?;
+    if let Some(t) = &tls {
+        tracing::info!(
+            mode = t.mode().as_str(),
+            "TLS on the client port and the HA port"
+        );
+    }
     let server = Arc::new(server);
     broker.counters.set_server(Arc::downgrade(&server));
     let ha = match (
@@ -221,7 +232,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, BrokerError> {
         broker.replication.role.is_master(),
     ) {
         (Some(listen), true) => {
-            let ha = service::ha_master::start(&broker, listen)
+            let ha = service::ha_master::start(&broker, listen, tls)
                 .await
                 .map_err(|error| BrokerError::Listen {
                     addr: listen.clone(),

@@ -49,6 +49,10 @@ struct Cli {
         requires = "access_key"
     )]
     secret_key: Option<String>,
+    /// Connect to name servers and brokers over TLS, verifying their certificates against
+    /// the CA certificates of this PEM file.
+    #[arg(long, global = true, env = "WEIR_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -220,6 +224,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = ClientConfig::new(&cli.namesrv);
     if let (Some(key), Some(secret)) = (&cli.access_key, &cli.secret_key) {
         config = config.with_credentials(key, secret)?;
+    }
+    if let Some(ca) = &cli.tls_ca {
+        config = config.with_tls_ca(ca)?;
     }
     let client = ClientInstance::new(config)?;
     match cli.cmd {

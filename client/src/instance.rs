@@ -10,6 +10,7 @@ use tokio::sync::Mutex;
 use tracing::debug;
 use weir_protocol::auth::Credentials;
 use weir_protocol::broker::{ConsumerData, Heartbeat, MessageModel};
+use weir_protocol::net::ClientTls;
 use weir_protocol::route::{BrokerData, GetClusterInfo, GetRoute, TopicRoute};
 use weir_protocol::{CallError, ConnConfig, Connection, ErrorCode, Rpc};
 
@@ -41,6 +42,10 @@ pub struct ClientConfig {
     /// Signs every request with this access key and secret (brokers with access control
     /// on take only signed requests); default none.
     pub credentials: Option<Arc<Credentials>>,
+    /// Connects to name servers and brokers over TLS, verifying each server's certificate
+    /// against these CA certificates for the host part of its address (an IP address needs
+    /// an IP subject alternative name); default none: plaintext.
+    pub tls: Option<ClientTls>,
 }
 
 /// How long a route that lacks a master is trusted: its master's return is noticed
@@ -57,7 +62,14 @@ impl ClientConfig {
             fault_backoff_max: Duration::from_secs(30),
             busy_backoff: Duration::from_millis(50),
             credentials: None,
+            tls: None,
         }
+    }
+
+    /// Connects over TLS, trusting the CA certificates of the PEM file at `ca_file`.
+    pub fn with_tls_ca(mut self, ca_file: impl AsRef<std::path::Path>) -> Result<Self> {
+        self.tls = Some(ClientTls::from_ca_file(ca_file.as_ref())?);
+        Ok(self)
     }
 
     /// Signs every request with `access_key` and `secret`.
@@ -308,11 +320,12 @@ impl ClientInstance {
         if let Some(c) = self.open_connection(addr) {
             return Ok(c);
         }
-        let c = Connection::connect(
+        let c = Connection::connect_with(
             addr,
             Arc::new(ClientHandler(Arc::clone(&self.inner.served))),
             ConnConfig::default(),
             self.inner.config.request_timeout,
+            self.inner.config.tls.as_ref(),
         )
         .await?;
         if let Some(creds) = &self.inner.config.credentials {

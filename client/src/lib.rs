@@ -61,6 +61,9 @@ pub enum ClientError {
     Invalid(String),
     #[error("message {0}")]
     BadRecord(#[from] weir_protocol::RecordError),
+    /// A TLS setting that cannot be used (a CA file that cannot be read, say).
+    #[error(transparent)]
+    Tls(#[from] weir_protocol::TlsError),
 }
 
 impl ClientError {

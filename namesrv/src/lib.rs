@@ -31,6 +31,7 @@ use weir_protocol::route::{
 };
 use weir_protocol::{
     Connection, ErrorCode, Handler, NetConfig, Reply, Request, RequestCode, Server, ServerStats,
+    TlsConfig, TlsError,
 };
 
 /// Name server settings (TOML keys as named here).
@@ -53,6 +54,10 @@ pub struct NamesrvConfig {
     /// The Prometheus endpoint (`[metrics]`): `listen`, where `GET /metrics` is served
     /// (default none: off).
     pub metrics: MetricsConfig,
+    /// TLS (`[tls]`): `mode` (`"disabled"`, the default; `"permissive"`: TLS and
+    /// plaintext on the same port; `"enforcing"`: TLS only) with `cert_file` and `key_file`
+    /// (PEM). (`ca_file` is a broker's: a name server opens no connections.)
+    pub tls: TlsConfig,
 }
 
 impl Default for NamesrvConfig {
@@ -64,6 +69,7 @@ impl Default for NamesrvConfig {
             net: NetConfig::default(),
             cluster_secret: None,
             metrics: MetricsConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -75,6 +81,9 @@ pub enum NamesrvError {
     Listen { addr: String, error: std::io::Error },
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A `[tls]` file that cannot be read or used (the error names it).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A broker group: one name, a master (id 0) and its slaves.
@@ -434,6 +443,14 @@ pub async fn start(config: NamesrvConfig) -> Result<RunningNameServer, NamesrvEr
         .validate()
         .map_err(|e| NamesrvError::Config(e.to_string()))?;
     config.metrics.validate().map_err(NamesrvError::Config)?;
+    if config.tls.ca_file.is_some() {
+        return Err(NamesrvError::Config(
+            "tls.ca_file is for a broker's own connections; a name server opens none (leave it out)"
+                .into(),
+        ));
+    }
+    // Read now: a missing or bad file stops the start, naming it.
+    let tls = config.tls.server()?;
     if config.net.idle_below_heartbeat() {
         warn!(
             idle_timeout_ms = config.net.idle_timeout_ms,
@@ -467,11 +484,12 @@ pub async fn start(config: NamesrvConfig) -> Result<RunningNameServer, NamesrvEr
         );
     }
     // RocketMQ's clients ask for routes on the same port (`[net] remoting`).
-    let server = Server::start_with_remoting(
+    let server = Server::start_full(
         listener,
         ns.clone(),
         Some(Arc::new(remoting::RemotingNameServer(ns.clone()))),
         config.net.server_config(),
+        tls,
     )
     .map_err(|error| NamesrvError::Listen {
         addr: config.listen.clone(),

@@ -12,7 +12,8 @@ use weir_namesrv::{NamesrvConfig, server_main};
 struct Args {
     /// TOML file with any of: listen, broker_expiry_ms, scan_interval_ms, a [net]
     /// table (max_connections, max_pending_requests, max_pending_bytes,
-    /// frame_read_timeout_ms, idle_timeout_ms) and a [metrics] table (listen).
+    /// frame_read_timeout_ms, idle_timeout_ms), a [metrics] table (listen) and a [tls]
+    /// table (mode, cert_file, key_file).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:9876].
@@ -25,6 +26,16 @@ struct Args {
     /// [default: off; `[metrics] listen` in the config file].
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// TLS on the port: disabled, permissive (TLS and plaintext) or enforcing (TLS only)
+    /// [default: disabled; `[tls] mode` in the config file].
+    #[arg(long)]
+    tls_mode: Option<weir_protocol::TlsMode>,
+    /// The server's certificate chain, PEM [`[tls] cert_file`].
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The server's private key, PEM [`[tls] key_file`].
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -43,6 +54,15 @@ fn run() -> anyhow::Result<()> {
     }
     if let Some(m) = args.metrics_listen {
         config.metrics.listen = Some(m);
+    }
+    if let Some(m) = args.tls_mode {
+        config.tls.mode = m;
+    }
+    if let Some(c) = args.tls_cert {
+        config.tls.cert_file = Some(c);
+    }
+    if let Some(k) = args.tls_key {
+        config.tls.key_file = Some(k);
     }
     if let Some(s) = args.broker_expiry_secs {
         config.broker_expiry_ms = s.saturating_mul(1000);

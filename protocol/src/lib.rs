@@ -44,7 +44,7 @@ pub use error::{CallError, ProtocolError};
 #[cfg(feature = "net")]
 pub use net::{
     ConnConfig, ConnLoad, Connection, Handler, NetConfig, NoHandler, Reply, Request, Server,
-    ServerConfig, ServerStats, ServerStatsHandle,
+    ServerConfig, ServerStats, ServerStatsHandle, TlsConfig, TlsError, TlsMode,
 };
 pub use record::{Message, MessageId, RecordError, RecordView};
 #[cfg(feature = "net")]

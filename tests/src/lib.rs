@@ -34,6 +34,7 @@ pub use weir_filter_artifacts as artifacts;
 
 pub mod child;
 pub mod metrics;
+pub mod tls;
 pub mod tx_producer;
 
 /// Timeout of one call, and of [`eventually`].

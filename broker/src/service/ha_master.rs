@@ -17,7 +17,7 @@ use weir_protocol::ha::{
     FilterEntry, HaAck, HaComponent, HaData, HaHello, HaSnapshot, HaSync, HaWelcome, OffsetRow,
     TAIL_LEN,
 };
-use weir_protocol::net::BoxFuture;
+use weir_protocol::net::{BoxFuture, ServerTls};
 use weir_protocol::{Connection, ErrorCode, Handler, Reply, Request, RequestCode, Server};
 
 use crate::broker::Broker;
@@ -27,13 +27,18 @@ const CHUNK: usize = 1 << 20;
 /// Most bytes streamed ahead of what the slave confirmed.
 const AHEAD: u64 = 64 << 20;
 
-/// Starts the HA server on `listen`.
-pub async fn start(broker: &Arc<Broker>, listen: &str) -> std::io::Result<Server> {
+/// Starts the HA server on `listen`, taking TLS as the client port does (`tls`).
+pub async fn start(
+    broker: &Arc<Broker>,
+    listen: &str,
+    tls: Option<ServerTls>,
+) -> std::io::Result<Server> {
     let listener = TcpListener::bind(listen).await?;
-    let server = Server::start(
+    let server = Server::start_with(
         listener,
         Arc::new(HaMaster(Arc::clone(broker))),
         broker.config.net.server_config(),
+        tls,
     )?;
     info!(ha = %server.local_addr(), "taking slaves");
     Ok(server)

@@ -31,6 +31,8 @@ const RETRY: Duration = Duration::from_secs(1);
 const METADATA_EVERY: Duration = Duration::from_secs(5);
 
 pub async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+    // (Rate-limited: a slave retries every second.)
+    let tls_refusals = weir_protocol::net::Cause::new();
     loop {
         if *stop.borrow() || broker.replication.diverged().is_some() {
             return;
@@ -44,8 +46,17 @@ pub async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
                 .clone()
         });
         if let Some(addr) = master {
-            if let Err(e) = follow(&broker, &addr, &mut stop).await {
-                debug!(master = %addr, error = %e, "replication interrupted; will reconnect");
+            match follow(&broker, &addr, &mut stop).await {
+                // A handshake refused is a setting to fix: said at warn, not debug.
+                Err(e @ CallError::Connect { .. }) if broker.tls_client.is_some() => {
+                    tls_refusals.record(|count| {
+                        warn!(master = %addr, error = %e, count, "cannot connect to the master's HA port over TLS ({count} times since the last report); will retry");
+                    });
+                }
+                Err(e) => {
+                    debug!(master = %addr, error = %e, "replication interrupted; will reconnect");
+                }
+                Ok(()) => {}
             }
             broker.replication.set_connected(false);
         }
@@ -62,11 +73,12 @@ async fn follow(
     addr: &str,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), CallError> {
-    let conn = Connection::connect(
+    let conn = Connection::connect_with(
         addr,
         Arc::new(HaSlave::new(Arc::clone(broker))),
         ConnConfig::default(),
         CONNECT_TIMEOUT,
+        broker.tls_client.as_ref(),
     )
     .await?;
     let end = broker.store.commit_log_max_offset();

@@ -57,7 +57,7 @@ async fn run(
     });
     loop {
         if conn.as_ref().is_none_or(Connection::is_closed) {
-            match Connection::connect(
+            match Connection::connect_with(
                 &namesrv,
                 Arc::new(NoHandler),
                 // The name server closes an idle connection if it wants; it is not idle
@@ -67,6 +67,7 @@ async fn run(
                     ..ConnConfig::default()
                 },
                 NAMESRV_TIMEOUT,
+                broker.tls_client.as_ref(),
             )
             .await
             {

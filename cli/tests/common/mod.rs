@@ -66,8 +66,8 @@ pub async fn weir(namesrv: &str, args: &[&str], stdin: Option<&str>) -> Output {
     weir_env(namesrv, args, stdin, &[]).await
 }
 
-/// [`weir`] with environment variables set for it (the access key variables are removed
-/// unless given).
+/// [`weir`] with environment variables set for it (the access key and TLS variables are
+/// removed unless given).
 pub async fn weir_env(
     namesrv: &str,
     args: &[&str],
@@ -90,6 +90,7 @@ pub async fn weir_env(
             .args(&args)
             .env_remove("WEIR_ACCESS_KEY")
             .env_remove("WEIR_SECRET_KEY")
+            .env_remove("WEIR_TLS_CA")
             .envs(vars)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -214,7 +214,13 @@ impl Exposition {
         .sample(&name, &[("reason", "bad_frame")], net.bad_frames)
         .sample(&name, &[("reason", "frame_timeout")], net.frame_timeouts)
         .sample(&name, &[("reason", "idle")], net.idle_closes)
-        .sample(&name, &[("reason", "reset")], net.resets);
+        .sample(&name, &[("reason", "reset")], net.resets)
+        .sample(
+            &name,
+            &[("reason", "tls_handshake")],
+            net.tls_handshake_failures,
+        )
+        .sample(&name, &[("reason", "tls_required")], net.plaintext_refused);
         self.single(
             &n("pending_requests"),
             Kind::Gauge,

@@ -16,7 +16,9 @@ use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio_rustls::TlsStream;
 
+use super::tls::ClientTls;
 use super::wire::{Handlers, Wire};
 use super::{ConnConfig, Handler, driver};
 use crate::auth::{Credentials, Signed, Signer};
@@ -210,20 +212,52 @@ impl Connection {
         config: ConnConfig,
         timeout: Duration,
     ) -> Result<Connection, CallError> {
+        Self::connect_with(addr, handler, config, timeout, None).await
+    }
+
+    /// [`Connection::connect`], over TLS when `tls` is given: the server's certificate is
+    /// verified against its CA file for the host part of `addr`. `timeout` bounds the TCP
+    /// connect and the handshake, each.
+    pub async fn connect_with(
+        addr: &str,
+        handler: Arc<dyn Handler>,
+        config: ConnConfig,
+        timeout: Duration,
+        tls: Option<&ClientTls>,
+    ) -> Result<Connection, CallError> {
         let connect_err = |error| CallError::Connect {
             addr: addr.to_owned(),
             error,
         };
+        let timed_out = |what: &str| {
+            connect_err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no {what} within {timeout:?}"),
+            ))
+        };
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(r) => r.map_err(connect_err)?,
-            Err(_) => {
-                return Err(connect_err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no connection within {timeout:?}"),
-                )));
+            Err(_) => return Err(timed_out("connection")),
+        };
+        let conn = match tls {
+            None => Self::start(stream, handler, config).map_err(connect_err)?,
+            Some(tls) => {
+                let (conn, rx) = Self::open(&stream, config).map_err(connect_err)?;
+                let stream = match tokio::time::timeout(timeout, tls.connect(addr, stream)).await {
+                    Ok(r) => r.map_err(connect_err)?,
+                    Err(_) => return Err(timed_out("TLS handshake")),
+                };
+                driver::spawn(
+                    TlsStream::from(stream),
+                    conn.clone(),
+                    Handlers::weir(handler),
+                    Some(Wire::Weir),
+                    rx,
+                    None,
+                );
+                conn
             }
         };
-        let conn = Self::start(stream, handler, config).map_err(connect_err)?;
         let owner = Arc::new(Owner(Arc::clone(&conn.inner)));
         Ok(Connection {
             inner: conn.inner,

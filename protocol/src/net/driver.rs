@@ -36,8 +36,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::io::{AsyncWriteExt, Interest};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tracing::{debug, info, warn};
@@ -46,6 +44,7 @@ use super::connection::{Connection, queued_cost};
 use super::events::{CLIENT_EVENTS, Events};
 use super::outq::OutQueue;
 use super::server::Shared;
+use super::transport::Transport;
 use super::wire::{Handlers, SNIFF_LEN, Wire};
 use super::{BoxFuture, Reply, Request};
 use crate::codes::ErrorCode;
@@ -71,8 +70,11 @@ const EOF_GRACE: Duration = Duration::from_secs(1);
 /// Starts the driver of `conn`.
 /// `wire`: the connection's protocol when known (a client's); `None`: a server's
 /// connection, whose first bytes decide among the protocols `handlers` serve.
-pub(super) fn spawn(
-    stream: TcpStream,
+///
+/// Generic over the stream, so plaintext connections run exactly the code they ran before
+/// TLS.
+pub(super) fn spawn<S: Transport>(
+    stream: S,
     conn: Connection,
     handlers: Handlers,
     wire: Option<Wire>,
@@ -171,12 +173,12 @@ impl Clock {
     }
 }
 
-struct Driver<'a> {
+struct Driver<'a, S> {
     conn: &'a Connection,
     handlers: &'a Handlers,
     /// The connection's protocol, once known.
     wire: Option<Wire>,
-    stream: &'a TcpStream,
+    stream: &'a mut S,
     rx: &'a mut mpsc::UnboundedReceiver<Frame>,
     max_frame: usize,
     max_requests: usize,
@@ -198,12 +200,12 @@ struct Driver<'a> {
     peak_bytes: usize,
 }
 
-impl<'a> Driver<'a> {
+impl<'a, S: Transport> Driver<'a, S> {
     fn new(
         conn: &'a Connection,
         handlers: &'a Handlers,
         wire: Option<Wire>,
-        stream: &'a TcpStream,
+        stream: &'a mut S,
         rx: &'a mut mpsc::UnboundedReceiver<Frame>,
     ) -> Self {
         let c = conn.inner.config;
@@ -296,23 +298,26 @@ impl<'a> Driver<'a> {
             }
             // Write.
             while !self.out.is_empty() {
-                match self.stream.poll_write_ready(cx) {
+                match self.stream.poll_write_from(cx, &mut self.out) {
                     Poll::Pending => break,
                     Poll::Ready(Err(e)) => return Poll::Ready(End::Gone(e)),
-                    Poll::Ready(Ok(())) => {}
-                }
-                match self.out.try_write(self.stream) {
-                    Ok(0) => return Poll::Ready(End::Gone(std::io::ErrorKind::WriteZero.into())),
-                    Ok(_) => {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(End::Gone(std::io::ErrorKind::WriteZero.into()));
+                    }
+                    Poll::Ready(Ok(_)) => {
                         let written = self.out.written();
                         while self.reply_ends.front().is_some_and(|end| *end <= written) {
                             self.reply_ends.pop_front();
                         }
                         progress = true;
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Poll::Ready(End::Gone(e)),
                 }
+            }
+            // (TLS: records still held; never for plaintext.)
+            if self.stream.has_pending_writes()
+                && let Poll::Ready(Err(e)) = self.stream.poll_flush_pending(cx)
+            {
+                return Poll::Ready(End::Gone(e));
             }
             // Read.
             loop {
@@ -369,24 +374,22 @@ impl<'a> Driver<'a> {
                 if !may_read && self.inbuf.len() >= READ_AHEAD {
                     break;
                 }
-                match self.stream.poll_read_ready(cx) {
+                let (max_frame, wire) = (self.max_frame, self.wire);
+                match self
+                    .stream
+                    .poll_read_into(cx, &mut self.inbuf, |buf| reserve(buf, max_frame, wire))
+                {
                     Poll::Pending => break,
-                    Poll::Ready(Err(e)) => return Poll::Ready(End::Gone(e)),
-                    Poll::Ready(Ok(())) => {}
-                }
-                self.reserve();
-                match read_some(self.stream, &mut self.inbuf) {
-                    Ok(0) => self.eof = true,
-                    Ok(_) => progress = true,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Poll::Ready(Ok(0)) => self.eof = true,
+                    Poll::Ready(Ok(_)) => progress = true,
                     // A peer that closes with unread answers in its buffer resets the
-                    // connection: its one-way requests still run, as after a clean close.
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    // connection: its writes still run, as after a clean close.
+                    Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
                         self.eof = true;
                         self.reset = Some(e);
                         progress = true;
                     }
-                    Err(e) => return Poll::Ready(End::Gone(e)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(End::Gone(e)),
                 }
             }
             // Timeouts.
@@ -404,24 +407,6 @@ impl<'a> Driver<'a> {
         self.publish();
         cx.waker().wake_by_ref();
         Poll::Pending
-    }
-
-    /// Room in the read buffer for what comes next: the rest of the frame begun, or a
-    /// chunk.
-    fn reserve(&mut self) {
-        if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_READ_CAPACITY {
-            self.inbuf = BytesMut::new();
-        }
-        let needed = match self.wire.map(|w| w.frame_len(&self.inbuf, self.max_frame)) {
-            Some(Ok(Some(len))) => (4 + len).saturating_sub(self.inbuf.len()),
-            _ => 0,
-        };
-        let spare = self.inbuf.capacity() - self.inbuf.len();
-        // A frame's memory grows with what arrives, so a length alone (up to the frame
-        // maximum) reserves at most GROW_STEP.
-        if spare < 4096 || spare < needed.min(READ_CHUNK) {
-            self.inbuf.reserve(needed.clamp(READ_CHUNK, GROW_STEP));
-        }
     }
 
     fn dispatch(&mut self, wire: Wire, f: Frame) {
@@ -532,9 +517,26 @@ impl<'a> Driver<'a> {
     }
 }
 
+/// Room in the read buffer for what comes next: the rest of the frame begun, or a chunk.
+fn reserve(inbuf: &mut BytesMut, max_frame: usize, wire: Option<Wire>) {
+    if inbuf.is_empty() && inbuf.capacity() > KEEP_READ_CAPACITY {
+        *inbuf = BytesMut::new();
+    }
+    let needed = match wire.map(|w| w.frame_len(inbuf, max_frame)) {
+        Some(Ok(Some(len))) => (4 + len).saturating_sub(inbuf.len()),
+        _ => 0,
+    };
+    let spare = inbuf.capacity() - inbuf.len();
+    // A frame's memory grows with what arrives, so a length alone (up to the frame
+    // maximum) reserves at most GROW_STEP.
+    if spare < 4096 || spare < needed.min(READ_CHUNK) {
+        inbuf.reserve(needed.clamp(READ_CHUNK, GROW_STEP));
+    }
+}
+
 /// Drives `conn` until it ends, then cancels what it started and cleans up.
-async fn run(
-    stream: TcpStream,
+async fn run<S: Transport>(
+    mut stream: S,
     conn: Connection,
     handlers: Handlers,
     wire: Option<Wire>,
@@ -543,7 +545,7 @@ async fn run(
 ) {
     let events: &Events = server.as_ref().map_or(&CLIENT_EVENTS, |s| &s.events);
     let (end, mut out, mut inbuf, peaks, wire) = {
-        let mut d = Driver::new(&conn, &handlers, wire, &stream, &mut rx);
+        let mut d = Driver::new(&conn, &handlers, wire, &mut stream, &mut rx);
         let end = poll_fn(|cx| {
             conn.inner.close_waker.register(cx.waker());
             if conn.inner.is_closed() {
@@ -571,7 +573,7 @@ async fn run(
                 // Tell the sender why, under its request id when it can be read.
                 Some(Wire::Weir) => {
                     if matches!(e, ProtocolError::FrameTooLarge { .. }) {
-                        read_at_least(&stream, &mut inbuf, 4 + FIXED_LEN).await;
+                        read_at_least(&mut stream, &mut inbuf, 4 + FIXED_LEN).await;
                     }
                     let request_id = match inbuf.get(6..10) {
                         Some(&[a, b, c, d]) if matches!(e, ProtocolError::FrameTooLarge { .. }) => {
@@ -628,10 +630,9 @@ async fn run(
         }
     };
     if flush && !out.is_empty() {
-        let _ = tokio::time::timeout(FINAL_FLUSH, flush_all(&stream, &mut out)).await;
+        let _ = tokio::time::timeout(FINAL_FLUSH, flush_all(&mut stream, &mut out)).await;
     }
-    let mut stream = stream;
-    let _ = stream.shutdown().await;
+    let _ = tokio::time::timeout(FINAL_FLUSH, poll_fn(|cx| stream.poll_close(cx))).await;
     drop(stream);
     let load = &conn.inner.load;
     load.requests.store(0, Ordering::Relaxed);
@@ -641,39 +642,14 @@ async fn run(
     }
 }
 
-/// Reads what the socket has into `buf`'s spare room; `WouldBlock` when nothing. A read
-/// that fills less than the room leaves the socket marked not readable (as tokio's own
-/// `poll_read` does), which saves a read that would find nothing.
-fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    let offered = buf.capacity() - buf.len();
-    let mut read = 0;
-    let r = stream.try_io(Interest::READABLE, || {
-        read = stream.try_read_buf(buf)?;
-        if read > 0 && read < offered {
-            // Drained: clear the readiness, taken before this read.
-            return Err(std::io::ErrorKind::WouldBlock.into());
-        }
-        Ok(read)
-    });
-    match r {
-        Err(e) if read > 0 && e.kind() == std::io::ErrorKind::WouldBlock => Ok(read),
-        r => r,
-    }
-}
-
 /// Reads until `buf` holds `n` bytes, the peer stops, or a second passes.
-async fn read_at_least(stream: &TcpStream, buf: &mut BytesMut, n: usize) {
+async fn read_at_least<S: Transport>(stream: &mut S, buf: &mut BytesMut, n: usize) {
     let read = async {
         while buf.len() < n {
-            if stream.readable().await.is_err() {
-                return;
-            }
-            buf.reserve(n - buf.len());
-            match stream.try_read_buf(buf) {
-                Ok(0) => return,
+            let want = n - buf.len();
+            match poll_fn(|cx| stream.poll_read_into(cx, buf, |b| b.reserve(want))).await {
+                Ok(0) | Err(_) => return,
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
             }
         }
     };
@@ -681,16 +657,14 @@ async fn read_at_least(stream: &TcpStream, buf: &mut BytesMut, n: usize) {
 }
 
 /// Writes everything queued.
-async fn flush_all(stream: &TcpStream, out: &mut OutQueue) {
+async fn flush_all<S: Transport>(stream: &mut S, out: &mut OutQueue) {
     while !out.is_empty() {
-        if stream.writable().await.is_err() {
-            return;
-        }
-        match out.try_write(stream) {
-            Ok(0) => return,
+        match poll_fn(|cx| stream.poll_write_from(cx, out)).await {
+            Ok(0) | Err(_) => return,
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
         }
+    }
+    if stream.has_pending_writes() {
+        let _ = poll_fn(|cx| stream.poll_flush_pending(cx)).await;
     }
 }

@@ -76,6 +76,10 @@ pub(crate) struct Events {
     pub(crate) refused: Cause,
     /// Peers gone mid-frame or with a reset: ordinary, only counted (debug log).
     pub(crate) resets: AtomicU64,
+    /// TLS handshakes that failed or did not finish in time.
+    pub(crate) tls_failures: Cause,
+    /// Plaintext connections to a port that takes TLS only.
+    pub(crate) plaintext_refused: Cause,
 }
 
 impl Events {
@@ -86,6 +90,8 @@ impl Events {
             idle_closes: Cause::new(),
             refused: Cause::new(),
             resets: AtomicU64::new(0),
+            tls_failures: Cause::new(),
+            plaintext_refused: Cause::new(),
         }
     }
 }

@@ -16,6 +16,10 @@
 //! A handler that calls back its own peer holds its request's place while it waits: with
 //! every place taken that way, the connection reads nothing, and the callbacks end by their
 //! timeouts.
+//!
+//! Either end may run over TLS ([`tls`]): a server per its [`TlsMode`], a client with a
+//! [`ClientTls`] (`Connection::connect_with`). The driver is generic over the stream, so
+//! plaintext connections run the same code as without TLS.
 
 mod config;
 mod connection;
@@ -23,6 +27,8 @@ mod driver;
 mod events;
 mod outq;
 mod server;
+pub mod tls;
+mod transport;
 mod wire;
 
 use std::future::Future;
@@ -35,6 +41,7 @@ pub use config::{ConnConfig, NetConfig, NetConfigError, ServerConfig};
 pub use connection::{ConnLoad, Connection};
 pub use events::{Cause, LOG_INTERVAL};
 pub use server::{Server, ServerStats, ServerStatsHandle};
+pub use tls::{ClientTls, ServerTls, TlsConfig, TlsError, TlsMode};
 pub use wire::Wire;
 
 use crate::codes::{ErrorCode, SUCCESS};

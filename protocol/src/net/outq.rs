@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::task::Poll;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::Interest;
@@ -75,11 +76,8 @@ impl OutQueue {
         self.len += 4 + len;
     }
 
-    /// Writes what the socket takes now; `WouldBlock` when it takes nothing. A write that
-    /// takes less than offered leaves the socket marked not writable (as tokio's own
-    /// `poll_write` does), so the next attempt waits for room instead of failing.
-    pub(super) fn try_write(&mut self, stream: &TcpStream) -> std::io::Result<usize> {
-        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+    /// The slices to offer one vectored write, in order; returns how many.
+    fn slices<'a>(&'a self, slices: &mut [IoSlice<'a>; MAX_SLICES]) -> usize {
         let mut n = 0;
         for c in self.chunks.iter().take(MAX_SLICES) {
             slices[n] = IoSlice::new(c);
@@ -90,6 +88,15 @@ impl OutQueue {
             slices[n] = IoSlice::new(&self.staging);
             n += 1;
         }
+        n
+    }
+
+    /// Writes what the socket takes now; `WouldBlock` when it takes nothing. A write that
+    /// takes less than offered leaves the socket marked not writable (as tokio's own
+    /// `poll_write` does), so the next attempt waits for room instead of failing.
+    pub(super) fn try_write(&mut self, stream: &TcpStream) -> std::io::Result<usize> {
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let n = self.slices(&mut slices);
         let offered: usize = slices[..n].iter().map(|s| s.len()).sum();
         let mut written = 0;
         let r = stream.try_io(Interest::WRITABLE, || {
@@ -108,6 +115,20 @@ impl OutQueue {
         }
         self.advance(written);
         Ok(written)
+    }
+
+    /// Offers what is queued to `write` (a vectored `poll_write`), and drops what it took.
+    pub(super) fn poll_write_with(
+        &mut self,
+        write: impl FnOnce(&[IoSlice<'_>]) -> Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let n = self.slices(&mut slices);
+        let r = write(&slices[..n]);
+        if let Poll::Ready(Ok(written)) = r {
+            self.advance(written);
+        }
+        r
     }
 
     fn advance(&mut self, mut n: usize) {

@@ -2,22 +2,29 @@
 //! hold, counted.
 //!
 //! Invariant: a connection is in `conns` from before its driver starts until its driver
-//! ends; past `max_connections` of them a new connection is closed at once.
+//! ends; past `max_connections` of them (TLS handshakes under way counted) a new connection
+//! is closed at once. A TLS connection's handshake (and, permissive, the look at its first
+//! byte) runs in a task of its own, bounded by the frame read timeout, never in the accept
+//! loop; none is admitted once the server is shutting down.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex as AsyncMutex, watch};
+use tokio_rustls::TlsStream;
 use tracing::{debug, warn};
 
 use super::connection::Connection;
 use super::events::Events;
+use super::tls::{ServerTls, TLS_HANDSHAKE_BYTE, TlsMode};
 use super::wire::Handlers;
-use super::{Handler, ServerConfig, driver};
+use super::{Handler, Reply, ServerConfig, driver};
+use crate::codes::ErrorCode;
+use crate::frame::{FIXED_LEN, Frame, Kind};
 
 /// What a server's connections hold and what they did, for tests and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,6 +41,10 @@ pub struct ServerStats {
     pub idle_closes: u64,
     /// Connections whose peer went mid-frame or reset them, ever.
     pub resets: u64,
+    /// TLS handshakes that failed (or did not finish within the frame read timeout), ever.
+    pub tls_handshake_failures: u64,
+    /// Plaintext connections refused by a port that takes TLS only, ever.
+    pub plaintext_refused: u64,
     /// Pending work of the open connections (see [`ConnLoad`](super::ConnLoad)), summed.
     pub pending_requests: usize,
     pub pending_bytes: usize,
@@ -56,6 +67,8 @@ impl ServerStatsHandle {
             frame_timeouts: s.events.frame_timeouts.total(),
             idle_closes: s.events.idle_closes.total(),
             resets: s.events.resets.load(Ordering::Relaxed),
+            tls_handshake_failures: s.events.tls_failures.total(),
+            plaintext_refused: s.events.plaintext_refused.total(),
             peak_pending_requests: s.peak_requests.load(Ordering::Relaxed),
             peak_pending_bytes: s.peak_bytes.load(Ordering::Relaxed),
             ..ServerStats::default()
@@ -76,6 +89,10 @@ impl ServerStatsHandle {
 pub(super) struct Shared {
     pub(super) events: Events,
     conns: std::sync::Mutex<HashMap<u64, Connection>>,
+    /// TLS connections between accept and their driver's start.
+    handshaking: AtomicUsize,
+    /// Set by `shutdown`: connections still handshaking are not admitted.
+    closing: AtomicBool,
     /// Peaks of connections gone.
     peak_requests: AtomicUsize,
     peak_bytes: AtomicUsize,
@@ -84,6 +101,16 @@ pub(super) struct Shared {
 impl Shared {
     fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Connection>> {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts `conn` in, unless the server is shutting down.
+    fn admit(&self, conn: &Connection) -> bool {
+        let mut conns = self.conns();
+        if self.closing.load(Ordering::SeqCst) {
+            return false;
+        }
+        conns.insert(conn.id(), conn.clone());
+        true
     }
 
     pub(super) fn connection_ended(&self, id: u64, (requests, bytes): (usize, usize)) {
@@ -109,7 +136,17 @@ impl Server {
         handler: Arc<dyn Handler>,
         config: ServerConfig,
     ) -> std::io::Result<Server> {
-        Self::start_with_remoting(listener, handler, None, config)
+        Self::start_full(listener, handler, None, config, None)
+    }
+
+    /// [`Server::start`], taking TLS connections as `tls` says (none: plaintext only).
+    pub fn start_with(
+        listener: TcpListener,
+        handler: Arc<dyn Handler>,
+        config: ServerConfig,
+        tls: Option<ServerTls>,
+    ) -> std::io::Result<Server> {
+        Self::start_full(listener, handler, None, config, tls)
     }
 
     /// Like [`Server::start`], and serves connections speaking RocketMQ's remoting
@@ -121,6 +158,18 @@ impl Server {
         remoting: Option<Arc<dyn Handler>>,
         config: ServerConfig,
     ) -> std::io::Result<Server> {
+        Self::start_full(listener, handler, remoting, config, None)
+    }
+
+    /// Both: RocketMQ's remoting beside weir's frames, and TLS as `tls` says (a TLS
+    /// connection's protocol is told apart by the first bytes inside TLS).
+    pub fn start_full(
+        listener: TcpListener,
+        handler: Arc<dyn Handler>,
+        remoting: Option<Arc<dyn Handler>>,
+        config: ServerConfig,
+        tls: Option<ServerTls>,
+    ) -> std::io::Result<Server> {
         let handlers = Handlers {
             weir: config.weir.then_some(handler),
             remoting: remoting.filter(|_| config.remoting),
@@ -130,6 +179,8 @@ impl Server {
         let shared = Arc::new(Shared {
             events: Events::new(),
             conns: std::sync::Mutex::new(HashMap::new()),
+            handshaking: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
             peak_requests: AtomicUsize::new(0),
             peak_bytes: AtomicUsize::new(0),
         });
@@ -143,13 +194,25 @@ impl Server {
                 };
                 match accepted {
                     Ok((stream, peer)) => {
-                        let open = tracked.conns().len();
+                        let open =
+                            tracked.conns().len() + tracked.handshaking.load(Ordering::Relaxed);
                         if open >= config.max_connections {
                             drop(stream);
                             let cap = config.max_connections;
                             tracked.events.refused.record(|count| {
                                 warn!(%peer, open, cap, count, "refused connections at the cap of {cap} open connections (setting net.max_connections): {count} since the last report, the latest shown")
                             });
+                            continue;
+                        }
+                        if let Some(tls) = &tls {
+                            tracked.handshaking.fetch_add(1, Ordering::Relaxed);
+                            tokio::spawn(admit_tls(
+                                stream,
+                                tls.clone(),
+                                config,
+                                handlers.clone(),
+                                Arc::clone(&tracked),
+                            ));
                             continue;
                         }
                         match Connection::open(&stream, config.conn) {
@@ -201,6 +264,7 @@ impl Server {
     /// connection is accepted (and served) after this returns.
     pub async fn shutdown(&self) {
         self.stop.send_replace(true);
+        self.shared.closing.store(true, Ordering::SeqCst);
         if let Some(acceptor) = self.acceptor.lock().await.take() {
             let _ = acceptor.await;
         }
@@ -208,5 +272,129 @@ impl Server {
         for c in conns {
             c.close();
         }
+    }
+}
+
+/// Leaves the count of handshakes under way however one ends.
+struct Handshaking(Arc<Shared>);
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.handshaking.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Takes an accepted connection on a port with TLS: plaintext (permissive only: its first
+/// byte is not a TLS handshake's) or TLS, within the frame read timeout.
+async fn admit_tls(
+    stream: TcpStream,
+    tls: ServerTls,
+    config: ServerConfig,
+    handlers: Handlers,
+    shared: Arc<Shared>,
+) {
+    let _counted = Handshaking(Arc::clone(&shared));
+    let peer = stream.peer_addr().ok();
+    let within = config.conn.frame_read_timeout;
+    let mut first = [0u8; 1];
+    let first = match tokio::time::timeout(within, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => first[0],
+        // Gone before saying anything.
+        Ok(Ok(_)) | Ok(Err(_)) => return,
+        Err(_) => {
+            shared.events.tls_failures.record(|count| {
+                warn!(?peer, ?within, count, "closed connections that sent nothing within the frame read timeout on a TLS port: {count} since the last report, the latest shown")
+            });
+            return;
+        }
+    };
+    if first != TLS_HANDSHAKE_BYTE {
+        if tls.mode() == TlsMode::Permissive {
+            if let Ok((conn, rx)) = Connection::open(&stream, config.conn)
+                && shared.admit(&conn)
+            {
+                driver::spawn(stream, conn, handlers, None, rx, Some(shared));
+            }
+            return;
+        }
+        shared.events.plaintext_refused.record(|count| {
+            warn!(?peer, count, "refused plaintext connections on a port that takes TLS only (tls.mode = enforcing): {count} since the last report, the latest shown")
+        });
+        refuse_plaintext(stream, within).await;
+        return;
+    }
+    let stream = match tokio::time::timeout(within, tls.acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            shared.events.tls_failures.record(|count| {
+                warn!(?peer, error = %e, count, "TLS handshakes failed: {count} since the last report, the latest shown")
+            });
+            return;
+        }
+        Err(_) => {
+            shared.events.tls_failures.record(|count| {
+                warn!(?peer, ?within, count, "TLS handshakes not finished within the frame read timeout: {count} since the last report, the latest shown")
+            });
+            return;
+        }
+    };
+    match Connection::open(stream.get_ref().0, config.conn) {
+        Ok((conn, rx)) => {
+            if shared.admit(&conn) {
+                driver::spawn(
+                    TlsStream::from(stream),
+                    conn,
+                    handlers,
+                    None,
+                    rx,
+                    Some(shared),
+                );
+            }
+        }
+        Err(e) => debug!(error = %e, "could not start an accepted TLS connection"),
+    }
+}
+
+/// Answers a plaintext client's first request on a TLS-only port with an error saying
+/// so (under its request id, when its first bytes arrive within a second), then closes.
+async fn refuse_plaintext(mut stream: TcpStream, within: Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = [0u8; 4 + FIXED_LEN];
+    let mut got = 0;
+    let read = async {
+        while got < head.len() {
+            match stream.read(&mut head[got..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(within.min(Duration::from_secs(1)), read).await;
+    let request_id = match head.get(6..10) {
+        Some(&[a, b, c, d]) if got >= 10 => u32::from_be_bytes([a, b, c, d]),
+        _ => 0,
+    };
+    let reply = Reply::error(
+        ErrorCode::BadRequest,
+        "this port takes TLS connections only (tls.mode = enforcing): connect with TLS, trusting the CA that signed the server's certificate",
+    );
+    let frame = Frame {
+        kind: Kind::Response,
+        request_id,
+        code: reply.status,
+        auth: bytes::Bytes::new(),
+        header: reply.header,
+        body: reply.body,
+    };
+    let mut out = bytes::BytesMut::new();
+    if frame
+        .encode(&mut out, crate::frame::DEFAULT_MAX_FRAME)
+        .is_ok()
+    {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = stream.write_all(&out).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
     }
 }
