@@ -297,46 +297,64 @@ async fn java_clustering_and_broadcasting() {
     let env = Env::start().await;
     let ns = env.namesrv();
     env.client().await.create_topic("ShareT", 4).await;
-    let mut a = Probe::start(
-        Lang::Java,
-        "consume",
-        &ns,
-        &[
-            "topic=ShareT",
-            "group=share_cg",
-            "members=2",
-            "expect=12",
-            "allowDup=false",
-            "grace=1000",
-            "instance=a",
-        ],
-    );
-    let mut b = Probe::start(
-        Lang::Java,
-        "consume",
-        &ns,
-        &[
-            "topic=ShareT",
-            "group=share_cg",
-            "members=2",
-            "expect=12",
-            "allowDup=false",
-            "grace=1000",
-            "instance=b",
-        ],
-    );
+    let member = |instance: &str| {
+        let instance = format!("instance={instance}");
+        Probe::start(
+            Lang::Java,
+            "consume",
+            &ns,
+            &[
+                "topic=ShareT",
+                "group=share_cg",
+                "members=2",
+                "grace=1500",
+                &instance,
+            ],
+        )
+    };
+    let (mut a, mut b) = (member("a"), member("b"));
     a.ready().await;
     b.ready().await;
     let sent = run(Lang::Java, "produce", &ns, &["topic=ShareT", "count=4"]).await;
     sent.assert_ok("produce");
-    // Each member stops by its idle grace, having received its share only.
+    // Each member ends after a quiet grace, having received its share only.
     let (ra, rb) = tokio::join!(a.finish(), b.finish());
+    ra.assert_ok("member a");
+    rb.assert_ok("member b");
     let mut all: Vec<String> = ra.received_keys();
     all.extend(rb.received_keys());
     let distinct: BTreeSet<&String> = all.iter().collect();
     assert_eq!(distinct.len(), 12, "every message delivered: {all:?}");
     assert_eq!(all.len(), 12, "each exactly once: {all:?}");
-    assert!(!ra.received_keys().is_empty() && !rb.received_keys().is_empty());
+
+    // Broadcasting: every member gets every message.
+    env.client().await.create_topic("CastT", 4).await;
+    let listener = |instance: &str| {
+        let instance = format!("instance={instance}");
+        Probe::start(
+            Lang::Java,
+            "broadcast",
+            &ns,
+            &[
+                "topic=CastT",
+                "group=cast_cg",
+                "expect=12",
+                "grace=500",
+                &instance,
+            ],
+        )
+    };
+    let (mut a, mut b) = (listener("a"), listener("b"));
+    a.ready().await;
+    b.ready().await;
+    run(Lang::Java, "produce", &ns, &["topic=CastT", "count=4"])
+        .await
+        .assert_ok("produce");
+    let (ra, rb) = tokio::join!(a.finish(), b.finish());
+    for r in [&ra, &rb] {
+        r.assert_ok("broadcast member");
+        assert_eq!(r.received_keys().len(), 12);
+    }
 }
 
 /// Orderly consumption: queue locks on weir, each order's steps in order.
@@ -475,4 +493,34 @@ async fn a_groups_wasm_filter_serves_java_consumers() {
         assert_eq!(props(line).get("color").map(String::as_str), Some("red"));
     }
     assert_eq!(consumed.of("RECV").count(), 6);
+}
+
+/// A delay level (level 1: 1 s), a lite pull consumer, and a topic created by a Java
+/// producer through RocketMQ's auto-create route.
+#[tokio::test]
+async fn java_delay_pull_and_topic_creation() {
+    let env = Env::start().await;
+    let ns = env.namesrv();
+    let d = run(
+        Lang::Java,
+        "delay",
+        &ns,
+        &["topic=DelayT", "count=2", "level=1"],
+    )
+    .await;
+    d.assert_ok("delay");
+    let made = run(Lang::Java, "admin", &ns, &["topic=MadeT", "queues=4"]).await;
+    made.assert_ok("createTopic through TBW102");
+    run(Lang::Java, "produce", &ns, &["topic=MadeT", "count=2"])
+        .await
+        .assert_ok("produce");
+    let pulled = run(
+        Lang::Java,
+        "pull",
+        &ns,
+        &["topic=MadeT", "group=lite_cg", "expect=6", "grace=500"],
+    )
+    .await;
+    pulled.assert_ok("lite pull");
+    assert_eq!(pulled.received_keys().len(), 6);
 }
