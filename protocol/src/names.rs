@@ -45,6 +45,9 @@ pub fn dlq_topic(group: &str) -> String {
 
 /// Message properties with a meaning to the broker or the client.
 pub mod property {
+    /// A RocketMQ producer's own id of the message: indexed like a key, so the message
+    /// can be looked up by it (RocketMQ's `viewMessage(topic, msgId)`).
+    pub const UNIQ_KEY: &str = "UNIQ_KEY";
     /// On send: deliver after delay level N (1-based; the broker's `delay_levels`).
     pub const DELAY_LEVEL: &str = "DELAY";
     /// On a message waiting in [`SCHEDULE_TOPIC`](super::SCHEDULE_TOPIC): the topic and

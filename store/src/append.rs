@@ -22,6 +22,7 @@ use crate::error::{Result, StoreError};
 use crate::flush::{Durable, TicketFuture};
 use crate::fsutil::now_ms;
 use crate::store::{CONSUME_QUEUE_DIR, Inner, MessageStore};
+use weir_protocol::names::property;
 use weir_protocol::record::{self, Assigned, Message, MessageId, sys_flag, tag_hash};
 
 /// Whether an append is known durable.
@@ -235,7 +236,12 @@ impl Inner {
                         size: len as u32,
                         tag_hash: tag_hash(&msg.tags),
                     };
-                    let keys = msg.keys.iter().map(String::as_str);
+                    // A RocketMQ producer's own message id is found like a key.
+                    let keys = msg
+                        .keys
+                        .iter()
+                        .map(String::as_str)
+                        .chain(msg.property(property::UNIQ_KEY));
                     if let Err(e) = self.dispatch(cq, queue_offset, entry, &msg.topic, keys, now) {
                         // The record is in the log but not in its queue: only recovery
                         // can make them agree again.

@@ -7,6 +7,7 @@
 use crate::commitlog::StoredRecord;
 use crate::error::Result;
 use crate::store::MessageStore;
+use weir_protocol::names::property;
 use weir_protocol::record::MessageId;
 
 /// Bounds of one read.
@@ -190,9 +191,10 @@ impl MessageStore {
             let Ok(rec) = self.inner.commit_log.record_starting_at(offset) else {
                 continue;
             };
-            let matches = rec
-                .view()
-                .is_ok_and(|v| v.topic() == topic && v.keys().any(|k| k == key));
+            let matches = rec.view().is_ok_and(|v| {
+                v.topic() == topic
+                    && (v.keys().any(|k| k == key) || v.property(property::UNIQ_KEY) == Some(key))
+            });
             if matches {
                 out.push(rec);
             }

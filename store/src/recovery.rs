@@ -17,6 +17,7 @@ use crate::commitlog::DamagedRange;
 use crate::consume_queue::CqEntry;
 use crate::error::Result;
 use crate::store::{Inner, QUARANTINE_DIR};
+use weir_protocol::names::property;
 use weir_protocol::record::{RecordView, sys_flag, tag_hash};
 
 /// What opening the store found and did.
@@ -114,7 +115,14 @@ impl Inner {
                         size: v.total_len() as u32,
                         tag_hash: tag_hash(v.tags()),
                     };
-                    self.dispatch(&cq, qo, entry, v.topic(), v.keys(), v.store_timestamp())
+                    self.dispatch(
+                        &cq,
+                        qo,
+                        entry,
+                        v.topic(),
+                        v.keys().chain(v.property(property::UNIQ_KEY)),
+                        v.store_timestamp(),
+                    )
                 })?;
         if anomalies > 0 {
             warn!(

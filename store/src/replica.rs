@@ -13,6 +13,7 @@ use crate::consume_queue::CqEntry;
 use crate::error::{Result, StoreError};
 use crate::flush::{Durable, TicketFuture};
 use crate::store::MessageStore;
+use weir_protocol::names::property;
 use weir_protocol::record::{RecordView, sys_flag};
 
 impl MessageStore {
@@ -59,7 +60,14 @@ impl MessageStore {
                     });
                 }
                 cq.reserve(qo)?;
-                inner.dispatch(&cq, qo, CqEntry::of(v), v.topic(), v.keys(), v.store_timestamp())?;
+                inner.dispatch(
+                    &cq,
+                    qo,
+                    CqEntry::of(v),
+                    v.topic(),
+                    v.keys().chain(v.property(property::UNIQ_KEY)),
+                    v.store_timestamp(),
+                )?;
                 arrivals.push((v.topic().to_owned(), v.queue_id(), qo + 1));
                 Ok(())
             });
