@@ -282,6 +282,17 @@ impl ClientRegistry {
         ids
     }
 
+    /// The expression `group` subscribes to `topic` with, as a member's heartbeat said
+    /// (a pull that names none uses it).
+    pub fn subscription_of(&self, group: &str, topic: &str) -> Option<String> {
+        self.lock()
+            .values()
+            .flat_map(|c| c.consumers.iter().filter(|d| d.group == group))
+            .flat_map(|d| d.subscriptions.iter())
+            .find(|(t, _)| t == topic)
+            .map(|(_, expr)| expr.clone())
+    }
+
     /// What is known of `group`'s members, sorted by client id.
     pub fn members_of(&self, group: &str) -> Vec<ConsumerMember> {
         let now = Instant::now();

@@ -352,19 +352,8 @@ impl ClientInstance {
         req: &R,
         body: Bytes,
     ) -> Result<(R::Response, Bytes)> {
-        let broker = |error| ClientError::Broker {
-            broker: addr.to_owned(),
-            error,
-        };
-        let result = match self.connection(addr).await {
-            Ok(conn) => {
-                conn.call(req, body, self.inner.config.request_timeout)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        self.note(addr, &result);
-        result.map_err(broker)
+        self.call_with_timeout(addr, req, body, self.inner.config.request_timeout)
+            .await
     }
 
     /// Records whether the broker at `addr` could be reached.

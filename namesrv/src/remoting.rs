@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use weir_protocol::net::BoxFuture;
+use weir_protocol::net::Wire;
 use weir_protocol::route::{BrokerData, TopicRoute};
-use weir_protocol::{Connection, Handler, Reply, Request};
+use weir_protocol::{Connection, ErrorCode, Handler, Reply, Request};
 use weir_remoting::RemotingCommand;
 use weir_remoting::body::{self, ClusterInfo, QueueData, TopicList, TopicRouteData};
 use weir_remoting::codes::{request as rq, response as rs};
@@ -118,10 +119,11 @@ impl Handler for RemotingNameServer {
             let answer = match RemotingCommand::from_parts(&req.header, req.body) {
                 Ok(cmd) => self.serve(&cmd),
                 Err(e) => {
-                    let mut r = RemotingCommand::request(rs::SYSTEM_ERROR, req.request_id as i32);
-                    r.flag = weir_remoting::command::FLAG_RESPONSE;
-                    r.remark = Some(e.to_string());
-                    r
+                    return Wire::Remoting.error_reply(
+                        req.request_id,
+                        ErrorCode::SystemError,
+                        &e.to_string(),
+                    );
                 }
             };
             Reply {

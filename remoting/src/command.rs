@@ -310,7 +310,8 @@ impl RemotingCommand {
 
     /// Splits a frame (the bytes after its length field) into its typed header (as
     /// [`RemotingCommand::header_parts`] writes it) and body, and reads the three header
-    /// fields a driver needs: `(code, opaque, flag)`.
+    /// fields a driver needs: `(code, opaque, flag)`. Only those are read (the handler
+    /// reads the rest once, with [`RemotingCommand::from_parts`]).
     pub fn split_frame(frame: &Bytes) -> Result<(Bytes, Bytes, i32, i32, i32)> {
         let mut r = Reader::new(frame, "frame");
         let info = r.i32()?;
@@ -318,9 +319,19 @@ impl RemotingCommand {
         let serialize_type = SerializeType::from_u8(st)?;
         let header_len = (info & 0x00ff_ffff) as usize;
         let header = r.bytes(header_len)?;
-        let cmd = match serialize_type {
-            SerializeType::Json => decode_json_header(header)?,
-            SerializeType::RocketMq => decode_binary_header(header)?,
+        let (code, opaque, flag) = match serialize_type {
+            SerializeType::Json => {
+                let h: JsonHeaderPeek = serde_json::from_slice(header)
+                    .map_err(|e| RemotingError::BadJsonHeader(e.to_string()))?;
+                (h.code, h.opaque, h.flag)
+            }
+            SerializeType::RocketMq => {
+                // i16 code, u8 language, i16 version, i32 opaque, i32 flag.
+                let mut b = Reader::new(header, "binary header");
+                let code = i32::from(b.i16()?);
+                b.bytes(3)?;
+                (code, b.i32()?, b.i32()?)
+            }
         };
         let mut typed = BytesMut::with_capacity(1 + header_len);
         typed.put_u8(st);
@@ -328,9 +339,9 @@ impl RemotingCommand {
         Ok((
             typed.freeze(),
             frame.slice(4 + header_len..),
-            cmd.code,
-            cmd.opaque,
-            cmd.flag,
+            code,
+            opaque,
+            flag,
         ))
     }
 
@@ -453,6 +464,16 @@ struct JsonHeaderIn {
     flag: i32,
     remark: Option<String>,
     ext_fields: Option<HashMap<String, serde_json::Value>>,
+}
+
+/// The three fields a connection driver needs from a JSON header; the rest is skipped
+/// unparsed.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct JsonHeaderPeek {
+    code: i32,
+    opaque: i32,
+    flag: i32,
 }
 
 fn decode_json_header(header: &[u8]) -> Result<RemotingCommand> {

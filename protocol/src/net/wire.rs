@@ -163,9 +163,9 @@ impl Wire {
         }
     }
 
-    /// The reply to a request the driver itself must refuse (a panicking handler, an
-    /// answer too large to send, a frame it cannot read).
-    pub(super) fn error_reply(self, request_id: u32, code: ErrorCode, message: &str) -> Reply {
+    /// The reply refusing a request whose handler could not even read it (the driver's
+    /// own: a panicking handler, an answer too large to send, a frame it cannot read).
+    pub fn error_reply(self, request_id: u32, code: ErrorCode, message: &str) -> Reply {
         match self {
             Wire::Weir => Reply::error(code, message),
             Wire::Remoting => {

@@ -543,6 +543,8 @@ async fn java_lookups() {
     let found: BTreeSet<&str> = r.of("RECV").map(|l| l[1].as_str()).collect();
     assert_eq!(
         found,
-        ["query-key", "view-offset", "view-uniq"].into_iter().collect()
+        ["query-key", "view-offset", "view-uniq"]
+            .into_iter()
+            .collect()
     );
 }

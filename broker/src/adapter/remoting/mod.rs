@@ -22,10 +22,10 @@ mod send;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use tracing::debug;
 use weir_protocol::net::BoxFuture;
-use weir_protocol::{Connection, Handler, Reply, Request};
+use weir_protocol::net::Wire;
+use weir_protocol::{Connection, ErrorCode, Handler, Reply, Request};
 use weir_remoting::codes::{request as rq, response as rs};
 use weir_remoting::{RemotingCommand, RemotingError};
 use weir_store::StoreError;
@@ -55,7 +55,7 @@ impl Handler for RemotingAdapter {
         Box::pin(async move {
             let cmd = match RemotingCommand::from_parts(&req.header, req.body) {
                 Ok(c) => c,
-                // The driver read this header already: only a damaged one gets here.
+                // The driver read only the fields it needs; the rest is read here.
                 Err(e) => return system_error_reply(req.request_id, &e),
             };
             let call = Call {
@@ -165,14 +165,7 @@ impl RemotingAdapter {
 
 /// A reply for a request whose header cannot be read or answer written.
 fn system_error_reply(opaque: u32, e: &RemotingError) -> Reply {
-    let mut r = RemotingCommand::request(rs::SYSTEM_ERROR, opaque as i32);
-    r.flag = weir_remoting::command::FLAG_RESPONSE;
-    r.remark = Some(e.to_string());
-    Reply {
-        status: 0,
-        header: r.header_parts().unwrap_or_default(),
-        body: Bytes::new(),
-    }
+    Wire::Remoting.error_reply(opaque, ErrorCode::SystemError, &e.to_string())
 }
 
 /// A request field that is missing or unreadable: RocketMQ answers these with a system

@@ -108,19 +108,11 @@ pub(crate) fn encode_records(
 /// The group's subscription to `topic` as its members' heartbeats registered it:
 /// `(expression, type)`.
 fn registered(adapter: &RemotingAdapter, group: &str, topic: &str) -> Option<(String, String)> {
-    adapter
-        .0
-        .clients
-        .members_of(group)
-        .into_iter()
-        .flat_map(|m| m.subscriptions)
-        .find(|(t, _)| t == topic)
-        .map(
-            |(_, expr)| match expr.strip_prefix(super::consumer::SQL92_PREFIX) {
-                Some(sql) => (sql.to_owned(), SQL92.to_owned()),
-                None => (expr, "TAG".to_owned()),
-            },
-        )
+    let expr = adapter.0.clients.subscription_of(group, topic)?;
+    Some(match expr.strip_prefix(super::consumer::SQL92_PREFIX) {
+        Some(sql) => (sql.to_owned(), SQL92.to_owned()),
+        None => (expr, "TAG".to_owned()),
+    })
 }
 
 pub(super) async fn serve(
