@@ -162,14 +162,18 @@ async fn outcomes_and_repeated_commits() {
         &committed,
         "visible: the committed, once each",
     );
-    let checked = p.checked();
+    // The broker has its answers; the producer's report of them may still be in its pipe.
     for k in [
         "unknown-then-commit~c",
         "unknown-then-rollback~r",
         "panics-then-commit~c",
     ] {
-        assert!(checked.iter().any(|c| c == k), "{k} was checked back");
+        p.until(&format!("{k} was checked back"), T, |p| {
+            p.checked().iter().any(|c| c == k)
+        })
+        .await;
     }
+    let checked = p.checked();
     for k in ["commit~c", "rollback~r", "held~u"] {
         assert!(
             !checked.iter().any(|c| c == k),
@@ -242,6 +246,9 @@ async fn dead_after_the_most_checks_then_resolved() {
             (2, "TxD", "GD")
         );
     }
+    // The producer's report of the last check may still be in its pipe.
+    p.until("four check-backs reported", T, |p| p.checked().len() >= 4)
+        .await;
     assert_eq!(p.checked().len(), 4, "asked twice each, then given up on");
 
     let (broker, r) = admin
