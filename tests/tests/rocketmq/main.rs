@@ -1,5 +1,8 @@
 //! RocketMQ's remoting protocol on weir's ports: raw frames as RocketMQ's clients write
-//! them (`raw`), and RocketMQ's own Java and Go clients (`clients`, built by `scripts/test`).
+//! them (`raw`), and RocketMQ's own clients (`java`, `go`; the harness in `probe`, the
+//! probes built by `scripts/test`).
 
-mod clients;
+mod go;
+mod java;
+mod probe;
 mod raw;

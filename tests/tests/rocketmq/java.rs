@@ -1,207 +1,11 @@
-//! RocketMQ's own clients against weir: the Java client 4.9.8 and the Go client v2, as
-//! the probes in `interop/` drive them (built by `scripts/test`; see `interop/README.md`
-//! for the scenarios and the lines they print). The probes check what they can see
-//! themselves (every send `SEND_OK`, no duplicate delivery, order within an order key);
-//! these tests check the rest against weir's own view.
+//! RocketMQ's Java client 4.9.8 against weir (the probe in `interop/java`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 use weir_tests::{Env, Msg};
 
-/// A probe's whole run at most (its own waits are bounded well below this).
-const RUN_LIMIT: Duration = Duration::from_secs(120);
-
-fn interop(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../interop")
-        .join(path)
-}
-
-/// Which client runs a scenario.
-#[derive(Clone, Copy)]
-enum Lang {
-    Java,
-    Go,
-}
-
-/// What a probe printed: its fact lines, split on tabs, and whether it said `DONE ok`.
-struct Run {
-    lines: Vec<Vec<String>>,
-    ok: bool,
-    stderr: String,
-}
-
-impl Run {
-    fn of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Vec<String>> + 'a {
-        self.lines.iter().filter(move |l| l[0] == kind)
-    }
-
-    /// RECV lines' keys (field 8).
-    fn received_keys(&self) -> Vec<String> {
-        self.of("RECV").map(|l| l[8].clone()).collect()
-    }
-
-    fn assert_ok(&self, what: &str) {
-        assert!(
-            self.ok,
-            "{what}: the probe did not finish DONE ok\n--- stdout\n{}\n--- stderr\n{}",
-            self.lines
-                .iter()
-                .map(|l| l.join("\t"))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            self.stderr
-        );
-    }
-}
-
-/// A probe running in its own process.
-struct Probe {
-    child: tokio::process::Child,
-}
-
-impl Probe {
-    fn start(lang: Lang, scenario: &str, namesrv: &str, args: &[&str]) -> Probe {
-        let mut cmd = match lang {
-            Lang::Java => {
-                let jar = interop("java/target/interop.jar");
-                assert!(
-                    jar.exists(),
-                    "{} is missing: scripts/test builds the RocketMQ client probes (mvn)",
-                    jar.display()
-                );
-                let cp = format!(
-                    "{}:{}/*",
-                    jar.display(),
-                    interop("java/target/lib").display()
-                );
-                let mut c = Command::new("java");
-                c.args([
-                    "-XX:+UseSerialGC",
-                    "-XX:TieredStopAtLevel=1",
-                    "-Xmx256m",
-                    "-cp",
-                    &cp,
-                    "weir.interop.Main",
-                ]);
-                c
-            }
-            Lang::Go => {
-                let probe = interop("go/target/probe");
-                assert!(
-                    probe.exists(),
-                    "{} is missing: scripts/test builds the RocketMQ client probes (go build)",
-                    probe.display()
-                );
-                Command::new(probe)
-            }
-        };
-        cmd.arg(scenario)
-            .arg(namesrv)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        Probe {
-            child: cmd
-                .spawn()
-                .expect("start the probe (java and go must be installed)"),
-        }
-    }
-
-    /// Waits for a READY line (the probe then consumes), returning the lines before it.
-    async fn ready(&mut self) -> Vec<Vec<String>> {
-        let stdout = self.child.stdout.as_mut().expect("piped");
-        let mut reader = BufReader::new(stdout);
-        let mut before = Vec::new();
-        let mut line = String::new();
-        let found = tokio::time::timeout(RUN_LIMIT, async {
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
-                    return false;
-                }
-                let fields: Vec<String> = line.trim_end().split('\t').map(str::to_owned).collect();
-                if fields[0] == "READY" {
-                    return true;
-                }
-                before.push(fields);
-            }
-        })
-        .await
-        .unwrap_or(false);
-        assert!(found, "the probe ended or stalled before READY: {before:?}");
-        before
-    }
-
-    /// Waits for the probe to end and collects what it printed.
-    async fn finish(mut self) -> Run {
-        let mut out = String::new();
-        let mut err = String::new();
-        let read = async {
-            use tokio::io::AsyncReadExt;
-            if let Some(o) = self.child.stdout.as_mut() {
-                o.read_to_string(&mut out).await.ok();
-            }
-            if let Some(e) = self.child.stderr.as_mut() {
-                e.read_to_string(&mut err).await.ok();
-            }
-            self.child.wait().await
-        };
-        let status = tokio::time::timeout(RUN_LIMIT, read)
-            .await
-            .expect("the probe ends in time")
-            .expect("the probe's exit status");
-        let lines: Vec<Vec<String>> = out
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| l.split('\t').map(str::to_owned).collect())
-            .collect();
-        let ok = status.success()
-            && lines
-                .iter()
-                .any(|l| l[0] == "DONE" && l.get(1).map(String::as_str) == Some("ok"));
-        Run {
-            lines,
-            ok,
-            stderr: err,
-        }
-    }
-}
-
-async fn run(lang: Lang, scenario: &str, namesrv: &str, args: &[&str]) -> Run {
-    Probe::start(lang, scenario, namesrv, args).finish().await
-}
-
-/// Props of a RECV line (field 9, `k=v;k=v` with `%XX` escapes), as a map.
-fn props(line: &[String]) -> BTreeMap<String, String> {
-    let unescape = |s: &str| {
-        let mut out = String::new();
-        let mut chars = s.chars();
-        while let Some(c) = chars.next() {
-            if c == '%' {
-                let hex: String = chars.by_ref().take(2).collect();
-                if let Ok(b) = u8::from_str_radix(&hex, 16) {
-                    out.push(b as char);
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    };
-    line[9]
-        .split(';')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (unescape(k), unescape(v)))
-        .collect()
-}
+use crate::probe::{Lang, Probe, props, run};
 
 /// A Java producer's sync, async and one-way sends (one body compressed) reach weir's
 /// own consumers intact; a Java push consumer then receives each of them exactly once.
@@ -372,8 +176,7 @@ async fn java_orderly() {
     assert_eq!(r.of("RECV").count(), 18);
 }
 
-/// SQL92 subscriptions select on the broker, for Java and Go consumers; a batch send
-/// arrives whole, in order.
+/// A SQL92 subscription selects on the broker; a batch send arrives whole, in order.
 #[tokio::test]
 async fn sql92_and_batches() {
     let env = Env::start().await;
@@ -382,8 +185,6 @@ async fn sql92_and_batches() {
     r.assert_ok("java sql92");
     let keys: BTreeSet<String> = r.received_keys().into_iter().collect();
     assert_eq!(keys, ["s4", "s6"].into_iter().map(String::from).collect());
-    let g = run(Lang::Go, "sql92", &ns, &["topic=SqlGoT"]).await;
-    g.assert_ok("go sql92");
     let b = run(Lang::Java, "batch", &ns, &["topic=BatchT", "count=10"]).await;
     b.assert_ok("batch");
     let offsets: Vec<u64> = b
@@ -426,37 +227,6 @@ async fn java_retry_and_dead_letters() {
     let env = Env::start_with(|c| c.delay_levels = "1s 1s 1s 1s 1s".into()).await;
     let r = run(Lang::Java, "retry", &env.namesrv(), &["topic=RetryT"]).await;
     r.assert_ok("retry");
-}
-
-/// The Go client produces and consumes too.
-#[tokio::test]
-async fn go_producer_and_consumer() {
-    let env = Env::start().await;
-    let ns = env.namesrv();
-    env.client().await.create_topic("GoT", 4).await;
-    let sent = run(Lang::Go, "produce", &ns, &["topic=GoT", "count=4"]).await;
-    sent.assert_ok("go produce");
-    let n = sent.of("SENT").count();
-    assert!(n >= 8, "{n} sends");
-    let stored = env.client().await.drain_topic("weir_view", "GoT", 4).await;
-    assert_eq!(
-        stored.len(),
-        n,
-        "every send stored: {:?}",
-        stored
-            .iter()
-            .map(|m| m.key().to_owned())
-            .collect::<Vec<_>>()
-    );
-    let expect = format!("expect={n}");
-    let consumed = run(
-        Lang::Go,
-        "consume",
-        &ns,
-        &["topic=GoT", "group=go_cg", &expect],
-    )
-    .await;
-    consumed.assert_ok("go consume");
 }
 
 /// A WebAssembly filter uploaded for a group (as `weir filter upload` does) runs for that
