@@ -161,7 +161,13 @@ impl Broker {
     }
 
     /// The topic for a send: created on first use when allowed.
-    pub(crate) fn topic_for_send(&self, name: &str) -> Processed<Arc<TopicConfig>> {
+    /// The topic a send goes to; created, when auto-create is on, with `queues` queues (at
+    /// most the broker's default, which `None` means).
+    pub(crate) fn topic_for_send(
+        &self,
+        name: &str,
+        queues: Option<u32>,
+    ) -> Processed<Arc<TopicConfig>> {
         validate_topic_name(name)?;
         if is_internal_topic(name) || name == names::AUTO_CREATE_TOPIC_KEY {
             return Err(ProcessError::NoPermission(format!(
@@ -182,9 +188,9 @@ impl Broker {
             )));
         }
         self.check_topic_room()?;
-        let t = self
-            .topics
-            .get_or_create(name, self.live.default_topic_queues())?;
+        let default = self.live.default_topic_queues();
+        let queues = queues.map_or(default, |q| q.clamp(1, default));
+        let t = self.topics.get_or_create(name, queues)?;
         info!(topic = name, queues = t.write_queues, "topic auto-created");
         self.topics_updated();
         Ok(Arc::new(t))

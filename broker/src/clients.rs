@@ -54,10 +54,12 @@ pub struct Notice {
     pub members: Vec<Link>,
 }
 
-/// Clients forgotten at once, and who should hear of it.
+/// Clients forgotten at once (or only in some consumer groups), and who should hear of it.
 #[derive(Default)]
 pub struct Gone {
     pub client_ids: Vec<String>,
+    /// (client id, consumer group) a client left while staying known in others.
+    pub left_groups: Vec<(String, String)>,
     pub notices: Vec<Notice>,
 }
 
@@ -215,6 +217,7 @@ impl ClientRegistry {
         Gone {
             notices: notices(clients, groups, &[]),
             client_ids: ids,
+            left_groups: Vec::new(),
         }
     }
 
@@ -234,6 +237,41 @@ impl ClientRegistry {
             Vec::new()
         };
         self.remove(&mut clients, ids)
+    }
+
+    /// Removes `client_id` from the named groups only; a client left in no group is
+    /// forgotten whole. With neither group named, the same as [`Self::unregister`].
+    pub fn unregister_groups(
+        &self,
+        client_id: &str,
+        producer_group: Option<&str>,
+        consumer_group: Option<&str>,
+    ) -> Gone {
+        if producer_group.is_none() && consumer_group.is_none() {
+            return self.unregister(client_id);
+        }
+        let mut clients = self.lock();
+        let Some(c) = clients.get_mut(client_id) else {
+            return Gone::default();
+        };
+        if let Some(g) = producer_group {
+            c.producer_groups.retain(|p| p != g);
+        }
+        let left: Option<String> = consumer_group.filter(|g| c.consumes(g)).map(str::to_owned);
+        if let Some(g) = &left {
+            c.consumers.retain(|d| &d.group != g);
+        }
+        if c.consumers.is_empty() && c.producer_groups.is_empty() {
+            return self.remove(&mut clients, vec![client_id.to_owned()]);
+        }
+        match left {
+            Some(group) => Gone {
+                client_ids: Vec::new(),
+                notices: notices(&clients, BTreeSet::from([group.clone()]), &[]),
+                left_groups: vec![(client_id.to_owned(), group)],
+            },
+            None => Gone::default(),
+        }
     }
 
     pub fn connection_closed(&self, conn_id: u64) -> Gone {

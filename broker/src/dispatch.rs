@@ -208,6 +208,9 @@ pub struct RequestContext {
     pub link: Option<Link>,
     /// The request as signed, for access control (given while it is on).
     pub signed: Option<SignedRequest>,
+    /// Queues a send asks for should it create its topic (RocketMQ's
+    /// `defaultTopicQueueNums`); at most the broker's default, which `None` means.
+    pub auto_create_queues: Option<u32>,
 }
 
 /// Requests in flight per family.

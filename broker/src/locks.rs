@@ -87,6 +87,17 @@ impl QueueLocks {
         });
     }
 
+    /// Releases every lock a client holds in one group (it left that group only).
+    pub fn release_client_in(&self, group: &str, client_id: &str) {
+        let mut table = self.lock_table();
+        if let Some(leases) = table.get_mut(group) {
+            leases.retain(|_, l| l.client_id != client_id);
+            if leases.is_empty() {
+                table.remove(group);
+            }
+        }
+    }
+
     /// The current holder of a queue, if its lease is live.
     #[cfg(test)]
     fn holder(&self, group: &str, q: &QueueRef, now: Instant) -> Option<String> {
@@ -175,5 +186,17 @@ mod tests {
             [q("T", 0)]
         );
         assert_eq!(locks.lock("h", "c", vec![q("T", 0)], t), [q("T", 0)]);
+    }
+
+    #[test]
+    fn leaving_one_group_keeps_the_locks_of_others() {
+        let locks = QueueLocks::new(Duration::from_secs(60));
+        let t = Instant::now();
+        locks.lock("g", "a", vec![q("T", 0)], t);
+        locks.lock("h", "a", vec![q("T", 0)], t);
+        locks.release_client_in("g", "a");
+        assert_eq!(locks.lock("g", "c", vec![q("T", 0)], t), [q("T", 0)]);
+        assert_eq!(locks.lock("h", "c", vec![q("T", 0)], t), []);
+        assert_eq!(locks.holder("h", &q("T", 0), t).as_deref(), Some("a"));
     }
 }

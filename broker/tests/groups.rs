@@ -87,6 +87,7 @@ fn send(topic: &str, queue_id: u32, props: &[(&str, &str)]) -> SendMessage {
         born_timestamp: 1234,
         sys_flag: 0,
         reconsume_times: 0,
+        max_reconsume_times: None,
     }
 }
 
@@ -584,6 +585,44 @@ async fn a_heartbeat_creates_the_retry_topic_and_lists_the_member() {
     conn.call(&send("%RETRY%g", 0, &[]), Bytes::from_static(b"x"), T)
         .await
         .unwrap();
+    // A consumer re-sending to its retry topic (RocketMQ's clients do when a send-back
+    // fails): below the most deliveries it stays there, delayed as asked; at the most it
+    // goes to the dead-letter topic, undelayed.
+    let resend = |reconsume_times: u32| SendMessage {
+        reconsume_times,
+        max_reconsume_times: Some(2),
+        ..send("%RETRY%g", 0, &[("DELAY", "1")])
+    };
+    for n in [1, 2] {
+        conn.call(&resend(n), Bytes::from(format!("r{n}")), T)
+            .await
+            .unwrap();
+    }
+    let dead = wait_for_count(&conn, "%DLQ%g", 1).await;
+    assert_eq!(
+        (
+            dead[0].body(),
+            dead[0].msg.reconsume_times,
+            dead[0].prop("DELAY")
+        ),
+        ("r2", 2, None)
+    );
+    let retried = wait_for_count(&conn, "%RETRY%g", 2).await;
+    assert_eq!(
+        (retried[1].body(), retried[1].msg.reconsume_times),
+        ("r1", 1)
+    );
+    expect_error(
+        &conn,
+        &SendMessage {
+            max_reconsume_times: Some(0),
+            ..send("%RETRY%other", 0, &[])
+        },
+        Bytes::from_static(b"x"),
+        ErrorCode::TopicNotExist,
+        "does not exist",
+    )
+    .await;
 
     let (m, _): (ConsumerConnections, Bytes) = conn
         .call(
@@ -755,13 +794,7 @@ async fn members_hear_when_others_join_and_leave() {
     conns[1]
         .as_ref()
         .unwrap()
-        .call(
-            &UnregisterClient {
-                client_id: "c1".into(),
-            },
-            Bytes::new(),
-            T,
-        )
+        .call(&UnregisterClient::whole("c1"), Bytes::new(), T)
         .await
         .unwrap();
     eventually("c0 hears c1 left", || rec[0].groups().len() == 4).await;
@@ -791,6 +824,37 @@ async fn members_hear_when_others_join_and_leave() {
         .unwrap();
     let ids: Vec<&str> = m.members.iter().map(|m| m.client_id.as_str()).collect();
     assert_eq!(ids, ["c0"]);
+
+    // c0 leaves h only (RocketMQ shuts one consumer of a client instance down): c3 hears
+    // of it; c0 stays a member of g.
+    let conn0 = conns[0].as_ref().unwrap();
+    conn0
+        .call(
+            &UnregisterClient {
+                client_id: "c0".into(),
+                producer_group: None,
+                consumer_group: Some("h".into()),
+            },
+            Bytes::new(),
+            T,
+        )
+        .await
+        .unwrap();
+    eventually("c3 hears c0 left h", || rec[3].groups() == ["h", "h"]).await;
+    for (group, members) in [("g", vec!["c0"]), ("h", vec!["c3"])] {
+        let (m, _): (ConsumerConnections, Bytes) = conn0
+            .call(
+                &GetConsumerConnections {
+                    group: group.into(),
+                },
+                Bytes::new(),
+                T,
+            )
+            .await
+            .unwrap();
+        let ids: Vec<&str> = m.members.iter().map(|m| m.client_id.as_str()).collect();
+        assert_eq!(ids, members, "members of {group}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

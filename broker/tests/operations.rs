@@ -92,15 +92,9 @@ async fn group_operations_are_refused_while_members_live() {
         Some(0)
     );
 
-    conn.call(
-        &UnregisterClient {
-            client_id: "c1".into(),
-        },
-        Bytes::new(),
-        T,
-    )
-    .await
-    .unwrap();
+    conn.call(&UnregisterClient::whole("c1"), Bytes::new(), T)
+        .await
+        .unwrap();
     let (d, _) = conn.call(&del, Bytes::new(), T).await.unwrap();
     assert_eq!(d.offsets_removed, 2);
     assert!(d.retry_topic_deleted, "the heartbeat created %RETRY%g");

@@ -22,6 +22,7 @@ fn ctx() -> RequestContext {
         peer: "192.0.2.1:4000".parse::<SocketAddr>().unwrap(),
         link: None,
         signed: None,
+        auto_create_queues: None,
     }
 }
 

@@ -82,6 +82,7 @@ fn standalone_broker_binary_serves_and_stops_cleanly() {
             born_timestamp: 0,
             sys_flag: 0,
             reconsume_times: 0,
+            max_reconsume_times: None,
         };
         conn.call(&send, Bytes::from_static(b"hi there"), t)
             .await

@@ -182,6 +182,7 @@ impl Producer {
             born_timestamp: now_ms(),
             sys_flag: 0,
             reconsume_times: 0,
+            max_reconsume_times: None,
         }
     }
 

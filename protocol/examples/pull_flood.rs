@@ -68,6 +68,7 @@ fn send(key: &str) -> SendMessage {
         born_timestamp: 0,
         sys_flag: 0,
         reconsume_times: 0,
+        max_reconsume_times: None,
     }
 }
 

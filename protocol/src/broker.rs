@@ -20,6 +20,10 @@ pub struct SendMessage {
     pub born_timestamp: i64,
     pub sys_flag: u32,
     pub reconsume_times: u32,
+    /// For a send to a group's retry topic (a consumer re-sending a message it could not
+    /// process, as RocketMQ's clients do when a send-back fails): from this many
+    /// deliveries on, the message goes to the group's dead-letter topic instead.
+    pub max_reconsume_times: Option<u32>,
 }
 
 impl Rpc for SendMessage {
@@ -298,9 +302,24 @@ impl Rpc for Heartbeat {
     type Response = ();
 }
 
+/// Forgets a client: in every group when neither group is named, else only in the named
+/// ones (one producer or consumer of a client instance that goes on serving others).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct UnregisterClient {
     pub client_id: String,
+    pub producer_group: Option<String>,
+    pub consumer_group: Option<String>,
+}
+
+impl UnregisterClient {
+    /// The whole client, in every group.
+    pub fn whole(client_id: impl Into<String>) -> Self {
+        Self {
+            client_id: client_id.into(),
+            producer_group: None,
+            consumer_group: None,
+        }
+    }
 }
 
 impl Rpc for UnregisterClient {

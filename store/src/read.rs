@@ -153,6 +153,20 @@ impl MessageStore {
             .map_or(0, |q| q.max_offset())
     }
 
+    /// Commit-log bytes written after the queue's message at `offset` began: how far back
+    /// it lies (`None` when the queue has no message there).
+    pub fn bytes_written_since(&self, topic: &str, queue_id: u32, offset: u64) -> Option<u64> {
+        let entry = self
+            .inner
+            .queue(topic, queue_id)?
+            .get(offset)
+            .filter(|e| !e.is_hole())?;
+        Some(
+            self.commit_log_max_offset()
+                .saturating_sub(entry.commit_log_offset),
+        )
+    }
+
     /// The first offset of the queue whose message was stored at or after `timestamp_ms`
     /// (the queue's max offset if none was).
     pub fn offset_for_timestamp(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> u64 {

@@ -239,9 +239,7 @@ async fn each_permission_allowed_and_denied() {
         .await
         .expect("producer heartbeat");
     // Only a principal in all of a client's groups unregisters it.
-    let unregister = UnregisterClient {
-        client_id: "p1".into(),
-    };
+    let unregister = UnregisterClient::whole("p1");
     denied(
         call(&consumer, &unregister).await,
         "pub on group \"order-producers\"",

@@ -228,8 +228,13 @@ impl Acl {
         };
         self.require(&principal, needs::needs(req))?;
         if let BrokerRequest::UnregisterClient(r) = req
-            && let Some((producers, consumers)) = client_groups(&r.client_id)
+            && let Some((mut producers, mut consumers)) = client_groups(&r.client_id)
         {
+            // Leaving named groups only needs those of them the client is in.
+            if r.producer_group.is_some() || r.consumer_group.is_some() {
+                producers.retain(|g| r.producer_group.as_ref() == Some(g));
+                consumers.retain(|g| r.consumer_group.as_ref() == Some(g));
+            }
             let needs = producers
                 .iter()
                 .map(|g| Need::Group(g, Perm::PUB))

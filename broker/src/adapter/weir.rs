@@ -47,6 +47,7 @@ impl Handler for WeirAdapter {
                 peer: conn.peer(),
                 link,
                 signed,
+                auto_create_queues: None,
             };
             match self.0.dispatch(&ctx, decoded).await {
                 Ok(answer) => encode(answer),

@@ -20,6 +20,24 @@ use crate::topics::{validate_group_name, validate_topic_name};
 /// Longest a membership notice may wait for room on a client's connection.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A queue is young while its first message lies within this share (percent) of the
+/// machine's memory from the commit log's end (RocketMQ's `accessMessageInMemoryMaxRatio`).
+const YOUNG_QUEUE_MEMORY_PERCENT: u64 = 40;
+
+/// The machine's memory in bytes (`/proc/meminfo`), or 4 GiB where that cannot be read.
+fn physical_memory() -> u64 {
+    static MEMORY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *MEMORY.get_or_init(|| {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                let kib = m.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+                kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+            })
+            .map_or(4 << 30, |kib| kib.saturating_mul(1024))
+    })
+}
+
 impl Broker {
     /// Records a client's heartbeat from `link`; tells the other members of groups it
     /// joined or left.
@@ -58,7 +76,11 @@ impl Broker {
     }
 
     pub fn unregister_client(&self, req: UnregisterClient) {
-        let gone = self.clients.unregister(&req.client_id);
+        let gone = self.clients.unregister_groups(
+            &req.client_id,
+            req.producer_group.as_deref(),
+            req.consumer_group.as_deref(),
+        );
         self.forget(gone, "unregistered");
     }
 
@@ -99,6 +121,10 @@ impl Broker {
             debug!(client = %id, why, "client forgotten");
             self.locks.release_client(id);
         }
+        for (id, group) in &gone.left_groups {
+            debug!(client = %id, group = %group, why, "client left a group");
+            self.locks.release_client_in(group, id);
+        }
         self.notify(gone.notices);
     }
 
@@ -109,6 +135,19 @@ impl Broker {
                 .consumer_offsets()
                 .query(&r.group, &r.topic, r.queue_id),
         }
+    }
+
+    /// Whether a queue is young: its first message (offset 0) is still stored and recent
+    /// (within [`YOUNG_QUEUE_MEMORY_PERCENT`] of memory from the commit log's end).
+    /// RocketMQ starts a new consumer group on such a queue at 0, whatever its
+    /// consume-from-where, so a topic's first messages are not skipped.
+    pub fn queue_is_young(&self, topic: &str, queue_id: u32) -> bool {
+        let budget = physical_memory() / 100 * YOUNG_QUEUE_MEMORY_PERCENT;
+        self.store.min_offset(topic, queue_id) == 0
+            && self
+                .store
+                .bytes_written_since(topic, queue_id, 0)
+                .is_some_and(|behind| behind <= budget)
     }
 
     /// Commits a group's offset on a queue that exists.

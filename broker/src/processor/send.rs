@@ -145,11 +145,13 @@ impl Broker {
         {
             return self.send_half(req, body, ctx).await;
         }
-        let t = self.topic_for_send(&req.topic)?;
-        Self::check_send_queue(&t, req.queue_id)?;
+        let (topic, queue_id) = self.retry_or_dead(&req)?;
+        let t = self.topic_for_send(&topic, ctx.auto_create_queues)?;
+        Self::check_send_queue(&t, queue_id)?;
+        let dead = topic != req.topic;
         let mut msg = Message {
-            topic: req.topic,
-            queue_id: req.queue_id,
+            topic,
+            queue_id,
             flag: req.flag,
             sys_flag: req.sys_flag,
             born_timestamp: req.born_timestamp,
@@ -161,8 +163,13 @@ impl Broker {
             reconsume_times: req.reconsume_times,
             prepared_tx_offset: NO_PREPARED_TX,
         };
-        schedule::divert_if_delayed(&mut msg, &self.levels)
-            .map_err(|e| ProcessError::MessageIllegal(e.to_string()))?;
+        if dead {
+            // A dead letter waits for nobody.
+            msg.remove_properties(&[property::DELAY_LEVEL]);
+        } else {
+            schedule::divert_if_delayed(&mut msg, &self.levels)
+                .map_err(|e| ProcessError::MessageIllegal(e.to_string()))?;
+        }
         let mut r = self
             .store_sent(std::slice::from_ref(&msg), ctx.received)
             .await?;
@@ -170,8 +177,34 @@ impl Broker {
         let mut result = r
             .pop()
             .ok_or_else(|| ProcessError::Internal("the store returned no result".into()))?;
-        result.queue_id = req.queue_id;
+        result.queue_id = queue_id;
         Ok(result)
+    }
+
+    /// Where a send goes: where it says, except a send to a group's retry topic whose
+    /// deliveries reached the most it allows (`reconsume_times >= max_reconsume_times`,
+    /// RocketMQ's rule for such sends), which goes to queue 0 of the group's dead-letter
+    /// topic, made if need be.
+    fn retry_or_dead(&self, req: &SendMessage) -> Processed<(String, u32)> {
+        let same = || Ok((req.topic.clone(), req.queue_id));
+        let Some(group) = req.topic.strip_prefix(names::RETRY_PREFIX) else {
+            return same();
+        };
+        match req.max_reconsume_times {
+            Some(max) if req.reconsume_times >= max => {}
+            _ => return same(),
+        }
+        validate_group_name(group)?;
+        // Only a group that has a retry topic gets a dead-letter topic this way.
+        self.existing_topic(&req.topic)?;
+        let dlq = names::dlq_topic(group);
+        self.system_topic(&dlq)?;
+        debug!(
+            group,
+            reconsume_times = req.reconsume_times,
+            "a retry send goes to the dead-letter topic"
+        );
+        Ok((dlq, 0))
     }
 
     /// Stores a batch for one queue; the bodies are `body`, concatenated in order. Refused
@@ -206,7 +239,7 @@ impl Broker {
                 "transactional messages are sent one at a time, not in a batch".into(),
             ));
         }
-        let t = self.topic_for_send(&req.topic)?;
+        let t = self.topic_for_send(&req.topic, ctx.auto_create_queues)?;
         Self::check_send_queue(&t, req.queue_id)?;
         let mut msgs = Vec::with_capacity(req.messages.len());
         let mut at = 0usize;

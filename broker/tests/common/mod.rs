@@ -109,6 +109,7 @@ pub fn send(topic: &str, queue_id: u32, tags: &str, key: &str) -> SendMessage {
         born_timestamp: 1,
         sys_flag: 0,
         reconsume_times: 0,
+        max_reconsume_times: None,
     }
 }
 

@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use weir_protocol::broker::GetTopicStats;
 use weir_tests::{Env, Msg};
 
 use crate::probe::{Lang, Probe, props, run};
@@ -19,10 +20,22 @@ async fn java_producer_and_consumer() {
     assert_eq!(sends.len(), 12);
     // weir's view: every message, tag, keys, properties and body as sent.
     let client = env.client().await;
-    // Created on the first send, with the broker's default queue count.
-    let got = client
-        .drain_topic("weir_view", "JavaT", env.config().default_topic_queues)
-        .await;
+    // Created on the first send with the producer's queue count (RocketMQ's
+    // defaultTopicQueueNums, 4), below the broker's default of 8.
+    assert_eq!(env.config().default_topic_queues, 8);
+    let (stats, _) = client
+        .conn
+        .call(
+            &GetTopicStats {
+                topic: "JavaT".into(),
+            },
+            bytes::Bytes::new(),
+            weir_tests::T,
+        )
+        .await
+        .expect("topic stats");
+    assert_eq!(stats.config.write_queues, 4);
+    let got = client.drain_topic("weir_view", "JavaT", 4).await;
     assert_eq!(got.len(), 12, "every send stored, one-way ones too");
     let big = got.iter().find(|m| m.key() == "k0").expect("message k0");
     assert_eq!(

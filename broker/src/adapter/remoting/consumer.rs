@@ -95,13 +95,20 @@ pub(super) async fn serve(
             Ok(ok(cmd))
         }
         rq::UNREGISTER_CLIENT => {
-            let client_id = cmd.field("clientID").map_err(bad)?.to_owned();
+            // RocketMQ's clients unregister one producer or consumer group at a time when
+            // it shuts down; the client instance may go on serving its other groups.
+            let group = |name: &str| {
+                cmd.opt_field(name)
+                    .filter(|g| !g.is_empty())
+                    .map(str::to_owned)
+            };
+            let req = UnregisterClient {
+                client_id: cmd.field("clientID").map_err(bad)?.to_owned(),
+                producer_group: group("producerGroup"),
+                consumer_group: group("consumerGroup"),
+            };
             adapter
-                .dispatch(
-                    call,
-                    R::UnregisterClient(UnregisterClient { client_id }),
-                    false,
-                )
+                .dispatch(call, R::UnregisterClient(req), false)
                 .await?;
             Ok(ok(cmd))
         }
@@ -134,12 +141,19 @@ pub(super) async fn serve(
                 topic: cmd.field("topic").map_err(bad)?.to_owned(),
                 queue_id: cmd.num("queueId").map_err(bad)?,
             };
+            let (topic, queue_id) = (req.topic.clone(), req.queue_id);
             match adapter
                 .dispatch(call, R::QueryConsumerOffset(req), false)
                 .await?
             {
                 BrokerResponse::ConsumerOffset(o) => match o.offset {
                     Some(offset) => Ok(ok(cmd).with("offset", offset)),
+                    // RocketMQ's answer to a new group: 0 on a young queue (so a consumer
+                    // starting from the last offset still gets a new topic's first
+                    // messages), else not found.
+                    None if adapter.0.queue_is_young(&topic, queue_id) => {
+                        Ok(ok(cmd).with("offset", 0))
+                    }
                     // The client then starts where its consume-from-where says.
                     None => Ok(RemotingCommand::response_to(
                         cmd,

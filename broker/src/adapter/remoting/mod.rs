@@ -145,15 +145,34 @@ impl RemotingAdapter {
         req: BrokerRequest,
         with_link: bool,
     ) -> Result<BrokerResponse, ProcessError> {
+        self.0.dispatch(&Self::context(call, with_link), req).await
+    }
+
+    /// [`Self::dispatch`] for a send that creates its topic, if need be, with
+    /// `auto_create_queues` queues (at most the broker's default).
+    pub(crate) async fn dispatch_send(
+        &self,
+        call: &Call<'_>,
+        req: BrokerRequest,
+        auto_create_queues: Option<u32>,
+    ) -> Result<BrokerResponse, ProcessError> {
         let ctx = RequestContext {
+            auto_create_queues,
+            ..Self::context(call, false)
+        };
+        self.0.dispatch(&ctx, req).await
+    }
+
+    fn context(call: &Call<'_>, with_link: bool) -> RequestContext {
+        RequestContext {
             peer: call.conn.peer(),
             received: call.received,
             link: with_link.then(|| Arc::new(RemotingLink::new(call.conn.clone())) as _),
             // RocketMQ's ACL signatures are not read: with access control on, the dispatch
             // refuses every unsigned request, these included.
             signed: None,
-        };
-        self.0.dispatch(&ctx, req).await
+            auto_create_queues: None,
+        }
     }
 
     /// The answer to a refused request, counted like weir's own.

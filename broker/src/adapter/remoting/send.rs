@@ -28,6 +28,9 @@ struct SendHeader {
     flag: i32,
     properties: String,
     reconsume_times: u32,
+    max_reconsume_times: Option<u32>,
+    /// Queues the producer asks for should the send create the topic.
+    default_topic_queues: Option<u32>,
 }
 
 impl SendHeader {
@@ -61,6 +64,14 @@ impl SendHeader {
                 .unwrap_or_default()
                 .to_owned(),
             reconsume_times: u32::try_from(reconsume_times).unwrap_or(0),
+            max_reconsume_times: cmd
+                .opt_num::<i32>(name("maxReconsumeTimes", "l"))
+                .map_err(bad)?
+                .map(|m| u32::try_from(m).unwrap_or(0)),
+            default_topic_queues: cmd
+                .opt_num::<i32>(name("defaultTopicQueueNums", "d"))
+                .map_err(bad)?
+                .and_then(|q| u32::try_from(q).ok()),
         })
     }
 }
@@ -130,6 +141,7 @@ pub(super) async fn serve(
     }
     let split = split_properties(&h.properties);
     let body = plain_body(adapter, h.sys_flag, cmd.body.clone())?;
+    let queues = h.default_topic_queues;
     let req = SendMessage {
         producer_group: h.producer_group,
         topic: h.topic,
@@ -141,9 +153,10 @@ pub(super) async fn serve(
         born_timestamp: h.born_timestamp,
         sys_flag: 0,
         reconsume_times: h.reconsume_times,
+        max_reconsume_times: h.max_reconsume_times,
     };
     match adapter
-        .dispatch(call, BrokerRequest::Send { req, body }, false)
+        .dispatch_send(call, BrokerRequest::Send { req, body }, queues)
         .await?
     {
         BrokerResponse::Sent(r) => Ok(sent(cmd, &r, r.msg_id.clone())),
@@ -178,6 +191,7 @@ async fn serve_batch(
             body_len,
         });
     }
+    let queues = h.default_topic_queues;
     let req = SendBatch {
         producer_group: h.producer_group,
         topic: h.topic,
@@ -186,7 +200,7 @@ async fn serve_batch(
     };
     let body = bodies.freeze();
     match adapter
-        .dispatch(call, BrokerRequest::SendBatch { req, body }, false)
+        .dispatch_send(call, BrokerRequest::SendBatch { req, body }, queues)
         .await?
     {
         BrokerResponse::SentBatch(b) => {
@@ -264,7 +278,10 @@ mod tests {
             .with("sysFlag", 0)
             .with("bornTimestamp", 5)
             .with("flag", 0)
-            .with("properties", "TAGS\u{1}a");
+            .with("properties", "TAGS\u{1}a")
+            .with("defaultTopicQueueNums", 4)
+            .with("unitMode", false)
+            .with("maxReconsumeTimes", 3);
         let v2 = RemotingCommand::request(rq::SEND_MESSAGE_V2, 1)
             .with("a", "pg")
             .with("b", "T")
@@ -272,7 +289,10 @@ mod tests {
             .with("f", 0)
             .with("g", 5)
             .with("h", 0)
-            .with("i", "TAGS\u{1}a");
+            .with("i", "TAGS\u{1}a")
+            .with("d", 4)
+            .with("k", false)
+            .with("l", 3);
         for cmd in [v1, v2] {
             let h = SendHeader::parse(&cmd).unwrap();
             assert_eq!(
@@ -280,6 +300,10 @@ mod tests {
                 ("pg", "T", 2)
             );
             assert_eq!(h.born_timestamp, 5);
+            assert_eq!(
+                (h.default_topic_queues, h.max_reconsume_times),
+                (Some(4), Some(3))
+            );
         }
         let negative = RemotingCommand::request(rq::SEND_MESSAGE_V2, 1)
             .with("a", "pg")
