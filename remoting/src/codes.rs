@@ -1,5 +1,6 @@
 //! RocketMQ's request codes and response codes (`RequestCode`, `ResponseCode`,
-//! `RemotingSysResponseCode` in rocketmq-all-4.9.7), by their Java names so traces and
+//! `RemotingSysResponseCode` in rocketmq-all-4.9.7, and the few of 5.x that its 5.x
+//! remoting client sends), by their Java names so traces and
 //! RocketMQ's documentation read alike. Only the codes weir serves or answers with are
 //! listed; anything else is answered `REQUEST_CODE_NOT_SUPPORTED`.
 
@@ -62,6 +63,9 @@ pub mod request {
     pub const QUERY_DATA_VERSION: i32 = 322;
     pub const SEND_REPLY_MESSAGE: i32 = 324;
     pub const SEND_REPLY_MESSAGE_V2: i32 = 325;
+    /// 5.x: a pull by `DefaultLitePullConsumer` (`PullSysFlag` bit 0x10 set); the broker
+    /// serves it as `PULL_MESSAGE`.
+    pub const LITE_PULL_MESSAGE: i32 = 361;
 }
 
 /// A response's status.
@@ -161,6 +165,7 @@ pub fn request_name(code: i32) -> &'static str {
         QUERY_DATA_VERSION => "QUERY_DATA_VERSION",
         SEND_REPLY_MESSAGE => "SEND_REPLY_MESSAGE",
         SEND_REPLY_MESSAGE_V2 => "SEND_REPLY_MESSAGE_V2",
+        LITE_PULL_MESSAGE => "LITE_PULL_MESSAGE",
         _ => "UNKNOWN",
     }
 }

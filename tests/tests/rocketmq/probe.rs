@@ -24,37 +24,41 @@ pub fn interop(path: &str) -> PathBuf {
 /// Which client runs a scenario.
 #[derive(Clone, Copy)]
 pub enum Lang {
+    /// RocketMQ's Java client 4.9.x (`interop/java`).
     Java,
+    /// The same probe built against the newest 5.x remoting client (`interop/java5`).
+    Java5,
     Go,
+}
+
+/// The Java probe built in `interop/<dir>`: one JVM command for every client version.
+fn java(dir: &str) -> Command {
+    let target = interop(dir).join("target");
+    let jar = target.join("interop.jar");
+    assert!(
+        jar.exists(),
+        "{} is missing: scripts/test builds the RocketMQ client probes (mvn)",
+        jar.display()
+    );
+    let cp = format!("{}:{}/*", jar.display(), target.join("lib").display());
+    let mut c = Command::new("java");
+    c.args([
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        "-Xmx256m",
+        "-cp",
+        &cp,
+        "weir.interop.Main",
+    ]);
+    c
 }
 
 impl Lang {
     /// The probe's command, before its scenario and arguments.
     fn command(self) -> Command {
         match self {
-            Lang::Java => {
-                let jar = interop("java/target/interop.jar");
-                assert!(
-                    jar.exists(),
-                    "{} is missing: scripts/test builds the RocketMQ client probes (mvn)",
-                    jar.display()
-                );
-                let cp = format!(
-                    "{}:{}/*",
-                    jar.display(),
-                    interop("java/target/lib").display()
-                );
-                let mut c = Command::new("java");
-                c.args([
-                    "-XX:+UseSerialGC",
-                    "-XX:TieredStopAtLevel=1",
-                    "-Xmx256m",
-                    "-cp",
-                    &cp,
-                    "weir.interop.Main",
-                ]);
-                c
-            }
+            Lang::Java => java("java"),
+            Lang::Java5 => java("java5"),
             Lang::Go => {
                 let probe = interop("go/target/probe");
                 assert!(

@@ -248,6 +248,14 @@ async fn a_rocketmq_producer_and_consumer_on_weir() {
     assert_eq!(p2.get("size").map(String::as_str), Some("L"));
     assert_eq!(msgs[2].topic, "RT");
 
+    // RocketMQ 5.x's lite pull consumer asks the same as LITE_PULL_MESSAGE (sysFlag 0x10).
+    let mut lite = pull("cg", "RT", 0, 1).with("sysFlag", 0x10);
+    lite.code = rq::LITE_PULL_MESSAGE;
+    let lite = c.call(lite).await;
+    ok(&lite);
+    assert_eq!(lite.num::<u64>("nextBeginOffset").unwrap(), 3);
+    assert_eq!(MessageExt::decode_all(&lite.body).unwrap().len(), 2);
+
     // Nothing more: PULL_NOT_FOUND; past the end: PULL_OFFSET_MOVED.
     let none = c.call(pull("cg", "RT", 0, 3)).await;
     assert_eq!(none.code, rs::PULL_NOT_FOUND);

@@ -103,7 +103,8 @@ impl RemotingAdapter {
             rq::SEND_MESSAGE | rq::SEND_MESSAGE_V2 | rq::SEND_BATCH_MESSAGE => {
                 send::serve(self, call, cmd).await
             }
-            rq::PULL_MESSAGE => pull::serve(self, call, cmd).await,
+            // RocketMQ 5.x's lite pull consumer says LITE_PULL_MESSAGE for the same pull.
+            rq::PULL_MESSAGE | rq::LITE_PULL_MESSAGE => pull::serve(self, call, cmd).await,
             rq::HEART_BEAT
             | rq::UNREGISTER_CLIENT
             | rq::GET_CONSUMER_LIST_BY_GROUP

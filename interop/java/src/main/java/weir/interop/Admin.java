@@ -32,7 +32,7 @@ final class Admin implements Scenario {
         p.start();
         Out.ready();
         try {
-            p.createTopic("TBW102", topic, queues);
+            Clients.createTopic(p, "TBW102", topic, queues);
             List<MessageQueue> mqs = Clients.tryQueues(p, topic);
             while (mqs.size() != queues && System.currentTimeMillis() < deadline) {
                 Clients.sleep(100);

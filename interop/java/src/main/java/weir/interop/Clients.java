@@ -13,7 +13,6 @@ import org.apache.rocketmq.client.producer.DefaultMQProducer;
 import org.apache.rocketmq.common.consumer.ConsumeFromWhere;
 import org.apache.rocketmq.common.message.Message;
 import org.apache.rocketmq.common.message.MessageQueue;
-import org.apache.rocketmq.common.protocol.heartbeat.MessageModel;
 
 /** Client construction with short intervals, topic set-up and waits shared by scenarios. */
 final class Clients {
@@ -38,10 +37,17 @@ final class Clients {
         return p;
     }
 
-    static DefaultMQPushConsumer pushConsumer(Args a, String group, String instance, MessageModel model) {
+    /**
+     * A push consumer, CLUSTERING unless {@code broadcast}. The MessageModel enum is named
+     * through the consumer's own getter: it moved between the 4.x client
+     * (org.apache.rocketmq.common.protocol.heartbeat) and 5.x (org.apache.rocketmq.remoting.
+     * protocol.heartbeat), and this source builds against both (interop/java, interop/java5).
+     */
+    static DefaultMQPushConsumer pushConsumer(Args a, String group, String instance, boolean broadcast) {
         DefaultMQPushConsumer c = new DefaultMQPushConsumer(group);
         fast(c, a, instance);
-        c.setMessageModel(model);
+        c.setMessageModel(Enum.valueOf(c.getMessageModel().getDeclaringClass(),
+                broadcast ? "BROADCASTING" : "CLUSTERING"));
         c.setConsumeFromWhere(ConsumeFromWhere.CONSUME_FROM_FIRST_OFFSET);
         c.setPullInterval(0);
         c.setConsumeThreadMin(4);
@@ -49,6 +55,32 @@ final class Clients {
         c.setConsumeMessageBatchMaxSize(1);
         c.setAwaitTerminationMillisWhenShutdown(2000);
         return c;
+    }
+
+    /**
+     * producer.createTopic(key, topic, queues): UPDATE_AND_CREATE_TOPIC to each master of
+     * {@code key}'s route. The 4.x client has createTopic(key, topic, queueNum); 5.x only the
+     * variant with topic attributes (none here), so the one present is called by reflection.
+     */
+    static void createTopic(DefaultMQProducer p, String key, String topic, int queues) throws Exception {
+        java.lang.reflect.Method m;
+        Object[] args;
+        try {
+            m = DefaultMQProducer.class.getMethod("createTopic", String.class, String.class, int.class);
+            args = new Object[] {key, topic, queues};
+        } catch (NoSuchMethodException e) {
+            m = DefaultMQProducer.class.getMethod("createTopic", String.class, String.class, int.class,
+                    java.util.Map.class);
+            args = new Object[] {key, topic, queues, java.util.Map.of()};
+        }
+        try {
+            m.invoke(p, args);
+        } catch (java.lang.reflect.InvocationTargetException e) {
+            if (e.getCause() instanceof Exception ex) {
+                throw ex;
+            }
+            throw e;
+        }
     }
 
     /** Default instance name: unique per process, so two processes in a group differ. */
@@ -66,7 +98,7 @@ final class Clients {
         List<MessageQueue> mqs = tryQueues(p, topic);
         if (mqs.isEmpty()) {
             Out.log("creating topic " + topic + " with " + queues + " queues via TBW102");
-            p.createTopic("TBW102", topic, queues);
+            Clients.createTopic(p, "TBW102", topic, queues);
         }
         while (mqs.isEmpty()) {
             if (System.currentTimeMillis() > deadline) {
@@ -97,7 +129,7 @@ final class Clients {
         RebalanceImpl rb = c.getDefaultMQPushConsumerImpl().getRebalanceImpl();
         var factory = rb.getmQClientFactory();
         String clientId = factory.getClientId();
-        boolean broadcast = c.getMessageModel() == MessageModel.BROADCASTING;
+        boolean broadcast = c.getMessageModel().name().equals("BROADCASTING");
         AllocateMessageQueueStrategy strategy = c.getAllocateMessageQueueStrategy();
         while (true) {
             Set<MessageQueue> held = new HashSet<>();

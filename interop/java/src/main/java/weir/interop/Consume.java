@@ -4,7 +4,6 @@ import org.apache.rocketmq.client.consumer.DefaultMQPushConsumer;
 import org.apache.rocketmq.client.consumer.listener.ConsumeConcurrentlyStatus;
 import org.apache.rocketmq.client.consumer.listener.MessageListenerConcurrently;
 import org.apache.rocketmq.common.message.MessageExt;
-import org.apache.rocketmq.common.protocol.heartbeat.MessageModel;
 
 /**
  * {@code consume topic= group= expr= expect= grace= members= instance= timeout=} (and
@@ -45,8 +44,7 @@ final class Consume implements Scenario {
     public boolean run() throws Exception {
         long deadline = System.currentTimeMillis() + a.timeoutMs();
         Recorder rec = new Recorder(instance);
-        DefaultMQPushConsumer c = Clients.pushConsumer(a, group, instance,
-                broadcast ? MessageModel.BROADCASTING : MessageModel.CLUSTERING);
+        DefaultMQPushConsumer c = Clients.pushConsumer(a, group, instance, broadcast);
         c.subscribe(topic, expr);
         c.registerMessageListener((MessageListenerConcurrently) (msgs, ctx) -> {
             for (MessageExt m : msgs) {

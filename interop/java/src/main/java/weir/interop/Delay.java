@@ -9,7 +9,6 @@ import org.apache.rocketmq.client.producer.SendResult;
 import org.apache.rocketmq.client.producer.SendStatus;
 import org.apache.rocketmq.common.message.Message;
 import org.apache.rocketmq.common.message.MessageExt;
-import org.apache.rocketmq.common.protocol.heartbeat.MessageModel;
 
 /**
  * {@code delay topic= group= count= level= minDelay= grace= instance=}: sends {@code count}
@@ -51,7 +50,7 @@ final class Delay implements Scenario {
         DefaultMQProducer p = Clients.producer(a, group + "_pg", instance);
         p.start();
         Recorder rec = new Recorder(instance);
-        DefaultMQPushConsumer c = Clients.pushConsumer(a, group, instance, MessageModel.CLUSTERING);
+        DefaultMQPushConsumer c = Clients.pushConsumer(a, group, instance, false);
         java.util.Map<String, Long> recvAt = new java.util.concurrent.ConcurrentHashMap<>();
         java.util.Map<String, Long> sentAt = new java.util.concurrent.ConcurrentHashMap<>();
         try {

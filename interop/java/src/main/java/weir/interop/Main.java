@@ -90,6 +90,14 @@ public final class Main {
         if (System.getProperty("rocketmq.client.logLevel") == null) {
             System.setProperty("rocketmq.client.logLevel", "WARN");
         }
+        // The 5.x client logs through its own logback (rmq.client.logback.xml), which reads
+        // other names and otherwise writes ~/logs/rocketmqlogs at INFO.
+        if (System.getProperty("rocketmq.log.root") == null) {
+            System.setProperty("rocketmq.log.root", System.getProperty("rocketmq.client.logRoot"));
+        }
+        if (System.getProperty("rocketmq.log.level") == null) {
+            System.setProperty("rocketmq.log.level", System.getProperty("rocketmq.client.logLevel"));
+        }
         if (System.getProperty("rocketmq.client.localOffsetStoreDir") == null) {
             // Broadcasting consumers keep offsets in files; never reuse them across runs.
             Path dir = Files.createTempDirectory("weir-interop-offsets");

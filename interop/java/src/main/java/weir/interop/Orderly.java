@@ -13,7 +13,6 @@ import org.apache.rocketmq.client.producer.SendResult;
 import org.apache.rocketmq.client.producer.SendStatus;
 import org.apache.rocketmq.common.message.Message;
 import org.apache.rocketmq.common.message.MessageExt;
-import org.apache.rocketmq.common.protocol.heartbeat.MessageModel;
 
 /**
  * {@code orderly topic= group= orders= steps= queues= grace= instance=}: creates the topic
@@ -51,7 +50,7 @@ final class Orderly implements Scenario {
         DefaultMQProducer p = Clients.producer(a, group + "_pg", instance);
         p.start();
         Recorder rec = new Recorder(instance);
-        DefaultMQPushConsumer c = Clients.pushConsumer(a, group, instance, MessageModel.CLUSTERING);
+        DefaultMQPushConsumer c = Clients.pushConsumer(a, group, instance, false);
         c.setSuspendCurrentQueueTimeMillis(200);
         try {
             Clients.ensureTopic(p, topic, queues, deadline);

@@ -12,7 +12,6 @@ import org.apache.rocketmq.client.producer.SendResult;
 import org.apache.rocketmq.client.producer.SendStatus;
 import org.apache.rocketmq.common.message.Message;
 import org.apache.rocketmq.common.message.MessageExt;
-import org.apache.rocketmq.common.protocol.heartbeat.MessageModel;
 
 /**
  * {@code retry topic= group= count= fail= max= level= grace= dlq= instance=}: sends {@code count}
@@ -56,7 +55,7 @@ final class Retry implements Scenario {
         DefaultMQProducer p = Clients.producer(a, group + "_pg", instance);
         p.start();
         Recorder rec = new Recorder(instance);
-        DefaultMQPushConsumer c = Clients.pushConsumer(a, group, instance, MessageModel.CLUSTERING);
+        DefaultMQPushConsumer c = Clients.pushConsumer(a, group, instance, false);
         c.setMaxReconsumeTimes(max);
         try {
             int bad = 0;

@@ -15,7 +15,6 @@ import org.apache.rocketmq.client.producer.SendResult;
 import org.apache.rocketmq.client.producer.SendStatus;
 import org.apache.rocketmq.common.message.Message;
 import org.apache.rocketmq.common.message.MessageExt;
-import org.apache.rocketmq.common.protocol.heartbeat.MessageModel;
 
 /**
  * {@code sql92 topic= group= count= sql= expectKeys= grace= instance=}: sends {@code count}
@@ -64,7 +63,7 @@ final class Sql92 implements Scenario {
         DefaultMQProducer p = Clients.producer(a, group + "_pg", instance);
         p.start();
         Recorder rec = new Recorder(instance);
-        DefaultMQPushConsumer c = Clients.pushConsumer(a, group, instance, MessageModel.CLUSTERING);
+        DefaultMQPushConsumer c = Clients.pushConsumer(a, group, instance, false);
         try {
             int bad = 0;
             for (int i = 0; i < count; i++) {

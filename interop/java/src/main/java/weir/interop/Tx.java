@@ -13,7 +13,6 @@ import org.apache.rocketmq.client.producer.TransactionSendResult;
 import org.apache.rocketmq.client.producer.SendStatus;
 import org.apache.rocketmq.common.message.Message;
 import org.apache.rocketmq.common.message.MessageExt;
-import org.apache.rocketmq.common.protocol.heartbeat.MessageModel;
 
 /**
  * {@code tx topic= group= grace= instance= timeout=}: a TransactionMQProducer sends three
@@ -78,7 +77,7 @@ final class Tx implements Scenario {
         });
         p.start();
         Recorder rec = new Recorder(instance);
-        DefaultMQPushConsumer c = Clients.pushConsumer(a, group, instance, MessageModel.CLUSTERING);
+        DefaultMQPushConsumer c = Clients.pushConsumer(a, group, instance, false);
         try {
             int bad = 0;
             for (String k : KEYS) {

@@ -43,7 +43,7 @@ final class View implements Scenario {
                 Out.done(false, "send " + r.getSendStatus());
                 return false;
             }
-            MessageExt byOffset = p.viewMessage(r.getOffsetMsgId());
+            MessageExt byOffset = p.viewMessage(topic, r.getOffsetMsgId());
             Out.recv("view-offset", byOffset);
             boolean okOffset = r.getMsgId().equals(byOffset.getMsgId()) || r.getMsgId().equals(byOffset.getProperty("UNIQ_KEY"));
 
