@@ -26,6 +26,8 @@ pub fn interop(path: &str) -> PathBuf {
 pub enum Lang {
     Java,
     Go,
+    /// ali-ons, RocketMQ's pure-JavaScript 4.x client.
+    Node,
 }
 
 impl Lang {
@@ -63,6 +65,17 @@ impl Lang {
                     probe.display()
                 );
                 Command::new(probe)
+            }
+            Lang::Node => {
+                let modules = interop("node/node_modules/ali-ons");
+                assert!(
+                    modules.exists(),
+                    "{} is missing: scripts/test installs the Node.js probe's packages (npm ci --prefix interop/node)",
+                    modules.display()
+                );
+                let mut c = Command::new("node");
+                c.arg(interop("node/probe.js"));
+                c
             }
         }
     }
@@ -117,7 +130,7 @@ impl Probe {
         Probe {
             child: cmd
                 .spawn()
-                .expect("start the probe (java and go must be installed)"),
+                .expect("start the probe (java, go and node must be installed)"),
         }
     }
 
