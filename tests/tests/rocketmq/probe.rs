@@ -29,6 +29,8 @@ pub enum Lang {
     /// The same probe built against the newest 5.x remoting client (`interop/java5`).
     Java5,
     Go,
+    /// ali-ons, RocketMQ's pure-JavaScript 4.x client.
+    Node,
 }
 
 /// The Java probe built in `interop/<dir>`: one JVM command for every client version.
@@ -67,6 +69,17 @@ impl Lang {
                     probe.display()
                 );
                 Command::new(probe)
+            }
+            Lang::Node => {
+                let modules = interop("node/node_modules/ali-ons");
+                assert!(
+                    modules.exists(),
+                    "{} is missing: scripts/test installs the Node.js probe's packages (npm ci --prefix interop/node)",
+                    modules.display()
+                );
+                let mut c = Command::new("node");
+                c.arg(interop("node/probe.js"));
+                c
             }
         }
     }
@@ -121,7 +134,7 @@ impl Probe {
         Probe {
             child: cmd
                 .spawn()
-                .expect("start the probe (java and go must be installed)"),
+                .expect("start the probe (java, go and node must be installed)"),
         }
     }
 
