@@ -34,6 +34,7 @@ public final class Main {
         SCENARIOS.put("pull", Pull::new);
         SCENARIOS.put("view", View::new);
         SCENARIOS.put("admin", Admin::new);
+        SCENARIOS.put("latency", Latency::new);
     }
 
     public static void main(String[] argv) {
