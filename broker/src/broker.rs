@@ -160,7 +160,6 @@ impl Broker {
         self.topics_changed.send_modify(|v| *v += 1);
     }
 
-    /// The topic for a send: created on first use when allowed.
     /// The topic a send goes to; created, when auto-create is on, with `queues` queues (at
     /// most the broker's default, which `None` means).
     pub(crate) fn topic_for_send(

@@ -261,16 +261,22 @@ impl ClientRegistry {
         if let Some(g) = &left {
             c.consumers.retain(|d| &d.group != g);
         }
-        if c.consumers.is_empty() && c.producer_groups.is_empty() {
-            return self.remove(&mut clients, vec![client_id.to_owned()]);
+        // A client left in no group is forgotten whole.
+        let forgotten = c.consumers.is_empty() && c.producer_groups.is_empty();
+        if forgotten {
+            clients.remove(client_id);
         }
-        match left {
-            Some(group) => Gone {
-                client_ids: Vec::new(),
-                notices: notices(&clients, BTreeSet::from([group.clone()]), &[]),
-                left_groups: vec![(client_id.to_owned(), group)],
+        let groups: BTreeSet<String> = left.iter().cloned().collect();
+        Gone {
+            notices: notices(&clients, groups, &[]),
+            client_ids: if forgotten {
+                vec![client_id.to_owned()]
+            } else {
+                Vec::new()
             },
-            None => Gone::default(),
+            left_groups: left
+                .map(|g| vec![(client_id.to_owned(), g)])
+                .unwrap_or_default(),
         }
     }
 

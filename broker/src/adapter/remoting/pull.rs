@@ -1,7 +1,8 @@
 //! `PULL_MESSAGE`: a pull as RocketMQ's consumers make it, answered with messages in
 //! RocketMQ's layout. RocketMQ 5.x's lite pull consumer sends the same header as
-//! `LITE_PULL_MESSAGE` (with `PullSysFlag` bit 0x10, which changes nothing on a broker). A tag subscription is weir's tag expression; an SQL92 one runs
-//! natively in the pull (and a filter uploaded for the group runs after either).
+//! `LITE_PULL_MESSAGE` (with `PullSysFlag` bit 0x10, which changes nothing on a broker).
+//! A tag subscription is weir's tag expression; an SQL92 one runs natively in the pull
+//! (and a filter uploaded for the group runs after either).
 //!
 //! A push consumer's pull names no subscription (`postSubscriptionWhenPull` is off by
 //! default): the broker uses the one its heartbeat registered for the group and topic, as
