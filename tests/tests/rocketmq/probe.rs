@@ -26,6 +26,7 @@ pub fn interop(path: &str) -> PathBuf {
 pub enum Lang {
     Java,
     Go,
+    Python,
 }
 
 impl Lang {
@@ -63,6 +64,18 @@ impl Lang {
                     probe.display()
                 );
                 Command::new(probe)
+            }
+            Lang::Python => {
+                let python = interop("python/target/venv/bin/python");
+                assert!(
+                    python.exists(),
+                    "{} is missing: scripts/test installs RocketMQ's Python client into this \
+                     venv (python3 -m venv, then pip install -r interop/python/requirements.txt)",
+                    python.display()
+                );
+                let mut c = Command::new(python);
+                c.arg(interop("python/probe.py"));
+                c
             }
         }
     }
@@ -117,7 +130,7 @@ impl Probe {
         Probe {
             child: cmd
                 .spawn()
-                .expect("start the probe (java and go must be installed)"),
+                .expect("start the probe (java, go and python3 must be installed)"),
         }
     }
 

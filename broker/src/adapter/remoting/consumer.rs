@@ -12,9 +12,11 @@ use weir_remoting::body::{
     MessageQueue, SubscriptionData,
 };
 use weir_remoting::codes::{request as rq, response as rs};
+use weir_store::ReadLimits;
 
 use super::pull::SQL92;
 use super::{Call, RemotingAdapter, Served, bad, unexpected};
+use crate::broker::Broker;
 use crate::dispatch::{BrokerRequest, BrokerResponse};
 use crate::error::ProcessError;
 use crate::subscription::TagFilter;
@@ -75,6 +77,50 @@ fn queues(mqs: &[MessageQueue]) -> Vec<QueueRef> {
         .collect()
 }
 
+/// Where a group with no committed offset on a queue starts, as RocketMQ's broker answers
+/// `QUERY_CONSUMER_OFFSET`: at 0 while the queue has lost nothing (min offset 0) and its
+/// first message is still "in memory" (within 40 % of physical memory of the commit log's
+/// end; an empty queue counts too), so a new group's first consumer reads a young queue
+/// from its start whatever its consume-from-where says (RocketMQ's C++ client, under the
+/// Python and Node.js clients, starts at the last offset and cannot be told otherwise
+/// through them). `None`: not found, the client decides.
+fn new_group_start(broker: &Broker, topic: &str, queue_id: u32) -> Option<u64> {
+    let store = &broker.store;
+    if store.min_offset(topic, queue_id) != 0 {
+        return None;
+    }
+    let one = ReadLimits {
+        max_count: 1,
+        ..ReadLimits::default()
+    };
+    let first = store.get_messages(topic, queue_id, 0, one, |_| true);
+    let first_at = first.messages.first().map(|r| r.commit_log_offset());
+    young(first_at, store.commit_log_max_offset(), physical_memory()).then_some(0)
+}
+
+/// RocketMQ's `accessMessageInMemoryMaxRatio` default: the share of physical memory whose
+/// newest commit log bytes count as in memory.
+const IN_MEMORY_PERCENT: u64 = 40;
+
+fn young(first_at: Option<u64>, log_end: u64, memory: u64) -> bool {
+    first_at.is_none_or(|at| log_end.saturating_sub(at) <= memory / 100 * IN_MEMORY_PERCENT)
+}
+
+/// Physical memory in bytes (Linux's `/proc/meminfo`; 4 GiB where it cannot be read).
+fn physical_memory() -> u64 {
+    static MEMORY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *MEMORY.get_or_init(|| {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kib * 1024)
+            })
+            .unwrap_or(4 << 30)
+    })
+}
+
 fn ok(cmd: &RemotingCommand) -> RemotingCommand {
     RemotingCommand::response_to(cmd, rs::SUCCESS, None)
 }
@@ -129,18 +175,23 @@ pub(super) async fn serve(
             }
         }
         rq::QUERY_CONSUMER_OFFSET => {
+            let topic = cmd.field("topic").map_err(bad)?.to_owned();
+            let queue_id = cmd.num("queueId").map_err(bad)?;
             let req = QueryConsumerOffset {
                 group: cmd.field("consumerGroup").map_err(bad)?.to_owned(),
-                topic: cmd.field("topic").map_err(bad)?.to_owned(),
-                queue_id: cmd.num("queueId").map_err(bad)?,
+                topic: topic.clone(),
+                queue_id,
             };
             match adapter
                 .dispatch(call, R::QueryConsumerOffset(req), false)
                 .await?
             {
-                BrokerResponse::ConsumerOffset(o) => match o.offset {
+                BrokerResponse::ConsumerOffset(o) => match o
+                    .offset
+                    .or_else(|| new_group_start(&adapter.0, &topic, queue_id))
+                {
                     Some(offset) => Ok(ok(cmd).with("offset", offset)),
-                    // The client then starts where its consume-from-where says.
+                    // An old queue: the client starts where its consume-from-where says.
                     None => Ok(RemotingCommand::response_to(
                         cmd,
                         rs::QUERY_NOT_FOUND,
@@ -262,6 +313,17 @@ pub(super) async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn young_queues_as_rocketmq_tells_them() {
+        let gib = 1u64 << 30;
+        // Empty, or its first message near the log's end: young.
+        assert!(young(None, 0, 10 * gib));
+        assert!(young(Some(100), 4 * gib, 10 * gib));
+        // The first message 4 GiB + 1 behind the end, 40 % of 10 GiB being 4 GiB: old.
+        assert!(!young(Some(0), 4 * gib + 1, 10 * gib));
+        assert!(physical_memory() > 0);
+    }
 
     #[test]
     fn a_java_heartbeat_becomes_weirs() {

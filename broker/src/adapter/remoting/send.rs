@@ -1,5 +1,7 @@
 //! `SEND_MESSAGE` (long header names), `SEND_MESSAGE_V2` (one-letter names) and
-//! `SEND_BATCH_MESSAGE` (V2 header, `MessageDecoder.encodeMessages` body).
+//! `SEND_BATCH_MESSAGE` (V2 header, `MessageDecoder.encodeMessages` body). As RocketMQ's
+//! broker does, a send whose header says `batch` is a batch whatever its code: RocketMQ's
+//! C++ client (under the Python and Node.js clients) sends batches as `SEND_MESSAGE`.
 //!
 //! A RocketMQ message's tag and keys travel as properties `TAGS` and `KEYS` (keys
 //! space-separated); they become weir's tag and keys, every other property stays a
@@ -28,6 +30,8 @@ struct SendHeader {
     flag: i32,
     properties: String,
     reconsume_times: u32,
+    /// The body is a batch (`MessageDecoder.encodeMessages`).
+    batch: bool,
 }
 
 impl SendHeader {
@@ -61,6 +65,8 @@ impl SendHeader {
                 .unwrap_or_default()
                 .to_owned(),
             reconsume_times: u32::try_from(reconsume_times).unwrap_or(0),
+            batch: cmd.code == rq::SEND_BATCH_MESSAGE
+                || cmd.opt_bool(name("batch", "m")).unwrap_or(false),
         })
     }
 }
@@ -125,7 +131,7 @@ pub(super) async fn serve(
     cmd: &RemotingCommand,
 ) -> Served {
     let h = SendHeader::parse(cmd)?;
-    if cmd.code == rq::SEND_BATCH_MESSAGE {
+    if h.batch {
         return serve_batch(adapter, call, cmd, h).await;
     }
     let split = split_properties(&h.properties);
