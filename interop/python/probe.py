@@ -27,8 +27,9 @@ import sys
 import threading
 import time
 
-import probe_common
-from probe_common import (
+sys.dont_write_bytecode = True  # no __pycache__ beside the sources
+import probe_common  # noqa: E402
+from probe_common import (  # noqa: E402
     STATUS_NAMES, Args, Recorder, Usage, await_members, clean, done, line, load_client, log,
     log_level,
     message, ms_since_start, producer, push_consumer, sent, shutdown_all, subscribe, uniq_key,
