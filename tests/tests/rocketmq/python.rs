@@ -100,7 +100,7 @@ async fn python_producer_and_consumer() {
     for m in &got {
         let n: usize = prop(m, "n").expect("property n").parse().unwrap();
         assert_eq!(m.key(), format!("p{n}"));
-        let (tag, color) = if n % 2 == 0 {
+        let (tag, color) = if n.is_multiple_of(2) {
             ("TagA", "red")
         } else {
             ("TagB", "blue")
