@@ -20,7 +20,6 @@ The C++ client logs to $HOME/logs/rocketmq-cpp; the probe points HOME at a fresh
 (removed at exit) unless PROBE_LOG_DIR names one to keep (then at INFO, else WARN).
 """
 
-import ctypes
 import os
 import shutil
 import sys
@@ -32,7 +31,8 @@ import probe_common  # noqa: E402
 from probe_common import (  # noqa: E402
     STATUS_NAMES, Args, Recorder, Usage, await_members, clean, done, line, load_client, log,
     log_level,
-    message, ms_since_start, producer, push_consumer, sent, shutdown_all, subscribe, uniq_key,
+    message, ms_since_start, producer, push_consumer, send_and_report, sent, shutdown_all,
+    subscribe, uniq_key,
 )
 
 # The package, imported by load_client() once HOME points at the log dir.
@@ -90,34 +90,20 @@ def produce(a, deadline):
                 continue
             for _ in range(count):
                 m, info = message(topic, mode, seq, prefix, big if seq == 0 else 0)
-                this_seq = seq
                 seq += 1
-                try:
-                    if mode == "sync":
-                        r = p.send_sync(m)
-                        sent("sync", STATUS_NAMES.get(int(r.status), str(r.status)), r.msg_id, -1, r.offset, info)
-                    elif mode == "orderly":
-                        # The package's hashing selector: queue = arg % queues; arg = seq.
-                        chosen = []
-
-                        def selector(n, _msg, arg):
-                            q = ctypes.cast(arg, ctypes.POINTER(ctypes.c_int))[0] % n
-                            chosen.append(q)
-                            return q
-                        r = p.send_orderly(m, this_seq, queue_selector=selector)
-                        sent("orderly", STATUS_NAMES.get(int(r.status), str(r.status)), r.msg_id,
-                             chosen[-1] if chosen else -1, r.offset, info)
-                    else:
+                if mode == "oneway":
+                    try:
                         p.send_oneway(m)
-                        sent("oneway", "NONE", uniq_key(m), -1, -1, info)
-                        ok += 1
+                    except Exception as e:
+                        log("oneway send failed: %r" % (e,))
+                        sent("oneway", "EXCEPTION", uniq_key(m), -1, -1, info)
+                        bad += 1
                         continue
-                except Exception as e:
-                    log("%s send failed: %r" % (mode, e))
-                    sent(mode, "EXCEPTION", uniq_key(m), -1, -1, info)
-                    bad += 1
+                    sent("oneway", "NONE", uniq_key(m), -1, -1, info)
+                    ok += 1
                     continue
-                if int(r.status) == 0:
+                # Orderly: the package's hashing selector with arg = seq.
+                if send_and_report(p, mode, m, info, seq - 1 if mode == "orderly" else None):
                     ok += 1
                 else:
                     bad += 1
@@ -277,22 +263,7 @@ def orderly(a, deadline):
                 body = ("order %d step %d" % (o, s)).encode()
                 m.set_body(body)
                 info = {"tags": "TagA", "keys": "o%ds%d" % (o, s), "body": body}
-                chosen = []
-
-                def selector(n, _msg, arg):
-                    q = ctypes.cast(arg, ctypes.POINTER(ctypes.c_int))[0] % n
-                    chosen.append(q)
-                    return q
-                try:
-                    r = p.send_orderly(m, o, queue_selector=selector)
-                except Exception as e:
-                    log("orderly send failed: %r" % (e,))
-                    sent("orderly", "EXCEPTION", uniq_key(m), -1, -1, info)
-                    bad += 1
-                    continue
-                sent("orderly", STATUS_NAMES.get(int(r.status), str(r.status)), r.msg_id,
-                     chosen[-1] if chosen else -1, r.offset, info)
-                if int(r.status) != 0:
+                if not send_and_report(p, "orderly", m, info, o):
                     bad += 1
         total = orders * steps
         got = rec.await_(lambda d, t: d >= total, grace, deadline)
@@ -356,15 +327,7 @@ def retry(a, deadline):
         # from its start (the C++ consumer would wait 30 s for a route it lacks at start).
         for i in range(count):
             m, info = message(topic, "retry", i, "r")
-            try:
-                r = p.send_sync(m)
-            except Exception as e:
-                log("send failed: %r" % (e,))
-                sent("sync", "EXCEPTION", uniq_key(m), -1, -1, info)
-                bad += 1
-                continue
-            sent("sync", STATUS_NAMES.get(int(r.status), str(r.status)), r.msg_id, -1, r.offset, info)
-            if int(r.status) != 0:
+            if not send_and_report(p, "sync", m, info):
                 bad += 1
         c.start()
         if not await_members(a, topic, group, 1, settle, deadline):
@@ -424,9 +387,7 @@ def delay(a, deadline):
         # An undelayed warm-up creates the topic, so the consumer can settle before the
         # delayed sends and the measured delay is the broker's.
         w, winfo = message(topic, "delay-warmup", 0, "dw")
-        r = p.send_sync(w)
-        sent("sync", STATUS_NAMES.get(int(r.status), str(r.status)), r.msg_id, -1, r.offset, winfo)
-        if int(r.status) != 0:
+        if not send_and_report(p, "sync", w, winfo):
             bad += 1
         c.start()
         if not await_members(a, topic, group, 1, settle, deadline):
@@ -436,17 +397,8 @@ def delay(a, deadline):
         for i in range(count):
             m, info = message(topic, "delay", i, "d")
             m.set_delay_time_level(level)
-            t0 = time.time()
-            try:
-                r = p.send_sync(m)
-            except Exception as e:
-                log("send failed: %r" % (e,))
-                sent("delay", "EXCEPTION", uniq_key(m), -1, -1, info)
-                bad += 1
-                continue
-            sent_at[info["keys"]] = t0
-            sent("delay", STATUS_NAMES.get(int(r.status), str(r.status)), r.msg_id, -1, r.offset, info)
-            if int(r.status) != 0:
+            sent_at[info["keys"]] = time.time()
+            if not send_and_report(p, "delay", m, info):
                 bad += 1
         # The warm-up may be skipped by a new group starting at the queues' end.
         got = rec.await_(lambda d, t: all(k in recv_at for k in sent_at), grace, deadline)

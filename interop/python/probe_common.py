@@ -5,7 +5,6 @@ import ctypes
 import hashlib
 import json
 import os
-import shutil
 import socket
 import struct
 import sys
@@ -190,6 +189,30 @@ def uniq_key(m):
 def sent(mode, status, msg_id, queue_id, queue_offset, info):
     line("SENT", mode, status, clean(msg_id) or "-", "-", str(queue_id), str(queue_offset),
          info["tags"], info["keys"], str(len(info["body"])), sha(info["body"]))
+
+
+def send_and_report(p, mode, m, info, order_arg=None):
+    """Sends `m` synchronously (with `order_arg`: `send_orderly` through the package's
+    selector, queue = arg % queues) and prints its SENT line (EXCEPTION if it raised).
+    True if the broker answered SEND_OK."""
+    chosen = []
+
+    def selector(n, _msg, arg):
+        q = ctypes.cast(arg, ctypes.POINTER(ctypes.c_int))[0] % n
+        chosen.append(q)
+        return q
+    try:
+        if order_arg is None:
+            r = p.send_sync(m)
+        else:
+            r = p.send_orderly(m, order_arg, queue_selector=selector)
+    except Exception as e:
+        log("%s send failed: %r" % (mode, e))
+        sent(mode, "EXCEPTION", uniq_key(m), -1, -1, info)
+        return False
+    sent(mode, STATUS_NAMES.get(int(r.status), str(r.status)), r.msg_id, chosen[-1] if chosen else -1,
+         r.offset, info)
+    return int(r.status) == 0
 
 
 def props_of(m):
