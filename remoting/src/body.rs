@@ -77,8 +77,8 @@ pub struct SubscriptionData {
     pub expression_type: Option<String>,
     pub tags_set: Vec<String>,
     pub code_set: Vec<i32>,
-    /// A number from Java and Go; the C++ client (and so the Python and Node.js clients
-    /// built on it) writes it as a string, which fastjson reads too.
+    /// A number from Java and Go; the C++ client (and so PyPI's `rocketmq`, built on it)
+    /// writes it as a string, which fastjson reads too.
     #[serde(deserialize_with = "number_or_string")]
     pub sub_version: i64,
     pub class_filter_mode: bool,

@@ -5,8 +5,8 @@
 //!
 //! The package cannot set a consumer's consume-from-where: the C++ client starts a new
 //! group at the last offset unless the broker answers that the queue is young (offset 0),
-//! as RocketMQ's broker does and weir does (`Broker::new_group_start`). Tests that send
-//! before the consumer starts rely on that.
+//! as RocketMQ's broker does and weir does (`new_group_start` in the remoting adapter).
+//! Tests that send before the consumer starts rely on that.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

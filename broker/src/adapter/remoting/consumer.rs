@@ -81,9 +81,9 @@ fn queues(mqs: &[MessageQueue]) -> Vec<QueueRef> {
 /// `QUERY_CONSUMER_OFFSET`: at 0 while the queue has lost nothing (min offset 0) and its
 /// first message is still "in memory" (within 40 % of physical memory of the commit log's
 /// end; an empty queue counts too), so a new group's first consumer reads a young queue
-/// from its start whatever its consume-from-where says (RocketMQ's C++ client, under the
-/// Python and Node.js clients, starts at the last offset and cannot be told otherwise
-/// through them). `None`: not found, the client decides.
+/// from its start whatever its consume-from-where says (RocketMQ's C++ client, under PyPI's
+/// `rocketmq`, starts at the last offset and cannot be told otherwise through it). `None`:
+/// not found, the client decides.
 fn new_group_start(broker: &Broker, topic: &str, queue_id: u32) -> Option<u64> {
     let store = &broker.store;
     if store.min_offset(topic, queue_id) != 0 {

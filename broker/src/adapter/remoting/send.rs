@@ -1,7 +1,8 @@
 //! `SEND_MESSAGE` (long header names), `SEND_MESSAGE_V2` (one-letter names) and
 //! `SEND_BATCH_MESSAGE` (V2 header, `MessageDecoder.encodeMessages` body). As RocketMQ's
 //! broker does, a send whose header says `batch` is a batch whatever its code: RocketMQ's
-//! C++ client (under the Python and Node.js clients) sends batches as `SEND_MESSAGE`.
+//! C++ client (under PyPI's `rocketmq`) sends batches as `SEND_MESSAGE` with `batch` "1"
+//! (which RocketMQ 4.9.7 itself reads as false, storing the batch as one message).
 //!
 //! A RocketMQ message's tag and keys travel as properties `TAGS` and `KEYS` (keys
 //! space-separated); they become weir's tag and keys, every other property stays a
