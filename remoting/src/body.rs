@@ -77,6 +77,9 @@ pub struct SubscriptionData {
     pub expression_type: Option<String>,
     pub tags_set: Vec<String>,
     pub code_set: Vec<i32>,
+    /// A number from Java and Go; the C++ client (and so PyPI's `rocketmq`, built on it)
+    /// writes it as a string, which fastjson reads too.
+    #[serde(deserialize_with = "number_or_string")]
     pub sub_version: i64,
     pub class_filter_mode: bool,
 }
@@ -154,6 +157,22 @@ pub struct TopicList {
     pub topic_list: Vec<String>,
 }
 
+/// An integer written as a JSON number or as a string of digits.
+fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<i64, D::Error> {
+    use serde::de::Error;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| D::Error::custom(format!("{n} is not an integer"))),
+        serde_json::Value::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| D::Error::custom(format!("{s:?} is not an integer"))),
+        serde_json::Value::Null => Ok(0),
+        v => Err(D::Error::custom(format!("expected an integer, got {v}"))),
+    }
+}
+
 /// Reads a body a client sent.
 pub fn from_json<'a, T: Deserialize<'a>>(body: &'a [u8], what: &'static str) -> Result<T> {
     serde_json::from_slice(body).map_err(|e| RemotingError::Malformed {
@@ -227,6 +246,22 @@ mod tests {
         );
         assert_eq!(s.code_set, vec![2598919]);
         assert!(from_json::<HeartbeatData>(b"[1]", "heartbeat").is_err());
+    }
+
+    /// The C++ client's heartbeat (rocketmq-client-cpp as bundled by the Python client
+    /// `rocketmq` 0.4.4, captured): enums as ordinals, `subVersion` as a string, no tag
+    /// sets.
+    #[test]
+    fn reads_a_cpp_heartbeat() {
+        let body = br#"{"clientID":"26514-127.0.0.1@DEFAULT","consumerDataSet":[{"consumeFromWhere":0,"consumeType":1,"groupName":"py_cg","messageModel":1,"subscriptionDataSet":[{"subString":"*","subVersion":"1796195177651","topic":"%RETRY%py_cg"},{"subString":"TagA || TagB","subVersion":"1796195177651","topic":"PyT"}]}]}
+"#;
+        let hb: HeartbeatData = from_json(body, "heartbeat").unwrap();
+        let c = &hb.consumer_data_set[0];
+        assert!(!c.broadcasting());
+        assert_eq!(c.subscription_data_set[1].sub_version, 1796195177651);
+        assert_eq!(c.subscription_data_set[1].sub_string, "TagA || TagB");
+        let bad = br#"{"consumerDataSet":[{"subscriptionDataSet":[{"subVersion":"x"}]}]}"#;
+        assert!(from_json::<HeartbeatData>(bad, "heartbeat").is_err());
     }
 
     #[test]

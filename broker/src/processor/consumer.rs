@@ -24,6 +24,12 @@ const NOTIFY_TIMEOUT: Duration = Duration::from_secs(3);
 /// machine's memory from the commit log's end (RocketMQ's `accessMessageInMemoryMaxRatio`).
 const YOUNG_QUEUE_MEMORY_PERCENT: u64 = 40;
 
+/// Whether a queue whose first message lies `behind` bytes from the commit log's end
+/// (`None`: it has none) is young on a machine with `memory` bytes.
+fn young(behind: Option<u64>, memory: u64) -> bool {
+    behind.is_none_or(|b| b <= memory / 100 * YOUNG_QUEUE_MEMORY_PERCENT)
+}
+
 /// The machine's memory in bytes (`/proc/meminfo`), or 4 GiB where that cannot be read.
 fn physical_memory() -> u64 {
     static MEMORY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
@@ -137,17 +143,17 @@ impl Broker {
         }
     }
 
-    /// Whether a queue is young: its first message (offset 0) is still stored and recent
-    /// (within [`YOUNG_QUEUE_MEMORY_PERCENT`] of memory from the commit log's end).
+    /// Whether a queue is young: it has lost nothing and its first message (offset 0), if
+    /// any, is recent (within [`YOUNG_QUEUE_MEMORY_PERCENT`] of memory from the commit
+    /// log's end; an empty queue is young, as RocketMQ's `checkInDiskByConsumeOffset` says).
     /// RocketMQ starts a new consumer group on such a queue at 0, whatever its
     /// consume-from-where, so a topic's first messages are not skipped.
     pub fn queue_is_young(&self, topic: &str, queue_id: u32) -> bool {
-        let budget = physical_memory() / 100 * YOUNG_QUEUE_MEMORY_PERCENT;
         self.store.min_offset(topic, queue_id) == 0
-            && self
-                .store
-                .bytes_written_since(topic, queue_id, 0)
-                .is_some_and(|behind| behind <= budget)
+            && young(
+                self.store.bytes_written_since(topic, queue_id, 0),
+                physical_memory(),
+            )
     }
 
     /// Commits a group's offset on a queue that exists.
@@ -223,5 +229,21 @@ impl Broker {
             })
             .collect();
         ConsumeStats { queues }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn young_queues_as_rocketmq_tells_them() {
+        let gib = 1u64 << 30;
+        // Empty, or its first message within 40 % of 100 GiB of the log's end: young.
+        assert!(young(None, 100 * gib));
+        assert!(young(Some(40 * gib), 100 * gib));
+        // One byte further back: old.
+        assert!(!young(Some(40 * gib + 1), 100 * gib));
+        assert!(physical_memory() > 0);
     }
 }

@@ -31,6 +31,8 @@ pub enum Lang {
     Go,
     /// ali-ons, RocketMQ's pure-JavaScript 4.x client.
     Node,
+    /// PyPI's `rocketmq`, RocketMQ's C++ client underneath.
+    Python,
 }
 
 /// The Java probe built in `interop/<dir>`: one JVM command for every client version.
@@ -79,6 +81,18 @@ impl Lang {
                 );
                 let mut c = Command::new("node");
                 c.arg(interop("node/probe.js"));
+                c
+            }
+            Lang::Python => {
+                let python = interop("python/target/venv/bin/python");
+                assert!(
+                    python.exists(),
+                    "{} is missing: scripts/test installs RocketMQ's Python client into this \
+                     venv (python3 -m venv, then pip install -r interop/python/requirements.txt)",
+                    python.display()
+                );
+                let mut c = Command::new(python);
+                c.arg(interop("python/probe.py"));
                 c
             }
         }
@@ -134,7 +148,7 @@ impl Probe {
         Probe {
             child: cmd
                 .spawn()
-                .expect("start the probe (java, go and node must be installed)"),
+                .expect("start the probe (java, go, node and python3 must be installed)"),
         }
     }
 

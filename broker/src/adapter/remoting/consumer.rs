@@ -148,13 +148,14 @@ pub(super) async fn serve(
             {
                 BrokerResponse::ConsumerOffset(o) => match o.offset {
                     Some(offset) => Ok(ok(cmd).with("offset", offset)),
-                    // RocketMQ's answer to a new group: 0 on a young queue (so a consumer
-                    // starting from the last offset still gets a new topic's first
-                    // messages), else not found.
+                    // RocketMQ's answer to a new group: 0 on a young queue, whatever the
+                    // client's consume-from-where (RocketMQ's C++ client, under PyPI's
+                    // `rocketmq`, starts at the last offset and cannot be told otherwise), so
+                    // a new topic's first messages are not skipped.
                     None if adapter.0.queue_is_young(&topic, queue_id) => {
                         Ok(ok(cmd).with("offset", 0))
                     }
-                    // The client then starts where its consume-from-where says.
+                    // An old queue: the client starts where its consume-from-where says.
                     None => Ok(RemotingCommand::response_to(
                         cmd,
                         rs::QUERY_NOT_FOUND,
@@ -276,7 +277,6 @@ pub(super) async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-
     #[test]
     fn a_java_heartbeat_becomes_weirs() {
         let body = br#"{"clientID":"c@1","consumerDataSet":[{"groupName":"cg","messageModel":0,"subscriptionDataSet":[{"topic":"T","subString":"a || b"},{"topic":"U","subString":"x > 1","expressionType":"SQL92"}]}],"producerDataSet":[{"groupName":"pg"}]}"#;

@@ -1,5 +1,8 @@
 //! `SEND_MESSAGE` (long header names), `SEND_MESSAGE_V2` (one-letter names) and
-//! `SEND_BATCH_MESSAGE` (V2 header, `MessageDecoder.encodeMessages` body).
+//! `SEND_BATCH_MESSAGE` (V2 header, `MessageDecoder.encodeMessages` body). As RocketMQ's
+//! broker does, a send whose header says `batch` is a batch whatever its code: RocketMQ's
+//! C++ client (under PyPI's `rocketmq`) sends batches as `SEND_MESSAGE` with `batch` "1"
+//! (which RocketMQ 4.9.7 itself reads as false, storing the batch as one message).
 //!
 //! A RocketMQ message's tag and keys travel as properties `TAGS` and `KEYS` (keys
 //! space-separated); they become weir's tag and keys, every other property stays a
@@ -31,6 +34,8 @@ struct SendHeader {
     max_reconsume_times: Option<u32>,
     /// Queues the producer asks for should the send create the topic.
     default_topic_queues: Option<u32>,
+    /// The body is a batch (`MessageDecoder.encodeMessages`).
+    batch: bool,
 }
 
 impl SendHeader {
@@ -72,6 +77,8 @@ impl SendHeader {
                 .opt_num::<i32>(name("defaultTopicQueueNums", "d"))
                 .map_err(bad)?
                 .and_then(|q| u32::try_from(q).ok()),
+            batch: cmd.code == rq::SEND_BATCH_MESSAGE
+                || cmd.opt_bool(name("batch", "m")).unwrap_or(false),
         })
     }
 }
@@ -136,7 +143,7 @@ pub(super) async fn serve(
     cmd: &RemotingCommand,
 ) -> Served {
     let h = SendHeader::parse(cmd)?;
-    if cmd.code == rq::SEND_BATCH_MESSAGE {
+    if h.batch {
         return serve_batch(adapter, call, cmd, h).await;
     }
     let split = split_properties(&h.properties);
