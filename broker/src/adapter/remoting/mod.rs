@@ -224,6 +224,7 @@ pub fn response_code(e: &ProcessError) -> i32 {
         | P::InvalidName(_)
         | P::FilterRejected(_)
         | P::FilterFailed(_)
+        | P::FilterMarkedFailed(_)
         | P::FilterNotFound(_)
         | P::TransactionInvalid(_)
         | P::GroupHasMembers(_)
