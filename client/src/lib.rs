@@ -86,6 +86,7 @@ impl ClientError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("broker {broker}: {message}")]
 pub struct FilterFailed {
+    /// The address of the broker that answered.
     pub broker: String,
     /// True when the filter is marked failed: pulls fail without running it until a new
     /// version is uploaded or `weir filter reset` clears the mark. False when only this
