@@ -70,7 +70,8 @@ pub struct FilterInfo {
     /// Unix ms of the upload.
     pub uploaded_at: i64,
     /// `Some(cause)` once the filter failed too many batches in a row; pulls of the group
-    /// then fail until a new version is uploaded.
+    /// then fail (`FilterMarkedFailed`) until a new version is uploaded or the mark is
+    /// reset ([`ResetFilter`]). Kept across restarts.
     pub failed: Option<String>,
     pub stats: FilterStats,
 }
