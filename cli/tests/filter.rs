@@ -552,4 +552,32 @@ async fn a_failing_filter_is_visible_to_consume_and_bench() {
         "{last}"
     );
     assert_eq!(summary[0]["delivered"], 0, "{summary:?}");
+    // With push consumers too.
+    let out = weir(
+        ns,
+        &[
+            "bench",
+            "consume",
+            "Bad",
+            "--group",
+            "bg",
+            "--members",
+            "1",
+            "--idle-exit",
+            "2",
+            "--json",
+        ],
+        None,
+    )
+    .await;
+    let err = failed_with_lines(&out);
+    assert!(err.contains("the group's filter failed"), "{err}");
+    let summary = json_lines(&String::from_utf8_lossy(&out.stdout));
+    let failures = &summary[0]["filter_failures"];
+    assert!(failures["count"].as_u64().unwrap() >= 1, "{failures}");
+    assert!(
+        failures["last"].as_str().unwrap().contains("group \"bg\""),
+        "{failures}"
+    );
+    assert_eq!(summary[0]["consumed"], 0, "{summary:?}");
 }

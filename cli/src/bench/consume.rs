@@ -573,11 +573,8 @@ pub(super) async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow
                 grouped(msgs_per_sec.round() as u64),
                 mb_per_sec
             );
-            if let Some(last) = failures.last() {
-                println!(
-                    "filter failures: {} pulls (the last: {last})",
-                    grouped(failures.count())
-                );
+            if let Some(line) = failures.text() {
+                println!("{line}");
             }
         } else {
             println!(
@@ -597,11 +594,5 @@ pub(super) async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow
             println!("committed offsets for group {group}");
         }
     }
-    if let Some(last) = failures.last() {
-        bail!(
-            "the group's filter failed {} pulls; the last: {last}",
-            failures.count()
-        );
-    }
-    Ok(())
+    failures.outcome()
 }

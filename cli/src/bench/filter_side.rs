@@ -32,6 +32,26 @@ impl FilterFailures {
     pub(super) fn json(&self) -> serde_json::Value {
         serde_json::json!({ "count": self.count(), "last": self.last() })
     }
+
+    /// The summary's line, if a pull failed.
+    pub(super) fn text(&self) -> Option<String> {
+        let last = self.last()?;
+        Some(format!(
+            "filter failures: {} pulls (the last: {last})",
+            super::grouped(self.count())
+        ))
+    }
+
+    /// The run's outcome after its summary: an error if a pull failed.
+    pub(super) fn outcome(&self) -> anyhow::Result<()> {
+        match self.last() {
+            Some(last) => anyhow::bail!(
+                "the group's filter failed {} pulls; the last: {last}",
+                self.count()
+            ),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The filter a run applies, for the summary.
