@@ -407,30 +407,32 @@ impl FilterRegistry {
         group: &str,
         topic: &str,
     ) -> Result<Option<(u64, Option<String>)>, FilterError> {
-        let mut cleared = None;
-        let found = self.change_entry(group, topic, |r| match &r.filter {
-            Ok(f) => {
-                let persisted = r.entry.failed.take();
-                cleared = f.clear_mark().or_else(|| persisted.clone());
-                persisted.is_some()
+        let mut persisted = None;
+        let found = self.change_entry(group, topic, |r| {
+            // Nothing to clear when the registered code itself cannot be loaded.
+            if r.filter.is_err() {
+                return false;
             }
-            // Nothing to clear: the registered code itself cannot be loaded.
-            Err(_) => false,
+            persisted = r.entry.failed.take();
+            persisted.is_some()
         })?;
-        if let Some(Registration {
-            filter: Err(cause), ..
-        }) = &found
-        {
-            return Err(FilterError::Invalid(format!(
-                "the filter of group {group:?} on topic {topic:?} cannot be reset: {cause}; upload it again"
-            )));
-        }
-        if let Some(r) = &found
-            && let Some(cause) = &cleared
-        {
+        let Some(r) = found else {
+            return Ok(None);
+        };
+        let filter = match &r.filter {
+            Ok(f) => f,
+            Err(cause) => {
+                return Err(FilterError::Invalid(format!(
+                    "the filter of group {group:?} on topic {topic:?} cannot be reset: {cause}; upload it again"
+                )));
+            }
+        };
+        // In memory only once the disk says so too.
+        let cleared = filter.clear_mark().or(persisted);
+        if let Some(cause) = &cleared {
             info!(group = %r.entry.group, topic = %r.entry.topic, version = r.entry.version, cause = %cause, "filter's failed mark reset");
         }
-        Ok(found.map(|r| (r.entry.version, cleared)))
+        Ok(Some((r.entry.version, cleared)))
     }
 
     /// Applies `change` to (group, topic)'s registration under the change lock, writing

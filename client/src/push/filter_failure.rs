@@ -34,23 +34,11 @@ impl OnFilterFailure {
     /// The default: a `tracing` warning naming the filter, its version and the cause, at
     /// most once a minute for the same failure.
     pub fn warn() -> Self {
-        let seen: Mutex<HashMap<String, Instant>> = Mutex::new(HashMap::new());
+        let limiter = WarnLimiter::default();
         Self::new(move |f: &FilterFailed| {
-            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            if seen
-                .get(&f.message)
-                .is_some_and(|at| now.duration_since(*at) < WARN_EVERY)
-            {
-                return;
+            if limiter.allow(&f.message, Instant::now()) {
+                warn!(broker = %f.broker, marked = f.marked, "the group's filter failed a pull: {}", f.message);
             }
-            if seen.len() >= WARN_REMEMBERED {
-                seen.retain(|_, at| now.duration_since(*at) < WARN_EVERY);
-            }
-            if seen.len() < WARN_REMEMBERED {
-                seen.insert(f.message.clone(), now);
-            }
-            warn!(broker = %f.broker, marked = f.marked, "the group's filter failed a pull: {}", f.message);
         })
     }
 
@@ -71,6 +59,33 @@ impl fmt::Debug for OnFilterFailure {
     }
 }
 
+/// Lets a warning about the same failure through at most once per [`WARN_EVERY`],
+/// remembering at most [`WARN_REMEMBERED`] failures (beyond that, new ones are let through
+/// without being remembered, so the memory stays bounded).
+#[derive(Default)]
+struct WarnLimiter {
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl WarnLimiter {
+    fn allow(&self, key: &str, now: Instant) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen
+            .get(key)
+            .is_some_and(|at| now.saturating_duration_since(*at) < WARN_EVERY)
+        {
+            return false;
+        }
+        if seen.len() >= WARN_REMEMBERED {
+            seen.retain(|_, at| now.saturating_duration_since(*at) < WARN_EVERY);
+        }
+        if seen.len() < WARN_REMEMBERED || seen.contains_key(key) {
+            seen.insert(key.to_owned(), now);
+        }
+        true
+    }
+}
+
 /// The pause after `failures_in_a_row` filter failures (1 or more).
 pub(super) fn backoff(failures_in_a_row: u32) -> Duration {
     let shift = failures_in_a_row.saturating_sub(1).min(16);
@@ -82,6 +97,21 @@ pub(super) fn backoff(failures_in_a_row: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_warning_repeats_once_a_minute_per_failure() {
+        let l = WarnLimiter::default();
+        let t0 = Instant::now();
+        assert!(l.allow("a", t0));
+        assert!(!l.allow("a", t0 + Duration::from_secs(59)));
+        assert!(l.allow("b", t0 + Duration::from_secs(1)), "another failure");
+        assert!(l.allow("a", t0 + WARN_EVERY));
+        // Bounded: past the limit, new failures still warn, unremembered.
+        for i in 0..WARN_REMEMBERED * 2 {
+            assert!(l.allow(&format!("k{i}"), t0 + WARN_EVERY));
+        }
+        assert!(l.seen.lock().unwrap().len() <= WARN_REMEMBERED);
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
