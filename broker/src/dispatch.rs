@@ -22,7 +22,8 @@ use weir_protocol::broker::{
     UnregisterClient, UpdateConsumerOffset, ViewMessageById,
 };
 use weir_protocol::filter::{
-    FilterList, FilterRemoved, FilterUploaded, ListFilters, RemoveFilter, UploadFilter,
+    FilterList, FilterRemoved, FilterReset, FilterUploaded, ListFilters, RemoveFilter, ResetFilter,
+    UploadFilter,
 };
 use weir_protocol::route::TopicList;
 use weir_store::StoredRecord;
@@ -77,6 +78,7 @@ pub enum BrokerRequest {
     },
     ListFilters(ListFilters),
     RemoveFilter(RemoveFilter),
+    ResetFilter(ResetFilter),
     EndTransaction(EndTransaction),
     ListTransactions(ListTransactions),
     ResolveTransaction(ResolveTransaction),
@@ -110,6 +112,7 @@ pub enum BrokerResponse {
     FilterUploaded(FilterUploaded),
     FilterList(FilterList),
     FilterRemoved(FilterRemoved),
+    FilterReset(FilterReset),
     Transactions(TransactionList),
     TransactionResolved(TransactionResolved),
     OffsetsReset(OffsetsReset),
@@ -192,7 +195,9 @@ impl BrokerRequest {
             | R::BrokerStats
             | R::BrokerConfig
             | R::SetBrokerConfig(_) => Family::Admin,
-            R::UploadFilter { .. } | R::ListFilters(_) | R::RemoveFilter(_) => Family::Filter,
+            R::UploadFilter { .. } | R::ListFilters(_) | R::RemoveFilter(_) | R::ResetFilter(_) => {
+                Family::Filter
+            }
         }
     }
 }
@@ -350,6 +355,7 @@ impl Broker {
             }
             R::ListFilters(r) => A::FilterList(self.list_filters(r)),
             R::RemoveFilter(r) => A::FilterRemoved(self.remove_filter(r).await?),
+            R::ResetFilter(r) => A::FilterReset(self.reset_filter(r).await?),
             R::EndTransaction(r) => {
                 self.end_transaction(r).await?;
                 A::Done

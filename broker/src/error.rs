@@ -79,6 +79,10 @@ pub enum ProcessError {
     /// The group's filter failed on this pull; the offset did not move.
     #[error("{0}")]
     FilterFailed(String),
+    /// The group's filter is marked failed: its pulls fail without running it until a new
+    /// version is uploaded or the mark is reset.
+    #[error("{0}")]
+    FilterMarkedFailed(String),
     #[error("{0}")]
     FilterNotFound(String),
     /// A bound on what clients may make the broker hold was reached (connections' client

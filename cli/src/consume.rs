@@ -7,6 +7,10 @@
 //! uncommitted for the next run). `--idle-exit S` stops after S seconds without a
 //! delivery; Ctrl-C (or SIGTERM) stops at once. Every stop ends with the consumer's
 //! `shutdown`, which commits what was consumed and leaves the group.
+//!
+//! A pull the group's filter fails is printed on stderr, once per distinct failure; the
+//! consumer keeps waiting for a new version (or a `weir filter reset`), and at
+//! `--idle-exit` exits non-zero if the group's filter for the topic is still marked failed.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,8 +22,8 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use weir_client::{
     Admin, ClientInstance, ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus, ConsumeFrom,
-    ConsumeOrderlyContext, ConsumeOrderlyStatus, Listener, MessageExt, MessageModel, PushConsumer,
-    PushConsumerConfig,
+    ConsumeOrderlyContext, ConsumeOrderlyStatus, Listener, MessageExt, MessageModel,
+    OnFilterFailure, PushConsumer, PushConsumerConfig,
 };
 
 use crate::output;
@@ -254,6 +258,12 @@ pub async fn run(args: ConsumeArgs, client: ClientInstance) -> anyhow::Result<()
         config.max_reconsume_times = n;
     }
 
+    let failures = Arc::new(FilterFailures::default());
+    config.on_filter_failure = {
+        let failures = Arc::clone(&failures);
+        OnFilterFailure::new(move |f| failures.seen(f))
+    };
+
     let printer = Arc::new(Printer {
         json: args.json,
         orderly: args.orderly,
@@ -288,7 +298,7 @@ pub async fn run(args: ConsumeArgs, client: ClientInstance) -> anyhow::Result<()
         )
     };
     let subscriptions = vec![(args.topic.clone(), args.expr.clone())];
-    let consumer = PushConsumer::start(client, config, subscriptions, listener)
+    let consumer = PushConsumer::start(client.clone(), config, subscriptions, listener)
         .await
         .with_context(|| format!("consuming {} as {}", args.topic, args.group))?;
 
@@ -319,5 +329,74 @@ pub async fn run(args: ConsumeArgs, client: ClientInstance) -> anyhow::Result<()
         .await
         .context("stopping the consumer (its progress may not be committed)")?;
     let _ = std::io::stdout().lock().flush();
+    if failures.any() {
+        // Asked at the end, so a reset or a new version since the last failure counts.
+        let still = match Admin::new(client).list_filters(Some(&args.group)).await {
+            Ok(lists) => lists
+                .into_iter()
+                .flat_map(|(broker, l)| l.filters.into_iter().map(move |f| (broker.clone(), f)))
+                .find(|(_, f)| f.topic == args.topic && f.failed.is_some())
+                .map(|(broker, f)| {
+                    format!(
+                        "broker {broker}: version {}: {}",
+                        f.version,
+                        f.failed.unwrap_or_default()
+                    )
+                }),
+            Err(e) => failures
+                .last_marked()
+                .map(|m| format!("{m} (its state now is unknown: {e})")),
+        };
+        if let Some(why) = still {
+            anyhow::bail!(
+                "the filter of group {} on topic {} is marked failed: {why}",
+                args.group,
+                args.topic
+            );
+        }
+    }
     Ok(())
+}
+
+/// The filter failures the consumer met: each distinct one printed once on stderr, and
+/// whether the last one said the filter is marked failed.
+#[derive(Default)]
+struct FilterFailures {
+    state: Mutex<FailuresSeen>,
+}
+
+#[derive(Default)]
+struct FailuresSeen {
+    printed: std::collections::HashSet<String>,
+    /// The last failure, if the filter was marked failed then.
+    marked: Option<String>,
+}
+
+impl FilterFailures {
+    fn seen(&self, f: &weir_client::FilterFailed) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.marked = f.marked.then(|| f.message.clone());
+        // Bounded: a filter failing in new ways forever does not grow this without end.
+        if s.printed.len() < 1024 && s.printed.insert(f.message.clone()) {
+            eprintln!("weir consume: filter failed: {f}");
+        }
+    }
+
+    fn any(&self) -> bool {
+        !self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .printed
+            .is_empty()
+    }
+
+    /// The last failure, if it said the filter is marked failed.
+    fn last_marked(&self) -> Option<String> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .marked
+            .clone()
+    }
 }

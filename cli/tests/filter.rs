@@ -1,11 +1,14 @@
-//! `weir filter upload|list|remove|test` and `weir bench consume` with filters: the binary
+//! `weir filter upload|list|reset|remove|test`, and `weir consume` and `weir bench consume`
+//! with filters (failing ones too): the binary
 //! against an in-process name server and broker, and real filter components
 //! (`weir-filter-artifacts`).
 
 mod common;
-use common::{env, failed, json_lines, ok, wait_route, weir};
+use common::{Running, env, env_with, failed, json_lines, ok, until, wait_route, weir};
 
-use weir_filter_artifacts::{JSON_FIELD, KEEP_ALL, KEY_SAMPLE, SQL92};
+use std::time::Duration;
+
+use weir_filter_artifacts::{HOSTILE, JSON_FIELD, KEEP_ALL, KEY_SAMPLE, SQL92};
 
 const NO_NAMESRV: &str = "127.0.0.1:1";
 
@@ -398,4 +401,183 @@ async fn bench_consume_with_a_server_side_and_a_client_side_filter() {
     // --param needs --local-filter.
     let out = weir(ns, &["bench", "consume", "BenchF", "--param", "a=b"], None).await;
     assert!(!out.status.success());
+}
+
+/// The stderr of a run that failed, its last line the error (`failed` wants only that).
+fn failed_with_lines(out: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "weir succeeded: {err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("weir: "), "{err}");
+    err
+}
+
+/// The lines `weir consume` printed about filter failures.
+fn failure_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("weir consume: filter failed: "))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_filter_is_visible_to_consume_and_bench() {
+    // Marked at the first failure, so each run sees both kinds within a second or two.
+    let env = env_with(|c| c.filter.failures_before_marked = 1).await;
+    let ns = env.namesrv.as_str();
+    ok(&weir(ns, &["topic", "create", "Bad", "--queues", "1"], None).await);
+    wait_route(ns, "Bad").await;
+    let upload = |group: &'static str, mode: &'static str| async move {
+        let param = format!("mode={mode}");
+        ok(&weir(
+            ns,
+            &[
+                "filter", "upload", "--group", group, "--topic", "Bad", HOSTILE, "--param", &param,
+            ],
+            None,
+        )
+        .await);
+    };
+    upload("g", "trap").await;
+    upload("bg", "trap").await;
+    ok(&weir(ns, &["send", "Bad", "--lines"], Some("hello\n")).await);
+
+    // Each distinct failure once on stderr; at --idle-exit, non-zero while still marked.
+    let out = weir(
+        ns,
+        &["consume", "Bad", "--group", "g", "--idle-exit", "3"],
+        None,
+    )
+    .await;
+    let err = failed_with_lines(&out);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "",
+        "nothing delivered"
+    );
+    let lines = failure_lines(&err);
+    let marked: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("marked failed"))
+        .collect();
+    assert_eq!(marked.len(), 1, "printed once: {err}");
+    assert!(lines.len() <= 2, "each distinct failure once: {err}");
+    for part in ["group \"g\"", "version 1", "unreachable"] {
+        assert!(marked[0].contains(part), "no {part:?} in {err}");
+    }
+    assert!(
+        err.contains("the filter of group g on topic Bad is marked failed"),
+        "{err}"
+    );
+
+    // A reset clears the mark.
+    let reset = ok(&weir(
+        ns,
+        &["filter", "reset", "--group", "g", "--topic", "Bad"],
+        None,
+    )
+    .await);
+    assert!(
+        reset.starts_with("broker-a: version 1: failed mark cleared (it was: "),
+        "{reset}"
+    );
+    let again = ok(&weir(
+        ns,
+        &["filter", "reset", "--group", "g", "--topic", "Bad"],
+        None,
+    )
+    .await);
+    assert_eq!(again, "broker-a: version 1: was not marked failed\n");
+
+    // The same version fails (and is marked) again; the consumer keeps waiting, and a new
+    // version delivers.
+    let mut consume = Running::spawn(
+        ns,
+        &[
+            "consume",
+            "Bad",
+            "--group",
+            "g",
+            "--idle-exit",
+            "30",
+            "--count",
+            "1",
+        ],
+    );
+    until(
+        Duration::from_secs(20),
+        "the consumer reports the mark",
+        async || consume.stderr().contains("marked failed"),
+    )
+    .await;
+    upload("g", "keep").await;
+    let status = consume.wait(Duration::from_secs(40)).await;
+    assert!(status.success(), "{}", consume.stderr());
+    let printed = consume.lines();
+    assert!(
+        printed.len() == 1 && printed[0].ends_with(" body=hello"),
+        "{printed:?}"
+    );
+    let err = consume.stderr();
+    let marked = failure_lines(&err)
+        .iter()
+        .filter(|l| l.contains("marked failed"))
+        .count();
+    assert_eq!(marked, 1, "{err}");
+
+    // The benchmark counts the failures, names the cause, and fails.
+    let out = weir(
+        ns,
+        &[
+            "bench",
+            "consume",
+            "Bad",
+            "--group",
+            "bg",
+            "--idle-exit",
+            "1",
+            "--json",
+        ],
+        None,
+    )
+    .await;
+    let err = failed_with_lines(&out);
+    assert!(err.contains("the group's filter failed"), "{err}");
+    let summary = json_lines(&String::from_utf8_lossy(&out.stdout));
+    let failures = &summary[0]["filter_failures"];
+    assert!(failures["count"].as_u64().unwrap() >= 1, "{failures}");
+    let last = failures["last"].as_str().unwrap();
+    assert!(
+        last.contains("group \"bg\"") && last.contains("marked failed"),
+        "{last}"
+    );
+    assert_eq!(summary[0]["delivered"], 0, "{summary:?}");
+    // With push consumers too.
+    let out = weir(
+        ns,
+        &[
+            "bench",
+            "consume",
+            "Bad",
+            "--group",
+            "bg",
+            "--members",
+            "1",
+            "--idle-exit",
+            "2",
+            "--json",
+        ],
+        None,
+    )
+    .await;
+    let err = failed_with_lines(&out);
+    assert!(err.contains("the group's filter failed"), "{err}");
+    let summary = json_lines(&String::from_utf8_lossy(&out.stdout));
+    let failures = &summary[0]["filter_failures"];
+    assert!(failures["count"].as_u64().unwrap() >= 1, "{failures}");
+    assert!(
+        failures["last"].as_str().unwrap().contains("group \"bg\""),
+        "{failures}"
+    );
+    assert_eq!(summary[0]["consumed"], 0, "{summary:?}");
 }

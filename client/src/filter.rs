@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::task::JoinSet;
 use weir_protocol::filter::{
-    FilterList, FilterRemoved, FilterUploaded, ListFilters, RemoveFilter, UploadFilter,
+    FilterList, FilterRemoved, FilterReset, FilterUploaded, ListFilters, RemoveFilter, ResetFilter,
+    UploadFilter,
 };
 use weir_protocol::frame::DEFAULT_MAX_FRAME;
 use weir_protocol::route::TopicRoute;
@@ -178,18 +179,43 @@ impl Admin {
         group: &str,
         topic: &str,
     ) -> Result<Vec<(String, FilterRemoved)>> {
-        check_name("consumer group", group)?;
-        check_name("topic", topic)?;
-        let masters = filter_route(&self.client, topic).await?;
         let req = RemoveFilter {
             group: group.to_owned(),
             topic: topic.to_owned(),
         };
+        self.on_filter_masters(&req).await
+    }
+
+    /// Clears the failed mark of (group, topic)'s filter on every master of the topic that
+    /// has one: (broker name, what was cleared). When no broker has one, the brokers'
+    /// [`ErrorCode::FilterNotFound`] error is returned.
+    pub async fn reset_filter(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Vec<(String, FilterReset)>> {
+        let req = ResetFilter {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+        };
+        self.on_filter_masters(&req).await
+    }
+
+    /// Sends a request about (group, topic)'s filter to every master of the topic; a
+    /// broker without that filter is left out unless none has it.
+    async fn on_filter_masters<R>(&self, req: &R) -> Result<Vec<(String, R::Response)>>
+    where
+        R: weir_protocol::rpc::Rpc + FilterTarget,
+    {
+        let (group, topic) = req.target();
+        check_name("consumer group", group)?;
+        check_name("topic", topic)?;
+        let masters = filter_route(&self.client, topic).await?;
         let mut out = Vec::new();
         let mut not_found = None;
         for (name, addr) in &masters {
-            match self.client.call(addr, &req, Bytes::new()).await {
-                Ok((removed, _)) => out.push((name.clone(), removed)),
+            match self.client.call(addr, req, Bytes::new()).await {
+                Ok((answer, _)) => out.push((name.clone(), answer)),
                 Err(
                     e @ ClientError::Broker {
                         error:
@@ -209,6 +235,23 @@ impl Admin {
             (true, Some(e)) => Err(e),
             _ => Ok(out),
         }
+    }
+}
+
+/// The (group, topic) a filter request is about.
+trait FilterTarget {
+    fn target(&self) -> (&str, &str);
+}
+
+impl FilterTarget for RemoveFilter {
+    fn target(&self) -> (&str, &str) {
+        (&self.group, &self.topic)
+    }
+}
+
+impl FilterTarget for ResetFilter {
+    fn target(&self) -> (&str, &str) {
+        (&self.group, &self.topic)
     }
 }
 

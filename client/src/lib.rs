@@ -28,8 +28,8 @@ pub use pull::{PullConsumer, PullOutcome, RawPullOutcome};
 pub use push::{
     ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus, ConsumeFrom, ConsumeOrderlyContext,
     ConsumeOrderlyStatus, ConsumeStats, Listener, MessageExt, MessageListenerConcurrently,
-    MessageListenerOrderly, MessageModel, PushConsumer, PushConsumerConfig, StopHandle,
-    allocate_averagely,
+    MessageListenerOrderly, MessageModel, OnFilterFailure, PushConsumer, PushConsumerConfig,
+    StopHandle, allocate_averagely,
 };
 pub use transaction::{
     CheckStats, LocalTransactionState, TransactionListener, TransactionProducer,
@@ -44,7 +44,7 @@ pub use weir_protocol::broker::{
     TransactionDecision, TransactionInfo, TransactionList, TransactionResolved, TransactionState,
 };
 pub use weir_protocol::filter::{
-    FilterInfo, FilterList, FilterRemoved, FilterStats, FilterUploaded,
+    FilterInfo, FilterList, FilterRemoved, FilterReset, FilterStats, FilterUploaded,
 };
 pub use weir_protocol::route::{ClusterInfo, TopicRoute};
 pub use weir_protocol::{CallError, ErrorCode};
@@ -57,6 +57,10 @@ pub enum ClientError {
     NoRoute { topic: String, detail: String },
     #[error("broker {broker}: {error}")]
     Broker { broker: String, error: CallError },
+    /// A pull refused because the group's WebAssembly filter for the topic failed (this
+    /// batch, or it is marked failed); nothing was delivered or skipped.
+    #[error(transparent)]
+    FilterFailed(#[from] FilterFailed),
     #[error("{0}")]
     Invalid(String),
     #[error("message {0}")]
@@ -71,7 +75,54 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Broker { error, .. } => error.code(),
+            ClientError::FilterFailed(f) => Some(f.code()),
             _ => None,
+        }
+    }
+}
+
+/// The broker refused a pull because the group's filter failed. The message names the
+/// filter (group, topic, version, sha256) and the cause.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("broker {broker}: {message}")]
+pub struct FilterFailed {
+    /// The address of the broker that answered.
+    pub broker: String,
+    /// True when the filter is marked failed: pulls fail without running it until a new
+    /// version is uploaded or `weir filter reset` clears the mark. False when only this
+    /// batch failed (the filter is tried again on the next pull).
+    pub marked: bool,
+    pub message: String,
+}
+
+impl FilterFailed {
+    /// [`ErrorCode::FilterMarkedFailed`] or [`ErrorCode::FilterFailed`].
+    pub fn code(&self) -> ErrorCode {
+        if self.marked {
+            ErrorCode::FilterMarkedFailed
+        } else {
+            ErrorCode::FilterFailed
+        }
+    }
+
+    /// A broker's error as a filter failure, if it is one.
+    pub(crate) fn from_broker(e: ClientError) -> ClientError {
+        match e {
+            ClientError::Broker {
+                broker,
+                error: CallError::Remote { code, message },
+            } if matches!(
+                code,
+                ErrorCode::FilterFailed | ErrorCode::FilterMarkedFailed
+            ) =>
+            {
+                ClientError::FilterFailed(FilterFailed {
+                    broker,
+                    marked: code == ErrorCode::FilterMarkedFailed,
+                    message,
+                })
+            }
+            e => e,
         }
     }
 }

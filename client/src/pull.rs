@@ -14,7 +14,7 @@ use weir_protocol::broker::{
 
 use crate::faults::unreachable;
 use crate::message::{decode_records, split_verified};
-use crate::{ClientError, ClientInstance, MessageQueue, ReceivedMessage, Result};
+use crate::{ClientError, ClientInstance, FilterFailed, MessageQueue, ReceivedMessage, Result};
 
 #[derive(Debug, Clone)]
 pub struct PullOutcome {
@@ -173,8 +173,9 @@ impl PullConsumer {
     ///
     /// When the group has a WebAssembly filter for the topic, the broker returns only the
     /// messages the filter keeps (`next_offset` moves past the others); when the filter
-    /// fails, the pull is an error with [`ErrorCode::FilterFailed`](crate::ErrorCode) and
-    /// the offset does not move.
+    /// fails, the pull is a [`ClientError::FilterFailed`](crate::ClientError) (marked when
+    /// the filter is marked failed and waits for a new version or a reset) and the offset
+    /// does not move.
     pub async fn pull(
         &self,
         mq: &MessageQueue,
@@ -241,7 +242,10 @@ impl PullConsumer {
         };
         let timeout = self.client.config().request_timeout + suspend;
         let prefer_slave = self.slave_reads().contains(mq);
-        let (r, body) = self.call_read_body(mq, &req, prefer_slave, timeout).await?;
+        let (r, body) = self
+            .call_read_body(mq, &req, prefer_slave, timeout)
+            .await
+            .map_err(FilterFailed::from_broker)?;
         if r.suggest_slave != prefer_slave {
             debug!(queue = ?mq, from_slave = r.suggest_slave, "the broker suggests reading elsewhere");
             match r.suggest_slave {

@@ -1,12 +1,17 @@
-//! `Admin`'s filter calls (upload, list, remove) and pulls of a filtered group, against a
-//! real name server and broker.
+//! `Admin`'s filter calls (upload, list, reset, remove), and pulls and push consumers of a
+//! filtered group, against a real name server and broker.
 
 mod common;
-use common::{broker, client, namesrv, wait_route};
+use common::{broker, broker_with, client, eventually, namesrv, wait_route};
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use weir_client::{Admin, ClientError, ErrorCode, Message, Producer, PullConsumer};
+use weir_client::{
+    Admin, ClientError, ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus, ConsumeFrom,
+    ErrorCode, FilterFailed, Listener, Message, MessageExt, OnFilterFailure, Producer,
+    PullConsumer, PushConsumer, PushConsumerConfig,
+};
 
 /// Polls until the name server knows `n` brokers.
 async fn wait_brokers(admin: &Admin, n: usize) {
@@ -192,6 +197,37 @@ async fn uploads_reach_every_broker_of_the_route_and_a_failing_filter_fails_pull
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::FilterFailed), "{e:?}");
+    let ClientError::FilterFailed(f) = e else {
+        panic!("a typed filter failure: {e:?}")
+    };
+    assert!(!f.marked, "{f:?}");
+    assert_names_filter(&f, "bad", "hostile error");
+    // The third failure in a row marks it: pulls then fail without running it.
+    consumer
+        .pull(&mq, "*", 0, 32, None, None)
+        .await
+        .unwrap_err();
+    let e = consumer
+        .pull(&mq, "*", 0, 32, None, None)
+        .await
+        .unwrap_err();
+    let ClientError::FilterFailed(f) = e else {
+        panic!("a typed filter failure: {e:?}")
+    };
+    assert!(f.marked, "{f:?}");
+    assert_eq!(f.code(), ErrorCode::FilterMarkedFailed);
+    assert_names_filter(&f, "bad", "marked failed");
+    // A reset clears the mark where it was set; the filter runs (and fails) again.
+    let reset = admin.reset_filter("bad", "Both").await.unwrap();
+    assert_eq!(reset.len(), 2, "{reset:?}");
+    let cleared: Vec<_> = reset.iter().filter(|(_, r)| r.cleared.is_some()).collect();
+    assert_eq!(cleared.len(), 1, "{reset:?}");
+    assert_eq!(cleared[0].0, sent.broker_name);
+    let e = consumer
+        .pull(&mq, "*", 0, 32, None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::FilterFailed), "not marked: {e:?}");
     // The group with the well-behaved filter gets the message.
     let good = PullConsumer::new("g", c.clone());
     let out = good.pull(&mq, "*", 0, 32, None, None).await.unwrap();
@@ -207,4 +243,98 @@ async fn uploads_reach_every_broker_of_the_route_and_a_failing_filter_fails_pull
     assert!(removed.iter().all(|(_, r)| r.version == 2), "{removed:?}");
     let e = admin.remove_filter("g", "Both").await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::FilterNotFound), "{e:?}");
+}
+
+fn assert_names_filter(f: &FilterFailed, group: &str, cause: &str) {
+    for part in [&format!("group {group:?}"), "version 1", cause] {
+        assert!(f.message.contains(part), "no {part:?} in {f:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_consumer_reports_filter_failures_and_goes_on() {
+    let ns = namesrv().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ns_addr = ns.local_addr().to_string();
+    // Marked at the first failure: the consumer sees both kinds within a pause or two.
+    let _b = broker_with(dir.path(), "broker-a", &ns_addr, |c| {
+        c.filter.failures_before_marked = 1;
+    })
+    .await;
+    let c = client(&ns_addr);
+    let admin = Admin::new(c.clone());
+    admin.create_topic("Pushed", 1).await.unwrap();
+    wait_route(&admin, "Pushed", 1).await;
+    let hostile = weir_filter_artifacts::read(weir_filter_artifacts::HOSTILE);
+    let mode = |m: &str| vec![("mode".to_owned(), m.to_owned())];
+    admin
+        .upload_filter("pushers", "Pushed", hostile.clone(), mode("trap"))
+        .await
+        .unwrap();
+    Producer::new("pg", c.clone())
+        .send(&Message::new("Pushed", "hello"))
+        .await
+        .unwrap();
+
+    let failures: Arc<Mutex<Vec<FilterFailed>>> = Arc::default();
+    let bodies: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut config = PushConsumerConfig::new("pushers");
+    config.consume_from = ConsumeFrom::FirstOffset;
+    config.on_filter_failure = {
+        let failures = Arc::clone(&failures);
+        OnFilterFailure::new(move |f| failures.lock().unwrap().push(f.clone()))
+    };
+    let listener = {
+        let bodies = Arc::clone(&bodies);
+        Listener::concurrently(
+            move |msgs: &[MessageExt], _: &mut ConsumeConcurrentlyContext| {
+                let mut b = bodies.lock().unwrap();
+                b.extend(
+                    msgs.iter()
+                        .map(|m| String::from_utf8_lossy(&m.body).into_owned()),
+                );
+                ConsumeConcurrentlyStatus::ConsumeSuccess
+            },
+        )
+    };
+    let consumer = PushConsumer::start(
+        client(&ns_addr),
+        config,
+        vec![("Pushed".into(), "*".into())],
+        listener,
+    )
+    .await
+    .unwrap();
+
+    eventually(20, "the callback hears the filter is marked failed", || {
+        failures.lock().unwrap().iter().any(|f| f.marked)
+    })
+    .await;
+    {
+        let seen = failures.lock().unwrap();
+        assert!(
+            !seen[0].marked,
+            "the failure that marked it comes first: {seen:?}"
+        );
+        for f in seen.iter() {
+            assert_names_filter(f, "pushers", "unreachable");
+        }
+        // Backing off: a pause of a second or more after each failure, never a spin.
+        assert!(seen.len() <= 3, "{seen:?}");
+    }
+    assert!(
+        bodies.lock().unwrap().is_empty(),
+        "nothing delivered unfiltered"
+    );
+
+    // A new version: the consumer, still pulling, gets the message.
+    admin
+        .upload_filter("pushers", "Pushed", hostile, mode("keep"))
+        .await
+        .unwrap();
+    eventually(40, "the new version delivers the message", || {
+        *bodies.lock().unwrap() == ["hello"]
+    })
+    .await;
+    consumer.shutdown().await.unwrap();
 }

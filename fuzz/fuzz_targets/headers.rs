@@ -82,6 +82,7 @@ const TYPES: &[fn(&[u8])] = &[
     rt::<UploadFilter>,
     rt::<ListFilters>,
     rt::<RemoveFilter>,
+    rt::<ResetFilter>,
     // Name server requests.
     rt::<RegisterBroker>,
     registered_topics,

@@ -67,6 +67,7 @@ codes! {
         UploadFilter = 400, "upload filter";
         ListFilters = 401, "list filters";
         RemoveFilter = 402, "remove filter";
+        ResetFilter = 403, "reset filter";
         ListTransactions = 420, "list transactions";
         ResolveTransaction = 421, "resolve transaction";
         HaHello = 500, "replication hello";
@@ -133,6 +134,11 @@ codes! {
         /// for its append to start (the store is not keeping up). Not stored: retry after
         /// a pause, or on another broker.
         StoreBusy = 123, "store busy, retry";
+        /// The group's filter for the topic is marked failed (it failed too many batches
+        /// in a row): its pulls fail without running it until a new version is uploaded
+        /// or `weir filter reset` clears the mark. The message names the filter, its
+        /// version and the cause.
+        FilterMarkedFailed = 124, "filter marked failed";
     }
 }
 

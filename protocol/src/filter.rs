@@ -1,4 +1,4 @@
-//! Filter requests: upload, list and remove a consumer group's WebAssembly filter for a
+//! Filter requests: upload, list, reset and remove a consumer group's WebAssembly filter for a
 //! topic (the contract a filter implements is `wit/filter.wit`).
 
 use bincode::{Decode, Encode};
@@ -70,7 +70,8 @@ pub struct FilterInfo {
     /// Unix ms of the upload.
     pub uploaded_at: i64,
     /// `Some(cause)` once the filter failed too many batches in a row; pulls of the group
-    /// then fail until a new version is uploaded.
+    /// then fail (`FilterMarkedFailed`) until a new version is uploaded or the mark is
+    /// reset ([`ResetFilter`]). Kept across restarts.
     pub failed: Option<String>,
     pub stats: FilterStats,
 }
@@ -125,4 +126,25 @@ impl Rpc for RemoveFilter {
 pub struct FilterRemoved {
     /// The version that was removed.
     pub version: u64,
+}
+
+/// Clears the failed mark of (group, topic)'s filter: its pulls run it again (the same
+/// version, with fresh instances). Uploading a new version clears the mark too.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ResetFilter {
+    pub group: String,
+    pub topic: String,
+}
+
+impl Rpc for ResetFilter {
+    const CODE: RequestCode = RequestCode::ResetFilter;
+    type Response = FilterReset;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct FilterReset {
+    /// The filter's version (unchanged by a reset).
+    pub version: u64,
+    /// The cause it was marked failed for; `None` if it was not marked.
+    pub cleared: Option<String>,
 }

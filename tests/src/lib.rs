@@ -24,7 +24,8 @@ use weir_protocol::broker::{
     QueueOffsets, SendBatch, SendResult, UpdateConsumerOffset, split_records,
 };
 use weir_protocol::filter::{
-    FilterInfo, FilterList, FilterRemoved, FilterUploaded, ListFilters, RemoveFilter, UploadFilter,
+    FilterInfo, FilterList, FilterRemoved, FilterReset, FilterUploaded, ListFilters, RemoveFilter,
+    ResetFilter, UploadFilter,
 };
 use weir_protocol::route::{TopicConfig, perm};
 use weir_protocol::{CallError, ConnConfig, Connection, ErrorCode, NoHandler, RecordView};
@@ -373,6 +374,15 @@ impl Client {
 
     pub async fn remove(&self, group: &str, topic: &str) -> Result<FilterRemoved, CallError> {
         let req = RemoveFilter {
+            group: group.into(),
+            topic: topic.into(),
+        };
+        self.conn.call(&req, Bytes::new(), T).await.map(|(r, _)| r)
+    }
+
+    /// Clears the failed mark of (group, topic)'s filter.
+    pub async fn reset(&self, group: &str, topic: &str) -> Result<FilterReset, CallError> {
+        let req = ResetFilter {
             group: group.into(),
             topic: topic.into(),
         };

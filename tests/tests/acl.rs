@@ -270,7 +270,8 @@ async fn each_permission_allowed_and_denied() {
     let all = call(&root, &GetAllTopics).await.expect("all topics");
     assert!(all.topics.contains(&"orders".to_owned()));
 
-    // Filters: only a principal with admin on the group uploads or removes its filter.
+    // Filters: only a principal with admin on the group uploads, resets or removes its
+    // filter.
     let keep_all = artifacts::read(KEEP_ALL);
     denied(
         consumer.upload("billing", "orders", &keep_all, &[]).await,
@@ -284,6 +285,15 @@ async fn each_permission_allowed_and_denied() {
         .upload("billing", "orders", &keep_all, &[])
         .await
         .expect("the group's admin uploads its filter");
+    denied(
+        consumer.reset("billing", "orders").await,
+        "admin on group \"billing\"",
+    );
+    let reset = filterer
+        .reset("billing", "orders")
+        .await
+        .expect("the group's admin resets its filter");
+    assert_eq!((reset.version, reset.cleared), (1, None));
     denied(
         consumer.remove("billing", "orders").await,
         "admin on group \"billing\"",
@@ -300,9 +310,9 @@ async fn each_permission_allowed_and_denied() {
     assert_eq!(c.denied_topic_sub, 3, "{c:?}");
     assert_eq!(c.denied_group_sub, 4, "{c:?}");
     assert_eq!(c.denied_group_pub, 2, "{c:?}");
-    assert_eq!(c.denied_group_admin, 3, "{c:?}");
+    assert_eq!(c.denied_group_admin, 4, "{c:?}");
     assert_eq!(c.denied_cluster, 1, "{c:?}");
-    assert_eq!(c.denied, 17, "{c:?}");
+    assert_eq!(c.denied, 18, "{c:?}");
 }
 
 /// Writes `frame` on a new connection and reads the answer's status and message.

@@ -723,7 +723,10 @@ async fn hostile_group(c: Client, h: &'static Hostile, hostile: Arc<Vec<u8>>, li
     for cause_part in h.cause {
         assert!(cause.contains(cause_part), "{}: {cause}", h.mode);
     }
-    let msg = remote_error(c.pull(&group, "H", 0, 0, 0).await, ErrorCode::FilterFailed);
+    let msg = remote_error(
+        c.pull(&group, "H", 0, 0, 0).await,
+        ErrorCode::FilterMarkedFailed,
+    );
     assert!(msg.contains("marked failed"), "{msg}");
     assert_names_filter(&msg, &group, "H", 1);
     assert_eq!(
@@ -806,6 +809,92 @@ async fn hostile_filters_fail_cleanly() {
             &format!("{}: nothing was skipped", h.mode),
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// 5b. The failed mark outlives a restart; `reset` and a new version clear it.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_mark_persists_until_reset_or_new_version() {
+    let mut env = Env::start().await;
+    let limit = env.config().filter.failures_before_marked;
+    let c = env.client().await;
+    c.create_topic("M", 1).await;
+    let sent: Vec<Msg> = (0..20).map(|i| Msg::new(format!("m-{i}"))).collect();
+    c.send("M", 0, &sent).await;
+    let hostile = component(HOSTILE);
+    for group in ["G-reset", "G-upload"] {
+        c.upload(group, "M", &hostile, &[("mode", "trap")])
+            .await
+            .unwrap();
+        for _ in 0..limit {
+            remote_error(c.pull(group, "M", 0, 0, 0).await, ErrorCode::FilterFailed);
+        }
+        let msg = remote_error(
+            c.pull(group, "M", 0, 0, 0).await,
+            ErrorCode::FilterMarkedFailed,
+        );
+        assert_names_filter(&msg, group, "M", 1);
+        assert!(msg.contains("unreachable"), "the cause: {msg}");
+    }
+    let marked = info(&c, "G-reset", "M").await.failed.unwrap();
+    drop(c);
+
+    env.restart().await;
+    let c = env.client().await;
+    for group in ["G-reset", "G-upload"] {
+        let i = info(&c, group, "M").await;
+        assert_eq!(i.failed.as_deref(), Some(marked.as_str()), "{group}: kept");
+        assert_eq!(i.stats.calls + i.stats.failures(), 0, "{group}: not run");
+        let msg = remote_error(
+            c.pull(group, "M", 0, 0, 0).await,
+            ErrorCode::FilterMarkedFailed,
+        );
+        assert_names_filter(&msg, group, "M", 1);
+        assert!(msg.contains(&marked), "{msg}");
+    }
+
+    // A reset clears the mark (on disk too) and runs the same version again: it fails
+    // again, and is marked again after as many batches.
+    let r = c.reset("G-reset", "M").await.unwrap();
+    assert_eq!(
+        (r.version, r.cleared.as_deref()),
+        (1, Some(marked.as_str()))
+    );
+    assert_eq!(info(&c, "G-reset", "M").await.failed, None);
+    let again = c.reset("G-reset", "M").await.unwrap();
+    assert_eq!((again.version, again.cleared), (1, None));
+    remote_error(
+        c.pull("G-reset", "M", 0, 0, 0).await,
+        ErrorCode::FilterFailed,
+    );
+    assert_eq!(info(&c, "G-reset", "M").await.failed, None, "one failure");
+    let missing = c.reset("G-none", "M").await;
+    remote_error(missing, ErrorCode::FilterNotFound);
+
+    // A new version clears it as well.
+    let up = c
+        .upload("G-upload", "M", &hostile, &[("mode", "keep")])
+        .await
+        .unwrap();
+    assert_eq!(up.version, 2);
+    let d = c.drain("G-upload", "M", 0, 0).await;
+    assert_keys(
+        &key_set(&d.msgs),
+        &keys_where(&sent, |_| true),
+        "the new version runs",
+    );
+    drop(c);
+
+    env.restart().await;
+    let c = env.client().await;
+    assert_eq!(
+        info(&c, "G-reset", "M").await.failed,
+        None,
+        "reset is durable"
+    );
+    let i = info(&c, "G-upload", "M").await;
+    assert_eq!((i.version, i.failed), (2, None));
 }
 
 // ---------------------------------------------------------------------------------------

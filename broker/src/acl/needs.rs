@@ -129,6 +129,7 @@ pub fn needs(req: &BrokerRequest) -> Vec<Need<'_>> {
         R::DeleteTopic(r) => vec![topic(&r.topic, Perm::ADMIN)],
         R::UploadFilter { req, .. } => vec![group(&req.group, Perm::ADMIN)],
         R::RemoveFilter(r) => vec![group(&r.group, Perm::ADMIN)],
+        R::ResetFilter(r) => vec![group(&r.group, Perm::ADMIN)],
         R::ListFilters(r) => match &r.group {
             Some(g) => vec![group(g, Perm::SUB)],
             None => vec![Need::Cluster],

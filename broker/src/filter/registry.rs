@@ -41,6 +41,10 @@ pub struct RegistryEntry {
     pub size: u64,
     pub needs_body: bool,
     pub uploaded_at: i64,
+    /// Why this version was marked failed (it failed too many batches in a row); kept
+    /// across restarts until a new version is uploaded or the mark is reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -110,12 +114,17 @@ impl FilterRegistry {
             let filter = registry
                 .compiled(&entry.sha256, None)
                 .map(|(compiled, _)| {
-                    registry.runtime.restore(
+                    let filter = registry.runtime.restore(
                         compiled,
                         entry.params.clone(),
                         entry.needs_body,
                         label.clone(),
-                    )
+                    );
+                    if let Some(cause) = &entry.failed {
+                        warn!(filter = %label, cause = %cause, "filter still marked failed; upload a new version or reset it");
+                        filter.mark_failed(cause.clone());
+                    }
+                    filter
                 })
                 .map_err(|e| {
                     warn!(filter = %label, error = %e, "cannot load a registered filter; the group's pulls on the topic fail until it is uploaded again");
@@ -350,6 +359,7 @@ impl FilterRegistry {
             size: bytes.len() as u64,
             needs_body: filter.needs_body(),
             uploaded_at: now_ms(),
+            failed: None,
         };
         let mut next = self.registrations.read().map_err(|_| lock_err())?.clone();
         next.insert(
@@ -369,6 +379,84 @@ impl FilterRegistry {
             compiled: did_compile,
             needs_body: filter.needs_body(),
         })
+    }
+
+    /// Records on disk that `filter` is marked failed, if it is and it is still the
+    /// current version of its (group, topic), so the mark outlives a restart. Blocking.
+    pub fn persist_mark(&self, filter: &LoadedFilter) -> Result<(), FilterError> {
+        let Some(cause) = filter.marked_failed() else {
+            return Ok(());
+        };
+        let label = filter.label();
+        self.change_entry(&label.group, &label.topic, |r| {
+            let current = matches!(&r.filter, Ok(f) if std::ptr::eq(Arc::as_ptr(f), filter));
+            if !current || r.entry.failed.as_deref() == Some(cause.as_str()) {
+                return false;
+            }
+            r.entry.failed = Some(cause.clone());
+            true
+        })
+        .map(|_| ())
+    }
+
+    /// Clears the failed mark of (group, topic)'s filter, in memory and on disk; returns
+    /// its version and the cause it was marked for (`None` if it was not), or `None` when
+    /// no filter is registered. Blocking.
+    pub fn reset(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Option<(u64, Option<String>)>, FilterError> {
+        let mut persisted = None;
+        let found = self.change_entry(group, topic, |r| {
+            // Nothing to clear when the registered code itself cannot be loaded.
+            if r.filter.is_err() {
+                return false;
+            }
+            persisted = r.entry.failed.take();
+            persisted.is_some()
+        })?;
+        let Some(r) = found else {
+            return Ok(None);
+        };
+        let filter = match &r.filter {
+            Ok(f) => f,
+            Err(cause) => {
+                return Err(FilterError::Invalid(format!(
+                    "the filter of group {group:?} on topic {topic:?} cannot be reset: {cause}; upload it again"
+                )));
+            }
+        };
+        // In memory only once the disk says so too.
+        let cleared = filter.clear_mark().or(persisted);
+        if let Some(cause) = &cleared {
+            info!(group = %r.entry.group, topic = %r.entry.topic, version = r.entry.version, cause = %cause, "filter's failed mark reset");
+        }
+        Ok(Some((r.entry.version, cleared)))
+    }
+
+    /// Applies `change` to (group, topic)'s registration under the change lock, writing
+    /// the registry when it returns true; returns the registration as it is after.
+    fn change_entry(
+        &self,
+        group: &str,
+        topic: &str,
+        change: impl FnOnce(&mut Registration) -> bool,
+    ) -> Result<Option<Registration>, FilterError> {
+        let lock_err = || FilterError::Runtime("registry lock poisoned".into());
+        let _change = self.changes.lock().map_err(|_| lock_err())?;
+        let key = (group.to_owned(), topic.to_owned());
+        let mut next = self.registrations.read().map_err(|_| lock_err())?.clone();
+        let Some(r) = next.get_mut(&key) else {
+            return Ok(None);
+        };
+        let write = change(r);
+        let after = r.clone();
+        if write {
+            self.write_file(&next)?;
+            *self.registrations.write().map_err(|_| lock_err())? = next;
+        }
+        Ok(Some(after))
     }
 
     /// Unregisters (group, topic)'s filter; returns its version.

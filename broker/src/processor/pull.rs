@@ -293,12 +293,12 @@ impl Broker {
             None => Ok(None),
             Some(Ok(f)) => match f.marked_failed() {
                 None => Ok(Some(f)),
-                Some(cause) => Err(ProcessError::FilterFailed(format!(
-                    "the {} is marked failed ({cause}); upload a new version or remove it",
+                Some(cause) => Err(ProcessError::FilterMarkedFailed(format!(
+                    "the {} is marked failed ({cause}); upload a new version, or `weir filter reset` it",
                     f.label()
                 ))),
             },
-            Some(Err(cause)) => Err(ProcessError::FilterFailed(format!(
+            Some(Err(cause)) => Err(ProcessError::FilterMarkedFailed(format!(
                 "the filter of group {group:?} on topic {topic:?}: {cause}"
             ))),
         }
@@ -320,19 +320,20 @@ impl Broker {
             queue_id: req.queue_id,
             consumer_group: req.group.clone(),
         };
-        let (records, verdicts) = self
-            .filters
-            .runtime()
-            .run(filter, ctx, candidates)
-            .await
-            .map_err(|f| {
-                ProcessError::FilterFailed(format!(
+        let ran = self.filters.runtime().run(filter, ctx, candidates).await;
+        let (records, verdicts) = match ran {
+            Ok(r) => r,
+            Err(f) => {
+                // This failure may be the one that marked it: keep the mark across restarts.
+                self.persist_filter_mark(filter).await;
+                return Err(ProcessError::FilterFailed(format!(
                     "the {} failed on queue {} of {:?} at offset {at}: {f}; the offset did not move",
                     filter.label(),
                     req.queue_id,
                     req.topic
-                ))
-            })?;
+                )));
+            }
+        };
         Ok(records
             .into_iter()
             .zip(verdicts)

@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use weir_client::{ClientInstance, MessageQueue, PullConsumer, PullStatus, ReceivedMessage};
+use weir_client::{
+    ClientError, ClientInstance, MessageQueue, PullConsumer, PullStatus, ReceivedMessage,
+};
 
 use crate::filter::LocalFilter;
 
-use super::filter_side::{FilterSide, server_filter};
+use super::filter_side::{FilterFailures, FilterSide, server_filter};
 use super::{
     Histogram, Rate, TICK, bench_group, grouped, per_sec, progress_bar, round2, topic_lookup_error,
 };
@@ -72,6 +74,8 @@ pub struct ConsumeArgs {
 
 /// How long a caught-up reader's pull waits at the broker for new messages.
 const HOLD: Duration = Duration::from_millis(500);
+/// A reader's pause after the group's filter failed its pull.
+const FILTER_RETRY: Duration = Duration::from_millis(500);
 
 struct ConsumeShared {
     /// Messages counted (never more than the limit): delivered ones, i.e. with a filter,
@@ -116,6 +120,8 @@ struct Reader {
     /// offsets read as well, and a read that moves the offset without delivering anything
     /// is progress.
     filtered: bool,
+    /// Pulls the group's filter failed (reported in the summary; the run then fails).
+    failures: FilterFailures,
 }
 
 struct ConsumeTaskStats {
@@ -231,10 +237,24 @@ async fn consume_task(
             None => {
                 let began = Instant::now();
                 let out = tokio::select! {
-                    p = r.consumer.pull(&mq, "*", offset, r.batch, hold, None) => p.with_context(|| {
-                        format!("pulling {} queue {}/{} at offset {offset}", mq.topic, mq.broker_name, mq.queue_id)
-                    })?,
+                    p = r.consumer.pull(&mq, "*", offset, r.batch, hold, None) => p,
                     _ = stop.changed() => break,
+                };
+                let out = match out {
+                    Err(ClientError::FilterFailed(f)) => {
+                        // Counted for the summary; a new version may come meanwhile.
+                        r.failures.record(&f);
+                        tokio::select! {
+                            _ = tokio::time::sleep(FILTER_RETRY) => continue,
+                            _ = stop.changed() => break,
+                        }
+                    }
+                    out => out.with_context(|| {
+                        format!(
+                            "pulling {} queue {}/{} at offset {offset}",
+                            mq.topic, mq.broker_name, mq.queue_id
+                        )
+                    })?,
                 };
                 Pulled {
                     status: out.status,
@@ -345,6 +365,7 @@ pub(super) async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow
         started,
         local,
         filtered,
+        failures: FilterFailures::default(),
     });
     let shared = &reader.shared;
     let mut tasks = JoinSet::new();
@@ -430,7 +451,8 @@ pub(super) async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow
     } else {
         messages == 0
     };
-    if nothing && !interrupted {
+    let failures = &reader.failures;
+    if nothing && !interrupted && failures.count() == 0 {
         bail!(
             "no message of topic {} arrived within {} s (weir bench produce {} writes some)",
             args.topic,
@@ -509,6 +531,7 @@ pub(super) async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow
             );
             obj.insert("delivered_per_sec".into(), round2(msgs_per_sec).into());
             obj.insert("kept_percent".into(), round2(kept_pct).into());
+            obj.insert("filter_failures".into(), failures.json());
             if reader.local.is_some() {
                 obj.insert(
                     "filter_latency_ms".into(),
@@ -550,6 +573,9 @@ pub(super) async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow
                 grouped(msgs_per_sec.round() as u64),
                 mb_per_sec
             );
+            if let Some(line) = failures.text() {
+                println!("{line}");
+            }
         } else {
             println!(
                 "throughput: {} msgs/s, {:.2} MB/s",
@@ -568,5 +594,5 @@ pub(super) async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow
             println!("committed offsets for group {group}");
         }
     }
-    Ok(())
+    failures.outcome()
 }

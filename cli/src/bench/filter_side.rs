@@ -1,9 +1,58 @@
 //! Which filter a consume benchmark applies (in this process, or the group's on the
-//! brokers), for its summary.
+//! brokers), and the pulls the group's filter failed, for its summary.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use weir_client::{Admin, ClientInstance, FilterInfo};
+use weir_client::{Admin, ClientInstance, FilterFailed, FilterInfo};
+
+/// Pulls the group's filter failed (the readers keep trying, after a pause, until the end).
+#[derive(Default)]
+pub(super) struct FilterFailures {
+    count: AtomicU64,
+    last: Mutex<Option<String>>,
+}
+
+impl FilterFailures {
+    pub(super) fn record(&self, f: &FilterFailed) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(f.to_string());
+    }
+
+    pub(super) fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The last failure, if there was one.
+    pub(super) fn last(&self) -> Option<String> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(super) fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "count": self.count(), "last": self.last() })
+    }
+
+    /// The summary's line, if a pull failed.
+    pub(super) fn text(&self) -> Option<String> {
+        let last = self.last()?;
+        Some(format!(
+            "filter failures: {} pulls (the last: {last})",
+            super::grouped(self.count())
+        ))
+    }
+
+    /// The run's outcome after its summary: an error if a pull failed.
+    pub(super) fn outcome(&self) -> anyhow::Result<()> {
+        match self.last() {
+            Some(last) => anyhow::bail!(
+                "the group's filter failed {} pulls; the last: {last}",
+                self.count()
+            ),
+            None => Ok(()),
+        }
+    }
+}
 
 /// The filter a run applies, for the summary.
 pub(super) enum FilterSide {

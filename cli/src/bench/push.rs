@@ -19,9 +19,10 @@ use anyhow::{Context, bail};
 use tokio::task::JoinSet;
 use weir_client::{
     Admin, ClientInstance, ConsumeConcurrentlyStatus, ConsumeFrom, Listener, MessageExt,
-    PushConsumer, PushConsumerConfig,
+    OnFilterFailure, PushConsumer, PushConsumerConfig,
 };
 
+use super::filter_side::FilterFailures;
 use super::{ConsumeArgs, Rate, TICK, grouped, per_sec, progress_bar, round2};
 
 /// Quiet time after the backlog is drained before the members stop.
@@ -103,6 +104,8 @@ pub(super) async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow
     let started = Instant::now();
     // Nanoseconds after the start of the last delivery, to any member.
     let last_ns = Arc::new(AtomicU64::new(0));
+    // Pulls the group's filter failed, any member's.
+    let failures = Arc::new(FilterFailures::default());
     let mut starting = JoinSet::new();
     for i in 0..members {
         let mut config = PushConsumerConfig::new(group.clone());
@@ -112,6 +115,10 @@ pub(super) async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow
         config.consume_message_batch_max_size = args.consume_batch as usize;
         config.pull_batch_size = args.batch;
         config.persist_offset_interval = PERSIST;
+        config.on_filter_failure = {
+            let failures = Arc::clone(&failures);
+            OnFilterFailure::new(move |f| failures.record(f))
+        };
         let counters = Arc::new(MemberCounters::default());
         let (c, last) = (Arc::clone(&counters), Arc::clone(&last_ns));
         let listener = Listener::concurrently(move |msgs: &[MessageExt], _: &mut _| {
@@ -229,7 +236,7 @@ pub(super) async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow
     let failed: u64 = rows.iter().map(|r| r.1.failed).sum();
     let bytes: u64 = rows.iter().map(|r| r.2).sum();
     let redelivered = consumed.saturating_sub(messages);
-    if consumed == 0 && !interrupted {
+    if consumed == 0 && !interrupted && failures.count() == 0 {
         bail!(
             "no message of topic {} arrived within {} s",
             args.topic,
@@ -283,6 +290,7 @@ pub(super) async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow
             "drained": drained_at.is_some(),
             "interrupted": interrupted,
             "per_member": per_member,
+            "filter_failures": failures.json(),
         });
         println!("{v}");
     } else {
@@ -317,8 +325,11 @@ pub(super) async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow
                 grouped(redelivered)
             );
         }
+        if let Some(line) = failures.text() {
+            println!("{line}");
+        }
     }
-    Ok(())
+    failures.outcome()
 }
 
 #[cfg(test)]

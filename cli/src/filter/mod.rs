@@ -1,4 +1,4 @@
-//! `weir filter upload|list|remove|test`: consumer groups' WebAssembly filters
+//! `weir filter upload|list|reset|remove|test`: consumer groups' WebAssembly filters
 //! (`wit/filter.wit`). `test` runs a filter locally, in the broker's own runtime, over
 //! messages given as JSON lines; the others talk to the brokers.
 
@@ -32,6 +32,9 @@ pub enum FilterCmd {
     List(ListArgs),
     /// Remove a group's filter for a topic from every broker that serves the topic.
     Remove(RemoveArgs),
+    /// Clear the failed mark of a group's filter for a topic on every broker that serves
+    /// the topic: its pulls run the same version again.
+    Reset(RemoveArgs),
     /// Run a filter locally (no broker) over messages given as JSON lines on standard
     /// input; prints one verdict per message.
     #[command(after_long_help = TEST_INPUT_HELP)]
@@ -127,6 +130,7 @@ pub async fn run(cmd: FilterCmd, client: ClientInstance) -> anyhow::Result<()> {
         FilterCmd::Upload(args) => upload(args, client).await,
         FilterCmd::List(args) => list(args, client).await,
         FilterCmd::Remove(args) => remove(args, client).await,
+        FilterCmd::Reset(args) => reset(args, client).await,
         FilterCmd::Test(args) => test(args).await,
     }
 }
@@ -329,6 +333,39 @@ async fn remove(args: RemoveArgs, client: ClientInstance) -> anyhow::Result<()> 
             println!("{v}");
         } else {
             println!("{broker}: removed version {}", r.version);
+        }
+    }
+    Ok(())
+}
+
+async fn reset(args: RemoveArgs, client: ClientInstance) -> anyhow::Result<()> {
+    let done = Admin::new(client)
+        .reset_filter(&args.group, &args.topic)
+        .await
+        .with_context(|| {
+            format!(
+                "resetting the filter of group {} on topic {}",
+                args.group, args.topic
+            )
+        })?;
+    for (broker, r) in done {
+        if args.json {
+            let v = serde_json::json!({
+                "broker": broker,
+                "group": args.group,
+                "topic": args.topic,
+                "version": r.version,
+                "cleared": r.cleared,
+            });
+            println!("{v}");
+        } else {
+            match &r.cleared {
+                Some(cause) => println!(
+                    "{broker}: version {}: failed mark cleared (it was: {cause})",
+                    r.version
+                ),
+                None => println!("{broker}: version {}: was not marked failed", r.version),
+            }
         }
     }
     Ok(())

@@ -49,6 +49,10 @@ pub struct PushConsumerConfig {
     /// Broadcasting: where offsets are kept (default `$WEIR_OFFSET_DIR`, else
     /// `~/.weir/offsets`).
     pub offset_store_dir: PathBuf,
+    /// Called when a pull fails because the group's filter for the topic failed (default:
+    /// [`OnFilterFailure::warn`], a rate-limited warning). The queue is pulled again after
+    /// a pause growing from 1 s to 30 s while the failures go on.
+    pub on_filter_failure: OnFilterFailure,
 }
 
 impl PushConsumerConfig {
@@ -75,6 +79,7 @@ impl PushConsumerConfig {
             long_poll: Duration::from_secs(15),
             instance_name: "DEFAULT".into(),
             offset_store_dir,
+            on_filter_failure: OnFilterFailure::default(),
         }
     }
 

@@ -216,6 +216,7 @@ pub(super) async fn pull_loop(core: Arc<Core>, pq: Arc<ProcessQueue>, mut offset
     let orderly = core.listener.is_orderly();
     let leased = core.leased();
     let cfg = &core.config;
+    let mut filter_failures: u32 = 0;
     loop {
         if pq.is_dropped() {
             return;
@@ -257,6 +258,7 @@ pub(super) async fn pull_loop(core: Arc<Core>, pq: Arc<ProcessQueue>, mut offset
         };
         match pulled {
             Ok(out) => {
+                filter_failures = 0;
                 if out.status == PullStatus::OffsetMoved {
                     if out.next_offset > offset {
                         warn!(queue = ?pq.mq, from = offset, to = out.next_offset, lost = out.next_offset - offset, "messages this group had not consumed were deleted by the broker's retention; continuing after them");
@@ -274,6 +276,16 @@ pub(super) async fn pull_loop(core: Arc<Core>, pq: Arc<ProcessQueue>, mut offset
                 };
                 if received > 0 {
                     core.dispatch(&pq, for_listener);
+                }
+            }
+            Err(ClientError::FilterFailed(f)) => {
+                // Not the network's fault: tell the application, and wait longer each time
+                // (a new version or a reset may come at any time).
+                filter_failures = filter_failures.saturating_add(1);
+                cfg.on_filter_failure.call(&f);
+                tokio::select! {
+                    _ = tokio::time::sleep(super::filter_failure::backoff(filter_failures)) => {}
+                    _ = dropped.wait_for(|d| *d) => return,
                 }
             }
             Err(e) => {

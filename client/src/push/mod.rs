@@ -18,6 +18,7 @@
 mod allocate;
 mod config;
 mod consume;
+mod filter_failure;
 mod listener;
 mod offsets;
 pub(crate) mod pool;
@@ -51,6 +52,7 @@ use crate::{
 
 pub use config::{ConsumeFrom, PushConsumerConfig};
 use consume::{pull_loop, queue_ref};
+pub use filter_failure::OnFilterFailure;
 pub use listener::*;
 use rebalance::rebalance_loop;
 

@@ -217,13 +217,16 @@ pub fn response_code(e: &ProcessError) -> i32 {
             _ => rs::SYSTEM_ERROR,
         },
         // A message looked up by offset or sent back that is not there (a lookup by key
-        // answers QUERY_NOT_FOUND itself).
+        // answers QUERY_NOT_FOUND itself). A pull the group's filter failed: RocketMQ's
+        // consumers log a SYSTEM_ERROR's remark (naming the filter, version and cause) and
+        // pull again after a pause, which is what a failed filter needs.
         P::NotFound(_)
         | P::BadRequest(_)
         | P::InvalidParameter(_)
         | P::InvalidName(_)
         | P::FilterRejected(_)
         | P::FilterFailed(_)
+        | P::FilterMarkedFailed(_)
         | P::FilterNotFound(_)
         | P::TransactionInvalid(_)
         | P::GroupHasMembers(_)

@@ -221,6 +221,21 @@ mod tests {
     use weir_protocol::record::{Assigned, encode_to_vec};
 
     #[test]
+    fn a_failed_filter_is_a_system_error_with_its_message() {
+        use crate::adapter::remoting::response_code;
+        use crate::error::ProcessError;
+        for e in [
+            ProcessError::FilterFailed("the filter of group \"g\" failed".into()),
+            ProcessError::FilterMarkedFailed("the filter of group \"g\" is marked".into()),
+        ] {
+            assert_eq!(
+                response_code(&e),
+                weir_remoting::codes::response::SYSTEM_ERROR
+            );
+        }
+    }
+
+    #[test]
     fn tag_expressions_read_as_rocketmq_reads_them() {
         assert_eq!(normalize_tags("A ||"), "A");
         assert_eq!(normalize_tags(" A||B "), "A || B");

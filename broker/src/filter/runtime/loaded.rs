@@ -3,7 +3,8 @@
 //! consecutive-failure tally and the failure mark.
 //!
 //! Invariants: ids are unique in the process (workers key their instances by them); a
-//! version once marked failed stays so (a new upload replaces it).
+//! version once marked failed stays so until a new upload replaces it or an operator
+//! resets the mark (`FilterRegistry::reset`), which the registry also keeps on disk.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,6 +80,27 @@ impl LoadedFilter {
             .ok()
             .and_then(|g| g.clone())
     }
+    /// Marks the filter failed (a mark restored at start); its pulls fail until reset.
+    pub fn mark_failed(&self, cause: String) {
+        if let Ok(mut marked) = self.shared.marked_failed.lock() {
+            *marked = Some(cause);
+        }
+    }
+
+    /// Clears the failed mark and the tally of failures in a row; returns the cause it
+    /// was marked for. The next batch runs on a fresh instance (a failed one is never
+    /// kept).
+    pub fn clear_mark(&self) -> Option<String> {
+        let cleared = self
+            .shared
+            .marked_failed
+            .lock()
+            .ok()
+            .and_then(|mut g| g.take());
+        self.shared.consecutive_failures.store(0, Ordering::Relaxed);
+        cleared
+    }
+
     pub fn stats(&self) -> FilterStats {
         let s = &self.shared;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
