@@ -85,6 +85,12 @@ async fn enforcing_serves_tls_clients_refuses_plaintext_and_other_cas() {
         .create_topic("Secure", 2)
         .await
         .expect("create topic over TLS");
+    // Sent once the name server has the route (before it, a first-send route guesses 4
+    // queues of a 2-queue topic).
+    eventually("the name server has the topic's route", async || {
+        good.route("Secure", true).await.is_ok()
+    })
+    .await;
     let mut sent = send(&good, "Secure", 20, "secret").await;
     sent.sort();
     assert_eq!(consume(&good, "Secure").await, sent);
