@@ -1,4 +1,7 @@
 //! Broker requests: send, pull, offsets, topics, lookups, client heartbeats.
+//!
+//! Over ~600 lines on purpose: one file for the broker family's request and response
+//! types, so the wire contract reads in one place.
 
 use bincode::{Decode, Encode};
 

@@ -1,6 +1,9 @@
 //! Access control end to end: a broker with an ACL file, clients signing as different
 //! principals over real sockets; each permission allowed and denied, forged, replayed and
 //! stale requests refused, the file reloaded live; a name server refusing a rogue broker.
+//!
+//! Over ~600 lines on purpose: one end-to-end scenario per test over the shared set-up at
+//! the top.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use weir_protocol::broker::GetTopicStats;
 use weir_tests::{Env, Msg};
 
-use crate::probe::{Lang, Probe, props, run};
+use crate::probe::{Lang, Probe, assert_shared_once, broadcast_member, props, run};
 
 /// A Java producer's sync, async and one-way sends (one body compressed) reach weir's
 /// own consumers intact; a Java push consumer then receives each of them exactly once.
@@ -138,29 +138,12 @@ async fn java_clustering_and_broadcasting() {
     let (ra, rb) = tokio::join!(a.finish(), b.finish());
     ra.assert_ok("member a");
     rb.assert_ok("member b");
-    let mut all: Vec<String> = ra.received_keys();
-    all.extend(rb.received_keys());
-    let distinct: BTreeSet<&String> = all.iter().collect();
-    assert_eq!(distinct.len(), 12, "every message delivered: {all:?}");
-    assert_eq!(all.len(), 12, "each exactly once: {all:?}");
+    assert_shared_once(&ra, &rb, 12);
 
     // Broadcasting: every member gets every message.
     env.client().await.create_topic("CastT", 4).await;
-    let listener = |instance: &str| {
-        let instance = format!("instance={instance}");
-        Probe::start(
-            Lang::Java,
-            "broadcast",
-            &ns,
-            &[
-                "topic=CastT",
-                "group=cast_cg",
-                "expect=12",
-                "grace=500",
-                &instance,
-            ],
-        )
-    };
+    let listener =
+        |instance: &str| broadcast_member(Lang::Java, &ns, "CastT", "cast_cg", 12, instance);
     let (mut a, mut b) = (listener("a"), listener("b"));
     a.ready().await;
     b.ready().await;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use weir_tests::Env;
 
-use crate::probe::{Lang, Probe, props, run};
+use crate::probe::{Lang, Probe, assert_shared_once, props, run};
 
 fn set(keys: &[&str]) -> BTreeSet<String> {
     keys.iter().map(|k| (*k).to_owned()).collect()
@@ -87,11 +87,7 @@ async fn java5_producer_consumer_and_clustering() {
         !ka.is_empty() && !kb.is_empty(),
         "both shared: {ka:?} {kb:?}"
     );
-    let mut all = ka;
-    all.extend(kb);
-    let distinct: BTreeSet<&String> = all.iter().collect();
-    assert_eq!(distinct.len(), 12, "every message delivered: {all:?}");
-    assert_eq!(all.len(), 12, "each exactly once: {all:?}");
+    assert_shared_once(&ra, &rb, 12);
 }
 
 /// Orderly consumption (queue locks), transactions with the broker's check-back, and

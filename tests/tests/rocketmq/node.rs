@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use weir_tests::{Env, Msg, Received, eventually};
 
-use crate::probe::{Lang, Probe, Run, props, run};
+use crate::probe::{Lang, Probe, Run, assert_shared_once, broadcast_member, props, run};
 
 /// `offsetMsgId` (SENT field 4) of each key (SENT field 8).
 fn sent_ids(r: &Run) -> BTreeMap<String, String> {
@@ -197,27 +197,11 @@ async fn node_clustering_and_broadcasting() {
         queues(&ra),
         queues(&rb)
     );
-    let mut all: Vec<String> = ra.received_keys();
-    all.extend(rb.received_keys());
-    let distinct: BTreeSet<&String> = all.iter().collect();
-    assert_eq!(distinct.len(), 12, "every message delivered: {all:?}");
-    assert_eq!(all.len(), 12, "each exactly once: {all:?}");
+    assert_shared_once(&ra, &rb, 12);
 
     // Broadcasting: every member gets every message (offsets in the client's memory).
     let listener = |instance: &str| {
-        let instance = format!("instance={instance}");
-        Probe::start(
-            Lang::Node,
-            "broadcast",
-            &ns,
-            &[
-                "topic=ShareNodeT",
-                "group=cast_node_cg",
-                "expect=12",
-                "grace=500",
-                &instance,
-            ],
-        )
+        broadcast_member(Lang::Node, &ns, "ShareNodeT", "cast_node_cg", 12, instance)
     };
     let (ra, rb) = tokio::join!(listener("a").finish(), listener("b").finish());
     for r in [&ra, &rb] {

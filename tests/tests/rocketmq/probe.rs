@@ -239,3 +239,33 @@ pub fn props(line: &[String]) -> BTreeMap<String, String> {
         .map(|(k, v)| (unescape(k), unescape(v)))
         .collect()
 }
+
+/// Two members of one clustering group: together they received `n` distinct messages,
+/// each exactly once.
+pub fn assert_shared_once(a: &Run, b: &Run, n: usize) {
+    let mut all: Vec<String> = a.received_keys();
+    all.extend(b.received_keys());
+    let distinct: std::collections::BTreeSet<&String> = all.iter().collect();
+    assert_eq!(distinct.len(), n, "every message delivered: {all:?}");
+    assert_eq!(all.len(), n, "each exactly once: {all:?}");
+}
+
+/// A member (`instance`) of broadcasting `group` on `topic`, ending once it has `expect`.
+pub fn broadcast_member(
+    lang: Lang,
+    namesrv: &str,
+    topic: &str,
+    group: &str,
+    expect: usize,
+    instance: &str,
+) -> Probe {
+    let args = [
+        format!("topic={topic}"),
+        format!("group={group}"),
+        format!("expect={expect}"),
+        "grace=500".to_owned(),
+        format!("instance={instance}"),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Probe::start(lang, "broadcast", namesrv, &args)
+}

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use weir_tests::{Env, Msg, Received, eventually};
 
-use crate::probe::{Lang, Probe, Run, props, run};
+use crate::probe::{Lang, Probe, Run, assert_shared_once, broadcast_member, props, run};
 
 fn keys(msgs: &[Received]) -> BTreeSet<String> {
     msgs.iter().map(|m| m.key().to_owned()).collect()
@@ -225,11 +225,7 @@ async fn python_clustering_and_broadcasting() {
         !ka.is_empty() && !kb.is_empty(),
         "both members consumed: {ka:?} {kb:?}"
     );
-    let mut all = ka.clone();
-    all.extend(kb.iter().cloned());
-    let distinct: BTreeSet<&String> = all.iter().collect();
-    assert_eq!(distinct.len(), 12, "every message delivered: {all:?}");
-    assert_eq!(all.len(), 12, "each exactly once: {all:?}");
+    assert_shared_once(&ra, &rb, 12);
     // Each member read whole queues of its own.
     let queues_of = |r: &Run| -> BTreeSet<String> { r.of("RECV").map(|l| l[3].clone()).collect() };
     assert!(queues_of(&ra).is_disjoint(&queues_of(&rb)));
@@ -237,21 +233,8 @@ async fn python_clustering_and_broadcasting() {
 
     // Broadcasting: every member gets every message.
     client.create_topic("CastPyT", 4).await;
-    let listener = |instance: &str| {
-        let instance = format!("instance={instance}");
-        Probe::start(
-            Lang::Python,
-            "broadcast",
-            &ns,
-            &[
-                "topic=CastPyT",
-                "group=cast_py_cg",
-                "expect=12",
-                "grace=500",
-                &instance,
-            ],
-        )
-    };
+    let listener =
+        |instance: &str| broadcast_member(Lang::Python, &ns, "CastPyT", "cast_py_cg", 12, instance);
     let (mut a, mut b) = (listener("a"), listener("b"));
     a.ready().await;
     b.ready().await;
