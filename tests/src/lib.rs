@@ -73,7 +73,6 @@ pub fn broker_config(dir: &Path, namesrv: &str) -> BrokerConfig {
         ..BrokerConfig::default()
     };
     config.filter.workers = 2;
-    config.filter.batch_deadline_ms = 500;
     config
 }
 

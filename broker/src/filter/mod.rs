@@ -28,12 +28,28 @@ pub struct FilterConfig {
     pub max_component_bytes: usize,
     /// Linear memory one filter instance may use, bytes (default 16 MiB).
     pub memory_limit: usize,
-    /// Wall-clock budget of one batch call (and of `init`), ms (default 50).
-    pub batch_deadline_ms: u64,
+    /// CPU time one batch call (and `init`) may use, ms (default 50): the filter thread's
+    /// own CPU time, so a busy machine does not make a good filter fail. Formerly
+    /// `batch_deadline_ms` (a wall-clock budget); that name is still read.
+    #[serde(alias = "batch_deadline_ms")]
+    pub batch_cpu_ms: u64,
+    /// Wall-clock limit of one call, ms (default 2,000): only a safety net for a thread
+    /// starved of CPU for that long; at least `batch_cpu_ms`.
+    pub batch_wall_limit_ms: u64,
     /// Stack the filter's own frames may use, bytes (default 512 KiB).
     pub max_wasm_stack: usize,
     /// Threads that run filter calls (default: one per core, at most 8).
     pub workers: usize,
+    /// Most filter calls of one consumer group running at once (default: `workers` − 1,
+    /// at least 1), so a group with a slow filter or many consumers leaves workers to the
+    /// others. 0 means the default.
+    pub max_group_workers: usize,
+    /// Most filter batches of one consumer group waiting for a worker; past it a pull is
+    /// answered busy at once (default 256).
+    pub max_group_queued: usize,
+    /// Longest a batch waits for a worker before its pull is answered busy, ms (default
+    /// 1,000).
+    pub queue_timeout_ms: u64,
     /// Filter instances alive at once, across all workers; bounds the instance pool
     /// (default 128).
     pub max_instances: u32,
@@ -58,9 +74,13 @@ impl Default for FilterConfig {
         Self {
             max_component_bytes: 10 << 20,
             memory_limit: 16 << 20,
-            batch_deadline_ms: 50,
+            batch_cpu_ms: 50,
+            batch_wall_limit_ms: 2_000,
             max_wasm_stack: 512 << 10,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get().min(8)),
+            max_group_workers: 0,
+            max_group_queued: 256,
+            queue_timeout_ms: 1_000,
             max_instances: 128,
             failures_before_marked: 3,
             batch_size: 256,
@@ -72,6 +92,14 @@ impl Default for FilterConfig {
 }
 
 impl FilterConfig {
+    /// The effective per-group cap of running calls.
+    pub fn group_workers(&self) -> usize {
+        match self.max_group_workers {
+            0 => self.workers.saturating_sub(1).max(1),
+            n => n,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_owned()) };
         check(
@@ -83,8 +111,12 @@ impl FilterConfig {
             "filter.memory_limit must be within 64 KiB..=4 GiB",
         )?;
         check(
-            (1..=60_000).contains(&self.batch_deadline_ms),
-            "filter.batch_deadline_ms must be within 1..=60000",
+            (1..=60_000).contains(&self.batch_cpu_ms),
+            "filter.batch_cpu_ms must be within 1..=60000",
+        )?;
+        check(
+            (self.batch_cpu_ms..=600_000).contains(&self.batch_wall_limit_ms),
+            "filter.batch_wall_limit_ms must be within filter.batch_cpu_ms..=600000",
         )?;
         check(
             // `init` at upload runs on a blocking-pool thread of 2 MiB.
@@ -94,6 +126,18 @@ impl FilterConfig {
         check(
             (1..=256).contains(&self.workers),
             "filter.workers must be within 1..=256",
+        )?;
+        check(
+            self.max_group_workers <= self.workers,
+            "filter.max_group_workers must be at most filter.workers (0: workers - 1)",
+        )?;
+        check(
+            (1..=100_000).contains(&self.max_group_queued),
+            "filter.max_group_queued must be within 1..=100000",
+        )?;
+        check(
+            (1..=600_000).contains(&self.queue_timeout_ms),
+            "filter.queue_timeout_ms must be within 1..=600000",
         )?;
         check(
             self.max_instances as usize >= self.workers && self.max_instances <= 10_000,

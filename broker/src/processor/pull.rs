@@ -17,7 +17,7 @@ use weir_store::{GetStatus, ReadLimits, StoredRecord};
 
 use crate::broker::Broker;
 use crate::error::{ProcessError, Processed};
-use crate::filter::{BatchContext, LoadedFilter};
+use crate::filter::{BatchContext, FailureKind, LoadedFilter};
 use crate::subscription::TagFilter;
 use crate::topics::validate_group_name;
 
@@ -323,6 +323,15 @@ impl Broker {
         let ran = self.filters.runtime().run(filter, ctx, candidates).await;
         let (records, verdicts) = match ran {
             Ok(r) => r,
+            // Not the filter's doing: the pull is answered busy and retried.
+            Err(f) if f.kind == FailureKind::Busy => {
+                return Err(ProcessError::Busy(format!(
+                    "the {} could not run on queue {} of {:?} at offset {at}: {f}; the offset did not move",
+                    filter.label(),
+                    req.queue_id,
+                    req.topic
+                )));
+            }
             Err(f) => {
                 // This failure may be the one that marked it: keep the mark across restarts.
                 self.persist_filter_mark(filter).await;

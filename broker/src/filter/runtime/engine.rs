@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
+use super::budget::Budget;
 use super::guest::GuestState;
 use super::{FilterConfig, FilterError, FilterRuntime};
 
@@ -66,18 +67,20 @@ pub(super) fn new_engine(config: &FilterConfig) -> Result<Engine, FilterError> {
     Engine::new(&wasm).map_err(|e| FilterError::Runtime(format!("engine: {e}")))
 }
 
-/// Starts the thread that advances the engine's epoch every tick, so a call past its
-/// deadline traps. Returns the ticks a call may take, and the flag that stops the thread.
+/// Starts the thread that advances the engine's epoch every tick, at which a running call's
+/// time budget is checked (`budget`). Returns the limits of a call and the flag that stops
+/// the thread.
 pub(super) fn start_epoch_clock(
     engine: &Engine,
     config: &FilterConfig,
-) -> Result<(u64, Arc<AtomicBool>), FilterError> {
-    let tick = Duration::from_millis((config.batch_deadline_ms / 10).clamp(1, 100));
-    // At least two ticks, so a call never gets less than one whole tick.
-    let deadline_ticks = config
-        .batch_deadline_ms
-        .div_ceil(tick.as_millis().max(1) as u64)
-        .max(2);
+) -> Result<(Budget, Arc<AtomicBool>), FilterError> {
+    // A tenth of the CPU budget: a call overruns it by at most that much.
+    let tick = Duration::from_millis((config.batch_cpu_ms / 10).clamp(1, 100));
+    let budget = Budget {
+        cpu: Duration::from_millis(config.batch_cpu_ms),
+        wall: Duration::from_millis(config.batch_wall_limit_ms),
+        tick,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     {
         let (engine, stop) = (engine.clone(), Arc::clone(&stop));
@@ -91,7 +94,7 @@ pub(super) fn start_epoch_clock(
             })
             .map_err(|e| FilterError::Runtime(format!("cannot start the epoch thread: {e}")))?;
     }
-    Ok((deadline_ticks, stop))
+    Ok((budget, stop))
 }
 
 /// Identifies the engine's compiled-code format, stable across processes.

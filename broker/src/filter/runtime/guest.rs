@@ -4,7 +4,8 @@
 //!
 //! Invariants: guest text is sanitized (bounded, control characters escaped) before it is
 //! logged; a refused memory grow is remembered, so the failure is named `MemoryExhausted`
-//! rather than a trap; every store has the limiter and traps at its epoch deadline.
+//! rather than a trap; every store has the limiter and checks its call's time budget at each epoch deadline
+//! (`budget`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,6 +18,7 @@ use wasmtime::{ResourceLimiter, Store};
 use super::FilterRuntime;
 use super::bindings;
 use super::bindings::weir::filter::types::Level;
+use super::budget::{self, Budget, CallStart, Exceeded};
 use super::engine::{CORE_INSTANCES_PER_FILTER, TABLES_PER_FILTER};
 use super::loaded::FilterShared;
 use super::types::sanitize;
@@ -31,6 +33,10 @@ pub(super) struct GuestState {
     /// a trap.
     pub(super) last_error_line: Option<String>,
     shared: Option<Arc<FilterShared>>,
+    /// The limits of each call, where the running call started, and which limit stopped it.
+    pub(super) budget: Budget,
+    pub(super) call: Option<CallStart>,
+    pub(super) exceeded: Option<Exceeded>,
 }
 
 impl ResourceLimiter for GuestState {
@@ -152,10 +158,13 @@ impl FilterRuntime {
                 log_lines_per_sec: c.log_lines_per_sec,
                 last_error_line: None,
                 shared,
+                budget: self.inner.budget,
+                call: None,
+                exceeded: None,
             },
         );
         store.limiter(|s| s);
-        store.epoch_deadline_trap();
+        budget::install(&mut store);
         store
     }
 }

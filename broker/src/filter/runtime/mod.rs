@@ -1,5 +1,5 @@
 //! The sandbox: compiles and checks uploaded components, and runs filter batches on worker
-//! threads that keep one instance per filter, under a memory cap, a time budget and a
+//! threads that keep one instance per filter, under a memory cap, a CPU-time budget and a
 //! stack cap.
 //!
 //! Costs decide the shape (see `../shared/reference/wasm.md`): compiling takes tens of ms,
@@ -12,27 +12,32 @@
 //! re-exports callers use):
 //! - `engine`: the wasmtime `Engine` (pooling allocator, epoch clock), compiling, and the
 //!   compiled-code cache format;
+//! - `budget`: the time budget of a call, counted in the calling thread's CPU time;
 //! - `imports`: what a filter may import, what is linked or stubbed, and why the rest is
 //!   refused;
 //! - `guest`: what a store holds, the host functions a filter calls, the wire form of a
 //!   batch;
-//! - `pool`: the worker threads and their job queue, and [`DirectCaller`];
+//! - `schedule`: which job runs next and where (per-group turns and caps, routing by
+//!   filter, queue bounds);
+//! - `pool`: the worker threads, and [`DirectCaller`];
 //! - `worker`: a worker's instances, kept across batches, and how a failed call is named;
 //! - `types` and `loaded`: what callers hand in and get back.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
 
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
 use super::{FilterConfig, FilterError};
 
+mod budget;
 mod engine;
 mod guest;
 mod imports;
 mod loaded;
 mod pool;
+mod schedule;
 mod types;
 mod worker;
 
@@ -43,6 +48,7 @@ pub use types::{BatchContext, FailureKind, FilterFailure, FilterLabel, RecordByt
 
 use guest::GuestState;
 use pool::Job;
+use schedule::{Refusal, Turn};
 use worker::{InitError, init_instance};
 
 mod bindings {
@@ -56,9 +62,9 @@ struct Inner {
     engine: Engine,
     linker: Linker<GuestState>,
     config: FilterConfig,
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    scheduler: Arc<schedule::Scheduler<worker::Worker>>,
     next_id: AtomicU64,
-    deadline_ticks: u64,
+    budget: budget::Budget,
     stop: Arc<AtomicBool>,
     compat_hash: String,
 }
@@ -66,6 +72,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.scheduler.stop();
     }
 }
 
@@ -80,16 +87,16 @@ impl FilterRuntime {
         config.validate().map_err(FilterError::Invalid)?;
         let engine = engine::new_engine(&config)?;
         let linker = imports::host_linker(&engine)?;
-        let (deadline_ticks, stop) = engine::start_epoch_clock(&engine, &config)?;
-        let tx = pool::start_workers(&config)?;
+        let (budget, stop) = engine::start_epoch_clock(&engine, &config)?;
+        let scheduler = pool::start_workers(&config)?;
         let compat_hash = engine::compat_hash(&engine);
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
                 linker,
-                jobs: Mutex::new(Some(tx)),
+                scheduler,
                 next_id: AtomicU64::new(1),
-                deadline_ticks,
+                budget,
                 stop,
                 compat_hash,
                 config,
@@ -109,9 +116,7 @@ impl FilterRuntime {
 
     /// Stops the workers once queued jobs are done.
     pub fn shutdown(&self) {
-        if let Ok(mut jobs) = self.inner.jobs.lock() {
-            jobs.take();
-        }
+        self.inner.scheduler.stop();
         self.inner.stop.store(true, Ordering::Relaxed);
     }
 
@@ -124,12 +129,11 @@ impl FilterRuntime {
         label: FilterLabel,
     ) -> Result<Arc<LoadedFilter>, FilterError> {
         let mut store = self.new_store(None);
-        let needs_body =
-            match init_instance(&mut store, &compiled, &params, self.inner.deadline_ticks) {
-                Ok((_, needs_body)) => needs_body,
-                Err(InitError::Params(m)) => return Err(FilterError::BadParams(m)),
-                Err(InitError::Failed(f)) => return Err(FilterError::Init(f.to_string())),
-            };
+        let needs_body = match init_instance(&mut store, &compiled, &params) {
+            Ok((_, needs_body)) => needs_body,
+            Err(InitError::Params(m)) => return Err(FilterError::BadParams(m)),
+            Err(InitError::Failed(f)) => return Err(FilterError::Init(f.to_string())),
+        };
         Ok(self.loaded(compiled, params, needs_body, label))
     }
 
@@ -160,27 +164,35 @@ impl FilterRuntime {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let runtime = self.clone();
         let filter = Arc::clone(filter);
-        let job: Job = Box::new(move |worker| {
-            if tx.is_closed() {
-                // The pull was abandoned (client gone, broker stopping): no work, no verdict.
-                return;
-            }
-            let r = worker.call(&runtime, &filter, &ctx, &records);
-            let _ = tx.send(r.map(|v| (records, v)));
+        let group = ctx.consumer_group.clone();
+        let filter_id = filter.id;
+        let job: Job = Box::new(move |turn| {
+            let r = match turn {
+                Turn::Run(worker) => {
+                    if tx.is_closed() {
+                        // The pull was abandoned (client gone, broker stopping): no work, no
+                        // verdict.
+                        return None;
+                    }
+                    worker
+                        .call(&runtime, &filter, &ctx, &records)
+                        .map(|v| (records, v))
+                }
+                Turn::Refused(why) => {
+                    let kind = match why {
+                        Refusal::Stopped => FailureKind::Unavailable,
+                        Refusal::TimedOut { .. } | Refusal::GroupQueueFull { .. } => {
+                            FailureKind::Busy
+                        }
+                    };
+                    Err(FilterFailure::new(kind, why.to_string()))
+                }
+            };
+            Some(Box::new(move || {
+                let _ = tx.send(r);
+            }))
         });
-        let sent = self
-            .inner
-            .jobs
-            .lock()
-            .ok()
-            .and_then(|jobs| jobs.as_ref().map(|tx| tx.send(job).is_ok()))
-            .unwrap_or(false);
-        if !sent {
-            return Err(FilterFailure::new(
-                FailureKind::Unavailable,
-                "the filter runtime is stopped",
-            ));
-        }
+        self.inner.scheduler.submit(&group, filter_id, job);
         rx.await.unwrap_or_else(|_| {
             Err(FilterFailure::new(
                 FailureKind::Unavailable,

@@ -64,7 +64,7 @@ pub enum FailureKind {
     /// The filter trapped (panic, `unreachable`, bad memory access, stack overflow, a
     /// stubbed import called).
     Trap,
-    /// The batch ran past its time budget.
+    /// The batch used its CPU-time budget (or ran past the wall-clock safety net).
     Deadline,
     /// The filter wanted more memory than its cap.
     MemoryExhausted,
@@ -73,6 +73,10 @@ pub enum FailureKind {
     /// The broker could not run the filter (no instance slot, stopping); not the filter's
     /// fault, so it does not count towards marking it failed.
     Unavailable,
+    /// The filter workers are busy: the batch waited past the queue timeout, or its group
+    /// already had too many batches waiting. Not the filter's fault; the pull is answered
+    /// busy and retried.
+    Busy,
     /// The filter already failed too often and waits for a new version.
     MarkedFailed,
 }
@@ -86,6 +90,7 @@ impl FailureKind {
             FailureKind::MemoryExhausted => "the filter ran out of memory",
             FailureKind::WrongVerdicts => "the filter returned the wrong number of verdicts",
             FailureKind::Unavailable => "the filter could not run",
+            FailureKind::Busy => "the filter workers are busy",
             FailureKind::MarkedFailed => "the filter is marked failed",
         }
     }

@@ -18,6 +18,7 @@ use weir_protocol::record;
 
 use super::bindings;
 use super::bindings::exports::weir::filter::filter::FilterError as GuestError;
+use super::budget;
 use super::guest::{GuestState, WireContext, WireMessage};
 use super::{
     BatchContext, CompiledFilter, FailureKind, FilterFailure, FilterRuntime, LoadedFilter,
@@ -34,9 +35,9 @@ pub(super) fn init_instance(
     store: &mut Store<GuestState>,
     compiled: &CompiledFilter,
     params: &[(String, String)],
-    deadline_ticks: u64,
 ) -> Result<(Func, bool), InitError> {
-    store.set_epoch_deadline(deadline_ticks);
+    // Instantiation (start functions) and `init` share one budget.
+    budget::arm(store);
     let instance = compiled
         .pre
         .instantiate(&mut *store)
@@ -83,7 +84,10 @@ fn classify(store: &mut Store<GuestState>, e: wasmtime::Error) -> FilterFailure 
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => FilterFailure::new(
             FailureKind::Deadline,
-            "the call was interrupted at its deadline",
+            match state.exceeded.take() {
+                Some(exceeded) => exceeded.to_string(),
+                None => "the call was interrupted at its deadline".to_owned(),
+            },
         ),
         Some(Trap::StackOverflow) => FilterFailure::new(
             FailureKind::Trap,
@@ -163,7 +167,9 @@ impl Worker {
                     FailureKind::Deadline => Some(&shared.deadlines),
                     FailureKind::MemoryExhausted => Some(&shared.memory_exhausted),
                     FailureKind::WrongVerdicts => Some(&shared.wrong_verdicts),
-                    FailureKind::Unavailable | FailureKind::MarkedFailed => None,
+                    FailureKind::Unavailable | FailureKind::Busy | FailureKind::MarkedFailed => {
+                        None
+                    }
                 };
                 if let Some(c) = counter {
                     c.fetch_add(1, Ordering::Relaxed);
@@ -191,7 +197,6 @@ impl Worker {
         ctx: &BatchContext,
         records: &[R],
     ) -> Result<(Vec<bool>, u64), FilterFailure> {
-        let ticks = runtime.inner.deadline_ticks;
         if !self.slots.contains_key(&filter.id) {
             if self.slots.len() >= self.capacity
                 && let Some(oldest) = self
@@ -205,7 +210,7 @@ impl Worker {
             let mut store = runtime.new_store(Some(Arc::clone(&filter.shared)));
             filter.shared.instantiations.fetch_add(1, Ordering::Relaxed);
             let (filter_fn, needs_body) =
-                init_instance(&mut store, &filter.compiled, &filter.params, ticks).map_err(
+                init_instance(&mut store, &filter.compiled, &filter.params).map_err(
                     |e| match e {
                         InitError::Params(m) => FilterFailure::new(
                             FailureKind::GuestError,
@@ -289,7 +294,7 @@ impl Worker {
             .map_err(|e| {
                 FilterFailure::new(FailureKind::Trap, format!("filter function type: {e}"))
             })?;
-        store.set_epoch_deadline(ticks);
+        budget::arm(store);
         store.data_mut().last_error_line = None;
         let started = Instant::now();
         let called = typed.call(&mut *store, (wire_ctx, &attributes, &messages));

@@ -1,0 +1,232 @@
+//! Fairness of the filter workers: `cargo bench -p weir-broker --bench filter_fairness`.
+//!
+//! One consumer group ("quiet") decides 32-message batches with the sql92 filter, one
+//! batch after another, as its pulls would; its latency per batch (hand-off to a worker,
+//! the call, verdicts back) is measured alone, then while another group ("slow") runs a
+//! slow but legal filter (about 40 ms of CPU per batch, just under the 50 ms budget)
+//! pulled by 8 consumers at once. Each run uses the broker's default filter settings on
+//! this machine (`workers` = cores) and is repeated with the per-group cap
+//! (`max_group_workers`, default `workers` − 1) and without it (= `workers`), in one
+//! process, so the figures compare.
+//!
+//! Arguments: `--seconds N` per measurement (default 3). Under `cargo test --benches`
+//! (`--bench` absent) it runs a short smoke version.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use weir_broker::filter::{
+    BatchContext, DirectCaller, FilterConfig, FilterLabel, FilterRuntime, LoadedFilter,
+};
+use weir_protocol::Message;
+use weir_protocol::record::{Assigned, encode_to_vec};
+
+const EXPR: &str = "(region = 'eu' AND amount > 500) OR priority IN ('high', 'urgent')";
+const SLOW_CONSUMERS: usize = 8;
+
+fn records(n: usize) -> Vec<Bytes> {
+    let host = "127.0.0.1:10911".parse().expect("address");
+    (0..n)
+        .map(|i| {
+            let msg = Message::new("bench", 0, vec![b'x'; 100])
+                .with_tags("TagA")
+                .with_property("region", ["eu", "us", "apac"][i % 3])
+                .with_property("amount", format!("{}", (i * 37) % 1000))
+                .with_property("priority", ["low", "normal", "high", "urgent"][i % 4]);
+            let a = Assigned {
+                queue_offset: i as u64,
+                commit_log_offset: 0,
+                store_timestamp: 1_700_000_000_000,
+                store_host: host,
+            };
+            Bytes::from(encode_to_vec(&msg, &a).expect("encode"))
+        })
+        .collect()
+}
+
+fn load(runtime: &FilterRuntime, path: &str, params: &[(&str, &str)]) -> Arc<LoadedFilter> {
+    let compiled = runtime
+        .compile(&weir_filter_artifacts::read(path))
+        .expect("compile");
+    let params = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    runtime
+        .load(
+            compiled,
+            params,
+            FilterLabel::new("bench", "bench", 1, String::new()),
+        )
+        .expect("load")
+}
+
+fn ctx(group: &str) -> BatchContext {
+    BatchContext {
+        topic: "bench".into(),
+        queue_id: 0,
+        consumer_group: group.into(),
+    }
+}
+
+/// Rounds of the hostile filter's `busy` mode taking about `target` on an idle machine.
+fn calibrate(runtime: &FilterRuntime, target: Duration) -> u64 {
+    let rounds = 2_000_000u64;
+    let work = rounds.to_string();
+    let f = load(
+        runtime,
+        weir_filter_artifacts::HOSTILE,
+        &[("mode", "busy"), ("work", &work)],
+    );
+    let mut direct = DirectCaller::new(runtime);
+    let recs = records(8);
+    direct.call(&f, &ctx("calibrate"), &recs).expect("warm-up");
+    let mut best = Duration::MAX;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        direct
+            .call(&f, &ctx("calibrate"), &recs)
+            .expect("timed call");
+        best = best.min(t0.elapsed());
+    }
+    (rounds as f64 * target.as_secs_f64() / best.as_secs_f64().max(1e-9)) as u64
+}
+
+struct Latency {
+    batches: usize,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+async fn quiet_latency(
+    runtime: &FilterRuntime,
+    filter: &Arc<LoadedFilter>,
+    for_how_long: Duration,
+) -> Latency {
+    let recs = records(32);
+    let mut samples = Vec::new();
+    let until = Instant::now() + for_how_long;
+    while Instant::now() < until {
+        let t0 = Instant::now();
+        runtime
+            .run(filter, ctx("quiet"), recs.clone())
+            .await
+            .expect("quiet batch");
+        samples.push(t0.elapsed());
+    }
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+    Latency {
+        batches: samples.len(),
+        p50: at(0.5),
+        p99: at(0.99),
+        max: at(1.0),
+    }
+}
+
+async fn scenario(
+    group_workers: usize,
+    seconds: Duration,
+    slow_cpu: Duration,
+) -> (Latency, Latency, u64, u64) {
+    let config = FilterConfig {
+        max_group_workers: group_workers,
+        ..FilterConfig::default()
+    };
+    let runtime = FilterRuntime::new(config).expect("filter runtime");
+    let quiet = load(&runtime, weir_filter_artifacts::SQL92, &[("expr", EXPR)]);
+    let rounds = calibrate(&runtime, slow_cpu).to_string();
+    let slow = load(
+        &runtime,
+        weir_filter_artifacts::HOSTILE,
+        &[("mode", "busy"), ("work", &rounds)],
+    );
+    let alone = quiet_latency(&runtime, &quiet, seconds).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let consumers: Vec<_> = (0..SLOW_CONSUMERS)
+        .map(|_| {
+            let (runtime, slow, stop) = (runtime.clone(), Arc::clone(&slow), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let (mut ok, mut busy) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    match runtime.run(&slow, ctx("slow"), records(8)).await {
+                        Ok(_) => ok += 1,
+                        // Answered busy: a consumer pulls again.
+                        Err(_) => busy += 1,
+                    }
+                }
+                (ok, busy)
+            })
+        })
+        .collect();
+    let loaded = quiet_latency(&runtime, &quiet, seconds).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut busy) = (0, 0);
+    for c in consumers {
+        let (o, b) = c.await.expect("join");
+        ok += o;
+        busy += b;
+    }
+    assert_eq!(slow.stats().deadlines, 0, "the slow filter must stay legal");
+    runtime.shutdown();
+    (alone, loaded, ok, busy)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let benching = args.iter().any(|a| a == "--bench");
+    let seconds = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .map_or(if benching { 3.0 } else { 0.2 }, |s: f64| s);
+    let seconds = Duration::from_secs_f64(seconds);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let workers = FilterConfig::default().workers;
+    let slow_cpu = Duration::from_millis(40);
+    println!(
+        "filter workers {workers}; group `slow`: {SLOW_CONSUMERS} consumers, ~{} ms of CPU per batch; group `quiet`: sql92, 32 messages per batch",
+        slow_cpu.as_millis()
+    );
+    println!(
+        "{:<26} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "max_group_workers",
+        "batches",
+        "alone p50",
+        "alone p99",
+        "loaded p50",
+        "loaded p99",
+        "loaded max",
+        "p99 ratio",
+        "slow ok"
+    );
+    let mut caps = vec![(FilterConfig::default().group_workers(), "(default)")];
+    if workers > caps[0].0 {
+        caps.push((workers, "(no cap)"));
+    }
+    for (cap, what) in caps {
+        let (alone, loaded, ok, busy) = rt.block_on(scenario(cap, seconds, slow_cpu));
+        let us = |d: Duration| format!("{:.0} µs", d.as_secs_f64() * 1e6);
+        println!(
+            "{:<26} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9.2}x {:>8}",
+            format!("{cap} {what}"),
+            loaded.batches,
+            us(alone.p50),
+            us(alone.p99),
+            us(loaded.p50),
+            us(loaded.p99),
+            us(loaded.max),
+            loaded.p99.as_secs_f64() / alone.p99.as_secs_f64().max(1e-9),
+            format!("{ok}/{}", ok + busy),
+        );
+    }
+}

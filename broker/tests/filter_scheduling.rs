@@ -1,0 +1,289 @@
+//! The filter runtime under load: the time budget counts the filter's own CPU time, so a
+//! busy machine does not fail a good filter (while a looping one is still stopped), and
+//! batches are routed by filter so an instance stays warm on one worker. (The scheduling
+//! policy itself, with plain jobs, is tested in `runtime/schedule_tests.rs`.)
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use weir_broker::filter::{
+    BatchContext, DirectCaller, FailureKind, FilterConfig, FilterLabel, FilterRuntime, LoadedFilter,
+};
+use weir_protocol::Message;
+use weir_protocol::record::{Assigned, encode_to_vec};
+
+fn records(n: usize) -> Vec<Bytes> {
+    let host = "127.0.0.1:10911".parse().expect("address");
+    (0..n)
+        .map(|i| {
+            let msg = Message::new("T", 0, vec![b'x'; 16]).with_tags("A");
+            let a = Assigned {
+                queue_offset: i as u64,
+                commit_log_offset: 0,
+                store_timestamp: 1_700_000_000_000,
+                store_host: host,
+            };
+            Bytes::from(encode_to_vec(&msg, &a).expect("encode"))
+        })
+        .collect()
+}
+
+fn load(runtime: &FilterRuntime, path: &str, params: &[(&str, &str)]) -> Arc<LoadedFilter> {
+    let compiled = runtime
+        .compile(&weir_filter_artifacts::read(path))
+        .expect("compile");
+    let params = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    runtime
+        .load(
+            compiled,
+            params,
+            FilterLabel::new("G", "T", 1, String::new()),
+        )
+        .expect("load")
+}
+
+fn ctx(group: &str) -> BatchContext {
+    BatchContext {
+        topic: "T".into(),
+        queue_id: 0,
+        consumer_group: group.into(),
+    }
+}
+
+/// Threads that keep every core busy until dropped.
+struct Spinners {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Spinners {
+    fn start(n: usize) -> Spinners {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..n)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_add(1));
+                    }
+                })
+            })
+            .collect();
+        Spinners { stop, threads }
+    }
+}
+
+impl Drop for Spinners {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Rounds of the hostile filter's `busy` mode that take about `target` on this thread,
+/// measured with the machine otherwise idle.
+fn calibrate(runtime: &FilterRuntime, target: Duration) -> u64 {
+    let recs = records(8);
+    let mut rounds = 200_000u64;
+    loop {
+        let work = rounds.to_string();
+        let f = load(
+            runtime,
+            weir_filter_artifacts::HOSTILE,
+            &[("mode", "busy"), ("work", &work)],
+        );
+        let mut direct = DirectCaller::new(runtime);
+        direct.call(&f, &ctx("calibrate"), &recs).expect("warm-up");
+        let t0 = Instant::now();
+        direct
+            .call(&f, &ctx("calibrate"), &recs)
+            .expect("timed call");
+        let took = t0.elapsed();
+        if took >= target / 4 || rounds > 1 << 36 {
+            let scaled = rounds as f64 * target.as_secs_f64() / took.as_secs_f64().max(1e-6);
+            return scaled as u64;
+        }
+        rounds *= 8;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_machine_does_not_fail_a_good_filter_but_a_loop_is_still_stopped() {
+    let runtime = FilterRuntime::new(FilterConfig {
+        workers: 1,
+        batch_cpu_ms: 50,
+        ..FilterConfig::default()
+    })
+    .expect("runtime");
+    // A batch that costs half the budget...
+    let rounds = calibrate(&runtime, Duration::from_millis(25)).to_string();
+    let good = load(
+        &runtime,
+        weir_filter_artifacts::HOSTILE,
+        &[("mode", "busy"), ("work", &rounds)],
+    );
+    // ...on a machine with four spinning threads per core: the worker gets a fifth of a
+    // core or less, so each batch takes several times its CPU time on the wall clock.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let spinners = Spinners::start(4 * cores);
+    let mut slowest = Duration::ZERO;
+    for _ in 0..6 {
+        let t0 = Instant::now();
+        let r = runtime.run(&good, ctx("G"), records(8)).await;
+        slowest = slowest.max(t0.elapsed());
+        let (_, verdicts) =
+            r.unwrap_or_else(|f| panic!("a good filter failed on a busy machine: {f}"));
+        assert_eq!(verdicts, vec![true; 8]);
+    }
+    // The test proves something only if a wall-clock budget would have failed the filter.
+    assert!(
+        slowest > Duration::from_millis(50),
+        "the machine was not busy enough: the slowest batch took {slowest:?}"
+    );
+    let stats = good.stats();
+    assert_eq!((stats.deadlines, stats.calls), (0, 6));
+
+    // A filter that loops is stopped by its CPU budget, busy machine or not.
+    let looping = load(
+        &runtime,
+        weir_filter_artifacts::HOSTILE,
+        &[("mode", "loop")],
+    );
+    let t0 = Instant::now();
+    let failure = match runtime.run(&looping, ctx("G"), records(8)).await {
+        Err(f) => f,
+        Ok(_) => panic!("a looping filter returned"),
+    };
+    drop(spinners);
+    assert_eq!(failure.kind, FailureKind::Deadline);
+    assert!(
+        failure.detail.contains("CPU time budget of 50 ms"),
+        "{}",
+        failure.detail
+    );
+    // Stopped by the CPU budget, well before the wall-clock safety net.
+    assert!(
+        t0.elapsed() < Duration::from_millis(2_000),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wall_clock_limit_is_a_safety_net_for_a_starved_call() {
+    // The wall limit equal to the CPU budget: with the machine kept busy, the call reaches
+    // the wall limit first.
+    let runtime = FilterRuntime::new(FilterConfig {
+        workers: 1,
+        batch_cpu_ms: 100,
+        batch_wall_limit_ms: 100,
+        ..FilterConfig::default()
+    })
+    .expect("runtime");
+    let looping = load(
+        &runtime,
+        weir_filter_artifacts::HOSTILE,
+        &[("mode", "loop")],
+    );
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let spinners = Spinners::start(4 * cores);
+    let failure = match runtime.run(&looping, ctx("G"), records(1)).await {
+        Err(f) => f,
+        Ok(_) => panic!("a looping filter returned"),
+    };
+    drop(spinners);
+    assert_eq!(failure.kind, FailureKind::Deadline);
+    assert!(
+        failure.detail.contains("wall-clock limit of 100 ms"),
+        "{}",
+        failure.detail
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filters_batches_stay_on_one_warm_instance() {
+    let runtime = FilterRuntime::new(FilterConfig {
+        workers: 2,
+        ..FilterConfig::default()
+    })
+    .expect("runtime");
+    let filters: Vec<_> = (0..3)
+        .map(|_| load(&runtime, weir_filter_artifacts::KEEP_ALL, &[]))
+        .collect();
+    for round in 0..40 {
+        for (n, f) in filters.iter().enumerate() {
+            let group = format!("G{}", (round + n) % 2);
+            runtime
+                .run(f, ctx(&group), records(4))
+                .await
+                .expect("filter call");
+        }
+    }
+    // Both workers were free at every batch: each filter's batches went to its own worker,
+    // one instance each (a shared queue would have spread them over both workers).
+    for f in &filters {
+        let s = f.stats();
+        assert_eq!((s.calls, s.instantiations), (40, 1), "{s:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_group_holds_at_most_its_cap_and_a_waiting_batch_times_out_busy() {
+    let runtime = FilterRuntime::new(FilterConfig {
+        workers: 2,
+        max_group_workers: 1,
+        queue_timeout_ms: 200,
+        batch_cpu_ms: 5_000,
+        batch_wall_limit_ms: 10_000,
+        ..FilterConfig::default()
+    })
+    .expect("runtime");
+    let rounds = calibrate(&runtime, Duration::from_millis(300)).to_string();
+    let slow = load(
+        &runtime,
+        weir_filter_artifacts::HOSTILE,
+        &[("mode", "busy"), ("work", &rounds)],
+    );
+    let quick = load(&runtime, weir_filter_artifacts::KEEP_ALL, &[]);
+    // Four batches of the slow group at once: one runs, the rest wait behind the cap.
+    let slow_batches: Vec<_> = (0..4)
+        .map(|_| {
+            let (runtime, slow) = (runtime.clone(), Arc::clone(&slow));
+            tokio::spawn(async move { runtime.run(&slow, ctx("slow"), records(2)).await })
+        })
+        .collect();
+    // Meanwhile another group is served by the other worker, every time.
+    for _ in 0..20 {
+        runtime
+            .run(&quick, ctx("quick"), records(2))
+            .await
+            .expect("the other group's batch");
+    }
+    let mut ran = 0u64;
+    let mut busy = Vec::new();
+    for b in slow_batches {
+        match b.await.expect("join") {
+            Ok(_) => ran += 1,
+            Err(f) => busy.push(f),
+        }
+    }
+    // A batch runs ~300 ms and the waiting ones time out after 200 ms: the first runs, and
+    // at least the last (which would start after ~600 ms) is answered busy, not run.
+    assert!(ran >= 1 && !busy.is_empty(), "ran {ran}, busy {busy:?}");
+    for f in &busy {
+        assert_eq!(f.kind, FailureKind::Busy, "{f}");
+        assert!(f.detail.contains("queue_timeout_ms"), "{f}");
+    }
+    // Busy is not the filter's fault: no failure counted, no mark.
+    assert!(slow.marked_failed().is_none());
+    assert_eq!(slow.stats().calls, ran);
+}
