@@ -28,6 +28,10 @@ const PULL_MAX_BYTES: usize = 4 << 20;
 /// Longest a pull with a filter keeps reading before it answers with what it has (so a slow
 /// filter's pulls still answer well within the clients' request timeout).
 const FILTERED_PULL_BUDGET: Duration = Duration::from_secs(1);
+/// Filter calls (of `filter.batch_size` messages) one round of a filtered pull hands to a
+/// filter worker at once: the hand-off (two thread wake-ups, tens of µs here) then costs
+/// one per up to 8 calls instead of one per call.
+const FILTER_CALLS_PER_ROUND: usize = 8;
 /// Longest a pull may be held.
 const MAX_SUSPEND: Duration = Duration::from_secs(60);
 
@@ -157,7 +161,9 @@ impl Broker {
             // missing at the filter's keep rate so far (few calls, little judged twice).
             let round = match &wasm {
                 None => max,
-                Some(f) => f.candidates_for(max - out.len()).min(fc.batch_size),
+                Some(f) => f
+                    .candidates_for(max - out.len())
+                    .min(fc.batch_size * FILTER_CALLS_PER_ROUND),
             };
             let limits = ReadLimits {
                 max_count: round,

@@ -149,7 +149,9 @@ impl FilterRuntime {
         self.loaded(compiled, params, needs_body, label)
     }
 
-    /// Decides one batch on a worker thread. The records come back with the verdicts, so
+    /// Decides one batch on a worker thread, in guest calls of at most `batch_size` records
+    /// each (one hand-off to the worker for all of them). The records come back with the
+    /// verdicts, so
     /// the caller can answer from them without copying. A record that does not parse gets
     /// `true` without being shown to the filter: damage is the consumer's to see.
     pub async fn run<R: RecordBytes>(
@@ -174,9 +176,23 @@ impl FilterRuntime {
                         // verdict.
                         return None;
                     }
-                    worker
-                        .call(&runtime, &filter, &ctx, &records)
-                        .map(|v| (records, v))
+                    // One guest call per `batch_size` records; the first failure fails all.
+                    let batch = runtime.inner.config.batch_size.max(1);
+                    let mut verdicts = Vec::with_capacity(records.len());
+                    let mut failed = None;
+                    for chunk in records.chunks(batch) {
+                        match worker.call(&runtime, &filter, &ctx, chunk) {
+                            Ok(v) => verdicts.extend(v),
+                            Err(f) => {
+                                failed = Some(f);
+                                break;
+                            }
+                        }
+                    }
+                    match failed {
+                        None => Ok((records, verdicts)),
+                        Some(f) => Err(f),
+                    }
                 }
                 Turn::Refused(why) => {
                     let kind = match why {
