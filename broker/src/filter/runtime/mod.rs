@@ -15,7 +15,7 @@
 //! - `imports`: what a filter may import, what is linked or stubbed, and why the rest is
 //!   refused;
 //! - `guest`: what a store holds, the host functions a filter calls, the wire form of a
-//!   batch;
+//!   batch; `log_limit`: the exact guest log rate limit;
 //! - `pool`: the worker threads and their job queue, and [`DirectCaller`];
 //! - `worker`: a worker's instances, kept across batches, and how a failed call is named;
 //! - `types` and `loaded`: what callers hand in and get back.
@@ -32,6 +32,7 @@ mod engine;
 mod guest;
 mod imports;
 mod loaded;
+mod log_limit;
 mod pool;
 mod types;
 mod worker;
@@ -39,7 +40,7 @@ mod worker;
 pub use engine::{CompiledFilter, sha256_hex};
 pub use loaded::LoadedFilter;
 pub use pool::DirectCaller;
-pub use types::{BatchContext, FailureKind, FilterFailure, FilterLabel, RecordBytes};
+pub use types::{BatchContext, FailureKind, FilterFailure, FilterLabel, LogSink, RecordBytes};
 
 use guest::GuestState;
 use pool::Job;
@@ -48,7 +49,8 @@ use worker::{InitError, init_instance};
 mod bindings {
     wasmtime::component::bindgen!({
         world: "message-filter",
-        path: "../wit",
+        // The one copy of the WIT, inside the SDK crate (the root `wit/` links to it).
+        path: "../filter-sdk/wit",
     });
 }
 
@@ -61,6 +63,7 @@ struct Inner {
     deadline_ticks: u64,
     stop: Arc<AtomicBool>,
     compat_hash: String,
+    log_sink: Option<LogSink>,
 }
 
 impl Drop for Inner {
@@ -77,6 +80,15 @@ pub struct FilterRuntime {
 
 impl FilterRuntime {
     pub fn new(config: FilterConfig) -> Result<Self, FilterError> {
+        Self::with_log_sink(config, None)
+    }
+
+    /// A runtime whose filters' log lines (after the rate limit and the length cap) go to
+    /// `log_sink` instead of the broker's log, when given.
+    pub fn with_log_sink(
+        config: FilterConfig,
+        log_sink: Option<LogSink>,
+    ) -> Result<Self, FilterError> {
         config.validate().map_err(FilterError::Invalid)?;
         let engine = engine::new_engine(&config)?;
         let linker = imports::host_linker(&engine)?;
@@ -93,6 +105,7 @@ impl FilterRuntime {
                 stop,
                 compat_hash,
                 config,
+                log_sink,
             }),
         })
     }
