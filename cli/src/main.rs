@@ -83,7 +83,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: transaction::TransactionCmd,
     },
-    /// Consumer groups' WebAssembly filters: upload, list, remove, test locally.
+    /// Consumer groups' WebAssembly filters: upload, list, remove, test locally, start a
+    /// new one.
     Filter {
         #[command(subcommand)]
         cmd: filter::FilterCmd,
@@ -214,13 +215,14 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    // Runs without any broker or name server.
-    if let Cmd::Filter {
-        cmd: filter::FilterCmd::Test(args),
-    } = cli.cmd
-    {
-        return filter::test(args).await;
-    }
+    // Filter commands that run without any broker or name server.
+    let cmd = match cli.cmd {
+        Cmd::Filter { cmd } => match filter::run_local(cmd).await? {
+            None => return Ok(()),
+            Some(cmd) => Cmd::Filter { cmd },
+        },
+        other => other,
+    };
     let mut config = ClientConfig::new(&cli.namesrv);
     if let (Some(key), Some(secret)) = (&cli.access_key, &cli.secret_key) {
         config = config.with_credentials(key, secret)?;
@@ -229,7 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         config = config.with_tls_ca(ca)?;
     }
     let client = ClientInstance::new(config)?;
-    match cli.cmd {
+    match cmd {
         Cmd::Topic { cmd } => topic::run(cmd, client).await,
         Cmd::Send(args) => send(args, client).await,
         Cmd::Consume(args) => consume::run(args, client).await,

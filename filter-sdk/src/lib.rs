@@ -41,7 +41,9 @@
 pub mod bindings {
     wit_bindgen::generate!({
         world: "message-filter",
-        path: "../wit",
+        // Inside the crate, so that it builds on its own (a copy, a download, a vendored
+        // folder); the repository's `wit/` is a link to this folder.
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__export_message_filter",
         default_bindings_module: "weir_filter_sdk::bindings",

@@ -42,6 +42,20 @@ impl TestMessage {
         self.queue_offset = offset;
         self
     }
+    /// Milliseconds since the Unix epoch.
+    pub fn born_timestamp(mut self, ms: i64) -> Self {
+        self.born_timestamp = ms;
+        self
+    }
+    /// Milliseconds since the Unix epoch.
+    pub fn store_timestamp(mut self, ms: i64) -> Self {
+        self.store_timestamp = ms;
+        self
+    }
+    pub fn reconsume_count(mut self, n: u32) -> Self {
+        self.reconsume_count = n;
+        self
+    }
 
     /// The attribute bytes the broker would send for this message.
     pub fn attributes(&self) -> Vec<u8> {

@@ -78,3 +78,40 @@ fn params() {
     assert!(p.require("missing").unwrap_err().0.contains("missing"));
     assert!(p.flag("bad", false).is_err());
 }
+
+struct Recent;
+impl Filter for Recent {
+    const NEEDS_BODY: bool = true;
+    fn init(_: &Params) -> Result<Self, ParamError> {
+        log(Level::Info, "natively on stderr");
+        Ok(Recent)
+    }
+    fn keep(&mut self, msg: &Message<'_>) -> bool {
+        msg.born_timestamp() >= 10
+            && msg.store_timestamp() >= msg.born_timestamp()
+            && msg.reconsume_count() == 0
+            && msg.body_str() == Some("b")
+            && msg.queue_offset() == 3
+    }
+}
+
+#[test]
+fn test_messages_carry_every_field() {
+    let base = TestMessage::new()
+        .born_timestamp(10)
+        .store_timestamp(11)
+        .queue_offset(3)
+        .body("b");
+    let msgs = [
+        base.clone(),
+        base.clone().reconsume_count(1),
+        base.clone().born_timestamp(9),
+        base.clone().body("c"),
+        base.queue_offset(4),
+    ];
+    assert_eq!(
+        run::<Recent>(&[], &msgs).unwrap(),
+        [true, false, false, false, false]
+    );
+    assert_eq!(Level::Warn.as_str(), "warn");
+}

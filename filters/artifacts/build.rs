@@ -68,7 +68,8 @@ fn main() {
 fn build_rust_filters(workspace: &Path, components: &mut Components) {
     // Inputs shared by every filter; `filters/` itself so that a listed filter's folder
     // appearing reruns this script (a missing path would rerun it on every build).
-    for input in ["wit", "filter-sdk", "filters", "Cargo.toml", "Cargo.lock"] {
+    // `filter-sdk` holds the WIT (`filter-sdk/wit`; `wit/` links to it).
+    for input in ["filter-sdk", "filters", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", workspace.join(input).display());
     }
 

@@ -48,10 +48,12 @@ const INSTALL_HINT: &str = "install it with scripts/install-c-toolchain \
 pub fn build_c_filter(workspace: &Path, out_dir: &Path) -> Result<PathBuf, String> {
     let src_dir = workspace.join(C_FILTER_DIR);
     println!("cargo:rerun-if-changed={}", src_dir.display());
-    println!("cargo:rerun-if-changed={}", workspace.join("wit").display());
+    // The one copy of the WIT is the SDK's (`wit/` at the root links to it).
+    let wit = workspace.join("filter-sdk").join("wit");
+    println!("cargo:rerun-if-changed={}", wit.display());
     println!("cargo:rerun-if-env-changed=WEIR_CLANG");
     let work = out_dir.join("c-tag-prefix");
-    let result = build(&src_dir, &workspace.join("wit"), &work, out_dir);
+    let result = build(&src_dir, &wit, &work, out_dir);
     if result.is_err() {
         // Watch a file that never exists: cargo then reruns the build script on every
         // build, so installing the toolchain later is picked up without `cargo clean`.

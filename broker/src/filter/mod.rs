@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use registry::{FilterRegistry, Registration};
 pub use runtime::{
     BatchContext, DirectCaller, FailureKind, FilterFailure, FilterLabel, FilterRuntime,
-    LoadedFilter, RecordBytes,
+    LoadedFilter, LogSink, RecordBytes,
 };
 
 /// Filter runtime settings: the `[filter]` table of the broker's TOML file.
@@ -62,8 +62,10 @@ pub struct FilterConfig {
     /// very selective filter returns an advanced offset instead of holding the pull
     /// (default 16,000).
     pub max_scan_per_pull: usize,
-    /// Guest log lines per second per filter; beyond it lines are dropped and counted
-    /// (default 10, bursts of up to 20).
+    /// Guest log lines per second per filter version (default 10): a line is logged only
+    /// when fewer than this many were logged in the second before it, so no one-second
+    /// interval holds more; other lines are dropped and counted (`log_lines_dropped`).
+    /// 0 drops every line.
     pub log_lines_per_sec: u32,
     /// Longest guest log line kept, bytes; longer lines are cut (default 1024).
     pub log_line_max: usize,
@@ -156,6 +158,10 @@ impl FilterConfig {
             "filter.max_scan_per_pull must be at least filter.batch_size",
         )?;
         check(
+            self.log_lines_per_sec <= 100_000,
+            "filter.log_lines_per_sec must be at most 100000",
+        )?;
+        check(
             self.log_line_max >= 16,
             "filter.log_line_max must be at least 16",
         )
@@ -206,7 +212,20 @@ impl LocalFilter {
         params: Vec<(String, String)>,
         config: FilterConfig,
     ) -> Result<Self, FilterError> {
-        let runtime = FilterRuntime::new(config)?;
+        Self::load_logging(component, params, config, None)
+    }
+
+    /// [`LocalFilter::load_with`], the filter's log lines going to `log_sink` when given
+    /// (under the same rate limit and length cap as in a broker). Lines of the `init` run
+    /// at load, which only validates the parameters, are not passed on: each instance runs
+    /// `init` again before its first batch, and those lines are.
+    pub fn load_logging(
+        component: &[u8],
+        params: Vec<(String, String)>,
+        config: FilterConfig,
+        log_sink: Option<LogSink>,
+    ) -> Result<Self, FilterError> {
+        let runtime = FilterRuntime::with_log_sink(config, log_sink)?;
         let label = FilterLabel::new("local", "local", 1, runtime::sha256_hex(component));
         let compiled = runtime.compile(component)?;
         let filter = runtime.load(compiled, params, label)?;
@@ -215,6 +234,15 @@ impl LocalFilter {
 
     pub fn needs_body(&self) -> bool {
         self.filter.needs_body()
+    }
+
+    /// The filter's counters so far (`log_lines_dropped` among them).
+    pub fn stats(&self) -> weir_protocol::filter::FilterStats {
+        self.filter.stats()
+    }
+
+    pub fn config(&self) -> &FilterConfig {
+        self.runtime.config()
     }
 
     /// Decides one batch of encoded records (all of one queue).

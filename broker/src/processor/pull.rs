@@ -3,7 +3,10 @@
 //! in batches, and long polling when there is nothing new.
 //!
 //! Invariant: the next offset returned never skips a message that was neither delivered
-//! nor judged by the filter; a failing filter leaves the offset where it was.
+//! nor judged by the filter; a failing filter leaves the offset where it was. A message is
+//! judged by a filter version once as a queue is consumed in order: when a pull's answer
+//! is cut at its message count, the verdicts beyond the cut are carried to the pull that
+//! resumes there (`LoadedFilter::carry_verdicts`) instead of being judged again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,10 +138,26 @@ impl Broker {
             tokio::time::Instant::now() + Duration::from_millis(req.suspend_ms).min(MAX_SUSPEND);
         let notify = (req.suspend_ms > 0).then(|| self.holds.notify_of(&req.topic, req.queue_id));
         let _held = notify.as_ref().map(|_| self.holds.enter());
+        // Verdicts the pull that ended at this offset judged but could not return.
+        let carried = match &wasm {
+            Some(f) => f.take_verdicts(req.queue_id, req.offset),
+            None => Vec::new(),
+        };
         let mut cursor = req.offset;
         let mut out: Vec<StoredRecord> = Vec::new();
         let mut out_bytes = 0usize;
         let answer = |status, next_offset, (min_offset, max_offset), out: Vec<StoredRecord>| {
+            // Carried verdicts this pull did not reach stay for the pull that will.
+            if let Some(f) = &wasm {
+                let rest: Vec<(u64, bool)> = carried
+                    .iter()
+                    .copied()
+                    .filter(|(at, _)| *at >= next_offset)
+                    .collect();
+                if !rest.is_empty() {
+                    f.carry_verdicts(req.queue_id, next_offset, rest);
+                }
+            }
             Ok(Pulled {
                 result: PullResult {
                     status,
@@ -216,10 +235,10 @@ impl Broker {
                     (_, Ok(v)) => tags.matches_tag(v.tags()) && selects(sql, &v),
                 })
                 .collect();
-            let kept = match &wasm {
-                None => candidates,
-                Some(f) => match self.run_filter(f, req, cursor, candidates).await {
-                    Ok(kept) => kept,
+            let judged = match &wasm {
+                None => candidates.into_iter().map(|r| (r, true)).collect(),
+                Some(f) => match self.judge(f, req, cursor, candidates, &carried).await {
+                    Ok(judged) => judged,
                     // Earlier rounds' progress stands; the next pull meets the failure.
                     Err(_) if cursor != req.offset => {
                         let status = if out.is_empty() {
@@ -235,24 +254,47 @@ impl Broker {
             let round_end = r.next_offset;
             cursor = round_end;
             let room = max - out.len();
-            if kept.len() > room {
+            let kept_count = judged.iter().filter(|(_, keep)| *keep).count();
+            if kept_count > room {
                 // The filter kept more than asked for: resume right after the last message
                 // returned, read from its header; if that is not a sane offset (damage),
                 // return them all rather than skip any.
-                let resume = kept[room - 1]
-                    .bytes()
-                    .get(..pos::QUEUE_OFFSET + 8)
-                    .map(|b| record::u64_at(b, pos::QUEUE_OFFSET) + 1)
+                let last_returned = judged
+                    .iter()
+                    .filter(|(_, keep)| *keep)
+                    .nth(room - 1)
+                    .and_then(|(rec, _)| queue_offset_of(rec));
+                let resume = last_returned
+                    .map(|o| o + 1)
                     .filter(|o| (req.offset + 1..round_end).contains(o));
-                let take = if let Some(o) = resume {
+                if let (Some(o), Some(f)) = (resume, &wasm) {
                     cursor = o;
-                    room
+                    // What lies past the cut was judged: the pull from `o` reuses it (with
+                    // what was carried here beyond this round).
+                    let beyond: Vec<(u64, bool)> = judged
+                        .iter()
+                        .filter_map(|(rec, keep)| Some((queue_offset_of(rec)?, *keep)))
+                        .filter(|(at, _)| *at >= o)
+                        .chain(carried.iter().copied().filter(|(at, _)| *at >= round_end))
+                        .collect();
+                    let kept = judged.into_iter().filter(|(_, keep)| *keep);
+                    out.extend(kept.take(room).map(|(rec, _)| rec));
+                    let pulled = answer(PullStatus::Found, cursor, bounds, out);
+                    f.carry_verdicts(req.queue_id, o, beyond);
+                    return pulled;
                 } else {
-                    kept.len()
-                };
-                out.extend(kept.into_iter().take(take));
+                    out.extend(
+                        judged
+                            .into_iter()
+                            .filter_map(|(rec, keep)| keep.then_some(rec)),
+                    );
+                }
                 return answer(PullStatus::Found, cursor, bounds, out);
             }
+            let kept: Vec<StoredRecord> = judged
+                .into_iter()
+                .filter_map(|(rec, keep)| keep.then_some(rec))
+                .collect();
             out_bytes += kept.iter().map(StoredRecord::len).sum::<usize>();
             out.extend(kept);
             let scanned = (cursor - req.offset) as usize;
@@ -310,16 +352,57 @@ impl Broker {
         }
     }
 
-    /// Runs the group's filter over a batch of candidates; returns the kept ones, in order.
+    /// The verdicts on a round's candidates, in order: carried ones where the previous
+    /// pull judged the message already, the filter's for the others.
+    async fn judge(
+        &self,
+        filter: &Arc<LoadedFilter>,
+        req: &PullMessage,
+        at: u64,
+        candidates: Vec<StoredRecord>,
+        carried: &[(u64, bool)],
+    ) -> Processed<Vec<(StoredRecord, bool)>> {
+        let known: Vec<Option<bool>> = candidates
+            .iter()
+            .map(|rec| {
+                let o = queue_offset_of(rec)?;
+                let i = carried.binary_search_by_key(&o, |(at, _)| *at).ok()?;
+                Some(carried[i].1)
+            })
+            .collect();
+        let (mut reused, mut fresh) = (Vec::new(), Vec::new());
+        for (rec, k) in candidates.into_iter().zip(&known) {
+            match k {
+                Some(keep) => reused.push((rec, *keep)),
+                None => fresh.push(rec),
+            }
+        }
+        if reused.is_empty() {
+            return self.run_filter(filter, req, at, fresh).await;
+        }
+        let mut fresh = self.run_filter(filter, req, at, fresh).await?.into_iter();
+        let mut reused = reused.into_iter();
+        // Back into queue order: each position takes from the side it was split to.
+        Ok(known
+            .iter()
+            .filter_map(|k| match k {
+                Some(_) => reused.next(),
+                None => fresh.next(),
+            })
+            .collect())
+    }
+
+    /// Runs the group's filter over a batch of candidates; returns each with its verdict,
+    /// in order.
     async fn run_filter(
         &self,
         filter: &Arc<LoadedFilter>,
         req: &PullMessage,
         at: u64,
         candidates: Vec<StoredRecord>,
-    ) -> Processed<Vec<StoredRecord>> {
+    ) -> Processed<Vec<(StoredRecord, bool)>> {
         if candidates.is_empty() {
-            return Ok(candidates);
+            return Ok(Vec::new());
         }
         let ctx = BatchContext {
             topic: req.topic.clone(),
@@ -349,10 +432,13 @@ impl Broker {
                 )));
             }
         };
-        Ok(records
-            .into_iter()
-            .zip(verdicts)
-            .filter_map(|(r, keep)| keep.then_some(r))
-            .collect())
+        Ok(records.into_iter().zip(verdicts).collect())
     }
+}
+
+/// The queue offset in a record's header; `None` when the record is too short (damage).
+fn queue_offset_of(rec: &StoredRecord) -> Option<u64> {
+    rec.bytes()
+        .get(..pos::QUEUE_OFFSET + 8)
+        .map(|b| record::u64_at(b, pos::QUEUE_OFFSET))
 }

@@ -1,5 +1,10 @@
 //! `weir filter test`: runs a filter locally, in the broker's own runtime, over messages
-//! given as JSON lines, and prints each verdict.
+//! given as JSON lines, and prints each verdict; the filter's log lines go to standard
+//! error as `[level] line`, under the broker's rate limit and length cap.
+
+use std::sync::Arc;
+
+use weir_broker::filter::FilterConfig;
 
 use super::*;
 
@@ -168,16 +173,26 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Loads a filter component off the async threads (compiling takes a while).
+/// Prints a filter's log line on standard error, as `[level] line`.
+fn print_log_line(level: tracing::Level, line: &str) {
+    eprintln!("[{}] {line}", level.as_str().to_ascii_lowercase());
+}
+
+/// Loads a filter component off the async threads (compiling takes a while); with
+/// `print_log`, its log lines go to standard error ([`print_log_line`]).
 pub(crate) async fn load_local(
     path: &Path,
     params: Vec<(String, String)>,
+    print_log: bool,
 ) -> anyhow::Result<LocalFilter> {
     let component = read_component(path)?;
-    tokio::task::spawn_blocking(move || LocalFilter::load(&component, params))
-        .await
-        .context("the filter loading task ended abnormally")?
-        .with_context(|| format!("loading filter {}", path.display()))
+    let sink = print_log.then(|| Arc::new(print_log_line) as weir_broker::filter::LogSink);
+    tokio::task::spawn_blocking(move || {
+        LocalFilter::load_logging(&component, params, FilterConfig::default(), sink)
+    })
+    .await
+    .context("the filter loading task ended abnormally")?
+    .with_context(|| format!("loading filter {}", path.display()))
 }
 
 pub async fn test(args: TestArgs) -> anyhow::Result<()> {
@@ -185,7 +200,7 @@ pub async fn test(args: TestArgs) -> anyhow::Result<()> {
     if args.group.trim().is_empty() {
         bail!("--group is empty");
     }
-    let filter = load_local(&args.file, args.params.clone()).await?;
+    let filter = load_local(&args.file, args.params.clone(), true).await?;
 
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
@@ -249,7 +264,14 @@ pub async fn test(args: TestArgs) -> anyhow::Result<()> {
         kept += verdicts.iter().filter(|k| **k).count() as u64;
     }
     out.flush().context("writing standard output")?;
-    // On failure the error is the one line on standard error.
+    let dropped = filter.stats().log_lines_dropped;
+    if dropped > 0 {
+        eprintln!(
+            "weir: {dropped} log lines dropped (the limit is {} lines a second)",
+            filter.config().log_lines_per_sec
+        );
+    }
+    // On failure the error is the last line on standard error.
     result?;
     eprintln!("{kept} of {total} kept");
     Ok(())

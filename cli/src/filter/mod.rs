@@ -1,6 +1,7 @@
-//! `weir filter upload|list|reset|remove|test`: consumer groups' WebAssembly filters
-//! (`wit/filter.wit`). `test` runs a filter locally, in the broker's own runtime, over
-//! messages given as JSON lines; the others talk to the brokers.
+//! `weir filter upload|list|reset|remove|test|new|component`: consumer groups'
+//! WebAssembly filters (`wit/filter.wit`). `test` runs a filter locally, in the broker's
+//! own runtime, over messages given as JSON lines; `new` writes a filter project and
+//! `component` wraps a C filter's module; the others talk to the brokers.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
@@ -19,7 +20,9 @@ pub(crate) use weir_broker::filter::LocalFilter;
 
 use crate::output;
 
+mod component;
 mod local;
+mod new;
 pub(crate) use local::load_local;
 pub use local::test;
 
@@ -29,6 +32,7 @@ pub enum FilterCmd {
     /// that serves the topic; uploading again makes a new version.
     Upload(UploadArgs),
     /// The filters brokers run, with their counters.
+    #[command(after_long_help = LIST_HELP)]
     List(ListArgs),
     /// Remove a group's filter for a topic from every broker that serves the topic.
     Remove(RemoveArgs),
@@ -39,6 +43,12 @@ pub enum FilterCmd {
     /// input; prints one verdict per message.
     #[command(after_long_help = TEST_INPUT_HELP)]
     Test(TestArgs),
+    /// Write a new filter project (Rust or C) into a new folder: it builds with one
+    /// command, outside any checkout of weir, has a native test, and says how to upload.
+    New(new::NewArgs),
+    /// Make a filter component of a core WebAssembly module (a C filter built with clang
+    /// for wasm32-wasi, as `weir filter new --lang c` sets up).
+    Component(component::ComponentArgs),
 }
 
 const TEST_INPUT_HELP: &str = "\
@@ -59,7 +69,27 @@ of 256 lines, all of --topic and --queue.
 
 Output: per message, its line number and `keep` or `drop` (`1 keep`), or with --json
 {\"line\":1,\"keep\":true}; then `N of M kept` on standard error. A malformed line stops
-the run with an error naming the line (verdicts already printed stay printed).";
+the run with an error naming the line (verdicts already printed stay printed).
+
+The filter's log lines (`log` in the SDK, `host.log` in wit/filter.wit) go to standard
+error as `[level] line`, under the broker's own limits: at most 10 lines in any one-second
+interval (later ones are dropped, and a count of them is printed at the end), each cut at
+1024 bytes, control characters escaped.";
+
+const LIST_HELP: &str = "\
+Counters, per broker and filter version, since the broker loaded that version:
+  CALLS     successful batch calls
+  IN        messages judged in those calls; KEPT: those the filter kept. Each stored
+            message counts once while the group consumes a queue in order (a pull cut
+            at its message count hands the verdicts beyond the cut to the pull that
+            resumes there). It is judged and counted again only when a pull re-reads it:
+            an offset reset, a retry after a pull the client gave up on, a rebalance
+            before the offset was committed, another consumer of a broadcasting group.
+  FAILURES  failed batches (guest errors, traps, deadlines, memory, wrong verdicts);
+            their messages are not counted in IN
+  NS/MSG    time in the filter per message judged
+--json adds each cause, instances created and log lines dropped (over 10 in any
+one-second interval, the broker's filter.log_lines_per_sec).";
 
 fn parse_param(s: &str) -> Result<(String, String), String> {
     crate::parse_prop(s)
@@ -125,13 +155,25 @@ pub struct TestArgs {
     json: bool,
 }
 
+/// Runs the commands that need no broker; gives the others back.
+pub async fn run_local(cmd: FilterCmd) -> anyhow::Result<Option<FilterCmd>> {
+    match cmd {
+        FilterCmd::Test(args) => test(args).await.map(|()| None),
+        FilterCmd::New(args) => new::run(args).map(|()| None),
+        FilterCmd::Component(args) => component::run(args).map(|()| None),
+        other => Ok(Some(other)),
+    }
+}
+
 pub async fn run(cmd: FilterCmd, client: ClientInstance) -> anyhow::Result<()> {
     match cmd {
         FilterCmd::Upload(args) => upload(args, client).await,
         FilterCmd::List(args) => list(args, client).await,
         FilterCmd::Remove(args) => remove(args, client).await,
         FilterCmd::Reset(args) => reset(args, client).await,
-        FilterCmd::Test(args) => test(args).await,
+        local @ (FilterCmd::Test(_) | FilterCmd::New(_) | FilterCmd::Component(_)) => {
+            run_local(local).await.map(|_| ())
+        }
     }
 }
 

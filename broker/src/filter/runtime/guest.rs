@@ -1,6 +1,6 @@
 //! The guest side of a call: what a store holds ([`GuestState`]), the limits wasmtime asks
-//! it about, the host `log` function with its per-filter rate limit, and the wire form of a
-//! batch, lowered straight from borrowed record bytes.
+//! it about, the host `log` function with its per-filter rate limit (`log_limit`), and the
+//! wire form of a batch, lowered straight from borrowed record bytes.
 //!
 //! Invariants: guest text is sanitized (bounded, control characters escaped) before it is
 //! logged; a refused memory grow is remembered, so the failure is named `MemoryExhausted`
@@ -10,6 +10,8 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
+
+use tracing::Level as TraceLevel;
 
 use tracing::{debug, error, info, trace, warn};
 use wasmtime::component::{ComponentType, Lower};
@@ -21,14 +23,18 @@ use super::bindings::weir::filter::types::Level;
 use super::budget::{self, Budget, CallStart, Exceeded};
 use super::engine::{CORE_INSTANCES_PER_FILTER, TABLES_PER_FILTER};
 use super::loaded::FilterShared;
-use super::types::sanitize;
+use super::log_limit::LogLimit;
+use super::types::{LogSink, sanitize};
 
 /// What a store holds for its instance.
 pub(super) struct GuestState {
     memory_limit: usize,
     pub(super) memory_denied: bool,
     log_line_max: usize,
-    log_lines_per_sec: u32,
+    /// The limit of an upload-time `init` (no `shared`): its own, as no instance runs yet.
+    init_log_limit: LogLimit,
+    /// Where lines go instead of the broker's log (`weir filter test`: standard error).
+    log_sink: Option<LogSink>,
     /// The last error-level line the guest logged (the SDK logs panics there), to explain
     /// a trap.
     pub(super) last_error_line: Option<String>,
@@ -80,29 +86,36 @@ impl bindings::weir::filter::types::Host for GuestState {}
 
 impl bindings::weir::filter::host::Host for GuestState {
     fn log(&mut self, level: Level, message: String) {
+        // The limit first: a spamming filter's dropped lines cost no sanitizing.
+        let now = Instant::now();
+        let allowed = match &self.shared {
+            Some(shared) => shared.log_limit.lock().is_ok_and(|mut l| l.allow(now)),
+            None => self.init_log_limit.allow(now),
+        };
+        let is_error = matches!(level, Level::Error);
+        if !allowed && !is_error {
+            if let Some(shared) = &self.shared {
+                shared.log_lines_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
         let message = sanitize(&message, self.log_line_max);
-        if matches!(level, Level::Error) {
+        if is_error {
             self.last_error_line = Some(message.clone());
         }
         let Some(shared) = &self.shared else {
-            // Upload-time `init`: log through, unlabeled by counters.
-            debug!(target: "weir::filter", "filter init: {message}");
+            // Upload-time `init`: under its own limit, unlabeled by counters.
+            if allowed {
+                debug!(target: "weir::filter", "filter init: {message}");
+            }
             return;
         };
-        let allowed = shared.log_budget.lock().is_ok_and(|mut b| {
-            let now = Instant::now();
-            let rate = f64::from(self.log_lines_per_sec);
-            b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(rate * 2.0);
-            b.last = now;
-            if b.tokens >= 1.0 {
-                b.tokens -= 1.0;
-                true
-            } else {
-                false
-            }
-        });
         if !allowed {
             shared.log_lines_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if let Some(sink) = &self.log_sink {
+            sink(trace_level(level), &message);
             return;
         }
         let l = &shared.label;
@@ -114,6 +127,16 @@ impl bindings::weir::filter::host::Host for GuestState {
             Level::Warn => warn!(target: "weir::filter", group, topic, version, "{message}"),
             Level::Error => error!(target: "weir::filter", group, topic, version, "{message}"),
         }
+    }
+}
+
+fn trace_level(level: Level) -> TraceLevel {
+    match level {
+        Level::Trace => TraceLevel::TRACE,
+        Level::Debug => TraceLevel::DEBUG,
+        Level::Info => TraceLevel::INFO,
+        Level::Warn => TraceLevel::WARN,
+        Level::Error => TraceLevel::ERROR,
     }
 }
 
@@ -155,7 +178,8 @@ impl FilterRuntime {
                 memory_limit: c.memory_limit,
                 memory_denied: false,
                 log_line_max: c.log_line_max,
-                log_lines_per_sec: c.log_lines_per_sec,
+                init_log_limit: LogLimit::new(c.log_lines_per_sec),
+                log_sink: self.inner.log_sink.clone(),
                 last_error_line: None,
                 shared,
                 budget: self.inner.budget,

@@ -1,20 +1,29 @@
 //! One uploaded filter version, ready to run ([`LoadedFilter`]), and the state every
-//! instance of it shares ([`FilterShared`]): counters, the log budget, the
-//! consecutive-failure tally and the failure mark.
+//! instance of it shares ([`FilterShared`]): counters, the log limit, the
+//! consecutive-failure tally, the failure mark, and the verdicts carried from one pull to
+//! the next.
 //!
 //! Invariants: ids are unique in the process (workers key their instances by them); a
 //! version once marked failed stays so until a new upload replaces it or an operator
-//! resets the mark (`FilterRegistry::reset`), which the registry also keeps on disk.
+//! resets the mark (`FilterRegistry::reset`), which the registry also keeps on disk. A
+//! carried verdict is this version's own verdict on the message at that queue offset (a
+//! stored message never changes), so reusing it instead of judging again changes nothing
+//! but the work and the counters.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use weir_protocol::filter::FilterStats;
 
+use super::log_limit::LogLimit;
 use super::{CompiledFilter, FilterLabel, FilterRuntime};
 
-/// State shared by every instance of one filter version: counters, the log budget, and
+/// Most queues with verdicts carried at once, per filter version (a bound on memory; a
+/// carry that does not fit only costs judging those messages again).
+const MAX_CARRIES: usize = 1024;
+
+/// State shared by every instance of one filter version: counters, the log limit, and
 /// the consecutive-failure tally.
 pub(super) struct FilterShared {
     pub(super) label: FilterLabel,
@@ -31,13 +40,19 @@ pub(super) struct FilterShared {
     pub(super) log_lines_dropped: AtomicU64,
     pub(super) consecutive_failures: AtomicU32,
     pub(super) marked_failed: Mutex<Option<String>>,
-    pub(super) log_budget: Mutex<LogBudget>,
+    pub(super) log_limit: Mutex<LogLimit>,
+    /// By queue id: verdicts a pull computed but could not return, for the pull that
+    /// resumes at [`Carry::from`].
+    carries: Mutex<HashMap<u32, Carry>>,
 }
 
-/// A token bucket for guest log lines.
-pub(super) struct LogBudget {
-    pub(super) tokens: f64,
-    pub(super) last: Instant,
+/// Verdicts judged by one pull beyond what it returned (its answer was cut at the pull's
+/// message count): the next pull of the queue from `from` reuses them rather than judging,
+/// and counting, those messages again.
+struct Carry {
+    from: u64,
+    /// `(queue offset, keep)`, offsets ascending, each at least `from`.
+    verdicts: Vec<(u64, bool)>,
 }
 
 /// One uploaded filter version, ready to run.
@@ -101,6 +116,40 @@ impl LoadedFilter {
         cleared
     }
 
+    /// Keeps the verdicts of messages judged but not returned by a pull that answers with
+    /// next offset `from` on queue `queue_id` (replacing any older carry of that queue).
+    pub fn carry_verdicts(&self, queue_id: u32, from: u64, verdicts: Vec<(u64, bool)>) {
+        let Ok(mut carries) = self.shared.carries.lock() else {
+            return;
+        };
+        if verdicts.is_empty() {
+            carries.remove(&queue_id);
+            return;
+        }
+        if carries.len() >= MAX_CARRIES
+            && !carries.contains_key(&queue_id)
+            && let Some(any) = carries.keys().next().copied()
+        {
+            carries.remove(&any);
+        }
+        carries.insert(queue_id, Carry { from, verdicts });
+    }
+
+    /// The verdicts carried for a pull of `queue_id` from `from`, taken (a pull from any
+    /// other offset leaves them for the pull they were kept for).
+    pub fn take_verdicts(&self, queue_id: u32, from: u64) -> Vec<(u64, bool)> {
+        let Ok(mut carries) = self.shared.carries.lock() else {
+            return Vec::new();
+        };
+        match carries.get(&queue_id) {
+            Some(c) if c.from == from => carries
+                .remove(&queue_id)
+                .map(|c| c.verdicts)
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
     pub fn stats(&self) -> FilterStats {
         let s = &self.shared;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -128,7 +177,6 @@ impl FilterRuntime {
         needs_body: bool,
         label: FilterLabel,
     ) -> Arc<LoadedFilter> {
-        let rate = f64::from(self.inner.config.log_lines_per_sec);
         Arc::new(LoadedFilter {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             compiled,
@@ -149,10 +197,8 @@ impl FilterRuntime {
                 log_lines_dropped: AtomicU64::new(0),
                 consecutive_failures: AtomicU32::new(0),
                 marked_failed: Mutex::new(None),
-                log_budget: Mutex::new(LogBudget {
-                    tokens: rate * 2.0,
-                    last: Instant::now(),
-                }),
+                log_limit: Mutex::new(LogLimit::new(self.inner.config.log_lines_per_sec)),
+                carries: Mutex::new(HashMap::new()),
             }),
         })
     }

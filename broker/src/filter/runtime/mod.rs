@@ -16,7 +16,7 @@
 //! - `imports`: what a filter may import, what is linked or stubbed, and why the rest is
 //!   refused;
 //! - `guest`: what a store holds, the host functions a filter calls, the wire form of a
-//!   batch;
+//!   batch; `log_limit`: the exact guest log rate limit;
 //! - `schedule`: which job runs next and where (per-group turns and caps, routing by
 //!   filter, queue bounds);
 //! - `pool`: the worker threads, and [`DirectCaller`];
@@ -36,6 +36,7 @@ mod engine;
 mod guest;
 mod imports;
 mod loaded;
+mod log_limit;
 mod pool;
 mod schedule;
 mod types;
@@ -44,7 +45,7 @@ mod worker;
 pub use engine::{CompiledFilter, sha256_hex};
 pub use loaded::LoadedFilter;
 pub use pool::DirectCaller;
-pub use types::{BatchContext, FailureKind, FilterFailure, FilterLabel, RecordBytes};
+pub use types::{BatchContext, FailureKind, FilterFailure, FilterLabel, LogSink, RecordBytes};
 
 use guest::GuestState;
 use pool::Job;
@@ -54,7 +55,8 @@ use worker::{InitError, init_instance};
 mod bindings {
     wasmtime::component::bindgen!({
         world: "message-filter",
-        path: "../wit",
+        // The one copy of the WIT, inside the SDK crate (the root `wit/` links to it).
+        path: "../filter-sdk/wit",
     });
 }
 
@@ -67,6 +69,7 @@ struct Inner {
     budget: budget::Budget,
     stop: Arc<AtomicBool>,
     compat_hash: String,
+    log_sink: Option<LogSink>,
 }
 
 impl Drop for Inner {
@@ -84,6 +87,15 @@ pub struct FilterRuntime {
 
 impl FilterRuntime {
     pub fn new(config: FilterConfig) -> Result<Self, FilterError> {
+        Self::with_log_sink(config, None)
+    }
+
+    /// A runtime whose filters' log lines (after the rate limit and the length cap) go to
+    /// `log_sink` instead of the broker's log, when given.
+    pub fn with_log_sink(
+        config: FilterConfig,
+        log_sink: Option<LogSink>,
+    ) -> Result<Self, FilterError> {
         config.validate().map_err(FilterError::Invalid)?;
         let engine = engine::new_engine(&config)?;
         let linker = imports::host_linker(&engine)?;
@@ -100,6 +112,7 @@ impl FilterRuntime {
                 stop,
                 compat_hash,
                 config,
+                log_sink,
             }),
         })
     }

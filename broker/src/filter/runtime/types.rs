@@ -6,9 +6,14 @@
 //! guest; [`sanitize`] is the one place that makes guest text safe to log.
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use weir_store::StoredRecord;
+
+/// Where a filter's log lines go instead of the broker's log (`weir filter test` prints
+/// them): each line once, after the rate limit and the length cap, sanitized.
+pub type LogSink = Arc<dyn Fn(tracing::Level, &str) + Send + Sync>;
 
 /// Which filter a message or a log line is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
