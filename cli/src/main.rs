@@ -98,6 +98,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ClusterCmd,
     },
+    /// Serve the web console: cluster, topics, groups, messages, filters, transactions in
+    /// a browser (signs in with an access key when the cluster has access control on).
+    Console(ConsoleArgs),
     /// Measure produce and consume throughput and latency.
     Bench {
         #[command(subcommand)]
@@ -172,6 +175,14 @@ pub(crate) fn parse_prop(s: &str) -> Result<(String, String), String> {
     }
 }
 
+#[derive(Args, Debug)]
+struct ConsoleArgs {
+    /// Where the console listens (keep it on loopback or behind a TLS proxy: it serves
+    /// plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+}
+
 #[derive(Subcommand, Debug)]
 enum MessageCmd {
     /// Messages of a topic by key.
@@ -221,6 +232,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     {
         return filter::test(args).await;
     }
+    if let Cmd::Console(args) = &cli.cmd {
+        return console(args, &cli).await;
+    }
     let mut config = ClientConfig::new(&cli.namesrv);
     if let (Some(key), Some(secret)) = (&cli.access_key, &cli.secret_key) {
         config = config.with_credentials(key, secret)?;
@@ -242,6 +256,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cmd: ClusterCmd::List { json },
         } => cluster::list(client, json).await,
         Cmd::Bench { cmd } => bench::run(cmd, client).await,
+        Cmd::Console(_) => bail!("the console is started before any client"),
+    }
+}
+
+/// `weir console`: serves until Ctrl-C or SIGTERM. Operators log in through the page:
+/// the console does not act with `--access-key` (no anonymous admin for whoever can reach
+/// it).
+async fn console(args: &ConsoleArgs, cli: &Cli) -> anyhow::Result<()> {
+    if cli.access_key.is_some() {
+        eprintln!("weir console: --access-key is not used: operators log in on the page");
+    }
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    eprintln!(
+        "weir console: http://{}",
+        listener.local_addr().context("the listener's address")?
+    );
+    let config = weir_console::ConsoleConfig {
+        namesrv: cli.namesrv.clone(),
+        tls_ca: cli.tls_ca.clone(),
+    };
+    weir_console::serve(listener, &config, stop_signal()).await?;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -1,0 +1,266 @@
+//! The console's JSON API against a real name server and broker: CSRF refusals, values
+//! that would be markup coming back as data, confirmations, and errors naming their cause
+//! when the cluster cannot be reached.
+
+mod common;
+
+use common::{Console, Http};
+use serde_json::json;
+use weir_tests::Env;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_without_the_session_token_is_refused() {
+    let env = Env::start().await;
+    let console = Console::start(&env.namesrv()).await;
+    let mut http = Http::new(console.addr);
+
+    // No session at all.
+    let r = http
+        .request(
+            "POST",
+            "/api/topics",
+            Some(&json!({"name": "Csrf", "queues": 1})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("CSRF"),
+        "{}",
+        r.body
+    );
+
+    // A session, but no token, then a wrong one.
+    let page = http.open("/topics").await;
+    assert_eq!(page.status, 200);
+    assert!(http.cookie.is_some() && http.csrf.is_some());
+    let cookie = page.header("set-cookie").unwrap();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let r = http
+        .request(
+            "POST",
+            "/api/topics",
+            Some(&json!({"name": "Csrf", "queues": 1})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = http
+        .request(
+            "POST",
+            "/api/topics",
+            Some(&json!({"name": "Csrf", "queues": 1})),
+            &[("X-CSRF-Token", "0123456789abcdef0123456789abcdef")],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let topics = http.get("/api/topics").await.json();
+    assert!(
+        !topics.to_string().contains("Csrf"),
+        "refused posts created nothing: {topics}"
+    );
+
+    // With the page's token it goes through.
+    let r = http
+        .post("/api/topics", &json!({"name": "Csrf", "queues": 1}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    console.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn markup_in_messages_comes_back_as_data() {
+    let env = Env::start().await;
+    let console = Console::start(&env.namesrv()).await;
+    let mut http = Http::new(console.addr);
+    let page = http.open("/messages").await;
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+
+    let r = http
+        .post("/api/topics", &json!({"name": "Esc", "queues": 1}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let body = "<script>alert(1)</script>";
+    let prop = "\"><img src=x onerror=alert(2)>";
+    let r = http
+        .post(
+            "/api/topic/send",
+            &json!({"topic": "Esc", "keys": ["k<1>"], "props": [["p", prop]], "body": body}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = http.get("/api/messages/key?topic=Esc&key=k%3C1%3E").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let m = &r.json()["messages"][0];
+    assert_eq!(m["body_text"], body);
+    assert_eq!(m["keys"][0], "k<1>");
+    assert!(
+        m["props"].as_array().unwrap().contains(&json!(["p", prop])),
+        "{m}"
+    );
+    // The page script only ever makes text nodes from data.
+    let js = http.get("/assets/app.js").await.body;
+    for sink in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+    ] {
+        assert!(!js.contains(sink), "app.js uses {sink}");
+    }
+    console.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destructive_requests_need_the_name_typed_again() {
+    let env = Env::start().await;
+    let console = Console::start(&env.namesrv()).await;
+    let mut http = Http::new(console.addr);
+    http.open("/").await;
+    assert_eq!(
+        http.post("/api/topics", &json!({"name": "Keep", "queues": 2}))
+            .await
+            .status,
+        200
+    );
+    let r = http
+        .post(
+            "/api/topic/delete",
+            &json!({"name": "Keep", "confirm": "keep"}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("type the topic's name (Keep)")
+    );
+    let r = http.get("/api/topic?name=Keep").await;
+    assert_eq!(r.status, 200, "still there: {}", r.body);
+    assert_eq!(
+        r.json()["brokers"][0]["queues"].as_array().unwrap().len(),
+        2
+    );
+    let r = http
+        .post(
+            "/api/group/reset",
+            &json!({"group": "g", "topic": "Keep", "to": "earliest", "confirm": ""}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = http
+        .post(
+            "/api/topic/delete",
+            &json!({"name": "Keep", "confirm": "Keep"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    console.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_is_an_error_naming_it() {
+    // A port nobody listens on any more.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let console = Console::start(&gone.to_string()).await;
+    let mut http = Http::new(console.addr);
+    let page = http.open("/").await;
+    assert_eq!(page.status, 200, "the page itself loads");
+    for path in ["/api/cluster", "/api/topics", "/api/groups", "/api/filters"] {
+        let r = http.get(path).await;
+        assert_eq!(r.status, 502, "{path}: {}", r.body);
+        let e = r.json()["error"].as_str().unwrap().to_owned();
+        assert!(
+            e.contains("no name server answered") && e.contains(&gone.to_string()),
+            "{path}: {e}"
+        );
+    }
+    let r = http.get("/api/nothing").await;
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].is_string());
+    console.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_access_control_on_the_operator_logs_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl.toml");
+    std::fs::write(
+        &acl,
+        "[[principal]]\naccess_key = \"root\"\nsecret_key = \"root-secret\"\nadmin = true\n",
+    )
+    .unwrap();
+    let env = Env::start_with(|c| c.acl.file = Some(acl)).await;
+    let console = Console::start(&env.namesrv()).await;
+    let mut http = Http::new(console.addr);
+    http.open("/topics").await;
+
+    // Anonymous: refused by the broker, and the page is told to offer the login form.
+    let r = http
+        .post("/api/topics", &json!({"name": "Signed", "queues": 1}))
+        .await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(r.json()["login"], true, "{}", r.body);
+    let r = http.get("/api/cluster").await;
+    assert_eq!(r.json()["login"], true, "{}", r.body);
+
+    let r = http
+        .post(
+            "/api/login",
+            &json!({"access_key": "root", "secret": "wrong"}),
+        )
+        .await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("authentication failed"),
+        "{}",
+        r.body
+    );
+
+    let anonymous = http.cookie.clone();
+    let r = http
+        .post(
+            "/api/login",
+            &json!({"access_key": "root", "secret": "root-secret"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body.contains("root-secret"));
+    assert_ne!(http.cookie, anonymous, "a login gets a new session id");
+    http.csrf = r.json()["csrf"].as_str().map(str::to_owned);
+    let r = http
+        .post("/api/topics", &json!({"name": "Signed", "queues": 1}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(http.get("/api/session").await.json()["user"], "root");
+
+    // The session from before the login is not logged in.
+    let mut old = Http::new(console.addr);
+    old.cookie = anonymous;
+    assert_eq!(
+        old.get("/api/session").await.json()["user"],
+        serde_json::Value::Null
+    );
+    console.stop().await;
+}
