@@ -14,8 +14,8 @@ use std::time::Duration;
 use common::Console;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use weir_client::{
-    ClientConfig, ClientInstance, ConsumeConcurrentlyStatus, ConsumeFrom, Listener, PushConsumer,
-    PushConsumerConfig,
+    ClientConfig, ClientInstance, ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus,
+    ConsumeFrom, Listener, MessageExt, PushConsumer, PushConsumerConfig,
 };
 use weir_tests::{Env, artifacts};
 
@@ -35,7 +35,9 @@ async fn start_consumer(namesrv: &str, group: &str) -> PushConsumer {
         client,
         config,
         vec![("ConsoleT".into(), "*".into())],
-        Listener::concurrently(|_, _| ConsumeConcurrentlyStatus::ConsumeSuccess),
+        Listener::concurrently(|_: &[MessageExt], _: &mut ConsumeConcurrentlyContext| {
+            ConsumeConcurrentlyStatus::ConsumeSuccess
+        }),
     )
     .await
     .expect("consumer starts")

@@ -30,10 +30,12 @@ pub fn kind(topic: &str) -> &'static str {
     }
 }
 
+/// (Not `#[serde(flatten)]` of [`Paging`]: flattened query fields arrive as strings.)
 #[derive(Deserialize)]
 pub struct ListQuery {
-    #[serde(flatten)]
-    paging: Paging,
+    page: Option<usize>,
+    per_page: Option<usize>,
+    q: Option<String>,
     /// Include retry, dead-letter and the brokers' own topics.
     #[serde(default)]
     system: bool,
@@ -45,13 +47,18 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let all = Admin::new(ctx.client).topics().await?;
-    let needle = q.paging.q.as_deref().unwrap_or("").trim().to_owned();
+    let paging = Paging {
+        page: q.page,
+        per_page: q.per_page,
+        q: q.q,
+    };
+    let needle = paging.q.as_deref().unwrap_or("").trim().to_owned();
     let shown: Vec<String> = all
         .into_iter()
         .filter(|t| q.system || kind(t) == "normal")
         .filter(|t| needle.is_empty() || t.contains(&needle))
         .collect();
-    let (page, meta) = q.paging.apply(&shown);
+    let (page, meta) = paging.apply(&shown);
     let topics: Vec<Value> = page
         .iter()
         .map(|t| json!({ "name": t, "kind": kind(t) }))
