@@ -269,7 +269,9 @@ pages.group = async (main, params) => {
   const topicSelect = el("select", { name: "topic", "data-testid": "reset-topic" });
   const load = () => guarded(body, async () => {
     const d = await api("/api/group?" + q({ name }));
-    const seen = [...new Set(d.subscriptions.map((s) => s.topic).concat(d.queues.map((x) => x.topic)))];
+    // The subscribed topics first, the group's retry topic last.
+    const seen = [...new Set(d.subscriptions.map((s) => s.topic).concat(d.queues.map((x) => x.topic)))]
+      .sort((a, b) => (a.startsWith("%") - b.startsWith("%")) || a.localeCompare(b));
     if (seen.join() !== topics.join()) {
       topics = seen;
       topicSelect.replaceChildren(...topics.map((t) => el("option", { value: t }, t)));

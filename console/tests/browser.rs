@@ -54,6 +54,8 @@ async fn the_console_clicked_through_in_chromium() {
         "playwright-core is missing: run `npm ci --prefix console/e2e` (scripts/test does)"
     );
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    // No screenshot of an earlier run left to mislead.
+    let _ = std::fs::remove_dir_all(&shots);
     std::fs::create_dir_all(&shots).expect("screenshot folder");
     let env = Env::start().await;
     let console = Console::start(&env.namesrv()).await;
