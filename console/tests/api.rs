@@ -264,3 +264,59 @@ async fn with_access_control_on_the_operator_logs_in() {
     );
     console.stop().await;
 }
+
+/// 1,000 topics and 1,000 consumer groups: each list is one request to the name servers,
+/// paged by the console (the time each page took is printed, not asserted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_topics_and_groups_page_without_a_request_each() {
+    use weir_protocol::broker::{ConsumerData, Heartbeat, MessageModel};
+    let env = Env::start().await;
+    let raw = env.client().await;
+    let started = std::time::Instant::now();
+    for i in 0..1000 {
+        raw.create_topic(&format!("T{i:04}"), 1).await;
+    }
+    println!("creating 1,000 topics took {:?}", started.elapsed());
+    // One client in 1,000 clustering groups: the broker makes each group's retry topic.
+    let hb = Heartbeat {
+        client_id: "scale@1".into(),
+        producer_groups: Vec::new(),
+        consumers: (0..1000)
+            .map(|i| ConsumerData {
+                group: format!("G{i:04}"),
+                model: MessageModel::Clustering,
+                subscriptions: vec![("T0000".into(), "*".into())],
+            })
+            .collect(),
+    };
+    // Making 1,000 topics in one request takes the broker a while.
+    let started = std::time::Instant::now();
+    raw.conn
+        .call(&hb, bytes::Bytes::new(), std::time::Duration::from_secs(300))
+        .await
+        .expect("heartbeat");
+    println!("a heartbeat making 1,000 retry topics took {:?}", started.elapsed());
+    let console = Console::start(&env.namesrv()).await;
+    let mut http = Http::new(console.addr);
+    http.open("/").await;
+    weir_tests::eventually("the name server routes 1,000 topics and retry topics", async || {
+        let t = http.get("/api/topics?per_page=100").await.json();
+        let g = http.get("/api/groups?per_page=100").await.json();
+        t["paging"]["total"] == 1000 && g["paging"]["total"] == 1000
+    })
+    .await;
+    for (path, list, first) in [
+        ("/api/topics?per_page=100&page=10", "topics", "T0900"),
+        ("/api/groups?per_page=100&page=10", "groups", "G0900"),
+    ] {
+        let started = std::time::Instant::now();
+        let r = http.get(path).await;
+        println!("{path}: {:?} for a page of 1,000", started.elapsed());
+        assert_eq!(r.status, 200, "{}", r.body);
+        let rows = r.json()[list].as_array().unwrap().clone();
+        assert_eq!(rows.len(), 100);
+        assert_eq!(rows[0]["name"], first);
+        assert_eq!(r.json()["paging"]["pages"], 10);
+    }
+    console.stop().await;
+}
