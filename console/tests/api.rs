@@ -292,18 +292,28 @@ async fn a_thousand_topics_and_groups_page_without_a_request_each() {
     // Making 1,000 topics in one request takes the broker a while.
     let started = std::time::Instant::now();
     raw.conn
-        .call(&hb, bytes::Bytes::new(), std::time::Duration::from_secs(300))
+        .call(
+            &hb,
+            bytes::Bytes::new(),
+            std::time::Duration::from_secs(300),
+        )
         .await
         .expect("heartbeat");
-    println!("a heartbeat making 1,000 retry topics took {:?}", started.elapsed());
+    println!(
+        "a heartbeat making 1,000 retry topics took {:?}",
+        started.elapsed()
+    );
     let console = Console::start(&env.namesrv()).await;
     let mut http = Http::new(console.addr);
     http.open("/").await;
-    weir_tests::eventually("the name server routes 1,000 topics and retry topics", async || {
-        let t = http.get("/api/topics?per_page=100").await.json();
-        let g = http.get("/api/groups?per_page=100").await.json();
-        t["paging"]["total"] == 1000 && g["paging"]["total"] == 1000
-    })
+    weir_tests::eventually(
+        "the name server routes 1,000 topics and retry topics",
+        async || {
+            let t = http.get("/api/topics?per_page=100").await.json();
+            let g = http.get("/api/groups?per_page=100").await.json();
+            t["paging"]["total"] == 1000 && g["paging"]["total"] == 1000
+        },
+    )
     .await;
     for (path, list, first) in [
         ("/api/topics?per_page=100&page=10", "topics", "T0900"),
@@ -318,5 +328,121 @@ async fn a_thousand_topics_and_groups_page_without_a_request_each() {
         assert_eq!(rows[0]["name"], first);
         assert_eq!(r.json()["paging"]["pages"], 10);
     }
+    console.stop().await;
+}
+
+/// Messages by store time come a page at a time, each once, in store order; a dead letter
+/// shows in its group and goes back to its topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_page_by_time_and_a_dead_letter_goes_back() {
+    use weir_protocol::broker::ConsumerSendMsgBack;
+    let env = Env::start().await;
+    let console = Console::start(&env.namesrv()).await;
+    let mut http = Http::new(console.addr);
+    http.open("/messages").await;
+    assert_eq!(
+        http.post("/api/topics", &json!({"name": "Pages", "queues": 2}))
+            .await
+            .status,
+        200
+    );
+    for i in 0..5 {
+        let r = http
+            .post(
+                "/api/topic/send",
+                &json!({"topic": "Pages", "keys": [format!("p{i}")], "body": format!("b{i}")}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let to = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 60_000;
+    let (mut seen, mut cursor, mut pages) = (Vec::new(), None::<String>, 0);
+    loop {
+        pages += 1;
+        assert!(pages <= 5, "paging does not end: {seen:?}");
+        let mut path = format!("/api/messages/time?topic=Pages&from_ms=0&to_ms={to}&per_page=2");
+        if let Some(c) = &cursor {
+            path.push_str(&format!(
+                "&cursor={}",
+                c.replace('/', "%2F").replace(',', "%2C")
+            ));
+        }
+        let r = http.get(&path).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let page = r.json();
+        let msgs = page["messages"].as_array().unwrap();
+        assert!(msgs.len() <= 2);
+        seen.extend(msgs.iter().map(|m| {
+            (
+                m["store_ts"].as_i64().unwrap(),
+                m["body_text"].as_str().unwrap().to_owned(),
+            )
+        }));
+        match page["next"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let mut bodies: Vec<&str> = seen.iter().map(|(_, b)| b.as_str()).collect();
+    assert!(
+        seen.windows(2).all(|w| w[0].0 <= w[1].0),
+        "in store order: {seen:?}"
+    );
+    bodies.sort();
+    assert_eq!(bodies, ["b0", "b1", "b2", "b3", "b4"], "each once");
+
+    // A dead letter, straight to %DLQ%dlq-g.
+    let admin = weir_client::Admin::new(
+        weir_client::ClientInstance::new(weir_client::ClientConfig::new(env.namesrv())).unwrap(),
+    );
+    let original = admin
+        .messages_by_key("Pages", "p0", 4)
+        .await
+        .unwrap()
+        .remove(0);
+    let back = ConsumerSendMsgBack {
+        group: "dlq-g".into(),
+        commit_log_offset: original.commit_log_offset,
+        delay_level: -1,
+        max_reconsume_times: 16,
+    };
+    let (dead, _) = env
+        .client()
+        .await
+        .conn
+        .call(&back, bytes::Bytes::new(), weir_tests::T)
+        .await
+        .unwrap();
+    assert_eq!(dead.topic, "%DLQ%dlq-g");
+    weir_tests::eventually("the group shows its dead letter", async || {
+        http.get("/api/group?name=dlq-g").await.json()["dead_letters"] == 1
+    })
+    .await;
+    let groups = http.get("/api/groups?q=dlq").await.json();
+    assert_eq!(
+        groups["groups"],
+        json!([{"name": "dlq-g", "retry_topic": false, "dead_letter_topic": true}])
+    );
+    let r = http
+        .post("/api/group/resend", &json!({"msg_id": original.msg_id}))
+        .await;
+    assert_eq!(r.status, 400, "only a dead letter is re-sent: {}", r.body);
+    let r = http
+        .post("/api/group/resend", &json!({"msg_id": dead.msg_id}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["topic"], "Pages");
+    weir_tests::eventually("the copy is on its topic again", async || {
+        let found = http
+            .get("/api/messages/key?topic=Pages&key=p0")
+            .await
+            .json();
+        found["messages"].as_array().is_some_and(|m| m.len() == 2)
+    })
+    .await;
     console.stop().await;
 }
