@@ -170,6 +170,32 @@ async fn destructive_requests_need_the_name_typed_again() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
+
+    // Transactions: none pending or dead; resolving an unknown one names it.
+    for state in ["pending", "dead"] {
+        let r = http.get(&format!("/api/transactions?state={state}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["transactions"], json!([]));
+    }
+    let r = http
+        .post(
+            "/api/transactions/resolve",
+            &json!({"id": "no-such-tx", "decision": "commit"}),
+        )
+        .await;
+    assert!(r.status >= 400, "{}", r.body);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("no-such-tx"),
+        "{}",
+        r.body
+    );
+    let r = http
+        .post(
+            "/api/transactions/resolve",
+            &json!({"id": "t", "decision": "maybe"}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
     console.stop().await;
 }
 
