@@ -99,6 +99,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ClusterCmd,
     },
+    /// Serve the web console: cluster, topics, groups, messages, filters, transactions in
+    /// a browser (signs in with an access key when the cluster has access control on).
+    Console(ConsoleArgs),
     /// Measure produce and consume throughput and latency.
     Bench {
         #[command(subcommand)]
@@ -173,6 +176,14 @@ pub(crate) fn parse_prop(s: &str) -> Result<(String, String), String> {
     }
 }
 
+#[derive(Args, Debug)]
+struct ConsoleArgs {
+    /// Where the console listens (keep it on loopback or behind a TLS proxy: it serves
+    /// plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+}
+
 #[derive(Subcommand, Debug)]
 enum MessageCmd {
     /// Messages of a topic by key.
@@ -215,6 +226,9 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Cmd::Console(args) = &cli.cmd {
+        return console(args, &cli).await;
+    }
     // Filter commands that run without any broker or name server.
     let cmd = match cli.cmd {
         Cmd::Filter { cmd } => match filter::run_local(cmd).await? {
@@ -244,6 +258,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cmd: ClusterCmd::List { json },
         } => cluster::list(client, json).await,
         Cmd::Bench { cmd } => bench::run(cmd, client).await,
+        Cmd::Console(_) => bail!("the console is started before any client"),
+    }
+}
+
+/// `weir console`: serves until Ctrl-C or SIGTERM. Operators log in through the page:
+/// the console does not act with `--access-key` (no anonymous admin for whoever can reach
+/// it).
+async fn console(args: &ConsoleArgs, cli: &Cli) -> anyhow::Result<()> {
+    if cli.access_key.is_some() {
+        eprintln!("weir console: --access-key is not used: operators log in on the page");
+    }
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    eprintln!(
+        "weir console: http://{}",
+        listener.local_addr().context("the listener's address")?
+    );
+    let config = weir_console::ConsoleConfig {
+        namesrv: cli.namesrv.clone(),
+        tls_ca: cli.tls_ca.clone(),
+    };
+    weir_console::serve(listener, &config, stop_signal()).await?;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -1,0 +1,275 @@
+//! `/api/topics` and `/api/topic…`: the list (paged), a topic's route and per-queue
+//! offsets, create / update / delete (delete needs the topic's name typed again), and a
+//! test message.
+
+use axum::Json;
+use axum::extract::{Extension, Query};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use weir_client::{Admin, Message, Producer, TopicUpdate};
+use weir_protocol::broker::GetTopicStats;
+use weir_protocol::names;
+use weir_protocol::route::perm;
+
+use super::{Paging, required};
+use crate::error::{ApiError, ApiResult};
+use crate::session::Ctx;
+
+/// What a topic is for, by its name.
+pub fn kind(topic: &str) -> &'static str {
+    if topic.starts_with(names::RETRY_PREFIX) {
+        "retry"
+    } else if topic.starts_with(names::DLQ_PREFIX) {
+        "dead-letter"
+    } else if names::is_system_topic(topic) {
+        "system"
+    } else {
+        "normal"
+    }
+}
+
+/// (Not `#[serde(flatten)]` of [`Paging`]: flattened query fields arrive as strings.)
+#[derive(Deserialize)]
+pub struct ListQuery {
+    page: Option<usize>,
+    per_page: Option<usize>,
+    q: Option<String>,
+    /// Include retry, dead-letter and the brokers' own topics.
+    #[serde(default)]
+    system: bool,
+}
+
+/// One request: the name servers' topic list, filtered and paged here.
+pub async fn list(
+    Extension(ctx): Extension<Ctx>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let all = Admin::new(ctx.client).topics().await?;
+    let paging = Paging {
+        page: q.page,
+        per_page: q.per_page,
+        q: q.q,
+    };
+    let needle = paging.q.as_deref().unwrap_or("").trim().to_owned();
+    let shown: Vec<String> = all
+        .into_iter()
+        .filter(|t| q.system || kind(t) == "normal")
+        .filter(|t| needle.is_empty() || t.contains(&needle))
+        .collect();
+    let (page, meta) = paging.apply(&shown);
+    let topics: Vec<Value> = page
+        .iter()
+        .map(|t| json!({ "name": t, "kind": kind(t) }))
+        .collect();
+    Ok(Json(json!({ "topics": topics, "paging": meta })))
+}
+
+#[derive(Deserialize)]
+pub struct Name {
+    name: String,
+}
+
+/// The route (1 request) and every master's config and queue offsets (1 each, at once).
+pub async fn detail(
+    Extension(ctx): Extension<Ctx>,
+    Query(q): Query<Name>,
+) -> ApiResult<Json<Value>> {
+    let name = required("topic", &q.name)?.to_owned();
+    let route = Admin::new(ctx.client.clone()).route(&name).await?;
+    let mut calls = JoinSet::new();
+    for (i, b) in route.brokers.iter().enumerate() {
+        if let Some(addr) = b.master_addr() {
+            let (client, addr, req) = (
+                ctx.client.clone(),
+                addr.to_owned(),
+                GetTopicStats {
+                    topic: name.clone(),
+                },
+            );
+            calls.spawn(async move {
+                (
+                    i,
+                    addr.clone(),
+                    client.call(&addr, &req, Bytes::new()).await,
+                )
+            });
+        }
+    }
+    let mut brokers = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        let Ok((i, addr, r)) = joined else { continue };
+        let Some(b) = route.brokers.get(i) else {
+            continue;
+        };
+        let mut row = json!({ "broker": b.broker_name, "addr": addr });
+        match r {
+            Ok((s, _)) => {
+                row["read_queues"] = json!(s.config.read_queues);
+                row["write_queues"] = json!(s.config.write_queues);
+                row["perm"] = json!(perm::describe(s.config.perm));
+                row["queues"] = s
+                    .queues
+                    .iter()
+                    .enumerate()
+                    .map(|(q, o)| {
+                        json!({ "queue": q, "min": o.min, "max": o.max,
+                                "messages": o.max.saturating_sub(o.min) })
+                    })
+                    .collect();
+            }
+            Err(e) => row["error"] = json!(e.to_string()),
+        }
+        brokers.push((i, row));
+    }
+    brokers.sort_by_key(|(i, _)| *i);
+    let route_rows: Vec<Value> = route
+        .queues
+        .iter()
+        .map(|q| {
+            json!({ "broker": q.broker_name, "read_queues": q.read_queues,
+                    "write_queues": q.write_queues, "perm": perm::describe(q.perm) })
+        })
+        .collect();
+    Ok(Json(json!({
+        "name": name,
+        "kind": kind(&name),
+        "route": route_rows,
+        "brokers": brokers.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct Create {
+    name: String,
+    queues: u32,
+}
+
+pub async fn create(
+    Extension(ctx): Extension<Ctx>,
+    Json(c): Json<Create>,
+) -> ApiResult<Json<Value>> {
+    let name = required("topic's name", &c.name)?;
+    if c.queues == 0 || c.queues > 1024 {
+        return Err(ApiError::bad_request("a topic has 1 to 1024 queues"));
+    }
+    let done = Admin::new(ctx.client).create_topic(name, c.queues).await?;
+    tracing::info!(topic = %name, queues = c.queues, "console: topic created");
+    Ok(Json(json!({ "topic": name, "brokers": done })))
+}
+
+#[derive(Deserialize)]
+pub struct Update {
+    name: String,
+    queues: Option<u32>,
+    /// "rw", "r" or "w".
+    perm: Option<String>,
+}
+
+pub async fn update(
+    Extension(ctx): Extension<Ctx>,
+    Json(u): Json<Update>,
+) -> ApiResult<Json<Value>> {
+    let name = required("topic's name", &u.name)?;
+    let perm = match u.perm.as_deref() {
+        None | Some("") => None,
+        Some("rw") => Some(perm::READ_WRITE),
+        Some("r") => Some(perm::READ),
+        Some("w") => Some(perm::WRITE),
+        Some(p) => {
+            return Err(ApiError::bad_request(format!(
+                "permission {p:?} is not rw, r or w"
+            )));
+        }
+    };
+    let done = Admin::new(ctx.client)
+        .update_topic(
+            name,
+            TopicUpdate {
+                perm,
+                queues: u.queues,
+            },
+        )
+        .await?;
+    let rows: Vec<Value> = done
+        .iter()
+        .map(|(b, c)| {
+            json!({ "broker": b, "read_queues": c.read_queues, "write_queues": c.write_queues,
+                    "perm": perm::describe(c.perm) })
+        })
+        .collect();
+    Ok(Json(json!({ "topic": name, "brokers": rows })))
+}
+
+#[derive(Deserialize)]
+pub struct Delete {
+    name: String,
+    /// The topic's name typed again.
+    confirm: String,
+}
+
+pub async fn delete(
+    Extension(ctx): Extension<Ctx>,
+    Json(d): Json<Delete>,
+) -> ApiResult<Json<Value>> {
+    let name = required("topic's name", &d.name)?;
+    if d.confirm.trim() != name {
+        return Err(ApiError::bad_request(format!(
+            "not deleted: type the topic's name ({name}) to confirm"
+        )));
+    }
+    let done = Admin::new(ctx.client).delete_topic(name).await?;
+    tracing::info!(topic = %name, "console: topic deleted");
+    Ok(Json(json!({ "topic": name, "brokers": done })))
+}
+
+#[derive(Deserialize)]
+pub struct Send {
+    topic: String,
+    #[serde(default)]
+    tag: String,
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    props: Vec<(String, String)>,
+    #[serde(default)]
+    body: String,
+}
+
+/// The producer group test messages are sent as.
+pub const PRODUCER_GROUP: &str = "weir-console";
+
+pub async fn send(Extension(ctx): Extension<Ctx>, Json(s): Json<Send>) -> ApiResult<Json<Value>> {
+    let topic = required("topic", &s.topic)?;
+    let mut m = Message::new(topic, Bytes::from(s.body.into_bytes()));
+    m.tags = s.tag.trim().to_owned();
+    m.keys = s
+        .keys
+        .iter()
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty())
+        .collect();
+    for (k, v) in s.props {
+        if k.trim().is_empty() {
+            return Err(ApiError::bad_request("a property needs a name"));
+        }
+        m.properties.push((k.trim().to_owned(), v));
+    }
+    let r = Producer::new(PRODUCER_GROUP, ctx.client).send(&m).await?;
+    Ok(Json(json!({
+        "status": r.status.as_str(), "msg_id": r.msg_id, "broker": r.broker_name,
+        "queue": r.queue_id, "queue_offset": r.queue_offset,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kinds() {
+        assert_eq!(super::kind("Orders"), "normal");
+        assert_eq!(super::kind("%RETRY%g"), "retry");
+        assert_eq!(super::kind("%DLQ%g"), "dead-letter");
+        assert_eq!(super::kind("RMQ_SYS_TRANS_HALF_TOPIC"), "system");
+    }
+}
