@@ -336,10 +336,25 @@ impl Client {
         component: &[u8],
         params: &[(&str, &str)],
     ) -> Result<FilterUploaded, CallError> {
+        self.upload_with_memory(group, topic, component, params, None)
+            .await
+    }
+
+    /// [`Client::upload`] asking a memory cap of `memory` bytes (`None`: the broker's
+    /// default). `component` goes as it is: gzip-compress it first for a large one.
+    pub async fn upload_with_memory(
+        &self,
+        group: &str,
+        topic: &str,
+        component: &[u8],
+        params: &[(&str, &str)],
+        memory: Option<u64>,
+    ) -> Result<FilterUploaded, CallError> {
         let req = UploadFilter {
             group: group.into(),
             topic: topic.into(),
             params: strings(params),
+            memory,
         };
         // The broker compiles before it answers: seconds for a large component.
         self.conn
@@ -553,6 +568,14 @@ impl Client {
 }
 
 /// The keys of `msgs` as a set; panics on a key received twice.
+/// `bytes` gzip-compressed, as the client sends a large filter component.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).expect("gzip into memory");
+    enc.finish().expect("gzip into memory")
+}
+
 pub fn key_set(msgs: &[Received]) -> BTreeSet<String> {
     let mut set = BTreeSet::new();
     for m in msgs {

@@ -169,12 +169,19 @@ fn now_ms() -> i64 {
 }
 
 /// Loads a filter component off the async threads (compiling takes a while).
+/// `memory` is the instance's memory cap in bytes (`None`: the broker's default).
 pub(crate) async fn load_local(
     path: &Path,
     params: Vec<(String, String)>,
+    memory: Option<u64>,
 ) -> anyhow::Result<LocalFilter> {
     let component = read_component(path)?;
-    tokio::task::spawn_blocking(move || LocalFilter::load(&component, params))
+    let mut config = weir_broker::filter::FilterConfig::default();
+    if let Some(m) = memory {
+        config.memory_limit = usize::try_from(m).context("--memory is too large")?;
+        config.max_memory_limit = config.max_memory_limit.max(config.memory_limit);
+    }
+    tokio::task::spawn_blocking(move || LocalFilter::load_with(&component, params, config))
         .await
         .context("the filter loading task ended abnormally")?
         .with_context(|| format!("loading filter {}", path.display()))
@@ -185,7 +192,7 @@ pub async fn test(args: TestArgs) -> anyhow::Result<()> {
     if args.group.trim().is_empty() {
         bail!("--group is empty");
     }
-    let filter = load_local(&args.file, args.params.clone()).await?;
+    let filter = load_local(&args.file, args.params.clone(), args.memory).await?;
 
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
