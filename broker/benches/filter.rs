@@ -103,7 +103,12 @@ fn filter_calls(c: &mut Criterion) {
     })
     .expect("filter runtime");
     let default_memory = runtime.config().memory_limit;
-    let keep_all = load(&runtime, weir_filter_artifacts::KEEP_ALL, &[], default_memory);
+    let keep_all = load(
+        &runtime,
+        weir_filter_artifacts::KEEP_ALL,
+        &[],
+        default_memory,
+    );
     let sql92 = load(
         &runtime,
         weir_filter_artifacts::SQL92,

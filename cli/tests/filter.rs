@@ -224,8 +224,17 @@ async fn upload_list_and_remove_through_the_binary() {
         &weir(
             ns,
             &[
-                "filter", "upload", "--group", "g3", "--topic", "Flt", SQL92, "--param",
-                "expr=a = 1", "--memory", "1GiB",
+                "filter",
+                "upload",
+                "--group",
+                "g3",
+                "--topic",
+                "Flt",
+                SQL92,
+                "--param",
+                "expr=a = 1",
+                "--memory",
+                "1GiB",
             ],
             None,
         )
@@ -235,7 +244,16 @@ async fn upload_list_and_remove_through_the_binary() {
         err.contains("1073741824") && err.contains("filter.max_memory_limit"),
         "{err}"
     );
-    let err = failed(&weir(ns, &["filter", "upload", "--group", "g3", "--topic", "Flt", SQL92, "--memory", "lots"], None).await);
+    let err = failed(
+        &weir(
+            ns,
+            &[
+                "filter", "upload", "--group", "g3", "--topic", "Flt", SQL92, "--memory", "lots",
+            ],
+            None,
+        )
+        .await,
+    );
     assert!(err.contains("expected a size such as 64MiB"), "{err}");
 
     let table = ok(&weir(ns, &["filter", "list"], None).await);

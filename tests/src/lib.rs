@@ -40,8 +40,9 @@ pub mod tx_producer;
 
 /// Timeout of one call, and of [`eventually`].
 pub const T: Duration = Duration::from_secs(10);
-/// Timeout of an upload.
-pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Timeout of an upload: the broker compiles the component first, which for a JavaScript
+/// or Python filter (an engine of 12-19 MB) takes tens of seconds in a test build.
+pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A name server and a broker, in this process, with their data in a temporary folder.
 pub struct Env {
@@ -167,6 +168,13 @@ impl Env {
     /// Shuts the broker down cleanly and starts it again on the same data folder, with the
     /// same settings (on a new port: connect again).
     pub async fn restart(&mut self) {
+        self.restart_with(|_| {}).await;
+    }
+
+    /// [`Env::restart`] with the settings changed by `tweak` (an operator editing the
+    /// broker's file between runs); later restarts keep the change.
+    pub async fn restart_with(&mut self, tweak: impl FnOnce(&mut BrokerConfig)) {
+        tweak(&mut self.config);
         let old = self.broker.take().expect("broker running");
         old.shutdown().await.expect("clean shutdown");
         let config = self.config.clone();
@@ -567,7 +575,6 @@ impl Client {
     }
 }
 
-/// The keys of `msgs` as a set; panics on a key received twice.
 /// `bytes` gzip-compressed, as the client sends a large filter component.
 pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     use std::io::Write;
@@ -576,6 +583,7 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     enc.finish().expect("gzip into memory")
 }
 
+/// The keys of `msgs` as a set; panics on a key received twice.
 pub fn key_set(msgs: &[Received]) -> BTreeSet<String> {
     let mut set = BTreeSet::new();
     for m in msgs {

@@ -998,7 +998,12 @@ async fn bad_uploads_rejected() {
             vec![("expr", "a = 1")],
             vec!["memory cap of", "filter.max_memory_limit"],
         ),
-        ("not-gzip", vec![0x1f, 0x8b, 1, 2, 3], vec![], vec!["does not inflate"]),
+        (
+            "not-gzip",
+            vec![0x1f, 0x8b, 1, 2, 3],
+            vec![],
+            vec!["does not inflate"],
+        ),
     ];
     let mut count = 0;
     for (name, bytes, params, wants) in &cases {
@@ -1006,7 +1011,8 @@ async fn bad_uploads_rejected() {
         // One case asks more memory than the broker's maximum (256 MiB by default).
         let memory = (*name == "over-max-memory").then_some(1 << 30);
         let msg = remote_error(
-            c.upload_with_memory(&group, "B", bytes, params, memory).await,
+            c.upload_with_memory(&group, "B", bytes, params, memory)
+                .await,
             ErrorCode::FilterRejected,
         );
         for want in wants {

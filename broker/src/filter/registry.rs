@@ -349,14 +349,12 @@ impl FilterRegistry {
         let label = FilterLabel::new(group, topic, version, sha256.clone());
         // Size and kind before anything is compiled, loaded or written.
         self.runtime.check_bytes(bytes)?;
-        let loaded = self
-            .compiled(&sha256, Some(bytes))
-            .and_then(|(c, did)| {
-                let loaded = self
-                    .runtime
-                    .load(c, params.clone(), memory_cap, label.clone())?;
-                Ok((loaded, did))
-            });
+        let loaded = self.compiled(&sha256, Some(bytes)).and_then(|(c, did)| {
+            let loaded = self
+                .runtime
+                .load(c, params.clone(), memory_cap, label.clone())?;
+            Ok((loaded, did))
+        });
         let (filter, did_compile) = match loaded {
             Ok(l) => l,
             Err(e) => {
@@ -536,7 +534,8 @@ impl FilterRegistry {
                             Err(cause) => (
                                 Some(cause.clone()),
                                 Default::default(),
-                                e.memory.unwrap_or(self.runtime.config().memory_limit as u64),
+                                e.memory
+                                    .unwrap_or(self.runtime.config().memory_limit as u64),
                             ),
                         };
                         FilterInfo {

@@ -22,8 +22,9 @@ use super::guest::GuestState;
 use super::{FilterConfig, FilterError, FilterRuntime};
 
 /// Core instances (the filter's module and its adapter shims) and tables one filter
-/// component may have.
-pub(super) const CORE_INSTANCES_PER_FILTER: u32 = 16;
+/// component may have. A Rust or JavaScript filter has 2-5 core instances; a Python one
+/// (componentize-py links CPython, libc and its runtime as separate modules) about 40.
+pub(super) const CORE_INSTANCES_PER_FILTER: u32 = 64;
 pub(super) const TABLES_PER_FILTER: u32 = 8;
 
 /// gzip's magic bytes; a component starts with `\0asm`, so the two never mix up.
@@ -43,7 +44,9 @@ pub fn inflate(bytes: &[u8], limit: usize) -> Result<std::borrow::Cow<'_, [u8]>,
     flate2::read::GzDecoder::new(bytes)
         .take(cap)
         .read_to_end(&mut out)
-        .map_err(|e| FilterError::NotAComponent(format!("gzip-compressed, but it does not inflate: {e}")))?;
+        .map_err(|e| {
+            FilterError::NotAComponent(format!("gzip-compressed, but it does not inflate: {e}"))
+        })?;
     if out.len() > limit {
         return Err(FilterError::TooLarge {
             size: out.len(),
