@@ -416,3 +416,34 @@ async fn reset(args: RemoveArgs, client: ClientInstance) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{human_bytes, parse_memory};
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_memory(" 512k "), Ok(512 << 10));
+        assert_eq!(parse_memory("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_memory("1048576"), Ok(1 << 20));
+        assert_eq!(parse_memory("3 mb"), Ok(3 << 20));
+        for bad in [
+            "",
+            "MiB",
+            "64XB",
+            "0",
+            "0MiB",
+            "-1",
+            "1.5MiB",
+            "99999999999999999999GiB",
+        ] {
+            assert!(parse_memory(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_memory("17179869184GiB").is_err(), "overflow");
+        assert_eq!(human_bytes(64 << 20), "64MiB");
+        assert_eq!(human_bytes(1 << 30), "1GiB");
+        assert_eq!(human_bytes(1536 << 10), "1536KiB");
+        assert_eq!(human_bytes(1000), "1000B");
+    }
+}
