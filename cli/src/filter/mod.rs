@@ -93,7 +93,7 @@ pub(crate) fn parse_memory(s: &str) -> Result<u64, String> {
 /// `n` bytes for people: a whole number of GiB, MiB or KiB when it is one.
 fn human_bytes(n: u64) -> String {
     for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if n >= 1 << shift && n % (1 << shift) == 0 {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
             return format!("{}{unit}", n >> shift);
         }
     }
