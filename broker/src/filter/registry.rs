@@ -589,3 +589,18 @@ impl FilterRegistry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// A `registry.json` written before uploads could ask a memory cap still loads: its
+    /// filters take the broker's default.
+    #[test]
+    fn registry_file_without_memory_caps_loads() {
+        let old = r#"{"version":1,"filters":[{"group":"g","topic":"t","sha256":"00","version":2,
+            "params":[["expr","a = 1"]],"size":10,"needs_body":false,"uploaded_at":5}]}"#;
+        let file: super::RegistryFile = serde_json::from_str(old).expect("old file parses");
+        assert_eq!(file.filters[0].memory, None);
+        let written = serde_json::to_string(&file.filters[0]).expect("encodes");
+        assert!(!written.contains("memory"), "{written}");
+    }
+}
