@@ -14,7 +14,11 @@
 //!   message without the two thread wake-ups of a lone call;
 //! - `native-sql92`: the same expression evaluated in native Rust (the sql92 filter's
 //!   own parser and evaluator, compiled for the host) over the same stored records,
-//!   parsing each record as the runtime does.
+//!   parsing each record as the runtime does;
+//! - `js-sql92-direct`, `py-sql92-direct`: the same expression with the JavaScript
+//!   (`filters/js/sql92`) and Python (`filters/python/sql92`) property filters, on this
+//!   thread: the per-language cost of one filter (skipped, saying why, when
+//!   componentize-js or componentize-py was not installed when the artifacts were built).
 //!
 //! Throughput is reported in messages, so criterion's time per element is the cost per
 //! message. Under `cargo test --benches` every benchmark runs once.
@@ -61,7 +65,16 @@ fn records(n: usize, body: usize) -> Vec<Bytes> {
         .collect()
 }
 
-fn load(runtime: &FilterRuntime, path: &str, params: &[(&str, &str)]) -> Arc<LoadedFilter> {
+/// Memory cap of the JavaScript and Python filters (their engines need more than the
+/// default 16 MiB).
+const ENGINE_MEMORY: usize = 64 << 20;
+
+fn load(
+    runtime: &FilterRuntime,
+    path: &str,
+    params: &[(&str, &str)],
+    memory: usize,
+) -> Arc<LoadedFilter> {
     let bytes = weir_filter_artifacts::read(path);
     let compiled = runtime.compile(&bytes).expect("compile");
     let params = params
@@ -72,6 +85,7 @@ fn load(runtime: &FilterRuntime, path: &str, params: &[(&str, &str)]) -> Arc<Loa
         .load(
             compiled,
             params,
+            memory,
             FilterLabel::new("bench", "bench", 1, String::new()),
         )
         .expect("load")
@@ -88,8 +102,31 @@ fn filter_calls(c: &mut Criterion) {
         ..FilterConfig::default()
     })
     .expect("filter runtime");
-    let keep_all = load(&runtime, weir_filter_artifacts::KEEP_ALL, &[]);
-    let sql92 = load(&runtime, weir_filter_artifacts::SQL92, &[("expr", EXPR)]);
+    let default_memory = runtime.config().memory_limit;
+    let keep_all = load(
+        &runtime,
+        weir_filter_artifacts::KEEP_ALL,
+        &[],
+        default_memory,
+    );
+    let sql92 = load(
+        &runtime,
+        weir_filter_artifacts::SQL92,
+        &[("expr", EXPR)],
+        default_memory,
+    );
+    // The same property filter in JavaScript and Python, where their tools were installed.
+    let mut engines = Vec::new();
+    for (name, path) in [
+        ("js-sql92-direct", weir_filter_artifacts::JS_SQL92),
+        ("py-sql92-direct", weir_filter_artifacts::PY_SQL92),
+    ] {
+        if path.starts_with(weir_filter_artifacts::NOT_BUILT_PREFIX) {
+            eprintln!("skipping {name}: {path}");
+        } else {
+            engines.push((name, load(&runtime, path, &[("expr", EXPR)], ENGINE_MEMORY)));
+        }
+    }
     let native = weir_filter_sql92::parse(EXPR).expect("expression");
     let mut direct = DirectCaller::new(&runtime);
     let ctx = BatchContext {
@@ -149,6 +186,11 @@ fn filter_calls(c: &mut Criterion) {
                 });
                 group.throughput(Throughput::Elements(batch as u64));
             }
+            for (name, filter) in &engines {
+                group.bench_function(id(name), |b| {
+                    b.iter(|| direct.call(filter, &ctx, &recs).expect("filter call"))
+                });
+            }
             group.bench_function(id("native-sql92"), |b| {
                 b.iter(|| {
                     recs.iter()
@@ -173,6 +215,10 @@ fn filter_calls(c: &mut Criterion) {
         .map(|r| RecordView::parse(r).is_ok_and(|v| native.evaluate(|n| v.property(n))))
         .collect();
     assert_eq!(wasm, native, "wasm and native sql92 disagree");
+    for (name, filter) in &engines {
+        let verdicts = direct.call(filter, &ctx, &recs).expect("filter call");
+        assert_eq!(verdicts, native, "{name} and native sql92 disagree");
+    }
     let kept = native.iter().filter(|k| **k).count();
     println!("sql92 keeps {kept} of 256 benchmark messages");
 }

@@ -58,6 +58,7 @@ fn load(runtime: &FilterRuntime, path: &str, params: &[(&str, &str)]) -> Arc<Loa
         .load(
             compiled,
             params,
+            runtime.config().memory_limit,
             FilterLabel::new("bench", "bench", 1, String::new()),
         )
         .expect("load")

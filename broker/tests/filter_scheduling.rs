@@ -43,6 +43,7 @@ fn load(runtime: &FilterRuntime, path: &str, params: &[(&str, &str)]) -> Arc<Loa
         .load(
             compiled,
             params,
+            runtime.config().memory_limit,
             FilterLabel::new("G", "T", 1, String::new()),
         )
         .expect("load")

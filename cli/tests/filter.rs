@@ -196,7 +196,7 @@ async fn upload_list_and_remove_through_the_binary() {
         ns,
         &[
             "filter", "upload", "--group", "g2", "--topic", "Flt", JSON_FIELD, "--param", "path=a",
-            "--param", "value=1", "--json",
+            "--param", "value=1", "--memory", "32MiB", "--json",
         ],
         None,
     )
@@ -219,11 +219,51 @@ async fn upload_list_and_remove_through_the_binary() {
     );
     assert!(err.contains("filter rejected"), "{err}");
 
+    // A memory cap above the broker's maximum (256 MiB by default) is refused, naming it.
+    let err = failed(
+        &weir(
+            ns,
+            &[
+                "filter",
+                "upload",
+                "--group",
+                "g3",
+                "--topic",
+                "Flt",
+                SQL92,
+                "--param",
+                "expr=a = 1",
+                "--memory",
+                "1GiB",
+            ],
+            None,
+        )
+        .await,
+    );
+    assert!(
+        err.contains("1073741824") && err.contains("filter.max_memory_limit"),
+        "{err}"
+    );
+    // A size clap cannot read is a usage error (clap's own, several lines).
+    let out = weir(
+        ns,
+        &[
+            "filter", "upload", "--group", "g3", "--topic", "Flt", SQL92, "--memory", "lots",
+        ],
+        None,
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("expected a size such as 64MiB"),
+        "{err}"
+    );
+
     let table = ok(&weir(ns, &["filter", "list"], None).await);
     let rows: Vec<&str> = table.lines().collect();
     assert!(rows[0].starts_with("BROKER"), "{table}");
     for col in [
-        "GROUP", "TOPIC", "VERSION", "SHA256", "PARAMS", "STATE", "NS/MSG",
+        "GROUP", "TOPIC", "VERSION", "SHA256", "PARAMS", "MEMORY", "STATE", "NS/MSG",
     ] {
         assert!(rows[0].contains(col), "{table}");
     }
@@ -238,6 +278,7 @@ async fn upload_list_and_remove_through_the_binary() {
         .find(|r| r.split_whitespace().nth(1) == Some("g2"))
         .unwrap_or_else(|| panic!("{table}"));
     assert!(g2.contains("path=a,value=1"), "{table}");
+    assert!(g2.contains("32MiB") && g.contains("16MiB"), "{table}");
     assert!(rows.last().unwrap().starts_with("broker-a: "), "{table}");
 
     let only_g = ok(&weir(ns, &["filter", "list", "--group", "g"], None).await);
@@ -250,6 +291,8 @@ async fn upload_list_and_remove_through_the_binary() {
     assert_eq!(filters[0]["group"], "g");
     assert_eq!(filters[0]["sha256"], sha.as_str());
     assert_eq!(filters[0]["state"], "active");
+    assert_eq!(filters[0]["memory"], 16 << 20);
+    assert_eq!(filters[1]["memory"], 32 << 20);
     assert_eq!(
         filters[1]["params"],
         serde_json::json!([["path", "a"], ["value", "1"]])

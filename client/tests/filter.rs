@@ -30,11 +30,21 @@ async fn bad_arguments_are_refused_before_any_call() {
     // No name server listens here: every error below comes from the client itself.
     let admin = Admin::new(client("127.0.0.1:1"));
     let wasm = b"\0asm\x0d\0\x01\0".to_vec();
+    // Large components travel gzip-compressed: only bytes that do not compress are too big.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..16 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
     for (group, topic, component, want) in [
         ("", "T", wasm.clone(), "consumer group is empty"),
         ("g", " ", wasm.clone(), "topic is empty"),
         ("g", "T", Vec::new(), "component is empty"),
-        ("g", "T", vec![0u8; 16 << 20], "more than a request carries"),
+        ("g", "T", noise, "more than a request carries"),
     ] {
         let e = admin
             .upload_filter(group, topic, component, Vec::new())
@@ -44,10 +54,15 @@ async fn bad_arguments_are_refused_before_any_call() {
         assert!(e.to_string().contains(want), "{e}");
     }
     let e = admin
-        .upload_filter("g", "T", wasm, vec![(String::new(), "v".into())])
+        .upload_filter("g", "T", wasm.clone(), vec![(String::new(), "v".into())])
         .await
         .unwrap_err();
     assert!(e.to_string().contains("empty name"), "{e}");
+    let e = admin
+        .upload_filter_with_memory("g", "T", wasm.clone(), Vec::new(), Some(0))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("memory cap is 0 bytes"), "{e}");
     let e = admin.remove_filter("", "T").await.unwrap_err();
     assert!(matches!(e, ClientError::Invalid(_)), "{e:?}");
     let e = admin.remove_filter("g", "").await.unwrap_err();

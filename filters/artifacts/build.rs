@@ -8,8 +8,9 @@
 //! it never waits for the lock of the build that runs this script. Nothing prebuilt is
 //! committed: a clean clone builds them here.
 //!
-//! Components built some other way (the C filter) are added in `main` (see `HOOK`): one
-//! function that returns the `.wasm` path, one line that adds it.
+//! Components built some other way (the C filter, the JavaScript and Python filters of
+//! `engines.rs`) are added in `main`: one function that returns the `.wasm` path, one line
+//! that adds it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,6 +19,8 @@ use std::{env, fs};
 
 #[path = "c_filter.rs"]
 mod c_filter;
+#[path = "engines.rs"]
+mod engines;
 
 /// The Rust filter packages: folder (relative to the workspace root), constant name. A
 /// folder without a `Cargo.toml` (a filter still being written) is skipped. Each must be a
@@ -61,15 +64,28 @@ fn main() {
         c_filter::build_c_filter(&workspace, &out_dir),
     );
 
+    // The JavaScript and Python examples (componentize-js, componentize-py; scripts/test
+    // installs them): the same property filter as SQL92 and body filter as JSON_FIELD.
+    engines::rerun_if_changed(&workspace);
+    for (name, source) in [("JS_SQL92", "sql92.js"), ("JS_JSON_FIELD", "json-field.js")] {
+        components.add_or_skip(name, engines::build_js(&workspace, &out_dir, source));
+    }
+    for (name, module) in [
+        ("PY_SQL92", "sql92_filter"),
+        ("PY_JSON_FIELD", "json_field_filter"),
+    ] {
+        components.add_or_skip(name, engines::build_py(&workspace, &out_dir, module));
+    }
+
     components.write(&out_dir.join("artifacts.rs"));
 }
 
 /// Builds every Rust filter of [`RUST_FILTERS`] whose folder exists with one nested cargo.
 fn build_rust_filters(workspace: &Path, components: &mut Components) {
-    // Inputs shared by every filter; `filters/` itself so that a listed filter's folder
-    // appearing reruns this script (a missing path would rerun it on every build).
+    // Inputs shared by every filter. Not `filters/` as a whole: cargo would scan the
+    // JavaScript tools' node_modules and the Python venv under it on every build.
     // `filter-sdk` holds the WIT (`filter-sdk/wit`; `wit/` links to it).
-    for input in ["filter-sdk", "filters", "Cargo.toml", "Cargo.lock"] {
+    for input in ["filter-sdk", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", workspace.join(input).display());
     }
 

@@ -6,15 +6,21 @@ use bincode::{Decode, Encode};
 use crate::codes::RequestCode;
 use crate::rpc::Rpc;
 
-/// Registers a filter for (group, topic); the component's bytes are the frame body.
-/// Uploading again for the same pair makes a new version, which replaces the old one at
-/// the next batch.
+/// Registers a filter for (group, topic); the component's bytes are the frame body, as
+/// they are or gzip-compressed (the broker inflates a body that starts with gzip's magic
+/// bytes, `1f 8b`: a WebAssembly component starts with `\0asm`). Components of
+/// JavaScript and Python filters carry their engine (10-20 MB) and fit a frame only
+/// compressed. Uploading again for the same pair makes a new version, which replaces the
+/// old one at the next batch.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct UploadFilter {
     pub group: String,
     pub topic: String,
     /// Passed to the filter's `init`, in order.
     pub params: Vec<(String, String)>,
+    /// The linear memory the filter's instances may use, bytes; `None` takes the broker's
+    /// default (`filter.memory_limit`). Refused above the broker's `filter.max_memory_limit`.
+    pub memory: Option<u64>,
 }
 
 impl Rpc for UploadFilter {
@@ -67,6 +73,9 @@ pub struct FilterInfo {
     /// Size of the component, bytes.
     pub size: u64,
     pub needs_body: bool,
+    /// The memory cap of each instance, bytes: what the upload asked, or the broker's
+    /// default when it asked none.
+    pub memory: u64,
     /// Unix ms of the upload.
     pub uploaded_at: i64,
     /// `Some(cause)` once the filter failed too many batches in a row; pulls of the group

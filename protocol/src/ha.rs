@@ -124,6 +124,8 @@ pub struct FilterEntry {
     pub version: u64,
     pub sha256: String,
     pub params: Vec<(String, String)>,
+    /// The memory cap the upload asked (`None`: the broker's default).
+    pub memory: Option<u64>,
 }
 
 /// What a slave follows besides the log.
@@ -143,7 +145,8 @@ impl HaSnapshot {
     }
 }
 
-/// Slave → master: a filter component by its hash; the bytes come back in the body.
+/// Slave → master: a filter component by its hash; the bytes come back in the body,
+/// gzip-compressed when that is smaller (as an upload's may be, [`crate::filter::UploadFilter`]).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct HaComponent {
     pub sha256: String,

@@ -40,8 +40,9 @@ pub mod tx_producer;
 
 /// Timeout of one call, and of [`eventually`].
 pub const T: Duration = Duration::from_secs(10);
-/// Timeout of an upload.
-pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Timeout of an upload: the broker compiles the component first, which for a JavaScript
+/// or Python filter (an engine of 12-19 MB) takes tens of seconds in a test build.
+pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A name server and a broker, in this process, with their data in a temporary folder.
 pub struct Env {
@@ -167,6 +168,13 @@ impl Env {
     /// Shuts the broker down cleanly and starts it again on the same data folder, with the
     /// same settings (on a new port: connect again).
     pub async fn restart(&mut self) {
+        self.restart_with(|_| {}).await;
+    }
+
+    /// [`Env::restart`] with the settings changed by `tweak` (an operator editing the
+    /// broker's file between runs); later restarts keep the change.
+    pub async fn restart_with(&mut self, tweak: impl FnOnce(&mut BrokerConfig)) {
+        tweak(&mut self.config);
         let old = self.broker.take().expect("broker running");
         old.shutdown().await.expect("clean shutdown");
         let config = self.config.clone();
@@ -336,10 +344,25 @@ impl Client {
         component: &[u8],
         params: &[(&str, &str)],
     ) -> Result<FilterUploaded, CallError> {
+        self.upload_with_memory(group, topic, component, params, None)
+            .await
+    }
+
+    /// [`Client::upload`] asking a memory cap of `memory` bytes (`None`: the broker's
+    /// default). `component` goes as it is: gzip-compress it first for a large one.
+    pub async fn upload_with_memory(
+        &self,
+        group: &str,
+        topic: &str,
+        component: &[u8],
+        params: &[(&str, &str)],
+        memory: Option<u64>,
+    ) -> Result<FilterUploaded, CallError> {
         let req = UploadFilter {
             group: group.into(),
             topic: topic.into(),
             params: strings(params),
+            memory,
         };
         // The broker compiles before it answers: seconds for a large component.
         self.conn
@@ -550,6 +573,14 @@ impl Client {
         }
         all
     }
+}
+
+/// `bytes` gzip-compressed, as the client sends a large filter component.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).expect("gzip into memory");
+    enc.finish().expect("gzip into memory")
 }
 
 /// The keys of `msgs` as a set; panics on a key received twice.

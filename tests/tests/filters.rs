@@ -19,7 +19,7 @@ use weir_tests::artifacts::{
     self, HOSTILE, JSON_FIELD, KEEP_ALL, KEY_SAMPLE, OTHER_WORLD, SNEAKY, SQL92,
 };
 use weir_tests::{
-    Client, Env, Msg, Received, Rng, T, assert_keys, eventually, key_set, remote_error,
+    Client, Env, Msg, Received, Rng, T, assert_keys, eventually, gzip, key_set, remote_error,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -916,8 +916,16 @@ async fn bad_uploads_rejected() {
 
     let mut rng = Rng::new(6);
     let random: Vec<u8> = (0..4096).map(|_| rng.next_u64() as u8).collect();
-    let mut oversize = vec![0u8; env.config().filter.max_component_bytes + 1];
+    // Larger than a frame: sent gzip-compressed, as the client sends large components,
+    // so the broker's bounded inflating is what refuses it.
+    let limit = env.config().filter.max_component_bytes;
+    let mut oversize = vec![0u8; limit + 1];
     oversize[..8].copy_from_slice(b"\0asm\x0d\x00\x01\x00");
+    let oversize = gzip(&oversize);
+    let (too_big, limit_is) = (
+        format!("{} bytes", limit + 1),
+        format!("limit is {limit} bytes"),
+    );
     let (sql, hostile) = (component(SQL92), component(HOSTILE));
     // Name, component, parameters, what the error says.
     type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, &'a str)>, Vec<&'a str>);
@@ -940,7 +948,7 @@ async fn bad_uploads_rejected() {
             "oversize",
             oversize,
             vec![],
-            vec!["10485761 bytes", "limit is 10485760 bytes"],
+            vec![too_big.as_str(), limit_is.as_str()],
         ),
         (
             "sql-bad-expr",
@@ -985,12 +993,27 @@ async fn bad_uploads_rejected() {
             vec![],
             vec!["may not use", "wasi:filesystem", "wasi:sockets"],
         ),
+        (
+            "over-max-memory",
+            component(SQL92),
+            vec![("expr", "a = 1")],
+            vec!["memory cap of", "filter.max_memory_limit"],
+        ),
+        (
+            "not-gzip",
+            vec![0x1f, 0x8b, 1, 2, 3],
+            vec![],
+            vec!["does not inflate"],
+        ),
     ];
     let mut count = 0;
     for (name, bytes, params, wants) in &cases {
         let group = format!("G-{name}");
+        // One case asks more memory than the broker's maximum (256 MiB by default).
+        let memory = (*name == "over-max-memory").then_some(1 << 30);
         let msg = remote_error(
-            c.upload(&group, "B", bytes, params).await,
+            c.upload_with_memory(&group, "B", bytes, params, memory)
+                .await,
             ErrorCode::FilterRejected,
         );
         for want in wants {

@@ -24,10 +24,15 @@ pub use runtime::{
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct FilterConfig {
-    /// Largest component accepted at upload, bytes (default 10 MiB).
+    /// Largest component accepted at upload, bytes, after inflating a gzip-compressed
+    /// upload (default 32 MiB: a JavaScript or Python filter carries its engine, 10-20 MB).
     pub max_component_bytes: usize,
-    /// Linear memory one filter instance may use, bytes (default 16 MiB).
+    /// Linear memory one filter instance may use when its upload asks no cap, bytes
+    /// (default 16 MiB).
     pub memory_limit: usize,
+    /// The largest memory cap an upload may ask (`weir filter upload --memory`), bytes
+    /// (default 256 MiB). The instance pool's memory slots are sized for it.
+    pub max_memory_limit: usize,
     /// CPU time one batch call (and `init`) may use, ms (default 50): the filter thread's
     /// own CPU time, so a busy machine does not make a good filter fail. Formerly
     /// `batch_deadline_ms` (a wall-clock budget); that name is still read.
@@ -74,8 +79,9 @@ pub struct FilterConfig {
 impl Default for FilterConfig {
     fn default() -> Self {
         Self {
-            max_component_bytes: 10 << 20,
+            max_component_bytes: 32 << 20,
             memory_limit: 16 << 20,
+            max_memory_limit: 256 << 20,
             batch_cpu_ms: 50,
             batch_wall_limit_ms: 2_000,
             max_wasm_stack: 512 << 10,
@@ -105,12 +111,16 @@ impl FilterConfig {
     pub fn validate(&self) -> Result<(), String> {
         let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_owned()) };
         check(
-            self.max_component_bytes >= 8 && self.max_component_bytes <= 15 << 20,
-            "filter.max_component_bytes must be within 8 bytes..=15 MiB (frames are 16 MiB)",
+            self.max_component_bytes >= 8 && self.max_component_bytes <= 256 << 20,
+            "filter.max_component_bytes must be within 8 bytes..=256 MiB",
         )?;
         check(
             self.memory_limit >= 64 << 10 && self.memory_limit <= 4 << 30,
             "filter.memory_limit must be within 64 KiB..=4 GiB",
+        )?;
+        check(
+            self.max_memory_limit >= self.memory_limit && self.max_memory_limit <= 4 << 30,
+            "filter.max_memory_limit must be at least filter.memory_limit and at most 4 GiB",
         )?;
         check(
             (1..=60_000).contains(&self.batch_cpu_ms),
@@ -189,6 +199,12 @@ pub enum FilterError {
     Runtime(String),
     #[error("filter storage: {0}")]
     Storage(String),
+    #[error(
+        "the upload asks a memory cap of {asked} bytes; this broker allows at most {max} bytes (filter.max_memory_limit)"
+    )]
+    MemoryOverMax { asked: u64, max: usize },
+    #[error("the upload asks a memory cap of {asked} bytes; the least is {min} bytes")]
+    MemoryUnderMin { asked: u64, min: usize },
     #[error("{0}")]
     Invalid(String),
 }
@@ -206,7 +222,8 @@ impl LocalFilter {
         Self::load_with(component, params, FilterConfig::default())
     }
 
-    /// [`LocalFilter::load`] with other limits or another number of workers.
+    /// [`LocalFilter::load`] with other limits or another number of workers. The filter's
+    /// memory cap is `config.memory_limit`.
     pub fn load_with(
         component: &[u8],
         params: Vec<(String, String)>,
@@ -225,10 +242,12 @@ impl LocalFilter {
         config: FilterConfig,
         log_sink: Option<LogSink>,
     ) -> Result<Self, FilterError> {
+        let memory = config.memory_limit;
         let runtime = FilterRuntime::with_log_sink(config, log_sink)?;
         let label = FilterLabel::new("local", "local", 1, runtime::sha256_hex(component));
-        let compiled = runtime.compile(component)?;
-        let filter = runtime.load(compiled, params, label)?;
+        let component = runtime::inflate(component, runtime.config().max_component_bytes)?;
+        let compiled = runtime.compile(&component)?;
+        let filter = runtime.load(compiled, params, memory, label)?;
         Ok(Self { runtime, filter })
     }
 

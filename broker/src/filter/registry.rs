@@ -41,6 +41,10 @@ pub struct RegistryEntry {
     pub size: u64,
     pub needs_body: bool,
     pub uploaded_at: i64,
+    /// The memory cap the upload asked, bytes; `None` (and absent in files written before
+    /// uploads could ask one) takes the broker's `filter.memory_limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
     /// Why this version was marked failed (it failed too many batches in a row); kept
     /// across restarts until a new version is uploaded or the mark is reset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,13 +115,18 @@ impl FilterRegistry {
                 entry.version,
                 entry.sha256.clone(),
             );
+            // A cap above a maximum the operator lowered since is not silently cut: the
+            // filter fails to load, saying why, until it is uploaded again.
             let filter = registry
-                .compiled(&entry.sha256, None)
-                .map(|(compiled, _)| {
+                .runtime
+                .check_memory(entry.memory)
+                .and_then(|memory| Ok((registry.compiled(&entry.sha256, None)?.0, memory)))
+                .map(|(compiled, memory)| {
                     let filter = registry.runtime.restore(
                         compiled,
                         entry.params.clone(),
                         entry.needs_body,
+                        memory,
                         label.clone(),
                     );
                     if let Some(cause) = &entry.failed {
@@ -270,6 +279,7 @@ impl FilterRegistry {
 
     /// Validates, compiles (or reuses cached code), runs `init`, persists, and makes the
     /// new version current: pulls already running finish their batch with the old one.
+    /// `bytes` may be gzip-compressed; `memory` is the cap asked (`None`: the default).
     /// Blocking. On any error nothing is registered.
     pub fn upload(
         &self,
@@ -277,8 +287,9 @@ impl FilterRegistry {
         topic: &str,
         bytes: &[u8],
         params: Vec<(String, String)>,
+        memory: Option<u64>,
     ) -> Result<FilterUploaded, FilterError> {
-        self.register(group, topic, bytes, params, None)
+        self.register(group, topic, bytes, params, memory, None)
     }
 
     /// A slave's copy of its master's registration: the same component, parameters and
@@ -289,9 +300,10 @@ impl FilterRegistry {
         topic: &str,
         bytes: &[u8],
         params: Vec<(String, String)>,
+        memory: Option<u64>,
         version: u64,
     ) -> Result<FilterUploaded, FilterError> {
-        self.register(group, topic, bytes, params, Some(version))
+        self.register(group, topic, bytes, params, memory, Some(version))
     }
 
     /// Every registration, as persisted.
@@ -316,8 +328,13 @@ impl FilterRegistry {
         topic: &str,
         bytes: &[u8],
         params: Vec<(String, String)>,
+        memory: Option<u64>,
         version: Option<u64>,
     ) -> Result<FilterUploaded, FilterError> {
+        // Before the lock and any work: the cap asked, and the bytes inflated (bounded).
+        let memory_cap = self.runtime.check_memory(memory)?;
+        let inflated = super::runtime::inflate(bytes, self.runtime.config().max_component_bytes)?;
+        let bytes: &[u8] = &inflated;
         let lock_err = || FilterError::Runtime("registry lock poisoned".into());
         let _change = self.changes.lock().map_err(|_| lock_err())?;
         let key = (group.to_owned(), topic.to_owned());
@@ -332,9 +349,12 @@ impl FilterRegistry {
         let label = FilterLabel::new(group, topic, version, sha256.clone());
         // Size and kind before anything is compiled, loaded or written.
         self.runtime.check_bytes(bytes)?;
-        let loaded = self
-            .compiled(&sha256, Some(bytes))
-            .and_then(|(c, did)| Ok((self.runtime.load(c, params.clone(), label.clone())?, did)));
+        let loaded = self.compiled(&sha256, Some(bytes)).and_then(|(c, did)| {
+            let loaded = self
+                .runtime
+                .load(c, params.clone(), memory_cap, label.clone())?;
+            Ok((loaded, did))
+        });
         let (filter, did_compile) = match loaded {
             Ok(l) => l,
             Err(e) => {
@@ -359,6 +379,7 @@ impl FilterRegistry {
             size: bytes.len() as u64,
             needs_body: filter.needs_body(),
             uploaded_at: now_ms(),
+            memory,
             failed: None,
         };
         let mut next = self.registrations.read().map_err(|_| lock_err())?.clone();
@@ -508,9 +529,14 @@ impl FilterRegistry {
                     .filter(|r| group.is_none_or(|g| r.entry.group == g))
                     .map(|r| {
                         let e = &r.entry;
-                        let (failed, stats) = match &r.filter {
-                            Ok(f) => (f.marked_failed(), f.stats()),
-                            Err(cause) => (Some(cause.clone()), Default::default()),
+                        let (failed, stats, memory) = match &r.filter {
+                            Ok(f) => (f.marked_failed(), f.stats(), f.memory_limit() as u64),
+                            Err(cause) => (
+                                Some(cause.clone()),
+                                Default::default(),
+                                e.memory
+                                    .unwrap_or(self.runtime.config().memory_limit as u64),
+                            ),
                         };
                         FilterInfo {
                             group: e.group.clone(),
@@ -520,6 +546,7 @@ impl FilterRegistry {
                             params: e.params.clone(),
                             size: e.size,
                             needs_body: e.needs_body,
+                            memory,
                             uploaded_at: e.uploaded_at,
                             failed,
                             stats,
@@ -560,5 +587,20 @@ impl FilterRegistry {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A `registry.json` written before uploads could ask a memory cap still loads: its
+    /// filters take the broker's default.
+    #[test]
+    fn registry_file_without_memory_caps_loads() {
+        let old = r#"{"version":1,"filters":[{"group":"g","topic":"t","sha256":"00","version":2,
+            "params":[["expr","a = 1"]],"size":10,"needs_body":false,"uploaded_at":5}]}"#;
+        let file: super::RegistryFile = serde_json::from_str(old).expect("old file parses");
+        assert_eq!(file.filters[0].memory, None);
+        let written = serde_json::to_string(&file.filters[0]).expect("encodes");
+        assert!(!written.contains("memory"), "{written}");
     }
 }

@@ -28,7 +28,7 @@ impl Broker {
         validate_topic_name(&req.topic)?;
         let filters = Arc::clone(&self.filters);
         let uploaded = tokio::task::spawn_blocking(move || {
-            filters.upload(&req.group, &req.topic, &component, req.params)
+            filters.upload(&req.group, &req.topic, &component, req.params, req.memory)
         })
         .await
         .map_err(|e| ProcessError::Internal(format!("filter upload task failed: {e}")))??;

@@ -130,7 +130,7 @@ impl Broker {
         let max_scan = fc.max_scan_per_pull;
         // Bodies go into the filter's memory: keep a batch well inside its cap.
         let round_bytes = match &wasm {
-            Some(f) if f.needs_body() => PULL_MAX_BYTES.min(fc.memory_limit / 4),
+            Some(f) if f.needs_body() => PULL_MAX_BYTES.min(f.memory_limit() / 4),
             _ => PULL_MAX_BYTES,
         };
         let budget_end = tokio::time::Instant::now() + FILTERED_PULL_BUDGET;

@@ -90,7 +90,11 @@ impl Handler for HaMaster {
                 },
                 Some(RequestCode::HaComponent) => match req.decode::<HaComponent>() {
                     Ok(c) => match b.filters.component_bytes(&c.sha256) {
-                        Some(bytes) => Reply::ok_with_body(&(), Bytes::from(bytes)),
+                        // Compressed: a JavaScript or Python component may not fit a frame.
+                        Some(bytes) => Reply::ok_with_body(
+                            &(),
+                            Bytes::from(crate::filter::runtime::deflate(&bytes)),
+                        ),
                         None => Reply::error(
                             ErrorCode::FilterNotFound,
                             format!("no component {}", c.sha256),
@@ -194,6 +198,7 @@ impl Broker {
                     version: e.version,
                     sha256: e.sha256,
                     params: e.params,
+                    memory: e.memory,
                 })
                 .collect(),
         }

@@ -242,7 +242,7 @@ async fn copy_metadata(broker: &Arc<Broker>, conn: &Connection) -> Result<(), Ca
         };
         let filters = Arc::clone(&broker.filters);
         let installed = tokio::task::spawn_blocking(move || {
-            filters.install(&f.group, &f.topic, &bytes, f.params, f.version)
+            filters.install(&f.group, &f.topic, &bytes, f.params, f.memory, f.version)
         })
         .await;
         if !matches!(installed, Ok(Ok(_))) {

@@ -329,7 +329,7 @@ pub(super) async fn consume(args: ConsumeArgs, client: ClientInstance) -> anyhow
     }
     let (local, side) = match &args.local_filter {
         Some(file) => {
-            let f = crate::filter::load_local(file, args.params.clone(), false).await?;
+            let f = crate::filter::load_local(file, args.params.clone(), None, false).await?;
             let side = FilterSide::Client {
                 file: file.clone(),
                 params: args.params.clone(),

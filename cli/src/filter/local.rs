@@ -178,21 +178,26 @@ fn print_log_line(level: tracing::Level, line: &str) {
     eprintln!("[{}] {line}", level.as_str().to_ascii_lowercase());
 }
 
-/// Loads a filter component off the async threads (compiling takes a while); with
-/// `print_log`, its log lines go to standard error ([`print_log_line`]).
+/// Loads a filter component off the async threads (compiling takes a while). `memory` is
+/// the instance's memory cap in bytes (`None`: the broker's default); with `print_log`,
+/// its log lines go to standard error ([`print_log_line`]).
 pub(crate) async fn load_local(
     path: &Path,
     params: Vec<(String, String)>,
+    memory: Option<u64>,
     print_log: bool,
 ) -> anyhow::Result<LocalFilter> {
     let component = read_component(path)?;
+    let mut config = FilterConfig::default();
+    if let Some(m) = memory {
+        config.memory_limit = usize::try_from(m).context("--memory is too large")?;
+        config.max_memory_limit = config.max_memory_limit.max(config.memory_limit);
+    }
     let sink = print_log.then(|| Arc::new(print_log_line) as weir_broker::filter::LogSink);
-    tokio::task::spawn_blocking(move || {
-        LocalFilter::load_logging(&component, params, FilterConfig::default(), sink)
-    })
-    .await
-    .context("the filter loading task ended abnormally")?
-    .with_context(|| format!("loading filter {}", path.display()))
+    tokio::task::spawn_blocking(move || LocalFilter::load_logging(&component, params, config, sink))
+        .await
+        .context("the filter loading task ended abnormally")?
+        .with_context(|| format!("loading filter {}", path.display()))
 }
 
 pub async fn test(args: TestArgs) -> anyhow::Result<()> {
@@ -200,7 +205,7 @@ pub async fn test(args: TestArgs) -> anyhow::Result<()> {
     if args.group.trim().is_empty() {
         bail!("--group is empty");
     }
-    let filter = load_local(&args.file, args.params.clone(), true).await?;
+    let filter = load_local(&args.file, args.params.clone(), args.memory, true).await?;
 
     let stdin = std::io::stdin();
     if stdin.is_terminal() {

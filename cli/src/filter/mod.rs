@@ -95,6 +95,41 @@ fn parse_param(s: &str) -> Result<(String, String), String> {
     crate::parse_prop(s)
 }
 
+/// A byte count: digits with an optional unit, B, KiB, MiB or GiB (also K, M, G, KB, MB,
+/// GB, all binary; any case), e.g. `64MiB`, `512k`, `1048576`.
+pub(crate) fn parse_memory(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a size such as 64MiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (B, KiB, MiB, GiB)")),
+    };
+    let bytes = n
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    if bytes == 0 {
+        return Err(format!("{s:?}: a memory cap must be more than 0"));
+    }
+    Ok(bytes)
+}
+
+/// `n` bytes for people: a whole number of GiB, MiB or KiB when it is one.
+fn human_bytes(n: u64) -> String {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    format!("{n}B")
+}
+
 #[derive(Args, Debug)]
 pub struct UploadArgs {
     /// The consumer group whose pulls the filter runs for.
@@ -108,6 +143,11 @@ pub struct UploadArgs {
     /// A parameter `K=V` for the filter's `init` (repeatable; order kept).
     #[arg(long = "param", value_parser = parse_param)]
     params: Vec<(String, String)>,
+    /// Memory cap of each instance, e.g. `64MiB` (B, KiB, MiB, GiB; or plain bytes).
+    /// Default: the broker's `filter.memory_limit` (16 MiB unless configured); at most its
+    /// `filter.max_memory_limit`. JavaScript and Python filters need 32-64 MiB.
+    #[arg(long, value_parser = parse_memory)]
+    memory: Option<u64>,
     /// One JSON object per broker.
     #[arg(long)]
     json: bool,
@@ -150,6 +190,9 @@ pub struct TestArgs {
     /// The consumer group the filter sees.
     #[arg(long, default_value = "weir-filter-test")]
     group: String,
+    /// Memory cap of the instance, as for `upload` (default 16 MiB).
+    #[arg(long, value_parser = parse_memory)]
+    memory: Option<u64>,
     /// One JSON object per verdict: {"line":1,"keep":true}.
     #[arg(long)]
     json: bool,
@@ -200,11 +243,12 @@ fn params_json(params: &[(String, String)]) -> serde_json::Value {
 async fn upload(args: UploadArgs, client: ClientInstance) -> anyhow::Result<()> {
     let component = read_component(&args.file)?;
     let done = Admin::new(client)
-        .upload_filter(
+        .upload_filter_with_memory(
             &args.group,
             &args.topic,
             Bytes::from(component),
             args.params.clone(),
+            args.memory,
         )
         .await
         .with_context(|| {
@@ -254,6 +298,7 @@ fn filter_json(f: &FilterInfo) -> serde_json::Value {
         "params": params_json(&f.params),
         "size": f.size,
         "needs_body": f.needs_body,
+        "memory": f.memory,
         "uploaded_at": f.uploaded_at,
         "state": if f.failed.is_some() { "failed" } else { "active" },
         "failed": f.failed,
@@ -278,8 +323,8 @@ fn filter_json(f: &FilterInfo) -> serde_json::Value {
 fn list_table(lists: &[(String, FilterList)]) -> Vec<Vec<String>> {
     let mut rows = vec![
         [
-            "BROKER", "GROUP", "TOPIC", "VERSION", "SHA256", "PARAMS", "STATE", "CALLS", "IN",
-            "KEPT", "FAILURES", "NS/MSG",
+            "BROKER", "GROUP", "TOPIC", "VERSION", "SHA256", "PARAMS", "MEMORY", "STATE", "CALLS",
+            "IN", "KEPT", "FAILURES", "NS/MSG",
         ]
         .map(String::from)
         .to_vec(),
@@ -307,6 +352,7 @@ fn list_table(lists: &[(String, FilterList)]) -> Vec<Vec<String>> {
                 f.version.to_string(),
                 f.sha256.chars().take(12).collect(),
                 params,
+                human_bytes(f.memory),
                 state,
                 s.calls.to_string(),
                 s.messages_in.to_string(),
@@ -411,4 +457,35 @@ async fn reset(args: RemoveArgs, client: ClientInstance) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{human_bytes, parse_memory};
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_memory(" 512k "), Ok(512 << 10));
+        assert_eq!(parse_memory("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_memory("1048576"), Ok(1 << 20));
+        assert_eq!(parse_memory("3 mb"), Ok(3 << 20));
+        for bad in [
+            "",
+            "MiB",
+            "64XB",
+            "0",
+            "0MiB",
+            "-1",
+            "1.5MiB",
+            "99999999999999999999GiB",
+        ] {
+            assert!(parse_memory(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_memory("17179869184GiB").is_err(), "overflow");
+        assert_eq!(human_bytes(64 << 20), "64MiB");
+        assert_eq!(human_bytes(1 << 30), "1GiB");
+        assert_eq!(human_bytes(1536 << 10), "1536KiB");
+        assert_eq!(human_bytes(1000), "1000B");
+    }
 }

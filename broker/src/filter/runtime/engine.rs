@@ -22,9 +22,50 @@ use super::guest::GuestState;
 use super::{FilterConfig, FilterError, FilterRuntime};
 
 /// Core instances (the filter's module and its adapter shims) and tables one filter
-/// component may have.
-pub(super) const CORE_INSTANCES_PER_FILTER: u32 = 16;
+/// component may have. A Rust or JavaScript filter has 2-5 core instances; a Python one
+/// (componentize-py links CPython, libc and its runtime as separate modules) about 40.
+pub(super) const CORE_INSTANCES_PER_FILTER: u32 = 64;
 pub(super) const TABLES_PER_FILTER: u32 = 8;
+
+/// gzip's magic bytes; a component starts with `\0asm`, so the two never mix up.
+const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
+
+/// The component in `bytes`: inflated when they are gzip-compressed (an upload of a large
+/// component, or a master's copy sent to its slave), else as they are. Inflating stops
+/// past `limit` bytes, so a small bomb cannot make a large allocation.
+pub fn inflate(bytes: &[u8], limit: usize) -> Result<std::borrow::Cow<'_, [u8]>, FilterError> {
+    use std::io::Read;
+    if !bytes.starts_with(GZIP_MAGIC) {
+        return Ok(std::borrow::Cow::Borrowed(bytes));
+    }
+    let mut out = Vec::new();
+    // One byte over the limit tells "too large" from "exactly the limit".
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    flate2::read::GzDecoder::new(bytes)
+        .take(cap)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            FilterError::NotAComponent(format!("gzip-compressed, but it does not inflate: {e}"))
+        })?;
+    if out.len() > limit {
+        return Err(FilterError::TooLarge {
+            size: out.len(),
+            limit,
+        });
+    }
+    Ok(std::borrow::Cow::Owned(out))
+}
+
+/// `bytes` gzip-compressed when that makes them smaller, for sending a component; the
+/// receiver inflates with [`inflate`].
+pub fn deflate(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    match enc.write_all(bytes).and_then(|()| enc.finish()) {
+        Ok(gz) if gz.len() < bytes.len() => gz,
+        _ => bytes.to_vec(),
+    }
+}
 
 /// Lower-case hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -57,7 +98,9 @@ pub(super) fn new_engine(config: &FilterConfig) -> Result<Engine, FilterError> {
         // One linear memory per filter, so the memory cap is the filter's cap.
         .max_memories_per_component(1)
         .max_tables_per_component(TABLES_PER_FILTER)
-        .max_memory_size(config.memory_limit)
+        // Each filter has its own cap (asked at upload, at most `max_memory_limit`, enforced
+        // by `GuestState`'s limiter); a slot must hold the largest allowed.
+        .max_memory_size(config.max_memory_limit)
         .max_unused_warm_slots(n.min(16));
     let mut wasm = Config::new();
     wasm.cranelift_opt_level(OptLevel::Speed)
@@ -146,7 +189,7 @@ impl FilterRuntime {
         }
         if !bytes.starts_with(b"\0asm") {
             return Err(FilterError::NotAComponent(
-                "not WebAssembly (no \\0asm header); upload the .wasm that `cargo build --target wasm32-wasip2` produces".into(),
+                "not WebAssembly (no \\0asm header); upload the .wasm that `cargo build --target wasm32-wasip2` (or componentize-js, componentize-py) produces".into(),
             ));
         }
         // After the magic: a u16 version and a u16 layer (0 for core modules, 1 for

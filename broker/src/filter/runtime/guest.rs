@@ -170,12 +170,18 @@ pub(super) struct WireMessage<'a> {
 }
 
 impl FilterRuntime {
-    pub(super) fn new_store(&self, shared: Option<Arc<FilterShared>>) -> Store<GuestState> {
+    /// A store for one instance of a filter: `memory_limit` bytes of linear memory at most
+    /// (the filter's own cap); `shared` is `None` for the upload-time `init`.
+    pub(super) fn new_store(
+        &self,
+        memory_limit: usize,
+        shared: Option<Arc<FilterShared>>,
+    ) -> Store<GuestState> {
         let c = &self.inner.config;
         let mut store = Store::new(
             &self.inner.engine,
             GuestState {
-                memory_limit: c.memory_limit,
+                memory_limit,
                 memory_denied: false,
                 log_line_max: c.log_line_max,
                 init_log_limit: LogLimit::new(c.log_lines_per_sec),

@@ -6,6 +6,18 @@
 //!
 //! Invariant: a component that links has no import outside these two lists, and the only
 //! capabilities it gets are the host's log and a per-process random seed.
+//!
+//! JavaScript and Python filters need nothing more: their engines are built with every
+//! WASI feature off, so their components import only `weir:filter/host` (and its types).
+//! componentize-js runs with `--disable stdio random clocks http fetch-event` (then
+//! `Math.random` is deterministic, `Date.now` is fixed and timers throw); componentize-py
+//! with `--stub-wasi`, which replaces its WASI imports by trapping stubs inside the
+//! component (its random seed is the one baked in at build time). `filters/artifacts/
+//! engines.rs` builds them so. Deliberately not provided for them, even as harmless
+//! deterministic versions: `wasi:clocks` (a filter that reads a clock decides differently
+//! on a replay; it has the message's timestamps), `wasi:random/random` (a filter has no
+//! use for secure randomness), `wasi:filesystem`, `wasi:sockets` and real environment
+//! variables. A component built with those features on names them all at upload.
 
 use std::hash::Hasher;
 

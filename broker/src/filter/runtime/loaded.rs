@@ -62,6 +62,8 @@ pub struct LoadedFilter {
     pub(super) compiled: CompiledFilter,
     pub(super) params: Vec<(String, String)>,
     pub(super) needs_body: bool,
+    /// Linear memory each instance may use, bytes (asked at upload, or the default).
+    pub(super) memory: usize,
     pub(super) shared: Arc<FilterShared>,
 }
 
@@ -71,6 +73,10 @@ impl LoadedFilter {
     }
     pub fn needs_body(&self) -> bool {
         self.needs_body
+    }
+    /// The memory cap of each instance, bytes.
+    pub fn memory_limit(&self) -> usize {
+        self.memory
     }
     /// How many candidates to read to get about `wanted` kept messages, at the keep rate
     /// seen so far (all of them, before any call).
@@ -175,6 +181,7 @@ impl FilterRuntime {
         compiled: CompiledFilter,
         params: Vec<(String, String)>,
         needs_body: bool,
+        memory: usize,
         label: FilterLabel,
     ) -> Arc<LoadedFilter> {
         Arc::new(LoadedFilter {
@@ -182,6 +189,7 @@ impl FilterRuntime {
             compiled,
             params,
             needs_body,
+            memory,
             shared: Arc::new(FilterShared {
                 label,
                 calls: AtomicU64::new(0),

@@ -42,7 +42,7 @@ mod schedule;
 mod types;
 mod worker;
 
-pub use engine::{CompiledFilter, sha256_hex};
+pub use engine::{CompiledFilter, deflate, inflate, sha256_hex};
 pub use loaded::LoadedFilter;
 pub use pool::DirectCaller;
 pub use types::{BatchContext, FailureKind, FilterFailure, FilterLabel, LogSink, RecordBytes};
@@ -134,32 +134,60 @@ impl FilterRuntime {
     }
 
     /// Runs `init` with `params` once, to validate them and learn what the filter needs,
-    /// and makes the filter ready to run. Blocking.
+    /// and makes the filter ready to run, its instances capped at `memory` bytes (checked
+    /// with [`FilterRuntime::check_memory`]). Blocking.
     pub fn load(
         &self,
         compiled: CompiledFilter,
         params: Vec<(String, String)>,
+        memory: usize,
         label: FilterLabel,
     ) -> Result<Arc<LoadedFilter>, FilterError> {
-        let mut store = self.new_store(None);
+        let memory = self.check_memory(Some(memory as u64))?;
+        let mut store = self.new_store(memory, None);
         let needs_body = match init_instance(&mut store, &compiled, &params) {
             Ok((_, needs_body)) => needs_body,
             Err(InitError::Params(m)) => return Err(FilterError::BadParams(m)),
             Err(InitError::Failed(f)) => return Err(FilterError::Init(f.to_string())),
         };
-        Ok(self.loaded(compiled, params, needs_body, label))
+        Ok(self.loaded(compiled, params, needs_body, memory, label))
+    }
+
+    /// The memory cap for an upload that asks `asked` bytes (`None`: the default,
+    /// `memory_limit`): refused above `max_memory_limit` and below 64 KiB (one page).
+    pub fn check_memory(&self, asked: Option<u64>) -> Result<usize, FilterError> {
+        const MIN: usize = 64 << 10;
+        let c = &self.inner.config;
+        let Some(asked) = asked else {
+            return Ok(c.memory_limit);
+        };
+        match usize::try_from(asked) {
+            Ok(m) if m > c.max_memory_limit => Err(FilterError::MemoryOverMax {
+                asked,
+                max: c.max_memory_limit,
+            }),
+            Err(_) => Err(FilterError::MemoryOverMax {
+                asked,
+                max: c.max_memory_limit,
+            }),
+            Ok(m) if m < MIN => Err(FilterError::MemoryUnderMin { asked, min: MIN }),
+            Ok(m) => Ok(m),
+        }
     }
 
     /// Makes a filter ready without running `init` now (a restart: the parameters were
     /// validated at upload; each instance still runs `init` before its first batch).
+    /// `memory` is the cap checked at upload; the caller checks it again with
+    /// [`FilterRuntime::check_memory`], as the operator may have lowered the maximum since.
     pub fn restore(
         &self,
         compiled: CompiledFilter,
         params: Vec<(String, String)>,
         needs_body: bool,
+        memory: usize,
         label: FilterLabel,
     ) -> Arc<LoadedFilter> {
-        self.loaded(compiled, params, needs_body, label)
+        self.loaded(compiled, params, needs_body, memory, label)
     }
 
     /// Decides one batch on a worker thread, in guest calls of at most `batch_size` records

@@ -207,7 +207,7 @@ impl Worker {
             {
                 self.slots.remove(&oldest);
             }
-            let mut store = runtime.new_store(Some(Arc::clone(&filter.shared)));
+            let mut store = runtime.new_store(filter.memory, Some(Arc::clone(&filter.shared)));
             filter.shared.instantiations.fetch_add(1, Ordering::Relaxed);
             let (filter_fn, needs_body) =
                 init_instance(&mut store, &filter.compiled, &filter.params).map_err(
