@@ -24,72 +24,22 @@
 //! message. Under `cargo test --benches` every benchmark runs once.
 
 use std::hint::black_box;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use weir_broker::filter::{
-    BatchContext, DirectCaller, FilterConfig, FilterLabel, FilterRuntime, LoadedFilter,
-};
-use weir_protocol::record::{Assigned, encode_to_vec};
-use weir_protocol::{Message, RecordView};
+use weir_broker::filter::{BatchContext, DirectCaller, FilterConfig, FilterRuntime};
+use weir_protocol::RecordView;
+
+#[path = "../tests/common/filter_fixtures.rs"]
+mod filter_fixtures;
+use filter_fixtures::{EXPR, load, load_with_memory, records};
 
 /// Batches in flight in the `-pipelined` benchmarks.
 const IN_FLIGHT: usize = 8;
 
-const EXPR: &str = "(region = 'eu' AND amount > 500) OR priority IN ('high', 'urgent')";
-
-/// Encoded records with varied properties, about 30 % matching [`EXPR`].
-fn records(n: usize, body: usize) -> Vec<Bytes> {
-    let host: SocketAddr = "127.0.0.1:10911".parse().expect("address");
-    (0..n)
-        .map(|i| {
-            let msg = Message::new("bench", 0, vec![b'x'; body])
-                .with_tags(if i % 3 == 0 { "TagA" } else { "TagB" })
-                .with_key(format!("order-{i}"))
-                .with_property("UNIQ_KEY", format!("{i:032x}"))
-                .with_property("region", ["eu", "us", "apac"][i % 3])
-                .with_property("amount", format!("{}", (i * 37) % 1000))
-                .with_property("priority", ["low", "normal", "high", "urgent"][i % 7 % 4])
-                .with_property("tenant", format!("tenant-{}", i % 11))
-                .with_property("TRACE_ON", "true");
-            let a = Assigned {
-                queue_offset: i as u64,
-                commit_log_offset: 0,
-                store_timestamp: 1_700_000_000_000,
-                store_host: host,
-            };
-            Bytes::from(encode_to_vec(&msg, &a).expect("encode"))
-        })
-        .collect()
-}
-
 /// Memory cap of the JavaScript and Python filters (their engines need more than the
 /// default 16 MiB).
 const ENGINE_MEMORY: usize = 64 << 20;
-
-fn load(
-    runtime: &FilterRuntime,
-    path: &str,
-    params: &[(&str, &str)],
-    memory: usize,
-) -> Arc<LoadedFilter> {
-    let bytes = weir_filter_artifacts::read(path);
-    let compiled = runtime.compile(&bytes).expect("compile");
-    let params = params
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    runtime
-        .load(
-            compiled,
-            params,
-            memory,
-            FilterLabel::new("bench", "bench", 1, String::new()),
-        )
-        .expect("load")
-}
 
 fn filter_calls(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -102,19 +52,8 @@ fn filter_calls(c: &mut Criterion) {
         ..FilterConfig::default()
     })
     .expect("filter runtime");
-    let default_memory = runtime.config().memory_limit;
-    let keep_all = load(
-        &runtime,
-        weir_filter_artifacts::KEEP_ALL,
-        &[],
-        default_memory,
-    );
-    let sql92 = load(
-        &runtime,
-        weir_filter_artifacts::SQL92,
-        &[("expr", EXPR)],
-        default_memory,
-    );
+    let keep_all = load(&runtime, weir_filter_artifacts::KEEP_ALL, &[]);
+    let sql92 = load(&runtime, weir_filter_artifacts::SQL92, &[("expr", EXPR)]);
     // The same property filter in JavaScript and Python, where their tools were installed.
     let mut engines = Vec::new();
     for (name, path) in [
@@ -124,7 +63,10 @@ fn filter_calls(c: &mut Criterion) {
         if path.starts_with(weir_filter_artifacts::NOT_BUILT_PREFIX) {
             eprintln!("skipping {name}: {path}");
         } else {
-            engines.push((name, load(&runtime, path, &[("expr", EXPR)], ENGINE_MEMORY)));
+            engines.push((
+                name,
+                load_with_memory(&runtime, path, &[("expr", EXPR)], ENGINE_MEMORY),
+            ));
         }
     }
     let native = weir_filter_sql92::parse(EXPR).expect("expression");

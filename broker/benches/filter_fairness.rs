@@ -16,84 +16,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use weir_broker::filter::{
-    BatchContext, DirectCaller, FilterConfig, FilterLabel, FilterRuntime, LoadedFilter,
-};
-use weir_protocol::Message;
-use weir_protocol::record::{Assigned, encode_to_vec};
+use weir_broker::filter::{FilterConfig, FilterRuntime, LoadedFilter};
 
-const EXPR: &str = "(region = 'eu' AND amount > 500) OR priority IN ('high', 'urgent')";
+#[path = "../tests/common/filter_fixtures.rs"]
+mod filter_fixtures;
+use filter_fixtures::{EXPR, calibrate_busy, ctx, load, records};
+
 const SLOW_CONSUMERS: usize = 8;
-
-fn records(n: usize) -> Vec<Bytes> {
-    let host = "127.0.0.1:10911".parse().expect("address");
-    (0..n)
-        .map(|i| {
-            let msg = Message::new("bench", 0, vec![b'x'; 100])
-                .with_tags("TagA")
-                .with_property("region", ["eu", "us", "apac"][i % 3])
-                .with_property("amount", format!("{}", (i * 37) % 1000))
-                .with_property("priority", ["low", "normal", "high", "urgent"][i % 4]);
-            let a = Assigned {
-                queue_offset: i as u64,
-                commit_log_offset: 0,
-                store_timestamp: 1_700_000_000_000,
-                store_host: host,
-            };
-            Bytes::from(encode_to_vec(&msg, &a).expect("encode"))
-        })
-        .collect()
-}
-
-fn load(runtime: &FilterRuntime, path: &str, params: &[(&str, &str)]) -> Arc<LoadedFilter> {
-    let compiled = runtime
-        .compile(&weir_filter_artifacts::read(path))
-        .expect("compile");
-    let params = params
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    runtime
-        .load(
-            compiled,
-            params,
-            runtime.config().memory_limit,
-            FilterLabel::new("bench", "bench", 1, String::new()),
-        )
-        .expect("load")
-}
-
-fn ctx(group: &str) -> BatchContext {
-    BatchContext {
-        topic: "bench".into(),
-        queue_id: 0,
-        consumer_group: group.into(),
-    }
-}
-
-/// Rounds of the hostile filter's `busy` mode taking about `target` on an idle machine.
-fn calibrate(runtime: &FilterRuntime, target: Duration) -> u64 {
-    let rounds = 2_000_000u64;
-    let work = rounds.to_string();
-    let f = load(
-        runtime,
-        weir_filter_artifacts::HOSTILE,
-        &[("mode", "busy"), ("work", &work)],
-    );
-    let mut direct = DirectCaller::new(runtime);
-    let recs = records(8);
-    direct.call(&f, &ctx("calibrate"), &recs).expect("warm-up");
-    let mut best = Duration::MAX;
-    for _ in 0..5 {
-        let t0 = Instant::now();
-        direct
-            .call(&f, &ctx("calibrate"), &recs)
-            .expect("timed call");
-        best = best.min(t0.elapsed());
-    }
-    (rounds as f64 * target.as_secs_f64() / best.as_secs_f64().max(1e-9)) as u64
-}
 
 struct Latency {
     batches: usize,
@@ -107,7 +36,7 @@ async fn quiet_latency(
     filter: &Arc<LoadedFilter>,
     for_how_long: Duration,
 ) -> Latency {
-    let recs = records(32);
+    let recs = records(32, 100);
     let mut samples = Vec::new();
     let until = Instant::now() + for_how_long;
     while Instant::now() < until {
@@ -139,7 +68,7 @@ async fn scenario(
     };
     let runtime = FilterRuntime::new(config).expect("filter runtime");
     let quiet = load(&runtime, weir_filter_artifacts::SQL92, &[("expr", EXPR)]);
-    let rounds = calibrate(&runtime, slow_cpu).to_string();
+    let rounds = calibrate_busy(&runtime, slow_cpu).to_string();
     let slow = load(
         &runtime,
         weir_filter_artifacts::HOSTILE,
@@ -154,7 +83,7 @@ async fn scenario(
             tokio::spawn(async move {
                 let (mut ok, mut busy) = (0u64, 0u64);
                 while !stop.load(Ordering::Relaxed) {
-                    match runtime.run(&slow, ctx("slow"), records(8)).await {
+                    match runtime.run(&slow, ctx("slow"), records(8, 100)).await {
                         Ok(_) => ok += 1,
                         // Answered busy: a consumer pulls again.
                         Err(_) => busy += 1,

@@ -8,54 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use weir_broker::filter::{
-    BatchContext, DirectCaller, FailureKind, FilterConfig, FilterLabel, FilterRuntime, LoadedFilter,
-};
-use weir_protocol::Message;
-use weir_protocol::record::{Assigned, encode_to_vec};
+use weir_broker::filter::{FailureKind, FilterConfig, FilterRuntime};
 
-fn records(n: usize) -> Vec<Bytes> {
-    let host = "127.0.0.1:10911".parse().expect("address");
-    (0..n)
-        .map(|i| {
-            let msg = Message::new("T", 0, vec![b'x'; 16]).with_tags("A");
-            let a = Assigned {
-                queue_offset: i as u64,
-                commit_log_offset: 0,
-                store_timestamp: 1_700_000_000_000,
-                store_host: host,
-            };
-            Bytes::from(encode_to_vec(&msg, &a).expect("encode"))
-        })
-        .collect()
-}
-
-fn load(runtime: &FilterRuntime, path: &str, params: &[(&str, &str)]) -> Arc<LoadedFilter> {
-    let compiled = runtime
-        .compile(&weir_filter_artifacts::read(path))
-        .expect("compile");
-    let params = params
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    runtime
-        .load(
-            compiled,
-            params,
-            runtime.config().memory_limit,
-            FilterLabel::new("G", "T", 1, String::new()),
-        )
-        .expect("load")
-}
-
-fn ctx(group: &str) -> BatchContext {
-    BatchContext {
-        topic: "T".into(),
-        queue_id: 0,
-        consumer_group: group.into(),
-    }
-}
+#[path = "common/filter_fixtures.rs"]
+mod filter_fixtures;
+use filter_fixtures::{calibrate_busy, ctx, load, records};
 
 /// Threads that keep every core busy until dropped.
 struct Spinners {
@@ -90,42 +47,6 @@ impl Drop for Spinners {
     }
 }
 
-/// The CPU time this thread has used.
-fn thread_cpu() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Duration::new(
-        u64::try_from(t.tv_sec).unwrap_or(0),
-        u32::try_from(t.tv_nsec).unwrap_or(0),
-    )
-}
-
-/// Rounds of the hostile filter's `busy` mode that take about `target` of CPU time,
-/// measured on this thread's CPU clock (so however busy the machine is).
-fn calibrate(runtime: &FilterRuntime, target: Duration) -> u64 {
-    let recs = records(8);
-    let mut rounds = 200_000u64;
-    loop {
-        let work = rounds.to_string();
-        let f = load(
-            runtime,
-            weir_filter_artifacts::HOSTILE,
-            &[("mode", "busy"), ("work", &work)],
-        );
-        let mut direct = DirectCaller::new(runtime);
-        direct.call(&f, &ctx("calibrate"), &recs).expect("warm-up");
-        let t0 = thread_cpu();
-        direct
-            .call(&f, &ctx("calibrate"), &recs)
-            .expect("timed call");
-        let took = thread_cpu().saturating_sub(t0);
-        if took >= target / 4 || rounds > 1 << 36 {
-            let scaled = rounds as f64 * target.as_secs_f64() / took.as_secs_f64().max(1e-6);
-            return scaled as u64;
-        }
-        rounds *= 8;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_machine_does_not_fail_a_good_filter_but_a_loop_is_still_stopped() {
     let runtime = FilterRuntime::new(FilterConfig {
@@ -136,7 +57,7 @@ async fn a_busy_machine_does_not_fail_a_good_filter_but_a_loop_is_still_stopped(
     .expect("runtime");
     // A batch that costs under a third of the budget (room for a VM's CPU clock running
     // slow under contention)...
-    let rounds = calibrate(&runtime, Duration::from_millis(15)).to_string();
+    let rounds = calibrate_busy(&runtime, Duration::from_millis(15)).to_string();
     let good = load(
         &runtime,
         weir_filter_artifacts::HOSTILE,
@@ -150,7 +71,7 @@ async fn a_busy_machine_does_not_fail_a_good_filter_but_a_loop_is_still_stopped(
     let mut slowest = Duration::ZERO;
     for _ in 0..6 {
         let t0 = Instant::now();
-        let r = runtime.run(&good, ctx("G"), records(8)).await;
+        let r = runtime.run(&good, ctx("G"), records(8, 16)).await;
         slowest = slowest.max(t0.elapsed());
         let (_, verdicts) =
             r.unwrap_or_else(|f| panic!("a good filter failed on a busy machine: {f}"));
@@ -171,7 +92,7 @@ async fn a_busy_machine_does_not_fail_a_good_filter_but_a_loop_is_still_stopped(
         &[("mode", "loop")],
     );
     let t0 = Instant::now();
-    let failure = match runtime.run(&looping, ctx("G"), records(8)).await {
+    let failure = match runtime.run(&looping, ctx("G"), records(8, 16)).await {
         Err(f) => f,
         Ok(_) => panic!("a looping filter returned"),
     };
@@ -208,7 +129,7 @@ async fn the_wall_clock_limit_is_a_safety_net_for_a_starved_call() {
     );
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let spinners = Spinners::start(4 * cores);
-    let failure = match runtime.run(&looping, ctx("G"), records(1)).await {
+    let failure = match runtime.run(&looping, ctx("G"), records(1, 16)).await {
         Err(f) => f,
         Ok(_) => panic!("a looping filter returned"),
     };
@@ -235,7 +156,7 @@ async fn a_filters_batches_stay_on_one_warm_instance() {
         for (n, f) in filters.iter().enumerate() {
             let group = format!("G{}", (round + n) % 2);
             runtime
-                .run(f, ctx(&group), records(4))
+                .run(f, ctx(&group), records(4, 16))
                 .await
                 .expect("filter call");
         }
@@ -259,7 +180,7 @@ async fn a_slow_group_holds_at_most_its_cap_and_a_waiting_batch_times_out_busy()
         ..FilterConfig::default()
     })
     .expect("runtime");
-    let rounds = calibrate(&runtime, Duration::from_millis(300)).to_string();
+    let rounds = calibrate_busy(&runtime, Duration::from_millis(300)).to_string();
     let slow = load(
         &runtime,
         weir_filter_artifacts::HOSTILE,
@@ -270,13 +191,13 @@ async fn a_slow_group_holds_at_most_its_cap_and_a_waiting_batch_times_out_busy()
     let slow_batches: Vec<_> = (0..4)
         .map(|_| {
             let (runtime, slow) = (runtime.clone(), Arc::clone(&slow));
-            tokio::spawn(async move { runtime.run(&slow, ctx("slow"), records(2)).await })
+            tokio::spawn(async move { runtime.run(&slow, ctx("slow"), records(2, 16)).await })
         })
         .collect();
     // Meanwhile another group is served by the other worker, every time.
     for _ in 0..20 {
         runtime
-            .run(&quick, ctx("quick"), records(2))
+            .run(&quick, ctx("quick"), records(2, 16))
             .await
             .expect("the other group's batch");
     }

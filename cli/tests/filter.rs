@@ -2,6 +2,9 @@
 //! with filters (failing ones too): the binary
 //! against an in-process name server and broker, and real filter components
 //! (`weir-filter-artifacts`).
+//!
+//! Over ~600 lines on purpose: each test is one scenario of the `weir` binary end to end,
+//! and the helpers they share already live in `tests/common`.
 
 mod common;
 use common::{Running, env, env_with, failed, json_lines, ok, until, wait_route, weir};

@@ -34,6 +34,7 @@ use weir_store::StoreConfig;
 pub use weir_filter_artifacts as artifacts;
 
 pub mod child;
+pub mod filter_cases;
 pub mod metrics;
 pub mod tls;
 pub mod tx_producer;

@@ -12,6 +12,7 @@ use weir_protocol::ErrorCode;
 use weir_tests::artifacts::{
     self, HOSTILE, JS_JSON_FIELD, JS_SQL92, JSON_FIELD, PY_JSON_FIELD, PY_SQL92, SQL92,
 };
+use weir_tests::filter_cases::TIER_BODIES;
 use weir_tests::{Client, Env, Msg, assert_keys, gzip, key_set, remote_error};
 
 const MIB: u64 = 1 << 20;
@@ -69,25 +70,6 @@ fn property_messages() -> Vec<Msg> {
     }
     out
 }
-
-/// JSON bodies and whether `path=order.tier op=in value=gold,platinum` keeps them.
-const BODIES: &[(&str, bool)] = &[
-    (r#"{"order":{"tier":"gold","total":1}}"#, true),
-    (r#"{"order":{"tier":"platinum"}}"#, true),
-    (
-        r#"  {"order":{"total":3,"tier":"gold"},"extra":[1,{"a":"b"}]}  "#,
-        true,
-    ),
-    (r#"{"order":{"tier":"silver"}}"#, false),
-    (r#"{"order":{"tier":"Gold"}}"#, false),
-    (r#"{"order":{"total":5}}"#, false),
-    (r#"{"order":{"tier":["gold"]}}"#, false),
-    (r#"{"order":{"tier":"gold"}"#, false),
-    (r#"{"order":null}"#, false),
-    (r#"{"tier":"gold"}"#, false),
-    ("not json", false),
-    ("", false),
-];
 
 /// Uploads `component` gzip-compressed, as the client does for large ones.
 async fn upload(
@@ -168,13 +150,13 @@ async fn js_and_python_keep_what_rust_keeps() {
 
     // The JSON body filter.
     c.create_topic("Bodies", 1).await;
-    let bodies: Vec<Msg> = BODIES
+    let bodies: Vec<Msg> = TIER_BODIES
         .iter()
         .enumerate()
         .map(|(i, (body, _))| Msg::new(format!("b{i}")).body(body.as_bytes()))
         .collect();
     c.send("Bodies", 0, &bodies).await;
-    let expected: BTreeSet<String> = BODIES
+    let expected: BTreeSet<String> = TIER_BODIES
         .iter()
         .enumerate()
         .filter(|(_, (_, keep))| *keep)

@@ -18,6 +18,7 @@ use weir_protocol::filter::{FilterInfo, FilterStats};
 use weir_tests::artifacts::{
     self, HOSTILE, JSON_FIELD, KEEP_ALL, KEY_SAMPLE, OTHER_WORLD, SNEAKY, SQL92,
 };
+use weir_tests::filter_cases::TIER_BODIES;
 use weir_tests::{
     Client, Env, Msg, Received, Rng, T, assert_keys, eventually, gzip, key_set, remote_error,
 };
@@ -353,25 +354,6 @@ async fn sql92_end_to_end() {
 // ---------------------------------------------------------------------------------------
 // 2. Groups with different filters on one topic.
 
-/// JSON bodies and whether `order.tier IN (gold, platinum)` keeps them.
-const BODIES: &[(&str, bool)] = &[
-    (r#"{"order":{"tier":"gold","total":1}}"#, true),
-    (r#"{"order":{"tier":"platinum"}}"#, true),
-    (
-        r#"  {"order":{"total":3,"tier":"gold"},"extra":[1,{"a":"b"}]}  "#,
-        true,
-    ),
-    (r#"{"order":{"tier":"silver"}}"#, false),
-    (r#"{"order":{"tier":"Gold"}}"#, false),
-    (r#"{"order":{"total":5}}"#, false),
-    (r#"{"order":{"tier":["gold"]}}"#, false),
-    (r#"{"order":{"tier":"gold"}"#, false),
-    (r#"{"order":null}"#, false),
-    (r#"{"tier":"gold"}"#, false),
-    ("not json", false),
-    ("", false),
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_groups_two_filters() {
     let env = Env::start().await;
@@ -413,7 +395,7 @@ async fn two_groups_two_filters() {
     let mut json_kept = BTreeSet::new();
     let msgs: Vec<Msg> = (0..3000)
         .map(|i| {
-            let (body, kept) = *rng.pick(BODIES);
+            let (body, kept) = *rng.pick(TIER_BODIES);
             let m = Msg::new(format!("order-{i}"))
                 .prop("region", *rng.pick(&["eu", "us", "apac"]))
                 .prop("amount", rng.below(400).to_string())

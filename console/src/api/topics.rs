@@ -2,6 +2,8 @@
 //! offsets, create / update / delete (delete needs the topic's name typed again), and a
 //! test message.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::{Extension, Query};
 use bytes::Bytes;
@@ -154,10 +156,24 @@ pub async fn create(
     if c.queues == 0 || c.queues > 1024 {
         return Err(ApiError::bad_request("a topic has 1 to 1024 queues"));
     }
-    let done = Admin::new(ctx.client).create_topic(name, c.queues).await?;
+    let admin = Admin::new(ctx.client);
+    let done = admin.create_topic(name, c.queues).await?;
     tracing::info!(topic = %name, queues = c.queues, "console: topic created");
-    Ok(Json(json!({ "topic": name, "brokers": done })))
+    // Answer once the name servers route it, so that what the operator does next with the
+    // topic (open it, send a test message) finds it; brokers register it within moments.
+    let deadline = tokio::time::Instant::now() + ROUTE_WAIT;
+    let routed = loop {
+        match admin.route(name).await {
+            Ok(r) if r.queues.iter().any(|q| q.write_queues > 0) => break true,
+            _ if tokio::time::Instant::now() >= deadline => break false,
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    Ok(Json(json!({ "topic": name, "brokers": done, "routed": routed })))
 }
+
+/// How long creating a topic waits for the name servers to route it.
+const ROUTE_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Deserialize)]
 pub struct Update {
