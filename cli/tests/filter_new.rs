@@ -1,12 +1,15 @@
 //! `weir filter new`: projects written into temporary folders outside the repository,
-//! built with their own one command (cargo; make with clang), their native tests run, and
+//! built with their own one command (cargo; make with clang; build.sh with
+//! componentize-js), their native tests run, and
 //! their components uploaded through the binary to an in-process broker, whose pulls must
 //! keep exactly what the filter should. Also `weir filter test`'s log lines on stderr.
 //!
 //! The Rust builds share one target folder beside the test binaries
 //! (`<target>/filter-new`), so only the first run compiles wit-bindgen. The C project
 //! needs clang for wasm32-wasi (`scripts/install-c-toolchain`); without it the test fails
-//! saying so, as the C filter's test of `tests/tests/filters.rs` does.
+//! saying so, as the C filter's test of `tests/tests/filters.rs` does. The JavaScript
+//! project builds with the componentize-js that `scripts/test` installs in `filters/js`
+//! (or `WEIR_COMPONENTIZE_JS`), never downloading; without it the test fails saying so.
 
 mod common;
 use common::{failed, ok, wait_route, weir};
@@ -66,12 +69,13 @@ fn command(program: impl AsRef<std::ffi::OsStr>, dir: &Path) -> Command {
     cmd
 }
 
-/// Uploads `wasm` through the binary for group `G` on `topic`, sends `msgs` to its one
-/// queue and drains the queue for `G`: the keys received.
+/// Uploads `wasm` (with `options`, e.g. `--memory`) through the binary for group `G` on
+/// `topic`, sends `msgs` to its one queue and drains the queue for `G`: the keys received.
 async fn upload_send_drain(
     env: &Env,
     topic: &str,
     wasm: &Path,
+    options: &[&str],
     params: &[&str],
     msgs: &[Msg],
 ) -> BTreeSet<String> {
@@ -80,6 +84,7 @@ async fn upload_send_drain(
     wait_route(&env.namesrv(), topic).await;
     let wasm = wasm.to_str().unwrap();
     let mut args = vec!["filter", "upload", "--group", "G", "--topic", topic, wasm];
+    args.extend(options);
     for p in params {
         args.extend(["--param", p]);
     }
@@ -125,10 +130,15 @@ async fn names_and_folders_are_checked() {
     let err = failed(&weir(NO_NAMESRV, &args, None).await);
     assert!(err.contains("not empty"), "{err}");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "left alone");
-    let out = weir(NO_NAMESRV, &["filter", "new", "ok", "--lang", "js"], None).await;
+    let out = weir(
+        NO_NAMESRV,
+        &["filter", "new", "ok", "--lang", "cobol"],
+        None,
+    )
+    .await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("invalid value 'js'"),
+        !out.status.success() && err.contains("invalid value 'cobol'"),
         "{err}"
     );
     // Without --dir, the folder is ./NAME; an empty folder is fine.
@@ -210,6 +220,7 @@ async fn rust_project_builds_tests_and_uploads() {
         &env,
         "Regions",
         &wasm,
+        &[],
         &["property=region", "value=eu"],
         &msgs,
     )
@@ -290,13 +301,124 @@ async fn c_project_builds_tests_and_uploads() {
     let msgs: Vec<Msg> = (0..350)
         .map(|i| Msg::new(format!("t-{i}")).tag(tags[i % tags.len()]))
         .collect();
-    let got = upload_send_drain(&env, "Tags", &wasm, &["prefix=order."], &msgs).await;
+    let got = upload_send_drain(&env, "Tags", &wasm, &[], &["prefix=order."], &msgs).await;
     let want = msgs
         .iter()
         .filter(|m| m.tag.starts_with("order."))
         .map(|m| m.key.clone())
         .collect();
     assert_keys(&got, &want, "the generated C filter");
+}
+
+/// The componentize-js `scripts/test` installed (`npm ci --prefix filters/js`), or
+/// `WEIR_COMPONENTIZE_JS`; panics saying how to install it when neither is there.
+fn installed_componentize_js() -> PathBuf {
+    let tool = std::env::var_os("WEIR_COMPONENTIZE_JS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../filters/js/node_modules/@bytecodealliance/componentize-js/src/cli.js")
+        });
+    assert!(
+        tool.is_file(),
+        "componentize-js is not installed at {} (needed to build the generated JavaScript \
+         project): run scripts/test, which runs `npm ci --prefix filters/js`, or set \
+         WEIR_COMPONENTIZE_JS to an installed componentize-js/src/cli.js",
+        tool.display()
+    );
+    tool
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_project_builds_tests_and_uploads() {
+    let tool = installed_componentize_js();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("region-is");
+    let out = ok(&weir(
+        NO_NAMESRV,
+        &[
+            "filter",
+            "new",
+            "region-is",
+            "--lang",
+            "js",
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await);
+    assert!(out.contains("node --test test.mjs"), "{out}");
+
+    // The native tests of the template, through the SDK's weir-testing.js.
+    let mut test = command("node", &dir);
+    test.args(["--test", "test.mjs"]);
+    let out = run_ok(test, "node --test in the new project").await;
+    assert!(
+        out.contains("# pass 2") && out.contains("# fail 0"),
+        "{out}"
+    );
+
+    // The one build command, with the installed componentize-js (no npm ci, no network).
+    let mut build = command(dir.join("build.sh"), &dir);
+    build.env("WEIR_COMPONENTIZE_JS", &tool);
+    let out = run_ok(build, "./build.sh (componentize-js)").await;
+    assert!(
+        out.contains("filter upload --group GROUP --topic TOPIC region_is.wasm --memory 64MiB"),
+        "{out}"
+    );
+    let wasm = dir.join("region_is.wasm");
+    assert!(wasm.is_file(), "{out}");
+    assert!(!dir.join("node_modules").exists(), "npm ci ran: {out}");
+
+    let input = "{\"properties\": {\"region\": \"eu\"}}\n{\"properties\": {\"region\": \"us\"}}\n";
+    let out = weir(
+        NO_NAMESRV,
+        &[
+            "filter",
+            "test",
+            wasm.to_str().unwrap(),
+            "--memory",
+            "64MiB",
+            "--param",
+            "property=region",
+            "--param",
+            "value=eu",
+        ],
+        Some(input),
+    )
+    .await;
+    assert_eq!(ok(&out), "1 keep\n2 drop\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "[info] keeping messages whose property \"region\" is \"eu\"\n1 of 2 kept\n"
+    );
+
+    let env = Env::start().await;
+    let msgs: Vec<Msg> = (0..300)
+        .map(|i| {
+            let m = Msg::new(format!("j-{i}"));
+            match i % 4 {
+                3 => m.tag("TagA"),
+                n => m.prop("region", ["eu", "us", "EU"][n]),
+            }
+        })
+        .collect();
+    let got = upload_send_drain(
+        &env,
+        "RegionsJs",
+        &wasm,
+        &["--memory", "64MiB"],
+        &["property=region", "value=eu"],
+        &msgs,
+    )
+    .await;
+    let want = msgs
+        .iter()
+        .filter(|m| m.get("region") == Some("eu"))
+        .map(|m| m.key.clone())
+        .collect();
+    assert_keys(&got, &want, "the generated JavaScript filter");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
