@@ -1,7 +1,7 @@
-//! `weir filter new NAME --lang rust|c|js`: writes a filter project, outside any checkout,
+//! `weir filter new NAME --lang rust|c|js|python`: writes a filter project, outside any checkout,
 //! that builds with one command, has a native test and prints how to upload.
 //!
-//! Each language is one module here (`rust.rs`, `c.rs`, `js.rs`) listing its files, and one folder
+//! Each language is one module here (`rust.rs`, `c.rs`, `js.rs`, `python.rs`) listing its files, and one folder
 //! of templates (`cli/templates/<lang>/`) embedded in the binary with `include_str!`, so
 //! the project depends on nothing but the `weir` that wrote it and public registries.
 //! Adding a language: a module with a `files(&Project) -> Vec<File>`, a `Lang` variant,
@@ -18,6 +18,7 @@ use clap::{Args, ValueEnum};
 
 mod c;
 mod js;
+mod python;
 mod rust;
 
 #[derive(Args, Debug)]
@@ -55,14 +56,21 @@ js: filter.js on the SDK weir-filter.js, a native test (test.mjs, node:test, thr
     node --test test.mjs   native test
     ./build.sh             the component (upload it with --memory 64MiB: it embeds the
                            JavaScript engine)
-Every project starts as a working filter (Rust, JavaScript: a property equals a value; C:
-the tag starts with a prefix) with its test; its README says how to upload it.";
+python: filter.py on the SDK package weir_filter/, a native test (test_filter.py,
+  unittest, through weir_filter.testing) and build.sh (componentize-py pinned by
+  requirements.txt, installed into .venv when missing; WEIR_COMPONENTIZE_PY names an
+  installed componentize-py instead).
+    python3 -m unittest    native test
+    ./build.sh             the component (upload it with --memory 64MiB)
+Every project starts as a working filter (C: the tag starts with a prefix; the others: a
+property equals a value) with its test; its README says how to upload it.";
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lang {
     Rust,
     C,
     Js,
+    Python,
 }
 
 /// What the templates are filled with.
@@ -167,6 +175,7 @@ pub(crate) fn project_files(lang: Lang, project: &Project) -> Vec<File> {
         Lang::Rust => rust::files(project),
         Lang::C => c::files(project),
         Lang::Js => js::files(project),
+        Lang::Python => python::files(project),
     }
 }
 
@@ -204,6 +213,11 @@ pub fn run(args: NewArgs) -> anyhow::Result<()> {
         Lang::Js => println!(
             "wrote the JavaScript filter {name} in {shown}\n  cd {shown}\n  \
              node --test test.mjs\n  ./build.sh   (upload with --memory 64MiB)",
+            name = project.name
+        ),
+        Lang::Python => println!(
+            "wrote the Python filter {name} in {shown}\n  cd {shown}\n  \
+             python3 -m unittest\n  ./build.sh   (upload with --memory 64MiB)",
             name = project.name
         ),
     }
@@ -259,7 +273,7 @@ mod tests {
             name: "region-is".into(),
             ident: "region_is".into(),
         };
-        for lang in [Lang::Rust, Lang::C, Lang::Js] {
+        for lang in [Lang::Rust, Lang::C, Lang::Js, Lang::Python] {
             for f in project_files(lang, &p) {
                 if let Ok(text) = std::str::from_utf8(&f.bytes) {
                     assert!(!text.contains("{{"), "{lang:?} {}: unfilled", f.path);
