@@ -1,9 +1,10 @@
-//! `weir filter new NAME --lang rust|c|js|python`: writes a filter project, outside any checkout,
-//! that builds with one command, has a native test and prints how to upload.
+//! `weir filter new NAME --lang rust|c|js|python`: writes a filter project, outside any
+//! checkout, that builds with one command, has a native test and prints how to upload.
 //!
-//! Each language is one module here (`rust.rs`, `c.rs`, `js.rs`, `python.rs`) listing its files, and one folder
-//! of templates (`cli/templates/<lang>/`) embedded in the binary with `include_str!`, so
-//! the project depends on nothing but the `weir` that wrote it and public registries.
+//! Each language is one module here (`rust.rs`, `c.rs`, `js.rs`, `python.rs`) listing its
+//! files, and one folder of templates (`cli/templates/<lang>/`) embedded in the binary
+//! with `include_str!`, so the project depends on nothing but the `weir` that wrote it and
+//! public registries.
 //! Adding a language: a module with a `files(&Project) -> Vec<File>`, a `Lang` variant,
 //! its arm in [`project_files`] and in the message of [`run`], and its folder of templates.
 //!
