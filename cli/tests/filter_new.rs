@@ -1,12 +1,16 @@
 //! `weir filter new`: projects written into temporary folders outside the repository,
-//! built with their own one command (cargo; make with clang), their native tests run, and
+//! built with their own one command (cargo; make with clang; build.sh with
+//! componentize-js or -py), their native tests run, and
 //! their components uploaded through the binary to an in-process broker, whose pulls must
 //! keep exactly what the filter should. Also `weir filter test`'s log lines on stderr.
 //!
 //! The Rust builds share one target folder beside the test binaries
 //! (`<target>/filter-new`), so only the first run compiles wit-bindgen. The C project
 //! needs clang for wasm32-wasi (`scripts/install-c-toolchain`); without it the test fails
-//! saying so, as the C filter's test of `tests/tests/filters.rs` does.
+//! saying so, as the C filter's test of `tests/tests/filters.rs` does. The JavaScript and
+//! Python projects build with the componentize-js and componentize-py that `scripts/test`
+//! installs (or `WEIR_COMPONENTIZE_JS`, `WEIR_COMPONENTIZE_PY`), never downloading;
+//! without them the tests fail saying so. One build each: engines take tens of seconds.
 
 mod common;
 use common::{failed, ok, wait_route, weir};
@@ -29,7 +33,8 @@ fn shared_target() -> PathBuf {
         .join("filter-new")
 }
 
-/// Runs `cmd` off the async threads; panics with its output unless it succeeds.
+/// Runs `cmd` off the async threads; panics with its output unless it succeeds. Its
+/// stdout then stderr (test runners report on either).
 async fn run_ok(mut cmd: Command, what: &str) -> String {
     let what = what.to_owned();
     tokio::task::spawn_blocking(move || {
@@ -45,7 +50,7 @@ async fn run_ok(mut cmd: Command, what: &str) -> String {
             "{what} failed ({}):\n{stdout}\n{stderr}",
             out.status
         );
-        stdout
+        stdout + &stderr
     })
     .await
     .unwrap()
@@ -66,12 +71,13 @@ fn command(program: impl AsRef<std::ffi::OsStr>, dir: &Path) -> Command {
     cmd
 }
 
-/// Uploads `wasm` through the binary for group `G` on `topic`, sends `msgs` to its one
-/// queue and drains the queue for `G`: the keys received.
+/// Uploads `wasm` (with `options`, e.g. `--memory`) through the binary for group `G` on
+/// `topic`, sends `msgs` to its one queue and drains the queue for `G`: the keys received.
 async fn upload_send_drain(
     env: &Env,
     topic: &str,
     wasm: &Path,
+    options: &[&str],
     params: &[&str],
     msgs: &[Msg],
 ) -> BTreeSet<String> {
@@ -80,6 +86,7 @@ async fn upload_send_drain(
     wait_route(&env.namesrv(), topic).await;
     let wasm = wasm.to_str().unwrap();
     let mut args = vec!["filter", "upload", "--group", "G", "--topic", topic, wasm];
+    args.extend(options);
     for p in params {
         args.extend(["--param", p]);
     }
@@ -125,10 +132,15 @@ async fn names_and_folders_are_checked() {
     let err = failed(&weir(NO_NAMESRV, &args, None).await);
     assert!(err.contains("not empty"), "{err}");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "left alone");
-    let out = weir(NO_NAMESRV, &["filter", "new", "ok", "--lang", "js"], None).await;
+    let out = weir(
+        NO_NAMESRV,
+        &["filter", "new", "ok", "--lang", "cobol"],
+        None,
+    )
+    .await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("invalid value 'js'"),
+        !out.status.success() && err.contains("invalid value 'cobol'"),
         "{err}"
     );
     // Without --dir, the folder is ./NAME; an empty folder is fine.
@@ -210,6 +222,7 @@ async fn rust_project_builds_tests_and_uploads() {
         &env,
         "Regions",
         &wasm,
+        &[],
         &["property=region", "value=eu"],
         &msgs,
     )
@@ -290,13 +303,150 @@ async fn c_project_builds_tests_and_uploads() {
     let msgs: Vec<Msg> = (0..350)
         .map(|i| Msg::new(format!("t-{i}")).tag(tags[i % tags.len()]))
         .collect();
-    let got = upload_send_drain(&env, "Tags", &wasm, &["prefix=order."], &msgs).await;
+    let got = upload_send_drain(&env, "Tags", &wasm, &[], &["prefix=order."], &msgs).await;
     let want = msgs
         .iter()
         .filter(|m| m.tag.starts_with("order."))
         .map(|m| m.key.clone())
         .collect();
     assert_keys(&got, &want, "the generated C filter");
+}
+
+/// The tool `scripts/test` installed in the repository at `installed` (or the one the
+/// environment variable `var` names); panics saying how to install it when absent.
+fn installed_tool(var: &str, installed: &str, what: &str) -> PathBuf {
+    let tool = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(installed)
+    });
+    assert!(
+        tool.is_file(),
+        "{what} is not installed at {} (needed to build the generated project): run \
+         scripts/test, which installs it, or set {var} to an installed one",
+        tool.display()
+    );
+    tool
+}
+
+/// A project of an engine language (a component embedding its interpreter): written,
+/// tested natively with `native` (whose output must contain `passed`), built by its
+/// build.sh with the installed tool (`var`=`tool`: no download), run by `weir filter test`
+/// and uploaded with `--memory 64MiB`, after which pulls keep exactly region=eu.
+async fn engine_project(lang: &str, native: &[&str], passed: &str, var: &str, tool: PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("region-is");
+    let out = ok(&weir(
+        NO_NAMESRV,
+        &[
+            "filter",
+            "new",
+            "region-is",
+            "--lang",
+            lang,
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await);
+    assert!(out.contains(&native.join(" ")), "{out}");
+
+    // The native tests of the template, through the SDK's testing helper.
+    let mut test = command(native[0], &dir);
+    test.args(&native[1..]).env_remove("PYTHONPATH");
+    let out = run_ok(test, &format!("{native:?} in the new {lang} project")).await;
+    assert!(out.contains(passed), "{out}");
+
+    // The one build command, with the installed tool (no download, no network).
+    let mut build = command(dir.join("build.sh"), &dir);
+    build.env(var, &tool);
+    let out = run_ok(build, &format!("./build.sh of the {lang} project")).await;
+    assert!(
+        out.contains("filter upload --group GROUP --topic TOPIC region_is.wasm --memory 64MiB"),
+        "{out}"
+    );
+    let wasm = dir.join("region_is.wasm");
+    assert!(wasm.is_file(), "{out}");
+    for installed in ["node_modules", ".venv"] {
+        assert!(
+            !dir.join(installed).exists(),
+            "build.sh installed tools: {out}"
+        );
+    }
+
+    let input = "{\"properties\": {\"region\": \"eu\"}}\n{\"properties\": {\"region\": \"us\"}}\n";
+    let out = weir(
+        NO_NAMESRV,
+        &[
+            "filter",
+            "test",
+            wasm.to_str().unwrap(),
+            "--memory",
+            "64MiB",
+            "--param",
+            "property=region",
+            "--param",
+            "value=eu",
+        ],
+        Some(input),
+    )
+    .await;
+    assert_eq!(ok(&out), "1 keep\n2 drop\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "[info] keeping messages whose property \"region\" is \"eu\"\n1 of 2 kept\n"
+    );
+
+    let env = Env::start().await;
+    let msgs: Vec<Msg> = (0..300)
+        .map(|i| {
+            let m = Msg::new(format!("{lang}-{i}"));
+            match i % 4 {
+                3 => m.tag("TagA"),
+                n => m.prop("region", ["eu", "us", "EU"][n]),
+            }
+        })
+        .collect();
+    let got = upload_send_drain(
+        &env,
+        "Regions",
+        &wasm,
+        &["--memory", "64MiB"],
+        &["property=region", "value=eu"],
+        &msgs,
+    )
+    .await;
+    let want = msgs
+        .iter()
+        .filter(|m| m.get("region") == Some("eu"))
+        .map(|m| m.key.clone())
+        .collect();
+    assert_keys(&got, &want, &format!("the generated {lang} filter"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_project_builds_tests_and_uploads() {
+    let var = "WEIR_COMPONENTIZE_JS";
+    let tool = installed_tool(
+        var,
+        "filters/js/node_modules/@bytecodealliance/componentize-js/src/cli.js",
+        "componentize-js (`npm ci --prefix filters/js`)",
+    );
+    let native = ["node", "--test", "test.mjs"];
+    engine_project("js", &native, "# pass 2\n# fail 0", var, tool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_project_builds_tests_and_uploads() {
+    let var = "WEIR_COMPONENTIZE_PY";
+    let tool = installed_tool(
+        var,
+        "filters/python/target/venv/bin/componentize-py",
+        "componentize-py (in the venv filters/python/target/venv)",
+    );
+    let native = ["python3", "-m", "unittest"];
+    engine_project("python", &native, "Ran 2 tests", var, tool).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

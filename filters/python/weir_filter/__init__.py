@@ -244,7 +244,11 @@ def export_filter(filter_class):
     """
     from componentize_py_types import Err
     from wit_world import exports
-    from wit_world.imports import types
+    from wit_world.imports import host, types  # noqa: F401
+
+    # `host` is imported here, while componentize-py pre-initialises the module, for
+    # `log`: with --stub-wasi there is no file system at run time, so a module first
+    # imported then (as `log`'s import would be) traps the filter.
 
     class Filter(exports.Filter):
         instance = None
