@@ -169,7 +169,9 @@ pub async fn create(
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     };
-    Ok(Json(json!({ "topic": name, "brokers": done, "routed": routed })))
+    Ok(Json(
+        json!({ "topic": name, "brokers": done, "routed": routed }),
+    ))
 }
 
 /// How long creating a topic waits for the name servers to route it.
