@@ -84,10 +84,7 @@ async fn markup_in_messages_comes_back_as_data() {
     );
     assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
 
-    let r = http
-        .post("/api/topics", &json!({"name": "Esc", "queues": 1}))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    http.create_topic("Esc", 1).await;
     let body = "<script>alert(1)</script>";
     let prop = "\"><img src=x onerror=alert(2)>";
     let r = http
@@ -131,12 +128,7 @@ async fn destructive_requests_need_the_name_typed_again() {
     let console = Console::start(&env.namesrv()).await;
     let mut http = Http::new(console.addr);
     http.open("/").await;
-    assert_eq!(
-        http.post("/api/topics", &json!({"name": "Keep", "queues": 2}))
-            .await
-            .status,
-        200
-    );
+    http.create_topic("Keep", 2).await;
     let r = http
         .post(
             "/api/topic/delete",
@@ -366,12 +358,7 @@ async fn messages_page_by_time_and_a_dead_letter_goes_back() {
     let console = Console::start(&env.namesrv()).await;
     let mut http = Http::new(console.addr);
     http.open("/messages").await;
-    assert_eq!(
-        http.post("/api/topics", &json!({"name": "Pages", "queues": 2}))
-            .await
-            .status,
-        200
-    );
+    http.create_topic("Pages", 2).await;
     for i in 0..5 {
         let r = http
             .post(

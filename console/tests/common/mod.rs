@@ -110,6 +110,17 @@ impl Http {
             .await
     }
 
+    /// Creates `name` with `queues` queues through the page's API, expecting success.
+    pub async fn create_topic(&mut self, name: &str, queues: u32) {
+        let r = self
+            .post(
+                "/api/topics",
+                &serde_json::json!({"name": name, "queues": queues}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "creating {name}: {}", r.body);
+    }
+
     pub async fn request(
         &mut self,
         method: &str,
