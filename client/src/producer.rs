@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use weir_protocol::broker::{BatchEntry, SendBatch, SendMessage, SendStatus};
@@ -28,7 +28,6 @@ pub struct SendResult {
 pub struct Producer {
     group: String,
     client: ClientInstance,
-    next_queue: AtomicUsize,
     retry_times_when_send_failed: u32,
 }
 
@@ -89,22 +88,6 @@ fn refused(e: &ClientError) -> bool {
     }
 }
 
-/// A random queue index to start from, so that fresh producers (each `weir send` process,
-/// say) spread over the queues as RocketMQ's do, instead of all starting at queue 0. The
-/// randomness is std's per-process random hash keys (each `RandomState` differs).
-fn random_start() -> usize {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    // Truncation on 32-bit targets is fine: any bits are as random as the others.
-    h.finish() as usize
-}
-
 /// A stable hash for order keys: the same key always maps to the same queue.
 fn order_hash(key: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -122,7 +105,6 @@ impl Producer {
         Self {
             group,
             client,
-            next_queue: AtomicUsize::new(random_start()),
             retry_times_when_send_failed: 2,
         }
     }
@@ -143,7 +125,7 @@ impl Producer {
         Ok(())
     }
 
-    /// Picks the next queue round-robin (its index, from a random start) among those whose master is known
+    /// Picks the topic's next queue round-robin (its index, from a random start) among those whose master is known
     /// and was not found unreachable lately, avoiding `avoid` (the broker that just
     /// failed) when another one exists; when every master is avoided, any queue with a
     /// master (one may have come back). Never a queue without a master: sends never go
@@ -154,7 +136,7 @@ impl Producer {
         if n == 0 {
             return None;
         }
-        let start = self.next_queue.fetch_add(1, Ordering::Relaxed);
+        let start = info.next_queue.fetch_add(1, Ordering::Relaxed);
         let order = || (0..n).map(move |i| (start.wrapping_add(i)) % n);
         let has_master = |i: &usize| info.addrs[*i].is_some();
         let up = |i: &usize| {
@@ -437,17 +419,17 @@ mod tests {
             broker_name: b.into(),
             queue_id: q,
         };
-        PublishInfo {
-            route: Arc::new(TopicRoute::default()),
-            queues: vec![mq("a", 0), mq("a", 1), mq("b", 0), mq("b", 1), mq("c", 0)],
-            addrs: vec![
+        PublishInfo::with_queues(
+            Arc::new(TopicRoute::default()),
+            vec![mq("a", 0), mq("a", 1), mq("b", 0), mq("b", 1), mq("c", 0)],
+            vec![
                 Some("A".into()),
                 Some("A".into()),
                 Some("B".into()),
                 Some("B".into()),
                 None,
             ],
-        }
+        )
     }
 
     fn picks(p: &Producer, info: &PublishInfo, avoid: Option<&str>) -> Vec<String> {
@@ -477,41 +459,53 @@ mod tests {
         // Every master avoided: still one with a master (it may be back).
         client.mark_unreachable("B");
         assert!(picks(&p, &info, Some("b")).iter().all(|b| b == "a"));
-        let none = PublishInfo {
-            addrs: vec![None; 5],
-            ..info
-        };
+        let none = PublishInfo::with_queues(info.route, info.queues, vec![None; 5]);
         assert_eq!(p.pick(&none, None), None);
     }
 
-    #[tokio::test]
-    async fn fresh_producers_start_at_random_queues() {
-        let client = ClientInstance::new(crate::ClientConfig::new("127.0.0.1:1")).unwrap();
+    /// A topic of 8 queues on broker "a".
+    fn eight_queues(topic: &str) -> PublishInfo {
         let mq = |q| MessageQueue {
-            topic: "T".into(),
+            topic: topic.into(),
             broker_name: "a".into(),
             queue_id: q,
         };
-        let info = PublishInfo {
-            route: Arc::new(TopicRoute::default()),
-            queues: (0..8).map(mq).collect(),
-            addrs: vec![Some("A".into()); 8],
-        };
-        let firsts: std::collections::BTreeSet<usize> = (0..32)
-            .map(|_| {
-                Producer::new("g", client.clone())
-                    .pick(&info, None)
-                    .unwrap()
-            })
-            .collect();
-        // 32 fresh producers all starting at the same queue of 8: chance 8^-31.
-        assert!(
-            firsts.len() > 1,
-            "every fresh producer started at {firsts:?}"
-        );
-        // And each then goes round-robin from its start.
+        PublishInfo::with_queues(
+            Arc::new(TopicRoute::default()),
+            (0..8).map(mq).collect(),
+            vec![Some("A".into()); 8],
+        )
+    }
+
+    #[tokio::test]
+    async fn fresh_routes_start_at_random_queues() {
+        let client = ClientInstance::new(crate::ClientConfig::new("127.0.0.1:1")).unwrap();
         let p = Producer::new("g", client.clone());
+        let firsts: std::collections::BTreeSet<usize> = (0..32)
+            .map(|_| p.pick(&eight_queues("T"), None).unwrap())
+            .collect();
+        // 32 fresh routes all starting at the same queue of 8: chance 8^-31.
+        assert!(firsts.len() > 1, "every fresh route started at {firsts:?}");
+        // And each then goes round-robin from its start.
+        let info = eight_queues("T");
         let a = p.pick(&info, None).unwrap();
         assert_eq!(p.pick(&info, None).unwrap(), (a + 1) % 8);
+    }
+
+    #[tokio::test]
+    async fn a_producer_taking_turns_between_topics_spreads_each_over_all_its_queues() {
+        let client = ClientInstance::new(crate::ClientConfig::new("127.0.0.1:1")).unwrap();
+        let p = Producer::new("g", client.clone());
+        let (a, b) = (eight_queues("A"), eight_queues("B"));
+        let (mut on_a, mut on_b) = (
+            std::collections::BTreeSet::new(),
+            std::collections::BTreeSet::new(),
+        );
+        for _ in 0..8 {
+            on_a.insert(p.pick(&a, None).unwrap());
+            on_b.insert(p.pick(&b, None).unwrap());
+        }
+        assert_eq!(on_a.len(), 8, "topic A's queues used: {on_a:?}");
+        assert_eq!(on_b.len(), 8, "topic B's queues used: {on_b:?}");
     }
 }

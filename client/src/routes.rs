@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use weir_protocol::route::TopicRoute;
 
@@ -16,6 +17,11 @@ pub struct PublishInfo {
     pub queues: Vec<MessageQueue>,
     /// The address of each queue's master (by the queue's index), if the route has one.
     pub addrs: Vec<Option<Arc<str>>>,
+    /// The round robin over this topic's queues (RocketMQ's `sendWhichQueue`): one per
+    /// topic, so that a producer taking turns between topics still spreads each topic over
+    /// all its queues (one counter shared by every topic would send a producer alternating
+    /// between two topics of 8 queues to 4 queues of each).
+    pub(crate) next_queue: AtomicUsize,
 }
 
 impl PublishInfo {
@@ -33,12 +39,39 @@ impl PublishInfo {
                     .clone()
             })
             .collect();
+        Self::with_queues(Arc::clone(&route), queues, addrs)
+    }
+
+    /// The publish info of these queues and master addresses (by queue index), its round
+    /// robin starting at a random queue.
+    pub(crate) fn with_queues(
+        route: Arc<TopicRoute>,
+        queues: Vec<MessageQueue>,
+        addrs: Vec<Option<Arc<str>>>,
+    ) -> Self {
         Self {
-            route: Arc::clone(&route),
+            route,
             queues,
             addrs,
+            next_queue: AtomicUsize::new(random_start()),
         }
     }
+}
+
+/// A random queue index to start from, so that fresh producers (each `weir send` process,
+/// say) spread over the queues as RocketMQ's do, instead of all starting at queue 0. The
+/// randomness is std's per-process random hash keys (each `RandomState` differs).
+fn random_start() -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    // Truncation on 32-bit targets is fine: any bits are as random as the others.
+    h.finish() as usize
 }
 
 /// Where to read `broker_name`'s queues: its master while it is `up`, else a slave; a

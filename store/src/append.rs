@@ -208,12 +208,15 @@ impl Inner {
             .map(|m| m.encoded_len().map_err(StoreError::from))
             .collect::<Result<Vec<_>>>()?;
         let store_host = record::canonical_addr(self.config.store_host);
+        // Each message's queue, looked up (a new one made: folders, files, a directory
+        // sync) before the writer lock, so that no other append waits on that.
+        let queues = self.queues_of(msgs)?;
         let mut results = Vec::with_capacity(msgs.len());
         let mut arrivals = Vec::new();
         let end = {
             let mut w = self.commit_log.lock_writer();
             let targets =
-                self.prepare(msgs, &lens, &w)
+                self.prepare(queues, &lens, &w)
                     .map_err(|e| match disk::is_out_of_space(&e) {
                         true => self.disk.out_of_space(&e),
                         false => e,
@@ -277,21 +280,47 @@ impl Inner {
         Ok((results, wait_for))
     }
 
+    /// Each message's queue (`None` if it is not dispatched), made when new with its first
+    /// segment. One lookup per run of messages to the same queue.
+    fn queues_of(&self, msgs: &[Message]) -> Result<Vec<Option<Arc<ConsumeQueue>>>> {
+        let mut queues: Vec<Option<Arc<ConsumeQueue>>> = Vec::with_capacity(msgs.len());
+        let mut last: Option<(&Message, Arc<ConsumeQueue>)> = None;
+        for msg in msgs {
+            if !sys_flag::is_dispatched(msg.sys_flag) {
+                queues.push(None);
+                continue;
+            }
+            let cq = match &last {
+                Some((m, q)) if m.queue_id == msg.queue_id && m.topic == msg.topic => Arc::clone(q),
+                _ => match self.queue(&msg.topic, msg.queue_id) {
+                    Some(q) => q,
+                    None => {
+                        let q = self.queue_or_create(&msg.topic, msg.queue_id)?;
+                        q.reserve(q.max_offset())?;
+                        q
+                    }
+                },
+            };
+            last = Some((msg, Arc::clone(&cq)));
+            queues.push(Some(cq));
+        }
+        Ok(queues)
+    }
+
     /// For each message, its queue and queue offset (`None` if it is not dispatched), with
     /// the queue segment for that offset made; then the commit log segments the batch needs.
     fn prepare(
         &self,
-        msgs: &[Message],
+        queues: Vec<Option<Arc<ConsumeQueue>>>,
         lens: &[usize],
         w: &CommitLogWriter<'_>,
     ) -> Result<Vec<Option<QueueSlot>>> {
-        let mut targets: Vec<Option<QueueSlot>> = Vec::with_capacity(msgs.len());
-        for msg in msgs {
-            if !sys_flag::is_dispatched(msg.sys_flag) {
+        let mut targets: Vec<Option<QueueSlot>> = Vec::with_capacity(queues.len());
+        for cq in queues {
+            let Some(cq) = cq else {
                 targets.push(None);
                 continue;
-            }
-            let cq = self.queue_or_create(&msg.topic, msg.queue_id)?;
+            };
             // After an earlier message of the batch to the same queue, or at its end.
             let at = targets
                 .iter()

@@ -99,6 +99,7 @@ impl MessageStore {
         let mut next = offset;
         let mut scanned = 0usize;
         let mut gone = false;
+        let mut segment = None;
         cq.scan(offset, |at, e| {
             if scanned >= limits.max_scan
                 || messages.len() >= limits.max_count
@@ -108,11 +109,11 @@ impl MessageStore {
             }
             scanned += 1;
             if !e.is_hole() && filter(e.tag_hash) {
-                match self
-                    .inner
-                    .commit_log
-                    .record_at(e.commit_log_offset, e.size as usize)
-                {
+                match self.inner.commit_log.record_near(
+                    &mut segment,
+                    e.commit_log_offset,
+                    e.size as usize,
+                ) {
                     Some(rec) => {
                         bytes += rec.len();
                         messages.push(rec);

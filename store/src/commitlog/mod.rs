@@ -138,9 +138,24 @@ impl CommitLog {
         CommitLogWriter::new(self, self.writer.lock())
     }
 
-    /// The record at `offset` of `len` bytes, as given by a consume queue entry.
-    pub fn record_at(&self, offset: u64, len: usize) -> Option<StoredRecord> {
-        let seg = self.files.find(offset)?;
+    /// The record at `offset` of `len` bytes, as given by a consume queue entry. For
+    /// records read one after another, `last` is the segment of the previous one (start
+    /// with `None`), reused while it holds this one, so that a read of many records takes
+    /// the segment table's lock once per segment rather than per record.
+    pub fn record_near(
+        &self,
+        last: &mut Option<Arc<Segment>>,
+        offset: u64,
+        len: usize,
+    ) -> Option<StoredRecord> {
+        let seg = match last {
+            Some(s) if (s.start()..s.end()).contains(&offset) => Arc::clone(s),
+            _ => {
+                let s = self.files.find(offset)?;
+                *last = Some(Arc::clone(&s));
+                s
+            }
+        };
         let rel = offset - seg.start();
         seg.read(rel, len)?;
         Some(StoredRecord { seg, rel, len })
