@@ -100,6 +100,10 @@ function table(headers, rows, attrs) {
 }
 
 const fmtTime = (ms) => ms ? new Date(ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z") : "–";
+const fmtDuration = (ms) => {
+  const s = Math.floor(ms / 1000), d = Math.floor(s / 86400), h = Math.floor(s / 3600) % 24, m = Math.floor(s / 60) % 60;
+  return d ? `${d} d ${h} h` : h ? `${h} h ${m} min` : m ? `${m} min ${s % 60} s` : `${s} s`;
+};
 const fmtNum = (n) => (n === null || n === undefined) ? "–" : Number(n).toLocaleString("en-US");
 const link = (href, text) => el("a", { href }, text);
 
@@ -135,15 +139,15 @@ pages.cluster = async (main) => {
     const d = await api("/api/cluster");
     drawRates(canvas, d.brokers);
     if (!d.brokers.length) return el("p", {}, "No broker is registered with the name servers.");
-    return table(["Cluster", "Broker", "Id", "Role", "Address", "Messages in", "Messages out", "Connections", "Clients", "Topics", "Disk used", "Replication lag", "Uptime", "Error"],
+    return table(["Cluster", "Broker", "Id", "Role", "Address", "Version", "Messages in", "Messages out", "Connections", "Clients", "Topics", "Disk used", "Replication lag", "Uptime", "Error"],
       d.brokers.map((b) => {
         const s = b.stats || {};
-        return [b.cluster, b.broker, b.id, b.role, b.addr, fmtNum(s.messages_in), fmtNum(s.messages_out), fmtNum(s.connections), fmtNum(s.clients), fmtNum(s.topics),
+        return [b.cluster, b.broker, b.id, b.role, b.addr, el("span", { "data-testid": "broker-version" }, b.version || "–"), fmtNum(s.messages_in), fmtNum(s.messages_out), fmtNum(s.connections), fmtNum(s.clients), fmtNum(s.topics),
           s.disk_used_percent == null ? "–" : s.disk_used_percent.toFixed(1) + " %",
           b.lag_bytes == null ? "–" : `${fmtNum(b.lag_bytes)} B, ${fmtNum(b.lag_ms)} ms`,
-          s.uptime_ms == null ? "–" : Math.round(s.uptime_ms / 1000) + " s",
+          s.uptime_ms == null ? "–" : el("span", { title: s.started_at_ms ? "started " + fmtTime(s.started_at_ms) : null }, fmtDuration(s.uptime_ms)),
           b.error ? el("span", { class: "state-failed" }, b.error) : ""];
-      }), { testid: "brokers", num: [5, 6, 7, 8, 9] });
+      }), { testid: "brokers", num: [6, 7, 8, 9, 10] });
   });
   await load();
   every(5000, load);

@@ -2,8 +2,8 @@
 // console/tests/browser.rs against a name server, a broker and the console it started.
 //
 // Environment: CONSOLE_URL, SHOT_DIR (screenshots, one per page), CHROMIUM,
-// FILTER_KEEP and FILTER_HOSTILE (component files). What a browser cannot do (run a
-// consumer) it asks of the test on stdout, one line `@@ <action> <group>`, and waits for
+// FILTER_KEEP and FILTER_HOSTILE (component files), WEIR_VERSION (the broker's version
+// the Cluster page must show). What a browser cannot do (run a consumer) it asks of the test on stdout, one line `@@ <action> <group>`, and waits for
 // the test's `ok` (or `error …`) on stdin. Every wait is for a selector or a text, with a
 // deadline; nothing sleeps. Exits non-zero on the first failed check.
 import { chromium } from "playwright-core";
@@ -67,6 +67,8 @@ try {
   await go("/");
   await page.locator("[data-testid=brokers]").getByText("broker", { exact: false }).first().waitFor();
   check((await page.locator("[data-testid=brokers] tbody tr").count()) >= 1, "the cluster page lists the broker");
+  const version = (await page.locator("[data-testid=broker-version]").first().textContent()).trim();
+  check(version === env("WEIR_VERSION"), `the cluster page shows the broker's version (${version})`);
   await shot("cluster");
 
   // Topics: create one.

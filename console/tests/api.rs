@@ -123,6 +123,25 @@ async fn markup_in_messages_comes_back_as_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_names_each_brokers_version_and_start() {
+    let env = Env::start().await;
+    let console = Console::start(&env.namesrv()).await;
+    let mut http = Http::new(console.addr);
+    let r = http.get("/api/cluster").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let b = &r.json()["brokers"][0];
+    // The broker is this workspace's, as the console is.
+    assert_eq!(b["version"], env!("CARGO_PKG_VERSION"), "{b}");
+    let started = b["stats"]["started_at_ms"].as_i64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(started > 0 && started <= now, "{b}");
+    console.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destructive_requests_need_the_name_typed_again() {
     let env = Env::start().await;
     let console = Console::start(&env.namesrv()).await;

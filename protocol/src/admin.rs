@@ -1,6 +1,9 @@
 //! Operators' broker requests: resetting and deleting a consumer group, the broker's
 //! runtime statistics, and its live settings.
 
+use bincode::de::Decoder;
+use bincode::de::read::Reader;
+use bincode::error::DecodeError;
 use bincode::{Decode, Encode};
 
 use crate::codes::RequestCode;
@@ -79,7 +82,10 @@ impl Rpc for GetBrokerStats {
     type Response = BrokerStats;
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Default)]
+/// Decoded by hand: the fields after `uptime_ms` came later, and a broker from before them
+/// ends its reply there (they decode as `None`). A client from before them cannot read this
+/// reply (headers must be used whole).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Default)]
 pub struct BrokerStats {
     pub broker_name: String,
     pub broker_id: u64,
@@ -101,6 +107,57 @@ pub struct BrokerStats {
     /// Pulls being held (long polling) now.
     pub held_pulls: u64,
     pub uptime_ms: u64,
+    /// The broker's version (its `weir-broker` package version); `None` from a broker
+    /// older than this field.
+    pub version: Option<String>,
+    /// When the broker started, ms since the Unix epoch; `None` from a broker older than
+    /// this field.
+    pub started_at_ms: Option<i64>,
+}
+
+impl BrokerStats {
+    /// [`version`](Self::version), or `unknown` from a broker that does not say.
+    pub fn version_or_unknown(&self) -> &str {
+        self.version.as_deref().unwrap_or("unknown")
+    }
+}
+
+impl<C> Decode<C> for BrokerStats {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(Self {
+            broker_name: Decode::decode(d)?,
+            broker_id: Decode::decode(d)?,
+            messages_in: Decode::decode(d)?,
+            bytes_in: Decode::decode(d)?,
+            messages_out: Decode::decode(d)?,
+            connections: Decode::decode(d)?,
+            clients: Decode::decode(d)?,
+            disk_used_ppm: Decode::decode(d)?,
+            topics: Decode::decode(d)?,
+            held_pulls: Decode::decode(d)?,
+            uptime_ms: Decode::decode(d)?,
+            version: added_later(d)?,
+            started_at_ms: added_later(d)?,
+        })
+    }
+}
+
+bincode::impl_borrow_decode!(BrokerStats);
+
+/// An optional field appended to a reply after its first release: `None` when the reply
+/// ends before it (an older peer's). A field that starts but is cut short is an error.
+fn added_later<C, T: Decode<C>, D: Decoder<Context = C>>(
+    d: &mut D,
+) -> Result<Option<T>, DecodeError> {
+    if d.reader().peek_read(1).is_some() {
+        return Option::<T>::decode(d);
+    }
+    // At the end of the input (or a reader that cannot look ahead: then an end met
+    // before the field's first byte is its absence).
+    match Option::<T>::decode(d) {
+        Err(DecodeError::UnexpectedEnd { .. }) => Ok(None),
+        r => r,
+    }
 }
 
 /// The broker's settings that can change while it runs, by name, with their values.
@@ -129,4 +186,66 @@ pub struct SetBrokerConfig {
 impl Rpc for SetBrokerConfig {
     const CODE: RequestCode = RequestCode::SetBrokerConfig;
     type Response = BrokerSettings;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::{decode_header, encode_header};
+
+    /// `BrokerStats` as brokers before `version` encoded it.
+    #[derive(Encode)]
+    struct OldStats {
+        broker_name: String,
+        broker_id: u64,
+        messages_in: u64,
+        bytes_in: u64,
+        messages_out: u64,
+        connections: u64,
+        clients: u64,
+        disk_used_ppm: Option<u32>,
+        topics: u64,
+        held_pulls: u64,
+        uptime_ms: u64,
+    }
+
+    #[test]
+    fn broker_stats_of_an_older_broker_decode_without_a_version() {
+        let old = OldStats {
+            broker_name: "b".into(),
+            broker_id: 1,
+            messages_in: 2,
+            bytes_in: 3,
+            messages_out: 4,
+            connections: 5,
+            clients: 6,
+            disk_used_ppm: Some(7),
+            topics: 8,
+            held_pulls: 9,
+            uptime_ms: 10,
+        };
+        let bytes = encode_header(&old, "old stats").unwrap();
+        let s: BrokerStats = decode_header(&bytes, "stats").unwrap();
+        assert_eq!((s.broker_name.as_str(), s.uptime_ms), ("b", 10));
+        assert_eq!(s.disk_used_ppm, Some(7));
+        assert_eq!((s.version, s.started_at_ms), (None, None));
+        assert_eq!(BrokerStats::default().version_or_unknown(), "unknown");
+
+        let new = BrokerStats {
+            version: Some("0.1.0".into()),
+            started_at_ms: Some(1_700_000_000_000),
+            ..s
+        };
+        let bytes = encode_header(&new, "stats").unwrap();
+        assert_eq!(decode_header::<BrokerStats>(&bytes, "stats").unwrap(), new);
+        assert_eq!(new.version_or_unknown(), "0.1.0");
+        // Cut inside the new fields: an error, not a missing field.
+        for cut in 1..4 {
+            let short = &bytes[..bytes.len() - cut];
+            assert!(
+                decode_header::<BrokerStats>(short, "stats").is_err(),
+                "cut {cut}"
+            );
+        }
+    }
 }
