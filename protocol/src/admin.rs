@@ -1,5 +1,5 @@
 //! Operators' broker requests: resetting and deleting a consumer group, the broker's
-//! runtime statistics, and its live settings.
+//! runtime statistics, its live settings, and what it knows of a message's delivery.
 
 use bincode::de::Decoder;
 use bincode::de::read::Reader;
@@ -158,6 +158,96 @@ fn added_later<C, T: Decode<C>, D: Decoder<Context = C>>(
         Err(DecodeError::UnexpectedEnd { .. }) => Ok(None),
         r => r,
     }
+}
+
+/// What this broker knows of one stored message's delivery: each consumer group that
+/// committed an offset on the message's queue, whether that offset is past the message,
+/// and the group's copies of it (retries, waiting for their delay or stored, and dead
+/// letters), found by their `ORIGIN_MESSAGE_ID` in the key index. Bounded work: at most
+/// `max_groups` groups (the broker caps it at [`MAX_TRAIL_GROUPS`]), two index lookups
+/// each, and one in `%SCHEDULE%`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct GetMessageTrail {
+    pub topic: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    /// The id its copies carry as `ORIGIN_MESSAGE_ID` (the message's own id, or for a copy,
+    /// its original's).
+    pub origin_msg_id: String,
+    pub max_groups: u32,
+}
+
+impl Rpc for GetMessageTrail {
+    const CODE: RequestCode = RequestCode::GetMessageTrail;
+    type Response = MessageTrail;
+}
+
+/// Most groups one trail answers for.
+pub const MAX_TRAIL_GROUPS: u32 = 100;
+/// Most copies of each kind one trail lists per group.
+pub const MAX_TRAIL_COPIES: u32 = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Default)]
+pub struct MessageTrail {
+    /// By group name.
+    pub groups: Vec<GroupTrail>,
+    /// Groups with an offset on the queue left out past `max_groups`.
+    pub more_groups: u32,
+    /// The queue's max offset (the next message's) now.
+    pub queue_max_offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct GroupTrail {
+    pub group: String,
+    /// The group's committed offset on the message's queue (the next offset it consumes):
+    /// past the message's offset means the group is done with it (consumed, dropped by its
+    /// filter, or skipped by a reset).
+    pub consumer_offset: u64,
+    /// Newest first; at most [`MAX_TRAIL_COPIES`] of each kind.
+    pub copies: Vec<MessageCopy>,
+}
+
+impl GroupTrail {
+    /// Whether the group's committed offset is past the message at `queue_offset`.
+    pub fn past(&self, queue_offset: u64) -> bool {
+        self.consumer_offset > queue_offset
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum CopyKind {
+    /// A retry waiting in `%SCHEDULE%` for its delay.
+    RetryWaiting,
+    /// A retry in the group's `%RETRY%` topic.
+    Retry,
+    /// A dead letter in the group's `%DLQ%` topic.
+    DeadLetter,
+}
+
+impl CopyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyKind::RetryWaiting => "retry waiting for its delay",
+            CopyKind::Retry => "retry",
+            CopyKind::DeadLetter => "dead letter",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct MessageCopy {
+    pub kind: CopyKind,
+    /// The topic it is stored under (`%SCHEDULE%` while a retry waits).
+    pub topic: String,
+    pub msg_id: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub store_timestamp: i64,
+    pub reconsume_times: u32,
+    /// A retry: whether the group's committed offset on the retry queue is past it (`None`:
+    /// no offset committed there). `None` for the other kinds.
+    pub consumed: Option<bool>,
 }
 
 /// The broker's settings that can change while it runs, by name, with their values.
