@@ -108,16 +108,23 @@ async fn markup_in_messages_comes_back_as_data() {
         m["props"].as_array().unwrap().contains(&json!(["p", prop])),
         "{m}"
     );
-    // The page script only ever makes text nodes from data.
-    let js = http.get("/assets/app.js").await.body;
-    for sink in [
-        "innerHTML",
-        "outerHTML",
-        "insertAdjacentHTML",
-        "document.write",
-        "eval(",
-    ] {
-        assert!(!js.contains(sink), "app.js uses {sink}");
+    // The page scripts only ever make text nodes from data.
+    for script in ["app.js", "messages.js", "filters.js"] {
+        let r = http.get(&format!("/assets/{script}")).await;
+        assert_eq!(r.status, 200, "{script}");
+        assert!(
+            page.body.contains(&format!("src=\"/assets/{script}\"")),
+            "{script}"
+        );
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+        ] {
+            assert!(!r.body.contains(sink), "{script} uses {sink}");
+        }
     }
     console.stop().await;
 }

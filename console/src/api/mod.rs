@@ -52,8 +52,10 @@ pub fn routes(state: Arc<AppState>) -> Router {
     for p in PAGES {
         r = r.route(p, get(shell));
     }
-    r.route("/assets/app.js", get(assets::js))
-        .route("/assets/app.css", get(assets::css))
+    for (path, script) in assets::SCRIPTS {
+        r = r.route(path, get(move || async move { assets::js(script) }));
+    }
+    r.route("/assets/app.css", get(assets::css))
         .route("/api/session", get(session_info))
         .route("/api/login", post(login))
         .route("/api/logout", post(logout))
