@@ -1,6 +1,6 @@
-// weir console: the Messages page (by key, by id, by store time). Loaded after app.js,
-// whose helpers it uses; same invariant: values from the server only ever become text
-// nodes.
+// weir console: the Messages page (by key, by id, by store time) and a message's delivery
+// trail. Loaded after app.js, whose helpers it uses; same invariant: values from the server
+// only ever become text nodes.
 "use strict";
 
 function hex(b64) {
@@ -38,8 +38,44 @@ function messageCard(m) {
       el("button", { type: "button", class: "secondary", disabled: m.body_text === null, onclick: () => show("text") }, "Text"), " ",
       el("button", { type: "button", class: "secondary", disabled: json === null, onclick: () => show("json") }, "JSON"), " ",
       el("button", { type: "button", class: "secondary", onclick: () => show("hex") }, "Hex")),
-    pre, resend);
+    pre, resend, trailBox(m));
 }
+
+// A message's delivery trail, loaded on demand (3 requests to the cluster).
+function trailBox(m) {
+  const out = el("div", { "data-testid": "trail" });
+  const load = () => guarded(out, () => trailView(m));
+  return el("div", { class: "trail" },
+    el("button", { type: "button", class: "secondary", "data-testid": "trail-button", onclick: load }, "Delivery trail"), out);
+}
+
+async function trailView(m) {
+  const d = await api("/api/messages/trail?" + q({ id: m.msg_id, topic: m.topic }));
+  const s = d.stored;
+  const copies = (g, kinds) => {
+    const cs = g.copies.filter((c) => kinds.includes(c.kind));
+    if (!cs.length) return "–";
+    return el("span", {}, cs.map((c) => el("div", { "data-testid": "trail-copy", "data-kind": c.kind },
+      link("/messages?" + q({ id: c.msg_id }), `${c.kind_text} #${c.reconsume_times}`),
+      ` in ${c.topic} at ${c.queue_offset}, ${fmtTime(c.store_ts)}`,
+      c.kind === "retry" ? (c.consumed === true ? ", consumed" : c.consumed === false ? ", pending" : ", no offset on its queue") : "")));
+  };
+  const out = [el("h3", {}, "Delivery trail"),
+    el("p", { "data-testid": "trail-stored" }, `Stored on ${s.broker} (${s.addr}), ${s.topic} queue ${s.queue} at offset ${s.queue_offset}, ${fmtTime(s.store_ts)}.`,
+      d.queue_max_offset == null ? "" : ` The queue's next offset is ${fmtNum(d.queue_max_offset)}.`)];
+  if (d.known) {
+    out.push(d.groups.length
+      ? table(["Consumer group", "Committed offset", "This message", "Retries", "Dead letters"],
+        d.groups.map((g) => ({ attrs: { "data-group": g.group }, cells: [link("/group?" + q({ name: g.group }), g.group), fmtNum(g.consumer_offset),
+          el("span", { class: g.state === "consumed" ? "state-active" : "state-failed", "data-testid": "trail-state" }, g.state === "consumed" ? "consumed (offset past it)" : "pending"),
+          copies(g, ["retry", "retry-waiting"]), copies(g, ["dead-letter"])] })),
+        { testid: "trail-groups" })
+      : el("p", {}, "No consumer group has committed an offset on this queue."));
+  }
+  out.push(el("div", { class: "muted" }, "Not known here: ", el("ul", {}, d.unknown.map((u) => el("li", {}, u)))));
+  return out;
+}
+
 
 pages.messages = async (main, params) => {
   const results = el("div", { "data-testid": "messages" });

@@ -121,6 +121,16 @@ try {
   await shot("group");
   await ask("stop-consumer", GROUP);
   await page.waitForSelector('[data-testid=member-count]:text-is("0")');
+
+  // The message's delivery trail: stored where, and the group done with it.
+  await go("/messages?" + new URLSearchParams({ topic: TOPIC, key: "k-json" }));
+  await page.locator("[data-testid=trail-button]").first().click();
+  await page.locator("[data-testid=trail-stored]").getByText(`${TOPIC} queue`).waitFor();
+  await page.locator(`[data-testid=trail-groups] tr[data-group="${GROUP}"] [data-testid=trail-state]`).getByText("consumed").waitFor();
+  check(true, "a message's trail shows where it is stored and that the group consumed it");
+  await shot("trail");
+
+  await go("/group?" + new URLSearchParams({ name: GROUP }));
   const reset = page.locator("[data-testid=reset-offsets]");
   await reset.locator("[name=topic]").selectOption(TOPIC);
   await reset.locator("[name=to]").selectOption("earliest");

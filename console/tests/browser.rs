@@ -122,6 +122,7 @@ async fn the_console_clicked_through_in_chromium() {
         "group",
         "groups",
         "filters",
+        "trail",
         "transactions",
     ] {
         let shot = shots.join(format!("{page}.png"));

@@ -3,13 +3,15 @@
 //! Round trips per page (counted from the handlers; the shell and its two assets aside):
 //! Cluster 1 (name server) + 1 per broker, concurrently; Topics and Groups lists 1 (the
 //! name server's topic list, paged here); a topic 1 route + 1 per master; a group
-//! 1 cluster view + 2 per master (+ 1 route and 1 per master for its dead letters).
+//! 1 cluster view + 2 per master (+ 1 route and 1 per master for its dead letters); a
+//! message's delivery trail 3.
 
 mod cluster;
 mod filters;
 mod groups;
 mod messages;
 mod topics;
+mod trail;
 mod transactions;
 
 use std::sync::Arc;
@@ -72,6 +74,7 @@ pub fn routes(state: Arc<AppState>) -> Router {
         .route("/api/messages/key", get(messages::by_key))
         .route("/api/messages/id", get(messages::by_id))
         .route("/api/messages/time", get(messages::by_time))
+        .route("/api/messages/trail", get(trail::trail))
         .route("/api/filters", get(filters::list))
         .route(
             "/api/filters/upload",
