@@ -4,12 +4,13 @@
 //! Cluster 1 (name server) + 1 per broker, concurrently; Topics and Groups lists 1 (the
 //! name server's topic list, paged here); a topic 1 route + 1 per master; a group
 //! 1 cluster view + 2 per master (+ 1 route and 1 per master for its dead letters); a
-//! message's delivery trail 3.
+//! message's delivery trail 3; a filter preview 1 route + 2 per readable queue.
 
 mod cluster;
 mod filters;
 mod groups;
 mod messages;
+mod preview;
 mod topics;
 mod trail;
 mod transactions;
@@ -31,7 +32,8 @@ use crate::assets;
 use crate::error::{ApiError, ApiResult};
 use crate::session::{self, Ctx};
 
-/// Uploads carry a component (up to the brokers' 10 MiB by default) in base64.
+/// Uploads and previews carry a component (up to the brokers' 10 MiB by default) in
+/// base64.
 const UPLOAD_BODY_LIMIT: usize = 24 << 20;
 /// Every other request body.
 const BODY_LIMIT: usize = 1 << 20;
@@ -80,6 +82,8 @@ pub fn routes(state: Arc<AppState>) -> Router {
             "/api/filters/upload",
             post(filters::upload).layer(DefaultBodyLimit::max(UPLOAD_BODY_LIMIT)),
         )
+        // It reads its body itself (at most UPLOAD_BODY_LIMIT), once its slot is taken.
+        .route("/api/filters/preview", post(preview::preview))
         .route("/api/filters/remove", post(filters::remove))
         .route("/api/filters/reset", post(filters::reset))
         .route("/api/transactions", get(transactions::list))
