@@ -9,8 +9,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{Semaphore, TryAcquireError};
 use weir_protocol::admin::{
-    BrokerSettings, BrokerStats, DeleteGroup, GroupDeleted, OffsetsReset, ResetOffset,
-    SetBrokerConfig,
+    BrokerSettings, BrokerStats, DeleteGroup, GetMessageTrail, GroupDeleted, MessageTrail,
+    OffsetsReset, ResetOffset, SetBrokerConfig,
 };
 use weir_protocol::broker::{
     ConsumeStats, ConsumerConnections, ConsumerList, ConsumerOffset, ConsumerSendMsgBack,
@@ -72,6 +72,7 @@ pub enum BrokerRequest {
     SearchOffset(SearchOffsetByTimestamp),
     QueryByKey(QueryMessageByKey),
     ViewById(ViewMessageById),
+    MessageTrail(GetMessageTrail),
     UploadFilter {
         req: UploadFilter,
         component: Bytes,
@@ -119,6 +120,7 @@ pub enum BrokerResponse {
     GroupDeleted(GroupDeleted),
     BrokerStats(BrokerStats),
     BrokerSettings(BrokerSettings),
+    MessageTrail(MessageTrail),
 }
 
 /// Families of requests, each with its own bound on requests in flight, so one family
@@ -188,6 +190,7 @@ impl BrokerRequest {
             | R::SearchOffset(_)
             | R::QueryByKey(_)
             | R::ViewById(_)
+            | R::MessageTrail(_)
             | R::ListTransactions(_)
             | R::ResolveTransaction(_)
             | R::ResetOffset(_)
@@ -350,6 +353,7 @@ impl Broker {
             R::SearchOffset(r) => A::Offset(self.search_offset(r)),
             R::QueryByKey(r) => A::Records(self.query_by_key(r)?),
             R::ViewById(r) => A::Records(vec![self.view_by_id(r)?]),
+            R::MessageTrail(r) => A::MessageTrail(self.message_trail(r)?),
             R::UploadFilter { req, component } => {
                 A::FilterUploaded(self.upload_filter(req, component).await?)
             }

@@ -3,7 +3,7 @@
 //! get|set`'s (see `live`).
 
 use std::sync::{OnceLock, Weak};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use weir_protocol::Server;
 use weir_protocol::admin::{BrokerSettings, BrokerStats, SetBrokerConfig};
@@ -11,9 +11,14 @@ use weir_protocol::admin::{BrokerSettings, BrokerStats, SetBrokerConfig};
 use crate::broker::Broker;
 use crate::error::{ProcessError, Processed};
 
+/// This broker's version, as `weir broker stats` and the console show it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// What `weir broker stats` knows besides the metrics.
 pub struct Counters {
     started: Instant,
+    /// When the broker started, ms since the Unix epoch.
+    started_at_ms: i64,
     /// The client port's server, once it listens (for its open connections).
     server: OnceLock<Weak<Server>>,
 }
@@ -22,6 +27,11 @@ impl Default for Counters {
     fn default() -> Self {
         Self {
             started: Instant::now(),
+            started_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .ok()
+                .and_then(|d| i64::try_from(d.as_millis()).ok())
+                .unwrap_or(0),
             server: OnceLock::new(),
         }
     }
@@ -65,6 +75,8 @@ impl Broker {
             topics: to_u64(self.topics.count()),
             held_pulls: to_u64(self.holds.held()),
             uptime_ms: u64::try_from(c.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            version: Some(VERSION.to_owned()),
+            started_at_ms: Some(c.started_at_ms),
         }
     }
 }

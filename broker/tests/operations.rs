@@ -1,5 +1,6 @@
 //! Operators' requests against a real broker over the wire: resetting and deleting a group
-//! (refused while it has live members), deleting and shrinking topics safely, statistics.
+//! (refused while it has live members), deleting and shrinking topics safely, statistics
+//! (with the broker's version and start time).
 
 mod common;
 
@@ -181,4 +182,9 @@ async fn topics_shrink_and_go_safely() {
     let (b, _) = conn.call(&GetBrokerStats, Bytes::new(), T).await.unwrap();
     assert_eq!((b.messages_in, b.bytes_in), (1, 1));
     assert!(b.connections >= 1, "{b:?}");
+    assert_eq!(b.version.as_deref(), Some(env!("CARGO_PKG_VERSION")));
+    assert!(
+        b.started_at_ms.is_some_and(|t| t > 1_600_000_000_000),
+        "{b:?}"
+    );
 }

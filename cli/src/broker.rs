@@ -8,7 +8,7 @@ use crate::output;
 #[derive(Subcommand, Debug)]
 pub enum BrokerCmd {
     /// Per broker: messages and bytes in, messages out (since it started), connections,
-    /// known clients, disk usage, topics, held pulls, uptime.
+    /// known clients, disk usage, topics, held pulls, uptime, version.
     Stats {
         /// One JSON object per broker.
         #[arg(long)]
@@ -96,6 +96,7 @@ async fn stats(admin: &Admin, json: bool) -> anyhow::Result<()> {
             "TOPICS",
             "HELD_PULLS",
             "UPTIME",
+            "VERSION",
         ]
         .map(String::from)
         .to_vec(),
@@ -117,6 +118,8 @@ async fn stats(admin: &Admin, json: bool) -> anyhow::Result<()> {
                 "topics": s.topics,
                 "held_pulls": s.held_pulls,
                 "uptime_ms": s.uptime_ms,
+                "started_at_ms": s.started_at_ms,
+                "version": s.version,
             });
             println!("{v}");
             continue;
@@ -134,6 +137,7 @@ async fn stats(admin: &Admin, json: bool) -> anyhow::Result<()> {
             s.topics.to_string(),
             s.held_pulls.to_string(),
             format!("{}s", s.uptime_ms / 1000),
+            s.version_or_unknown().to_owned(),
         ]);
     }
     if !json {

@@ -383,10 +383,19 @@ async fn broker_stats_count_what_went_in_and_out() {
     assert!(s["topics"].as_u64().unwrap() >= 2, "{s}");
     assert_eq!(s["held_pulls"], 0);
     assert!(s["uptime_ms"].as_u64().unwrap() > 0);
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"), "{s}");
+    assert!(
+        s["started_at_ms"].as_i64().unwrap() > 1_600_000_000_000,
+        "{s}"
+    );
     let ratio = s["disk_used_ratio"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&ratio), "{s}");
     let table = ok(&weir(ns, &["broker", "stats"], None).await);
     assert!(table.starts_with("BROKER"), "{table}");
+    assert!(
+        table.lines().next().unwrap().ends_with("VERSION"),
+        "{table}"
+    );
     assert!(
         table.lines().nth(1).unwrap().starts_with("broker-a"),
         "{table}"

@@ -16,6 +16,7 @@ mod pull;
 mod push;
 mod routes;
 mod serve;
+mod trail;
 mod transaction;
 
 pub use admin::Admin;
@@ -31,12 +32,14 @@ pub use push::{
     MessageListenerOrderly, MessageModel, OnFilterFailure, PushConsumer, PushConsumerConfig,
     StopHandle, allocate_averagely,
 };
+pub use trail::DeliveryTrail;
 pub use transaction::{
     CheckStats, LocalTransactionState, TransactionListener, TransactionProducer,
     TransactionProducerConfig, TransactionSendResult,
 };
 pub use weir_protocol::admin::{
-    BrokerSettings, BrokerStats, GroupDeleted, OffsetsReset, QueueReset, ResetTarget,
+    BrokerSettings, BrokerStats, CopyKind, GroupDeleted, GroupTrail, MessageCopy, MessageTrail,
+    OffsetsReset, QueueReset, ResetTarget,
 };
 pub use weir_protocol::auth::Credentials;
 pub use weir_protocol::broker::{

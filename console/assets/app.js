@@ -1,4 +1,6 @@
-// weir console: renders each page from its JSON twin under /api/.
+// weir console: renders each page from its JSON twin under /api/. This file holds the
+// helpers, most pages and the start; messages.js and filters.js (loaded after it, sharing
+// its top-level names) hold the Messages and Filters pages.
 //
 // Invariant: nothing here assigns HTML. Every value from the server (message bodies and
 // properties are anyone's) enters the page as a text node or an attribute value set
@@ -100,6 +102,10 @@ function table(headers, rows, attrs) {
 }
 
 const fmtTime = (ms) => ms ? new Date(ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z") : "–";
+const fmtDuration = (ms) => {
+  const s = Math.floor(ms / 1000), d = Math.floor(s / 86400), h = Math.floor(s / 3600) % 24, m = Math.floor(s / 60) % 60;
+  return d ? `${d} d ${h} h` : h ? `${h} h ${m} min` : m ? `${m} min ${s % 60} s` : `${s} s`;
+};
 const fmtNum = (n) => (n === null || n === undefined) ? "–" : Number(n).toLocaleString("en-US");
 const link = (href, text) => el("a", { href }, text);
 
@@ -135,15 +141,15 @@ pages.cluster = async (main) => {
     const d = await api("/api/cluster");
     drawRates(canvas, d.brokers);
     if (!d.brokers.length) return el("p", {}, "No broker is registered with the name servers.");
-    return table(["Cluster", "Broker", "Id", "Role", "Address", "Messages in", "Messages out", "Connections", "Clients", "Topics", "Disk used", "Replication lag", "Uptime", "Error"],
+    return table(["Cluster", "Broker", "Id", "Role", "Address", "Version", "Messages in", "Messages out", "Connections", "Clients", "Topics", "Disk used", "Replication lag", "Uptime", "Error"],
       d.brokers.map((b) => {
         const s = b.stats || {};
-        return [b.cluster, b.broker, b.id, b.role, b.addr, fmtNum(s.messages_in), fmtNum(s.messages_out), fmtNum(s.connections), fmtNum(s.clients), fmtNum(s.topics),
+        return [b.cluster, b.broker, b.id, b.role, b.addr, el("span", { "data-testid": "broker-version" }, b.version || "–"), fmtNum(s.messages_in), fmtNum(s.messages_out), fmtNum(s.connections), fmtNum(s.clients), fmtNum(s.topics),
           s.disk_used_percent == null ? "–" : s.disk_used_percent.toFixed(1) + " %",
           b.lag_bytes == null ? "–" : `${fmtNum(b.lag_bytes)} B, ${fmtNum(b.lag_ms)} ms`,
-          s.uptime_ms == null ? "–" : Math.round(s.uptime_ms / 1000) + " s",
+          s.uptime_ms == null ? "–" : el("span", { title: s.started_at_ms ? "started " + fmtTime(s.started_at_ms) : null }, fmtDuration(s.uptime_ms)),
           b.error ? el("span", { class: "state-failed" }, b.error) : ""];
-      }), { testid: "brokers", num: [5, 6, 7, 8, 9] });
+      }), { testid: "brokers", num: [6, 7, 8, 9, 10] });
   });
   await load();
   every(5000, load);
@@ -311,127 +317,7 @@ pages.group = async (main, params) => {
   every(2000, () => (live.checked ? load() : null));
 };
 
-// ---- Messages --------------------------------------------------------------------------
-
-function hex(b64) {
-  const bin = atob(b64);
-  const lines = [];
-  for (let i = 0; i < bin.length; i += 16) {
-    const chunk = bin.slice(i, i + 16);
-    const h = [...chunk].map((c) => c.charCodeAt(0).toString(16).padStart(2, "0")).join(" ");
-    const a = [...chunk].map((c) => (c.charCodeAt(0) >= 32 && c.charCodeAt(0) < 127 ? c : ".")).join("");
-    lines.push(i.toString(16).padStart(8, "0") + "  " + h.padEnd(48) + " " + a);
-  }
-  return lines.join("\n");
-}
-
-function messageCard(m) {
-  const pre = el("pre", { class: "body", "data-testid": "message-body" });
-  let json = null;
-  if (m.body_text !== null) { try { json = JSON.stringify(JSON.parse(m.body_text), null, 2); } catch (_) { /* not JSON */ } }
-  const show = (mode) => {
-    pre.textContent = mode === "hex" ? hex(m.body_base64) : mode === "json" ? json : m.body_text;
-    pre.dataset.mode = mode;
-  };
-  show(m.body_text === null ? "hex" : "text");
-  const origin = (m.props.find(([k]) => k === "RETRY_TOPIC") || [])[1];
-  const resend = m.topic.startsWith("%DLQ%") && origin
-    ? form("resend", [], `Re-send to ${origin}`, async () => {
-      const r = await post("/api/group/resend", { msg_id: m.msg_id });
-      return `Sent to ${r.topic} as ${r.msg_id}`;
-    }) : null;
-  return el("div", { class: "message", "data-testid": "message", "data-msg-id": m.msg_id },
-    table(["Message id", "Topic", "Broker / queue / offset", "Tags", "Keys", "Stored", "Born", "Reconsumed"],
-      [[m.msg_id, m.topic, `${m.broker} / ${m.queue} / ${m.queue_offset}`, m.tags, m.keys.join(", "), fmtTime(m.store_ts), `${fmtTime(m.born_ts)} from ${m.born_host}`, m.reconsume_times]]),
-    m.props.length ? table(["Property", "Value"], m.props, { testid: "properties" }) : null,
-    el("div", {}, `Body (${fmtNum(m.body_len)} bytes): `,
-      el("button", { type: "button", class: "secondary", disabled: m.body_text === null, onclick: () => show("text") }, "Text"), " ",
-      el("button", { type: "button", class: "secondary", disabled: json === null, onclick: () => show("json") }, "JSON"), " ",
-      el("button", { type: "button", class: "secondary", onclick: () => show("hex") }, "Hex")),
-    pre, resend);
-}
-
-pages.messages = async (main, params) => {
-  const results = el("div", { "data-testid": "messages" });
-  const showAll = async (path) => guarded(results, async () => {
-    const d = await api(path);
-    if (!d.messages.length) return el("p", {}, "No message found.");
-    const cards = d.messages.map(messageCard);
-    if (d.next) cards.push(el("button", { type: "button", class: "secondary", onclick: () => showAll(path.replace(/&cursor=[^&]*/, "") + "&" + q({ cursor: d.next })) }, "Next page →"));
-    return cards;
-  });
-  const topic = params.get("topic") || "";
-  const local = (ms) => new Date(ms).toISOString().slice(0, 19);
-  main.append(el("h1", {}, "Messages"),
-    form("by-key", [input("topic", "Topic", { value: topic, required: true }), input("key", "Key", { required: true })], "Find by key",
-      async (v) => { history.replaceState(null, "", "/messages?" + q(v)); await showAll("/api/messages/key?" + q(v)); return ""; }),
-    form("by-id", [input("id", "Message id", { size: 40, required: true })], "Find by id",
-      async (v) => { history.replaceState(null, "", "/messages?" + q(v)); await showAll("/api/messages/id?" + q(v)); return ""; }),
-    form("by-time", [input("topic", "Topic", { value: topic, required: true }),
-      input("from", "From (UTC)", { type: "datetime-local", step: 1, value: local(Date.now() - 3600 * 1000) }),
-      input("to", "To (UTC)", { type: "datetime-local", step: 1, value: local(Date.now() + 60 * 1000) })], "List by store time",
-      async (v) => {
-        const from_ms = v.from ? Date.parse(v.from + "Z") : 0;
-        const to_ms = v.to ? Date.parse(v.to + "Z") : Date.now();
-        await showAll("/api/messages/time?" + q({ topic: v.topic, from_ms, to_ms, per_page: 20 }));
-        return "";
-      }),
-    results);
-  if (params.get("key") && topic) await showAll("/api/messages/key?" + q({ topic, key: params.get("key") }));
-  else if (params.get("id")) await showAll("/api/messages/id?" + q({ id: params.get("id") }));
-  else if (topic && params.get("range") === "all") await showAll("/api/messages/time?" + q({ topic, from_ms: 0, to_ms: Date.now() + 60000, per_page: 20 }));
-};
-
-// ---- Filters and transactions ------------------------------------------------------------
-
-pages.filters = async (main, params) => {
-  const list = el("div", {});
-  const state = { group: params.get("group") || "" };
-  const load = () => guarded(list, async () => {
-    const d = await api("/api/filters?" + q({ group: state.group }));
-    if (!d.filters.length) return el("p", {}, "No filter is registered.");
-    return table(["Broker", "Group", "Topic", "Version", "sha256", "Parameters", "State", "Calls", "In", "Kept", "ns/message", "Failures", ""],
-      d.filters.map((f) => ({
-        attrs: { "data-group": f.group, "data-topic": f.topic },
-        cells: [f.broker, f.group, f.topic, f.version, el("code", { title: f.sha256 }, f.sha256.slice(0, 12)), f.params.map(([k, v]) => `${k}=${v}`).join(", "),
-          el("span", { class: "state-" + f.state, "data-testid": "filter-state" }, f.state === "failed" ? "failed: " + f.failed : "active"),
-          el("span", { "data-testid": "filter-calls" }, fmtNum(f.calls)), el("span", { "data-testid": "filter-in" }, fmtNum(f.messages_in)), fmtNum(f.messages_kept), fmtNum(f.ns_per_message),
-          f.failures.total ? `${f.failures.total} (traps ${f.failures.traps}, time ${f.failures.deadlines}, memory ${f.failures.memory_exhausted}, errors ${f.failures.guest_errors}, verdicts ${f.failures.wrong_verdicts})` : "0",
-          el("span", {},
-            f.state === "failed" ? el("button", { type: "button", class: "secondary", onclick: () => act("/api/filters/reset", f) }, "Reset") : null, " ",
-            el("button", { type: "button", class: "danger", onclick: () => act("/api/filters/remove", f, `Remove the filter of ${f.group} on ${f.topic}?`) }, "Remove"))],
-      })), { testid: "filters", num: [7, 8, 9, 10] });
-  });
-  const act = async (path, f, question) => {
-    if (question && !confirm(question)) return;
-    try { await post(path, { group: f.group, topic: f.topic }); } catch (e) { list.prepend(errorBox(e)); return; }
-    load();
-  };
-  const file = el("input", { type: "file", name: "component", accept: ".wasm", "data-testid": "filter-file", required: true });
-  main.append(el("h1", {}, "Filters"),
-    form("upload-filter", [input("group", "Consumer group", { required: true }), input("topic", "Topic", { required: true }), el("label", {}, "Component (.wasm) ", file),
-      el("label", {}, "Parameters (one K=V a line)", el("textarea", { name: "params" }))], "Upload",
-      async (v) => {
-        const f = file.files[0];
-        if (!f) throw new ApiError("choose a component file", false);
-        const bytes = new Uint8Array(await f.arrayBuffer());
-        let bin = "";
-        for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-        const paramsList = (v.params || "").split("\n").filter((l) => l.trim()).map((l) => {
-          const i = l.indexOf("=");
-          if (i < 1) throw new ApiError(`parameter line ${JSON.stringify(l)} is not K=V`, false);
-          return [l.slice(0, i), l.slice(i + 1)];
-        });
-        const r = await post("/api/filters/upload", { group: v.group, topic: v.topic, params: paramsList, component_base64: btoa(bin) });
-        load();
-        return r.brokers.map((b) => `${b.broker}: version ${b.version}, sha256 ${b.sha256.slice(0, 12)}… `);
-      }),
-    el("div", { class: "box" }, el("label", {}, "Group ", el("input", { type: "text", value: state.group, oninput: (e) => { state.group = e.target.value; load(); } })),
-      el("span", { class: "muted" }, " (refreshes every 2 s)")),
-    list);
-  await load();
-  every(2000, load);
-};
+// ---- Transactions and login (Messages: messages.js; Filters: filters.js) -----------------
 
 pages.transactions = async (main, params) => {
   const state = params.get("state") === "dead" ? "dead" : "pending";

@@ -2,7 +2,8 @@
 // console/tests/browser.rs against a name server, a broker and the console it started.
 //
 // Environment: CONSOLE_URL, SHOT_DIR (screenshots, one per page), CHROMIUM,
-// FILTER_KEEP and FILTER_HOSTILE (component files). What a browser cannot do (run a
+// FILTER_KEEP, FILTER_HOSTILE and FILTER_SQL92 (component files), WEIR_VERSION (the
+// broker's version the Cluster page must show). What a browser cannot do (run a
 // consumer) it asks of the test on stdout, one line `@@ <action> <group>`, and waits for
 // the test's `ok` (or `error …`) on stdin. Every wait is for a selector or a text, with a
 // deadline; nothing sleeps. Exits non-zero on the first failed check.
@@ -67,6 +68,8 @@ try {
   await go("/");
   await page.locator("[data-testid=brokers]").getByText("broker", { exact: false }).first().waitFor();
   check((await page.locator("[data-testid=brokers] tbody tr").count()) >= 1, "the cluster page lists the broker");
+  const version = (await page.locator("[data-testid=broker-version]").first().textContent()).trim();
+  check(version === env("WEIR_VERSION"), `the cluster page shows the broker's version (${version})`);
   await shot("cluster");
 
   // Topics: create one.
@@ -119,6 +122,16 @@ try {
   await shot("group");
   await ask("stop-consumer", GROUP);
   await page.waitForSelector('[data-testid=member-count]:text-is("0")');
+
+  // The message's delivery trail: stored where, and the group done with it.
+  await go("/messages?" + new URLSearchParams({ topic: TOPIC, key: "k-json" }));
+  await page.locator("[data-testid=trail-button]").first().click();
+  await page.locator("[data-testid=trail-stored]").getByText(`${TOPIC} queue`).waitFor();
+  await page.locator(`[data-testid=trail-groups] tr[data-group="${GROUP}"] [data-testid=trail-state]`).getByText("consumed").waitFor();
+  check(true, "a message's trail shows where it is stored and that the group consumed it");
+  await shot("trail");
+
+  await go("/group?" + new URLSearchParams({ name: GROUP }));
   const reset = page.locator("[data-testid=reset-offsets]");
   await reset.locator("[name=topic]").selectOption(TOPIC);
   await reset.locator("[name=to]").selectOption("earliest");
@@ -169,6 +182,27 @@ try {
   check(true, "a failing filter shows as failed with its cause");
   await shot("filters");
   await ask("stop-consumer", BAD_GROUP);
+
+  // The preview: SQL92 keeps the one message with a region, drops the others; nothing
+  // is uploaded. Then a filter that panics: its cause and its log line in the page.
+  const pv = page.locator("[data-testid=preview-filter]");
+  const tryIt = async (file, params) => {
+    await pv.locator("[name=topic]").fill(TOPIC);
+    await pv.locator("[name=count]").fill("100");
+    await pv.locator("[data-testid=preview-file]").setInputFiles(file);
+    await pv.locator("[name=params]").fill(params);
+    await pv.locator("button[type=submit]").click();
+  };
+  await tryIt(env("FILTER_SQL92"), "expr=region IS NOT NULL");
+  await page.locator("[data-testid=preview-summary]").getByText("1 kept").waitFor();
+  check((await page.locator("[data-testid=preview] tr[data-verdict=kept]").count()) === 1, "the preview marks the one message kept");
+  check((await page.locator("[data-testid=preview] tr[data-verdict=dropped]").count()) === sent - 1, `and the other ${sent - 1} dropped`);
+  await shot("filters-preview");
+  await tryIt(env("FILTER_HOSTILE"), "mode=panic");
+  await page.locator("[data-testid=preview-error]").getByText("trapped").waitFor();
+  await page.locator("[data-testid=preview-log]").getByText("deliberate panic").waitFor();
+  check(true, "a failing preview names the cause and shows the filter's log");
+  check((await row("weir-console-preview").count()) === 0, "a preview uploads nothing");
 
   // Transactions: none pending here; the page says so.
   await go("/transactions");

@@ -23,6 +23,15 @@ impl ApiError {
         }
     }
 
+    /// Too many at once: the client may try again later.
+    pub fn too_many(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: message.into(),
+            login: false,
+        }
+    }
+
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::FORBIDDEN,

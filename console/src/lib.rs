@@ -60,6 +60,8 @@ pub(crate) struct AppState {
     anonymous: ClientInstance,
     sessions: session::Sessions,
     stats: stats::History,
+    /// The one filter preview this console runs at a time.
+    preview: tokio::sync::Semaphore,
 }
 
 impl AppState {
@@ -74,6 +76,7 @@ impl AppState {
             anonymous,
             sessions: session::Sessions::default(),
             stats: stats::History::default(),
+            preview: tokio::sync::Semaphore::new(1),
         }))
     }
 }

@@ -108,17 +108,43 @@ async fn markup_in_messages_comes_back_as_data() {
         m["props"].as_array().unwrap().contains(&json!(["p", prop])),
         "{m}"
     );
-    // The page script only ever makes text nodes from data.
-    let js = http.get("/assets/app.js").await.body;
-    for sink in [
-        "innerHTML",
-        "outerHTML",
-        "insertAdjacentHTML",
-        "document.write",
-        "eval(",
-    ] {
-        assert!(!js.contains(sink), "app.js uses {sink}");
+    // The page scripts only ever make text nodes from data.
+    for script in ["app.js", "messages.js", "filters.js"] {
+        let r = http.get(&format!("/assets/{script}")).await;
+        assert_eq!(r.status, 200, "{script}");
+        assert!(
+            page.body.contains(&format!("src=\"/assets/{script}\"")),
+            "{script}"
+        );
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+        ] {
+            assert!(!r.body.contains(sink), "{script} uses {sink}");
+        }
     }
+    console.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_names_each_brokers_version_and_start() {
+    let env = Env::start().await;
+    let console = Console::start(&env.namesrv()).await;
+    let mut http = Http::new(console.addr);
+    let r = http.get("/api/cluster").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let b = &r.json()["brokers"][0];
+    // The broker is this workspace's, as the console is.
+    assert_eq!(b["version"], env!("CARGO_PKG_VERSION"), "{b}");
+    let started = b["stats"]["started_at_ms"].as_i64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(started > 0 && started <= now, "{b}");
     console.stop().await;
 }
 

@@ -67,6 +67,8 @@ async fn the_console_clicked_through_in_chromium() {
         .env("CHROMIUM", CHROMIUM)
         .env("FILTER_KEEP", artifacts::KEEP_ALL)
         .env("FILTER_HOSTILE", artifacts::HOSTILE)
+        .env("FILTER_SQL92", artifacts::SQL92)
+        .env("WEIR_VERSION", env!("CARGO_PKG_VERSION"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -121,6 +123,8 @@ async fn the_console_clicked_through_in_chromium() {
         "group",
         "groups",
         "filters",
+        "filters-preview",
+        "trail",
         "transactions",
     ] {
         let shot = shots.join(format!("{page}.png"));

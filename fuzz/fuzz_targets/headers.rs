@@ -67,6 +67,8 @@ const TYPES: &[fn(&[u8])] = &[
     rt::<GetBrokerConfig>,
     rt::<SetBrokerConfig>,
     rt::<BrokerSettings>,
+    rt::<GetMessageTrail>,
+    rt::<MessageTrail>,
     rt::<GetTopicStats>,
     rt::<QueryMessageByKey>,
     view_by_id,

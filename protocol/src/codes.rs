@@ -63,6 +63,7 @@ codes! {
         GetConsumeStats = 208, "get consume stats";
         DeleteTopic = 215, "delete topic";
         ResetOffset = 222, "reset consumer offsets";
+        GetMessageTrail = 230, "get message trail";
         SendBatch = 320, "send batch";
         UploadFilter = 400, "upload filter";
         ListFilters = 401, "list filters";

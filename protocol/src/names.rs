@@ -56,8 +56,12 @@ pub mod property {
     pub const REAL_QUEUE_ID: &str = "REAL_QID";
     /// On a retry or dead-letter message: the topic it was first sent to.
     pub const RETRY_TOPIC: &str = "RETRY_TOPIC";
-    /// On a retry or dead-letter message: the id of the message as first stored.
+    /// On a retry or dead-letter message: the id of the message as first stored. Indexed
+    /// like a key, so a message's copies in its groups' `%RETRY%` and `%DLQ%` topics (and
+    /// `%SCHEDULE%`, while a retry waits) are found by its id.
     pub const ORIGIN_MESSAGE_ID: &str = "ORIGIN_MESSAGE_ID";
+    /// The properties a broker indexes like keys (their values, under the record's topic).
+    pub const INDEXED: [&str; 2] = [UNIQ_KEY, ORIGIN_MESSAGE_ID];
     /// On send: `true` makes the message a half message of a transaction (only the
     /// transactional send sets it).
     pub const TRANSACTION_PREPARED: &str = "TRAN_MSG";

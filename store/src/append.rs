@@ -239,12 +239,13 @@ impl Inner {
                         size: len as u32,
                         tag_hash: tag_hash(&msg.tags),
                     };
-                    // A RocketMQ producer's own message id is found like a key.
+                    // A RocketMQ producer's own message id, and a retry or dead-letter
+                    // copy's original id, are found like keys.
                     let keys = msg
                         .keys
                         .iter()
                         .map(String::as_str)
-                        .chain(msg.property(property::UNIQ_KEY));
+                        .chain(property::INDEXED.iter().filter_map(|p| msg.property(p)));
                     if let Err(e) = self.dispatch(cq, queue_offset, entry, &msg.topic, keys, now) {
                         // The record is in the log but not in its queue: only recovery
                         // can make them agree again.

@@ -133,6 +133,16 @@ impl ConsumerOffsets {
             .collect()
     }
 
+    /// Every group's committed offset on (`topic`, `queue_id`), by group name.
+    pub fn on_queue(&self, topic: &str, queue_id: u32) -> Vec<(String, u64)> {
+        self.table
+            .read()
+            .iter()
+            .filter(|(k, _)| k.queue_id == queue_id && k.topic == topic)
+            .map(|(k, v)| (k.group.clone(), *v))
+            .collect()
+    }
+
     /// Every committed offset.
     pub fn all(&self) -> Vec<(OffsetKey, u64)> {
         self.table

@@ -217,6 +217,37 @@ impl MessageStore {
         out
     }
 
+    /// Messages of `topic` whose property `name` (one of
+    /// [`property::INDEXED`]) is `value`, newest first, at most `max`: one index lookup.
+    pub fn query_by_property(
+        &self,
+        topic: &str,
+        name: &str,
+        value: &str,
+        max: usize,
+    ) -> Vec<StoredRecord> {
+        let mut out = Vec::new();
+        for offset in self
+            .inner
+            .index
+            .lookup(topic, value, max.saturating_mul(2).max(max))
+        {
+            if out.len() >= max {
+                break;
+            }
+            let Ok(rec) = self.inner.commit_log.record_starting_at(offset) else {
+                continue;
+            };
+            if rec
+                .view()
+                .is_ok_and(|v| v.topic() == topic && v.property(name) == Some(value))
+            {
+                out.push(rec);
+            }
+        }
+        out
+    }
+
     /// Calls `f` with each record from `from` (a record's offset, or a segment's start) up
     /// to `until` or the log's end, in order, while it returns true. Fillers are skipped;
     /// the walk stops at the first offset that holds no valid record.

@@ -120,7 +120,8 @@ impl Inner {
                         qo,
                         entry,
                         v.topic(),
-                        v.keys().chain(v.property(property::UNIQ_KEY)),
+                        v.keys()
+                            .chain(property::INDEXED.iter().filter_map(|p| v.property(p))),
                         v.store_timestamp(),
                     )
                 })?;

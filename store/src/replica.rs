@@ -65,7 +65,8 @@ impl MessageStore {
                     qo,
                     CqEntry::of(v),
                     v.topic(),
-                    v.keys().chain(v.property(property::UNIQ_KEY)),
+                    v.keys()
+                            .chain(property::INDEXED.iter().filter_map(|p| v.property(p))),
                     v.store_timestamp(),
                 )?;
                 arrivals.push((v.topic().to_owned(), v.queue_id(), qo + 1));

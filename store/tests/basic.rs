@@ -189,6 +189,44 @@ fn query_by_key_confirms_candidates() {
 }
 
 #[test]
+fn copies_are_found_by_their_original_id() {
+    use weir_protocol::names::property::ORIGIN_MESSAGE_ID;
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(small_config(dir.path())).unwrap();
+    let original = store.put(&message(0)).unwrap().msg_id.to_string();
+    for (i, topic) in ["%RETRY%g", "%RETRY%g", "%DLQ%g"].into_iter().enumerate() {
+        let copy = Message::new(topic, 0, format!("copy {i}").into_bytes())
+            .with_property(ORIGIN_MESSAGE_ID, &original);
+        store.put(&copy).unwrap();
+    }
+    // A key that happens to be the id is not a copy.
+    store
+        .put(&Message::new("%RETRY%g", 0, b"keyed".to_vec()).with_key(&original))
+        .unwrap();
+    let bodies = |topic: &str| -> Vec<Vec<u8>> {
+        store
+            .query_by_property(topic, ORIGIN_MESSAGE_ID, &original, 8)
+            .iter()
+            .map(|r| r.view().unwrap().body().to_vec())
+            .collect()
+    };
+    assert_eq!(
+        bodies("%RETRY%g"),
+        [b"copy 1".to_vec(), b"copy 0".to_vec()],
+        "newest first"
+    );
+    assert_eq!(bodies("%DLQ%g"), [b"copy 2".to_vec()]);
+    assert!(bodies("orders").is_empty());
+    assert_eq!(
+        store
+            .query_by_property("%RETRY%g", ORIGIN_MESSAGE_ID, &original, 1)
+            .len(),
+        1,
+        "at most max"
+    );
+}
+
+#[test]
 fn reopen_after_clean_shutdown_keeps_messages_and_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let n = 300u64;

@@ -141,8 +141,10 @@ pub fn needs(req: &BrokerRequest) -> Vec<Need<'_>> {
         },
         R::ResetOffset(r) => vec![group(&r.group, Perm::ADMIN), topic(&r.topic, Perm::SUB)],
         R::DeleteGroup(r) => vec![group(&r.group, Perm::ADMIN)],
+        // A trail names every group on the queue.
         R::AllTopics
         | R::ViewById(_)
+        | R::MessageTrail(_)
         | R::ResolveTransaction(_)
         | R::BrokerStats
         | R::BrokerConfig

@@ -144,6 +144,7 @@ fn decode(req: &Request) -> Result<BrokerRequest, ProcessError> {
         RequestCode::SearchOffsetByTimestamp => R::SearchOffset(req.decode().map_err(bad)?),
         RequestCode::QueryMessage => R::QueryByKey(req.decode().map_err(bad)?),
         RequestCode::ViewMessageById => R::ViewById(req.decode().map_err(bad)?),
+        RequestCode::GetMessageTrail => R::MessageTrail(req.decode().map_err(bad)?),
         RequestCode::UploadFilter => R::UploadFilter {
             req: req.decode().map_err(bad)?,
             component: body(),
@@ -226,6 +227,7 @@ fn encode(answer: BrokerResponse) -> Reply {
         A::GroupDeleted(r) => Reply::ok(&r),
         A::BrokerStats(r) => Reply::ok(&r),
         A::BrokerSettings(r) => Reply::ok(&r),
+        A::MessageTrail(r) => Reply::ok(&r),
     }
 }
 

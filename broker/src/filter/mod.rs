@@ -5,15 +5,16 @@
 //!   once, worker threads that own reusable instances, limits and failure accounting.
 //! - [`registry`]: which filter applies to which (group, topic), durable on disk with the
 //!   compiled artifacts cached, so a restart neither loses nor recompiles a filter.
-//! - [`LocalFilter`]: the same runtime without a broker, for `weir filter test`.
+//! - [`LocalFilter`]: the same runtime without a broker, for `weir filter test`, `weir
+//!   bench consume --local-filter` and the console's filter preview.
 
+mod local;
 pub mod registry;
 pub mod runtime;
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 
+pub use local::{LocalFilter, parse_memory};
 pub use registry::{FilterRegistry, Registration};
 pub use runtime::{
     BatchContext, DirectCaller, FailureKind, FilterFailure, FilterLabel, FilterRuntime,
@@ -207,79 +208,4 @@ pub enum FilterError {
     MemoryUnderMin { asked: u64, min: usize },
     #[error("{0}")]
     Invalid(String),
-}
-
-/// A filter run outside a broker (`weir filter test`): same validation, limits and calls.
-pub struct LocalFilter {
-    runtime: FilterRuntime,
-    filter: Arc<LoadedFilter>,
-}
-
-impl LocalFilter {
-    /// Validates, compiles and initialises `component` with `params`. Blocking: it
-    /// compiles, so keep it off async worker threads.
-    pub fn load(component: &[u8], params: Vec<(String, String)>) -> Result<Self, FilterError> {
-        Self::load_with(component, params, FilterConfig::default())
-    }
-
-    /// [`LocalFilter::load`] with other limits or another number of workers. The filter's
-    /// memory cap is `config.memory_limit`.
-    pub fn load_with(
-        component: &[u8],
-        params: Vec<(String, String)>,
-        config: FilterConfig,
-    ) -> Result<Self, FilterError> {
-        Self::load_logging(component, params, config, None)
-    }
-
-    /// [`LocalFilter::load_with`], the filter's log lines going to `log_sink` when given
-    /// (under the same rate limit and length cap as in a broker). Lines of the `init` run
-    /// at load, which only validates the parameters, are not passed on: each instance runs
-    /// `init` again before its first batch, and those lines are.
-    pub fn load_logging(
-        component: &[u8],
-        params: Vec<(String, String)>,
-        config: FilterConfig,
-        log_sink: Option<LogSink>,
-    ) -> Result<Self, FilterError> {
-        let memory = config.memory_limit;
-        let runtime = FilterRuntime::with_log_sink(config, log_sink)?;
-        let label = FilterLabel::new("local", "local", 1, runtime::sha256_hex(component));
-        let component = runtime::inflate(component, runtime.config().max_component_bytes)?;
-        let compiled = runtime.compile(&component)?;
-        let filter = runtime.load(compiled, params, memory, label)?;
-        Ok(Self { runtime, filter })
-    }
-
-    pub fn needs_body(&self) -> bool {
-        self.filter.needs_body()
-    }
-
-    /// The filter's counters so far (`log_lines_dropped` among them).
-    pub fn stats(&self) -> weir_protocol::filter::FilterStats {
-        self.filter.stats()
-    }
-
-    pub fn config(&self) -> &FilterConfig {
-        self.runtime.config()
-    }
-
-    /// Decides one batch of encoded records (all of one queue).
-    pub async fn run<R: RecordBytes>(
-        &self,
-        topic: &str,
-        queue_id: u32,
-        group: &str,
-        records: Vec<R>,
-    ) -> Result<Vec<bool>, FilterFailure> {
-        let ctx = BatchContext {
-            topic: topic.to_owned(),
-            queue_id,
-            consumer_group: group.to_owned(),
-        };
-        self.runtime
-            .run(&self.filter, ctx, records)
-            .await
-            .map(|(_, verdicts)| verdicts)
-    }
 }

@@ -8,7 +8,8 @@
 //! - [`admin`]: topics, stats, lookups;
 //! - [`groups`]: resetting a group's offsets, deleting a group;
 //! - [`filter`]: filter uploads, listing, removal;
-//! - [`transaction`]: half messages, decisions, pending and dead transactions.
+//! - [`transaction`]: half messages, decisions, pending and dead transactions;
+//! - [`trail`]: what the broker knows of a message's delivery.
 
 pub mod admin;
 pub mod consumer;
@@ -16,6 +17,7 @@ pub mod filter;
 pub mod groups;
 pub mod pull;
 pub mod send;
+pub mod trail;
 pub mod transaction;
 
 pub use pull::Pulled;

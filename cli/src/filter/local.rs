@@ -190,13 +190,11 @@ pub(crate) async fn load_local(
     let component = read_component(path)?;
     let mut config = FilterConfig::default();
     if let Some(m) = memory {
-        config.memory_limit = usize::try_from(m).context("--memory is too large")?;
-        config.max_memory_limit = config.max_memory_limit.max(config.memory_limit);
+        config = config.with_memory(m).context("--memory")?;
     }
     let sink = print_log.then(|| Arc::new(print_log_line) as weir_broker::filter::LogSink);
-    tokio::task::spawn_blocking(move || LocalFilter::load_logging(&component, params, config, sink))
+    LocalFilter::load_in_background(component, params, config, sink)
         .await
-        .context("the filter loading task ended abnormally")?
         .with_context(|| format!("loading filter {}", path.display()))
 }
 

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use weir_client::{Admin, ClientInstance, FilterInfo, FilterList};
 use weir_protocol::record::{self, Assigned};
 
-pub(crate) use weir_broker::filter::LocalFilter;
+pub(crate) use weir_broker::filter::{LocalFilter, parse_memory};
 
 use crate::output;
 
@@ -93,31 +93,6 @@ one-second interval, the broker's filter.log_lines_per_sec).";
 
 fn parse_param(s: &str) -> Result<(String, String), String> {
     crate::parse_prop(s)
-}
-
-/// A byte count: digits with an optional unit, B, KiB, MiB or GiB (also K, M, G, KB, MB,
-/// GB, all binary; any case), e.g. `64MiB`, `512k`, `1048576`.
-pub(crate) fn parse_memory(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a size such as 64MiB"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        other => return Err(format!("{s:?}: unknown unit {other:?} (B, KiB, MiB, GiB)")),
-    };
-    let bytes = n
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))?;
-    if bytes == 0 {
-        return Err(format!("{s:?}: a memory cap must be more than 0"));
-    }
-    Ok(bytes)
 }
 
 /// `n` bytes for people: a whole number of GiB, MiB or KiB when it is one.
@@ -461,28 +436,11 @@ async fn reset(args: RemoveArgs, client: ClientInstance) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{human_bytes, parse_memory};
+    use super::human_bytes;
 
     #[test]
-    fn memory_sizes() {
-        assert_eq!(parse_memory("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_memory(" 512k "), Ok(512 << 10));
-        assert_eq!(parse_memory("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_memory("1048576"), Ok(1 << 20));
-        assert_eq!(parse_memory("3 mb"), Ok(3 << 20));
-        for bad in [
-            "",
-            "MiB",
-            "64XB",
-            "0",
-            "0MiB",
-            "-1",
-            "1.5MiB",
-            "99999999999999999999GiB",
-        ] {
-            assert!(parse_memory(bad).is_err(), "{bad:?}");
-        }
-        assert!(parse_memory("17179869184GiB").is_err(), "overflow");
+    fn memory_sizes_for_people() {
+        // Parsing them: weir_broker::filter::parse_memory's tests.
         assert_eq!(human_bytes(64 << 20), "64MiB");
         assert_eq!(human_bytes(1 << 30), "1GiB");
         assert_eq!(human_bytes(1536 << 10), "1536KiB");

@@ -1,5 +1,5 @@
-//! `/api/cluster`: brokers by name and role, addresses, counters, disk, replication lag,
-//! and produce / consume rates from the console's own samples.
+//! `/api/cluster`: brokers by name and role, addresses, versions, start times, counters,
+//! disk, replication lag, and produce / consume rates from the console's own samples.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -75,7 +75,10 @@ pub async fn cluster(
                     "topics": s.topics,
                     "held_pulls": s.held_pulls,
                     "uptime_ms": s.uptime_ms,
+                    "started_at_ms": s.started_at_ms,
                 });
+                // A broker older than the field says nothing: "unknown".
+                row["version"] = json!(s.version_or_unknown());
                 row["rates"] = json!(rates);
             }
             // Credentials would help: the page offers the login form.

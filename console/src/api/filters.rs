@@ -1,5 +1,6 @@
 //! `/api/filters…`: every group's WebAssembly filters per broker (version, sha256,
-//! parameters, state with the cause when failed, counters), upload, remove, reset.
+//! parameters, state with the cause when failed, counters), upload, remove, reset (the
+//! preview: `preview.rs`).
 
 use axum::Json;
 use axum::extract::{Extension, Query};
@@ -54,7 +55,19 @@ pub struct Upload {
     topic: String,
     #[serde(default)]
     params: Vec<(String, String)>,
+    /// Each instance's memory cap, e.g. `64MiB` (default the brokers' own).
+    memory: Option<String>,
     component_base64: String,
+}
+
+/// A memory cap as written in the form (`64MiB`, `512k`, bytes); blank is none.
+pub fn memory_cap(m: Option<&str>) -> ApiResult<Option<u64>> {
+    match m.map(str::trim).filter(|m| !m.is_empty()) {
+        Some(m) => weir_broker::filter::parse_memory(m)
+            .map(Some)
+            .map_err(ApiError::bad_request),
+        None => Ok(None),
+    }
 }
 
 pub async fn upload(
@@ -63,11 +76,12 @@ pub async fn upload(
 ) -> ApiResult<Json<Value>> {
     let group = required("consumer group", &u.group)?;
     let topic = required("topic", &u.topic)?;
+    let memory = memory_cap(u.memory.as_deref())?;
     let component = base64::engine::general_purpose::STANDARD
         .decode(u.component_base64.as_bytes())
         .map_err(|e| ApiError::bad_request(format!("the component is not valid Base64: {e}")))?;
     let done = Admin::new(ctx.client)
-        .upload_filter(group, topic, component, u.params)
+        .upload_filter_with_memory(group, topic, component, u.params, memory)
         .await?;
     tracing::info!(group = %group, topic = %topic, "console: filter uploaded");
     let rows: Vec<Value> = done

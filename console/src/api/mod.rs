@@ -3,13 +3,16 @@
 //! Round trips per page (counted from the handlers; the shell and its two assets aside):
 //! Cluster 1 (name server) + 1 per broker, concurrently; Topics and Groups lists 1 (the
 //! name server's topic list, paged here); a topic 1 route + 1 per master; a group
-//! 1 cluster view + 2 per master (+ 1 route and 1 per master for its dead letters).
+//! 1 cluster view + 2 per master (+ 1 route and 1 per master for its dead letters); a
+//! message's delivery trail 3; a filter preview 1 route + 2 per readable queue.
 
 mod cluster;
 mod filters;
 mod groups;
 mod messages;
+mod preview;
 mod topics;
+mod trail;
 mod transactions;
 
 use std::sync::Arc;
@@ -29,7 +32,8 @@ use crate::assets;
 use crate::error::{ApiError, ApiResult};
 use crate::session::{self, Ctx};
 
-/// Uploads carry a component (up to the brokers' 10 MiB by default) in base64.
+/// Uploads and previews carry a component (up to the brokers' 10 MiB by default) in
+/// base64.
 const UPLOAD_BODY_LIMIT: usize = 24 << 20;
 /// Every other request body.
 const BODY_LIMIT: usize = 1 << 20;
@@ -52,8 +56,10 @@ pub fn routes(state: Arc<AppState>) -> Router {
     for p in PAGES {
         r = r.route(p, get(shell));
     }
-    r.route("/assets/app.js", get(assets::js))
-        .route("/assets/app.css", get(assets::css))
+    for (path, script) in assets::SCRIPTS {
+        r = r.route(path, get(move || async move { assets::js(script) }));
+    }
+    r.route("/assets/app.css", get(assets::css))
         .route("/api/session", get(session_info))
         .route("/api/login", post(login))
         .route("/api/logout", post(logout))
@@ -70,11 +76,14 @@ pub fn routes(state: Arc<AppState>) -> Router {
         .route("/api/messages/key", get(messages::by_key))
         .route("/api/messages/id", get(messages::by_id))
         .route("/api/messages/time", get(messages::by_time))
+        .route("/api/messages/trail", get(trail::trail))
         .route("/api/filters", get(filters::list))
         .route(
             "/api/filters/upload",
             post(filters::upload).layer(DefaultBodyLimit::max(UPLOAD_BODY_LIMIT)),
         )
+        // It reads its body itself (at most UPLOAD_BODY_LIMIT), once its slot is taken.
+        .route("/api/filters/preview", post(preview::preview))
         .route("/api/filters/remove", post(filters::remove))
         .route("/api/filters/reset", post(filters::reset))
         .route("/api/transactions", get(transactions::list))
