@@ -53,25 +53,11 @@ impl PublishInfo {
             route,
             queues,
             addrs,
-            next_queue: AtomicUsize::new(random_start()),
+            // A random start, so that fresh producers (each `weir send` process, say) spread
+            // over the queues as RocketMQ's do, instead of all starting at queue 0.
+            next_queue: AtomicUsize::new(crate::instance::random_u32() as usize),
         }
     }
-}
-
-/// A random queue index to start from, so that fresh producers (each `weir send` process,
-/// say) spread over the queues as RocketMQ's do, instead of all starting at queue 0. The
-/// randomness is std's per-process random hash keys (each `RandomState` differs).
-fn random_start() -> usize {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    // Truncation on 32-bit targets is fine: any bits are as random as the others.
-    h.finish() as usize
 }
 
 /// Where to read `broker_name`'s queues: its master while it is `up`, else a slave; a
