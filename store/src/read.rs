@@ -8,7 +8,7 @@ use crate::commitlog::StoredRecord;
 use crate::error::Result;
 use crate::store::MessageStore;
 use weir_protocol::names::property;
-use weir_protocol::record::MessageId;
+use weir_protocol::record::{MessageId, RecordView};
 
 /// Bounds of one read.
 #[derive(Debug, Clone, Copy)]
@@ -194,27 +194,9 @@ impl MessageStore {
 
     /// Messages of `topic` carrying `key`, newest first, at most `max`.
     pub fn query_by_key(&self, topic: &str, key: &str, max: usize) -> Vec<StoredRecord> {
-        let mut out = Vec::new();
-        for offset in self
-            .inner
-            .index
-            .lookup(topic, key, max.saturating_mul(2).max(max))
-        {
-            if out.len() >= max {
-                break;
-            }
-            let Ok(rec) = self.inner.commit_log.record_starting_at(offset) else {
-                continue;
-            };
-            let matches = rec.view().is_ok_and(|v| {
-                v.topic() == topic
-                    && (v.keys().any(|k| k == key) || v.property(property::UNIQ_KEY) == Some(key))
-            });
-            if matches {
-                out.push(rec);
-            }
-        }
-        out
+        self.query_index(topic, key, max, |v| {
+            v.keys().any(|k| k == key) || v.property(property::UNIQ_KEY) == Some(key)
+        })
     }
 
     /// Messages of `topic` whose property `name` (one of
@@ -226,22 +208,27 @@ impl MessageStore {
         value: &str,
         max: usize,
     ) -> Vec<StoredRecord> {
+        self.query_index(topic, value, max, |v| v.property(name) == Some(value))
+    }
+
+    /// The records of `topic` the key index holds under `value` that `matches` confirms
+    /// (the index stores hashes, which collide), newest first, at most `max`.
+    fn query_index(
+        &self,
+        topic: &str,
+        value: &str,
+        max: usize,
+        matches: impl Fn(&RecordView<'_>) -> bool,
+    ) -> Vec<StoredRecord> {
         let mut out = Vec::new();
-        for offset in self
-            .inner
-            .index
-            .lookup(topic, value, max.saturating_mul(2).max(max))
-        {
+        for offset in self.inner.index.lookup(topic, value, max.saturating_mul(2)) {
             if out.len() >= max {
                 break;
             }
             let Ok(rec) = self.inner.commit_log.record_starting_at(offset) else {
                 continue;
             };
-            if rec
-                .view()
-                .is_ok_and(|v| v.topic() == topic && v.property(name) == Some(value))
-            {
+            if rec.view().is_ok_and(|v| v.topic() == topic && matches(&v)) {
                 out.push(rec);
             }
         }
