@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use weir_protocol::broker::{CheckTransactionState, ConsumerData, ConsumerMember, Heartbeat};
+use weir_protocol::broker::{
+    CheckTransactionState, ConsumerData, ConsumerMember, Heartbeat, MessageModel,
+};
 use weir_protocol::net::BoxFuture;
 
 /// How the broker reaches a client over whatever protocol it connected with: processors
@@ -64,6 +66,15 @@ pub struct Gone {
 }
 
 type Clients = HashMap<String, Client>;
+
+/// A consumer group's live members, as [`ClientRegistry::consumer_groups`] sums them up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMembers {
+    pub model: MessageModel,
+    /// Sorted.
+    pub client_ids: Vec<String>,
+    pub topics: BTreeSet<String>,
+}
 
 /// How much one client or connection may make the registry hold.
 #[derive(Debug, Clone, Copy)]
@@ -335,6 +346,29 @@ impl ClientRegistry {
             .flat_map(|d| d.subscriptions.iter())
             .find(|(t, _)| t == topic)
             .map(|(_, expr)| expr.clone())
+    }
+
+    /// Every consumer group with a live member, by name: its model (the first member's,
+    /// by client id), its members' client ids (sorted) and the topics they subscribe to.
+    pub fn consumer_groups(&self) -> BTreeMap<String, GroupMembers> {
+        let clients = self.lock();
+        let mut ids: Vec<&String> = clients.keys().collect();
+        ids.sort();
+        let mut out: BTreeMap<String, GroupMembers> = BTreeMap::new();
+        for id in ids {
+            let Some(c) = clients.get(id) else { continue };
+            for d in &c.consumers {
+                let g = out.entry(d.group.clone()).or_insert_with(|| GroupMembers {
+                    model: d.model.clone(),
+                    client_ids: Vec::new(),
+                    topics: BTreeSet::new(),
+                });
+                g.client_ids.push(id.clone());
+                g.topics
+                    .extend(d.subscriptions.iter().map(|(t, _)| t.clone()));
+            }
+        }
+        out
     }
 
     /// What is known of `group`'s members, sorted by client id.

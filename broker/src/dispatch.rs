@@ -9,8 +9,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{Semaphore, TryAcquireError};
 use weir_protocol::admin::{
-    BrokerSettings, BrokerStats, DeleteGroup, GetMessageTrail, GroupDeleted, MessageTrail,
-    OffsetsReset, ResetOffset, SetBrokerConfig,
+    BrokerSettings, BrokerStats, DeleteGroup, GetGroupSummaries, GetMessageTrail, GroupDeleted,
+    GroupSummaries, MessageTrail, OffsetsReset, ResetOffset, SetBrokerConfig,
 };
 use weir_protocol::broker::{
     ConsumeStats, ConsumerConnections, ConsumerList, ConsumerOffset, ConsumerSendMsgBack,
@@ -73,6 +73,7 @@ pub enum BrokerRequest {
     QueryByKey(QueryMessageByKey),
     ViewById(ViewMessageById),
     MessageTrail(GetMessageTrail),
+    GroupSummaries(GetGroupSummaries),
     UploadFilter {
         req: UploadFilter,
         component: Bytes,
@@ -121,6 +122,7 @@ pub enum BrokerResponse {
     BrokerStats(BrokerStats),
     BrokerSettings(BrokerSettings),
     MessageTrail(MessageTrail),
+    GroupSummaries(GroupSummaries),
 }
 
 /// Families of requests, each with its own bound on requests in flight, so one family
@@ -191,6 +193,7 @@ impl BrokerRequest {
             | R::QueryByKey(_)
             | R::ViewById(_)
             | R::MessageTrail(_)
+            | R::GroupSummaries(_)
             | R::ListTransactions(_)
             | R::ResolveTransaction(_)
             | R::ResetOffset(_)
@@ -354,6 +357,7 @@ impl Broker {
             R::QueryByKey(r) => A::Records(self.query_by_key(r)?),
             R::ViewById(r) => A::Records(vec![self.view_by_id(r)?]),
             R::MessageTrail(r) => A::MessageTrail(self.message_trail(r)?),
+            R::GroupSummaries(r) => A::GroupSummaries(self.group_summaries(r)),
             R::UploadFilter { req, component } => {
                 A::FilterUploaded(self.upload_filter(req, component).await?)
             }

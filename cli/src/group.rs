@@ -1,4 +1,4 @@
-//! `weir group`: progress, members, reset-offset, delete.
+//! `weir group`: list, progress, members, reset-offset, delete.
 
 use anyhow::bail;
 use clap::{ArgGroup, Subcommand};
@@ -8,6 +8,16 @@ use crate::output;
 
 #[derive(Subcommand, Debug)]
 pub enum GroupCmd {
+    /// Every consumer group a master broker knows (live members or committed offsets):
+    /// model, members, subscribed topics, queues with offsets, lag.
+    List {
+        /// Only groups whose name contains this.
+        #[arg(long, default_value = "")]
+        contains: String,
+        /// One JSON object per group.
+        #[arg(long)]
+        json: bool,
+    },
     /// Per queue: broker offset, consumer offset, lag (the group's retry topic too).
     Progress { group: String },
     /// The group's live members, as each broker knows them from their heartbeats.
@@ -57,6 +67,7 @@ pub enum Edge {
 
 pub async fn run(cmd: GroupCmd, client: ClientInstance) -> anyhow::Result<()> {
     match cmd {
+        GroupCmd::List { contains, json } => list(&contains, json, client).await,
         GroupCmd::Progress { group } => progress(&group, client).await,
         GroupCmd::Members { group, json } => members(&group, json, client).await,
         GroupCmd::ResetOffset {
@@ -310,6 +321,64 @@ async fn members(group: &str, json: bool, client: ClientInstance) -> anyhow::Res
         ]);
     }
     output::table(&rows);
+    Ok(())
+}
+
+async fn list(contains: &str, json: bool, client: ClientInstance) -> anyhow::Result<()> {
+    let list = Admin::new(client).group_list(contains, 0).await?;
+    let model = |m: &Option<MessageModel>| match m {
+        Some(MessageModel::Clustering) => "clustering",
+        Some(MessageModel::Broadcasting) => "broadcasting",
+        None => "-",
+    };
+    let mut rows = vec![vec![
+        "GROUP".into(),
+        "MODEL".into(),
+        "MEMBERS".into(),
+        "QUEUES".into(),
+        "LAG".into(),
+        "SUBSCRIPTIONS".into(),
+    ]];
+    for g in &list.groups {
+        if json {
+            let v = serde_json::json!({
+                "group": g.group,
+                "model": model(&g.model),
+                "members": g.members,
+                "queues": g.queues,
+                "lag": g.lag,
+                "subscriptions": g.subscriptions,
+                "brokers": g.brokers,
+            });
+            println!("{v}");
+        } else {
+            let topics: Vec<&str> = g.subscriptions.iter().map(String::as_str).collect();
+            rows.push(vec![
+                g.group.clone(),
+                model(&g.model).into(),
+                g.members.to_string(),
+                g.queues.to_string(),
+                g.lag.to_string(),
+                if topics.is_empty() {
+                    "-".into()
+                } else {
+                    topics.join(",")
+                },
+            ]);
+        }
+    }
+    if !json {
+        output::table(&rows);
+    }
+    for (broker, e) in &list.failed {
+        eprintln!("broker {broker} did not list its groups: {e}");
+    }
+    if list.truncated {
+        eprintln!("a broker knows more groups than it lists at once: narrow with --contains");
+    }
+    if !list.failed.is_empty() {
+        bail!("{} broker(s) did not answer", list.failed.len());
+    }
     Ok(())
 }
 

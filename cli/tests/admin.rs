@@ -194,6 +194,27 @@ async fn group_reset_offset_replays_and_is_refused_while_members_live() {
     );
     let olds: u64 = reset.iter().map(|r| r["old"].as_u64().unwrap()).sum();
     assert_eq!(olds, 3);
+    // The list shows the group (no live member now) three behind on its two queues.
+    let listed = json_lines(&ok(&weir(
+        ns,
+        &["group", "list", "--contains", "g", "--json"],
+        None,
+    )
+    .await));
+    let g = listed
+        .iter()
+        .find(|r| r["group"] == "g")
+        .unwrap_or_else(|| panic!("no group g in {listed:?}"));
+    assert_eq!(
+        (&g["members"], &g["lag"], &g["model"]),
+        (
+            &serde_json::json!(0),
+            &serde_json::json!(3),
+            &serde_json::json!("-")
+        ),
+        "{g}"
+    );
+    assert!(g["queues"].as_u64().unwrap() >= 2, "{g}");
     assert_eq!(
         consume_all(ns, "Rst", "g").await,
         ["a", "b", "c"],

@@ -11,6 +11,7 @@ mod filter;
 mod instance;
 mod manage;
 mod message;
+mod overview;
 mod producer;
 mod pull;
 mod push;
@@ -24,6 +25,7 @@ pub use filter::FILTER_UPLOAD_TIMEOUT;
 pub use instance::{ClientConfig, ClientInstance, DEGRADED_ROUTE_REFRESH};
 pub use manage::{BrokerStatsRow, TopicUpdate};
 pub use message::{Message, MessageQueue, ReceivedMessage};
+pub use overview::{GroupList, GroupOverview};
 pub use producer::{Producer, SendResult};
 pub use pull::{PullConsumer, PullOutcome, RawPullOutcome};
 pub use push::{
@@ -49,7 +51,7 @@ pub use weir_protocol::broker::{
 pub use weir_protocol::filter::{
     FilterInfo, FilterList, FilterRemoved, FilterReset, FilterStats, FilterUploaded,
 };
-pub use weir_protocol::route::{ClusterInfo, TopicRoute};
+pub use weir_protocol::route::{ClusterInfo, QueueData, TopicRoute, TopicSummary};
 pub use weir_protocol::{CallError, ErrorCode};
 
 #[derive(Debug, thiserror::Error)]

@@ -189,7 +189,10 @@ pages.topics = async (main, params) => {
   const load = () => guarded(list, async () => {
     const d = await api("/api/topics?" + q({ q: state.q, system: state.system ? "true" : "", page: state.page, per_page: 100 }));
     if (!d.topics.length) return el("p", {}, "No topic matches.");
-    return [table(["Topic", "Kind"], d.topics.map((t) => [link("/topic?" + q({ name: t.name }), t.name), t.kind]), { testid: "topics" }),
+    const known = (v) => (v == null ? "–" : v);
+    return [table(["Topic", "Kind", "Brokers", "Read queues", "Write queues", "Permission"],
+      d.topics.map((t) => [link("/topic?" + q({ name: t.name }), t.name), t.kind, t.brokers.join(", ") || "–", known(t.read_queues), known(t.write_queues), known(t.perm)]),
+      { testid: "topics", num: [3, 4] }),
       pager(d.paging, (p) => { state.page = p; load(); })];
   });
   main.append(el("h1", {}, "Topics"),
@@ -255,12 +258,16 @@ pages.groups = async (main, params) => {
   const state = { q: params.get("q") || "", page: Number(params.get("page")) || 1 };
   const load = () => guarded(list, async () => {
     const d = await api("/api/groups?" + q({ q: state.q, page: state.page, per_page: 100 }));
-    if (!d.groups.length) return el("p", {}, "No consumer group matches.");
-    return [table(["Group", "Retry topic", "Dead-letter topic"], d.groups.map((g) => [link("/group?" + q({ name: g.name }), g.name), g.retry_topic ? "yes" : "–", g.dead_letter_topic ? "yes" : "–"]), { testid: "groups" }),
+    const errors = d.errors.map((e) => el("div", { class: "error" }, e));
+    if (!d.groups.length) return [errors, el("p", {}, "No consumer group matches.")];
+    return [errors, table(["Group", "Model", "Members", "Subscriptions", "Lag", "Retry topic", "Dead-letter topic"],
+      d.groups.map((g) => ({ attrs: { "data-group": g.name }, cells: [link("/group?" + q({ name: g.name }), g.name), g.model || "–", g.members, g.subscriptions.join(", ") || "–",
+        g.lag == null ? "–" : fmtNum(g.lag), g.retry_topic ? "yes" : "–", g.dead_letter_topic ? "yes" : "–"] })),
+      { testid: "groups", num: [2, 4] }),
       pager(d.paging, (p) => { state.page = p; load(); })];
   });
   main.append(el("h1", {}, "Consumer groups"),
-    el("p", { class: "muted" }, "Groups whose members subscribed in clustering mode (they have a retry topic) or that have dead letters. Open any other group by name."),
+    el("p", { class: "muted" }, "Groups a broker knows (live members or committed offsets) and groups with a retry or dead-letter topic. Open any other group by name."),
     el("div", { class: "box" },
       el("label", {}, "Filter ", el("input", { type: "text", value: state.q, "data-testid": "group-search", oninput: (e) => { state.q = e.target.value; state.page = 1; load(); } }))),
     form("open-group", [input("name", "Open group", { required: true })], "Open", async (v) => { location.href = "/group?" + q({ name: v.name }); return ""; }),

@@ -80,6 +80,10 @@ try {
   await create.locator("button[type=submit]").click();
   await page.locator("[data-testid=create-topic-result] .ok").getByText("Created").waitFor();
   await page.locator("[data-testid=topics]").getByRole("link", { name: TOPIC, exact: true }).waitFor();
+  // Its row (from the same answer that listed it): two read and two write queues, rw.
+  const topicRow = page.locator("[data-testid=topics] tr", { has: page.getByRole("link", { name: TOPIC, exact: true }) });
+  const topicCells = (await topicRow.locator("td").allTextContents()).slice(3).join(" ");
+  check(topicCells === "2 2 rw", `the topic list shows the topic's queues and permission (${topicCells})`);
   await shot("topics");
 
   // A test message whose body is a script, another whose body is JSON.
@@ -146,6 +150,8 @@ try {
   check(true, `the lag returned to all ${sent} messages after the reset`);
   await go("/groups");
   await page.locator("[data-testid=groups]").getByRole("link", { name: GROUP, exact: true }).waitFor();
+  const groupCells = await page.locator(`[data-testid=groups] tr[data-group="${GROUP}"] td`).allTextContents();
+  check(groupCells[4] === sent.toLocaleString("en-US"), `the group list shows the group's lag (${groupCells.join(" | ")})`);
   await shot("groups");
 
   // Filters: one that keeps everything, its counters moving as the group consumes.

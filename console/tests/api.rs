@@ -1,6 +1,6 @@
 //! The console's JSON API against a real name server and broker: CSRF refusals, values
 //! that would be markup coming back as data, confirmations, and errors naming their cause
-//! when the cluster cannot be reached.
+//! when the cluster cannot be reached, lists with what each row shows.
 
 mod common;
 
@@ -372,6 +372,113 @@ async fn a_thousand_topics_and_groups_page_without_a_request_each() {
         assert_eq!(rows[0]["name"], first);
         assert_eq!(r.json()["paging"]["pages"], 10);
     }
+    // Each row with what a list shows, from the same requests.
+    let t = http.get("/api/topics?q=T0900").await.json();
+    assert_eq!(
+        (
+            &t["topics"][0]["read_queues"],
+            &t["topics"][0]["write_queues"],
+            &t["topics"][0]["perm"]
+        ),
+        (&json!(1), &json!(1), &json!("rw")),
+        "{t}"
+    );
+    let g = http.get("/api/groups?q=G0900").await.json();
+    let row = &g["groups"][0];
+    assert_eq!(
+        (&row["model"], &row["members"], &row["subscriptions"]),
+        (&json!("clustering"), &json!(1), &json!(["T0000"])),
+        "{g}"
+    );
+    console.stop().await;
+}
+
+/// The group list holds groups no retry topic names: a broadcasting group (by its live
+/// member) and pull consumers that only commit offsets (by those, with their lag); the
+/// topic list shows each topic's queues and permission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_group_is_listed_with_its_lag() {
+    use weir_protocol::broker::{ConsumerData, Heartbeat, MessageModel};
+    let env = Env::start().await;
+    let raw = env.client().await;
+    raw.create_topic("Kinds", 2).await;
+    let msgs: Vec<weir_tests::Msg> = (0..10)
+        .map(|i| weir_tests::Msg::new(format!("k{i}")))
+        .collect();
+    raw.send("Kinds", 0, &msgs).await;
+    raw.send("Kinds", 1, &msgs[..3]).await;
+    // Pull consumers that commit and never send a heartbeat: 6 + 3 behind.
+    raw.commit("Puller", "Kinds", 0, 4).await;
+    raw.commit("Puller", "Kinds", 1, 0).await;
+    let hb = Heartbeat {
+        client_id: "bcast@1".into(),
+        producer_groups: Vec::new(),
+        consumers: vec![ConsumerData {
+            group: "Bcast".into(),
+            model: MessageModel::Broadcasting,
+            subscriptions: vec![("Kinds".into(), "*".into())],
+        }],
+    };
+    raw.conn
+        .call(&hb, bytes::Bytes::new(), std::time::Duration::from_secs(5))
+        .await
+        .expect("heartbeat");
+    let console = Console::start(&env.namesrv()).await;
+    let mut http = Http::new(console.addr);
+    http.open("/groups").await;
+    let r = http
+        .post("/api/topic/update", &json!({"name": "Kinds", "perm": "r"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let g = http.get("/api/groups").await.json();
+    assert_eq!(g["errors"], json!([]), "{g}");
+    let rows = g["groups"].as_array().unwrap();
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {g}"))
+            .clone()
+    };
+    let puller = row("Puller");
+    assert_eq!(
+        (
+            &puller["model"],
+            &puller["members"],
+            &puller["lag"],
+            &puller["queues"]
+        ),
+        (&json!(null), &json!(0), &json!(9), &json!(2)),
+        "{puller}"
+    );
+    let bcast = row("Bcast");
+    assert_eq!(
+        (
+            &bcast["model"],
+            &bcast["members"],
+            &bcast["subscriptions"],
+            &bcast["retry_topic"]
+        ),
+        (
+            &json!("broadcasting"),
+            &json!(1),
+            &json!(["Kinds"]),
+            &json!(false)
+        ),
+        "{bcast}"
+    );
+    let only = http.get("/api/groups?q=Pull").await.json();
+    assert_eq!(only["groups"].as_array().unwrap().len(), 1, "{only}");
+    weir_tests::eventually("the name servers see the topic read-only", async || {
+        let t = http.get("/api/topics?q=Kinds").await.json();
+        t["topics"][0]["perm"] == "r-"
+    })
+    .await;
+    let t = http.get("/api/topics?q=Kinds").await.json();
+    assert_eq!(
+        (&t["topics"][0]["read_queues"], &t["topics"][0]["brokers"]),
+        (&json!(2), &json!([env.config().broker_name])),
+        "{t}"
+    );
     console.stop().await;
 }
 
@@ -464,7 +571,8 @@ async fn messages_page_by_time_and_a_dead_letter_goes_back() {
     let groups = http.get("/api/groups?q=dlq").await.json();
     assert_eq!(
         groups["groups"],
-        json!([{"name": "dlq-g", "retry_topic": false, "dead_letter_topic": true}])
+        json!([{"name": "dlq-g", "retry_topic": false, "dead_letter_topic": true,
+                "model": null, "members": 0, "subscriptions": [], "lag": null, "queues": 0}])
     );
     let r = http
         .post("/api/group/resend", &json!({"msg_id": original.msg_id}))

@@ -25,9 +25,9 @@ use weir_protocol::ha::HaStatus;
 use weir_protocol::metrics::{MetricsConfig, MetricsServer};
 use weir_protocol::net::{BoxFuture, Cause};
 use weir_protocol::route::{
-    BrokerData, ClusterInfo, GetAllTopics, GetClusterInfo, GetRoute, MASTER_ID, QueueData,
-    RegisterBroker, RegisterBrokerResponse, RegisteredTopics, TopicConfig, TopicList, TopicRoute,
-    UnregisterBroker,
+    BrokerData, ClusterInfo, GetAllTopics, GetClusterInfo, GetRoute, GetTopicSummaries, MASTER_ID,
+    QueueData, RegisterBroker, RegisterBrokerResponse, RegisteredTopics, TopicConfig, TopicList,
+    TopicRoute, TopicSummaries, TopicSummary, UnregisterBroker,
 };
 use weir_protocol::{
     Connection, ErrorCode, Handler, NetConfig, Reply, Request, RequestCode, Server, ServerStats,
@@ -113,6 +113,25 @@ struct Table {
 }
 
 impl Table {
+    /// The topics weir's tools show: RocketMQ's auto-create route is not one.
+    fn shown_topics(&self) -> impl Iterator<Item = (&String, &BTreeMap<String, QueueData>)> {
+        self.topics
+            .iter()
+            .filter(|(t, _)| *t != weir_protocol::names::AUTO_CREATE_TOPIC_KEY)
+    }
+
+    fn topic_summaries(&self) -> TopicSummaries {
+        TopicSummaries {
+            topics: self
+                .shown_topics()
+                .map(|(name, by_broker)| TopicSummary {
+                    name: name.clone(),
+                    queues: by_broker.values().cloned().collect(),
+                })
+                .collect(),
+        }
+    }
+
     fn register(
         &mut self,
         r: RegisterBroker,
@@ -355,15 +374,16 @@ impl Handler for NameServer {
                 },
                 Some(RequestCode::GetAllTopics) => match req.decode::<GetAllTopics>() {
                     Ok(_) => Reply::ok(&TopicList {
-                        // RocketMQ's auto-create route is not a topic weir's tools show.
                         topics: self
                             .table()
-                            .topics
-                            .keys()
-                            .filter(|t| *t != weir_protocol::names::AUTO_CREATE_TOPIC_KEY)
-                            .cloned()
+                            .shown_topics()
+                            .map(|(t, _)| t.clone())
                             .collect(),
                     }),
+                    Err(e) => bad(e),
+                },
+                Some(RequestCode::GetTopicSummaries) => match req.decode::<GetTopicSummaries>() {
+                    Ok(_) => Reply::ok(&self.table().topic_summaries()),
                     Err(e) => bad(e),
                 },
                 _ => Reply::error(

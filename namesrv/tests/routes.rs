@@ -6,8 +6,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use weir_namesrv::NamesrvConfig;
 use weir_protocol::route::{
-    GetAllTopics, GetClusterInfo, GetRoute, RegisterBroker, RegisteredTopics, TopicConfig,
-    UnregisterBroker, perm,
+    GetAllTopics, GetClusterInfo, GetRoute, GetTopicSummaries, RegisterBroker, RegisteredTopics,
+    TopicConfig, UnregisterBroker, perm,
 };
 use weir_protocol::{CallError, ConnConfig, Connection, ErrorCode, NoHandler};
 
@@ -153,6 +153,30 @@ async fn routes_clusters_and_topic_lists() {
     assert_eq!(names, vec!["broker-a", "broker-b"]);
     let (list, _) = client.call(&GetAllTopics, Bytes::new(), T).await.unwrap();
     assert_eq!(list.topics, vec!["audit", "orders"]);
+    // The same topics with each broker's queues, in one request.
+    let (summaries, _) = client
+        .call(&GetTopicSummaries, Bytes::new(), T)
+        .await
+        .unwrap();
+    let seen: Vec<(&str, Vec<(&str, u32)>)> = summaries
+        .topics
+        .iter()
+        .map(|t| {
+            let queues = t
+                .queues
+                .iter()
+                .map(|q| (q.broker_name.as_str(), q.write_queues))
+                .collect();
+            (t.name.as_str(), queues)
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("audit", vec![("broker-a", 2)]),
+            ("orders", vec![("broker-a", 8), ("broker-b", 4)])
+        ]
+    );
 
     // Re-registration replaces the master's topic list.
     a.call(

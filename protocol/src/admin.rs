@@ -1,5 +1,6 @@
 //! Operators' broker requests: resetting and deleting a consumer group, the broker's
-//! runtime statistics, its live settings, and what it knows of a message's delivery.
+//! runtime statistics, its live settings, what it knows of a message's delivery, and a
+//! summary of every consumer group it knows.
 
 use bincode::de::Decoder;
 use bincode::de::read::Reader;
@@ -248,6 +249,53 @@ pub struct MessageCopy {
     /// A retry: whether the group's committed offset on the retry queue is past it (`None`:
     /// no offset committed there). `None` for the other kinds.
     pub consumed: Option<bool>,
+}
+
+/// The consumer groups this broker knows, from its members' heartbeats and from its
+/// committed offsets (so a group of pull consumers that only commit, or a broadcasting
+/// group, is known too): one request for a whole list, where per-group requests would
+/// make a list of 1,000 groups cost 1,000 round trips per broker. Names containing
+/// `contains` (all when empty), sorted, at most `limit` (capped at
+/// [`MAX_GROUP_SUMMARIES`]).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct GetGroupSummaries {
+    pub contains: String,
+    pub limit: u32,
+}
+
+impl Rpc for GetGroupSummaries {
+    const CODE: RequestCode = RequestCode::GetGroupSummaries;
+    type Response = GroupSummaries;
+}
+
+/// Most groups one [`GetGroupSummaries`] answers with.
+pub const MAX_GROUP_SUMMARIES: u32 = 10_000;
+/// Most member client ids one [`GroupSummary`] lists (`members` counts them all).
+pub const MAX_SUMMARY_MEMBER_IDS: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Default)]
+pub struct GroupSummaries {
+    /// By group name.
+    pub groups: Vec<GroupSummary>,
+    /// Matching groups left out past the limit.
+    pub more: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct GroupSummary {
+    pub group: String,
+    /// As its live members' heartbeats say; `None` with no live member here.
+    pub model: Option<crate::broker::MessageModel>,
+    /// Live members here.
+    pub members: u32,
+    /// The first [`MAX_SUMMARY_MEMBER_IDS`] of their client ids, sorted.
+    pub member_ids: Vec<String>,
+    /// Topics its members subscribe to, sorted (retry topics included).
+    pub subscriptions: Vec<String>,
+    /// Queues of this broker the group committed an offset on.
+    pub queues: u32,
+    /// Over those queues: messages stored past the group's offset.
+    pub lag: u64,
 }
 
 /// The broker's settings that can change while it runs, by name, with their values.

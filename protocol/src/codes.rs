@@ -64,6 +64,8 @@ codes! {
         DeleteTopic = 215, "delete topic";
         ResetOffset = 222, "reset consumer offsets";
         GetMessageTrail = 230, "get message trail";
+        GetTopicSummaries = 231, "get topic summaries";
+        GetGroupSummaries = 232, "get group summaries";
         SendBatch = 320, "send batch";
         UploadFilter = 400, "upload filter";
         ListFilters = 401, "list filters";

@@ -169,3 +169,26 @@ pub struct TopicList {
     /// Sorted.
     pub topics: Vec<String>,
 }
+
+/// Every topic the name servers route, each with its queues per broker: what a topic list
+/// shows in one request (RocketMQ's tools make one route request per topic instead).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct GetTopicSummaries;
+
+impl Rpc for GetTopicSummaries {
+    const CODE: RequestCode = RequestCode::GetTopicSummaries;
+    type Response = TopicSummaries;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Default)]
+pub struct TopicSummaries {
+    /// Sorted by name.
+    pub topics: Vec<TopicSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct TopicSummary {
+    pub name: String,
+    /// Per broker serving it, sorted by broker name.
+    pub queues: Vec<QueueData>,
+}

@@ -14,7 +14,7 @@
 //! | list transactions | `admin` on the producer group; without one, cluster admin |
 //! | reset offsets | `admin` on the group, `sub` on the topic |
 //! | delete group | `admin` on the group |
-//! | all topics, view by id, resolve transaction, broker stats, get / set broker config | cluster admin |
+//! | all topics, group summaries, view by id, resolve transaction, broker stats, get / set broker config | cluster admin |
 //! | unregister client | `pub` on each producer group and `sub` on each consumer group of that client |
 //!
 //! A group's retry and dead-letter topics (`%RETRY%<group>`, `%DLQ%<group>`) belong to the
@@ -145,6 +145,7 @@ pub fn needs(req: &BrokerRequest) -> Vec<Need<'_>> {
         R::AllTopics
         | R::ViewById(_)
         | R::MessageTrail(_)
+        | R::GroupSummaries(_)
         | R::ResolveTransaction(_)
         | R::BrokerStats
         | R::BrokerConfig

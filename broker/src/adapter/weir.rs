@@ -145,6 +145,7 @@ fn decode(req: &Request) -> Result<BrokerRequest, ProcessError> {
         RequestCode::QueryMessage => R::QueryByKey(req.decode().map_err(bad)?),
         RequestCode::ViewMessageById => R::ViewById(req.decode().map_err(bad)?),
         RequestCode::GetMessageTrail => R::MessageTrail(req.decode().map_err(bad)?),
+        RequestCode::GetGroupSummaries => R::GroupSummaries(req.decode().map_err(bad)?),
         RequestCode::UploadFilter => R::UploadFilter {
             req: req.decode().map_err(bad)?,
             component: body(),
@@ -176,7 +177,8 @@ fn decode(req: &Request) -> Result<BrokerRequest, ProcessError> {
         | RequestCode::RegisterBroker
         | RequestCode::UnregisterBroker
         | RequestCode::GetRoute
-        | RequestCode::GetClusterInfo => return Err(unsupported(req.code)),
+        | RequestCode::GetClusterInfo
+        | RequestCode::GetTopicSummaries => return Err(unsupported(req.code)),
     })
 }
 
@@ -228,6 +230,7 @@ fn encode(answer: BrokerResponse) -> Reply {
         A::BrokerStats(r) => Reply::ok(&r),
         A::BrokerSettings(r) => Reply::ok(&r),
         A::MessageTrail(r) => Reply::ok(&r),
+        A::GroupSummaries(r) => Reply::ok(&r),
     }
 }
 

@@ -1,8 +1,13 @@
-//! Operators' group requests: resetting a group's offsets on a topic, deleting a group.
+//! Operators' group requests: resetting a group's offsets on a topic, deleting a group,
+//! and a summary of every group this broker knows (for lists).
 
+use std::collections::BTreeMap;
 use tracing::{info, warn};
+
 use weir_protocol::admin::{
-    DeleteGroup, GroupDeleted, OffsetsReset, QueueReset, ResetOffset, ResetTarget,
+    DeleteGroup, GetGroupSummaries, GroupDeleted, GroupSummaries, GroupSummary,
+    MAX_GROUP_SUMMARIES, MAX_SUMMARY_MEMBER_IDS, OffsetsReset, QueueReset, ResetOffset,
+    ResetTarget,
 };
 use weir_protocol::names;
 
@@ -100,5 +105,57 @@ impl Broker {
             retry_topic_deleted,
             filters_removed: u32::try_from(filters_removed).unwrap_or(u32::MAX),
         })
+    }
+
+    /// Every group with a live member here or a committed offset here whose name
+    /// contains `r.contains`, sorted, at most `r.limit` (0, or above the cap: the cap).
+    /// One pass over the members and one over the offsets.
+    pub fn group_summaries(&self, r: GetGroupSummaries) -> GroupSummaries {
+        let limit = match r.limit {
+            0 => MAX_GROUP_SUMMARIES,
+            n => n.min(MAX_GROUP_SUMMARIES),
+        } as usize;
+        let wanted = |g: &str| r.contains.is_empty() || g.contains(&r.contains);
+        let mut groups: BTreeMap<String, GroupSummary> = BTreeMap::new();
+        let blank = |group: &str| GroupSummary {
+            group: group.to_owned(),
+            model: None,
+            members: 0,
+            member_ids: Vec::new(),
+            subscriptions: Vec::new(),
+            queues: 0,
+            lag: 0,
+        };
+        for (group, live) in self.clients.consumer_groups() {
+            if !wanted(&group) {
+                continue;
+            }
+            let mut s = blank(&group);
+            s.model = Some(live.model);
+            s.members = u32::try_from(live.client_ids.len()).unwrap_or(u32::MAX);
+            s.member_ids = live.client_ids;
+            s.member_ids.truncate(MAX_SUMMARY_MEMBER_IDS);
+            s.subscriptions = live.topics.into_iter().collect();
+            groups.insert(group, s);
+        }
+        for (k, offset) in self.store.consumer_offsets().all() {
+            if !wanted(&k.group) {
+                continue;
+            }
+            let behind = self
+                .store
+                .max_offset(&k.topic, k.queue_id)
+                .saturating_sub(offset);
+            let s = groups
+                .entry(k.group.clone())
+                .or_insert_with(|| blank(&k.group));
+            s.queues = s.queues.saturating_add(1);
+            s.lag = s.lag.saturating_add(behind);
+        }
+        let more = u32::try_from(groups.len().saturating_sub(limit)).unwrap_or(u32::MAX);
+        GroupSummaries {
+            groups: groups.into_values().take(limit).collect(),
+            more,
+        }
     }
 }

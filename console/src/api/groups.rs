@@ -2,10 +2,11 @@
 //! and lag, retry and dead-letter depth; resetting offsets (the group's name typed again)
 //! and re-sending a dead letter to its topic.
 //!
-//! The list is the groups that have a `%RETRY%` topic (a broker makes one for every
-//! clustering group whose members subscribe) or a `%DLQ%` topic: one request to the name
-//! servers for all of them. A group never seen that way (broadcasting, or pull consumers
-//! only) opens by name.
+//! The list is every group a master knows (live members, or offsets committed: pull
+//! consumers that only commit and broadcasting groups too) and every group with a
+//! `%RETRY%` or `%DLQ%` topic, with its model, members, subscriptions and lag: a fixed
+//! number of requests whatever the number of groups. A group known nowhere (broadcasting
+//! members gone, offsets kept client-side) opens by name.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,7 +17,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use weir_client::{
-    Admin, ClientInstance, Message, MessageModel, Producer, ResetTarget, allocate_averagely,
+    Admin, ClientInstance, GroupOverview, Message, MessageModel, Producer, ResetTarget,
+    allocate_averagely,
 };
 use weir_protocol::broker::{GetConsumeStats, GetConsumerConnections};
 use weir_protocol::names::{self, property};
@@ -25,30 +27,76 @@ use super::{Paging, required};
 use crate::error::{ApiError, ApiResult};
 use crate::session::Ctx;
 
+/// The name servers' topic list (1 request: which groups have retry and dead-letter
+/// topics), the cluster view (1) and each master's group summaries (1 each, at once).
 pub async fn list(
     Extension(ctx): Extension<Ctx>,
     Query(q): Query<Paging>,
 ) -> ApiResult<Json<Value>> {
-    let topics = Admin::new(ctx.client).topics().await?;
-    let mut groups: BTreeMap<String, (bool, bool)> = BTreeMap::new();
+    let admin = Admin::new(ctx.client);
+    let needle = q.q.as_deref().unwrap_or("").trim().to_owned();
+    let (topics, known) = tokio::join!(admin.topics(), admin.group_list(&needle, 0));
+    let (topics, known) = (topics?, known?);
+    let mut groups: BTreeMap<String, Row> = BTreeMap::new();
     for t in &topics {
         if let Some(g) = t.strip_prefix(names::RETRY_PREFIX) {
-            groups.entry(g.to_owned()).or_default().0 = true;
+            groups.entry(g.to_owned()).or_default().retry_topic = true;
         } else if let Some(g) = t.strip_prefix(names::DLQ_PREFIX) {
-            groups.entry(g.to_owned()).or_default().1 = true;
+            groups.entry(g.to_owned()).or_default().dead_letter_topic = true;
         }
     }
-    let needle = q.q.as_deref().unwrap_or("").trim().to_owned();
-    let shown: Vec<(String, (bool, bool))> = groups
+    for o in known.groups {
+        let row = groups.entry(o.group.clone()).or_default();
+        row.overview = Some(o);
+    }
+    let shown: Vec<(String, Row)> = groups
         .into_iter()
         .filter(|(g, _)| needle.is_empty() || g.contains(&needle))
         .collect();
     let (page, meta) = q.apply(&shown);
-    let rows: Vec<Value> = page
+    let rows: Vec<Value> = page.iter().map(|(g, r)| r.to_json(g)).collect();
+    let errors: Vec<String> = known
+        .failed
         .iter()
-        .map(|(g, (retry, dlq))| json!({ "name": g, "retry_topic": retry, "dead_letter_topic": dlq }))
+        .map(|(broker, e)| format!("broker {broker} did not list its groups: {e}"))
+        .chain(known.truncated.then(|| {
+            "a broker knows more groups than it lists at once: narrow the filter".to_owned()
+        }))
         .collect();
-    Ok(Json(json!({ "groups": rows, "paging": meta })))
+    Ok(Json(
+        json!({ "groups": rows, "paging": meta, "errors": errors }),
+    ))
+}
+
+/// A group's row in the list.
+#[derive(Clone, Default)]
+struct Row {
+    retry_topic: bool,
+    dead_letter_topic: bool,
+    /// What the brokers know of it; `None` for a group known only by its topics.
+    overview: Option<GroupOverview>,
+}
+
+impl Row {
+    fn to_json(&self, group: &str) -> Value {
+        let o = self.overview.as_ref();
+        json!({
+            "name": group,
+            "retry_topic": self.retry_topic,
+            "dead_letter_topic": self.dead_letter_topic,
+            "model": o.and_then(|o| o.model.as_ref()).map(model_name),
+            "members": o.map_or(0, |o| o.members),
+            // The retry topic is the group's own, not what it subscribes to.
+            "subscriptions": o.map_or_else(Vec::new, |o| o
+                .subscriptions
+                .iter()
+                .filter(|t| !t.starts_with(names::RETRY_PREFIX))
+                .cloned()
+                .collect()),
+            "lag": o.map(|o| o.lag),
+            "queues": o.map_or(0, |o| o.queues),
+        })
+    }
 }
 
 #[derive(Deserialize)]

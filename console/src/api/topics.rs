@@ -2,6 +2,7 @@
 //! offsets, create / update / delete (delete needs the topic's name typed again), and a
 //! test message.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use axum::Json;
@@ -10,7 +11,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
-use weir_client::{Admin, Message, Producer, TopicUpdate};
+use weir_client::{Admin, Message, Producer, QueueData, TopicSummary, TopicUpdate};
 use weir_protocol::broker::GetTopicStats;
 use weir_protocol::names;
 use weir_protocol::route::perm;
@@ -43,29 +44,53 @@ pub struct ListQuery {
     system: bool,
 }
 
-/// One request: the name servers' topic list, filtered and paged here.
+/// One request: the name servers' topics with their queues, filtered and paged here.
 pub async fn list(
     Extension(ctx): Extension<Ctx>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    let all = Admin::new(ctx.client).topics().await?;
+    let all = Admin::new(ctx.client).topic_summaries().await?;
     let paging = Paging {
         page: q.page,
         per_page: q.per_page,
         q: q.q,
     };
     let needle = paging.q.as_deref().unwrap_or("").trim().to_owned();
-    let shown: Vec<String> = all
+    let shown: Vec<TopicSummary> = all
         .into_iter()
-        .filter(|t| q.system || kind(t) == "normal")
-        .filter(|t| needle.is_empty() || t.contains(&needle))
+        .filter(|t| q.system || kind(&t.name) == "normal")
+        .filter(|t| needle.is_empty() || t.name.contains(&needle))
         .collect();
     let (page, meta) = paging.apply(&shown);
-    let topics: Vec<Value> = page
-        .iter()
-        .map(|t| json!({ "name": t, "kind": kind(t) }))
-        .collect();
+    let topics: Vec<Value> = page.iter().map(summary_row).collect();
     Ok(Json(json!({ "topics": topics, "paging": meta })))
+}
+
+/// A topic's row: its queues summed over its brokers, and its permission (`"mixed"` when
+/// the brokers differ; `null`s from a name server too old to tell).
+fn summary_row(t: &TopicSummary) -> Value {
+    let known = !t.queues.is_empty();
+    let sum = |f: fn(&QueueData) -> u32| -> Value {
+        if known {
+            json!(t.queues.iter().map(|q| u64::from(f(q))).sum::<u64>())
+        } else {
+            Value::Null
+        }
+    };
+    let perms: BTreeSet<&str> = t.queues.iter().map(|q| perm::describe(q.perm)).collect();
+    let perm = match perms.len() {
+        0 => Value::Null,
+        1 => json!(perms.first()),
+        _ => json!("mixed"),
+    };
+    json!({
+        "name": t.name,
+        "kind": kind(&t.name),
+        "brokers": t.queues.iter().map(|q| q.broker_name.as_str()).collect::<Vec<_>>(),
+        "read_queues": sum(|q| q.read_queues),
+        "write_queues": sum(|q| q.write_queues),
+        "perm": perm,
+    })
 }
 
 #[derive(Deserialize)]
