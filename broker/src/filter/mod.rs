@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 pub use local::{LocalFilter, parse_memory};
 pub use registry::{FilterRegistry, Registration};
 pub use runtime::{
-    BatchContext, DirectCaller, FailureKind, FilterFailure, FilterLabel, FilterRuntime,
-    LoadedFilter, LogSink, RecordBytes,
+    BatchContext, CompileCacheStats, DirectCaller, FailureKind, FilterFailure, FilterLabel,
+    FilterRuntime, LoadedFilter, LogSink, RecordBytes,
 };
 
 /// Filter runtime settings: the `[filter]` table of the broker's TOML file.
@@ -75,6 +75,11 @@ pub struct FilterConfig {
     pub log_lines_per_sec: u32,
     /// Longest guest log line kept, bytes; longer lines are cut (default 1024).
     pub log_line_max: usize,
+    /// Memory for Cranelift's cache of compiled functions, bytes (default 256 MiB; 0 turns
+    /// it off). Filters of one language share their engine's functions, so the second
+    /// JavaScript or Python filter compiles several times faster; least recently used
+    /// functions go first.
+    pub compile_cache_bytes: usize,
 }
 
 impl Default for FilterConfig {
@@ -96,6 +101,7 @@ impl Default for FilterConfig {
             max_scan_per_pull: 16_000,
             log_lines_per_sec: 10,
             log_line_max: 1024,
+            compile_cache_bytes: 256 << 20,
         }
     }
 }

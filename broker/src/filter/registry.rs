@@ -251,8 +251,22 @@ impl FilterRegistry {
                 &read
             }
         };
+        let (started, before) = (
+            std::time::Instant::now(),
+            self.runtime.compile_cache_stats(),
+        );
         let compiled = self.runtime.compile(bytes)?;
         self.compilations.fetch_add(1, Ordering::Relaxed);
+        let after = self.runtime.compile_cache_stats();
+        info!(
+            sha256,
+            bytes = bytes.len(),
+            ms = started.elapsed().as_millis() as u64,
+            functions_from_cache = after.hits.saturating_sub(before.hits),
+            functions_compiled = after.misses.saturating_sub(before.misses),
+            cache_bytes = after.bytes,
+            "filter compiled"
+        );
         match self.runtime.serialize(&compiled) {
             Ok(code) => {
                 // The code first, then its digest: a digest always describes whole code.

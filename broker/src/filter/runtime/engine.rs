@@ -1,7 +1,8 @@
 //! The wasmtime `Engine` and what it compiles: the pooling allocator sized for
 //! `max_instances` filters, the epoch clock that bounds every call, compiling an upload
-//! (after a cheap check of its bytes), and the compiled-code cache (serialize, deserialize,
-//! the compatibility hash it is keyed by).
+//! (after a cheap check of its bytes) with Cranelift's cache of compiled functions
+//! (`compile_cache.rs`), and the compiled-code cache (serialize, deserialize, the
+//! compatibility hash it is keyed by).
 //!
 //! Invariants: one engine per runtime, configured here only; the pool's per-component
 //! limits match what `GuestState` tells the resource limiter ([`CORE_INSTANCES_PER_FILTER`],
@@ -18,6 +19,7 @@ use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
 use super::budget::Budget;
+use super::compile_cache::CompileCache;
 use super::guest::GuestState;
 use super::{FilterConfig, FilterError, FilterRuntime};
 
@@ -84,8 +86,11 @@ impl CompiledFilter {
     }
 }
 
-/// The engine every filter of one runtime is compiled for and runs on.
-pub(super) fn new_engine(config: &FilterConfig) -> Result<Engine, FilterError> {
+/// The engine every filter of one runtime is compiled for and runs on, and the cache of
+/// compiled functions its compiler shares between uploads.
+pub(super) fn new_engine(
+    config: &FilterConfig,
+) -> Result<(Engine, Arc<CompileCache>), FilterError> {
     let mut pool = PoolingAllocationConfig::default();
     // A component is a few core instances (the filter, and adapter shims) around one
     // memory; size the pool for `max_instances` of them.
@@ -102,12 +107,18 @@ pub(super) fn new_engine(config: &FilterConfig) -> Result<Engine, FilterError> {
         // by `GuestState`'s limiter); a slot must hold the largest allowed.
         .max_memory_size(config.max_memory_limit)
         .max_unused_warm_slots(n.min(16));
+    let cache = Arc::new(CompileCache::new(config.compile_cache_bytes));
     let mut wasm = Config::new();
     wasm.cranelift_opt_level(OptLevel::Speed)
         .epoch_interruption(true)
         .max_wasm_stack(config.max_wasm_stack)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Engine::new(&wasm).map_err(|e| FilterError::Runtime(format!("engine: {e}")))
+    if config.compile_cache_bytes > 0 {
+        wasm.enable_incremental_compilation(Arc::clone(&cache) as Arc<dyn wasmtime::CacheStore>)
+            .map_err(|e| FilterError::Runtime(format!("compile cache: {e}")))?;
+    }
+    let engine = Engine::new(&wasm).map_err(|e| FilterError::Runtime(format!("engine: {e}")))?;
+    Ok((engine, cache))
 }
 
 /// Starts the thread that advances the engine's epoch every tick, at which a running call's

@@ -32,6 +32,7 @@ use wasmtime::component::Linker;
 use super::{FilterConfig, FilterError};
 
 mod budget;
+mod compile_cache;
 mod engine;
 mod guest;
 mod imports;
@@ -42,6 +43,7 @@ mod schedule;
 mod types;
 mod worker;
 
+pub use compile_cache::CompileCacheStats;
 pub use engine::{CompiledFilter, deflate, inflate, sha256_hex};
 pub use loaded::LoadedFilter;
 pub use pool::DirectCaller;
@@ -69,6 +71,7 @@ struct Inner {
     budget: budget::Budget,
     stop: Arc<AtomicBool>,
     compat_hash: String,
+    compile_cache: Arc<compile_cache::CompileCache>,
     log_sink: Option<LogSink>,
 }
 
@@ -97,7 +100,7 @@ impl FilterRuntime {
         log_sink: Option<LogSink>,
     ) -> Result<Self, FilterError> {
         config.validate().map_err(FilterError::Invalid)?;
-        let engine = engine::new_engine(&config)?;
+        let (engine, compile_cache) = engine::new_engine(&config)?;
         let linker = imports::host_linker(&engine)?;
         let (budget, stop) = engine::start_epoch_clock(&engine, &config)?;
         let scheduler = pool::start_workers(&config)?;
@@ -111,6 +114,7 @@ impl FilterRuntime {
                 budget,
                 stop,
                 compat_hash,
+                compile_cache,
                 config,
                 log_sink,
             }),
@@ -125,6 +129,11 @@ impl FilterRuntime {
     /// so a broker with another wasmtime or other settings compiles afresh.
     pub fn compatibility_hash(&self) -> &str {
         &self.inner.compat_hash
+    }
+
+    /// How Cranelift's cache of compiled functions served so far.
+    pub fn compile_cache_stats(&self) -> CompileCacheStats {
+        self.inner.compile_cache.stats()
     }
 
     /// Stops the workers once queued jobs are done.
