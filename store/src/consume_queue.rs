@@ -363,6 +363,11 @@ impl ConsumeQueue {
         self.files.flush()
     }
 
+    /// Whole pages written since the last flush (what a partial checkpoint weighs).
+    pub fn unflushed_pages(&self) -> u64 {
+        self.files.unflushed_pages()
+    }
+
     pub fn release_sealed_pages(&self) {
         self.files.release_sealed()
     }

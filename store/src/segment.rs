@@ -462,6 +462,21 @@ impl SegmentedFile {
         }
     }
 
+    /// Whole pages (4 KiB) published since the last flush, over the segments with
+    /// unflushed bytes.
+    pub fn unflushed_pages(&self) -> u64 {
+        const PAGE: u64 = 4096;
+        let mut pages = 0u64;
+        for seg in self.segments.read().iter().rev() {
+            let (flushed, published) = (seg.flushed.load(Ordering::Acquire), seg.published());
+            if flushed >= published {
+                break;
+            }
+            pages = pages.saturating_add((published / PAGE).saturating_sub(flushed / PAGE));
+        }
+        pages
+    }
+
     /// Flushes the published bytes of every segment that has unflushed ones.
     pub fn flush(&self) -> Result<()> {
         for seg in self.segments.read().iter().rev() {

@@ -3,7 +3,9 @@
 //! index, commit log, then the checkpoint file and the consumer offsets), the segment
 //! allocator, and retention with the disk check.
 //!
-//! Invariant: every sync goes through `Health::sync`, so a failure stops writes for good.
+//! Invariants: every sync goes through `Health::sync`, so a failure stops writes for good.
+//! A checkpoint's `logic_flushed` only moves at a thorough checkpoint, which synced every
+//! queue: every record below it has its queue entry on disk.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -46,11 +48,17 @@ impl MessageStore {
         threads.push(spawn(
             "weir-checkpoint",
             Box::new(move || {
+                let mut last_thorough = Instant::now();
                 while !inner.shutdown.sleep(inner.config.checkpoint_interval()) {
                     if inner.health.failure().is_some() {
                         continue;
                     }
-                    if let Err(e) = inner.checkpoint_now() {
+                    let thorough =
+                        last_thorough.elapsed() >= inner.config.consume_queue_thorough_interval();
+                    if thorough {
+                        last_thorough = Instant::now();
+                    }
+                    if let Err(e) = inner.checkpoint(thorough) {
                         error!(error = %e, "checkpoint failed");
                     }
                     if let Err(e) = inner.persist_offsets() {
@@ -121,13 +129,28 @@ impl Inner {
         self.offsets.persist_after(|| self.flush_log().map(drop))
     }
 
-    /// Syncs queues and index, then records what is durable.
+    /// Syncs every queue and the index, then records what is durable.
     pub(crate) fn checkpoint_now(&self) -> Result<()> {
+        self.checkpoint(true)
+    }
+
+    /// Syncs queues and index, then records what is durable. `thorough`: every queue, and
+    /// the point recovery rebuilds queues from moves up; otherwise only queues with at least
+    /// `consume_queue_flush_least_pages` whole pages unsynced, and that point stays (a
+    /// skipped queue may hold unsynced entries below it).
+    pub(crate) fn checkpoint(&self, thorough: bool) -> Result<()> {
         self.health.check_writable()?;
         // Every record below this has its queue entry and keys in the files synced next.
         let dispatched = self.dispatched.load(Ordering::Acquire);
+        let least_pages = if thorough {
+            0
+        } else {
+            u64::from(self.config.consume_queue_flush_least_pages)
+        };
         for q in self.all_queues() {
-            self.health.sync("consume queue sync", || q.flush())?;
+            if q.unflushed_pages() >= least_pages {
+                self.health.sync("consume queue sync", || q.flush())?;
+            }
             q.release_sealed_pages();
         }
         self.health.sync("key index sync", || self.index.flush())?;
@@ -135,9 +158,16 @@ impl Inner {
         // idle store, whose checkpoint must not stay behind.
         let flushed = self.flush_log()?;
         self.commit_log.release_cold_pages(HOT_TAIL);
+        let logic_flushed = if thorough {
+            let point = dispatched.min(flushed);
+            self.logic_flushed.fetch_max(point, Ordering::AcqRel);
+            point
+        } else {
+            self.logic_flushed.load(Ordering::Acquire).min(flushed)
+        };
         let cp = Checkpoint {
             commit_log_flushed: flushed,
-            logic_flushed: dispatched.min(flushed),
+            logic_flushed,
             written_at: now_ms(),
         };
         self.health
@@ -147,7 +177,46 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use crate::{FlushMode, Message, MessageStore, StoreConfig};
+
+    #[test]
+    fn a_partial_checkpoint_syncs_only_filled_queues_and_keeps_the_recovery_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MessageStore::open(StoreConfig {
+            async_flush_interval_ms: 3_600_000,
+            checkpoint_interval_ms: 3_600_000,
+            consume_queue_flush_least_pages: 2,
+            ..StoreConfig::new(dir.path())
+        })
+        .unwrap();
+        let at_open = store.inner.logic_flushed.load(Ordering::Acquire);
+        // 20-byte entries: 500 fill two whole 4 KiB pages, 300 one.
+        for (topic, n) in [("Busy", 500), ("Slow", 300)] {
+            for _ in 0..n {
+                store.put(&Message::new(topic, 0, b"x".to_vec())).unwrap();
+            }
+        }
+        let busy = store.inner.queue("Busy", 0).unwrap();
+        let slow = store.inner.queue("Slow", 0).unwrap();
+        assert_eq!((busy.unflushed_pages(), slow.unflushed_pages()), (2, 1));
+
+        store.inner.checkpoint(false).unwrap();
+        assert_eq!((busy.unflushed_pages(), slow.unflushed_pages()), (0, 1));
+        assert_eq!(
+            store.inner.logic_flushed.load(Ordering::Acquire),
+            at_open,
+            "a partial checkpoint moved the point recovery rebuilds queues from"
+        );
+
+        store.inner.checkpoint(true).unwrap();
+        assert_eq!(slow.unflushed_pages(), 0);
+        assert_eq!(
+            store.inner.logic_flushed.load(Ordering::Acquire),
+            store.commit_log_max_offset()
+        );
+    }
 
     #[test]
     fn offsets_reach_the_disk_only_after_the_copies_they_count() {

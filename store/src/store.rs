@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     /// End of the last record whose queue entry and keys are written. Trails the commit
     /// log's published end by at most the record being dispatched; the checkpoint uses it.
     pub(crate) dispatched: AtomicU64,
+    /// The `logic_flushed` of the last thorough checkpoint (see `services.rs`).
+    pub(crate) logic_flushed: AtomicU64,
     pub(crate) closed: AtomicBool,
     pub(crate) recovery: RecoveryReport,
     pub(crate) disk: DiskGuard,
@@ -119,6 +121,7 @@ impl MessageStore {
             shutdown: Shutdown::default(),
             arrival: RwLock::new(None),
             dispatched: AtomicU64::new(0),
+            logic_flushed: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             recovery: RecoveryReport::empty(clean_shutdown),
             disk: DiskGuard::new(&root, config.disk_quota_bytes, config.disk_full_ratio),
