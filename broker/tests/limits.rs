@@ -1,7 +1,7 @@
 //! What one client can make the broker hold is bounded, and requests for things that
 //! cannot exist are refused: client ids and groups per connection, topics (retry topics
 //! included), offsets for missing topics or invalid groups. And a broker with 50,000
-//! topics stays routable.
+//! topics stays routable, and its group summary stays an answer of bounded size.
 
 mod common;
 use common::{T, connect, env_with, eventually, expect_error};
@@ -207,4 +207,76 @@ async fn a_broker_with_fifty_thousand_topics_registers_and_routes() {
         })
         .await;
     }
+    // The whole list with queues, in one answer (over 2 MB: it travels as a body).
+    let ((), body) = ns
+        .call(&weir_protocol::route::GetTopicSummaries, Bytes::new(), T)
+        .await
+        .expect("topic summaries of 50,000 topics");
+    assert!(body.len() > 1 << 20, "{} bytes", body.len());
+    let all = weir_protocol::route::TopicSummaries::decode(&body).unwrap();
+    let ours = all.topics.iter().filter(|t| t.name.starts_with("topic-"));
+    assert_eq!(ours.clone().count(), 50_000);
+    assert!(ours.into_iter().all(|t| t.queues[0].read_queues == 8));
+}
+
+/// Groups with long subscription lists cannot make the group summary an answer too large to
+/// send: each lists its first 64 topics, and groups past the byte budget count in `more`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_summary_stays_within_its_byte_budget() {
+    use weir_protocol::admin::{GetGroupSummaries, MAX_GROUP_SUMMARIES_BYTES, MAX_SUMMARY_TOPICS};
+    let env = env_with(|_| {}).await;
+    let conn = env.client().await;
+    // 16 clients × 64 broadcasting groups (no retry topics), each group subscribing to 128
+    // topics of 100-byte names: ~12 KiB of names a group, ~12 MiB in all.
+    let topics: Vec<(String, String)> = (0..128)
+        .map(|i| (format!("{i:0>100}"), "*".to_owned()))
+        .collect();
+    // Each client on a connection kept open (a closed one takes its clients along).
+    let mut members = Vec::new();
+    for c in 0..16 {
+        let hb = Heartbeat {
+            client_id: format!("wide-{c}"),
+            producer_groups: vec![],
+            consumers: (0..64)
+                .map(|g| ConsumerData {
+                    group: format!("wide-{c:02}-{g:02}"),
+                    model: MessageModel::Broadcasting,
+                    subscriptions: topics.clone(),
+                })
+                .collect(),
+        };
+        let member = env.client().await;
+        member.call(&hb, Bytes::new(), T).await.unwrap();
+        members.push(member);
+    }
+    let req = GetGroupSummaries {
+        contains: "wide-".into(),
+        limit: 0,
+    };
+    let ((), body) = conn.call(&req, Bytes::new(), T).await.unwrap();
+    let answer = weir_protocol::admin::GroupSummaries::decode(&body).unwrap();
+    let listed = answer.groups.len();
+    assert!(
+        listed > 0 && answer.more > 0,
+        "{listed} listed, {} more",
+        answer.more
+    );
+    assert_eq!(listed + answer.more as usize, 16 * 64);
+    let names: usize = answer
+        .groups
+        .iter()
+        .map(|g| g.subscriptions.iter().map(String::len).sum::<usize>())
+        .sum();
+    assert!(
+        names <= MAX_GROUP_SUMMARIES_BYTES,
+        "{names} bytes of topic names"
+    );
+    assert!(
+        answer
+            .groups
+            .iter()
+            .all(|g| g.subscriptions.len() == MAX_SUMMARY_TOPICS && g.members == 1),
+        "{:?}",
+        answer.groups.first()
+    );
 }

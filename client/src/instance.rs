@@ -404,6 +404,14 @@ impl ClientInstance {
     /// Calls the name servers, starting with the one that answered last, moving on when
     /// one cannot be reached. A name server's own error answer is returned as is.
     pub async fn call_namesrv<R: Rpc>(&self, req: &R) -> Result<R::Response, CallError> {
+        self.call_namesrv_with_body(req).await.map(|(v, _)| v)
+    }
+
+    /// [`ClientInstance::call_namesrv`], with the answer's body.
+    pub async fn call_namesrv_with_body<R: Rpc>(
+        &self,
+        req: &R,
+    ) -> Result<(R::Response, Bytes), CallError> {
         let n = self.inner.namesrvs.len();
         let first = self.inner.preferred.load(Ordering::Relaxed);
         let mut last_err = None;
@@ -418,9 +426,9 @@ impl ClientInstance {
                 Err(e) => Err(e),
             };
             match result {
-                Ok((v, _)) => {
+                Ok(answer) => {
                     self.inner.preferred.store(idx, Ordering::Relaxed);
-                    return Ok(v);
+                    return Ok(answer);
                 }
                 Err(e @ CallError::Remote { .. }) => return Err(e),
                 Err(e) => {

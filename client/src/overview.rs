@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use weir_protocol::ErrorCode;
 use weir_protocol::admin::{GetGroupSummaries, GroupSummaries};
 use weir_protocol::broker::MessageModel;
-use weir_protocol::route::{GetTopicSummaries, TopicSummary};
+use weir_protocol::route::{GetTopicSummaries, TopicSummaries, TopicSummary};
 
 use crate::{Admin, ClientError, Result};
 
@@ -51,8 +51,10 @@ impl Admin {
     /// broker, sorted by name: one request. From a name server too old to serve it, the
     /// names alone (each with no queues).
     pub async fn topic_summaries(&self) -> Result<Vec<TopicSummary>> {
-        match self.client.call_namesrv(&GetTopicSummaries).await {
-            Ok(s) => Ok(s.topics),
+        match self.client.call_namesrv_with_body(&GetTopicSummaries).await {
+            Ok(((), body)) => TopicSummaries::decode(&body)
+                .map(|s| s.topics)
+                .map_err(|e| ClientError::NoNameServer(format!("unreadable topic summaries: {e}"))),
             Err(e) if e.code() == Some(ErrorCode::RequestCodeNotSupported) => Ok(self
                 .topics()
                 .await?
@@ -83,14 +85,20 @@ impl Admin {
                 contains: contains.to_owned(),
                 limit,
             };
-            calls.spawn(async move { (name, client.call(&addr, &req, Bytes::new()).await) });
+            calls.spawn(async move {
+                let answer = match client.call(&addr, &req, Bytes::new()).await {
+                    Ok(((), body)) => GroupSummaries::decode(&body).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                (name, answer)
+            });
         }
         let mut answers = Vec::new();
         let mut failed = Vec::new();
         while let Some(joined) = calls.join_next().await {
             match joined {
-                Ok((name, Ok((summaries, _)))) => answers.push((name, summaries)),
-                Ok((name, Err(e))) => failed.push((name, e.to_string())),
+                Ok((name, Ok(summaries))) => answers.push((name, summaries)),
+                Ok((name, Err(e))) => failed.push((name, e)),
                 Err(e) => failed.push(("?".into(), format!("request task failed: {e}"))),
             }
         }

@@ -383,7 +383,10 @@ impl Handler for NameServer {
                     Err(e) => bad(e),
                 },
                 Some(RequestCode::GetTopicSummaries) => match req.decode::<GetTopicSummaries>() {
-                    Ok(_) => Reply::ok(&self.table().topic_summaries()),
+                    Ok(_) => match self.table().topic_summaries().encode() {
+                        Ok(body) => Reply::ok_with_body(&(), body),
+                        Err(e) => Reply::error(ErrorCode::SystemError, e.to_string()),
+                    },
                     Err(e) => bad(e),
                 },
                 _ => Reply::error(

@@ -154,10 +154,11 @@ async fn routes_clusters_and_topic_lists() {
     let (list, _) = client.call(&GetAllTopics, Bytes::new(), T).await.unwrap();
     assert_eq!(list.topics, vec!["audit", "orders"]);
     // The same topics with each broker's queues, in one request.
-    let (summaries, _) = client
+    let ((), body) = client
         .call(&GetTopicSummaries, Bytes::new(), T)
         .await
         .unwrap();
+    let summaries = weir_protocol::route::TopicSummaries::decode(&body).unwrap();
     let seen: Vec<(&str, Vec<(&str, u32)>)> = summaries
         .topics
         .iter()

@@ -256,7 +256,8 @@ pub struct MessageCopy {
 /// group, is known too): one request for a whole list, where per-group requests would
 /// make a list of 1,000 groups cost 1,000 round trips per broker. Names containing
 /// `contains` (all when empty), sorted, at most `limit` (capped at
-/// [`MAX_GROUP_SUMMARIES`]).
+/// [`MAX_GROUP_SUMMARIES`]) and [`MAX_GROUP_SUMMARIES_BYTES`] of names. The answer's body
+/// is a [`GroupSummaries`] (more than a header's 1 MiB).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct GetGroupSummaries {
     pub contains: String,
@@ -265,20 +266,34 @@ pub struct GetGroupSummaries {
 
 impl Rpc for GetGroupSummaries {
     const CODE: RequestCode = RequestCode::GetGroupSummaries;
-    type Response = GroupSummaries;
+    type Response = ();
 }
 
 /// Most groups one [`GetGroupSummaries`] answers with.
 pub const MAX_GROUP_SUMMARIES: u32 = 10_000;
 /// Most member client ids one [`GroupSummary`] lists (`members` counts them all).
 pub const MAX_SUMMARY_MEMBER_IDS: usize = 64;
+/// Most subscribed topics one [`GroupSummary`] lists (the first, sorted).
+pub const MAX_SUMMARY_TOPICS: usize = 64;
+/// Bytes of names one [`GroupSummaries`] answer carries at most, far below a frame's limit
+/// whatever its groups hold; the groups past it count in `more`.
+pub const MAX_GROUP_SUMMARIES_BYTES: usize = 4 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Default)]
 pub struct GroupSummaries {
     /// By group name.
     pub groups: Vec<GroupSummary>,
-    /// Matching groups left out past the limit.
+    /// Matching groups left out past the limit (or past [`MAX_GROUP_SUMMARIES_BYTES`]).
     pub more: u32,
+}
+
+impl GroupSummaries {
+    pub fn encode(&self) -> Result<bytes::Bytes, crate::ProtocolError> {
+        crate::rpc::encode_body(self, "group summaries")
+    }
+    pub fn decode(body: &[u8]) -> Result<Self, crate::ProtocolError> {
+        crate::rpc::decode_body(body, "group summaries")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -290,7 +305,8 @@ pub struct GroupSummary {
     pub members: u32,
     /// The first [`MAX_SUMMARY_MEMBER_IDS`] of their client ids, sorted.
     pub member_ids: Vec<String>,
-    /// Topics its members subscribe to, sorted (retry topics included).
+    /// Topics its members subscribe to, sorted (retry topics included), the first
+    /// [`MAX_SUMMARY_TOPICS`].
     pub subscriptions: Vec<String>,
     /// Queues of this broker the group committed an offset on.
     pub queues: u32,

@@ -171,19 +171,30 @@ pub struct TopicList {
 }
 
 /// Every topic the name servers route, each with its queues per broker: what a topic list
-/// shows in one request (RocketMQ's tools make one route request per topic instead).
+/// shows in one request (RocketMQ's tools make one route request per topic instead). The
+/// answer's body is a [`TopicSummaries`] (a header holds at most 1 MiB; 50,000 topics take
+/// more).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct GetTopicSummaries;
 
 impl Rpc for GetTopicSummaries {
     const CODE: RequestCode = RequestCode::GetTopicSummaries;
-    type Response = TopicSummaries;
+    type Response = ();
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Default)]
 pub struct TopicSummaries {
     /// Sorted by name.
     pub topics: Vec<TopicSummary>,
+}
+
+impl TopicSummaries {
+    pub fn encode(&self) -> Result<bytes::Bytes, crate::ProtocolError> {
+        crate::rpc::encode_body(self, "topic summaries")
+    }
+    pub fn decode(body: &[u8]) -> Result<Self, crate::ProtocolError> {
+        crate::rpc::decode_body(body, "topic summaries")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

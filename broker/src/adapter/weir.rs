@@ -230,7 +230,10 @@ fn encode(answer: BrokerResponse) -> Reply {
         A::BrokerStats(r) => Reply::ok(&r),
         A::BrokerSettings(r) => Reply::ok(&r),
         A::MessageTrail(r) => Reply::ok(&r),
-        A::GroupSummaries(r) => Reply::ok(&r),
+        A::GroupSummaries(r) => match r.encode() {
+            Ok(body) => Reply::ok_with_body(&(), body),
+            Err(e) => Reply::error(ErrorCode::SystemError, e.to_string()),
+        },
     }
 }
 

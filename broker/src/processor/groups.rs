@@ -6,8 +6,8 @@ use tracing::{info, warn};
 
 use weir_protocol::admin::{
     DeleteGroup, GetGroupSummaries, GroupDeleted, GroupSummaries, GroupSummary,
-    MAX_GROUP_SUMMARIES, MAX_SUMMARY_MEMBER_IDS, OffsetsReset, QueueReset, ResetOffset,
-    ResetTarget,
+    MAX_GROUP_SUMMARIES, MAX_GROUP_SUMMARIES_BYTES, MAX_SUMMARY_MEMBER_IDS, MAX_SUMMARY_TOPICS,
+    OffsetsReset, QueueReset, ResetOffset, ResetTarget,
 };
 use weir_protocol::names;
 
@@ -135,7 +135,7 @@ impl Broker {
             s.members = u32::try_from(live.client_ids.len()).unwrap_or(u32::MAX);
             s.member_ids = live.client_ids;
             s.member_ids.truncate(MAX_SUMMARY_MEMBER_IDS);
-            s.subscriptions = live.topics.into_iter().collect();
+            s.subscriptions = live.topics.into_iter().take(MAX_SUMMARY_TOPICS).collect();
             groups.insert(group, s);
         }
         for (k, offset) in self.store.consumer_offsets().all() {
@@ -152,10 +152,29 @@ impl Broker {
             s.queues = s.queues.saturating_add(1);
             s.lag = s.lag.saturating_add(behind);
         }
-        let more = u32::try_from(groups.len().saturating_sub(limit)).unwrap_or(u32::MAX);
+        let matching = groups.len();
+        let mut bytes = 0usize;
+        let shown: Vec<GroupSummary> = groups
+            .into_values()
+            .take(limit)
+            .take_while(|s| {
+                bytes = bytes.saturating_add(summary_bytes(s));
+                bytes <= MAX_GROUP_SUMMARIES_BYTES
+            })
+            .collect();
         GroupSummaries {
-            groups: groups.into_values().take(limit).collect(),
-            more,
+            more: u32::try_from(matching.saturating_sub(shown.len())).unwrap_or(u32::MAX),
+            groups: shown,
         }
     }
+}
+
+/// About what a summary takes on the wire: its names and a few bytes per number.
+fn summary_bytes(s: &GroupSummary) -> usize {
+    let names = |v: &[String]| v.iter().map(|n| n.len().saturating_add(8)).sum::<usize>();
+    s.group
+        .len()
+        .saturating_add(names(&s.member_ids))
+        .saturating_add(names(&s.subscriptions))
+        .saturating_add(48)
 }
