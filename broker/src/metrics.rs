@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use foldhash::fast::RandomState;
 use weir_protocol::ErrorCode;
 use weir_protocol::metrics::{Histogram, LATENCY_BUCKETS};
 use weir_store::StoredRecord;
@@ -43,7 +44,7 @@ impl Flow {
 /// Error statuses counted one by one (every status weir has is below this).
 const ERROR_SLOTS: usize = 256;
 
-type ByTopic = HashMap<String, Arc<Flow>>;
+type ByTopic = HashMap<String, Arc<Flow>, RandomState>;
 
 pub struct BrokerMetrics {
     max_series: usize,
@@ -53,7 +54,7 @@ pub struct BrokerMetrics {
     consumed_total: Flow,
     produced: RwLock<ByTopic>,
     /// topic → group → flow.
-    consumed: RwLock<HashMap<String, ByTopic>>,
+    consumed: RwLock<HashMap<String, ByTopic, RandomState>>,
     consumed_series: AtomicUsize,
     /// Series not created because their map was full.
     pub dropped_series: AtomicU64,

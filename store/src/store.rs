@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use foldhash::fast::RandomState;
 use parking_lot::{Mutex, RwLock};
 use tracing::{error, info, warn};
 
@@ -40,13 +41,17 @@ pub(crate) const QUARANTINE_DIR: &str = "quarantine";
 /// unmapped at each checkpoint so resident memory does not grow with the backlog.
 pub(crate) const HOT_TAIL: u64 = 64 << 20;
 
+/// Every consume queue, by topic and queue id; looked up on every append and read.
+pub(crate) type QueueTable =
+    HashMap<String, HashMap<u32, Arc<ConsumeQueue>, RandomState>, RandomState>;
+
 pub(crate) type ArrivalListener = Arc<dyn Fn(&str, u32, u64) + Send + Sync>;
 pub(crate) type SyncListener = Arc<dyn Fn(Duration) + Send + Sync>;
 
 pub(crate) struct Inner {
     pub(crate) config: StoreConfig,
     pub(crate) commit_log: CommitLog,
-    pub(crate) queues: RwLock<HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>>,
+    pub(crate) queues: RwLock<QueueTable>,
     pub(crate) index: KeyIndex,
     pub(crate) offsets: ConsumerOffsets,
     pub(crate) checkpoint: Mutex<CheckpointFile>,
@@ -341,12 +346,8 @@ fn lock_data_dir(root: &Path) -> Result<File> {
     }
 }
 
-fn open_queues(
-    dir: &Path,
-    config: &StoreConfig,
-    log_min: u64,
-) -> Result<HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>> {
-    let mut out: HashMap<String, HashMap<u32, Arc<ConsumeQueue>>> = HashMap::new();
+fn open_queues(dir: &Path, config: &StoreConfig, log_min: u64) -> Result<QueueTable> {
+    let mut out = QueueTable::default();
     if !dir.exists() {
         return Ok(out);
     }

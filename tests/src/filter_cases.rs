@@ -1,5 +1,5 @@
-//! Inputs shared by the filter tests of every language (`tests/filters.rs`,
-//! `tests/filter_engines.rs`), with the verdicts every implementation must give.
+//! Inputs shared by the filter tests of every language (`tests/integration/filters.rs`,
+//! `tests/integration/filter_engines.rs`), with the verdicts every implementation must give.
 
 /// JSON bodies and whether the JSON body field filter with `path=order.tier op=in
 /// value=gold,platinum` (that is, `order.tier IN (gold, platinum)`) keeps them: exact,

@@ -1,0 +1,171 @@
+//! Processors driven without any frame or socket: what a second protocol adapter does.
+//! The broker is opened from its configuration alone (`weir_broker::open`), requests go in
+//! typed through `Broker::dispatch`, and answers and refusals come back typed.
+
+use crate::common::broker_config;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use weir_broker::dispatch::{BrokerRequest, BrokerResponse, RequestContext};
+use weir_broker::{Broker, ProcessError};
+use weir_protocol::broker::{
+    CreateTopic, Heartbeat, PullMessage, PullStatus, QueryMessageByKey, SendStatus,
+    UpdateConsumerOffset,
+};
+use weir_protocol::route::{TopicConfig, perm};
+
+fn ctx() -> RequestContext {
+    RequestContext {
+        received: std::time::Instant::now(),
+        peer: "192.0.2.1:4000".parse::<SocketAddr>().unwrap(),
+        link: None,
+        signed: None,
+        auto_create_queues: None,
+    }
+}
+
+async fn run(broker: &Broker, req: BrokerRequest) -> Result<BrokerResponse, ProcessError> {
+    broker.dispatch(&ctx(), req).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_pull_and_refusals_without_a_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = broker_config(dir.path(), "");
+    let broker = weir_broker::open(config, "127.0.0.1:10911".into())
+        .await
+        .unwrap();
+
+    run(
+        &broker,
+        BrokerRequest::CreateTopic(CreateTopic {
+            topic: TopicConfig {
+                name: "Orders".into(),
+                read_queues: 2,
+                write_queues: 2,
+                perm: perm::READ_WRITE,
+            },
+        }),
+    )
+    .await
+    .unwrap();
+    for i in 0..3 {
+        let req = crate::common::send("Orders", 1, "TagA", &format!("order-{i}"));
+        let sent = run(
+            &broker,
+            BrokerRequest::Send {
+                req,
+                body: Bytes::from(format!("body-{i}")),
+            },
+        )
+        .await
+        .unwrap();
+        let BrokerResponse::Sent(r) = sent else {
+            panic!("{sent:?}")
+        };
+        assert_eq!(
+            (r.status, r.queue_id, r.queue_offset),
+            (SendStatus::Ok, 1, i)
+        );
+    }
+
+    // The pull answers typed records, not bytes of some wire.
+    let pulled = run(
+        &broker,
+        BrokerRequest::Pull(PullMessage {
+            group: "g".into(),
+            topic: "Orders".into(),
+            queue_id: 1,
+            offset: 0,
+            max_msgs: 10,
+            expression: "TagA".into(),
+            suspend_ms: 0,
+            commit_offset: None,
+        }),
+    )
+    .await
+    .unwrap();
+    let BrokerResponse::Pulled(p) = pulled else {
+        panic!("{pulled:?}")
+    };
+    assert_eq!(p.result.status, PullStatus::Found);
+    assert_eq!(p.result.next_offset, 3);
+    let bodies: Vec<_> = p
+        .records
+        .iter()
+        .map(|r| r.view().unwrap().body().to_vec())
+        .collect();
+    assert_eq!(
+        bodies,
+        [b"body-0".to_vec(), b"body-1".to_vec(), b"body-2".to_vec()]
+    );
+    // The peer the adapter named is the born host.
+    assert_eq!(
+        p.records[0].view().unwrap().born_host(),
+        "192.0.2.1:4000".parse::<SocketAddr>().unwrap()
+    );
+
+    let found = run(
+        &broker,
+        BrokerRequest::QueryByKey(QueryMessageByKey {
+            topic: "Orders".into(),
+            key: "order-1".into(),
+            max: 4,
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(found, BrokerResponse::Records(r) if r.len() == 1));
+
+    // Refusals are domain errors, one kind each; no status code in sight.
+    let e = run(
+        &broker,
+        BrokerRequest::Pull(PullMessage {
+            group: "g".into(),
+            topic: "Missing".into(),
+            queue_id: 0,
+            offset: 0,
+            max_msgs: 1,
+            expression: "*".into(),
+            suspend_ms: 0,
+            commit_offset: None,
+        }),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, ProcessError::TopicNotFound(_)), "{e}");
+    let e = run(
+        &broker,
+        BrokerRequest::Send {
+            req: crate::common::send("bad topic", 0, "", "k"),
+            body: Bytes::from_static(b"x"),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, ProcessError::InvalidName(_)), "{e}");
+    let e = run(
+        &broker,
+        BrokerRequest::UpdateConsumerOffset(UpdateConsumerOffset {
+            group: "g".into(),
+            topic: "Orders".into(),
+            queue_id: 7,
+            offset: 1,
+        }),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, ProcessError::InvalidParameter(_)), "{e}");
+    let hb = Heartbeat {
+        client_id: "c".into(),
+        producer_groups: vec![],
+        consumers: vec![],
+    };
+    // A heartbeat needs a way back to its client, which only an adapter can give.
+    let e = run(&broker, BrokerRequest::Heartbeat(hb))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ProcessError::Internal(_)), "{e}");
+    broker.store().shutdown().unwrap();
+}

@@ -1,0 +1,240 @@
+//! Master/slave replication at the broker: a slave learns its master from the name server,
+//! copies its log byte for byte and its topics and offsets, serves reads and refuses
+//! writes; a sync master acknowledges once the slave has the bytes, and says so when no
+//! slave can; a slave whose log differs refuses to serve.
+
+use crate::common::{T, broker_config, connect, drain, eventually, expect_error, send};
+
+use bytes::Bytes;
+use weir_broker::RunningBroker;
+use weir_protocol::ErrorCode;
+use weir_protocol::broker::{SendResult, SendStatus, UpdateConsumerOffset};
+use weir_protocol::ha::BrokerRole;
+
+struct Pair {
+    ns: weir_namesrv::RunningNameServer,
+    master: Option<RunningBroker>,
+    slave: Option<RunningBroker>,
+    m_dir: tempfile::TempDir,
+    s_dir: tempfile::TempDir,
+}
+
+async fn namesrv() -> weir_namesrv::RunningNameServer {
+    weir_namesrv::start(weir_namesrv::NamesrvConfig {
+        listen: "127.0.0.1:0".into(),
+        broker_expiry_ms: 120_000,
+        scan_interval_ms: 50,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn master_config(dir: &std::path::Path, ns: &str, role: BrokerRole) -> weir_broker::BrokerConfig {
+    let mut c = broker_config(dir, ns);
+    c.role = role;
+    c.ha_listen = Some("127.0.0.1:0".into());
+    c.register_interval_ms = 200;
+    c.slave_ack_timeout_ms = 1_000;
+    c
+}
+
+fn slave_config(dir: &std::path::Path, ns: &str) -> weir_broker::BrokerConfig {
+    let mut c = broker_config(dir, ns);
+    c.role = BrokerRole::Slave;
+    c.broker_id = 1;
+    c.register_interval_ms = 200;
+    c
+}
+
+async fn pair(role: BrokerRole) -> Pair {
+    let ns = namesrv().await;
+    let (m_dir, s_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let addr = ns.local_addr().to_string();
+    let master = weir_broker::start(master_config(m_dir.path(), &addr, role))
+        .await
+        .unwrap();
+    let slave = weir_broker::start(slave_config(s_dir.path(), &addr))
+        .await
+        .unwrap();
+    Pair {
+        ns,
+        master: Some(master),
+        slave: Some(slave),
+        m_dir,
+        s_dir,
+    }
+}
+
+impl Pair {
+    fn master(&self) -> &RunningBroker {
+        self.master.as_ref().unwrap()
+    }
+    fn slave(&self) -> &RunningBroker {
+        self.slave.as_ref().unwrap()
+    }
+    async fn caught_up(&self) {
+        let (m, s) = (self.master().broker(), self.slave().broker());
+        eventually("the slave has the master's log", async || {
+            s.store().commit_log_max_offset() == m.store().commit_log_max_offset()
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_slave_copies_the_log_serves_reads_and_refuses_writes() {
+    let p = pair(BrokerRole::SyncMaster).await;
+    let m = connect(&p.master().local_addr().to_string()).await;
+    eventually("the slave connects", async || {
+        p.master().broker().ha_status().connected == 1
+    })
+    .await;
+    for i in 0..200u32 {
+        let (r, _): (SendResult, _) = m
+            .call(
+                &send("Orders", i % 4, "", &format!("k{i}")),
+                Bytes::from(format!("m{i}")),
+                T,
+            )
+            .await
+            .unwrap();
+        // Acknowledged only once the slave has it.
+        assert_eq!(r.status, SendStatus::Ok);
+    }
+    p.caught_up().await;
+    // The same bytes at the same offsets.
+    let (ms, ss) = (p.master().broker().store(), p.slave().broker().store());
+    assert_eq!(
+        ms.read_log(0, 1 << 20).unwrap(),
+        ss.read_log(0, 1 << 20).unwrap()
+    );
+    // Reads from the slave; topics and offsets follow the master.
+    let s = connect(&p.slave().local_addr().to_string()).await;
+    let commit = UpdateConsumerOffset {
+        group: "cg".into(),
+        topic: "Orders".into(),
+        queue_id: 1,
+        offset: 7,
+    };
+    m.call(&commit, Bytes::new(), T).await.unwrap();
+    eventually("topics and offsets copied", async || {
+        p.slave()
+            .broker()
+            .store()
+            .consumer_offsets()
+            .query("cg", "Orders", 1)
+            == Some(7)
+    })
+    .await;
+    let on_slave = drain(&s, "Orders", 1, "*").await;
+    assert_eq!(on_slave, drain(&m, "Orders", 1, "*").await);
+    assert_eq!(on_slave.len(), 50);
+    expect_error(
+        &s,
+        &send("Orders", 0, "", "k"),
+        Bytes::from_static(b"x"),
+        ErrorCode::NotMaster,
+        "slave",
+    )
+    .await;
+    // Lag is reported, and nil once caught up.
+    let st = p.slave().broker().ha_status();
+    assert_eq!(
+        (st.role, st.lag_bytes, st.connected),
+        (BrokerRole::Slave, 0, 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_master_without_its_slave_says_so_and_the_slave_resumes() {
+    let mut p = pair(BrokerRole::SyncMaster).await;
+    let m = connect(&p.master().local_addr().to_string()).await;
+    eventually("the slave connects", async || {
+        p.master().broker().ha_status().connected == 1
+    })
+    .await;
+    m.call(&send("T", 0, "", "a"), Bytes::from_static(b"a"), T)
+        .await
+        .unwrap();
+    p.slave.take().unwrap().shutdown().await.unwrap();
+    eventually("the slave is gone", async || {
+        p.master().broker().ha_status().connected == 0
+    })
+    .await;
+    let (r, _): (SendResult, _) = m
+        .call(&send("T", 0, "", "b"), Bytes::from_static(b"b"), T)
+        .await
+        .unwrap();
+    assert_eq!(r.status, SendStatus::SlaveNotAvailable);
+    // Restarted on its folder, it resumes from its own end.
+    let addr = p.ns.local_addr().to_string();
+    p.slave = Some(
+        weir_broker::start(slave_config(p.s_dir.path(), &addr))
+            .await
+            .unwrap(),
+    );
+    p.caught_up().await;
+    let (r, _): (SendResult, _) = m
+        .call(&send("T", 0, "", "c"), Bytes::from_static(b"c"), T)
+        .await
+        .unwrap();
+    assert_eq!(r.status, SendStatus::Ok);
+    p.caught_up().await;
+    let s = connect(&p.slave().local_addr().to_string()).await;
+    assert_eq!(drain(&s, "T", 0, "*").await, vec!["a", "b", "c"]);
+    let _ = &p.m_dir;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_whose_log_differs_refuses_to_serve() {
+    let ns = namesrv().await;
+    let addr = ns.local_addr().to_string();
+    let (m_dir, s_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // The would-be slave once took writes of its own (as a master of another life).
+    {
+        let mut c = broker_config(s_dir.path(), "");
+        c.broker_name = "elsewhere".into();
+        let other = weir_broker::start(c).await.unwrap();
+        let o = connect(&other.local_addr().to_string()).await;
+        for i in 0..5 {
+            o.call(
+                &send("T", 0, "", &format!("x{i}")),
+                Bytes::from_static(b"theirs"),
+                T,
+            )
+            .await
+            .unwrap();
+        }
+        other.shutdown().await.unwrap();
+    }
+    let master = weir_broker::start(master_config(m_dir.path(), &addr, BrokerRole::AsyncMaster))
+        .await
+        .unwrap();
+    let m = connect(&master.local_addr().to_string()).await;
+    for i in 0..20 {
+        m.call(
+            &send("T", 0, "", &format!("m{i}")),
+            Bytes::from_static(b"mine, longer"),
+            T,
+        )
+        .await
+        .unwrap();
+    }
+    let slave = weir_broker::start(slave_config(s_dir.path(), &addr))
+        .await
+        .unwrap();
+    eventually("the slave finds out", async || {
+        slave.broker().ha_status().diverged.is_some()
+    })
+    .await;
+    let s = connect(&slave.local_addr().to_string()).await;
+    expect_error(
+        &s,
+        &crate::common::pull("T", 0, 0, "*", 0),
+        Bytes::new(),
+        ErrorCode::ReplicaDiverged,
+        "differs",
+    )
+    .await;
+}

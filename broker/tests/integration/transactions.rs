@@ -1,0 +1,354 @@
+//! Transactional messages at the broker, over raw protocol calls: half messages stay
+//! invisible, commit makes one visible exactly once, rollback discards it, check-backs go
+//! to a live producer of the group, transactions asked about too often go dead and are
+//! resolved by hand, and a torn commit is repaired at start.
+
+use crate::common::{T, connect, drain, env_with, eventually, expect_error, pull, send};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bytes::Bytes;
+use weir_protocol::broker::{
+    CheckTransactionState, EndTransaction, Heartbeat, ListTransactions, ResolveTransaction,
+    SendResult, TransactionDecision, TransactionList, TransactionState,
+};
+use weir_protocol::names::{TRANS_DEAD_TOPIC, TRANS_HALF_TOPIC, property};
+use weir_protocol::net::BoxFuture;
+use weir_protocol::{
+    ConnConfig, Connection, ErrorCode, Handler, MessageId, Reply, Request, RequestCode,
+};
+
+fn half(topic: &str, id: &str, key: &str) -> weir_protocol::broker::SendMessage {
+    let mut m = send(topic, 0, "TagA", key);
+    m.producer_group = "txg".into();
+    m.properties
+        .push((property::TRANSACTION_PREPARED.into(), "true".into()));
+    m.properties
+        .push((property::TRANSACTION_ID.into(), id.into()));
+    m
+}
+
+fn end(id: &str, at: u64, decision: TransactionDecision) -> EndTransaction {
+    EndTransaction {
+        producer_group: "txg".into(),
+        transaction_id: id.into(),
+        commit_log_offset: at,
+        decision,
+        from_check: false,
+    }
+}
+
+async fn send_half(conn: &Connection, topic: &str, id: &str, body: &str) -> u64 {
+    let (r, _): (SendResult, _) = conn
+        .call(&half(topic, id, id), Bytes::from(body.to_owned()), T)
+        .await
+        .unwrap();
+    r.msg_id.parse::<MessageId>().unwrap().offset
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_once_rollback_never_and_halves_stay_hidden() {
+    let env = env_with(|_| {}).await;
+    let conn = env.client().await;
+    let a = send_half(&conn, "Orders", "tx-a", "paid").await;
+    let b = send_half(&conn, "Orders", "tx-b", "refunded").await;
+    // Invisible: not in the topic, not to a lookup by key, not pullable where it waits.
+    assert!(drain(&conn, "Orders", 0, "*").await.is_empty());
+    expect_error(
+        &conn,
+        &pull(TRANS_HALF_TOPIC, 0, 0, "*", 0),
+        Bytes::new(),
+        ErrorCode::NoPermission,
+        "never consumed",
+    )
+    .await;
+
+    for _ in 0..3 {
+        conn.call(
+            &end("tx-a", a, TransactionDecision::Commit),
+            Bytes::new(),
+            T,
+        )
+        .await
+        .unwrap();
+    }
+    conn.call(
+        &end("tx-b", b, TransactionDecision::Rollback),
+        Bytes::new(),
+        T,
+    )
+    .await
+    .unwrap();
+    assert_eq!(drain(&conn, "Orders", 0, "TagA").await, vec!["paid"]);
+    // A decision is final: the other one is refused, naming what was decided.
+    expect_error(
+        &conn,
+        &end("tx-b", b, TransactionDecision::Commit),
+        Bytes::new(),
+        ErrorCode::TransactionInvalid,
+        "rollback",
+    )
+    .await;
+    // A decision must match its half message.
+    let mut wrong = end("tx-a", a, TransactionDecision::Commit);
+    wrong.producer_group = "other".into();
+    expect_error(
+        &conn,
+        &wrong,
+        Bytes::new(),
+        ErrorCode::TransactionInvalid,
+        "txg",
+    )
+    .await;
+    expect_error(
+        &conn,
+        &end("tx-x", a, TransactionDecision::Commit),
+        Bytes::new(),
+        ErrorCode::TransactionInvalid,
+        "tx-a",
+    )
+    .await;
+
+    // Only the transactional path makes a half message.
+    let mut flagged = send("Orders", 0, "", "k");
+    flagged.sys_flag = 1;
+    expect_error(
+        &conn,
+        &flagged,
+        Bytes::from_static(b"x"),
+        ErrorCode::MessageIllegal,
+        "transaction",
+    )
+    .await;
+    expect_error(
+        &conn,
+        &send(TRANS_HALF_TOPIC, 0, "", "k"),
+        Bytes::from_static(b"x"),
+        ErrorCode::NoPermission,
+        "broker's own",
+    )
+    .await;
+
+    // Nothing pending any more.
+    let list = ListTransactions {
+        state: TransactionState::Pending,
+        producer_group: None,
+        max: 100,
+    };
+    let (pending, _): (TransactionList, _) = conn.call(&list, Bytes::new(), T).await.unwrap();
+    assert!(pending.transactions.is_empty(), "{pending:?}");
+
+    // Decisions survive a restart: still once, still refused.
+    let mut env = env;
+    env.restart().await;
+    let conn = env.client().await;
+    conn.call(
+        &end("tx-a", a, TransactionDecision::Commit),
+        Bytes::new(),
+        T,
+    )
+    .await
+    .unwrap();
+    assert_eq!(drain(&conn, "Orders", 0, "*").await, vec!["paid"]);
+}
+
+/// A producer that answers every check-back with `answer`, counting them.
+struct Answering {
+    answer: TransactionDecision,
+    checks: Arc<AtomicU32>,
+}
+
+impl Handler for Answering {
+    fn handle<'a>(&'a self, conn: &'a Connection, req: Request) -> BoxFuture<'a, Reply> {
+        Box::pin(async move {
+            if req.code == RequestCode::CheckTransactionState as u16
+                && let Ok(c) = req.decode::<CheckTransactionState>()
+            {
+                self.checks.fetch_add(1, Ordering::Relaxed);
+                let reply = EndTransaction {
+                    producer_group: c.producer_group,
+                    transaction_id: c.transaction_id,
+                    commit_log_offset: c.commit_log_offset,
+                    decision: self.answer,
+                    from_check: true,
+                };
+                let _ = conn.oneway(&reply, Bytes::new()).await;
+            }
+            Reply::ok(&())
+        })
+    }
+}
+
+async fn producer(
+    env: &crate::common::Env,
+    answer: TransactionDecision,
+) -> (Connection, Arc<AtomicU32>) {
+    let checks = Arc::new(AtomicU32::new(0));
+    let conn = Connection::connect(
+        &env.broker().local_addr().to_string(),
+        Arc::new(Answering {
+            answer,
+            checks: Arc::clone(&checks),
+        }),
+        ConnConfig::default(),
+        T,
+    )
+    .await
+    .unwrap();
+    let hb = Heartbeat {
+        client_id: format!("producer-{}", rand_id()),
+        producer_groups: vec!["txg".into()],
+        consumers: vec![],
+    };
+    conn.call(&hb, Bytes::new(), T).await.unwrap();
+    (conn, checks)
+}
+
+fn rand_id() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecided_half_is_checked_back_and_committed_once() {
+    let env = env_with(|c| {
+        c.transaction_timeout_ms = 100;
+        c.transaction_check_interval_ms = 100;
+    })
+    .await;
+    let (prod, checks) = producer(&env, TransactionDecision::Commit).await;
+    send_half(&prod, "Checked", "tx-c", "decided later").await;
+    let conn = env.client().await;
+    eventually("committed through the check-back", async || {
+        drain(&conn, "Checked", 0, "*").await == vec!["decided later"]
+    })
+    .await;
+    assert!(checks.load(Ordering::Relaxed) >= 1);
+    // Never asked again once decided.
+    let asked = checks.load(Ordering::Relaxed);
+    env.broker().broker().check_transactions().await;
+    env.broker().broker().check_transactions().await;
+    assert_eq!(checks.load(Ordering::Relaxed), asked);
+    assert_eq!(drain(&conn, "Checked", 0, "*").await, vec!["decided later"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checked_too_often_goes_dead_and_is_resolved_by_hand() {
+    let env = env_with(|c| {
+        c.transaction_timeout_ms = 50;
+        c.transaction_check_interval_ms = 50;
+        c.transaction_check_max = 3;
+    })
+    .await;
+    let (prod, checks) = producer(&env, TransactionDecision::Unknown).await;
+    send_half(&prod, "Stuck", "tx-d", "unsure").await;
+    let conn = env.client().await;
+    let dead = ListTransactions {
+        state: TransactionState::Dead,
+        producer_group: Some("txg".into()),
+        max: 10,
+    };
+    eventually("the transaction goes dead", async || {
+        let (l, _): (TransactionList, _) = conn.call(&dead, Bytes::new(), T).await.unwrap();
+        l.transactions.len() == 1
+    })
+    .await;
+    assert_eq!(checks.load(Ordering::Relaxed), 3);
+    let (l, _): (TransactionList, _) = conn.call(&dead, Bytes::new(), T).await.unwrap();
+    let t = &l.transactions[0];
+    assert_eq!(
+        (t.transaction_id.as_str(), t.topic.as_str()),
+        ("tx-d", "Stuck")
+    );
+    assert_eq!(t.check_times, 3);
+    assert!(drain(&conn, "Stuck", 0, "*").await.is_empty());
+    // The dead copy is where `weir transaction dead` says.
+    let view = conn
+        .call(
+            &weir_protocol::broker::ViewMessageById {
+                msg_id: t.msg_id.clone(),
+            },
+            Bytes::new(),
+            T,
+        )
+        .await
+        .unwrap();
+    let rec = weir_protocol::broker::split_records(&view.1).unwrap();
+    assert_eq!(
+        weir_protocol::RecordView::parse(rec[0]).unwrap().topic(),
+        TRANS_DEAD_TOPIC
+    );
+
+    let resolve = ResolveTransaction {
+        transaction_id: "tx-d".into(),
+        decision: TransactionDecision::Commit,
+    };
+    conn.call(&resolve, Bytes::new(), T).await.unwrap();
+    assert_eq!(drain(&conn, "Stuck", 0, "*").await, vec!["unsure"]);
+    expect_error(
+        &conn,
+        &resolve,
+        Bytes::new(),
+        ErrorCode::TransactionInvalid,
+        "decided already",
+    )
+    .await;
+    let (l, _): (TransactionList, _) = conn.call(&dead, Bytes::new(), T).await.unwrap();
+    assert!(l.transactions.is_empty());
+}
+
+fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_a_crash_tore_from_its_decision_is_repaired_at_start() {
+    // No checkpoint after the start: a crash image replays everything that follows.
+    let env = env_with(|c| c.store.checkpoint_interval_ms = 3_600_000).await;
+    let conn = env.client().await;
+    let at = send_half(&conn, "Torn", "tx-t", "once").await;
+    // What a torn batch leaves: the committed message, without its op record.
+    let store = env.broker().broker().store();
+    let rec = store.get_by_offset(at).unwrap();
+    let mut msg = rec.view().unwrap().to_message();
+    msg.topic = "Torn".into();
+    msg.sys_flag = weir_protocol::record::sys_flag::TX_COMMIT;
+    msg.prepared_tx_offset = at;
+    msg.remove_properties(&[
+        property::REAL_TOPIC,
+        property::REAL_QUEUE_ID,
+        property::TRANSACTION_PREPARED,
+        property::PRODUCER_GROUP,
+    ]);
+    store.put(&msg).unwrap();
+    assert_eq!(drain(&conn, "Torn", 0, "*").await, vec!["once"]);
+    // The crash: a copy of the live folder, opened by a new broker.
+    let image = tempfile::tempdir().unwrap();
+    copy_dir(&env.dir.path().join("data"), &image.path().join("data"));
+    let config = crate::common::broker_config(image.path(), &env.ns.local_addr().to_string());
+    let broker = weir_broker::start(config).await.unwrap();
+    assert!(!broker.broker().store().recovery_report().clean_shutdown);
+    let conn = connect(&broker.local_addr().to_string()).await;
+    // The producer's own commit now finds it decided: still once.
+    conn.call(
+        &end("tx-t", at, TransactionDecision::Commit),
+        Bytes::new(),
+        T,
+    )
+    .await
+    .unwrap();
+    assert_eq!(drain(&conn, "Torn", 0, "*").await, vec!["once"]);
+    broker.shutdown().await.unwrap();
+}

@@ -1,0 +1,11 @@
+//! The integration tests of this crate, as one test binary: one link instead of one per
+//! file, and the files' tests run side by side. Each file is a module; its tests are named
+//! `<file>::<test>` (`cargo test --test integration <file>::` runs one file's).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod busy;
+mod client;
+mod filter;
+mod push;
