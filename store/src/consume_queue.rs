@@ -69,7 +69,7 @@ impl ConsumeQueue {
     /// Opens the queue in `dir`, treating entries pointing below `commit_log_min` as
     /// deleted. Runs before the queue is shared.
     pub fn open(dir: &Path, entries_per_segment: u64, commit_log_min: u64) -> Result<Self> {
-        let files = SegmentedFile::open(dir, entries_per_segment * ENTRY_SIZE)?;
+        let files = SegmentedFile::open_growing(dir, entries_per_segment * ENTRY_SIZE)?;
         let cq = Self {
             files,
             write: Mutex::new(()),
@@ -160,7 +160,9 @@ impl ConsumeQueue {
                 detail: format!("queue offset {at} cannot be stored: too large"),
             });
         }
-        self.segment_for(at * ENTRY_SIZE).map(drop)
+        let byte = at * ENTRY_SIZE;
+        let seg = self.segment_for(byte)?;
+        seg.allocate_to(byte - seg.start() + ENTRY_SIZE)
     }
 
     /// The segment holding byte `byte`, created (with any missing ones before it) if
@@ -190,7 +192,11 @@ impl ConsumeQueue {
 
     /// Bytes of disk the queue's files hold.
     pub fn allocated_bytes(&self) -> u64 {
-        (self.files.count() as u64).saturating_mul(self.files.segment_size())
+        self.files
+            .all()
+            .iter()
+            .map(|s| s.allocated())
+            .fold(0, u64::saturating_add)
     }
 
     /// The first logical offset in `[min, max]` whose entry points at or beyond
@@ -243,8 +249,10 @@ impl ConsumeQueue {
         let byte = at * ENTRY_SIZE;
         let seg = self.segment_for(byte)?;
         let rel = byte - seg.start();
+        // Blocks first: a write through the map into a hole of a full disk would fault.
+        seg.allocate_to(rel + ENTRY_SIZE)?;
         // SAFETY: we hold this queue's write lock, and `rel` is at or beyond the published
-        // mark (entries are appended in order).
+        // mark (entries are appended in order); its blocks are reserved (just above).
         unsafe { seg.write(rel, &entry.encode()) };
         seg.publish(rel + ENTRY_SIZE);
         if self.files.count() == 1 && max == 0 && self.min_offset() == 0 {
@@ -304,8 +312,11 @@ impl ConsumeQueue {
         if max == self.max_offset() {
             return Ok(());
         }
-        // Zero the dropped entries so a later load does not resurrect them.
+        // Zero the dropped entries so a later load does not resurrect them. Only up to the
+        // old end: past it the file was never written (zeros already, and maybe holes that
+        // writing would fill with blocks).
         let byte = max * ENTRY_SIZE;
+        let old_end = self.max_offset().saturating_mul(ENTRY_SIZE);
         self.files
             .remove_from(byte.div_ceil(self.files.segment_size()) * self.files.segment_size())?;
         for seg in self.files.all() {
@@ -314,7 +325,8 @@ impl ConsumeQueue {
             }
             let rel = byte.max(seg.start()) - seg.start();
             seg.publish(rel);
-            let zeros = vec![0u8; (seg.len() - rel) as usize];
+            let written_end = old_end.clamp(seg.start(), seg.end()) - seg.start();
+            let zeros = vec![0u8; written_end.saturating_sub(rel) as usize];
             // SAFETY: recovery holds the write lock and the queue is not shared yet;
             // `rel` is the published mark just set.
             unsafe { seg.write(rel, &zeros) };
@@ -398,4 +410,77 @@ fn partition_point(n: u64, pred: impl Fn(u64) -> bool) -> u64 {
         }
     }
     lo
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+    use crate::segment::GROW_STEP;
+
+    fn entry(i: u64) -> CqEntry {
+        CqEntry {
+            commit_log_offset: 1000 + i * 100,
+            size: 100,
+            tag_hash: i,
+        }
+    }
+
+    /// Blocks the queue's files hold on disk, in bytes.
+    fn disk_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+            .sum()
+    }
+
+    #[test]
+    fn a_queue_reserves_disk_as_it_fills_not_a_whole_segment_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        // 300,000 entries per file: 6 MB each when made whole.
+        let cq = ConsumeQueue::open(dir.path(), 300_000, 0).unwrap();
+        for i in 0..10 {
+            cq.reserve(i).unwrap();
+            cq.put(i, entry(i)).unwrap();
+        }
+        assert_eq!(cq.allocated_bytes(), GROW_STEP);
+        assert!(
+            disk_bytes(dir.path()) <= GROW_STEP,
+            "{}",
+            disk_bytes(dir.path())
+        );
+
+        // 10,000 entries (200,000 bytes): the reservation doubles ahead of the writer.
+        for i in 10..10_000 {
+            cq.reserve(i).unwrap();
+            cq.put(i, entry(i)).unwrap();
+        }
+        let allocated = cq.allocated_bytes();
+        assert!(
+            (200_000..=4 * GROW_STEP).contains(&allocated),
+            "{allocated}"
+        );
+        assert!(
+            disk_bytes(dir.path()) <= allocated,
+            "{}",
+            disk_bytes(dir.path())
+        );
+
+        // Dropping entries zeroes only what was written: no hole gets blocks.
+        cq.truncate_from(entry(5_000).commit_log_offset).unwrap();
+        assert_eq!(cq.max_offset(), 5_000);
+        assert!(disk_bytes(dir.path()) <= allocated);
+        drop(cq);
+
+        // Opened again: the entries read back, and writing goes on past them.
+        let cq = ConsumeQueue::open(dir.path(), 300_000, 0).unwrap();
+        assert_eq!(cq.max_offset(), 5_000);
+        assert_eq!(cq.get(4_999), Some(entry(4_999)));
+        assert_eq!(cq.get(5_000), None);
+        cq.reserve(5_000).unwrap();
+        cq.put(5_000, entry(5_000)).unwrap();
+        assert_eq!(cq.get(5_000), Some(entry(5_000)));
+        assert!(cq.allocated_bytes() >= 5_001 * ENTRY_SIZE);
+    }
 }

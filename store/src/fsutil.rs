@@ -20,6 +20,18 @@ pub(crate) fn preallocate(file: &File, len: u64) -> std::io::Result<()> {
     }
 }
 
+/// Reserves real blocks for `[from, from + len)` of `file`, inside its size (a file made
+/// sparse and growing its reservation ahead of its writer). `Ok(false)` where the file system
+/// cannot reserve (the file stays sparse there, as [`preallocate`] leaves it).
+pub(crate) fn allocate_range(file: &File, from: u64, len: u64) -> std::io::Result<bool> {
+    use rustix::fs::{FallocateFlags, fallocate};
+    match fallocate(file, FallocateFlags::KEEP_SIZE, from, len) {
+        Ok(()) => Ok(true),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Makes the entries of `dir` (creations, renames, deletions) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)

@@ -1,4 +1,6 @@
 //! Fixed-size, memory-mapped segment files, and a sequence of them named by start offset.
+//! (Over ~600 lines: the segment type and the sequence of them share one unsafe invariant,
+//! kept in one file so it is read in one place.)
 //!
 //! This module holds the store's only `unsafe` code. The invariant that makes it sound:
 //! each segment has one writer at a time (its owner serialises writes behind a lock), a
@@ -28,7 +30,15 @@ pub(crate) struct Segment {
     published: AtomicU64,
     /// Bytes `[0, flushed)` are known to be on disk.
     flushed: AtomicU64,
+    /// Bytes `[0, allocated)` have real blocks (writes there cannot fault on a full disk).
+    /// The whole length for a segment made by [`Segment::create`]; a growing segment
+    /// ([`Segment::create_growing`]) starts sparse and its writer calls
+    /// [`Segment::allocate_to`] before writing past it.
+    allocated: AtomicU64,
 }
+
+/// A growing segment reserves at least this much at a time, doubling as it fills.
+pub(crate) const GROW_STEP: u64 = 64 << 10;
 
 impl Segment {
     /// Creates a new zero-filled segment, with its blocks reserved so that later writes
@@ -54,13 +64,70 @@ impl Segment {
             let _ = fs::remove_file(path);
             return Err(e);
         }
+        Self::map(path, file, start, len, len)
+    }
+
+    /// Creates a new segment whose file has its full length but no blocks yet: its writer
+    /// reserves them as it goes ([`Segment::allocate_to`]), so that thousands of queues
+    /// holding a few entries each take a few KiB of disk each, not a whole segment.
+    pub fn create_growing(path: &Path, start: u64, len: u64) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .ctx("create segment", path)?;
+        let made = file
+            .set_len(len)
+            .ctx("size segment", path)
+            .and_then(|()| file.sync_all().ctx("sync new segment", path))
+            .and_then(|()| match path.parent() {
+                Some(dir) => fsutil::sync_dir(dir),
+                None => Ok(()),
+            });
+        if let Err(e) = made {
+            drop(file);
+            let _ = fs::remove_file(path);
+            return Err(e);
+        }
         Self::map(path, file, start, len, 0)
+    }
+
+    /// Reserves blocks for `[0, upto)` if they are not yet (at least [`GROW_STEP`] more,
+    /// doubling what the segment holds, never past its end). The writer calls it before it
+    /// writes past [`Segment::allocated`]; an error (a full disk) means the write must not
+    /// happen. Callers serialise it (the owner's write lock).
+    pub fn allocate_to(&self, upto: u64) -> Result<()> {
+        let have = self.allocated.load(Ordering::Acquire);
+        if upto <= have {
+            return Ok(());
+        }
+        let want = upto
+            .max(have.saturating_mul(2))
+            .max(GROW_STEP)
+            .div_ceil(GROW_STEP)
+            .saturating_mul(GROW_STEP)
+            .min(self.len);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .ctx("open segment", &self.path)?;
+        // From 0, not from `have`: after a restart `have` is 0 and the blocks already
+        // there cost nothing to reserve again.
+        fsutil::allocate_range(&file, 0, want).ctx("reserve space for segment", &self.path)?;
+        self.allocated.store(want, Ordering::Release);
+        Ok(())
+    }
+
+    /// Bytes of the segment with blocks reserved (see [`Segment::allocate_to`]).
+    pub fn allocated(&self) -> u64 {
+        self.allocated.load(Ordering::Acquire)
     }
 
     /// Opens an existing segment. `published` starts at 0: the owner publishes what
     /// recovery validated. `flushed` starts at 0 too: after a crash of the process the
     /// kernel may still hold dirty pages of it, and the next flush must cover them.
-    pub fn open(path: &Path, start: u64, len: u64) -> Result<Self> {
+    pub fn open(path: &Path, start: u64, len: u64, growing: bool) -> Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -78,13 +145,19 @@ impl Segment {
             // Cut short (a crash while the file was created, or a careless copy): what is
             // missing reads as zeros, which recovery treats as the end of the data.
             tracing::warn!(path = %path.display(), actual, expected = len, "segment file is short; extending it with zeros");
-            fsutil::preallocate(&file, len).ctx("extend short segment", path)?;
+            if growing {
+                file.set_len(len).ctx("extend short segment", path)?;
+            } else {
+                fsutil::preallocate(&file, len).ctx("extend short segment", path)?;
+            }
             file.sync_all().ctx("sync segment", path)?;
         }
-        Self::map(path, file, start, len, 0)
+        // A growing segment's reservation is found again by its writer's next
+        // `allocate_to` (reserving what already has blocks costs nothing).
+        Self::map(path, file, start, len, if growing { 0 } else { len })
     }
 
-    fn map(path: &Path, file: File, start: u64, len: u64, flushed: u64) -> Result<Self> {
+    fn map(path: &Path, file: File, start: u64, len: u64, allocated: u64) -> Result<Self> {
         let map = MmapRaw::map_raw(&file).ctx("map segment", path)?;
         Ok(Self {
             start,
@@ -92,7 +165,8 @@ impl Segment {
             path: path.to_path_buf(),
             map,
             published: AtomicU64::new(0),
-            flushed: AtomicU64::new(flushed),
+            flushed: AtomicU64::new(0),
+            allocated: AtomicU64::new(allocated),
         })
     }
 
@@ -268,6 +342,9 @@ pub(crate) fn segment_name(start: u64) -> String {
 pub(crate) struct SegmentedFile {
     dir: PathBuf,
     segment_size: u64,
+    /// Segments are made sparse and reserve blocks as they fill (consume queues), instead
+    /// of whole (the commit log, whose segments always fill).
+    growing: bool,
     segments: RwLock<Vec<Arc<Segment>>>,
 }
 
@@ -275,6 +352,16 @@ impl SegmentedFile {
     /// Opens every segment in `dir` (creating `dir` if needed). Files that are not
     /// segments are an error, so nothing is silently ignored; a gap in the sequence is too.
     pub fn open(dir: &Path, segment_size: u64) -> Result<Self> {
+        Self::open_with(dir, segment_size, false)
+    }
+
+    /// [`SegmentedFile::open`] for segments that reserve their blocks as they fill
+    /// ([`Segment::create_growing`]).
+    pub fn open_growing(dir: &Path, segment_size: u64) -> Result<Self> {
+        Self::open_with(dir, segment_size, true)
+    }
+
+    fn open_with(dir: &Path, segment_size: u64, growing: bool) -> Result<Self> {
         fsutil::create_dir_durable(dir)?;
         let mut starts = Vec::new();
         for entry in fs::read_dir(dir).ctx("list folder", dir)? {
@@ -325,11 +412,17 @@ impl SegmentedFile {
                     ),
                 });
             }
-            segments.push(Arc::new(Segment::open(&path, start, segment_size)?));
+            segments.push(Arc::new(Segment::open(
+                &path,
+                start,
+                segment_size,
+                growing,
+            )?));
         }
         Ok(Self {
             dir: dir.to_path_buf(),
             segment_size,
+            growing,
             segments: RwLock::new(segments),
         })
     }
@@ -378,11 +471,12 @@ impl SegmentedFile {
     /// finds it after the end of the data, where recovery deletes it.
     pub fn create_detached(&self, start: u64) -> Result<Arc<Segment>> {
         debug_assert_eq!(start % self.segment_size, 0);
-        Ok(Arc::new(Segment::create(
-            &self.dir.join(segment_name(start)),
-            start,
-            self.segment_size,
-        )?))
+        let path = self.dir.join(segment_name(start));
+        Ok(Arc::new(if self.growing {
+            Segment::create_growing(&path, start, self.segment_size)?
+        } else {
+            Segment::create(&path, start, self.segment_size)?
+        }))
     }
 
     /// Appends a segment made by `create_detached`; it must follow the last one.
