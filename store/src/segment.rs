@@ -44,14 +44,29 @@ impl Segment {
     /// Creates a new zero-filled segment, with its blocks reserved so that later writes
     /// through the map cannot fail for lack of space, and makes its name durable.
     pub fn create(path: &Path, start: u64, len: u64) -> Result<Self> {
+        Self::create_with(path, start, len, false)
+    }
+
+    /// Creates a new segment whose file has its full length but no blocks yet: its writer
+    /// reserves them as it goes ([`Segment::allocate_to`]), so that thousands of queues
+    /// holding a few entries each take a few KiB of disk each, not a whole segment.
+    pub fn create_growing(path: &Path, start: u64, len: u64) -> Result<Self> {
+        Self::create_with(path, start, len, true)
+    }
+
+    fn create_with(path: &Path, start: u64, len: u64, growing: bool) -> Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(path)
             .ctx("create segment", path)?;
-        let made = fsutil::preallocate(&file, len)
-            .ctx("reserve space for segment", path)
+        let sized = if growing {
+            file.set_len(len).ctx("size segment", path)
+        } else {
+            fsutil::preallocate(&file, len).ctx("reserve space for segment", path)
+        };
+        let made = sized
             .and_then(|()| file.sync_all().ctx("sync new segment", path))
             .and_then(|()| match path.parent() {
                 Some(dir) => fsutil::sync_dir(dir),
@@ -64,33 +79,7 @@ impl Segment {
             let _ = fs::remove_file(path);
             return Err(e);
         }
-        Self::map(path, file, start, len, len)
-    }
-
-    /// Creates a new segment whose file has its full length but no blocks yet: its writer
-    /// reserves them as it goes ([`Segment::allocate_to`]), so that thousands of queues
-    /// holding a few entries each take a few KiB of disk each, not a whole segment.
-    pub fn create_growing(path: &Path, start: u64, len: u64) -> Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .ctx("create segment", path)?;
-        let made = file
-            .set_len(len)
-            .ctx("size segment", path)
-            .and_then(|()| file.sync_all().ctx("sync new segment", path))
-            .and_then(|()| match path.parent() {
-                Some(dir) => fsutil::sync_dir(dir),
-                None => Ok(()),
-            });
-        if let Err(e) = made {
-            drop(file);
-            let _ = fs::remove_file(path);
-            return Err(e);
-        }
-        Self::map(path, file, start, len, 0)
+        Self::map(path, file, start, len, if growing { 0 } else { len })
     }
 
     /// Reserves blocks for `[0, upto)` if they are not yet (at least [`GROW_STEP`] more,
