@@ -20,14 +20,14 @@ pub(crate) fn preallocate(file: &File, len: u64) -> std::io::Result<()> {
     }
 }
 
-/// Reserves real blocks for `[from, from + len)` of `file`, inside its size (a file made
-/// sparse and growing its reservation ahead of its writer). `Ok(false)` where the file system
-/// cannot reserve (the file stays sparse there, as [`preallocate`] leaves it).
-pub(crate) fn allocate_range(file: &File, from: u64, len: u64) -> std::io::Result<bool> {
+/// Reserves real blocks for the first `len` bytes of `file`, inside its size (a file made
+/// sparse that grows its reservation ahead of its writer). Where the file system cannot
+/// reserve, the file stays sparse there, as [`preallocate`] leaves it.
+pub(crate) fn reserve_blocks(file: &File, len: u64) -> std::io::Result<()> {
     use rustix::fs::{FallocateFlags, fallocate};
-    match fallocate(file, FallocateFlags::KEEP_SIZE, from, len) {
-        Ok(()) => Ok(true),
-        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => Ok(false),
+    match fallocate(file, FallocateFlags::KEEP_SIZE, 0, len) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

@@ -103,7 +103,7 @@ impl Segment {
             .ctx("open segment", &self.path)?;
         // From 0, not from `have`: after a restart `have` is 0 and the blocks already
         // there cost nothing to reserve again.
-        fsutil::allocate_range(&file, 0, want).ctx("reserve space for segment", &self.path)?;
+        fsutil::reserve_blocks(&file, want).ctx("reserve space for segment", &self.path)?;
         self.allocated.store(want, Ordering::Release);
         Ok(())
     }
