@@ -501,20 +501,21 @@ impl SegmentedFile {
     }
 
     /// Takes every segment starting at or after `offset` out of the sequence without
-    /// touching its file; the caller decides what becomes of them.
+    /// touching its file; the caller decides what becomes of them, in the order given:
+    /// the last segment first. Removing files in that order keeps the folder a sequence
+    /// without gaps whenever it stops (a kill during recovery, a failed delete): what is
+    /// left is a prefix, which the next recovery cuts again. First to last, a stop after
+    /// the first delete left a gap that `open` refuses, and the store could not open.
     pub fn detach_from(&self, offset: u64) -> Vec<Arc<Segment>> {
         let mut segs = self.segments.write();
         let keep = segs.iter().take_while(|s| s.start() < offset).count();
-        segs.drain(keep..).collect()
+        segs.drain(keep..).rev().collect()
     }
 
-    /// Deletes every segment starting at or after `offset` (recovery truncation).
+    /// Deletes every segment starting at or after `offset` (recovery truncation), the
+    /// last first (see [`SegmentedFile::detach_from`]).
     pub fn remove_from(&self, offset: u64) -> Result<()> {
-        let removed: Vec<_> = {
-            let mut segs = self.segments.write();
-            let keep = segs.iter().take_while(|s| s.start() < offset).count();
-            segs.drain(keep..).collect()
-        };
+        let removed = self.detach_from(offset);
         for seg in &removed {
             fs::remove_file(seg.path()).ctx("delete segment", seg.path())?;
         }
@@ -576,6 +577,46 @@ impl SegmentedFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names_in(dir: &Path) -> Vec<u64> {
+        let mut starts: Vec<u64> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+            .collect();
+        starts.sort_unstable();
+        starts
+    }
+
+    /// A truncation that stops part way (here a delete that fails; in life a kill during
+    /// recovery) must leave the folder a sequence `open` accepts: no gap.
+    #[test]
+    fn a_truncation_stopped_part_way_leaves_no_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 4096;
+        let files = SegmentedFile::open_growing(dir.path(), size).unwrap();
+        for i in 0..4 {
+            files.create(i * size).unwrap();
+        }
+        // The last segment's name becomes a folder that holds a file: it cannot be deleted
+        // as a file, so the truncation fails at that segment.
+        let last = dir.path().join(segment_name(3 * size));
+        fs::remove_file(&last).unwrap();
+        fs::create_dir(&last).unwrap();
+        fs::write(last.join("keep"), b"x").unwrap();
+
+        assert!(files.remove_from(size).is_err());
+        let left = names_in(dir.path());
+        assert!(
+            left.windows(2).all(|w| w[1] == w[0] + size),
+            "segments left after a failed truncation have a gap: {left:?}"
+        );
+        // The next truncation finishes the job.
+        fs::remove_dir_all(&last).unwrap();
+        drop(files);
+        let files = SegmentedFile::open_growing(dir.path(), size).unwrap();
+        files.remove_from(size).unwrap();
+        assert_eq!(names_in(dir.path()), vec![0]);
+    }
 
     #[test]
     fn released_pages_read_back_unchanged() {

@@ -191,7 +191,8 @@ impl CommitLog {
 
     /// Takes the segments starting at or after `offset` out of the log: those holding only
     /// zeros are deleted, any other is moved into `quarantine` (never deleted: recovery
-    /// cannot explain its bytes). Returns where the moved ones went.
+    /// cannot explain its bytes), the last first, so that a stop part way leaves no gap
+    /// (see `SegmentedFile::detach_from`). Returns where the moved ones went.
     fn set_aside_from(&self, offset: u64, quarantine: &Path) -> Result<Vec<PathBuf>> {
         let mut moved = Vec::new();
         let detached = self.files.detach_from(offset);
