@@ -6,12 +6,12 @@
 //! send is acknowledged only once `acked` (the furthest connected slave's end) passes its
 //! end, or it gets a distinct status. A slave marked diverged stays so until restarted.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use weir_protocol::ha::{BrokerRole, HaStatus, OffsetRow};
 
 /// One connected slave, as the master sees it.
@@ -38,6 +38,10 @@ pub struct Replication {
     /// Master: the furthest end a connected slave has confirmed.
     acked: AtomicU64,
     acked_changed: Notify,
+    /// Master: sync sends waiting for a slave to confirm the log up to their end, by
+    /// (end, arrival): a confirmation wakes exactly the sends it covers, not every waiter.
+    waiting: Mutex<BTreeMap<(u64, u64), oneshot::Sender<()>>>,
+    next_waiter: AtomicU64,
     /// Master: signalled whenever the log grows (slaves' streams wait on it).
     pub log_grew: Arc<Notify>,
     /// Slave: the master's end as last heard, and when the slave was last caught up.
@@ -66,6 +70,8 @@ impl Replication {
             slaves: Mutex::new(HashMap::new()),
             acked: AtomicU64::new(0),
             acked_changed: Notify::new(),
+            waiting: Mutex::new(BTreeMap::new()),
+            next_waiter: AtomicU64::new(0),
             log_grew,
             master_end: AtomicU64::new(0),
             caught_up_ms: AtomicU64::new(now_ms()),
@@ -120,6 +126,7 @@ impl Replication {
     pub fn slave_joined(&self, conn: u64, end: u64) {
         self.slaves().insert(conn, Slave { acked: end });
         self.acked.fetch_max(end, Ordering::AcqRel);
+        self.confirm_waiting();
         self.acked_changed.notify_waiters();
     }
 
@@ -129,6 +136,7 @@ impl Replication {
             s.acked = s.acked.max(end);
         }
         self.acked.fetch_max(end, Ordering::AcqRel);
+        self.confirm_waiting();
         self.acked_changed.notify_waiters();
     }
 
@@ -145,26 +153,68 @@ impl Replication {
         self.slaves().len()
     }
 
+    /// Master: how far the slave on connection `conn` has confirmed the log.
+    pub fn acked_by(&self, conn: u64) -> Option<u64> {
+        self.slaves().get(&conn).map(|s| s.acked)
+    }
+
+    /// Master: resolves at the next confirmation from any slave (registered at once, so
+    /// create it before looking at what is confirmed).
+    pub fn next_ack(&self) -> tokio::sync::futures::Notified<'_> {
+        self.acked_changed.notified()
+    }
+
     /// Master: the end of the slowest connected slave.
     pub fn slowest_slave(&self) -> Option<u64> {
         self.slaves().values().map(|s| s.acked).min()
     }
 
+    fn waiting(&self) -> std::sync::MutexGuard<'_, BTreeMap<(u64, u64), oneshot::Sender<()>>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Master: wakes the sends waiting for what is now confirmed.
+    fn confirm_waiting(&self) {
+        let acked = self.acked.load(Ordering::Acquire);
+        let covered = {
+            let mut waiting = self.waiting();
+            let rest = waiting.split_off(&(acked.saturating_add(1), 0));
+            std::mem::replace(&mut *waiting, rest)
+        };
+        for (_, send) in covered {
+            let _ = send.send(());
+        }
+    }
+
     /// Master, sync: waits until a connected slave has the log up to `end`. Many sends
-    /// share each confirmation.
+    /// share each confirmation, and each is woken once, by the one that covers it.
     pub async fn wait_replicated(&self, end: u64, timeout: Duration) -> ReplicaWait {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let changed = self.acked_changed.notified();
-            if self.acked.load(Ordering::Acquire) >= end {
-                return ReplicaWait::Confirmed;
+        if self.acked.load(Ordering::Acquire) >= end {
+            return ReplicaWait::Confirmed;
+        }
+        if self.slave_count() == 0 {
+            return ReplicaWait::NoSlave;
+        }
+        let key = (end, self.next_waiter.fetch_add(1, Ordering::Relaxed));
+        let (send, confirmed) = oneshot::channel();
+        self.waiting().insert(key, send);
+        // A confirmation between the first look and the insertion found no one to wake:
+        // look again (a confirmation after it finds the entry).
+        if self.acked.load(Ordering::Acquire) >= end {
+            self.waiting().remove(&key);
+            return ReplicaWait::Confirmed;
+        }
+        // Timed out or cancelled (the sender's connection closed): the entry goes.
+        let mut left = WaitEntry {
+            replication: self,
+            key: Some(key),
+        };
+        match tokio::time::timeout(timeout, confirmed).await {
+            Ok(Ok(())) => {
+                left.key = None;
+                ReplicaWait::Confirmed
             }
-            if self.slave_count() == 0 {
-                return ReplicaWait::NoSlave;
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return ReplicaWait::TimedOut;
-            }
+            _ => ReplicaWait::TimedOut,
         }
     }
 
@@ -242,6 +292,20 @@ impl Replication {
     }
 }
 
+/// Removes a sync send's entry from the waiting list unless it was confirmed.
+struct WaitEntry<'a> {
+    replication: &'a Replication,
+    key: Option<(u64, u64)>,
+}
+
+impl Drop for WaitEntry<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.replication.waiting().remove(&key);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +326,60 @@ mod tests {
         let m = Replication::new(BrokerRole::SyncMaster, Arc::new(Notify::new()));
         m.committed_locally("g", "T", 0, 50);
         assert!(m.pending_offsets().is_empty());
+    }
+
+    fn waiting_count(r: &Replication) -> usize {
+        r.waiting().len()
+    }
+
+    #[tokio::test]
+    async fn a_confirmation_wakes_exactly_the_sends_it_covers() {
+        let r = Arc::new(Replication::new(
+            BrokerRole::SyncMaster,
+            Arc::new(Notify::new()),
+        ));
+        let long = Duration::from_secs(30);
+        // No slave: said at once.
+        assert_eq!(r.wait_replicated(10, long).await, ReplicaWait::NoSlave);
+        r.slave_joined(7, 0);
+        let wait = |end| {
+            let r = Arc::clone(&r);
+            tokio::spawn(async move { r.wait_replicated(end, long).await })
+        };
+        let (a, b, c) = (wait(100), wait(200), wait(300));
+        while waiting_count(&r) < 3 {
+            tokio::task::yield_now().await;
+        }
+        r.slave_acked(7, 150);
+        assert_eq!(a.await.unwrap(), ReplicaWait::Confirmed);
+        // The others are still waiting, and only they.
+        assert_eq!(waiting_count(&r), 2);
+        assert!(!b.is_finished() && !c.is_finished());
+        r.slave_acked(7, 300);
+        assert_eq!(b.await.unwrap(), ReplicaWait::Confirmed);
+        assert_eq!(c.await.unwrap(), ReplicaWait::Confirmed);
+        assert_eq!(waiting_count(&r), 0);
+        // What is already confirmed does not wait.
+        assert_eq!(r.wait_replicated(300, long).await, ReplicaWait::Confirmed);
+        assert_eq!(waiting_count(&r), 0);
+    }
+
+    #[tokio::test]
+    async fn a_send_not_confirmed_in_time_times_out_and_leaves_nothing_behind() {
+        let r = Replication::new(BrokerRole::SyncMaster, Arc::new(Notify::new()));
+        r.slave_joined(1, 0);
+        let waited = r.wait_replicated(10, Duration::from_millis(20)).await;
+        assert_eq!(waited, ReplicaWait::TimedOut);
+        assert_eq!(waiting_count(&r), 0);
+        // A send whose connection closed (its future dropped) leaves nothing either.
+        let mut wait = Box::pin(r.wait_replicated(10, Duration::from_secs(30)));
+        tokio::select! {
+            biased;
+            _ = &mut wait => panic!("confirmed with no confirmation"),
+            _ = std::future::ready(()) => {}
+        }
+        assert_eq!(waiting_count(&r), 1);
+        drop(wait);
+        assert_eq!(waiting_count(&r), 0);
     }
 }

@@ -39,7 +39,8 @@ impl MessageStore {
         }
         inner.health.check_writable()?;
         inner.disk.check_append()?;
-        let mut arrivals: Vec<(String, u32, u64)> = Vec::new();
+        // Each queue's new end, told to the arrival listener once per queue, not per record.
+        let mut arrivals: Vec<(&str, u32, u64)> = Vec::new();
         let end = {
             let mut w = inner.commit_log.lock_writer();
             let taken = w.append_replicated(offset, bytes, |v: &RecordView<'_>| {
@@ -69,21 +70,28 @@ impl MessageStore {
                             .chain(property::INDEXED.iter().filter_map(|p| v.property(p))),
                     v.store_timestamp(),
                 )?;
-                arrivals.push((v.topic().to_owned(), v.queue_id(), qo + 1));
+                match arrivals.last_mut() {
+                    Some(last) if last.0 == v.topic() && last.1 == v.queue_id() => last.2 = qo + 1,
+                    _ => arrivals.push((v.topic(), v.queue_id(), qo + 1)),
+                }
                 Ok(())
             });
-            // What verified before a failure stays: it is a prefix of the master's log.
+            // What verified before a failure stays: it is a prefix of the master's log,
+            // and is announced below like the rest.
             w.commit();
             inner.dispatched.store(w.position(), Ordering::Release);
-            taken?;
-            w.position()
+            taken.map(|_| w.position())
         };
         if let Some(listener) = inner.arrival.read().clone() {
+            // Runs of one queue are folded above; queues taking turns are folded here
+            // (sorted with each queue's largest end first, the one `dedup` keeps).
+            arrivals.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then(b.2.cmp(&a.2)));
+            arrivals.dedup_by(|later, kept| later.0 == kept.0 && later.1 == kept.1);
             for (topic, queue_id, max) in arrivals {
-                listener(&topic, queue_id, max);
+                listener(topic, queue_id, max);
             }
         }
-        Ok(end)
+        end
     }
 
     /// Resolves once the log is on disk up to `end` (sync flush: a group commit; async: at

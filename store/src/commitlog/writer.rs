@@ -107,14 +107,18 @@ impl<'a> CommitLogWriter<'a> {
 
     /// A replica's append: `bytes` are records and fillers exactly as the master stored
     /// them from `offset`, which must be this log's end. Each is verified where it lands
-    /// (magic, its own offset, CRC) before it is written; `visit` sees each record after it
-    /// is written. Stops at the first thing that does not verify, keeping what came before.
-    /// Returns how many bytes were taken.
-    pub fn append_replicated(
+    /// (magic, its own offset, CRC) before it is written; `visit` sees each record (parsed
+    /// from `bytes`) after it is written and published. Stops at the first thing that does
+    /// not verify, keeping what came before. Returns how many bytes were taken.
+    ///
+    /// Per segment the records are verified first (one CRC each) and copied in one go;
+    /// then each is published and visited in order, so a reader finds a record's queue
+    /// entry only once the record is readable, as with [`CommitLogWriter::append`].
+    pub fn append_replicated<'b>(
         &mut self,
         offset: u64,
-        bytes: &[u8],
-        mut visit: impl FnMut(&RecordView<'_>) -> Result<()>,
+        bytes: &'b [u8],
+        mut visit: impl FnMut(&RecordView<'b>) -> Result<()>,
     ) -> Result<u64> {
         if offset != self.state.pos {
             return Err(StoreError::ReplicaMismatch {
@@ -127,26 +131,46 @@ impl<'a> CommitLogWriter<'a> {
         let mut taken = 0usize;
         while taken < bytes.len() {
             let seg = self.segment_for_write()?;
-            let pos = self.state.pos;
-            let rel = pos - seg.start();
+            let first = self.state.pos;
+            let rel = first - seg.start();
             let room = (seg.len() - rel) as usize;
             let window = &bytes[taken..bytes.len().min(taken + room)];
-            let len = match record::probe(window, pos) {
-                Probe::Message(len) | Probe::Blank(len) => len,
-                Probe::Invalid(why) => {
-                    return Err(StoreError::ReplicaMismatch {
-                        detail: format!("the master's bytes at offset {pos} do not verify: {why}"),
-                    });
+            let mut verified = 0usize;
+            let mut invalid = None;
+            while verified < window.len() {
+                match record::probe(&window[verified..], first + verified as u64) {
+                    Probe::Message(len) | Probe::Blank(len) => verified += len,
+                    Probe::Invalid(why) => {
+                        invalid = Some(why);
+                        break;
+                    }
                 }
-            };
-            let chunk = &window[..len];
+            }
             // SAFETY: we hold the writer lock and `rel` is the unpublished end.
-            unsafe { seg.write(rel, chunk) };
-            seg.publish(rel + len as u64);
-            self.state.pos = pos + len as u64;
-            taken += len;
-            if let Probe::Message(_) = record::probe(chunk, pos) {
-                visit(&RecordView::parse(chunk)?)?;
+            unsafe { seg.write(rel, &window[..verified]) };
+            let mut at = 0usize;
+            while at < verified {
+                let rest = &window[at..verified];
+                // Verified above: a length that fits (clamped all the same, so that the
+                // walk always moves on), and a record that parses.
+                let len =
+                    (record::u32_at(rest, record::pos::TOTAL_LEN) as usize).clamp(1, rest.len());
+                let rec = &rest[..len];
+                seg.publish(rel + (at + len) as u64);
+                self.state.pos = first + (at + len) as u64;
+                at += len;
+                if record::u32_at(rec, record::pos::MAGIC) == record::MESSAGE_MAGIC {
+                    visit(&RecordView::parse(rec)?)?;
+                }
+            }
+            taken += verified;
+            if let Some(why) = invalid {
+                return Err(StoreError::ReplicaMismatch {
+                    detail: format!(
+                        "the master's bytes at offset {} do not verify: {why}",
+                        self.state.pos
+                    ),
+                });
             }
         }
         Ok(taken as u64)

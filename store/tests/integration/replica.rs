@@ -91,3 +91,84 @@ fn bytes_that_do_not_line_up_are_refused() {
     };
     assert!(refused);
 }
+
+#[test]
+fn a_record_damaged_mid_chunk_keeps_the_records_before_it_and_the_rest_follows() {
+    let (m, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let master = MessageStore::open(small_config(m.path())).unwrap();
+    let slave = MessageStore::open(small_config(s.path())).unwrap();
+    for i in 0..8 {
+        master.put(&message(i)).unwrap();
+    }
+    // Where the sixth record starts (a read of one byte gives one whole record).
+    let mut sixth = 0;
+    for _ in 0..5 {
+        sixth += master.read_log(sixth, 1).unwrap().unwrap().len() as u64;
+    }
+    let bytes = master.read_log(0, 1 << 20).unwrap().unwrap();
+    let mut bad = bytes.clone();
+    bad[sixth as usize + 60] ^= 1;
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let calls = std::sync::Arc::clone(&calls);
+        slave.set_arrival_listener(move |topic, queue, max| {
+            calls.lock().unwrap().push((topic.to_owned(), queue, max));
+        });
+    }
+    let e = slave.append_replicated(0, &bad).unwrap_err();
+    assert!(e.to_string().contains("do not verify"), "{e}");
+    // The five records before it are stored, readable and in their queues, no more.
+    assert_eq!(slave.commit_log_max_offset(), sixth);
+    let before: usize = ["orders", "payments", "%RETRY%group-a"]
+        .iter()
+        .flat_map(|t| (0..2).map(move |q| (*t, q)))
+        .map(|(t, q)| read_all(&slave, t, q).len())
+        .sum();
+    assert_eq!(before, 5);
+    // The arrival listener heard each queue that grew once, at its end (messages 0..5
+    // went to five different queues).
+    let mut heard = calls.lock().unwrap().clone();
+    heard.sort();
+    assert_eq!(heard.len(), 5, "{heard:?}");
+    assert!(heard.iter().all(|(_, _, max)| *max == 1), "{heard:?}");
+    // The master's good bytes from there on are taken.
+    assert_eq!(
+        slave
+            .append_replicated(sixth, &bytes[sixth as usize..])
+            .unwrap(),
+        master.commit_log_max_offset()
+    );
+    for topic in ["orders", "payments", "%RETRY%group-a"] {
+        for q in 0..2 {
+            assert_eq!(read_all(&master, topic, q), read_all(&slave, topic, q));
+        }
+    }
+}
+
+#[test]
+fn queues_taking_turns_within_a_chunk_are_each_announced_once_at_their_end() {
+    let (m, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let master = MessageStore::open(small_config(m.path())).unwrap();
+    let slave = MessageStore::open(small_config(s.path())).unwrap();
+    for i in 0..24 {
+        master.put(&message(i)).unwrap();
+    }
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let calls = std::sync::Arc::clone(&calls);
+        slave.set_arrival_listener(move |topic, queue, max| {
+            calls.lock().unwrap().push((topic.to_owned(), queue, max));
+        });
+    }
+    let bytes = master.read_log(0, 1 << 20).unwrap().unwrap();
+    slave.append_replicated(0, &bytes).unwrap();
+    let mut heard = calls.lock().unwrap().clone();
+    heard.sort();
+    let mut expected = Vec::new();
+    for topic in ["%RETRY%group-a", "orders", "payments"] {
+        for q in 0..2 {
+            expected.push((topic.to_owned(), q, master.max_offset(topic, q)));
+        }
+    }
+    assert_eq!(heard, expected);
+}
