@@ -27,10 +27,12 @@ use crate::broker::Broker;
 const CHUNK: usize = 1 << 20;
 /// Most bytes streamed ahead of what the slave confirmed.
 const AHEAD: u64 = 64 << 20;
-/// Most chunks streamed ahead of what the slave confirmed. While the slave works on
-/// them, what the log grows by waits and leaves in one next chunk, so under many small
-/// sends one chunk and one confirmation carry many of them (group commit): streaming each
-/// send's bytes on its own cost the slave more than the send cost the master.
+/// Most chunks streamed ahead of what the slave confirmed while less than a whole chunk
+/// waits to be sent. While the slave works on them, what the log grows by waits and
+/// leaves in one next chunk, so under many small sends one chunk and one confirmation
+/// carry many of them (group commit): streaming each send's bytes on its own cost the
+/// slave more than the send cost the master. A slave catching up (whole chunks ready)
+/// is streamed up to [`AHEAD`] bytes ahead, as a long link needs.
 const CHUNKS_AHEAD: usize = 2;
 
 /// Starts the HA server on `listen`, taking TLS as the client port does (`tls`).
@@ -224,7 +226,9 @@ async fn stream(broker: Arc<Broker>, conn: Connection, from: u64) {
         while unconfirmed.front().is_some_and(|&end| end <= confirmed) {
             unconfirmed.pop_front();
         }
-        if unconfirmed.len() >= CHUNKS_AHEAD || at.saturating_sub(confirmed) > AHEAD {
+        let ready = broker.store.commit_log_max_offset().saturating_sub(at);
+        let batching = unconfirmed.len() >= CHUNKS_AHEAD && ready < CHUNK as u64;
+        if batching || at.saturating_sub(confirmed) > AHEAD {
             tokio::select! {
                 _ = acked => {}
                 _ = conn.closed() => return,

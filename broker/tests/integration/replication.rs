@@ -238,3 +238,57 @@ async fn a_slave_whose_log_differs_refuses_to_serve() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_joining_a_backlog_of_many_chunks_catches_up_byte_for_byte() {
+    // Several MiB of log before the slave exists: it is streamed whole chunks, many ahead
+    // of its confirmations (the master batches only when less than a chunk waits).
+    let ns = namesrv().await;
+    let addr = ns.local_addr().to_string();
+    let (m_dir, s_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let master = weir_broker::start(master_config(m_dir.path(), &addr, BrokerRole::AsyncMaster))
+        .await
+        .unwrap();
+    let m = connect(&master.local_addr().to_string()).await;
+    let body = Bytes::from(vec![b'x'; 64 << 10]);
+    for i in 0..96u32 {
+        let (r, _): (SendResult, _) = m
+            .call(
+                &send("Backlog", i % 4, "", &format!("k{i}")),
+                body.clone(),
+                T,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, SendStatus::Ok);
+    }
+    let end = master.broker().store().commit_log_max_offset();
+    assert!(end > 6 << 20, "{end}");
+    let p = Pair {
+        ns,
+        master: Some(master),
+        slave: Some(
+            weir_broker::start(slave_config(s_dir.path(), &addr))
+                .await
+                .unwrap(),
+        ),
+        m_dir,
+        s_dir,
+    };
+    p.caught_up().await;
+    let (ms, ss) = (p.master().broker().store(), p.slave().broker().store());
+    let mut at = 0;
+    while at < end {
+        let a = ms.read_log(at, 1 << 20).unwrap().unwrap();
+        assert_eq!(
+            Some(&a),
+            ss.read_log(at, 1 << 20).unwrap().as_ref(),
+            "bytes at {at}"
+        );
+        at += a.len() as u64;
+    }
+    let s = connect(&p.slave().local_addr().to_string()).await;
+    for q in 0..4 {
+        assert_eq!(drain(&s, "Backlog", q, "*").await.len(), 24);
+    }
+}
