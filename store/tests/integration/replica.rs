@@ -3,6 +3,8 @@
 //! not line up are refused.
 
 use crate::common::{message, read_all, small_config};
+use std::sync::{Arc, Mutex};
+
 use weir_store::{MessageStore, StoreError};
 
 /// Copies everything new from `master` to `slave`, in chunks of at most `chunk` bytes.
@@ -92,6 +94,16 @@ fn bytes_that_do_not_line_up_are_refused() {
     assert!(refused);
 }
 
+/// What the arrival listener of `store` hears: (topic, queue, new end) per call.
+fn record_arrivals(store: &MessageStore) -> Arc<Mutex<Vec<(String, u32, u64)>>> {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let heard = Arc::clone(&calls);
+    store.set_arrival_listener(move |topic, queue, max| {
+        heard.lock().unwrap().push((topic.to_owned(), queue, max));
+    });
+    calls
+}
+
 #[test]
 fn a_record_damaged_mid_chunk_keeps_the_records_before_it_and_the_rest_follows() {
     let (m, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -108,13 +120,7 @@ fn a_record_damaged_mid_chunk_keeps_the_records_before_it_and_the_rest_follows()
     let bytes = master.read_log(0, 1 << 20).unwrap().unwrap();
     let mut bad = bytes.clone();
     bad[sixth as usize + 60] ^= 1;
-    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    {
-        let calls = std::sync::Arc::clone(&calls);
-        slave.set_arrival_listener(move |topic, queue, max| {
-            calls.lock().unwrap().push((topic.to_owned(), queue, max));
-        });
-    }
+    let calls = record_arrivals(&slave);
     let e = slave.append_replicated(0, &bad).unwrap_err();
     assert!(e.to_string().contains("do not verify"), "{e}");
     // The five records before it are stored, readable and in their queues, no more.
@@ -153,13 +159,7 @@ fn queues_taking_turns_within_a_chunk_are_each_announced_once_at_their_end() {
     for i in 0..24 {
         master.put(&message(i)).unwrap();
     }
-    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    {
-        let calls = std::sync::Arc::clone(&calls);
-        slave.set_arrival_listener(move |topic, queue, max| {
-            calls.lock().unwrap().push((topic.to_owned(), queue, max));
-        });
-    }
+    let calls = record_arrivals(&slave);
     let bytes = master.read_log(0, 1 << 20).unwrap().unwrap();
     slave.append_replicated(0, &bytes).unwrap();
     let mut heard = calls.lock().unwrap().clone();
