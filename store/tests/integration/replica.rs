@@ -5,6 +5,7 @@
 use crate::common::{message, read_all, small_config};
 use std::sync::{Arc, Mutex};
 
+use tempfile::TempDir;
 use weir_store::{MessageStore, StoreError};
 
 /// Copies everything new from `master` to `slave`, in chunks of at most `chunk` bytes.
@@ -16,14 +17,20 @@ fn sync(master: &MessageStore, slave: &MessageStore, chunk: usize) -> u64 {
     at
 }
 
-#[test]
-fn a_slave_holds_the_same_bytes_queues_and_keys() {
+/// A master holding messages `0..count` and an empty slave, with their folders.
+fn pair_with(count: u64) -> (TempDir, TempDir, MessageStore, MessageStore) {
     let (m, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let master = MessageStore::open(small_config(m.path())).unwrap();
     let slave = MessageStore::open(small_config(s.path())).unwrap();
-    for i in 0..150 {
+    for i in 0..count {
         master.put(&message(i)).unwrap();
     }
+    (m, s, master, slave)
+}
+
+#[test]
+fn a_slave_holds_the_same_bytes_queues_and_keys() {
+    let (_m, s, master, slave) = pair_with(150);
     // Small chunks, several segments (8 KiB each): fillers and roll-overs on the way.
     assert!(master.commit_log_max_offset() > 4 * 8 * 1024);
     let end = sync(&master, &slave, 1000);
@@ -62,12 +69,7 @@ fn a_slave_holds_the_same_bytes_queues_and_keys() {
 
 #[test]
 fn bytes_that_do_not_line_up_are_refused() {
-    let (m, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let master = MessageStore::open(small_config(m.path())).unwrap();
-    let slave = MessageStore::open(small_config(s.path())).unwrap();
-    for i in 0..10 {
-        master.put(&message(i)).unwrap();
-    }
+    let (_m, _s, master, slave) = pair_with(10);
     let bytes = master.read_log(0, 1 << 20).unwrap().unwrap();
     // Not at the slave's end.
     let e = slave.append_replicated(100, &bytes).unwrap_err();
@@ -106,12 +108,7 @@ fn record_arrivals(store: &MessageStore) -> Arc<Mutex<Vec<(String, u32, u64)>>> 
 
 #[test]
 fn a_record_damaged_mid_chunk_keeps_the_records_before_it_and_the_rest_follows() {
-    let (m, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let master = MessageStore::open(small_config(m.path())).unwrap();
-    let slave = MessageStore::open(small_config(s.path())).unwrap();
-    for i in 0..8 {
-        master.put(&message(i)).unwrap();
-    }
+    let (_m, _s, master, slave) = pair_with(8);
     // Where the sixth record starts (a read of one byte gives one whole record).
     let mut sixth = 0;
     for _ in 0..5 {
@@ -153,12 +150,7 @@ fn a_record_damaged_mid_chunk_keeps_the_records_before_it_and_the_rest_follows()
 
 #[test]
 fn queues_taking_turns_within_a_chunk_are_each_announced_once_at_their_end() {
-    let (m, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let master = MessageStore::open(small_config(m.path())).unwrap();
-    let slave = MessageStore::open(small_config(s.path())).unwrap();
-    for i in 0..24 {
-        master.put(&message(i)).unwrap();
-    }
+    let (_m, _s, master, slave) = pair_with(24);
     let calls = record_arrivals(&slave);
     let bytes = master.read_log(0, 1 << 20).unwrap().unwrap();
     slave.append_replicated(0, &bytes).unwrap();
