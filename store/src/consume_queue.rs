@@ -58,8 +58,11 @@ impl CqEntry {
 
 pub(crate) struct ConsumeQueue {
     files: SegmentedFile,
-    /// Serialises writers (the dispatcher; recovery and retention before/around it).
-    write: Mutex<()>,
+    /// Serialises writers (the dispatcher; recovery and retention before/around it), and
+    /// holds the segment the last entry went in (or was made ready in): nearly every put
+    /// lands there, found without the segment table's lock. Anything that removes
+    /// segments clears it, under this lock.
+    write: Mutex<Option<Arc<Segment>>>,
     /// Entries `[min, max)` are readable.
     min: AtomicU64,
     max: AtomicU64,
@@ -72,7 +75,7 @@ impl ConsumeQueue {
         let files = SegmentedFile::open_growing(dir, entries_per_segment * ENTRY_SIZE)?;
         let cq = Self {
             files,
-            write: Mutex::new(()),
+            write: Mutex::new(None),
             min: AtomicU64::new(0),
             max: AtomicU64::new(0),
         };
@@ -152,17 +155,44 @@ impl ConsumeQueue {
     /// yet, so that the `put` there cannot fail for want of a file (the store calls this
     /// before it appends the record the entry points at).
     pub fn reserve(&self, at: u64) -> Result<()> {
-        let _w = self.write.lock();
-        if !self.can_put(at) {
-            return Err(StoreError::Corrupt {
+        let mut w = self.write.lock();
+        match self.writable(&mut w, at)? {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Corrupt {
                 what: "consume queue",
                 path: self.files.dir().to_path_buf(),
                 detail: format!("queue offset {at} cannot be stored: too large"),
-            });
+            }),
         }
-        let byte = at * ENTRY_SIZE;
-        let seg = self.segment_for(byte)?;
-        seg.allocate_to(byte - seg.start() + ENTRY_SIZE)
+    }
+
+    /// The segment entry `at` goes in, with blocks for it reserved: the one the last write
+    /// used when it holds the entry, else found or made (and remembered in `cached`).
+    /// `None` when [`ConsumeQueue::can_put`] refuses `at`. Callers hold the write lock, whose
+    /// guarded value `cached` is.
+    fn writable<'w>(
+        &self,
+        cached: &'w mut Option<Arc<Segment>>,
+        at: u64,
+    ) -> Result<Option<&'w Segment>> {
+        let byte = at.checked_mul(ENTRY_SIZE);
+        let hit = match (cached.as_deref(), byte) {
+            (Some(seg), Some(byte)) => {
+                seg.start() <= byte && byte.saturating_add(ENTRY_SIZE) <= seg.end()
+            }
+            _ => false,
+        };
+        if !hit {
+            let Some(byte) = byte.filter(|_| self.can_put(at)) else {
+                return Ok(None);
+            };
+            *cached = Some(self.segment_for(byte)?);
+        }
+        let Some((seg, byte)) = cached.as_deref().zip(byte) else {
+            return Ok(None);
+        };
+        seg.allocate_to(byte - seg.start() + ENTRY_SIZE)?;
+        Ok(Some(seg))
     }
 
     /// The segment holding byte `byte`, created (with any missing ones before it) if
@@ -234,10 +264,10 @@ impl ConsumeQueue {
     /// damaged store produces, is left as holes that readers skip; an offset
     /// [`ConsumeQueue::can_put`] refuses is an error.
     pub fn put(&self, at: u64, entry: CqEntry) -> Result<()> {
-        let _w = self.write.lock();
+        let mut w = self.write.lock();
         let max = self.max_offset();
         debug_assert!(at >= max);
-        if !self.can_put(at) {
+        let Some(seg) = self.writable(&mut w, at)? else {
             return Err(StoreError::Corrupt {
                 what: "consume queue",
                 path: self.files.dir().to_path_buf(),
@@ -245,17 +275,15 @@ impl ConsumeQueue {
                     "queue offset {at} cannot be stored (next offset {max}): too large or too far ahead"
                 ),
             });
-        }
-        let byte = at * ENTRY_SIZE;
-        let seg = self.segment_for(byte)?;
-        let rel = byte - seg.start();
-        // Blocks first: a write through the map into a hole of a full disk would fault.
-        seg.allocate_to(rel + ENTRY_SIZE)?;
+        };
+        // `writable` found the segment holding the whole entry.
+        let rel = at * ENTRY_SIZE - seg.start();
         // SAFETY: we hold this queue's write lock, and `rel` is at or beyond the published
-        // mark (entries are appended in order); its blocks are reserved (just above).
+        // mark (entries are appended in order); its blocks are reserved (by `writable`, so a
+        // write through the map into a hole of a full disk cannot fault).
         unsafe { seg.write(rel, &entry.encode()) };
         seg.publish(rel + ENTRY_SIZE);
-        if self.files.count() == 1 && max == 0 && self.min_offset() == 0 {
+        if max == 0 && self.min_offset() == 0 && self.files.count() == 1 {
             // First entry of a queue that starts mid-way (rebuilt from a trimmed log).
             self.min.store(at, Ordering::Release);
         }
@@ -300,7 +328,8 @@ impl ConsumeQueue {
     /// Recovery: drops every entry that points at or beyond `commit_log_offset`. Runs
     /// before the queue is shared.
     pub fn truncate_from(&self, commit_log_offset: u64) -> Result<()> {
-        let _w = self.write.lock();
+        let mut w = self.write.lock();
+        *w = None;
         let min = self.min_offset();
         let mut max = self.max_offset();
         while max > min {
@@ -342,7 +371,8 @@ impl ConsumeQueue {
     /// Retention: forgets entries pointing below `commit_log_min` and deletes leading
     /// segments made only of them (never the last segment).
     pub fn trim_below(&self, commit_log_min: u64) -> Result<()> {
-        let _w = self.write.lock();
+        let mut w = self.write.lock();
+        *w = None;
         loop {
             let Some(first) = self.files.first() else {
                 break;
@@ -385,7 +415,8 @@ impl ConsumeQueue {
     }
 
     pub fn destroy(&self) -> Result<()> {
-        let _w = self.write.lock();
+        let mut w = self.write.lock();
+        *w = None;
         self.files.destroy()?;
         self.min.store(0, Ordering::Release);
         self.max.store(0, Ordering::Release);

@@ -64,6 +64,11 @@ pub enum StoreError {
     /// A replica's log does not line up with its master's.
     #[error("replica does not match its master: {detail}")]
     ReplicaMismatch { detail: String },
+
+    /// A record from the master lines up with a replica's log but is damaged (on the way,
+    /// or on the master's disk): not taken; nothing is wrong with the replica's log.
+    #[error("replicated record damaged: {detail}")]
+    ReplicaDamaged { offset: u64, detail: String },
 }
 
 impl From<weir_protocol::RecordError> for StoreError {

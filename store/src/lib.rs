@@ -58,7 +58,7 @@ pub mod fuzzing {
 }
 
 pub use append::{Appended, FlushStatus, PutResult};
-pub use commitlog::{DamagedRange, StoredRecord};
+pub use commitlog::{DamagedRange, LogSpan, StoredRecord};
 pub use config::{DiskPressurePolicy, FlushMode, MIN_COMMIT_LOG_SEGMENT_SIZE, StoreConfig};
 pub use disk::{DiskUsage, FsReading, UsageSource};
 pub use error::{Result, StoreError};

@@ -4,12 +4,18 @@
 //! Invariant: a slave's log is a prefix of its master's, byte for byte. Bytes are taken
 //! only at the slave's end, only if each record verifies where it lands, and a record is
 //! entered in its queue at the queue offset the master gave it, which must be the queue's
-//! next one; anything else is a mismatch the slave reports, never serves.
+//! next one; anything else is a mismatch the slave reports, never serves. (A record that
+//! lines up but fails its checksum is damage, not a mismatch: refused, and retried.)
+//!
+//! The master streams its log in place ([`LogSpan`]) and walks only its records' frames:
+//! its bytes were checked when written or recovered, and the slave checks each again.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::commitlog::LogSpan;
 use crate::config::FlushMode;
-use crate::consume_queue::CqEntry;
+use crate::consume_queue::{ConsumeQueue, CqEntry};
 use crate::error::{Result, StoreError};
 use crate::flush::{Durable, TicketFuture};
 use crate::store::MessageStore;
@@ -19,8 +25,8 @@ use weir_protocol::record::{RecordView, sys_flag};
 impl MessageStore {
     /// For a master: up to `max` bytes of whole records (and fillers) from `from`, a record
     /// boundary, never past the end of its segment; at least one record whatever its size.
-    /// `None` when `from` is the end of the log.
-    pub fn read_log(&self, from: u64, max: usize) -> Result<Option<Vec<u8>>> {
+    /// `None` when `from` is the end of the log. Read in place, not copied.
+    pub fn read_log(&self, from: u64, max: usize) -> Result<Option<LogSpan>> {
         self.inner.commit_log.read_raw(from, max)
     }
 
@@ -41,13 +47,21 @@ impl MessageStore {
         inner.disk.check_append()?;
         // Each queue's new end, told to the arrival listener once per queue, not per record.
         let mut arrivals: Vec<(&str, u32, u64)> = Vec::new();
+        // The queue of the record before: runs of records to one queue look it up once.
+        let mut last: Option<(&str, u32, Arc<ConsumeQueue>)> = None;
         let end = {
             let mut w = inner.commit_log.lock_writer();
             let taken = w.append_replicated(offset, bytes, |v: &RecordView<'_>| {
                 if !sys_flag::is_dispatched(v.sys_flag()) {
                     return Ok(());
                 }
-                let cq = inner.queue_or_create(v.topic(), v.queue_id())?;
+                let cq = match &last {
+                    Some((topic, queue_id, cq)) if *topic == v.topic() && *queue_id == v.queue_id() => cq,
+                    _ => {
+                        let cq = inner.queue_or_create(v.topic(), v.queue_id())?;
+                        &last.insert((v.topic(), v.queue_id(), cq)).2
+                    }
+                };
                 let qo = v.queue_offset();
                 if qo != cq.max_offset() {
                     return Err(StoreError::ReplicaMismatch {
@@ -60,9 +74,8 @@ impl MessageStore {
                         ),
                     });
                 }
-                cq.reserve(qo)?;
                 inner.dispatch(
-                    &cq,
+                    cq,
                     qo,
                     CqEntry::of(v),
                     v.topic(),

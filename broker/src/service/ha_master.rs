@@ -236,14 +236,15 @@ async fn stream(broker: Arc<Broker>, conn: Connection, from: u64) {
             continue;
         }
         match broker.store.read_log(at, CHUNK) {
-            Ok(Some(bytes)) => {
-                let len = bytes.len() as u64;
+            Ok(Some(span)) => {
+                let len = span.len() as u64;
                 let data = HaData {
                     offset: at,
                     master_end: broker.store.commit_log_max_offset(),
                     sent_ms: now_ms(),
                 };
-                if conn.oneway(&data, Bytes::from(bytes)).await.is_err() {
+                // Sent from the log's own pages, not a copy of them.
+                if conn.oneway(&data, Bytes::from_owner(span)).await.is_err() {
                     return;
                 }
                 at += len;

@@ -22,7 +22,8 @@ pub use encode::{Assigned, canonical_addr, encode_blank, encode_into, encode_to_
 pub use id::{MessageId, fnv1a64, fnv1a64_parts, tag_hash};
 pub use message::{Message, validate_topic};
 pub use view::{
-    FilterMessage, Keys, Probe, Properties, RecordView, attributes_and_body, filter_message, probe,
+    FilterMessage, Keys, Probe, Properties, RecordView, attributes_and_body, crc_ok,
+    filter_message, probe, probe_frame,
 };
 
 /// A message or record that breaks the format's rules.

@@ -90,6 +90,24 @@ fn probe_rejects_damage_and_other_positions() {
 }
 
 #[test]
+fn probe_frame_walks_frames_and_leaves_contents_to_crc_ok() {
+    let buf = encode(&sample(), 100);
+    assert_eq!(probe_frame(&buf, 100), Probe::Message(buf.len()));
+    assert!(crc_ok(&buf));
+    assert!(matches!(probe_frame(&buf, 101), Probe::Invalid(_)));
+    for cut in 0..buf.len() {
+        assert!(matches!(probe_frame(&buf[..cut], 100), Probe::Invalid(_)));
+    }
+    // A flipped body byte: the frame still walks, the checksum does not hold.
+    let mut b = buf.clone();
+    let last = b.len() - 1;
+    b[last] ^= 1;
+    assert_eq!(probe_frame(&b, 100), Probe::Message(buf.len()));
+    assert!(!crc_ok(&b));
+    assert!(!crc_ok(&b[..RECORD_OVERHEAD - 1]));
+}
+
+#[test]
 fn blank_filler() {
     let mut b = vec![0u8; 40];
     encode_blank(&mut b);

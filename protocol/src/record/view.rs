@@ -38,6 +38,26 @@ pub enum Probe {
 /// Checks the bytes at the start of `window` (which runs to the end of the segment) for
 /// a complete, intact record written at `offset`. Never panics on any input.
 pub fn probe(window: &[u8], offset: u64) -> Probe {
+    match probe_frame(window, offset) {
+        Probe::Message(len) => {
+            let rec = &window[..len];
+            if !crc_ok(rec) {
+                Probe::Invalid("CRC mismatch")
+            } else if RecordView::parse(rec).is_err() {
+                Probe::Invalid("inconsistent field lengths")
+            } else {
+                Probe::Message(len)
+            }
+        }
+        other => other,
+    }
+}
+
+/// What [`probe`] checks of a record's frame alone: its magic, a length within `window`
+/// and its recorded position; not its checksum nor its fields. Enough to walk records a
+/// log holds intact (a master streaming its own log: the slave checks the rest); a
+/// `Message(len)` here is within `window`. Never panics on any input.
+pub fn probe_frame(window: &[u8], offset: u64) -> Probe {
     if window.len() < BLANK_MIN_LEN {
         return Probe::Invalid("segment tail shorter than a header");
     }
@@ -56,17 +76,16 @@ pub fn probe(window: &[u8], offset: u64) -> Probe {
     if len < RECORD_OVERHEAD || len > window.len() {
         return Probe::Invalid("record length out of bounds");
     }
-    let rec = &window[..len];
-    if u64_at(rec, pos::COMMIT_LOG_OFFSET) != offset {
+    if u64_at(window, pos::COMMIT_LOG_OFFSET) != offset {
         return Probe::Invalid("record written for another position");
     }
-    if crc32fast::hash(&rec[pos::CRC_START..]) != u32_at(rec, pos::CRC) {
-        return Probe::Invalid("CRC mismatch");
-    }
-    if RecordView::parse(rec).is_err() {
-        return Probe::Invalid("inconsistent field lengths");
-    }
     Probe::Message(len)
+}
+
+/// Whether a whole record's stored checksum matches its bytes (`rec` is a record that
+/// [`probe_frame`] found, exactly its length).
+pub fn crc_ok(rec: &[u8]) -> bool {
+    rec.len() >= RECORD_OVERHEAD && crc32fast::hash(&rec[pos::CRC_START..]) == u32_at(rec, pos::CRC)
 }
 
 /// Where a record's attributes (tags, keys and properties exactly as stored: `u16` tag

@@ -79,6 +79,48 @@ impl StoredRecord {
     }
 }
 
+/// Whole records (and fillers) as stored, one after another within one segment, read in
+/// place: kept readable for as long as this value lives, like [`StoredRecord`].
+#[derive(Clone)]
+pub struct LogSpan {
+    seg: Arc<Segment>,
+    rel: u64,
+    len: usize,
+}
+
+impl LogSpan {
+    /// The log offset of the first byte.
+    pub fn offset(&self) -> u64 {
+        self.seg.start() + self.rel
+    }
+}
+
+impl std::ops::Deref for LogSpan {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // Construction checked that the range is published; published bytes stay so.
+        self.seg.read(self.rel, self.len).unwrap_or_default()
+    }
+}
+
+impl AsRef<[u8]> for LogSpan {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl PartialEq for LogSpan {
+    fn eq(&self, other: &Self) -> bool {
+        self.offset() == other.offset() && **self == **other
+    }
+}
+
+impl std::fmt::Debug for LogSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LogSpan({} bytes @{})", self.len, self.offset())
+    }
+}
+
 impl std::fmt::Debug for StoredRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.view() {
@@ -208,7 +250,7 @@ impl CommitLog {
     /// Up to `max` bytes of whole records and fillers from `from` (a record boundary below
     /// the committed end), never past the end of `from`'s segment; at least one record or
     /// filler, whatever its size. `None` when `from` is the end.
-    pub fn read_raw(&self, from: u64, max: usize) -> Result<Option<Vec<u8>>> {
+    pub fn read_raw(&self, from: u64, max: usize) -> Result<Option<LogSpan>> {
         let end = self.committed();
         if from >= end {
             return Ok(None);
@@ -226,9 +268,19 @@ impl CommitLog {
         let window = seg
             .read(rel, available)
             .ok_or_else(|| no("not readable".into()))?;
+        // Frames only: these bytes were checked when written or recovered, and whoever
+        // takes them (a slave) checks each record's checksum and fields again. The
+        // committed end is a record boundary, so when all of it fits, only the first frame
+        // is looked at (that `from` is a boundary); otherwise frames are walked up to `max`.
         let mut took = 0usize;
+        if window.len() <= max {
+            if let Probe::Invalid(why) = record::probe_frame(window, from) {
+                return Err(no(why.into()));
+            }
+            took = window.len();
+        }
         while took < window.len() {
-            match record::probe(&window[took..], from + took as u64) {
+            match record::probe_frame(&window[took..], from + took as u64) {
                 Probe::Message(len) | Probe::Blank(len) if took == 0 || took + len <= max => {
                     took += len
                 }
@@ -241,7 +293,11 @@ impl CommitLog {
                 }
             }
         }
-        Ok(Some(window[..took].to_vec()))
+        Ok(Some(LogSpan {
+            seg,
+            rel,
+            len: took,
+        }))
     }
 
     /// The bytes `[from, from + len)`, when they are committed and in one segment.

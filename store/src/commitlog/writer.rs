@@ -107,13 +107,20 @@ impl<'a> CommitLogWriter<'a> {
 
     /// A replica's append: `bytes` are records and fillers exactly as the master stored
     /// them from `offset`, which must be this log's end. Each is verified where it lands
-    /// (magic, its own offset, CRC) before it is written; `visit` sees each record (parsed
-    /// from `bytes`) after it is written and published. Stops at the first thing that does
-    /// not verify, keeping what came before. Returns how many bytes were taken.
+    /// (magic, its own offset, CRC, fields) before it is published; `visit` sees each record
+    /// (parsed from `bytes`) after it is published. Stops at the first thing that does not
+    /// verify, keeping what came before. Returns how many bytes were taken.
     ///
-    /// Per segment the records are verified first (one CRC each) and copied in one go;
-    /// then each is published and visited in order, so a reader finds a record's queue
-    /// entry only once the record is readable, as with [`CommitLogWriter::append`].
+    /// Per segment the frames and checksums are verified first and copied in one go; then
+    /// each record is parsed (once), published and visited in order, so a reader finds a
+    /// record's queue entry only once the record is readable, as with
+    /// [`CommitLogWriter::append`]. What was copied past a record that fails to parse stays
+    /// unpublished, past the end, where the next append writes over it.
+    ///
+    /// A frame that does not line up with this log (another position, no record there) is
+    /// [`StoreError::ReplicaMismatch`]; a record that lines up but whose checksum or fields
+    /// are wrong was damaged on its way or on the master's disk:
+    /// [`StoreError::ReplicaDamaged`], which says nothing against this log.
     pub fn append_replicated<'b>(
         &mut self,
         offset: u64,
@@ -136,12 +143,21 @@ impl<'a> CommitLogWriter<'a> {
             let room = (seg.len() - rel) as usize;
             let window = &bytes[taken..bytes.len().min(taken + room)];
             let mut verified = 0usize;
-            let mut invalid = None;
+            let mut refused = None;
             while verified < window.len() {
-                match record::probe(&window[verified..], first + verified as u64) {
+                let at = first + verified as u64;
+                match record::probe_frame(&window[verified..], at) {
+                    Probe::Message(len) if !record::crc_ok(&window[verified..verified + len]) => {
+                        refused = Some(damaged(at, "CRC mismatch"));
+                        break;
+                    }
                     Probe::Message(len) | Probe::Blank(len) => verified += len,
                     Probe::Invalid(why) => {
-                        invalid = Some(why);
+                        refused = Some(StoreError::ReplicaMismatch {
+                            detail: format!(
+                                "the master's bytes at offset {at} do not line up with this log: {why}"
+                            ),
+                        });
                         break;
                     }
                 }
@@ -151,26 +167,31 @@ impl<'a> CommitLogWriter<'a> {
             let mut at = 0usize;
             while at < verified {
                 let rest = &window[at..verified];
-                // Verified above: a length that fits (clamped all the same, so that the
-                // walk always moves on), and a record that parses.
+                // Framed above: a length that fits (clamped all the same, so that the walk
+                // always moves on).
                 let len =
                     (record::u32_at(rest, record::pos::TOTAL_LEN) as usize).clamp(1, rest.len());
                 let rec = &rest[..len];
+                let view = if record::u32_at(rec, record::pos::MAGIC) == record::MESSAGE_MAGIC {
+                    match RecordView::parse(rec) {
+                        Ok(v) => Some(v),
+                        Err(_) => {
+                            return Err(damaged(first + at as u64, "inconsistent field lengths"));
+                        }
+                    }
+                } else {
+                    None
+                };
                 seg.publish(rel + (at + len) as u64);
                 self.state.pos = first + (at + len) as u64;
                 at += len;
-                if record::u32_at(rec, record::pos::MAGIC) == record::MESSAGE_MAGIC {
-                    visit(&RecordView::parse(rec)?)?;
+                if let Some(v) = view {
+                    visit(&v)?;
                 }
             }
             taken += verified;
-            if let Some(why) = invalid {
-                return Err(StoreError::ReplicaMismatch {
-                    detail: format!(
-                        "the master's bytes at offset {} do not verify: {why}",
-                        self.state.pos
-                    ),
-                });
+            if let Some(e) = refused {
+                return Err(e);
             }
         }
         Ok(taken as u64)
@@ -184,6 +205,13 @@ impl<'a> CommitLogWriter<'a> {
             None => self.log.next_segment(pos - pos % self.log.segment_size()),
             Some(seg) => Err(outside(seg.as_ref(), pos)),
         }
+    }
+}
+
+fn damaged(offset: u64, why: &str) -> StoreError {
+    StoreError::ReplicaDamaged {
+        offset,
+        detail: format!("the master's bytes at offset {offset} do not verify: {why}"),
     }
 }
 

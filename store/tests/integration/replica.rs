@@ -6,7 +6,7 @@ use crate::common::{message, read_all, small_config};
 use std::sync::{Arc, Mutex};
 
 use tempfile::TempDir;
-use weir_store::{MessageStore, StoreError};
+use weir_store::{MessageStore, StoreError, record};
 
 /// Copies everything new from `master` to `slave`, in chunks of at most `chunk` bytes.
 fn sync(master: &MessageStore, slave: &MessageStore, chunk: usize) -> u64 {
@@ -74,12 +74,35 @@ fn bytes_that_do_not_line_up_are_refused() {
     // Not at the slave's end.
     let e = slave.append_replicated(100, &bytes).unwrap_err();
     assert!(matches!(e, StoreError::ReplicaMismatch { .. }), "{e}");
-    // Damaged on the way.
-    let mut bad = bytes.clone();
+    // Damaged on the way (or on the master's disk, which streams its frames unchecked):
+    // refused, and not taken for a log that differs.
+    let mut bad = bytes.to_vec();
     bad[60] ^= 1;
     let e = slave.append_replicated(0, &bad).unwrap_err();
+    assert!(
+        matches!(e, StoreError::ReplicaDamaged { offset: 0, .. }),
+        "{e}"
+    );
     assert!(e.to_string().contains("do not verify"), "{e}");
     assert_eq!(slave.commit_log_max_offset(), 0);
+    // A record whose checksum holds but whose fields do not (a tag length running past its
+    // record): damaged too, and not published.
+    let first = master.read_log(0, 1).unwrap().unwrap().len();
+    let mut bad = bytes.to_vec();
+    let rec = &mut bad[..first];
+    let tag_len_at = record::pos::VARIABLE
+        + 2
+        + usize::from(u16::from_le_bytes([
+            rec[record::pos::VARIABLE],
+            rec[record::pos::VARIABLE + 1],
+        ]));
+    rec[tag_len_at..tag_len_at + 2].copy_from_slice(&u16::MAX.to_le_bytes());
+    let crc = crc32fast::hash(&rec[record::pos::CRC_START..]);
+    rec[record::pos::CRC..record::pos::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    let e = slave.append_replicated(0, &bad).unwrap_err();
+    assert!(matches!(e, StoreError::ReplicaDamaged { .. }), "{e}");
+    assert_eq!(slave.commit_log_max_offset(), 0);
+    assert!(slave.read_log(0, 1 << 20).unwrap().is_none());
     // A slave that took writes of its own: its end is no record boundary of the master's,
     // or the master's records do not fit its queues. (The broker also compares the last
     // bytes of both logs before streaming.)
@@ -115,7 +138,7 @@ fn a_record_damaged_mid_chunk_keeps_the_records_before_it_and_the_rest_follows()
         sixth += master.read_log(sixth, 1).unwrap().unwrap().len() as u64;
     }
     let bytes = master.read_log(0, 1 << 20).unwrap().unwrap();
-    let mut bad = bytes.clone();
+    let mut bad = bytes.to_vec();
     bad[sixth as usize + 60] ^= 1;
     let calls = record_arrivals(&slave);
     let e = slave.append_replicated(0, &bad).unwrap_err();
