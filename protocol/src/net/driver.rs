@@ -61,6 +61,13 @@ const READ_AHEAD: usize = 64 << 10;
 const KEEP_READ_CAPACITY: usize = 1 << 20;
 /// Rounds of work in one poll before letting other tasks run.
 const ROUNDS: usize = 16;
+/// Requests taken from the read buffer in one poll before letting other tasks run. A burst
+/// of requests is otherwise handled whole before anything they woke runs: the task woken
+/// last by a worker waits in its slot for that worker, where no idle worker can take it,
+/// so a sync master's replication stream (woken by the first append of a burst) would ship
+/// nothing until the burst's last append, and the burst's sends would share one slave
+/// round trip after it instead of overlapping it.
+const DISPATCH_PER_POLL: usize = 8;
 /// How long a closing connection may take to write what it had queued.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
 /// After the peer's clean close, how long requests already read may still run (checked
@@ -267,6 +274,7 @@ impl<'a, S: Transport> Driver<'a, S> {
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        let mut dispatched = 0usize;
         for _ in 0..ROUNDS {
             let mut progress = false;
             // Replies of finished handlers (a handler runs only when polled here).
@@ -331,11 +339,15 @@ impl<'a, S: Transport> Driver<'a, S> {
                         Err(e) => return Poll::Ready(End::BadFrame(e)),
                     }
                 }
+                if dispatched >= DISPATCH_PER_POLL {
+                    break;
+                }
                 if may_read && let Some(wire) = self.wire {
                     match wire.parse_frame(&mut self.inbuf, self.max_frame) {
                         Ok(Some(f)) => {
                             self.frames_in += 1;
                             self.dispatch(wire, f);
+                            dispatched += 1;
                             progress = true;
                             continue;
                         }
@@ -401,6 +413,9 @@ impl<'a, S: Transport> Driver<'a, S> {
             if !progress {
                 self.publish();
                 return Poll::Pending;
+            }
+            if dispatched >= DISPATCH_PER_POLL {
+                break;
             }
         }
         // Busy: let other tasks run, then go on.

@@ -431,3 +431,57 @@ async fn a_client_flooded_by_its_server_stays_bounded() {
     assert!(l.peak_bytes <= MAX_BYTES + BIG + 1024, "{l:?}");
     flooder.abort();
 }
+
+/// Counts the requests it handles and, at the first, wakes whoever waits on `woken`.
+struct CountingHandler {
+    handled: Arc<AtomicUsize>,
+    woken: Arc<tokio::sync::Notify>,
+}
+
+impl Handler for CountingHandler {
+    fn handle<'a>(&'a self, _conn: &'a Connection, _req: Request) -> BoxFuture<'a, Reply> {
+        Box::pin(async move {
+            if self.handled.fetch_add(1, Ordering::SeqCst) == 0 {
+                self.woken.notify_one();
+            }
+            Reply::ok(&TopicRoute::default())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_burst_of_requests_lets_what_they_wake_run_before_the_burst_ends() {
+    // One thread: the connection's task and the woken one take turns on it, as a
+    // connection's requests and a sync master's replication stream do on a busy worker.
+    const BURST: usize = 64;
+    let handled = Arc::new(AtomicUsize::new(0));
+    let woken = Arc::new(tokio::sync::Notify::new());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let handler = Arc::new(CountingHandler {
+        handled: Arc::clone(&handled),
+        woken: Arc::clone(&woken),
+    });
+    let server = Server::start(listener, handler, ServerConfig::default()).unwrap();
+    let seen = {
+        let handled = Arc::clone(&handled);
+        tokio::spawn(async move {
+            woken.notified().await;
+            handled.load(Ordering::SeqCst)
+        })
+    };
+    let mut frames = BytesMut::new();
+    for id in 0..BURST {
+        request(id as u32, "burst", &mut frames);
+    }
+    let mut peer = TcpStream::connect(server.local_addr()).await.unwrap();
+    peer.write_all(&frames).await.unwrap();
+    let seen = tokio::time::timeout(T, seen).await.unwrap().unwrap();
+    assert!(
+        seen < BURST / 2,
+        "the woken task ran only after {seen} of {BURST} pipelined requests were handled"
+    );
+    eventually("the whole burst handled", T, || {
+        handled.load(Ordering::SeqCst) == BURST
+    })
+    .await;
+}
