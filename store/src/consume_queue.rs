@@ -175,22 +175,17 @@ impl ConsumeQueue {
         cached: &'w mut Option<Arc<Segment>>,
         at: u64,
     ) -> Result<Option<&'w Segment>> {
-        let byte = at.checked_mul(ENTRY_SIZE);
-        let hit = match (cached.as_deref(), byte) {
-            (Some(seg), Some(byte)) => {
-                seg.start() <= byte && byte.saturating_add(ENTRY_SIZE) <= seg.end()
-            }
-            _ => false,
-        };
-        if !hit {
-            let Some(byte) = byte.filter(|_| self.can_put(at)) else {
-                return Ok(None);
-            };
-            *cached = Some(self.segment_for(byte)?);
-        }
-        let Some((seg, byte)) = cached.as_deref().zip(byte) else {
+        let Some(byte) = at.checked_mul(ENTRY_SIZE) else {
             return Ok(None);
         };
+        let holds =
+            |seg: &Segment| seg.start() <= byte && byte.saturating_add(ENTRY_SIZE) <= seg.end();
+        let seg = match cached.take() {
+            Some(seg) if holds(&seg) => seg,
+            _ if !self.can_put(at) => return Ok(None),
+            _ => self.segment_for(byte)?,
+        };
+        let seg = &**cached.insert(seg);
         seg.allocate_to(byte - seg.start() + ENTRY_SIZE)?;
         Ok(Some(seg))
     }

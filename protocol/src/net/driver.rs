@@ -61,8 +61,9 @@ const READ_AHEAD: usize = 64 << 10;
 const KEEP_READ_CAPACITY: usize = 1 << 20;
 /// Rounds of work in one poll before letting other tasks run.
 const ROUNDS: usize = 16;
-/// Requests taken from the read buffer in one poll before letting other tasks run. A burst
-/// of requests is otherwise handled whole before anything they woke runs: the task woken
+/// Frames (requests, or replies to this side's calls) taken from the read buffer in one
+/// poll before letting other tasks run. A burst is otherwise handled whole before anything
+/// it woke runs (on a client, the callers awaiting those replies): the task woken
 /// last by a worker waits in its slot for that worker, where no idle worker can take it,
 /// so a sync master's replication stream (woken by the first append of a burst) would ship
 /// nothing until the burst's last append, and the burst's sends would share one slave
