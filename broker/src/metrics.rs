@@ -17,6 +17,7 @@ use std::time::Duration;
 use foldhash::fast::RandomState;
 use weir_protocol::ErrorCode;
 use weir_protocol::metrics::{Histogram, LATENCY_BUCKETS};
+use weir_protocol::record::RecordView;
 use weir_store::StoredRecord;
 
 /// Messages and bytes (message bodies) that went one way.
@@ -107,7 +108,7 @@ impl BrokerMetrics {
         }
         let bytes = records
             .iter()
-            .filter_map(|r| r.view().ok().map(|v| v.body().len() as u64))
+            .filter_map(|r| RecordView::body_len(r.bytes()).ok().map(|n| n as u64))
             .fold(0u64, u64::saturating_add);
         let messages = records.len() as u64;
         self.consumed_total.add(messages, bytes);

@@ -48,6 +48,9 @@ pub enum GetStatus {
 pub struct GetResult {
     pub status: GetStatus,
     pub messages: Vec<StoredRecord>,
+    /// Each message's queue offset (`queue_offsets[i]` is `messages[i]`'s), from the
+    /// consume queue: a reader that needs them does not touch the records to learn them.
+    pub queue_offsets: Vec<u64>,
     pub next_offset: u64,
     pub min_offset: u64,
     pub max_offset: u64,
@@ -72,29 +75,33 @@ impl MessageStore {
                     GetStatus::OffsetMoved
                 },
                 messages: Vec::new(),
+                queue_offsets: Vec::new(),
                 next_offset: 0,
                 min_offset: 0,
                 max_offset: 0,
             };
         };
         let (min, max) = (cq.min_offset(), cq.max_offset());
-        let result = |status, messages, next_offset| GetResult {
+        let result = |status, (messages, queue_offsets), next_offset| GetResult {
             status,
             messages,
+            queue_offsets,
             next_offset,
             min_offset: min,
             max_offset: max,
         };
+        let none = || (Vec::new(), Vec::new());
         if offset < min {
-            return result(GetStatus::OffsetMoved, Vec::new(), min);
+            return result(GetStatus::OffsetMoved, none(), min);
         }
         if offset == max {
-            return result(GetStatus::NoNewMessage, Vec::new(), max);
+            return result(GetStatus::NoNewMessage, none(), max);
         }
         if offset > max {
-            return result(GetStatus::OffsetMoved, Vec::new(), max);
+            return result(GetStatus::OffsetMoved, none(), max);
         }
         let mut messages = Vec::with_capacity(limits.max_count.min(64));
+        let mut queue_offsets = Vec::with_capacity(limits.max_count.min(64));
         let mut bytes = 0usize;
         let mut next = offset;
         let mut scanned = 0usize;
@@ -117,6 +124,7 @@ impl MessageStore {
                     Some(rec) => {
                         bytes += rec.len();
                         messages.push(rec);
+                        queue_offsets.push(at);
                     }
                     None => {
                         // Retention removed the record after the queue bound was read.
@@ -130,14 +138,14 @@ impl MessageStore {
         });
         if gone && messages.is_empty() {
             let min = cq.min_offset();
-            return result(GetStatus::OffsetMoved, messages, min.max(next));
+            return result(GetStatus::OffsetMoved, none(), min.max(next));
         }
         let status = if messages.is_empty() {
             GetStatus::NoMatch
         } else {
             GetStatus::Found
         };
-        result(status, messages, next)
+        result(status, (messages, queue_offsets), next)
     }
 
     /// Lowest readable offset of a queue (0 for an unknown queue).

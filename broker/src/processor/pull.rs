@@ -14,7 +14,6 @@ use std::time::Duration;
 use weir_filter_sql92::Expr;
 use weir_protocol::RecordView;
 use weir_protocol::broker::{PullMessage, PullResult, PullStatus};
-use weir_protocol::record::{self, pos};
 use weir_protocol::route::perm;
 use weir_store::{GetStatus, ReadLimits, StoredRecord};
 
@@ -228,20 +227,20 @@ impl Broker {
             // The store compared tag hashes; confirm the tag itself (hashes collide). With
             // neither a tag nor an SQL92 expression there is nothing to confirm, and no
             // record is parsed here (a filtered catch-up's hottest loop).
-            let candidates: Vec<StoredRecord> = if matches!(tags, TagFilter::All) && sql.is_none() {
-                r.messages
+            // Each candidate with its queue offset (from the consume queue, not the record).
+            let read = r.queue_offsets.into_iter().zip(r.messages);
+            let candidates: Vec<Candidate> = if matches!(tags, TagFilter::All) && sql.is_none() {
+                read.collect()
             } else {
-                r.messages
-                    .into_iter()
-                    .filter(|rec| match (&tags, rec.view()) {
-                        (_, Err(_)) => true,
-                        (TagFilter::All, Ok(v)) => selects(sql, &v),
-                        (_, Ok(v)) => tags.matches_tag(v.tags()) && selects(sql, &v),
-                    })
-                    .collect()
+                read.filter(|(_, rec)| match (&tags, rec.view()) {
+                    (_, Err(_)) => true,
+                    (TagFilter::All, Ok(v)) => selects(sql, &v),
+                    (_, Ok(v)) => tags.matches_tag(v.tags()) && selects(sql, &v),
+                })
+                .collect()
             };
             let judged = match &wasm {
-                None => candidates.into_iter().map(|r| (r, true)).collect(),
+                None => candidates.into_iter().map(|c| (c, true)).collect(),
                 Some(f) => match self.judge(f, req, cursor, candidates, &carried).await {
                     Ok(judged) => judged,
                     // Earlier rounds' progress stands; the next pull meets the failure.
@@ -262,13 +261,13 @@ impl Broker {
             let kept_count = judged.iter().filter(|(_, keep)| *keep).count();
             if kept_count > room {
                 // The filter kept more than asked for: resume right after the last message
-                // returned, read from its header; if that is not a sane offset (damage),
-                // return them all rather than skip any.
+                // returned; if that is not a sane offset, return them all rather than skip
+                // any.
                 let last_returned = judged
                     .iter()
                     .filter(|(_, keep)| *keep)
                     .nth(room - 1)
-                    .and_then(|(rec, _)| queue_offset_of(rec));
+                    .map(|((at, _), _)| *at);
                 let resume = last_returned
                     .map(|o| o + 1)
                     .filter(|o| (req.offset + 1..round_end).contains(o));
@@ -278,12 +277,12 @@ impl Broker {
                     // what was carried here beyond this round).
                     let beyond: Vec<(u64, bool)> = judged
                         .iter()
-                        .filter_map(|(rec, keep)| Some((queue_offset_of(rec)?, *keep)))
+                        .map(|((at, _), keep)| (*at, *keep))
                         .filter(|(at, _)| *at >= o)
                         .chain(carried.iter().copied().filter(|(at, _)| *at >= round_end))
                         .collect();
                     let kept = judged.into_iter().filter(|(_, keep)| *keep);
-                    out.extend(kept.take(room).map(|(rec, _)| rec));
+                    out.extend(kept.take(room).map(|((_, rec), _)| rec));
                     let pulled = answer(PullStatus::Found, cursor, bounds, out);
                     f.carry_verdicts(req.queue_id, o, beyond);
                     return pulled;
@@ -291,14 +290,14 @@ impl Broker {
                     out.extend(
                         judged
                             .into_iter()
-                            .filter_map(|(rec, keep)| keep.then_some(rec)),
+                            .filter_map(|((_, rec), keep)| keep.then_some(rec)),
                     );
                 }
                 return answer(PullStatus::Found, cursor, bounds, out);
             }
             let kept: Vec<StoredRecord> = judged
                 .into_iter()
-                .filter_map(|(rec, keep)| keep.then_some(rec))
+                .filter_map(|((_, rec), keep)| keep.then_some(rec))
                 .collect();
             out_bytes += kept.iter().map(StoredRecord::len).sum::<usize>();
             out.extend(kept);
@@ -364,14 +363,16 @@ impl Broker {
         filter: &Arc<LoadedFilter>,
         req: &PullMessage,
         at: u64,
-        candidates: Vec<StoredRecord>,
+        candidates: Vec<Candidate>,
         carried: &[(u64, bool)],
-    ) -> Processed<Vec<(StoredRecord, bool)>> {
+    ) -> Processed<Vec<(Candidate, bool)>> {
+        if carried.is_empty() {
+            return self.run_filter(filter, req, at, candidates).await;
+        }
         let known: Vec<Option<bool>> = candidates
             .iter()
-            .map(|rec| {
-                let o = queue_offset_of(rec)?;
-                let i = carried.binary_search_by_key(&o, |(at, _)| *at).ok()?;
+            .map(|(o, _)| {
+                let i = carried.binary_search_by_key(o, |(at, _)| *at).ok()?;
                 Some(carried[i].1)
             })
             .collect();
@@ -404,8 +405,8 @@ impl Broker {
         filter: &Arc<LoadedFilter>,
         req: &PullMessage,
         at: u64,
-        candidates: Vec<StoredRecord>,
-    ) -> Processed<Vec<(StoredRecord, bool)>> {
+        candidates: Vec<Candidate>,
+    ) -> Processed<Vec<(Candidate, bool)>> {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
@@ -441,9 +442,5 @@ impl Broker {
     }
 }
 
-/// The queue offset in a record's header; `None` when the record is too short (damage).
-fn queue_offset_of(rec: &StoredRecord) -> Option<u64> {
-    rec.bytes()
-        .get(..pos::QUEUE_OFFSET + 8)
-        .map(|b| record::u64_at(b, pos::QUEUE_OFFSET))
-}
+/// A record read for a pull, with its queue offset.
+type Candidate = (u64, StoredRecord);

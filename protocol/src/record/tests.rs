@@ -54,6 +54,26 @@ fn attributes_and_body_agree_with_the_view() {
 }
 
 #[test]
+fn body_len_reads_lengths_only_and_agrees_with_the_view() {
+    let buf = encode(&sample(), 0);
+    assert_eq!(RecordView::body_len(&buf).unwrap(), b"hello body".len());
+    assert!(RecordView::body_len(&buf[..buf.len() - 1]).is_err());
+    // Text that is not UTF-8 fails the view but not the count.
+    let mut bad_topic = buf.clone();
+    bad_topic[pos::VARIABLE + 2] = 0xff;
+    assert!(RecordView::parse(&bad_topic).is_err());
+    assert_eq!(RecordView::body_len(&bad_topic).unwrap(), 10);
+    // A corrupted length never yields a length past the record.
+    for at in pos::VARIABLE..buf.len() {
+        let mut bad = buf.clone();
+        bad[at] ^= 0xff;
+        if let Ok(n) = RecordView::body_len(&bad) {
+            assert!(n < bad.len());
+        }
+    }
+}
+
+#[test]
 fn round_trip() {
     let m = sample();
     let buf = encode(&m, 4096);

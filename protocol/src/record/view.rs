@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
 
 use super::{
     BLANK_MAGIC, BLANK_MIN_LEN, MESSAGE_MAGIC, Message, MessageId, RECORD_OVERHEAD, RecordError,
@@ -95,34 +96,9 @@ pub fn crc_ok(rec: &[u8]) -> bool {
 /// [`RecordView::parse`] it does not check that the text is UTF-8: for the filter path,
 /// where the filter decodes and checks what it reads, and every byte of validation counts.
 pub fn attributes_and_body(bytes: &[u8]) -> Result<(&[u8], &[u8])> {
-    let bad = |m: &str| Err(RecordError::Malformed(m.to_owned()));
-    if bytes.len() < RECORD_OVERHEAD
-        || u32_at(bytes, pos::MAGIC) != MESSAGE_MAGIC
-        || u32_at(bytes, pos::TOTAL_LEN) as usize != bytes.len()
-    {
-        return bad("not a whole record");
-    }
-    let len_at = |at: usize, width: usize| -> Option<usize> {
-        let b = bytes.get(at..at.checked_add(width)?)?;
-        Some(match width {
-            2 => usize::from(u16::from_le_bytes([b[0], b[1]])),
-            _ => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize,
-        })
-    };
-    let spans = (|| {
-        let start = pos::VARIABLE + 2 + len_at(pos::VARIABLE, 2)?;
-        let mut at = start;
-        for width in [2, 4, 4] {
-            at = at.checked_add(width)?.checked_add(len_at(at, width)?)?;
-        }
-        let body_len = len_at(at, 4)?;
-        let body_at = at + 4;
-        (body_at.checked_add(body_len)? == bytes.len()).then_some((start, at, body_at))
-    })();
-    match spans {
-        Some((start, end, body_at)) => Ok((&bytes[start..end], &bytes[body_at..])),
-        None => bad("field lengths disagree with the record size"),
-    }
+    let s = Sections::split(bytes)?;
+    // From the tag's length prefix to the end of the properties.
+    Ok((&bytes[s.tags.start - 2..s.props.end], &bytes[s.body]))
 }
 
 /// One record as a filter receives it (`wit/filter.wit`'s `message`): the fixed fields
@@ -152,6 +128,59 @@ pub fn filter_message(bytes: &[u8]) -> Result<FilterMessage<'_>> {
         attributes,
         body,
     })
+}
+
+/// Where a record's variable fields lie (each range within the record, after its length
+/// prefix): every length checked against the record's size, nothing inside them checked.
+/// The one place the layout's lengths are walked.
+struct Sections {
+    topic: Range<usize>,
+    tags: Range<usize>,
+    keys: Range<usize>,
+    props: Range<usize>,
+    body: Range<usize>,
+}
+
+impl Sections {
+    fn split(bytes: &[u8]) -> Result<Self> {
+        let bad = |m: &str| Err(RecordError::Malformed(m.to_owned()));
+        if bytes.len() < RECORD_OVERHEAD {
+            return bad("shorter than the fixed header");
+        }
+        if u32_at(bytes, pos::MAGIC) != MESSAGE_MAGIC {
+            return bad("bad magic");
+        }
+        if u32_at(bytes, pos::TOTAL_LEN) as usize != bytes.len() {
+            return bad("length field disagrees with the record size");
+        }
+        let mut at = pos::VARIABLE;
+        // A `width`-byte length, then that many bytes: their range.
+        let mut field = |width: usize| -> Option<Range<usize>> {
+            let len = match *bytes.get(at..at.checked_add(width)?)? {
+                [a, b] => usize::from(u16::from_le_bytes([a, b])),
+                [a, b, c, d] => u32::from_le_bytes([a, b, c, d]) as usize,
+                _ => return None,
+            };
+            let start = at + width;
+            let end = start.checked_add(len).filter(|e| *e <= bytes.len())?;
+            at = end;
+            Some(start..end)
+        };
+        let sections = (|| {
+            Some(Self {
+                topic: field(2)?,
+                tags: field(2)?,
+                keys: field(4)?,
+                props: field(4)?,
+                body: field(4)?,
+            })
+        })();
+        match sections {
+            Some(s) if s.body.end == bytes.len() => Ok(s),
+            Some(_) => bad("trailing bytes after the body"),
+            None => bad("field lengths run past the end"),
+        }
+    }
 }
 
 /// A decoded view over one record's bytes. Constructing it validates every length and
@@ -184,40 +213,14 @@ impl<'a> RecordView<'a> {
     /// the CRC: use [`RecordView::verify_crc`] where bytes come from an untrusted place.
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
         let bad = |m: &str| Err(RecordError::Malformed(m.to_owned()));
-        if bytes.len() < RECORD_OVERHEAD {
-            return bad("shorter than the fixed header");
-        }
-        if u32_at(bytes, pos::MAGIC) != MESSAGE_MAGIC {
-            return bad("bad magic");
-        }
-        if u32_at(bytes, pos::TOTAL_LEN) as usize != bytes.len() {
-            return bad("length field disagrees with the record size");
-        }
-        let mut at = pos::VARIABLE;
-        let mut take = |n: usize| -> Option<&'a [u8]> {
-            let s = bytes.get(at..at.checked_add(n)?)?;
-            at += n;
-            Some(s)
+        let s = Sections::split(bytes)?;
+        let (Ok(topic), Ok(tags)) = (
+            std::str::from_utf8(&bytes[s.topic]),
+            std::str::from_utf8(&bytes[s.tags]),
+        ) else {
+            return bad("topic or tag is not UTF-8");
         };
-        let parsed = (|| {
-            let tl = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
-            let topic = std::str::from_utf8(take(tl)?).ok()?;
-            let gl = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
-            let tags = std::str::from_utf8(take(gl)?).ok()?;
-            let kl = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
-            let keys = take(kl)?;
-            let pl = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
-            let props = take(pl)?;
-            let bl = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
-            let body = take(bl)?;
-            Some((topic, tags, keys, props, body))
-        })();
-        let Some((topic, tags, keys, props, body)) = parsed else {
-            return bad("field lengths run past the end");
-        };
-        if at != bytes.len() {
-            return bad("trailing bytes after the body");
-        }
+        let (keys, props) = (&bytes[s.keys], &bytes[s.props]);
         if !walk_keys(keys) || !walk_props(props) {
             return bad("malformed keys or properties");
         }
@@ -227,8 +230,15 @@ impl<'a> RecordView<'a> {
             tags,
             keys,
             props,
-            body,
+            body: &bytes[s.body],
         })
+    }
+
+    /// The length of a record's body, reading only the header and the variable fields'
+    /// lengths (no string or property is checked): for counting bytes, where a whole parse
+    /// per record would cost more than the count is worth.
+    pub fn body_len(bytes: &[u8]) -> Result<usize> {
+        Sections::split(bytes).map(|s| s.body.len())
     }
 
     /// Parses and checks the CRC.

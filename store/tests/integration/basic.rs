@@ -73,6 +73,14 @@ fn tag_filter_skips_without_reading_and_bounds_the_scan() {
         .collect();
     assert_eq!(bodies, vec![9, 19, 29, 39, 49, 59, 69, 79, 89, 99]);
     assert_eq!(r.next_offset, 100);
+    // Each message's queue offset, from the queue, beside it.
+    let headers: Vec<u64> = r
+        .messages
+        .iter()
+        .map(|m| m.view().unwrap().queue_offset())
+        .collect();
+    assert_eq!(r.queue_offsets, headers);
+    assert_eq!(r.queue_offsets, vec![9, 19, 29, 39, 49, 59, 69, 79, 89, 99]);
 
     // A bounded scan that finds nothing still moves the offset forward.
     let limits = ReadLimits {

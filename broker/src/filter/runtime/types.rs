@@ -165,3 +165,10 @@ impl RecordBytes for Bytes {
         self
     }
 }
+
+/// A record with something the caller keeps beside it (a pull: its queue offset).
+impl<T: Send + 'static, R: RecordBytes> RecordBytes for (T, R) {
+    fn record_bytes(&self) -> &[u8] {
+        self.1.record_bytes()
+    }
+}
