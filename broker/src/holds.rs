@@ -1,24 +1,30 @@
 //! Long polling: pulls that found nothing wait here for their queue to grow.
+//!
+//! Every append wakes its queue (once per run of messages to it): a shared lock and a
+//! cheap hash, so that appends on different worker threads do not queue for each other.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
+use foldhash::fast::RandomState;
 use tokio::sync::Notify;
+
+type ByQueue = HashMap<String, HashMap<u32, Arc<Notify>>, RandomState>;
 
 #[derive(Default)]
 pub struct PullHolds {
-    queues: Mutex<HashMap<String, HashMap<u32, Arc<Notify>>>>,
+    queues: RwLock<ByQueue>,
     held: AtomicUsize,
 }
 
 impl PullHolds {
     /// The wake-up of (topic, queue), created on first use.
     pub fn notify_of(&self, topic: &str, queue_id: u32) -> Arc<Notify> {
-        let mut q = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = q.get(topic).and_then(|t| t.get(&queue_id)) {
-            return Arc::clone(n);
+        if let Some(n) = self.find(topic, queue_id) {
+            return n;
         }
+        let mut q = self.queues.write().unwrap_or_else(|e| e.into_inner());
         Arc::clone(
             q.entry(topic.to_owned())
                 .or_default()
@@ -27,9 +33,14 @@ impl PullHolds {
         )
     }
 
-    /// Wakes every pull held on (topic, queue). Called on each append.
+    fn find(&self, topic: &str, queue_id: u32) -> Option<Arc<Notify>> {
+        let q = self.queues.read().unwrap_or_else(|e| e.into_inner());
+        q.get(topic).and_then(|t| t.get(&queue_id)).cloned()
+    }
+
+    /// Wakes every pull held on (topic, queue). Called after each append.
     pub fn wake(&self, topic: &str, queue_id: u32) {
-        let q = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let q = self.queues.read().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = q.get(topic).and_then(|t| t.get(&queue_id)) {
             n.notify_waiters();
         }
@@ -37,7 +48,7 @@ impl PullHolds {
 
     pub fn forget_topic(&self, topic: &str) {
         self.queues
-            .lock()
+            .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(topic);
     }

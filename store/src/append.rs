@@ -252,7 +252,15 @@ impl Inner {
                         self.health.fail("consume queue write", &e);
                         return Err(e);
                     }
-                    arrivals.push((queue_offset + 1, &msg.topic, msg.queue_id));
+                    // A run of messages to one queue (a batch) is announced once, at its end.
+                    match arrivals.last_mut() {
+                        Some((max, topic, queue_id))
+                            if *queue_id == msg.queue_id && *topic == msg.topic.as_str() =>
+                        {
+                            *max = queue_offset + 1;
+                        }
+                        _ => arrivals.push((queue_offset + 1, msg.topic.as_str(), msg.queue_id)),
+                    }
                 }
 
                 results.push(PutResult {

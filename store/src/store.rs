@@ -221,8 +221,9 @@ impl MessageStore {
         self.inner.persist_offsets()
     }
 
-    /// Called after each append with (topic, queue id, new max offset): how long polling
-    /// learns that a queue has something new.
+    /// Called after each append with (topic, queue id, new max offset), once per run of
+    /// messages to one queue (a batch: once): how long polling learns that a queue has
+    /// something new.
     pub fn set_arrival_listener(&self, f: impl Fn(&str, u32, u64) + Send + Sync + 'static) {
         *self.inner.arrival.write() = Some(Arc::new(f));
     }

@@ -391,6 +391,21 @@ fn arrival_listener_hears_each_append() {
         *heard.lock().unwrap(),
         vec![("T".into(), 2, 1), ("T".into(), 2, 2)]
     );
+    // A batch: each run of messages to one queue is heard once, with its end.
+    heard.lock().unwrap().clear();
+    let batch = [
+        Message::new("T", 2, vec![3]),
+        Message::new("T", 2, vec![4]),
+        Message::new("T", 2, vec![5]),
+        Message::new("T", 0, vec![6]),
+        Message::new("U", 0, vec![7]),
+        Message::new("U", 0, vec![8]),
+    ];
+    store.append(&batch).unwrap();
+    assert_eq!(
+        *heard.lock().unwrap(),
+        vec![("T".into(), 2, 5), ("T".into(), 0, 1), ("U".into(), 0, 2)]
+    );
 }
 
 #[test]
