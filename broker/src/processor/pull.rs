@@ -366,9 +366,6 @@ impl Broker {
         candidates: Vec<Candidate>,
         carried: &[(u64, bool)],
     ) -> Processed<Vec<(Candidate, bool)>> {
-        if carried.is_empty() {
-            return self.run_filter(filter, req, at, candidates).await;
-        }
         let known: Vec<Option<bool>> = candidates
             .iter()
             .map(|(o, _)| {
