@@ -3,6 +3,7 @@
 //! - `append_async/{128B,1KiB}`: one writer calling `put` on an async-mode store with
 //!   broker-like messages (topic, tag, one key, two properties) over 8 queues. Reports
 //!   msgs/s; MB/s of records (headers included) is printed after each benchmark.
+//! - `append_topics/{64,1024}`: the same over 64 or 1,024 topics of 8 queues.
 //! - `append_sync/appenders/{1,16,256}`: that many threads each calling `put` on a
 //!   sync-mode store (group commit). Reports appends/s; prints appends per commit log
 //!   sync (`commit_log_sync_count`) and per device cache flush (block device statistics,
@@ -80,6 +81,19 @@ fn message_pool(topic: &str, queues: u32, body_len: usize) -> Vec<Message> {
         .collect()
 }
 
+/// Messages spread over `topics` topics `{prefix}-N` of `queues` queues each, as `weir
+/// bench produce --topics` sends them: one to each topic in turn, each topic's queues in
+/// turn.
+fn topics_pool(prefix: &str, topics: usize, queues: u32, body_len: usize) -> Vec<Message> {
+    let mut rng = SmallRng::seed_from_u64(0x5745_4952);
+    (0..POOL)
+        .map(|i| {
+            let topic = format!("{prefix}-{}", i % topics);
+            message(&mut rng, &topic, (i / topics) as u32 % queues, i, body_len)
+        })
+        .collect()
+}
+
 /// Size of a stored record (every message of a pool has the same).
 fn record_len(pool: &[Message]) -> usize {
     pool[0].encoded_len().expect("valid message")
@@ -116,32 +130,47 @@ struct AppendFixture {
     next: usize,
     totals: Totals,
     peak_disk: u64,
+    /// When the data folder was last measured (walking thousands of queue folders each
+    /// sample would leave criterion's warm-up too little time to calibrate).
+    measured: Option<Instant>,
 }
 
 impl AppendFixture {
     fn new(body_len: usize) -> Self {
+        Self::with_pool(message_pool("bench-append", 8, body_len))
+    }
+
+    fn with_pool(pool: Vec<Message>) -> Self {
         let dir = temp_dir("async");
         let store = MessageStore::open(StoreConfig {
             flush_mode: FlushMode::Async,
             ..StoreConfig::new(dir.path())
         })
         .expect("open store");
-        let pool = message_pool("bench-append", 8, body_len);
         // Create the first segment, the consume queues and the index file untimed.
-        store.put_batch(&pool[..64]).expect("put");
+        for msg in &pool {
+            store.put(msg).expect("put");
+        }
         Self {
             store,
             dir,
             pool,
-            next: 64,
+            next: 0,
             totals: Totals::default(),
             peak_disk: 0,
+            measured: None,
         }
     }
 
     fn run(&mut self, iters: u64) -> Duration {
         // Untimed: bound the data set by deleting sealed segments (and their index files).
-        self.peak_disk = self.peak_disk.max(disk_usage(self.dir.path()));
+        if self
+            .measured
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
+        {
+            self.peak_disk = self.peak_disk.max(disk_usage(self.dir.path()));
+            self.measured = Some(Instant::now());
+        }
         self.store.run_retention(i64::MAX).expect("retention");
         let mut next = self.next;
         let start = Instant::now();
@@ -201,6 +230,31 @@ fn append_async(c: &mut Criterion) {
         });
         if let Some(fx) = fx {
             fx.report(&format!("append_async/{name}"));
+        }
+    }
+    group.finish();
+}
+
+/// `append_topics/{64,1024}`: as `append_async/128B`, the messages spread over 64 or 1,024
+/// topics of 8 queues (512 or 8,192 queues): the store's share of how throughput holds up
+/// with many topics (`weir bench produce --topics`).
+fn append_topics(c: &mut Criterion) {
+    let mut group = c.benchmark_group("append_topics");
+    group
+        .throughput(Throughput::Elements(1))
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    for topics in [64usize, 1024] {
+        let mut fx: Option<AppendFixture> = None;
+        group.bench_function(topics.to_string(), |b| {
+            let fx = fx.get_or_insert_with(|| {
+                AppendFixture::with_pool(topics_pool("bench-topics", topics, 8, 128))
+            });
+            b.iter_custom(|iters| fx.run(iters));
+        });
+        if let Some(fx) = fx {
+            fx.report(&format!("append_topics/{topics}"));
         }
     }
     group.finish();
@@ -477,5 +531,5 @@ fn read_seq(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, append_async, append_sync, read_seq);
+criterion_group!(benches, append_async, append_topics, append_sync, read_seq);
 criterion_main!(benches);

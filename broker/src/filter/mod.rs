@@ -48,7 +48,8 @@ pub struct FilterConfig {
     pub workers: usize,
     /// Most filter calls of one consumer group running at once (default: `workers` − 1,
     /// at least 1), so a group with a slow filter or many consumers leaves workers to the
-    /// others. 0 means the default.
+    /// others; while no other group waits, a group of short batches may use them all (see
+    /// `runtime::schedule`). 0 means the default.
     pub max_group_workers: usize,
     /// Most filter batches of one consumer group waiting for a worker; past it a pull is
     /// answered busy at once (default 256).

@@ -6,6 +6,11 @@
 //! - **A cap per group**: at most `max_group_workers` jobs of one group run at once, so a
 //!   slow filter (or a group pulled by many consumers) holds at most that many workers and
 //!   the other groups keep the rest.
+//! - **Idle workers lent to short batches**: while no other group has a job waiting, a
+//!   group whose recent batches each took under [`LEND_BELOW`] may run on every worker
+//!   (one consumer group catching up on a backlog uses every core). A job of another
+//!   group that arrives then waits for at most one such short batch: past the cap, the
+//!   next free worker goes to the other group.
 //! - **Routed by filter**: a job is routed to worker `filter id % workers`, where that
 //!   filter's instance stays warm; another worker takes it only while its own worker is
 //!   busy (an instance there costs one `init`, far less than waiting for a slow batch).
@@ -15,8 +20,10 @@
 //!
 //! Invariants: every submitted job is either run once or refused once, never both, never
 //! neither (also at shutdown: queued jobs still run, as before the scheduler stops); a
-//! group never has more than its cap running; all choices are made under one lock, and
-//! every change that can let a job start wakes the workers.
+//! group starts a job past its cap only while it is the only group with jobs waiting and
+//! its recent batches were short, so while another group waits no group holds more than
+//! its cap plus the short batches it had started; all choices are made under one lock,
+//! and every change that can let a job start wakes the workers.
 //!
 //! Generic over what a worker carries (`W`), so the policy is tested without wasm.
 
@@ -84,6 +91,19 @@ struct Waiting<W> {
 struct GroupJobs<W> {
     waiting: VecDeque<Waiting<W>>,
     running: usize,
+    /// How long its recent batches ran (a moving average; `None` before the first since
+    /// the group was last idle): decides whether idle workers are lent to it.
+    recent: Option<Duration>,
+}
+
+impl<W> GroupJobs<W> {
+    fn new() -> Self {
+        GroupJobs {
+            waiting: VecDeque::new(),
+            running: 0,
+            recent: None,
+        }
+    }
 }
 
 struct State<W> {
@@ -104,6 +124,13 @@ pub(super) struct Scheduler<W> {
 /// How far into a group's queue a worker looks for a job routed to it: the queue is FIFO,
 /// so the oldest jobs are served first whatever their routing.
 const LOOK_AHEAD: usize = 16;
+
+/// A group whose batches run shorter than this on average may use the workers its cap
+/// keeps for others while no other group waits: what another group's job may then wait
+/// for a worker, on top of its usual wait, is about one such batch. (A filtered pull's
+/// batch of a few hundred messages takes tens to hundreds of µs; a slow filter's, up to
+/// its 50 ms budget.)
+pub(super) const LEND_BELOW: Duration = Duration::from_millis(1);
 
 impl<W> Scheduler<W> {
     pub(super) fn new(limits: Limits) -> Self {
@@ -141,10 +168,7 @@ impl<W> Scheduler<W> {
                 let jobs = state
                     .groups
                     .entry(Arc::clone(&key))
-                    .or_insert_with(|| GroupJobs {
-                        waiting: VecDeque::new(),
-                        running: 0,
-                    });
+                    .or_insert_with(GroupJobs::new);
                 if jobs.waiting.len() >= self.limits.max_group_queued {
                     Some(Refusal::GroupQueueFull {
                         queued: jobs.waiting.len(),
@@ -208,6 +232,7 @@ impl<W> Scheduler<W> {
                     me,
                     group,
                     job: Some(job),
+                    ran: None,
                 });
             }
             if state.stopping && state.turns.is_empty() {
@@ -245,6 +270,8 @@ impl<W> Scheduler<W> {
             ..
         } = state;
         let mut chosen = None;
+        // (Only groups with jobs waiting are in line.)
+        let alone = turns.len() == 1;
         for (turn, key) in turns.iter().enumerate() {
             let Some(jobs) = groups.get_mut(key) else {
                 continue;
@@ -258,7 +285,12 @@ impl<W> Scheduler<W> {
                     expired.push((w.job, waited));
                 }
             }
-            if jobs.running >= self.limits.max_group_workers {
+            let lent = alone && jobs.recent.is_some_and(|d| d < LEND_BELOW);
+            let cap = match lent {
+                true => self.limits.workers,
+                false => self.limits.max_group_workers,
+            };
+            if jobs.running >= cap {
                 continue;
             }
             // Its own jobs first; another worker's only while that worker is busy.
@@ -295,7 +327,9 @@ impl<W> Scheduler<W> {
         taken
     }
 
-    fn finished(&self, me: usize, group: &Arc<str>) {
+    /// Worker `me` is done with a job of `group` that ran for `ran` (`None`: it did not
+    /// run, or panicked).
+    fn finished(&self, me: usize, group: &Arc<str>, ran: Option<Duration>) {
         let mut state = self.lock();
         if let Some(b) = state.busy.get_mut(me) {
             *b = false;
@@ -304,6 +338,13 @@ impl<W> Scheduler<W> {
         if let Some(jobs) = state.groups.get_mut(group) {
             jobs.running = jobs.running.saturating_sub(1);
             forget = jobs.running == 0 && jobs.waiting.is_empty();
+            if let Some(ran) = ran {
+                // One slow batch is enough to stop the lending for a while.
+                jobs.recent = Some(match jobs.recent {
+                    Some(avg) => (avg * 3 + ran) / 4,
+                    None => ran,
+                });
+            }
         }
         if forget {
             state.groups.remove(group);
@@ -320,12 +361,16 @@ pub(super) struct Running<'a, W> {
     me: usize,
     group: Arc<str>,
     job: Option<Job<W>>,
+    /// How long the job ran, once it returned.
+    ran: Option<Duration>,
 }
 
 impl<W> Running<'_, W> {
     /// Runs the job, gives its group's slot and this worker back, then hands over the result.
     pub(super) fn run(mut self, worker: &mut W) {
+        let started = Instant::now();
         let delivery = self.job.take().and_then(|job| job(Turn::Run(worker)));
+        self.ran = Some(started.elapsed());
         drop(self);
         deliver(delivery);
     }
@@ -333,7 +378,7 @@ impl<W> Running<'_, W> {
 
 impl<W> Drop for Running<'_, W> {
     fn drop(&mut self) {
-        self.scheduler.finished(self.me, &self.group);
+        self.scheduler.finished(self.me, &self.group, self.ran);
     }
 }
 

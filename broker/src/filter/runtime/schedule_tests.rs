@@ -147,9 +147,11 @@ fn a_group_never_runs_more_than_its_cap_and_other_groups_keep_the_rest() {
     for (_, rx) in &slow[1..] {
         assert_eq!(rx.try_recv(), Err(mpsc::TryRecvError::Empty));
     }
-    // Releasing each lets exactly the next one start.
+    // Releasing each lets exactly the next one start (each ran long enough to be a slow
+    // batch: no idle worker is lent to its group).
     for i in 0..3 {
         let (release, _) = slow.remove(0);
+        std::thread::sleep(LEND_BELOW * 4);
         release.send(()).expect("release");
         assert!(started(&slow[0].1).is_ok(), "batch {} did not start", i + 1);
         for (_, rx) in &slow[1..] {
@@ -241,4 +243,49 @@ fn stopping_runs_what_is_queued_then_refuses() {
     assert_eq!(pool.run("g", 0), Err(Refusal::Stopped));
     release.send(()).expect("release");
     assert!(started(&queued).is_ok());
+}
+
+/// Worker `me` takes what `pick` gives it (the group's name), as `next` would.
+fn take(s: &Scheduler<usize>, me: usize) -> Option<String> {
+    let mut state = s.lock();
+    let mut expired = Vec::new();
+    let picked = s.pick(&mut state, me, &mut expired);
+    assert!(expired.is_empty());
+    if picked.is_some() {
+        state.busy[me] = true;
+    }
+    picked.map(|(group, _job)| group.to_string())
+}
+
+fn submit_noop(s: &Scheduler<usize>, group: &str) {
+    s.submit(group, 0, Box::new(|_| None));
+}
+
+#[test]
+fn idle_workers_are_lent_to_a_group_of_short_batches_while_no_other_group_waits() {
+    // Driven step by step (no worker threads): what each free worker would take.
+    let s: Scheduler<usize> = Scheduler::new(limits(2, 1));
+    let short = LEND_BELOW / 10;
+    // A group not yet seen runs within its cap of one.
+    submit_noop(&s, "fast");
+    submit_noop(&s, "fast");
+    assert_eq!(take(&s, 0).as_deref(), Some("fast"));
+    assert_eq!(take(&s, 1), None);
+    // Once its batches are known to be short, and no other group waits, the worker its
+    // cap keeps for others is lent to it.
+    s.finished(0, &Arc::from("fast"), Some(short));
+    assert_eq!(take(&s, 0).as_deref(), Some("fast"));
+    submit_noop(&s, "fast");
+    assert_eq!(take(&s, 1).as_deref(), Some("fast"));
+    // Another group's job arrives: the next free worker is its, not the lender's.
+    submit_noop(&s, "fast");
+    submit_noop(&s, "quiet");
+    s.finished(0, &Arc::from("fast"), Some(short));
+    assert_eq!(take(&s, 0).as_deref(), Some("quiet"));
+    s.finished(0, &Arc::from("quiet"), Some(short));
+    // One slow batch stops the lending: the group is back within its cap.
+    s.finished(1, &Arc::from("fast"), Some(LEND_BELOW * 50));
+    submit_noop(&s, "fast");
+    assert_eq!(take(&s, 0).as_deref(), Some("fast"));
+    assert_eq!(take(&s, 1), None);
 }
