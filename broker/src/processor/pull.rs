@@ -239,8 +239,11 @@ impl Broker {
                 })
                 .collect()
             };
-            let judged = match &wasm {
-                None => candidates.into_iter().map(|c| (c, true)).collect(),
+            let (judged, verdicts) = match &wasm {
+                None => {
+                    let keep = vec![true; candidates.len()];
+                    (candidates, keep)
+                }
                 Some(f) => match self.judge(f, req, cursor, candidates, &carried).await {
                     Ok(judged) => judged,
                     // Earlier rounds' progress stands; the next pull meets the failure.
@@ -258,11 +261,13 @@ impl Broker {
             let round_end = r.next_offset;
             cursor = round_end;
             let room = max - out.len();
-            let kept_count = judged.iter().filter(|(_, keep)| *keep).count();
+            let kept_count = verdicts.iter().filter(|keep| **keep).count();
+            let judged = judged.into_iter().zip(verdicts);
             if kept_count > room {
                 // The filter kept more than asked for: resume right after the last message
                 // returned; if that is not a sane offset, return them all rather than skip
                 // any.
+                let judged: Vec<(Candidate, bool)> = judged.collect();
                 let last_returned = judged
                     .iter()
                     .filter(|(_, keep)| *keep)
@@ -295,12 +300,12 @@ impl Broker {
                 }
                 return answer(PullStatus::Found, cursor, bounds, out);
             }
-            let kept: Vec<StoredRecord> = judged
-                .into_iter()
-                .filter_map(|((_, rec), keep)| keep.then_some(rec))
-                .collect();
-            out_bytes += kept.iter().map(StoredRecord::len).sum::<usize>();
-            out.extend(kept);
+            out.extend(judged.filter_map(|((_, rec), keep)| {
+                keep.then(|| {
+                    out_bytes += rec.len();
+                    rec
+                })
+            }));
             let scanned = (cursor - req.offset) as usize;
             if wasm.is_none()
                 || out.len() == max
@@ -365,7 +370,11 @@ impl Broker {
         at: u64,
         candidates: Vec<Candidate>,
         carried: &[(u64, bool)],
-    ) -> Processed<Vec<(Candidate, bool)>> {
+    ) -> Processed<Judged> {
+        if carried.is_empty() {
+            // (A filtered catch-up's usual case: no pass over the batch to split it.)
+            return self.run_filter(filter, req, at, candidates).await;
+        }
         let known: Vec<Option<bool>> = candidates
             .iter()
             .map(|(o, _)| {
@@ -383,7 +392,8 @@ impl Broker {
         if reused.is_empty() {
             return self.run_filter(filter, req, at, fresh).await;
         }
-        let mut fresh = self.run_filter(filter, req, at, fresh).await?.into_iter();
+        let (fresh, fresh_verdicts) = self.run_filter(filter, req, at, fresh).await?;
+        let mut fresh = fresh.into_iter().zip(fresh_verdicts);
         let mut reused = reused.into_iter();
         // Back into queue order: each position takes from the side it was split to.
         Ok(known
@@ -392,20 +402,20 @@ impl Broker {
                 Some(_) => reused.next(),
                 None => fresh.next(),
             })
-            .collect())
+            .unzip())
     }
 
-    /// Runs the group's filter over a batch of candidates; returns each with its verdict,
-    /// in order.
+    /// Runs the group's filter over a batch of candidates; returns them with their
+    /// verdicts, in order.
     async fn run_filter(
         &self,
         filter: &Arc<LoadedFilter>,
         req: &PullMessage,
         at: u64,
         candidates: Vec<Candidate>,
-    ) -> Processed<Vec<(Candidate, bool)>> {
+    ) -> Processed<Judged> {
         if candidates.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let ctx = BatchContext {
             topic: req.topic.clone(),
@@ -435,9 +445,12 @@ impl Broker {
                 )));
             }
         };
-        Ok(records.into_iter().zip(verdicts).collect())
+        Ok((records, verdicts))
     }
 }
 
 /// A record read for a pull, with its queue offset.
 type Candidate = (u64, StoredRecord);
+
+/// Candidates and, for each, whether the filter keeps it (parallel, in queue order).
+type Judged = (Vec<Candidate>, Vec<bool>);
