@@ -215,49 +215,57 @@ fn disk_usage(dir: &Path) -> u64 {
         .sum()
 }
 
-fn append_async(c: &mut Criterion) {
-    let mut group = c.benchmark_group("append_async");
-    group
-        .throughput(Throughput::Elements(1))
+/// Runs one async-append benchmark per case of `group`, each on a store made by `fixture`
+/// (once, untimed), and reports its totals.
+fn append_cases(
+    c: &mut Criterion,
+    group: &str,
+    cases: Vec<(String, Box<dyn Fn() -> AppendFixture>)>,
+) {
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Elements(1))
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
-    for (name, body_len) in [("128B", 128), ("1KiB", 1024)] {
+    for (name, fixture) in cases {
         let mut fx: Option<AppendFixture> = None;
-        group.bench_function(name, |b| {
-            let fx = fx.get_or_insert_with(|| AppendFixture::new(body_len));
+        g.bench_function(&name, |b| {
+            let fx = fx.get_or_insert_with(&fixture);
             b.iter_custom(|iters| fx.run(iters));
         });
         if let Some(fx) = fx {
-            fx.report(&format!("append_async/{name}"));
+            fx.report(&format!("{group}/{name}"));
         }
     }
-    group.finish();
+    g.finish();
+}
+
+fn append_async(c: &mut Criterion) {
+    let cases = [("128B", 128), ("1KiB", 1024)]
+        .into_iter()
+        .map(|(name, body_len)| {
+            let fixture: Box<dyn Fn() -> AppendFixture> =
+                Box::new(move || AppendFixture::new(body_len));
+            (name.to_owned(), fixture)
+        })
+        .collect();
+    append_cases(c, "append_async", cases);
 }
 
 /// `append_topics/{64,1024}`: as `append_async/128B`, the messages spread over 64 or 1,024
 /// topics of 8 queues (512 or 8,192 queues): the store's share of how throughput holds up
 /// with many topics (`weir bench produce --topics`).
 fn append_topics(c: &mut Criterion) {
-    let mut group = c.benchmark_group("append_topics");
-    group
-        .throughput(Throughput::Elements(1))
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(5));
-    for topics in [64usize, 1024] {
-        let mut fx: Option<AppendFixture> = None;
-        group.bench_function(topics.to_string(), |b| {
-            let fx = fx.get_or_insert_with(|| {
+    let cases = [64usize, 1024]
+        .into_iter()
+        .map(|topics| {
+            let fixture: Box<dyn Fn() -> AppendFixture> = Box::new(move || {
                 AppendFixture::with_pool(topics_pool("bench-topics", topics, 8, 128))
             });
-            b.iter_custom(|iters| fx.run(iters));
-        });
-        if let Some(fx) = fx {
-            fx.report(&format!("append_topics/{topics}"));
-        }
-    }
-    group.finish();
+            (topics.to_string(), fixture)
+        })
+        .collect();
+    append_cases(c, "append_topics", cases);
 }
 
 // ---------------------------------------------------------------------------------------
