@@ -7,10 +7,11 @@
 //!   slow filter (or a group pulled by many consumers) holds at most that many workers and
 //!   the other groups keep the rest.
 //! - **Idle workers lent to short batches**: while no other group has a job waiting, a
-//!   group whose recent batches each took under [`LEND_BELOW`] may run on every worker
+//!   group whose recent batches averaged under [`LEND_BELOW`] may run on every worker
 //!   (one consumer group catching up on a backlog uses every core). A job of another
-//!   group that arrives then waits for at most one such short batch: past the cap, the
-//!   next free worker goes to the other group.
+//!   group that arrives then waits, as a rule, for about one such short batch: past the
+//!   cap, the next free worker goes to the other group. (An average: a batch of 4 ms or
+//!   more ends the lending at once, a longer run of slower ones too.)
 //! - **Routed by filter**: a job is routed to worker `filter id % workers`, where that
 //!   filter's instance stays warm; another worker takes it only while its own worker is
 //!   busy (an instance there costs one `init`, far less than waiting for a slow batch).
@@ -21,9 +22,9 @@
 //! Invariants: every submitted job is either run once or refused once, never both, never
 //! neither (also at shutdown: queued jobs still run, as before the scheduler stops); a
 //! group starts a job past its cap only while it is the only group with jobs waiting and
-//! its recent batches were short, so while another group waits no group holds more than
-//! its cap plus the short batches it had started; all choices are made under one lock,
-//! and every change that can let a job start wakes the workers.
+//! its recent batches were short on average, so while another group waits no group holds
+//! more than its cap plus the batches it had started before; all choices are made under
+//! one lock, and every change that can let a job start wakes the workers.
 //!
 //! Generic over what a worker carries (`W`), so the policy is tested without wasm.
 
@@ -91,8 +92,9 @@ struct Waiting<W> {
 struct GroupJobs<W> {
     waiting: VecDeque<Waiting<W>>,
     running: usize,
-    /// How long its recent batches ran (a moving average; `None` before the first since
-    /// the group was last idle): decides whether idle workers are lent to it.
+    /// How long its recent batches ran (a moving average over the jobs that did work;
+    /// `None` before the first since the group was last idle): decides whether idle
+    /// workers are lent to it.
     recent: Option<Duration>,
 }
 
@@ -327,8 +329,8 @@ impl<W> Scheduler<W> {
         taken
     }
 
-    /// Worker `me` is done with a job of `group` that ran for `ran` (`None`: it did not
-    /// run, or panicked).
+    /// Worker `me` is done with a job of `group` that ran for `ran` (`None`: it did no
+    /// work, or panicked).
     fn finished(&self, me: usize, group: &Arc<str>, ran: Option<Duration>) {
         let mut state = self.lock();
         if let Some(b) = state.busy.get_mut(me) {
@@ -339,7 +341,7 @@ impl<W> Scheduler<W> {
             jobs.running = jobs.running.saturating_sub(1);
             forget = jobs.running == 0 && jobs.waiting.is_empty();
             if let Some(ran) = ran {
-                // One slow batch is enough to stop the lending for a while.
+                // Weighted to the newest: one batch of 4 × LEND_BELOW ends the lending.
                 jobs.recent = Some(match jobs.recent {
                     Some(avg) => (avg * 3 + ran) / 4,
                     None => ran,
@@ -361,7 +363,9 @@ pub(super) struct Running<'a, W> {
     me: usize,
     group: Arc<str>,
     job: Option<Job<W>>,
-    /// How long the job ran, once it returned.
+    /// How long the job ran, once it returned with a result to hand over (a job that
+    /// returns none did no work: its pull was abandoned, and a slow filter's abandoned
+    /// batches must not make it look fast).
     ran: Option<Duration>,
 }
 
@@ -370,7 +374,7 @@ impl<W> Running<'_, W> {
     pub(super) fn run(mut self, worker: &mut W) {
         let started = Instant::now();
         let delivery = self.job.take().and_then(|job| job(Turn::Run(worker)));
-        self.ran = Some(started.elapsed());
+        self.ran = delivery.as_ref().map(|_| started.elapsed());
         drop(self);
         deliver(delivery);
     }

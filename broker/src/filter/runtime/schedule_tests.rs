@@ -289,3 +289,19 @@ fn idle_workers_are_lent_to_a_group_of_short_batches_while_no_other_group_waits(
     assert_eq!(take(&s, 0).as_deref(), Some("fast"));
     assert_eq!(take(&s, 1), None);
 }
+
+#[test]
+fn only_batches_that_did_work_count_towards_lending() {
+    let s: Scheduler<usize> = Scheduler::new(limits(2, 1));
+    let mut worker = 0usize;
+    let recent = |s: &Scheduler<usize>| s.lock().groups.get("g").and_then(|g| g.recent);
+    // In turn: a job with nothing to hand over (an abandoned pull's), a batch that did its
+    // work, and one more waiting (so the group stays known).
+    submit_noop(&s, "g");
+    s.submit("g", 0, Box::new(|_| Some(Box::new(|| {}) as Delivery)));
+    submit_noop(&s, "g");
+    s.next(0, Duration::ZERO).expect("a job").run(&mut worker);
+    assert_eq!(recent(&s), None, "an abandoned job counted as a fast batch");
+    s.next(0, Duration::ZERO).expect("a job").run(&mut worker);
+    assert!(recent(&s).is_some_and(|d| d < LEND_BELOW));
+}
