@@ -3,5 +3,6 @@
 //! only place that knows its wire's statuses. Adding a protocol adds an adapter here; no
 //! processor changes.
 
+pub mod answer_buffers;
 pub mod remoting;
 pub mod weir;

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use weir_protocol::admin::{GetBrokerConfig, GetBrokerStats};
 use weir_protocol::broker::{CheckTransactionState, NotifyConsumerIdsChanged, RecordCount};
 use weir_protocol::net::BoxFuture;
@@ -13,6 +13,7 @@ use weir_protocol::route::GetAllTopics;
 use weir_protocol::{Connection, ErrorCode, Handler, ProtocolError, Reply, Request, RequestCode};
 use weir_store::{StoreError, StoredRecord};
 
+use super::answer_buffers::AnswerBuffers;
 use crate::acl::SignedRequest;
 use crate::broker::Broker;
 use crate::clients::{ClientLink, Link};
@@ -189,11 +190,7 @@ fn unsupported(code: u16) -> ProcessError {
 /// Stored records one after another, as weir's pull and lookup answers carry them.
 fn concat(records: &[StoredRecord]) -> Bytes {
     let len = records.iter().map(StoredRecord::len).sum();
-    let mut out = BytesMut::with_capacity(len);
-    for r in records {
-        out.extend_from_slice(r.bytes());
-    }
-    out.freeze()
+    AnswerBuffers::shared().concat(records.iter().map(StoredRecord::bytes), len)
 }
 
 fn encode(answer: BrokerResponse) -> Reply {

@@ -11,7 +11,6 @@
 //! `PULL_OFFSET_MOVED`, each with `nextBeginOffset`, `minOffset`, `maxOffset` and
 //! `suggestWhichBrokerId`.
 
-use bytes::BytesMut;
 use weir_protocol::RecordView;
 use weir_protocol::broker::{PullMessage, PullStatus};
 use weir_protocol::record::{NO_PREPARED_TX, sys_flag as wsys};
@@ -20,6 +19,7 @@ use weir_remoting::codes::response as rs;
 use weir_remoting::message::{MessageExt, encode_properties, property as rp, sys_flag};
 
 use super::{Call, RemotingAdapter, Served, bad, unexpected};
+use crate::adapter::answer_buffers::AnswerBuffers;
 use crate::dispatch::{BrokerRequest, BrokerResponse};
 use crate::error::ProcessError;
 
@@ -91,20 +91,23 @@ pub(crate) fn message_ext(v: &RecordView<'_>) -> MessageExt {
 pub(crate) fn encode_records(
     records: &[weir_store::StoredRecord],
 ) -> Result<bytes::Bytes, ProcessError> {
-    let mut out = BytesMut::new();
-    for r in records {
-        let view = r
-            .view()
-            .map_err(|e| ProcessError::Internal(format!("a stored record: {e}")))?;
-        let m = message_ext(&view);
-        m.encode(&mut out).map_err(|e| {
-            ProcessError::MessageIllegal(format!(
-                "message {} cannot be given to a RocketMQ client: {e}",
-                view.message_id()
-            ))
-        })?;
-    }
-    Ok(out.freeze())
+    // RocketMQ's layout is about as long as weir's.
+    let len = records.iter().map(weir_store::StoredRecord::len).sum();
+    AnswerBuffers::shared().fill(len, |out| {
+        for r in records {
+            let view = r
+                .view()
+                .map_err(|e| ProcessError::Internal(format!("a stored record: {e}")))?;
+            let m = message_ext(&view);
+            m.encode(out).map_err(|e| {
+                ProcessError::MessageIllegal(format!(
+                    "message {} cannot be given to a RocketMQ client: {e}",
+                    view.message_id()
+                ))
+            })?;
+        }
+        Ok(())
+    })
 }
 
 /// The group's subscription to `topic` as its members' heartbeats registered it:
@@ -263,7 +266,7 @@ mod tests {
         .unwrap();
         let view = RecordView::parse(&rec).unwrap();
         let m = message_ext(&view);
-        let mut buf = BytesMut::new();
+        let mut buf = bytes::BytesMut::new();
         m.encode(&mut buf).unwrap();
         let back = MessageExt::decode_all(&buf.freeze()).unwrap().remove(0);
         assert_eq!(back.topic, "T");
