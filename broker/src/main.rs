@@ -4,6 +4,10 @@
 
 use std::path::PathBuf;
 
+/// mimalloc: see the workspace's `Cargo.toml` for why not the system's allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use weir_broker::BrokerConfig;

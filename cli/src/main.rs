@@ -12,6 +12,10 @@ mod send_lines;
 mod topic;
 mod transaction;
 
+/// mimalloc: see the workspace's `Cargo.toml` for why not the system's allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
