@@ -4,8 +4,10 @@
 //! lives until the connection has written it. Freed to the allocator, such a buffer
 //! often sits at the top of a thread's heap, which the allocator then gives back to the
 //! kernel: the next answer faults the same amount of memory in again, zero-filled page by
-//! page. A catch-up read took one page fault per ~10 KiB of records that way (a tenth of
-//! the broker's time). Kept here instead, the buffers stay mapped.
+//! page. On glibc's allocator a catch-up read took one page fault per ~10 KiB of records
+//! that way; with the buffers kept here, the broker's CPU for that read fell by a quarter.
+//! (The binaries use mimalloc, which keeps freed memory for a while itself; the pool keeps
+//! the broker library's behaviour the same under any allocator.)
 //!
 //! Both adapters assemble their answers here ([`AnswerBuffers::shared`]).
 //!
