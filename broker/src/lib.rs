@@ -5,7 +5,7 @@
 //! The layout, from the wire in:
 //! - [`adapter`]: protocol adapters. Each decodes its frames into a typed
 //!   [`dispatch::BrokerRequest`] and encodes the answer, mapping each
-//!   [`ProcessError`](error::ProcessError) kind to its statuses in one place. Today: weir's
+//!   [`ProcessError`] kind to its statuses in one place. Today: weir's
 //!   own frames.
 //! - [`dispatch`]: request → processor, under per-family bounds on requests in flight,
 //!   after the access check ([`acl`]).
@@ -14,7 +14,7 @@
 //! - [`service`]: background work (delay levels, name-server registration, client expiry,
 //!   writability), stopped by one signal.
 //! - [`broker`]: the shared state they all work on; [`startup`]: putting it together.
-//! - Supporting state: [`topics`], [`clients`], [`locks`], [`holds`], [`filter`],
+//! - Supporting state: [`topics`], [`clients`], `locks`, `holds`, [`filter`],
 //!   [`subscription`], [`flow`] (sends refused when the store falls behind).
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]

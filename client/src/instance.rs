@@ -567,7 +567,7 @@ impl ClientInstance {
             .and_then(|b| b.master_addr().map(str::to_owned))
     }
 
-    /// Where to read `broker_name`'s queues (see [`routes::read_addr`]), given which
+    /// Where to read `broker_name`'s queues (see `routes::read_addr`), given which
     /// brokers were found unreachable lately.
     pub fn read_addr(
         &self,

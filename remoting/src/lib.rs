@@ -1,7 +1,7 @@
 //! RocketMQ's 4.x remoting protocol, as its clients (Java, Go, C++, Python, Node.js) speak
 //! it: the frame and its two header encodings ([`command`]), request and response codes
 //! ([`codes`]), the message encodings of send and pull bodies ([`message`]), and how a
-//! connection's first bytes tell it from weir's own frame or a TLS handshake ([`sniff`]).
+//! connection's first bytes tell it from weir's own frame or a TLS handshake ([`sniff()`]).
 //!
 //! This crate is only the codec: what a request means is the broker's and the name
 //! server's business (their remoting adapters map requests onto the same processors that

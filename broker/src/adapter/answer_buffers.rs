@@ -11,7 +11,7 @@
 //!
 //! Both adapters assemble their answers here ([`AnswerBuffers::shared`]).
 //!
-//! Invariants: at most [`KEPT`] buffers, each of capacity at most [`KEPT_CAPACITY`], are
+//! Invariants: at most `KEPT` buffers, each of capacity at most `KEPT_CAPACITY`, are
 //! kept (so at most 16 MiB); a buffer is handed out empty; a larger one, or one returned to
 //! a full pool, is freed as before.
 

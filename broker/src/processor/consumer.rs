@@ -144,7 +144,7 @@ impl Broker {
     }
 
     /// Whether a queue is young: it has lost nothing and its first message (offset 0), if
-    /// any, is recent (within [`YOUNG_QUEUE_MEMORY_PERCENT`] of memory from the commit
+    /// any, is recent (within `YOUNG_QUEUE_MEMORY_PERCENT` of memory from the commit
     /// log's end; an empty queue is young, as RocketMQ's `checkInDiskByConsumeOffset` says).
     /// RocketMQ starts a new consumer group on such a queue at 0, whatever its
     /// consume-from-where, so a topic's first messages are not skipped.

@@ -4,7 +4,7 @@
 //! clients (transaction checks, rebalance notices). Responses are matched to calls by
 //! request id. Call timeouts are the caller's.
 //!
-//! Each connection is driven by one task ([`driver`]) that reads frames, runs the handler
+//! Each connection is driven by one task (`driver`) that reads frames, runs the handler
 //! futures of the peer's requests inside itself, and writes. What a peer can make a
 //! connection hold is bounded ([`ConnConfig`]): requests being handled and replies not yet
 //! written, by count and by bytes; past either, the connection stops reading until the peer
