@@ -4,16 +4,16 @@
 
 use std::path::PathBuf;
 
-/// mimalloc: see the workspace's `Cargo.toml` for why not the system's allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use weir_broker::BrokerConfig;
 use weir_namesrv::server_main;
 use weir_protocol::ha::BrokerRole;
 use weir_store::FlushMode;
+
+/// mimalloc: see the workspace's `Cargo.toml` for why not the system's allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// weir broker. No arguments: standalone (name server + broker), data in ./weir-data.
 #[derive(Parser, Debug)]

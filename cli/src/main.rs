@@ -12,10 +12,6 @@ mod send_lines;
 mod topic;
 mod transaction;
 
-/// mimalloc: see the workspace's `Cargo.toml` for why not the system's allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -25,6 +21,10 @@ use weir_client::{
     Admin, ClientConfig, ClientInstance, Message, MessageQueue, Producer, ReceivedMessage,
     SendResult,
 };
+
+/// mimalloc: see the workspace's `Cargo.toml` for why not the system's allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
 #[command(

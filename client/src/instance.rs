@@ -91,18 +91,6 @@ struct Groups {
 /// How often heartbeats go to every broker.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 
-pub(crate) fn random_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish() as u32
-}
-
 struct CachedRoute {
     route: Arc<TopicRoute>,
     fetched: Instant,
@@ -157,7 +145,7 @@ impl ClientInstance {
         );
         Ok(Self {
             inner: Arc::new(Inner {
-                client_id: format!("{}@{:08x}", std::process::id(), random_u32()),
+                client_id: format!("{}@{:08x}", std::process::id(), routes::random_u32()),
                 groups: std::sync::Mutex::new(Groups::default()),
                 heartbeat_started: std::sync::atomic::AtomicBool::new(false),
                 config,

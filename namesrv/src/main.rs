@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 
-/// mimalloc: see the workspace's `Cargo.toml` for why not the system's allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::Context;
 use clap::Parser;
 use weir_namesrv::{NamesrvConfig, server_main};
+
+/// mimalloc: see the workspace's `Cargo.toml` for why not the system's allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// weir name server: the route table brokers register with and clients read.
 #[derive(Parser, Debug)]

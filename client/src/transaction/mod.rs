@@ -39,7 +39,7 @@ pub use check::CheckStats;
 pub(crate) use check::Checker;
 
 use crate::{ClientError, ClientInstance, Message, MessageExt, Producer, Result, SendResult};
-use crate::{SendStatus, instance::random_u32};
+use crate::{SendStatus, routes::random_u32};
 
 /// What became of a local transaction, as the listener says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
