@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Mutex;
 use tracing::debug;
-use weir_protocol::auth::Credentials;
+use weir_protocol::auth::{Credentials, random_u64};
 use weir_protocol::broker::{ConsumerData, Heartbeat, MessageModel};
 use weir_protocol::net::ClientTls;
 use weir_protocol::route::{BrokerData, GetClusterInfo, GetRoute, TopicRoute};
@@ -145,7 +145,7 @@ impl ClientInstance {
         );
         Ok(Self {
             inner: Arc::new(Inner {
-                client_id: format!("{}@{:08x}", std::process::id(), routes::random_u32()),
+                client_id: format!("{}@{:08x}", std::process::id(), random_u64() as u32),
                 groups: std::sync::Mutex::new(Groups::default()),
                 heartbeat_started: std::sync::atomic::AtomicBool::new(false),
                 config,

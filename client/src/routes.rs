@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
+use weir_protocol::auth::random_u64;
 use weir_protocol::route::TopicRoute;
 
 use crate::{ClientInstance, MessageQueue};
@@ -55,7 +56,7 @@ impl PublishInfo {
             addrs,
             // A random start, so that fresh producers (each `weir send` process, say) spread
             // over the queues as RocketMQ's do, instead of all starting at queue 0.
-            next_queue: AtomicUsize::new(random_u32() as usize),
+            next_queue: AtomicUsize::new(random_u64() as usize),
         }
     }
 }
@@ -81,20 +82,6 @@ pub fn read_addr(
         false => master.filter(up).or(slave.filter(up)),
     };
     pick.or(master).or(slave).map(str::to_owned)
-}
-
-/// A number that differs between processes and calls (client ids, where a producer starts
-/// its round of queues, transaction ids): not for secrets.
-pub(crate) fn random_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish() as u32
 }
 
 #[cfg(test)]

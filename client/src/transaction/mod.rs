@@ -32,14 +32,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use tracing::warn;
 use weir_protocol::MessageId;
+use weir_protocol::auth::random_u64;
 use weir_protocol::broker::{EndTransaction, TransactionDecision};
 use weir_protocol::names::property;
 
 pub use check::CheckStats;
 pub(crate) use check::Checker;
 
+use crate::SendStatus;
 use crate::{ClientError, ClientInstance, Message, MessageExt, Producer, Result, SendResult};
-use crate::{SendStatus, routes::random_u32};
 
 /// What became of a local transaction, as the listener says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -196,7 +197,7 @@ impl TransactionProducer {
             id_prefix: format!(
                 "{:08X}{:08X}{:012X}",
                 std::process::id(),
-                random_u32(),
+                random_u64() as u32,
                 start & 0xFFFF_FFFF_FFFF
             ),
             next_id: AtomicU64::new(0),

@@ -307,9 +307,10 @@ impl Signer {
     }
 }
 
-/// A random u64 (session ids: unique, not secret): std's randomly keyed hasher over the
-/// time and a process-wide counter.
-fn random_u64() -> u64 {
+/// A random u64 (session ids, client ids, where a producer starts its round of queues:
+/// unique, not secret): std's randomly keyed hasher over the time, a process-wide counter
+/// and the process id.
+pub fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
