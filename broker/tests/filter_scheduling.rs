@@ -12,7 +12,7 @@ use weir_broker::filter::{FailureKind, FilterConfig, FilterRuntime};
 
 #[path = "common/filter_fixtures.rs"]
 mod filter_fixtures;
-use filter_fixtures::{calibrate_busy, ctx, load, records};
+use filter_fixtures::{calibrate_busy, ctx, load, records, try_load};
 
 /// Threads that keep every core busy until dropped.
 struct Spinners {
@@ -140,6 +140,49 @@ async fn the_wall_clock_limit_is_a_safety_net_for_a_starved_call() {
         "{}",
         failure.detail
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_has_a_cpu_budget_of_its_own() {
+    // A start (instantiation and `init`) of about 100 ms of CPU time, twice a batch's
+    // budget: a JavaScript or Python engine's start on a slow machine.
+    let calibration = FilterRuntime::new(FilterConfig {
+        workers: 1,
+        batch_cpu_ms: 5_000,
+        batch_wall_limit_ms: 10_000,
+        ..FilterConfig::default()
+    })
+    .expect("runtime");
+    let rounds = calibrate_busy(&calibration, Duration::from_millis(100)).to_string();
+    let slow_start = [("mode", "busy"), ("at", "init"), ("work", rounds.as_str())];
+    let config = FilterConfig {
+        workers: 1,
+        batch_cpu_ms: 50,
+        init_cpu_ms: 2_000,
+        ..FilterConfig::default()
+    };
+    let runtime = FilterRuntime::new(config.clone()).expect("runtime");
+    // Started at load (the upload-time check) and again on the worker, for the batch.
+    let filter = load(&runtime, weir_filter_artifacts::HOSTILE, &slow_start);
+    let (_, verdicts) = runtime
+        .run(&filter, ctx("G"), records(4, 16))
+        .await
+        .unwrap_or_else(|f| panic!("a slow start failed the first batch: {f}"));
+    assert_eq!(verdicts, vec![true; 4]);
+    assert_eq!(filter.stats().instantiations, 1);
+
+    // Under a 20 ms start budget the same start is stopped, saying which budget.
+    let strict = FilterRuntime::new(FilterConfig {
+        init_cpu_ms: 20,
+        ..config
+    })
+    .expect("runtime");
+    let memory = strict.config().memory_limit;
+    let err = match try_load(&strict, weir_filter_artifacts::HOSTILE, &slow_start, memory) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a 100 ms start passed a 20 ms start budget"),
+    };
+    assert!(err.contains("CPU time budget of 20 ms"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,13 +34,19 @@ pub struct FilterConfig {
     /// The largest memory cap an upload may ask (`weir filter upload --memory`), bytes
     /// (default 256 MiB). The instance pool's memory slots are sized for it.
     pub max_memory_limit: usize,
-    /// CPU time one batch call (and `init`) may use, ms (default 50): the filter thread's
-    /// own CPU time, so a busy machine does not make a good filter fail. Formerly
-    /// `batch_deadline_ms` (a wall-clock budget); that name is still read.
+    /// CPU time one batch call may use, ms (default 50): the filter thread's own CPU time,
+    /// so a busy machine does not make a good filter fail. Formerly `batch_deadline_ms` (a
+    /// wall-clock budget); that name is still read.
     #[serde(alias = "batch_deadline_ms")]
     pub batch_cpu_ms: u64,
+    /// CPU time starting a filter instance may use, ms (default 1,000): instantiation
+    /// (copying the memory image, start functions) and `init` together, at upload and on
+    /// each worker. A JavaScript or Python engine takes milliseconds to start where a batch
+    /// takes microseconds, and several times more on a slow machine.
+    pub init_cpu_ms: u64,
     /// Wall-clock limit of one call, ms (default 2,000): only a safety net for a thread
-    /// starved of CPU for that long; at least `batch_cpu_ms`.
+    /// starved of CPU for that long; at least `batch_cpu_ms`. A start's is this or
+    /// `init_cpu_ms`, whichever is larger.
     pub batch_wall_limit_ms: u64,
     /// Stack the filter's own frames may use, bytes (default 512 KiB).
     pub max_wasm_stack: usize,
@@ -90,6 +96,7 @@ impl Default for FilterConfig {
             memory_limit: 16 << 20,
             max_memory_limit: 256 << 20,
             batch_cpu_ms: 50,
+            init_cpu_ms: 1_000,
             batch_wall_limit_ms: 2_000,
             max_wasm_stack: 512 << 10,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get().min(8)),
@@ -133,6 +140,10 @@ impl FilterConfig {
         check(
             (1..=60_000).contains(&self.batch_cpu_ms),
             "filter.batch_cpu_ms must be within 1..=60000",
+        )?;
+        check(
+            (1..=60_000).contains(&self.init_cpu_ms),
+            "filter.init_cpu_ms must be within 1..=60000",
         )?;
         check(
             (self.batch_cpu_ms..=600_000).contains(&self.batch_wall_limit_ms),

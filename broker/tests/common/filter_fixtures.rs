@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use weir_broker::filter::{BatchContext, DirectCaller, FilterLabel, FilterRuntime, LoadedFilter};
+use weir_broker::filter::{
+    BatchContext, DirectCaller, FilterError, FilterLabel, FilterRuntime, LoadedFilter,
+};
 use weir_protocol::Message;
 use weir_protocol::record::{Assigned, encode_to_vec};
 
@@ -43,13 +45,14 @@ pub fn records(n: usize, body: usize) -> Vec<Bytes> {
 }
 
 /// Compiles the component at `path` (a `weir_filter_artifacts` constant) and loads it with
-/// `params` and a memory cap of `memory` bytes.
-pub fn load_with_memory(
+/// `params` and a memory cap of `memory` bytes: what the load (instantiation and `init`)
+/// answered.
+pub fn try_load(
     runtime: &FilterRuntime,
     path: &str,
     params: &[(&str, &str)],
     memory: usize,
-) -> Arc<LoadedFilter> {
+) -> Result<Arc<LoadedFilter>, FilterError> {
     let compiled = runtime
         .compile(&weir_filter_artifacts::read(path))
         .expect("compile");
@@ -57,14 +60,22 @@ pub fn load_with_memory(
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    runtime
-        .load(
-            compiled,
-            params,
-            memory,
-            FilterLabel::new("bench", "bench", 1, String::new()),
-        )
-        .expect("load")
+    runtime.load(
+        compiled,
+        params,
+        memory,
+        FilterLabel::new("bench", "bench", 1, String::new()),
+    )
+}
+
+/// [`try_load`], which must succeed.
+pub fn load_with_memory(
+    runtime: &FilterRuntime,
+    path: &str,
+    params: &[(&str, &str)],
+    memory: usize,
+) -> Arc<LoadedFilter> {
+    try_load(runtime, path, params, memory).expect("load")
 }
 
 /// [`load_with_memory`] with the runtime's default memory cap.

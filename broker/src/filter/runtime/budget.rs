@@ -1,7 +1,10 @@
-//! The time budget of one call (a batch, or `init`): the CPU time the calling thread spends
-//! in it, so a busy machine never makes a good filter fail; wall-clock time only as a
-//! generous safety net (`batch_wall_limit_ms`), for a thread starved so long that
-//! something else is wrong.
+//! The time budget of one call (a batch, or instantiation with `init`): the CPU time the
+//! calling thread spends in it, so a busy machine never makes a good filter fail; wall-clock
+//! time only as a generous safety net (`batch_wall_limit_ms`), for a thread starved so long
+//! that something else is wrong. A batch and a start have budgets of their own
+//! (`batch_cpu_ms`, `init_cpu_ms`): starting a JavaScript or Python engine copies its
+//! memory image and runs its `init`, milliseconds of work where a batch takes microseconds,
+//! and more on a slow machine whose fresh pages cost a fault each.
 //!
 //! How: the engine's epoch advances every tick (`engine::start_epoch_clock`); a call's
 //! first deadline is its CPU budget in ticks, the earliest it can have used it. When a
@@ -33,6 +36,21 @@ pub(super) struct Budget {
     pub(super) cpu: Duration,
     pub(super) wall: Duration,
     pub(super) tick: Duration,
+}
+
+/// The limits of each kind of call.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Budgets {
+    pub(super) batch: Budget,
+    /// Instantiation (start functions) and `init`, together.
+    pub(super) init: Budget,
+}
+
+/// What a call does, for the budget it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CallKind {
+    Init,
+    Batch,
 }
 
 /// Which limit interrupted a call.
@@ -136,9 +154,14 @@ fn cpu_baseline(now: Instant) -> Duration {
 }
 
 /// Starts a call's clock on the calling thread and sets its first deadline.
-pub(super) fn arm(store: &mut Store<GuestState>) {
-    let budget = store.data().budget;
+pub(super) fn arm(store: &mut Store<GuestState>, kind: CallKind) {
+    let budgets = store.data().budgets;
+    let budget = match kind {
+        CallKind::Init => budgets.init,
+        CallKind::Batch => budgets.batch,
+    };
     let wall = Instant::now();
+    store.data_mut().budget = budget;
     store.data_mut().call = Some(CallStart {
         cpu: cpu_baseline(wall),
         wall,

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
-use super::budget::Budget;
+use super::budget::{Budget, Budgets};
 use super::compile_cache::CompileCache;
 use super::guest::GuestState;
 use super::{FilterConfig, FilterError, FilterRuntime};
@@ -122,18 +122,25 @@ pub(super) fn new_engine(
 }
 
 /// Starts the thread that advances the engine's epoch every tick, at which a running call's
-/// time budget is checked (`budget`). Returns the limits of a call and the flag that stops
-/// the thread.
+/// time budget is checked (`budget`). Returns the limits of each kind of call and the flag
+/// that stops the thread.
 pub(super) fn start_epoch_clock(
     engine: &Engine,
     config: &FilterConfig,
-) -> Result<(Budget, Arc<AtomicBool>), FilterError> {
-    // A tenth of the CPU budget: a call overruns it by at most that much.
+) -> Result<(Budgets, Arc<AtomicBool>), FilterError> {
+    // A tenth of the batch's CPU budget: a call overruns its budget by at most that much.
     let tick = Duration::from_millis((config.batch_cpu_ms / 10).clamp(1, 100));
-    let budget = Budget {
-        cpu: Duration::from_millis(config.batch_cpu_ms),
-        wall: Duration::from_millis(config.batch_wall_limit_ms),
-        tick,
+    let budgets = Budgets {
+        batch: Budget {
+            cpu: Duration::from_millis(config.batch_cpu_ms),
+            wall: Duration::from_millis(config.batch_wall_limit_ms),
+            tick,
+        },
+        init: Budget {
+            cpu: Duration::from_millis(config.init_cpu_ms),
+            wall: Duration::from_millis(config.batch_wall_limit_ms.max(config.init_cpu_ms)),
+            tick,
+        },
     };
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -148,7 +155,7 @@ pub(super) fn start_epoch_clock(
             })
             .map_err(|e| FilterError::Runtime(format!("cannot start the epoch thread: {e}")))?;
     }
-    Ok((budget, stop))
+    Ok((budgets, stop))
 }
 
 /// Identifies the engine's compiled-code format, stable across processes.

@@ -68,7 +68,7 @@ struct Inner {
     config: FilterConfig,
     scheduler: Arc<schedule::Scheduler<worker::Worker>>,
     next_id: AtomicU64,
-    budget: budget::Budget,
+    budgets: budget::Budgets,
     stop: Arc<AtomicBool>,
     compat_hash: String,
     compile_cache: Arc<compile_cache::CompileCache>,
@@ -102,7 +102,7 @@ impl FilterRuntime {
         config.validate().map_err(FilterError::Invalid)?;
         let (engine, compile_cache) = engine::new_engine(&config)?;
         let linker = imports::host_linker(&engine)?;
-        let (budget, stop) = engine::start_epoch_clock(&engine, &config)?;
+        let (budgets, stop) = engine::start_epoch_clock(&engine, &config)?;
         let scheduler = pool::start_workers(&config)?;
         let compat_hash = engine::compat_hash(&engine);
         Ok(Self {
@@ -111,7 +111,7 @@ impl FilterRuntime {
                 linker,
                 scheduler,
                 next_id: AtomicU64::new(1),
-                budget,
+                budgets,
                 stop,
                 compat_hash,
                 compile_cache,

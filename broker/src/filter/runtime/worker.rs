@@ -18,7 +18,7 @@ use weir_protocol::record;
 
 use super::bindings;
 use super::bindings::exports::weir::filter::filter::FilterError as GuestError;
-use super::budget;
+use super::budget::{self, CallKind};
 use super::guest::{GuestState, WireContext, WireMessage};
 use super::{
     BatchContext, CompiledFilter, FailureKind, FilterFailure, FilterRuntime, LoadedFilter,
@@ -37,7 +37,7 @@ pub(super) fn init_instance(
     params: &[(String, String)],
 ) -> Result<(Func, bool), InitError> {
     // Instantiation (start functions) and `init` share one budget.
-    budget::arm(store);
+    budget::arm(store, CallKind::Init);
     let instance = compiled
         .pre
         .instantiate(&mut *store)
@@ -294,7 +294,7 @@ impl Worker {
             .map_err(|e| {
                 FilterFailure::new(FailureKind::Trap, format!("filter function type: {e}"))
             })?;
-        budget::arm(store);
+        budget::arm(store, CallKind::Batch);
         store.data_mut().last_error_line = None;
         let started = Instant::now();
         let called = typed.call(&mut *store, (wire_ctx, &attributes, &messages));
