@@ -25,8 +25,6 @@ pub(crate) struct Segment {
     start: u64,
     len: u64,
     path: PathBuf,
-    /// The file, for [`Segment::zero_fill`]'s writes (the map outlives no handle).
-    file: File,
     map: MmapRaw,
     /// Bytes `[0, published)` are immutable and readable.
     published: AtomicU64,
@@ -38,13 +36,6 @@ pub(crate) struct Segment {
     /// [`Segment::allocate_to`] before writing past it.
     allocated: AtomicU64,
 }
-
-/// Bytes of one write of [`Segment::zero_fill`]: the page cache takes each write as folios
-/// of about its size. Measured on a lone master's batched sends (8 s runs): 32 KiB and
-/// 128 KiB cost the least to allocate, 1 MiB folios several times more (they come from
-/// blocks the VM's balloon has given back to the host); of the two, 128 KiB costs the
-/// flush less (one write-protect and TLB flush per folio) and gave the most throughput.
-const ZERO_CHUNK: usize = 128 << 10;
 
 /// A growing segment reserves at least this much at a time, doubling as it fills.
 pub(crate) const GROW_STEP: u64 = 64 << 10;
@@ -161,7 +152,6 @@ impl Segment {
             start,
             len,
             path: path.to_path_buf(),
-            file,
             map,
             published: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
@@ -194,28 +184,6 @@ impl Segment {
             let _ =
                 self.map
                     .advise_range(memmap2::Advice::PopulateWrite, rel as usize, len as usize);
-        }
-    }
-
-    /// Writes zeros to `[rel, rel + len)` through the file, which brings its pages into the
-    /// page cache without read-ahead.
-    ///
-    /// The caller must hold the segment owner's writer lock with `rel` at or beyond the
-    /// writer's position (so no byte anyone wrote or will read changes). Advisory: failures
-    /// are ignored (the writer's own faults bring the pages in).
-    pub fn zero_fill(&self, rel: u64, len: u64) {
-        use std::os::unix::fs::FileExt;
-        static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
-        debug_assert!(rel >= self.published());
-        let end = rel.saturating_add(len).min(self.len);
-        let mut at = rel;
-        while at < end {
-            let n = (end - at).min(ZERO_CHUNK as u64) as usize;
-            if let Err(e) = self.file.write_all_at(&ZEROS[..n], at) {
-                tracing::debug!(segment = %self.path.display(), error = %e, "zero fill failed");
-                return;
-            }
-            at += n as u64;
         }
     }
 

@@ -45,8 +45,6 @@ pub(crate) struct CommitLog {
 
 /// How far ahead of the write position pages are faulted in.
 const FAULT_AHEAD: u64 = 16 << 20;
-/// Bytes zero-filled per hold of the writer lock.
-const ZERO_STEP: u64 = 1 << 20;
 
 struct WriterState {
     /// Absolute position of the next record.
@@ -343,16 +341,10 @@ impl CommitLog {
     }
 
     /// Background work ahead of the writer: create the next segment (if `may_grow` allows
-    /// taking a segment's worth of disk), and bring the pages just past the write position
-    /// into the page cache and this process's page tables, so the writer takes no faults.
-    ///
-    /// The pages come in by writing zeros through the file (`zero_fill`), then are faulted
-    /// in writable. Faulting them in directly (what this did before) makes the kernel read
-    /// ahead and zero-fill large folios, measured at 10–13 µs of CPU per 4 KiB page on this
-    /// project's Firecracker VMs (ext4, Linux 6.18): half the broker's CPU at 1 M batched
-    /// sends a second. Zeros written in 128 KiB steps cost about 1 µs a page. (Faulting
-    /// with read-ahead off costs 2.5 µs but leaves 4 KiB folios, whose write-back then
-    /// write-protects and flushes the TLB of every page: no gain overall.)
+    /// taking a segment's worth of disk), and fault in the pages just past the write
+    /// position. (Warming them with read-ahead instead was measured slower on ext4;
+    /// faulting a bounded window, writable, moves the kernel's zero-filling of fresh blocks
+    /// off the writer without filling the page cache.)
     pub fn prepare_ahead(&self, may_grow: impl Fn(u64) -> Result<()>) -> Result<()> {
         let (last, spare) = {
             // The last segment read under the spares lock: the writer adopts a spare under
@@ -378,32 +370,12 @@ impl CommitLog {
             for seg in std::iter::once(last).chain(spare) {
                 let (lo, hi) = (from.max(seg.start()), to.min(seg.end()));
                 if lo < hi {
-                    self.zero_fill(&seg, lo, hi);
                     seg.prefault(lo - seg.start(), hi - lo);
                 }
             }
             self.faulted.store(to, Ordering::Relaxed);
         }
         Ok(())
-    }
-
-    /// Brings `[lo, hi)` of `seg` into the page cache by writing zeros, a step at a time
-    /// under the writer lock, never below the writer's position: bytes there are unwritten
-    /// (zeros already, or a torn tail recovery cut off), and the lock keeps the writer from
-    /// moving past them meanwhile. A step holds the lock for about 0.3 ms.
-    fn zero_fill(&self, seg: &Segment, lo: u64, hi: u64) {
-        let mut at = lo;
-        while at < hi {
-            let step_end = (at + ZERO_STEP).min(hi);
-            {
-                let w = self.lock_writer();
-                let start = at.max(w.position());
-                if start < step_end {
-                    seg.zero_fill(start - seg.start(), step_end - start);
-                }
-            }
-            at = step_end;
-        }
     }
 
     /// How many spare segments follow in order from `start` (the first starting there).
