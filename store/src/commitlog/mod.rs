@@ -41,10 +41,19 @@ pub(crate) struct CommitLog {
     spares: Mutex<VecDeque<Arc<Segment>>>,
     /// Pages are faulted in up to this offset (see `prepare_ahead`).
     faulted: AtomicU64,
+    /// The range `prepare_ahead` is writing zeros to without the writer lock, `[start,
+    /// end)`, both 0 when none; set under the writer lock, always at or past the writer's
+    /// position. The filler holds `filling` while it writes: a writer about to write into
+    /// the range waits on it (see `CommitLogWriter::wait_for_fill`).
+    fill_start: AtomicU64,
+    fill_end: AtomicU64,
+    filling: Mutex<()>,
 }
 
 /// How far ahead of the write position pages are faulted in.
 const FAULT_AHEAD: u64 = 16 << 20;
+/// Bytes zero-filled under one fence (see `zero_fill`).
+const ZERO_STEP: u64 = 128 << 10;
 
 struct WriterState {
     /// Absolute position of the next record.
@@ -143,6 +152,9 @@ impl CommitLog {
             syncs: AtomicU64::new(0),
             spares: Mutex::new(VecDeque::new()),
             faulted: AtomicU64::new(0),
+            fill_start: AtomicU64::new(0),
+            fill_end: AtomicU64::new(0),
+            filling: Mutex::new(()),
         })
     }
 
@@ -333,7 +345,7 @@ impl CommitLog {
             if seg.end() <= from || seg.start() >= target {
                 continue;
             }
-            seg.flush_to(target.min(seg.end()) - seg.start())?;
+            seg.flush_to_unmapped(target.min(seg.end()) - seg.start())?;
         }
         self.flushed.fetch_max(target, Ordering::AcqRel);
         self.syncs.fetch_add(1, Ordering::Relaxed);
@@ -341,10 +353,16 @@ impl CommitLog {
     }
 
     /// Background work ahead of the writer: create the next segment (if `may_grow` allows
-    /// taking a segment's worth of disk), and fault in the pages just past the write
-    /// position. (Warming them with read-ahead instead was measured slower on ext4;
-    /// faulting a bounded window, writable, moves the kernel's zero-filling of fresh blocks
-    /// off the writer without filling the page cache.)
+    /// taking a segment's worth of disk), and bring the pages just past the write position
+    /// into the page cache and this process's page tables, so the writer takes no faults.
+    ///
+    /// The pages come in by writing zeros through the file (`zero_fill`), then are faulted
+    /// in writable (now without read-ahead work: they are cached). Faulting them in
+    /// directly makes the kernel read ahead and zero-fill large folios, measured at 10–13 µs
+    /// of CPU per 4 KiB page on this project's Firecracker VMs (ext4, Linux 6.18): half a
+    /// master's CPU at 1 M batched sends a second. Zeros written in 128 KiB writes cost
+    /// about 1 µs a page. (Faulting with read-ahead off costs 2.5 µs, but leaves 4 KiB
+    /// folios whose write-back write-protects and flushes the TLB page by page: no gain.)
     pub fn prepare_ahead(&self, may_grow: impl Fn(u64) -> Result<()>) -> Result<()> {
         let (last, spare) = {
             // The last segment read under the spares lock: the writer adopts a spare under
@@ -370,12 +388,44 @@ impl CommitLog {
             for seg in std::iter::once(last).chain(spare) {
                 let (lo, hi) = (from.max(seg.start()), to.min(seg.end()));
                 if lo < hi {
+                    self.zero_fill(&seg, lo, hi);
                     seg.prefault(lo - seg.start(), hi - lo);
                 }
             }
             self.faulted.store(to, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Brings `[lo, hi)` of `seg` into the page cache by writing zeros, a step at a time,
+    /// each step past the writer's position and fenced: the step's range is published to
+    /// the writer under its lock, then written without it (the kernel may block a while
+    /// allocating pages or throttling dirty ones, and the writer must not wait on that
+    /// unless it reaches the range).
+    fn zero_fill(&self, seg: &Segment, lo: u64, hi: u64) {
+        let page = rustix::param::page_size() as u64;
+        let mut at = lo;
+        while at < hi {
+            let step_end = (at + ZERO_STEP).min(hi);
+            let (fence, start) = {
+                let w = self.lock_writer();
+                // Whole pages past the writer only: the page it writes in is in already.
+                let start = at.max(w.position()).div_ceil(page) * page;
+                if start >= step_end {
+                    at = step_end;
+                    continue;
+                }
+                let fence = self.filling.lock();
+                self.fill_start.store(start, Ordering::Release);
+                self.fill_end.store(step_end, Ordering::Release);
+                (fence, start)
+            };
+            seg.zero_fill(start - seg.start(), step_end - start);
+            self.fill_end.store(0, Ordering::Release);
+            self.fill_start.store(0, Ordering::Release);
+            drop(fence);
+            at = step_end;
+        }
     }
 
     /// How many spare segments follow in order from `start` (the first starting there).

@@ -82,6 +82,7 @@ impl<'a> CommitLogWriter<'a> {
         let mut rel = self.state.pos - seg.start();
         if rel + needed > seg.len() {
             let remaining = (seg.len() - rel) as usize;
+            self.wait_for_fill(self.state.pos, remaining as u64);
             // SAFETY: we hold the writer lock and `rel` is the unpublished end.
             unsafe { seg.write_with(rel, remaining, record::encode_blank) };
             seg.publish(seg.len());
@@ -90,6 +91,7 @@ impl<'a> CommitLogWriter<'a> {
             rel = 0;
         }
         let offset = self.state.pos;
+        self.wait_for_fill(offset, len as u64);
         // SAFETY: we hold the writer lock and `rel` is the unpublished end.
         unsafe { seg.write_with(rel, len, |buf| fill(offset, buf)) };
         seg.publish(rel + len as u64);
@@ -162,6 +164,7 @@ impl<'a> CommitLogWriter<'a> {
                     }
                 }
             }
+            self.wait_for_fill(first, verified as u64);
             // SAFETY: we hold the writer lock and `rel` is the unpublished end.
             unsafe { seg.write(rel, &window[..verified]) };
             let mut at = 0usize;
@@ -195,6 +198,15 @@ impl<'a> CommitLogWriter<'a> {
             }
         }
         Ok(taken as u64)
+    }
+
+    /// Waits, when `[at, at + len)` meets the range `prepare_ahead` is writing zeros to,
+    /// until it is done (rare: the fill runs megabytes ahead of the writer).
+    fn wait_for_fill(&self, at: u64, len: u64) {
+        let end = self.log.fill_end.load(Ordering::Acquire);
+        if end > at && self.log.fill_start.load(Ordering::Acquire) < at.saturating_add(len) {
+            drop(self.log.filling.lock());
+        }
     }
 
     fn segment_for_write(&self) -> Result<Arc<Segment>> {
