@@ -247,12 +247,24 @@ impl Segment {
         if from >= to {
             return;
         }
+        self.unmap_published(from, to);
+    }
+
+    /// Drops this process's mapping of the whole pages `[from, to)`, cut at `published`.
+    /// Advisory: a failure is logged at debug level and otherwise ignored.
+    fn unmap_published(&self, from: u64, to: u64) {
+        let to = to.min(self.published());
+        if from >= to {
+            return;
+        }
         // SAFETY: this is a shared mapping of a regular file. MADV_DONTNEED on it only
-        // removes page table entries; the next access faults the same bytes back in from
-        // the page cache or the file (madvise(2): "subsequent accesses of pages in the
-        // range will result in repopulating the memory contents from the up-to-date
-        // contents of the underlying mapped file"). The range is flushed, so no dirty
-        // state is involved, and no byte a reader can see ever changes.
+        // removes page table entries, moving a dirty one's state to the page cache, which a
+        // sync then writes out; the next access faults the same bytes back in from the page
+        // cache or the file (madvise(2): "subsequent accesses of pages in the range will
+        // result in repopulating the memory contents from the up-to-date contents of the
+        // underlying mapped file"). The range lies below `published`, so no byte a reader
+        // can see ever changes, and the writer, which writes at or past `published`, never
+        // touches it.
         let result = unsafe {
             self.map.unchecked_advise_range(
                 memmap2::UncheckedAdvice::DontNeed,
@@ -360,22 +372,7 @@ impl Segment {
         let mut from = from;
         while from < to {
             let step_end = (from + STEP).min(to);
-            // SAFETY: a shared mapping of a regular file. MADV_DONTNEED on it only removes
-            // page table entries (moving their dirty bits to the page cache, which the
-            // sync below writes out); the next access faults the same bytes back in
-            // (madvise(2)). `[from, step_end)` lies below `published`, so no byte of it
-            // changes again, and the writer, which writes at or past `published`, never
-            // touches it.
-            let result = unsafe {
-                self.map.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    from as usize,
-                    (step_end - from) as usize,
-                )
-            };
-            if let Err(e) = result {
-                tracing::debug!(segment = %self.path.display(), error = %e, "madvise(DONTNEED) failed");
-            }
+            self.unmap_published(from, step_end);
             from = step_end;
             if from < to {
                 std::thread::yield_now();
