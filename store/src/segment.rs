@@ -1,6 +1,7 @@
 //! Fixed-size, memory-mapped segment files, and a sequence of them named by start offset.
 //! (Over ~600 lines: the segment type and the sequence of them share one unsafe invariant,
-//! kept in one file so it is read in one place.)
+//! kept in one file so that every `unsafe` block and the invariant it relies on are read in
+//! one place; the segment's ways of bringing pages in and dropping them belong to it.)
 //!
 //! This module holds the store's only `unsafe` code. The invariant that makes it sound:
 //! each segment has one writer at a time (its owner serialises writes behind a lock), a

@@ -46,6 +46,16 @@ pub(super) struct Budgets {
     pub(super) init: Budget,
 }
 
+impl Budgets {
+    /// The limits of a call of `kind`.
+    pub(super) fn of(&self, kind: CallKind) -> Budget {
+        match kind {
+            CallKind::Init => self.init,
+            CallKind::Batch => self.batch,
+        }
+    }
+}
+
 /// What a call does, for the budget it gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum CallKind {
@@ -155,13 +165,9 @@ fn cpu_baseline(now: Instant) -> Duration {
 
 /// Starts a call's clock on the calling thread and sets its first deadline.
 pub(super) fn arm(store: &mut Store<GuestState>, kind: CallKind) {
-    let budgets = store.data().budgets;
-    let budget = match kind {
-        CallKind::Init => budgets.init,
-        CallKind::Batch => budgets.batch,
-    };
+    let budget = store.data().budgets.of(kind);
     let wall = Instant::now();
-    store.data_mut().budget = budget;
+    store.data_mut().armed = kind;
     store.data_mut().call = Some(CallStart {
         cpu: cpu_baseline(wall),
         wall,
@@ -178,7 +184,8 @@ pub(super) fn install(store: &mut Store<GuestState>) {
             // Not inside an armed call (cannot happen: every call arms first): stop it.
             return Ok(UpdateDeadline::Interrupt);
         };
-        match state.budget.check(start, thread_cpu_time(), Instant::now()) {
+        let budget = state.budgets.of(state.armed);
+        match budget.check(start, thread_cpu_time(), Instant::now()) {
             Ok(ticks) => Ok(UpdateDeadline::Continue(ticks)),
             Err(exceeded) => {
                 state.exceeded = Some(exceeded);

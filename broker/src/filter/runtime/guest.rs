@@ -20,7 +20,7 @@ use wasmtime::{ResourceLimiter, Store};
 use super::FilterRuntime;
 use super::bindings;
 use super::bindings::weir::filter::types::Level;
-use super::budget::{self, Budget, Budgets, CallStart, Exceeded};
+use super::budget::{self, Budgets, CallKind, CallStart, Exceeded};
 use super::engine::{CORE_INSTANCES_PER_FILTER, TABLES_PER_FILTER};
 use super::loaded::FilterShared;
 use super::log_limit::LogLimit;
@@ -39,10 +39,10 @@ pub(super) struct GuestState {
     /// a trap.
     pub(super) last_error_line: Option<String>,
     shared: Option<Arc<FilterShared>>,
-    /// The limits of each kind of call, those of the running (last armed) call, where it
-    /// started, and which limit stopped it.
+    /// The limits of each kind of call, the kind of the running (last armed) call, where
+    /// it started, and which limit stopped it.
     pub(super) budgets: Budgets,
-    pub(super) budget: Budget,
+    pub(super) armed: CallKind,
     pub(super) call: Option<CallStart>,
     pub(super) exceeded: Option<Exceeded>,
 }
@@ -191,7 +191,7 @@ impl FilterRuntime {
                 last_error_line: None,
                 shared,
                 budgets: self.inner.budgets,
-                budget: self.inner.budgets.batch,
+                armed: CallKind::Batch,
                 call: None,
                 exceeded: None,
             },
