@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::error::{Result, StoreError};
+use crate::error::{IoContext, Result, StoreError};
 use crate::segment::{MAX_OFFSET, Segment, SegmentedFile};
 use weir_protocol::record::{u32_at, u64_at};
 
@@ -66,6 +66,8 @@ pub(crate) struct ConsumeQueue {
     /// Entries `[min, max)` are readable.
     min: AtomicU64,
     max: AtomicU64,
+    /// The file system the queue's folder is on (its device number).
+    device: u64,
 }
 
 impl ConsumeQueue {
@@ -73,11 +75,16 @@ impl ConsumeQueue {
     /// deleted. Runs before the queue is shared.
     pub fn open(dir: &Path, entries_per_segment: u64, commit_log_min: u64) -> Result<Self> {
         let files = SegmentedFile::open_growing(dir, entries_per_segment * ENTRY_SIZE)?;
+        let device = rustix::fs::stat(dir)
+            .map_err(std::io::Error::from)
+            .ctx("read folder metadata", dir)?
+            .st_dev;
         let cq = Self {
             files,
             write: Mutex::new(None),
             min: AtomicU64::new(0),
             max: AtomicU64::new(0),
+            device,
         };
         cq.load(commit_log_min)?;
         Ok(cq)
@@ -398,6 +405,16 @@ impl ConsumeQueue {
 
     pub fn flush(&self) -> Result<()> {
         self.files.flush()
+    }
+
+    /// The file system the queue's files are on (its device number).
+    pub fn device(&self) -> u64 {
+        self.device
+    }
+
+    /// What [`ConsumeQueue::flush`] would sync now (see [`SegmentedFile::unflushed`]).
+    pub fn unflushed(&self) -> Vec<(Arc<Segment>, u64)> {
+        self.files.unflushed()
     }
 
     /// Whole pages written since the last flush (what a partial checkpoint weighs).

@@ -2,7 +2,7 @@
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
 
@@ -82,4 +82,72 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// One open folder per file system that holds consume queues, through which each such
+/// file system is synced whole with one call (`syncfs`): a checkpoint that syncs
+/// thousands of queues one by one costs a write, a device cache flush and their waits per
+/// queue, which on a virtual disk means a trip to the hypervisor each; one sync of the
+/// file system submits their pages together and flushes the cache once.
+///
+/// Invariant: a file system's folder is opened before any queue on it is written, and
+/// kept open: the kernel reports to `syncfs` every write-back error on the file system
+/// since the handle was opened or last reported one, so none is missed.
+#[derive(Default)]
+pub(crate) struct FileSystems {
+    /// By device number: the open folder and its path.
+    handles: parking_lot::Mutex<std::collections::HashMap<u64, (File, PathBuf)>>,
+    /// File systems synced so far.
+    #[cfg(test)]
+    syncs: std::sync::atomic::AtomicU64,
+}
+
+impl FileSystems {
+    /// Keeps a handle on the file system of `dir` (device `device`) unless one is kept.
+    pub(crate) fn track(&self, device: u64, dir: &Path) -> Result<()> {
+        let mut handles = self.handles.lock();
+        if let std::collections::hash_map::Entry::Vacant(slot) = handles.entry(device) {
+            slot.insert((File::open(dir).ctx("open folder", dir)?, dir.to_path_buf()));
+        }
+        Ok(())
+    }
+
+    /// Syncs each of `devices` that has a handle, whole (data, metadata, the device's
+    /// cache); returns those synced. The others are the caller's to sync file by file.
+    pub(crate) fn sync(
+        &self,
+        devices: &std::collections::BTreeSet<u64>,
+    ) -> Result<std::collections::BTreeSet<u64>> {
+        // Duplicates share the handle's report of errors; the lock is not held through
+        // the syncs, which take a while, so a queue being made need not wait for them.
+        let mut handles = Vec::new();
+        for device in devices {
+            if let Some((file, dir)) = self.handles.lock().get(device) {
+                let file = file.try_clone().ctx("duplicate folder handle", dir)?;
+                handles.push((*device, file, dir.clone()));
+            }
+        }
+        let mut synced = std::collections::BTreeSet::new();
+        for (device, file, dir) in handles {
+            rustix::fs::syncfs(&file)
+                .map_err(std::io::Error::from)
+                .ctx("sync the file system of", &dir)?;
+            synced.insert(device);
+            #[cfg(test)]
+            self.syncs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(synced)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn syncs(&self) -> u64 {
+        self.syncs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Drops every handle, as if no queue's file system could be opened.
+    #[cfg(test)]
+    pub(crate) fn forget_all(&self) {
+        self.handles.lock().clear();
+    }
 }

@@ -386,6 +386,12 @@ impl Segment {
     pub fn flush_published(&self) -> Result<()> {
         self.flush_to(self.published())
     }
+
+    /// Records that `[0, upto)` is durable, made so by a sync of the whole file system
+    /// that began after those bytes were written.
+    pub fn flushed_by_file_system(&self, upto: u64) {
+        self.flushed.fetch_max(upto, Ordering::AcqRel);
+    }
 }
 
 /// Segment file name: the start offset, 20 digits, so names sort by offset.
@@ -629,6 +635,21 @@ impl SegmentedFile {
             pages = pages.saturating_add((published / PAGE).saturating_sub(flushed / PAGE));
         }
         pages
+    }
+
+    /// The segments [`SegmentedFile::flush`] would sync now, each with how far it is
+    /// published: what a sync of the whole file system starting after this call makes
+    /// durable (then recorded with [`Segment::flushed_by_file_system`]).
+    pub fn unflushed(&self) -> Vec<(Arc<Segment>, u64)> {
+        let mut out = Vec::new();
+        for seg in self.segments.read().iter().rev() {
+            let published = seg.published();
+            if seg.flushed.load(Ordering::Acquire) >= published {
+                break;
+            }
+            out.push((Arc::clone(seg), published));
+        }
+        out
     }
 
     /// Flushes the published bytes of every segment that has unflushed ones.

@@ -1,6 +1,6 @@
 //! The store's background services and the durability steps they run: the flusher
-//! (group commit in sync mode, a periodic sync in async mode), the checkpoint (queues,
-//! index, commit log, then the checkpoint file and the consumer offsets), the segment
+//! (group commit in sync mode, a periodic sync in async mode), the checkpoint (commit log,
+//! queues, index, then the checkpoint file and the consumer offsets), the segment
 //! allocator, and retention with the disk check.
 //!
 //! Invariants: every sync goes through `Health::sync`, so a failure stops writes for good.
@@ -108,6 +108,11 @@ impl MessageStore {
     }
 }
 
+/// From this many queues to sync, a checkpoint syncs their file system whole (one call,
+/// see `FileSystems`) rather than each queue's files: a busy broker's queues (hundreds of
+/// topics) then cost one device flush a checkpoint, not one each.
+const SYNC_FILE_SYSTEM_FROM: usize = 32;
+
 impl Inner {
     /// Syncs the commit log up to what is committed; returns the durable offset. After a
     /// failure, refused for good (see `health`).
@@ -134,7 +139,7 @@ impl Inner {
         self.checkpoint(true)
     }
 
-    /// Syncs queues and index, then records what is durable. `thorough`: every queue, and
+    /// Syncs the log, queues and index, then records what is durable. `thorough`: every queue, and
     /// the point recovery rebuilds queues from moves up; otherwise only queues with at least
     /// `consume_queue_flush_least_pages` whole pages unsynced, and that point stays (a
     /// skipped queue may hold unsynced entries below it).
@@ -147,16 +152,40 @@ impl Inner {
         } else {
             u64::from(self.config.consume_queue_flush_least_pages)
         };
-        for q in self.all_queues() {
-            if q.unflushed_pages() >= least_pages {
-                self.health.sync("consume queue sync", || q.flush())?;
+        // The log first (a no-op in sync mode under load, as group commit keeps up; it
+        // also covers an idle store, whose checkpoint must not stay behind): its pages are
+        // synced unmapped (see `CommitLog::flush`), not written back while mapped by the
+        // sync of the whole file system below.
+        let flushed = self.flush_log()?;
+        let queues = self.all_queues();
+        let due: Vec<_> = queues
+            .iter()
+            .filter(|q| q.unflushed_pages() >= least_pages)
+            .map(|q| (q, q.unflushed()))
+            .filter(|(_, segments)| !segments.is_empty())
+            .collect();
+        self.health.sync("consume queue sync", || {
+            let by_file_system = if due.len() >= SYNC_FILE_SYSTEM_FROM {
+                let devices = due.iter().map(|(q, _)| q.device()).collect();
+                self.file_systems.sync(&devices)?
+            } else {
+                Default::default()
+            };
+            for (q, segments) in &due {
+                if by_file_system.contains(&q.device()) {
+                    for (segment, published) in segments {
+                        segment.flushed_by_file_system(*published);
+                    }
+                } else {
+                    q.flush()?;
+                }
             }
+            Ok(())
+        })?;
+        for q in &queues {
             q.release_sealed_pages();
         }
         self.health.sync("key index sync", || self.index.flush())?;
-        // A no-op in sync mode under load (group commit keeps up), but it also covers an
-        // idle store, whose checkpoint must not stay behind.
-        let flushed = self.flush_log()?;
         self.commit_log.release_cold_pages(HOT_TAIL);
         let logic_flushed = if thorough {
             let point = dispatched.min(flushed);
@@ -216,6 +245,53 @@ mod tests {
             store.inner.logic_flushed.load(Ordering::Acquire),
             store.commit_log_max_offset()
         );
+    }
+
+    /// Many queues to sync are synced with their file system, at once; each records what
+    /// became durable, and the point recovery rebuilds queues from moves as when they are
+    /// synced one by one, which is what happens without a handle on their file system.
+    #[test]
+    fn many_queues_are_synced_with_their_file_system_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MessageStore::open(StoreConfig {
+            async_flush_interval_ms: 3_600_000,
+            checkpoint_interval_ms: 3_600_000,
+            ..StoreConfig::new(dir.path())
+        })
+        .unwrap();
+        let topics = super::SYNC_FILE_SYSTEM_FROM + 8;
+        let put_one_each = || {
+            for i in 0..topics {
+                store
+                    .put(&Message::new(format!("T{i}"), 0, b"x".to_vec()))
+                    .unwrap();
+            }
+        };
+        let systems = &store.inner.file_systems;
+        for round in 0..2 {
+            if round == 1 {
+                systems.forget_all();
+            }
+            put_one_each();
+            let queues = store.inner.all_queues();
+            assert_eq!(queues.len(), topics);
+            assert!(queues.iter().all(|q| !q.unflushed().is_empty()));
+            let syncs = systems.syncs();
+            store.inner.checkpoint(true).unwrap();
+            assert_eq!(
+                systems.syncs(),
+                syncs + u64::from(round == 0),
+                "round {round}: one sync of the file system, or none without its handle"
+            );
+            assert!(
+                queues.iter().all(|q| q.unflushed().is_empty()),
+                "round {round}: a queue's synced bytes are not recorded as such"
+            );
+            assert_eq!(
+                store.inner.logic_flushed.load(Ordering::Acquire),
+                store.commit_log_max_offset()
+            );
+        }
     }
 
     #[test]

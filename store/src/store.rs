@@ -13,6 +13,7 @@ use foldhash::fast::RandomState;
 use parking_lot::{Mutex, RwLock};
 use tracing::{error, info, warn};
 
+use crate::append::queue_dir;
 use crate::checkpoint::CheckpointFile;
 use crate::commitlog::CommitLog;
 use crate::config::StoreConfig;
@@ -20,7 +21,7 @@ use crate::consume_queue::ConsumeQueue;
 use crate::disk::{DiskGuard, DiskUsage};
 use crate::error::{IoContext, Result, StoreError};
 use crate::flush::{GroupCommit, Shutdown};
-use crate::fsutil;
+use crate::fsutil::{self, FileSystems};
 use crate::health::Health;
 use crate::index::KeyIndex;
 use crate::offsets::ConsumerOffsets;
@@ -52,6 +53,9 @@ pub(crate) struct Inner {
     pub(crate) config: StoreConfig,
     pub(crate) commit_log: CommitLog,
     pub(crate) queues: RwLock<QueueTable>,
+    /// The file systems the queues are on, each synced whole by a checkpoint that syncs
+    /// many queues.
+    pub(crate) file_systems: FileSystems,
     pub(crate) index: KeyIndex,
     pub(crate) offsets: ConsumerOffsets,
     pub(crate) checkpoint: Mutex<CheckpointFile>,
@@ -109,6 +113,12 @@ impl MessageStore {
             CommitLog::open(&root.join(COMMIT_LOG_DIR), config.commit_log_segment_size)?;
         let log_min = commit_log.min_offset();
         let queues = open_queues(&root.join(CONSUME_QUEUE_DIR), &config, log_min)?;
+        let file_systems = FileSystems::default();
+        for (topic, per_topic) in &queues {
+            for (queue_id, q) in per_topic {
+                file_systems.track(q.device(), &queue_dir(&root, topic, *queue_id))?;
+            }
+        }
         let index = KeyIndex::open(
             &root.join(INDEX_DIR),
             config.index_slots,
@@ -119,6 +129,7 @@ impl MessageStore {
         let inner = Inner {
             commit_log,
             queues: RwLock::new(queues),
+            file_systems,
             index,
             offsets,
             checkpoint: Mutex::new(checkpoint_file),
