@@ -113,11 +113,18 @@ impl<'a> CommitLogWriter<'a> {
     /// (parsed from `bytes`) after it is published. Stops at the first thing that does not
     /// verify, keeping what came before. Returns how many bytes were taken.
     ///
-    /// Per segment the frames and checksums are verified first and copied in one go; then
-    /// each record is parsed (once), published and visited in order, so a reader finds a
-    /// record's queue entry only once the record is readable, as with
-    /// [`CommitLogWriter::append`]. What was copied past a record that fails to parse stays
-    /// unpublished, past the end, where the next append writes over it.
+    /// Per segment the frames and checksums are verified first; then each record is parsed
+    /// (once), copied, published and visited in order, so a reader finds a record's queue
+    /// entry only once the record is readable, as with [`CommitLogWriter::append`].
+    ///
+    /// Copied one record at a time, in log order, never as one copy of the chunk: a copy
+    /// cut short (the process killed while it waits in a page fault) must leave whole
+    /// records and then at most one torn record, with nothing valid after it. `memcpy`
+    /// stores the first bytes of a large copy last, so a cut-short copy of a whole chunk
+    /// left the chunk's first record with a zero header and the records after it whole;
+    /// recovery took that record for damage, skipped it and replayed the ones after it
+    /// past their queue's end: a hole in the slave's queue that the master never fills.
+    /// Nothing is copied past a record that fails to parse either.
     ///
     /// A frame that does not line up with this log (another position, no record there) is
     /// [`StoreError::ReplicaMismatch`]; a record that lines up but whose checksum or fields
@@ -165,8 +172,6 @@ impl<'a> CommitLogWriter<'a> {
                 }
             }
             self.wait_for_fill(first, verified as u64);
-            // SAFETY: we hold the writer lock and `rel` is the unpublished end.
-            unsafe { seg.write(rel, &window[..verified]) };
             let mut at = 0usize;
             while at < verified {
                 let rest = &window[at..verified];
@@ -185,6 +190,8 @@ impl<'a> CommitLogWriter<'a> {
                 } else {
                     None
                 };
+                // SAFETY: we hold the writer lock and `rel + at` is the unpublished end.
+                unsafe { seg.write(rel + at as u64, rec) };
                 seg.publish(rel + (at + len) as u64);
                 self.state.pos = first + (at + len) as u64;
                 at += len;
