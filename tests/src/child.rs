@@ -134,9 +134,27 @@ impl ChildProcess {
     }
 }
 
+/// Most of a child's last stdout lines shown when a test fails.
+const LINES_SHOWN_ON_FAILURE: usize = 200;
+
 impl Drop for ChildProcess {
     fn drop(&mut self) {
         self.kill();
+        // A failing test shows what its children logged (a broker child logs warnings
+        // and errors by default, see `run_broker`): otherwise lost with the child.
+        if std::thread::panicking() {
+            let lines = self.lines();
+            let from = lines.len().saturating_sub(LINES_SHOWN_ON_FAILURE);
+            eprintln!(
+                "--- child process {} (test failed): its last {} of {} stdout lines ---",
+                self.child.id(),
+                lines.len() - from,
+                lines.len()
+            );
+            for line in &lines[from..] {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
@@ -231,7 +249,8 @@ workers = 1
 }
 
 /// The broker child's body: runs a broker (with an embedded name server unless the file
-/// names one) until it is killed.
+/// names one) until it is killed. It logs to stdout when `RUST_LOG` is set, as
+/// [`ChildBroker`] sets it (`warn`) unless the test's own is.
 pub fn run_broker(config_path: &Path) {
     exit_when_stdin_ends();
     if std::env::var_os("RUST_LOG").is_some() {
@@ -321,7 +340,15 @@ impl ChildBroker {
 
     fn spawn(config: &Path) -> ChildProcess {
         let config = config.to_str().expect("a UTF-8 config path");
-        ChildProcess::spawn(CHILD_BROKER_TEST, &[(CONFIG_ENV, config)])
+        // Warnings and errors at least, kept to be shown if the test fails (the parent's
+        // `RUST_LOG`, inherited, when set).
+        match std::env::var_os("RUST_LOG") {
+            Some(_) => ChildProcess::spawn(CHILD_BROKER_TEST, &[(CONFIG_ENV, config)]),
+            None => ChildProcess::spawn(
+                CHILD_BROKER_TEST,
+                &[(CONFIG_ENV, config), ("RUST_LOG", "warn")],
+            ),
+        }
     }
 
     /// SIGKILLs the child and reaps it.
