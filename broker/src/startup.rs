@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use weir_protocol::ha::BrokerRole;
 use weir_protocol::metrics::MetricsServer;
 use weir_protocol::{Server, ServerStats};
 use weir_store::MessageStore;
@@ -41,6 +42,8 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
     if let Ok(a) = addr.parse::<SocketAddr>() {
         config.store.store_host = a;
     }
+    // A slave's store copies its master's log (see `StoreConfig::replica`).
+    config.store.replica = config.role == BrokerRole::Slave;
     let store_config = config.store.clone();
     let store = tokio::task::spawn_blocking(move || MessageStore::open(store_config))
         .await

@@ -99,6 +99,12 @@ pub struct StoreConfig {
     pub prepare_ahead: bool,
     /// Address written into each record as the store host; part of every message id.
     pub store_host: SocketAddr,
+    /// The store copies a master's log (a slave's; set by the broker from its role, not
+    /// read from the file). Its recovery then ends the log at the first damage past what
+    /// was durable, rather than skipping to the records after it: the master sends those
+    /// again, and a skipped record would be a hole the master never fills.
+    #[serde(skip)]
+    pub replica: bool,
 }
 
 impl Default for StoreConfig {
@@ -124,6 +130,7 @@ impl Default for StoreConfig {
             retention_check_interval_ms: 10_000,
             prepare_ahead: true,
             store_host: SocketAddr::from((Ipv4Addr::LOCALHOST, 10911)),
+            replica: false,
         }
     }
 }

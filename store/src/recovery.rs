@@ -80,51 +80,60 @@ impl Inner {
 
         let mut anomalies = 0u64;
         let clean_end = checkpoint.filter(|_| clean).map(|c| c.commit_log_flushed);
+        // A replica's log ends at damage past what was durable (see `StoreConfig::replica`).
+        let end_at_damage_from = self
+            .config
+            .replica
+            .then(|| checkpoint.map_or(0, |c| c.commit_log_flushed));
         let quarantine = self.config.data_dir.join(QUARANTINE_DIR);
-        let scan =
-            self.commit_log
-                .recover(from, clean_end, &quarantine, |v: &RecordView<'_>| {
-                    if !sys_flag::is_dispatched(v.sys_flag()) {
-                        return Ok(());
-                    }
-                    let cq = self.queue_or_create(v.topic(), v.queue_id())?;
-                    let (qo, max) = (v.queue_offset(), cq.max_offset());
-                    if qo < max {
-                        anomalies += 1;
-                        return Ok(());
-                    }
-                    if !cq.can_put(qo) {
-                        // A CRC-valid record with a queue offset no queue can reach: left in the
-                        // log (readable by id), not in its queue, and the store still opens.
-                        error!(
-                            topic = v.topic(),
-                            queue = v.queue_id(),
-                            queue_offset = qo,
-                            next = max,
-                            commit_log_offset = v.commit_log_offset(),
-                            "replayed record has an impossible queue offset; not added to its queue"
-                        );
-                        anomalies += 1;
-                        return Ok(());
-                    }
-                    if qo > max && max > cq.min_offset() {
-                        anomalies += 1;
-                    }
-                    let entry = CqEntry {
-                        commit_log_offset: v.commit_log_offset(),
-                        size: v.total_len() as u32,
-                        tag_hash: tag_hash(v.tags()),
-                    };
-                    self.dispatch(
-                        &cq,
-                        qo,
-                        entry,
-                        v.topic(),
-                        v.keys()
-                            .chain(property::INDEXED.iter().filter_map(|p| v.property(p))),
-                        v.store_timestamp(),
-                    )
-                })?;
+        let scan = self.commit_log.recover(
+            from,
+            clean_end,
+            end_at_damage_from,
+            &quarantine,
+            |v: &RecordView<'_>| {
+                if !sys_flag::is_dispatched(v.sys_flag()) {
+                    return Ok(());
+                }
+                let cq = self.queue_or_create(v.topic(), v.queue_id())?;
+                let (qo, max) = (v.queue_offset(), cq.max_offset());
+                if qo < max {
+                    anomalies += 1;
+                    return Ok(());
+                }
+                if !cq.can_put(qo) {
+                    // A CRC-valid record with a queue offset no queue can reach: left in the
+                    // log (readable by id), not in its queue, and the store still opens.
+                    error!(
+                        topic = v.topic(),
+                        queue = v.queue_id(),
+                        queue_offset = qo,
+                        next = max,
+                        commit_log_offset = v.commit_log_offset(),
+                        "replayed record has an impossible queue offset; not added to its queue"
+                    );
+                    anomalies += 1;
+                    return Ok(());
+                }
+                if qo > max && max > cq.min_offset() {
+                    anomalies += 1;
+                }
+                let entry = CqEntry {
+                    commit_log_offset: v.commit_log_offset(),
+                    size: v.total_len() as u32,
+                    tag_hash: tag_hash(v.tags()),
+                };
+                self.dispatch(
+                    &cq,
+                    qo,
+                    entry,
+                    v.topic(),
+                    v.keys()
+                        .chain(property::INDEXED.iter().filter_map(|p| v.property(p))),
+                    v.store_timestamp(),
+                )
+            },
+        )?;
         if anomalies > 0 {
             warn!(
                 anomalies,

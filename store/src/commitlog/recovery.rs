@@ -1,11 +1,15 @@
 //! Recovery's scan of the commit log when the store opens.
 //!
-//! Invariant: recovery never deletes a record that verifies. Each record carries its own
-//! offset and a CRC, so after a damaged stretch (bit rot, a torn page) the scan looks for
-//! the next record by its magic and resumes there if one verifies; the stretch is reported
-//! and left as it is. Only what follows the last valid record of the log (a torn tail) is
-//! cut: zeroed in its segment. Segments after that one are deleted only if they hold
-//! nothing but zeros (an unused spare); any other is moved to the quarantine folder.
+//! Invariant: recovery never deletes a record that verifies, except on a replica past its
+//! durable point. Each record carries its own offset and a CRC, so after a damaged stretch
+//! (bit rot, a torn page) the scan looks for the next record by its magic and resumes there
+//! if one verifies; the stretch is reported and left as it is. Only what follows the last
+//! valid record of the log (a torn tail) is cut: zeroed in its segment. Segments after that
+//! one are deleted only if they hold nothing but zeros (an unused spare); any other is moved
+//! to the quarantine folder. A replica's log (a slave's) ends at the first damage past its
+//! durable point instead: after a machine crash its unsynced pages may have reached the
+//! disk in any order, and its master sends what follows again, where a skipped record
+//! would stay a hole in the slave's queue and a difference from the master's log.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -60,6 +64,7 @@ impl CommitLog {
         &self,
         from: Option<u64>,
         clean_end: Option<u64>,
+        end_at_damage_from: Option<u64>,
         quarantine: &Path,
         mut visit: impl FnMut(&RecordView<'_>) -> Result<()>,
     ) -> Result<ScanOutcome> {
@@ -109,6 +114,11 @@ impl CommitLog {
                 Probe::Blank(len) => pos += len as u64,
                 // A clean stop ended exactly here: zeros follow, nothing to look for.
                 Probe::Invalid(why) if clean_end == Some(pos) => break why,
+                // A replica's log ends at damage past what was durable: its master sends
+                // what follows again (see `StoreConfig::replica`).
+                Probe::Invalid(why) if end_at_damage_from.is_some_and(|d| pos >= d) => {
+                    break why;
+                }
                 Probe::Invalid(why) => match self.next_valid_record(pos)? {
                     Some(next) => {
                         error!(

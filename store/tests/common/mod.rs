@@ -1,6 +1,7 @@
 //! Helpers shared by the store's integration tests.
 #![allow(dead_code)]
 
+use std::fs;
 use std::path::Path;
 
 use weir_store::{FlushMode, GetStatus, Message, MessageStore, ReadLimits, StoreConfig};
@@ -68,6 +69,21 @@ pub fn read_all(store: &MessageStore, topic: &str, queue_id: u32) -> Vec<(u64, M
             GetStatus::NoMatch => offset = r.next_offset,
             GetStatus::NoNewMessage => return out,
             GetStatus::OffsetMoved => panic!("offset {offset} moved to {}", r.next_offset),
+        }
+    }
+}
+
+/// Copies the folder `src` into `dst`, recursively: a store's folder as a crash leaves it
+/// (a live store's files, as the page cache holds them).
+pub fn copy_dir(src: &Path, dst: &Path) {
+    fs::create_dir_all(dst).unwrap();
+    for e in fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            fs::copy(e.path(), &to).unwrap();
         }
     }
 }

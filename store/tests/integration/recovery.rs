@@ -10,7 +10,7 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::common::{message, read_all, small_config};
+use crate::common::{copy_dir, message, read_all, small_config};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use weir_store::{Message, MessageStore};
@@ -31,19 +31,6 @@ struct Image {
     segment_size: u64,
     /// The checkpoint's durable point when the image was taken.
     checkpointed: u64,
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    fs::create_dir_all(dst).unwrap();
-    for e in fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            fs::copy(e.path(), &to).unwrap();
-        }
-    }
 }
 
 /// Appends `before` messages, checkpoints if asked, appends `after` more, and copies the

@@ -2,11 +2,11 @@
 //! segment roll-overs, and ends up with the same log, queues and key index; bytes that do
 //! not line up are refused.
 
-use crate::common::{message, read_all, small_config};
+use crate::common::{copy_dir, message, read_all, small_config};
 use std::sync::{Arc, Mutex};
 
 use tempfile::TempDir;
-use weir_store::{MessageStore, StoreError, record};
+use weir_store::{MessageStore, StoreConfig, StoreError, record};
 
 /// Copies everything new from `master` to `slave`, in chunks of at most `chunk` bytes.
 fn sync(master: &MessageStore, slave: &MessageStore, chunk: usize) -> u64 {
@@ -186,4 +186,77 @@ fn queues_taking_turns_within_a_chunk_are_each_announced_once_at_their_end() {
         }
     }
     assert_eq!(heard, expected);
+}
+
+/// After a machine crash a slave's unsynced pages may have reached the disk in any order:
+/// damage past its durable point, whole records after it. Its recovery ends the log at the
+/// damage (a master's skips it and keeps what follows), so catching up from the master
+/// fills everything in again: the same bytes and queues as the master's, no hole.
+#[test]
+fn a_slave_recovers_to_the_first_damage_past_its_durable_point_and_catches_up_whole() {
+    use std::os::unix::fs::FileExt;
+
+    let replica = |dir: &std::path::Path| StoreConfig {
+        replica: true,
+        ..small_config(dir)
+    };
+    let (m, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let master = MessageStore::open(small_config(m.path())).unwrap();
+    let slave = MessageStore::open(replica(s.path())).unwrap();
+    for i in 0..40 {
+        master.put(&message(i)).unwrap();
+    }
+    sync(&master, &slave, 64 * 1024);
+    slave.checkpoint().unwrap();
+    // The first record the slave holds past its durable point.
+    let first_after = master.put(&message(40)).unwrap();
+    for i in 41..80 {
+        master.put(&message(i)).unwrap();
+    }
+    sync(&master, &slave, 64 * 1024);
+    assert!(first_after.commit_log_offset >= slave.commit_log_flushed_offset());
+
+    // The crash: the folder as the disk holds it, that record torn, the ones after whole.
+    let image = tempfile::tempdir().unwrap();
+    copy_dir(s.path(), image.path());
+    drop(slave);
+    let segment_size = small_config(s.path()).commit_log_segment_size;
+    let start = first_after.commit_log_offset / segment_size * segment_size;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(image.path().join("commitlog").join(format!("{start:020}")))
+        .unwrap()
+        .write_all_at(&[0xEE], first_after.commit_log_offset - start + 60)
+        .unwrap();
+    let as_master = tempfile::tempdir().unwrap();
+    copy_dir(image.path(), as_master.path());
+
+    let slave = MessageStore::open(replica(image.path())).unwrap();
+    assert_eq!(
+        slave.commit_log_max_offset(),
+        first_after.commit_log_offset,
+        "{:?}",
+        slave.recovery_report()
+    );
+    assert_eq!(
+        sync(&master, &slave, 64 * 1024),
+        master.commit_log_max_offset()
+    );
+    let mut from = 0;
+    while let Some(a) = master.read_log(from, 4096).unwrap() {
+        let b = slave.read_log(from, 4096).unwrap().unwrap();
+        assert_eq!(a, b, "bytes at {from}");
+        from += a.len() as u64;
+    }
+    for topic in ["orders", "payments", "%RETRY%group-a"] {
+        for q in 0..2 {
+            assert_eq!(read_all(&master, topic, q), read_all(&slave, topic, q));
+        }
+    }
+
+    // The same folder opened as a master's keeps what follows the damage (its queue then
+    // has a hole there): what the slave must not do.
+    let skipped = MessageStore::open(small_config(as_master.path())).unwrap();
+    assert_eq!(skipped.recovery_report().damaged.len(), 1);
+    assert!(skipped.commit_log_max_offset() > first_after.commit_log_offset);
 }
