@@ -362,6 +362,8 @@ impl ConsumeQueue {
             // `rel` is the published mark just set.
             unsafe { seg.write(rel, &zeros) };
             seg.flush_to(seg.len())?;
+            // The zeros are on disk; the entries replay writes over them are not yet.
+            seg.unflush_from(rel);
         }
         if max == min && self.files.count() == 0 {
             self.min.store(0, Ordering::Release);
@@ -476,6 +478,47 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
             .sum()
+    }
+
+    /// What recovery truncates and rewrites is synced again: the truncation's own sync of
+    /// the zeros must not mark the rewritten entries durable.
+    #[test]
+    fn entries_put_after_a_truncation_are_still_to_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let cq = ConsumeQueue::open(dir.path(), 1_000, 0).unwrap();
+        for i in 0..500 {
+            cq.reserve(i).unwrap();
+            cq.put(i, entry(i)).unwrap();
+        }
+        cq.flush().unwrap();
+        cq.truncate_from(entry(300).commit_log_offset).unwrap();
+        assert!(cq.unflushed().is_empty());
+        for i in 300..700 {
+            cq.reserve(i).unwrap();
+            cq.put(i, entry(i)).unwrap();
+        }
+        assert!(
+            !cq.unflushed().is_empty() && cq.unflushed_pages() > 0,
+            "rewritten entries taken for synced"
+        );
+    }
+
+    /// A segment made ready ahead of its first entry (an append refused after `reserve`)
+    /// does not hide the unsynced entries of the one before it.
+    #[test]
+    fn an_empty_last_segment_does_not_hide_unsynced_entries_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cq = ConsumeQueue::open(dir.path(), 64, 0).unwrap();
+        for i in 0..64 {
+            cq.reserve(i).unwrap();
+            cq.put(i, entry(i)).unwrap();
+        }
+        cq.reserve(64).unwrap();
+        assert_eq!(cq.files.count(), 2);
+        assert_eq!(cq.unflushed().len(), 1);
+        cq.flush().unwrap();
+        assert!(cq.unflushed().is_empty());
+        assert_eq!(cq.unflushed_pages(), 0);
     }
 
     #[test]

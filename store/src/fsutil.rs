@@ -93,8 +93,10 @@ pub(crate) fn now_ms() -> i64 {
 /// Invariant: a file system's folder is opened before any queue on it is written, and
 /// kept open: the kernel reports to `syncfs` every write-back error on the file system
 /// since the handle was opened or last reported one, so none is missed.
-#[derive(Default)]
 pub(crate) struct FileSystems {
+    /// Whether `syncfs` reports write-back errors here (Linux 5.8 on); where it does not,
+    /// no handle is kept and every queue syncs its own files.
+    reports_errors: bool,
     /// By device number: the open folder and its path.
     handles: parking_lot::Mutex<std::collections::HashMap<u64, (File, PathBuf)>>,
     /// File systems synced so far.
@@ -102,9 +104,35 @@ pub(crate) struct FileSystems {
     syncs: std::sync::atomic::AtomicU64,
 }
 
+impl Default for FileSystems {
+    fn default() -> Self {
+        let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        Self {
+            reports_errors: syncfs_reports_errors(&release),
+            handles: Default::default(),
+            #[cfg(test)]
+            syncs: Default::default(),
+        }
+    }
+}
+
+/// Whether a kernel of `release` (`uname -r`) reports write-back errors to `syncfs`:
+/// Linux 5.8 and later.
+fn syncfs_reports_errors(release: &str) -> bool {
+    let mut parts = release.trim().split(['.', '-']);
+    let mut next = || parts.next().and_then(|p| p.parse::<u32>().ok());
+    match (next(), next()) {
+        (Some(major), Some(minor)) => (major, minor) >= (5, 8),
+        _ => false,
+    }
+}
+
 impl FileSystems {
     /// Keeps a handle on the file system of `dir` (device `device`) unless one is kept.
     pub(crate) fn track(&self, device: u64, dir: &Path) -> Result<()> {
+        if !self.reports_errors {
+            return Ok(());
+        }
         let mut handles = self.handles.lock();
         if let std::collections::hash_map::Entry::Vacant(slot) = handles.entry(device) {
             slot.insert((File::open(dir).ctx("open folder", dir)?, dir.to_path_buf()));
@@ -149,5 +177,20 @@ impl FileSystems {
     #[cfg(test)]
     pub(crate) fn forget_all(&self) {
         self.handles.lock().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn syncfs_reports_errors_from_linux_5_8_on() {
+        use super::syncfs_reports_errors as reports;
+        assert!(reports("6.18.44-fc\n"));
+        assert!(reports("5.8.0"));
+        assert!(reports("5.10.0-28-amd64"));
+        assert!(!reports("5.7.19"));
+        assert!(!reports("4.19.0-26-amd64"));
+        assert!(!reports(""));
+        assert!(!reports("weird"));
     }
 }

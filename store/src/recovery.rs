@@ -3,8 +3,8 @@
 //!
 //! Invariant: derived data (queues, index) below the checkpoint's `logic_flushed` is on
 //! disk and agrees with the log; everything from there on is dropped and rebuilt from the
-//! records the scan validates. The scan itself never deletes a record that verifies (see
-//! `commitlog::recovery`).
+//! records the scan validates. The scan itself never deletes a record that verifies, but
+//! on a replica past its durable point (see `commitlog::recovery`).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -80,11 +80,13 @@ impl Inner {
 
         let mut anomalies = 0u64;
         let clean_end = checkpoint.filter(|_| clean).map(|c| c.commit_log_flushed);
-        // A replica's log ends at damage past what was durable (see `StoreConfig::replica`).
-        let end_at_damage_from = self
-            .config
-            .replica
-            .then(|| checkpoint.map_or(0, |c| c.commit_log_flushed));
+        // A replica's log ends at damage past what was durable (see `StoreConfig::replica`);
+        // without a checkpoint nothing says where that is, and damage is skipped as on a
+        // master (ending the log at bit rot far back could leave it behind what its master
+        // still holds).
+        let end_at_damage_from = checkpoint
+            .filter(|_| self.config.replica)
+            .map(|c| c.commit_log_flushed);
         let quarantine = self.config.data_dir.join(QUARANTINE_DIR);
         let scan = self.commit_log.recover(
             from,

@@ -392,6 +392,12 @@ impl Segment {
     pub fn flushed_by_file_system(&self, upto: u64) {
         self.flushed.fetch_max(upto, Ordering::AcqRel);
     }
+
+    /// Lowers the durable mark to `rel` (at most): what is written from there on is to be
+    /// synced again (recovery rewrites a truncated queue's entries from there).
+    pub fn unflush_from(&self, rel: u64) {
+        self.flushed.fetch_min(rel, Ordering::AcqRel);
+    }
 }
 
 /// Segment file name: the start offset, 20 digits, so names sort by offset.
@@ -644,6 +650,10 @@ impl SegmentedFile {
         let mut out = Vec::new();
         for seg in self.segments.read().iter().rev() {
             let published = seg.published();
+            if published == 0 {
+                // Made ready and not written yet (see `flush`).
+                continue;
+            }
             if seg.flushed.load(Ordering::Acquire) >= published {
                 break;
             }
@@ -655,6 +665,12 @@ impl SegmentedFile {
     /// Flushes the published bytes of every segment that has unflushed ones.
     pub fn flush(&self) -> Result<()> {
         for seg in self.segments.read().iter().rev() {
+            if seg.published() == 0 {
+                // Made ready ahead of its first entry (a queue's `reserve`, maybe for an
+                // append refused after it): the segment before may still hold unsynced
+                // bytes.
+                continue;
+            }
             if seg.flushed.load(Ordering::Acquire) >= seg.published() {
                 // Segments before a fully flushed one were flushed before it was written.
                 break;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::FlushMode;
@@ -176,7 +176,16 @@ impl Inner {
         self.health.sync("consume queue sync", || {
             let by_file_system = if thorough && due.len() >= SYNC_FILE_SYSTEM_FROM {
                 let devices = due.iter().map(|(q, _)| q.device()).collect();
-                self.file_systems.sync(&devices)?
+                match self.file_systems.sync(&devices) {
+                    Ok(synced) => synced,
+                    // A write-back error anywhere on the file system, another program's
+                    // file's too: each queue syncs its own files instead, which report
+                    // only their own (and fail the store if one of them failed).
+                    Err(e) => {
+                        warn!(error = %e, "syncing the consume queues' file system failed; syncing each queue on its own");
+                        Default::default()
+                    }
+                }
             } else {
                 Default::default()
             };

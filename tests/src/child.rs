@@ -29,6 +29,8 @@ pub struct ChildProcess {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: Arc<Mutex<Vec<String>>>,
+    /// The thread that collects `lines`: done once the child's stdout ends.
+    reader: std::thread::JoinHandle<()>,
 }
 
 impl ChildProcess {
@@ -54,7 +56,7 @@ impl ChildProcess {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let collected = Arc::clone(&lines);
         // Reads the child's stdout to its end (so the child never blocks on a full pipe).
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 collected.lock().expect("lines").push(line);
@@ -64,6 +66,7 @@ impl ChildProcess {
             child,
             stdin,
             lines,
+            reader,
         }
     }
 
@@ -81,7 +84,11 @@ impl ChildProcess {
 
     /// Every stdout line so far.
     pub fn lines(&self) -> Vec<String> {
-        self.lines.lock().expect("lines").clone()
+        // (A lock poisoned by a panicking `find` still holds the lines, wanted then most.)
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The first line so far that `pick` maps to something.
@@ -143,6 +150,11 @@ impl Drop for ChildProcess {
         // A failing test shows what its children logged (a broker child logs warnings
         // and errors by default, see `run_broker`): otherwise lost with the child.
         if std::thread::panicking() {
+            // The last lines, the likeliest to tell why, may still be in the pipe.
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while !self.reader.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             let lines = self.lines();
             let from = lines.len().saturating_sub(LINES_SHOWN_ON_FAILURE);
             eprintln!(

@@ -54,6 +54,9 @@ impl CommitLog {
     ///
     /// Runs before the log is shared.
     ///
+    /// `end_at_damage_from`: a replica's durable point; damage at or past it ends the log
+    /// instead of being skipped (see the module's invariant).
+    ///
     /// `clean_end` is where a clean stop left the log. Only when the scan ends exactly
     /// there is the tail known to be zeros (nothing is ever written past the end) and
     /// everything durable. Otherwise (an unclean stop, or damage found even after a clean
@@ -117,6 +120,11 @@ impl CommitLog {
                 // A replica's log ends at damage past what was durable: its master sends
                 // what follows again (see `StoreConfig::replica`).
                 Probe::Invalid(why) if end_at_damage_from.is_some_and(|d| pos >= d) => {
+                    warn!(
+                        end = pos,
+                        reason = why,
+                        "this replica's log ends at damage past what it had synced: what follows is dropped, and its master sends it again"
+                    );
                     break why;
                 }
                 Probe::Invalid(why) => match self.next_valid_record(pos)? {
