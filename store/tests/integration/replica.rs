@@ -17,6 +17,22 @@ fn sync(master: &MessageStore, slave: &MessageStore, chunk: usize) -> u64 {
     at
 }
 
+/// The slave holds the master's whole log, byte for byte, and the same queues.
+fn assert_same_log_and_queues(master: &MessageStore, slave: &MessageStore) {
+    let mut from = 0;
+    while let Some(a) = master.read_log(from, 4096).unwrap() {
+        let b = slave.read_log(from, 4096).unwrap().unwrap();
+        assert_eq!(a, b, "bytes at {from}");
+        from += a.len() as u64;
+    }
+    assert_eq!(from, master.commit_log_max_offset());
+    for topic in ["orders", "payments", "%RETRY%group-a"] {
+        for q in 0..2 {
+            assert_eq!(read_all(master, topic, q), read_all(slave, topic, q));
+        }
+    }
+}
+
 /// A master holding messages `0..count` and an empty slave, with their folders.
 fn pair_with(count: u64) -> (TempDir, TempDir, MessageStore, MessageStore) {
     let (m, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -42,18 +58,7 @@ fn a_slave_holds_the_same_bytes_queues_and_keys() {
         sync(&master, &slave, 64 * 1024),
         master.commit_log_max_offset()
     );
-    let mut from = 0;
-    while from < end {
-        let a = master.read_log(from, 4096).unwrap().unwrap();
-        let b = slave.read_log(from, 4096).unwrap().unwrap();
-        assert_eq!(a, b, "bytes at {from}");
-        from += a.len() as u64;
-    }
-    for topic in ["orders", "payments", "%RETRY%group-a"] {
-        for q in 0..2 {
-            assert_eq!(read_all(&master, topic, q), read_all(&slave, topic, q));
-        }
-    }
+    assert_same_log_and_queues(&master, &slave);
     assert_eq!(slave.query_by_key("orders", "key-42", 2).len(), 1);
 
     // A restarted slave continues from its own end.
@@ -242,17 +247,7 @@ fn a_slave_recovers_to_the_first_damage_past_its_durable_point_and_catches_up_wh
         sync(&master, &slave, 64 * 1024),
         master.commit_log_max_offset()
     );
-    let mut from = 0;
-    while let Some(a) = master.read_log(from, 4096).unwrap() {
-        let b = slave.read_log(from, 4096).unwrap().unwrap();
-        assert_eq!(a, b, "bytes at {from}");
-        from += a.len() as u64;
-    }
-    for topic in ["orders", "payments", "%RETRY%group-a"] {
-        for q in 0..2 {
-            assert_eq!(read_all(&master, topic, q), read_all(&slave, topic, q));
-        }
-    }
+    assert_same_log_and_queues(&master, &slave);
 
     // The same folder opened as a master's keeps what follows the damage (its queue then
     // has a hole there): what the slave must not do.
