@@ -159,7 +159,7 @@ impl Inner {
             self.config.consume_queue_segment_entries,
             self.commit_log.min_offset(),
         )?);
-        self.file_systems.track(q.device(), &dir)?;
+        self.file_systems.track(&q)?;
         per_topic.insert(queue_id, Arc::clone(&q));
         Ok(q)
     }

@@ -75,10 +75,9 @@ impl ConsumeQueue {
     /// deleted. Runs before the queue is shared.
     pub fn open(dir: &Path, entries_per_segment: u64, commit_log_min: u64) -> Result<Self> {
         let files = SegmentedFile::open_growing(dir, entries_per_segment * ENTRY_SIZE)?;
-        let device = rustix::fs::stat(dir)
-            .map_err(std::io::Error::from)
-            .ctx("read folder metadata", dir)?
-            .st_dev;
+        let device = std::os::unix::fs::MetadataExt::dev(
+            &std::fs::metadata(dir).ctx("read folder metadata", dir)?,
+        );
         let cq = Self {
             files,
             write: Mutex::new(None),
@@ -412,6 +411,11 @@ impl ConsumeQueue {
     /// The file system the queue's files are on (its device number).
     pub fn device(&self) -> u64 {
         self.device
+    }
+
+    /// The queue's folder.
+    pub fn dir(&self) -> &Path {
+        self.files.dir()
     }
 
     /// What [`ConsumeQueue::flush`] would sync now (see [`SegmentedFile::unflushed`]).

@@ -4,6 +4,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::consume_queue::ConsumeQueue;
 use crate::error::{IoContext, Result};
 
 /// Reserves `len` bytes of real blocks for `file` (so writes through a map cannot hit a
@@ -128,13 +129,15 @@ fn syncfs_reports_errors(release: &str) -> bool {
 }
 
 impl FileSystems {
-    /// Keeps a handle on the file system of `dir` (device `device`) unless one is kept.
-    pub(crate) fn track(&self, device: u64, dir: &Path) -> Result<()> {
+    /// Keeps a handle on the file system of `queue` unless one is kept: called when a
+    /// queue is opened or made, before anything is written to it.
+    pub(crate) fn track(&self, queue: &ConsumeQueue) -> Result<()> {
         if !self.reports_errors {
             return Ok(());
         }
         let mut handles = self.handles.lock();
-        if let std::collections::hash_map::Entry::Vacant(slot) = handles.entry(device) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = handles.entry(queue.device()) {
+            let dir = queue.dir();
             slot.insert((File::open(dir).ctx("open folder", dir)?, dir.to_path_buf()));
         }
         Ok(())

@@ -10,6 +10,7 @@
 //! can hold a plain `&[u8]` to them. Segments are reference counted: deleting a file does
 //! not unmap it while a reader still holds it.
 
+use std::convert::Infallible;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -382,11 +383,6 @@ impl Segment {
         self.flush_to(upto)
     }
 
-    /// Flushes everything published.
-    pub fn flush_published(&self) -> Result<()> {
-        self.flush_to(self.published())
-    }
-
     /// Records that `[0, upto)` is durable, made so by a sync of the whole file system
     /// that began after those bytes were written.
     pub fn flushed_by_file_system(&self, upto: u64) {
@@ -628,18 +624,36 @@ impl SegmentedFile {
         }
     }
 
+    /// Calls `f(segment, flushed, published)` for each segment with unflushed bytes, last
+    /// first. Segments before a fully flushed one were flushed before it was written; one
+    /// made ready ahead of its first byte (a queue's `reserve`, maybe for an append refused
+    /// after it) is passed over: the segment before it may still hold unsynced bytes.
+    fn each_unflushed<E>(
+        &self,
+        mut f: impl FnMut(&Arc<Segment>, u64, u64) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        for seg in self.segments.read().iter().rev() {
+            let (flushed, published) = (seg.flushed.load(Ordering::Acquire), seg.published());
+            if published == 0 {
+                continue;
+            }
+            if flushed >= published {
+                break;
+            }
+            f(seg, flushed, published)?;
+        }
+        Ok(())
+    }
+
     /// Whole pages (4 KiB) published since the last flush, over the segments with
     /// unflushed bytes.
     pub fn unflushed_pages(&self) -> u64 {
         const PAGE: u64 = 4096;
         let mut pages = 0u64;
-        for seg in self.segments.read().iter().rev() {
-            let (flushed, published) = (seg.flushed.load(Ordering::Acquire), seg.published());
-            if flushed >= published {
-                break;
-            }
+        let Ok(()) = self.each_unflushed(|_, flushed, published| {
             pages = pages.saturating_add((published / PAGE).saturating_sub(flushed / PAGE));
-        }
+            Ok::<(), Infallible>(())
+        });
         pages
     }
 
@@ -648,36 +662,16 @@ impl SegmentedFile {
     /// durable (then recorded with [`Segment::flushed_by_file_system`]).
     pub fn unflushed(&self) -> Vec<(Arc<Segment>, u64)> {
         let mut out = Vec::new();
-        for seg in self.segments.read().iter().rev() {
-            let published = seg.published();
-            if published == 0 {
-                // Made ready and not written yet (see `flush`).
-                continue;
-            }
-            if seg.flushed.load(Ordering::Acquire) >= published {
-                break;
-            }
+        let Ok(()) = self.each_unflushed(|seg, _, published| {
             out.push((Arc::clone(seg), published));
-        }
+            Ok::<(), Infallible>(())
+        });
         out
     }
 
     /// Flushes the published bytes of every segment that has unflushed ones.
     pub fn flush(&self) -> Result<()> {
-        for seg in self.segments.read().iter().rev() {
-            if seg.published() == 0 {
-                // Made ready ahead of its first entry (a queue's `reserve`, maybe for an
-                // append refused after it): the segment before may still hold unsynced
-                // bytes.
-                continue;
-            }
-            if seg.flushed.load(Ordering::Acquire) >= seg.published() {
-                // Segments before a fully flushed one were flushed before it was written.
-                break;
-            }
-            seg.flush_published()?;
-        }
-        Ok(())
+        self.each_unflushed(|seg, _, published| seg.flush_to(published))
     }
 }
 
@@ -737,7 +731,7 @@ mod tests {
         let held = seg.read(0, data.len()).unwrap();
         // Nothing is released beyond what is flushed.
         seg.release_pages(0, data.len() as u64);
-        seg.flush_published().unwrap();
+        seg.flush_to(seg.published()).unwrap();
         seg.release_pages(0, data.len() as u64);
         assert_eq!(
             held,

@@ -13,7 +13,6 @@ use foldhash::fast::RandomState;
 use parking_lot::{Mutex, RwLock};
 use tracing::{error, info, warn};
 
-use crate::append::queue_dir;
 use crate::checkpoint::CheckpointFile;
 use crate::commitlog::CommitLog;
 use crate::config::StoreConfig;
@@ -114,10 +113,8 @@ impl MessageStore {
         let log_min = commit_log.min_offset();
         let queues = open_queues(&root.join(CONSUME_QUEUE_DIR), &config, log_min)?;
         let file_systems = FileSystems::default();
-        for (topic, per_topic) in &queues {
-            for (queue_id, q) in per_topic {
-                file_systems.track(q.device(), &queue_dir(&root, topic, *queue_id))?;
-            }
+        for q in queues.values().flat_map(|per_topic| per_topic.values()) {
+            file_systems.track(q)?;
         }
         let index = KeyIndex::open(
             &root.join(INDEX_DIR),
