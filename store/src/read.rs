@@ -10,6 +10,9 @@ use crate::store::MessageStore;
 use weir_protocol::names::property;
 use weir_protocol::record::{MessageId, RecordView};
 
+/// Most records a read makes room for before it finds them.
+const MAX_PREALLOCATED: usize = 4096;
+
 /// Bounds of one read.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadLimits {
@@ -100,8 +103,11 @@ impl MessageStore {
         if offset > max {
             return result(GetStatus::OffsetMoved, none(), max);
         }
-        let mut messages = Vec::with_capacity(limits.max_count.min(64));
-        let mut queue_offsets = Vec::with_capacity(limits.max_count.min(64));
+        // Room for what was asked for (a read usually fills it: growing by doubling copied
+        // a filtered pull's 2,048 records five times), within reason.
+        let room = limits.max_count.min(limits.max_scan).min(MAX_PREALLOCATED);
+        let mut messages = Vec::with_capacity(room);
+        let mut queue_offsets = Vec::with_capacity(room);
         let mut bytes = 0usize;
         let mut next = offset;
         let mut scanned = 0usize;

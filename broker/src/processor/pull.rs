@@ -226,89 +226,99 @@ impl Broker {
             }
             // The store compared tag hashes; confirm the tag itself (hashes collide). With
             // neither a tag nor an SQL92 expression there is nothing to confirm, and no
-            // record is parsed here (a filtered catch-up's hottest loop).
-            // Each candidate with its queue offset (from the consume queue, not the record).
-            let read = r.queue_offsets.into_iter().zip(r.messages);
-            let candidates: Vec<Candidate> = if matches!(tags, TagFilter::All) && sql.is_none() {
-                read.collect()
-            } else {
-                read.filter(|(_, rec)| match (&tags, rec.view()) {
-                    (_, Err(_)) => true,
-                    (TagFilter::All, Ok(v)) => selects(sql, &v),
-                    (_, Ok(v)) => tags.matches_tag(v.tags()) && selects(sql, &v),
-                })
-                .collect()
-            };
-            let (judged, verdicts) = match &wasm {
-                None => {
-                    let keep = vec![true; candidates.len()];
-                    (candidates, keep)
-                }
-                Some(f) => match self.judge(f, req, cursor, candidates, &carried).await {
-                    Ok(judged) => judged,
-                    // Earlier rounds' progress stands; the next pull meets the failure.
-                    Err(_) if cursor != req.offset => {
-                        let status = if out.is_empty() {
-                            PullStatus::NoMatch
-                        } else {
-                            PullStatus::Found
-                        };
-                        return answer(status, cursor, bounds, out);
-                    }
-                    Err(e) => return Err(e),
-                },
-            };
+            // record is parsed here (a filtered catch-up's hottest loop). Each record's queue
+            // offset is beside it in `offsets` (from the consume queue, not the record).
+            let (mut offsets, mut records) = (r.queue_offsets, r.messages);
+            if !(matches!(tags, TagFilter::All) && sql.is_none()) {
+                let selected: Vec<bool> = records
+                    .iter()
+                    .map(|rec| match (&tags, rec.view()) {
+                        (_, Err(_)) => true,
+                        (TagFilter::All, Ok(v)) => selects(sql, &v),
+                        (_, Ok(v)) => tags.matches_tag(v.tags()) && selects(sql, &v),
+                    })
+                    .collect();
+                let mut keep = selected.iter();
+                offsets.retain(|_| keep.next().copied().unwrap_or(true));
+                let mut keep = selected.iter();
+                records.retain(|_| keep.next().copied().unwrap_or(true));
+            }
             let round_end = r.next_offset;
+            let Some(f) = &wasm else {
+                // No filter: everything read is delivered; the store kept to the limits.
+                cursor = round_end;
+                out.extend(records);
+                let status = if out.is_empty() {
+                    PullStatus::NoMatch
+                } else {
+                    PullStatus::Found
+                };
+                return answer(status, cursor, bounds, out);
+            };
+            let (records, verdicts) = match self
+                .judge(f, req, cursor, &offsets, records, &carried)
+                .await
+            {
+                Ok(judged) => judged,
+                // Earlier rounds' progress stands; the next pull meets the failure.
+                Err(_) if cursor != req.offset => {
+                    let status = if out.is_empty() {
+                        PullStatus::NoMatch
+                    } else {
+                        PullStatus::Found
+                    };
+                    return answer(status, cursor, bounds, out);
+                }
+                Err(e) => return Err(e),
+            };
             cursor = round_end;
             let room = max - out.len();
             let kept_count = verdicts.iter().filter(|keep| **keep).count();
-            let judged = judged.into_iter().zip(verdicts);
             if kept_count > room {
                 // The filter kept more than asked for: resume right after the last message
                 // returned; if that is not a sane offset, return them all rather than skip
                 // any.
-                let judged: Vec<(Candidate, bool)> = judged.collect();
-                let last_returned = judged
+                let last_returned = offsets
                     .iter()
-                    .filter(|(_, keep)| *keep)
+                    .zip(&verdicts)
+                    .filter(|(_, keep)| **keep)
                     .nth(room - 1)
-                    .map(|((at, _), _)| *at);
+                    .map(|(at, _)| *at);
                 let resume = last_returned
                     .map(|o| o + 1)
                     .filter(|o| (req.offset + 1..round_end).contains(o));
-                if let (Some(o), Some(f)) = (resume, &wasm) {
+                let judged = records.into_iter().zip(verdicts.iter().copied());
+                if let Some(o) = resume {
                     cursor = o;
                     // What lies past the cut was judged: the pull from `o` reuses it (with
                     // what was carried here beyond this round).
-                    let beyond: Vec<(u64, bool)> = judged
+                    let beyond: Vec<(u64, bool)> = offsets
                         .iter()
-                        .map(|((at, _), keep)| (*at, *keep))
+                        .copied()
+                        .zip(verdicts.iter().copied())
                         .filter(|(at, _)| *at >= o)
                         .chain(carried.iter().copied().filter(|(at, _)| *at >= round_end))
                         .collect();
-                    let kept = judged.into_iter().filter(|(_, keep)| *keep);
-                    out.extend(kept.take(room).map(|((_, rec), _)| rec));
+                    out.extend(
+                        judged
+                            .filter_map(|(rec, keep)| keep.then_some(rec))
+                            .take(room),
+                    );
                     let pulled = answer(PullStatus::Found, cursor, bounds, out);
                     f.carry_verdicts(req.queue_id, o, beyond);
                     return pulled;
-                } else {
-                    out.extend(
-                        judged
-                            .into_iter()
-                            .filter_map(|((_, rec), keep)| keep.then_some(rec)),
-                    );
                 }
+                out.extend(judged.filter_map(|(rec, keep)| keep.then_some(rec)));
                 return answer(PullStatus::Found, cursor, bounds, out);
             }
-            out.extend(judged.filter_map(|((_, rec), keep)| {
+            out.extend(records.into_iter().zip(verdicts).filter_map(|(rec, keep)| {
                 keep.then(|| {
                     out_bytes += rec.len();
                     rec
                 })
             }));
             let scanned = (cursor - req.offset) as usize;
-            if wasm.is_none()
-                || out.len() == max
+            if out.len() == max
                 || out_bytes >= round_bytes
                 || scanned >= max_scan
                 || tokio::time::Instant::now() >= budget_end
@@ -361,29 +371,30 @@ impl Broker {
         }
     }
 
-    /// The verdicts on a round's candidates, in order: carried ones where the previous
-    /// pull judged the message already, the filter's for the others.
+    /// The verdicts on a round's records (at `offsets`, parallel), in order: carried ones
+    /// where the previous pull judged the message already, the filter's for the others.
     async fn judge(
         &self,
         filter: &Arc<LoadedFilter>,
         req: &PullMessage,
         at: u64,
-        candidates: Vec<Candidate>,
+        offsets: &[u64],
+        records: Vec<StoredRecord>,
         carried: &[(u64, bool)],
     ) -> Processed<Judged> {
         if carried.is_empty() {
             // (A filtered catch-up's usual case: no pass over the batch to split it.)
-            return self.run_filter(filter, req, at, candidates).await;
+            return self.run_filter(filter, req, at, records).await;
         }
-        let known: Vec<Option<bool>> = candidates
+        let known: Vec<Option<bool>> = offsets
             .iter()
-            .map(|(o, _)| {
+            .map(|o| {
                 let i = carried.binary_search_by_key(o, |(at, _)| *at).ok()?;
                 Some(carried[i].1)
             })
             .collect();
         let (mut reused, mut fresh) = (Vec::new(), Vec::new());
-        for (rec, k) in candidates.into_iter().zip(&known) {
+        for (rec, k) in records.into_iter().zip(&known) {
             match k {
                 Some(keep) => reused.push((rec, *keep)),
                 None => fresh.push(rec),
@@ -412,7 +423,7 @@ impl Broker {
         filter: &Arc<LoadedFilter>,
         req: &PullMessage,
         at: u64,
-        candidates: Vec<Candidate>,
+        candidates: Vec<StoredRecord>,
     ) -> Processed<Judged> {
         if candidates.is_empty() {
             return Ok((Vec::new(), Vec::new()));
@@ -449,8 +460,5 @@ impl Broker {
     }
 }
 
-/// A record read for a pull, with its queue offset.
-type Candidate = (u64, StoredRecord);
-
-/// Candidates and, for each, whether the filter keeps it (parallel, in queue order).
-type Judged = (Vec<Candidate>, Vec<bool>);
+/// Records and, for each, whether the filter keeps it (parallel, in queue order).
+type Judged = (Vec<StoredRecord>, Vec<bool>);

@@ -146,11 +146,17 @@ pub(super) fn sanitize(text: &str, max: usize) -> String {
 /// A stored record's bytes, handed to a filter call and back.
 pub trait RecordBytes: Send + 'static {
     fn record_bytes(&self) -> &[u8];
+    /// Hints that the first `max` bytes will be read soon (records mapped from the log
+    /// are usually not in the cache: see `StoredRecord::prefetch`).
+    fn prefetch(&self, _max: usize) {}
 }
 
 impl RecordBytes for StoredRecord {
     fn record_bytes(&self) -> &[u8] {
         self.bytes()
+    }
+    fn prefetch(&self, max: usize) {
+        StoredRecord::prefetch(self, max);
     }
 }
 
@@ -170,5 +176,8 @@ impl RecordBytes for Bytes {
 impl<T: Send + 'static, R: RecordBytes> RecordBytes for (T, R) {
     fn record_bytes(&self) -> &[u8] {
         self.1.record_bytes()
+    }
+    fn prefetch(&self, max: usize) {
+        self.1.prefetch(max);
     }
 }
