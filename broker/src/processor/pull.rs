@@ -379,20 +379,36 @@ impl Broker {
         req: &PullMessage,
         at: u64,
         offsets: &[u64],
-        records: Vec<StoredRecord>,
+        mut records: Vec<StoredRecord>,
         carried: &[(u64, bool)],
     ) -> Processed<Judged> {
         if carried.is_empty() {
             // (A filtered catch-up's usual case: no pass over the batch to split it.)
             return self.run_filter(filter, req, at, records).await;
         }
+        // Both ascending: one merge walk (a catch-up meets carried verdicts on almost every
+        // pull, each pull cutting its answer where the next resumes).
+        let mut rest = carried.iter().peekable();
         let known: Vec<Option<bool>> = offsets
             .iter()
             .map(|o| {
-                let i = carried.binary_search_by_key(o, |(at, _)| *at).ok()?;
-                Some(carried[i].1)
+                while rest.next_if(|(at, _)| at < o).is_some() {}
+                rest.next_if(|(at, _)| at == o).map(|(_, keep)| *keep)
             })
             .collect();
+        // The usual shape: the carried verdicts cover the round's first records, the filter
+        // judges the rest, and nothing is split and merged back.
+        let mut verdicts: Vec<bool> = known.iter().map_while(|k| *k).collect();
+        let prefix = verdicts.len();
+        if known[prefix..].iter().all(Option::is_none) {
+            if prefix < records.len() {
+                let fresh = records.split_off(prefix);
+                let (fresh, fresh_verdicts) = self.run_filter(filter, req, at, fresh).await?;
+                records.extend(fresh);
+                verdicts.extend(fresh_verdicts);
+            }
+            return Ok((records, verdicts));
+        }
         let (mut reused, mut fresh) = (Vec::new(), Vec::new());
         for (rec, k) in records.into_iter().zip(&known) {
             match k {
