@@ -95,30 +95,34 @@ pub fn run<F: Filter>(
             .collect(),
     );
     let mut filter = F::init(&params).map_err(|e| e.0)?;
-    let mut attributes = Vec::new();
-    let wire: Vec<wit::Message> = messages
-        .iter()
-        .map(|m| {
-            let attrs = m.attributes();
-            let at = attributes.len() as u32;
-            attributes.extend_from_slice(&attrs);
-            wit::Message {
-                queue_offset: m.queue_offset,
-                born_timestamp: m.born_timestamp,
-                store_timestamp: m.store_timestamp,
-                reconsume_count: m.reconsume_count,
-                attributes_at: at,
-                attributes_len: attrs.len() as u32,
-                body: F::NEEDS_BODY.then(|| m.body.clone()),
-            }
-        })
-        .collect();
+    // Packed as the broker packs them (`wit/filter.wit`, `packed-filter.filter`).
+    let (mut entries, mut data) = (Vec::new(), Vec::new());
+    for m in messages {
+        let attrs = m.attributes();
+        let attributes_at = data.len() as u32;
+        data.extend_from_slice(&attrs);
+        let (mut body_at, mut body_len) = (0u32, 0u32);
+        if F::NEEDS_BODY {
+            body_at = data.len() as u32;
+            body_len = m.body.len() as u32;
+            data.extend_from_slice(&m.body);
+        }
+        entries.extend_from_slice(&m.queue_offset.to_le_bytes());
+        entries.extend_from_slice(&m.born_timestamp.to_le_bytes());
+        entries.extend_from_slice(&m.store_timestamp.to_le_bytes());
+        entries.extend_from_slice(&m.reconsume_count.to_le_bytes());
+        entries.extend_from_slice(&attributes_at.to_le_bytes());
+        entries.extend_from_slice(&(attrs.len() as u32).to_le_bytes());
+        entries.extend_from_slice(&body_at.to_le_bytes());
+        entries.extend_from_slice(&body_len.to_le_bytes());
+    }
+    debug_assert_eq!(entries.len(), messages.len() * __private::ENTRY_BYTES);
     let ctx = wit::BatchContext {
         topic: "test".into(),
         queue_id: 0,
         consumer_group: "test".into(),
     };
-    __private::run_batch(&mut filter, ctx, &attributes, &wire).map_err(|e| match e {
+    __private::run_batch(&mut filter, ctx, &entries, &data).map_err(|e| match e {
         wit::FilterError::BadParams(m) | wit::FilterError::Failed(m) => m,
     })
 }

@@ -115,3 +115,43 @@ fn test_messages_carry_every_field() {
     );
     assert_eq!(Level::Warn.as_str(), "warn");
 }
+
+#[test]
+fn packed_entries_out_of_shape_fail_the_batch() {
+    let ctx = || wit::BatchContext {
+        topic: "t".into(),
+        queue_id: 0,
+        consumer_group: "g".into(),
+    };
+    let failed = |r: Result<Vec<bool>, wit::FilterError>| match r {
+        Err(wit::FilterError::Failed(m)) => m,
+        other => panic!("expected a failed batch, got {other:?}"),
+    };
+    let attrs = TestMessage::new().tags("A").key("k2").attributes();
+    let entry = |attrs_at: u32, attrs_len: u32| {
+        let mut e = Vec::new();
+        for x in [5u64, 1, 2] {
+            e.extend_from_slice(&x.to_le_bytes());
+        }
+        for x in [0u32, attrs_at, attrs_len, 0, 0] {
+            e.extend_from_slice(&x.to_le_bytes());
+        }
+        e
+    };
+    let good = entry(0, attrs.len() as u32);
+    assert_eq!(good.len(), __private::ENTRY_BYTES);
+    let run_batch = |entries: &[u8]| __private::run_batch(&mut TagAndKey, ctx(), entries, &attrs);
+    assert_eq!(run_batch(&good).unwrap(), [true]);
+    assert_eq!(run_batch(&[]).unwrap(), Vec::<bool>::new());
+    // Not a whole number of entries.
+    let m = failed(run_batch(&good[..40]));
+    assert!(m.contains("not a whole number"), "{m}");
+    // Attributes past the data, and a length that overflows.
+    for bad in [entry(1, attrs.len() as u32), entry(u32::MAX, 2)] {
+        let m = failed(run_batch(&bad));
+        assert!(
+            m.contains("queue offset 5") && m.contains("malformed"),
+            "{m}"
+        );
+    }
+}

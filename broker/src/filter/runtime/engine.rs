@@ -78,6 +78,16 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub struct CompiledFilter {
     pub(super) pre: InstancePre<GuestState>,
     pub(super) filter_fn: ComponentExportIndex,
+    pub(super) abi: FilterAbi,
+}
+
+/// Which of the WIT's two filter interfaces a component exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FilterAbi {
+    /// `filter`: messages as a `list<message>` (C, JavaScript, Python).
+    Records,
+    /// `packed-filter`: messages as packed entries in bytes (the Rust SDK).
+    Packed,
 }
 
 impl CompiledFilter {

@@ -24,12 +24,13 @@ use std::hash::Hasher;
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
-use super::bindings;
+use super::engine::FilterAbi;
 use super::guest::GuestState;
-use super::{CompiledFilter, FilterError, FilterRuntime};
+use super::{CompiledFilter, FilterError, FilterRuntime, bindings, packed_bindings};
 
-/// The interface every filter exports.
+/// The interfaces a filter exports, one of the two.
 const FILTER_INTERFACE: &str = "weir:filter/filter@0.1.0";
+const PACKED_FILTER_INTERFACE: &str = "weir:filter/packed-filter@0.1.0";
 
 /// Imports a filter may have that the broker provides.
 const PROVIDED: &[&str] = &[
@@ -120,22 +121,38 @@ impl FilterRuntime {
         let pre = linker.instantiate_pre(&component).map_err(|e| {
             FilterError::WrongWorld(format!("its imports do not match weir:filter@0.1: {e:#}"))
         })?;
-        bindings::MessageFilterPre::new(pre.clone()).map_err(|e| {
-            FilterError::WrongWorld(format!(
-                "it must export {FILTER_INTERFACE} (world message-filter of wit/filter.wit): {e:#}"
-            ))
-        })?;
-        let iface = component
-            .get_export_index(None, FILTER_INTERFACE)
-            .ok_or_else(|| {
-                FilterError::WrongWorld(format!("it does not export {FILTER_INTERFACE}"))
+        // Either interface, checked with its types; the packed one when both are there.
+        let (abi, interface) = if component
+            .get_export_index(None, PACKED_FILTER_INTERFACE)
+            .is_some()
+        {
+            packed_bindings::PackedMessageFilterPre::new(pre.clone()).map_err(|e| {
+                FilterError::WrongWorld(format!(
+                    "its {PACKED_FILTER_INTERFACE} does not match world packed-message-filter of wit/filter.wit: {e:#}"
+                ))
             })?;
+            (FilterAbi::Packed, PACKED_FILTER_INTERFACE)
+        } else {
+            bindings::MessageFilterPre::new(pre.clone()).map_err(|e| {
+                FilterError::WrongWorld(format!(
+                    "it must export {FILTER_INTERFACE} (world message-filter of wit/filter.wit) or {PACKED_FILTER_INTERFACE} (world packed-message-filter): {e:#}"
+                ))
+            })?;
+            (FilterAbi::Records, FILTER_INTERFACE)
+        };
+        let iface = component
+            .get_export_index(None, interface)
+            .ok_or_else(|| FilterError::WrongWorld(format!("it does not export {interface}")))?;
         let filter_fn = component
             .get_export_index(Some(&iface), "filter")
             .ok_or_else(|| {
-                FilterError::WrongWorld(format!("{FILTER_INTERFACE} has no `filter` function"))
+                FilterError::WrongWorld(format!("{interface} has no `filter` function"))
             })?;
-        Ok(CompiledFilter { pre, filter_fn })
+        Ok(CompiledFilter {
+            pre,
+            filter_fn,
+            abi,
+        })
     }
 }
 

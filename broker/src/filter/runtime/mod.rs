@@ -62,6 +62,19 @@ mod bindings {
     });
 }
 
+/// The world with the messages packed (`packed-filter`), sharing the host and the types
+/// with [`bindings`].
+mod packed_bindings {
+    wasmtime::component::bindgen!({
+        world: "packed-message-filter",
+        path: "../filter-sdk/wit",
+        with: {
+            "weir:filter/types": super::bindings::weir::filter::types,
+            "weir:filter/host": super::bindings::weir::filter::host,
+        },
+    });
+}
+
 struct Inner {
     engine: Engine,
     linker: Linker<GuestState>,

@@ -16,19 +16,22 @@ use wasmtime::component::Func;
 use wasmtime::{Store, Trap};
 use weir_protocol::record;
 
-use super::bindings;
 use super::bindings::exports::weir::filter::filter::FilterError as GuestError;
 use super::budget::{self, CallKind};
+use super::engine::FilterAbi;
 use super::guest::{GuestState, WireContext, WireMessage};
 use super::{
     BatchContext, CompiledFilter, FailureKind, FilterFailure, FilterRuntime, LoadedFilter,
     RecordBytes,
 };
+use super::{bindings, packed_bindings};
 
 /// How many records ahead of the one being converted are prefetched, and how many of their
 /// first bytes: the fixed header and the attributes of a typical record.
 const PREFETCH_AHEAD: usize = 8;
 const PREFETCH_BYTES: usize = 192;
+/// Bytes of one message's entry in `packed-filter`'s `entries` (`wit/filter.wit`).
+const PACKED_ENTRY_BYTES: usize = 44;
 
 pub(super) enum InitError {
     Params(String),
@@ -47,11 +50,13 @@ pub(super) fn init_instance(
         .pre
         .instantiate(&mut *store)
         .map_err(|e| InitError::Failed(classify(store, e)))?;
-    let bindings = bindings::MessageFilter::new(&mut *store, &instance)
-        .map_err(|e| InitError::Failed(classify(store, e)))?;
-    let needs = bindings
-        .weir_filter_filter()
-        .call_init(&mut *store, params)
+    let initialized = match compiled.abi {
+        FilterAbi::Records => bindings::MessageFilter::new(&mut *store, &instance)
+            .and_then(|b| b.weir_filter_filter().call_init(&mut *store, params)),
+        FilterAbi::Packed => packed_bindings::PackedMessageFilter::new(&mut *store, &instance)
+            .and_then(|b| b.weir_filter_packed_filter().call_init(&mut *store, params)),
+    };
+    let needs = initialized
         .map_err(|e| InitError::Failed(classify(store, e)))?
         .map_err(|e| match e {
             GuestError::BadParams(m) => InitError::Params(m),
@@ -125,8 +130,10 @@ pub(super) struct Worker {
     pub(super) slots: HashMap<u64, Slot>,
     capacity: usize,
     clock: u64,
-    /// The batch's attributes buffer, kept between calls.
+    /// The batch's attributes (and packed bodies) buffer, kept between calls.
     attributes: Vec<u8>,
+    /// The batch's packed entries (`packed-filter`), kept between calls.
+    entries: Vec<u8>,
 }
 
 impl Worker {
@@ -136,6 +143,7 @@ impl Worker {
             capacity,
             clock: 0,
             attributes: Vec::new(),
+            entries: Vec::new(),
         }
     }
 
@@ -255,9 +263,15 @@ impl Worker {
 
         // A record that does not parse is not the filter's to judge: it is passed on (the
         // consumer then reports the damage), never dropped.
-        let mut messages = Vec::with_capacity(records.len());
-        let mut attributes = std::mem::take(&mut self.attributes);
-        attributes.clear();
+        let packed = filter.compiled.abi == FilterAbi::Packed;
+        let mut messages = Vec::with_capacity(if packed { 0 } else { records.len() });
+        let mut entries = std::mem::take(&mut self.entries);
+        entries.clear();
+        // The attributes (and, packed, the bodies) of the whole batch.
+        let mut data = std::mem::take(&mut self.attributes);
+        data.clear();
+        let too_large =
+            || FilterFailure::new(FailureKind::Unavailable, "a batch's bytes exceed 4 GiB");
         let mut damaged = Vec::new();
         // The records lie apart in the log (one queue's among others'), each a cache miss:
         // ask for the ones a few places ahead while converting this one.
@@ -273,60 +287,88 @@ impl Worker {
                 damaged.push(i);
                 continue;
             };
-            let (Ok(attributes_at), Ok(attributes_len)) = (
-                u32::try_from(attributes.len()),
-                u32::try_from(m.attributes.len()),
-            ) else {
-                return Err(FilterFailure::new(
-                    FailureKind::Unavailable,
-                    "a batch's attributes exceed 4 GiB",
-                ));
-            };
-            attributes.extend_from_slice(m.attributes);
-            messages.push(WireMessage {
-                queue_offset: m.queue_offset,
-                born_timestamp: m.born_timestamp,
-                store_timestamp: m.store_timestamp,
-                reconsume_count: m.reconsume_count,
-                attributes_at,
-                attributes_len,
-                body: filter.needs_body.then_some(m.body),
-            });
+            let attributes_at = u32::try_from(data.len()).map_err(|_| too_large())?;
+            let attributes_len = u32::try_from(m.attributes.len()).map_err(|_| too_large())?;
+            data.extend_from_slice(m.attributes);
+            if !packed {
+                messages.push(WireMessage {
+                    queue_offset: m.queue_offset,
+                    born_timestamp: m.born_timestamp,
+                    store_timestamp: m.store_timestamp,
+                    reconsume_count: m.reconsume_count,
+                    attributes_at,
+                    attributes_len,
+                    body: filter.needs_body.then_some(m.body),
+                });
+                continue;
+            }
+            let (mut body_at, mut body_len) = (0u32, 0u32);
+            if filter.needs_body {
+                body_at = u32::try_from(data.len()).map_err(|_| too_large())?;
+                body_len = u32::try_from(m.body.len()).map_err(|_| too_large())?;
+                data.extend_from_slice(m.body);
+            }
+            entries.extend_from_slice(&m.queue_offset.to_le_bytes());
+            entries.extend_from_slice(&m.born_timestamp.to_le_bytes());
+            entries.extend_from_slice(&m.store_timestamp.to_le_bytes());
+            entries.extend_from_slice(&m.reconsume_count.to_le_bytes());
+            entries.extend_from_slice(&attributes_at.to_le_bytes());
+            entries.extend_from_slice(&attributes_len.to_le_bytes());
+            entries.extend_from_slice(&body_at.to_le_bytes());
+            entries.extend_from_slice(&body_len.to_le_bytes());
         }
+        let judged = if packed {
+            entries.len() / PACKED_ENTRY_BYTES
+        } else {
+            messages.len()
+        };
         let wire_ctx = WireContext {
             topic: &ctx.topic,
             queue_id: ctx.queue_id,
             consumer_group: &ctx.consumer_group,
         };
         let store = &mut slot.store;
-        let typed = slot
-            .filter_fn
-            .typed::<(WireContext<'_>, &[u8], &[WireMessage<'_>]), (Result<Vec<bool>, GuestError>,)>(
-                &*store,
-            )
-            .map_err(|e| {
-                FilterFailure::new(FailureKind::Trap, format!("filter function type: {e}"))
-            })?;
-        budget::arm(store, CallKind::Batch);
-        store.data_mut().last_error_line = None;
-        let started = Instant::now();
-        let called = typed.call(&mut *store, (wire_ctx, &attributes, &messages));
-        let call_nanos = started.elapsed().as_nanos() as u64;
-        self.attributes = attributes;
+        let type_error = |e: wasmtime::Error| {
+            FilterFailure::new(FailureKind::Trap, format!("filter function type: {e}"))
+        };
+        let called = if packed {
+            let typed = slot
+                .filter_fn
+                .typed::<(WireContext<'_>, &[u8], &[u8]), (Result<Vec<bool>, GuestError>,)>(&*store)
+                .map_err(type_error)?;
+            budget::arm(store, CallKind::Batch);
+            store.data_mut().last_error_line = None;
+            let started = Instant::now();
+            let called = typed.call(&mut *store, (wire_ctx, &entries, &data));
+            (called, started.elapsed())
+        } else {
+            let typed = slot
+                .filter_fn
+                .typed::<(WireContext<'_>, &[u8], &[WireMessage<'_>]), (Result<Vec<bool>, GuestError>,)>(
+                    &*store,
+                )
+                .map_err(type_error)?;
+            budget::arm(store, CallKind::Batch);
+            store.data_mut().last_error_line = None;
+            let started = Instant::now();
+            let called = typed.call(&mut *store, (wire_ctx, &data, &messages));
+            (called, started.elapsed())
+        };
+        let (called, took) = called;
+        let call_nanos = took.as_nanos() as u64;
+        drop(messages);
+        self.attributes = data;
+        self.entries = entries;
         let (answer,) = called.map_err(|e| classify(&mut slot.store, e))?;
         let verdicts = answer.map_err(|e| match e {
             GuestError::BadParams(m) | GuestError::Failed(m) => {
                 FilterFailure::new(FailureKind::GuestError, m)
             }
         })?;
-        if verdicts.len() != messages.len() {
+        if verdicts.len() != judged {
             return Err(FilterFailure::new(
                 FailureKind::WrongVerdicts,
-                format!(
-                    "{} verdicts for {} messages",
-                    verdicts.len(),
-                    messages.len()
-                ),
+                format!("{} verdicts for {judged} messages", verdicts.len()),
             ));
         }
         if damaged.is_empty() {
