@@ -58,18 +58,19 @@ pub mod fuzzing {
 }
 
 pub use append::{Appended, FlushStatus, PutResult};
-pub use commitlog::{DamagedRange, LogSpan, StoredRecord};
+pub use commitlog::{DamagedRange, LogSpan, ReadBatch, RecordSpan, StoredRecord};
 pub use config::{DiskPressurePolicy, FlushMode, MIN_COMMIT_LOG_SEGMENT_SIZE, StoreConfig};
 pub use disk::{DiskUsage, FsReading, UsageSource};
 pub use error::{Result, StoreError};
 /// Durable replace of a small file (temp file, fsync, rename, fsync of the folder).
 pub use fsutil::write_atomic;
 pub use offsets::{ConsumerOffsets, OffsetKey};
-pub use read::{GetResult, GetStatus, ReadLimits};
+pub use read::{GetResult, GetStatus, ReadLimits, ReadResult};
 pub use recovery::RecoveryReport;
 pub use retention::{
     DeletedSegment, DeletionReason, DroppedEntries, RetentionReport, RetentionTotals,
 };
+pub use segment::prefetch;
 pub use store::MessageStore;
 /// The record format lives with the message model in `weir-protocol`.
 pub use weir_protocol::record;

@@ -4,7 +4,7 @@
 //! Invariant: a read only returns published records, and a record stays readable for as
 //! long as its `StoredRecord` lives, even if retention deletes its segment meanwhile.
 
-use crate::commitlog::StoredRecord;
+use crate::commitlog::{ReadBatch, StoredRecord};
 use crate::error::Result;
 use crate::store::MessageStore;
 use weir_protocol::names::property;
@@ -47,6 +47,16 @@ pub enum GetStatus {
     OffsetMoved,
 }
 
+/// What [`MessageStore::read`] found: as [`GetResult`], the records in place.
+pub struct ReadResult {
+    pub status: GetStatus,
+    /// The records, each with its queue offset.
+    pub records: ReadBatch,
+    pub next_offset: u64,
+    pub min_offset: u64,
+    pub max_offset: u64,
+}
+
 #[derive(Debug)]
 pub struct GetResult {
     pub status: GetStatus,
@@ -70,44 +80,62 @@ impl MessageStore {
         limits: ReadLimits,
         filter: impl Fn(u64) -> bool,
     ) -> GetResult {
+        let r = self.read(topic, queue_id, offset, limits, filter);
+        GetResult {
+            status: r.status,
+            messages: r.records.records(),
+            queue_offsets: r.records.spans().iter().map(|s| s.queue_offset).collect(),
+            next_offset: r.next_offset,
+            min_offset: r.min_offset,
+            max_offset: r.max_offset,
+        }
+    }
+
+    /// As [`MessageStore::get_messages`], the records in place ([`ReadBatch`]): for a
+    /// reader that keeps few of many (a filtered pull), each kept one made a
+    /// [`StoredRecord`] afterwards.
+    pub fn read(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        limits: ReadLimits,
+        filter: impl Fn(u64) -> bool,
+    ) -> ReadResult {
         let Some(cq) = self.inner.queue(topic, queue_id) else {
-            return GetResult {
+            return ReadResult {
                 status: if offset == 0 {
                     GetStatus::NoNewMessage
                 } else {
                     GetStatus::OffsetMoved
                 },
-                messages: Vec::new(),
-                queue_offsets: Vec::new(),
+                records: ReadBatch::default(),
                 next_offset: 0,
                 min_offset: 0,
                 max_offset: 0,
             };
         };
         let (min, max) = (cq.min_offset(), cq.max_offset());
-        let result = |status, (messages, queue_offsets), next_offset| GetResult {
+        let result = |status, records, next_offset| ReadResult {
             status,
-            messages,
-            queue_offsets,
+            records,
             next_offset,
             min_offset: min,
             max_offset: max,
         };
-        let none = || (Vec::new(), Vec::new());
         if offset < min {
-            return result(GetStatus::OffsetMoved, none(), min);
+            return result(GetStatus::OffsetMoved, ReadBatch::default(), min);
         }
         if offset == max {
-            return result(GetStatus::NoNewMessage, none(), max);
+            return result(GetStatus::NoNewMessage, ReadBatch::default(), max);
         }
         if offset > max {
-            return result(GetStatus::OffsetMoved, none(), max);
+            return result(GetStatus::OffsetMoved, ReadBatch::default(), max);
         }
         // Room for what was asked for (a read usually fills it: growing by doubling copied
         // a filtered pull's 2,048 records five times), within reason.
         let room = limits.max_count.min(limits.max_scan).min(MAX_PREALLOCATED);
-        let mut messages = Vec::with_capacity(room);
-        let mut queue_offsets = Vec::with_capacity(room);
+        let mut records = ReadBatch::with_capacity(room);
         let mut bytes = 0usize;
         let mut next = offset;
         let mut scanned = 0usize;
@@ -115,43 +143,35 @@ impl MessageStore {
         let mut segment = None;
         cq.scan(offset, |at, e| {
             if scanned >= limits.max_scan
-                || messages.len() >= limits.max_count
-                || (!messages.is_empty() && bytes + e.size as usize > limits.max_bytes)
+                || records.len() >= limits.max_count
+                || (!records.is_empty() && bytes + e.size as usize > limits.max_bytes)
             {
                 return false;
             }
             scanned += 1;
             if !e.is_hole() && filter(e.tag_hash) {
-                match self.inner.commit_log.record_near(
-                    &mut segment,
-                    e.commit_log_offset,
-                    e.size as usize,
-                ) {
-                    Some(rec) => {
-                        bytes += rec.len();
-                        messages.push(rec);
-                        queue_offsets.push(at);
-                    }
-                    None => {
-                        // Retention removed the record after the queue bound was read.
-                        gone = true;
-                        return false;
-                    }
+                let len = e.size as usize;
+                let commit_log = &self.inner.commit_log;
+                if !commit_log.push_near(&mut records, &mut segment, e.commit_log_offset, len, at) {
+                    // Retention removed the record after the queue bound was read.
+                    gone = true;
+                    return false;
                 }
+                bytes += len;
             }
             next = at + 1;
             true
         });
-        if gone && messages.is_empty() {
+        if gone && records.is_empty() {
             let min = cq.min_offset();
-            return result(GetStatus::OffsetMoved, none(), min.max(next));
+            return result(GetStatus::OffsetMoved, ReadBatch::default(), min.max(next));
         }
-        let status = if messages.is_empty() {
+        let status = if records.is_empty() {
             GetStatus::NoMatch
         } else {
             GetStatus::Found
         };
-        result(status, (messages, queue_offsets), next)
+        result(status, records, next)
     }
 
     /// Lowest readable offset of a queue (0 for an unknown queue).

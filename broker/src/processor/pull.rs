@@ -15,7 +15,7 @@ use weir_filter_sql92::Expr;
 use weir_protocol::RecordView;
 use weir_protocol::broker::{PullMessage, PullResult, PullStatus};
 use weir_protocol::route::perm;
-use weir_store::{GetStatus, ReadLimits, StoredRecord};
+use weir_store::{GetStatus, ReadBatch, ReadLimits, StoredRecord};
 
 use crate::broker::Broker;
 use crate::error::{ProcessError, Processed};
@@ -192,7 +192,7 @@ impl Broker {
             };
             let r = self
                 .store
-                .get_messages(&req.topic, req.queue_id, cursor, limits, |h| {
+                .read(&req.topic, req.queue_id, cursor, limits, |h| {
                     tags.matches_hash(h)
                 });
             let bounds = (r.min_offset, r.max_offset);
@@ -228,26 +228,27 @@ impl Broker {
             // neither a tag nor an SQL92 expression there is nothing to confirm, and no
             // record is parsed here (a filtered catch-up's hottest loop). Each record's queue
             // offset is beside it in `offsets` (from the consume queue, not the record).
-            let (mut offsets, mut records) = (r.queue_offsets, r.messages);
+            let mut records = r.records;
             if !(matches!(tags, TagFilter::All) && sql.is_none()) {
                 let selected: Vec<bool> = records
+                    .spans()
                     .iter()
-                    .map(|rec| match (&tags, rec.view()) {
-                        (_, Err(_)) => true,
-                        (TagFilter::All, Ok(v)) => selects(sql, &v),
-                        (_, Ok(v)) => tags.matches_tag(v.tags()) && selects(sql, &v),
-                    })
+                    .map(
+                        |span| match (&tags, RecordView::parse(records.bytes(span))) {
+                            (_, Err(_)) => true,
+                            (TagFilter::All, Ok(v)) => selects(sql, &v),
+                            (_, Ok(v)) => tags.matches_tag(v.tags()) && selects(sql, &v),
+                        },
+                    )
                     .collect();
-                let mut keep = selected.iter();
-                offsets.retain(|_| keep.next().copied().unwrap_or(true));
-                let mut keep = selected.iter();
-                records.retain(|_| keep.next().copied().unwrap_or(true));
+                let mut selected = selected.into_iter();
+                records.retain(|_| selected.next().unwrap_or(true));
             }
             let round_end = r.next_offset;
             let Some(f) = &wasm else {
                 // No filter: everything read is delivered; the store kept to the limits.
                 cursor = round_end;
-                out.extend(records);
+                out.extend(records.records());
                 let status = if out.is_empty() {
                     PullStatus::NoMatch
                 } else {
@@ -255,10 +256,7 @@ impl Broker {
                 };
                 return answer(status, cursor, bounds, out);
             };
-            let (records, verdicts) = match self
-                .judge(f, req, cursor, &offsets, records, &carried)
-                .await
-            {
+            let (records, verdicts) = match self.judge(f, req, cursor, records, &carried).await {
                 Ok(judged) => judged,
                 // Earlier rounds' progress stands; the next pull meets the failure.
                 Err(_) if cursor != req.offset => {
@@ -274,49 +272,48 @@ impl Broker {
             cursor = round_end;
             let room = max - out.len();
             let kept_count = verdicts.iter().filter(|keep| **keep).count();
+            // Only kept records become records of their own (a reference to their segment).
+            let kept = records
+                .spans()
+                .iter()
+                .zip(&verdicts)
+                .filter(|(_, keep)| **keep)
+                .filter_map(|(span, _)| records.record(span));
             if kept_count > room {
                 // The filter kept more than asked for: resume right after the last message
                 // returned; if that is not a sane offset, return them all rather than skip
                 // any.
-                let last_returned = offsets
+                let last_returned = records
+                    .spans()
                     .iter()
                     .zip(&verdicts)
                     .filter(|(_, keep)| **keep)
                     .nth(room - 1)
-                    .map(|(at, _)| *at);
+                    .map(|(span, _)| span.queue_offset);
                 let resume = last_returned
                     .map(|o| o + 1)
                     .filter(|o| (req.offset + 1..round_end).contains(o));
-                let judged = records.into_iter().zip(verdicts.iter().copied());
                 if let Some(o) = resume {
                     cursor = o;
                     // What lies past the cut was judged: the pull from `o` reuses it (with
                     // what was carried here beyond this round).
-                    let beyond: Vec<(u64, bool)> = offsets
+                    let beyond: Vec<(u64, bool)> = records
+                        .spans()
                         .iter()
-                        .copied()
+                        .map(|span| span.queue_offset)
                         .zip(verdicts.iter().copied())
                         .filter(|(at, _)| *at >= o)
                         .chain(carried.iter().copied().filter(|(at, _)| *at >= round_end))
                         .collect();
-                    out.extend(
-                        judged
-                            .filter_map(|(rec, keep)| keep.then_some(rec))
-                            .take(room),
-                    );
+                    out.extend(kept.take(room));
                     let pulled = answer(PullStatus::Found, cursor, bounds, out);
                     f.carry_verdicts(req.queue_id, o, beyond);
                     return pulled;
                 }
-                out.extend(judged.filter_map(|(rec, keep)| keep.then_some(rec)));
+                out.extend(kept);
                 return answer(PullStatus::Found, cursor, bounds, out);
             }
-            out.extend(records.into_iter().zip(verdicts).filter_map(|(rec, keep)| {
-                keep.then(|| {
-                    out_bytes += rec.len();
-                    rec
-                })
-            }));
+            out.extend(kept.inspect(|rec| out_bytes += rec.len()));
             let scanned = (cursor - req.offset) as usize;
             if out.len() == max
                 || out_bytes >= round_bytes
@@ -371,29 +368,30 @@ impl Broker {
         }
     }
 
-    /// The verdicts on a round's records (at `offsets`, parallel), in order: carried ones
-    /// where the previous pull judged the message already, the filter's for the others.
+    /// The verdicts on a round's records, in order: carried ones where the previous pull
+    /// judged the message already, the filter's for the others.
     async fn judge(
         &self,
         filter: &Arc<LoadedFilter>,
         req: &PullMessage,
         at: u64,
-        offsets: &[u64],
-        mut records: Vec<StoredRecord>,
+        mut records: ReadBatch,
         carried: &[(u64, bool)],
     ) -> Processed<Judged> {
         if carried.is_empty() {
-            // (A filtered catch-up's usual case: no pass over the batch to split it.)
+            // (A filtered catch-up's first pull: no pass over the round to split it.)
             return self.run_filter(filter, req, at, records).await;
         }
         // Both ascending: one merge walk (a catch-up meets carried verdicts on almost every
         // pull, each pull cutting its answer where the next resumes).
         let mut rest = carried.iter().peekable();
-        let known: Vec<Option<bool>> = offsets
+        let known: Vec<Option<bool>> = records
+            .spans()
             .iter()
-            .map(|o| {
-                while rest.next_if(|(at, _)| at < o).is_some() {}
-                rest.next_if(|(at, _)| at == o).map(|(_, keep)| *keep)
+            .map(|span| {
+                let o = span.queue_offset;
+                while rest.next_if(|(at, _)| *at < o).is_some() {}
+                rest.next_if(|(at, _)| *at == o).map(|(_, keep)| *keep)
             })
             .collect();
         // The usual shape: the carried verdicts cover the round's first records, the filter
@@ -404,32 +402,21 @@ impl Broker {
             if prefix < records.len() {
                 let fresh = records.split_off(prefix);
                 let (fresh, fresh_verdicts) = self.run_filter(filter, req, at, fresh).await?;
-                records.extend(fresh);
+                records.append(fresh);
                 verdicts.extend(fresh_verdicts);
             }
             return Ok((records, verdicts));
         }
-        let (mut reused, mut fresh) = (Vec::new(), Vec::new());
-        for (rec, k) in records.into_iter().zip(&known) {
-            match k {
-                Some(keep) => reused.push((rec, *keep)),
-                None => fresh.push(rec),
-            }
-        }
-        if reused.is_empty() {
-            return self.run_filter(filter, req, at, fresh).await;
-        }
-        let (fresh, fresh_verdicts) = self.run_filter(filter, req, at, fresh).await?;
-        let mut fresh = fresh.into_iter().zip(fresh_verdicts);
-        let mut reused = reused.into_iter();
-        // Back into queue order: each position takes from the side it was split to.
-        Ok(known
+        // Otherwise the filter judges the records without a verdict, and each position
+        // takes its verdict from the side it was split to.
+        let fresh = records.select(|i| known[i].is_none());
+        let (_, fresh_verdicts) = self.run_filter(filter, req, at, fresh).await?;
+        let mut fresh_verdicts = fresh_verdicts.into_iter();
+        let verdicts = known
             .iter()
-            .filter_map(|k| match k {
-                Some(_) => reused.next(),
-                None => fresh.next(),
-            })
-            .unzip())
+            .map(|k| k.or_else(|| fresh_verdicts.next()).unwrap_or(true))
+            .collect();
+        Ok((records, verdicts))
     }
 
     /// Runs the group's filter over a batch of candidates; returns them with their
@@ -439,10 +426,10 @@ impl Broker {
         filter: &Arc<LoadedFilter>,
         req: &PullMessage,
         at: u64,
-        candidates: Vec<StoredRecord>,
+        candidates: ReadBatch,
     ) -> Processed<Judged> {
         if candidates.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok((candidates, Vec::new()));
         }
         let ctx = BatchContext {
             topic: req.topic.clone(),
@@ -477,4 +464,4 @@ impl Broker {
 }
 
 /// Records and, for each, whether the filter keeps it (parallel, in queue order).
-type Judged = (Vec<StoredRecord>, Vec<bool>);
+type Judged = (ReadBatch, Vec<bool>);

@@ -7,6 +7,7 @@
 
 #[cfg(test)]
 mod prepare_tests;
+mod records;
 mod recovery;
 mod writer;
 
@@ -20,8 +21,9 @@ use tracing::warn;
 
 use crate::error::{Result, StoreError};
 use crate::segment::{Segment, SegmentedFile};
-use weir_protocol::record::{self, Probe, RecordView};
+use weir_protocol::record::{self, Probe};
 
+pub use records::{LogSpan, ReadBatch, RecordSpan, StoredRecord};
 pub use recovery::DamagedRange;
 pub(crate) use writer::CommitLogWriter;
 
@@ -58,92 +60,6 @@ const ZERO_STEP: u64 = 128 << 10;
 struct WriterState {
     /// Absolute position of the next record.
     pos: u64,
-}
-
-/// One record as stored, kept readable for as long as this value lives (even if retention
-/// deletes its segment meanwhile).
-#[derive(Clone)]
-pub struct StoredRecord {
-    seg: Arc<Segment>,
-    rel: u64,
-    len: usize,
-}
-
-impl StoredRecord {
-    /// The record's bytes exactly as on disk (the wire format of a pull, too).
-    pub fn bytes(&self) -> &[u8] {
-        // Construction checked that the range is published; published bytes stay so.
-        self.seg.read(self.rel, self.len).unwrap_or_default()
-    }
-    /// Hints the CPU to load the record's first `max` bytes ahead of reading them (a hint
-    /// only: nothing is read, nothing can fault), for a reader about to walk many records.
-    pub fn prefetch(&self, max: usize) {
-        crate::segment::prefetch(self.bytes(), max);
-    }
-    /// Parses the record. Fails only if the stored bytes are damaged.
-    pub fn view(&self) -> Result<RecordView<'_>> {
-        Ok(RecordView::parse(self.bytes())?)
-    }
-    pub fn commit_log_offset(&self) -> u64 {
-        self.seg.start() + self.rel
-    }
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-/// Whole records (and fillers) as stored, one after another within one segment, read in
-/// place: kept readable for as long as this value lives, like [`StoredRecord`].
-#[derive(Clone)]
-pub struct LogSpan {
-    seg: Arc<Segment>,
-    rel: u64,
-    len: usize,
-}
-
-impl LogSpan {
-    /// The log offset of the first byte.
-    pub fn offset(&self) -> u64 {
-        self.seg.start() + self.rel
-    }
-}
-
-impl std::ops::Deref for LogSpan {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // Construction checked that the range is published; published bytes stay so.
-        self.seg.read(self.rel, self.len).unwrap_or_default()
-    }
-}
-
-impl AsRef<[u8]> for LogSpan {
-    fn as_ref(&self) -> &[u8] {
-        self
-    }
-}
-
-impl PartialEq for LogSpan {
-    fn eq(&self, other: &Self) -> bool {
-        self.offset() == other.offset() && **self == **other
-    }
-}
-
-impl std::fmt::Debug for LogSpan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LogSpan({} bytes @{})", self.len, self.offset())
-    }
-}
-
-impl std::fmt::Debug for StoredRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.view() {
-            Ok(v) => v.fmt(f),
-            Err(_) => write!(f, "StoredRecord(damaged @{})", self.commit_log_offset()),
-        }
-    }
 }
 
 impl CommitLog {
@@ -199,27 +115,34 @@ impl CommitLog {
         CommitLogWriter::new(self, self.writer.lock())
     }
 
-    /// The record at `offset` of `len` bytes, as given by a consume queue entry. For
-    /// records read one after another, `last` is the segment of the previous one (start
-    /// with `None`), reused while it holds this one, so that a read of many records takes
-    /// the segment table's lock once per segment rather than per record.
-    pub fn record_near(
+    /// Adds the record at `offset` of `len` bytes, as given by a consume queue entry, to
+    /// `batch`; `false` when it is gone (or not published). For records read one after
+    /// another, `last` is the segment of the previous one (start with `None`), reused while
+    /// it holds this one, so that a read of many records takes the segment table's lock
+    /// once per segment rather than per record.
+    pub(crate) fn push_near(
         &self,
+        batch: &mut ReadBatch,
         last: &mut Option<Arc<Segment>>,
         offset: u64,
         len: usize,
-    ) -> Option<StoredRecord> {
-        let seg = match last {
-            Some(s) if (s.start()..s.end()).contains(&offset) => Arc::clone(s),
-            _ => {
-                let s = self.files.find(offset)?;
-                *last = Some(Arc::clone(&s));
-                s
-            }
+        queue_offset: u64,
+    ) -> bool {
+        if !last
+            .as_ref()
+            .is_some_and(|s| (s.start()..s.end()).contains(&offset))
+        {
+            *last = self.files.find(offset);
+        }
+        let Some(seg) = last.as_ref() else {
+            return false;
         };
         let rel = offset - seg.start();
-        seg.read(rel, len)?;
-        Some(StoredRecord { seg, rel, len })
+        if seg.read(rel, len).is_none() {
+            return false;
+        }
+        batch.push(seg, rel, len, queue_offset);
+        true
     }
 
     /// The record starting at `offset`, from untrusted input (a message id): checks that a

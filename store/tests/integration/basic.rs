@@ -469,3 +469,65 @@ fn async_put_in_sync_mode_completes_durable() {
     assert!(results.iter().all(|r| r.flush == FlushStatus::Durable));
     assert!(store.commit_log_flushed_offset() >= results[4].commit_log_offset);
 }
+
+#[test]
+fn a_read_in_place_matches_the_records_across_segments_and_splits_and_rejoins() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(small_config(dir.path())).unwrap();
+    for i in 0..300u64 {
+        store.put(&message(i)).unwrap();
+    }
+    let limits = ReadLimits {
+        max_count: 1000,
+        max_bytes: 1 << 20,
+        max_scan: 1000,
+    };
+    // "orders" queue 0: every sixth message, over many 8 KiB segments.
+    let got = store.get_messages("orders", 0, 0, limits, |_| true);
+    let batch = store.read("orders", 0, 0, limits, |_| true).records;
+    assert_eq!(batch.len(), got.messages.len());
+    assert!(batch.len() >= 40, "{}", batch.len());
+    let first = got.messages.first().unwrap().commit_log_offset();
+    let last = got.messages.last().unwrap().commit_log_offset();
+    let seg = store.config().commit_log_segment_size;
+    assert!(last / seg > first / seg, "the read spans segments");
+    let bytes = |b: &weir_store::ReadBatch| -> Vec<Vec<u8>> {
+        b.spans().iter().map(|s| b.bytes(s).to_vec()).collect()
+    };
+    let want: Vec<Vec<u8>> = got.messages.iter().map(|r| r.bytes().to_vec()).collect();
+    assert_eq!(bytes(&batch), want);
+    let offsets: Vec<u64> = batch.spans().iter().map(|s| s.queue_offset).collect();
+    assert_eq!(offsets, got.queue_offsets);
+    for (span, rec) in batch.spans().iter().zip(&got.messages) {
+        assert_eq!(span.len(), rec.len());
+        let own = batch.record(span).unwrap();
+        assert_eq!(own.commit_log_offset(), rec.commit_log_offset());
+    }
+    // Split anywhere and joined again: the same records, in order.
+    for at in [
+        0,
+        1,
+        batch.len() / 2,
+        batch.len() - 1,
+        batch.len(),
+        batch.len() + 5,
+    ] {
+        let mut head = batch.clone();
+        let tail = head.split_off(at);
+        assert_eq!(head.len() + tail.len(), batch.len());
+        head.append(tail);
+        assert_eq!(bytes(&head), want, "split at {at}");
+    }
+    // A selection, and a retain, keep the chosen records only.
+    let odd = batch.select(|i| i % 2 == 1);
+    let odd_want: Vec<Vec<u8>> = want.iter().skip(1).step_by(2).cloned().collect();
+    assert_eq!(bytes(&odd), odd_want);
+    let mut even = batch.clone();
+    let mut i = 0;
+    even.retain(|_| {
+        i += 1;
+        i % 2 == 1
+    });
+    let even_want: Vec<Vec<u8>> = want.iter().step_by(2).cloned().collect();
+    assert_eq!(bytes(&even), even_want);
+}

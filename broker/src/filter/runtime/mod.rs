@@ -47,7 +47,9 @@ pub use compile_cache::CompileCacheStats;
 pub use engine::{CompiledFilter, deflate, inflate, sha256_hex};
 pub use loaded::LoadedFilter;
 pub use pool::DirectCaller;
-pub use types::{BatchContext, FailureKind, FilterFailure, FilterLabel, LogSink, RecordBytes};
+pub use types::{
+    BatchContext, FailureKind, FilterFailure, FilterLabel, LogSink, RecordBatch, RecordBytes,
+};
 
 use guest::GuestState;
 use pool::Job;
@@ -217,12 +219,12 @@ impl FilterRuntime {
     /// verdicts, so
     /// the caller can answer from them without copying. A record that does not parse gets
     /// `true` without being shown to the filter: damage is the consumer's to see.
-    pub async fn run<R: RecordBytes>(
+    pub async fn run<B: RecordBatch>(
         &self,
         filter: &Arc<LoadedFilter>,
         ctx: BatchContext,
-        records: Vec<R>,
-    ) -> Result<(Vec<R>, Vec<bool>), FilterFailure> {
+        records: B,
+    ) -> Result<(B, Vec<bool>), FilterFailure> {
         if let Some(cause) = filter.marked_failed() {
             return Err(FilterFailure::new(FailureKind::MarkedFailed, cause));
         }
@@ -241,10 +243,12 @@ impl FilterRuntime {
                     }
                     // One guest call per `batch_size` records; the first failure fails all.
                     let batch = runtime.inner.config.batch_size.max(1);
-                    let mut verdicts = Vec::with_capacity(records.len());
+                    let n = records.count();
+                    let mut verdicts = Vec::with_capacity(n);
                     let mut failed = None;
-                    for chunk in records.chunks(batch) {
-                        match worker.call(&runtime, &filter, &ctx, chunk) {
+                    for start in (0..n).step_by(batch) {
+                        let chunk = start..n.min(start + batch);
+                        match worker.call(&runtime, &filter, &ctx, &records, chunk) {
                             Ok(v) => verdicts.extend(v),
                             Err(f) => {
                                 failed = Some(f);

@@ -87,6 +87,7 @@ impl DirectCaller {
         if let Some(cause) = filter.marked_failed() {
             return Err(FilterFailure::new(FailureKind::MarkedFailed, cause));
         }
-        self.worker.call(&self.runtime, filter, ctx, records)
+        self.worker
+            .call(&self.runtime, filter, ctx, records, 0..records.len())
     }
 }

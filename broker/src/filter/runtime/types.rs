@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use weir_store::StoredRecord;
+use weir_store::{ReadBatch, StoredRecord};
 
 /// Where a filter's log lines go instead of the broker's log (`weir filter test` prints
 /// them): each line once, after the rate limit and the length cap, sanitized.
@@ -179,5 +179,53 @@ impl<T: Send + 'static, R: RecordBytes> RecordBytes for (T, R) {
     }
     fn prefetch(&self, max: usize) {
         self.1.prefetch(max);
+    }
+}
+
+/// The records of one filter job, by position: a vector of [`RecordBytes`], or a store
+/// read ([`ReadBatch`]) whose records are not yet [`StoredRecord`]s of their own.
+pub trait RecordBatch: Send + 'static {
+    fn count(&self) -> usize;
+    /// The record at `i` (empty past the end).
+    fn bytes_at(&self, i: usize) -> &[u8];
+    /// Hints that the first `max` bytes of the record at `i` will be read soon.
+    fn prefetch_at(&self, _i: usize, _max: usize) {}
+}
+
+impl<R: RecordBytes> RecordBatch for [R] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn bytes_at(&self, i: usize) -> &[u8] {
+        self.get(i).map_or(&[], RecordBytes::record_bytes)
+    }
+    fn prefetch_at(&self, i: usize, max: usize) {
+        if let Some(r) = self.get(i) {
+            r.prefetch(max);
+        }
+    }
+}
+
+impl<R: RecordBytes> RecordBatch for Vec<R> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn bytes_at(&self, i: usize) -> &[u8] {
+        self.as_slice().bytes_at(i)
+    }
+    fn prefetch_at(&self, i: usize, max: usize) {
+        self.as_slice().prefetch_at(i, max);
+    }
+}
+
+impl RecordBatch for ReadBatch {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn bytes_at(&self, i: usize) -> &[u8] {
+        self.spans().get(i).map_or(&[], |s| self.bytes(s))
+    }
+    fn prefetch_at(&self, i: usize, max: usize) {
+        weir_store::prefetch(self.bytes_at(i), max);
     }
 }

@@ -7,6 +7,7 @@
 //! next batch; a record that does not parse is kept, never shown to the filter.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -22,7 +23,7 @@ use super::engine::FilterAbi;
 use super::guest::{GuestState, WireContext, WireMessage};
 use super::{
     BatchContext, CompiledFilter, FailureKind, FilterFailure, FilterRuntime, LoadedFilter,
-    RecordBytes,
+    RecordBatch,
 };
 use super::{bindings, packed_bindings};
 
@@ -147,25 +148,26 @@ impl Worker {
         }
     }
 
-    pub(super) fn call<R: RecordBytes>(
+    /// Decides the records of `records` at positions `range` (one guest call).
+    pub(super) fn call<B: RecordBatch + ?Sized>(
         &mut self,
         runtime: &FilterRuntime,
         filter: &Arc<LoadedFilter>,
         ctx: &BatchContext,
-        records: &[R],
+        records: &B,
+        range: Range<usize>,
     ) -> Result<Vec<bool>, FilterFailure> {
         self.clock += 1;
         // Instances of replaced or removed filter versions go at the next batch.
         self.slots.retain(|_, s| s.filter.strong_count() > 0);
         let shared = &filter.shared;
-        let result = self.call_inner(runtime, filter, ctx, records);
+        let len = range.len();
+        let result = self.call_inner(runtime, filter, ctx, records, range);
         match &result {
             Ok((verdicts, call_nanos)) => {
                 let kept = verdicts.iter().filter(|k| **k).count() as u64;
                 shared.calls.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .messages_in
-                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+                shared.messages_in.fetch_add(len as u64, Ordering::Relaxed);
                 shared.messages_kept.fetch_add(kept, Ordering::Relaxed);
                 shared.call_nanos.fetch_add(*call_nanos, Ordering::Relaxed);
                 shared.consecutive_failures.store(0, Ordering::Relaxed);
@@ -203,12 +205,13 @@ impl Worker {
     }
 
     /// The verdicts, and the time the guest call took (instantiation excluded).
-    fn call_inner<R: RecordBytes>(
+    fn call_inner<B: RecordBatch + ?Sized>(
         &mut self,
         runtime: &FilterRuntime,
         filter: &Arc<LoadedFilter>,
         ctx: &BatchContext,
-        records: &[R],
+        records: &B,
+        range: Range<usize>,
     ) -> Result<(Vec<bool>, u64), FilterFailure> {
         if !self.slots.contains_key(&filter.id) {
             if self.slots.len() >= self.capacity
@@ -264,7 +267,7 @@ impl Worker {
         // A record that does not parse is not the filter's to judge: it is passed on (the
         // consumer then reports the damage), never dropped.
         let packed = filter.compiled.abi == FilterAbi::Packed;
-        let mut messages = Vec::with_capacity(if packed { 0 } else { records.len() });
+        let mut messages = Vec::with_capacity(if packed { 0 } else { range.len() });
         let mut entries = std::mem::take(&mut self.entries);
         entries.clear();
         // The attributes (and, packed, the bodies) of the whole batch.
@@ -275,16 +278,16 @@ impl Worker {
         let mut damaged = Vec::new();
         // The records lie apart in the log (one queue's among others'), each a cache miss:
         // ask for the ones a few places ahead while converting this one.
-        for r in records.iter().take(PREFETCH_AHEAD) {
-            r.prefetch(PREFETCH_BYTES);
+        let end = range.end.min(records.count());
+        for i in range.start..end.min(range.start + PREFETCH_AHEAD) {
+            records.prefetch_at(i, PREFETCH_BYTES);
         }
-        for (i, r) in records.iter().enumerate() {
-            if let Some(ahead) = records.get(i + PREFETCH_AHEAD) {
-                ahead.prefetch(PREFETCH_BYTES);
+        for i in range.start..end {
+            if i + PREFETCH_AHEAD < end {
+                records.prefetch_at(i + PREFETCH_AHEAD, PREFETCH_BYTES);
             }
-            let bytes = r.record_bytes();
-            let Ok(m) = record::filter_message(bytes) else {
-                damaged.push(i);
+            let Ok(m) = record::filter_message(records.bytes_at(i)) else {
+                damaged.push(i - range.start);
                 continue;
             };
             let attributes_at = u32::try_from(data.len()).map_err(|_| too_large())?;
@@ -377,7 +380,7 @@ impl Worker {
         warn!(filter = %filter.shared.label, queue = ctx.queue_id, records = damaged.len(), "stored records that do not parse are passed to the consumer unfiltered, which reports the damage");
         let mut judged = verdicts.into_iter();
         let mut damaged = damaged.into_iter().peekable();
-        let verdicts = (0..records.len())
+        let verdicts = (0..end - range.start)
             .map(|i| damaged.next_if_eq(&i).is_some() || judged.next().unwrap_or(false))
             .collect();
         Ok((verdicts, call_nanos))
