@@ -19,7 +19,7 @@ pub struct Message<'a> {
     born_timestamp: i64,
     store_timestamp: i64,
     reconsume_count: u32,
-    tags: &'a str,
+    tags: &'a [u8],
     keys: &'a [u8],
     properties: &'a [u8],
     body: Option<&'a [u8]>,
@@ -38,7 +38,8 @@ impl<'a> Message<'a> {
         body: Option<&'a [u8]>,
     ) -> Option<Self> {
         let mut rest = attributes;
-        let tags = take_str(&mut rest, 2)?;
+        // The tag's text is checked when read (`tags`): most filters never read it.
+        let tags = take(&mut rest, 2)?;
         let keys = take(&mut rest, 4)?;
         let properties = take(&mut rest, 4)?;
         if !rest.is_empty() {
@@ -70,9 +71,11 @@ impl<'a> Message<'a> {
     pub fn reconsume_count(&self) -> u32 {
         self.reconsume_count
     }
-    /// The tag; empty when the message has none.
+    /// The tag; empty when the message has none (or, which a broker never sends, when it
+    /// is not UTF-8).
     pub fn tags(&self) -> &'a str {
-        self.tags
+        // A broker sends only the UTF-8 it accepted at send time.
+        std::str::from_utf8(self.tags).unwrap_or_default()
     }
     pub fn keys(&self) -> impl Iterator<Item = &'a str> + 'a {
         let mut rest = self.keys;
@@ -90,7 +93,7 @@ impl<'a> Message<'a> {
         while !rest.is_empty() {
             let k = take(&mut rest, 2)?;
             let v = take(&mut rest, 4)?;
-            if k == name.as_bytes() {
+            if same(k, name.as_bytes()) {
                 return std::str::from_utf8(v).ok();
             }
         }
@@ -109,7 +112,7 @@ impl<'a> Message<'a> {
                 return;
             };
             for (name, slot) in names[..n].iter().zip(values[..n].iter_mut()) {
-                if slot.is_none() && k == name.as_ref().as_bytes() {
+                if slot.is_none() && same(k, name.as_ref().as_bytes()) {
                     *slot = std::str::from_utf8(v).ok();
                     missing -= 1;
                 }
@@ -125,6 +128,12 @@ impl<'a> Message<'a> {
     pub fn body_str(&self) -> Option<&'a str> {
         self.body.and_then(|b| std::str::from_utf8(b).ok())
     }
+}
+
+/// `a == b`, byte by byte: names are short, and in wasm the `memcmp` call that slice
+/// equality makes costs more than the comparison.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 /// Takes a length-prefixed (u16 or u32, little-endian) slice off the front of `rest`.
