@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tracing::{error, warn};
-use wasmtime::component::Func;
+use wasmtime::component::{ComponentNamedList, Func, Lift, Lower, TypedFunc};
 use wasmtime::{Store, Trap};
 use weir_protocol::record;
 
@@ -339,11 +339,7 @@ impl Worker {
                 .filter_fn
                 .typed::<(WireContext<'_>, &[u8], &[u8]), (Result<Vec<bool>, GuestError>,)>(&*store)
                 .map_err(type_error)?;
-            budget::arm(store, CallKind::Batch);
-            store.data_mut().last_error_line = None;
-            let started = Instant::now();
-            let called = typed.call(&mut *store, (wire_ctx, &entries, &data));
-            (called, started.elapsed())
+            call_timed(store, typed, (wire_ctx, &entries, &data))
         } else {
             let typed = slot
                 .filter_fn
@@ -351,11 +347,7 @@ impl Worker {
                     &*store,
                 )
                 .map_err(type_error)?;
-            budget::arm(store, CallKind::Batch);
-            store.data_mut().last_error_line = None;
-            let started = Instant::now();
-            let called = typed.call(&mut *store, (wire_ctx, &data, &messages));
-            (called, started.elapsed())
+            call_timed(store, typed, (wire_ctx, &data, &messages))
         };
         let (called, took) = called;
         let call_nanos = took.as_nanos() as u64;
@@ -385,4 +377,22 @@ impl Worker {
             .collect();
         Ok((verdicts, call_nanos))
     }
+}
+
+/// Calls a batch function under the batch budget; returns its result and the time the call
+/// took (instantiation excluded).
+fn call_timed<P, R>(
+    store: &mut Store<GuestState>,
+    typed: TypedFunc<P, R>,
+    params: P,
+) -> (wasmtime::Result<R>, std::time::Duration)
+where
+    P: ComponentNamedList + Lower,
+    R: ComponentNamedList + Lift + 'static,
+{
+    budget::arm(store, CallKind::Batch);
+    store.data_mut().last_error_line = None;
+    let started = Instant::now();
+    let called = typed.call(&mut *store, params);
+    (called, started.elapsed())
 }
