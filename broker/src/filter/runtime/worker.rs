@@ -372,7 +372,7 @@ impl Worker {
         warn!(filter = %filter.shared.label, queue = ctx.queue_id, records = damaged.len(), "stored records that do not parse are passed to the consumer unfiltered, which reports the damage");
         let mut judged = verdicts.into_iter();
         let mut damaged = damaged.into_iter().peekable();
-        let verdicts = (0..end - range.start)
+        let verdicts = (0..end.saturating_sub(range.start))
             .map(|i| damaged.next_if_eq(&i).is_some() || judged.next().unwrap_or(false))
             .collect();
         Ok((verdicts, call_nanos))
