@@ -189,6 +189,10 @@ pub mod __private {
     }
 }
 
+/// Exports a [`Filter`] type as the component's `weir:filter/packed-filter` interface
+/// (world `packed-message-filter`). Use it once, at the crate root of a `cdylib` built for
+/// `wasm32-wasip2`. Natively it expands to nothing, so the same crate runs its unit tests
+/// on the host.
 #[macro_export]
 macro_rules! export_filter {
     ($filter:ty) => {

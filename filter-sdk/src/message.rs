@@ -13,7 +13,7 @@ pub struct Context {
 }
 
 /// One message, with typed accessors over the broker's encoding (see `wit/filter.wit`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Message<'a> {
     queue_offset: u64,
     born_timestamp: i64,
@@ -23,6 +23,21 @@ pub struct Message<'a> {
     keys: &'a [u8],
     properties: &'a [u8],
     body: Option<&'a [u8]>,
+}
+
+impl std::fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("queue_offset", &self.queue_offset)
+            .field("born_timestamp", &self.born_timestamp)
+            .field("store_timestamp", &self.store_timestamp)
+            .field("reconsume_count", &self.reconsume_count)
+            .field("tags", &self.tags())
+            .field("keys", &self.keys().collect::<Vec<_>>())
+            .field("properties", &self.properties().collect::<Vec<_>>())
+            .field("body_len", &self.body.map(<[u8]>::len))
+            .finish()
+    }
 }
 
 impl<'a> Message<'a> {

@@ -227,7 +227,7 @@ impl Broker {
             // The store compared tag hashes; confirm the tag itself (hashes collide). With
             // neither a tag nor an SQL92 expression there is nothing to confirm, and no
             // record is parsed here (a filtered catch-up's hottest loop). Each record's queue
-            // offset is beside it in `offsets` (from the consume queue, not the record).
+            // offset is in its span (from the consume queue, not the record).
             let mut records = r.records;
             if !(matches!(tags, TagFilter::All) && sql.is_none()) {
                 let selected: Vec<bool> = records
@@ -271,27 +271,29 @@ impl Broker {
             };
             cursor = round_end;
             let room = max - out.len();
-            let kept_count = verdicts.iter().filter(|keep| **keep).count();
             // Only kept records become records of their own (a reference to their segment).
-            let kept = records
+            // A span of this read always resolves; were one not to, the pull is retried from
+            // where it stands rather than answered without the message.
+            let kept: Option<Vec<(u64, StoredRecord)>> = records
                 .spans()
                 .iter()
                 .zip(&verdicts)
                 .filter(|(_, keep)| **keep)
-                .filter_map(|(span, _)| records.record(span));
-            if kept_count > room {
+                .map(|(span, _)| Some((span.queue_offset, records.record(span)?)))
+                .collect();
+            let Some(kept) = kept else {
+                return Err(ProcessError::Busy(format!(
+                    "a record read from queue {} of {:?} near offset {cursor} did not resolve; the offset did not move",
+                    req.queue_id, req.topic
+                )));
+            };
+            if kept.len() > room {
                 // The filter kept more than asked for: resume right after the last message
                 // returned; if that is not a sane offset, return them all rather than skip
                 // any.
-                let last_returned = records
-                    .spans()
-                    .iter()
-                    .zip(&verdicts)
-                    .filter(|(_, keep)| **keep)
-                    .nth(room - 1)
-                    .map(|(span, _)| span.queue_offset);
-                let resume = last_returned
-                    .map(|o| o + 1)
+                let resume = kept
+                    .get(room - 1)
+                    .map(|(at, _)| at + 1)
                     .filter(|o| (req.offset + 1..round_end).contains(o));
                 if let Some(o) = resume {
                     cursor = o;
@@ -305,15 +307,18 @@ impl Broker {
                         .filter(|(at, _)| *at >= o)
                         .chain(carried.iter().copied().filter(|(at, _)| *at >= round_end))
                         .collect();
-                    out.extend(kept.take(room));
+                    out.extend(kept.into_iter().take(room).map(|(_, rec)| rec));
                     let pulled = answer(PullStatus::Found, cursor, bounds, out);
                     f.carry_verdicts(req.queue_id, o, beyond);
                     return pulled;
                 }
-                out.extend(kept);
+                out.extend(kept.into_iter().map(|(_, rec)| rec));
                 return answer(PullStatus::Found, cursor, bounds, out);
             }
-            out.extend(kept.inspect(|rec| out_bytes += rec.len()));
+            out.extend(kept.into_iter().map(|(_, rec)| {
+                out_bytes += rec.len();
+                rec
+            }));
             let scanned = (cursor - req.offset) as usize;
             if out.len() == max
                 || out_bytes >= round_bytes
