@@ -560,6 +560,20 @@ impl Client {
         }
     }
 
+    /// Waits (polling, to the usual deadline) until the first `queues` queues of `topic`
+    /// hold `n` messages in all. A one-way send is answered by nobody, so a client process
+    /// can exit before the broker has read its last ones.
+    pub async fn wait_stored(&self, topic: &str, queues: u32, n: u64) {
+        eventually(&format!("{n} messages stored in {topic}"), async || {
+            let mut stored = 0;
+            for q in 0..queues {
+                stored += self.queue_offsets(topic, q).await.max;
+            }
+            stored >= n
+        })
+        .await;
+    }
+
     /// Drains queues `0..queues` of `topic` from 0 for `group`; asserts that each ends
     /// exactly at its max offset. Returns every message received.
     pub async fn drain_topic(&self, group: &str, topic: &str, queues: u32) -> Vec<Received> {

@@ -14,7 +14,9 @@ async fn go_producer_and_consumer() {
     sent.assert_ok("go produce");
     let n = sent.of("SENT").count();
     assert!(n >= 8, "{n} sends");
-    let stored = env.client().await.drain_topic("weir_view", "GoT", 4).await;
+    let client = env.client().await;
+    client.wait_stored("GoT", 4, n as u64).await;
+    let stored = client.drain_topic("weir_view", "GoT", 4).await;
     assert_eq!(
         stored.len(),
         n,

@@ -35,6 +35,7 @@ async fn java_producer_and_consumer() {
         .await
         .expect("topic stats");
     assert_eq!(stats.config.write_queues, 4);
+    client.wait_stored("JavaT", 4, 12).await;
     let got = client.drain_topic("weir_view", "JavaT", 4).await;
     assert_eq!(got.len(), 12, "every send stored, one-way ones too");
     let big = got.iter().find(|m| m.key() == "k0").expect("message k0");

@@ -42,9 +42,9 @@ async fn java5_producer_consumer_and_clustering() {
     sent.assert_ok("produce");
     assert_eq!(sent.of("SENT").count(), 12);
     // weir's view: every message, tag, keys, properties and body as sent.
-    let got = client
-        .drain_topic("weir_view", "Java5T", env.config().default_topic_queues)
-        .await;
+    let queues = env.config().default_topic_queues;
+    client.wait_stored("Java5T", queues, 12).await;
+    let got = client.drain_topic("weir_view", "Java5T", queues).await;
     assert_eq!(got.len(), 12, "every send stored, one-way ones too");
     let big = got.iter().find(|m| m.key() == "k0").expect("message k0");
     assert_eq!(

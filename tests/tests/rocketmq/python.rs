@@ -83,11 +83,9 @@ async fn python_producer_and_consumer() {
     assert_eq!(sent.of("SENT").count(), 16);
     // weir's view: every message with its tag, keys, properties and body.
     let queues = env.config().default_topic_queues;
-    let got = env
-        .client()
-        .await
-        .drain_topic("weir_view", "PyT", queues)
-        .await;
+    let client = env.client().await;
+    client.wait_stored("PyT", queues, 16).await;
+    let got = client.drain_topic("weir_view", "PyT", queues).await;
     assert_eq!(got.len(), 16, "every send stored, one-way ones too");
     assert_eq!(keys(&got).len(), 16);
     let big = got.iter().find(|m| m.key() == "p0").expect("message p0");
