@@ -8,7 +8,7 @@
 //! be SIGKILLed ([`child`]), and a transactional producer of the client library driven
 //! line by line ([`tx_producer`]).
 //!
-//! Slightly over ~600 lines on purpose: the in-process environment and the raw client it
+//! Over ~600 lines on purpose: the in-process environment and the raw client it
 //! hands out are one piece; the other helpers already live in their own modules.
 
 use std::collections::BTreeSet;

@@ -230,19 +230,11 @@ impl Broker {
             // offset is in its span (from the consume queue, not the record).
             let mut records = r.records;
             if !(matches!(tags, TagFilter::All) && sql.is_none()) {
-                let selected: Vec<bool> = records
-                    .spans()
-                    .iter()
-                    .map(
-                        |span| match (&tags, RecordView::parse(records.bytes(span))) {
-                            (_, Err(_)) => true,
-                            (TagFilter::All, Ok(v)) => selects(sql, &v),
-                            (_, Ok(v)) => tags.matches_tag(v.tags()) && selects(sql, &v),
-                        },
-                    )
-                    .collect();
-                let mut selected = selected.into_iter();
-                records.retain(|_| selected.next().unwrap_or(true));
+                records.retain(|_, bytes| match (&tags, RecordView::parse(bytes)) {
+                    (_, Err(_)) => true,
+                    (TagFilter::All, Ok(v)) => selects(sql, &v),
+                    (_, Ok(v)) => tags.matches_tag(v.tags()) && selects(sql, &v),
+                });
             }
             let round_end = r.next_offset;
             let Some(f) = &wasm else {

@@ -112,10 +112,7 @@ impl ReadBatch {
     }
     /// The record's bytes exactly as stored.
     pub fn bytes(&self, span: &RecordSpan) -> &[u8] {
-        self.segments
-            .get(span.segment as usize)
-            .and_then(|s| s.read(span.rel, span.len as usize))
-            .unwrap_or_default()
+        span_bytes(&self.segments, span)
     }
     /// The record, kept readable on its own.
     pub fn record(&self, span: &RecordSpan) -> Option<StoredRecord> {
@@ -130,9 +127,11 @@ impl ReadBatch {
     pub fn records(&self) -> Vec<StoredRecord> {
         self.spans.iter().filter_map(|s| self.record(s)).collect()
     }
-    /// Keeps the spans `keep` says yes to, in order.
-    pub fn retain(&mut self, mut keep: impl FnMut(&RecordSpan) -> bool) {
-        self.spans.retain(|s| keep(s));
+    /// Keeps the records `keep` says yes to (given each span and its bytes), in order.
+    pub fn retain(&mut self, mut keep: impl FnMut(&RecordSpan, &[u8]) -> bool) {
+        let segments = &self.segments;
+        self.spans
+            .retain(|span| keep(span, span_bytes(segments, span)));
     }
     /// Splits off the records from `at` on (sharing the segments).
     pub fn split_off(&mut self, at: usize) -> Self {
@@ -210,4 +209,13 @@ impl std::fmt::Debug for StoredRecord {
             Err(_) => write!(f, "StoredRecord(damaged @{})", self.commit_log_offset()),
         }
     }
+}
+
+/// The bytes of `span` in `segments` (empty if it does not resolve, which the invariant of
+/// [`ReadBatch`] rules out).
+fn span_bytes<'a>(segments: &'a [Arc<Segment>], span: &RecordSpan) -> &'a [u8] {
+    segments
+        .get(span.segment as usize)
+        .and_then(|s| s.read(span.rel, span.len as usize))
+        .unwrap_or_default()
 }

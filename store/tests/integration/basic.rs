@@ -524,7 +524,7 @@ fn a_read_in_place_matches_the_records_across_segments_and_splits_and_rejoins() 
     assert_eq!(bytes(&odd), odd_want);
     let mut even = batch.clone();
     let mut i = 0;
-    even.retain(|_| {
+    even.retain(|_, _| {
         i += 1;
         i % 2 == 1
     });
