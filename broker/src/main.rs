@@ -160,6 +160,9 @@ fn load(args: &Args) -> anyhow::Result<BrokerConfig> {
 
 fn run() -> anyhow::Result<()> {
     server_main::init_logging();
+    if let Err(e) = server_main::heap_on_small_pages() {
+        tracing::debug!(error = %e, "transparent huge pages stay as the system has them");
+    }
     let args = Args::parse();
     let mut config = load(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

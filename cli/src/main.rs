@@ -208,6 +208,9 @@ enum ClusterCmd {
 }
 
 fn main() -> std::process::ExitCode {
+    // As the servers do: a consumer's first catch-up read grows its heap quickly. (Kernels
+    // without the switch keep their setting; nothing to say about it.)
+    let _ = weir_namesrv::server_main::heap_on_small_pages();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -48,6 +48,9 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> anyhow::Result<()> {
     server_main::init_logging();
+    if let Err(e) = server_main::heap_on_small_pages() {
+        tracing::debug!(error = %e, "transparent huge pages stay as the system has them");
+    }
     let args = Args::parse();
     let mut config = match &args.config {
         Some(path) => server_main::read_toml::<NamesrvConfig>(path)?,
