@@ -120,7 +120,7 @@ impl Broker {
                         SendStatus::Ok
                     }
                 },
-                msg_id: r.msg_id.to_string(),
+                msg_id: r.msg_id.to_text(),
                 queue_id: 0,
                 queue_offset: r.queue_offset,
             })
@@ -304,7 +304,7 @@ impl Broker {
         };
         let origin_id = msg
             .property(property::ORIGIN_MESSAGE_ID)
-            .map_or_else(|| view.message_id().to_string(), str::to_owned);
+            .map_or_else(|| view.message_id().to_text(), str::to_owned);
         msg.remove_properties(&schedule::SCHEDULING_PROPERTIES);
         msg.remove_properties(&[property::RETRY_TOPIC, property::ORIGIN_MESSAGE_ID]);
         msg.properties

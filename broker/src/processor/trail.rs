@@ -113,7 +113,7 @@ fn copy_of(rec: &StoredRecord, kind: CopyKind) -> Option<(String, MessageCopy)> 
         MessageCopy {
             kind,
             topic: v.topic().to_owned(),
-            msg_id: v.message_id().to_string(),
+            msg_id: v.message_id().to_text(),
             queue_id: v.queue_id(),
             queue_offset: v.queue_offset(),
             store_timestamp: v.store_timestamp(),

@@ -129,7 +129,7 @@ impl Drop for DecisionGuard<'_> {
 pub fn transaction_id(view: &RecordView<'_>) -> String {
     view.property(property::TRANSACTION_ID)
         .filter(|id| !id.is_empty())
-        .map_or_else(|| view.message_id().to_string(), str::to_owned)
+        .map_or_else(|| view.message_id().to_text(), str::to_owned)
 }
 
 impl Broker {
@@ -383,7 +383,7 @@ impl Broker {
                     .and_then(|q| q.parse().ok())
                     .unwrap_or(0),
                 commit_log_offset: v.commit_log_offset(),
-                msg_id: v.message_id().to_string(),
+                msg_id: v.message_id().to_text(),
                 first_stored_ms: first_stored(&v),
                 check_times: check_times(&v),
             });

@@ -68,6 +68,14 @@ impl MessageId {
         self.offset.to_be_bytes().into_iter().for_each(&mut put);
         (out, n)
     }
+
+    /// The id as text, as `Display` writes it, in one allocation of the right size
+    /// (`to_string` grows its string through the formatter, several allocations; sends and
+    /// consumers make one per message).
+    pub fn to_text(&self) -> String {
+        let (buf, n) = self.hex();
+        buf[..n].iter().map(|&b| char::from(b)).collect()
+    }
 }
 
 impl fmt::Display for MessageId {

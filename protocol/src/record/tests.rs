@@ -164,6 +164,7 @@ fn message_id_round_trips() {
         };
         let s = id.to_string();
         assert_eq!(s.parse::<MessageId>().unwrap(), id);
+        assert_eq!(id.to_text(), s);
     }
     assert_eq!(
         MessageId {
