@@ -74,7 +74,10 @@ impl MessageId {
     /// consumers make one per message).
     pub fn to_text(&self) -> String {
         let (buf, n) = self.hex();
-        buf[..n].iter().map(|&b| char::from(b)).collect()
+        // Only ASCII hex digits were written: the check cannot fail.
+        std::str::from_utf8(&buf[..n])
+            .map(str::to_owned)
+            .unwrap_or_default()
     }
 }
 
