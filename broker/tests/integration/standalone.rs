@@ -192,34 +192,47 @@ fn broker_binary_reads_a_toml_config_and_flags_override_it() {
     );
 }
 
+/// Starts the binary standalone on a data folder under `dir`, logging at info, with `envs`;
+/// returns once it says it is starting, with the rest of its stdout.
+fn start_standalone(
+    dir: &std::path::Path,
+    envs: &[(&str, &str)],
+) -> (
+    Running,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir-broker"));
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--standalone-namesrv",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(dir.join("data"))
+    .env("RUST_LOG", "info")
+    .env_remove("MIMALLOC_ALLOW_THP")
+    .envs(envs.iter().copied())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    let mut broker = Running(cmd.spawn().unwrap());
+    let mut lines = BufReader::new(broker.0.stdout.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("broker exited").unwrap();
+        if line.contains("starting") {
+            break;
+        }
+    }
+    (broker, lines)
+}
+
 #[test]
 fn a_sigterm_while_starting_stops_cleanly() {
     // Each run is stopped right after the broker says it is starting: while its store
     // opens and its name server and listener come up.
     for delay_us in [0u64, 500, 2_000, 10_000] {
         let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_weir-broker"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--standalone-namesrv",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(dir.path().join("data"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut broker = Running(child);
-        let mut lines = BufReader::new(broker.0.stdout.take().unwrap()).lines();
-        loop {
-            let line = lines.next().expect("broker exited").unwrap();
-            if line.contains("starting") {
-                break;
-            }
-        }
+        let (mut broker, lines) = start_standalone(dir.path(), &[]);
         std::thread::sleep(Duration::from_micros(delay_us));
         rustix::process::kill_process(
             rustix::process::Pid::from_child(&broker.0),
@@ -240,5 +253,36 @@ fn a_sigterm_while_starting_stops_cleanly() {
             !dir.path().join("data/running").exists(),
             "{delay_us} µs into its start: the store was left open"
         );
+    }
+}
+
+/// The kernel's `THP_enabled` line of a process (`None` on kernels without it, before 5.0).
+fn thp_enabled(pid: u32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim() == "1")
+}
+
+#[test]
+fn the_heap_stays_on_small_pages_unless_mimalloc_is_told_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _lines) = start_standalone(dir.path(), &[]);
+    let Some(enabled) = thp_enabled(broker.0.id()) else {
+        return;
+    };
+    assert!(
+        !enabled,
+        "transparent huge pages are still on for the broker"
+    );
+    drop(broker);
+
+    // mimalloc's own switch, when set, decides (here: huge pages allowed, as the system
+    // has them, where the kernel has them at all).
+    if std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, _lines) = start_standalone(dir.path(), &[("MIMALLOC_ALLOW_THP", "1")]);
+        assert_eq!(thp_enabled(broker.0.id()), Some(true));
     }
 }
