@@ -213,6 +213,46 @@ async fn a_filters_batches_stay_on_one_warm_instance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_memory_keeps_growing_is_replaced_before_it_fails() {
+    let runtime = FilterRuntime::new(FilterConfig {
+        workers: 1,
+        ..FilterConfig::default()
+    })
+    .expect("runtime");
+    // 256 KiB leaked a batch: one instance reaches the 16 MiB cap within 64 batches.
+    let cap = runtime.config().memory_limit;
+    assert_eq!(cap, 16 << 20);
+    let leaky = load(
+        &runtime,
+        weir_filter_artifacts::HOSTILE,
+        &[("mode", "leak")],
+    );
+    for n in 0..200 {
+        let verdicts = runtime
+            .run(&leaky, ctx("G"), records(4, 16))
+            .await
+            .unwrap_or_else(|e| panic!("batch {n}: {e}"))
+            .1;
+        assert_eq!(verdicts, vec![true; 4]);
+    }
+    let s = leaky.stats();
+    assert_eq!((s.calls, s.memory_exhausted), (200, 0), "{s:?}");
+    // Replaced each time it grew by half the room it had after its first batch (about
+    // 7 MiB, 28 batches): several fresh instances, not one a batch.
+    assert!((4..=20).contains(&s.instantiations), "{s:?}");
+
+    // A filter whose memory stays put keeps its one instance.
+    let steady = load(&runtime, weir_filter_artifacts::HOSTILE, &[]);
+    for _ in 0..200 {
+        runtime
+            .run(&steady, ctx("G"), records(4, 16))
+            .await
+            .expect("filter call");
+    }
+    assert_eq!(steady.stats().instantiations, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_group_holds_at_most_its_cap_and_a_waiting_batch_times_out_busy() {
     let runtime = FilterRuntime::new(FilterConfig {
         workers: 2,

@@ -28,8 +28,11 @@ use super::types::{LogSink, sanitize};
 
 /// What a store holds for its instance.
 pub(super) struct GuestState {
-    memory_limit: usize,
+    pub(super) memory_limit: usize,
     pub(super) memory_denied: bool,
+    /// The largest linear memory the instance was granted, bytes (its memories are
+    /// created and grown through the limiter).
+    pub(super) memory_size: usize,
     log_line_max: usize,
     /// The limit of an upload-time `init` (no `shared`): its own, as no instance runs yet.
     init_log_limit: LogLimit,
@@ -61,6 +64,7 @@ impl ResourceLimiter for GuestState {
                 self.memory_limit
             );
         }
+        self.memory_size = self.memory_size.max(desired);
         Ok(true)
     }
 
@@ -185,6 +189,7 @@ impl FilterRuntime {
             GuestState {
                 memory_limit,
                 memory_denied: false,
+                memory_size: 0,
                 log_line_max: c.log_line_max,
                 init_log_limit: LogLimit::new(c.log_lines_per_sec),
                 log_sink: self.inner.log_sink.clone(),

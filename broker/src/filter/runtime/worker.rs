@@ -2,7 +2,10 @@
 //! `init` costs tens of µs, a call ~0.1 µs), the call itself, and what it counts: kept
 //! messages, time, failures by kind, and the failure mark.
 //!
-//! Invariants: an instance whose call failed is never reused; at most `capacity` are alive,
+//! Invariants: an instance whose call failed is never reused; one whose linear memory grew
+//! by more than half the room it had after its first batch is replaced before the next
+//! (memory a language runtime leaks would otherwise fail a batch once it reaches the cap:
+//! componentize-js 0.23's engine grows by ~10 KiB a call); at most `capacity` are alive,
 //! the least recently used going first; instances of versions no longer loaded go at the
 //! next batch; a record that does not parse is kept, never shown to the filter.
 
@@ -12,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 use wasmtime::component::{ComponentNamedList, Func, Lift, Lower, TypedFunc};
 use wasmtime::{Store, Trap};
 use weir_protocol::record;
@@ -123,6 +126,19 @@ pub(super) struct Slot {
     filter_fn: Func,
     filter: std::sync::Weak<LoadedFilter>,
     last_used: u64,
+    /// The instance's memory after its first successful batch, bytes.
+    settled_memory: Option<usize>,
+}
+
+impl Slot {
+    /// Whether the instance's memory grew, since its first successful batch, by more than
+    /// half the room it had left then (checked after each successful batch).
+    fn outgrown(&mut self) -> bool {
+        let state = self.store.data();
+        let now = state.memory_size;
+        let settled = *self.settled_memory.get_or_insert(now);
+        now.saturating_sub(settled) > state.memory_limit.saturating_sub(settled) / 2
+    }
 }
 
 /// A filter thread's instances, keyed by filter id; at most `capacity`, least recently
@@ -171,6 +187,10 @@ impl Worker {
                 shared.messages_kept.fetch_add(kept, Ordering::Relaxed);
                 shared.call_nanos.fetch_add(*call_nanos, Ordering::Relaxed);
                 shared.consecutive_failures.store(0, Ordering::Relaxed);
+                if self.slots.get_mut(&filter.id).is_some_and(Slot::outgrown) {
+                    self.slots.remove(&filter.id);
+                    debug!(filter = %shared.label, "a fresh instance replaces one whose memory grew past half its room");
+                }
             }
             Err(f) => {
                 // A failed instance is never reused: a trap poisons it, and state after a
@@ -254,6 +274,7 @@ impl Worker {
                     filter_fn,
                     filter: Arc::downgrade(filter),
                     last_used: 0,
+                    settled_memory: None,
                 },
             );
         }
