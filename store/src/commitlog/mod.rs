@@ -56,10 +56,15 @@ pub(crate) struct CommitLog {
 const FAULT_AHEAD: u64 = 16 << 20;
 /// Bytes zero-filled under one fence (see `zero_fill`).
 const ZERO_STEP: u64 = 128 << 10;
+/// Bytes the writer zero-fills past a write when it finds itself ahead of `prepare_ahead`.
+const WRITER_FILL: u64 = 512 << 10;
 
 struct WriterState {
     /// Absolute position of the next record.
     pos: u64,
+    /// How far the writer itself brought pages in (zeros written through the file) when it
+    /// had got ahead of `prepare_ahead` (see `CommitLogWriter::prepare_write`).
+    filled_to: u64,
 }
 
 impl CommitLog {
@@ -67,7 +72,10 @@ impl CommitLog {
         let files = SegmentedFile::open(dir, segment_size)?;
         Ok(Self {
             files,
-            writer: Mutex::new(WriterState { pos: 0 }),
+            writer: Mutex::new(WriterState {
+                pos: 0,
+                filled_to: 0,
+            }),
             committed: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
             syncs: AtomicU64::new(0),

@@ -1,6 +1,7 @@
 //! `prepare_ahead` racing the writer through segment roll-overs: it never fails (it once
 //! created again the segment the writer had just adopted), and the zeros it writes ahead
-//! never reach a byte the writer wrote, committed or not yet, nor one it is writing.
+//! never reach a byte the writer wrote, committed or not yet, nor one it is writing; a
+//! writer that got ahead of it brings its pages in itself.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -155,4 +156,48 @@ fn a_writer_that_reaches_a_fill_under_way_waits_for_it() {
             .enumerate()
             .all(|(i, &b)| b == pattern(offset, i))
     );
+}
+
+#[test]
+fn a_writer_ahead_of_the_preparer_brings_its_pages_in_itself() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = CommitLog::open(dir.path(), 4 << 20).expect("open");
+    // No `prepare_ahead` at all (its thread starved): each write past what is ready
+    // zero-fills through the file up to `WRITER_FILL` beyond itself, once.
+    let mut written = Vec::new();
+    let mut w = log.lock_writer();
+    for n in 0..2_000u64 {
+        let len = 100 + (n * 37 % 900) as usize;
+        let offset = w
+            .append(len, |offset, buf| {
+                for (i, b) in buf.iter_mut().enumerate() {
+                    *b = pattern(offset, i);
+                }
+            })
+            .expect("append");
+        written.push((offset, len));
+        let end = offset + len as u64;
+        let filled = w.filled_to();
+        assert!(
+            filled >= end && filled <= end + super::WRITER_FILL,
+            "filled to {filled} after a write ending at {end}"
+        );
+    }
+    w.commit();
+    drop(w);
+    let segments = log.files.all();
+    for (offset, len) in written {
+        let seg = segments
+            .iter()
+            .find(|s| s.start() <= offset && offset < s.end())
+            .expect("segment");
+        let bytes = seg.read(offset - seg.start(), len).expect("readable");
+        assert!(
+            bytes
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == pattern(offset, i)),
+            "record at {offset} changed"
+        );
+    }
 }
