@@ -302,14 +302,20 @@ impl Inner {
             }
             let cq = match &last {
                 Some((m, q)) if m.queue_id == msg.queue_id && m.topic == msg.topic => Arc::clone(q),
-                _ => match self.queue(&msg.topic, msg.queue_id) {
-                    Some(q) => q,
-                    None => {
-                        let q = self.queue_or_create(&msg.topic, msg.queue_id)?;
-                        q.reserve(q.max_offset())?;
-                        q
-                    }
-                },
+                _ => {
+                    let q = match self.queue(&msg.topic, msg.queue_id) {
+                        Some(q) => q,
+                        None => {
+                            let q = self.queue_or_create(&msg.topic, msg.queue_id)?;
+                            q.reserve(q.max_offset())?;
+                            q
+                        }
+                    };
+                    // Its lines come in while this append waits for the writer lock and
+                    // encodes, instead of inside `put`, where every other appender waits.
+                    q.prefetch_next_put();
+                    q
+                }
             };
             last = Some((msg, Arc::clone(&cq)));
             queues.push(Some(cq));

@@ -44,6 +44,27 @@ pub fn prefetch(bytes: &[u8], max: usize) {
     let _ = (bytes, max);
 }
 
+/// [`prefetch`] by address: the lines holding `[addr, addr + len)`. For hints kept as plain
+/// numbers (a queue's next write position), which may be stale by the time they are used:
+/// the address is never dereferenced, so one that is no longer mapped costs nothing.
+pub(crate) fn prefetch_addr(addr: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        if addr == 0 {
+            return;
+        }
+        let last = addr.saturating_add(len.saturating_sub(1));
+        for at in (addr..=last).step_by(64).chain(std::iter::once(last)) {
+            // SAFETY: as in `prefetch`: the instruction never reads, writes or faults,
+            // whatever the address (it is made from a number, not from a reference).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::without_provenance::<i8>(at)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (addr, len);
+}
+
 pub(crate) struct Segment {
     /// Absolute offset of the first byte.
     start: u64,
@@ -299,6 +320,12 @@ impl Segment {
         if let Err(e) = result {
             tracing::debug!(segment = %self.path.display(), error = %e, "madvise(DONTNEED) failed");
         }
+    }
+
+    /// The memory address of byte `rel` of the mapping, as a number: a prefetch hint
+    /// ([`prefetch_addr`]), never to be dereferenced.
+    pub fn address_of(&self, rel: u64) -> usize {
+        (self.map.as_ptr() as usize).wrapping_add(rel as usize)
     }
 
     /// Makes `[0, upto)` readable. Called by the single writer after writing the bytes.

@@ -1,0 +1,151 @@
+use std::os::unix::fs::MetadataExt;
+
+use super::*;
+use crate::segment::GROW_STEP;
+
+fn entry(i: u64) -> CqEntry {
+    CqEntry {
+        commit_log_offset: 1000 + i * 100,
+        size: 100,
+        tag_hash: i,
+    }
+}
+
+/// Blocks the queue's files hold on disk, in bytes.
+fn disk_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+        .sum()
+}
+
+/// What recovery truncates and rewrites is synced again: the truncation's own sync of
+/// the zeros must not mark the rewritten entries durable.
+#[test]
+fn entries_put_after_a_truncation_are_still_to_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let cq = ConsumeQueue::open(dir.path(), 1_000, 0).unwrap();
+    for i in 0..500 {
+        cq.reserve(i).unwrap();
+        cq.put(i, entry(i)).unwrap();
+    }
+    cq.flush().unwrap();
+    cq.truncate_from(entry(300).commit_log_offset).unwrap();
+    assert!(cq.unflushed().is_empty());
+    for i in 300..700 {
+        cq.reserve(i).unwrap();
+        cq.put(i, entry(i)).unwrap();
+    }
+    assert!(
+        !cq.unflushed().is_empty() && cq.unflushed_pages() > 0,
+        "rewritten entries taken for synced"
+    );
+}
+
+/// A segment made ready ahead of its first entry (an append refused after `reserve`)
+/// does not hide the unsynced entries of the one before it.
+#[test]
+fn an_empty_last_segment_does_not_hide_unsynced_entries_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cq = ConsumeQueue::open(dir.path(), 64, 0).unwrap();
+    for i in 0..64 {
+        cq.reserve(i).unwrap();
+        cq.put(i, entry(i)).unwrap();
+    }
+    cq.reserve(64).unwrap();
+    assert_eq!(cq.files.count(), 2);
+    assert_eq!(cq.unflushed().len(), 1);
+    cq.flush().unwrap();
+    assert!(cq.unflushed().is_empty());
+    assert_eq!(cq.unflushed_pages(), 0);
+}
+
+#[test]
+fn a_queue_reserves_disk_as_it_fills_not_a_whole_segment_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // 300,000 entries per file: 6 MB each when made whole.
+    let cq = ConsumeQueue::open(dir.path(), 300_000, 0).unwrap();
+    for i in 0..10 {
+        cq.reserve(i).unwrap();
+        cq.put(i, entry(i)).unwrap();
+    }
+    assert_eq!(cq.allocated_bytes(), GROW_STEP);
+    assert!(
+        disk_bytes(dir.path()) <= GROW_STEP,
+        "{}",
+        disk_bytes(dir.path())
+    );
+
+    // 10,000 entries (200,000 bytes): the reservation doubles ahead of the writer.
+    for i in 10..10_000 {
+        cq.reserve(i).unwrap();
+        cq.put(i, entry(i)).unwrap();
+    }
+    let allocated = cq.allocated_bytes();
+    assert!(
+        (200_000..=4 * GROW_STEP).contains(&allocated),
+        "{allocated}"
+    );
+    assert!(
+        disk_bytes(dir.path()) <= allocated,
+        "{}",
+        disk_bytes(dir.path())
+    );
+
+    // Dropping entries zeroes only what was written: no hole gets blocks.
+    cq.truncate_from(entry(5_000).commit_log_offset).unwrap();
+    assert_eq!(cq.max_offset(), 5_000);
+    assert!(disk_bytes(dir.path()) <= allocated);
+    drop(cq);
+
+    // Opened again: the entries read back, and writing goes on past them.
+    let cq = ConsumeQueue::open(dir.path(), 300_000, 0).unwrap();
+    assert_eq!(cq.max_offset(), 5_000);
+    assert_eq!(cq.get(4_999), Some(entry(4_999)));
+    assert_eq!(cq.get(5_000), None);
+    cq.reserve(5_000).unwrap();
+    cq.put(5_000, entry(5_000)).unwrap();
+    assert_eq!(cq.get(5_000), Some(entry(5_000)));
+    assert!(cq.allocated_bytes() >= 5_001 * ENTRY_SIZE);
+}
+
+/// The hint `put` leaves is where the next entry will be written, in the segment it
+/// will be written through; none at a segment's end (the next one may not exist yet);
+/// and asking for it stays harmless once the segment it names is gone.
+#[test]
+fn a_put_leaves_the_address_of_the_next_entry_as_its_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cq = ConsumeQueue::open(dir.path(), 4, 0).unwrap();
+    let hints = || {
+        (
+            cq.next_entry_addr.load(Ordering::Relaxed),
+            cq.next_segment_addr.load(Ordering::Relaxed),
+        )
+    };
+    assert_eq!(hints(), (0, 0), "nothing written, nothing to hint at");
+    cq.prefetch_next_put();
+    for i in 0..6 {
+        cq.reserve(i).unwrap();
+        cq.put(i, entry(i)).unwrap();
+        let seg = cq.files.find((i + 1) * ENTRY_SIZE);
+        match i % 4 {
+            3 => assert_eq!(hints(), (0, 0), "entry {i} ends its segment"),
+            _ => {
+                let seg = seg.expect("the next entry's segment");
+                let rel = (i + 1) * ENTRY_SIZE - seg.start();
+                assert_eq!(
+                    hints(),
+                    (seg.address_of(rel), Arc::as_ptr(&seg) as usize),
+                    "after entry {i}"
+                );
+            }
+        }
+        cq.prefetch_next_put();
+    }
+    // Stale hints (entries dropped, addresses made up) are only ever prefetched.
+    cq.truncate_from(entry(0).commit_log_offset).unwrap();
+    cq.prefetch_next_put();
+    prefetch_addr(usize::MAX - 10, 100);
+    prefetch_addr(8, 64);
+    assert_eq!(cq.get(0), None);
+}
