@@ -439,6 +439,27 @@ impl ConsumeQueue {
         self.files.flush()
     }
 
+    /// After a sync: brings the page the next entries go in back into the page tables
+    /// writable. Writing it back write-protected it (with the rest of its folio), so the
+    /// next `put` here would take the fault (ext4's `page_mkwrite`) under the commit log's
+    /// writer lock, where every appender waits: 8,192 such faults in a row after a thorough
+    /// checkpoint of 1,024 topics. Only within the blocks the queue reserved (a hole's
+    /// page is left to `put`, after `allocate_to`). Advisory.
+    pub fn prefault_after_sync(&self) {
+        let page = rustix::param::page_size() as u64;
+        let Some(byte) = self.max_offset().checked_mul(ENTRY_SIZE) else {
+            return;
+        };
+        let Some(seg) = self.files.find(byte) else {
+            return;
+        };
+        let rel = (byte - seg.start()) / page * page;
+        let end = rel.saturating_add(page).min(seg.allocated());
+        if end > rel {
+            seg.prefault(rel, end - rel);
+        }
+    }
+
     /// The file system the queue's files are on (its device number).
     pub fn device(&self) -> u64 {
         self.device

@@ -26,6 +26,8 @@ mod retention;
 mod segment;
 mod services;
 mod store;
+#[cfg(test)]
+mod test_util;
 
 /// Pure decoders of the store's own files, reachable by the fuzz targets (`fuzz/`). Not
 /// part of the API.

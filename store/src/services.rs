@@ -199,6 +199,9 @@ impl Inner {
             }
             Ok(())
         })?;
+        for (q, _) in &due {
+            q.prefault_after_sync();
+        }
         for q in &queues {
             q.release_sealed_pages();
         }

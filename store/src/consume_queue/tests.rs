@@ -2,6 +2,7 @@ use std::os::unix::fs::MetadataExt;
 
 use super::*;
 use crate::segment::GROW_STEP;
+use crate::test_util::minor_faults;
 
 fn entry(i: u64) -> CqEntry {
     CqEntry {
@@ -148,4 +149,36 @@ fn a_put_leaves_the_address_of_the_next_entry_as_its_hint() {
     prefetch_addr(usize::MAX - 10, 100);
     prefetch_addr(8, 64);
     assert_eq!(cq.get(0), None);
+}
+
+/// Faults taken by putting entries `range` into `cq`.
+fn faults_putting(cq: &ConsumeQueue, range: std::ops::Range<u64>) -> u64 {
+    for i in range.clone() {
+        cq.reserve(i).unwrap();
+    }
+    let before = minor_faults();
+    for i in range {
+        cq.put(i, entry(i)).unwrap();
+    }
+    minor_faults() - before
+}
+
+/// A sync write-protects the page being written; brought back in writable after it, the
+/// next puts take no fault.
+#[test]
+fn after_a_sync_the_page_being_written_is_writable_again() {
+    for prefault in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let cq = ConsumeQueue::open(dir.path(), 300_000, 0).unwrap();
+        faults_putting(&cq, 0..20);
+        cq.flush().unwrap();
+        if prefault {
+            cq.prefault_after_sync();
+        }
+        let faults = faults_putting(&cq, 20..40);
+        match prefault {
+            true => assert_eq!(faults, 0, "the page was made writable again"),
+            false => assert!(faults >= 1, "a write after write-back faults"),
+        }
+    }
 }
