@@ -20,6 +20,10 @@ use weir_protocol::metrics::{Histogram, LATENCY_BUCKETS};
 use weir_protocol::record::RecordView;
 use weir_store::StoredRecord;
 
+/// The first bytes of a record, where its body's length usually is (after the fixed
+/// header, the topic, tags, keys and properties).
+const BODY_LEN_WITHIN: usize = 192;
+
 /// Messages and bytes (message bodies) that went one way.
 #[derive(Debug, Default)]
 pub struct Flow {
@@ -105,6 +109,12 @@ impl BrokerMetrics {
     pub fn consumed(&self, topic: &str, group: Option<&str>, records: &[StoredRecord]) {
         if records.is_empty() {
             return;
+        }
+        // A filtered pull's records were last read by a filter thread, on the other core,
+        // or by nobody: ask for the lines their lengths are in all at once, so that their
+        // cache misses overlap instead of coming one after another.
+        for r in records {
+            weir_store::prefetch(r.bytes(), BODY_LEN_WITHIN);
         }
         let bytes = records
             .iter()
