@@ -182,3 +182,27 @@ fn after_a_sync_the_page_being_written_is_writable_again() {
         }
     }
 }
+
+/// A sync drops this process's mapping of the queue's whole written pages first (so that
+/// writing them back costs no TLB flush per page), and keeps the page being written.
+#[test]
+fn a_sync_unmaps_whole_written_pages_and_keeps_the_one_being_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let cq = ConsumeQueue::open(dir.path(), 300_000, 0).unwrap();
+    // 20-byte entries: 2,100 fill ten 4 KiB pages and part of an eleventh.
+    faults_putting(&cq, 0..2_100);
+    let faults_getting = |at: u64| {
+        let before = minor_faults();
+        assert_eq!(cq.get(at), Some(entry(at)));
+        minor_faults() - before
+    };
+    assert_eq!(faults_getting(0), 0, "written pages are mapped");
+    cq.flush().unwrap();
+    assert!(faults_getting(0) > 0, "a whole written page was dropped");
+    assert_eq!(
+        faults_getting(2_099),
+        0,
+        "the page being written stays mapped"
+    );
+    assert_eq!(cq.get(1_000), Some(entry(1_000)));
+}
