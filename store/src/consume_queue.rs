@@ -118,6 +118,10 @@ impl ConsumeQueue {
         let (Some(first), Some(last)) = (self.files.first(), self.files.last()) else {
             return Ok(());
         };
+        // Before the searches below touch it: the last segment is mostly holes, and with
+        // read-ahead each page they touch would bring in (and zero) a hundred more; with
+        // 8,192 queues that made a restart take over a minute.
+        last.advise_writing(true);
         let per = self.entries_per_segment();
         let hole = |seg: &Segment, i: u64| entry_unpublished(seg, i).is_hole();
         // A queue rebuilt from a trimmed log starts mid-segment, after leading holes.
@@ -140,7 +144,6 @@ impl ConsumeQueue {
             let min = first_base + min_idx;
             (min, (last.start() / ENTRY_SIZE + max_idx).max(min))
         };
-        last.advise_writing(true);
         self.publish_upto(max);
         self.min.store(min, Ordering::Release);
         Ok(())
