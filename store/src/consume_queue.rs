@@ -119,7 +119,7 @@ impl ConsumeQueue {
             return Ok(());
         };
         // Before the searches below touch it: the last segment is mostly holes, and with
-        // read-ahead each page they touch would bring in (and zero) a hundred more; with
+        // read-ahead each page they touch would bring in (and zero) about 30 more; with
         // 8,192 queues that made a restart take over a minute.
         last.advise_writing(true);
         let per = self.entries_per_segment();
