@@ -2,7 +2,7 @@ use std::os::unix::fs::MetadataExt;
 
 use super::*;
 use crate::segment::GROW_STEP;
-use crate::test_util::minor_faults;
+use crate::test_util::{mapped_kib, minor_faults};
 
 fn entry(i: u64) -> CqEntry {
     CqEntry {
@@ -205,25 +205,6 @@ fn a_sync_unmaps_whole_written_pages_and_keeps_the_one_being_written() {
         "the page being written stays mapped"
     );
     assert_eq!(cq.get(1_000), Some(entry(1_000)));
-}
-
-/// Kilobytes of this process's memory mapped from `file` (its `Rss` in /proc/self/smaps).
-fn mapped_kib(file: &Path) -> u64 {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let name = file.to_str().unwrap();
-    let mut total = 0;
-    let mut in_file = false;
-    for line in smaps.lines() {
-        if let Some(first) = line.split_whitespace().next()
-            && first.contains('-')
-            && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
-        {
-            in_file = line.ends_with(name);
-        } else if in_file && let Some(kib) = line.strip_prefix("Rss:") {
-            total += kib.trim().trim_end_matches(" kB").parse::<u64>().unwrap();
-        }
-    }
-    total
 }
 
 /// Opening a queue finds its end by a binary search over its last segment, which is
