@@ -61,6 +61,17 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// What this broker signs with toward its cluster (name servers, a master's HA port):
+    /// its `cluster_secret`, under the access key `broker:NAME`. `None` without a secret.
+    pub(crate) fn cluster_credentials(&self) -> Option<Arc<weir_protocol::auth::Credentials>> {
+        use weir_protocol::auth::Credentials;
+        let secret = self.config.cluster_secret.as_deref()?;
+        Credentials::new(format!("broker:{}", self.config.broker_name), secret)
+            .or_else(|_| Credentials::new("broker", secret))
+            .ok()
+            .map(Arc::new)
+    }
+
     pub fn addr(&self) -> &str {
         &self.addr
     }

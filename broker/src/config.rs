@@ -83,7 +83,9 @@ pub struct BrokerConfig {
     /// `reload_interval_ms` (2,000).
     pub acl: AclConfig,
     /// The secret this broker signs its registrations with; name servers with a
-    /// `cluster_secret` take only brokers that have it (default none).
+    /// `cluster_secret` take only brokers that have it (default none). A master with one
+    /// takes only slaves whose hello on its HA port is signed with it; a slave signs its
+    /// hello with its own.
     pub cluster_secret: Option<String>,
     /// The Prometheus endpoint (`[metrics]`): `listen`, where `GET /metrics` is served
     /// (default none: off).

@@ -18,6 +18,18 @@ use weir_protocol::ha::{BrokerRole, HaStatus, OffsetRow};
 #[derive(Debug, Clone, Copy)]
 struct Slave {
     acked: u64,
+    /// The end of what was streamed to it: a slave cannot have more, so it cannot confirm
+    /// more.
+    streamed: u64,
+}
+
+/// Why a master did not count what a peer on its HA port confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AckRefused {
+    #[error("a confirmation from a connection that has not said hello as a slave")]
+    NotASlave,
+    #[error("a confirmation of the log up to {end}, past the {streamed} streamed to it")]
+    PastStreamed { end: u64, streamed: u64 },
 }
 
 /// Why a sync-master send was not confirmed by a slave.
@@ -122,31 +134,70 @@ impl Replication {
         self.slaves.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Master: a slave connected with its log ending at `end`.
-    pub fn slave_joined(&self, conn: u64, end: u64) {
-        self.slaves().insert(conn, Slave { acked: end });
+    /// Master: a slave connected with its log ending at `end` (checked against the
+    /// master's before). `false`, changing nothing, when the connection already follows.
+    pub fn slave_joined(&self, conn: u64, end: u64) -> bool {
+        {
+            let mut slaves = self.slaves();
+            if slaves.contains_key(&conn) {
+                return false;
+            }
+            slaves.insert(
+                conn,
+                Slave {
+                    acked: end,
+                    streamed: end,
+                },
+            );
+        }
         self.acked.fetch_max(end, Ordering::AcqRel);
         self.confirm_waiting();
         self.acked_changed.notify_waiters();
+        true
     }
 
-    /// Master: a slave's log now ends at `end`.
-    pub fn slave_acked(&self, conn: u64, end: u64) {
+    /// Master: the log up to `end` is being streamed to the slave on `conn` (said before
+    /// the bytes leave, so that their confirmation is never ahead of it).
+    pub fn streaming(&self, conn: u64, end: u64) {
         if let Some(s) = self.slaves().get_mut(&conn) {
+            s.streamed = s.streamed.max(end);
+        }
+    }
+
+    /// Master: a slave's log now ends at `end`. Counted only from a connection that said
+    /// hello, and only up to what was streamed to it: a peer cannot confirm sends for
+    /// bytes it was never given.
+    pub fn slave_acked(&self, conn: u64, end: u64) -> Result<(), AckRefused> {
+        {
+            let mut slaves = self.slaves();
+            let s = slaves.get_mut(&conn).ok_or(AckRefused::NotASlave)?;
+            if end > s.streamed {
+                return Err(AckRefused::PastStreamed {
+                    end,
+                    streamed: s.streamed,
+                });
+            }
             s.acked = s.acked.max(end);
         }
         self.acked.fetch_max(end, Ordering::AcqRel);
         self.confirm_waiting();
         self.acked_changed.notify_waiters();
+        Ok(())
     }
 
-    /// Master: a slave went away.
-    pub fn slave_left(&self, conn: u64) {
+    /// Master: a connection on the HA port closed; whether it was a slave's.
+    pub fn slave_left(&self, conn: u64) -> bool {
         let mut slaves = self.slaves();
-        slaves.remove(&conn);
+        let was = slaves.remove(&conn).is_some();
         // What confirms sends is what a connected slave has.
         let furthest = slaves.values().map(|s| s.acked).max().unwrap_or(0);
         self.acked.store(furthest, Ordering::Release);
+        was
+    }
+
+    /// Master: whether the connection `conn` said hello as a slave and follows.
+    pub fn is_slave(&self, conn: u64) -> bool {
+        self.slaves().contains_key(&conn)
     }
 
     pub fn slave_count(&self) -> usize {
@@ -341,7 +392,8 @@ mod tests {
         let long = Duration::from_secs(30);
         // No slave: said at once.
         assert_eq!(r.wait_replicated(10, long).await, ReplicaWait::NoSlave);
-        r.slave_joined(7, 0);
+        assert!(r.slave_joined(7, 0));
+        r.streaming(7, 300);
         let wait = |end| {
             let r = Arc::clone(&r);
             tokio::spawn(async move { r.wait_replicated(end, long).await })
@@ -350,12 +402,12 @@ mod tests {
         while waiting_count(&r) < 3 {
             tokio::task::yield_now().await;
         }
-        r.slave_acked(7, 150);
+        r.slave_acked(7, 150).unwrap();
         assert_eq!(a.await.unwrap(), ReplicaWait::Confirmed);
         // The others are still waiting, and only they.
         assert_eq!(waiting_count(&r), 2);
         assert!(!b.is_finished() && !c.is_finished());
-        r.slave_acked(7, 300);
+        r.slave_acked(7, 300).unwrap();
         assert_eq!(b.await.unwrap(), ReplicaWait::Confirmed);
         assert_eq!(c.await.unwrap(), ReplicaWait::Confirmed);
         assert_eq!(waiting_count(&r), 0);
@@ -367,7 +419,7 @@ mod tests {
     #[tokio::test]
     async fn a_send_not_confirmed_in_time_times_out_and_leaves_nothing_behind() {
         let r = Replication::new(BrokerRole::SyncMaster, Arc::new(Notify::new()));
-        r.slave_joined(1, 0);
+        assert!(r.slave_joined(1, 0));
         let waited = r.wait_replicated(10, Duration::from_millis(20)).await;
         assert_eq!(waited, ReplicaWait::TimedOut);
         assert_eq!(waiting_count(&r), 0);
@@ -381,5 +433,36 @@ mod tests {
         assert_eq!(waiting_count(&r), 1);
         drop(wait);
         assert_eq!(waiting_count(&r), 0);
+    }
+
+    #[tokio::test]
+    async fn only_a_slave_confirms_and_only_what_it_was_streamed() {
+        let r = Replication::new(BrokerRole::SyncMaster, Arc::new(Notify::new()));
+        let short = Duration::from_millis(20);
+        // A connection that never said hello confirms nothing.
+        assert_eq!(r.slave_acked(9, u64::MAX), Err(AckRefused::NotASlave));
+        assert!(r.slave_joined(1, 100));
+        // Nor does a second hello on the same connection reset it.
+        assert!(!r.slave_joined(1, 50));
+        assert!(r.is_slave(1) && !r.is_slave(9));
+        r.streaming(1, 400);
+        // Past what was streamed: refused, and the sends past it stay unconfirmed.
+        assert_eq!(
+            r.slave_acked(1, 401),
+            Err(AckRefused::PastStreamed {
+                end: 401,
+                streamed: 400
+            })
+        );
+        assert_eq!(r.slave_acked(9, 1_000), Err(AckRefused::NotASlave));
+        assert_eq!(r.wait_replicated(300, short).await, ReplicaWait::TimedOut);
+        // Within it: counted.
+        r.slave_acked(1, 300).unwrap();
+        assert_eq!(r.wait_replicated(300, short).await, ReplicaWait::Confirmed);
+        assert_eq!(r.wait_replicated(301, short).await, ReplicaWait::TimedOut);
+        // Only a slave's close is a slave leaving.
+        assert!(!r.slave_left(9));
+        assert!(r.slave_left(1));
+        assert_eq!(r.slave_count(), 0);
     }
 }

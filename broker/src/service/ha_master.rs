@@ -14,11 +14,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
+use weir_protocol::auth::{AuthError, SharedSecret, Signed};
 use weir_protocol::ha::{
     FilterEntry, HaAck, HaComponent, HaData, HaHello, HaSnapshot, HaSync, HaWelcome, OffsetRow,
     TAIL_LEN,
 };
-use weir_protocol::net::{BoxFuture, ServerTls};
+use weir_protocol::net::{BoxFuture, Cause, ServerTls};
 use weir_protocol::{Connection, ErrorCode, Handler, Reply, Request, RequestCode, Server};
 
 use crate::broker::Broker;
@@ -41,10 +42,22 @@ pub async fn start(
     listen: &str,
     tls: Option<ServerTls>,
 ) -> std::io::Result<Server> {
+    let secret = match broker.config.cluster_secret.as_deref() {
+        Some(s) => Some(
+            SharedSecret::new(s, SIGNATURE_WINDOW_MS, MAX_SLAVE_SESSIONS)
+                .map_err(|e| std::io::Error::other(format!("cluster_secret: {e}")))?,
+        ),
+        None => None,
+    };
     let listener = TcpListener::bind(listen).await?;
     let server = Server::start_with(
         listener,
-        Arc::new(HaMaster(Arc::clone(broker))),
+        Arc::new(HaMaster {
+            broker: Arc::clone(broker),
+            secret,
+            refused: Cause::new(),
+            bad_acks: Cause::new(),
+        }),
         broker.config.net.server_config(),
         tls,
     )?;
@@ -52,7 +65,22 @@ pub async fn start(
     Ok(server)
 }
 
-struct HaMaster(Arc<Broker>);
+/// How long a slave's signed hello is taken, either way of this clock.
+const SIGNATURE_WINDOW_MS: u64 = 120_000;
+/// Connections a cluster's slaves may open within the window (each is a session; a slave
+/// reconnects at most once a second).
+const MAX_SLAVE_SESSIONS: usize = 10_000;
+
+struct HaMaster {
+    broker: Arc<Broker>,
+    /// With a `cluster_secret`: a slave's hello must be signed with it (the rest of its
+    /// connection's requests are taken only after that hello).
+    secret: Option<SharedSecret>,
+    /// Slaves refused, and confirmations not counted (their connections closed): logged
+    /// once per interval, as any peer can reach the HA port.
+    refused: Cause,
+    bad_acks: Cause,
+}
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -63,28 +91,67 @@ fn now_ms() -> i64 {
 impl Handler for HaMaster {
     fn handle<'a>(&'a self, conn: &'a Connection, req: Request) -> BoxFuture<'a, Reply> {
         Box::pin(async move {
-            let b = &self.0;
+            let b = &self.broker;
             match RequestCode::from_u16(req.code) {
+                Some(RequestCode::HaHello) if let Err(e) = self.authenticate(&req) => {
+                    self.refused.record(|count| {
+                        warn!(slave = %conn.peer(), error = %e, count, "slave refused: its hello is not signed with this master's cluster_secret ({count} since the last report)");
+                    });
+                    Reply::error(
+                        e.code(),
+                        format!(
+                            "slave refused: {e} (the slave's cluster_secret must match the master's)"
+                        ),
+                    )
+                }
                 Some(RequestCode::HaHello) => match req.decode::<HaHello>() {
                     Ok(h) => match b.welcome(&h) {
                         Ok(w) => {
-                            b.replication.slave_joined(conn.id(), h.end);
+                            if !b.replication.slave_joined(conn.id(), h.end) {
+                                // One stream per connection: a second would send the log again.
+                                return Reply::error(
+                                    ErrorCode::BadRequest,
+                                    "this connection already follows the master",
+                                );
+                            }
                             info!(slave = %conn.peer(), id = h.broker_id, from = h.end, "slave connected");
                             tokio::spawn(stream(Arc::clone(b), conn.clone(), h.end));
                             Reply::ok(&w)
                         }
                         Err(why) => {
-                            warn!(slave = %conn.peer(), reason = %why, "slave refused");
+                            self.refused.record(|count| {
+                                warn!(slave = %conn.peer(), reason = %why, count, "slave refused ({count} since the last report)");
+                            });
                             Reply::error(ErrorCode::ReplicaDiverged, why)
                         }
                     },
                     Err(e) => Reply::error(ErrorCode::BadRequest, e.to_string()),
                 },
                 Some(RequestCode::HaAck) => {
-                    if let Ok(a) = req.decode::<HaAck>() {
-                        b.replication.slave_acked(conn.id(), a.end);
+                    let refused = match req.decode::<HaAck>() {
+                        Ok(a) => b.replication.slave_acked(conn.id(), a.end).err(),
+                        Err(e) => {
+                            return Reply::error(ErrorCode::BadRequest, e.to_string());
+                        }
+                    };
+                    if let Some(why) = refused {
+                        // Not a slave, or not a sound one: it confirms no send, and goes.
+                        self.bad_acks.record(|count| {
+                            warn!(peer = %conn.peer(), reason = %why, count, "closing an HA connection whose confirmation cannot be counted ({count} since the last report)");
+                        });
+                        conn.close();
                     }
                     Reply::ok(&())
+                }
+                // What a slave follows besides the log (and gives back: consumer offsets
+                // committed on it) is for a connection that said hello as one.
+                Some(RequestCode::HaSync | RequestCode::HaComponent)
+                    if !b.replication.is_slave(conn.id()) =>
+                {
+                    Reply::error(
+                        ErrorCode::BadRequest,
+                        "say hello as a slave first: only a following slave copies metadata",
+                    )
                 }
                 Some(RequestCode::HaSync) => match req.decode::<HaSync>() {
                     Ok(sync) => {
@@ -119,8 +186,25 @@ impl Handler for HaMaster {
     }
 
     fn on_close(&self, conn: &Connection) {
-        self.0.replication.slave_left(conn.id());
-        info!(slave = %conn.peer(), "slave disconnected");
+        if self.broker.replication.slave_left(conn.id()) {
+            info!(slave = %conn.peer(), "slave disconnected");
+        }
+    }
+}
+
+impl HaMaster {
+    /// Takes a hello signed with the cluster secret, or any when there is none.
+    fn authenticate(&self, req: &Request) -> Result<(), AuthError> {
+        let Some(secret) = &self.secret else {
+            return Ok(());
+        };
+        let signed = Signed {
+            oneway: req.oneway,
+            code: req.code,
+            header: &req.header,
+            body: &req.body,
+        };
+        secret.check(&req.auth, &signed)
     }
 }
 
@@ -173,9 +257,23 @@ impl Broker {
 
     /// Takes the consumer offsets a slave was given while this master was away (or by
     /// readers it sent there), each only if ahead of this master's own.
+    /// Rows a consumer could not have committed here (an invalid group name, a topic or
+    /// queue this master does not have) are skipped, as the commit itself refuses them.
     fn merge_slave_offsets(&self, rows: &[OffsetRow]) {
         let offsets = self.store.consumer_offsets();
         for (group, topic, queue_id, offset) in rows {
+            let known = crate::topics::validate_group_name(group).is_ok()
+                && self
+                    .topics
+                    .get(topic)
+                    .is_some_and(|t| *queue_id < t.read_queues);
+            if !known {
+                debug!(
+                    group,
+                    topic, queue_id, "skipped a slave's offset for no queue of this master"
+                );
+                continue;
+            }
             if offsets.commit_max(group, topic, *queue_id, *offset) {
                 debug!(
                     group,
@@ -238,6 +336,7 @@ async fn stream(broker: Arc<Broker>, conn: Connection, from: u64) {
         match broker.store.read_log(at, CHUNK) {
             Ok(Some(span)) => {
                 let len = span.len() as u64;
+                repl.streaming(conn.id(), at.saturating_add(len));
                 let data = HaData {
                     offset: at,
                     master_end: broker.store.commit_log_max_offset(),

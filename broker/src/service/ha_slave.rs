@@ -33,6 +33,7 @@ const METADATA_EVERY: Duration = Duration::from_secs(5);
 pub async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     // (Rate-limited: a slave retries every second.)
     let tls_refusals = weir_protocol::net::Cause::new();
+    let auth_refusals = weir_protocol::net::Cause::new();
     loop {
         if *stop.borrow() || broker.replication.diverged().is_some() {
             return;
@@ -51,6 +52,17 @@ pub async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
                 Err(e @ CallError::Connect { .. }) if broker.tls_client.is_some() => {
                     tls_refusals.record(|count| {
                         warn!(master = %addr, error = %e, count, "cannot connect to the master's HA port over TLS ({count} times since the last report); will retry");
+                    });
+                }
+                // So is a hello refused for its signature (a cluster_secret that differs).
+                Err(
+                    e @ CallError::Remote {
+                        code: ErrorCode::AuthFailed | ErrorCode::RequestExpired,
+                        ..
+                    },
+                ) => {
+                    auth_refusals.record(|count| {
+                        warn!(master = %addr, error = %e, count, "the master refused this slave's hello ({count} times since the last report): set the same cluster_secret on both; will retry");
                     });
                 }
                 Err(e) => {
@@ -81,6 +93,10 @@ async fn follow(
         broker.tls_client.as_ref(),
     )
     .await?;
+    // With a cluster secret, the master takes only a hello signed with it.
+    if let Some(creds) = broker.cluster_credentials() {
+        conn.sign_with(creds);
+    }
     let end = broker.store.commit_log_max_offset();
     let hello = HaHello {
         broker_name: broker.config.broker_name.clone(),

@@ -8,7 +8,6 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::warn;
-use weir_protocol::auth::Credentials;
 use weir_protocol::route::UnregisterBroker;
 use weir_protocol::{ConnConfig, Connection, NoHandler};
 
@@ -49,12 +48,7 @@ async fn run(
     let mut conn: Option<Connection> = None;
     let mut first_done = Some(first_done);
     // Signed with the cluster secret, when there is one.
-    let creds = broker.config.cluster_secret.as_ref().and_then(|s| {
-        Credentials::new(format!("broker:{}", broker.config.broker_name), s.as_str())
-            .or_else(|_| Credentials::new("broker", s.as_str()))
-            .ok()
-            .map(Arc::new)
-    });
+    let creds = broker.cluster_credentials();
     loop {
         if conn.as_ref().is_none_or(Connection::is_closed) {
             match Connection::connect_with(

@@ -292,3 +292,139 @@ async fn a_slave_joining_a_backlog_of_many_chunks_catches_up_byte_for_byte() {
         assert_eq!(drain(&s, "Backlog", q, "*").await.len(), 24);
     }
 }
+
+/// A peer on the HA port confirms sends only as a slave, and only for the bytes it was
+/// streamed: otherwise a sync master would acknowledge sends that no slave has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_master_counts_no_confirmation_beyond_what_a_slave_was_streamed() {
+    use weir_protocol::ha::{HaAck, HaHello, HaSync, HaWelcome};
+    let ns = namesrv().await;
+    let dir = tempfile::tempdir().unwrap();
+    let master = weir_broker::start(master_config(
+        dir.path(),
+        &ns.local_addr().to_string(),
+        BrokerRole::SyncMaster,
+    ))
+    .await
+    .unwrap();
+    let m = connect(&master.local_addr().to_string()).await;
+    let ha = master.broker().ha_status().ha_addr.unwrap();
+    let status = async |key: &str| {
+        let (r, _): (SendResult, _) = m
+            .call(&send("T", 0, "", key), Bytes::from_static(b"x"), T)
+            .await
+            .unwrap();
+        r.status
+    };
+    assert_eq!(status("a").await, SendStatus::SlaveNotAvailable);
+    // A peer that never said hello: its confirmation counts for nothing, and it goes.
+    let stranger = connect(&ha).await;
+    stranger
+        .oneway(&HaAck { end: 1 << 40 }, Bytes::new())
+        .await
+        .unwrap();
+    // A call after it is answered (or refused) only once the confirmation was handled.
+    let metadata = stranger
+        .call(&HaSync { offsets: vec![] }, Bytes::new(), T)
+        .await;
+    assert!(metadata.is_err(), "a stranger was given the metadata");
+    assert_eq!(status("b").await, SendStatus::SlaveNotAvailable);
+    eventually("the stranger's connection is closed", async || {
+        stranger.is_closed()
+    })
+    .await;
+    // A slave (by its hello) confirming past what it was streamed: the same.
+    let fake = connect(&ha).await;
+    let hello = HaHello {
+        broker_name: master.broker().config().broker_name.clone(),
+        broker_id: 1,
+        end: 0,
+        tail: Vec::new(),
+        epoch: 0,
+    };
+    let (_, _): (HaWelcome, _) = fake.call(&hello, Bytes::new(), T).await.unwrap();
+    // A second hello on the same connection does not start a second stream.
+    let again = fake.call(&hello, Bytes::new(), T).await;
+    assert!(again.is_err(), "a second hello was taken: {again:?}");
+    let waiting = {
+        let m = m.clone();
+        tokio::spawn(async move {
+            let (r, _): (SendResult, _) = m
+                .call(&send("T", 0, "", "c"), Bytes::from_static(b"x"), T)
+                .await
+                .unwrap();
+            r.status
+        })
+    };
+    eventually("the send is stored", async || {
+        master.broker().store().max_offset("T", 0) == 3
+    })
+    .await;
+    fake.oneway(&HaAck { end: 1 << 40 }, Bytes::new())
+        .await
+        .unwrap();
+    eventually("the fake slave's connection is closed", async || {
+        fake.is_closed()
+    })
+    .await;
+    // Not confirmed: it waited for a slave that never had it.
+    assert_ne!(waiting.await.unwrap(), SendStatus::Ok);
+    drop(ns);
+}
+
+/// With a `cluster_secret`, a master takes a slave only when its hello is signed with it,
+/// and a slave configured with it signs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_cluster_secret_a_master_takes_only_slaves_that_sign_with_it() {
+    use std::sync::Arc;
+    use weir_protocol::auth::Credentials;
+    use weir_protocol::ha::{HaHello, HaWelcome};
+    use weir_protocol::{CallError, ConnConfig, Connection, NoHandler};
+    let ns = namesrv().await;
+    let addr = ns.local_addr().to_string();
+    let (m_dir, s_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut mc = master_config(m_dir.path(), &addr, BrokerRole::SyncMaster);
+    mc.cluster_secret = Some("right".into());
+    let master = weir_broker::start(mc).await.unwrap();
+    let ha = master.broker().ha_status().ha_addr.unwrap();
+    let hello = HaHello {
+        broker_name: master.broker().config().broker_name.clone(),
+        broker_id: 1,
+        end: 0,
+        tail: Vec::new(),
+        epoch: 0,
+    };
+    let hello_with = async |secret: Option<&str>| {
+        let c = Connection::connect(&ha, Arc::new(NoHandler), ConnConfig::default(), T)
+            .await
+            .unwrap();
+        if let Some(s) = secret {
+            c.sign_with(Arc::new(Credentials::new("broker:b", s).unwrap()));
+        }
+        c.call(&hello, Bytes::new(), T)
+            .await
+            .map(|(w, _): (HaWelcome, _)| w)
+    };
+    for secret in [None, Some("wrong")] {
+        match hello_with(secret).await {
+            Err(CallError::Remote { code, message }) => {
+                assert_eq!(code, ErrorCode::AuthFailed, "{message}");
+                assert!(message.contains("cluster_secret"), "{message}");
+            }
+            other => panic!("a hello signed with {secret:?} was taken: {other:?}"),
+        }
+    }
+    assert_eq!(master.broker().ha_status().connected, 0);
+    assert!(hello_with(Some("right")).await.is_ok());
+    // A slave with the secret signs its hello, and follows.
+    let mut sc = slave_config(s_dir.path(), &addr);
+    sc.cluster_secret = Some("right".into());
+    sc.master_ha_addr = Some(ha.clone());
+    let slave = weir_broker::start(sc).await.unwrap();
+    eventually("the signing slave follows", async || {
+        slave.broker().ha_status().connected == 1
+    })
+    .await;
+    slave.shutdown().await.unwrap();
+    master.shutdown().await.unwrap();
+}
