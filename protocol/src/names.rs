@@ -77,4 +77,8 @@ pub mod property {
     pub const TRANSACTION_CHECKED_BY: &str = "TRANSACTION_CHECKED_BY";
     /// On a re-stored half message: when the first half was stored (ms), for its age.
     pub const TRANSACTION_FIRST_STORED: &str = "TRANSACTION_FIRST_STORED";
+    /// On a re-stored half message and a dead copy: the commit log offset of the
+    /// transaction's first half, which is what identifies the transaction (its id is the
+    /// producer's, and producers may use one twice).
+    pub const TRANSACTION_HALF_OFFSET: &str = "TRANSACTION_HALF_OFFSET";
 }

@@ -5,10 +5,14 @@
 //! - A half message is stored on [`TRANS_HALF_TOPIC`] (queue 0) with its destination in
 //!   `REAL_TOPIC`/`REAL_QID`: no consumer reads that topic, no filter sees it, and no
 //!   lookup by key of the real topic finds it.
-//! - A decision is one op record on [`TRANS_OP_TOPIC`], keyed by the transaction id. A
-//!   commit appends the visible message and its op record in one batch, and a decision is
-//!   made only while no op record exists for the id, one decision per id at a time: so a
-//!   message is committed at most once, however often its commit arrives. A crash that
+//! - A transaction is its first half message: its commit log offset (carried by the
+//!   half's re-stored and dead copies as `TRANSACTION_HALF_OFFSET`) identifies it, not the
+//!   transaction id, which is the producer's and may repeat (a message sent twice, another
+//!   group's choice): two halves are two transactions, decided each on its own.
+//! - A decision is one op record on [`TRANS_OP_TOPIC`], keyed by that offset. A commit
+//!   appends the visible message and its op record in one batch, and a decision is made
+//!   only while no op record exists for the transaction, one decision per transaction at a
+//!   time: so a message is committed at most once, however often its commit arrives. A crash that
 //!   keeps the visible message but not its op record (a torn batch) is repaired at start,
 //!   from the records recovery replayed ([`Broker::reconcile_transactions`]).
 
@@ -43,15 +47,18 @@ const OP_TAG: &str = "d";
 const OP_DECISION: &str = "DECISION";
 const OP_HALF_OFFSET: &str = "HALF_OFFSET";
 /// Properties only the broker sets on half messages and their copies.
-const RESERVED: [&str; 5] = [
+const RESERVED: [&str; 6] = [
     property::PRODUCER_GROUP,
     property::TRANSACTION_CHECK_TIMES,
     property::TRANSACTION_CHECKED_BY,
     property::TRANSACTION_FIRST_STORED,
+    property::TRANSACTION_HALF_OFFSET,
     property::REAL_TOPIC,
 ];
 /// Most half or dead records one listing examines.
 const LIST_SCAN_MAX: usize = 200_000;
+/// Most dead copies with one transaction id a resolve looks through (newest first).
+const DEAD_COPIES_BY_ID: usize = 16;
 
 /// What became of a transaction, as its newest op record says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +87,7 @@ impl Decided {
     }
 }
 
-/// One decision per transaction id at a time.
+/// One decision per transaction (by [`decision_key`]) at a time.
 #[derive(Default)]
 pub struct DecisionGuards {
     busy: Mutex<HashMap<String, Arc<Notify>>>,
@@ -132,6 +139,19 @@ pub fn transaction_id(view: &RecordView<'_>) -> String {
         .map_or_else(|| view.message_id().to_text(), str::to_owned)
 }
 
+/// Which transaction a half message (or a copy of one) is: its first half's commit log
+/// offset.
+pub fn transaction_half(view: &RecordView<'_>) -> u64 {
+    view.property(property::TRANSACTION_HALF_OFFSET)
+        .and_then(|o| o.parse().ok())
+        .unwrap_or_else(|| view.commit_log_offset())
+}
+
+/// The key of the op records of the transaction whose first half is at `half`.
+pub fn decision_key(half: u64) -> String {
+    format!("half@{half}")
+}
+
 impl Broker {
     /// Stores a half message: durable, invisible until its producer commits it.
     pub(crate) async fn send_half(
@@ -172,25 +192,28 @@ impl Broker {
         Ok(result)
     }
 
-    /// The newest decision on transaction `id`, if any.
-    pub(crate) fn decision_of(&self, id: &str) -> Option<Decided> {
-        let ops = self.store.query_by_key(TRANS_OP_TOPIC, id, 4);
+    /// The newest decision on the transaction whose first half is at `half`, if any.
+    pub(crate) fn decision_of(&self, half: u64) -> Option<Decided> {
+        let ops = self
+            .store
+            .query_by_key(TRANS_OP_TOPIC, &decision_key(half), 4);
         ops.first().and_then(|op| {
             let v = op.view().ok()?;
             Decided::parse(v.property(OP_DECISION)?)
         })
     }
 
-    /// The op record of a decision on the half message at `half_offset`.
+    /// The op record of a decision on the half message (or copy) at `half_offset`, of the
+    /// transaction whose first half is at `first_half`.
     pub(crate) fn op_record(
-        id: &str,
+        first_half: u64,
         decided: Decided,
         half_offset: u64,
         born_host: SocketAddr,
     ) -> Message {
         let mut op = Message::new(TRANS_OP_TOPIC, 0, half_offset.to_string().into_bytes())
             .with_tags(OP_TAG)
-            .with_key(id)
+            .with_key(decision_key(first_half))
             .with_property(OP_DECISION, decided.as_str())
             .with_property(OP_HALF_OFFSET, half_offset.to_string());
         op.born_host = born_host;
@@ -254,8 +277,9 @@ impl Broker {
         let view = rec
             .view()
             .map_err(|e| ProcessError::Internal(format!("unreadable half message: {e}")))?;
-        let _one = self.decisions.hold(id).await;
-        match self.decision_of(id) {
+        let first_half = transaction_half(&view);
+        let _one = self.decisions.hold(&decision_key(first_half)).await;
+        match self.decision_of(first_half) {
             None | Some(Decided::Dead) => {}
             Some(d) if d == decision => {
                 debug!(
@@ -274,7 +298,12 @@ impl Broker {
             }
         }
         self.system_topic(TRANS_OP_TOPIC)?;
-        let op = Self::op_record(id, decision, rec.commit_log_offset(), view.born_host());
+        let op = Self::op_record(
+            first_half,
+            decision,
+            rec.commit_log_offset(),
+            view.born_host(),
+        );
         match decision {
             Decided::Committed => {
                 let msg = self.committed_message(&view, id)?;
@@ -348,13 +377,15 @@ impl Broker {
                 (TRANS_DEAD_TOPIC, self.store.min_offset(TRANS_DEAD_TOPIC, 0))
             }
         };
-        let mut out = Vec::new();
+        // By the transaction's first half.
+        let mut out: Vec<(u64, TransactionInfo)> = Vec::new();
         let mut truncated = false;
         let mut seen = std::collections::HashSet::new();
         self.scan_queue(topic, from, LIST_SCAN_MAX, |rec| {
             let Ok(v) = rec.view() else { return true };
             let id = transaction_id(&v);
-            let wanted = match self.decision_of(&id) {
+            let half = transaction_half(&v);
+            let wanted = match self.decision_of(half) {
                 None => req.state == TransactionState::Pending,
                 Some(Decided::Dead) => req.state == TransactionState::Dead,
                 Some(_) => false,
@@ -364,33 +395,36 @@ impl Broker {
                 return true;
             }
             // A checked half appears once per copy; the newest copy is the one to show.
-            if !seen.insert(id.clone()) {
-                out.retain(|t: &TransactionInfo| t.transaction_id != id);
+            if !seen.insert(half) {
+                out.retain(|(h, _)| *h != half);
             }
             if out.len() == max {
                 truncated = true;
                 return false;
             }
-            out.push(TransactionInfo {
-                transaction_id: id,
-                producer_group: group.to_owned(),
-                topic: v
-                    .property(property::REAL_TOPIC)
-                    .unwrap_or_default()
-                    .to_owned(),
-                queue_id: v
-                    .property(property::REAL_QUEUE_ID)
-                    .and_then(|q| q.parse().ok())
-                    .unwrap_or(0),
-                commit_log_offset: v.commit_log_offset(),
-                msg_id: v.message_id().to_text(),
-                first_stored_ms: first_stored(&v),
-                check_times: check_times(&v),
-            });
+            out.push((
+                half,
+                TransactionInfo {
+                    transaction_id: id,
+                    producer_group: group.to_owned(),
+                    topic: v
+                        .property(property::REAL_TOPIC)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    queue_id: v
+                        .property(property::REAL_QUEUE_ID)
+                        .and_then(|q| q.parse().ok())
+                        .unwrap_or(0),
+                    commit_log_offset: v.commit_log_offset(),
+                    msg_id: v.message_id().to_text(),
+                    first_stored_ms: first_stored(&v),
+                    check_times: check_times(&v),
+                },
+            ));
             true
         });
         Ok(TransactionList {
-            transactions: out,
+            transactions: out.into_iter().map(|(_, t)| t).collect(),
             truncated,
         })
     }
@@ -409,33 +443,39 @@ impl Broker {
                 ));
             }
         };
-        match self.decision_of(&req.transaction_id) {
-            Some(Decided::Dead) => {}
-            None => {
-                return Err(ProcessError::TransactionInvalid(format!(
-                    "transaction {} is pending: its producers are still asked",
-                    req.transaction_id
-                )));
+        // The newest dead copy with this id whose transaction is still dead (an id may
+        // have served several transactions).
+        let mut decided = None;
+        let mut dead = None;
+        for copy in
+            self.store
+                .query_by_key(TRANS_DEAD_TOPIC, &req.transaction_id, DEAD_COPIES_BY_ID)
+        {
+            let Ok(v) = copy.view() else { continue };
+            if transaction_id(&v) != req.transaction_id {
+                continue;
             }
-            Some(d) => {
-                return Err(ProcessError::TransactionInvalid(format!(
+            match self.decision_of(transaction_half(&v)) {
+                Some(Decided::Dead) => {
+                    dead = Some(copy);
+                    break;
+                }
+                d => decided = decided.or(d),
+            }
+        }
+        let Some(dead) = dead else {
+            return Err(ProcessError::TransactionInvalid(match decided {
+                Some(d) => format!(
                     "transaction {} was decided already ({})",
                     req.transaction_id,
                     d.as_str()
-                )));
-            }
-        }
-        let dead = self
-            .store
-            .query_by_key(TRANS_DEAD_TOPIC, &req.transaction_id, 4)
-            .into_iter()
-            .next()
-            .ok_or_else(|| {
-                ProcessError::NotFound(format!(
-                    "the dead copy of transaction {} is gone (deleted by retention?)",
+                ),
+                None => format!(
+                    "transaction {} is not dead: pending (its producers are still asked), or its dead copy is gone (deleted by retention)",
                     req.transaction_id
-                ))
-            })?;
+                ),
+            }));
+        };
         let msg_id = self.decide(&dead, &req.transaction_id, decision).await?;
         info!(transaction = %req.transaction_id, decision = decision.as_str(), "dead transaction resolved by hand");
         Ok(TransactionResolved { msg_id })
@@ -490,14 +530,22 @@ impl Broker {
     /// every batch a crash may have cut.
     pub fn reconcile_transactions(&self) -> usize {
         let from = self.store.recovery_report().replayed_from;
-        let mut missing: Vec<(String, u64, SocketAddr)> = Vec::new();
+        // (first half, the decided half or copy, born host)
+        let mut missing: Vec<(u64, u64, SocketAddr)> = Vec::new();
         self.store.scan_records(from, u64::MAX, |rec| {
             if let Ok(v) = rec.view()
                 && v.sys_flag() & sys_flag::TX_MASK == sys_flag::TX_COMMIT
-                && let Some(id) = v.property(property::TRANSACTION_ID)
-                && self.decision_of(id).is_none()
+                && v.property(property::TRANSACTION_ID).is_some()
             {
-                missing.push((id.to_owned(), v.prepared_tx_offset(), v.born_host()));
+                // Which transaction: the one of the half (or copy) it was committed from.
+                let decided_at = v.prepared_tx_offset();
+                let first_half = match self.store.get_by_offset(decided_at) {
+                    Ok(half) => half.view().map_or(decided_at, |h| transaction_half(&h)),
+                    Err(_) => decided_at,
+                };
+                if self.decision_of(first_half).is_none() {
+                    missing.push((first_half, decided_at, v.born_host()));
+                }
             }
             true
         });
@@ -505,7 +553,7 @@ impl Broker {
         if n > 0 {
             let ops: Vec<Message> = missing
                 .into_iter()
-                .map(|(id, half, host)| Self::op_record(&id, Decided::Committed, half, host))
+                .map(|(first, half, host)| Self::op_record(first, Decided::Committed, half, host))
                 .collect();
             if let Err(e) = self
                 .system_topic(TRANS_OP_TOPIC)

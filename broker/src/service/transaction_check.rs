@@ -5,7 +5,7 @@
 //!
 //! Invariants: the service reads the half topic in order from its progress (a consumer
 //! offset of [`TRANSACTION_CHECK_GROUP`]) and never looks at the op topic as a whole:
-//! whether a half is decided is one lookup by its transaction id, so a large op log never
+//! whether a half is decided is one lookup by its transaction's first half, so a large op log never
 //! stalls it and a decided transaction is never asked about again. A half asked about is
 //! stored again at the end of the half topic with one more check (so the queue stays in
 //! order of when each is due, and the count survives restarts), and progress moves past
@@ -24,7 +24,7 @@ use weir_store::StoredRecord;
 
 use crate::broker::Broker;
 use crate::processor::transaction::{
-    Decided, TRANSACTION_CHECK_GROUP, check_times, first_stored, transaction_id,
+    Decided, TRANSACTION_CHECK_GROUP, check_times, first_stored, transaction_half, transaction_id,
 };
 
 /// What one pass did.
@@ -106,7 +106,7 @@ impl Broker {
                 };
                 pass.examined += 1;
                 let qo = v.queue_offset();
-                if self.decision_of(&transaction_id(&v)).is_some() {
+                if self.decision_of(transaction_half(&v)).is_some() {
                     at = qo + 1;
                     return true;
                 }
@@ -201,10 +201,15 @@ impl Broker {
             property::TRANSACTION_CHECK_TIMES,
             property::TRANSACTION_CHECKED_BY,
             property::TRANSACTION_FIRST_STORED,
+            property::TRANSACTION_HALF_OFFSET,
             property::TRANSACTION_ID,
         ]);
         copy.properties
             .push((property::TRANSACTION_ID.into(), id.clone()));
+        copy.properties.push((
+            property::TRANSACTION_HALF_OFFSET.into(),
+            transaction_half(v).to_string(),
+        ));
         copy.properties
             .push((property::TRANSACTION_CHECK_TIMES.into(), checks.to_string()));
         copy.properties.push((
@@ -272,14 +277,28 @@ impl Broker {
         dead.topic = TRANS_DEAD_TOPIC.to_owned();
         dead.queue_id = 0;
         dead.keys.push(id.clone());
-        dead.remove_properties(&[property::TRANSACTION_ID, property::TRANSACTION_FIRST_STORED]);
+        dead.remove_properties(&[
+            property::TRANSACTION_ID,
+            property::TRANSACTION_FIRST_STORED,
+            property::TRANSACTION_HALF_OFFSET,
+        ]);
+        let first_half = transaction_half(v);
         dead.properties
             .push((property::TRANSACTION_ID.into(), id.clone()));
+        dead.properties.push((
+            property::TRANSACTION_HALF_OFFSET.into(),
+            first_half.to_string(),
+        ));
         dead.properties.push((
             property::TRANSACTION_FIRST_STORED.into(),
             first_stored(v).to_string(),
         ));
-        let op = Self::op_record(&id, Decided::Dead, rec.commit_log_offset(), v.born_host());
+        let op = Self::op_record(
+            first_half,
+            Decided::Dead,
+            rec.commit_log_offset(),
+            v.born_host(),
+        );
         match self.store_messages(&[dead, op]).await {
             Ok(_) => {
                 warn!(

@@ -212,6 +212,78 @@ fn rand_id() -> u64 {
         .as_nanos() as u64
 }
 
+/// A transaction is its half message, not its id: a producer that uses an id twice (a
+/// message sent again), or another group that picks the same id, gets a transaction of
+/// its own, decided on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn halves_that_share_a_transaction_id_are_decided_each_on_their_own() {
+    let env = env_with(|_| {}).await;
+    let conn = env.client().await;
+    let decide = async |group: &str, at: u64, decision| {
+        let mut e = end("same", at, decision);
+        e.producer_group = group.into();
+        conn.call(&e, Bytes::new(), T).await
+    };
+    // Committed twice under one id: both are delivered.
+    let first = send_half(&conn, "Dup", "same", "first").await;
+    decide("txg", first, TransactionDecision::Commit)
+        .await
+        .unwrap();
+    let second = send_half(&conn, "Dup", "same", "second").await;
+    decide("txg", second, TransactionDecision::Commit)
+        .await
+        .unwrap();
+    // A rollback under the id does not stop a later commit under it.
+    let third = send_half(&conn, "Dup", "same", "rolled back").await;
+    decide("txg", third, TransactionDecision::Rollback)
+        .await
+        .unwrap();
+    let fourth = send_half(&conn, "Dup", "same", "fourth").await;
+    decide("txg", fourth, TransactionDecision::Commit)
+        .await
+        .unwrap();
+    // Another group's rollback under the id leaves this group's commit alone.
+    let mut other = half("Dup", "same", "same");
+    other.producer_group = "other".into();
+    let (r, _): (SendResult, _) = conn
+        .call(&other, Bytes::from_static(b"other's"), T)
+        .await
+        .unwrap();
+    let other_at = r.msg_id.parse::<MessageId>().unwrap().offset;
+    decide("other", other_at, TransactionDecision::Rollback)
+        .await
+        .unwrap();
+    let fifth = send_half(&conn, "Dup", "same", "fifth").await;
+    decide("txg", fifth, TransactionDecision::Commit)
+        .await
+        .unwrap();
+    assert_eq!(
+        drain(&conn, "Dup", 0, "*").await,
+        vec!["first", "second", "fourth", "fifth"]
+    );
+    // Each is still decided once: a repeated commit adds nothing, a contrary decision is
+    // refused.
+    decide("txg", second, TransactionDecision::Commit)
+        .await
+        .unwrap();
+    expect_error(
+        &conn,
+        &end("same", third, TransactionDecision::Commit),
+        Bytes::new(),
+        ErrorCode::TransactionInvalid,
+        "decided already",
+    )
+    .await;
+    assert_eq!(drain(&conn, "Dup", 0, "*").await.len(), 4);
+    let pending = ListTransactions {
+        state: TransactionState::Pending,
+        producer_group: None,
+        max: 100,
+    };
+    let (l, _): (TransactionList, _) = conn.call(&pending, Bytes::new(), T).await.unwrap();
+    assert!(l.transactions.is_empty(), "{:?}", l.transactions);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecided_half_is_checked_back_and_committed_once() {
     let env = env_with(|c| {
