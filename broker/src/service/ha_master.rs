@@ -256,9 +256,10 @@ impl Broker {
     }
 
     /// Takes the consumer offsets a slave was given while this master was away (or by
-    /// readers it sent there), each only if ahead of this master's own.
-    /// Rows a consumer could not have committed here (an invalid group name, a topic or
-    /// queue this master does not have) are skipped, as the commit itself refuses them.
+    /// readers it sent there), each only if ahead of this master's own. Rows a consumer
+    /// could not have committed here (an invalid group name, a topic or queue this master
+    /// does not have) are skipped, as the commit itself refuses them, and an offset counts
+    /// at most up to its queue's end.
     fn merge_slave_offsets(&self, rows: &[OffsetRow]) {
         let offsets = self.store.consumer_offsets();
         for (group, topic, queue_id, offset) in rows {
@@ -274,7 +275,10 @@ impl Broker {
                 );
                 continue;
             }
-            if offsets.commit_max(group, topic, *queue_id, *offset) {
+            // A slave's queue is never ahead of its master's: an offset past this queue's
+            // end is not one a consumer could have read to (taken, it would skip what comes).
+            let offset = (*offset).min(self.store.max_offset(topic, *queue_id));
+            if offsets.commit_max(group, topic, *queue_id, offset) {
                 debug!(
                     group,
                     topic, queue_id, offset, "took a consumer offset committed on a slave"

@@ -346,6 +346,22 @@ async fn a_sync_master_counts_no_confirmation_beyond_what_a_slave_was_streamed()
     // A second hello on the same connection does not start a second stream.
     let again = fake.call(&hello, Bytes::new(), T).await;
     assert!(again.is_err(), "a second hello was taken: {again:?}");
+    // Offsets a slave gives back count only for this master's queues, and never past a
+    // queue's end (a consumer would skip what comes).
+    let rows = vec![
+        ("cg".to_owned(), "T".to_owned(), 0, 1 << 60),
+        ("cg".to_owned(), "T".to_owned(), 1_000, 1),
+        ("cg".to_owned(), "NoSuchTopic".to_owned(), 0, 1),
+        ("bad group".to_owned(), "T".to_owned(), 0, 1),
+    ];
+    fake.call(&HaSync { offsets: rows }, Bytes::new(), T)
+        .await
+        .unwrap();
+    let offsets = master.broker().store().consumer_offsets();
+    assert_eq!(offsets.query("cg", "T", 0), Some(2));
+    assert_eq!(offsets.query("cg", "T", 1_000), None);
+    assert_eq!(offsets.query("cg", "NoSuchTopic", 0), None);
+    assert_eq!(offsets.query("bad group", "T", 0), None);
     let waiting = {
         let m = m.clone();
         tokio::spawn(async move {
