@@ -18,14 +18,18 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use crate::json_header::{JsonHeaderPeek, decode_json_header};
 use crate::{Reader, RemotingError, Result};
 
 /// RocketMQ's default largest frame (`com.rocketmq.remoting.frameMaxLength`), 16 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
 /// Header lengths travel in 3 bytes.
 pub const MAX_HEADER: usize = (1 << 24) - 1;
+/// Most fields a header's `extFields` may hold (RocketMQ's requests use a few dozen; a
+/// message's properties travel as one of them).
+pub const MAX_EXT_FIELDS: usize = 1_024;
 /// `flag` bit: this is a response.
 pub const FLAG_RESPONSE: i32 = 1;
 /// `flag` bit: no response is wanted.
@@ -452,70 +456,6 @@ struct JsonHeaderOut<'a> {
     version: i32,
 }
 
-/// What a JSON header may hold: every field optional (clients differ in what they send),
-/// unknown fields ignored, field values of any JSON scalar taken as their text.
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct JsonHeaderIn {
-    code: i32,
-    language: Option<serde_json::Value>,
-    version: i32,
-    opaque: i32,
-    flag: i32,
-    remark: Option<String>,
-    ext_fields: Option<HashMap<String, serde_json::Value>>,
-}
-
-/// The three fields a connection driver needs from a JSON header; the rest is skipped
-/// unparsed.
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct JsonHeaderPeek {
-    code: i32,
-    opaque: i32,
-    flag: i32,
-}
-
-fn decode_json_header(header: &[u8]) -> Result<RemotingCommand> {
-    let h: JsonHeaderIn =
-        serde_json::from_slice(header).map_err(|e| RemotingError::BadJsonHeader(e.to_string()))?;
-    let mut ext_fields = HashMap::new();
-    for (k, v) in h.ext_fields.unwrap_or_default() {
-        let v = match v {
-            serde_json::Value::Null => continue,
-            serde_json::Value::String(s) => s,
-            serde_json::Value::Bool(b) => b.to_string(),
-            serde_json::Value::Number(n) => n.to_string(),
-            other => {
-                return Err(RemotingError::BadField {
-                    name: k,
-                    value: other.to_string(),
-                    expected: "a string, number or boolean",
-                });
-            }
-        };
-        ext_fields.insert(k, v);
-    }
-    Ok(RemotingCommand {
-        code: h.code,
-        language: match h.language {
-            Some(serde_json::Value::String(name)) => LanguageCode::from_name(&name),
-            Some(serde_json::Value::Number(n)) => n
-                .as_u64()
-                .and_then(|c| u8::try_from(c).ok())
-                .map_or(LanguageCode::Other, LanguageCode::from_code),
-            _ => LanguageCode::Other,
-        },
-        version: h.version,
-        opaque: h.opaque,
-        flag: h.flag,
-        remark: h.remark,
-        ext_fields,
-        serialize_type: SerializeType::Json,
-        body: Bytes::new(),
-    })
-}
-
 fn decode_binary_header(header: &[u8]) -> Result<RemotingCommand> {
     let mut r = Reader::new(header, "binary header");
     let code = i32::from(r.i16()?);
@@ -531,7 +471,15 @@ fn decode_binary_header(header: &[u8]) -> Result<RemotingCommand> {
     let ext_len = r.len_i32()?;
     let mut ext = Reader::new(r.bytes(ext_len)?, "header fields");
     let mut ext_fields = HashMap::new();
+    let mut count = 0usize;
     while ext.remaining() > 0 {
+        count += 1;
+        if count > MAX_EXT_FIELDS {
+            return Err(RemotingError::Malformed {
+                what: "binary header",
+                detail: format!("more than {MAX_EXT_FIELDS} fields"),
+            });
+        }
         let klen = ext.len_i16()?;
         let k = ext.utf8(klen)?;
         let vlen = ext.len_i32()?;

@@ -85,6 +85,45 @@ fn lenient_with_scalar_field_values() {
     assert_eq!(cmd.opt_field("x"), None);
 }
 
+fn json_frame(header: &str) -> Bytes {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&(header.len() as i32).to_be_bytes());
+    frame.extend_from_slice(header.as_bytes());
+    Bytes::from(frame)
+}
+
+/// A header's ext fields are bounded in number, and only scalars are taken: what a
+/// header decodes into stays about its own size.
+#[test]
+fn ext_fields_are_bounded_and_scalar() {
+    let fields = |n: usize| {
+        let body: Vec<String> = (0..n).map(|i| format!("\"f{i}\":{i}")).collect();
+        format!(r#"{{"code":10,"extFields":{{{}}}}}"#, body.join(","))
+    };
+    let cmd = RemotingCommand::decode(json_frame(&fields(MAX_EXT_FIELDS))).unwrap();
+    assert_eq!(cmd.ext_fields.len(), MAX_EXT_FIELDS);
+    assert_eq!(cmd.field("f7").unwrap(), "7");
+    let err = RemotingCommand::decode(json_frame(&fields(MAX_EXT_FIELDS + 1))).unwrap_err();
+    assert!(err.to_string().contains("more than 1024 fields"), "{err}");
+    for nested in [r#"{"a":[1,2]}"#, r#"{"a":{"b":"c"}}"#] {
+        let header = format!(r#"{{"code":10,"extFields":{nested}}}"#);
+        let err = RemotingCommand::decode(json_frame(&header)).unwrap_err();
+        assert!(
+            err.to_string().contains("a string, number or boolean"),
+            "{err}"
+        );
+    }
+    // The binary header: the same bound.
+    let mut cmd = RemotingCommand::request(10, 1);
+    for i in 0..=MAX_EXT_FIELDS {
+        cmd = cmd.with(&format!("f{i}"), i);
+    }
+    cmd.serialize_type = SerializeType::RocketMq;
+    let wire = cmd.to_bytes().unwrap();
+    let err = RemotingCommand::decode(wire.slice(4..)).unwrap_err();
+    assert!(err.to_string().contains("more than 1024 fields"), "{err}");
+}
+
 #[test]
 fn bad_input_is_an_error_never_a_panic() {
     assert!(RemotingCommand::frame_len((-1i32).to_be_bytes(), DEFAULT_MAX_FRAME).is_err());

@@ -17,6 +17,7 @@
 pub mod body;
 pub mod codes;
 pub mod command;
+mod json_header;
 pub mod message;
 pub mod sniff;
 
