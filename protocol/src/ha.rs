@@ -97,16 +97,27 @@ impl Rpc for HaAck {
     type Response = ();
 }
 
-/// Slave → master: the metadata a slave follows. The answer travels in the body
-/// ([`HaSnapshot`]: large).
+/// Slave → master: the metadata a slave follows, a page at a time. The answer travels in
+/// the body ([`HaSnapshot`]): the topics and filters with the first page (`after` is
+/// `None`), then the master's consumer offsets in key order, at most [`OFFSETS_PAGE`] a
+/// page, each page after the last key of the one before, so no answer outgrows a frame
+/// however many offsets a master holds.
 ///
 /// `offsets` are consumer offsets committed on the slave itself (consumers commit there
-/// while the master is away) and not yet seen in a snapshot: the master takes each one
-/// that is ahead of its own, so progress made on the slave survives the master's return.
+/// while the master is away) and not yet seen in a snapshot, at most [`OFFSETS_PAGE`] a
+/// request: the master takes each one that is ahead of its own (up to its queue's end), so
+/// progress made on the slave survives the master's return.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Default)]
 pub struct HaSync {
     pub offsets: Vec<OffsetRow>,
+    /// The master's offsets from after this (group, topic, queue id); `None`: the first
+    /// page.
+    pub after: Option<(String, String, u32)>,
 }
+
+/// Most consumer offsets in one [`HaSync`] or [`HaSnapshot`] page: at the longest group
+/// (255 bytes) and topic (127) names, about 8 MiB, within a frame's 16 MiB.
+pub const OFFSETS_PAGE: usize = 20_000;
 
 impl Rpc for HaSync {
     const CODE: RequestCode = RequestCode::HaSync;
@@ -128,12 +139,17 @@ pub struct FilterEntry {
     pub memory: Option<u64>,
 }
 
-/// What a slave follows besides the log.
+/// What a slave follows besides the log: one page of it (see [`HaSync`]).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Default)]
 pub struct HaSnapshot {
+    /// Every topic, on the first page; empty on the others.
     pub topics: Vec<TopicConfig>,
+    /// A page of the master's consumer offsets, in key order.
     pub offsets: Vec<OffsetRow>,
+    /// Every filter registration, on the first page; empty on the others.
     pub filters: Vec<FilterEntry>,
+    /// More offsets follow `offsets`' last.
+    pub more: bool,
 }
 
 impl HaSnapshot {

@@ -144,6 +144,26 @@ impl ConsumerOffsets {
     }
 
     /// Every committed offset.
+    /// At most `max` offsets in key order, from after `after` (from the first without);
+    /// and whether more follow.
+    pub fn page_after(
+        &self,
+        after: Option<&OffsetKey>,
+        max: usize,
+    ) -> (Vec<(OffsetKey, u64)>, bool) {
+        use std::ops::Bound;
+        let table = self.table.read();
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut rows = table.range((from, Bound::Unbounded));
+        let page: Vec<_> = rows
+            .by_ref()
+            .take(max)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let more = rows.next().is_some();
+        (page, more)
+    }
+
     pub fn all(&self) -> Vec<(OffsetKey, u64)> {
         self.table
             .read()

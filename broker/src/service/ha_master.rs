@@ -16,11 +16,12 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 use weir_protocol::auth::{AuthError, SharedSecret, Signed};
 use weir_protocol::ha::{
-    FilterEntry, HaAck, HaComponent, HaData, HaHello, HaSnapshot, HaSync, HaWelcome, OffsetRow,
-    TAIL_LEN,
+    FilterEntry, HaAck, HaComponent, HaData, HaHello, HaSnapshot, HaSync, HaWelcome, OFFSETS_PAGE,
+    OffsetRow, TAIL_LEN,
 };
 use weir_protocol::net::{BoxFuture, Cause, ServerTls};
 use weir_protocol::{Connection, ErrorCode, Handler, Reply, Request, RequestCode, Server};
+use weir_store::OffsetKey;
 
 use crate::broker::Broker;
 
@@ -154,9 +155,13 @@ impl Handler for HaMaster {
                     )
                 }
                 Some(RequestCode::HaSync) => match req.decode::<HaSync>() {
+                    Ok(sync) if sync.offsets.len() > OFFSETS_PAGE => Reply::error(
+                        ErrorCode::BadRequest,
+                        format!("at most {OFFSETS_PAGE} offsets a request"),
+                    ),
                     Ok(sync) => {
                         b.merge_slave_offsets(&sync.offsets);
-                        match b.snapshot().encode() {
+                        match b.snapshot(sync.after).encode() {
                             Ok(body) => Reply::ok_with_body(&(), body),
                             Err(e) => Reply::error(ErrorCode::SystemError, e.to_string()),
                         }
@@ -287,30 +292,42 @@ impl Broker {
         }
     }
 
-    /// What slaves follow besides the log.
-    fn snapshot(&self) -> HaSnapshot {
+    /// What slaves follow besides the log, one page: the consumer offsets after `after`,
+    /// and with the first page (`after` is `None`) every topic and filter.
+    fn snapshot(&self, after: Option<(String, String, u32)>) -> HaSnapshot {
+        let first = after.is_none();
+        let after = after.map(|(group, topic, queue_id)| OffsetKey {
+            group,
+            topic,
+            queue_id,
+        });
+        let (offsets, more) = self
+            .store
+            .consumer_offsets()
+            .page_after(after.as_ref(), OFFSETS_PAGE);
         HaSnapshot {
-            topics: self.topics.all(),
-            offsets: self
-                .store
-                .consumer_offsets()
-                .all()
+            topics: if first { self.topics.all() } else { Vec::new() },
+            offsets: offsets
                 .into_iter()
                 .map(|(k, o)| (k.group, k.topic, k.queue_id, o))
                 .collect(),
-            filters: self
-                .filters
-                .entries()
-                .into_iter()
-                .map(|e| FilterEntry {
-                    group: e.group,
-                    topic: e.topic,
-                    version: e.version,
-                    sha256: e.sha256,
-                    params: e.params,
-                    memory: e.memory,
-                })
-                .collect(),
+            filters: if !first {
+                Vec::new()
+            } else {
+                self.filters
+                    .entries()
+                    .into_iter()
+                    .map(|e| FilterEntry {
+                        group: e.group,
+                        topic: e.topic,
+                        version: e.version,
+                        sha256: e.sha256,
+                        params: e.params,
+                        memory: e.memory,
+                    })
+                    .collect()
+            },
+            more,
         }
     }
 }

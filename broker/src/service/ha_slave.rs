@@ -16,7 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
-use weir_protocol::ha::{HaAck, HaComponent, HaData, HaHello, HaSnapshot, HaSync, TAIL_LEN};
+use weir_protocol::ha::{
+    HaAck, HaComponent, HaData, HaHello, HaSnapshot, HaSync, OFFSETS_PAGE, TAIL_LEN,
+};
 use weir_protocol::net::BoxFuture;
 use weir_protocol::{
     CallError, ConnConfig, Connection, ErrorCode, Handler, Reply, Request, RequestCode,
@@ -155,13 +157,43 @@ fn tail_of(broker: &Broker, end: u64) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// The master's metadata whole, page by page (see [`HaSync`]), giving it the offsets
+/// committed here a page at a time along the way.
+async fn fetch_snapshot(broker: &Broker, conn: &Connection) -> Result<HaSnapshot, CallError> {
+    let pending = broker.replication.pending_offsets();
+    let mut to_give = pending.chunks(OFFSETS_PAGE);
+    let mut snap = HaSnapshot::default();
+    let mut after = None;
+    loop {
+        let sync = HaSync {
+            offsets: to_give.next().map(<[_]>::to_vec).unwrap_or_default(),
+            after: after.clone(),
+        };
+        let (_, body) = conn.call(&sync, Bytes::new(), CONNECT_TIMEOUT).await?;
+        let page = HaSnapshot::decode(&body)?;
+        if after.is_none() {
+            snap.topics = page.topics;
+            snap.filters = page.filters;
+        }
+        if let Some((group, topic, queue_id, _)) = page.offsets.last() {
+            after = Some((group.clone(), topic.clone(), *queue_id));
+        } else if page.more {
+            // A page that says more follows must move on.
+            return Err(CallError::Protocol(weir_protocol::ProtocolError::Decode {
+                what: "replication snapshot",
+                detail: "an empty page of offsets said more follow".into(),
+            }));
+        }
+        snap.offsets.extend(page.offsets);
+        if !page.more && to_give.len() == 0 {
+            return Ok(snap);
+        }
+    }
+}
+
 /// Copies topics, consumer offsets and filter registrations from the master.
 async fn copy_metadata(broker: &Arc<Broker>, conn: &Connection) -> Result<(), CallError> {
-    let sync = HaSync {
-        offsets: broker.replication.pending_offsets(),
-    };
-    let (_, body) = conn.call(&sync, Bytes::new(), CONNECT_TIMEOUT).await?;
-    let snap = HaSnapshot::decode(&body)?;
+    let snap = fetch_snapshot(broker, conn).await?;
     let mut changed = false;
     for t in &snap.topics {
         if broker.topics.get(&t.name).as_deref() != Some(t) {

@@ -324,9 +324,7 @@ async fn a_sync_master_counts_no_confirmation_beyond_what_a_slave_was_streamed()
         .await
         .unwrap();
     // A call after it is answered (or refused) only once the confirmation was handled.
-    let metadata = stranger
-        .call(&HaSync { offsets: vec![] }, Bytes::new(), T)
-        .await;
+    let metadata = stranger.call(&HaSync::default(), Bytes::new(), T).await;
     assert!(metadata.is_err(), "a stranger was given the metadata");
     assert_eq!(status("b").await, SendStatus::SlaveNotAvailable);
     eventually("the stranger's connection is closed", async || {
@@ -354,9 +352,16 @@ async fn a_sync_master_counts_no_confirmation_beyond_what_a_slave_was_streamed()
         ("cg".to_owned(), "NoSuchTopic".to_owned(), 0, 1),
         ("bad group".to_owned(), "T".to_owned(), 0, 1),
     ];
-    fake.call(&HaSync { offsets: rows }, Bytes::new(), T)
-        .await
-        .unwrap();
+    fake.call(
+        &HaSync {
+            offsets: rows,
+            after: None,
+        },
+        Bytes::new(),
+        T,
+    )
+    .await
+    .unwrap();
     let offsets = master.broker().store().consumer_offsets();
     assert_eq!(offsets.query("cg", "T", 0), Some(2));
     assert_eq!(offsets.query("cg", "T", 1_000), None);
@@ -441,6 +446,40 @@ async fn with_a_cluster_secret_a_master_takes_only_slaves_that_sign_with_it() {
         slave.broker().ha_status().connected == 1
     })
     .await;
+    slave.shutdown().await.unwrap();
+    master.shutdown().await.unwrap();
+}
+
+/// A master's consumer offsets reach its slave page by page, however many there are: as
+/// one answer, 90,000 offsets of long group names were over a frame's 16 MiB, and the
+/// slave copied no metadata at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_copies_more_offsets_than_fit_a_frame() {
+    let ns = namesrv().await;
+    let addr = ns.local_addr().to_string();
+    let (m_dir, s_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let master = weir_broker::start(master_config(m_dir.path(), &addr, BrokerRole::AsyncMaster))
+        .await
+        .unwrap();
+    let offsets = master.broker().store().consumer_offsets();
+    let rows = 90_000u64;
+    for i in 0..rows {
+        let group = format!("{i:0>200}");
+        offsets.commit(&group, "Orders", (i % 8) as u32, i);
+    }
+    let mut sc = slave_config(s_dir.path(), &addr);
+    sc.master_ha_addr = master.broker().ha_status().ha_addr;
+    let slave = weir_broker::start(sc).await.unwrap();
+    let copied = slave.broker().store().consumer_offsets();
+    eventually("every offset is on the slave", async || {
+        copied.all().len() as u64 == rows
+    })
+    .await;
+    let last = format!("{:0>200}", rows - 1);
+    assert_eq!(
+        copied.query(&last, "Orders", ((rows - 1) % 8) as u32),
+        Some(rows - 1)
+    );
     slave.shutdown().await.unwrap();
     master.shutdown().await.unwrap();
 }
