@@ -115,6 +115,9 @@ pub struct LimitsConfig {
     pub max_groups_per_client: usize,
     /// Subscriptions of one consumer group in one heartbeat (default 1,024).
     pub max_subscriptions_per_group: usize,
+    /// Consumer offsets held, one per (group, topic, queue) (default 1,000,000): a commit
+    /// that would add one more is refused; those already held go on moving.
+    pub max_consumer_offsets: usize,
     /// Requests in flight per family, across connections (defaults: send 10,000, pull
     /// 100,000 (held pulls included), consumer 10,000, admin 1,000, filter 64).
     pub inflight_send: usize,
@@ -132,6 +135,7 @@ impl Default for LimitsConfig {
             max_clients_per_connection: 16,
             max_groups_per_client: 1024,
             max_subscriptions_per_group: 1024,
+            max_consumer_offsets: 1_000_000,
             inflight_send: 10_000,
             inflight_pull: 100_000,
             inflight_consumer: 10_000,
@@ -154,6 +158,7 @@ impl LimitsConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         for (name, v) in [
             ("max_topics", self.max_topics),
+            ("max_consumer_offsets", self.max_consumer_offsets),
             ("max_clients", self.max_clients),
             (
                 "max_clients_per_connection",

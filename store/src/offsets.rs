@@ -94,6 +94,41 @@ impl ConsumerOffsets {
         self.dirty.store(true, Ordering::Release);
     }
 
+    /// [`ConsumerOffsets::commit`], except that a new entry is added only while fewer than
+    /// `max` are held (a client naming ever new groups cannot grow the table without
+    /// bound); whether it was taken.
+    pub fn commit_within(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max: usize,
+    ) -> bool {
+        let key = OffsetKey {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            queue_id,
+        };
+        let mut t = self.table.write();
+        if t.len() >= max && !t.contains_key(&key) {
+            return false;
+        }
+        t.insert(key, offset);
+        drop(t);
+        self.dirty.store(true, Ordering::Release);
+        true
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.table.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Commits `offset` unless the stored one is already at or past it (a slave's
     /// progress merged into its master's); whether it moved.
     pub fn commit_max(&self, group: &str, topic: &str, queue_id: u32, offset: u64) -> bool {

@@ -166,11 +166,30 @@ impl Broker {
                 r.queue_id, t.name, t.read_queues
             )));
         }
-        self.store
+        self.commit_offset(&r.group, &r.topic, r.queue_id, r.offset)
+    }
+
+    /// Records a consumer's progress (a commit, or a pull carrying one), within
+    /// `limits.max_consumer_offsets`.
+    pub(crate) fn commit_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+    ) -> Processed<()> {
+        let max = self.config.limits.max_consumer_offsets;
+        if !self
+            .store
             .consumer_offsets()
-            .commit(&r.group, &r.topic, r.queue_id, r.offset);
+            .commit_within(group, topic, queue_id, offset, max)
+        {
+            return Err(ProcessError::Busy(format!(
+                "the broker holds {max} consumer offsets already (limits.max_consumer_offsets): group {group:?} cannot start one on {topic}/{queue_id}"
+            )));
+        }
         self.replication
-            .committed_locally(&r.group, &r.topic, r.queue_id, r.offset);
+            .committed_locally(group, topic, queue_id, offset);
         Ok(())
     }
 

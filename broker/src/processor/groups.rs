@@ -53,6 +53,16 @@ impl Broker {
             self.check_no_members(&r.group, "reset its offsets")?;
         }
         let offsets = self.store.consumer_offsets();
+        let max = self.config.limits.max_consumer_offsets;
+        let new_entries = (0..t.read_queues)
+            .filter(|&q| offsets.query(&r.group, &r.topic, q).is_none())
+            .count();
+        if offsets.len().saturating_add(new_entries) > max {
+            return Err(ProcessError::Busy(format!(
+                "the broker holds {max} consumer offsets already (limits.max_consumer_offsets): group {:?} cannot start any on {}",
+                r.group, r.topic
+            )));
+        }
         let queues: Vec<QueueReset> = (0..t.read_queues)
             .map(|q| {
                 let new = match r.to {

@@ -113,11 +113,7 @@ impl Broker {
         // The consumer's progress counts even when its filter then fails the pull.
         if let Some(c) = req.commit_offset {
             validate_group_name(&req.group)?;
-            self.store
-                .consumer_offsets()
-                .commit(&req.group, &req.topic, req.queue_id, c);
-            self.replication
-                .committed_locally(&req.group, &req.topic, req.queue_id, c);
+            self.commit_offset(&req.group, &req.topic, req.queue_id, c)?;
         }
         let wasm = self.filter_for(&req.group, &req.topic)?;
         let max = req.max_msgs.clamp(1, MAX_PULL_MSGS) as usize;

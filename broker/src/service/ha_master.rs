@@ -283,6 +283,16 @@ impl Broker {
             // A slave's queue is never ahead of its master's: an offset past this queue's
             // end is not one a consumer could have read to (taken, it would skip what comes).
             let offset = (*offset).min(self.store.max_offset(topic, *queue_id));
+            let max = self.config.limits.max_consumer_offsets;
+            if offsets.len() >= max && offsets.query(group, topic, *queue_id).is_none() {
+                debug!(
+                    group,
+                    topic,
+                    queue_id,
+                    "skipped a slave's offset: limits.max_consumer_offsets reached"
+                );
+                continue;
+            }
             if offsets.commit_max(group, topic, *queue_id, offset) {
                 debug!(
                     group,

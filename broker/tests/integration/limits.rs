@@ -104,6 +104,61 @@ async fn one_connection_cannot_register_clients_groups_or_retry_topics_without_b
     assert!(refused.to_string().contains("max_topics"), "{refused}");
 }
 
+/// A client naming ever new groups cannot grow the offset table without bound: past
+/// `limits.max_consumer_offsets` a commit that would add an entry is refused (by commit,
+/// by pull, by reset), and the entries held go on moving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_offsets_stay_within_their_bound() {
+    let env = env_with(|c| c.limits.max_consumer_offsets = 3).await;
+    let conn = env.client().await;
+    conn.call(
+        &crate::common::send("T", 0, "", "k"),
+        Bytes::from_static(b"x"),
+        T,
+    )
+    .await
+    .unwrap();
+    let commit = |group: &str, queue_id, offset| UpdateConsumerOffset {
+        group: group.into(),
+        topic: "T".into(),
+        queue_id,
+        offset,
+    };
+    for q in 0..3 {
+        conn.call(&commit("g1", q, 1), Bytes::new(), T)
+            .await
+            .unwrap();
+    }
+    expect_error(
+        &conn,
+        &commit("g2", 0, 1),
+        Bytes::new(),
+        ErrorCode::SystemBusy,
+        "max_consumer_offsets",
+    )
+    .await;
+    let pull_commit = PullMessage {
+        commit_offset: Some(1),
+        group: "g3".into(),
+        ..crate::common::pull("T", 0, 0, "*", 0)
+    };
+    expect_error(
+        &conn,
+        &pull_commit,
+        Bytes::new(),
+        ErrorCode::SystemBusy,
+        "max_consumer_offsets",
+    )
+    .await;
+    // Held ones move.
+    conn.call(&commit("g1", 0, 0), Bytes::new(), T)
+        .await
+        .unwrap();
+    let offsets = env.broker().broker().store().consumer_offsets();
+    assert_eq!(offsets.len(), 3);
+    assert_eq!(offsets.query("g1", "T", 0), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_for_missing_topics_or_bad_groups_are_refused() {
     let env = env_with(|_| {}).await;
