@@ -251,8 +251,12 @@ impl Broker {
                     ));
                 }
             }
-        } else if h.end > 0 && h.end < self.store.commit_log_min_offset() {
-            return Err("the slave is behind what the master still holds".into());
+        } else if h.end > 0 {
+            // What a slave says it has counts as confirmed: it must show it.
+            return Err(format!(
+                "a slave whose log ends at {} must show its last bytes (its tail was empty)",
+                h.end
+            ));
         }
         Ok(HaWelcome {
             master_end: end,

@@ -331,6 +331,20 @@ async fn a_sync_master_counts_no_confirmation_beyond_what_a_slave_was_streamed()
         stranger.is_closed()
     })
     .await;
+    // A hello claiming the log without showing its last bytes is refused: what a slave
+    // says it has counts as confirmed.
+    let claim = HaHello {
+        broker_name: master.broker().config().broker_name.clone(),
+        broker_id: 1,
+        end: master.broker().store().commit_log_max_offset(),
+        tail: Vec::new(),
+        epoch: 0,
+    };
+    let claimed = connect(&ha).await.call(&claim, Bytes::new(), T).await;
+    assert!(
+        matches!(&claimed, Err(weir_protocol::CallError::Remote { message, .. }) if message.contains("last bytes")),
+        "{claimed:?}"
+    );
     // A slave (by its hello) confirming past what it was streamed: the same.
     let fake = connect(&ha).await;
     let hello = HaHello {
