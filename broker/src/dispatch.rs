@@ -28,7 +28,7 @@ use weir_protocol::filter::{
 use weir_protocol::route::TopicList;
 use weir_store::StoredRecord;
 
-use crate::acl::SignedRequest;
+use crate::acl::{Principal, SignedRequest};
 use crate::broker::Broker;
 use crate::clients::Link;
 use crate::config::LimitsConfig;
@@ -277,7 +277,8 @@ impl Broker {
         req: BrokerRequest,
     ) -> Processed<BrokerResponse> {
         let family = req.family();
-        self.acl
+        let principal = self
+            .acl
             .check(ctx.signed.as_ref(), &req, |id| self.clients.groups_of(id))?;
         if req.writes() {
             self.check_master()?;
@@ -298,7 +299,7 @@ impl Broker {
             }
         };
         let started = Instant::now();
-        let answer = self.process(ctx, req).await;
+        let answer = self.process(ctx, req, principal.as_deref()).await;
         match family {
             Family::Send => self.metrics.observe_send(started.elapsed()),
             Family::Pull => self.metrics.observe_pull(started.elapsed()),
@@ -307,13 +308,20 @@ impl Broker {
         answer
     }
 
-    async fn process(&self, ctx: &RequestContext, req: BrokerRequest) -> Processed<BrokerResponse> {
+    /// `principal`: who signed the request, while access control is on (a send-back's
+    /// record is checked against it once read).
+    async fn process(
+        &self,
+        ctx: &RequestContext,
+        req: BrokerRequest,
+        principal: Option<&Principal>,
+    ) -> Processed<BrokerResponse> {
         use BrokerRequest as R;
         use BrokerResponse as A;
         Ok(match req {
             R::Send { req, body } => A::Sent(self.send(req, body, ctx).await?),
             R::SendBatch { req, body } => A::SentBatch(self.send_batch(req, body, ctx).await?),
-            R::SendBack(r) => A::SentBack(self.send_back(r).await?),
+            R::SendBack(r) => A::SentBack(self.send_back(r, principal).await?),
             R::Pull(r) => A::Pulled(self.pull(r).await?),
             R::PullSql { req, sql92 } => A::Pulled(self.pull_selected(req, Some(&sql92)).await?),
             R::Heartbeat(hb) => {

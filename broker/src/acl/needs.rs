@@ -5,7 +5,8 @@
 //! | send, send batch | `pub` on the topic |
 //! | pull, query / update consumer offset | `sub` on the group and on the topic |
 //! | heartbeat | `pub` on each producer group; `sub` on each consumer group and topic subscribed |
-//! | send back, lock / unlock queues, consumer list / connections / consume stats | `sub` on the group |
+//! | send back | `sub` on the group; once the record is read, `sub` on its topic (`Broker::send_back`) |
+//! | lock / unlock queues, consumer list / connections / consume stats | `sub` on the group |
 //! | topic stats, queue offsets, search offset, query by key | `sub` on the topic |
 //! | create / delete topic | `admin` on the topic |
 //! | upload / remove filter | `admin` on the group |
@@ -82,6 +83,12 @@ fn topic(t: &str, p: Perm) -> Need<'_> {
         Some(group) => Need::Group(group, Perm::SUB),
         None => Need::Topic(t, p),
     }
+}
+
+/// What reading a record of topic `t` needs (`sub`, asked of the group for a group's own
+/// topics).
+pub fn read_need(t: &str) -> Need<'_> {
+    topic(t, Perm::SUB)
 }
 
 fn group(g: &str, p: Perm) -> Need<'_> {

@@ -16,6 +16,7 @@ use weir_store::{Appended, FlushStatus};
 
 use weir_protocol::ha::BrokerRole;
 
+use crate::acl::Principal;
 use crate::broker::Broker;
 use crate::dispatch::RequestContext;
 use crate::error::{ProcessError, Processed};
@@ -281,7 +282,17 @@ impl Broker {
 
     /// Stores a copy of a message a consumer could not process on the group's retry
     /// topic (after a delay) or, past its retries or when asked, its dead-letter topic.
-    pub async fn send_back(&self, req: ConsumerSendMsgBack) -> Processed<SentBack> {
+    ///
+    /// The record sent back must be one the group could have been delivered: not the
+    /// broker's own (half messages, decisions, delayed messages waiting), and, while access
+    /// control is on, of a topic `principal` may read (`sub`; a group's own retry and
+    /// dead-letter topics: `sub` on the group). Otherwise a send-back would copy any record
+    /// by its offset into the group's dead-letter topic, for it to read.
+    pub async fn send_back(
+        &self,
+        req: ConsumerSendMsgBack,
+        principal: Option<&Principal>,
+    ) -> Processed<SentBack> {
         validate_group_name(&req.group)?;
         let rec = self
             .store
@@ -290,6 +301,17 @@ impl Broker {
         let view = rec
             .view()
             .map_err(|e| ProcessError::Internal(format!("cannot send back: {e}")))?;
+        if crate::broker::is_internal_topic(view.topic()) {
+            return Err(ProcessError::NoPermission(format!(
+                "commit log offset {} holds a record of the broker's own topic {:?}, never delivered to a consumer",
+                req.commit_log_offset,
+                view.topic()
+            )));
+        }
+        if let Some(p) = principal {
+            self.acl
+                .require(p, [crate::acl::needs::read_need(view.topic())])?;
+        }
         if view.topic() == SCHEDULE_TOPIC {
             return Err(ProcessError::InvalidParameter(format!(
                 "commit log offset {} holds a message waiting for its delay, not one delivered to a consumer",

@@ -63,6 +63,20 @@ async fn commit_once_rollback_never_and_halves_stay_hidden() {
         "never consumed",
     )
     .await;
+    // Nor copied out by a send-back into a group's dead-letter topic.
+    expect_error(
+        &conn,
+        &weir_protocol::broker::ConsumerSendMsgBack {
+            group: "g".into(),
+            commit_log_offset: a,
+            delay_level: -1,
+            max_reconsume_times: 16,
+        },
+        Bytes::new(),
+        ErrorCode::NoPermission,
+        "the broker's own topic",
+    )
+    .await;
 
     for _ in 0..3 {
         conn.call(

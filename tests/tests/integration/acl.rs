@@ -362,6 +362,46 @@ fn signed_frame<R: Rpc>(req: &R, creds: &Credentials, stamp: Stamp) -> Frame {
     }
 }
 
+/// A send-back copies a record by its offset into the group's retry or dead-letter topic,
+/// which the group may read: so the record must be one its principal may read too, and
+/// never the broker's own (a pending half message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_back_copies_only_what_its_principal_may_read() {
+    use weir_protocol::broker::ConsumerSendMsgBack;
+    let (env, _dir) = acl_env(ACL).await;
+    let root = env.client_as("root", "root-secret").await;
+    let filterer = env.client_as("filterer", "filterer-secret").await;
+    root.create_topic("orders", 1).await;
+    root.create_topic("orders.secret", 1).await;
+    let at = |r: &[weir_protocol::broker::SendResult]| {
+        r[0].msg_id
+            .parse::<weir_protocol::MessageId>()
+            .unwrap()
+            .offset
+    };
+    let secret = at(&root.send("orders.secret", 0, &[Msg::new("payroll")]).await);
+    let order = at(&root.send("orders", 0, &[Msg::new("order")]).await);
+    let back = |commit_log_offset| ConsumerSendMsgBack {
+        group: "billing".into(),
+        commit_log_offset,
+        delay_level: -1,
+        max_reconsume_times: 16,
+    };
+    denied(
+        call(&filterer, &back(secret)).await,
+        "lacks sub on topic \"orders.secret\"",
+    );
+    call(&filterer, &back(order))
+        .await
+        .expect("its own topic's record");
+    let dlq = filterer
+        .pull("billing", "%DLQ%billing", 0, 0, 0)
+        .await
+        .expect("pull the dead-letter topic");
+    let bodies: Vec<&[u8]> = dlq.msgs.iter().map(|m| &m.body[..]).collect();
+    assert_eq!(bodies, vec![&b"order"[..]]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_replayed_stale_and_unsigned_requests_are_refused() {
     let (env, _dir) = acl_env(ACL).await;
