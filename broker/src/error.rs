@@ -129,6 +129,7 @@ impl From<FilterError> for ProcessError {
             e @ (FilterError::Storage(_) | FilterError::Runtime(_)) => {
                 ProcessError::Internal(e.to_string())
             }
+            e @ FilterError::TooMany { .. } => ProcessError::Busy(e.to_string()),
             e => ProcessError::FilterRejected(e.to_string()),
         }
     }

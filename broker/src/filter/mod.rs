@@ -28,6 +28,11 @@ pub struct FilterConfig {
     /// Largest component accepted at upload, bytes, after inflating a gzip-compressed
     /// upload (default 32 MiB: a JavaScript or Python filter carries its engine, 10-20 MB).
     pub max_component_bytes: usize,
+    /// Registrations held, one per (group, topic) (default 10,000): an upload that would
+    /// add one more is refused; new versions of those held are taken.
+    pub max_filters: usize,
+    /// Parameters of one upload, names and values together, bytes (default 64 KiB).
+    pub max_params_bytes: usize,
     /// Linear memory one filter instance may use when its upload asks no cap, bytes
     /// (default 16 MiB).
     pub memory_limit: usize,
@@ -93,6 +98,8 @@ impl Default for FilterConfig {
     fn default() -> Self {
         Self {
             max_component_bytes: 32 << 20,
+            max_filters: 10_000,
+            max_params_bytes: 64 << 10,
             memory_limit: 16 << 20,
             max_memory_limit: 256 << 20,
             batch_cpu_ms: 50,
@@ -128,6 +135,14 @@ impl FilterConfig {
         check(
             self.max_component_bytes >= 8 && self.max_component_bytes <= 256 << 20,
             "filter.max_component_bytes must be within 8 bytes..=256 MiB",
+        )?;
+        check(
+            self.max_filters >= 1,
+            "filter.max_filters must be at least 1",
+        )?;
+        check(
+            self.max_params_bytes <= 1 << 20,
+            "filter.max_params_bytes must be at most 1 MiB (a request's header)",
         )?;
         check(
             self.memory_limit >= 64 << 10 && self.memory_limit <= 4 << 30,
@@ -226,4 +241,10 @@ pub enum FilterError {
     MemoryUnderMin { asked: u64, min: usize },
     #[error("{0}")]
     Invalid(String),
+    #[error(
+        "the parameters are {size} bytes, names and values together; at most {limit} are taken (filter.max_params_bytes)"
+    )]
+    ParamsTooLarge { size: usize, limit: usize },
+    #[error("the broker holds {max} filter registrations already (filter.max_filters)")]
+    TooMany { max: usize },
 }

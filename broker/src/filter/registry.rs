@@ -348,8 +348,19 @@ impl FilterRegistry {
         memory: Option<u64>,
         version: Option<u64>,
     ) -> Result<FilterUploaded, FilterError> {
-        // Before the lock and any work: the cap asked.
+        // Before the lock and any work: the cap asked, the parameters' size.
         let memory_cap = self.runtime.check_memory(memory)?;
+        let config = self.runtime.config();
+        let params_size = params
+            .iter()
+            .map(|(k, v)| k.len().saturating_add(v.len()))
+            .fold(0usize, usize::saturating_add);
+        if params_size > config.max_params_bytes {
+            return Err(FilterError::ParamsTooLarge {
+                size: params_size,
+                limit: config.max_params_bytes,
+            });
+        }
         let lock_err = || FilterError::Runtime("registry lock poisoned".into());
         let _change = self.changes.lock().map_err(|_| lock_err())?;
         // Inflated under the lock, one upload at a time (they compile one at a time
@@ -358,12 +369,18 @@ impl FilterRegistry {
         let inflated = super::runtime::inflate(bytes, self.runtime.config().max_component_bytes)?;
         let bytes: &[u8] = &inflated;
         let key = (group.to_owned(), topic.to_owned());
-        let next_version = self
-            .registrations
-            .read()
-            .map_err(|_| lock_err())?
-            .get(&key)
-            .map_or(1, |r| r.entry.version + 1);
+        let (held, next_version) = {
+            let registrations = self.registrations.read().map_err(|_| lock_err())?;
+            let next = registrations.get(&key).map(|r| r.entry.version + 1);
+            (registrations.len(), next)
+        };
+        // A new registration within the bound (a slave's copy follows its master's).
+        if next_version.is_none() && version.is_none() && held >= config.max_filters {
+            return Err(FilterError::TooMany {
+                max: config.max_filters,
+            });
+        }
+        let next_version = next_version.unwrap_or(1);
         let version = version.unwrap_or(next_version);
         let sha256 = sha256_hex(bytes);
         let label = FilterLabel::new(group, topic, version, sha256.clone());

@@ -909,6 +909,7 @@ async fn bad_uploads_rejected() {
         format!("limit is {limit} bytes"),
     );
     let (sql, hostile) = (component(SQL92), component(HOSTILE));
+    let long_expr = format!("a = '{}'", "x".repeat(70_000));
     // Name, component, parameters, what the error says.
     type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, &'a str)>, Vec<&'a str>);
     let cases: Vec<Case> = vec![
@@ -986,6 +987,12 @@ async fn bad_uploads_rejected() {
             vec![0x1f, 0x8b, 1, 2, 3],
             vec![],
             vec!["does not inflate"],
+        ),
+        (
+            "params-too-large",
+            component(SQL92),
+            vec![("expr", long_expr.as_str())],
+            vec!["70010 bytes", "filter.max_params_bytes"],
         ),
     ];
     let mut count = 0;
@@ -1330,4 +1337,25 @@ async fn counters_count_each_message_once() {
     assert_eq!(again.msgs.len(), expected.len());
     let s = info(&c, "G", "Once").await.stats;
     assert_eq!(s.messages_in, 2 * N as u64, "{s:?}");
+}
+
+/// Registrations are bounded: past `filter.max_filters` an upload that would add one is
+/// refused as busy, and new versions of those held are taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_registrations_stay_within_their_bound() {
+    let env = Env::start_with(|c| c.filter.max_filters = 2).await;
+    let c = env.client().await;
+    c.create_topic("B", 1).await;
+    let keep_all = component(KEEP_ALL);
+    for group in ["G1", "G2"] {
+        c.upload(group, "B", &keep_all, &[]).await.unwrap();
+    }
+    let msg = remote_error(
+        c.upload("G3", "B", &keep_all, &[]).await,
+        ErrorCode::SystemBusy,
+    );
+    assert!(msg.contains("filter.max_filters"), "{msg}");
+    assert!(c.filter_info("G3", "B").await.is_none());
+    c.upload("G1", "B", &keep_all, &[]).await.unwrap();
+    assert_eq!(c.filter_info("G1", "B").await.unwrap().version, 2);
 }
