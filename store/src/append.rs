@@ -211,11 +211,20 @@ impl Inner {
         let store_host = record::canonical_addr(self.config.store_host);
         // Each message's queue, looked up (a new one made: folders, files, a directory
         // sync) before the writer lock, so that no other append waits on that.
-        let queues = self.queues_of(msgs)?;
+        let mut queues = self.queues_of(msgs)?;
         let mut results = Vec::with_capacity(msgs.len());
         let mut arrivals = Vec::new();
         let end = {
             let mut w = self.commit_log.lock_writer();
+            // A queue whose topic was deleted since the lookup: a new one (the delete held
+            // this lock until its folder was gone).
+            for (q, msg) in queues.iter_mut().zip(msgs) {
+                if q.as_ref().is_some_and(|cq| cq.is_destroyed()) {
+                    let fresh = self.queue_or_create(&msg.topic, msg.queue_id)?;
+                    fresh.reserve(fresh.max_offset())?;
+                    *q = Some(fresh);
+                }
+            }
             let targets =
                 self.prepare(queues, &lens, &w)
                     .map_err(|e| match disk::is_out_of_space(&e) {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
@@ -75,6 +75,9 @@ pub(crate) struct ConsumeQueue {
     /// ever prefetched, never dereferenced, so a stale one is harmless.
     next_entry_addr: AtomicUsize,
     next_segment_addr: AtomicUsize,
+    /// Its topic was deleted: an append that looked the queue up before that takes a new
+    /// one (see `Inner::append`).
+    destroyed: AtomicBool,
 }
 
 impl ConsumeQueue {
@@ -93,6 +96,7 @@ impl ConsumeQueue {
             device,
             next_entry_addr: AtomicUsize::new(0),
             next_segment_addr: AtomicUsize::new(0),
+            destroyed: AtomicBool::new(false),
         };
         cq.load(commit_log_min)?;
         Ok(cq)
@@ -487,8 +491,14 @@ impl ConsumeQueue {
         self.files.release_sealed()
     }
 
+    /// Whether its topic was deleted ([`ConsumeQueue::destroy`]).
+    pub fn is_destroyed(&self) -> bool {
+        self.destroyed.load(Ordering::Acquire)
+    }
+
     pub fn destroy(&self) -> Result<()> {
         let mut w = self.write.lock();
+        self.destroyed.store(true, Ordering::Release);
         *w = None;
         self.files.destroy()?;
         self.min.store(0, Ordering::Release);

@@ -199,9 +199,16 @@ impl MessageStore {
     }
 
     /// Deletes a topic's consume queues (its records leave the log with retention).
+    ///
+    /// Under the commit log's writer lock and the queue table's, so no append dispatches
+    /// into the queues, and none makes a queue, while they and their folder go: an append
+    /// that looked a queue up before finds it destroyed and takes a new one, made after
+    /// the folder is gone (before, a send racing the delete could be acknowledged into a
+    /// file the delete then removed, or make the delete fail "Directory not empty").
     pub fn delete_topic(&self, topic: &str) -> Result<()> {
-        let removed = self.inner.queues.write().remove(topic);
-        if let Some(qs) = removed {
+        let _no_appends = self.inner.commit_log.lock_writer();
+        let mut queues = self.inner.queues.write();
+        if let Some(qs) = queues.remove(topic) {
             for q in qs.values() {
                 q.destroy()?;
             }
