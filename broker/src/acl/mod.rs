@@ -144,7 +144,7 @@ impl AclStats {
             }
             AuthError::UnknownKey(_) => &self.unknown_key,
             AuthError::BadSignature(_) => &self.bad_signature,
-            AuthError::Expired { .. } => &self.expired,
+            AuthError::Expired { .. } | AuthError::BeforeStart { .. } => &self.expired,
             AuthError::Replayed { .. } | AuthError::TooLate { .. } => &self.replayed,
             AuthError::TooManySessions { .. } => &self.too_many_sessions,
         }
@@ -171,10 +171,12 @@ pub struct Acl {
 impl Acl {
     /// Access control with `rules` (None: off).
     pub fn new(rules: Option<Rules>) -> Self {
+        // What was seen before a restart is not remembered: nothing signed before it taken.
         let guard = match &rules {
             Some(r) => ReplayGuard::new(r.window_ms, r.max_sessions_per_key),
             None => ReplayGuard::new(120_000, 1),
-        };
+        }
+        .not_before(now_ms());
         Self {
             rules: RwLock::new(rules.map(Arc::new)),
             guard,

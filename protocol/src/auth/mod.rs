@@ -66,6 +66,10 @@ pub enum AuthError {
         "request of access key {key:?} arrived after {lag} newer ones of its session: outside the replay window"
     )]
     TooLate { key: String, lag: u64 },
+    #[error(
+        "request of access key {key:?} signed {early_ms} ms before this server started: a request from before a restart (replayed?), or a clock behind"
+    )]
+    BeforeStart { key: String, early_ms: u64 },
     #[error("access key {key:?} has {max} sessions within the time window already: refused")]
     TooManySessions { key: String, max: usize },
     #[error("invalid credentials: {0}")]
@@ -77,7 +81,7 @@ impl AuthError {
     pub fn code(&self) -> crate::ErrorCode {
         use crate::ErrorCode as E;
         match self {
-            AuthError::Expired { .. } => E::RequestExpired,
+            AuthError::Expired { .. } | AuthError::BeforeStart { .. } => E::RequestExpired,
             AuthError::Replayed { .. } | AuthError::TooLate { .. } => E::RequestReplayed,
             _ => E::AuthFailed,
         }
@@ -97,7 +101,7 @@ impl SharedSecret {
     pub fn new(secret: &str, window_ms: u64, max_sessions: usize) -> Result<Self, AuthError> {
         Ok(Self {
             creds: Credentials::new("shared", secret)?,
-            guard: ReplayGuard::new(window_ms, max_sessions),
+            guard: ReplayGuard::new(window_ms, max_sessions).not_before(now_ms()),
         })
     }
 

@@ -95,6 +95,9 @@ pub struct ReplayGuard {
     window_ms: AtomicU64,
     max_sessions: AtomicUsize,
     keys: Mutex<HashMap<String, KeySessions>>,
+    /// Requests signed before this are refused: what was seen before a restart is not
+    /// remembered, so a request captured then could otherwise be sent again.
+    not_before_ms: u64,
 }
 
 impl ReplayGuard {
@@ -105,7 +108,14 @@ impl ReplayGuard {
             window_ms: AtomicU64::new(window_ms),
             max_sessions: AtomicUsize::new(max_sessions.max(1)),
             keys: Mutex::new(HashMap::new()),
+            not_before_ms: 0,
         }
+    }
+
+    /// Refuses requests signed before `ms` (a server's start: [`crate::auth::now_ms`]).
+    pub fn not_before(mut self, ms: u64) -> Self {
+        self.not_before_ms = ms;
+        self
     }
 
     pub fn window_ms(&self) -> u64 {
@@ -129,6 +139,12 @@ impl ReplayGuard {
                 key: sig.access_key.to_owned(),
                 skew_ms: if ts < now_ms { -skew } else { skew },
                 window_ms,
+            });
+        }
+        if ts < self.not_before_ms {
+            return Err(AuthError::BeforeStart {
+                key: sig.access_key.to_owned(),
+                early_ms: self.not_before_ms - ts,
             });
         }
         Ok(())
@@ -248,5 +264,18 @@ mod tests {
         let auth = signed(4, 1, later);
         g.admit(&Signature::parse(&auth).unwrap(), later).unwrap();
         assert_eq!(g.sessions(), 1, "the old sessions dropped, session 4 added");
+    }
+
+    #[test]
+    fn requests_signed_before_the_start_are_refused() {
+        let start = 5_000_000;
+        let g = ReplayGuard::new(120_000, 3).not_before(start);
+        let check = |ts| g.check_time(&Signature::parse(&signed(1, 1, ts)).unwrap(), start + 10);
+        assert!(matches!(
+            check(start - 1),
+            Err(AuthError::BeforeStart { early_ms: 1, .. })
+        ));
+        check(start).unwrap();
+        check(start + 5).unwrap();
     }
 }

@@ -404,6 +404,7 @@ async fn a_send_back_copies_only_what_its_principal_may_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_replayed_stale_and_unsigned_requests_are_refused() {
+    let before_start = now_ms();
     let (env, _dir) = acl_env(ACL).await;
     let addr = env.broker().local_addr().to_string();
     let root = Credentials::new("root", "root-secret").expect("creds");
@@ -449,6 +450,15 @@ async fn forged_replayed_stale_and_unsigned_requests_are_refused() {
         assert_eq!(status, code(ErrorCode::RequestExpired), "{message}");
         assert!(message.contains("outside the window"), "{message}");
     }
+    // Signed before the broker started (within the window): a request captured before a
+    // restart, which the broker no longer remembers seeing.
+    let (status, message) = raw_call(
+        &addr,
+        &signed_frame(&GetAllTopics, &root, stamp(before_start - 1, 5)),
+    )
+    .await;
+    assert_eq!(status, code(ErrorCode::RequestExpired), "{message}");
+    assert!(message.contains("before this server started"), "{message}");
 
     // A wrong secret, an unknown key, no signature at all.
     let wrong = env.client_as("root", "not-the-secret").await;
@@ -473,7 +483,7 @@ async fn forged_replayed_stale_and_unsigned_requests_are_refused() {
             c.unknown_key,
             c.unsigned
         ),
-        (1, 2, 2, 1, 1),
+        (1, 2, 3, 1, 1),
         "{c:?}"
     );
     assert_eq!(c.allowed, 2, "{c:?}");
