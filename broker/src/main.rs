@@ -158,10 +158,21 @@ fn load(args: &Args) -> anyhow::Result<BrokerConfig> {
     Ok(config)
 }
 
+/// Open files a broker should be allowed (RocketMQ's deployment guide asks 655,350).
+const OPEN_FILES_ADVISED: u64 = 65_536;
+
 fn run() -> anyhow::Result<()> {
     server_main::init_logging();
     if let Err(e) = server_main::heap_on_small_pages() {
         tracing::debug!(error = %e, "transparent huge pages stay as the system has them");
+    }
+    match server_main::open_files_at_hard_limit() {
+        Ok(n) if n < OPEN_FILES_ADVISED => tracing::warn!(
+            limit = n,
+            "this process may open only {n} files: every consume queue holding messages keeps one open, so past about that many queues sends to new queues and new connections are refused; raise the limit (ulimit -n, systemd LimitNOFILE) to {OPEN_FILES_ADVISED} or more"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
     let args = Args::parse();
     let mut config = load(&args)?;

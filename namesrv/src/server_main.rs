@@ -37,6 +37,19 @@ pub fn heap_on_small_pages() -> std::io::Result<()> {
     rustix::thread::disable_transparent_huge_pages(true).map_err(std::io::Error::from)
 }
 
+/// Raises this process's limit of open files to the most it may have (the hard limit):
+/// a broker keeps a file open for every consume queue that holds messages, besides its
+/// connections. Returns the limit in force after.
+pub fn open_files_at_hard_limit() -> std::io::Result<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        setrlimit(Resource::Nofile, limit).map_err(std::io::Error::from)?;
+    }
+    Ok(limit.current.unwrap_or(u64::MAX))
+}
+
 /// Runs `run`; on error prints `NAME: error: causes` on one line and exits non-zero.
 pub fn exit_code(name: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
@@ -90,4 +103,16 @@ pub fn read_toml<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> anyh
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_one() {
+        use rustix::process::{Resource, getrlimit};
+        let n = super::open_files_at_hard_limit().unwrap();
+        let after = getrlimit(Resource::Nofile);
+        assert_eq!(after.current, after.maximum);
+        assert_eq!(n, after.current.unwrap_or(u64::MAX));
+    }
 }
