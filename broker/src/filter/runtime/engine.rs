@@ -31,6 +31,8 @@ pub(super) const TABLES_PER_FILTER: u32 = 8;
 
 /// gzip's magic bytes; a component starts with `\0asm`, so the two never mix up.
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
+/// The shortest gzip stream: a 10-byte header and an 8-byte trailer.
+const GZIP_MIN_LEN: usize = 18;
 
 /// The component in `bytes`: inflated when they are gzip-compressed (an upload of a large
 /// component, or a master's copy sent to its slave), else as they are. Inflating stops
@@ -39,6 +41,23 @@ pub fn inflate(bytes: &[u8], limit: usize) -> Result<std::borrow::Cow<'_, [u8]>,
     use std::io::Read;
     if !bytes.starts_with(GZIP_MAGIC) {
         return Ok(std::borrow::Cow::Borrowed(bytes));
+    }
+    // The stream's own size field (its last 4 bytes, the size modulo 4 GiB; the limit is
+    // far below that): one that says too large is refused without inflating anything.
+    // One that lies is still caught by the bounded inflating below.
+    if let Some(trailer) = bytes
+        .len()
+        .checked_sub(4)
+        .filter(|_| bytes.len() >= GZIP_MIN_LEN)
+        .and_then(|at| bytes.get(at..))
+    {
+        let said = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+        if usize::try_from(said).is_ok_and(|n| n > limit) {
+            return Err(FilterError::TooLarge {
+                size: said as usize,
+                limit,
+            });
+        }
     }
     let mut out = Vec::new();
     // One byte over the limit tells "too large" from "exactly the limit".
@@ -309,6 +328,32 @@ mod tests {
             c = outer;
         }
         c
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn inflating_is_bounded_whatever_the_stream_says_of_its_size() {
+        let limit = 1_000;
+        assert_eq!(inflate(&gzip(&[7; 1_000]), limit).unwrap().len(), 1_000);
+        // Said too large by its own size field: refused as it says.
+        assert!(matches!(
+            inflate(&gzip(&[7; 1_001]), limit),
+            Err(FilterError::TooLarge { size: 1_001, .. })
+        ));
+        // A size field that lies: inflating stops one byte past the limit all the same.
+        let mut liar = gzip(&[7; 1 << 20]);
+        let at = liar.len() - 4;
+        liar[at..].copy_from_slice(&10u32.to_le_bytes());
+        assert!(matches!(
+            inflate(&liar, limit),
+            Err(FilterError::TooLarge { size: 1_001, .. })
+        ));
     }
 
     #[test]
