@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
-use weir_protocol::auth::{SharedSecret, Signed};
+use weir_protocol::auth::SharedSecret;
 use weir_protocol::ha::HaStatus;
 use weir_protocol::metrics::{MetricsConfig, MetricsServer};
 use weir_protocol::net::{BoxFuture, Cause};
@@ -292,13 +292,7 @@ impl NameServer {
         let Some(secret) = &self.secret else {
             return Ok(());
         };
-        let signed = Signed {
-            oneway: req.oneway,
-            code: req.code,
-            header: &req.header,
-            body: &req.body,
-        };
-        secret.check(&req.auth, &signed).map_err(|e| {
+        secret.check(&req.auth, &req.signed()).map_err(|e| {
             let peer = conn.peer();
             self.refused_registrations.record(|count| {
                 warn!(%peer, error = %e, count, "refused broker registrations without the cluster secret: {count} since the last report, the latest shown")

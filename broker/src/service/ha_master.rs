@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
-use weir_protocol::auth::{AuthError, SharedSecret, Signed};
+use weir_protocol::auth::{AuthError, SharedSecret};
 use weir_protocol::ha::{
     FilterEntry, HaAck, HaComponent, HaData, HaHello, HaSnapshot, HaSync, HaWelcome, OFFSETS_PAGE,
     OffsetRow, TAIL_LEN,
@@ -200,16 +200,10 @@ impl Handler for HaMaster {
 impl HaMaster {
     /// Takes a hello signed with the cluster secret, or any when there is none.
     fn authenticate(&self, req: &Request) -> Result<(), AuthError> {
-        let Some(secret) = &self.secret else {
-            return Ok(());
-        };
-        let signed = Signed {
-            oneway: req.oneway,
-            code: req.code,
-            header: &req.header,
-            body: &req.body,
-        };
-        secret.check(&req.auth, &signed)
+        match &self.secret {
+            Some(secret) => secret.check(&req.auth, &req.signed()),
+            None => Ok(()),
+        }
     }
 }
 

@@ -67,6 +67,16 @@ impl Request {
     pub fn decode<R: Rpc>(&self) -> Result<R, ProtocolError> {
         decode_header(&self.header, R::CODE.as_str())
     }
+
+    /// What its signature (`auth`) covers.
+    pub fn signed(&self) -> crate::auth::Signed<'_> {
+        crate::auth::Signed {
+            oneway: self.oneway,
+            code: self.code,
+            header: &self.header,
+            body: &self.body,
+        }
+    }
 }
 
 /// What a handler answers.
