@@ -1,3 +1,7 @@
+//! (Over 600 lines: one type whose every change runs under its one `changes` lock, with the
+//! files it writes and removes; split, the crash-safety argument below would be spread
+//! over several files.)
+//!
 //! Which filter applies to which (group, topic): durable, versioned, with compiled code
 //! cached on disk.
 //!
