@@ -453,3 +453,26 @@ async fn sends_read_before_a_close_are_stored() {
     })
     .await;
 }
+
+/// With access control on, an unsigned pull is refused as unsigned whatever it names:
+/// a stranger does not learn whether a group subscribes to a topic. (RocketMQ's own ACL
+/// signatures are not read: every unsigned remoting request is refused.)
+#[tokio::test]
+async fn with_access_control_on_an_unsigned_pull_learns_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("acl.toml");
+    std::fs::write(
+        &file,
+        "[[principal]]\naccess_key = \"root\"\nsecret_key = \"root-secret\"\nadmin = true\n",
+    )
+    .unwrap();
+    let env = Env::start_with(|c| c.acl.file = Some(file)).await;
+    let mut raw = Raw::connect(&env.broker().local_addr().to_string()).await;
+    let r = raw.call(pull("no-such-group", "secret", 0, 0)).await;
+    assert_eq!(r.code, rs::NO_PERMISSION, "{:?}", r.remark);
+    assert!(
+        r.remark.as_deref().unwrap_or("").contains("not signed"),
+        "{:?}",
+        r.remark
+    );
+}

@@ -149,6 +149,20 @@ impl RemotingAdapter {
         self.0.dispatch(&Self::context(call, with_link), req).await
     }
 
+    /// Refuses `req` as the dispatch would for access control, without running it: for
+    /// an answer the adapter gives on its own, which must say nothing to a stranger.
+    pub(crate) fn check_access(
+        &self,
+        call: &Call<'_>,
+        req: &BrokerRequest,
+    ) -> Result<(), ProcessError> {
+        let ctx = Self::context(call, false);
+        self.0
+            .acl
+            .check(ctx.signed.as_ref(), req, |id| self.0.clients.groups_of(id))
+            .map(drop)
+    }
+
     /// [`Self::dispatch`] for a send that creates its topic, if need be, with
     /// `auto_create_queues` queues (at most the broker's default).
     pub(crate) async fn dispatch_send(

@@ -156,6 +156,19 @@ pub(super) async fn serve(
         None => match registered(adapter, &group, &topic) {
             Some(found) => found,
             None => {
+                // Access control first: a stranger learns nothing of the group's
+                // subscriptions (this pull, as any, needs `sub` on both).
+                let probe = PullMessage {
+                    group: group.clone(),
+                    topic: topic.clone(),
+                    queue_id,
+                    offset,
+                    max_msgs: 1,
+                    expression: "*".to_owned(),
+                    suspend_ms: 0,
+                    commit_offset: None,
+                };
+                adapter.check_access(call, &BrokerRequest::Pull(probe))?;
                 return Ok(RemotingCommand::response_to(
                     cmd,
                     rs::SUBSCRIPTION_NOT_EXIST,
