@@ -130,16 +130,26 @@ impl ConsumerOffsets {
     }
 
     /// Commits `offset` unless the stored one is already at or past it (a slave's
-    /// progress merged into its master's); whether it moved.
-    pub fn commit_max(&self, group: &str, topic: &str, queue_id: u32, offset: u64) -> bool {
+    /// progress merged into its master's), adding an entry only while fewer than `max`
+    /// are held (as [`ConsumerOffsets::commit_within`]); whether it moved.
+    pub fn commit_max(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max: usize,
+    ) -> bool {
         let key = OffsetKey {
             group: group.to_owned(),
             topic: topic.to_owned(),
             queue_id,
         };
         let mut t = self.table.write();
-        if t.get(&key).is_some_and(|&have| have >= offset) {
-            return false;
+        match t.get(&key) {
+            Some(&have) if have >= offset => return false,
+            None if t.len() >= max => return false,
+            _ => {}
         }
         t.insert(key, offset);
         drop(t);
@@ -306,6 +316,32 @@ impl ConsumerOffsets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_entries_stay_within_the_bound_and_held_ones_move() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = ConsumerOffsets::open(&dir.path().join("offsets.json")).unwrap();
+        assert!(o.commit_within("g", "T", 0, 5, 2));
+        assert!(o.commit_max("g", "T", 1, 5, 2));
+        // Full: nothing new, by either.
+        assert!(!o.commit_within("h", "T", 0, 1, 2));
+        assert!(!o.commit_max("h", "T", 0, 1, 2));
+        assert_eq!(o.len(), 2);
+        // Held ones move (commit_max only forward).
+        assert!(o.commit_within("g", "T", 0, 3, 2));
+        assert!(!o.commit_max("g", "T", 1, 4, 2));
+        assert!(o.commit_max("g", "T", 1, 9, 2));
+        assert_eq!(
+            (o.query("g", "T", 0), o.query("g", "T", 1)),
+            (Some(3), Some(9))
+        );
+        // Pages in key order, each after the last key of the one before.
+        let (first, more) = o.page_after(None, 1);
+        assert!(more);
+        let (second, more) = o.page_after(Some(&first[0].0), 1);
+        assert!(!more);
+        assert_eq!((first[0].0.queue_id, second[0].0.queue_id), (0, 1));
+    }
 
     #[test]
     fn survives_reopen_and_rejects_garbage() {

@@ -370,7 +370,7 @@ impl FilterRegistry {
         // Inflated under the lock, one upload at a time (they compile one at a time
         // anyway): 64 uploads of a 40 KB gzip inflating to the size limit each, inflated
         // at once, took the broker to 3.4 GB.
-        let inflated = super::runtime::inflate(bytes, self.runtime.config().max_component_bytes)?;
+        let inflated = super::runtime::inflate(bytes, config.max_component_bytes)?;
         let bytes: &[u8] = &inflated;
         let key = (group.to_owned(), topic.to_owned());
         let (held, next_version) = {

@@ -280,18 +280,10 @@ impl Broker {
             }
             // A slave's queue is never ahead of its master's: an offset past this queue's
             // end is not one a consumer could have read to (taken, it would skip what comes).
+            // New entries only within limits.max_consumer_offsets, as a consumer's commit.
             let offset = (*offset).min(self.store.max_offset(topic, *queue_id));
             let max = self.config.limits.max_consumer_offsets;
-            if offsets.len() >= max && offsets.query(group, topic, *queue_id).is_none() {
-                debug!(
-                    group,
-                    topic,
-                    queue_id,
-                    "skipped a slave's offset: limits.max_consumer_offsets reached"
-                );
-                continue;
-            }
-            if offsets.commit_max(group, topic, *queue_id, offset) {
+            if offsets.commit_max(group, topic, *queue_id, offset, max) {
                 debug!(
                     group,
                     topic, queue_id, offset, "took a consumer offset committed on a slave"
@@ -319,9 +311,7 @@ impl Broker {
                 .into_iter()
                 .map(|(k, o)| (k.group, k.topic, k.queue_id, o))
                 .collect(),
-            filters: if !first {
-                Vec::new()
-            } else {
+            filters: if first {
                 self.filters
                     .entries()
                     .into_iter()
@@ -334,6 +324,8 @@ impl Broker {
                         memory: e.memory,
                     })
                     .collect()
+            } else {
+                Vec::new()
             },
             more,
         }

@@ -45,13 +45,13 @@ pub fn inflate(bytes: &[u8], limit: usize) -> Result<std::borrow::Cow<'_, [u8]>,
     // The stream's own size field (its last 4 bytes, the size modulo 4 GiB; the limit is
     // far below that): one that says too large is refused without inflating anything.
     // One that lies is still caught by the bounded inflating below.
-    if let Some(trailer) = bytes
+    if let Some(&[a, b, c, d]) = bytes
         .len()
         .checked_sub(4)
         .filter(|_| bytes.len() >= GZIP_MIN_LEN)
         .and_then(|at| bytes.get(at..))
     {
-        let said = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+        let said = u32::from_le_bytes([a, b, c, d]);
         if usize::try_from(said).is_ok_and(|n| n > limit) {
             return Err(FilterError::TooLarge {
                 size: said as usize,
