@@ -56,14 +56,15 @@ pub struct StoreConfig {
     /// Sync mode: how long an append waits for its fsync before it reports a timeout, ms
     /// (default 5000). The record is stored either way.
     pub sync_flush_timeout_ms: u64,
-    /// How often consume queues and the index are synced and the checkpoint written, ms
-    /// (default 1000).
+    /// How often the commit log and the index are synced, consume queues written back and
+    /// the checkpoint written, ms (default 1000).
     pub checkpoint_interval_ms: u64,
-    /// At a checkpoint, a consume queue is synced only when at least this many whole 4 KiB
-    /// pages of it are unsynced (default 2, RocketMQ's `flushConsumeQueueLeastPages`): a
-    /// page is then written once, full, instead of at every checkpoint while it fills,
-    /// which with thousands of queues costs a sync per queue per second. 0 syncs every
-    /// queue at every checkpoint.
+    /// At a checkpoint between thorough ones, a consume queue's write-back is started
+    /// (not waited for, not synced: only a thorough checkpoint syncs queues) once at least
+    /// this many whole 4 KiB pages of it are not written yet (default 2, RocketMQ's
+    /// `flushConsumeQueueLeastPages`): a page is then written once, full, and the writes
+    /// are spread over the thorough interval. 0: every queue's whole pages at every
+    /// checkpoint.
     pub consume_queue_flush_least_pages: u32,
     /// How often a checkpoint syncs every consume queue whatever it holds, ms (default
     /// 10,000; RocketMQ's `flushConsumeQueueThoroughInterval`). Only such a checkpoint

@@ -482,9 +482,16 @@ impl ConsumeQueue {
         self.files.unflushed()
     }
 
-    /// Whole pages written since the last flush (what a partial checkpoint weighs).
-    pub fn unflushed_pages(&self) -> u64 {
-        self.files.unflushed_pages()
+    /// Whole pages written since the last flush whose write-back was not started either
+    /// (what a partial checkpoint weighs).
+    pub fn pages_to_write(&self) -> u64 {
+        self.files.pages_to_write()
+    }
+
+    /// Starts writing back the whole pages written since the last flush, without waiting
+    /// (see [`SegmentedFile::start_writeback`]): what a partial checkpoint does.
+    pub fn start_writeback(&self) -> Result<()> {
+        self.files.start_writeback()
     }
 
     pub fn release_sealed_pages(&self) {

@@ -77,6 +77,9 @@ pub(crate) struct Segment {
     published: AtomicU64,
     /// Bytes `[0, flushed)` are known to be on disk.
     flushed: AtomicU64,
+    /// Whole pages `[0, written_back)` had their write-back started
+    /// ([`Segment::start_writeback`]): not durable by that, not to be started again.
+    written_back: AtomicU64,
     /// Bytes `[0, allocated)` have real blocks (writes there cannot fault on a full disk).
     /// The whole length for a segment made by [`Segment::create`]; a growing segment
     /// ([`Segment::create_growing`]) starts sparse and its writer calls
@@ -210,6 +213,7 @@ impl Segment {
             map,
             published: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
+            written_back: AtomicU64::new(0),
             allocated: AtomicU64::new(allocated),
         })
     }
@@ -432,6 +436,41 @@ impl Segment {
         self.flush_to(upto)
     }
 
+    /// Starts the write-back of the whole pages in `[flushed, upto)` not started before,
+    /// dropping this process's mapping of them first (as [`Segment::flush_to_unmapped`]
+    /// does, for the same reason), and does not wait: no device flush, no journal commit,
+    /// nothing recorded as durable. The page being written (past the last whole one) is
+    /// left alone, mapped and writable. A sync later finds these pages clean or on their
+    /// way, so it costs a flush, not the writes.
+    pub fn start_writeback(&self, upto: u64) -> Result<()> {
+        let page = rustix::param::page_size() as u64;
+        let from = self
+            .flushed
+            .load(Ordering::Acquire)
+            .max(self.written_back.load(Ordering::Acquire))
+            / page
+            * page;
+        let to = upto.min(self.published()) / page * page;
+        if to <= from {
+            return Ok(());
+        }
+        self.unmap_published(from, to);
+        start_file_writeback(&self.file, from, to - from)
+            .ctx("start a segment's write-back", &self.path)?;
+        self.written_back.fetch_max(to, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Whole pages published and neither synced nor with their write-back started.
+    fn pages_to_write(&self) -> u64 {
+        const PAGE: u64 = 4096;
+        let done = self
+            .flushed
+            .load(Ordering::Acquire)
+            .max(self.written_back.load(Ordering::Acquire));
+        (self.published() / PAGE).saturating_sub(done / PAGE)
+    }
+
     /// Records that `[0, upto)` is durable, made so by a sync of the whole file system
     /// that began after those bytes were written.
     pub fn flushed_by_file_system(&self, upto: u64) {
@@ -442,7 +481,35 @@ impl Segment {
     /// synced again (recovery rewrites a truncated queue's entries from there).
     pub fn unflush_from(&self, rel: u64) {
         self.flushed.fetch_min(rel, Ordering::AcqRel);
+        self.written_back.fetch_min(rel, Ordering::AcqRel);
     }
+}
+
+/// Starts writing back the dirty pages of `file` in `[offset, offset + len)` and returns
+/// without waiting for them, without the device flush or journal commit a sync makes
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): nothing is durable by it, a later sync
+/// finds those pages clean or on their way.
+#[cfg(target_os = "linux")]
+fn start_file_writeback(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: sync_file_range reads no memory of this process: it takes a descriptor,
+    // valid for the call as `file` is borrowed, two integers and flags.
+    let rc = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Elsewhere nothing is started: the next sync writes everything.
+#[cfg(not(target_os = "linux"))]
+fn start_file_writeback(_file: &File, _offset: u64, _len: u64) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Segment file name: the start offset, 20 digits, so names sort by offset.
@@ -694,13 +761,12 @@ impl SegmentedFile {
         Ok(())
     }
 
-    /// Whole pages (4 KiB) published since the last flush, over the segments with
-    /// unflushed bytes.
-    pub fn unflushed_pages(&self) -> u64 {
-        const PAGE: u64 = 4096;
+    /// Whole pages (4 KiB) published since the last flush whose write-back was not
+    /// started either, over the segments with unflushed bytes.
+    pub fn pages_to_write(&self) -> u64 {
         let mut pages = 0u64;
-        let Ok(()) = self.each_unflushed(|_, flushed, published| {
-            pages = pages.saturating_add((published / PAGE).saturating_sub(flushed / PAGE));
+        let Ok(()) = self.each_unflushed(|seg, _, _| {
+            pages = pages.saturating_add(seg.pages_to_write());
             Ok::<(), Infallible>(())
         });
         pages
@@ -726,6 +792,12 @@ impl SegmentedFile {
     /// entries a second). The page being written (past the last whole one) stays mapped.
     pub fn flush(&self) -> Result<()> {
         self.each_unflushed(|seg, _, published| seg.flush_to_unmapped(published))
+    }
+
+    /// Starts the write-back of the whole pages [`SegmentedFile::flush`] would sync,
+    /// without waiting or recording anything as durable (see [`Segment::start_writeback`]).
+    pub fn start_writeback(&self) -> Result<()> {
+        self.each_unflushed(|seg, _, published| seg.start_writeback(published))
     }
 }
 

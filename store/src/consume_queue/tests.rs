@@ -38,7 +38,7 @@ fn entries_put_after_a_truncation_are_still_to_sync() {
         cq.put(i, entry(i)).unwrap();
     }
     assert!(
-        !cq.unflushed().is_empty() && cq.unflushed_pages() > 0,
+        !cq.unflushed().is_empty() && cq.pages_to_write() > 0,
         "rewritten entries taken for synced"
     );
 }
@@ -58,7 +58,7 @@ fn an_empty_last_segment_does_not_hide_unsynced_entries_before_it() {
     assert_eq!(cq.unflushed().len(), 1);
     cq.flush().unwrap();
     assert!(cq.unflushed().is_empty());
-    assert_eq!(cq.unflushed_pages(), 0);
+    assert_eq!(cq.pages_to_write(), 0);
 }
 
 #[test]
@@ -224,4 +224,52 @@ fn opening_a_queue_reads_a_page_per_search_step() {
     // 448 KiB with read-ahead.
     let kib = mapped_kib(seg.path());
     assert!(kib <= 160, "{kib} KiB mapped after opening");
+}
+
+/// A partial checkpoint's write-back: the whole written pages go (unmapped, their
+/// write-back started), nothing is recorded as durable, the page being written is left
+/// mapped and writable (the next puts take no fault), and a page is started once.
+#[test]
+fn a_started_write_back_records_nothing_durable_and_leaves_the_page_being_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let cq = ConsumeQueue::open(dir.path(), 300_000, 0).unwrap();
+    // 20-byte entries: 2,100 fill ten 4 KiB pages and part of an eleventh.
+    faults_putting(&cq, 0..2_100);
+    assert_eq!(cq.pages_to_write(), 10);
+    let faults_getting = |at: u64| {
+        let before = minor_faults();
+        assert_eq!(cq.get(at), Some(entry(at)));
+        minor_faults() - before
+    };
+    cq.start_writeback().unwrap();
+    assert_eq!(
+        cq.pages_to_write(),
+        0,
+        "started pages are not started again"
+    );
+    assert!(!cq.unflushed().is_empty(), "a write-back taken for a sync");
+    assert!(faults_getting(0) > 0, "a whole written page was dropped");
+    assert_eq!(
+        faults_putting(&cq, 2_100..2_140),
+        0,
+        "the page being written was write-protected"
+    );
+    // New whole pages are counted (and started) on their own.
+    faults_putting(&cq, 2_140..2_600);
+    assert_eq!(cq.pages_to_write(), 2);
+    cq.start_writeback().unwrap();
+    assert_eq!(cq.pages_to_write(), 0);
+    // A sync still makes everything durable, and every entry reads back.
+    cq.flush().unwrap();
+    assert!(cq.unflushed().is_empty());
+    for i in (0..2_600).step_by(97) {
+        assert_eq!(cq.get(i), Some(entry(i)));
+    }
+    // Entries rewritten below what was started are started again.
+    cq.truncate_from(entry(300).commit_log_offset).unwrap();
+    faults_putting(&cq, 300..1_300);
+    assert!(
+        cq.pages_to_write() >= 4,
+        "rewritten pages taken for started"
+    );
 }
