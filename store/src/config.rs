@@ -59,12 +59,12 @@ pub struct StoreConfig {
     /// How often the commit log and the index are synced, consume queues written back and
     /// the checkpoint written, ms (default 1000).
     pub checkpoint_interval_ms: u64,
-    /// At a checkpoint between thorough ones, a consume queue's write-back is started
-    /// (not waited for, not synced: only a thorough checkpoint syncs queues) once at least
+    /// At a checkpoint between thorough ones, a consume queue is written once at least
     /// this many whole 4 KiB pages of it are not written yet (default 2, RocketMQ's
-    /// `flushConsumeQueueLeastPages`): a page is then written once, full, and the writes
-    /// are spread over the thorough interval. 0: every queue's whole pages at every
-    /// checkpoint.
+    /// `flushConsumeQueueLeastPages`): a page is then written once, full. Such queues are
+    /// synced one by one when fewer than 32; from 32 on, their write-back is only started
+    /// (not waited for, not synced: the thorough checkpoint syncs them). 0: every queue at
+    /// every checkpoint.
     pub consume_queue_flush_least_pages: u32,
     /// How often a checkpoint syncs every consume queue whatever it holds, ms (default
     /// 10,000; RocketMQ's `flushConsumeQueueThoroughInterval`). Only such a checkpoint

@@ -150,13 +150,15 @@ impl Inner {
     /// Syncs the log, queues and index, then records what is durable. `thorough`: every
     /// queue is synced, and the point recovery rebuilds queues from moves up. Otherwise
     /// that point stays (a queue may hold unsynced entries below it), so nothing there
-    /// needs a queue synced: the queues with at least `consume_queue_flush_least_pages`
-    /// whole pages not yet written only have their write-back started (no wait, no device
-    /// flush), which spreads the writes over the interval and leaves the thorough sync
-    /// little to write. Synced one by one each second instead, the queues of 64 busy
+    /// needs a queue synced. The queues with at least `consume_queue_flush_least_pages`
+    /// whole pages not yet written are synced one by one when they are few; from
+    /// [`SYNC_FILE_SYSTEM_FROM`] of them on, they only have their write-back started (no
+    /// wait, no device flush), which spreads the writes over the interval and leaves the
+    /// thorough sync little to write. Synced one by one each second, the queues of 64 busy
     /// topics took a tenth of a core in device flushes (trips to the hypervisor here), and
     /// each sync write-protected the page being written, which the next append faulted
-    /// back in.
+    /// back in. (A few are kept synced: a filtered catch-up read of 8 queues right after
+    /// their produce was slower with their write-back left to run beside it.)
     pub(crate) fn checkpoint(&self, thorough: bool) -> Result<()> {
         self.health.check_writable()?;
         // Every record below this has its queue entry and keys in the files synced next.
@@ -180,6 +182,9 @@ impl Inner {
             .map(|q| (q, q.unflushed()))
             .filter(|(_, segments)| !segments.is_empty())
             .collect();
+        // Between thorough checkpoints, a few queues are synced (cheap, and the thorough sync
+        // then has little of theirs to write); many only have their write-back started.
+        let write_back_only = !thorough && due.len() >= SYNC_FILE_SYSTEM_FROM;
         self.health.sync("consume queue sync", || {
             let by_file_system = if thorough && due.len() >= SYNC_FILE_SYSTEM_FROM {
                 let devices = due.iter().map(|(q, _)| q.device()).collect();
@@ -197,7 +202,7 @@ impl Inner {
                 Default::default()
             };
             for (q, segments) in &due {
-                if !thorough {
+                if write_back_only {
                     q.start_writeback()?;
                 } else if by_file_system.contains(&q.device()) {
                     for (segment, published) in segments {
@@ -210,7 +215,7 @@ impl Inner {
             Ok(())
         })?;
         // (A write-back started leaves the page being written alone.)
-        if thorough {
+        if !write_back_only {
             for (q, _) in &due {
                 q.prefault_after_sync();
             }
@@ -244,7 +249,7 @@ mod tests {
     use crate::{FlushMode, Message, MessageStore, StoreConfig};
 
     #[test]
-    fn a_partial_checkpoint_writes_filled_queues_syncs_none_and_keeps_the_recovery_point() {
+    fn a_partial_checkpoint_writes_filled_queues_back_and_keeps_the_recovery_point() {
         let dir = tempfile::tempdir().unwrap();
         let store = MessageStore::open(StoreConfig {
             async_flush_interval_ms: 3_600_000,
@@ -255,22 +260,33 @@ mod tests {
         .unwrap();
         let at_open = store.inner.logic_flushed.load(Ordering::Acquire);
         // 20-byte entries: 500 fill two whole 4 KiB pages, 300 one.
-        for (topic, n) in [("Busy", 500), ("Slow", 300)] {
+        let fill = |topic: &str, n| {
             for _ in 0..n {
                 store.put(&Message::new(topic, 0, b"x".to_vec())).unwrap();
             }
-        }
-        let busy = store.inner.queue("Busy", 0).unwrap();
-        let slow = store.inner.queue("Slow", 0).unwrap();
+            store.inner.queue(topic, 0).unwrap()
+        };
+        let (busy, slow) = (fill("Busy", 500), fill("Slow", 300));
         assert_eq!((busy.pages_to_write(), slow.pages_to_write()), (2, 1));
 
+        // A few filled queues are synced; the others wait.
         store.inner.checkpoint(false).unwrap();
-        // The filled queue's pages are on their way to the disk, not synced.
         assert_eq!((busy.pages_to_write(), slow.pages_to_write()), (0, 1));
-        assert!(
-            !busy.unflushed().is_empty(),
-            "a partial checkpoint recorded a queue as synced"
-        );
+        assert!(busy.unflushed().is_empty() && !slow.unflushed().is_empty());
+
+        // Many only have their whole pages' write-back started: nothing recorded as synced.
+        let many: Vec<_> = (0..super::SYNC_FILE_SYSTEM_FROM)
+            .map(|i| fill(&format!("Busy{i}"), 500))
+            .collect();
+        store.inner.checkpoint(false).unwrap();
+        for q in &many {
+            assert_eq!(q.pages_to_write(), 0, "a filled queue left unwritten");
+            assert!(
+                !q.unflushed().is_empty(),
+                "a partial checkpoint of many queues recorded one as synced"
+            );
+        }
+        assert_eq!(slow.pages_to_write(), 1);
         assert_eq!(
             store.inner.logic_flushed.load(Ordering::Acquire),
             at_open,
@@ -279,7 +295,11 @@ mod tests {
 
         store.inner.checkpoint(true).unwrap();
         assert_eq!(slow.pages_to_write(), 0);
-        assert!(busy.unflushed().is_empty() && slow.unflushed().is_empty());
+        assert!(
+            std::iter::once(&slow)
+                .chain(&many)
+                .all(|q| q.unflushed().is_empty())
+        );
         assert_eq!(
             store.inner.logic_flushed.load(Ordering::Acquire),
             store.commit_log_max_offset()
