@@ -57,7 +57,9 @@ pub struct Env {
 /// ephemeral port, a fixed number of filter workers (independent of the machine), and a
 /// filter time budget of 500 ms instead of 50: the budget is wall-clock, and a loaded
 /// 2-core CI machine running these tests in parallel can stall a well-behaved call (or a
-/// hostile one that would hit its memory cap first) for longer than 50 ms.
+/// hostile one that would hit its memory cap first) for longer than 50 ms. For the same
+/// reason a send may wait 5 s for the store before it is refused as busy, not 200 ms (one
+/// such stall failed a transaction test's send once); the flow-control tests set their own.
 pub fn broker_config(dir: &Path, namesrv: &str) -> BrokerConfig {
     let mut config = BrokerConfig {
         listen: "127.0.0.1:0".into(),
@@ -75,6 +77,7 @@ pub fn broker_config(dir: &Path, namesrv: &str) -> BrokerConfig {
         ..BrokerConfig::default()
     };
     config.filter.workers = 2;
+    config.send_queue_wait_ms = 5_000;
     config
 }
 
