@@ -444,12 +444,7 @@ impl Segment {
     /// way, so it costs a flush, not the writes.
     pub fn start_writeback(&self, upto: u64) -> Result<()> {
         let page = rustix::param::page_size() as u64;
-        let from = self
-            .flushed
-            .load(Ordering::Acquire)
-            .max(self.written_back.load(Ordering::Acquire))
-            / page
-            * page;
+        let from = self.written_or_flushed() / page * page;
         let to = upto.min(self.published()) / page * page;
         if to <= from {
             return Ok(());
@@ -464,11 +459,14 @@ impl Segment {
     /// Whole pages published and neither synced nor with their write-back started.
     fn pages_to_write(&self) -> u64 {
         const PAGE: u64 = 4096;
-        let done = self
-            .flushed
+        (self.published() / PAGE).saturating_sub(self.written_or_flushed() / PAGE)
+    }
+
+    /// How far the bytes are synced or on their way to the disk.
+    fn written_or_flushed(&self) -> u64 {
+        self.flushed
             .load(Ordering::Acquire)
-            .max(self.written_back.load(Ordering::Acquire));
-        (self.published() / PAGE).saturating_sub(done / PAGE)
+            .max(self.written_back.load(Ordering::Acquire))
     }
 
     /// Records that `[0, upto)` is durable, made so by a sync of the whole file system
@@ -477,8 +475,9 @@ impl Segment {
         self.flushed.fetch_max(upto, Ordering::AcqRel);
     }
 
-    /// Lowers the durable mark to `rel` (at most): what is written from there on is to be
-    /// synced again (recovery rewrites a truncated queue's entries from there).
+    /// Lowers the durable and written-back marks to `rel` (at most): what is written from
+    /// there on is to be written and synced again (recovery rewrites a truncated queue's
+    /// entries from there).
     pub fn unflush_from(&self, rel: u64) {
         self.flushed.fetch_min(rel, Ordering::AcqRel);
         self.written_back.fetch_min(rel, Ordering::AcqRel);
