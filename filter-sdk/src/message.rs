@@ -44,6 +44,7 @@ impl<'a> Message<'a> {
     /// Splits the attribute bytes into tag, keys and properties; `None` if they are not in
     /// the documented encoding (the broker only sends valid ones). Keys and properties are
     /// decoded lazily by the accessors, which stop at anything malformed.
+    #[inline]
     pub fn decode(
         queue_offset: u64,
         born_timestamp: i64,
@@ -101,15 +102,23 @@ impl<'a> Message<'a> {
         std::iter::from_fn(move || Some((take_str(&mut rest, 2)?, take_str(&mut rest, 4)?)))
     }
     /// The value of the first property called `name`.
+    #[inline]
     pub fn property(&self, name: &str) -> Option<&'a str> {
-        // Compare raw name bytes and decode only the value found: this runs per message
-        // per looked-up property, and `decode` already checked the encoding.
+        std::str::from_utf8(self.property_bytes(name)?).ok()
+    }
+    /// [`Message::property`] as the stored bytes, without checking that they are UTF-8
+    /// (a broker stores only UTF-8): cheaper where the value is compared with known text
+    /// or read as a plain number, as a filter does for every message.
+    #[inline]
+    pub fn property_bytes(&self, name: &str) -> Option<&'a [u8]> {
+        // Compare raw name bytes: this runs per message per looked-up property, and
+        // `decode` already checked the encoding.
         let mut rest = self.properties;
         while !rest.is_empty() {
             let k = take(&mut rest, 2)?;
             let v = take(&mut rest, 4)?;
             if same(k, name.as_bytes()) {
-                return std::str::from_utf8(v).ok();
+                return Some(v);
             }
         }
         None
@@ -118,6 +127,24 @@ impl<'a> Message<'a> {
     /// property named `names[i]` (`None` if absent). Cheaper than [`Message::property`] per
     /// name when a filter reads several; only the values found are decoded.
     pub fn properties_of<N: AsRef<str>>(&self, names: &[N], values: &mut [Option<&'a str>]) {
+        let n = names.len().min(values.len());
+        let mut found = [None; 16];
+        if n <= found.len() {
+            self.properties_bytes_of(&names[..n], &mut found[..n]);
+            for (slot, v) in values.iter_mut().zip(&found[..n]) {
+                *slot = v.and_then(|v| std::str::from_utf8(v).ok());
+            }
+            return;
+        }
+        values[..n].fill(None);
+        for (name, slot) in names[..n].iter().zip(values[..n].iter_mut()) {
+            *slot = self.property(name.as_ref());
+        }
+    }
+    /// [`Message::properties_of`] as the stored bytes, unchecked (see
+    /// [`Message::property_bytes`]).
+    #[inline]
+    pub fn properties_bytes_of<N: AsRef<str>>(&self, names: &[N], values: &mut [Option<&'a [u8]>]) {
         let n = names.len().min(values.len());
         values[..n].fill(None);
         let mut missing = n;
@@ -128,7 +155,7 @@ impl<'a> Message<'a> {
             };
             for (name, slot) in names[..n].iter().zip(values[..n].iter_mut()) {
                 if slot.is_none() && same(k, name.as_ref().as_bytes()) {
-                    *slot = std::str::from_utf8(v).ok();
+                    *slot = Some(v);
                     missing -= 1;
                 }
             }
@@ -147,11 +174,13 @@ impl<'a> Message<'a> {
 
 /// `a == b`, byte by byte: names are short, and in wasm the `memcmp` call that slice
 /// equality makes costs more than the comparison.
+#[inline(always)]
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 /// Takes a length-prefixed (u16 or u32, little-endian) slice off the front of `rest`.
+#[inline(always)]
 fn take<'a>(rest: &mut &'a [u8], width: usize) -> Option<&'a [u8]> {
     let (len, tail) = rest.split_at_checked(width)?;
     let len = match *len {

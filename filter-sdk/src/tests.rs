@@ -33,6 +33,19 @@ fn attributes_round_trip() {
     let mut found = [Some("stale"); 3];
     v.properties_of(&["empty", "nope", "region"], &mut found);
     assert_eq!(found, [Some(""), None, Some("eu")]);
+    assert_eq!(v.property_bytes("region"), Some(&b"eu"[..]));
+    assert_eq!(v.property_bytes("nope"), None);
+    let mut raw = [Some(&b"stale"[..]); 3];
+    v.properties_bytes_of(&["region", "nope", "empty"], &mut raw);
+    assert_eq!(raw, [Some(&b"eu"[..]), None, Some(&b""[..])]);
+    // More names than one pass holds: each looked up on its own, with the same answers.
+    let many: Vec<String> = (0..20)
+        .map(|i| format!("p{i}"))
+        .chain(["region".into()])
+        .collect();
+    let mut found = vec![Some("stale"); many.len()];
+    v.properties_of(&many, &mut found);
+    assert_eq!(found.iter().flatten().collect::<Vec<_>>(), [&"eu"]);
     assert_eq!(v.queue_offset(), 7);
     // Every truncation is rejected or yields only whole fields, never misread ones.
     for cut in 0..attrs.len() {
@@ -47,6 +60,22 @@ fn attributes_round_trip() {
     bad.extend_from_slice(&[0, 0, 0, 0]);
     let v = Message::decode(0, 0, 0, 0, &bad, None).unwrap();
     assert_eq!(v.keys().count(), 0);
+}
+
+#[test]
+fn a_value_that_is_not_utf8_is_no_text_but_keeps_its_bytes() {
+    // (A broker stores only UTF-8; a filter must still not misread what it is given.)
+    let mut attrs = TestMessage::new().attributes();
+    attrs.truncate(attrs.len() - 4);
+    let mut prop = vec![1, 0, b'a', 2, 0, 0, 0, 0xff, b'x'];
+    attrs.extend_from_slice(&(prop.len() as u32).to_le_bytes());
+    attrs.append(&mut prop);
+    let v = Message::decode(0, 0, 0, 0, &attrs, None).unwrap();
+    assert_eq!(v.property("a"), None);
+    assert_eq!(v.property_bytes("a"), Some(&[0xff, b'x'][..]));
+    let mut found = [Some("stale")];
+    v.properties_of(&["a"], &mut found);
+    assert_eq!(found, [None]);
 }
 
 #[test]

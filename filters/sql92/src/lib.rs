@@ -109,29 +109,30 @@ impl Filter for Sql92 {
     }
 
     fn keep(&mut self, msg: &Message<'_>) -> bool {
+        // Values as their stored bytes: see `expr`'s docs on UTF-8.
         let names = self.expr.property_names();
         if names.len() <= 1 || names.len() > MAX_SLOTS {
-            return self.expr.evaluate(|name| lookup(msg, name));
+            return self.expr.evaluate_bytes(|name| lookup(msg, name));
         }
         // One walk over the message for every name the expression reads.
         let mut buf = [None; MAX_SLOTS];
         let values = &mut buf[..names.len()];
-        msg.properties_of(names, values);
+        msg.properties_bytes_of(names, values);
         if let Some(i) = self.tags_slot
             && values[i].is_none()
             && !msg.tags().is_empty()
         {
-            values[i] = Some(msg.tags());
+            values[i] = Some(msg.tags().as_bytes());
         }
-        self.expr.evaluate_resolved(values)
+        self.expr.evaluate_resolved_bytes(values)
     }
 }
 
 /// A property's value; `TAGS` falls back to the message's tag (see the crate docs).
-fn lookup<'a>(msg: &Message<'a>, name: &str) -> Option<&'a str> {
-    match msg.property(name) {
+fn lookup<'a>(msg: &Message<'a>, name: &str) -> Option<&'a [u8]> {
+    match msg.property_bytes(name) {
         Some(v) => Some(v),
-        None if name == "TAGS" && !msg.tags().is_empty() => Some(msg.tags()),
+        None if name == "TAGS" && !msg.tags().is_empty() => Some(msg.tags().as_bytes()),
         None => None,
     }
 }

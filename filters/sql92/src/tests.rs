@@ -122,7 +122,7 @@ fn property_numbers() {
         ("1e999", None),
         ("12ab", None),
     ] {
-        assert_eq!(parse_num(text), want, "{text:?}");
+        assert_eq!(parse_num(text.as_bytes()), want, "{text:?}");
     }
 }
 
@@ -693,5 +693,44 @@ fn one_pass_lookup_agrees_with_lookup_by_name() {
         let got = run::<Sql92>(&[("expr", source)], &msgs).unwrap();
         assert_eq!(got, want, "{source}");
         assert!(want.iter().any(|&k| k), "{source} keeps something");
+    }
+}
+
+#[test]
+fn values_compare_as_bytes_and_are_text_only_when_utf8() {
+    // A filter reads values as stored bytes (a broker stores only UTF-8): the same verdicts
+    // as the text for UTF-8 values, and for one that is not, a comparison of its bytes, or
+    // UNKNOWN where it would have to be read as text.
+    let bad: &[u8] = &[0xff, b'x'];
+    let on = |source: &str, value: &'static [u8]| {
+        let e = expr(source);
+        let by_bytes = e.evaluate_bytes(|name| (name == "a").then_some(value));
+        let slots = e.evaluate_resolved_bytes(&[Some(value)]);
+        assert_eq!(by_bytes, slots, "{source}");
+        if let Ok(text) = std::str::from_utf8(value) {
+            assert_eq!(by_bytes, keeps(source, &[("a", text)]), "{source}");
+        }
+        by_bytes
+    };
+    for (source, value, want) in [
+        ("a = 'eu'", &b"eu"[..], true),
+        ("a = 'eu'", b"eur", false),
+        ("a <> 'eu'", b"e", true),
+        ("a = 12", b" 12 ", true),
+        ("a = 1.5", b"1.50", true),
+        ("a > 10", b"9", false),
+        ("a = TRUE", b"True", true),
+        ("a IN ('x', 'y')", b"y", true),
+        ("a CONTAINS 'b'", b"abc", true),
+        ("a <> 'x'", bad, true),
+        ("a = 'x'", bad, false),
+        ("a IN ('x')", bad, false),
+        ("a CONTAINS 'x'", bad, false),
+        ("NOT a CONTAINS 'x'", bad, false),
+        ("a = 1", bad, false),
+        ("NOT a = 1", bad, false),
+        ("a IS NOT NULL", bad, true),
+    ] {
+        assert_eq!(on(source, value), want, "{source} on {value:?}");
     }
 }
