@@ -148,7 +148,7 @@ trait Props<'v> {
 struct ByName<F>(F);
 
 impl<'v, F: Fn(&str) -> Option<&'v str>> Props<'v> for ByName<F> {
-    #[inline]
+    #[inline(always)]
     fn get(&self, prop: &Prop) -> Option<&'v [u8]> {
         (self.0)(&prop.name).map(str::as_bytes)
     }
@@ -157,7 +157,7 @@ impl<'v, F: Fn(&str) -> Option<&'v str>> Props<'v> for ByName<F> {
 struct BytesByName<F>(F);
 
 impl<'v, F: Fn(&str) -> Option<&'v [u8]>> Props<'v> for BytesByName<F> {
-    #[inline]
+    #[inline(always)]
     fn get(&self, prop: &Prop) -> Option<&'v [u8]> {
         (self.0)(&prop.name)
     }
@@ -167,14 +167,14 @@ impl<'v, F: Fn(&str) -> Option<&'v [u8]>> Props<'v> for BytesByName<F> {
 struct BySlot<'s, T>(&'s [Option<T>]);
 
 impl<'v> Props<'v> for BySlot<'_, &'v str> {
-    #[inline]
+    #[inline(always)]
     fn get(&self, prop: &Prop) -> Option<&'v [u8]> {
         self.0.get(prop.slot).copied().flatten().map(str::as_bytes)
     }
 }
 
 impl<'v> Props<'v> for BySlot<'_, &'v [u8]> {
-    #[inline]
+    #[inline(always)]
     fn get(&self, prop: &Prop) -> Option<&'v [u8]> {
         self.0.get(prop.slot).copied().flatten()
     }
@@ -277,6 +277,7 @@ fn or3(a: Option<bool>, b: Option<bool>) -> Option<bool> {
     }
 }
 
+#[inline(always)]
 fn resolve<'a, 'v: 'a, P: Props<'v>>(operand: &'a Operand, props: &P) -> Option<Val<'a>> {
     Some(match operand {
         Operand::Prop(prop) => Val::Str(props.get(prop)?),
@@ -289,6 +290,7 @@ fn resolve<'a, 'v: 'a, P: Props<'v>>(operand: &'a Operand, props: &P) -> Option<
 /// `=`: strings compare as strings; a string against a number compares numerically when
 /// the string is a number (else UNKNOWN); a string against TRUE/FALSE reads it as a
 /// boolean (else UNKNOWN); a number never equals a boolean.
+#[inline(always)]
 fn equal(l: Val<'_>, r: Val<'_>) -> Option<bool> {
     match (l, r) {
         (Val::Str(a), Val::Str(b)) => Some(same(a, b)),
