@@ -34,6 +34,11 @@ const FILTERED_PULL_BUDGET: Duration = Duration::from_secs(1);
 /// filter worker at once: the hand-off (two thread wake-ups, tens of µs here) then costs
 /// one per up to 8 calls instead of one per call.
 const FILTER_CALLS_PER_ROUND: usize = 8;
+/// Calls a round of a fast filter may hold (see [`calls_per_round`]).
+const FAST_FILTER_CALLS_PER_ROUND: usize = 16;
+/// A filter whose calls take this long or less on average is fast: a round of
+/// [`FAST_FILTER_CALLS_PER_ROUND`] calls then holds a worker for about 2 ms at most.
+const FAST_CALL: Duration = Duration::from_micros(125);
 /// Longest a pull may be held.
 const MAX_SUSPEND: Duration = Duration::from_secs(60);
 
@@ -42,6 +47,18 @@ const MAX_SUSPEND: Duration = Duration::from_secs(60);
 pub struct Pulled {
     pub result: PullResult,
     pub records: Vec<StoredRecord>,
+}
+
+/// Filter calls one round hands to a worker, by the filter's mean call time so far: a fast
+/// filter's round takes up to twice as many. A pull of 256 messages at a keep rate of 10 %
+/// reads ~3,200 candidates: in one round rather than two, and a filtered catch-up's thread
+/// wake-ups fall by a third. A slow filter's rounds stay as short as before, so a round
+/// never holds a worker much longer than 2 ms more than it did.
+fn calls_per_round(mean_call_nanos: Option<u64>) -> usize {
+    match mean_call_nanos {
+        Some(n) if u128::from(n) <= FAST_CALL.as_nanos() => FAST_FILTER_CALLS_PER_ROUND,
+        _ => FILTER_CALLS_PER_ROUND,
+    }
 }
 
 /// Whether the SQL92 expression (if any) keeps the message: properties by name, `TAGS`
@@ -177,7 +194,7 @@ impl Broker {
                 None => max,
                 Some(f) => f
                     .candidates_for(max - out.len())
-                    .min(fc.batch_size * FILTER_CALLS_PER_ROUND),
+                    .min(fc.batch_size * calls_per_round(f.mean_call_nanos())),
             };
             let limits = ReadLimits {
                 max_count: round,
@@ -458,3 +475,22 @@ impl Broker {
 
 /// Records and, for each, whether the filter keeps it (parallel, in queue order).
 type Judged = (ReadBatch, Vec<bool>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_filter_seen_to_be_fast_gets_longer_rounds() {
+        // Before any call nothing is known: the usual rounds.
+        assert_eq!(calls_per_round(None), FILTER_CALLS_PER_ROUND);
+        let fast = FAST_CALL.as_nanos() as u64;
+        assert_eq!(calls_per_round(Some(0)), FAST_FILTER_CALLS_PER_ROUND);
+        assert_eq!(calls_per_round(Some(fast)), FAST_FILTER_CALLS_PER_ROUND);
+        assert_eq!(calls_per_round(Some(fast + 1)), FILTER_CALLS_PER_ROUND);
+        assert_eq!(calls_per_round(Some(u64::MAX)), FILTER_CALLS_PER_ROUND);
+        // A fast round holds a worker about as long as 2 ms.
+        let longest = FAST_CALL * FAST_FILTER_CALLS_PER_ROUND as u32;
+        assert!(longest <= Duration::from_millis(2), "{longest:?}");
+    }
+}

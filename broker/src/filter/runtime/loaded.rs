@@ -156,6 +156,13 @@ impl LoadedFilter {
         }
     }
 
+    /// The mean time of one successful call so far; `None` before the first.
+    pub fn mean_call_nanos(&self) -> Option<u64> {
+        let s = &self.shared;
+        let calls = s.calls.load(Ordering::Relaxed);
+        (calls > 0).then(|| s.call_nanos.load(Ordering::Relaxed) / calls)
+    }
+
     pub fn stats(&self) -> FilterStats {
         let s = &self.shared;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
