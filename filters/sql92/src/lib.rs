@@ -61,7 +61,10 @@
 //!
 //! [`parse`] and [`Expr::evaluate`] work without the SDK's message type, for tests and
 //! benchmarks ([`Expr::evaluate_resolved`] takes the values already looked up, by slot of
-//! [`Expr::property_names`]):
+//! [`Expr::property_names`]; [`Expr::evaluate_bytes`] and [`Expr::evaluate_resolved_bytes`]
+//! take them as stored bytes, as the filter does: equal verdicts for UTF-8 values, and a
+//! value that is not UTF-8, which no broker stores, compares as its bytes and is UNKNOWN
+//! where it would be read as text):
 //!
 //! ```
 //! let expr = weir_filter_sql92::parse("a BETWEEN 1 AND 10 AND b = 'x'").unwrap();
