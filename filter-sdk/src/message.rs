@@ -128,6 +128,8 @@ impl<'a> Message<'a> {
     /// name when a filter reads several; only the values found are decoded.
     pub fn properties_of<N: AsRef<str>>(&self, names: &[N], values: &mut [Option<&'a str>]) {
         let n = names.len().min(values.len());
+        // One pass for up to 16 names (their byte values on the stack); more, which no
+        // filter in practice reads, are looked up one by one.
         let mut found = [None; 16];
         if n <= found.len() {
             self.properties_bytes_of(&names[..n], &mut found[..n]);
