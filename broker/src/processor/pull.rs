@@ -52,8 +52,8 @@ pub struct Pulled {
 /// Filter calls one round hands to a worker, by the filter's mean call time so far: a fast
 /// filter's round takes up to twice as many. A pull of 256 messages at a keep rate of 10 %
 /// reads ~3,200 candidates: in one round rather than two, and a filtered catch-up's thread
-/// wake-ups fall by a third. A slow filter's rounds stay as short as before, so a round
-/// never holds a worker much longer than 2 ms more than it did.
+/// wake-ups fall by a third. A slow filter's rounds stay as they were; a fast one's hold a
+/// worker for about 2 ms at most.
 fn calls_per_round(mean_call_nanos: Option<u64>) -> usize {
     match mean_call_nanos {
         Some(n) if u128::from(n) <= FAST_CALL.as_nanos() => FAST_FILTER_CALLS_PER_ROUND,
