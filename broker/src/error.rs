@@ -31,6 +31,11 @@ pub enum BrokerError {
         what: &'static str,
         error: tokio::task::JoinError,
     },
+    #[error("cannot start the {what} thread: {error}")]
+    Thread {
+        what: &'static str,
+        error: std::io::Error,
+    },
     #[error("stopped while starting")]
     Stopped,
 }

@@ -30,6 +30,7 @@ use crate::locks::QueueLocks;
 use crate::metrics::BrokerMetrics;
 use crate::replication::Replication;
 use crate::service;
+use crate::service::ha_runtime::HaRuntime;
 use crate::service::schedule::DelayLevels;
 use crate::topics::TopicManager;
 
@@ -121,6 +122,8 @@ pub struct RunningBroker {
     server: Arc<Server>,
     /// A master's HA port, when it takes slaves.
     ha: Option<Server>,
+    /// A slave's: the thread its link to the master runs on.
+    ha_runtime: Option<HaRuntime>,
     /// The metrics endpoint, when `[metrics] listen` is set.
     metrics: Option<MetricsServer>,
     stop: watch::Sender<bool>,
@@ -157,6 +160,10 @@ impl RunningBroker {
         self.server.shutdown().await;
         if let Some(ha) = &self.ha {
             ha.shutdown().await;
+        }
+        if let Some(rt) = self.ha_runtime {
+            // (Joins its thread: off the runtime's workers.)
+            let _ = tokio::task::spawn_blocking(move || rt.stop()).await;
         }
         self.broker.filters.runtime().shutdown();
         let store = Arc::clone(&self.broker.store);
@@ -230,11 +237,17 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, BrokerError> {
     }
     let server = Arc::new(server);
     broker.counters.set_server(Arc::downgrade(&server));
-    let ha = match (
-        &broker.config.ha_listen,
-        broker.replication.role.is_master(),
-    ) {
-        (Some(listen), true) => {
+    let is_master = broker.replication.role.is_master();
+    // A slave's link to its master runs on a thread of its own.
+    let ha_runtime = match is_master {
+        true => None,
+        false => Some(HaRuntime::start().map_err(|error| BrokerError::Thread {
+            what: "replication",
+            error,
+        })?),
+    };
+    let ha = match &broker.config.ha_listen {
+        Some(listen) if is_master => {
             let ha = service::ha_master::start(&broker, listen, tls)
                 .await
                 .map_err(|error| BrokerError::Listen {
@@ -259,11 +272,12 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, BrokerError> {
         None => None,
     };
     let (stop, _) = watch::channel(false);
-    let tasks = service::start_all(&broker, &stop).await;
+    let tasks = service::start_all(&broker, &stop, ha_runtime.as_ref()).await;
     Ok(RunningBroker {
         broker,
         server,
         ha,
+        ha_runtime,
         metrics,
         stop,
         tasks,

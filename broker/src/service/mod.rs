@@ -14,6 +14,7 @@
 pub mod acl_reload;
 pub mod client_expiry;
 pub mod ha_master;
+pub mod ha_runtime;
 pub mod ha_slave;
 pub mod metrics;
 pub mod registration;
@@ -27,10 +28,16 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
+use ha_runtime::HaRuntime;
 
 /// Starts every service; returns once the broker has tried once to register with each
 /// name server (started means routable).
-pub async fn start_all(broker: &Arc<Broker>, stop: &watch::Sender<bool>) -> Vec<JoinHandle<()>> {
+/// A slave's link to its master runs on `ha_runtime` (see [`ha_runtime`]).
+pub async fn start_all(
+    broker: &Arc<Broker>,
+    stop: &watch::Sender<bool>,
+    ha_runtime: Option<&HaRuntime>,
+) -> Vec<JoinHandle<()>> {
     let mut tasks = schedule::start(broker, stop);
     tasks.extend(registration::start(broker, stop).await);
     tasks.push(tokio::spawn(client_expiry::run(
@@ -42,10 +49,11 @@ pub async fn start_all(broker: &Arc<Broker>, stop: &watch::Sender<bool>) -> Vec<
         stop.subscribe(),
     )));
     if !broker.replication.role.is_master() {
-        tasks.push(tokio::spawn(ha_slave::run(
-            Arc::clone(broker),
-            stop.subscribe(),
-        )));
+        let link = ha_slave::run(Arc::clone(broker), stop.subscribe());
+        tasks.push(match ha_runtime {
+            Some(rt) => rt.spawn(link),
+            None => tokio::spawn(link),
+        });
     }
     tasks.push(tokio::spawn(writability::run(
         Arc::clone(broker),
