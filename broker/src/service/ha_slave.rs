@@ -304,9 +304,6 @@ async fn copy_metadata(broker: &Arc<Broker>, conn: &Connection) -> Result<(), Ca
 /// unconfirmed in flight; past this the connection is dropped and resumed from the end).
 const MAX_PENDING: usize = 96 << 20;
 
-/// Largest chunk appended on the connection's own task.
-const APPEND_INLINE: usize = 64 << 10;
-
 /// Serves what the master sends on the HA connection.
 ///
 /// A connection runs its requests' handlers concurrently, so chunks of the log may be
@@ -347,27 +344,17 @@ impl HaSlave {
                 continue;
             }
             let body = entry.remove();
-            // A small chunk (the sends of a moment) is a copy and a few queue entries:
-            // appended here, as a send is; handing it to a blocking thread and back cost
-            // the slave more than the append. A large one (catching up) goes there.
-            let appended = if body.len() <= APPEND_INLINE {
-                Ok(b.store.append_replicated(offset, &body))
-            } else {
-                let store = Arc::clone(&b.store);
-                tokio::task::spawn_blocking(move || store.append_replicated(offset, &body)).await
-            };
-            match appended {
-                Ok(Ok(_)) => {}
-                Ok(Err(StoreError::ReplicaMismatch { detail })) => {
+            // Appended here, whatever its size: the link has its thread to itself
+            // (`ha_runtime`), and handing a large chunk to a blocking thread and back cost
+            // two thread wake-ups a chunk, more than a chunk's append holds this one up.
+            match b.store.append_replicated(offset, &body) {
+                Ok(_) => {}
+                Err(StoreError::ReplicaMismatch { detail }) => {
                     b.replication.diverge(detail);
                     return None;
                 }
-                Ok(Err(e)) => {
-                    warn!(error = %e, "cannot append what the master sent; reconnecting");
-                    return None;
-                }
                 Err(e) => {
-                    warn!(error = %e, "replication task failed; reconnecting");
+                    warn!(error = %e, "cannot append what the master sent; reconnecting");
                     return None;
                 }
             }

@@ -32,11 +32,12 @@ use ha_runtime::HaRuntime;
 
 /// Starts every service; returns once the broker has tried once to register with each
 /// name server (started means routable).
-/// A slave's link to its master runs on `ha_runtime` (see [`ha_runtime`]).
+/// `slave_link`: a slave's replication thread, where its link to the master runs (see
+/// [`ha_runtime`]); `None` for a master.
 pub async fn start_all(
     broker: &Arc<Broker>,
     stop: &watch::Sender<bool>,
-    ha_runtime: Option<&HaRuntime>,
+    slave_link: Option<&HaRuntime>,
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = schedule::start(broker, stop);
     tasks.extend(registration::start(broker, stop).await);
@@ -48,12 +49,8 @@ pub async fn start_all(
         Arc::clone(broker),
         stop.subscribe(),
     )));
-    if !broker.replication.role.is_master() {
-        let link = ha_slave::run(Arc::clone(broker), stop.subscribe());
-        tasks.push(match ha_runtime {
-            Some(rt) => rt.spawn(link),
-            None => tokio::spawn(link),
-        });
+    if let Some(rt) = slave_link {
+        tasks.push(rt.spawn(ha_slave::run(Arc::clone(broker), stop.subscribe())));
     }
     tasks.push(tokio::spawn(writability::run(
         Arc::clone(broker),
