@@ -7,6 +7,8 @@
 //! - [`transaction_check`]: asking producers about undecided half messages;
 //! - [`acl_reload`]: putting a changed ACL file in force;
 //! - [`metrics`]: the Prometheus endpoint (started with the listener, when configured).
+//! - [`ha_master`], [`ha_slave`]: replication, a master's HA port and a slave's link to its
+//!   master, the link on a thread of its own ([`ha_runtime`]).
 //!
 //! The store's own services (flush, checkpoint and consumer offsets, retention) run
 //! inside `weir-store`.
