@@ -19,11 +19,16 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 /// The keys of `msgs` as a set; panics on a key received twice.
 pub fn key_set(msgs: &[Received]) -> BTreeSet<String> {
+    keys_once(msgs, "key")
+}
+
+/// The keys of `msgs` as a set; panics naming `what` and a key received twice.
+pub fn keys_once(msgs: &[Received], what: &str) -> BTreeSet<String> {
     let mut set = BTreeSet::new();
     for m in msgs {
         assert!(
             set.insert(m.key().to_owned()),
-            "key {} received twice",
+            "{what}: {} received twice",
             m.key()
         );
     }

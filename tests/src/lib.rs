@@ -32,7 +32,9 @@ use weir_protocol::route::{TopicConfig, perm};
 use weir_protocol::{CallError, ConnConfig, Connection, NoHandler, RecordView};
 use weir_store::StoreConfig;
 
-pub use checks::{Rng, assert_keys, eventually, eventually_for, gzip, key_set, remote_error};
+pub use checks::{
+    Rng, assert_keys, eventually, eventually_for, gzip, key_set, keys_once, remote_error,
+};
 pub use weir_filter_artifacts as artifacts;
 
 pub mod checks;

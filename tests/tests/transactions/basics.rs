@@ -12,7 +12,7 @@ use weir_tests::tx_producer::TxProducer;
 use weir_tests::{Env, T, artifacts, assert_keys, remote_error};
 
 use crate::{
-    SETTLE, admin, create_topic, drain_expr, keys, once, short_checks, transactions,
+    SETTLE, admin, create_topic, drain_expr, keys, keys_once, short_checks, transactions,
     wait_all_decided,
 };
 
@@ -158,7 +158,7 @@ async fn outcomes_and_repeated_commits() {
         "racing~c",
     ]);
     assert_keys(
-        &once(&got, "G0"),
+        &keys_once(&got, "G0"),
         &committed,
         "visible: the committed, once each",
     );
@@ -207,7 +207,11 @@ async fn outcomes_and_repeated_commits() {
     // Later checks and commits change nothing.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let again = drain_expr(&c, "G0", "Tx", 2, "*").await;
-    assert_keys(&once(&again, "G0 again"), &committed, "still once each");
+    assert_keys(
+        &keys_once(&again, "G0 again"),
+        &committed,
+        "still once each",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +282,7 @@ async fn dead_after_the_most_checks_then_resolved() {
     let c = env.client().await;
     let got = drain_expr(&c, "G0", "TxD", 1, "*").await;
     assert_keys(
-        &once(&got, "G0"),
+        &keys_once(&got, "G0"),
         &keys(["dead-commit~u"]),
         "the resolved commit, once",
     );
@@ -323,13 +327,13 @@ async fn filtered_groups_never_see_a_half() {
     let committed = keys(["a-commit~c", "b-commit~c", "a-checked~c"]);
     let wasm = drain_expr(&c, "GW", "TxF", 2, "*").await;
     assert_keys(
-        &once(&wasm, "GW"),
+        &keys_once(&wasm, "GW"),
         &committed,
         "the WebAssembly-filtered group",
     );
     let tagged = drain_expr(&c, "GT", "TxF", 2, "TagA").await;
     assert_keys(
-        &once(&tagged, "GT"),
+        &keys_once(&tagged, "GT"),
         &keys(["a-commit~c", "a-checked~c"]),
         "the TagA group",
     );

@@ -16,7 +16,7 @@ use weir_tests::child::{ChildBroker, ChildSettings, write_config};
 use weir_tests::tx_producer::TxProducer;
 use weir_tests::{Client, Rng, T, assert_keys};
 
-use crate::{SETTLE, create_topic, drain_expr, env_u64, keys, once, seed, wait_all_decided};
+use crate::{SETTLE, create_topic, drain_expr, env_u64, keys, keys_once, seed, wait_all_decided};
 
 /// A name server here, a broker in a child process on a fixed port.
 struct KillEnv {
@@ -116,14 +116,14 @@ async fn broker_killed_between_half_and_decision() {
     let expected = keys(["a~u", "c~c"]);
     let c = Client::connect(&k.broker_addr()).await;
     let got = drain_expr(&c, "G0", "TxB", 2, "*").await;
-    assert_keys(&once(&got, "G0"), &expected, "after the restart");
+    assert_keys(&keys_once(&got, "G0"), &expected, "after the restart");
 
     // Restarted again: no rolled back message comes back, no committed one twice, nothing
     // pending again.
     k.kill_and_restart().await;
     let c = Client::connect(&k.broker_addr()).await;
     let got = drain_expr(&c, "G0", "TxB", 2, "*").await;
-    assert_keys(&once(&got, "G0"), &expected, "after another restart");
+    assert_keys(&keys_once(&got, "G0"), &expected, "after another restart");
     wait_all_decided(&k.ns, "GB").await;
 }
 
@@ -191,7 +191,7 @@ async fn broker_killed_under_a_stream_of_transactions() {
 
     let c = Client::connect(&k.broker_addr()).await;
     let got = drain_expr(&c, "G0", "TxS", 4, "*").await;
-    let visible = once(&got, "the topic");
+    let visible = keys_once(&got, "the topic");
     let acked: BTreeSet<String> = p.sent().into_iter().map(|s| s.key).collect();
     let failed: BTreeSet<String> = p.failed().into_iter().collect();
     let wrong: Vec<&String> = visible.iter().filter(|k| !k.ends_with("~c")).collect();

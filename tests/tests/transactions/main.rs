@@ -35,7 +35,7 @@ use std::time::Duration;
 use weir_broker::BrokerConfig;
 use weir_client::{Admin, ClientConfig, ClientInstance, TransactionState};
 use weir_protocol::broker::{PullMessage, PullStatus};
-use weir_tests::{Client, Received, eventually_for};
+use weir_tests::{Client, Received, eventually_for, keys_once};
 
 #[test]
 #[ignore = "child process of the transaction tests"]
@@ -169,19 +169,6 @@ async fn drain_expr(
         }
     }
     all
-}
-
-/// The keys of `msgs`, each once: panics naming a key received twice.
-fn once(msgs: &[Received], what: &str) -> BTreeSet<String> {
-    let mut set = BTreeSet::new();
-    for m in msgs {
-        assert!(
-            set.insert(m.key().to_owned()),
-            "{what}: {} received twice",
-            m.key()
-        );
-    }
-    set
 }
 
 fn keys<'a>(k: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {

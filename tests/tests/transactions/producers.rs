@@ -13,7 +13,8 @@ use weir_tests::tx_producer::TxProducer;
 use weir_tests::{Env, Rng, T, assert_keys, eventually_for};
 
 use crate::{
-    SETTLE, create_topic, drain_expr, env_u64, keys, once, seed, short_checks, wait_all_decided,
+    SETTLE, create_topic, drain_expr, env_u64, keys, keys_once, seed, short_checks,
+    wait_all_decided,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,7 +38,7 @@ async fn killed_producer_check_goes_to_another() {
     let c = env.client().await;
     let got = drain_expr(&c, "G0", "TxK", 2, "*").await;
     assert_keys(
-        &once(&got, "G0"),
+        &keys_once(&got, "G0"),
         &keys(["orphan~c"]),
         "committed by B, once",
     );
@@ -138,7 +139,7 @@ async fn eight_producers_random_outcomes() {
     let c = env.client().await;
     let all = drain_expr(&c, "G0", "TxC", 4, "*").await;
     assert_keys(
-        &once(&all, "G0"),
+        &keys_once(&all, "G0"),
         &committed,
         "the topic holds exactly the committed set",
     );
