@@ -212,10 +212,13 @@ fn main() -> std::process::ExitCode {
     // without the switch keep their setting; nothing to say about it.)
     let _ = weir_namesrv::server_main::heap_on_small_pages();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Cmd::Bench { cmd } = &cli.cmd
+        && let Some(workers) = cmd.runtime_workers()
     {
+        runtime.worker_threads(workers);
+    }
+    let rt = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("weir: cannot start the runtime: {e}");

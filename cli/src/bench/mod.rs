@@ -42,6 +42,17 @@ pub enum BenchCmd {
     Consume(ConsumeArgs),
 }
 
+impl BenchCmd {
+    /// Worker threads the command's runtime should have (`None`: the runtime's default,
+    /// one per core).
+    pub fn runtime_workers(&self) -> Option<usize> {
+        match self {
+            BenchCmd::Produce(args) => Some(usize::from(args.threads)),
+            BenchCmd::Consume(_) => None,
+        }
+    }
+}
+
 pub async fn run(cmd: BenchCmd, client: ClientInstance) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Produce(args) => produce::produce(args, client)

@@ -69,6 +69,10 @@ async fn produce_then_consume_2000() {
     assert_eq!(produced["bytes"], 2000 * 64, "{produced}");
     assert_eq!(produced["requests"], 2000, "{produced}");
     assert_eq!(produced["topic_created"], true, "{produced}");
+    assert_eq!(
+        produced["threads"], 1,
+        "one runtime worker unless asked: {produced}"
+    );
     assert!(rate(&produced, "msgs_per_sec") > 0.0, "{produced}");
     assert!(rate(&produced, "mb_per_sec") > 0.0, "{produced}");
     let lat = &produced["latency_ms"];
@@ -80,7 +84,17 @@ async fn produce_then_consume_2000() {
     let batched = weir(
         &ns_addr,
         &[
-            "bench", "produce", "BenchT", "--count", "500", "--size", "64", "--batch", "32",
+            "bench",
+            "produce",
+            "BenchT",
+            "--count",
+            "500",
+            "--size",
+            "64",
+            "--batch",
+            "32",
+            "--threads",
+            "3",
             "--json",
         ],
     )
@@ -88,6 +102,7 @@ async fn produce_then_consume_2000() {
     assert_eq!(batched["messages"], 500, "{batched}");
     assert_eq!(batched["requests"], 16, "{batched}");
     assert_eq!(batched["topic_created"], false, "{batched}");
+    assert_eq!(batched["threads"], 3, "{batched}");
 
     // Spread over 3 topics, one request to each in turn: 100 messages each.
     let spread = weir(
