@@ -51,8 +51,8 @@ pub struct ProduceArgs {
     /// Worker threads of this process's runtime. One is the cheapest way to drive a
     /// connection: the tasks woken by a burst of replies run on the thread that read them
     /// and their next requests leave in one write, where two workers wake each other to
-    /// share them (on a 2-core machine beside a broker, 20–30 % less CPU a send).
-    /// More when the client alone needs more than a core.
+    /// share them (on a 2-core machine beside a broker, 15–30 % less of the client's CPU
+    /// a send). More when the client alone needs more than a core.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: u16,
     /// Print the summary as one JSON object.
@@ -289,6 +289,8 @@ pub(super) async fn produce(args: ProduceArgs, client: ClientInstance) -> anyhow
         }
     });
     let shared = Arc::new(ProduceShared::new());
+    // What the runtime has, not what was asked: the summary reports the real thing.
+    let threads = tokio::runtime::Handle::current().metrics().num_workers();
 
     let bar = match (limit, duration) {
         (Some(n), _) => progress_bar(Some(n)),
@@ -376,7 +378,7 @@ pub(super) async fn produce(args: ProduceArgs, client: ClientInstance) -> anyhow
             "size": args.size,
             "batch": args.batch,
             "concurrency": args.concurrency,
-            "threads": args.threads,
+            "threads": threads,
             "messages": messages,
             "requests": requests,
             "bytes": bytes,
@@ -404,8 +406,8 @@ pub(super) async fn produce(args: ProduceArgs, client: ClientInstance) -> anyhow
             grouped(requests),
             args.batch,
             args.concurrency,
-            args.threads,
-            if args.threads == 1 { "" } else { "s" }
+            threads,
+            if threads == 1 { "" } else { "s" }
         );
         println!(
             "throughput: {} msgs/s, {:.2} MB/s",
