@@ -211,7 +211,9 @@ impl TopicManager {
         all
     }
 
-    /// Creates or updates; persists before returning. Returns the stored config.
+    /// Creates or updates; persists before returning (nothing when the topic is already
+    /// exactly `config`: a repeated update costs no rewrite of the file). Returns the
+    /// stored config.
     pub fn upsert(&self, config: TopicConfig) -> Result<TopicConfig, TopicError> {
         validate_topic_name(&config.name)?;
         if config.read_queues == 0
@@ -228,6 +230,9 @@ impl TopicManager {
             return Err(TopicError::Permission(config.perm));
         }
         let mut topics = self.lock();
+        if topics.get(&config.name).is_some_and(|t| **t == config) {
+            return Ok(config);
+        }
         let old = topics.insert(config.name.clone(), Arc::new(config.clone()));
         if let Err(e) = self.persist(&topics) {
             match old {
@@ -383,5 +388,32 @@ mod tests {
         assert_eq!(m.get("B").unwrap().perm, perm::READ);
         assert!(m.remove("A").unwrap());
         assert_eq!(TopicManager::open(dir.path()).unwrap().all().len(), 1);
+    }
+
+    #[test]
+    fn an_update_that_changes_nothing_does_not_rewrite_the_file() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let m = TopicManager::open(dir.path()).unwrap();
+        let b = TopicConfig {
+            name: "B".into(),
+            read_queues: 2,
+            write_queues: 2,
+            perm: perm::READ_WRITE,
+        };
+        m.upsert(b.clone()).unwrap();
+        // Each write replaces the file (a new inode): the same one means no write.
+        let inode = || std::fs::metadata(&m.path).unwrap().ino();
+        let written = inode();
+        assert_eq!(m.upsert(b.clone()).unwrap(), b);
+        assert_eq!(inode(), written, "the same config again: no write");
+        let narrower = TopicConfig {
+            write_queues: 1,
+            ..b
+        };
+        assert_eq!(m.upsert(narrower.clone()).unwrap(), narrower);
+        assert_ne!(inode(), written, "a change is written");
+        let m = TopicManager::open(dir.path()).unwrap();
+        assert_eq!(m.get("B").as_deref(), Some(&narrower));
     }
 }

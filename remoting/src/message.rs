@@ -16,6 +16,8 @@
 //! The message id a client shows (`offsetMsgId`) is the store host and the commit log
 //! offset in upper-case hex; the producer's own id travels as property `UNIQ_KEY`.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -93,8 +95,12 @@ pub fn encode_properties<'a>(props: impl IntoIterator<Item = (&'a str, &'a str)>
 
 /// Splits a properties string as `MessageDecoder.string2messageProperties` does: pairs
 /// without a name or a value are dropped; a later duplicate replaces an earlier one.
+/// Linear in the string's length, whatever the number of properties (a request may carry
+/// hundreds of thousands: a search of the list for each made one cost minutes of CPU).
 pub fn decode_properties(s: &str) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
+    // Where each name went in `out`.
+    let mut at: HashMap<&str, usize> = HashMap::new();
     for pair in s.split(PROPERTY_SEPARATOR) {
         let Some((k, v)) = pair.split_once(NAME_VALUE_SEPARATOR) else {
             continue;
@@ -102,9 +108,12 @@ pub fn decode_properties(s: &str) -> Vec<(String, String)> {
         if k.is_empty() || v.is_empty() {
             continue;
         }
-        match out.iter_mut().find(|(name, _)| name == k) {
-            Some(slot) => slot.1 = v.to_owned(),
-            None => out.push((k.to_owned(), v.to_owned())),
+        match at.entry(k) {
+            Entry::Occupied(e) => out[*e.get()].1 = v.to_owned(),
+            Entry::Vacant(e) => {
+                e.insert(out.len());
+                out.push((k.to_owned(), v.to_owned()));
+            }
         }
     }
     out

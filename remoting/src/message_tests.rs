@@ -89,6 +89,22 @@ fn properties_as_java_splits_them() {
 }
 
 #[test]
+fn many_properties_keep_their_order_and_the_last_of_each_name() {
+    let n = 200_000;
+    let mut s: String = (0..n).map(|i| format!("k{i}\u{1}v{i}\u{2}")).collect();
+    s.push_str("k7\u{1}again");
+    let got = decode_properties(&s);
+    assert_eq!(got.len(), n);
+    assert_eq!(got[0], ("k0".into(), "v0".into()));
+    assert_eq!(
+        got[7],
+        ("k7".into(), "again".into()),
+        "a duplicate replaces in place"
+    );
+    assert_eq!(got[n - 1], (format!("k{}", n - 1), format!("v{}", n - 1)));
+}
+
+#[test]
 fn batches_round_trip_and_lies_are_refused() {
     let entries = vec![
         BatchEntry {

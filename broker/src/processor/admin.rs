@@ -48,12 +48,17 @@ impl Broker {
             }
             Some(_) => {}
         }
+        let before = self.topics.get(&config.name);
         let t = self.topics.upsert(config).map_err(|e| match e {
             e @ crate::topics::TopicError::Write(_) => ProcessError::Topics(e),
             e => ProcessError::InvalidParameter(e.to_string()),
         })?;
-        info!(topic = %t.name, read = t.read_queues, write = t.write_queues, perm = perm::describe(t.perm), "topic created or updated");
-        self.topics_updated();
+        // An update that changes nothing is answered the same, and neither logged nor
+        // registered again (a client repeating it must not flood either).
+        if before.as_deref() != Some(&t) {
+            info!(topic = %t.name, read = t.read_queues, write = t.write_queues, perm = perm::describe(t.perm), "topic created or updated");
+            self.topics_updated();
+        }
         Ok(())
     }
 
