@@ -225,6 +225,29 @@ impl Broker {
         Ok(())
     }
 
+    /// [`Broker::system_topic`] for many names at once (a heartbeat's retry topics): one
+    /// write of the topic file, one log line and one registration for all. Returns the
+    /// names left uncreated for want of room (`limits.max_topics`).
+    pub(crate) fn system_topics(&self, names: Vec<String>) -> Processed<Vec<String>> {
+        let configs = names
+            .into_iter()
+            .map(|name| TopicConfig {
+                name,
+                read_queues: 1,
+                write_queues: 1,
+                perm: perm::READ_WRITE,
+            })
+            .collect();
+        let (created, no_room) = self
+            .topics
+            .create_all_absent(configs, self.config.limits.max_topics)?;
+        if let Some(first) = created.first() {
+            info!(count = created.len(), first = %first, "system topics created");
+            self.topics_updated();
+        }
+        Ok(no_room)
+    }
+
     /// A system topic of one read/write queue (retry, dead-letter), created if absent;
     /// routed at once when created.
     pub(crate) fn system_topic(&self, name: &str) -> Processed<TopicConfig> {

@@ -68,14 +68,23 @@ impl Broker {
         // Consumers in clustering mode retry through the group's retry topic: give it a
         // route before the first retry (as RocketMQ does). A pull consumer, which names no
         // subscription, sends nothing back.
+        // All of them with one write of the topic file.
+        let mut retry_topics = Vec::with_capacity(consumers.len());
         for group in consumers {
             let topic = names::retry_topic(&group);
-            let made = validate_topic_name(&topic)
-                .map_err(ProcessError::from)
-                .and_then(|()| self.system_topic(&topic).map(drop));
-            if let Err(e) = made {
-                warn!(group = %group, error = %e, "no retry topic for this consumer group");
+            match validate_topic_name(&topic) {
+                Ok(()) => retry_topics.push(topic),
+                Err(e) => {
+                    warn!(group = %group, error = %e, "no retry topic for this consumer group")
+                }
             }
+        }
+        match self.system_topics(retry_topics) {
+            Ok(no_room) if no_room.is_empty() => {}
+            Ok(no_room) => {
+                warn!(count = no_room.len(), first = %no_room[0], max = self.config.limits.max_topics, "no retry topic for consumer groups of a heartbeat: as many topics as limits.max_topics already")
+            }
+            Err(e) => warn!(error = %e, "no retry topics for the consumer groups of a heartbeat"),
         }
         self.notify(notices);
         Ok(())
