@@ -25,8 +25,10 @@ impl Broker {
             || weir_protocol::names::is_system_topic(&req.topic.name)
         {
             return Err(ProcessError::NoPermission(format!(
-                "{:?}: names starting with {SYSTEM_PREFIX} are reserved for system topics",
-                req.topic.name
+                "{:?} is a system topic (names starting with {SYSTEM_PREFIX} or RMQ_SYS_, {}, {}): the broker's own, not made by clients",
+                req.topic.name,
+                weir_protocol::names::AUTO_CREATE_TOPIC_KEY,
+                weir_protocol::names::TRANS_DEAD_TOPIC,
             )));
         }
         let mut config = req.topic;

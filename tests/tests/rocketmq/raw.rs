@@ -338,6 +338,48 @@ async fn a_rocketmq_producer_and_consumer_on_weir() {
 }
 
 #[tokio::test]
+async fn topics_made_over_remoting_have_rocketmq_permissions() {
+    let env = Env::start().await;
+    let mut admin = Raw::connect(&env.broker().local_addr().to_string()).await;
+    let create = |perm: &str| {
+        RemotingCommand::request(rq::UPDATE_AND_CREATE_TOPIC, 0)
+            .with("topic", "Perm")
+            .with("readQueueNums", "2")
+            .with("writeQueueNums", "2")
+            .with("perm", perm)
+    };
+    for bad in ["-1", "16", "255"] {
+        let r = admin.call(create(bad)).await;
+        assert_eq!(r.code, rs::SYSTEM_ERROR, "perm {bad}: {:?}", r.remark);
+        let why = r.remark.unwrap_or_default();
+        assert!(why.contains("permission bits"), "perm {bad}: {why}");
+    }
+    // RocketMQ's system topics are named as such, not as %-prefixed ones.
+    for system in ["TBW102", "RMQ_SYS_TRANS_HALF_TOPIC"] {
+        let r = admin
+            .call(RemotingCommand::request(rq::UPDATE_AND_CREATE_TOPIC, 0).with("topic", system))
+            .await;
+        assert_eq!(r.code, rs::NO_PERMISSION, "{system}: {:?}", r.remark);
+        let why = r.remark.unwrap_or_default();
+        assert!(why.contains("is a system topic"), "{system}: {why}");
+    }
+    let listed = || env.broker().broker().all_topics().topics;
+    assert!(!listed().contains(&"Perm".to_owned()), "{:?}", listed());
+    // Read only (4), then the same again: answered the same.
+    ok(&admin.call(create("4")).await);
+    ok(&admin.call(create("4")).await);
+    assert!(listed().contains(&"Perm".to_owned()));
+    let mut ns = Raw::connect(&env.namesrv()).await;
+    eventually("the name servers route Perm read-only", async || {
+        let r = ns
+            .call(RemotingCommand::request(rq::GET_ROUTEINFO_BY_TOPIC, 0).with("topic", "Perm"))
+            .await;
+        r.code == rs::SUCCESS && json(&r).contains(r#""perm":4"#)
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn bad_bytes_close_their_connection_only() {
     let env = Env::start().await;
     let addr = env.broker().local_addr().to_string();

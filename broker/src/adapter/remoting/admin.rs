@@ -99,6 +99,12 @@ pub(super) async fn serve(
         }
         rq::UPDATE_AND_CREATE_TOPIC => {
             let perm: i32 = cmd.opt_num("perm").map_err(bad)?.unwrap_or(6);
+            // RocketMQ's permission bits: 8 priority, 4 read, 2 write, 1 inherit.
+            if !(0..=0b1111).contains(&perm) {
+                return Err(ProcessError::InvalidParameter(format!(
+                    "perm {perm} is not a combination of RocketMQ's permission bits (8 priority, 4 read, 2 write, 1 inherit)"
+                )));
+            }
             let read: u32 = cmd.opt_num("readQueueNums").map_err(bad)?.unwrap_or(8);
             let write: u32 = cmd.opt_num("writeQueueNums").map_err(bad)?.unwrap_or(read);
             let req = CreateTopic {
