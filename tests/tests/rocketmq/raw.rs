@@ -464,6 +464,23 @@ async fn sql92_subscriptions_select_on_the_broker() {
     // red: even; n > 3; tag T1: not a multiple of 3.
     assert_eq!(got, vec!["k4", "k8"]);
     assert_eq!(pulled.num::<u64>("nextBeginOffset").unwrap(), 10);
+    // A subscription of a type weir does not filter by is refused, not read as tags
+    // (sysFlag 4: the pull carries its subscription).
+    let regex = c
+        .call(
+            pull("sg", "SQ", 0, 0)
+                .with("sysFlag", 4)
+                .with("subscription", "T.*")
+                .with("expressionType", "REGEX"),
+        )
+        .await;
+    assert_eq!(
+        regex.code,
+        rs::SUBSCRIPTION_PARSE_FAILED,
+        "{:?}",
+        regex.remark
+    );
+    assert!(regex.remark.unwrap_or_default().contains("REGEX"));
 }
 
 /// A producer that sends and closes at once (RocketMQ's Go client does so with its

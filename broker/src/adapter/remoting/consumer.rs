@@ -250,22 +250,16 @@ pub(super) async fn serve(
             }
             let b: CheckClient = body::from_json(&cmd.body, "check client config")
                 .map_err(|e| bad_body("check client config", e))?;
-            match b.subscription_data {
-                Some(s)
-                    if s.expression_type
-                        .as_deref()
-                        .is_some_and(|t| t.eq_ignore_ascii_case(SQL92)) =>
-                {
-                    weir_filter_sql92::parse(&s.sub_string)
-                        .map(|_| ok(cmd))
-                        .map_err(|e| {
-                            ProcessError::BadSubscription(format!("SQL92 expression: {e}"))
-                        })
-                }
-                Some(s) => TagFilter::parse(&s.sub_string)
+            let Some(s) = b.subscription_data else {
+                return Ok(ok(cmd));
+            };
+            match super::pull::is_sql92(s.expression_type.as_deref().unwrap_or("TAG"))? {
+                true => weir_filter_sql92::parse(&s.sub_string)
+                    .map(|_| ok(cmd))
+                    .map_err(|e| ProcessError::BadSubscription(format!("SQL92 expression: {e}"))),
+                false => TagFilter::parse(&s.sub_string)
                     .map(|_| ok(cmd))
                     .map_err(|e| ProcessError::BadSubscription(e.to_string())),
-                None => Ok(ok(cmd)),
             }
         }
         code => Err(ProcessError::Unsupported(format!(

@@ -32,6 +32,22 @@ mod pull_flag {
 
 /// The expression type of a subscription written in SQL92.
 pub(crate) const SQL92: &str = "SQL92";
+/// The expression type of a tag subscription (RocketMQ's default).
+const TAG: &str = "TAG";
+
+/// Whether a subscription of expression type `kind` is SQL92 (else tags); a type weir
+/// does not filter by is refused, never read as tags.
+pub(crate) fn is_sql92(kind: &str) -> Result<bool, ProcessError> {
+    if kind.eq_ignore_ascii_case(SQL92) {
+        Ok(true)
+    } else if kind.eq_ignore_ascii_case(TAG) {
+        Ok(false)
+    } else {
+        Err(ProcessError::BadSubscription(format!(
+            "expression type {kind:?}: only {TAG} and {SQL92} are supported"
+        )))
+    }
+}
 
 /// A tag expression as RocketMQ reads it: parts split on `||`, trimmed, empty ones dropped
 /// (`A ||` is `A`), `*` or nothing for all.
@@ -151,7 +167,7 @@ pub(super) async fn serve(
     let (expression, kind) = match given {
         Some(s) => (
             s.to_owned(),
-            cmd.opt_field("expressionType").unwrap_or("TAG").to_owned(),
+            cmd.opt_field("expressionType").unwrap_or(TAG).to_owned(),
         ),
         None => match registered(adapter, &group, &topic) {
             Some(found) => found,
@@ -179,7 +195,7 @@ pub(super) async fn serve(
             }
         },
     };
-    let sql92 = kind.eq_ignore_ascii_case(SQL92);
+    let sql92 = is_sql92(&kind)?;
     let req = PullMessage {
         group,
         topic,
