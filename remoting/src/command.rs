@@ -20,7 +20,7 @@ use std::str::FromStr;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 
-use crate::json_header::{JsonHeaderPeek, decode_json_header};
+use crate::json_header::{decode_json_header, peek_json_header};
 use crate::{Reader, RemotingError, Result};
 
 /// RocketMQ's default largest frame (`com.rocketmq.remoting.frameMaxLength`), 16 MiB.
@@ -325,8 +325,7 @@ impl RemotingCommand {
         let header = r.bytes(header_len)?;
         let (code, opaque, flag) = match serialize_type {
             SerializeType::Json => {
-                let h: JsonHeaderPeek = serde_json::from_slice(header)
-                    .map_err(|e| RemotingError::BadJsonHeader(e.to_string()))?;
+                let h = peek_json_header(header)?;
                 (h.code, h.opaque, h.flag)
             }
             SerializeType::RocketMq => {

@@ -124,6 +124,24 @@ fn ext_fields_are_bounded_and_scalar() {
     assert!(err.to_string().contains("more than 1024 fields"), "{err}");
 }
 
+/// A JSON header is an object: an array (which serde would read field by field) or a
+/// scalar is refused, by the driver's peek as by the handler's decode.
+#[test]
+fn a_json_header_must_be_an_object() {
+    for header in ["[34]", "[10,0,399,1,0]", " \"hi\"", "34", "null"] {
+        let frame = json_frame(header);
+        let err = RemotingCommand::decode(frame.clone()).unwrap_err();
+        assert!(
+            matches!(err, RemotingError::BadJsonHeader(_)),
+            "{header}: {err}"
+        );
+        assert!(RemotingCommand::split_frame(&frame).is_err(), "{header}");
+    }
+    let ok = json_frame(" \n{\"code\":34,\"opaque\":5}");
+    assert_eq!(RemotingCommand::decode(ok.clone()).unwrap().code, 34);
+    assert_eq!(RemotingCommand::split_frame(&ok).unwrap().2, 34);
+}
+
 #[test]
 fn bad_input_is_an_error_never_a_panic() {
     assert!(RemotingCommand::frame_len((-1i32).to_be_bytes(), DEFAULT_MAX_FRAME).is_err());

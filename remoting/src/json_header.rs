@@ -121,9 +121,25 @@ pub(crate) struct JsonHeaderPeek {
     pub(crate) flag: i32,
 }
 
+/// `header` when it is a JSON object, as RocketMQ writes headers: serde would read a
+/// struct from an array too (its fields in order), and serve `[34]` as a heartbeat.
+fn object(header: &[u8]) -> Result<&[u8]> {
+    match header.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(header),
+        _ => Err(RemotingError::BadJsonHeader(
+            "the header is not a JSON object".into(),
+        )),
+    }
+}
+
+/// The fields a connection driver needs, from a JSON header.
+pub(crate) fn peek_json_header(header: &[u8]) -> Result<JsonHeaderPeek> {
+    serde_json::from_slice(object(header)?).map_err(|e| RemotingError::BadJsonHeader(e.to_string()))
+}
+
 pub(crate) fn decode_json_header(header: &[u8]) -> Result<RemotingCommand> {
-    let h: JsonHeaderIn =
-        serde_json::from_slice(header).map_err(|e| RemotingError::BadJsonHeader(e.to_string()))?;
+    let h: JsonHeaderIn = serde_json::from_slice(object(header)?)
+        .map_err(|e| RemotingError::BadJsonHeader(e.to_string()))?;
     let ext_fields = h.ext_fields.unwrap_or_default();
     Ok(RemotingCommand {
         code: h.code,
