@@ -25,7 +25,7 @@ impl Broker {
             || weir_protocol::names::is_system_topic(&req.topic.name)
         {
             return Err(ProcessError::NoPermission(format!(
-                "{:?} is a system topic (names starting with {SYSTEM_PREFIX} or RMQ_SYS_, {}, {}): the broker's own, not made by clients",
+                "{:?} is a system topic, reserved for the broker (names starting with {SYSTEM_PREFIX} or RMQ_SYS_, {}, {}): clients do not create them",
                 req.topic.name,
                 weir_protocol::names::AUTO_CREATE_TOPIC_KEY,
                 weir_protocol::names::TRANS_DEAD_TOPIC,
