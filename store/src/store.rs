@@ -353,14 +353,28 @@ fn lock_data_dir(root: &Path) -> Result<File> {
         .truncate(false)
         .open(&path)
         .ctx("open lock file", &path)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
-            path: root.to_path_buf(),
-        }),
-        Err(fs::TryLockError::Error(e)) => Err(e).ctx("lock data folder", &path),
+    // A lock held by another store stays held; one held for an instant by a child this
+    // process is starting (its copy of our descriptors lives from the fork to the exec,
+    // which closes it) goes at once: look again for a short while before refusing.
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    path: root.to_path_buf(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e).ctx("lock data folder", &path),
+        }
     }
 }
+
+/// How long [`lock_data_dir`] looks again at a held lock before refusing.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
 fn open_queues(dir: &Path, config: &StoreConfig, log_min: u64) -> Result<QueueTable> {
     let mut out = QueueTable::default();
