@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{Semaphore, TryAcquireError};
+use tracing::warn;
 use weir_protocol::admin::{
     BrokerSettings, BrokerStats, DeleteGroup, GetGroupSummaries, GetMessageTrail, GroupDeleted,
     GroupSummaries, MessageTrail, OffsetsReset, ResetOffset, SetBrokerConfig,
@@ -25,6 +26,7 @@ use weir_protocol::filter::{
     FilterList, FilterRemoved, FilterReset, FilterUploaded, ListFilters, RemoveFilter, ResetFilter,
     UploadFilter,
 };
+use weir_protocol::net::Cause;
 use weir_protocol::route::TopicList;
 use weir_store::StoredRecord;
 
@@ -136,6 +138,15 @@ pub enum Family {
     Filter,
 }
 
+/// Every family, in the order metrics list them.
+pub const FAMILIES: [Family; 5] = [
+    Family::Send,
+    Family::Pull,
+    Family::Consumer,
+    Family::Admin,
+    Family::Filter,
+];
+
 impl Family {
     pub fn name(self) -> &'static str {
         match self {
@@ -232,6 +243,8 @@ pub struct FamilyLimits {
     admin: Semaphore,
     filter: Semaphore,
     caps: [usize; 5],
+    /// Requests refused at the bound, per family; logged at most once per interval.
+    refused: [Cause; 5],
 }
 
 impl FamilyLimits {
@@ -249,27 +262,39 @@ impl FamilyLimits {
                 c.inflight_admin,
                 c.inflight_filter,
             ],
+            refused: Default::default(),
         }
     }
 
+    /// The family's semaphore and its index in `caps` and `refused`.
     fn of(&self, family: Family) -> (&Semaphore, usize) {
         match family {
-            Family::Send => (&self.send, self.caps[0]),
-            Family::Pull => (&self.pull, self.caps[1]),
-            Family::Consumer => (&self.consumer, self.caps[2]),
-            Family::Admin => (&self.admin, self.caps[3]),
-            Family::Filter => (&self.filter, self.caps[4]),
+            Family::Send => (&self.send, 0),
+            Family::Pull => (&self.pull, 1),
+            Family::Consumer => (&self.consumer, 2),
+            Family::Admin => (&self.admin, 3),
+            Family::Filter => (&self.filter, 4),
         }
     }
 
     /// Requests of `family` in flight now.
     pub fn in_flight(&self, family: Family) -> usize {
-        let (sem, cap) = self.of(family);
-        cap.saturating_sub(sem.available_permits())
+        let (sem, i) = self.of(family);
+        self.caps[i].saturating_sub(sem.available_permits())
+    }
+
+    /// Requests of `family` refused as busy at its bound since start.
+    pub fn refused(&self, family: Family) -> u64 {
+        self.refused[self.of(family).1].total()
     }
 }
 
 impl Broker {
+    /// Requests of `family` in flight now, and refused as busy at its bound since start.
+    pub fn family_load(&self, family: Family) -> (usize, u64) {
+        (self.limits.in_flight(family), self.limits.refused(family))
+    }
+
     /// Runs `req` with its processor, within its family's bound on requests in flight.
     pub async fn dispatch(
         &self,
@@ -287,10 +312,14 @@ impl Broker {
                 "this slave's log differs from its master's; it serves nothing: {why}"
             )));
         }
-        let (sem, cap) = self.limits.of(family);
+        let (sem, i) = self.limits.of(family);
+        let cap = self.limits.caps[i];
         let _permit = match sem.try_acquire() {
             Ok(p) => p,
             Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => {
+                self.limits.refused[i].record(|count| {
+                    warn!(family = family.name(), cap, count, "requests refused as busy: as many of their family in flight as its limits.inflight_ bound: {count} since the last report");
+                });
                 return Err(ProcessError::Busy(format!(
                     "{cap} {} requests are in flight already (limits.inflight_{}); retry shortly",
                     family.name(),

@@ -13,7 +13,7 @@ use weir_protocol::metrics::{Exposition, HttpLimits, Kind, MetricsServer, Render
 use weir_protocol::{ServerStats, ServerStatsHandle};
 
 use crate::broker::Broker;
-use crate::dispatch::Family;
+use crate::dispatch::FAMILIES;
 
 /// Serves the broker's metrics on `listen` until the returned server is shut down.
 pub async fn start(
@@ -101,14 +101,17 @@ fn traffic(b: &Broker, e: &mut Exposition) {
     .histogram(name, &[], &b.metrics.pull_latency);
     let name = "weir_requests_in_flight";
     e.family(name, Kind::Gauge, "Requests being processed, by family.");
-    for f in [
-        Family::Send,
-        Family::Pull,
-        Family::Consumer,
-        Family::Admin,
-        Family::Filter,
-    ] {
+    for f in FAMILIES {
         e.sample(name, &[("family", f.name())], b.limits.in_flight(f));
+    }
+    let name = "weir_requests_refused_busy_total";
+    e.family(
+        name,
+        Kind::Counter,
+        "Requests refused as busy at their family's bound on requests in flight (limits.inflight_*).",
+    );
+    for f in FAMILIES {
+        e.sample(name, &[("family", f.name())], b.limits.refused(f));
     }
 }
 

@@ -340,3 +340,64 @@ async fn the_group_summary_stays_within_its_byte_budget() {
         answer.groups.first()
     );
 }
+
+/// A family at its bound on requests in flight refuses more of its own as busy, naming
+/// the bound, while the other families are served; refusals are counted, and the family
+/// is served again once its requests end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_family_at_its_bound_refuses_its_own_and_serves_the_others() {
+    use weir_broker::dispatch::Family;
+    let env = env_with(|c| c.limits.inflight_pull = 2).await;
+    let conn = env.client().await;
+    let send = |key: &str| crate::common::send("Held", 0, "", key);
+    conn.call(&send("k0"), Bytes::from_static(b"x"), T)
+        .await
+        .unwrap();
+    // Pulls from the queue's end are held (long polling) until a message comes.
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let c = conn.clone();
+            tokio::spawn(async move {
+                c.call(
+                    &crate::common::pull("Held", 0, 1, "*", 20_000),
+                    Bytes::new(),
+                    T,
+                )
+                .await
+            })
+        })
+        .collect();
+    let broker = env.broker().broker().clone();
+    eventually("both pulls held", async || {
+        broker.family_load(Family::Pull).0 == 2
+    })
+    .await;
+    expect_error(
+        &conn,
+        &crate::common::pull("Held", 0, 0, "*", 0),
+        Bytes::new(),
+        ErrorCode::SystemBusy,
+        "limits.inflight_pull",
+    )
+    .await;
+    assert_eq!(
+        broker.family_load(Family::Pull).1,
+        1,
+        "the refusal is counted"
+    );
+    // Sends are another family: served, and they release the held pulls.
+    conn.call(&send("k1"), Bytes::from_static(b"y"), T)
+        .await
+        .unwrap();
+    for h in held {
+        let (pulled, _) = h.await.unwrap().unwrap();
+        assert_eq!(pulled.status, weir_protocol::broker::PullStatus::Found);
+    }
+    eventually("the pulls ended", async || {
+        broker.family_load(Family::Pull).0 == 0
+    })
+    .await;
+    conn.call(&crate::common::pull("Held", 0, 0, "*", 0), Bytes::new(), T)
+        .await
+        .unwrap();
+}
