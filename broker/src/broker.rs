@@ -229,15 +229,7 @@ impl Broker {
     /// write of the topic file, one log line and one registration for all. Returns the
     /// names left uncreated for want of room (`limits.max_topics`).
     pub(crate) fn system_topics(&self, names: Vec<String>) -> Processed<Vec<String>> {
-        let configs = names
-            .into_iter()
-            .map(|name| TopicConfig {
-                name,
-                read_queues: 1,
-                write_queues: 1,
-                perm: perm::READ_WRITE,
-            })
-            .collect();
+        let configs = names.into_iter().map(system_topic_config).collect();
         let (created, no_room) = self
             .topics
             .create_all_absent(configs, self.config.limits.max_topics)?;
@@ -254,16 +246,23 @@ impl Broker {
         if self.topics.get(name).is_none() {
             self.check_topic_room()?;
         }
-        let (t, created) = self.topics.create_if_absent(TopicConfig {
-            name: name.to_owned(),
-            read_queues: 1,
-            write_queues: 1,
-            perm: perm::READ_WRITE,
-        })?;
+        let (t, created) = self
+            .topics
+            .create_if_absent(system_topic_config(name.to_owned()))?;
         if created {
             info!(topic = name, "system topic created");
             self.topics_updated();
         }
         Ok(t)
+    }
+}
+
+/// A system topic (retry, dead-letter): one queue, read and write.
+fn system_topic_config(name: String) -> TopicConfig {
+    TopicConfig {
+        name,
+        read_queues: 1,
+        write_queues: 1,
+        perm: perm::READ_WRITE,
     }
 }

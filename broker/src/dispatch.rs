@@ -138,7 +138,7 @@ pub enum Family {
     Filter,
 }
 
-/// Every family, in the order metrics list them.
+/// Every family, in the order of [`Family::index`].
 pub const FAMILIES: [Family; 5] = [
     Family::Send,
     Family::Pull,
@@ -148,6 +148,11 @@ pub const FAMILIES: [Family; 5] = [
 ];
 
 impl Family {
+    /// Its place in [`FAMILIES`] and in [`FamilyLimits`]' tables.
+    fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Family::Send => "send",
@@ -235,13 +240,9 @@ pub struct RequestContext {
     pub auto_create_queues: Option<u32>,
 }
 
-/// Requests in flight per family.
+/// Requests in flight per family, each table indexed by [`Family::index`].
 pub struct FamilyLimits {
-    send: Semaphore,
-    pull: Semaphore,
-    consumer: Semaphore,
-    admin: Semaphore,
-    filter: Semaphore,
+    permits: [Semaphore; 5],
     caps: [usize; 5],
     /// Requests refused at the bound, per family; logged at most once per interval.
     refused: [Cause; 5],
@@ -249,43 +250,29 @@ pub struct FamilyLimits {
 
 impl FamilyLimits {
     pub fn new(c: &LimitsConfig) -> Self {
+        let caps = [
+            c.inflight_send,
+            c.inflight_pull,
+            c.inflight_consumer,
+            c.inflight_admin,
+            c.inflight_filter,
+        ];
         Self {
-            send: Semaphore::new(c.inflight_send),
-            pull: Semaphore::new(c.inflight_pull),
-            consumer: Semaphore::new(c.inflight_consumer),
-            admin: Semaphore::new(c.inflight_admin),
-            filter: Semaphore::new(c.inflight_filter),
-            caps: [
-                c.inflight_send,
-                c.inflight_pull,
-                c.inflight_consumer,
-                c.inflight_admin,
-                c.inflight_filter,
-            ],
+            permits: caps.map(Semaphore::new),
+            caps,
             refused: Default::default(),
-        }
-    }
-
-    /// The family's semaphore and its index in `caps` and `refused`.
-    fn of(&self, family: Family) -> (&Semaphore, usize) {
-        match family {
-            Family::Send => (&self.send, 0),
-            Family::Pull => (&self.pull, 1),
-            Family::Consumer => (&self.consumer, 2),
-            Family::Admin => (&self.admin, 3),
-            Family::Filter => (&self.filter, 4),
         }
     }
 
     /// Requests of `family` in flight now.
     pub fn in_flight(&self, family: Family) -> usize {
-        let (sem, i) = self.of(family);
-        self.caps[i].saturating_sub(sem.available_permits())
+        let i = family.index();
+        self.caps[i].saturating_sub(self.permits[i].available_permits())
     }
 
     /// Requests of `family` refused as busy at its bound since start.
     pub fn refused(&self, family: Family) -> u64 {
-        self.refused[self.of(family).1].total()
+        self.refused[family.index()].total()
     }
 }
 
@@ -312,13 +299,13 @@ impl Broker {
                 "this slave's log differs from its master's; it serves nothing: {why}"
             )));
         }
-        let (sem, i) = self.limits.of(family);
+        let i = family.index();
         let cap = self.limits.caps[i];
-        let _permit = match sem.try_acquire() {
+        let _permit = match self.limits.permits[i].try_acquire() {
             Ok(p) => p,
             Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => {
                 self.limits.refused[i].record(|count| {
-                    warn!(family = family.name(), cap, count, "requests refused as busy: as many of their family in flight as its limits.inflight_ bound: {count} since the last report");
+                    warn!(cap, count, "{} requests refused as busy at limits.inflight_{}: {count} since the last report", family.name(), family.name());
                 });
                 return Err(ProcessError::Busy(format!(
                     "{cap} {} requests are in flight already (limits.inflight_{}); retry shortly",
@@ -413,5 +400,31 @@ impl Broker {
             R::BrokerConfig => A::BrokerSettings(self.live_settings()),
             R::SetBrokerConfig(r) => A::BrokerSettings(self.set_live_setting(r)?),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_family_has_its_own_bound() {
+        let c = LimitsConfig {
+            inflight_send: 1,
+            inflight_pull: 2,
+            inflight_consumer: 3,
+            inflight_admin: 4,
+            inflight_filter: 5,
+            ..LimitsConfig::default()
+        };
+        let limits = FamilyLimits::new(&c);
+        for (i, f) in FAMILIES.into_iter().enumerate() {
+            assert_eq!(f.index(), i, "{}", f.name());
+            assert_eq!(limits.caps[i], i + 1, "{}", f.name());
+            assert_eq!(limits.in_flight(f), 0);
+        }
+        let _held = limits.permits[Family::Pull.index()].try_acquire().unwrap();
+        assert_eq!(limits.in_flight(Family::Pull), 1);
+        assert_eq!(limits.in_flight(Family::Send), 0);
     }
 }
