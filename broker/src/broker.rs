@@ -88,6 +88,11 @@ impl Broker {
     pub fn held_pulls(&self) -> usize {
         self.holds.held()
     }
+
+    /// Held pulls answered early to give another connection its share, since start.
+    pub fn held_pulls_ended_early(&self) -> u64 {
+        self.holds.preempted()
+    }
 }
 
 /// Topics only the broker reads and writes: half messages and their decisions.
@@ -226,13 +231,16 @@ impl Broker {
     }
 
     /// [`Broker::system_topic`] for many names at once (a heartbeat's retry topics): one
-    /// write of the topic file, one log line and one registration for all. Returns the
-    /// names left uncreated for want of room (`limits.max_topics`).
-    pub(crate) fn system_topics(&self, names: Vec<String>) -> Processed<Vec<String>> {
+    /// write of the topic file, one log line and one registration for all, while more than
+    /// `limits.topic_room_kept_from_heartbeats` places of `limits.max_topics` are free.
+    /// Returns the names left uncreated for want of room.
+    pub(crate) fn heartbeat_topics(&self, names: Vec<String>) -> Processed<Vec<String>> {
         let configs = names.into_iter().map(system_topic_config).collect();
-        let (created, no_room) = self
-            .topics
-            .create_all_absent(configs, self.config.limits.max_topics)?;
+        let l = &self.config.limits;
+        let room = l
+            .max_topics
+            .saturating_sub(l.topic_room_kept_from_heartbeats);
+        let (created, no_room) = self.topics.create_all_absent(configs, room)?;
         if let Some(first) = created.first() {
             info!(count = created.len(), first = %first, "system topics created");
             self.topics_updated();

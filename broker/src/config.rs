@@ -76,7 +76,8 @@ pub struct BrokerConfig {
     pub limits: LimitsConfig,
     /// Connection limits (`[net]`): `max_connections` (10,000), per connection
     /// `max_pending_requests` (1,024) and `max_pending_bytes` (32 MiB) past which the broker
-    /// stops reading it until its client reads, `frame_read_timeout_ms` (10,000) and
+    /// stops reading it until its client reads, `max_pending_bytes_total` (256 MiB, all
+    /// connections together), `frame_read_timeout_ms` (10,000) and
     /// `idle_timeout_ms` (120,000). Each documented in `weir_protocol::NetConfig`.
     pub net: NetConfig,
     /// Access control (`[acl]`): `file` (the ACL file, reloaded on change; none: off) and
@@ -107,6 +108,11 @@ pub struct BrokerConfig {
 pub struct LimitsConfig {
     /// Topics, system topics (`%RETRY%`, `%DLQ%`) included (default 100,000).
     pub max_topics: usize,
+    /// Places of `max_topics` that heartbeats leave free (default 10,000): a heartbeat
+    /// creates its groups' retry topics only while more than this many are free, so
+    /// clients naming ever new groups cannot take the room of topics made by operators,
+    /// producers and send-backs (a send-back still creates its group's retry topic).
+    pub topic_room_kept_from_heartbeats: usize,
     /// Clients known at once (default 100,000).
     pub max_clients: usize,
     /// Distinct client ids one connection may register (default 16).
@@ -119,7 +125,8 @@ pub struct LimitsConfig {
     /// that would add one more is refused; those already held go on moving.
     pub max_consumer_offsets: usize,
     /// Requests in flight per family, across connections (defaults: send 10,000, pull
-    /// 100,000 (held pulls included), consumer 10,000, admin 1,000, filter 64).
+    /// 100,000 (held pulls included, shared fairly between connections: see
+    /// `crate::holds`), consumer 10,000, admin 1,000, filter 64).
     pub inflight_send: usize,
     pub inflight_pull: usize,
     pub inflight_consumer: usize,
@@ -131,6 +138,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_topics: 100_000,
+            topic_room_kept_from_heartbeats: 10_000,
             max_clients: 100_000,
             max_clients_per_connection: 16,
             max_groups_per_client: 1024,
@@ -156,6 +164,12 @@ impl LimitsConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.topic_room_kept_from_heartbeats >= self.max_topics {
+            return Err(ConfigError(format!(
+                "limits.topic_room_kept_from_heartbeats ({}) must be under limits.max_topics ({}): heartbeats could create no retry topic",
+                self.topic_room_kept_from_heartbeats, self.max_topics
+            )));
+        }
         for (name, v) in [
             ("max_topics", self.max_topics),
             ("max_consumer_offsets", self.max_consumer_offsets),

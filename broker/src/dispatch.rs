@@ -4,7 +4,7 @@
 //! a [`BrokerResponse`] or a [`ProcessError`].
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{Semaphore, TryAcquireError};
@@ -240,6 +240,10 @@ pub struct RequestContext {
     pub auto_create_queues: Option<u32>,
 }
 
+/// How long a pull that ended another connection's held pull early waits for its room
+/// (that pull answers at once; past this the pull is refused as busy).
+const PREEMPTED_ROOM_WAIT: Duration = Duration::from_secs(1);
+
 /// Requests in flight per family, each table indexed by [`Family::index`].
 pub struct FamilyLimits {
     permits: [Semaphore; 5],
@@ -299,22 +303,25 @@ impl Broker {
                 "this slave's log differs from its master's; it serves nothing: {why}"
             )));
         }
-        let i = family.index();
-        let cap = self.limits.caps[i];
-        let _permit = match self.limits.permits[i].try_acquire() {
+        let permits = &self.limits.permits[family.index()];
+        let _permit = match permits.try_acquire() {
             Ok(p) => p,
+            // A held pull of a connection holding more than its share answers now, and
+            // this pull takes its place (the semaphore hands it to the longest waiting).
+            Err(TryAcquireError::NoPermits)
+                if family == Family::Pull && self.holds.preempt_for(ctx.peer) =>
+            {
+                match tokio::time::timeout(PREEMPTED_ROOM_WAIT, permits.acquire()).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) | Err(_) => return Err(self.busy(family)),
+                }
+            }
             Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => {
-                self.limits.refused[i].record(|count| {
-                    warn!(cap, count, "{} requests refused as busy at limits.inflight_{}: {count} since the last report", family.name(), family.name());
-                });
-                return Err(ProcessError::Busy(format!(
-                    "{cap} {} requests are in flight already (limits.inflight_{}); retry shortly",
-                    family.name(),
-                    family.name()
-                )));
+                return Err(self.busy(family));
             }
         };
         let started = Instant::now();
+
         let answer = self.process(ctx, req, principal.as_deref()).await;
         match family {
             Family::Send => self.metrics.observe_send(started.elapsed()),
@@ -322,6 +329,26 @@ impl Broker {
             Family::Consumer | Family::Admin | Family::Filter => {}
         }
         answer
+    }
+
+    /// Counts and answers a refusal at `family`'s bound.
+    fn busy(&self, family: Family) -> ProcessError {
+        let i = family.index();
+        let cap = self.limits.caps[i];
+        self.limits.refused[i].record(|count| {
+            warn!(
+                cap,
+                count,
+                "{} requests refused as busy at limits.inflight_{}: {count} since the last report",
+                family.name(),
+                family.name()
+            );
+        });
+        ProcessError::Busy(format!(
+            "{cap} {} requests are in flight already (limits.inflight_{}); retry shortly",
+            family.name(),
+            family.name()
+        ))
     }
 
     /// `principal`: who signed the request, while access control is on (a send-back's
@@ -338,8 +365,11 @@ impl Broker {
             R::Send { req, body } => A::Sent(self.send(req, body, ctx).await?),
             R::SendBatch { req, body } => A::SentBatch(self.send_batch(req, body, ctx).await?),
             R::SendBack(r) => A::SentBack(self.send_back(r, principal).await?),
-            R::Pull(r) => A::Pulled(self.pull(r).await?),
-            R::PullSql { req, sql92 } => A::Pulled(self.pull_selected(req, Some(&sql92)).await?),
+            R::Pull(r) => A::Pulled(self.pull_selected(r, None, Some(ctx.peer)).await?),
+            R::PullSql { req, sql92 } => A::Pulled(
+                self.pull_selected(req, Some(&sql92), Some(ctx.peer))
+                    .await?,
+            ),
             R::Heartbeat(hb) => {
                 let link = ctx.link.as_ref().ok_or_else(|| {
                     ProcessError::Internal(

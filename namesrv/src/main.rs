@@ -16,7 +16,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Args {
     /// TOML file with any of: listen, broker_expiry_ms, scan_interval_ms, a [net]
     /// table (max_connections, max_pending_requests, max_pending_bytes,
-    /// frame_read_timeout_ms, idle_timeout_ms), a [metrics] table (listen) and a [tls]
+    /// max_pending_bytes_total, frame_read_timeout_ms, idle_timeout_ms), a [metrics] table (listen) and a [tls]
     /// table (mode, cert_file, key_file).
     #[arg(long)]
     config: Option<PathBuf>,

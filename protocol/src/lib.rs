@@ -43,8 +43,8 @@ pub use codes::{ErrorCode, RequestCode};
 pub use error::{CallError, ProtocolError};
 #[cfg(feature = "net")]
 pub use net::{
-    ConnConfig, ConnLoad, Connection, Handler, NetConfig, NoHandler, Reply, Request, Server,
-    ServerConfig, ServerStats, ServerStatsHandle, TlsConfig, TlsError, TlsMode,
+    ConnConfig, ConnLoad, Connection, FAIR_SHARE, Handler, NetConfig, NoHandler, Reply, Request,
+    Server, ServerConfig, ServerStats, ServerStatsHandle, TlsConfig, TlsError, TlsMode,
 };
 pub use record::{Message, MessageId, RecordError, RecordView};
 #[cfg(feature = "net")]

@@ -79,10 +79,11 @@ impl Broker {
                 }
             }
         }
-        match self.system_topics(retry_topics) {
+        match self.heartbeat_topics(retry_topics) {
             Ok(no_room) if no_room.is_empty() => {}
             Ok(no_room) => {
-                warn!(count = no_room.len(), first = %no_room[0], max = self.config.limits.max_topics, "no retry topic for consumer groups of a heartbeat: as many topics as limits.max_topics already")
+                let l = &self.config.limits;
+                warn!(count = no_room.len(), first = %no_room[0], max_topics = l.max_topics, kept = l.topic_room_kept_from_heartbeats, "no retry topic made for consumer groups of a heartbeat: the rest of limits.max_topics is kept from heartbeats (limits.topic_room_kept_from_heartbeats); each is made at its group's first send-back")
             }
             Err(e) => warn!(error = %e, "no retry topics for the consumer groups of a heartbeat"),
         }

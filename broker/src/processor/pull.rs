@@ -8,6 +8,7 @@
 //! is cut at its message count, the verdicts beyond the cut are carried to the pull that
 //! resumes there (`LoadedFilter::carry_verdicts`) instead of being judged again.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,17 +87,24 @@ impl Broker {
     /// polling when there is nothing new. Dropping the future (its connection closed)
     /// releases a held pull at once.
     pub async fn pull(&self, req: PullMessage) -> Processed<Pulled> {
-        self.pull_selected(req, None).await
+        self.pull_selected(req, None, None).await
     }
 
     /// A pull that also keeps only the messages an SQL92 expression over their
     /// properties selects (`TAGS` reads the tag, `KEYS` the keys space-separated).
-    pub async fn pull_selected(&self, req: PullMessage, sql92: Option<&str>) -> Processed<Pulled> {
+    /// `from`: the connection it came on, whose held pulls share `limits.inflight_pull`
+    /// with the others' (see `crate::holds`); none: never ended early.
+    pub async fn pull_selected(
+        &self,
+        req: PullMessage,
+        sql92: Option<&str>,
+        from: Option<SocketAddr>,
+    ) -> Processed<Pulled> {
         let sql = sql92
             .map(weir_filter_sql92::parse)
             .transpose()
             .map_err(|e| ProcessError::BadSubscription(format!("SQL92 expression: {e}")))?;
-        let pulled = self.pull_queue(&req, sql.as_ref()).await?;
+        let pulled = self.pull_queue(&req, sql.as_ref(), from).await?;
         // The topic exists (else the pull failed); the group is named only when valid.
         let group = validate_group_name(&req.group)
             .is_ok()
@@ -105,7 +113,12 @@ impl Broker {
         Ok(pulled)
     }
 
-    async fn pull_queue(&self, req: &PullMessage, sql: Option<&Expr>) -> Processed<Pulled> {
+    async fn pull_queue(
+        &self,
+        req: &PullMessage,
+        sql: Option<&Expr>,
+        from: Option<SocketAddr>,
+    ) -> Processed<Pulled> {
         if crate::broker::is_internal_topic(&req.topic) {
             return Err(ProcessError::NoPermission(format!(
                 "topic {:?} is the broker's own: half messages are never consumed",
@@ -149,7 +162,8 @@ impl Broker {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(req.suspend_ms).min(MAX_SUSPEND);
         let notify = (req.suspend_ms > 0).then(|| self.holds.notify_of(&req.topic, req.queue_id));
-        let _held = notify.as_ref().map(|_| self.holds.enter());
+        // Counted (and shared out) while waiting.
+        let mut held = None;
         // Verdicts the pull that ended at this offset judged but could not return.
         let carried = match &wasm {
             Some(f) => f.take_verdicts(req.queue_id, req.offset),
@@ -217,11 +231,16 @@ impl Broker {
                     if let Some(notified) = notified
                         && tokio::time::Instant::now() < deadline
                     {
-                        tokio::select! {
-                            _ = notified => {}
-                            _ = tokio::time::sleep_until(deadline) => {}
+                        let h = held.get_or_insert_with(|| self.holds.enter(from));
+                        if !h.is_ended_early() {
+                            tokio::select! {
+                                _ = notified => {}
+                                _ = tokio::time::sleep_until(deadline) => {}
+                                // Answered as at the deadline, after one more look.
+                                _ = h.ended_early() => {}
+                            }
+                            continue;
                         }
-                        continue;
                     }
                     // Entries passed over (filtered out) still move the consumer on.
                     let status = if cursor == req.offset {

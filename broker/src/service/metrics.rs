@@ -140,6 +140,12 @@ fn consumers(b: &Broker, e: &mut Exposition) {
         "Pulls held by long polling now.",
         b.held_pulls(),
     );
+    e.single(
+        "weir_held_pulls_ended_early_total",
+        Kind::Counter,
+        "Held pulls answered before their suspend ended, to give another connection its share of limits.inflight_pull.",
+        b.held_pulls_ended_early(),
+    );
 }
 
 fn store(b: &Broker, e: &mut Exposition) {

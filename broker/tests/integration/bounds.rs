@@ -140,7 +140,7 @@ async fn a_held_pull_is_released_when_its_connection_closes() {
 }
 
 #[tokio::test]
-async fn net_settings_are_read_and_checked() {
+async fn net_and_limit_settings_are_read_and_checked() {
     let dir = tempfile::tempdir().unwrap();
     let read = |text: &str| {
         let path = dir.path().join("broker.toml");
@@ -160,4 +160,22 @@ async fn net_settings_are_read_and_checked() {
     c.net.max_pending_bytes = 0;
     let e = c.validate().unwrap_err().to_string();
     assert!(e.contains("net.max_pending_bytes = 0"), "{e}");
+    let c = read("[net]\nmax_pending_bytes_total = 1073741824\n").unwrap();
+    assert_eq!(c.net.server_config().max_pending_bytes_total, 1 << 30);
+    let mut c = read("").unwrap();
+    assert_eq!(c.net.max_pending_bytes_total, 256 << 20);
+    c.net.max_pending_bytes_total = 1000;
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("net.max_pending_bytes_total = 1000"), "{e}");
+    // The room kept from heartbeats must leave them some.
+    let c = read("[limits]\nmax_topics = 50\ntopic_room_kept_from_heartbeats = 50\n").unwrap();
+    let e = c.validate().unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "limits.topic_room_kept_from_heartbeats (50) must be under limits.max_topics (50)"
+        ),
+        "{e}"
+    );
+    let c = read("[limits]\nmax_topics = 50\ntopic_room_kept_from_heartbeats = 0\n").unwrap();
+    c.validate().unwrap();
 }

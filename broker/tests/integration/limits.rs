@@ -33,6 +33,7 @@ async fn one_connection_cannot_register_clients_groups_or_retry_topics_without_b
         c.limits.max_clients_per_connection = 4;
         c.limits.max_groups_per_client = 8;
         c.limits.max_topics = 20;
+        c.limits.topic_room_kept_from_heartbeats = 6;
     })
     .await;
     let conn = env.client().await;
@@ -71,7 +72,8 @@ async fn one_connection_cannot_register_clients_groups_or_retry_topics_without_b
     )
     .await;
 
-    // Each clustering group gets a %RETRY% topic, until the broker holds max_topics.
+    // Each clustering group gets a %RETRY% topic, until only the room kept from
+    // heartbeats is left.
     for round in 0..5 {
         let groups: Vec<String> = (0..8).map(|i| format!("r{round}-{i}")).collect();
         let refs: Vec<&str> = groups.iter().map(String::as_str).collect();
@@ -85,9 +87,10 @@ async fn one_connection_cannot_register_clients_groups_or_retry_topics_without_b
     let (list, _) = conn.call(&count, Bytes::new(), T).await.unwrap();
     // (Filled to the limit: the groups of one heartbeat are created together, as many
     // as there is room for.)
-    assert_eq!(list.topics.len(), 20, "{:?}", list.topics);
-    assert!(topics <= 20);
-    // An auto-created topic is refused the same way once the table is full.
+    assert_eq!(list.topics.len(), 14, "{:?}", list.topics);
+    assert!(topics <= 14);
+    // The room kept goes to other topics (auto-created ones here), and past max_topics
+    // they are refused.
     let mut n = 0;
     let refused = loop {
         let r = conn
@@ -103,6 +106,7 @@ async fn one_connection_cannot_register_clients_groups_or_retry_topics_without_b
         n += 1;
         assert!(n < 40);
     };
+    assert_eq!(n, 6, "the room kept from heartbeats");
     assert!(refused.to_string().contains("max_topics"), "{refused}");
 }
 
@@ -400,4 +404,76 @@ async fn a_family_at_its_bound_refuses_its_own_and_serves_the_others() {
     conn.call(&crate::common::pull("Held", 0, 0, "*", 0), Bytes::new(), T)
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_pulls_are_shared_fairly_between_connections() {
+    use weir_protocol::broker::PullStatus;
+    let env = env_with(|c| c.limits.inflight_pull = 4).await;
+    let heavy = env.client().await;
+    let light = env.client().await;
+    let send = |key: &str| crate::common::send("Held", 0, "", key);
+    heavy
+        .call(&send("k0"), Bytes::from_static(b"x"), T)
+        .await
+        .unwrap();
+    let broker = env.broker().broker().clone();
+    // One connection takes the whole bound with pulls held far longer than the calls'
+    // timeout.
+    let hold = |c: &weir_protocol::Connection| {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.call(
+                &crate::common::pull("Held", 0, 1, "*", 60_000),
+                Bytes::new(),
+                T,
+            )
+            .await
+        })
+    };
+    let mut heavies: Vec<_> = (0..4).map(|_| hold(&heavy)).collect();
+    eventually("the heavy connection's pulls held", async || {
+        broker.held_pulls() == 4
+    })
+    .await;
+    // Another connection's pulls take the place of the heavy one's, one each, until
+    // both hold two: those ended answer at once, "no new message".
+    let mut lights = Vec::new();
+    for _ in 0..2 {
+        lights.push(hold(&light));
+        eventually("a held pull ended early", async || {
+            heavies.iter().any(|h| h.is_finished())
+        })
+        .await;
+        let i = heavies.iter().position(|h| h.is_finished()).unwrap();
+        let (pulled, _) = heavies.swap_remove(i).await.unwrap().unwrap();
+        assert_eq!(pulled.status, PullStatus::NoNewMessage);
+        assert_eq!(pulled.next_offset, 1);
+        eventually("the light connection's pull held", async || {
+            broker.held_pulls() == 4
+        })
+        .await;
+    }
+    assert_eq!(broker.held_pulls_ended_early(), 2);
+    // Even: neither may take more.
+    for c in [&light, &heavy] {
+        expect_error(
+            c,
+            &crate::common::pull("Held", 0, 1, "*", 60_000),
+            Bytes::new(),
+            ErrorCode::SystemBusy,
+            "limits.inflight_pull",
+        )
+        .await;
+    }
+    assert_eq!(broker.held_pulls_ended_early(), 2);
+    // A message answers every held pull.
+    heavy
+        .call(&send("k1"), Bytes::from_static(b"y"), T)
+        .await
+        .unwrap();
+    for h in heavies.into_iter().chain(lights) {
+        let (pulled, _) = h.await.unwrap().unwrap();
+        assert_eq!(pulled.status, PullStatus::Found);
+    }
 }

@@ -232,6 +232,12 @@ impl Exposition {
             Kind::Gauge,
             "Bytes of requests and answers held, over all connections.",
             net.pending_bytes,
+        );
+        self.single(
+            &n("connection_pauses_total"),
+            Kind::Counter,
+            "Times a connection paused because all together held net.max_pending_bytes_total.",
+            net.budget_pauses,
         )
     }
 

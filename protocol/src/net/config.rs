@@ -6,6 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::frame;
 
+/// What a connection may always hold, whatever the others hold: past the server's
+/// `max_pending_bytes_total` only connections holding at least this much pause (1 MiB, or
+/// the connection's own bound when smaller).
+pub const FAIR_SHARE: usize = 1 << 20;
+
 /// Limits of one connection, either side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnConfig {
@@ -47,6 +52,13 @@ pub struct ServerConfig {
     /// Connections open at once; past it a new connection is closed at once (default
     /// 10,000).
     pub max_connections: usize,
+    /// Pending bytes (as `ConnConfig::max_pending_bytes` counts them) of all connections
+    /// together; past it a connection holding [`FAIR_SHARE`] or more reads and takes
+    /// nothing more until its own pending bytes go under that share, so every peer keeps
+    /// being served, one reply at a time (default 256 MiB). The connections together hold
+    /// at most this once per runtime worker (each counts the others' bytes as they last
+    /// published them), plus each one's fair share, one frame and one reply.
+    pub max_pending_bytes_total: usize,
     /// Whether connections speaking weir's own protocol are served (default true).
     pub weir: bool,
     /// Whether connections speaking RocketMQ's remoting protocol are served, when the
@@ -59,6 +71,7 @@ impl Default for ServerConfig {
         Self {
             conn: ConnConfig::default(),
             max_connections: 10_000,
+            max_pending_bytes_total: 256 << 20,
             weir: true,
             remoting: true,
         }
@@ -89,6 +102,11 @@ pub struct NetConfig {
     /// not yet written, past which the server stops reading it (default 32 MiB; one
     /// frame read and one reply may go past it).
     pub max_pending_bytes: usize,
+    /// All connections together: pending bytes past which a connection holding 1 MiB or
+    /// more reads and takes nothing more until it holds less (default 256 MiB). Each
+    /// connection may always hold 1 MiB and one reply, so no peer, however many
+    /// connections it opens, stops the server answering the others.
+    pub max_pending_bytes_total: usize,
     /// A frame must arrive whole within this from its first byte, ms (default 10,000).
     pub frame_read_timeout_ms: u64,
     /// A connection with no frame either way for this long is closed, ms (default
@@ -111,6 +129,7 @@ impl Default for NetConfig {
             max_connections: d.max_connections,
             max_pending_requests: d.conn.max_pending_requests,
             max_pending_bytes: d.conn.max_pending_bytes,
+            max_pending_bytes_total: d.max_pending_bytes_total,
             frame_read_timeout_ms: 10_000,
             idle_timeout_ms: 120_000,
             weir: d.weir,
@@ -122,7 +141,7 @@ impl Default for NetConfig {
 impl NetConfig {
     /// Checks every setting's range.
     pub fn validate(&self) -> Result<(), NetConfigError> {
-        let checks: [(&'static str, u64, u64, u64, &'static str); 5] = [
+        let checks: [(&'static str, u64, u64, u64, &'static str); 6] = [
             (
                 "max_connections",
                 self.max_connections as u64,
@@ -143,6 +162,13 @@ impl NetConfig {
                 64 << 10,
                 1 << 40,
                 "65536 (64 KiB)..=1099511627776 (1 TiB)",
+            ),
+            (
+                "max_pending_bytes_total",
+                self.max_pending_bytes_total as u64,
+                1 << 20,
+                1 << 42,
+                "1048576 (1 MiB)..=4398046511104 (4 TiB)",
             ),
             (
                 "frame_read_timeout_ms",
@@ -191,6 +217,7 @@ impl NetConfig {
                 ..ConnConfig::default()
             },
             max_connections: self.max_connections,
+            max_pending_bytes_total: self.max_pending_bytes_total,
             weir: self.weir,
             remoting: self.remoting,
         }

@@ -14,6 +14,11 @@
 //!   unpolled rather than their replies queued. Past the bound go at most one frame read
 //!   and one reply (each at most `max_frame`). While paused, at most [`READ_AHEAD`] bytes
 //!   more are read (unparsed), so a peer's close is still seen.
+//! - A server's connections publish their pending bytes into one total; while it is at
+//!   `max_pending_bytes_total`, a connection holding its [`FAIR_SHARE`] or more pauses as
+//!   at its own bound. One holding less goes on (one frame and one reply past), so every
+//!   peer keeps being served. A paused connection holds work of its own (replies to write,
+//!   handlers running) whose progress wakes it: nothing waits on the others.
 //! - A frame begun must be whole within `frame_read_timeout` of reading time; a connection
 //!   with no frame read and nothing written for `idle_timeout` is closed. Both are checked
 //!   on a tick (a quarter of the shorter one), so each fires within 1.25 times its setting.
@@ -40,6 +45,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
+use super::config::FAIR_SHARE;
 use super::connection::{Connection, queued_cost};
 use super::events::{CLIENT_EVENTS, Events};
 use super::outq::OutQueue;
@@ -191,6 +197,14 @@ struct Driver<'a, S> {
     max_frame: usize,
     max_requests: usize,
     max_bytes: usize,
+    /// The server's connections, for their total of pending bytes (none: a client's).
+    server: Option<&'a Shared>,
+    /// What this connection may hold whatever the others hold.
+    fair_share: usize,
+    /// This connection's pending bytes as last added to the server's total.
+    published_bytes: usize,
+    /// Paused at the server's total (counted once per pause).
+    budget_paused: bool,
     inbuf: BytesMut,
     eof: bool,
     /// When the requests still running after the peer's clean close are given up.
@@ -215,6 +229,7 @@ impl<'a, S: Transport> Driver<'a, S> {
         wire: Option<Wire>,
         stream: &'a mut S,
         rx: &'a mut mpsc::UnboundedReceiver<Frame>,
+        server: Option<&'a Shared>,
     ) -> Self {
         let c = conn.inner.config;
         Driver {
@@ -226,6 +241,10 @@ impl<'a, S: Transport> Driver<'a, S> {
             max_frame: c.max_frame,
             max_requests: c.max_pending_requests,
             max_bytes: c.max_pending_bytes,
+            server,
+            fair_share: FAIR_SHARE.min(c.max_pending_bytes),
+            published_bytes: 0,
+            budget_paused: false,
             inbuf: BytesMut::new(),
             eof: false,
             eof_deadline: None,
@@ -249,14 +268,31 @@ impl<'a, S: Transport> Driver<'a, S> {
         self.inflight_bytes + self.out.len()
     }
 
+    /// Whether the server's connections together leave this one room to take more.
+    fn within_server_budget(&self) -> bool {
+        self.server.is_none_or(|s| {
+            let own = self.pending_bytes();
+            // The total as published, with this connection's own share as it is now.
+            own < self.fair_share
+                || s.pending_bytes
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(self.published_bytes)
+                    .saturating_add(own)
+                    < s.max_pending_bytes_total
+        })
+    }
+
     /// Whether another request may be taken from the read buffer.
     fn may_read(&self) -> bool {
-        self.pending_requests() < self.max_requests && self.pending_bytes() < self.max_bytes
+        self.pending_requests() < self.max_requests
+            && self.pending_bytes() < self.max_bytes
+            && self.within_server_budget()
     }
 
     /// Whether another reply (or local frame) may be queued.
     fn may_queue(&self) -> bool {
-        self.pending_bytes() < self.max_bytes || self.out.is_empty()
+        (self.pending_bytes() < self.max_bytes && self.within_server_budget())
+            || self.out.is_empty()
     }
 
     fn note_peaks(&mut self) {
@@ -264,7 +300,30 @@ impl<'a, S: Transport> Driver<'a, S> {
         self.peak_bytes = self.peak_bytes.max(self.pending_bytes());
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        if let Some(s) = self.server {
+            let now = self.pending_bytes();
+            if now > self.published_bytes {
+                s.pending_bytes
+                    .fetch_add(now - self.published_bytes, Ordering::Relaxed);
+            } else if now < self.published_bytes {
+                s.pending_bytes
+                    .fetch_sub(self.published_bytes - now, Ordering::Relaxed);
+            }
+            self.published_bytes = now;
+            let paused = !self.within_server_budget();
+            if paused && !self.budget_paused {
+                let (held, cap) = (
+                    s.pending_bytes.load(Ordering::Relaxed),
+                    s.max_pending_bytes_total,
+                );
+                let peer = self.conn.peer();
+                s.events.budget_pauses.record(|count| {
+                    warn!(%peer, held, cap, count, "paused connections holding their fair share while all together hold net.max_pending_bytes_total ({cap} bytes): {count} since the last report, the latest shown");
+                });
+            }
+            self.budget_paused = paused;
+        }
         let load = &self.conn.inner.load;
         load.requests
             .store(self.pending_requests(), Ordering::Relaxed);
@@ -560,8 +619,15 @@ async fn run<S: Transport>(
     server: Option<Arc<Shared>>,
 ) {
     let events: &Events = server.as_ref().map_or(&CLIENT_EVENTS, |s| &s.events);
-    let (end, mut out, mut inbuf, peaks, wire) = {
-        let mut d = Driver::new(&conn, &handlers, wire, &mut stream, &mut rx);
+    let (end, mut out, mut inbuf, peaks, wire, published) = {
+        let mut d = Driver::new(
+            &conn,
+            &handlers,
+            wire,
+            &mut stream,
+            &mut rx,
+            server.as_deref(),
+        );
         let end = poll_fn(|cx| {
             conn.inner.close_waker.register(cx.waker());
             if conn.inner.is_closed() {
@@ -571,7 +637,14 @@ async fn run<S: Transport>(
         })
         .await;
         // Dropping the driver drops the handler futures of its requests: cancelled.
-        (end, d.out, d.inbuf, (d.peak_requests, d.peak_bytes), d.wire)
+        (
+            end,
+            d.out,
+            d.inbuf,
+            (d.peak_requests, d.peak_bytes),
+            d.wire,
+            d.published_bytes,
+        )
     };
     conn.inner.mark_closed();
     // (A connection closed before its protocol was known reached no handler.)
@@ -654,6 +727,7 @@ async fn run<S: Transport>(
     load.requests.store(0, Ordering::Relaxed);
     load.bytes.store(0, Ordering::Relaxed);
     if let Some(s) = server {
+        s.pending_bytes.fetch_sub(published, Ordering::Relaxed);
         s.connection_ended(conn.id(), peaks);
     }
 }

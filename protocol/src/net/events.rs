@@ -80,6 +80,9 @@ pub(crate) struct Events {
     pub(crate) tls_failures: Cause,
     /// Plaintext connections to a port that takes TLS only.
     pub(crate) plaintext_refused: Cause,
+    /// Connections paused at the server's `max_pending_bytes_total` (each time one
+    /// starts waiting).
+    pub(crate) budget_pauses: Cause,
 }
 
 impl Events {
@@ -92,6 +95,7 @@ impl Events {
             resets: AtomicU64::new(0),
             tls_failures: Cause::new(),
             plaintext_refused: Cause::new(),
+            budget_pauses: Cause::new(),
         }
     }
 }

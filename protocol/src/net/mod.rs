@@ -8,7 +8,8 @@
 //! futures of the peer's requests inside itself, and writes. What a peer can make a
 //! connection hold is bounded ([`ConnConfig`]): requests being handled and replies not yet
 //! written, by count and by bytes; past either, the connection stops reading until the peer
-//! reads. A frame must arrive whole in time, an idle connection is closed, a server takes
+//! reads; and a server's connections together hold at most `max_pending_bytes_total`
+//! beyond each one's [`FAIR_SHARE`]. A frame must arrive whole in time, an idle connection is closed, a server takes
 //! at most `max_connections` ([`ServerConfig`]), and a connection that closes drops the
 //! handler futures of its requests at once. What peers cause (bad frames, timeouts,
 //! refusals) is counted ([`ServerStats`]) and logged at most once per cause per 10 s.
@@ -37,7 +38,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-pub use config::{ConnConfig, NetConfig, NetConfigError, ServerConfig};
+pub use config::{ConnConfig, FAIR_SHARE, NetConfig, NetConfigError, ServerConfig};
 pub use connection::{ConnLoad, Connection};
 pub use events::{Cause, LOG_INTERVAL};
 pub use server::{Server, ServerStats, ServerStatsHandle};

@@ -45,6 +45,9 @@ pub struct ServerStats {
     pub tls_handshake_failures: u64,
     /// Plaintext connections refused by a port that takes TLS only, ever.
     pub plaintext_refused: u64,
+    /// Times a connection paused because the connections together held
+    /// `max_pending_bytes_total`, ever.
+    pub budget_pauses: u64,
     /// Pending work of the open connections (see [`ConnLoad`](super::ConnLoad)), summed.
     pub pending_requests: usize,
     pub pending_bytes: usize,
@@ -69,6 +72,7 @@ impl ServerStatsHandle {
             resets: s.events.resets.load(Ordering::Relaxed),
             tls_handshake_failures: s.events.tls_failures.total(),
             plaintext_refused: s.events.plaintext_refused.total(),
+            budget_pauses: s.events.budget_pauses.total(),
             peak_pending_requests: s.peak_requests.load(Ordering::Relaxed),
             peak_pending_bytes: s.peak_bytes.load(Ordering::Relaxed),
             ..ServerStats::default()
@@ -96,6 +100,9 @@ pub(super) struct Shared {
     /// Peaks of connections gone.
     peak_requests: AtomicUsize,
     peak_bytes: AtomicUsize,
+    /// Pending bytes of all connections, as their drivers last published them.
+    pub(super) pending_bytes: AtomicUsize,
+    pub(super) max_pending_bytes_total: usize,
 }
 
 impl Shared {
@@ -183,6 +190,8 @@ impl Server {
             closing: AtomicBool::new(false),
             peak_requests: AtomicUsize::new(0),
             peak_bytes: AtomicUsize::new(0),
+            pending_bytes: AtomicUsize::new(0),
+            max_pending_bytes_total: config.max_pending_bytes_total,
         });
         let tracked = Arc::clone(&shared);
         let acceptor = tokio::spawn(async move {

@@ -15,8 +15,8 @@ use weir_protocol::net::BoxFuture;
 use weir_protocol::route::{GetRoute, TopicRoute};
 use weir_protocol::rpc::encode_header;
 use weir_protocol::{
-    CallError, ConnConfig, Connection, Handler, NoHandler, Reply, Request, RequestCode, Server,
-    ServerConfig, ServerStats,
+    CallError, ConnConfig, Connection, FAIR_SHARE, Handler, NoHandler, Reply, Request, RequestCode,
+    Server, ServerConfig, ServerStats,
 };
 
 const T: Duration = Duration::from_secs(10);
@@ -199,6 +199,95 @@ async fn a_peer_that_never_reads_holds_at_most_the_bound_and_others_are_served()
     })
     .await;
     route(&other, "small").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_together_hold_at_most_the_servers_total_and_others_are_served() {
+    const PER_CONN: usize = 8 << 20;
+    const TOTAL: usize = 4 << 20;
+    const HOSTILE: usize = 12;
+    let f = fixture(ServerConfig {
+        conn: ConnConfig {
+            max_pending_requests: 4096,
+            max_pending_bytes: PER_CONN,
+            ..ConnConfig::default()
+        },
+        max_pending_bytes_total: TOTAL,
+        ..ServerConfig::default()
+    })
+    .await;
+    // Twelve connections, each pipelining 2,000 requests for BIG replies (32 MB of them)
+    // and never reading: alone, each would hold its own bound, 96 MiB together.
+    let mut frames = BytesMut::new();
+    for id in 0..2_000 {
+        request(id, "big", &mut frames);
+    }
+    let request_len = frames.len() / 2_000;
+    let frames = frames.freeze();
+    let mut hostile = Vec::new();
+    for _ in 0..HOSTILE {
+        let (rd, mut wr) = TcpStream::connect(&f.addr).await.unwrap().into_split();
+        let frames = frames.clone();
+        let writer = tokio::spawn(async move {
+            let _ = wr.write_all(&frames).await;
+            wr
+        });
+        hostile.push((rd, writer));
+    }
+    // Past the total, a connection holding its fair share pauses; one holding less goes
+    // on, up to one frame and one reply past it. A connection counts the others' bytes as
+    // last published: the one on the other worker may be filling up to the total too.
+    let reply_len = BIG + 64;
+    let bound = 2 * TOTAL + HOSTILE * (FAIR_SHARE + reply_len + request_len);
+    let highest = Arc::new(AtomicUsize::new(0));
+    let stats = f.server.stats_handle();
+    let sampler = {
+        let highest = Arc::clone(&highest);
+        tokio::spawn(async move {
+            loop {
+                highest.fetch_max(stats.stats().pending_bytes, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    eventually("the connections reaching the server's total", T, || {
+        f.server.stats().pending_bytes >= TOTAL
+    })
+    .await;
+    // Another connection is served meanwhile, big replies included.
+    let other = client(&f.addr).await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..200 {
+        let started = Instant::now();
+        let topic = if i % 2 == 0 { "small" } else { "big" };
+        route(&other, topic).await.unwrap();
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "slowest call {slowest:?}"
+    );
+    sampler.abort();
+    let highest = highest.load(Ordering::SeqCst);
+    let s = f.server.stats();
+    assert!(
+        highest <= bound,
+        "held {highest} bytes at most, past {bound}: {s:?}"
+    );
+    assert!(s.pending_bytes <= bound, "{s:?}");
+    assert!(s.budget_pauses >= 1, "{s:?}");
+    // The hostile connections go: everything they held is released.
+    for (rd, writer) in hostile {
+        writer.abort();
+        let _ = writer.await;
+        drop(rd);
+    }
+    eventually("the hostile connections' release", T, || {
+        let s = f.server.stats();
+        s.connections == 1 && s.pending_bytes == 0
+    })
+    .await;
+    route(&other, "big").await.unwrap();
 }
 
 #[tokio::test]
