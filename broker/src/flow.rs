@@ -51,10 +51,12 @@ impl SendQueue {
         let waited = received.elapsed();
         if waited > limit || (slow > 0 && gate.is_none()) {
             self.refused.record(|count| {
-                warn!(?waited, ?limit, count, "sends refused as busy (waited longer than send_queue_wait_ms for the store): {count} since the last report");
+                warn!(?waited, ?limit, count, "sends refused as busy (waited longer than send_queue_wait_ms for their turn at the store): {count} since the last report");
             });
+            // (The wait counts from the frame's arrival: a store falling behind, a broker
+            // short of CPU, or the sender's own unread replies pausing its connection.)
             return Err(ProcessError::StoreBusy(format!(
-                "busy: the send waited {} ms for the store, more than send_queue_wait_ms ({} ms); it was not stored: retry after a pause or on another broker",
+                "busy: the send waited {} ms from its arrival for its turn at the store, more than send_queue_wait_ms ({} ms): the store or the broker is behind, or replies this connection has not read held it; it was not stored: retry after a pause or on another broker",
                 waited.as_millis(),
                 limit.as_millis()
             )));
