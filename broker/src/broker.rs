@@ -58,6 +58,9 @@ pub struct Broker {
     pub(crate) tls_client: Option<weir_protocol::net::ClientTls>,
     /// Flow control: sends that waited too long for the store are refused.
     pub send_queue: crate::flow::SendQueue,
+    /// Heartbeats whose groups got no retry topic (a client can send them at any rate):
+    /// logged at most once per interval.
+    pub(crate) retry_topics_not_made: weir_protocol::net::Cause,
 }
 
 impl Broker {

@@ -35,7 +35,7 @@ use crate::broker::Broker;
 use crate::clients::Link;
 use crate::config::LimitsConfig;
 use crate::error::{ProcessError, Processed};
-use crate::processor::Pulled;
+use crate::processor::{Admission, Pulled};
 
 /// A request, decoded from whatever protocol carried it.
 #[derive(Debug)]
@@ -304,25 +304,33 @@ impl Broker {
             )));
         }
         let permits = &self.limits.permits[family.index()];
-        let _permit = match permits.try_acquire() {
-            Ok(p) => p,
+        let (_permit, may_hold) = match permits.try_acquire() {
+            Ok(p) => (Some(p), true),
             // A held pull of a connection holding more than its share answers now, and
             // this pull takes its place (the semaphore hands it to the longest waiting).
             Err(TryAcquireError::NoPermits)
                 if family == Family::Pull && self.holds.preempt_for(ctx.peer) =>
             {
                 match tokio::time::timeout(PREEMPTED_ROOM_WAIT, permits.acquire()).await {
-                    Ok(Ok(p)) => p,
-                    Ok(Err(_)) | Err(_) => return Err(self.busy(family)),
+                    Ok(Ok(p)) => (Some(p), true),
+                    Ok(Err(_)) | Err(_) => (None, false),
                 }
             }
+            // A pull past the bound is still answered when it finds messages at once
+            // (it is over as soon as it is read); only one that would be held is refused.
+            Err(TryAcquireError::NoPermits) if family == Family::Pull => (None, false),
             Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => {
                 return Err(self.busy(family));
             }
         };
+        let admission = Admission {
+            from: Some(ctx.peer),
+            may_hold,
+        };
         let started = Instant::now();
-
-        let answer = self.process(ctx, req, principal.as_deref()).await;
+        let answer = self
+            .process(ctx, req, principal.as_deref(), admission)
+            .await;
         match family {
             Family::Send => self.metrics.observe_send(started.elapsed()),
             Family::Pull => self.metrics.observe_pull(started.elapsed()),
@@ -332,7 +340,7 @@ impl Broker {
     }
 
     /// Counts and answers a refusal at `family`'s bound.
-    fn busy(&self, family: Family) -> ProcessError {
+    pub(crate) fn busy(&self, family: Family) -> ProcessError {
         let i = family.index();
         let cap = self.limits.caps[i];
         self.limits.refused[i].record(|count| {
@@ -352,12 +360,13 @@ impl Broker {
     }
 
     /// `principal`: who signed the request, while access control is on (a send-back's
-    /// record is checked against it once read).
+    /// record is checked against it once read); `admission`: how a pull was let in.
     async fn process(
         &self,
         ctx: &RequestContext,
         req: BrokerRequest,
         principal: Option<&Principal>,
+        admission: Admission,
     ) -> Processed<BrokerResponse> {
         use BrokerRequest as R;
         use BrokerResponse as A;
@@ -365,11 +374,10 @@ impl Broker {
             R::Send { req, body } => A::Sent(self.send(req, body, ctx).await?),
             R::SendBatch { req, body } => A::SentBatch(self.send_batch(req, body, ctx).await?),
             R::SendBack(r) => A::SentBack(self.send_back(r, principal).await?),
-            R::Pull(r) => A::Pulled(self.pull_selected(r, None, Some(ctx.peer)).await?),
-            R::PullSql { req, sql92 } => A::Pulled(
-                self.pull_selected(req, Some(&sql92), Some(ctx.peer))
-                    .await?,
-            ),
+            R::Pull(r) => A::Pulled(self.pull_selected(r, None, admission).await?),
+            R::PullSql { req, sql92 } => {
+                A::Pulled(self.pull_selected(req, Some(&sql92), admission).await?)
+            }
             R::Heartbeat(hb) => {
                 let link = ctx.link.as_ref().ok_or_else(|| {
                     ProcessError::Internal(

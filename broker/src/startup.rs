@@ -112,6 +112,7 @@ pub async fn open(mut config: BrokerConfig, addr: String) -> Result<Arc<Broker>,
         live: crate::live::LiveSettings::new(&config),
         tls_client,
         send_queue: Default::default(),
+        retry_topics_not_made: Default::default(),
         config,
     }))
 }

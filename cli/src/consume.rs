@@ -23,7 +23,7 @@ use clap::{Args, ValueEnum};
 use weir_client::{
     Admin, ClientInstance, ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus, ConsumeFrom,
     ConsumeOrderlyContext, ConsumeOrderlyStatus, Listener, MessageExt, MessageModel,
-    OnFilterFailure, PushConsumer, PushConsumerConfig,
+    OnFilterFailure, OnPullError, PushConsumer, PushConsumerConfig,
 };
 
 use crate::output;
@@ -262,6 +262,18 @@ pub async fn run(args: ConsumeArgs, client: ClientInstance) -> anyhow::Result<()
     config.on_filter_failure = {
         let failures = Arc::clone(&failures);
         OnFilterFailure::new(move |f| failures.seen(f))
+    };
+    // Other failed pulls (the broker busy or away): each distinct error once on stderr,
+    // the consumer pulling again meanwhile.
+    config.on_pull_error = {
+        let printed = Mutex::new(std::collections::HashSet::new());
+        OnPullError::new(move |_, e| {
+            let text = e.to_string();
+            let mut printed = printed.lock().unwrap_or_else(|e| e.into_inner());
+            if printed.len() < 1024 && printed.insert(text) {
+                eprintln!("weir consume: pull failed, trying again: {e}");
+            }
+        })
     };
 
     let printer = Arc::new(Printer {

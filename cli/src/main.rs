@@ -207,7 +207,31 @@ enum ClusterCmd {
     },
 }
 
+/// Exit status of a run whose reader went away (`weir topic list | head`), as a process
+/// killed by SIGPIPE reports in a shell.
+const READER_GONE: i32 = 141;
+
+/// `println!` panics when stdout's reader has gone; that is how a pipeline ends, not a
+/// fault: the run ends quietly, as tools killed by SIGPIPE do. Other panics are reported
+/// as usual.
+fn end_quietly_when_stdout_closes() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if text.starts_with("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(READER_GONE);
+        }
+        report(info);
+    }));
+}
+
 fn main() -> std::process::ExitCode {
+    end_quietly_when_stdout_closes();
     // As the servers do: a consumer's first catch-up read grows its heap quickly. (Kernels
     // without the switch keep their setting; nothing to say about it.)
     let _ = weir_namesrv::server_main::heap_on_small_pages();

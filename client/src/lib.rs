@@ -38,8 +38,8 @@ pub use pull::{PullConsumer, PullOutcome, RawPullOutcome};
 pub use push::{
     ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus, ConsumeFrom, ConsumeOrderlyContext,
     ConsumeOrderlyStatus, ConsumeStats, Listener, MessageExt, MessageListenerConcurrently,
-    MessageListenerOrderly, MessageModel, OnFilterFailure, PushConsumer, PushConsumerConfig,
-    StopHandle, allocate_averagely,
+    MessageListenerOrderly, MessageModel, OnFilterFailure, OnPullError, PushConsumer,
+    PushConsumerConfig, StopHandle, allocate_averagely,
 };
 pub use trail::DeliveryTrail;
 pub use transaction::{

@@ -74,18 +74,20 @@ impl Broker {
             let topic = names::retry_topic(&group);
             match validate_topic_name(&topic) {
                 Ok(()) => retry_topics.push(topic),
-                Err(e) => {
-                    warn!(group = %group, error = %e, "no retry topic for this consumer group")
-                }
+                Err(e) => self.retry_topics_not_made.record(|count| {
+                    warn!(group = %group, error = %e, count, "heartbeats whose consumer groups got no retry topic: {count} since the last report, the latest shown")
+                }),
             }
         }
         match self.heartbeat_topics(retry_topics) {
             Ok(no_room) if no_room.is_empty() => {}
-            Ok(no_room) => {
+            Ok(no_room) => self.retry_topics_not_made.record(|count| {
                 let l = &self.config.limits;
-                warn!(count = no_room.len(), first = %no_room[0], max_topics = l.max_topics, kept = l.topic_room_kept_from_heartbeats, "no retry topic made for consumer groups of a heartbeat: the rest of limits.max_topics is kept from heartbeats (limits.topic_room_kept_from_heartbeats); each is made at its group's first send-back")
-            }
-            Err(e) => warn!(error = %e, "no retry topics for the consumer groups of a heartbeat"),
+                warn!(groups = no_room.len(), first = %no_room[0], max_topics = l.max_topics, kept = l.topic_room_kept_from_heartbeats, count, "heartbeats whose consumer groups got no retry topic, the rest of limits.max_topics being kept from heartbeats (limits.topic_room_kept_from_heartbeats): {count} since the last report; each is made at its group's first send-back")
+            }),
+            Err(e) => self.retry_topics_not_made.record(|count| {
+                warn!(error = %e, count, "heartbeats whose consumer groups got no retry topic: {count} since the last report, the latest shown")
+            }),
         }
         self.notify(notices);
         Ok(())

@@ -20,4 +20,4 @@ pub mod send;
 pub mod trail;
 pub mod transaction;
 
-pub use pull::Pulled;
+pub use pull::{Admission, Pulled};

@@ -19,6 +19,7 @@ use weir_protocol::route::perm;
 use weir_store::{GetStatus, ReadBatch, ReadLimits, StoredRecord};
 
 use crate::broker::Broker;
+use crate::dispatch::Family;
 use crate::error::{ProcessError, Processed};
 use crate::filter::{BatchContext, FailureKind, LoadedFilter};
 use crate::subscription::TagFilter;
@@ -82,29 +83,48 @@ fn selects(sql: Option<&Expr>, v: &RecordView<'_>) -> bool {
     })
 }
 
+/// How dispatch let a pull in.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    /// The connection it came on, whose held pulls share `limits.inflight_pull` with the
+    /// others' (see `crate::holds`); none: never ended early.
+    pub from: Option<SocketAddr>,
+    /// Whether it may be held (long polling). One let in past `limits.inflight_pull` may
+    /// not: it is answered if it finds messages at once, and refused as busy otherwise.
+    pub may_hold: bool,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self {
+            from: None,
+            may_hold: true,
+        }
+    }
+}
+
 impl Broker {
     /// Serves a pull: tag filtering by hash, the group's filter over the candidates, long
     /// polling when there is nothing new. Dropping the future (its connection closed)
     /// releases a held pull at once.
     pub async fn pull(&self, req: PullMessage) -> Processed<Pulled> {
-        self.pull_selected(req, None, None).await
+        self.pull_selected(req, None, Admission::default()).await
     }
 
     /// A pull that also keeps only the messages an SQL92 expression over their
     /// properties selects (`TAGS` reads the tag, `KEYS` the keys space-separated).
-    /// `from`: the connection it came on, whose held pulls share `limits.inflight_pull`
-    /// with the others' (see `crate::holds`); none: never ended early.
+    /// `admission`: how dispatch let it in (see [`Admission`]).
     pub async fn pull_selected(
         &self,
         req: PullMessage,
         sql92: Option<&str>,
-        from: Option<SocketAddr>,
+        admission: Admission,
     ) -> Processed<Pulled> {
         let sql = sql92
             .map(weir_filter_sql92::parse)
             .transpose()
             .map_err(|e| ProcessError::BadSubscription(format!("SQL92 expression: {e}")))?;
-        let pulled = self.pull_queue(&req, sql.as_ref(), from).await?;
+        let pulled = self.pull_queue(&req, sql.as_ref(), admission).await?;
         // The topic exists (else the pull failed); the group is named only when valid.
         let group = validate_group_name(&req.group)
             .is_ok()
@@ -117,7 +137,7 @@ impl Broker {
         &self,
         req: &PullMessage,
         sql: Option<&Expr>,
-        from: Option<SocketAddr>,
+        admission: Admission,
     ) -> Processed<Pulled> {
         if crate::broker::is_internal_topic(&req.topic) {
             return Err(ProcessError::NoPermission(format!(
@@ -228,10 +248,16 @@ impl Broker {
                     return answer(PullStatus::Found, cursor, bounds, out);
                 }
                 GetStatus::NoNewMessage => {
+                    let may_wait = notified.is_some() && tokio::time::Instant::now() < deadline;
+                    // Let in past the bound: answered only with what it found.
+                    if may_wait && !admission.may_hold && cursor == req.offset {
+                        return Err(self.busy(Family::Pull));
+                    }
                     if let Some(notified) = notified
-                        && tokio::time::Instant::now() < deadline
+                        && may_wait
+                        && admission.may_hold
                     {
-                        let h = held.get_or_insert_with(|| self.holds.enter(from));
+                        let h = held.get_or_insert_with(|| self.holds.enter(admission.from));
                         if !h.is_ended_early() {
                             tokio::select! {
                                 _ = notified => {}

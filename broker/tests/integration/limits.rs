@@ -376,9 +376,10 @@ async fn a_family_at_its_bound_refuses_its_own_and_serves_the_others() {
         broker.family_load(Family::Pull).0 == 2
     })
     .await;
+    // A pull that would be held is refused; one that finds a message is answered.
     expect_error(
         &conn,
-        &crate::common::pull("Held", 0, 0, "*", 0),
+        &crate::common::pull("Held", 0, 1, "*", 20_000),
         Bytes::new(),
         ErrorCode::SystemBusy,
         "limits.inflight_pull",
@@ -389,6 +390,16 @@ async fn a_family_at_its_bound_refuses_its_own_and_serves_the_others() {
         1,
         "the refusal is counted"
     );
+    let (found, _) = conn
+        .call(
+            &crate::common::pull("Held", 0, 0, "*", 20_000),
+            Bytes::new(),
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(found.status, weir_protocol::broker::PullStatus::Found);
+    assert_eq!(broker.family_load(Family::Pull), (2, 1));
     // Sends are another family: served, and they release the held pulls.
     conn.call(&send("k1"), Bytes::from_static(b"y"), T)
         .await
@@ -455,7 +466,16 @@ async fn held_pulls_are_shared_fairly_between_connections() {
         .await;
     }
     assert_eq!(broker.held_pulls_ended_early(), 2);
-    // Even: neither may take more.
+    // Even: neither may take more held pulls; what finds messages is still answered.
+    let (found, _) = light
+        .call(
+            &crate::common::pull("Held", 0, 0, "*", 60_000),
+            Bytes::new(),
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(found.status, PullStatus::Found);
     for c in [&light, &heavy] {
         expect_error(
             c,

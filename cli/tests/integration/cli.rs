@@ -161,6 +161,34 @@ async fn errors_are_one_line_and_fail() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("name server"));
 }
 
+/// A run whose reader goes away (`weir topic list | head -1`) ends quietly, with the
+/// status of a process ended by SIGPIPE, not with a panic's report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_the_run_quietly() {
+    let env = env().await;
+    ok(&weir(&env.namesrv, &["topic", "create", "Listed"], None).await);
+    let namesrv = env.namesrv.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["--namesrv", &namesrv, "topic", "list"])
+            .stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(141), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `--json-lines`: each line its own key, tag, properties and body; `--key`/`--prop` add to
 /// every line's; a bad line stops the run naming it, after the lines before it were sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

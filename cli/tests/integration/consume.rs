@@ -446,3 +446,26 @@ async fn a_killed_member_s_queues_move_to_the_others() {
         assert!(m.try_wait().is_none(), "a survivor exited: {}", m.stderr());
     }
 }
+
+/// Pulls the broker refuses (here: busy, `limits.inflight_pull` taken by the consumer's
+/// own held pull) are said on stderr, each distinct error once, while the consumer goes
+/// on pulling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_pulls_are_said_once_on_stderr() {
+    let env = env_with(|c| c.limits.inflight_pull = 1).await;
+    let ns = env.namesrv.as_str();
+    create(ns, "Crowded", 2).await;
+    let out = weir(
+        ns,
+        &["consume", "Crowded", "--group", "cg", "--idle-exit", "3"],
+        None,
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("weir consume: pull failed, trying again:"))
+        .collect();
+    assert_eq!(said.len(), 1, "{stderr}");
+    assert!(said[0].contains("limits.inflight_pull"), "{stderr}");
+}

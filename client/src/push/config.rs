@@ -53,6 +53,10 @@ pub struct PushConsumerConfig {
     /// [`OnFilterFailure::warn`], a rate-limited warning). The queue is pulled again after
     /// a pause growing from 1 s to 30 s while the failures go on.
     pub on_filter_failure: OnFilterFailure,
+    /// Called when a pull fails otherwise: the broker busy (`SystemBusy`), unreachable,
+    /// or refusing it (default: [`OnPullError::warn`], a rate-limited warning). The queue
+    /// is pulled again after a second.
+    pub on_pull_error: OnPullError,
 }
 
 impl PushConsumerConfig {
@@ -80,6 +84,7 @@ impl PushConsumerConfig {
             instance_name: "DEFAULT".into(),
             offset_store_dir,
             on_filter_failure: OnFilterFailure::default(),
+            on_pull_error: OnPullError::default(),
         }
     }
 

@@ -284,12 +284,12 @@ pub(super) async fn pull_loop(core: Arc<Core>, pq: Arc<ProcessQueue>, mut offset
                 filter_failures = filter_failures.saturating_add(1);
                 cfg.on_filter_failure.call(&f);
                 tokio::select! {
-                    _ = tokio::time::sleep(super::filter_failure::backoff(filter_failures)) => {}
+                    _ = tokio::time::sleep(super::pull_failure::backoff(filter_failures)) => {}
                     _ = dropped.wait_for(|d| *d) => return,
                 }
             }
             Err(e) => {
-                warn!(queue = ?pq.mq, offset, error = %e, "pull failed; trying again");
+                cfg.on_pull_error.call(&pq.mq, &e);
                 tokio::select! {
                     _ = tokio::time::sleep(PULL_RETRY_DELAY) => {}
                     _ = dropped.wait_for(|d| *d) => return,

@@ -18,10 +18,10 @@
 mod allocate;
 mod config;
 mod consume;
-mod filter_failure;
 mod listener;
 mod offsets;
 pub(crate) mod pool;
+mod pull_failure;
 mod queue;
 mod rebalance;
 
@@ -52,8 +52,8 @@ use crate::{
 
 pub use config::{ConsumeFrom, PushConsumerConfig};
 use consume::{pull_loop, queue_ref};
-pub use filter_failure::OnFilterFailure;
 pub use listener::*;
+pub use pull_failure::{OnFilterFailure, OnPullError};
 use rebalance::rebalance_loop;
 
 /// What a push consumer has done so far.

@@ -1,7 +1,9 @@
-//! What a push consumer does when the group's filter fails its pulls: it tells the
-//! application (an [`OnFilterFailure`] callback, a rate-limited warning by default) and
-//! keeps pulling the queue with a growing pause, since a new version may be uploaded or
-//! the mark reset at any time.
+//! What a push consumer does when a pull fails. When the group's filter failed it: it
+//! tells the application (an [`OnFilterFailure`] callback, a rate-limited warning by
+//! default) and keeps pulling the queue with a growing pause, since a new version may be
+//! uploaded or the mark reset at any time. Otherwise (the broker busy or unreachable, a
+//! refusal): it tells the application ([`OnPullError`], the same kind of warning by
+//! default) and pulls the queue again after a second.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use crate::FilterFailed;
+use crate::{ClientError, FilterFailed, MessageQueue};
 
 /// First pause after a filter failure, doubled after each one in a row up to
 /// [`FILTER_BACKOFF_MAX`]; a successful pull starts again from here.
@@ -56,6 +58,48 @@ impl Default for OnFilterFailure {
 impl fmt::Debug for OnFilterFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("OnFilterFailure(..)")
+    }
+}
+
+/// Called, on the consumer's pull task, each time a pull of a queue fails for another
+/// reason than the group's filter (`PushConsumerConfig::on_pull_error`): the broker is
+/// busy, unreachable, or refused the pull. The queue is pulled again after a second. It
+/// should return quickly.
+#[derive(Clone)]
+pub struct OnPullError(Arc<PullErrorFn>);
+
+type PullErrorFn = dyn Fn(&MessageQueue, &ClientError) + Send + Sync;
+
+impl OnPullError {
+    pub fn new(f: impl Fn(&MessageQueue, &ClientError) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// The default: a `tracing` warning naming the queue and the error, at most once a
+    /// minute for the same error.
+    pub fn warn() -> Self {
+        let limiter = WarnLimiter::default();
+        Self::new(move |mq: &MessageQueue, e: &ClientError| {
+            if limiter.allow(&e.to_string(), Instant::now()) {
+                warn!(queue = ?mq, error = %e, "pull failed; trying again");
+            }
+        })
+    }
+
+    pub(super) fn call(&self, mq: &MessageQueue, e: &ClientError) {
+        (self.0)(mq, e)
+    }
+}
+
+impl Default for OnPullError {
+    fn default() -> Self {
+        Self::warn()
+    }
+}
+
+impl fmt::Debug for OnPullError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OnPullError(..)")
     }
 }
 
