@@ -57,7 +57,8 @@ pub struct ServerConfig {
     /// nothing more until its own pending bytes go under that share, so every peer keeps
     /// being served, one reply at a time (default 256 MiB). The connections together hold
     /// at most this once per runtime worker (each counts the others' bytes as they last
-    /// published them), plus each one's fair share, one frame and one reply.
+    /// published them), plus each one's fair share, one frame and one reply. As much again
+    /// bounds the large frames being read (past 64 KiB a frame waits for its length of it).
     pub max_pending_bytes_total: usize,
     /// Whether connections speaking weir's own protocol are served (default true).
     pub weir: bool,
@@ -105,7 +106,9 @@ pub struct NetConfig {
     /// All connections together: pending bytes past which a connection holding 1 MiB or
     /// more reads and takes nothing more until it holds less (default 256 MiB). Each
     /// connection may always hold 1 MiB and one reply, so no peer, however many
-    /// connections it opens, stops the server answering the others.
+    /// connections it opens, stops the server answering the others. The frames being read
+    /// past their first 64 KiB share as much again: a frame waits, holding 64 KiB, until
+    /// its length is free.
     pub max_pending_bytes_total: usize,
     /// A frame must arrive whole within this from its first byte, ms (default 10,000).
     pub frame_read_timeout_ms: u64,

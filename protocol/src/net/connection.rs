@@ -44,6 +44,8 @@ pub struct ConnLoad {
     pub bytes: usize,
     pub peak_requests: usize,
     pub peak_bytes: usize,
+    /// Bytes read and not yet parsed: a frame arriving.
+    pub reading: usize,
 }
 
 /// [`ConnLoad`] as the driver publishes it.
@@ -53,6 +55,7 @@ pub(super) struct LoadCell {
     pub(super) bytes: AtomicUsize,
     pub(super) peak_requests: AtomicUsize,
     pub(super) peak_bytes: AtomicUsize,
+    pub(super) reading: AtomicUsize,
 }
 
 impl LoadCell {
@@ -62,6 +65,7 @@ impl LoadCell {
             bytes: self.bytes.load(Ordering::Relaxed),
             peak_requests: self.peak_requests.load(Ordering::Relaxed),
             peak_bytes: self.peak_bytes.load(Ordering::Relaxed),
+            reading: self.reading.load(Ordering::Relaxed),
         }
     }
 }

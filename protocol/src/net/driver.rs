@@ -19,6 +19,11 @@
 //!   at its own bound. One holding less goes on (one frame and one reply past), so every
 //!   peer keeps being served. A paused connection holds work of its own (replies to write,
 //!   handlers running) whose progress wakes it: nothing waits on the others.
+//! - A frame longer than [`READ_AHEAD`] is read past it only once it holds its length (at
+//!   most the whole) of the server's bytes of large frames being read, taken at once (no
+//!   frame holds part while waiting for more, so none waits on another forever) and given
+//!   back when the frame is whole. A frame waiting holds at most `READ_AHEAD` and a chunk;
+//!   one being read is bound by the frame read timeout.
 //! - A frame begun must be whole within `frame_read_timeout` of reading time; a connection
 //!   with no frame read and nothing written for `idle_timeout` is closed. Both are checked
 //!   on a tick (a quarter of the shorter one), so each fires within 1.25 times its setting.
@@ -41,7 +46,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::mpsc;
+use tokio::sync::{AcquireError, SemaphorePermit, mpsc};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
@@ -154,6 +159,10 @@ impl Future for Handling<'_> {
     }
 }
 
+/// A large frame's wait for room to be read.
+type ReadingWait<'a> =
+    Pin<Box<dyn Future<Output = Result<SemaphorePermit<'a>, AcquireError>> + Send + 'a>>;
+
 /// The timeouts, counted in ticks.
 struct Clock {
     ticker: Interval,
@@ -205,6 +214,11 @@ struct Driver<'a, S> {
     published_bytes: usize,
     /// Paused at the server's total (counted once per pause).
     budget_paused: bool,
+    /// The room of the large frame being read, or its wait for it (see `room_to_read`).
+    reading_room: Option<SemaphorePermit<'a>>,
+    reading_wait: Option<ReadingWait<'a>>,
+    /// The frame being read waited for its room (counted once per frame).
+    frame_waiting: bool,
     inbuf: BytesMut,
     eof: bool,
     /// When the requests still running after the peer's clean close are given up.
@@ -245,6 +259,9 @@ impl<'a, S: Transport> Driver<'a, S> {
             fair_share: FAIR_SHARE.min(c.max_pending_bytes),
             published_bytes: 0,
             budget_paused: false,
+            reading_room: None,
+            reading_wait: None,
+            frame_waiting: false,
             inbuf: BytesMut::new(),
             eof: false,
             eof_deadline: None,
@@ -280,6 +297,49 @@ impl<'a, S: Transport> Driver<'a, S> {
                     .saturating_add(own)
                     < s.max_pending_bytes_total
         })
+    }
+
+    /// Whether the frame being read may be read on: one longer than [`READ_AHEAD`] first
+    /// takes its length (at most all of it) from the server's bytes of large frames being
+    /// read. While it waits, this task is woken when it may.
+    fn room_to_read(&mut self, cx: &mut Context<'_>) -> bool {
+        let (Some(s), Some(wire), None) = (self.server, self.wire, &self.reading_room) else {
+            return true;
+        };
+        let len = match wire.frame_len(&self.inbuf, self.max_frame) {
+            Ok(Some(len)) => len.saturating_add(4),
+            // Not known yet, or refused when parsed.
+            Ok(None) | Err(_) => return true,
+        };
+        if len <= READ_AHEAD {
+            return true;
+        }
+        if self.reading_wait.is_none() {
+            let want = u32::try_from(len.min(s.max_pending_bytes_total)).unwrap_or(u32::MAX);
+            self.reading_wait = Some(Box::pin(s.reading.acquire_many(want)));
+        }
+        let Some(wait) = self.reading_wait.as_mut() else {
+            return true;
+        };
+        match wait.as_mut().poll(cx) {
+            Poll::Ready(permit) => {
+                self.reading_wait = None;
+                // (The semaphore is never closed.)
+                self.reading_room = permit.ok();
+                true
+            }
+            Poll::Pending => {
+                if !self.frame_waiting {
+                    self.frame_waiting = true;
+                    let peer = self.conn.peer();
+                    let cap = s.max_pending_bytes_total;
+                    s.events.frame_waits.record(|count| {
+                        info!(%peer, len, cap, count, "large frames waiting for room to be read (net.max_pending_bytes_total of them being read already): {count} since the last report, the latest shown");
+                    });
+                }
+                false
+            }
+        }
     }
 
     /// Whether another request may be taken from the read buffer.
@@ -331,6 +391,7 @@ impl<'a, S: Transport> Driver<'a, S> {
         load.peak_requests
             .store(self.peak_requests, Ordering::Relaxed);
         load.peak_bytes.store(self.peak_bytes, Ordering::Relaxed);
+        load.reading.store(self.inbuf.len(), Ordering::Relaxed);
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
@@ -405,6 +466,9 @@ impl<'a, S: Transport> Driver<'a, S> {
                 if may_read && let Some(wire) = self.wire {
                     match wire.parse_frame(&mut self.inbuf, self.max_frame) {
                         Ok(Some(f)) => {
+                            // (Its bytes are the request's now, counted as pending.)
+                            self.reading_room = None;
+                            self.frame_waiting = false;
                             self.frames_in += 1;
                             self.dispatch(wire, f);
                             dispatched += 1;
@@ -446,7 +510,13 @@ impl<'a, S: Transport> Driver<'a, S> {
                 if !may_read && self.inbuf.len() >= READ_AHEAD {
                     break;
                 }
-                let (max_frame, wire) = (self.max_frame, self.wire);
+                // A large frame reads on once it has its room; until then, up to
+                // READ_AHEAD in small steps.
+                let room = self.room_to_read(cx);
+                if !room && self.inbuf.len() >= READ_AHEAD {
+                    break;
+                }
+                let (max_frame, wire) = (self.max_frame, self.wire.filter(|_| room));
                 match self
                     .stream
                     .poll_read_into(cx, &mut self.inbuf, |buf| reserve(buf, max_frame, wire))
@@ -558,9 +628,11 @@ impl<'a, S: Transport> Driver<'a, S> {
     /// One tick: a frame partial for too long, or nothing either way for too long.
     fn tick(&mut self) -> Option<End> {
         let written = self.out.written();
-        // A frame begun and not whole, while reading (a pause is not the peer's doing).
+        // A frame begun and not whole, while reading (a pause, or a wait for room to read
+        // it, is not the peer's doing).
         let partial = !self.inbuf.is_empty()
             && self.may_read()
+            && self.reading_wait.is_none()
             && match self.wire.map(|w| w.frame_len(&self.inbuf, self.max_frame)) {
                 Some(Ok(Some(len))) => self.inbuf.len() - 4 < len,
                 // Not even the protocol known yet, or the length incomplete.

@@ -83,6 +83,8 @@ pub(crate) struct Events {
     /// Connections paused at the server's `max_pending_bytes_total` (each time one
     /// starts waiting).
     pub(crate) budget_pauses: Cause,
+    /// Large frames that waited for room to be read.
+    pub(crate) frame_waits: Cause,
 }
 
 impl Events {
@@ -96,6 +98,7 @@ impl Events {
             tls_failures: Cause::new(),
             plaintext_refused: Cause::new(),
             budget_pauses: Cause::new(),
+            frame_waits: Cause::new(),
         }
     }
 }

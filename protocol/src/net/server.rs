@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Mutex as AsyncMutex, watch};
+use tokio::sync::{Mutex as AsyncMutex, Semaphore, watch};
 use tokio_rustls::TlsStream;
 use tracing::{debug, warn};
 
@@ -48,9 +48,14 @@ pub struct ServerStats {
     /// Times a connection paused because the connections together held
     /// `max_pending_bytes_total`, ever.
     pub budget_pauses: u64,
+    /// Times a large frame waited for room to be read (`max_pending_bytes_total` of
+    /// large frames being read already), ever.
+    pub frame_waits: u64,
     /// Pending work of the open connections (see [`ConnLoad`](super::ConnLoad)), summed.
     pub pending_requests: usize,
     pub pending_bytes: usize,
+    /// Bytes read and not yet parsed (frames arriving), summed.
+    pub reading_bytes: usize,
     /// The most any one connection held, ever.
     pub peak_pending_requests: usize,
     pub peak_pending_bytes: usize,
@@ -73,6 +78,7 @@ impl ServerStatsHandle {
             tls_handshake_failures: s.events.tls_failures.total(),
             plaintext_refused: s.events.plaintext_refused.total(),
             budget_pauses: s.events.budget_pauses.total(),
+            frame_waits: s.events.frame_waits.total(),
             peak_pending_requests: s.peak_requests.load(Ordering::Relaxed),
             peak_pending_bytes: s.peak_bytes.load(Ordering::Relaxed),
             ..ServerStats::default()
@@ -82,6 +88,7 @@ impl ServerStatsHandle {
             stats.connections += 1;
             stats.pending_requests += load.requests;
             stats.pending_bytes += load.bytes;
+            stats.reading_bytes += load.reading;
             stats.peak_pending_requests = stats.peak_pending_requests.max(load.peak_requests);
             stats.peak_pending_bytes = stats.peak_pending_bytes.max(load.peak_bytes);
         }
@@ -103,6 +110,9 @@ pub(super) struct Shared {
     /// Pending bytes of all connections, as their drivers last published them.
     pub(super) pending_bytes: AtomicUsize,
     pub(super) max_pending_bytes_total: usize,
+    /// Bytes of large frames being read, `max_pending_bytes_total` of them: a frame past
+    /// [`READ_AHEAD`](super::driver) takes its size (at most all) before more of it is read.
+    pub(super) reading: Semaphore,
 }
 
 impl Shared {
@@ -192,6 +202,7 @@ impl Server {
             peak_bytes: AtomicUsize::new(0),
             pending_bytes: AtomicUsize::new(0),
             max_pending_bytes_total: config.max_pending_bytes_total,
+            reading: Semaphore::new(config.max_pending_bytes_total),
         });
         let tracked = Arc::clone(&shared);
         let acceptor = tokio::spawn(async move {

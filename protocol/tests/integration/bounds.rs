@@ -290,6 +290,98 @@ async fn connections_together_hold_at_most_the_servers_total_and_others_are_serv
     route(&other, "big").await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_frames_are_read_within_the_servers_total_and_small_ones_are_not_held_up() {
+    const TOTAL: usize = 4 << 20;
+    const HOSTILE: usize = 12;
+    /// What a frame waiting for its room may have read: 64 KiB and a chunk.
+    const WAITING: usize = (64 << 10) + (32 << 10);
+    let f = fixture(ServerConfig {
+        max_pending_bytes_total: TOTAL,
+        ..ServerConfig::default()
+    })
+    .await;
+    // Twelve connections each send the first half of a 15 MiB request and stop: read
+    // as it came, that would be 90 MiB held.
+    let big_request = |body: usize| {
+        let mut out = BytesMut::new();
+        Frame {
+            kind: Kind::Request,
+            request_id: 1,
+            code: RequestCode::GetRoute as u16,
+            auth: Bytes::new(),
+            header: encode_header(
+                &GetRoute {
+                    topic: "small".into(),
+                },
+                "test",
+            )
+            .unwrap(),
+            body: Bytes::from(vec![0u8; body]),
+        }
+        .encode(&mut out, 16 << 20)
+        .unwrap();
+        out
+    };
+    let mut whole = big_request(15 << 20);
+    let half = whole.split_to(whole.len() / 2).freeze();
+    let hostile: Vec<_> = (0..HOSTILE)
+        .map(|_| {
+            let (addr, half) = (f.addr.clone(), half.clone());
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(&addr).await.unwrap();
+                let _ = s.write_all(&half).await;
+                std::future::pending::<()>().await;
+            })
+        })
+        .collect();
+    // One reads its half (its room is the whole total); the others wait.
+    eventually("the others waiting for room", T, || {
+        f.server.stats().frame_waits >= (HOSTILE - 1) as u64
+    })
+    .await;
+    eventually("the first half read", T, || {
+        f.server.stats().reading_bytes >= half.len()
+    })
+    .await;
+    let s = f.server.stats();
+    assert!(
+        s.reading_bytes <= half.len() + (HOSTILE - 1) * WAITING,
+        "{s:?}"
+    );
+    // Small requests are not held up; a large one waits its turn.
+    let other = client(&f.addr).await;
+    for _ in 0..100 {
+        route(&other, "small").await.unwrap();
+    }
+    let (mut legit, mut legit_wr) = TcpStream::connect(&f.addr).await.unwrap().into_split();
+    let request = big_request(6 << 20);
+    let writer = tokio::spawn(async move {
+        legit_wr.write_all(&request).await.unwrap();
+        legit_wr
+    });
+    eventually("the large request waiting", T, || {
+        f.server.stats().frame_waits >= HOSTILE as u64
+    })
+    .await;
+    // The half frames' peers go: the room passes on, and the large request is answered.
+    for h in hostile {
+        h.abort();
+        let _ = h.await;
+    }
+    let mut len = [0u8; 4];
+    tokio::time::timeout(T, legit.read_exact(&mut len))
+        .await
+        .expect("the large request answered once the others went")
+        .unwrap();
+    drop(writer.await.unwrap());
+    eventually("everything released", T, || {
+        let s = f.server.stats();
+        s.connections == 2 && s.reading_bytes == 0
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_trickling_frame_is_dropped_at_the_frame_read_timeout() {
     let timeout = Duration::from_millis(400);
