@@ -54,15 +54,20 @@ struct Entry {
 }
 
 impl IndexFile {
+    /// A new file at `path`, whole: made under a temporary name and renamed once its
+    /// header is durable, so a crash never leaves a file under an index name without one.
     fn create(path: &Path, slots: u32, capacity: u32, begin_offset: u64, ts: i64) -> Result<Self> {
         let len = HEADER as u64 + u64::from(slots) * 4 + u64::from(capacity) * ENTRY as u64;
+        let tmp = path.with_extension("tmp");
+        // (Left by a crash while a file of this name was being made.)
+        let _ = fs::remove_file(&tmp);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
-            .open(path)
-            .ctx("create index file", path)?;
-        fsutil::preallocate(&file, len).ctx("reserve space for index file", path)?;
+            .open(&tmp)
+            .ctx("create index file", &tmp)?;
+        fsutil::preallocate(&file, len).ctx("reserve space for index file", &tmp)?;
         let mut f = Self::map(path, &file, slots, capacity)?;
         let h = &mut f.map[..HEADER];
         h[hdr::MAGIC..hdr::MAGIC + 4].copy_from_slice(&MAGIC.to_le_bytes());
@@ -72,11 +77,24 @@ impl IndexFile {
         h[hdr::END_OFFSET..hdr::END_OFFSET + 8].copy_from_slice(&begin_offset.to_le_bytes());
         h[hdr::BEGIN_TS..hdr::BEGIN_TS + 8].copy_from_slice(&ts.to_le_bytes());
         h[hdr::END_TS..hdr::END_TS + 8].copy_from_slice(&ts.to_le_bytes());
-        f.map.flush().ctx("sync index file", path)?;
+        f.map.flush().ctx("sync index file", &tmp)?;
+        fs::rename(&tmp, path).ctx("name index file", path)?;
         if let Some(dir) = path.parent() {
             fsutil::sync_dir(dir)?;
         }
         Ok(f)
+    }
+
+    /// Whether the file at `path` has no header: shorter than one, or its magic unwritten.
+    fn is_unfinished(path: &Path) -> Result<bool> {
+        let mut head = [0u8; 4];
+        let mut file = std::fs::File::open(path).ctx("open index file", path)?;
+        let len = file.metadata().ctx("stat index file", path)?.len();
+        if len < HEADER as u64 {
+            return Ok(true);
+        }
+        std::io::Read::read_exact(&mut file, &mut head).ctx("read index file", path)?;
+        Ok(head == [0; 4])
     }
 
     fn open(path: &Path) -> Result<Self> {
@@ -276,6 +294,9 @@ impl KeyIndex {
             let entry = entry.ctx("list folder", dir)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.ends_with(".tmp") {
+                // A file whose making a crash cut short: never an index file.
+                let path = entry.path();
+                fs::remove_file(&path).ctx("remove unfinished index file", &path)?;
                 continue;
             }
             match name.parse::<u64>() {
@@ -291,6 +312,16 @@ impl KeyIndex {
             }
         }
         named.sort_unstable_by_key(|(start, _)| *start);
+        // The newest file without a header was being made when a crash came (by a version
+        // that made it under its own name): nothing was put in it; recovery indexes again
+        // what follows the checkpoint.
+        if let Some((_, path)) = named.last()
+            && IndexFile::is_unfinished(path)?
+        {
+            tracing::warn!(path = %path.display(), "index file without a header (its making was cut short by a crash); removed");
+            fs::remove_file(path).ctx("remove unfinished index file", path)?;
+            named.pop();
+        }
         let mut files = Vec::with_capacity(named.len());
         for (_, path) in named {
             files.push(IndexFile::open(&path)?);
@@ -420,6 +451,43 @@ mod tests {
 
     /// A sync drops the file's mapping first (so that writing it back costs no TLB flush
     /// per page); every key is found again after it, and puts go on.
+    /// What a crash while an index file was being made leaves: a temporary file, or (by
+    /// earlier versions) the newest file without its header. Opening drops either and
+    /// keeps every key of the files before; a headerless file that is not the newest is
+    /// still refused as damage.
+    #[test]
+    fn a_file_whose_making_a_crash_cut_short_is_dropped_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = KeyIndex::open(dir.path(), 16, 4).unwrap();
+        for i in 0..6u64 {
+            let key = format!("k{i}");
+            index
+                .put("T", std::iter::once(key.as_str()), 100 + i, 1)
+                .unwrap();
+        }
+        index.flush().unwrap();
+        drop(index);
+        let tmp = dir.path().join(format!("{}.tmp", segment_name(200)));
+        std::fs::write(&tmp, b"").unwrap();
+        let headerless = dir.path().join(segment_name(300));
+        std::fs::write(&headerless, b"").unwrap();
+        let index = KeyIndex::open(dir.path(), 16, 4).unwrap();
+        assert!(!tmp.exists() && !headerless.exists());
+        assert_eq!(index.lookup("T", "k1", 10), vec![101]);
+        assert_eq!(index.lookup("T", "k5", 10), vec![105]);
+        // New keys go on.
+        index.put("T", std::iter::once("k6"), 300, 1).unwrap();
+        assert_eq!(index.lookup("T", "k6", 10), vec![300]);
+        drop(index);
+        // Not the newest: damage.
+        std::fs::write(dir.path().join(segment_name(102)), vec![0u8; 10]).unwrap();
+        let damaged = KeyIndex::open(dir.path(), 16, 4).map(|_| ());
+        assert!(
+            matches!(damaged, Err(StoreError::Corrupt { .. })),
+            "{damaged:?}"
+        );
+    }
+
     #[test]
     fn a_sync_drops_the_mapping_and_keeps_every_key() {
         let dir = tempfile::tempdir().unwrap();
