@@ -22,8 +22,9 @@
 //! - A frame longer than [`READ_AHEAD`] is read past it only once it holds its length (at
 //!   most the whole) of the server's bytes of large frames being read, taken at once (no
 //!   frame holds part while waiting for more, so none waits on another forever) and given
-//!   back when the frame is whole. A frame waiting holds at most `READ_AHEAD` and a chunk;
-//!   one being read is bound by the frame read timeout.
+//!   back when the frame is whole. A paused connection does not take the room. A frame
+//!   waiting holds at most `READ_AHEAD` and a chunk; one holding the room is bound by the
+//!   frame read timeout, paused or not.
 //! - A frame begun must be whole within `frame_read_timeout` of reading time; a connection
 //!   with no frame read and nothing written for `idle_timeout` is closed. Both are checked
 //!   on a tick (a quarter of the shorter one), so each fires within 1.25 times its setting.
@@ -511,8 +512,9 @@ impl<'a, S: Transport> Driver<'a, S> {
                     break;
                 }
                 // A large frame reads on once it has its room; until then, up to
-                // READ_AHEAD in small steps.
-                let room = self.room_to_read(cx);
+                // READ_AHEAD in small steps. A paused connection does not take the room
+                // (it could not use it, and would keep it from the others).
+                let room = may_read && self.room_to_read(cx);
                 if !room && self.inbuf.len() >= READ_AHEAD {
                     break;
                 }
@@ -629,9 +631,10 @@ impl<'a, S: Transport> Driver<'a, S> {
     fn tick(&mut self) -> Option<End> {
         let written = self.out.written();
         // A frame begun and not whole, while reading (a pause, or a wait for room to read
-        // it, is not the peer's doing).
+        // it, is not the peer's doing), or while holding the room of large frames (which
+        // others may be waiting for, paused or not).
         let partial = !self.inbuf.is_empty()
-            && self.may_read()
+            && (self.may_read() || self.reading_room.is_some())
             && self.reading_wait.is_none()
             && match self.wire.map(|w| w.frame_len(&self.inbuf, self.max_frame)) {
                 Some(Ok(Some(len))) => self.inbuf.len() - 4 < len,

@@ -23,7 +23,7 @@ const T: Duration = Duration::from_secs(10);
 /// Body of every reply to topic "big".
 const BIG: usize = 16 << 10;
 
-/// GetRoute "big": a reply with a BIG body; "hold": never answers (counted while held);
+/// GetRoute "big": a reply with a BIG body; "huge": 1 MiB; "hold": never answers (counted while held);
 /// anything else: an empty route at once.
 struct TestHandler {
     held: Arc<AtomicUsize>,
@@ -45,6 +45,9 @@ impl Handler for TestHandler {
                 .unwrap_or_default();
             match topic.as_str() {
                 "big" => Reply::ok_with_body(&TopicRoute::default(), Bytes::from(vec![7u8; BIG])),
+                "huge" => {
+                    Reply::ok_with_body(&TopicRoute::default(), Bytes::from(vec![7u8; 1 << 20]))
+                }
                 "hold" => {
                     self.held.fetch_add(1, Ordering::SeqCst);
                     let _held = Held(Arc::clone(&self.held));
@@ -96,6 +99,28 @@ async fn route(conn: &Connection, topic: &str) -> Result<(TopicRoute, Bytes), Ca
         T,
     )
     .await
+}
+
+/// A GetRoute request for "small" with a `body`-byte body, encoded.
+fn big_request(body: usize) -> BytesMut {
+    let mut out = BytesMut::new();
+    Frame {
+        kind: Kind::Request,
+        request_id: 1,
+        code: RequestCode::GetRoute as u16,
+        auth: Bytes::new(),
+        header: encode_header(
+            &GetRoute {
+                topic: "small".into(),
+            },
+            "test",
+        )
+        .unwrap(),
+        body: Bytes::from(vec![0u8; body]),
+    }
+    .encode(&mut out, 16 << 20)
+    .unwrap();
+    out
 }
 
 /// A GetRoute request frame, encoded.
@@ -303,26 +328,6 @@ async fn large_frames_are_read_within_the_servers_total_and_small_ones_are_not_h
     .await;
     // Twelve connections each send the first half of a 15 MiB request and stop: read
     // as it came, that would be 90 MiB held.
-    let big_request = |body: usize| {
-        let mut out = BytesMut::new();
-        Frame {
-            kind: Kind::Request,
-            request_id: 1,
-            code: RequestCode::GetRoute as u16,
-            auth: Bytes::new(),
-            header: encode_header(
-                &GetRoute {
-                    topic: "small".into(),
-                },
-                "test",
-            )
-            .unwrap(),
-            body: Bytes::from(vec![0u8; body]),
-        }
-        .encode(&mut out, 16 << 20)
-        .unwrap();
-        out
-    };
     let mut whole = big_request(15 << 20);
     let half = whole.split_to(whole.len() / 2).freeze();
     let hostile: Vec<_> = (0..HOSTILE)
@@ -374,12 +379,62 @@ async fn large_frames_are_read_within_the_servers_total_and_small_ones_are_not_h
         .await
         .expect("the large request answered once the others went")
         .unwrap();
-    drop(writer.await.unwrap());
+    // (Its write half kept open: a close would end the connection.)
+    let _legit_wr = writer.await.unwrap();
     eventually("everything released", T, || {
         let s = f.server.stats();
         s.connections == 2 && s.reading_bytes == 0
     })
     .await;
+}
+
+/// A connection paused at its own bound (replies it does not read) does not take the room
+/// of large frames: it could not use it, and the others' large frames would wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_connection_does_not_take_the_room_of_large_frames() {
+    let f = fixture(ServerConfig {
+        conn: ConnConfig {
+            max_pending_bytes: 64 << 10,
+            ..ConnConfig::default()
+        },
+        max_pending_bytes_total: 4 << 20,
+        ..ServerConfig::default()
+    })
+    .await;
+    // Eight requests for 1 MiB replies, never read (more than the sockets buffer): the
+    // connection pauses at its bound with every request parsed; then the start of a
+    // 15 MiB frame.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut hostile = socket.connect(f.addr.parse().unwrap()).await.unwrap();
+    let mut frames = BytesMut::new();
+    for id in 0..8 {
+        request(id, "huge", &mut frames);
+    }
+    hostile.write_all(&frames).await.unwrap();
+    eventually("the connection paused at its bound", T, || {
+        f.server.stats().pending_bytes >= 64 << 10
+    })
+    .await;
+    let start = big_request(15 << 20).split_to(70 << 10);
+    hostile.write_all(&start).await.unwrap();
+    eventually("the frame's start read", T, || {
+        f.server.stats().reading_bytes >= 60 << 10
+    })
+    .await;
+    // Another connection's large request is read and answered at once.
+    let (mut legit, mut legit_wr) = TcpStream::connect(&f.addr).await.unwrap().into_split();
+    let writer = tokio::spawn(async move {
+        legit_wr.write_all(&big_request(6 << 20)).await.unwrap();
+        legit_wr
+    });
+    let mut len = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), legit.read_exact(&mut len))
+        .await
+        .expect("the large request answered while the other connection is paused")
+        .unwrap();
+    drop(writer.await.unwrap());
+    assert_eq!(f.server.stats().frame_waits, 0);
 }
 
 #[tokio::test]
