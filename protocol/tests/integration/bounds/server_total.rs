@@ -1,0 +1,216 @@
+//! What a server's connections hold together: the total of pending bytes
+//! (`max_pending_bytes_total`, each connection keeping its fair share) and the room of
+//! large frames being read. Over real sockets on 127.0.0.1, with the fixtures of `bounds`.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_together_hold_at_most_the_servers_total_and_others_are_served() {
+    const PER_CONN: usize = 8 << 20;
+    const TOTAL: usize = 4 << 20;
+    const HOSTILE: usize = 12;
+    let f = fixture(ServerConfig {
+        conn: ConnConfig {
+            max_pending_requests: 4096,
+            max_pending_bytes: PER_CONN,
+            ..ConnConfig::default()
+        },
+        max_pending_bytes_total: TOTAL,
+        ..ServerConfig::default()
+    })
+    .await;
+    // Twelve connections, each pipelining 2,000 requests for BIG replies (32 MB of them)
+    // and never reading: alone, each would hold its own bound, 96 MiB together.
+    let mut frames = BytesMut::new();
+    for id in 0..2_000 {
+        request(id, "big", &mut frames);
+    }
+    let request_len = frames.len() / 2_000;
+    let frames = frames.freeze();
+    let mut hostile = Vec::new();
+    for _ in 0..HOSTILE {
+        let (rd, mut wr) = TcpStream::connect(&f.addr).await.unwrap().into_split();
+        let frames = frames.clone();
+        let writer = tokio::spawn(async move {
+            let _ = wr.write_all(&frames).await;
+            wr
+        });
+        hostile.push((rd, writer));
+    }
+    // Past the total, a connection holding its fair share pauses; one holding less goes
+    // on, up to one frame and one reply past it. A connection counts the others' bytes as
+    // last published: the one on the other worker may be filling up to the total too.
+    let reply_len = BIG + 64;
+    let bound = 2 * TOTAL + HOSTILE * (FAIR_SHARE + reply_len + request_len);
+    let highest = Arc::new(AtomicUsize::new(0));
+    let stats = f.server.stats_handle();
+    let sampler = {
+        let highest = Arc::clone(&highest);
+        tokio::spawn(async move {
+            loop {
+                highest.fetch_max(stats.stats().pending_bytes, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    eventually("the connections reaching the server's total", T, || {
+        f.server.stats().pending_bytes >= TOTAL
+    })
+    .await;
+    // Another connection is served meanwhile, big replies included.
+    let other = client(&f.addr).await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..200 {
+        let started = Instant::now();
+        let topic = if i % 2 == 0 { "small" } else { "big" };
+        route(&other, topic).await.unwrap();
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "slowest call {slowest:?}"
+    );
+    sampler.abort();
+    let highest = highest.load(Ordering::SeqCst);
+    let s = f.server.stats();
+    assert!(
+        highest <= bound,
+        "held {highest} bytes at most, past {bound}: {s:?}"
+    );
+    assert!(s.pending_bytes <= bound, "{s:?}");
+    assert!(s.budget_pauses >= 1, "{s:?}");
+    // The hostile connections go: everything they held is released.
+    for (rd, writer) in hostile {
+        writer.abort();
+        let _ = writer.await;
+        drop(rd);
+    }
+    eventually("the hostile connections' release", T, || {
+        let s = f.server.stats();
+        s.connections == 1 && s.pending_bytes == 0
+    })
+    .await;
+    route(&other, "big").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_frames_are_read_within_the_servers_total_and_small_ones_are_not_held_up() {
+    const TOTAL: usize = 4 << 20;
+    const HOSTILE: usize = 12;
+    /// What a frame waiting for its room may have read: 64 KiB and a chunk.
+    const WAITING: usize = (64 << 10) + (32 << 10);
+    let f = fixture(ServerConfig {
+        max_pending_bytes_total: TOTAL,
+        ..ServerConfig::default()
+    })
+    .await;
+    // Twelve connections each send the first half of a 15 MiB request and stop: read
+    // as it came, that would be 90 MiB held.
+    let mut whole = big_request(15 << 20);
+    let half = whole.split_to(whole.len() / 2).freeze();
+    let hostile: Vec<_> = (0..HOSTILE)
+        .map(|_| {
+            let (addr, half) = (f.addr.clone(), half.clone());
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(&addr).await.unwrap();
+                let _ = s.write_all(&half).await;
+                std::future::pending::<()>().await;
+            })
+        })
+        .collect();
+    // One reads its half (its room is the whole total); the others wait.
+    eventually("the others waiting for room", T, || {
+        f.server.stats().frame_waits >= (HOSTILE - 1) as u64
+    })
+    .await;
+    eventually("the first half read", T, || {
+        f.server.stats().reading_bytes >= half.len()
+    })
+    .await;
+    let s = f.server.stats();
+    assert!(
+        s.reading_bytes <= half.len() + (HOSTILE - 1) * WAITING,
+        "{s:?}"
+    );
+    // Small requests are not held up; a large one waits its turn.
+    let other = client(&f.addr).await;
+    for _ in 0..100 {
+        route(&other, "small").await.unwrap();
+    }
+    let (mut legit, mut legit_wr) = TcpStream::connect(&f.addr).await.unwrap().into_split();
+    let request = big_request(6 << 20);
+    let writer = tokio::spawn(async move {
+        legit_wr.write_all(&request).await.unwrap();
+        legit_wr
+    });
+    eventually("the large request waiting", T, || {
+        f.server.stats().frame_waits >= HOSTILE as u64
+    })
+    .await;
+    // The half frames' peers go: the room passes on, and the large request is answered.
+    for h in hostile {
+        h.abort();
+        let _ = h.await;
+    }
+    let mut len = [0u8; 4];
+    tokio::time::timeout(T, legit.read_exact(&mut len))
+        .await
+        .expect("the large request answered once the others went")
+        .unwrap();
+    // (Its write half kept open: a close would end the connection.)
+    let _legit_wr = writer.await.unwrap();
+    eventually("everything released", T, || {
+        let s = f.server.stats();
+        s.connections == 2 && s.reading_bytes == 0
+    })
+    .await;
+}
+
+/// A connection paused at its own bound (replies it does not read) does not take the room
+/// of large frames: it could not use it, and the others' large frames would wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_connection_does_not_take_the_room_of_large_frames() {
+    let f = fixture(ServerConfig {
+        conn: ConnConfig {
+            max_pending_bytes: 64 << 10,
+            ..ConnConfig::default()
+        },
+        max_pending_bytes_total: 4 << 20,
+        ..ServerConfig::default()
+    })
+    .await;
+    // Eight requests for 1 MiB replies, never read (more than the sockets buffer): the
+    // connection pauses at its bound with every request parsed; then the start of a
+    // 15 MiB frame.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut hostile = socket.connect(f.addr.parse().unwrap()).await.unwrap();
+    let mut frames = BytesMut::new();
+    for id in 0..8 {
+        request(id, "huge", &mut frames);
+    }
+    hostile.write_all(&frames).await.unwrap();
+    eventually("the connection paused at its bound", T, || {
+        f.server.stats().pending_bytes >= 64 << 10
+    })
+    .await;
+    let start = big_request(15 << 20).split_to(70 << 10);
+    hostile.write_all(&start).await.unwrap();
+    eventually("the frame's start read", T, || {
+        f.server.stats().reading_bytes >= 60 << 10
+    })
+    .await;
+    // Another connection's large request is read and answered at once.
+    let (mut legit, mut legit_wr) = TcpStream::connect(&f.addr).await.unwrap().into_split();
+    let writer = tokio::spawn(async move {
+        legit_wr.write_all(&big_request(6 << 20)).await.unwrap();
+        legit_wr
+    });
+    let mut len = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), legit.read_exact(&mut len))
+        .await
+        .expect("the large request answered while the other connection is paused")
+        .unwrap();
+    drop(writer.await.unwrap());
+    assert_eq!(f.server.stats().frame_waits, 0);
+}
