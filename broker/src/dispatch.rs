@@ -26,7 +26,7 @@ use weir_protocol::filter::{
     FilterList, FilterRemoved, FilterReset, FilterUploaded, ListFilters, RemoveFilter, ResetFilter,
     UploadFilter,
 };
-use weir_protocol::net::Cause;
+use weir_protocol::net::{AnswerRoom, Cause};
 use weir_protocol::route::TopicList;
 use weir_store::StoredRecord;
 
@@ -238,6 +238,9 @@ pub struct RequestContext {
     /// Queues a send asks for should it create its topic (RocketMQ's
     /// `defaultTopicQueueNums`); at most the broker's default, which `None` means.
     pub auto_create_queues: Option<u32>,
+    /// How many bytes the answer may take (see [`AnswerRoom`]): the connection's, or
+    /// unbounded in-process.
+    pub answer_room: AnswerRoom,
 }
 
 /// How long a pull that ended another connection's held pull early waits for its room
@@ -326,6 +329,7 @@ impl Broker {
         let admission = Admission {
             from: Some(ctx.peer),
             may_hold,
+            answer_room: ctx.answer_room.clone(),
         };
         let started = Instant::now();
         let answer = self

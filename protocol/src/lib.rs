@@ -43,8 +43,9 @@ pub use codes::{ErrorCode, RequestCode};
 pub use error::{CallError, ProtocolError};
 #[cfg(feature = "net")]
 pub use net::{
-    ConnConfig, ConnLoad, Connection, FAIR_SHARE, Handler, NetConfig, NoHandler, Reply, Request,
-    Server, ServerConfig, ServerStats, ServerStatsHandle, TlsConfig, TlsError, TlsMode,
+    AnswerRoom, ConnConfig, ConnLoad, Connection, FAIR_SHARE, Handler, MIN_FAIR_SHARE, NetConfig,
+    NoHandler, Reply, Request, Server, ServerConfig, ServerStats, ServerStatsHandle, TlsConfig,
+    TlsError, TlsMode,
 };
 pub use record::{Message, MessageId, RecordError, RecordView};
 #[cfg(feature = "net")]

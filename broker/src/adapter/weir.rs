@@ -49,6 +49,7 @@ impl Handler for WeirAdapter {
                 link,
                 signed,
                 auto_create_queues: None,
+                answer_room: conn.answer_room(),
             };
             match self.0.dispatch(&ctx, decoded).await {
                 Ok(answer) => encode(answer),

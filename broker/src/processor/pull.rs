@@ -15,6 +15,7 @@ use std::time::Duration;
 use weir_filter_sql92::Expr;
 use weir_protocol::RecordView;
 use weir_protocol::broker::{PullMessage, PullResult, PullStatus};
+use weir_protocol::net::AnswerRoom;
 use weir_protocol::route::perm;
 use weir_store::{GetStatus, ReadBatch, ReadLimits, StoredRecord};
 
@@ -84,7 +85,7 @@ fn selects(sql: Option<&Expr>, v: &RecordView<'_>) -> bool {
 }
 
 /// How dispatch let a pull in.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Admission {
     /// The connection it came on, whose held pulls share `limits.inflight_pull` with the
     /// others' (see `crate::holds`); none: never ended early.
@@ -92,6 +93,10 @@ pub struct Admission {
     /// Whether it may be held (long polling). One let in past `limits.inflight_pull` may
     /// not: it is answered if it finds messages at once, and refused as busy otherwise.
     pub may_hold: bool,
+    /// The most bytes its answer may take, read at each read of the store (a held pull
+    /// reads it when woken): while the server's connections together hold their total of
+    /// answers not yet read, what is left of its connection's share.
+    pub answer_room: AnswerRoom,
 }
 
 impl Default for Admission {
@@ -99,7 +104,20 @@ impl Default for Admission {
         Self {
             from: None,
             may_hold: true,
+            answer_room: AnswerRoom::unbounded(),
         }
+    }
+}
+
+/// The bytes of records a pull may read with `room` bytes for its answer: all it would
+/// otherwise (`usize::MAX`) when the room holds two of the largest answers, else half the
+/// room, leaving the other half for what an answer's encoding adds to its records (the
+/// driver refuses an answer past its room).
+fn readable_in(room: usize) -> usize {
+    if room >= PULL_MAX_BYTES.saturating_mul(2) {
+        usize::MAX
+    } else {
+        room / 2
     }
 }
 
@@ -230,9 +248,11 @@ impl Broker {
                     .candidates_for(max - out.len())
                     .min(fc.batch_size * calls_per_round(f.mean_call_nanos())),
             };
+            let fits = readable_in(admission.answer_room.bytes());
+            let readable = round_bytes.min(fits);
             let limits = ReadLimits {
                 max_count: round,
-                max_bytes: round_bytes.saturating_sub(out_bytes).max(1),
+                max_bytes: readable.saturating_sub(out_bytes).max(1),
                 max_scan: max_scan
                     .saturating_sub((cursor - req.offset) as usize)
                     .max(1),
@@ -287,6 +307,28 @@ impl Broker {
             // record is parsed here (a filtered catch-up's hottest loop). Each record's queue
             // offset is in its span (from the consume queue, not the record).
             let mut records = r.records;
+            // The store reads one record past `max_bytes`; past the room, the answer
+            // would be refused once made: it ends before that record, and a pull that
+            // would have nothing else is refused now, before the filter's work.
+            if let Some(first) = records.spans().first()
+                && out_bytes.saturating_add(first.len()) > fits
+            {
+                if cursor != req.offset {
+                    let status = if out.is_empty() {
+                        PullStatus::NoMatch
+                    } else {
+                        PullStatus::Found
+                    };
+                    return answer(status, cursor, bounds, out);
+                }
+                return Err(ProcessError::Busy(format!(
+                    "busy: the message at offset {} of queue {} of {:?} ({} bytes) does not fit in this connection's room for answers ({fits} bytes of records) while the broker's connections together hold net.max_pending_bytes_total of answers their clients have not read; retry later",
+                    first.queue_offset,
+                    req.queue_id,
+                    req.topic,
+                    first.len()
+                )));
+            }
             if !(matches!(tags, TagFilter::All) && sql.is_none()) {
                 records.retain(|_, bytes| match (&tags, RecordView::parse(bytes)) {
                     (_, Err(_)) => true,
@@ -371,7 +413,7 @@ impl Broker {
             }));
             let scanned = (cursor - req.offset) as usize;
             if out.len() == max
-                || out_bytes >= round_bytes
+                || out_bytes >= readable
                 || scanned >= max_scan
                 || tokio::time::Instant::now() >= budget_end
             {

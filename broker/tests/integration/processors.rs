@@ -13,6 +13,7 @@ use weir_protocol::broker::{
     CreateTopic, Heartbeat, PullMessage, PullStatus, QueryMessageByKey, SendStatus,
     UpdateConsumerOffset,
 };
+use weir_protocol::net::AnswerRoom;
 use weir_protocol::route::{TopicConfig, perm};
 
 fn ctx() -> RequestContext {
@@ -22,6 +23,7 @@ fn ctx() -> RequestContext {
         link: None,
         signed: None,
         auto_create_queues: None,
+        answer_room: AnswerRoom::unbounded(),
     }
 }
 
@@ -168,4 +170,62 @@ async fn send_pull_and_refusals_without_a_frame() {
         .unwrap_err();
     assert!(matches!(e, ProcessError::Internal(_)), "{e}");
     broker.store().shutdown().unwrap();
+}
+
+/// A pull reads no more than its answer may take (`RequestContext::answer_room`: what is
+/// left of its connection's share while the connections together hold their total): it
+/// answers fewer messages, and one whose first message would not fit is refused as busy
+/// without moving on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_reads_within_its_answer_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = broker_config(dir.path(), "");
+    let broker = weir_broker::open(config, "127.0.0.1:10911".into())
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let req = crate::common::send("Big", 0, "", &format!("k{i}"));
+        run(
+            &broker,
+            BrokerRequest::Send {
+                req,
+                body: Bytes::from(vec![b'x'; 1000]),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let pull = |room: AnswerRoom| {
+        let ctx = RequestContext {
+            answer_room: room,
+            ..ctx()
+        };
+        let broker = &broker;
+        async move {
+            let req = BrokerRequest::Pull(PullMessage {
+                group: "g".into(),
+                topic: "Big".into(),
+                queue_id: 0,
+                offset: 0,
+                max_msgs: 32,
+                expression: "*".into(),
+                suspend_ms: 0,
+                commit_offset: None,
+            });
+            match broker.dispatch(&ctx, req).await {
+                Ok(BrokerResponse::Pulled(p)) => Ok((p.records.len(), p.result.next_offset)),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    // Unbounded (and any room of two largest answers or more): all ten.
+    assert_eq!(pull(AnswerRoom::unbounded()).await.unwrap(), (10, 10));
+    assert_eq!(pull(AnswerRoom::fixed(8 << 20)).await.unwrap(), (10, 10));
+    // 6,000 bytes of room: records of half of it, two of these ~1.1 KB messages.
+    assert_eq!(pull(AnswerRoom::fixed(6000)).await.unwrap(), (2, 2));
+    // Less than two messages' worth: refused as busy, naming the setting.
+    let e = pull(AnswerRoom::fixed(1000)).await.unwrap_err();
+    assert!(matches!(e, ProcessError::Busy(_)), "{e}");
+    assert!(e.to_string().contains("net.max_pending_bytes_total"), "{e}");
 }

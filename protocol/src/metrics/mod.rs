@@ -214,6 +214,7 @@ impl Exposition {
         .sample(&name, &[("reason", "bad_frame")], net.bad_frames)
         .sample(&name, &[("reason", "frame_timeout")], net.frame_timeouts)
         .sample(&name, &[("reason", "idle")], net.idle_closes)
+        .sample(&name, &[("reason", "unread")], net.unread_closes)
         .sample(&name, &[("reason", "reset")], net.resets)
         .sample(
             &name,
@@ -238,6 +239,12 @@ impl Exposition {
             Kind::Counter,
             "Times a connection paused because all together held net.max_pending_bytes_total.",
             net.budget_pauses,
+        );
+        self.single(
+            &n("answers_refused_total"),
+            Kind::Counter,
+            "Answers refused as busy past their connection's share while all together held net.max_pending_bytes_total.",
+            net.answers_refused,
         )
     }
 

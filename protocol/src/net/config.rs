@@ -6,10 +6,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::frame;
 
-/// What a connection may always hold, whatever the others hold: past the server's
-/// `max_pending_bytes_total` only connections holding at least this much pause (1 MiB, or
-/// the connection's own bound when smaller).
+/// The most a connection may always hold, whatever the others hold: past the server's
+/// `max_pending_bytes_total` only connections holding at least their share pause, and an
+/// answer that would take one past its share is refused as busy. The share is the total
+/// divided among the connections open, at most this (1 MiB) and at least
+/// [`MIN_FAIR_SHARE`] (and at most the connection's own bound), so that however many
+/// connections a client opens, together they hold about the total, plus
+/// `MIN_FAIR_SHARE` each past `max_pending_bytes_total / MIN_FAIR_SHARE` connections.
 pub const FAIR_SHARE: usize = 1 << 20;
+
+/// The least share of a connection (see [`FAIR_SHARE`]): 64 KiB, room for a pull of a
+/// few dozen small messages.
+pub const MIN_FAIR_SHARE: usize = 64 << 10;
 
 /// Limits of one connection, either side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +34,9 @@ pub struct ConnConfig {
     /// holds at most 64 MiB.
     pub max_pending_bytes: usize,
     /// A frame begun must be whole within this (counted while the connection reads), or
-    /// the connection is closed (default 10 s).
+    /// the connection is closed (default 10 s). A server's connection whose peer has read
+    /// none of its answers for as long is closed too when the server's connections
+    /// together hold nearly `max_pending_bytes_total` (less than [`FAIR_SHARE`] left).
     pub frame_read_timeout: Duration,
     /// A connection with no frame either way for this long is closed; `None`: never
     /// (default 120 s, RocketMQ's `serverChannelMaxIdleTimeSeconds`).
@@ -53,12 +63,13 @@ pub struct ServerConfig {
     /// 10,000).
     pub max_connections: usize,
     /// Pending bytes (as `ConnConfig::max_pending_bytes` counts them) of all connections
-    /// together; past it a connection holding [`FAIR_SHARE`] or more reads and takes
+    /// together; past it a connection holding its [`FAIR_SHARE`] or more reads and takes
     /// nothing more until its own pending bytes go under that share, so every peer keeps
-    /// being served, one reply at a time (default 256 MiB). The connections together hold
+    /// being served, one request at a time, and an answer that would take a connection
+    /// past its share is refused as busy (default 256 MiB). The connections together hold
     /// at most this once per runtime worker (each counts the others' bytes as they last
-    /// published them), plus each one's fair share, one frame and one reply. As much again
-    /// bounds the large frames being read (past 64 KiB a frame waits for its length of it).
+    /// published them), plus each one's fair share and one frame. As much again bounds the
+    /// large frames being read (past 64 KiB a frame waits for its length of it).
     pub max_pending_bytes_total: usize,
     /// Whether connections speaking weir's own protocol are served (default true).
     pub weir: bool,

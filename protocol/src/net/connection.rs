@@ -48,6 +48,49 @@ pub struct ConnLoad {
     pub reading: usize,
 }
 
+/// The most bytes an answer to a connection's peer may take, as of the last time its
+/// driver ran the handlers: unbounded until a server's connections together hold
+/// `max_pending_bytes_total`, then what is left of the connection's fair share (an answer
+/// past its room is refused as busy by the driver). A pull reads only this much, so that
+/// it is answered with fewer messages rather than refused.
+#[derive(Clone, Default)]
+pub struct AnswerRoom(Room);
+
+#[derive(Clone, Default)]
+enum Room {
+    #[default]
+    Unbounded,
+    Fixed(usize),
+    Of(Arc<Inner>),
+}
+
+impl AnswerRoom {
+    /// No bound (a request made in-process, without a connection).
+    pub fn unbounded() -> Self {
+        Self(Room::Unbounded)
+    }
+
+    /// Always `bytes` (another adapter's own bound, or a test's).
+    pub fn fixed(bytes: usize) -> Self {
+        Self(Room::Fixed(bytes))
+    }
+
+    /// The room now, in bytes.
+    pub fn bytes(&self) -> usize {
+        match &self.0 {
+            Room::Unbounded => usize::MAX,
+            Room::Fixed(bytes) => *bytes,
+            Room::Of(c) => c.answer_room.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl std::fmt::Debug for AnswerRoom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AnswerRoom({})", self.bytes())
+    }
+}
+
 /// [`ConnLoad`] as the driver publishes it.
 #[derive(Default)]
 pub(super) struct LoadCell {
@@ -90,6 +133,9 @@ pub(super) struct Inner {
     closed: watch::Sender<bool>,
     pub(super) close_waker: AtomicWaker,
     pub(super) load: LoadCell,
+    /// The most bytes an answer to the peer may take now (see [`AnswerRoom`]); set by a
+    /// server connection's driver before it runs the handlers, unbounded otherwise.
+    pub(super) answer_room: AtomicUsize,
     /// Signs the requests sent, once set.
     signer: OnceLock<Signer>,
 }
@@ -312,6 +358,7 @@ impl Connection {
                 closed,
                 close_waker: AtomicWaker::new(),
                 load: LoadCell::default(),
+                answer_room: AtomicUsize::new(usize::MAX),
                 signer: OnceLock::new(),
             }),
             _owner: None,
@@ -333,6 +380,12 @@ impl Connection {
     /// frames not yet written), and the most it held.
     pub fn load(&self) -> ConnLoad {
         self.inner.load.get()
+    }
+
+    /// How many bytes an answer to this connection's peer may take, read when the
+    /// answer is made (see [`AnswerRoom`]).
+    pub fn answer_room(&self) -> AnswerRoom {
+        AnswerRoom(Room::Of(Arc::clone(&self.inner)))
     }
 
     /// Resolves once the connection is closed.

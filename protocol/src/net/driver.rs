@@ -26,7 +26,10 @@
 //!   waiting holds at most `READ_AHEAD` and a chunk; one holding the room is bound by the
 //!   frame read timeout, paused or not.
 //! - A frame begun must be whole within `frame_read_timeout` of reading time; a connection
-//!   with no frame read and nothing written for `idle_timeout` is closed. Both are checked
+//!   with no frame read and nothing written for `idle_timeout` is closed, and so is one
+//!   whose peer has read none of its queued answers for `frame_read_timeout` when the
+//!   server has less than [`FAIR_SHARE`] left of its total: the room it holds is the
+//!   others' too. Both are checked
 //!   on a tick (a quarter of the shorter one), so each fires within 1.25 times its setting.
 //! - When the peer closes (or resets) between frames, its one-way requests and the ones
 //!   its handler says complete after a close (sends) keep running for up to
@@ -115,6 +118,8 @@ enum End {
     BadFrame(ProtocolError),
     FrameTimeout,
     Idle,
+    /// Its answers not read for the frame read timeout, the server short of room.
+    Unread,
 }
 
 /// A request being handled.
@@ -132,6 +137,7 @@ struct Done {
     reply: Reply,
     request_id: u32,
     oneway: bool,
+    survives_close: bool,
     bytes: usize,
 }
 
@@ -155,6 +161,7 @@ impl Future for Handling<'_> {
             reply,
             request_id: this.request_id,
             oneway: this.oneway,
+            survives_close: this.survives_close,
             bytes: this.bytes,
         })
     }
@@ -174,6 +181,8 @@ struct Clock {
     last_written: u64,
     partial_for: u32,
     idle_for: u32,
+    /// Ticks with answers queued and none written.
+    unread_for: u32,
 }
 
 impl Clock {
@@ -193,6 +202,7 @@ impl Clock {
             last_written: 0,
             partial_for: 0,
             idle_for: 0,
+            unread_for: 0,
         }
     }
 }
@@ -209,8 +219,6 @@ struct Driver<'a, S> {
     max_bytes: usize,
     /// The server's connections, for their total of pending bytes (none: a client's).
     server: Option<&'a Shared>,
-    /// What this connection may hold whatever the others hold.
-    fair_share: usize,
     /// This connection's pending bytes as last added to the server's total.
     published_bytes: usize,
     /// Paused at the server's total (counted once per pause).
@@ -257,7 +265,6 @@ impl<'a, S: Transport> Driver<'a, S> {
             max_requests: c.max_pending_requests,
             max_bytes: c.max_pending_bytes,
             server,
-            fair_share: FAIR_SHARE.min(c.max_pending_bytes),
             published_bytes: 0,
             budget_paused: false,
             reading_room: None,
@@ -290,13 +297,30 @@ impl<'a, S: Transport> Driver<'a, S> {
     fn within_server_budget(&self) -> bool {
         self.server.is_none_or(|s| {
             let own = self.pending_bytes();
-            // The total as published, with this connection's own share as it is now.
-            own < self.fair_share
-                || s.pending_bytes
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(self.published_bytes)
-                    .saturating_add(own)
-                    < s.max_pending_bytes_total
+            own < s.fair_share().min(self.max_bytes)
+                || self.server_total(s, own) < s.max_pending_bytes_total
+        })
+    }
+
+    /// The server's total as published, with this connection's own part as it is now.
+    fn server_total(&self, s: &Shared, own: usize) -> usize {
+        s.pending_bytes
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.published_bytes)
+            .saturating_add(own)
+    }
+
+    /// The most bytes an answer may take now: unbounded for a client; for a server's
+    /// connection what is left of the server's total, or of this connection's fair
+    /// share, whichever is more.
+    fn answer_room(&self) -> usize {
+        self.server.map_or(usize::MAX, |s| {
+            let own = self.pending_bytes();
+            let share = s.fair_share().min(self.max_bytes);
+            let total = self.server_total(s, own);
+            share
+                .saturating_sub(own)
+                .max(s.max_pending_bytes_total.saturating_sub(total))
         })
     }
 
@@ -401,6 +425,11 @@ impl<'a, S: Transport> Driver<'a, S> {
             let mut progress = false;
             // Replies of finished handlers (a handler runs only when polled here).
             while self.may_queue() && !self.inflight.is_empty() {
+                if self.server.is_some() {
+                    // What the handlers read as their room (`AnswerRoom`).
+                    let room = self.answer_room();
+                    self.conn.inner.answer_room.store(room, Ordering::Relaxed);
+                }
                 match self.inflight.poll_next_unpin(cx) {
                     Poll::Ready(Some(done)) => {
                         self.finish(done);
@@ -612,6 +641,26 @@ impl<'a, S: Transport> Driver<'a, S> {
                     self.max_frame
                 ),
             )
+        } else if !done.survives_close
+            && let room = self.answer_room()
+            && len > room
+        {
+            // Past the server's total, an answer beyond this connection's share is not
+            // held for a peer that may never read it. (A write's answer always goes: the
+            // peer must learn that it was done.)
+            if let Some(s) = self.server {
+                let (peer, cap) = (self.conn.peer(), s.max_pending_bytes_total);
+                s.events.answers_refused.record(|count| {
+                    warn!(%peer, len, room, count, "answers refused as busy: the connections together hold net.max_pending_bytes_total ({cap} bytes) of answers not yet read, and these were past their connection's share: {count} since the last report, the latest shown");
+                });
+            }
+            wire.error_reply(
+                done.request_id,
+                ErrorCode::SystemBusy,
+                &format!(
+                    "busy: an answer of {len} bytes is refused, {room} bytes being this connection's room while the server's connections together hold net.max_pending_bytes_total of answers their clients have not read; retry later"
+                ),
+            )
         } else {
             done.reply
         };
@@ -643,7 +692,19 @@ impl<'a, S: Transport> Driver<'a, S> {
                 // (Refused when parsed.)
                 Some(Err(_)) => false,
             };
+        // Answers waiting on a peer that reads none of them, and whether the server has
+        // less room left than the most a connection's share may be.
+        let unread = !self.out.is_empty() && written == self.clock.last_written;
+        let short = self.server.is_some_and(|s| {
+            let total = self.server_total(s, self.pending_bytes());
+            s.max_pending_bytes_total.saturating_sub(total) < FAIR_SHARE
+        });
         let c = &mut self.clock;
+        c.unread_for = if unread {
+            c.unread_for.saturating_add(1)
+        } else {
+            0
+        };
         let active = self.frames_in != c.last_frames_in || written != c.last_written;
         c.idle_for = if active {
             0
@@ -659,6 +720,9 @@ impl<'a, S: Transport> Driver<'a, S> {
         c.last_written = written;
         if c.partial_for > c.frame_ticks {
             return Some(End::FrameTimeout);
+        }
+        if c.unread_for > c.frame_ticks && short {
+            return Some(End::Unread);
         }
         if c.idle_ticks.is_some_and(|t| c.idle_for >= t) {
             return Some(End::Idle);
@@ -777,6 +841,13 @@ async fn run<S: Transport>(
             let timeout = conn.inner.config.frame_read_timeout;
             events.frame_timeouts.record(|count| {
                 warn!(%peer, ?timeout, count, "closed connections whose frame did not arrive whole within the frame read timeout: {count} since the last report, the latest shown")
+            });
+            false
+        }
+        End::Unread => {
+            let timeout = conn.inner.config.frame_read_timeout;
+            events.unread_closes.record(|count| {
+                warn!(%peer, ?timeout, count, "closed connections whose peer read none of their answers within the frame read timeout, the connections together holding nearly net.max_pending_bytes_total: {count} since the last report, the latest shown")
             });
             false
         }

@@ -85,6 +85,10 @@ pub(crate) struct Events {
     pub(crate) budget_pauses: Cause,
     /// Large frames that waited for room to be read.
     pub(crate) frame_waits: Cause,
+    /// Answers refused past the server's total (see `ServerStats::answers_refused`).
+    pub(crate) answers_refused: Cause,
+    /// Connections closed with their answers unread (see `ServerStats::unread_closes`).
+    pub(crate) unread_closes: Cause,
 }
 
 impl Events {
@@ -99,6 +103,8 @@ impl Events {
             plaintext_refused: Cause::new(),
             budget_pauses: Cause::new(),
             frame_waits: Cause::new(),
+            answers_refused: Cause::new(),
+            unread_closes: Cause::new(),
         }
     }
 }

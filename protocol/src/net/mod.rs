@@ -38,8 +38,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-pub use config::{ConnConfig, FAIR_SHARE, NetConfig, NetConfigError, ServerConfig};
-pub use connection::{ConnLoad, Connection};
+pub use config::{ConnConfig, FAIR_SHARE, MIN_FAIR_SHARE, NetConfig, NetConfigError, ServerConfig};
+pub use connection::{AnswerRoom, ConnLoad, Connection};
 pub use events::{Cause, LOG_INTERVAL};
 pub use server::{Server, ServerStats, ServerStatsHandle};
 pub use tls::{ClientTls, ServerTls, TlsConfig, TlsError, TlsMode};

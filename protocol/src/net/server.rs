@@ -18,6 +18,7 @@ use tokio::sync::{Mutex as AsyncMutex, Semaphore, watch};
 use tokio_rustls::TlsStream;
 use tracing::{debug, warn};
 
+use super::config::{FAIR_SHARE, MIN_FAIR_SHARE};
 use super::connection::Connection;
 use super::events::Events;
 use super::tls::{ServerTls, TLS_HANDSHAKE_BYTE, TlsMode};
@@ -51,6 +52,13 @@ pub struct ServerStats {
     /// Times a large frame waited for room to be read (`max_pending_bytes_total` of
     /// large frames being read already), ever.
     pub frame_waits: u64,
+    /// Answers refused as busy because they would have taken their connection past its
+    /// fair share while the connections together held `max_pending_bytes_total`, ever.
+    pub answers_refused: u64,
+    /// Connections closed because their peer read none of their answers within the frame
+    /// read timeout, the connections together holding nearly `max_pending_bytes_total`,
+    /// ever.
+    pub unread_closes: u64,
     /// Pending work of the open connections (see [`ConnLoad`](super::ConnLoad)), summed.
     pub pending_requests: usize,
     pub pending_bytes: usize,
@@ -79,6 +87,8 @@ impl ServerStatsHandle {
             plaintext_refused: s.events.plaintext_refused.total(),
             budget_pauses: s.events.budget_pauses.total(),
             frame_waits: s.events.frame_waits.total(),
+            answers_refused: s.events.answers_refused.total(),
+            unread_closes: s.events.unread_closes.total(),
             peak_pending_requests: s.peak_requests.load(Ordering::Relaxed),
             peak_pending_bytes: s.peak_bytes.load(Ordering::Relaxed),
             ..ServerStats::default()
@@ -113,6 +123,8 @@ pub(super) struct Shared {
     /// Bytes of large frames being read, `max_pending_bytes_total` of them: a frame past
     /// [`READ_AHEAD`](super::driver) takes its size (at most all) before more of it is read.
     pub(super) reading: Semaphore,
+    /// Connections admitted and not yet ended (`conns`' length, read without its lock).
+    open: AtomicUsize,
 }
 
 impl Shared {
@@ -126,14 +138,25 @@ impl Shared {
         if self.closing.load(Ordering::SeqCst) {
             return false;
         }
-        conns.insert(conn.id(), conn.clone());
+        if conns.insert(conn.id(), conn.clone()).is_none() {
+            self.open.fetch_add(1, Ordering::Relaxed);
+        }
         true
+    }
+
+    /// What each connection may hold whatever the others hold: the total shared among the
+    /// connections open, between [`MIN_FAIR_SHARE`] and [`FAIR_SHARE`].
+    pub(super) fn fair_share(&self) -> usize {
+        let open = self.open.load(Ordering::Relaxed).max(1);
+        (self.max_pending_bytes_total / open).clamp(MIN_FAIR_SHARE, FAIR_SHARE)
     }
 
     pub(super) fn connection_ended(&self, id: u64, (requests, bytes): (usize, usize)) {
         self.peak_requests.fetch_max(requests, Ordering::Relaxed);
         self.peak_bytes.fetch_max(bytes, Ordering::Relaxed);
-        self.conns().remove(&id);
+        if self.conns().remove(&id).is_some() {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -203,6 +226,7 @@ impl Server {
             pending_bytes: AtomicUsize::new(0),
             max_pending_bytes_total: config.max_pending_bytes_total,
             reading: Semaphore::new(config.max_pending_bytes_total),
+            open: AtomicUsize::new(0),
         });
         let tracked = Arc::clone(&shared);
         let acceptor = tokio::spawn(async move {

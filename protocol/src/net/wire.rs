@@ -169,7 +169,11 @@ impl Wire {
         match self {
             Wire::Weir => Reply::error(code, message),
             Wire::Remoting => {
-                let mut r = RemotingCommand::request(rs::SYSTEM_ERROR, request_id as i32);
+                let status = match code {
+                    ErrorCode::SystemBusy => rs::SYSTEM_BUSY,
+                    _ => rs::SYSTEM_ERROR,
+                };
+                let mut r = RemotingCommand::request(status, request_id as i32);
                 r.flag = FLAG_RESPONSE;
                 r.remark = Some(message.to_owned());
                 Reply {

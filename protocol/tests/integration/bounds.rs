@@ -18,8 +18,8 @@ use weir_protocol::net::BoxFuture;
 use weir_protocol::route::{GetRoute, TopicRoute};
 use weir_protocol::rpc::encode_header;
 use weir_protocol::{
-    CallError, ConnConfig, Connection, FAIR_SHARE, Handler, NoHandler, Reply, Request, RequestCode,
-    Server, ServerConfig, ServerStats,
+    CallError, ConnConfig, Connection, FAIR_SHARE, Handler, MIN_FAIR_SHARE, NoHandler, Reply,
+    Request, RequestCode, Server, ServerConfig, ServerStats,
 };
 
 const T: Duration = Duration::from_secs(10);

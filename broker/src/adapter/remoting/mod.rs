@@ -187,6 +187,7 @@ impl RemotingAdapter {
             // refuses every unsigned request, these included.
             signed: None,
             auto_create_queues: None,
+            answer_room: call.conn.answer_room(),
         }
     }
 

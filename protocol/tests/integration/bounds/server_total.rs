@@ -214,3 +214,148 @@ async fn a_paused_connection_does_not_take_the_room_of_large_frames() {
     drop(writer.await.unwrap());
     assert_eq!(f.server.stats().frame_waits, 0);
 }
+
+/// Many connections, each with answers it never reads: past the total, an answer that
+/// would take its connection past its share (the total shared among the connections, at
+/// least `MIN_FAIR_SHARE`) is refused as busy instead of held, so together they hold about
+/// the total however many they are. (Before, each still took one answer past the total,
+/// whatever its size: 2,000 such connections held 3.9 GB of pulls.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_past_the_total_fit_their_connections_share_or_are_refused_as_busy() {
+    const TOTAL: usize = 4 << 20;
+    const HOSTILE: usize = 64;
+    const PER_CONN: usize = 8;
+    let f = fixture(ServerConfig {
+        max_pending_bytes_total: TOTAL,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut frames = BytesMut::new();
+    for id in 0..PER_CONN as u32 {
+        request(id, "huge", &mut frames);
+    }
+    let request_len = frames.len() / PER_CONN;
+    let highest = Arc::new(AtomicUsize::new(0));
+    let stats = f.server.stats_handle();
+    let sampler = {
+        let highest = Arc::clone(&highest);
+        tokio::spawn(async move {
+            loop {
+                highest.fetch_max(stats.stats().pending_bytes, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    // Each asks for eight 1 MiB answers and reads none (a 4 KiB receive buffer; the
+    // kernel still takes a few MiB of each connection's answers off the server's hands).
+    let mut hostile = Vec::new();
+    for _ in 0..HOSTILE {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(f.addr.parse().unwrap()).await.unwrap();
+        s.write_all(&frames).await.unwrap();
+        hostile.push(s);
+    }
+    // Past what the sockets take, the first few connections' answers fill the total, and
+    // the others' are refused (each connection's share is the least, 64 KiB, with 64
+    // open): at least a quarter of them.
+    let refusals = (HOSTILE * PER_CONN / 4) as u64;
+    eventually("the answers past the total refused", T, || {
+        f.server.stats().answers_refused >= refusals
+    })
+    .await;
+    // Two workers each count the other's bytes as last published: up to the total each.
+    let bound = 2 * TOTAL + HOSTILE * (MIN_FAIR_SHARE + PER_CONN * request_len);
+    let s = f.server.stats();
+    assert!(s.pending_bytes <= bound, "{s:?}");
+    // Another connection is answered within its share; past it, answered when the total
+    // has room (the sockets take answers off the server's hands), else refused as busy.
+    let other = client(&f.addr).await;
+    for _ in 0..20 {
+        route(&other, "big").await.unwrap();
+    }
+    match route(&other, "huge").await {
+        Ok((_, body)) => assert_eq!(body.len(), 1 << 20),
+        Err(e) => assert!(e.to_string().contains("net.max_pending_bytes_total"), "{e}"),
+    }
+    sampler.abort();
+    let highest = highest.load(Ordering::SeqCst);
+    assert!(
+        highest <= bound,
+        "held {highest} bytes at most, past {bound}"
+    );
+    // The hostile connections go: the total is free, and large answers go again.
+    drop(hostile);
+    eventually("the hostile connections' release", T, || {
+        let s = f.server.stats();
+        s.connections == 1 && s.pending_bytes == 0
+    })
+    .await;
+    let (_, body) = route(&other, "huge").await.unwrap();
+    assert_eq!(body.len(), 1 << 20);
+}
+
+/// A connection whose peer has read none of its answers for the frame read timeout, when
+/// the connections together hold nearly the total, is closed: the room it holds is the
+/// others' too (without this, they waited for the idle timeout, 120 s by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_reading_none_of_their_answers_at_the_total_are_closed() {
+    const TOTAL: usize = 4 << 20;
+    const HOSTILE: usize = 16;
+    let f = fixture(ServerConfig {
+        conn: ConnConfig {
+            frame_read_timeout: Duration::from_secs(1),
+            ..ConnConfig::default()
+        },
+        max_pending_bytes_total: TOTAL,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut frames = BytesMut::new();
+    for id in 0..64 {
+        request(id, "huge", &mut frames);
+    }
+    let frames = frames.freeze();
+    // Each asks for 1 MiB answers without end and reads none, until it is closed.
+    let addr: std::net::SocketAddr = f.addr.parse().unwrap();
+    let hostile: Vec<_> = (0..HOSTILE)
+        .map(|_| {
+            let frames = frames.clone();
+            tokio::spawn(async move {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.set_recv_buffer_size(4096).unwrap();
+                let mut s = socket.connect(addr).await.unwrap();
+                while s.write_all(&frames).await.is_ok() {}
+            })
+        })
+        .collect();
+    // Once the sockets take no more, their answers fill the total, and the rest are
+    // refused; then the connections holding them are closed.
+    eventually("answers refused", T, || {
+        f.server.stats().answers_refused >= 1
+    })
+    .await;
+    eventually("connections with unread answers closed", T, || {
+        f.server.stats().unread_closes >= 1
+    })
+    .await;
+    // Another connection's large answers go again.
+    let other = client(&f.addr).await;
+    let deadline = Instant::now() + T;
+    loop {
+        match route(&other, "huge").await {
+            Ok((_, body)) => {
+                assert_eq!(body.len(), 1 << 20);
+                break;
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("net.max_pending_bytes_total"), "{e}");
+                assert!(Instant::now() < deadline, "still refused: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    for h in hostile {
+        h.abort();
+    }
+}
