@@ -28,9 +28,9 @@
 //! - A frame begun must be whole within `frame_read_timeout` of reading time; a connection
 //!   with no frame read and nothing written for `idle_timeout` is closed, and so is one
 //!   whose peer has read none of its queued answers for `frame_read_timeout` when the
-//!   server has less than [`FAIR_SHARE`] left of its total: the room it holds is the
-//!   others' too. Both are checked
-//!   on a tick (a quarter of the shorter one), so each fires within 1.25 times its setting.
+//!   server has less than [`FAIR_SHARE`] (or a quarter of the total, if less) left of its
+//!   total: the room it holds is the others' too. All are checked on a tick (a quarter
+//!   of the shorter timeout), so each fires within 1.25 times its setting.
 //! - When the peer closes (or resets) between frames, its one-way requests and the ones
 //!   its handler says complete after a close (sends) keep running for up to
 //!   [`EOF_GRACE`] (a producer's last sends are stored);
@@ -693,11 +693,13 @@ impl<'a, S: Transport> Driver<'a, S> {
                 Some(Err(_)) => false,
             };
         // Answers waiting on a peer that reads none of them, and whether the server has
-        // less room left than the most a connection's share may be.
+        // less room left than the most a connection's share may be (or a quarter of the
+        // total, for a small one).
         let unread = !self.out.is_empty() && written == self.clock.last_written;
         let short = self.server.is_some_and(|s| {
             let total = self.server_total(s, self.pending_bytes());
-            s.max_pending_bytes_total.saturating_sub(total) < FAIR_SHARE
+            let cap = s.max_pending_bytes_total;
+            cap.saturating_sub(total) < FAIR_SHARE.min(cap / 4)
         });
         let c = &mut self.clock;
         c.unread_for = if unread {
