@@ -202,16 +202,7 @@ async fn a_pull_reads_within_its_answer_room() {
         };
         let broker = &broker;
         async move {
-            let req = BrokerRequest::Pull(PullMessage {
-                group: "g".into(),
-                topic: "Big".into(),
-                queue_id: 0,
-                offset: 0,
-                max_msgs: 32,
-                expression: "*".into(),
-                suspend_ms: 0,
-                commit_offset: None,
-            });
+            let req = BrokerRequest::Pull(crate::common::pull("Big", 0, 0, "*", 0));
             match broker.dispatch(&ctx, req).await {
                 Ok(BrokerResponse::Pulled(p)) => Ok((p.records.len(), p.result.next_offset)),
                 Ok(other) => panic!("{other:?}"),
