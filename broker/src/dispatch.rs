@@ -420,7 +420,7 @@ impl Broker {
             R::TopicStats(r) => A::TopicStats(self.topic_stats(r)?),
             R::QueueOffsets(r) => A::QueueOffsets(self.queue_offsets(r)),
             R::SearchOffset(r) => A::Offset(self.search_offset(r)),
-            R::QueryByKey(r) => A::Records(self.query_by_key(r)?),
+            R::QueryByKey(r) => A::Records(self.query_by_key(r, &admission.answer_room)?),
             R::ViewById(r) => A::Records(vec![self.view_by_id(r)?]),
             R::MessageTrail(r) => A::MessageTrail(self.message_trail(r)?),
             R::GroupSummaries(r) => A::GroupSummaries(self.group_summaries(r)),

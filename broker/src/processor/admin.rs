@@ -8,16 +8,21 @@ use weir_protocol::broker::{
     CreateTopic, DeleteTopic, GetQueueOffsets, GetTopicStats, OffsetAnswer, QueryMessageByKey,
     QueueOffsets, SearchOffsetByTimestamp, TopicStats, ViewMessageById,
 };
+use weir_protocol::net::AnswerRoom;
 use weir_protocol::route::{TopicConfig, TopicList, perm};
 use weir_protocol::{MessageId, RecordError, names};
 use weir_store::StoredRecord;
 
 use crate::broker::Broker;
 use crate::error::{ProcessError, Processed};
+use crate::processor::pull::readable_in;
 use crate::topics::SYSTEM_PREFIX;
 
 /// Most messages one lookup by key returns.
 const MAX_BY_KEY: u32 = 64;
+/// Most bytes of records one lookup by key returns (as a pull), the newest first, at
+/// least one.
+const MAX_BY_KEY_BYTES: usize = 4 << 20;
 
 impl Broker {
     pub fn create_topic(&self, req: CreateTopic) -> Processed<()> {
@@ -172,7 +177,12 @@ impl Broker {
     }
 
     /// Messages of a topic carrying a key, newest first.
-    pub fn query_by_key(&self, req: QueryMessageByKey) -> Processed<Vec<StoredRecord>> {
+    /// `room`: the most bytes the answer may take (see [`AnswerRoom`]).
+    pub fn query_by_key(
+        &self,
+        req: QueryMessageByKey,
+        room: &AnswerRoom,
+    ) -> Processed<Vec<StoredRecord>> {
         if crate::broker::is_internal_topic(&req.topic) {
             return Err(ProcessError::NoPermission(format!(
                 "topic {:?} is the broker's own; see weir transaction list",
@@ -182,13 +192,32 @@ impl Broker {
         let found =
             self.store
                 .query_by_key(&req.topic, &req.key, req.max.clamp(1, MAX_BY_KEY) as usize);
-        if found.is_empty() {
+        let Some(first) = found.first() else {
             return Err(ProcessError::NotFound(format!(
                 "no message of topic {:?} has key {:?}",
                 req.topic, req.key
             )));
+        };
+        // Within a pull's bytes (64 messages of 4 MiB made 268 MB answers, refused then
+        // as past the frame maximum), and within the connection's room.
+        let fits = readable_in(room.bytes());
+        if first.len() > fits {
+            room.refused(first.len());
+            return Err(ProcessError::Busy(format!(
+                "busy: the newest message with key {:?} ({} bytes) does not fit in this connection's room for answers ({fits} bytes of records) while the broker's connections together hold net.max_pending_bytes_total of answers their clients have not read; retry later",
+                req.key,
+                first.len()
+            )));
         }
-        Ok(found)
+        let cap = fits.min(MAX_BY_KEY_BYTES).max(first.len());
+        let mut bytes = 0usize;
+        Ok(found
+            .into_iter()
+            .take_while(|r| {
+                bytes = bytes.saturating_add(r.len());
+                bytes <= cap
+            })
+            .collect())
     }
 
     pub fn view_by_id(&self, req: ViewMessageById) -> Processed<StoredRecord> {

@@ -21,3 +21,4 @@ pub mod trail;
 pub mod transaction;
 
 pub use pull::{Admission, Pulled};
+pub use send::MAX_BATCH_MESSAGES;

@@ -113,7 +113,7 @@ impl Default for Admission {
 /// otherwise (`usize::MAX`) when the room holds two of the largest answers, else half the
 /// room, leaving the other half for what an answer's encoding adds to its records (the
 /// driver refuses an answer past its room).
-fn readable_in(room: usize) -> usize {
+pub(crate) fn readable_in(room: usize) -> usize {
     if room >= PULL_MAX_BYTES.saturating_mul(2) {
         usize::MAX
     } else {
@@ -321,6 +321,7 @@ impl Broker {
                     };
                     return answer(status, cursor, bounds, out);
                 }
+                admission.answer_room.refused(first.len());
                 return Err(ProcessError::Busy(format!(
                     "busy: the message at offset {} of queue {} of {:?} ({} bytes) does not fit in this connection's room for answers ({fits} bytes of records) while the broker's connections together hold net.max_pending_bytes_total of answers their clients have not read; retry later",
                     first.queue_offset,

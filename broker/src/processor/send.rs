@@ -24,6 +24,11 @@ use crate::replication::ReplicaWait;
 use crate::service::schedule;
 use crate::topics::{SYSTEM_PREFIX, validate_group_name, validate_topic_name};
 
+/// Most messages in one batch. Its answer carries an id for each (about 40 bytes), and
+/// the answer to a write is always sent, whatever the connection holds: this keeps it
+/// under 1 MiB.
+pub const MAX_BATCH_MESSAGES: usize = 16_384;
+
 impl Broker {
     pub(crate) fn check_send_queue(t: &TopicConfig, queue_id: u32) -> Processed<()> {
         if t.perm & perm::WRITE == 0 {
@@ -233,6 +238,14 @@ impl Broker {
         }
         if req.messages.is_empty() {
             return Err(ProcessError::BadRequest("empty batch".into()));
+        }
+        // Refused before anything is stored: the answer names every message (an id
+        // each), and must fit in a frame and be small enough to be always sent.
+        if req.messages.len() > MAX_BATCH_MESSAGES {
+            return Err(ProcessError::BadRequest(format!(
+                "a batch carries at most {MAX_BATCH_MESSAGES} messages; this one has {}",
+                req.messages.len()
+            )));
         }
         if req.messages.iter().any(|m| {
             m.properties

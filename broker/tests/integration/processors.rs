@@ -8,10 +8,11 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use weir_broker::dispatch::{BrokerRequest, BrokerResponse, RequestContext};
+use weir_broker::processor::MAX_BATCH_MESSAGES;
 use weir_broker::{Broker, ProcessError};
 use weir_protocol::broker::{
-    CreateTopic, Heartbeat, PullMessage, PullStatus, QueryMessageByKey, SendStatus,
-    UpdateConsumerOffset,
+    BatchEntry, CreateTopic, Heartbeat, PullMessage, PullStatus, QueryMessageByKey, SendBatch,
+    SendStatus, UpdateConsumerOffset,
 };
 use weir_protocol::net::AnswerRoom;
 use weir_protocol::route::{TopicConfig, perm};
@@ -219,4 +220,96 @@ async fn a_pull_reads_within_its_answer_room() {
     let e = pull(AnswerRoom::fixed(1000)).await.unwrap_err();
     assert!(matches!(e, ProcessError::Busy(_)), "{e}");
     assert!(e.to_string().contains("net.max_pending_bytes_total"), "{e}");
+}
+
+/// A lookup by key answers at most a pull's bytes (4 MiB), the newest first (64
+/// messages of 4 MiB made a 268 MB answer, refused then as past the frame maximum), and
+/// is refused as busy when not even the newest fits in its answer room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_by_key_answers_within_a_pulls_bytes_and_its_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = broker_config(dir.path(), "");
+    let broker = weir_broker::open(config, "127.0.0.1:10911".into())
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        let req = crate::common::send("Keyed", 0, "", "same-key");
+        run(
+            &broker,
+            BrokerRequest::Send {
+                req,
+                body: Bytes::from(vec![b'k'; 1 << 20]),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let query = |room: AnswerRoom| {
+        let ctx = RequestContext {
+            answer_room: room,
+            ..ctx()
+        };
+        let broker = &broker;
+        async move {
+            let req = BrokerRequest::QueryByKey(QueryMessageByKey {
+                topic: "Keyed".into(),
+                key: "same-key".into(),
+                max: 64,
+            });
+            match broker.dispatch(&ctx, req).await {
+                Ok(BrokerResponse::Records(r)) => Ok(r.len()),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    // Three 1 MiB messages (and their headers) within 4 MiB, not six.
+    assert_eq!(query(AnswerRoom::unbounded()).await.unwrap(), 3);
+    // Room for two (half of it for records, the rest for the encoding).
+    assert_eq!(query(AnswerRoom::fixed(5 << 20)).await.unwrap(), 2);
+    let e = query(AnswerRoom::fixed(1 << 20)).await.unwrap_err();
+    assert!(matches!(e, ProcessError::Busy(_)), "{e}");
+}
+
+/// A batch of more messages than its answer may name is refused before anything is
+/// stored (one of 520,000 was stored whole, then answered "header over the limit", which
+/// a client retries: everything twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_too_many_messages_is_refused_before_it_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = broker_config(dir.path(), "");
+    let broker = weir_broker::open(config, "127.0.0.1:10911".into())
+        .await
+        .unwrap();
+    let batch = |n: usize| BrokerRequest::SendBatch {
+        req: SendBatch {
+            producer_group: "pg".into(),
+            topic: "Many".into(),
+            queue_id: 0,
+            messages: vec![
+                BatchEntry {
+                    tags: String::new(),
+                    keys: Vec::new(),
+                    properties: Vec::new(),
+                    flag: 0,
+                    born_timestamp: 1,
+                    body_len: 1,
+                };
+                n
+            ],
+        },
+        body: Bytes::from(vec![b'm'; n]),
+    };
+    let e = run(&broker, batch(MAX_BATCH_MESSAGES + 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ProcessError::BadRequest(_)), "{e}");
+    assert!(e.to_string().contains("at most 16384 messages"), "{e}");
+    let BrokerResponse::SentBatch(r) = run(&broker, batch(MAX_BATCH_MESSAGES)).await.unwrap()
+    else {
+        panic!()
+    };
+    // Only the batch within the bound was stored: its first message is the queue's first.
+    assert_eq!(r.results.first().map(|r| r.queue_offset), Some(0));
+    assert_eq!(r.results.len(), MAX_BATCH_MESSAGES);
 }

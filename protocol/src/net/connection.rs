@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_rustls::TlsStream;
 
+use super::server::Shared;
 use super::tls::ClientTls;
 use super::wire::{Handlers, Wire};
 use super::{ConnConfig, Handler, driver};
@@ -83,6 +84,17 @@ impl AnswerRoom {
             Room::Of(c) => c.answer_room.load(Ordering::Relaxed),
         }
     }
+
+    /// Tells the server that an answer of `len` bytes was refused for want of this room:
+    /// counted and logged with the answers the driver refuses, and a shortage that lets
+    /// it close connections whose peers read nothing of theirs.
+    pub fn refused(&self, len: usize) {
+        if let Room::Of(c) = &self.0
+            && let Some(server) = c.server.get().and_then(Weak::upgrade)
+        {
+            server.refuse_answer(c.peer, len, self.bytes());
+        }
+    }
 }
 
 impl std::fmt::Debug for AnswerRoom {
@@ -136,6 +148,8 @@ pub(super) struct Inner {
     /// The most bytes an answer to the peer may take now (see [`AnswerRoom`]); set by a
     /// server connection's driver before it runs the handlers, unbounded otherwise.
     pub(super) answer_room: AtomicUsize,
+    /// The server that admitted it (none: a client's), told of answers refused for room.
+    pub(super) server: OnceLock<Weak<Shared>>,
     /// Signs the requests sent, once set.
     signer: OnceLock<Signer>,
 }
@@ -359,6 +373,7 @@ impl Connection {
                 close_waker: AtomicWaker::new(),
                 load: LoadCell::default(),
                 answer_room: AtomicUsize::new(usize::MAX),
+                server: OnceLock::new(),
                 signer: OnceLock::new(),
             }),
             _owner: None,

@@ -27,10 +27,11 @@
 //!   frame read timeout, paused or not.
 //! - A frame begun must be whole within `frame_read_timeout` of reading time; a connection
 //!   with no frame read and nothing written for `idle_timeout` is closed, and so is one
-//!   whose peer has read none of its queued answers for `frame_read_timeout` when the
-//!   server has less than [`FAIR_SHARE`] (or a quarter of the total, if less) left of its
-//!   total: the room it holds is the others' too. All are checked on a tick (a quarter
-//!   of the shorter timeout), so each fires within 1.25 times its setting.
+//!   whose peer has read less than [`MIN_FAIR_SHARE`] of its queued answers for
+//!   `frame_read_timeout` while another connection was refused room in the total (an
+//!   answer refused, a connection paused) within as long: the room it holds is the
+//!   others' too. All are checked on a tick (a quarter of the shorter timeout), so each
+//!   fires within 1.25 times its setting.
 //! - When the peer closes (or resets) between frames, its one-way requests and the ones
 //!   its handler says complete after a close (sends) keep running for up to
 //!   [`EOF_GRACE`] (a producer's last sends are stored);
@@ -54,7 +55,7 @@ use tokio::sync::{AcquireError, SemaphorePermit, mpsc};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
-use super::config::FAIR_SHARE;
+use super::config::MIN_FAIR_SHARE;
 use super::connection::{Connection, queued_cost};
 use super::events::{CLIENT_EVENTS, Events};
 use super::outq::OutQueue;
@@ -118,7 +119,7 @@ enum End {
     BadFrame(ProtocolError),
     FrameTimeout,
     Idle,
-    /// Its answers not read for the frame read timeout, the server short of room.
+    /// Its answers (next to) not read for the frame read timeout, others short of room.
     Unread,
 }
 
@@ -181,8 +182,10 @@ struct Clock {
     last_written: u64,
     partial_for: u32,
     idle_for: u32,
-    /// Ticks with answers queued and none written.
+    /// Ticks with answers queued and less than [`MIN_FAIR_SHARE`] of them read, and
+    /// what was written when that began.
     unread_for: u32,
+    unread_from: u64,
 }
 
 impl Clock {
@@ -203,6 +206,7 @@ impl Clock {
             partial_for: 0,
             idle_for: 0,
             unread_for: 0,
+            unread_from: 0,
         }
     }
 }
@@ -290,7 +294,7 @@ impl<'a, S: Transport> Driver<'a, S> {
     }
 
     fn pending_bytes(&self) -> usize {
-        self.inflight_bytes + self.out.len()
+        self.inflight_bytes + self.out.held()
     }
 
     /// Whether the server's connections together leave this one room to take more.
@@ -398,6 +402,7 @@ impl<'a, S: Transport> Driver<'a, S> {
             self.published_bytes = now;
             let paused = !self.within_server_budget();
             if paused && !self.budget_paused {
+                s.note_shortage();
                 let (held, cap) = (
                     s.pending_bytes.load(Ordering::Relaxed),
                     s.max_pending_bytes_total,
@@ -649,10 +654,7 @@ impl<'a, S: Transport> Driver<'a, S> {
             // held for a peer that may never read it. (A write's answer always goes: the
             // peer must learn that it was done.)
             if let Some(s) = self.server {
-                let (peer, cap) = (self.conn.peer(), s.max_pending_bytes_total);
-                s.events.answers_refused.record(|count| {
-                    warn!(%peer, len, room, count, "answers refused as busy: the connections together hold net.max_pending_bytes_total ({cap} bytes) of answers not yet read, and these were past their connection's share: {count} since the last report, the latest shown");
-                });
+                s.refuse_answer(self.conn.peer(), len, room);
             }
             wire.error_reply(
                 done.request_id,
@@ -692,21 +694,20 @@ impl<'a, S: Transport> Driver<'a, S> {
                 // (Refused when parsed.)
                 Some(Err(_)) => false,
             };
-        // Answers waiting on a peer that reads none of them, and whether the server has
-        // less room left than the most a connection's share may be (or a quarter of the
-        // total, for a small one).
-        let unread = !self.out.is_empty() && written == self.clock.last_written;
-        let short = self.server.is_some_and(|s| {
-            let total = self.server_total(s, self.pending_bytes());
-            let cap = s.max_pending_bytes_total;
-            cap.saturating_sub(total) < FAIR_SHARE.min(cap / 4)
-        });
+        // Answers waiting on a peer that reads (next to) none of them, while another
+        // connection was refused room (a peer reading a few bytes now and then does not
+        // keep its room that way).
+        let queued = !self.out.is_empty();
+        let short = self
+            .server
+            .is_some_and(|s| s.short_within(self.conn.inner.config.frame_read_timeout));
         let c = &mut self.clock;
-        c.unread_for = if unread {
-            c.unread_for.saturating_add(1)
+        if !queued || written.saturating_sub(c.unread_from) >= MIN_FAIR_SHARE as u64 {
+            c.unread_for = 0;
+            c.unread_from = written;
         } else {
-            0
-        };
+            c.unread_for = c.unread_for.saturating_add(1);
+        }
         let active = self.frames_in != c.last_frames_in || written != c.last_written;
         c.idle_for = if active {
             0
@@ -849,7 +850,7 @@ async fn run<S: Transport>(
         End::Unread => {
             let timeout = conn.inner.config.frame_read_timeout;
             events.unread_closes.record(|count| {
-                warn!(%peer, ?timeout, count, "closed connections whose peer read none of their answers within the frame read timeout, the connections together holding nearly net.max_pending_bytes_total: {count} since the last report, the latest shown")
+                warn!(%peer, ?timeout, count, "closed connections whose peer read (next to) none of their answers within the frame read timeout while others were refused room (net.max_pending_bytes_total): {count} since the last report, the latest shown")
             });
             false
         }

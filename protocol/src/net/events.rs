@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 /// At most one log line per cause this often.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-const NEVER: u64 = u64::MAX;
+pub(crate) const NEVER: u64 = u64::MAX;
 
-fn now_ms() -> u64 {
+/// Milliseconds since the first call (a clock for atomics).
+pub(crate) fn now_ms() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
     u64::try_from(BASE.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(NEVER - 1)
 }

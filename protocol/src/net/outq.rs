@@ -2,7 +2,9 @@
 //! large bodies kept as they are (no copy) between them, written with vectored writes.
 //!
 //! Invariant: the bytes on the wire are `chunks` in order, then `staging`; `len` is their
-//! total and `written` counts every byte written so far.
+//! total and `written` counts every byte written so far. `held` adds what was written of
+//! the front chunk and of the staging buffer, which stay allocated whole until written
+//! whole (a peer that reads most of a 4 MiB answer and stops leaves all of it held).
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -28,6 +30,10 @@ pub(super) struct OutQueue {
     staging: BytesMut,
     len: usize,
     written: u64,
+    /// Bytes written of the front chunk, and of the staging buffer since it was last
+    /// empty: still allocated.
+    front_written: usize,
+    staging_written: usize,
     /// How frames are written: weir's frame unless the connection speaks RocketMQ's.
     pub(super) wire: Wire,
 }
@@ -41,12 +47,19 @@ impl OutQueue {
     }
 
     /// Bytes queued and not yet written.
+    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.len
     }
 
     pub(super) fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Bytes of memory the queue holds: those not yet written, and the written parts of
+    /// buffers not yet written whole.
+    pub(super) fn held(&self) -> usize {
+        self.len + self.front_written + self.staging_written
     }
 
     /// Bytes written so far.
@@ -139,16 +152,26 @@ impl OutQueue {
                 Some(front) if n >= front.len() => {
                     n -= front.len();
                     self.chunks.pop_front();
+                    self.front_written = 0;
                 }
                 Some(front) => {
                     front.advance(n);
+                    self.front_written += n;
                     n = 0;
                 }
                 None => {
                     self.staging.advance(n);
+                    self.staging_written += n;
                     n = 0;
                 }
             }
+        }
+        if self.staging.is_empty() {
+            self.staging_written = 0;
+        }
+        if self.len == 0 {
+            // (Nothing queued: every buffer was written whole.)
+            self.front_written = 0;
         }
         if self.len == 0 && self.staging.capacity() > KEEP_CAPACITY {
             self.staging = BytesMut::new();

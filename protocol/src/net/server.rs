@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 
 use super::config::{FAIR_SHARE, MIN_FAIR_SHARE};
 use super::connection::Connection;
-use super::events::Events;
+use super::events::{Events, NEVER, now_ms};
 use super::tls::{ServerTls, TLS_HANDSHAKE_BYTE, TlsMode};
 use super::wire::Handlers;
 use super::{Handler, Reply, ServerConfig, driver};
@@ -59,6 +59,9 @@ pub struct ServerStats {
     /// read timeout, the connections together holding nearly `max_pending_bytes_total`,
     /// ever.
     pub unread_closes: u64,
+    /// What each connection may hold whatever the others hold now: the total divided
+    /// among the connections open, between `MIN_FAIR_SHARE` and `FAIR_SHARE`.
+    pub fair_share: usize,
     /// Pending work of the open connections (see [`ConnLoad`](super::ConnLoad)), summed.
     pub pending_requests: usize,
     pub pending_bytes: usize,
@@ -89,6 +92,7 @@ impl ServerStatsHandle {
             frame_waits: s.events.frame_waits.total(),
             answers_refused: s.events.answers_refused.total(),
             unread_closes: s.events.unread_closes.total(),
+            fair_share: s.fair_share(),
             peak_pending_requests: s.peak_requests.load(Ordering::Relaxed),
             peak_pending_bytes: s.peak_bytes.load(Ordering::Relaxed),
             ..ServerStats::default()
@@ -125,6 +129,9 @@ pub(super) struct Shared {
     pub(super) reading: Semaphore,
     /// Connections admitted and not yet ended (`conns`' length, read without its lock).
     open: AtomicUsize,
+    /// When an answer was last refused, or a connection paused, for want of room in the
+    /// total (`events::now_ms`; `NEVER`: not yet).
+    last_shortage_ms: AtomicU64,
 }
 
 impl Shared {
@@ -133,7 +140,7 @@ impl Shared {
     }
 
     /// Counts `conn` in, unless the server is shutting down.
-    fn admit(&self, conn: &Connection) -> bool {
+    fn admit(self: &Arc<Self>, conn: &Connection) -> bool {
         let mut conns = self.conns();
         if self.closing.load(Ordering::SeqCst) {
             return false;
@@ -141,7 +148,30 @@ impl Shared {
         if conns.insert(conn.id(), conn.clone()).is_none() {
             self.open.fetch_add(1, Ordering::Relaxed);
         }
+        let _ = conn.inner.server.set(Arc::downgrade(self));
         true
+    }
+
+    /// Notes that a connection was short of room in the total.
+    pub(super) fn note_shortage(&self) {
+        self.last_shortage_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether a connection was short of room in the total within `within`.
+    pub(super) fn short_within(&self, within: Duration) -> bool {
+        let last = self.last_shortage_ms.load(Ordering::Relaxed);
+        last != NEVER
+            && now_ms().saturating_sub(last) <= u64::try_from(within.as_millis()).unwrap_or(NEVER)
+    }
+
+    /// Refuses an answer of `len` bytes to `peer` past its `room`: counted, logged at most
+    /// a line per interval, and noted as a shortage.
+    pub(super) fn refuse_answer(&self, peer: SocketAddr, len: usize, room: usize) {
+        self.note_shortage();
+        let cap = self.max_pending_bytes_total;
+        self.events.answers_refused.record(|count| {
+            warn!(%peer, len, room, count, "answers refused as busy: the connections together hold net.max_pending_bytes_total ({cap} bytes) of answers not yet read, and these were past their connection's share: {count} since the last report, the latest shown");
+        });
     }
 
     /// What each connection may hold whatever the others hold: the total shared among the
@@ -227,6 +257,7 @@ impl Server {
             max_pending_bytes_total: config.max_pending_bytes_total,
             reading: Semaphore::new(config.max_pending_bytes_total),
             open: AtomicUsize::new(0),
+            last_shortage_ms: AtomicU64::new(NEVER),
         });
         let tracked = Arc::clone(&shared);
         let acceptor = tokio::spawn(async move {
@@ -260,8 +291,7 @@ impl Server {
                             continue;
                         }
                         match Connection::open(&stream, config.conn) {
-                            Ok((conn, rx)) => {
-                                tracked.conns().insert(conn.id(), conn.clone());
+                            Ok((conn, rx)) if tracked.admit(&conn) => {
                                 driver::spawn(
                                     stream,
                                     conn,
@@ -271,6 +301,8 @@ impl Server {
                                     Some(Arc::clone(&tracked)),
                                 );
                             }
+                            // (Shutting down: the connection is dropped.)
+                            Ok(_) => {}
                             Err(e) => debug!(error = %e, "could not start an accepted connection"),
                         }
                     }
