@@ -35,8 +35,8 @@ pub struct ConnConfig {
     pub max_pending_bytes: usize,
     /// A frame begun must be whole within this (counted while the connection reads), or
     /// the connection is closed (default 10 s). A server's connection whose peer has read
-    /// none of its answers for as long is closed too when the server's connections
-    /// together hold nearly `max_pending_bytes_total` (less than [`FAIR_SHARE`] left).
+    /// less than [`MIN_FAIR_SHARE`] of its answers in as long is closed too when another
+    /// connection was refused room in `max_pending_bytes_total` within as long.
     pub frame_read_timeout: Duration,
     /// A connection with no frame either way for this long is closed; `None`: never
     /// (default 120 s, RocketMQ's `serverChannelMaxIdleTimeSeconds`).

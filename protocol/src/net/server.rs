@@ -55,9 +55,9 @@ pub struct ServerStats {
     /// Answers refused as busy because they would have taken their connection past its
     /// fair share while the connections together held `max_pending_bytes_total`, ever.
     pub answers_refused: u64,
-    /// Connections closed because their peer read none of their answers within the frame
-    /// read timeout, the connections together holding nearly `max_pending_bytes_total`,
-    /// ever.
+    /// Connections closed because their peer read less than `MIN_FAIR_SHARE` of their
+    /// answers in the frame read timeout while others were refused room in
+    /// `max_pending_bytes_total`, ever.
     pub unread_closes: u64,
     /// What each connection may hold whatever the others hold now: the total divided
     /// among the connections open, between `MIN_FAIR_SHARE` and `FAIR_SHARE`.
