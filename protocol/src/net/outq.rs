@@ -230,4 +230,35 @@ mod tests {
         drop(stream);
         assert_eq!(reader.await.unwrap(), frames);
     }
+
+    /// A large answer partly written is held whole (its buffer is freed only when its last
+    /// byte is written): a peer reading all but its end must not make it look small.
+    #[test]
+    fn a_large_answer_partly_written_is_held_whole() {
+        let mut q = OutQueue::default();
+        let f = Frame {
+            kind: Kind::Response,
+            request_id: 1,
+            code: 0,
+            auth: Bytes::new(),
+            header: Bytes::from_static(b"h"),
+            body: Bytes::from(vec![7u8; 1 << 20]),
+        };
+        q.push(&f);
+        let whole = q.len();
+        let write = |q: &mut OutQueue, n: usize| {
+            let r = q.poll_write_with(|slices| {
+                let offered: usize = slices.iter().map(|s| s.len()).sum();
+                Poll::Ready(Ok(n.min(offered)))
+            });
+            assert!(matches!(r, Poll::Ready(Ok(_))));
+        };
+        // The frame's head (written whole, let go), then all of the body but its end.
+        write(&mut q, whole - 1000);
+        assert_eq!(q.len(), 1000);
+        assert_eq!(q.held(), 1 << 20);
+        // The rest: nothing held.
+        write(&mut q, 1000);
+        assert_eq!((q.len(), q.held()), (0, 0));
+    }
 }
