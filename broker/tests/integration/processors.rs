@@ -28,17 +28,23 @@ fn ctx() -> RequestContext {
     }
 }
 
+/// A broker opened from its configuration alone, in a folder of its own.
+async fn opened() -> (tempfile::TempDir, std::sync::Arc<Broker>) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = broker_config(dir.path(), "");
+    let broker = weir_broker::open(config, "127.0.0.1:10911".into())
+        .await
+        .unwrap();
+    (dir, broker)
+}
+
 async fn run(broker: &Broker, req: BrokerRequest) -> Result<BrokerResponse, ProcessError> {
     broker.dispatch(&ctx(), req).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_pull_and_refusals_without_a_frame() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = broker_config(dir.path(), "");
-    let broker = weir_broker::open(config, "127.0.0.1:10911".into())
-        .await
-        .unwrap();
+    let (_dir, broker) = opened().await;
 
     run(
         &broker,
@@ -179,11 +185,7 @@ async fn send_pull_and_refusals_without_a_frame() {
 /// without moving on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_reads_within_its_answer_room() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = broker_config(dir.path(), "");
-    let broker = weir_broker::open(config, "127.0.0.1:10911".into())
-        .await
-        .unwrap();
+    let (_dir, broker) = opened().await;
     for i in 0..10 {
         let req = crate::common::send("Big", 0, "", &format!("k{i}"));
         run(
@@ -227,11 +229,7 @@ async fn a_pull_reads_within_its_answer_room() {
 /// is refused as busy when not even the newest fits in its answer room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lookup_by_key_answers_within_a_pulls_bytes_and_its_room() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = broker_config(dir.path(), "");
-    let broker = weir_broker::open(config, "127.0.0.1:10911".into())
-        .await
-        .unwrap();
+    let (_dir, broker) = opened().await;
     for _ in 0..6 {
         let req = crate::common::send("Keyed", 0, "", "same-key");
         run(
@@ -276,11 +274,7 @@ async fn a_lookup_by_key_answers_within_a_pulls_bytes_and_its_room() {
 /// a client retries: everything twice).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_too_many_messages_is_refused_before_it_is_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = broker_config(dir.path(), "");
-    let broker = weir_broker::open(config, "127.0.0.1:10911".into())
-        .await
-        .unwrap();
+    let (_dir, broker) = opened().await;
     let batch = |n: usize| BrokerRequest::SendBatch {
         req: SendBatch {
             producer_group: "pg".into(),

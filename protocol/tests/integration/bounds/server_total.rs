@@ -295,27 +295,15 @@ async fn answers_past_the_total_fit_their_connections_share_or_are_refused_as_bu
     assert_eq!(body.len(), 1 << 20);
 }
 
-/// A connection whose peer has read none of its answers for the frame read timeout, when
-/// the connections together hold nearly the total, is closed: the room it holds is the
-/// others' too (without this, they waited for the idle timeout, 120 s by default).
+/// A connection whose peer has read none of its answers for the frame read timeout, while
+/// others are refused room in the total, is closed: the room it holds is the others' too
+/// (without this, they waited for the idle timeout, 120 s by default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_reading_none_of_their_answers_at_the_total_are_closed() {
     const TOTAL: usize = 4 << 20;
     const HOSTILE: usize = 16;
-    let f = fixture(ServerConfig {
-        conn: ConnConfig {
-            frame_read_timeout: Duration::from_secs(1),
-            ..ConnConfig::default()
-        },
-        max_pending_bytes_total: TOTAL,
-        ..ServerConfig::default()
-    })
-    .await;
-    let mut frames = BytesMut::new();
-    for id in 0..64 {
-        request(id, "huge", &mut frames);
-    }
-    let frames = frames.freeze();
+    let f = with_read_timeout(TOTAL, Duration::from_secs(1)).await;
+    let frames = requests(64, "huge");
     // Each asks for 1 MiB answers without end and reads none, until it is closed.
     let addr: std::net::SocketAddr = f.addr.parse().unwrap();
     let hostile: Vec<_> = (0..HOSTILE)
@@ -340,21 +328,7 @@ async fn connections_reading_none_of_their_answers_at_the_total_are_closed() {
     })
     .await;
     // Another connection's large answers go again.
-    let other = client(&f.addr).await;
-    let deadline = Instant::now() + T;
-    loop {
-        match route(&other, "huge").await {
-            Ok((_, body)) => {
-                assert_eq!(body.len(), 1 << 20);
-                break;
-            }
-            Err(e) => {
-                assert!(e.to_string().contains("net.max_pending_bytes_total"), "{e}");
-                assert!(Instant::now() < deadline, "still refused: {e}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+    a_large_answer_served(&f).await;
     for h in hostile {
         h.abort();
     }
@@ -369,20 +343,8 @@ async fn connections_reading_none_of_their_answers_at_the_total_are_closed() {
 async fn a_peer_reading_a_trickle_of_its_answers_is_closed_as_one_reading_none() {
     const TOTAL: usize = 4 << 20;
     const HOSTILE: usize = 8;
-    let f = fixture(ServerConfig {
-        conn: ConnConfig {
-            frame_read_timeout: Duration::from_secs(2),
-            ..ConnConfig::default()
-        },
-        max_pending_bytes_total: TOTAL,
-        ..ServerConfig::default()
-    })
-    .await;
-    let mut frames = BytesMut::new();
-    for id in 0..1000 {
-        request(id, "big", &mut frames);
-    }
-    let frames = frames.freeze();
+    let f = with_read_timeout(TOTAL, Duration::from_secs(2)).await;
+    let frames = requests(1000, "big");
     // Each asks for 16 MB of answers and reads 2 KiB of them every 100 ms (20 KiB a
     // second): with a small segment size, the server writes a little of its answers on
     // every tick of its clock.
@@ -409,21 +371,7 @@ async fn a_peer_reading_a_trickle_of_its_answers_is_closed_as_one_reading_none()
     })
     .await;
     // Another connection asks for a large answer until it gets one.
-    let other = client(&f.addr).await;
-    let deadline = Instant::now() + T;
-    loop {
-        match route(&other, "huge").await {
-            Ok((_, body)) => {
-                assert_eq!(body.len(), 1 << 20);
-                break;
-            }
-            Err(e) => {
-                assert!(e.to_string().contains("net.max_pending_bytes_total"), "{e}");
-                assert!(Instant::now() < deadline, "still refused: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    a_large_answer_served(&f).await;
     let s = f.server.stats();
     assert!(s.unread_closes >= 1, "{s:?}");
     for h in hostile {
@@ -466,4 +414,46 @@ fn narrow_socket() -> tokio::net::TcpSocket {
     socket.set_recv_buffer_size(4096).unwrap();
     socket.set_nonblocking(true).unwrap();
     tokio::net::TcpSocket::from_std_stream(socket.into())
+}
+
+/// A server of `total` bytes of pending answers and the given frame read timeout.
+async fn with_read_timeout(total: usize, frame_read_timeout: Duration) -> Fixture {
+    fixture(ServerConfig {
+        conn: ConnConfig {
+            frame_read_timeout,
+            ..ConnConfig::default()
+        },
+        max_pending_bytes_total: total,
+        ..ServerConfig::default()
+    })
+    .await
+}
+
+/// `n` requests for `topic`'s answer, encoded one after another.
+fn requests(n: u32, topic: &str) -> Bytes {
+    let mut frames = BytesMut::new();
+    for id in 0..n {
+        request(id, topic, &mut frames);
+    }
+    frames.freeze()
+}
+
+/// Asks `f`, on a connection of its own, for a 1 MiB answer until it gets one (within
+/// `T`); each refusal must be the busy one naming the total.
+async fn a_large_answer_served(f: &Fixture) {
+    let other = client(&f.addr).await;
+    let deadline = Instant::now() + T;
+    loop {
+        match route(&other, "huge").await {
+            Ok((_, body)) => {
+                assert_eq!(body.len(), 1 << 20);
+                return;
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("net.max_pending_bytes_total"), "{e}");
+                assert!(Instant::now() < deadline, "still refused: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
 }
