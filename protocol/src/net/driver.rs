@@ -696,7 +696,9 @@ impl<'a, S: Transport> Driver<'a, S> {
             };
         // Answers waiting on a peer that reads (next to) none of them, while another
         // connection was refused room (a peer reading a few bytes now and then does not
-        // keep its room that way).
+        // keep its room that way). What was written is what the kernel took, which
+        // follows the peer's reading in bursts of a third of the send buffer: a slow
+        // reader behind a large buffer shows no progress for longer (see the README).
         let queued = !self.out.is_empty();
         let short = self
             .server
