@@ -445,16 +445,16 @@ fn message_json(m: &ReceivedMessage) -> serde_json::Value {
     let props: serde_json::Map<String, serde_json::Value> = m
         .properties
         .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v.to_owned())))
         .collect();
     serde_json::json!({
         "topic": m.topic,
         "broker": m.broker_name,
         "queue": m.queue_id,
         "queue_offset": m.queue_offset,
-        "msg_id": m.msg_id,
+        "msg_id": m.msg_id.to_string(),
         "tags": m.tags,
-        "keys": m.keys,
+        "keys": m.keys.to_vec(),
         "props": props,
         "body": output::body_text(&m.body),
         "reconsume_times": m.reconsume_times,

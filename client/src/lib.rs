@@ -22,6 +22,7 @@ mod overview;
 mod producer;
 mod pull;
 mod push;
+mod received;
 mod routes;
 mod serve;
 mod trail;
@@ -41,6 +42,7 @@ pub use push::{
     MessageListenerOrderly, MessageModel, OnFilterFailure, OnPullError, PushConsumer,
     PushConsumerConfig, StopHandle, allocate_averagely,
 };
+pub use received::{MessageKeys, MessageProperties};
 pub use trail::DeliveryTrail;
 pub use transaction::{
     CheckStats, LocalTransactionState, TransactionListener, TransactionProducer,

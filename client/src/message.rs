@@ -1,5 +1,7 @@
 use bytes::Bytes;
-use weir_protocol::RecordView;
+use weir_protocol::{MessageId, RecordView};
+
+use crate::received::{MessageKeys, MessageProperties};
 
 /// A message to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,12 +73,13 @@ pub struct ReceivedMessage {
     pub broker_name: String,
     pub queue_id: u32,
     pub queue_offset: u64,
-    pub msg_id: String,
+    /// Written as text (`to_string`, `{}`) where an id is looked up or logged.
+    pub msg_id: MessageId,
     pub tags: String,
-    pub keys: Vec<String>,
-    pub properties: Vec<(String, String)>,
+    pub keys: MessageKeys,
+    pub properties: MessageProperties,
     /// A message pulled shares its pull's buffer: holding it holds those bytes (at most
-    /// the pull's size), not a copy of its own.
+    /// the pull's size), not a copy of its own; so do its keys and properties.
     pub body: Bytes,
     pub reconsume_times: u32,
     pub born_timestamp: i64,
@@ -87,21 +90,18 @@ pub struct ReceivedMessage {
 }
 
 impl ReceivedMessage {
-    /// `body` is `v`'s body, in whatever buffer the caller keeps it.
-    fn from_record(v: &RecordView<'_>, broker_name: &str, body: Bytes) -> Self {
+    /// `v` is a record of `buffer`, which the message's body, keys and properties share.
+    fn from_record(v: &RecordView<'_>, broker_name: &str, buffer: &Bytes) -> Self {
         Self {
             topic: v.topic().to_owned(),
             broker_name: broker_name.to_owned(),
             queue_id: v.queue_id(),
             queue_offset: v.queue_offset(),
-            msg_id: v.message_id().to_text(),
+            msg_id: v.message_id(),
             tags: v.tags().to_owned(),
-            keys: v.keys().map(str::to_owned).collect(),
-            properties: v
-                .properties()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-            body,
+            keys: MessageKeys::in_section(buffer.slice_ref(v.keys_section())),
+            properties: MessageProperties::in_section(buffer.slice_ref(v.properties_section())),
+            body: buffer.slice_ref(v.body()),
             reconsume_times: v.reconsume_times(),
             born_timestamp: v.born_timestamp(),
             born_host: v.born_host(),
@@ -113,19 +113,13 @@ impl ReceivedMessage {
     /// Decodes one record as a pull returns it (see [`RawPullOutcome`](crate::RawPullOutcome)),
     /// checking its CRC; `broker_name` is the broker it came from.
     pub fn decode(record: &[u8], broker_name: &str) -> crate::Result<Self> {
-        let v = RecordView::parse_verified(record)?;
-        Ok(Self::from_record(
-            &v,
-            broker_name,
-            Bytes::copy_from_slice(v.body()),
-        ))
+        let copy = Bytes::copy_from_slice(record);
+        let v = RecordView::parse_verified(&copy)?;
+        Ok(Self::from_record(&v, broker_name, &copy))
     }
 
     pub fn property(&self, name: &str) -> Option<&str> {
-        self.properties
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.properties.get(name)
     }
 
     /// The transaction of a transactional message (property `__transactionId__`), as sent,
@@ -147,11 +141,7 @@ pub(crate) fn decode_records(
     let mut out = Vec::with_capacity(records.len());
     for r in records {
         let v = RecordView::parse_verified(r)?;
-        out.push(ReceivedMessage::from_record(
-            &v,
-            broker_name,
-            body.slice_ref(v.body()),
-        ));
+        out.push(ReceivedMessage::from_record(&v, broker_name, body));
     }
     Ok(out)
 }

@@ -30,10 +30,8 @@ impl Admin {
         let message = self.message_by_id(msg_id).await?;
         // A copy's trail is its original's: the copies carry the original's id.
         let origin = message
-            .properties
-            .iter()
-            .find(|(k, _)| k == property::ORIGIN_MESSAGE_ID)
-            .map_or_else(|| message.msg_id.clone(), |(_, v)| v.clone());
+            .property(property::ORIGIN_MESSAGE_ID)
+            .map_or_else(|| message.msg_id.to_string(), str::to_owned);
         let req = GetMessageTrail {
             topic: message.topic.clone(),
             queue_id: message.queue_id,

@@ -106,7 +106,7 @@ impl TransactionListener for ChildListener {
     }
 
     fn check_local_transaction(&self, msg: &MessageExt) -> LocalTransactionState {
-        let key = msg.keys.first().cloned().unwrap_or_default();
+        let key = msg.keys.first().unwrap_or_default().to_owned();
         let answer = check_answer(&key);
         println!(
             "CHECK {key} {} {}",

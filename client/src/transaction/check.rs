@@ -113,8 +113,15 @@ fn checked_message(half: &[u8], broker: &str, id: &str) -> crate::Result<Message
         m.queue_id = q;
     }
     if m.transaction_id().is_none() {
-        m.properties
-            .push((property::TRANSACTION_ID.into(), id.to_owned()));
+        m.properties = m
+            .properties
+            .with(property::TRANSACTION_ID, id)
+            .ok_or_else(|| {
+                crate::ClientError::Invalid(format!(
+                    "a check-back's transaction id of {} bytes is past what a property holds",
+                    id.len()
+                ))
+            })?;
     }
     Ok(m)
 }

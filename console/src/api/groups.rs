@@ -340,12 +340,12 @@ pub async fn resend_dead_letter(
     };
     let mut copy = Message::new(origin.clone(), m.body.clone());
     copy.tags = m.tags.clone();
-    copy.keys = m.keys.clone();
+    copy.keys = m.keys.to_vec();
     copy.properties = m
         .properties
         .iter()
-        .filter(|(k, _)| !DROPPED.contains(&k.as_str()) && k != "TAGS" && k != "KEYS")
-        .cloned()
+        .filter(|(k, _)| !DROPPED.contains(k) && *k != "TAGS" && *k != "KEYS")
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
     let sent = Producer::new(super::topics::PRODUCER_GROUP, ctx.client)
         .send(&copy)

@@ -573,11 +573,17 @@ async fn messages_page_by_time_and_a_dead_letter_goes_back() {
                 "model": null, "members": 0, "subscriptions": [], "lag": null, "queues": 0}])
     );
     let r = http
-        .post("/api/group/resend", &json!({"msg_id": original.msg_id}))
+        .post(
+            "/api/group/resend",
+            &json!({"msg_id": original.msg_id.to_string()}),
+        )
         .await;
     assert_eq!(r.status, 400, "only a dead letter is re-sent: {}", r.body);
     let r = http
-        .post("/api/group/resend", &json!({"msg_id": dead.msg_id}))
+        .post(
+            "/api/group/resend",
+            &json!({"msg_id": dead.msg_id.to_string()}),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["topic"], "Pages");

@@ -312,6 +312,16 @@ impl<'a> RecordView<'a> {
     pub fn property(&self, name: &str) -> Option<&'a str> {
         self.properties().find(|(k, _)| *k == name).map(|(_, v)| v)
     }
+    /// The keys' section as stored (read with [`Keys::over`]): for a reader that keeps
+    /// the record's buffer and reads its keys later, without copying them now.
+    pub fn keys_section(&self) -> &'a [u8] {
+        self.keys
+    }
+    /// The properties' section as stored (read with [`Properties::over`]); see
+    /// [`RecordView::keys_section`].
+    pub fn properties_section(&self) -> &'a [u8] {
+        self.props
+    }
     /// The id a client can look this message up by.
     pub fn message_id(&self) -> MessageId {
         MessageId {
@@ -376,8 +386,16 @@ fn walk_props(mut rest: &[u8]) -> bool {
 }
 
 /// The keys of a record, in the order they were given.
+#[derive(Clone)]
 pub struct Keys<'a> {
     rest: &'a [u8],
+}
+impl<'a> Keys<'a> {
+    /// The keys in a section taken from a parsed record ([`RecordView::keys_section`]);
+    /// over other bytes, it stops at the first malformed key.
+    pub fn over(section: &'a [u8]) -> Self {
+        Self { rest: section }
+    }
 }
 impl<'a> Iterator for Keys<'a> {
     type Item = &'a str;
@@ -389,8 +407,17 @@ impl<'a> Iterator for Keys<'a> {
 }
 
 /// The properties of a record, in the order they were given.
+#[derive(Clone)]
 pub struct Properties<'a> {
     rest: &'a [u8],
+}
+impl<'a> Properties<'a> {
+    /// The properties in a section taken from a parsed record
+    /// ([`RecordView::properties_section`]); over other bytes, it stops at the first
+    /// malformed property.
+    pub fn over(section: &'a [u8]) -> Self {
+        Self { rest: section }
+    }
 }
 impl<'a> Iterator for Properties<'a> {
     type Item = (&'a str, &'a str);

@@ -268,7 +268,7 @@ pub async fn check_key_lookups(
             .messages_by_key(TOPIC, key, 4)
             .await
             .unwrap_or_else(|e| panic!("lookup of {key}: {e}"));
-        let ids: Vec<&str> = got.iter().map(|m| m.msg_id.as_str()).collect();
+        let ids: Vec<String> = got.iter().map(|m| m.msg_id.to_string()).collect();
         if ids != [msg_id.as_str()] {
             problems.add(
                 "lookup by key",

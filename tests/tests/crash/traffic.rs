@@ -183,7 +183,7 @@ impl Deliveries {
         let mut d = self.lock();
         for m in msgs {
             d.total += 1;
-            let k = m.keys.first().map_or("", String::as_str);
+            let k = m.keys.first().unwrap_or_default();
             let place = (m.queue_id, m.queue_offset);
             let problem = match parse_key(k) {
                 None => Some(format!("{place:?}: a message with key {k:?}")),
@@ -191,7 +191,7 @@ impl Deliveries {
                     let want = expected(seed, p, n);
                     let got = Expected {
                         tags: m.tags.clone(),
-                        props: m.properties.clone(),
+                        props: m.properties.to_vec(),
                         body: m.body.to_vec(),
                     };
                     (got != want || m.topic != TOPIC || m.keys.len() != 1)

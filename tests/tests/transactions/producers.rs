@@ -72,8 +72,10 @@ async fn eight_producers_random_outcomes() {
         Listener::concurrently(
             move |msgs: &[MessageExt], _: &mut ConsumeConcurrentlyContext| {
                 let mut r = sink.lock().expect("received");
-                r.keys
-                    .extend(msgs.iter().filter_map(|m| m.keys.first().cloned()));
+                r.keys.extend(
+                    msgs.iter()
+                        .filter_map(|m| m.keys.first().map(str::to_owned)),
+                );
                 ConsumeConcurrentlyStatus::ConsumeSuccess
             },
         ),
