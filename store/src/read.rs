@@ -5,7 +5,7 @@
 //! long as its `StoredRecord` lives, even if retention deletes its segment meanwhile.
 
 use crate::commitlog::{ReadBatch, StoredRecord};
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::store::MessageStore;
 use weir_protocol::names::property;
 use weir_protocol::record::{MessageId, RecordView};
@@ -291,11 +291,41 @@ impl MessageStore {
 
     /// The message with this id (store address + commit log offset).
     pub fn get_by_id(&self, id: &MessageId) -> Result<StoredRecord> {
-        self.inner.commit_log.record_starting_at(id.offset)
+        self.get_queued(id.offset)
     }
 
     /// The record at a commit log offset, checked to be a whole, intact record.
     pub fn get_by_offset(&self, commit_log_offset: u64) -> Result<StoredRecord> {
         self.inner.commit_log.record_starting_at(commit_log_offset)
+    }
+
+    /// The record at a commit log offset, only if it is a message its queue lists there.
+    /// Where the offset comes from a client, a whole, intact record starting at it is not
+    /// enough: a message's body may hold bytes that look like a record (with a
+    /// self-consistent offset and CRC) of any topic, and [`get_by_offset`](Self::get_by_offset)
+    /// would read them as one.
+    pub fn get_queued(&self, commit_log_offset: u64) -> Result<StoredRecord> {
+        let rec = self
+            .inner
+            .commit_log
+            .record_starting_at(commit_log_offset)?;
+        let view = rec.view().map_err(|e| StoreError::NoMessageAt {
+            offset: commit_log_offset,
+            detail: format!("unreadable record: {e}"),
+        })?;
+        let listed = self
+            .inner
+            .queue(view.topic(), view.queue_id())
+            .and_then(|q| q.get(view.queue_offset()))
+            .is_some_and(|e| {
+                e.commit_log_offset == commit_log_offset && e.size as usize == view.total_len()
+            });
+        if !listed {
+            return Err(StoreError::NoMessageAt {
+                offset: commit_log_offset,
+                detail: "no queue lists a message there".to_owned(),
+            });
+        }
+        Ok(rec)
     }
 }

@@ -309,7 +309,7 @@ impl Broker {
         validate_group_name(&req.group)?;
         let rec = self
             .store
-            .get_by_offset(req.commit_log_offset)
+            .get_queued(req.commit_log_offset)
             .map_err(|e| ProcessError::NotFound(format!("cannot send back: {e}")))?;
         let view = rec
             .view()

@@ -333,13 +333,8 @@ impl Broker {
         };
         let rec = self
             .store
-            .get_by_offset(req.commit_log_offset)
-            .map_err(|e| {
-                ProcessError::TransactionInvalid(format!(
-                    "no half message at commit log offset {}: {e}",
-                    req.commit_log_offset
-                ))
-            })?;
+            .get_queued(req.commit_log_offset)
+            .map_err(|e| ProcessError::TransactionInvalid(format!("no half message there: {e}")))?;
         let view = rec
             .view()
             .map_err(|e| ProcessError::Internal(format!("unreadable half message: {e}")))?;

@@ -19,12 +19,14 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 use weir_protocol::broker::CheckTransactionState;
 use weir_protocol::names::{TRANS_DEAD_TOPIC, TRANS_HALF_TOPIC, TRANS_OP_TOPIC, property};
+use weir_protocol::net::Cause;
 use weir_protocol::record::RecordView;
 use weir_store::StoredRecord;
 
 use crate::broker::Broker;
 use crate::processor::transaction::{
-    Decided, TRANSACTION_CHECK_GROUP, check_times, first_stored, transaction_half, transaction_id,
+    Decided, TRANSACTION_CHECK_GROUP, check_times, decision_key, first_stored, transaction_half,
+    transaction_id,
 };
 
 /// What one pass did.
@@ -60,6 +62,9 @@ pub async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
         }
     }
 }
+
+/// Transactions given up on, logged at most a line per 10 s.
+static GIVEN_UP: Cause = Cause::new();
 
 /// Check-backs sent and not yet handed to their connection, at most (each waits at most
 /// 3 s): what a pass over a large backlog of due halves holds.
@@ -126,7 +131,7 @@ impl Broker {
                 let checks = check_times(&v);
                 let old = now_ms().saturating_sub(first_stored(&v)) > too_old;
                 let done = if checks >= max_checks || old {
-                    self.move_to_dead(&rec, &v, old).await
+                    self.move_to_dead(&rec, &v, old, &mut pass).await
                 } else {
                     self.ask(&v, checks + 1, &mut pass, &mut in_flight).await
                 };
@@ -185,6 +190,10 @@ impl Broker {
             .unwrap_or_default()
             .to_owned();
         let id = transaction_id(v);
+        if self.decision_of(transaction_half(v)).is_some() {
+            // Decided since the batch was read: nothing to ask.
+            return true;
+        }
         let producers = self.clients.producers_of(&group);
         // Another producer than the one asked last time, when there is one.
         let last = v
@@ -244,7 +253,10 @@ impl Broker {
             commit_log_offset: copy_at.offset,
             check_times: checks,
         };
-        let body = bytes::Bytes::copy_from_slice(copy_rec.bytes());
+        // From the log's pages, not a copy: up to CHECK_BACKS_IN_FLIGHT of them wait for
+        // room on their producers' connections (a producer that reads nothing held 1,024
+        // copies of halves, 0.6 GB, per pass).
+        let body = bytes::Bytes::from_owner(copy_rec);
         let link = Arc::clone(link);
         let client = client.clone();
         // One way, and not waited for: a producer that does not answer is skipped next time.
@@ -266,8 +278,22 @@ impl Broker {
 
     /// Gives up on a half: a copy goes to the dead-transaction topic (found again by its
     /// transaction id), with the decision "dead" recorded in the same batch.
-    async fn move_to_dead(&self, rec: &StoredRecord, v: &RecordView<'_>, old: bool) -> bool {
+    async fn move_to_dead(
+        &self,
+        rec: &StoredRecord,
+        v: &RecordView<'_>,
+        old: bool,
+        pass: &mut CheckPass,
+    ) -> bool {
         let id = transaction_id(v);
+        let first_half = transaction_half(v);
+        // As a decision: the producer's commit or rollback may have come since the batch
+        // was read, and a "dead" recorded after it would undo it (a dead transaction can be
+        // committed again: twice delivered).
+        let _one = self.decisions.hold(&decision_key(first_half)).await;
+        if self.decision_of(first_half).is_some() {
+            return true;
+        }
         if self.system_topic(TRANS_DEAD_TOPIC).is_err()
             || self.system_topic(TRANS_OP_TOPIC).is_err()
         {
@@ -282,7 +308,6 @@ impl Broker {
             property::TRANSACTION_FIRST_STORED,
             property::TRANSACTION_HALF_OFFSET,
         ]);
-        let first_half = transaction_half(v);
         dead.properties
             .push((property::TRANSACTION_ID.into(), id.clone()));
         dead.properties.push((
@@ -301,13 +326,19 @@ impl Broker {
         );
         match self.store_messages(&[dead, op]).await {
             Ok(_) => {
-                warn!(
-                    transaction = %id,
-                    group = v.property(property::PRODUCER_GROUP).unwrap_or_default(),
-                    checks = check_times(v),
-                    reason = if old { "older than retention allows" } else { "checked too often" },
-                    "transaction given up on: moved to the dead-transaction topic (weir transaction dead)"
-                );
+                pass.dead += 1;
+                // A producer that sends many halves and leaves makes as many: a line per
+                // 10 s, naming one of them and counting the rest.
+                GIVEN_UP.record(|given_up| {
+                    warn!(
+                        transaction = %id,
+                        group = v.property(property::PRODUCER_GROUP).unwrap_or_default(),
+                        checks = check_times(v),
+                        reason = if old { "older than retention allows" } else { "checked too often" },
+                        given_up,
+                        "transactions given up on (this one and others since the last line): moved to the dead-transaction topic (weir transaction dead)"
+                    );
+                });
                 true
             }
             Err(e) => {

@@ -167,6 +167,99 @@ async fn commit_once_rollback_never_and_halves_stay_hidden() {
     assert_eq!(drain(&conn, "Orders", 0, "*").await, vec!["paid"]);
 }
 
+async fn send_plain(conn: &Connection, body: Bytes) -> u64 {
+    let (r, _): (SendResult, _) = conn
+        .call(&send("Orders", 0, "", "k"), body, T)
+        .await
+        .unwrap();
+    r.msg_id.parse::<MessageId>().unwrap().offset
+}
+
+/// A message's body may hold bytes that read as a whole record of any topic, with its own
+/// offset and CRC right: a half message of the producer's choosing. Only a record its
+/// queue lists is a half message to decide (or a message to send back or look up by id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_forged_inside_a_body_is_no_half_message() {
+    use weir_protocol::record::{Assigned, Message, NO_PREPARED_TX, encode_to_vec};
+    let env = env_with(|_| {}).await;
+    let conn = env.client().await;
+    // Two plain messages give a plain record's length; the next one, whose body is the
+    // forgery, starts right after the second.
+    let first = send_plain(&conn, Bytes::from_static(b"x")).await;
+    let second = send_plain(&conn, Bytes::from_static(b"x")).await;
+    let plain_len = second - first;
+    let forge = |at: u64| {
+        let host = "127.0.0.1:10911".parse().unwrap();
+        let half = Message {
+            topic: TRANS_HALF_TOPIC.into(),
+            queue_id: 0,
+            flag: 0,
+            sys_flag: 0,
+            born_timestamp: 1,
+            born_host: host,
+            tags: String::new(),
+            keys: vec![],
+            properties: [
+                (property::REAL_TOPIC, "Orders"),
+                (property::REAL_QUEUE_ID, "0"),
+                (property::TRANSACTION_PREPARED, "true"),
+                (property::PRODUCER_GROUP, "txg"),
+                (property::TRANSACTION_ID, "tx-forged"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .to_vec(),
+            body: b"FORGED".to_vec(),
+            reconsume_times: 0,
+            prepared_tx_offset: NO_PREPARED_TX,
+        };
+        let a = Assigned {
+            queue_offset: 0,
+            commit_log_offset: at,
+            store_timestamp: 1,
+            store_host: host,
+        };
+        encode_to_vec(&half, &a).unwrap()
+    };
+    let carrier_at = second + plain_len;
+    // The body is a record's last field: the carrier's starts where a one-byte body would.
+    let forged_at = carrier_at + plain_len - 1;
+    let at = send_plain(&conn, Bytes::from(forge(forged_at))).await;
+    assert_eq!(
+        at, carrier_at,
+        "the carrier is where the forgery expected it"
+    );
+    let carried = drain(&conn, "Orders", 0, "*").await;
+    assert_eq!(carried.len(), 3);
+
+    expect_error(
+        &conn,
+        &end("tx-forged", forged_at, TransactionDecision::Commit),
+        Bytes::new(),
+        ErrorCode::TransactionInvalid,
+        "no queue lists a message there",
+    )
+    .await;
+    // Nothing was committed, and the offset is no message to send back either.
+    let after = drain(&conn, "Orders", 0, "*").await;
+    assert_eq!(
+        (after.len(), after.iter().any(|b| b == "FORGED")),
+        (3, false)
+    );
+    expect_error(
+        &conn,
+        &weir_protocol::broker::ConsumerSendMsgBack {
+            group: "g".into(),
+            commit_log_offset: forged_at,
+            delay_level: -1,
+            max_reconsume_times: 16,
+        },
+        Bytes::new(),
+        ErrorCode::QueryNotFound,
+        "no queue lists a message there",
+    )
+    .await;
+}
+
 /// A producer that answers every check-back with `answer`, counting them.
 struct Answering {
     answer: TransactionDecision,
@@ -319,6 +412,60 @@ async fn an_undecided_half_is_checked_back_and_committed_once() {
     env.broker().broker().check_transactions().await;
     assert_eq!(checks.load(Ordering::Relaxed), asked);
     assert_eq!(drain(&conn, "Checked", 0, "*").await, vec!["decided later"]);
+}
+
+/// A commit that comes while a check pass gives its transaction up (read as undecided a
+/// moment before) stands: the "dead" is not recorded after it, so the producer's retried
+/// commit is a repeat, not a second delivery. (A probe saw 14 of 2,000 delivered twice.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_racing_the_move_to_dead_is_not_undone() {
+    const N: usize = 2_000;
+    let env = env_with(|c| {
+        c.transaction_timeout_ms = 1;
+        // Passes run here, not in the background.
+        c.transaction_check_interval_ms = 600_000;
+        c.transaction_check_max = 1;
+    })
+    .await;
+    let conn = env.client().await;
+    let committer = env.client().await;
+    let mut halves = Vec::with_capacity(N);
+    // Large enough that giving one up takes a while: commits meet the pass mid-batch.
+    let pad = "p".repeat(32 << 10);
+    for i in 0..N {
+        let id = format!("tx-{i}");
+        halves.push((
+            send_half(&conn, "Race", &id, &format!("{id} {pad}")).await,
+            id,
+        ));
+    }
+    // One pass asks about each (no producer is there to answer: a copy with one check is
+    // stored), then gives each copy up, while the commits come.
+    let broker = Arc::clone(env.broker().broker());
+    let pass = tokio::spawn(async move { broker.check_transactions().await });
+    for (at, id) in halves.iter().rev() {
+        committer
+            .call(&end(id, *at, TransactionDecision::Commit), Bytes::new(), T)
+            .await
+            .unwrap();
+    }
+    pass.await.unwrap();
+    // The producer's commits again, as after a lost answer: repeats, whatever the pass did.
+    for (at, id) in &halves {
+        committer
+            .call(&end(id, *at, TransactionDecision::Commit), Bytes::new(), T)
+            .await
+            .unwrap();
+    }
+    let mut got = drain(&conn, "Race", 0, "*").await;
+    got.sort();
+    let delivered = got.len();
+    got.dedup();
+    assert_eq!(
+        (delivered, got.len()),
+        (N, N),
+        "each committed message once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,6 +160,14 @@ impl ReadBatch {
     }
 }
 
+/// Its bytes, as [`StoredRecord::bytes`]: a record handed on as a buffer of its own
+/// (`Bytes::from_owner`) without a copy.
+impl AsRef<[u8]> for StoredRecord {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
 /// Whole records (and fillers) as stored, one after another within one segment, read in
 /// place: kept readable for as long as this value lives, like [`StoredRecord`].
 #[derive(Clone)]
