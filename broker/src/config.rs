@@ -314,6 +314,17 @@ impl BrokerConfig {
         if self.cluster_secret.as_deref() == Some("") {
             return bad("cluster_secret must not be empty (leave it out instead)");
         }
+        if self.acl.file.is_some()
+            && self.ha_listen.is_some()
+            && self.role.is_master()
+            && self.cluster_secret.is_none()
+        {
+            // Else access control covers the client port only: any peer saying a hello on
+            // the HA port reads every message and offset, and may move a group's offsets.
+            return bad(
+                "access control is on ([acl] file) but ha_listen would serve the whole log, the topics and the groups' offsets to any peer: set cluster_secret (the same on this master, its slaves and the name servers), which slaves must sign their hello with, or leave ha_listen out",
+            );
+        }
         self.metrics.validate().map_err(ConfigError)?;
         self.tls
             .validate()
@@ -373,6 +384,25 @@ mod tests {
         assert!(e.to_string().contains("port"), "{e}");
         let empty: BrokerConfig = toml::from_str("[metrics]\nlisten = \"\"\n").expect("parses");
         assert!(empty.validate().is_err());
+    }
+
+    #[test]
+    fn access_control_with_an_ha_port_needs_the_cluster_secret() {
+        let master = "ha_listen = \"127.0.0.1:0\"\n[acl]\nfile = \"acl.toml\"\n";
+        let c: BrokerConfig = toml::from_str(master).expect("parses");
+        let e = c
+            .validate()
+            .expect_err("the HA port would be open")
+            .to_string();
+        assert!(e.contains("set cluster_secret"), "{e}");
+        let c: BrokerConfig =
+            toml::from_str(&format!("cluster_secret = \"s\"\n{master}")).expect("parses");
+        c.validate().expect("valid with a secret");
+        // Without access control, or without an HA port, nothing to cover.
+        let c: BrokerConfig = toml::from_str("ha_listen = \"127.0.0.1:0\"\n").expect("parses");
+        c.validate().expect("valid");
+        let c: BrokerConfig = toml::from_str("[acl]\nfile = \"acl.toml\"\n").expect("parses");
+        c.validate().expect("valid");
     }
 
     #[test]

@@ -124,6 +124,36 @@ impl Rpc for HaSync {
     type Response = ();
 }
 
+/// Bytes of a [`HaSync`] header its offsets may take. They travel in the header, which
+/// decodes within 1 MiB counting each row's 64 bytes in memory and its names: 20,000 rows
+/// of short names (1.3 MB counted) were refused, and a slave that held that many offsets
+/// of its own could never give them back or copy the master's metadata again.
+const SYNC_PAGE_BYTES: usize = 768 << 10;
+
+/// `rows` in pages for [`HaSync::offsets`]: at most [`OFFSETS_PAGE`] rows each, few enough
+/// that the request's header decodes (a row alone always does: names are short).
+pub fn sync_pages(rows: &[OffsetRow]) -> Vec<&[OffsetRow]> {
+    let mut pages = Vec::new();
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let (mut bytes, mut n) = (0usize, 0usize);
+        for (group, topic, _, _) in rest.iter().take(OFFSETS_PAGE) {
+            let row = 64usize
+                .saturating_add(group.len())
+                .saturating_add(topic.len());
+            if n > 0 && bytes.saturating_add(row) > SYNC_PAGE_BYTES {
+                break;
+            }
+            bytes = bytes.saturating_add(row);
+            n += 1;
+        }
+        let (page, tail) = rest.split_at(n);
+        pages.push(page);
+        rest = tail;
+    }
+    pages
+}
+
 /// One consumer offset: (group, topic, queue id, offset).
 pub type OffsetRow = (String, String, u32, u64);
 
@@ -188,4 +218,44 @@ pub struct HaStatus {
     pub connected: u32,
     /// A slave that found its log differing from its master's stops; why, if it did.
     pub diverged: Option<String>,
+}
+
+#[cfg(test)]
+mod sync_page_tests {
+    use super::*;
+
+    fn rows(n: usize, name_len: usize) -> Vec<OffsetRow> {
+        (0..n)
+            .map(|i| {
+                let name = format!("{i:0>name_len$}");
+                (name.clone(), name, 0, i as u64)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_page_of_offsets_decodes_as_a_header() {
+        for (n, name_len) in [(0, 4), (1, 4), (20_000, 4), (50_000, 8), (3_000, 255)] {
+            let all = rows(n, name_len);
+            let pages = sync_pages(&all);
+            assert_eq!(pages.concat(), all, "{n} rows of {name_len}-byte names");
+            for page in pages {
+                assert!(!page.is_empty() && page.len() <= OFFSETS_PAGE);
+                let sync = HaSync {
+                    offsets: page.to_vec(),
+                    after: None,
+                };
+                let header = crate::rpc::encode_header(&sync, "sync").expect("encodes");
+                let back: HaSync = crate::rpc::decode_header(&header, "sync").expect("decodes");
+                assert_eq!(back, sync);
+            }
+        }
+        // What was refused before: one page of 20,000 short rows.
+        let sync = HaSync {
+            offsets: rows(20_000, 4),
+            after: None,
+        };
+        let header = crate::rpc::encode_header(&sync, "sync").expect("encodes");
+        assert!(crate::rpc::decode_header::<HaSync>(&header, "sync").is_err());
+    }
 }

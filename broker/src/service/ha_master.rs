@@ -51,6 +51,16 @@ pub async fn start(
         None => None,
     };
     let listener = TcpListener::bind(listen).await?;
+    // The HA port serves a master's few slaves: a cap of its own, and an idle timeout a
+    // following slave never reaches (it asks for the metadata every few seconds), so that
+    // connections that say nothing do not hold its slots for long.
+    let mut net = broker.config.net.server_config();
+    net.max_connections = net.max_connections.min(HA_MAX_CONNECTIONS);
+    net.conn.idle_timeout = Some(
+        net.conn
+            .idle_timeout
+            .map_or(HA_IDLE_TIMEOUT, |t| t.min(HA_IDLE_TIMEOUT)),
+    );
     let server = Server::start_with(
         listener,
         Arc::new(HaMaster {
@@ -59,11 +69,29 @@ pub async fn start(
             refused: Cause::new(),
             bad_acks: Cause::new(),
         }),
-        broker.config.net.server_config(),
+        net,
         tls,
     )?;
     info!(ha = %server.local_addr(), "taking slaves");
     Ok(server)
+}
+
+/// Connections the HA port takes at once (its slaves, and their reconnects).
+const HA_MAX_CONNECTIONS: usize = 256;
+/// An HA connection with nothing from its peer this long is closed (a following slave asks
+/// for the metadata every 5 s).
+const HA_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a refused peer's connection stays open for its answer to leave.
+const CLOSE_AFTER_REFUSAL: Duration = Duration::from_millis(200);
+
+/// Closes `conn` once its answer to a refused request has had time to leave: a peer that
+/// is not a following slave holds no HA connection past its first refusal.
+fn close_after_refusal(conn: &Connection) {
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(CLOSE_AFTER_REFUSAL).await;
+        conn.close();
+    });
 }
 
 /// How long a slave's signed hello is taken, either way of this clock.
@@ -98,6 +126,7 @@ impl Handler for HaMaster {
                     self.refused.record(|count| {
                         warn!(slave = %conn.peer(), error = %e, count, "slave refused: its hello is not signed with this master's cluster_secret ({count} since the last report)");
                     });
+                    close_after_refusal(conn);
                     Reply::error(
                         e.code(),
                         format!(
@@ -123,10 +152,14 @@ impl Handler for HaMaster {
                             self.refused.record(|count| {
                                 warn!(slave = %conn.peer(), reason = %why, count, "slave refused ({count} since the last report)");
                             });
+                            close_after_refusal(conn);
                             Reply::error(ErrorCode::ReplicaDiverged, why)
                         }
                     },
-                    Err(e) => Reply::error(ErrorCode::BadRequest, e.to_string()),
+                    Err(e) => {
+                        close_after_refusal(conn);
+                        Reply::error(ErrorCode::BadRequest, e.to_string())
+                    }
                 },
                 Some(RequestCode::HaAck) => {
                     let refused = match req.decode::<HaAck>() {
@@ -149,6 +182,7 @@ impl Handler for HaMaster {
                 Some(RequestCode::HaSync | RequestCode::HaComponent)
                     if !b.replication.is_slave(conn.id()) =>
                 {
+                    close_after_refusal(conn);
                     Reply::error(
                         ErrorCode::BadRequest,
                         "say hello as a slave first: only a following slave copies metadata",
@@ -182,10 +216,13 @@ impl Handler for HaMaster {
                     },
                     Err(e) => Reply::error(ErrorCode::BadRequest, e.to_string()),
                 },
-                _ => Reply::error(
-                    ErrorCode::RequestCodeNotSupported,
-                    format!("the HA port does not serve request code {}", req.code),
-                ),
+                _ => {
+                    close_after_refusal(conn);
+                    Reply::error(
+                        ErrorCode::RequestCodeNotSupported,
+                        format!("the HA port does not serve request code {}", req.code),
+                    )
+                }
             }
         })
     }

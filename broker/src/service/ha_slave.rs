@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use weir_protocol::ha::{
-    HaAck, HaComponent, HaData, HaHello, HaSnapshot, HaSync, OFFSETS_PAGE, TAIL_LEN,
+    HaAck, HaComponent, HaData, HaHello, HaSnapshot, HaSync, TAIL_LEN, sync_pages,
 };
 use weir_protocol::net::BoxFuture;
 use weir_protocol::{
@@ -161,7 +161,7 @@ fn tail_of(broker: &Broker, end: u64) -> Vec<u8> {
 /// committed here a page at a time along the way.
 async fn fetch_snapshot(broker: &Broker, conn: &Connection) -> Result<HaSnapshot, CallError> {
     let pending = broker.replication.pending_offsets();
-    let mut to_give = pending.chunks(OFFSETS_PAGE);
+    let mut to_give = sync_pages(&pending).into_iter();
     let mut snap = HaSnapshot::default();
     let mut after = None;
     loop {

@@ -436,21 +436,36 @@ async fn with_a_cluster_secret_a_master_takes_only_slaves_that_sign_with_it() {
         if let Some(s) = secret {
             c.sign_with(Arc::new(Credentials::new("broker:b", s).unwrap()));
         }
-        c.call(&hello, Bytes::new(), T)
+        let welcome = c
+            .call(&hello, Bytes::new(), T)
             .await
-            .map(|(w, _): (HaWelcome, _)| w)
+            .map(|(w, _): (HaWelcome, _)| w);
+        (welcome, c)
     };
     for secret in [None, Some("wrong")] {
         match hello_with(secret).await {
-            Err(CallError::Remote { code, message }) => {
+            (Err(CallError::Remote { code, message }), c) => {
                 assert_eq!(code, ErrorCode::AuthFailed, "{message}");
                 assert!(message.contains("cluster_secret"), "{message}");
+                // A refused peer holds no HA connection (nor one of its slots).
+                tokio::time::timeout(T, c.closed())
+                    .await
+                    .expect("a refused peer's connection is closed");
             }
-            other => panic!("a hello signed with {secret:?} was taken: {other:?}"),
+            (other, _) => panic!("a hello signed with {secret:?} was taken: {other:?}"),
         }
     }
+    // Nor does one that asks for anything else first.
+    let c = Connection::connect(&ha, Arc::new(NoHandler), ConnConfig::default(), T)
+        .await
+        .unwrap();
+    let sync = weir_protocol::ha::HaSync::default();
+    assert!(c.call(&sync, Bytes::new(), T).await.is_err());
+    tokio::time::timeout(T, c.closed())
+        .await
+        .expect("a peer that asked before its hello is closed");
     assert_eq!(master.broker().ha_status().connected, 0);
-    assert!(hello_with(Some("right")).await.is_ok());
+    assert!(hello_with(Some("right")).await.0.is_ok());
     // A slave with the secret signs its hello, and follows.
     let mut sc = slave_config(s_dir.path(), &addr);
     sc.cluster_secret = Some("right".into());
