@@ -3,6 +3,12 @@
 //! filters, transactions), over one shared [`ClientInstance`] per process setting (name
 //! servers, routes, broker connections).
 //!
+//! A received message ([`ReceivedMessage`], [`MessageExt`]) shares its pull's buffer: its
+//! body, keys ([`MessageKeys`]) and properties ([`MessageProperties`]) are read in place,
+//! and its id is the typed [`MessageId`] (`to_string()` gives the text a
+//! lookup takes). Decoding a message with one property cost 280–317 ns with a `String` per
+//! key, name, value and id, 173–200 ns now.
+//!
 //! The allocator matters to a consumer reading fast: each received message is a few small
 //! allocations beside each pull's frame-sized one, and glibc's malloc spent a third of a
 //! catch-up consumer's time (`weir bench consume`) consolidating the small chunks freed
@@ -61,7 +67,7 @@ pub use weir_protocol::filter::{
     FilterInfo, FilterList, FilterRemoved, FilterReset, FilterStats, FilterUploaded,
 };
 pub use weir_protocol::route::{ClusterInfo, QueueData, TopicRoute, TopicSummary};
-pub use weir_protocol::{CallError, ErrorCode};
+pub use weir_protocol::{CallError, ErrorCode, MessageId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
