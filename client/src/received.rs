@@ -129,27 +129,18 @@ impl fmt::Debug for MessageProperties {
 mod tests {
     use super::*;
     use weir_protocol::RecordView;
-    use weir_protocol::record::{Assigned, Message, NO_PREPARED_TX, encode_to_vec};
+    use weir_protocol::record::{Assigned, Message, encode_to_vec};
 
     fn record(keys: &[&str], properties: &[(&str, &str)]) -> Bytes {
         let host = "127.0.0.1:10911".parse().expect("an address");
-        let m = Message {
-            topic: "T".into(),
-            queue_id: 0,
-            flag: 0,
-            sys_flag: 0,
-            born_timestamp: 1,
-            born_host: host,
-            tags: String::new(),
-            keys: keys.iter().map(|k| (*k).to_owned()).collect(),
-            properties: properties
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            body: b"body".to_vec(),
-            reconsume_times: 0,
-            prepared_tx_offset: NO_PREPARED_TX,
-        };
+        let m = keys
+            .iter()
+            .fold(Message::new("T", 0, b"body".to_vec()), |m, k| {
+                m.with_key(*k)
+            });
+        let m = properties
+            .iter()
+            .fold(m, |m, (k, v)| m.with_property(*k, *v));
         let at = Assigned {
             queue_offset: 0,
             commit_log_offset: 0,

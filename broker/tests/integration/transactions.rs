@@ -39,12 +39,18 @@ fn end(id: &str, at: u64, decision: TransactionDecision) -> EndTransaction {
     }
 }
 
-async fn send_half(conn: &Connection, topic: &str, id: &str, body: &str) -> u64 {
-    let (r, _): (SendResult, _) = conn
-        .call(&half(topic, id, id), Bytes::from(body.to_owned()), T)
-        .await
-        .unwrap();
+/// Sends `req`; where it was stored (its commit log offset).
+async fn stored_at(
+    conn: &Connection,
+    req: &weir_protocol::broker::SendMessage,
+    body: Bytes,
+) -> u64 {
+    let (r, _): (SendResult, _) = conn.call(req, body, T).await.unwrap();
     r.msg_id.parse::<MessageId>().unwrap().offset
+}
+
+async fn send_half(conn: &Connection, topic: &str, id: &str, body: &str) -> u64 {
+    stored_at(conn, &half(topic, id, id), Bytes::from(body.to_owned())).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,11 +174,7 @@ async fn commit_once_rollback_never_and_halves_stay_hidden() {
 }
 
 async fn send_plain(conn: &Connection, body: Bytes) -> u64 {
-    let (r, _): (SendResult, _) = conn
-        .call(&send("Orders", 0, "", "k"), body, T)
-        .await
-        .unwrap();
-    r.msg_id.parse::<MessageId>().unwrap().offset
+    stored_at(conn, &send("Orders", 0, "", "k"), body).await
 }
 
 /// A message's body may hold bytes that read as a whole record of any topic, with its own
@@ -180,7 +182,7 @@ async fn send_plain(conn: &Connection, body: Bytes) -> u64 {
 /// queue lists is a half message to decide (or a message to send back or look up by id).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_forged_inside_a_body_is_no_half_message() {
-    use weir_protocol::record::{Assigned, Message, NO_PREPARED_TX, encode_to_vec};
+    use weir_protocol::record::{Assigned, Message, encode_to_vec};
     let env = env_with(|_| {}).await;
     let conn = env.client().await;
     // Two plain messages give a plain record's length; the next one, whose body is the
@@ -190,28 +192,18 @@ async fn a_record_forged_inside_a_body_is_no_half_message() {
     let plain_len = second - first;
     let forge = |at: u64| {
         let host = "127.0.0.1:10911".parse().unwrap();
-        let half = Message {
-            topic: TRANS_HALF_TOPIC.into(),
-            queue_id: 0,
-            flag: 0,
-            sys_flag: 0,
-            born_timestamp: 1,
-            born_host: host,
-            tags: String::new(),
-            keys: vec![],
-            properties: [
-                (property::REAL_TOPIC, "Orders"),
-                (property::REAL_QUEUE_ID, "0"),
-                (property::TRANSACTION_PREPARED, "true"),
-                (property::PRODUCER_GROUP, "txg"),
-                (property::TRANSACTION_ID, "tx-forged"),
-            ]
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .to_vec(),
-            body: b"FORGED".to_vec(),
-            reconsume_times: 0,
-            prepared_tx_offset: NO_PREPARED_TX,
-        };
+        let half = [
+            (property::REAL_TOPIC, "Orders"),
+            (property::REAL_QUEUE_ID, "0"),
+            (property::TRANSACTION_PREPARED, "true"),
+            (property::PRODUCER_GROUP, "txg"),
+            (property::TRANSACTION_ID, "tx-forged"),
+        ]
+        .into_iter()
+        .fold(
+            Message::new(TRANS_HALF_TOPIC, 0, b"FORGED".to_vec()),
+            |m, (k, v)| m.with_property(k, v),
+        );
         let a = Assigned {
             queue_offset: 0,
             commit_log_offset: at,
