@@ -103,6 +103,25 @@ pub(crate) fn is_internal_topic(name: &str) -> bool {
     name == names::TRANS_HALF_TOPIC || name == names::TRANS_OP_TOPIC
 }
 
+/// Consumer offsets that are the broker's own progress through its own topics (delayed
+/// messages waiting, half messages checked): never a client's to commit, reset or delete.
+/// A client that moved `%TRANSACTION_CHECK%` far ahead on the half topic hid every later
+/// transaction from the check-backs and from `weir transaction list`, for good.
+pub(crate) fn broker_owned_offsets(group: &str, topic: Option<&str>) -> Processed<()> {
+    let owned_group = group == crate::processor::transaction::TRANSACTION_CHECK_GROUP
+        || group == crate::service::schedule::SCHEDULE_GROUP;
+    let owned_topic = topic.is_some_and(|t| is_internal_topic(t) || t == names::SCHEDULE_TOPIC);
+    if owned_group || owned_topic {
+        return Err(ProcessError::NoPermission(format!(
+            "the offsets of group {group:?}{} are the broker's own progress: no client commits, resets or deletes them",
+            topic
+                .map(|t| format!(" on topic {t:?}"))
+                .unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
 impl Broker {
     /// What the broker tells name servers about itself: the header, and its topics as the
     /// body.

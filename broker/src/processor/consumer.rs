@@ -171,6 +171,7 @@ impl Broker {
     /// Commits a group's offset on a queue that exists.
     pub fn update_consumer_offset(&self, r: UpdateConsumerOffset) -> Processed<()> {
         validate_group_name(&r.group)?;
+        crate::broker::broker_owned_offsets(&r.group, Some(&r.topic))?;
         let t = self.existing_topic(&r.topic)?;
         if r.queue_id >= t.read_queues {
             return Err(ProcessError::InvalidParameter(format!(
@@ -190,6 +191,7 @@ impl Broker {
         queue_id: u32,
         offset: u64,
     ) -> Processed<()> {
+        crate::broker::broker_owned_offsets(group, Some(topic))?;
         let max = self.config.limits.max_consumer_offsets;
         if !self
             .store
@@ -208,8 +210,12 @@ impl Broker {
     /// Leases the asked queues that exist and are free (or already the client's).
     pub fn lock_queues(&self, r: LockBatchMq) -> Processed<LockedQueues> {
         validate_group_name(&r.group)?;
-        if r.client_id.is_empty() {
-            return Err(ProcessError::InvalidParameter("client id is empty".into()));
+        // As a heartbeat's: each lease keeps its holder's id.
+        if r.client_id.is_empty() || r.client_id.len() > 255 {
+            return Err(ProcessError::InvalidParameter(format!(
+                "a client id is 1 to 255 bytes, not {}",
+                r.client_id.len()
+            )));
         }
         // Only queues that exist are leased (the table stays as small as the topics make
         // it).

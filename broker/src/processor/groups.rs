@@ -48,6 +48,7 @@ impl Broker {
     /// Commits, on every read queue of the topic, the offset the target names.
     pub async fn reset_offset(&self, r: ResetOffset) -> Processed<OffsetsReset> {
         validate_group_name(&r.group)?;
+        crate::broker::broker_owned_offsets(&r.group, Some(&r.topic))?;
         let t = self.existing_topic(&r.topic)?;
         if !r.force {
             self.check_no_members(&r.group, "reset its offsets")?;
@@ -89,6 +90,7 @@ impl Broker {
     /// at.
     pub async fn delete_group(&self, r: DeleteGroup) -> Processed<GroupDeleted> {
         validate_group_name(&r.group)?;
+        crate::broker::broker_owned_offsets(&r.group, None)?;
         self.check_no_members(&r.group, "delete it")?;
         let removed = self.store.consumer_offsets().remove(&r.group, None);
         let retry = names::retry_topic(&r.group);

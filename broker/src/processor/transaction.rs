@@ -478,11 +478,14 @@ impl Broker {
 
     /// Where the check service has got to on the half topic.
     pub(crate) fn check_progress(&self) -> u64 {
+        let min = self.store.min_offset(TRANS_HALF_TOPIC, 0);
+        // Never past the queue's end: a progress there would skip every half to come.
+        let max = self.store.max_offset(TRANS_HALF_TOPIC, 0).max(min);
         self.store
             .consumer_offsets()
             .query(TRANSACTION_CHECK_GROUP, TRANS_HALF_TOPIC, 0)
-            .unwrap_or_else(|| self.store.min_offset(TRANS_HALF_TOPIC, 0))
-            .max(self.store.min_offset(TRANS_HALF_TOPIC, 0))
+            .unwrap_or(min)
+            .clamp(min, max)
     }
 
     /// Calls `f` with the records of queue 0 of `topic` from `from`, while it returns true,

@@ -252,6 +252,79 @@ async fn a_record_forged_inside_a_body_is_no_half_message() {
     .await;
 }
 
+/// The broker's progress through its own topics (half messages checked, delayed messages
+/// waiting) is its own: a client that moved it far ahead hid every later transaction from
+/// the check-backs and from `weir transaction list`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_brokers_own_offsets_are_no_clients_to_move() {
+    use weir_protocol::admin::{DeleteGroup, ResetOffset, ResetTarget};
+    use weir_protocol::broker::UpdateConsumerOffset;
+    use weir_protocol::names::SCHEDULE_TOPIC;
+    let env = env_with(|_| {}).await;
+    let conn = env.client().await;
+    send_half(&conn, "Orders", "tx-early", "early").await;
+    for (group, topic) in [
+        ("%TRANSACTION_CHECK%", TRANS_HALF_TOPIC),
+        ("%SCHEDULE%", SCHEDULE_TOPIC),
+        ("%TRANSACTION_CHECK%", "Orders"),
+        ("any-group", TRANS_HALF_TOPIC),
+    ] {
+        let commit = UpdateConsumerOffset {
+            group: group.into(),
+            topic: topic.into(),
+            queue_id: 0,
+            offset: 1 << 40,
+        };
+        expect_error(
+            &conn,
+            &commit,
+            Bytes::new(),
+            ErrorCode::NoPermission,
+            "the broker's own",
+        )
+        .await;
+    }
+    let reset = ResetOffset {
+        group: "%SCHEDULE%".into(),
+        topic: SCHEDULE_TOPIC.into(),
+        to: ResetTarget::Latest,
+        force: true,
+    };
+    expect_error(
+        &conn,
+        &reset,
+        Bytes::new(),
+        ErrorCode::NoPermission,
+        "the broker's own",
+    )
+    .await;
+    let delete = DeleteGroup {
+        group: "%TRANSACTION_CHECK%".into(),
+    };
+    expect_error(
+        &conn,
+        &delete,
+        Bytes::new(),
+        ErrorCode::NoPermission,
+        "the broker's own",
+    )
+    .await;
+    // A half sent after the attempts is still pending, for the check-backs to ask about.
+    send_half(&conn, "Orders", "tx-late", "late").await;
+    let list = ListTransactions {
+        state: TransactionState::Pending,
+        producer_group: None,
+        max: 100,
+    };
+    let (pending, _): (TransactionList, _) = conn.call(&list, Bytes::new(), T).await.unwrap();
+    let ids: Vec<&str> = pending
+        .transactions
+        .iter()
+        .map(|t| t.transaction_id.as_str())
+        .collect();
+    assert_eq!(ids, ["tx-early", "tx-late"]);
+}
+
 /// A producer that answers every check-back with `answer`, counting them.
 struct Answering {
     answer: TransactionDecision,
