@@ -186,6 +186,11 @@ struct ConsoleArgs {
     /// plain HTTP).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
+    /// A host name (no port) the console answers to besides IP addresses and `localhost`,
+    /// as the browser's address bar names it (repeatable). Requests naming any other host
+    /// are refused: a page cannot reach the console through a name of its own.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    allowed_hosts: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -313,6 +318,7 @@ async fn console(args: &ConsoleArgs, cli: &Cli) -> anyhow::Result<()> {
     let config = weir_console::ConsoleConfig {
         namesrv: cli.namesrv.clone(),
         tls_ca: cli.tls_ca.clone(),
+        allowed_hosts: args.allowed_hosts.clone(),
     };
     weir_console::serve(listener, &config, stop_signal()).await?;
     Ok(())

@@ -41,6 +41,10 @@ pub struct ConsoleConfig {
     pub namesrv: String,
     /// CA certificates (PEM) to verify name servers and brokers with, when they use TLS.
     pub tls_ca: Option<PathBuf>,
+    /// Host names (without port) the console answers to besides IP addresses and
+    /// `localhost`: a request naming another host in its `Host` header is refused, so a web
+    /// page cannot reach the console by pointing a name of its own at it (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Why the console could not start or stopped.
@@ -62,6 +66,8 @@ pub(crate) struct AppState {
     stats: stats::History,
     /// The one filter preview this console runs at a time.
     preview: tokio::sync::Semaphore,
+    /// [`ConsoleConfig::allowed_hosts`], lower case.
+    allowed_hosts: Vec<String>,
 }
 
 impl AppState {
@@ -77,6 +83,11 @@ impl AppState {
             sessions: session::Sessions::default(),
             stats: stats::History::default(),
             preview: tokio::sync::Semaphore::new(1),
+            allowed_hosts: config
+                .allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
         }))
     }
 }

@@ -3,7 +3,9 @@
 //! that signs its requests with the operator's credentials.
 //!
 //! Invariants: the table holds at most [`MAX_SESSIONS`] entries (a client making new
-//! cookies on every request evicts the idlest, never grows memory); a session idle for
+//! cookies on every request evicts the idlest session without a login, never grows memory
+//! nor logs an operator out while such sessions remain); a request naming a host other than
+//! an IP address, `localhost` or an allowed name is refused (DNS rebinding); a session idle for
 //! [`IDLE`] is gone; a login gets a new id (no fixation); every non-GET request must
 //! carry the session's token in `X-CSRF-Token`.
 
@@ -121,9 +123,11 @@ impl Sessions {
         }
         table.retain(|_, s| now.duration_since(s.last_seen) < IDLE);
         while table.len() >= MAX_SESSIONS {
+            // Sessions without a login go first: anyone can make those (a request without
+            // a cookie), and 10,000 of them logged every operator out.
             let Some(idlest) = table
                 .iter()
-                .min_by_key(|(_, s)| s.last_seen)
+                .min_by_key(|(_, s)| (s.login.is_some(), s.last_seen))
                 .map(|(k, _)| k.clone())
             else {
                 break;
@@ -166,15 +170,26 @@ impl Sessions {
 /// Finds or makes the request's session, refuses a state-changing request without the
 /// session's CSRF token, and adds the security headers to every response.
 pub async fn layer(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    let mut resp = match session_of(&state, &mut req) {
-        Ok(new_cookie) => {
-            let mut resp = next.run(req).await;
-            if let Some(id) = new_cookie {
-                resp.headers_mut().append(SET_COOKIE, set_cookie(&id));
+    let host = requested_host(&req);
+    let mut resp = if let Some(h) = host.filter(|h| !host_allowed(h, &state.allowed_hosts)) {
+        (
+            axum::http::StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "this console does not answer to the host {h:?}: open it by its IP address or localhost, or start it with --allowed-host {h}"
+            ),
+        )
+            .into_response()
+    } else {
+        match session_of(&state, &mut req) {
+            Ok(new_cookie) => {
+                let mut resp = next.run(req).await;
+                if let Some(id) = new_cookie {
+                    resp.headers_mut().append(SET_COOKIE, set_cookie(&id));
+                }
+                resp
             }
-            resp
+            Err(e) => e.into_response(),
         }
-        Err(e) => e.into_response(),
     };
     let h = resp.headers_mut();
     h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
@@ -187,6 +202,32 @@ pub async fn layer(State(state): State<Arc<AppState>>, mut req: Request, next: N
     h.entry(axum::http::header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     resp
+}
+
+/// The host (without port, lower case) the request names: its `Host` header, or its URI's
+/// authority (HTTP/2); `None` when it names none.
+fn requested_host(req: &Request) -> Option<String> {
+    let authority = match req.headers().get(axum::http::header::HOST) {
+        Some(v) => v.to_str().unwrap_or("\u{fffd}").to_owned(),
+        None => req.uri().authority()?.as_str().to_owned(),
+    };
+    // `[v6]:port`, `[v6]`, `name:port` or `name`.
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority.as_str(), |(h, _)| h),
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+/// An IP address, `localhost`, or a name the operator allowed: never a name a web page
+/// could point at the console (DNS rebinding), for which a browser would send the page's
+/// own session-less, same-origin requests to it.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    host.parse::<std::net::IpAddr>().is_ok()
+        || host == "localhost"
+        || allowed.iter().any(|a| a == host)
 }
 
 /// Puts the session's [`Ctx`] in the request: the new session's id when one was made.
@@ -240,6 +281,50 @@ mod tests {
         assert_eq!(cookie_value(&h).as_deref(), Some("xyz"));
         h.insert(COOKIE, HeaderValue::from_static("weir_consolex=1"));
         assert_eq!(cookie_value(&h), None);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_new_sessions_logs_no_operator_out() {
+        let s = Sessions::default();
+        let (anon, _, _) = s.get_or_create(None).unwrap();
+        let client = ClientInstance::new(weir_client::ClientConfig::new("127.0.0.1:1")).unwrap();
+        let (ops, _) = s.login(&anon, "ops", client).unwrap();
+        for _ in 0..MAX_SESSIONS + 100 {
+            s.get_or_create(None).unwrap();
+        }
+        let (id, kept, new) = s.get_or_create(Some(ops.clone())).unwrap();
+        assert_eq!((id, new), (ops, false));
+        assert_eq!(kept.login.map(|(k, _)| k).as_deref(), Some("ops"));
+    }
+
+    #[test]
+    fn only_addresses_localhost_and_allowed_names_are_answered() {
+        let ask = |host: &str| {
+            let req = Request::builder()
+                .uri("/api/session")
+                .header(axum::http::header::HOST, host)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let h = requested_host(&req).unwrap();
+            (h.clone(), host_allowed(&h, &["console.example".to_owned()]))
+        };
+        for (host, name, allowed) in [
+            ("127.0.0.1:8080", "127.0.0.1", true),
+            ("[::1]:8080", "::1", true),
+            ("[::1]", "::1", true),
+            ("10.1.2.3", "10.1.2.3", true),
+            ("LocalHost:8080", "localhost", true),
+            ("Console.Example:8080", "console.example", true),
+            ("attacker.example:8080", "attacker.example", false),
+            ("127.0.0.1.nip.io:8080", "127.0.0.1.nip.io", false),
+            (
+                "localhost.attacker.example",
+                "localhost.attacker.example",
+                false,
+            ),
+        ] {
+            assert_eq!(ask(host), (name.to_owned(), allowed), "{host}");
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ impl Console {
         let config = weir_console::ConsoleConfig {
             namesrv: namesrv.to_owned(),
             tls_ca: None,
+            allowed_hosts: vec!["console.test".into()],
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -130,10 +131,12 @@ impl Http {
     ) -> Response {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-            self.addr,
+            "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
             body.len()
         );
+        if !extra.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req.push_str(&format!("Host: {}\r\n", self.addr));
+        }
         if let Some(c) = &self.cookie {
             req.push_str(&format!("Cookie: {c}\r\n"));
         }

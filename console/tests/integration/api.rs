@@ -66,6 +66,31 @@ async fn a_post_without_the_session_token_is_refused() {
         .post("/api/topics", &json!({"name": "Csrf", "queues": 1}))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
+
+    // A page elsewhere pointing a name of its own at the console (DNS rebinding) gets
+    // neither a session nor a token; a name the console was started with does.
+    let port = console.addr.port();
+    let mut rebound = Http::new(console.addr);
+    let r = rebound
+        .request(
+            "GET",
+            "/api/session",
+            None,
+            &[("Host", &format!("attacker.example:{port}"))],
+        )
+        .await;
+    assert_eq!(r.status, 421, "{}", r.body);
+    assert!(r.body.contains("--allowed-host"), "{}", r.body);
+    assert!(r.header("set-cookie").is_none());
+    let r = rebound
+        .request(
+            "GET",
+            "/api/session",
+            None,
+            &[("Host", &format!("console.test:{port}"))],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
     console.stop().await;
 }
 
