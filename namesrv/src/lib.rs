@@ -51,6 +51,14 @@ pub struct NamesrvConfig {
     /// When set, only brokers signing with this secret (their `cluster_secret`) may
     /// register or unregister: no one else can take a broker name (default none).
     pub cluster_secret: Option<String>,
+    /// Broker addresses registered at once, at most (default 4,096): a registration from
+    /// one more is refused.
+    pub max_brokers: usize,
+    /// Topics routed at once, every broker's together, at most (default 1,000,000, ten
+    /// brokers' worth at a broker's own `limits.max_topics`): a master's registration that
+    /// would route more is refused, and it keeps its earlier routes. Without such bounds one
+    /// client registering broker names with 50,000 topics each took 1.8 GB.
+    pub max_topics: usize,
     /// The Prometheus endpoint (`[metrics]`): `listen`, where `GET /metrics` is served
     /// (default none: off).
     pub metrics: MetricsConfig,
@@ -68,6 +76,8 @@ impl Default for NamesrvConfig {
             scan_interval_ms: 5_000,
             net: NetConfig::default(),
             cluster_secret: None,
+            max_brokers: 4_096,
+            max_topics: 1_000_000,
             metrics: MetricsConfig::default(),
             tls: TlsConfig::default(),
         }
@@ -132,12 +142,37 @@ impl Table {
         }
     }
 
+    /// Registers a broker (a master with its topics), within `limits`; refused whole (the
+    /// broker's earlier registration stands) past them.
     fn register(
         &mut self,
         r: RegisterBroker,
         topics: Vec<TopicConfig>,
         conn_id: u64,
-    ) -> RegisterBrokerResponse {
+        limits: (usize, usize),
+    ) -> Result<RegisterBrokerResponse, String> {
+        let (max_brokers, max_topics) = limits;
+        if !self.live.contains_key(&r.addr) && self.live.len() >= max_brokers {
+            return Err(format!(
+                "this name server has {max_brokers} brokers registered already (max_brokers): {} at {} is refused",
+                r.broker_name, r.addr
+            ));
+        }
+        if r.broker_id == MASTER_ID {
+            let new = topics
+                .iter()
+                .filter(|t| !self.topics.contains_key(&t.name))
+                .count();
+            if self.topics.len().saturating_add(new) > max_topics {
+                return Err(format!(
+                    "this name server routes {} topics and {} of {}'s {} are new: past max_topics ({max_topics}); its registration is refused",
+                    self.topics.len(),
+                    new,
+                    r.broker_name,
+                    topics.len()
+                ));
+            }
+        }
         let group = self
             .groups
             .entry(r.broker_name.clone())
@@ -182,10 +217,10 @@ impl Table {
                 conn_id,
             },
         );
-        RegisterBrokerResponse {
+        Ok(RegisterBrokerResponse {
             master_addr,
             master_ha_addr,
-        }
+        })
     }
 
     /// Drops the broker at `addr`; its group goes with its last member.
@@ -248,6 +283,10 @@ pub struct NameServer {
     secret: Option<SharedSecret>,
     /// Registrations refused for their signature.
     pub refused_registrations: Cause,
+    /// `max_brokers` and `max_topics`.
+    limits: (usize, usize),
+    /// Registrations refused past them.
+    over_limits: Cause,
     counters: metrics::Counters,
 }
 
@@ -258,6 +297,8 @@ impl NameServer {
             table: Mutex::new(Table::default()),
             secret: None,
             refused_registrations: Cause::new(),
+            limits: (usize::MAX, usize::MAX),
+            over_limits: Cause::new(),
             counters: Default::default(),
         }
     }
@@ -330,10 +371,18 @@ impl Handler for NameServer {
                         bad("cluster, broker name and address must not be empty")
                     }
                     Ok(r) => match RegisteredTopics::decode(&req.body) {
-                        Ok(t) => {
-                            metrics::Counters::bump(&self.counters.registrations);
-                            Reply::ok(&self.table().register(r, t.topics, conn.id()))
-                        }
+                        Ok(t) => match self.table().register(r, t.topics, conn.id(), self.limits) {
+                            Ok(registered) => {
+                                metrics::Counters::bump(&self.counters.registrations);
+                                Reply::ok(&registered)
+                            }
+                            Err(why) => {
+                                self.over_limits.record(|count| {
+                                        warn!(reason = %why, count, "broker registration refused ({count} since the last report)");
+                                    });
+                                Reply::error(ErrorCode::SystemBusy, why)
+                            }
+                        },
                         Err(e) => bad(e),
                     },
                     Err(e) => bad(e),
@@ -460,6 +509,11 @@ pub async fn start(config: NamesrvConfig) -> Result<RunningNameServer, NamesrvEr
         .validate()
         .map_err(|e| NamesrvError::Config(e.to_string()))?;
     config.metrics.validate().map_err(NamesrvError::Config)?;
+    if config.max_brokers == 0 || config.max_topics == 0 {
+        return Err(NamesrvError::Config(
+            "max_brokers and max_topics must be greater than 0".into(),
+        ));
+    }
     if config.tls.ca_file.is_some() {
         return Err(NamesrvError::Config(
             "tls.ca_file is for a broker's own connections; a name server opens none (leave it out)"
@@ -492,6 +546,8 @@ pub async fn start(config: NamesrvConfig) -> Result<RunningNameServer, NamesrvEr
         table: Mutex::new(Table::default()),
         secret,
         refused_registrations: Cause::new(),
+        limits: (config.max_brokers, config.max_topics),
+        over_limits: Cause::new(),
         counters: Default::default(),
     });
     if ns.secret.is_none() && listener.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {

@@ -342,3 +342,55 @@ async fn a_broker_with_fifty_thousand_topics_registers() {
         assert_eq!(r.queues[0].write_queues, 8);
     }
 }
+
+/// Registrations stop at `max_brokers` addresses and `max_topics` routed topics, refused
+/// whole with a clear error (a broker past them keeps its earlier routes); one client
+/// registering broker names with 50,000 topics each took 1.8 GB before.
+#[tokio::test]
+async fn registrations_stop_at_the_brokers_and_topics_bounds() {
+    let ns = weir_namesrv::start(NamesrvConfig {
+        listen: "127.0.0.1:0".into(),
+        max_brokers: 2,
+        max_topics: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let conn = connect(&ns).await;
+    let send = async |(h, b): (RegisterBroker, Bytes)| conn.call(&h, b, T).await.map(|_| ());
+    send(register("a", 0, "127.0.0.1:1", &[("A1", 1), ("A2", 1)]))
+        .await
+        .unwrap();
+    // Two more new topics would make four.
+    match send(register(
+        "b",
+        0,
+        "127.0.0.1:2",
+        &[("A1", 1), ("B1", 1), ("B2", 1)],
+    ))
+    .await
+    {
+        Err(CallError::Remote { code, message }) => {
+            assert_eq!(code, ErrorCode::SystemBusy);
+            assert!(message.contains("max_topics"), "{message}");
+        }
+        other => panic!("past max_topics: {other:?}"),
+    }
+    // One new topic fits; a broker's registering again with the same topics too.
+    send(register("b", 0, "127.0.0.1:2", &[("A1", 1), ("B1", 1)]))
+        .await
+        .unwrap();
+    send(register("a", 0, "127.0.0.1:1", &[("A1", 1), ("A2", 1)]))
+        .await
+        .unwrap();
+    match send(register("c", 0, "127.0.0.1:3", &[])).await {
+        Err(CallError::Remote { code, message }) => {
+            assert_eq!(code, ErrorCode::SystemBusy);
+            assert!(message.contains("max_brokers"), "{message}");
+        }
+        other => panic!("past max_brokers: {other:?}"),
+    }
+    assert_eq!(route(&conn, "A2").await.unwrap().brokers.len(), 1);
+    assert_eq!(route(&conn, "A1").await.unwrap().brokers.len(), 2);
+    assert!(route(&conn, "B2").await.is_err());
+}
