@@ -98,9 +98,16 @@ impl Broker {
     }
 }
 
-/// Topics only the broker reads and writes: half messages and their decisions.
+/// Topics only the broker reads and writes, whose records it acts on: half messages, their
+/// decisions, transactions given up on, delayed messages waiting. No client sends to them,
+/// pulls them, looks them up by key or commits offsets on them: a record sent to the
+/// delayed messages' topic was delivered to whatever topic it named, and one sent to the
+/// given-up transactions' topic was what an operator's `weir transaction resolve` committed.
 pub(crate) fn is_internal_topic(name: &str) -> bool {
-    name == names::TRANS_HALF_TOPIC || name == names::TRANS_OP_TOPIC
+    name == names::TRANS_HALF_TOPIC
+        || name == names::TRANS_OP_TOPIC
+        || name == names::TRANS_DEAD_TOPIC
+        || name == names::SCHEDULE_TOPIC
 }
 
 /// Consumer offsets that are the broker's own progress through its own topics (delayed
@@ -110,7 +117,7 @@ pub(crate) fn is_internal_topic(name: &str) -> bool {
 pub(crate) fn broker_owned_offsets(group: &str, topic: Option<&str>) -> Processed<()> {
     let owned_group = group == crate::processor::transaction::TRANSACTION_CHECK_GROUP
         || group == crate::service::schedule::SCHEDULE_GROUP;
-    let owned_topic = topic.is_some_and(|t| is_internal_topic(t) || t == names::SCHEDULE_TOPIC);
+    let owned_topic = topic.is_some_and(is_internal_topic);
     if owned_group || owned_topic {
         return Err(ProcessError::NoPermission(format!(
             "the offsets of group {group:?}{} are the broker's own progress: no client commits, resets or deletes them",
@@ -209,6 +216,13 @@ impl Broker {
         if is_internal_topic(name) || name == names::AUTO_CREATE_TOPIC_KEY {
             return Err(ProcessError::NoPermission(format!(
                 "topic {name:?} is the broker's own; clients do not send to it"
+            )));
+        }
+        // Only a send-back writes there: a record sent to one named the topic a console's
+        // "re-send" put it in, whatever its sender may write to.
+        if name.starts_with(names::DLQ_PREFIX) {
+            return Err(ProcessError::NoPermission(format!(
+                "topic {name:?} holds a group's dead letters, written only by the broker when a consumer gives a message up; clients do not send to it"
             )));
         }
         if let Some(t) = self.topics.get(name) {

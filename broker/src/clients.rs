@@ -34,6 +34,9 @@ pub trait ClientLink: Send + Sync + 'static {
 pub type Link = Arc<dyn ClientLink>;
 
 struct Client {
+    /// The access key of the principal that registered it (access control on): only
+    /// that principal heartbeats or unregisters under its id.
+    owner: Option<String>,
     conn: Link,
     addr: SocketAddr,
     last_seen: Instant,
@@ -116,6 +119,8 @@ pub enum RegistryError {
         count: usize,
         max: usize,
     },
+    #[error("client id {client_id:?} is registered by another access key")]
+    NotYours { client_id: String },
 }
 
 #[derive(Default)]
@@ -145,11 +150,15 @@ impl ClientRegistry {
 
     /// Records a heartbeat, within `limits`. Returns, for each group the client joined or
     /// left, its other members; nothing when the client's groups are as before.
+    /// `owner`: the access key the heartbeat was signed with (access control on); a client
+    /// id registered under another is refused (else anyone could take a member out of its
+    /// group, and its queue leases with it, by heartbeating under its id and leaving).
     pub fn heartbeat(
         &self,
         hb: Heartbeat,
         conn: &Link,
         limits: &RegistryLimits,
+        owner: Option<&str>,
     ) -> Result<Vec<Notice>, RegistryError> {
         if hb.client_id.is_empty() || hb.client_id.len() > 255 {
             return Err(RegistryError::BadClientId);
@@ -178,6 +187,13 @@ impl ClientRegistry {
             });
         }
         let mut clients = self.lock();
+        if let Some(c) = clients.get(&hb.client_id)
+            && c.owner.as_deref() != owner
+        {
+            return Err(RegistryError::NotYours {
+                client_id: hb.client_id,
+            });
+        }
         if !clients.contains_key(&hb.client_id) {
             if clients.len() >= limits.max_clients {
                 return Err(RegistryError::TooManyClients {
@@ -195,6 +211,7 @@ impl ClientRegistry {
             }
         }
         let client = Client {
+            owner: owner.map(str::to_owned),
             conn: Arc::clone(conn),
             addr: conn.peer(),
             last_seen: Instant::now(),
@@ -252,18 +269,31 @@ impl ClientRegistry {
 
     /// Removes `client_id` from the named groups only; a client left in no group is
     /// forgotten whole. With neither group named, the same as [`Self::unregister`].
+    ///
+    /// `owner` as for [`Self::heartbeat`]: a client registered under another access key is
+    /// left alone.
     pub fn unregister_groups(
         &self,
         client_id: &str,
         producer_group: Option<&str>,
         consumer_group: Option<&str>,
-    ) -> Gone {
+        owner: Option<&str>,
+    ) -> Result<Gone, RegistryError> {
+        if self
+            .lock()
+            .get(client_id)
+            .is_some_and(|c| c.owner.as_deref() != owner)
+        {
+            return Err(RegistryError::NotYours {
+                client_id: client_id.to_owned(),
+            });
+        }
         if producer_group.is_none() && consumer_group.is_none() {
-            return self.unregister(client_id);
+            return Ok(self.unregister(client_id));
         }
         let mut clients = self.lock();
         let Some(c) = clients.get_mut(client_id) else {
-            return Gone::default();
+            return Ok(Gone::default());
         };
         if let Some(g) = producer_group {
             c.producer_groups.retain(|p| p != g);
@@ -278,7 +308,7 @@ impl ClientRegistry {
             clients.remove(client_id);
         }
         let groups: BTreeSet<String> = left.iter().cloned().collect();
-        Gone {
+        Ok(Gone {
             notices: notices(&clients, groups, &[]),
             client_ids: if forgotten {
                 vec![client_id.to_owned()]
@@ -288,7 +318,7 @@ impl ClientRegistry {
             left_groups: left
                 .map(|g| vec![(client_id.to_owned(), g)])
                 .unwrap_or_default(),
-        }
+        })
     }
 
     pub fn connection_closed(&self, conn_id: u64) -> Gone {

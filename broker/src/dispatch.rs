@@ -388,11 +388,12 @@ impl Broker {
                         "a heartbeat came without a way back to its client".into(),
                     )
                 })?;
-                self.heartbeat(hb, link)?;
+                let owner = principal.map(|p| p.credentials.access_key());
+                self.heartbeat(hb, link, owner)?;
                 A::Done
             }
             R::UnregisterClient(r) => {
-                self.unregister_client(r);
+                self.unregister_client(r, principal.map(|p| p.credentials.access_key()))?;
                 A::Done
             }
             R::QueryConsumerOffset(r) => A::ConsumerOffset(self.query_consumer_offset(r)),

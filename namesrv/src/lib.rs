@@ -113,6 +113,9 @@ struct Live {
     conn_id: u64,
 }
 
+/// Brokers dropped from the table, logged at most a line per interval.
+static DROPPED: Cause = Cause::new();
+
 #[derive(Default)]
 struct Table {
     groups: BTreeMap<String, Group>,
@@ -228,7 +231,11 @@ impl Table {
         let Some(live) = self.live.remove(addr) else {
             return;
         };
-        info!(addr, broker = %live.broker_name, id = live.broker_id, why, "broker dropped");
+        // A line per interval: one client registering many addresses and leaving made a
+        // line each.
+        DROPPED.record(|dropped| {
+            info!(addr, broker = %live.broker_name, id = live.broker_id, why, dropped, "brokers dropped ({dropped} since the last line; the latest shown)");
+        });
         let emptied = match self.groups.get_mut(&live.broker_name) {
             Some(g) => {
                 if g.addrs.get(&live.broker_id).is_some_and(|a| a == addr) {

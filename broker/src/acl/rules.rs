@@ -250,6 +250,11 @@ impl Rules {
                 return Err(at("listed twice".into()));
             }
         }
+        // Nobody could do anything: a file caught half written (truncated, then filled) by
+        // the reload would refuse every request until fixed, an administrator's included.
+        if principals.is_empty() {
+            return Err("no [[principal]]: every request would be refused (to refuse everyone on purpose, list one principal with no rights)".into());
+        }
         Ok(Rules {
             window_ms: file.window_secs * 1000,
             max_sessions_per_key: file.max_sessions_per_key,
@@ -327,6 +332,9 @@ mod tests {
                 "twice",
             ),
             ("window_secs = 0", "window_secs"),
+            // Empty or truncated: every request would be refused.
+            ("", "no [[principal]]"),
+            ("window_secs = 120\n", "no [[principal]]"),
         ] {
             let e = Rules::parse(text).unwrap_err();
             assert!(e.contains(says), "{text}: {e}");

@@ -13,7 +13,7 @@ use weir_protocol::broker::{
 use weir_protocol::names;
 
 use crate::broker::Broker;
-use crate::clients::{Gone, Link, Notice};
+use crate::clients::{Gone, Link, Notice, RegistryError};
 use crate::error::{ProcessError, Processed};
 use crate::topics::{validate_group_name, validate_topic_name};
 
@@ -47,7 +47,8 @@ fn physical_memory() -> u64 {
 impl Broker {
     /// Records a client's heartbeat from `link`; tells the other members of groups it
     /// joined or left.
-    pub fn heartbeat(&self, hb: Heartbeat, link: &Link) -> Processed<()> {
+    /// `owner`: the access key it was signed with, while access control is on.
+    pub fn heartbeat(&self, hb: Heartbeat, link: &Link, owner: Option<&str>) -> Processed<()> {
         for d in &hb.consumers {
             validate_group_name(&d.group)?;
         }
@@ -63,8 +64,11 @@ impl Broker {
             .collect();
         let notices = self
             .clients
-            .heartbeat(hb, link, &limits)
-            .map_err(|e| ProcessError::Busy(e.to_string()))?;
+            .heartbeat(hb, link, &limits, owner)
+            .map_err(|e| match e {
+                RegistryError::NotYours { .. } => ProcessError::NoPermission(e.to_string()),
+                e => ProcessError::Busy(e.to_string()),
+            })?;
         // Consumers in clustering mode retry through the group's retry topic: give it a
         // route before the first retry (as RocketMQ does). A pull consumer, which names no
         // subscription, sends nothing back.
@@ -93,13 +97,19 @@ impl Broker {
         Ok(())
     }
 
-    pub fn unregister_client(&self, req: UnregisterClient) {
-        let gone = self.clients.unregister_groups(
-            &req.client_id,
-            req.producer_group.as_deref(),
-            req.consumer_group.as_deref(),
-        );
+    /// `owner` as for [`Broker::heartbeat`].
+    pub fn unregister_client(&self, req: UnregisterClient, owner: Option<&str>) -> Processed<()> {
+        let gone = self
+            .clients
+            .unregister_groups(
+                &req.client_id,
+                req.producer_group.as_deref(),
+                req.consumer_group.as_deref(),
+                owner,
+            )
+            .map_err(|e| ProcessError::NoPermission(e.to_string()))?;
         self.forget(gone, "unregistered");
+        Ok(())
     }
 
     /// A client connection closed: its clients are forgotten.

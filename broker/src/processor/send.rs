@@ -9,7 +9,7 @@ use weir_protocol::Message;
 use weir_protocol::broker::{
     ConsumerSendMsgBack, SendBatch, SendBatchResult, SendMessage, SendResult, SendStatus, SentBack,
 };
-use weir_protocol::names::{self, SCHEDULE_TOPIC, property};
+use weir_protocol::names::{self, property};
 use weir_protocol::record::{NO_PREPARED_TX, sys_flag};
 use weir_protocol::route::{TopicConfig, perm};
 use weir_store::{Appended, FlushStatus};
@@ -324,12 +324,6 @@ impl Broker {
         if let Some(p) = principal {
             self.acl
                 .require(p, [crate::acl::needs::read_need(view.topic())])?;
-        }
-        if view.topic() == SCHEDULE_TOPIC {
-            return Err(ProcessError::InvalidParameter(format!(
-                "commit log offset {} holds a message waiting for its delay, not one delivered to a consumer",
-                req.commit_log_offset
-            )));
         }
         let mut msg = view.to_message();
         // A retry of a retry keeps naming the topic the message was first sent to.

@@ -256,7 +256,7 @@ async fn a_record_forged_inside_a_body_is_no_half_message() {
 /// waiting) is its own: a client that moved it far ahead hid every later transaction from
 /// the check-backs and from `weir transaction list`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_brokers_own_offsets_are_no_clients_to_move() {
+async fn the_brokers_own_offsets_and_topics_are_no_clients_to_touch() {
     use weir_protocol::admin::{DeleteGroup, ResetOffset, ResetTarget};
     use weir_protocol::broker::UpdateConsumerOffset;
     use weir_protocol::names::SCHEDULE_TOPIC;
@@ -307,6 +307,45 @@ async fn the_brokers_own_offsets_are_no_clients_to_move() {
         Bytes::new(),
         ErrorCode::NoPermission,
         "the broker's own",
+    )
+    .await;
+    // Nor are the topics whose records the broker acts on a client's to write or read: a
+    // record sent to the delayed messages' topic went to whatever topic it named, one sent
+    // to the given-up transactions' topic was what `weir transaction resolve` committed.
+    for topic in [SCHEDULE_TOPIC, TRANS_DEAD_TOPIC] {
+        let mut forged = send(topic, 0, "", "tx-early");
+        forged
+            .properties
+            .push((property::REAL_TOPIC.into(), "Orders".into()));
+        expect_error(
+            &conn,
+            &forged,
+            Bytes::from_static(b"forged"),
+            ErrorCode::NoPermission,
+            "the broker's own",
+        )
+        .await;
+        expect_error(
+            &conn,
+            &pull(topic, 0, 0, "*", 0),
+            Bytes::new(),
+            ErrorCode::NoPermission,
+            "the broker's own",
+        )
+        .await;
+    }
+    // Nor a group's dead-letter topic, which only send-backs write (a console's re-send
+    // puts a dead letter back on the topic it names).
+    let mut planted = send("%DLQ%g", 0, "", "k");
+    planted
+        .properties
+        .push((property::RETRY_TOPIC.into(), "Orders".into()));
+    expect_error(
+        &conn,
+        &planted,
+        Bytes::from_static(b"planted"),
+        ErrorCode::NoPermission,
+        "dead letters",
     )
     .await;
     // A half sent after the attempts is still pending, for the check-backs to ask about.

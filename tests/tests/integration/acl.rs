@@ -241,6 +241,15 @@ async fn each_permission_allowed_and_denied() {
     call(&producer, &producer_hb)
         .await
         .expect("producer heartbeat");
+    // A heartbeat naming no group needs no right, but under another key's client id it
+    // is refused: it would take that client out of its groups (and its leases with it).
+    let hijack = Heartbeat {
+        client_id: "p1".into(),
+        producer_groups: Vec::new(),
+        consumers: Vec::new(),
+    };
+    let message = remote_error(call(&mixed, &hijack).await, ErrorCode::NoPermission);
+    assert!(message.contains("another access key"), "{message}");
     // Only a principal in all of a client's groups unregisters it.
     let unregister = UnregisterClient::whole("p1");
     denied(
