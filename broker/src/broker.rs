@@ -110,6 +110,18 @@ pub(crate) fn is_internal_topic(name: &str) -> bool {
         || name == names::SCHEDULE_TOPIC
 }
 
+/// Refuses a client's send to a group's dead-letter topic: only the broker writes there
+/// (a consumer's send-back, or a retry past its most deliveries), and a record a client put
+/// there named the topic a console's "re-send" put it in, whatever its sender may write to.
+pub(crate) fn refuse_dead_letter_send(topic: &str) -> Processed<()> {
+    if topic.starts_with(names::DLQ_PREFIX) {
+        return Err(ProcessError::NoPermission(format!(
+            "topic {topic:?} holds a group's dead letters, written only by the broker when a consumer gives a message up; clients do not send to it"
+        )));
+    }
+    Ok(())
+}
+
 /// Consumer offsets that are the broker's own progress through its own topics (delayed
 /// messages waiting, half messages checked): never a client's to commit, reset or delete.
 /// A client that moved `%TRANSACTION_CHECK%` far ahead on the half topic hid every later
@@ -218,13 +230,7 @@ impl Broker {
                 "topic {name:?} is the broker's own; clients do not send to it"
             )));
         }
-        // Only a send-back writes there: a record sent to one named the topic a console's
-        // "re-send" put it in, whatever its sender may write to.
-        if name.starts_with(names::DLQ_PREFIX) {
-            return Err(ProcessError::NoPermission(format!(
-                "topic {name:?} holds a group's dead letters, written only by the broker when a consumer gives a message up; clients do not send to it"
-            )));
-        }
+
         if let Some(t) = self.topics.get(name) {
             return Ok(t);
         }

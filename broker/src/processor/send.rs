@@ -156,6 +156,7 @@ impl Broker {
         {
             return self.send_half(req, body, ctx).await;
         }
+        crate::broker::refuse_dead_letter_send(&req.topic)?;
         let (topic, queue_id) = self.retry_or_dead(&req)?;
         let t = self.topic_for_send(&topic, ctx.auto_create_queues)?;
         Self::check_send_queue(&t, queue_id)?;
@@ -256,6 +257,7 @@ impl Broker {
                 "transactional messages are sent one at a time, not in a batch".into(),
             ));
         }
+        crate::broker::refuse_dead_letter_send(&req.topic)?;
         let t = self.topic_for_send(&req.topic, ctx.auto_create_queues)?;
         Self::check_send_queue(&t, req.queue_id)?;
         let mut msgs = Vec::with_capacity(req.messages.len());

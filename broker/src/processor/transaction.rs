@@ -162,6 +162,7 @@ impl Broker {
     ) -> Processed<SendResult> {
         let peer = ctx.peer;
         validate_group_name(&req.producer_group)?;
+        crate::broker::refuse_dead_letter_send(&req.topic)?;
         let real = self.topic_for_send(&req.topic, ctx.auto_create_queues)?;
         Self::check_send_queue(&real, req.queue_id)?;
         self.system_topic(TRANS_HALF_TOPIC)?;
