@@ -54,10 +54,10 @@ pub struct NamesrvConfig {
     /// Broker addresses registered at once, at most (default 4,096): a registration from
     /// one more is refused.
     pub max_brokers: usize,
-    /// Topics routed at once, every broker's together, at most (default 1,000,000, ten
-    /// brokers' worth at a broker's own `limits.max_topics`): a master's registration that
-    /// would route more is refused, and it keeps its earlier routes. Without such bounds one
-    /// client registering broker names with 50,000 topics each took 1.8 GB.
+    /// Topics routed at once, every broker's together, at most (default 250,000; each
+    /// takes about 1 KB here): a master's registration that would route more is refused,
+    /// and it keeps its earlier routes. Without such bounds one client registering broker
+    /// names with 50,000 topics each took 1.8 GB.
     pub max_topics: usize,
     /// The Prometheus endpoint (`[metrics]`): `listen`, where `GET /metrics` is served
     /// (default none: off).
@@ -77,7 +77,7 @@ impl Default for NamesrvConfig {
             net: NetConfig::default(),
             cluster_secret: None,
             max_brokers: 4_096,
-            max_topics: 1_000_000,
+            max_topics: 250_000,
             metrics: MetricsConfig::default(),
             tls: TlsConfig::default(),
         }

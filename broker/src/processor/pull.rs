@@ -159,7 +159,7 @@ impl Broker {
     ) -> Processed<Pulled> {
         if crate::broker::is_internal_topic(&req.topic) {
             return Err(ProcessError::NoPermission(format!(
-                "topic {:?} is the broker's own: half messages are never consumed",
+                "topic {:?} is the broker's own (half messages, decisions, given-up transactions, delayed messages waiting): never consumed",
                 req.topic
             )));
         }
