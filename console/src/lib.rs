@@ -56,6 +56,10 @@ pub enum ConsoleError {
     Serve(#[from] std::io::Error),
 }
 
+/// Filter uploads a console runs at once: each holds its request (up to 24 MiB) while its
+/// brokers take it.
+const MAX_UPLOADS: usize = 2;
+
 /// What every request handler shares.
 pub(crate) struct AppState {
     /// The settings every session's client starts from (name servers, TLS).
@@ -66,6 +70,8 @@ pub(crate) struct AppState {
     stats: stats::History,
     /// The one filter preview this console runs at a time.
     preview: tokio::sync::Semaphore,
+    /// The filter uploads this console runs at once ([`MAX_UPLOADS`]).
+    uploads: tokio::sync::Semaphore,
     /// [`ConsoleConfig::allowed_hosts`], lower case.
     allowed_hosts: Vec<String>,
 }
@@ -83,6 +89,7 @@ impl AppState {
             sessions: session::Sessions::default(),
             stats: stats::History::default(),
             preview: tokio::sync::Semaphore::new(1),
+            uploads: tokio::sync::Semaphore::new(MAX_UPLOADS),
             allowed_hosts: config
                 .allowed_hosts
                 .iter()

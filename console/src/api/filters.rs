@@ -2,14 +2,17 @@
 //! parameters, state with the cause when failed, counters), upload, remove, reset (the
 //! preview: `preview.rs`).
 
+use std::sync::Arc;
+
 use axum::Json;
-use axum::extract::{Extension, Query};
+use axum::extract::{Extension, Query, Request, State};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use weir_client::Admin;
 
-use super::required;
+use super::{UPLOAD_BODY_LIMIT, required};
+use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::session::Ctx;
 
@@ -71,9 +74,28 @@ pub fn memory_cap(m: Option<&str>) -> ApiResult<Option<u64>> {
 }
 
 pub async fn upload(
+    State(st): State<Arc<AppState>>,
     Extension(ctx): Extension<Ctx>,
-    Json(u): Json<Upload>,
+    req: Request,
 ) -> ApiResult<Json<Value>> {
+    // Taken before the body is read: uploads waiting on their brokers hold up to 24 MiB of
+    // request each (16 at once held 460 MB), and a refused one holds nothing.
+    let _slot = st.uploads.try_acquire().map_err(|_| {
+        ApiError::too_many(
+            "other filter uploads are running in this console: try again when they end",
+        )
+    })?;
+    let body = axum::body::to_bytes(req.into_body(), UPLOAD_BODY_LIMIT)
+        .await
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "cannot read the request (at most {} MiB): {e}",
+                UPLOAD_BODY_LIMIT >> 20
+            ))
+        })?;
+    let u: Upload = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the request is not an upload: {e}")))?;
+    drop(body);
     let group = required("consumer group", &u.group)?;
     let topic = required("topic", &u.topic)?;
     let memory = memory_cap(u.memory.as_deref())?;

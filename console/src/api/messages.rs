@@ -23,6 +23,8 @@ use crate::session::Ctx;
 pub const BROWSE_GROUP: &str = "weir-console-browse";
 /// Most messages a page shows.
 const MAX_PER_PAGE: usize = 100;
+/// Most bytes of bodies a page of messages by time shows (the rest on the next pages).
+const PAGE_BODY_BYTES: usize = 4 << 20;
 
 pub fn message_json(m: &ReceivedMessage) -> Value {
     json!({
@@ -133,7 +135,9 @@ pub async fn by_time(
         let got = pc
             .pull(&mq, "*", start, per_page as u32, None, None)
             .await?;
-        let full = got.messages.len() >= per_page;
+        // More stored after what the pull returned: a pull of large messages returns fewer
+        // than asked (its bytes are bounded), and the queue goes on.
+        let full = got.messages.len() >= per_page || got.next_offset < got.max_offset;
         let mut any_past = false;
         for m in got.messages {
             if m.store_timestamp < q.from_ms {
@@ -155,6 +159,21 @@ pub async fn by_time(
         more = true;
     }
     candidates.truncate(per_page);
+    // At most PAGE_BODY_BYTES of bodies (at least one message): each body goes out twice,
+    // as text and Base64, and 100 messages of 1 MiB made a 59 MB answer.
+    let mut bytes = 0usize;
+    let fit = candidates
+        .iter()
+        .take_while(|m| {
+            bytes = bytes.saturating_add(m.body.len());
+            bytes <= PAGE_BODY_BYTES
+        })
+        .count()
+        .max(1);
+    if fit < candidates.len() {
+        more = true;
+        candidates.truncate(fit);
+    }
     // Each queue resumes after the last message of it this page shows.
     let mut next = Vec::new();
     for (mq, start) in &starts {

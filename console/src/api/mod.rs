@@ -78,11 +78,9 @@ pub fn routes(state: Arc<AppState>) -> Router {
         .route("/api/messages/time", get(messages::by_time))
         .route("/api/messages/trail", get(trail::trail))
         .route("/api/filters", get(filters::list))
-        .route(
-            "/api/filters/upload",
-            post(filters::upload).layer(DefaultBodyLimit::max(UPLOAD_BODY_LIMIT)),
-        )
-        // It reads its body itself (at most UPLOAD_BODY_LIMIT), once its slot is taken.
+        // These read their bodies themselves (at most UPLOAD_BODY_LIMIT), once their slot
+        // is taken.
+        .route("/api/filters/upload", post(filters::upload))
         .route("/api/filters/preview", post(preview::preview))
         .route("/api/filters/remove", post(filters::remove))
         .route("/api/filters/reset", post(filters::reset))

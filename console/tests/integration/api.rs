@@ -622,3 +622,49 @@ async fn messages_page_by_time_and_a_dead_letter_goes_back() {
     .await;
     console.stop().await;
 }
+
+/// A page of messages by time holds at most 4 MiB of bodies (each goes out twice, as text
+/// and Base64: 100 messages of 1 MiB made a 59 MB answer); the rest come on the next pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_large_messages_stops_at_its_bytes() {
+    let env = Env::start().await;
+    let client = env.client().await;
+    // Two of 1.5 MB in each of four queues: each queue's pull answers both (12 MB in all).
+    client.create_topic("Large", 4).await;
+    for q in 0..4u8 {
+        let msgs: Vec<weir_tests::Msg> = (0..2u8)
+            .map(|i| {
+                weir_tests::Msg::new(format!("l{q}{i}")).body(vec![b'a' + 2 * q + i; 1_500_000])
+            })
+            .collect();
+        client.send("Large", u32::from(q), &msgs).await;
+    }
+    let console = Console::start(&env.namesrv()).await;
+    let mut http = Http::new(console.addr);
+    let (mut sizes, mut firsts, mut cursor) = (Vec::new(), Vec::new(), None::<String>);
+    for _ in 0..8 {
+        let mut path =
+            "/api/messages/time?topic=Large&from_ms=0&to_ms=99999999999999&per_page=100".to_owned();
+        if let Some(c) = &cursor {
+            path.push_str(&format!(
+                "&cursor={}",
+                c.replace('/', "%2F").replace(',', "%2C")
+            ));
+        }
+        let page = http.get(&path).await.json();
+        let msgs = page["messages"].as_array().unwrap();
+        sizes.push(msgs.len());
+        firsts.extend(
+            msgs.iter()
+                .map(|m| m["body_text"].as_str().unwrap()[..1].to_owned()),
+        );
+        match page["next"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(sizes, [2, 2, 2, 2], "two of 1.5 MB fit a page's 4 MiB");
+    firsts.sort();
+    assert_eq!(firsts.concat(), "abcdefgh", "each message once");
+    console.stop().await;
+}
