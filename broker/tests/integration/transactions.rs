@@ -2,6 +2,9 @@
 //! invisible, commit makes one visible exactly once, rollback discards it, check-backs go
 //! to a live producer of the group, transactions asked about too often go dead and are
 //! resolved by hand, and a torn commit is repaired at start.
+//!
+//! Over ~600 lines on purpose: one scenario per test over the shared helpers at the top;
+//! the refusals of forged and broker-owned records belong with the transactions they guard.
 
 use crate::common::{T, connect, drain, env_with, eventually, expect_error, pull, send};
 

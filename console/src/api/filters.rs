@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use weir_client::Admin;
 
-use super::{UPLOAD_BODY_LIMIT, required};
+use super::{json_in_slot, required};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::session::Ctx;
@@ -78,24 +78,15 @@ pub async fn upload(
     Extension(ctx): Extension<Ctx>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
-    // Taken before the body is read: uploads waiting on their brokers hold up to 24 MiB of
-    // request each (16 at once held 460 MB), and a refused one holds nothing.
-    let _slot = st.uploads.try_acquire().map_err(|_| {
-        ApiError::too_many(
-            "other filter uploads are running in this console: try again when they end",
-        )
-    })?;
-    let body = axum::body::to_bytes(req.into_body(), UPLOAD_BODY_LIMIT)
-        .await
-        .map_err(|e| {
-            ApiError::bad_request(format!(
-                "cannot read the request (at most {} MiB): {e}",
-                UPLOAD_BODY_LIMIT >> 20
-            ))
-        })?;
-    let u: Upload = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("the request is not an upload: {e}")))?;
-    drop(body);
+    // Uploads waiting on their brokers hold up to 24 MiB of request each (16 at once held
+    // 460 MB).
+    let (_slot, u): (_, Upload) = json_in_slot(
+        &st.uploads,
+        req,
+        "other filter uploads are running in this console: try again when they end",
+        "an upload",
+    )
+    .await?;
     let group = required("consumer group", &u.group)?;
     let topic = required("topic", &u.topic)?;
     let memory = memory_cap(u.memory.as_deref())?;

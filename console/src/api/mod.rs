@@ -38,6 +38,31 @@ const UPLOAD_BODY_LIMIT: usize = 24 << 20;
 /// Every other request body.
 const BODY_LIMIT: usize = 1 << 20;
 
+/// Takes a slot of `slots` (refused with 429, saying `busy`, when none is free), then
+/// reads the request's body as JSON (at most [`UPLOAD_BODY_LIMIT`]): a refused request
+/// costs no memory, and at most as many bodies as slots are held.
+async fn json_in_slot<'a, T: serde::de::DeserializeOwned>(
+    slots: &'a tokio::sync::Semaphore,
+    req: axum::extract::Request,
+    busy: &str,
+    what: &str,
+) -> ApiResult<(tokio::sync::SemaphorePermit<'a>, T)> {
+    let slot = slots
+        .try_acquire()
+        .map_err(|_| ApiError::too_many(busy.to_owned()))?;
+    let body = axum::body::to_bytes(req.into_body(), UPLOAD_BODY_LIMIT)
+        .await
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "cannot read the request (at most {} MiB): {e}",
+                UPLOAD_BODY_LIMIT >> 20
+            ))
+        })?;
+    let value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the request is not {what}: {e}")))?;
+    Ok((slot, value))
+}
+
 /// Page paths: every one serves the shell, whose script renders what the path names.
 const PAGES: &[&str] = &[
     "/",

@@ -30,7 +30,7 @@ use weir_broker::filter::{FilterConfig, LocalFilter, LogSink};
 use weir_client::{MessageQueue, PullConsumer, PullStatus};
 use weir_protocol::RecordView;
 
-use super::{UPLOAD_BODY_LIMIT, required};
+use super::{json_in_slot, required};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::session::Ctx;
@@ -74,23 +74,13 @@ pub async fn preview(
     Extension(ctx): Extension<Ctx>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
-    // Taken before the body is read: a refused preview costs no memory.
-    let _slot = st.preview.try_acquire().map_err(|_| {
-        ApiError::too_many(
-            "another filter preview is running in this console: try again when it ends",
-        )
-    })?;
-    let body = axum::body::to_bytes(req.into_body(), UPLOAD_BODY_LIMIT)
-        .await
-        .map_err(|e| {
-            ApiError::bad_request(format!(
-                "cannot read the request (at most {} MiB): {e}",
-                UPLOAD_BODY_LIMIT >> 20
-            ))
-        })?;
-    let p: Preview = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("the request is not a preview: {e}")))?;
-    drop(body);
+    let (_slot, p): (_, Preview) = json_in_slot(
+        &st.preview,
+        req,
+        "another filter preview is running in this console: try again when it ends",
+        "a preview",
+    )
+    .await?;
     let topic = required("topic", &p.topic)?.to_owned();
     let group = match p.group.as_deref().map(str::trim) {
         Some(g) if !g.is_empty() => g.to_owned(),

@@ -1,6 +1,9 @@
 //! The console's JSON API against a real name server and broker: CSRF refusals, values
 //! that would be markup coming back as data, confirmations, and errors naming their cause
 //! when the cluster cannot be reached, lists with what each row shows.
+//!
+//! Over ~600 lines on purpose: one end-to-end scenario per test over the shared `Console`
+//! and `Http` helpers.
 
 use crate::common::{Console, Http};
 use serde_json::json;
