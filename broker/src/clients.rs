@@ -257,21 +257,11 @@ impl ClientRegistry {
         Some((c.producer_groups.clone(), consumers))
     }
 
-    pub fn unregister(&self, client_id: &str) -> Gone {
-        let mut clients = self.lock();
-        let ids = if clients.contains_key(client_id) {
-            vec![client_id.to_owned()]
-        } else {
-            Vec::new()
-        };
-        self.remove(&mut clients, ids)
-    }
-
     /// Removes `client_id` from the named groups only; a client left in no group is
-    /// forgotten whole. With neither group named, the same as [`Self::unregister`].
+    /// forgotten whole. With neither group named, the client is forgotten whole.
     ///
     /// `owner` as for [`Self::heartbeat`]: a client registered under another access key is
-    /// left alone.
+    /// refused (`NotYours`) and left alone.
     pub fn unregister_groups(
         &self,
         client_id: &str,
@@ -279,22 +269,19 @@ impl ClientRegistry {
         consumer_group: Option<&str>,
         owner: Option<&str>,
     ) -> Result<Gone, RegistryError> {
-        if self
-            .lock()
-            .get(client_id)
-            .is_some_and(|c| c.owner.as_deref() != owner)
-        {
+        // One lock for the check and the change: the id cannot change hands in between.
+        let mut clients = self.lock();
+        let Some(c) = clients.get_mut(client_id) else {
+            return Ok(Gone::default());
+        };
+        if c.owner.as_deref() != owner {
             return Err(RegistryError::NotYours {
                 client_id: client_id.to_owned(),
             });
         }
         if producer_group.is_none() && consumer_group.is_none() {
-            return Ok(self.unregister(client_id));
+            return Ok(self.remove(&mut clients, vec![client_id.to_owned()]));
         }
-        let mut clients = self.lock();
-        let Some(c) = clients.get_mut(client_id) else {
-            return Ok(Gone::default());
-        };
         if let Some(g) = producer_group {
             c.producer_groups.retain(|p| p != g);
         }
