@@ -82,9 +82,9 @@ const ROUNDS: usize = 16;
 /// client usually has in flight. Each time it is reached the connection yields through
 /// the scheduler, which wakes an idle worker to steal it (a futex or eventfd write, and a
 /// wake-up that costs tens of µs on a VM): at 8, 64 single sends in flight on one
-/// connection cost 3.4–5.2 µs of broker CPU a send, against 2.6–4.0 at 64, and a sync master's
-/// replication stream (woken by a burst's first append) gained nothing from the shorter
-/// bursts (its sends wait on the slave's round trip either way).
+/// connection cost 3.4–5.2 µs of broker CPU a send, against 2.6–4.0 at 64; and a sync
+/// master's replication stream (woken by a burst's first append) gained nothing from the
+/// shorter bursts (its sends wait on the slave's round trip either way).
 const SERVER_DISPATCH_PER_POLL: usize = 64;
 /// Replies to this side's calls a client's connection takes in one poll before letting
 /// the callers run: each group of replies wakes its callers, whose next requests then
