@@ -326,12 +326,6 @@ impl Segment {
         }
     }
 
-    /// The memory address of byte `rel` of the mapping, as a number: a prefetch hint
-    /// ([`prefetch_addr`]), never to be dereferenced.
-    pub fn address_of(&self, rel: u64) -> usize {
-        (self.map.as_ptr() as usize).wrapping_add(rel as usize)
-    }
-
     /// Makes `[0, upto)` readable. Called by the single writer after writing the bytes.
     pub fn publish(&self, upto: u64) {
         debug_assert!(upto <= self.len);

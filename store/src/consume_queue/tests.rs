@@ -110,37 +110,20 @@ fn a_queue_reserves_disk_as_it_fills_not_a_whole_segment_at_once() {
     assert!(cq.allocated_bytes() >= 5_001 * ENTRY_SIZE);
 }
 
-/// The hint `put` leaves is where the next entry will be written, in the segment it
-/// will be written through; none at a segment's end (the next one may not exist yet);
-/// and asking for it stays harmless once the segment it names is gone.
+/// The hint `put` leaves is the segment struct the next entry goes through; asking for
+/// it stays harmless once the segment it names is gone.
 #[test]
-fn a_put_leaves_the_address_of_the_next_entry_as_its_hint() {
+fn a_put_leaves_the_segment_it_went_through_as_its_hint() {
     let dir = tempfile::tempdir().unwrap();
     let cq = ConsumeQueue::open(dir.path(), 4, 0).unwrap();
-    let hints = || {
-        (
-            cq.next_entry_addr.load(Ordering::Relaxed),
-            cq.next_segment_addr.load(Ordering::Relaxed),
-        )
-    };
-    assert_eq!(hints(), (0, 0), "nothing written, nothing to hint at");
+    let hint = || cq.next_segment_addr.load(Ordering::Relaxed);
+    assert_eq!(hint(), 0, "nothing written, nothing to hint at");
     cq.prefetch_next_put();
     for i in 0..6 {
         cq.reserve(i).unwrap();
         cq.put(i, entry(i)).unwrap();
-        let seg = cq.files.find((i + 1) * ENTRY_SIZE);
-        match i % 4 {
-            3 => assert_eq!(hints(), (0, 0), "entry {i} ends its segment"),
-            _ => {
-                let seg = seg.expect("the next entry's segment");
-                let rel = (i + 1) * ENTRY_SIZE - seg.start();
-                assert_eq!(
-                    hints(),
-                    (seg.address_of(rel), Arc::as_ptr(&seg) as usize),
-                    "after entry {i}"
-                );
-            }
-        }
+        let seg = cq.files.find(i * ENTRY_SIZE).expect("the entry's segment");
+        assert_eq!(hint(), Arc::as_ptr(&seg) as usize, "after entry {i}");
         cq.prefetch_next_put();
     }
     // Stale hints (entries dropped, addresses made up) are only ever prefetched.
@@ -149,6 +132,95 @@ fn a_put_leaves_the_address_of_the_next_entry_as_its_hint() {
     prefetch_addr(usize::MAX - 10, 100);
     prefetch_addr(8, 64);
     assert_eq!(cq.get(0), None);
+}
+
+/// Entries are held back and written into their page in runs of `STAGED_ENTRIES`; a
+/// reader sees each at once (writing the held ones first), and only what was written is
+/// in the files: a queue opened again from them has the written entries, not the held.
+#[test]
+fn held_entries_are_read_at_once_and_reach_the_files_in_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cq = ConsumeQueue::open(dir.path(), 300_000, 0).unwrap();
+    let written = || cq.written.load(Ordering::Acquire);
+    let run = STAGED_ENTRIES as u64;
+    for i in 0..run {
+        cq.reserve(i).unwrap();
+        cq.put(i, entry(i)).unwrap();
+    }
+    assert_eq!(
+        (cq.max_offset(), written()),
+        (run, 0),
+        "a run held back whole"
+    );
+    cq.reserve(run).unwrap();
+    cq.put(run, entry(run)).unwrap();
+    assert_eq!(written(), run, "a full run is written by the next put");
+    // Read at once: the reader writes the held entry first.
+    assert_eq!(cq.get(run), Some(entry(run)));
+    assert_eq!(written(), run + 1);
+    for i in run + 1..run + 4 {
+        cq.reserve(i).unwrap();
+        cq.put(i, entry(i)).unwrap();
+    }
+    let mut seen = Vec::new();
+    cq.scan(0, |at, e| {
+        seen.push((at, e));
+        true
+    });
+    assert_eq!(
+        seen.len() as u64,
+        run + 4,
+        "a scan reads the held entries too"
+    );
+    assert!(seen.iter().all(|(at, e)| *e == entry(*at)));
+    // Held again, then a queue opened from the files: only what was written is there.
+    cq.reserve(run + 4).unwrap();
+    cq.put(run + 4, entry(run + 4)).unwrap();
+    drop(cq);
+    let reopened = ConsumeQueue::open(dir.path(), 300_000, 0).unwrap();
+    assert_eq!(
+        reopened.max_offset(),
+        run + 4,
+        "the held entry was not in the files"
+    );
+    // `write_held` (a checkpoint's first step) puts them there.
+    reopened.reserve(run + 4).unwrap();
+    reopened.put(run + 4, entry(run + 4)).unwrap();
+    reopened.write_held();
+    drop(reopened);
+    let again = ConsumeQueue::open(dir.path(), 300_000, 0).unwrap();
+    assert_eq!(again.max_offset(), run + 5);
+    assert_eq!(again.get(run + 4), Some(entry(run + 4)));
+}
+
+/// A put to another segment writes the held entries of the last one first: a run is
+/// always within one segment.
+#[test]
+fn a_run_ends_where_its_segment_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let cq = ConsumeQueue::open(dir.path(), 4, 0).unwrap();
+    for i in 0..6 {
+        cq.reserve(i).unwrap();
+        cq.put(i, entry(i)).unwrap();
+    }
+    assert_eq!(
+        cq.written.load(Ordering::Acquire),
+        4,
+        "the first segment's run written"
+    );
+    for i in 0..6 {
+        assert_eq!(cq.get(i), Some(entry(i)));
+    }
+    // Retention and destruction take held entries with them too.
+    cq.reserve(6).unwrap();
+    cq.put(6, entry(6)).unwrap();
+    cq.trim_below(entry(5).commit_log_offset).unwrap();
+    assert_eq!((cq.min_offset(), cq.max_offset()), (5, 7));
+    assert_eq!(cq.get(6), Some(entry(6)));
+    cq.reserve(7).unwrap();
+    cq.put(7, entry(7)).unwrap();
+    cq.destroy().unwrap();
+    assert_eq!((cq.max_offset(), cq.get(7)), (0, None));
 }
 
 /// Faults taken by putting entries `range` into `cq`.
