@@ -6,7 +6,7 @@
 //!
 //! Invariant: entries `[min, written)` are in their segments' pages and published;
 //! entries `[written, max)` were put and are held back in the queue's write state (at most
-//! [`STAGED_ENTRIES`], all for one segment) until a run of them is written at once, a
+//! [`HELD_ENTRIES`], all for one segment) until a run of them is written at once, a
 //! reader asks for one of them, or a checkpoint starts. Readers see `max` at once: they
 //! write the held entries themselves before reading past `written`.
 
@@ -35,14 +35,14 @@ const MAX_GAP_SEGMENTS: u64 = 64;
 /// one, 8,192 queues' entries cost each send ~400 ns more than 512 queues' (the floor
 /// `scripts/bench-topics` measures); in runs, a fraction of that, while the held entries
 /// live in the queue's own memory, which thousands of queues keep within the TLB's reach.
-pub(crate) const STAGED_ENTRIES: usize = 16;
+pub(crate) const HELD_ENTRIES: usize = 16;
 
 /// Entries put but not yet in their pages, in order, all for `segment`: each with its
 /// byte within the segment.
 #[derive(Default)]
-struct Staged {
+struct Held {
     segment: Option<Arc<Segment>>,
-    entries: SmallVec<[(u64, [u8; ENTRY_SIZE as usize]); STAGED_ENTRIES]>,
+    entries: SmallVec<[(u64, [u8; ENTRY_SIZE as usize]); HELD_ENTRIES]>,
 }
 
 /// What the queue's write lock guards.
@@ -52,7 +52,7 @@ struct Writer {
     /// there, found without the segment table's lock. Anything that removes segments
     /// clears it.
     segment: Option<Arc<Segment>>,
-    staged: Staged,
+    held: Held,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,7 +200,7 @@ impl ConsumeQueue {
     }
 
     /// Both ends at `max`: nothing held back. Callers hold the write lock with nothing
-    /// staged, or the queue is not shared yet.
+    /// held, or the queue is not shared yet.
     fn set_ends(&self, max: u64) {
         self.written.store(max, Ordering::Release);
         self.max.store(max, Ordering::Release);
@@ -237,7 +237,7 @@ impl ConsumeQueue {
         &self,
         cached: &'w mut Option<Arc<Segment>>,
         at: u64,
-    ) -> Result<Option<&'w Segment>> {
+    ) -> Result<Option<&'w Arc<Segment>>> {
         let Some(byte) = at.checked_mul(ENTRY_SIZE) else {
             return Ok(None);
         };
@@ -248,7 +248,7 @@ impl ConsumeQueue {
             _ if !self.can_put(at) => return Ok(None),
             _ => self.segment_for(byte)?,
         };
-        let seg = &**cached.insert(seg);
+        let seg = &*cached.insert(seg);
         seg.allocate_to(byte - seg.start() + ENTRY_SIZE)?;
         Ok(Some(seg))
     }
@@ -326,41 +326,31 @@ impl ConsumeQueue {
         let w = &mut *guard;
         let max = self.max_offset();
         debug_assert!(at >= max);
-        let rel = match self.writable(&mut w.segment, at)? {
-            // `writable` found the segment holding the whole entry.
-            Some(seg) => at * ENTRY_SIZE - seg.start(),
-            None => {
-                return Err(StoreError::Corrupt {
-                    what: "consume queue",
-                    path: self.files.dir().to_path_buf(),
-                    detail: format!(
-                        "queue offset {at} cannot be stored (next offset {max}): too large or too far ahead"
-                    ),
-                });
-            }
-        };
-        // `writable` keeps the segment it returned.
-        let Some(seg) = w.segment.as_ref() else {
+        let Some(seg) = self.writable(&mut w.segment, at)? else {
             return Err(StoreError::Corrupt {
                 what: "consume queue",
                 path: self.files.dir().to_path_buf(),
-                detail: format!("no segment was kept for queue offset {at}"),
+                detail: format!(
+                    "queue offset {at} cannot be stored (next offset {max}): too large or too far ahead"
+                ),
             });
         };
+        // `writable` found the segment holding the whole entry.
+        let rel = at * ENTRY_SIZE - seg.start();
         // Held back: written with the entries after it, into a page touched once for all.
-        let full = w.staged.entries.len() >= STAGED_ENTRIES;
+        let full = w.held.entries.len() >= HELD_ENTRIES;
         let elsewhere = w
-            .staged
+            .held
             .segment
             .as_ref()
             .is_some_and(|s| !Arc::ptr_eq(s, seg));
         if full || elsewhere {
-            self.write_staged(&mut w.staged);
+            self.write_run(&mut w.held);
         }
-        if w.staged.segment.is_none() {
-            w.staged.segment = Some(Arc::clone(seg));
+        if w.held.segment.is_none() {
+            w.held.segment = Some(Arc::clone(seg));
         }
-        w.staged.entries.push((rel, entry.encode()));
+        w.held.entries.push((rel, entry.encode()));
         self.next_segment_addr
             .store(Arc::as_ptr(seg) as usize, Ordering::Relaxed);
         if max == 0 && self.min_offset() == 0 && self.files.count() == 1 {
@@ -373,13 +363,13 @@ impl ConsumeQueue {
     }
 
     /// Writes the held entries into their pages and publishes them. Callers hold the
-    /// write lock, whose guarded value `staged` is.
-    fn write_staged(&self, staged: &mut Staged) {
-        let Some(seg) = staged.segment.take() else {
+    /// write lock, whose guarded value `held` is.
+    fn write_run(&self, held: &mut Held) {
+        let Some(seg) = held.segment.take() else {
             return;
         };
         let mut end = None;
-        for (rel, bytes) in staged.entries.drain(..) {
+        for (rel, bytes) in held.entries.drain(..) {
             // SAFETY: we hold this queue's write lock; `rel` is at or beyond the published
             // mark (entries are put, and written, in order); its blocks were reserved by
             // `writable` when the entry was put (so a write through the map into a hole of
@@ -394,14 +384,14 @@ impl ConsumeQueue {
         }
     }
 
-    /// Writes the entries `put` held back into their pages (see [`STAGED_ENTRIES`]): what
+    /// Writes the entries `put` held back into their pages (see [`HELD_ENTRIES`]): what
     /// a reader past them and a checkpoint do first.
     pub fn write_held(&self) {
         if self.written.load(Ordering::Acquire) >= self.max_offset() {
             return;
         }
         let mut w = self.write.lock();
-        self.write_staged(&mut w.staged);
+        self.write_run(&mut w.held);
     }
 
     /// How many entries are held back now.
@@ -466,7 +456,7 @@ impl ConsumeQueue {
     pub fn truncate_from(&self, commit_log_offset: u64) -> Result<()> {
         let mut w = self.write.lock();
         // Held entries first: `get` below then reads without the lock held here.
-        self.write_staged(&mut w.staged);
+        self.write_run(&mut w.held);
         w.segment = None;
         let min = self.min_offset();
         let mut max = self.max_offset();
@@ -514,7 +504,7 @@ impl ConsumeQueue {
         let mut w = self.write.lock();
         // Held entries first: `first_at_or_after` below then reads without the lock held
         // here.
-        self.write_staged(&mut w.staged);
+        self.write_run(&mut w.held);
         w.segment = None;
         loop {
             let Some(first) = self.files.first() else {

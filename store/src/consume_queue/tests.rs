@@ -134,7 +134,7 @@ fn a_put_leaves_the_segment_it_went_through_as_its_hint() {
     assert_eq!(cq.get(0), None);
 }
 
-/// Entries are held back and written into their page in runs of `STAGED_ENTRIES`; a
+/// Entries are held back and written into their page in runs of `HELD_ENTRIES`; a
 /// reader sees each at once (writing the held ones first), and only what was written is
 /// in the files: a queue opened again from them has the written entries, not the held.
 #[test]
@@ -142,7 +142,7 @@ fn held_entries_are_read_at_once_and_reach_the_files_in_runs() {
     let dir = tempfile::tempdir().unwrap();
     let cq = ConsumeQueue::open(dir.path(), 300_000, 0).unwrap();
     let written = || cq.written.load(Ordering::Acquire);
-    let run = STAGED_ENTRIES as u64;
+    let run = HELD_ENTRIES as u64;
     for i in 0..run {
         cq.reserve(i).unwrap();
         cq.put(i, entry(i)).unwrap();
