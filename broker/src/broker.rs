@@ -23,7 +23,7 @@ use crate::locks::QueueLocks;
 use crate::processor::transaction::DecisionGuards;
 use crate::replication::Replication;
 use crate::service::schedule::DelayLevels;
-use crate::topics::{SYSTEM_PREFIX, TopicError, TopicManager, validate_topic_name};
+use crate::topics::{SYSTEM_PREFIX, Topic, TopicError, TopicManager, validate_topic_name};
 
 pub struct Broker {
     pub(crate) config: BrokerConfig,
@@ -219,11 +219,7 @@ impl Broker {
 
     /// The topic a send goes to; created, when auto-create is on, with `queues` queues (at
     /// most the broker's default, which `None` means).
-    pub(crate) fn topic_for_send(
-        &self,
-        name: &str,
-        queues: Option<u32>,
-    ) -> Processed<Arc<TopicConfig>> {
+    pub(crate) fn topic_for_send(&self, name: &str, queues: Option<u32>) -> Processed<Arc<Topic>> {
         validate_topic_name(name)?;
         if is_internal_topic(name) || name == names::AUTO_CREATE_TOPIC_KEY {
             return Err(ProcessError::NoPermission(format!(
@@ -250,11 +246,16 @@ impl Broker {
         let t = self.topics.get_or_create(name, queues)?;
         info!(topic = name, queues = t.write_queues, "topic auto-created");
         self.topics_updated();
-        Ok(Arc::new(t))
+        // The table's own entry, which keeps what its sends go through (a new one if the
+        // topic was deleted since: this send still goes where it was made).
+        Ok(self
+            .topics
+            .get(name)
+            .unwrap_or_else(|| Arc::new(Topic::new(t))))
     }
 
     /// A topic that must exist.
-    pub(crate) fn existing_topic(&self, name: &str) -> Processed<Arc<TopicConfig>> {
+    pub(crate) fn existing_topic(&self, name: &str) -> Processed<Arc<Topic>> {
         self.topics.get(name).ok_or_else(|| {
             ProcessError::TopicNotFound(format!(
                 "topic {name:?} does not exist on broker {}",

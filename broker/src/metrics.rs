@@ -104,6 +104,29 @@ impl BrokerMetrics {
             .add(messages, bytes);
     }
 
+    /// The produced counter of `topic` (an existing topic), made if there is room for its
+    /// series, for a caller that keeps it: see [`BrokerMetrics::produced_into`].
+    pub fn produced_flow(&self, topic: &str) -> Option<Arc<Flow>> {
+        if let Some(f) = read(&self.produced).get(topic) {
+            return Some(Arc::clone(f));
+        }
+        let mut map = write(&self.produced);
+        if !map.contains_key(topic) && map.len() >= self.max_series {
+            self.dropped_series.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Arc::clone(map.entry(topic.to_owned()).or_default()))
+    }
+
+    /// [`BrokerMetrics::produced`] into a topic's counter kept from `produced_flow`
+    /// (`None`: its series could not be made, counted in the totals only).
+    pub fn produced_into(&self, flow: Option<&Flow>, messages: u64, bytes: u64) {
+        self.produced_total.add(messages, bytes);
+        if let Some(f) = flow {
+            f.add(messages, bytes);
+        }
+    }
+
     /// `records` of `topic` (an existing topic) delivered to `group` (a valid name; none:
     /// counted in the totals only).
     pub fn consumed(&self, topic: &str, group: Option<&str>, records: &[StoredRecord]) {

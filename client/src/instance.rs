@@ -16,6 +16,7 @@ use weir_protocol::{CallError, ConnConfig, Connection, ErrorCode, Rpc};
 
 use crate::faults::{self, Faults};
 use crate::routes;
+use crate::routes::AddrNames;
 pub use crate::routes::PublishInfo;
 use crate::serve::{ClientHandler, Served};
 use crate::{ClientError, MessageQueue, Result};
@@ -121,6 +122,8 @@ struct Inner {
     connecting: Mutex<()>,
     /// Read on every send, written when a route is fetched.
     routes: std::sync::RwLock<HashMap<String, CachedRoute>>,
+    /// The master addresses publish infos point at, one copy each.
+    addr_names: AddrNames,
     faults: Faults,
     /// What brokers ask of this client (rebalance notices, transaction check-backs).
     served: Arc<Served>,
@@ -154,6 +157,7 @@ impl ClientInstance {
                 conns: std::sync::RwLock::new(HashMap::new()),
                 connecting: Mutex::new(()),
                 routes: std::sync::RwLock::new(HashMap::new()),
+                addr_names: AddrNames::default(),
                 faults,
                 served: Arc::default(),
             }),
@@ -496,9 +500,13 @@ impl ClientInstance {
             if let Some(c) = routes.get(topic)
                 && c.fetched.elapsed() < c.ttl
             {
-                let made = c
-                    .publish
-                    .get_or_init(|| Arc::new(PublishInfo::new(Arc::clone(&c.route), topic)));
+                let made = c.publish.get_or_init(|| {
+                    Arc::new(PublishInfo::new(
+                        Arc::clone(&c.route),
+                        topic,
+                        &self.inner.addr_names,
+                    ))
+                });
                 return Ok(Arc::clone(made));
             }
         }
@@ -509,7 +517,11 @@ impl ClientInstance {
             },
             false => self.route_for_send(topic).await?,
         };
-        Ok(Arc::new(PublishInfo::new(route, topic)))
+        Ok(Arc::new(PublishInfo::new(
+            route,
+            topic,
+            &self.inner.addr_names,
+        )))
     }
 
     /// The route, or, for a topic no broker serves yet, a route to every master for its

@@ -472,7 +472,7 @@ mod tests {
         };
         PublishInfo::with_queues(
             Arc::new(TopicRoute::default()),
-            (0..8).map(mq).collect(),
+            (0..8).map(mq),
             vec![Some("A".into()); 8],
         )
     }

@@ -401,10 +401,15 @@ impl ConsumeQueue {
             .saturating_sub(self.written.load(Ordering::Acquire))
     }
 
+    /// Asks the CPU for this queue's own lines (marks, lock, held entries). A hint.
+    pub fn prefetch_struct(&self) {
+        prefetch_addr(self as *const Self as usize, std::mem::size_of::<Self>());
+    }
+
     /// Asks the CPU for the memory the next `put` touches: this queue's lock, marks and
     /// held entries, and its segment's struct. A hint, called before the writer lock.
     pub fn prefetch_next_put(&self) {
-        prefetch_addr(self as *const Self as usize, std::mem::size_of::<Self>());
+        self.prefetch_struct();
         prefetch_addr(
             self.next_segment_addr.load(Ordering::Relaxed),
             std::mem::size_of::<Segment>(),

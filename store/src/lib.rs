@@ -59,7 +59,7 @@ pub mod fuzzing {
     }
 }
 
-pub use append::{Appended, FlushStatus, PutResult};
+pub use append::{Appended, FlushStatus, PutResult, QueueHandle};
 pub use commitlog::{DamagedRange, LogSpan, ReadBatch, RecordSpan, StoredRecord};
 pub use config::{DiskPressurePolicy, FlushMode, MIN_COMMIT_LOG_SEGMENT_SIZE, StoreConfig};
 pub use disk::{DiskUsage, FsReading, UsageSource};

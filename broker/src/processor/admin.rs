@@ -16,7 +16,7 @@ use weir_store::StoredRecord;
 use crate::broker::Broker;
 use crate::error::{ProcessError, Processed};
 use crate::processor::pull::readable_in;
-use crate::topics::SYSTEM_PREFIX;
+use crate::topics::{SYSTEM_PREFIX, Topic};
 
 /// Most messages one lookup by key returns.
 const MAX_BY_KEY: u32 = 64;
@@ -62,7 +62,7 @@ impl Broker {
         })?;
         // An update that changes nothing is answered the same, and neither logged nor
         // registered again (a client repeating it must not flood either).
-        if before.as_deref() != Some(&t) {
+        if before.as_deref().map(Topic::config) != Some(&t) {
             info!(topic = %t.name, read = t.read_queues, write = t.write_queues, perm = perm::describe(t.perm), "topic created or updated");
             self.topics_updated();
         }

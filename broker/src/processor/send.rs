@@ -12,7 +12,7 @@ use weir_protocol::broker::{
 use weir_protocol::names::{self, property};
 use weir_protocol::record::{NO_PREPARED_TX, sys_flag};
 use weir_protocol::route::{TopicConfig, perm};
-use weir_store::{Appended, FlushStatus};
+use weir_store::{Appended, FlushStatus, QueueHandle};
 
 use weir_protocol::ha::BrokerRole;
 
@@ -22,7 +22,7 @@ use crate::dispatch::RequestContext;
 use crate::error::{ProcessError, Processed};
 use crate::replication::ReplicaWait;
 use crate::service::schedule;
-use crate::topics::{SYSTEM_PREFIX, validate_group_name, validate_topic_name};
+use crate::topics::{SYSTEM_PREFIX, Topic, validate_group_name, validate_topic_name};
 
 /// Most messages in one batch. Its answer carries an id for each (about 40 bytes), and
 /// the answer to a write is always sent, whatever the connection holds: this keeps it
@@ -44,6 +44,17 @@ impl Broker {
             )));
         }
         Ok(())
+    }
+
+    /// The store's queue `queue_id` of `t`, kept in `t`, its lines asked for: they come
+    /// in while the message is made. (A message diverted to another topic, a delayed one,
+    /// is not stored through it: the store checks each message against it.)
+    fn queue_of<'t>(&self, t: &'t Topic, queue_id: u32) -> Processed<Option<&'t QueueHandle>> {
+        let queue = t.queue(&self.store, queue_id).transpose()?;
+        if let Some(q) = queue {
+            q.prefetch();
+        }
+        Ok(queue)
     }
 
     fn check_body(&self, len: usize) -> Processed<()> {
@@ -71,17 +82,23 @@ impl Broker {
     /// The messages are dropped once appended, before the waits for a flush or a slave: a
     /// sync master holds many sends at once, and freeing what it no longer needs where it
     /// was allocated keeps the allocator's per-thread caches doing the work.
+    ///
+    /// `queue`: where the messages go, looked up already (see [`Broker::queue_of`]).
     pub(crate) async fn store_sent(
         &self,
         msgs: impl AsRef<[Message]>,
         received: Instant,
+        queue: Option<&QueueHandle>,
     ) -> Processed<Vec<SendResult>> {
         let appended = {
             let _turn = self
                 .send_queue
                 .turn(received, self.live.send_queue_wait())
                 .await?;
-            self.store.append(msgs.as_ref())?
+            match queue {
+                Some(q) => self.store.append_to(q, msgs.as_ref())?,
+                None => self.store.append(msgs.as_ref())?,
+            }
         };
         drop(msgs);
         self.await_stored(appended).await
@@ -160,6 +177,7 @@ impl Broker {
         let (topic, queue_id) = self.retry_or_dead(&req)?;
         let t = self.topic_for_send(&topic, ctx.auto_create_queues)?;
         Self::check_send_queue(&t, queue_id)?;
+        let queue = self.queue_of(&t, queue_id)?;
         let dead = topic != req.topic;
         let mut msg = Message {
             topic,
@@ -182,8 +200,9 @@ impl Broker {
             schedule::divert_if_delayed(&mut msg, &self.levels)
                 .map_err(|e| ProcessError::MessageIllegal(e.to_string()))?;
         }
-        let mut r = self.store_sent([msg], ctx.received).await?;
-        self.metrics.produced(&t.name, 1, body.len() as u64);
+        let mut r = self.store_sent([msg], ctx.received, queue).await?;
+        self.metrics
+            .produced_into(t.produced(&self.metrics), 1, body.len() as u64);
         let mut result = r
             .pop()
             .ok_or_else(|| ProcessError::Internal("the store returned no result".into()))?;
@@ -260,6 +279,7 @@ impl Broker {
         crate::broker::refuse_dead_letter_send(&req.topic)?;
         let t = self.topic_for_send(&req.topic, ctx.auto_create_queues)?;
         Self::check_send_queue(&t, req.queue_id)?;
+        let queue = self.queue_of(&t, req.queue_id)?;
         let mut msgs = Vec::with_capacity(req.messages.len());
         let mut at = 0usize;
         for m in req.messages {
@@ -288,9 +308,12 @@ impl Broker {
             msgs.push(msg);
             at += len;
         }
-        let mut results = self.store_sent(msgs, ctx.received).await?;
-        self.metrics
-            .produced(&t.name, results.len() as u64, body.len() as u64);
+        let mut results = self.store_sent(msgs, ctx.received, queue).await?;
+        self.metrics.produced_into(
+            t.produced(&self.metrics),
+            results.len() as u64,
+            body.len() as u64,
+        );
         results.iter_mut().for_each(|r| r.queue_id = req.queue_id);
         Ok(SendBatchResult { results })
     }

@@ -185,7 +185,7 @@ impl Broker {
             reconsume_times: 0,
             prepared_tx_offset: NO_PREPARED_TX,
         };
-        let mut r = self.store_sent([half], ctx.received).await?;
+        let mut r = self.store_sent([half], ctx.received, None).await?;
         let mut result = r
             .pop()
             .ok_or_else(|| ProcessError::Internal("the store returned no result".into()))?;

@@ -26,6 +26,7 @@ use weir_protocol::{
 use weir_store::StoreError;
 
 use crate::broker::Broker;
+use crate::topics::Topic;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RETRY: Duration = Duration::from_secs(1);
@@ -196,7 +197,7 @@ async fn copy_metadata(broker: &Arc<Broker>, conn: &Connection) -> Result<(), Ca
     let snap = fetch_snapshot(broker, conn).await?;
     let mut changed = false;
     for t in &snap.topics {
-        if broker.topics.get(&t.name).as_deref() != Some(t) {
+        if broker.topics.get(&t.name).as_deref().map(Topic::config) != Some(t) {
             if let Err(e) = broker.topics.upsert(t.clone()) {
                 warn!(topic = %t.name, error = %e, "cannot copy a topic from the master");
             }

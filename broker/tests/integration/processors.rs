@@ -307,3 +307,125 @@ async fn a_batch_of_too_many_messages_is_refused_before_it_is_stored() {
     assert_eq!(r.results.first().map(|r| r.queue_offset), Some(0));
     assert_eq!(r.results.len(), MAX_BATCH_MESSAGES);
 }
+
+/// A topic keeps the store queues its sends go to (looked up by name once): sends land in
+/// the queue they name across an update of the topic's queues and a delete and re-create,
+/// the batch path too, a delayed send still goes to the schedule's topic first, and the
+/// counters see every send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_keeps_its_queues_across_updates_and_deletes() {
+    let (_dir, broker) = opened().await;
+    let create = |queues: u32| {
+        BrokerRequest::CreateTopic(CreateTopic {
+            topic: TopicConfig {
+                name: "Kept".into(),
+                read_queues: queues,
+                write_queues: queues,
+                perm: perm::READ_WRITE,
+            },
+        })
+    };
+    let send = |queue_id: u32, body: &str| BrokerRequest::Send {
+        req: crate::common::send("Kept", queue_id, "T", body),
+        body: Bytes::from(body.to_owned()),
+    };
+    let offset_of = |r: BrokerResponse| match r {
+        BrokerResponse::Sent(r) => {
+            assert_eq!(r.status, SendStatus::Ok);
+            r.queue_offset
+        }
+        other => panic!("{other:?}"),
+    };
+    let bodies_in = |queue_id: u32| {
+        let broker = std::sync::Arc::clone(&broker);
+        async move {
+            let pulled = run(
+                &broker,
+                BrokerRequest::Pull(crate::common::pull("Kept", queue_id, 0, "*", 0)),
+            )
+            .await
+            .unwrap();
+            let BrokerResponse::Pulled(p) = pulled else {
+                panic!("{pulled:?}")
+            };
+            p.records
+                .iter()
+                .map(|r| String::from_utf8(r.view().unwrap().body().to_vec()).unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+
+    run(&broker, create(2)).await.unwrap();
+    for i in 0..2 {
+        let at = offset_of(run(&broker, send(1, &format!("a{i}"))).await.unwrap());
+        assert_eq!(at, i);
+    }
+    // More queues: the new one starts empty, the kept one goes on.
+    run(&broker, create(4)).await.unwrap();
+    assert_eq!(offset_of(run(&broker, send(3, "b0")).await.unwrap()), 0);
+    assert_eq!(offset_of(run(&broker, send(1, "a2")).await.unwrap()), 2);
+    // Fewer: a queue past them is refused, not written through what was kept.
+    run(&broker, create(2)).await.unwrap();
+    let e = run(&broker, send(3, "b1")).await.unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+
+    // A batch, and a delayed send, which waits in the schedule's topic, not in queue 0.
+    let batch = BrokerRequest::SendBatch {
+        req: SendBatch {
+            producer_group: "pg".into(),
+            topic: "Kept".into(),
+            queue_id: 0,
+            messages: vec![
+                BatchEntry {
+                    tags: String::new(),
+                    keys: Vec::new(),
+                    properties: Vec::new(),
+                    flag: 0,
+                    born_timestamp: 1,
+                    body_len: 2,
+                };
+                2
+            ],
+        },
+        body: Bytes::from_static(b"c0c1"),
+    };
+    let BrokerResponse::SentBatch(r) = run(&broker, batch).await.unwrap() else {
+        panic!()
+    };
+    let at: Vec<_> = r.results.iter().map(|r| r.queue_offset).collect();
+    assert_eq!(at, [0, 1]);
+    let mut delayed = crate::common::send("Kept", 0, "T", "later");
+    delayed.properties.push((
+        weir_protocol::names::property::DELAY_LEVEL.into(),
+        "18".into(),
+    ));
+    run(
+        &broker,
+        BrokerRequest::Send {
+            req: delayed,
+            body: Bytes::from_static(b"later"),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(bodies_in(0).await, ["c0", "c1"]);
+    assert_eq!(bodies_in(1).await, ["a0", "a1", "a2"]);
+
+    // Deleted and made again by a send: the send lands in the new queue, alone.
+    run(
+        &broker,
+        BrokerRequest::DeleteTopic(weir_protocol::broker::DeleteTopic {
+            topic: "Kept".into(),
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(offset_of(run(&broker, send(1, "d0")).await.unwrap()), 0);
+    assert_eq!(bodies_in(1).await, ["d0"]);
+
+    let BrokerResponse::BrokerStats(s) = run(&broker, BrokerRequest::BrokerStats).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(s.messages_in, 8, "{s:?}");
+}

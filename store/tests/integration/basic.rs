@@ -584,3 +584,47 @@ fn appends_racing_a_topic_delete_are_kept_once_it_returns() {
     let store = MessageStore::open(small_config(dir.path())).unwrap();
     assert!(has_last(&store), "lost across the restart");
 }
+
+/// `append_to` writes through its handle only the messages of the handle's queue (others
+/// are looked up by name), makes the queue when the handle is made, and after the topic's
+/// delete writes into its new queue, which is what a reopened store reads.
+#[test]
+fn a_queue_handle_takes_only_its_own_messages_and_follows_a_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(small_config(dir.path())).unwrap();
+    let kept = store.queue_handle("Kept", 1).unwrap();
+    assert!(
+        dir.path().join("consumequeue/Kept/1").is_dir(),
+        "the handle made its queue"
+    );
+    let batch = [
+        Message::new("Kept", 1, b"k0".to_vec()),
+        Message::new("Other", 1, b"o0".to_vec()),
+        Message::new("Kept", 0, b"z0".to_vec()),
+        Message::new("Kept", 1, b"k1".to_vec()),
+    ];
+    let put = store.append_to(&kept, &batch).unwrap();
+    let at: Vec<_> = put.results().iter().map(|r| r.queue_offset).collect();
+    assert_eq!(at, [0, 0, 0, 1]);
+    let bodies = |store: &MessageStore, topic: &str, q: u32| {
+        read_all(store, topic, q)
+            .into_iter()
+            .map(|(_, m)| String::from_utf8(m.body).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bodies(&store, "Kept", 1), ["k0", "k1"]);
+    assert_eq!(bodies(&store, "Other", 1), ["o0"]);
+    assert_eq!(bodies(&store, "Kept", 0), ["z0"]);
+
+    store.delete_topic("Kept").unwrap();
+    let put = store
+        .append_to(&kept, &[Message::new("Kept", 1, b"after".to_vec())])
+        .unwrap();
+    assert_eq!(put.results()[0].queue_offset, 0);
+    assert_eq!(bodies(&store, "Kept", 1), ["after"]);
+    store.shutdown().unwrap();
+    drop(store);
+    let store = MessageStore::open(small_config(dir.path())).unwrap();
+    assert_eq!(bodies(&store, "Kept", 1), ["after"]);
+    assert_eq!(bodies(&store, "Other", 1), ["o0"]);
+}
