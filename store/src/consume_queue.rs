@@ -51,8 +51,20 @@ struct Writer {
     /// The segment the last entry went in (or was made ready in): nearly every put lands
     /// there, found without the segment table's lock. Anything that removes segments
     /// clears it.
-    segment: Option<Arc<Segment>>,
+    segment: Option<WriteSegment>,
     held: Held,
+}
+
+/// The segment a queue writes in, with the bytes known ready in it: a `reserve` and a
+/// `put` that land there read only the queue's own lines, not the segment's (with 8,192
+/// busy queues, its struct was a cache and TLB miss each time, the first one under the
+/// commit log's writer lock).
+struct WriteSegment {
+    segment: Arc<Segment>,
+    /// Its first byte in the queue.
+    start: u64,
+    /// The end of its bytes with blocks reserved (`allocated` only grows).
+    ready_end: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,24 +245,37 @@ impl ConsumeQueue {
     /// used when it holds the entry, else found or made (and remembered in `cached`).
     /// `None` when [`ConsumeQueue::can_put`] refuses `at`. Callers hold the write lock, whose
     /// guarded value `cached` is.
+    ///
+    /// Returns the segment and the entry's byte within it.
     fn writable<'w>(
         &self,
-        cached: &'w mut Option<Arc<Segment>>,
+        cached: &'w mut Option<WriteSegment>,
         at: u64,
-    ) -> Result<Option<&'w Arc<Segment>>> {
+    ) -> Result<Option<(&'w Arc<Segment>, u64)>> {
         let Some(byte) = at.checked_mul(ENTRY_SIZE) else {
             return Ok(None);
         };
-        let holds =
-            |seg: &Segment| seg.start() <= byte && byte.saturating_add(ENTRY_SIZE) <= seg.end();
+        let end = byte.saturating_add(ENTRY_SIZE);
+        let ready = cached
+            .as_ref()
+            .is_some_and(|c| c.start <= byte && end <= c.ready_end);
+        if ready {
+            return Ok(cached.as_ref().map(|c| (&c.segment, byte - c.start)));
+        }
+        let holds = |seg: &Segment| seg.start() <= byte && end <= seg.end();
         let seg = match cached.take() {
-            Some(seg) if holds(&seg) => seg,
+            Some(c) if holds(&c.segment) => c.segment,
             _ if !self.can_put(at) => return Ok(None),
             _ => self.segment_for(byte)?,
         };
-        let seg = &*cached.insert(seg);
-        seg.allocate_to(byte - seg.start() + ENTRY_SIZE)?;
-        Ok(Some(seg))
+        let start = seg.start();
+        seg.allocate_to(end - start)?;
+        let c = cached.insert(WriteSegment {
+            start,
+            ready_end: start.saturating_add(seg.allocated()),
+            segment: seg,
+        });
+        Ok(Some((&c.segment, byte - start)))
     }
 
     /// The segment holding byte `byte`, created (with any missing ones before it) if
@@ -326,7 +351,8 @@ impl ConsumeQueue {
         let w = &mut *guard;
         let max = self.max_offset();
         debug_assert!(at >= max);
-        let Some(seg) = self.writable(&mut w.segment, at)? else {
+        // `writable` finds the segment holding the whole entry.
+        let Some((seg, rel)) = self.writable(&mut w.segment, at)? else {
             return Err(StoreError::Corrupt {
                 what: "consume queue",
                 path: self.files.dir().to_path_buf(),
@@ -335,8 +361,6 @@ impl ConsumeQueue {
                 ),
             });
         };
-        // `writable` found the segment holding the whole entry.
-        let rel = at * ENTRY_SIZE - seg.start();
         // Held back: written with the entries after it, into a page touched once for all.
         let full = w.held.entries.len() >= HELD_ENTRIES;
         let elsewhere = w
