@@ -1,4 +1,6 @@
-//! Topic configurations: validated names, persisted atomically in the data folder.
+//! Topic configurations: validated names, persisted atomically in the data folder; and
+//! per topic, what its sends are stored and counted through ([`Topic`]), so that a send
+//! looks its topic up by name once.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,9 @@
 //! Appending: placing a batch of messages in the commit log and making each findable
 //! (its consume queue entry and keys) under the commit log's writer lock.
 //!
+//! A caller that appends to a queue often keeps its [`QueueHandle`] and appends through it
+//! (`append_to`), which skips the lookup of the queue by name.
+//!
 //! Invariant: a batch is refused whole or written whole. Everything it needs (its queues,
 //! their segment files, the commit log segments its records go in, room on the disk) is
 //! made ready before the first byte is written; a failure after that point (an I/O error
