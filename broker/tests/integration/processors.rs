@@ -42,6 +42,27 @@ async fn run(broker: &Broker, req: BrokerRequest) -> Result<BrokerResponse, Proc
     broker.dispatch(&ctx(), req).await
 }
 
+/// A batch to `queue_id` of `topic`: `body` cut into messages of `each` bytes.
+fn batch_of(topic: &str, queue_id: u32, body: Vec<u8>, each: u32) -> BrokerRequest {
+    let entry = BatchEntry {
+        tags: String::new(),
+        keys: Vec::new(),
+        properties: Vec::new(),
+        flag: 0,
+        born_timestamp: 1,
+        body_len: each,
+    };
+    BrokerRequest::SendBatch {
+        req: SendBatch {
+            producer_group: "pg".into(),
+            topic: topic.into(),
+            queue_id,
+            messages: vec![entry; body.len() / each as usize],
+        },
+        body: Bytes::from(body),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_pull_and_refusals_without_a_frame() {
     let (_dir, broker) = opened().await;
@@ -275,25 +296,7 @@ async fn a_lookup_by_key_answers_within_a_pulls_bytes_and_its_room() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_too_many_messages_is_refused_before_it_is_stored() {
     let (_dir, broker) = opened().await;
-    let batch = |n: usize| BrokerRequest::SendBatch {
-        req: SendBatch {
-            producer_group: "pg".into(),
-            topic: "Many".into(),
-            queue_id: 0,
-            messages: vec![
-                BatchEntry {
-                    tags: String::new(),
-                    keys: Vec::new(),
-                    properties: Vec::new(),
-                    flag: 0,
-                    born_timestamp: 1,
-                    body_len: 1,
-                };
-                n
-            ],
-        },
-        body: Bytes::from(vec![b'm'; n]),
-    };
+    let batch = |n: usize| batch_of("Many", 0, vec![b'm'; n], 1);
     let e = run(&broker, batch(MAX_BATCH_MESSAGES + 1))
         .await
         .unwrap_err();
@@ -370,25 +373,7 @@ async fn a_topic_keeps_its_queues_across_updates_and_deletes() {
     assert!(e.to_string().contains("does not exist"), "{e}");
 
     // A batch, and a delayed send, which waits in the schedule's topic, not in queue 0.
-    let batch = BrokerRequest::SendBatch {
-        req: SendBatch {
-            producer_group: "pg".into(),
-            topic: "Kept".into(),
-            queue_id: 0,
-            messages: vec![
-                BatchEntry {
-                    tags: String::new(),
-                    keys: Vec::new(),
-                    properties: Vec::new(),
-                    flag: 0,
-                    born_timestamp: 1,
-                    body_len: 2,
-                };
-                2
-            ],
-        },
-        body: Bytes::from_static(b"c0c1"),
-    };
+    let batch = batch_of("Kept", 0, b"c0c1".to_vec(), 2);
     let BrokerResponse::SentBatch(r) = run(&broker, batch).await.unwrap() else {
         panic!()
     };
