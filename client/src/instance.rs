@@ -11,15 +11,14 @@ use tracing::debug;
 use weir_protocol::auth::{Credentials, random_u64};
 use weir_protocol::broker::{ConsumerData, Heartbeat, MessageModel};
 use weir_protocol::net::ClientTls;
-use weir_protocol::route::{BrokerData, GetClusterInfo, GetRoute, TopicRoute};
+use weir_protocol::route::{GetClusterInfo, GetRoute, TopicRoute};
 use weir_protocol::{CallError, ConnConfig, Connection, ErrorCode, Rpc};
 
 use crate::faults::{self, Faults};
-use crate::routes;
 use crate::routes::AddrNames;
 pub use crate::routes::PublishInfo;
 use crate::serve::{ClientHandler, Served};
-use crate::{ClientError, MessageQueue, Result};
+use crate::{ClientError, Result};
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -500,13 +499,9 @@ impl ClientInstance {
             if let Some(c) = routes.get(topic)
                 && c.fetched.elapsed() < c.ttl
             {
-                let made = c.publish.get_or_init(|| {
-                    Arc::new(PublishInfo::new(
-                        Arc::clone(&c.route),
-                        topic,
-                        &self.inner.addr_names,
-                    ))
-                });
+                let made = c
+                    .publish
+                    .get_or_init(|| self.publish_info_of(Arc::clone(&c.route), topic));
                 return Ok(Arc::clone(made));
             }
         }
@@ -517,11 +512,12 @@ impl ClientInstance {
             },
             false => self.route_for_send(topic).await?,
         };
-        Ok(Arc::new(PublishInfo::new(
-            route,
-            topic,
-            &self.inner.addr_names,
-        )))
+        Ok(self.publish_info_of(route, topic))
+    }
+
+    /// `topic`'s publish info from `route`, pointing at the shared address copies.
+    fn publish_info_of(&self, route: Arc<TopicRoute>, topic: &str) -> Arc<PublishInfo> {
+        Arc::new(PublishInfo::new(route, topic, &self.inner.addr_names))
     }
 
     /// The route, or, for a topic no broker serves yet, a route to every master for its
@@ -556,50 +552,5 @@ impl ClientInstance {
             }
             Err(e) => Err(e),
         }
-    }
-
-    /// Address of the master of `broker_name` in `route`.
-    pub fn master_addr(route: &TopicRoute, broker_name: &str) -> Option<String> {
-        route
-            .brokers
-            .iter()
-            .find(|b: &&BrokerData| b.broker_name == broker_name)
-            .and_then(|b| b.master_addr().map(str::to_owned))
-    }
-
-    /// Where to read `broker_name`'s queues (see `routes::read_addr`), given which
-    /// brokers were found unreachable lately.
-    pub fn read_addr(
-        &self,
-        route: &TopicRoute,
-        broker_name: &str,
-        prefer_slave: bool,
-    ) -> Option<String> {
-        routes::read_addr(route, broker_name, prefer_slave, |a| self.available(a))
-    }
-
-    /// Every queue of the topic (writable ones if `write`, else readable ones), in a
-    /// stable order.
-    pub fn queues(route: &TopicRoute, topic: &str, write: bool) -> Vec<MessageQueue> {
-        let mut out = Vec::new();
-        for q in &route.queues {
-            let (n, bit) = if write {
-                (q.write_queues, weir_protocol::route::perm::WRITE)
-            } else {
-                (q.read_queues, weir_protocol::route::perm::READ)
-            };
-            if q.perm & bit == 0 {
-                continue;
-            }
-            for queue_id in 0..n {
-                out.push(MessageQueue {
-                    topic: topic.to_owned(),
-                    broker_name: q.broker_name.clone(),
-                    queue_id,
-                });
-            }
-        }
-        out.sort();
-        out
     }
 }

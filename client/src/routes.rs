@@ -94,6 +94,54 @@ impl AddrNames {
     }
 }
 
+/// What a client reads from a route: masters, read addresses, queues.
+impl ClientInstance {
+    /// Address of the master of `broker_name` in `route`.
+    pub fn master_addr(route: &TopicRoute, broker_name: &str) -> Option<String> {
+        route
+            .brokers
+            .iter()
+            .find(|b| b.broker_name == broker_name)
+            .and_then(|b| b.master_addr().map(str::to_owned))
+    }
+
+    /// Where to read `broker_name`'s queues (see `routes::read_addr`), given which
+    /// brokers were found unreachable lately.
+    pub fn read_addr(
+        &self,
+        route: &TopicRoute,
+        broker_name: &str,
+        prefer_slave: bool,
+    ) -> Option<String> {
+        read_addr(route, broker_name, prefer_slave, |a| self.available(a))
+    }
+
+    /// Every queue of the topic (writable ones if `write`, else readable ones), in a
+    /// stable order.
+    pub fn queues(route: &TopicRoute, topic: &str, write: bool) -> Vec<MessageQueue> {
+        let mut out = Vec::new();
+        for q in &route.queues {
+            let (n, bit) = if write {
+                (q.write_queues, weir_protocol::route::perm::WRITE)
+            } else {
+                (q.read_queues, weir_protocol::route::perm::READ)
+            };
+            if q.perm & bit == 0 {
+                continue;
+            }
+            for queue_id in 0..n {
+                out.push(MessageQueue {
+                    topic: topic.to_owned(),
+                    broker_name: q.broker_name.clone(),
+                    queue_id,
+                });
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
 /// Where to read `broker_name`'s queues: its master while it is `up`, else a slave; a
 /// slave first when `prefer_slave` (the master suggested it) and one is up. When none is
 /// up, the master, else a slave, rather than nothing; `None` when the route has neither.

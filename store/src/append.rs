@@ -402,13 +402,14 @@ impl Inner {
                 queues.push(None);
                 continue;
             }
-            let cq = match &last {
-                Some((m, q)) if m.queue_id == msg.queue_id && m.topic == msg.topic => Arc::clone(q),
+            let cq = match (&last, known) {
+                (Some((m, q)), _) if m.queue_id == msg.queue_id && m.topic == msg.topic => {
+                    Arc::clone(q)
+                }
+                // Its lines were asked for when this append started.
+                (_, Some(k)) if k.holds(msg) => Arc::clone(&k.queue),
                 _ => {
-                    let q = match known {
-                        Some(k) if k.holds(msg) => Arc::clone(&k.queue),
-                        _ => self.queue_or_reserve(&msg.topic, msg.queue_id)?,
-                    };
+                    let q = self.queue_or_reserve(&msg.topic, msg.queue_id)?;
                     // Its lines come in while this append waits for the writer lock and
                     // encodes, instead of inside `put`, where every other appender waits.
                     q.prefetch_next_put();

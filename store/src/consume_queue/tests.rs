@@ -12,6 +12,14 @@ fn entry(i: u64) -> CqEntry {
     }
 }
 
+/// Reserves and puts `entry(i)` at each offset `i` of `range`, as the store's append does.
+fn put_all(cq: &ConsumeQueue, range: std::ops::Range<u64>) {
+    for i in range {
+        cq.reserve(i).unwrap();
+        cq.put(i, entry(i)).unwrap();
+    }
+}
+
 /// Blocks the queue's files hold on disk, in bytes.
 fn disk_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
@@ -26,17 +34,11 @@ fn disk_bytes(dir: &Path) -> u64 {
 fn entries_put_after_a_truncation_are_still_to_sync() {
     let dir = tempfile::tempdir().unwrap();
     let cq = ConsumeQueue::open(dir.path(), 1_000, 0).unwrap();
-    for i in 0..500 {
-        cq.reserve(i).unwrap();
-        cq.put(i, entry(i)).unwrap();
-    }
+    put_all(&cq, 0..500);
     cq.flush().unwrap();
     cq.truncate_from(entry(300).commit_log_offset).unwrap();
     assert!(cq.unflushed().is_empty());
-    for i in 300..700 {
-        cq.reserve(i).unwrap();
-        cq.put(i, entry(i)).unwrap();
-    }
+    put_all(&cq, 300..700);
     assert!(
         !cq.unflushed().is_empty() && cq.pages_to_write() > 0,
         "rewritten entries taken for synced"
@@ -49,10 +51,7 @@ fn entries_put_after_a_truncation_are_still_to_sync() {
 fn an_empty_last_segment_does_not_hide_unsynced_entries_before_it() {
     let dir = tempfile::tempdir().unwrap();
     let cq = ConsumeQueue::open(dir.path(), 64, 0).unwrap();
-    for i in 0..64 {
-        cq.reserve(i).unwrap();
-        cq.put(i, entry(i)).unwrap();
-    }
+    put_all(&cq, 0..64);
     cq.reserve(64).unwrap();
     assert_eq!(cq.files.count(), 2);
     assert_eq!(cq.unflushed().len(), 1);
@@ -66,10 +65,7 @@ fn a_queue_reserves_disk_as_it_fills_not_a_whole_segment_at_once() {
     let dir = tempfile::tempdir().unwrap();
     // 300,000 entries per file: 6 MB each when made whole.
     let cq = ConsumeQueue::open(dir.path(), 300_000, 0).unwrap();
-    for i in 0..10 {
-        cq.reserve(i).unwrap();
-        cq.put(i, entry(i)).unwrap();
-    }
+    put_all(&cq, 0..10);
     assert_eq!(cq.allocated_bytes(), GROW_STEP);
     assert!(
         disk_bytes(dir.path()) <= GROW_STEP,
@@ -78,10 +74,7 @@ fn a_queue_reserves_disk_as_it_fills_not_a_whole_segment_at_once() {
     );
 
     // 10,000 entries (200,000 bytes): the reservation doubles ahead of the writer.
-    for i in 10..10_000 {
-        cq.reserve(i).unwrap();
-        cq.put(i, entry(i)).unwrap();
-    }
+    put_all(&cq, 10..10_000);
     let allocated = cq.allocated_bytes();
     assert!(
         (200_000..=4 * GROW_STEP).contains(&allocated),
@@ -143,10 +136,7 @@ fn held_entries_are_read_at_once_and_reach_the_files_in_runs() {
     let cq = ConsumeQueue::open(dir.path(), 300_000, 0).unwrap();
     let written = || cq.written.load(Ordering::Acquire);
     let run = HELD_ENTRIES as u64;
-    for i in 0..run {
-        cq.reserve(i).unwrap();
-        cq.put(i, entry(i)).unwrap();
-    }
+    put_all(&cq, 0..run);
     assert_eq!(
         (cq.max_offset(), written()),
         (run, 0),
@@ -158,10 +148,7 @@ fn held_entries_are_read_at_once_and_reach_the_files_in_runs() {
     // Read at once: the reader writes the held entry first.
     assert_eq!(cq.get(run), Some(entry(run)));
     assert_eq!(written(), run + 1);
-    for i in run + 1..run + 4 {
-        cq.reserve(i).unwrap();
-        cq.put(i, entry(i)).unwrap();
-    }
+    put_all(&cq, run + 1..run + 4);
     let mut seen = Vec::new();
     cq.scan(0, |at, e| {
         seen.push((at, e));
@@ -199,10 +186,7 @@ fn held_entries_are_read_at_once_and_reach_the_files_in_runs() {
 fn a_run_ends_where_its_segment_does() {
     let dir = tempfile::tempdir().unwrap();
     let cq = ConsumeQueue::open(dir.path(), 4, 0).unwrap();
-    for i in 0..6 {
-        cq.reserve(i).unwrap();
-        cq.put(i, entry(i)).unwrap();
-    }
+    put_all(&cq, 0..6);
     assert_eq!(
         cq.written.load(Ordering::Acquire),
         4,

@@ -13,3 +13,4 @@ mod recovery;
 mod replica;
 mod retention;
 mod sync_failure;
+mod topic_deletes;
